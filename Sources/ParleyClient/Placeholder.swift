@@ -1,0 +1,1 @@
+// ParleyClient module

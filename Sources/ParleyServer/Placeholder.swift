@@ -1,0 +1,1 @@
+// ParleyServer module
