@@ -73,6 +73,7 @@ public enum Numeric: String, Sendable, CaseIterable {
     case errNoTextToSend = "412"
     case errInputTooLong = "417"
     case errUnknownCommand = "421"
+    case errInvalidCapCmd = "410"
     case errNoMotd = "422"
     case errNoNicknameGiven = "431"
     case errErroneusNickname = "432"
