@@ -1,0 +1,59 @@
+import IRCWire
+
+/// What the chat domain needs to know about the server it runs in. Transport, storage and flood
+/// settings live with the shell (`ParleyServer`); these are the rules users see.
+public struct ChatConfiguration: Sendable {
+    /// The server's name as sent in the source of numerics and in 004/RPL_MYINFO.
+    public var serverName: String = "parley.local"
+    /// The network name in ISUPPORT NETWORK= and the welcome line.
+    public var networkName: String = "Parley"
+    /// Lines of the message of the day; empty sends ERR_NOMOTD.
+    public var motd: [String] = ["Welcome to Parley."]
+    public var caseMapping: IRCCaseMapping = .ascii
+    public var nickLength = 30
+    public var userLength = 18
+    public var channelLength = 64
+    public var topicLength = 390
+    public var awayLength = 390
+    public var kickLength = 390
+    public var realnameLength = 100
+    /// Targets per PRIVMSG / NOTICE / TAGMSG (ISUPPORT TARGMAX).
+    public var maxMessageTargets = 4
+    /// Entries per MONITOR list (ISUPPORT MONITOR=).
+    public var monitorLimit = 100
+    /// A connection that has sent nothing for this long is sent a PING.
+    public var pingIntervalMilliseconds: Int64 = 90_000
+    /// A PING unanswered for this long closes the connection ("Ping timeout").
+    public var pingTimeoutMilliseconds: Int64 = 60_000
+    /// Connections that have not completed registration within this time are closed.
+    public var registrationTimeoutMilliseconds: Int64 = 30_000
+    /// PBKDF2 iterations for new password credentials (SCRAM-SHA-256 verifiers).
+    public var passwordIterations = 210_000
+    public var minimumPasswordLength = 8
+    public var maximumPasswordLength = 300
+    /// Failed logins allowed per account or per address within `loginFailureWindowMilliseconds`
+    /// before further attempts are refused until the window has passed.
+    public var loginFailuresAllowed = 5
+    public var loginFailureWindowMilliseconds: Int64 = 60_000
+    /// Whether connections without an account may register and chat.
+    public var allowGuests = true
+    /// Whether anyone may register accounts (REGISTER, NickServ REGISTER).
+    public var allowAccountRegistration = true
+    /// Server operators: name and SCRAM-SHA-256 verifier of the OPER password.
+    public var operators: [OperatorCredential] = []
+    public var whowasLength = 1000
+    public var version = "parley-0.1"
+
+    public init() {}
+}
+
+/// One `OPER` login from the configuration; the password is stored only as a verifier.
+public struct OperatorCredential: Sendable, Hashable {
+    public var name: String
+    public var credential: PasswordCredential
+
+    public init(name: String, credential: PasswordCredential) {
+        self.name = name
+        self.credential = credential
+    }
+}

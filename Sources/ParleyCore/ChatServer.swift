@@ -1,0 +1,323 @@
+import Foundation
+import IRCWire
+import NIOCore
+
+/// The chat domain: users, accounts and message routing, with no sockets and no clock. The shell
+/// feeds it connection events and parsed messages with the current time, and carries out what it
+/// decides (an `Outbox` of encoded lines and actions).
+///
+/// Ownership rule: `ChatServer` is a value; exactly one owner mutates it at a time (the server
+/// shell keeps it behind one lock and never waits on I/O while holding it).
+public struct ChatServer: Sendable {
+    public let configuration: ChatConfiguration
+    public let startedAt: Timestamp
+
+    var sessions: [ConnectionID: Session] = [:]
+    /// Registered users by case-folded nick. Several connections share one entry when they are
+    /// logged in to the same account (the account's name is their nick).
+    var nickIndex: [String: NickHolder] = [:]
+    /// Every registered account, by case-folded name.
+    var accounts: [String: AccountRecord] = [:]
+    var pendingAccountKeys: Set<String> = []
+    var pendingWork: [UInt64: PendingWork] = [:]
+    var nextTicket: UInt64 = 1
+    var messageIDs: MessageIDGenerator
+    var nextBatchNumber: UInt64 = 1
+    var whowas: [WhowasEntry] = []
+    /// Who watches which nick with MONITOR: case-folded nick -> connections.
+    var monitorWatchers: [String: Set<ConnectionID>] = [:]
+    var loginFailures: [String: FailureWindow] = [:]
+    var maximumUsersSeen = 0
+    var registeredSessionCount = 0
+    let allocator = ByteBufferAllocator()
+    let isupportTokens: [String]
+
+    struct NickHolder: Sendable {
+        var connections: [ConnectionID]
+        var accountKey: String?
+    }
+
+    struct WhowasEntry: Sendable {
+        var nick: String
+        var folded: String
+        var username: String
+        var host: String
+        var realname: String
+        var accountName: String?
+        var leftAt: Timestamp
+    }
+
+    struct FailureWindow: Sendable {
+        var count: Int
+        var windowStart: Timestamp
+    }
+
+    enum PendingWork: Sendable {
+        case passLogin(ConnectionID, accountKey: String)
+        case saslPlain(ConnectionID, accountKey: String)
+        case identify(ConnectionID, accountKey: String, label: String?)
+        case oper(ConnectionID, name: String, label: String?)
+        case registerAccount(ConnectionID, key: String, viaNickServ: Bool, label: String?)
+    }
+
+    public init(configuration: ChatConfiguration, accounts: [AccountRecord], startedAt: Timestamp) {
+        self.configuration = configuration
+        self.startedAt = startedAt
+        self.messageIDs = MessageIDGenerator(startedAt: startedAt)
+        for account in accounts { self.accounts[account.key] = account }
+        self.isupportTokens = Self.makeISupportTokens(configuration)
+    }
+
+    // MARK: - Queries for the shell and tests
+
+    public var connectionCount: Int { sessions.count }
+    public var unregisteredConnectionCount: Int { sessions.count - registeredSessionCount }
+    public var registeredUserCount: Int { nickIndex.count }
+    public func isRegistered(_ connection: ConnectionID) -> Bool { sessions[connection]?.isRegistered ?? false }
+    public func nick(of connection: ConnectionID) -> String? { sessions[connection]?.nick?.name }
+    public func account(of connection: ConnectionID) -> String? { sessions[connection]?.accountName }
+    public func accountRecord(named name: String) -> AccountRecord? { accounts[fold(name)] }
+    public var accountCount: Int { accounts.count }
+
+    func fold(_ text: String) -> String { configuration.caseMapping.fold(text) }
+
+    // MARK: - Connection lifecycle
+
+    public mutating func connectionOpened(_ connection: ConnectionID, host: String, isSecure: Bool, now: Timestamp) {
+        sessions[connection] = Session(id: connection, host: host, isSecure: isSecure, connectedAt: now)
+    }
+
+    /// Handles one message from a client.
+    public mutating func receive(_ message: IRCMessage, from connection: ConnectionID, now: Timestamp, into outbox: inout Outbox) {
+        guard var session = sessions[connection], !session.isClosing else { return }
+        session.lastActivity = now
+        session.pingSentAt = nil
+        let label = session.has(.labeledResponse) ? validLabel(message.tagValue("label")) : nil
+        sessions[connection] = session
+
+        var context = CommandContext(connection: connection, now: now, label: label)
+        let verb = message.command.uppercased()
+        do throws(CommandError) {
+            guard let command = Self.commandTable[verb] else {
+                throw .numeric(.errUnknownCommand, message.command, "Unknown command")
+            }
+            if !command.allowedBeforeRegistration && !session.isRegistered {
+                throw .numeric(.errNotRegistered, "You have not registered")
+            }
+            if message.parameters.count < command.minimumParameters {
+                throw .needMoreParameters(verb)
+            }
+            try command.handler(&self, message, &context, &outbox)
+        } catch {
+            render(error, in: &context)
+        }
+        finish(&context, into: &outbox)
+    }
+
+    /// A line that could not be parsed: too long, or not UTF-8. `command` and `label` are taken
+    /// from a lossy reading of the line so the reply can name what was refused.
+    public mutating func receiveInvalidLine(_ problem: InvalidLine, command: String?, label: String?, from connection: ConnectionID, now: Timestamp, into outbox: inout Outbox) {
+        guard let session = sessions[connection], !session.isClosing else { return }
+        let effectiveLabel = session.has(.labeledResponse) ? validLabel(label) : nil
+        var context = CommandContext(connection: connection, now: now, label: effectiveLabel)
+        switch problem {
+        case .tooLong:
+            render(.numeric(.errInputTooLong, "Input line was too long"), in: &context)
+        case .invalidUTF8:
+            render(.fail(command ?? "*", "INVALID_UTF8", description: "Message rejected because it was not valid UTF-8"), in: &context)
+        case .malformed:
+            render(.fail(command ?? "*", "INVALID_MESSAGE", description: "Malformed message"), in: &context)
+        }
+        finish(&context, into: &outbox)
+    }
+
+    public enum InvalidLine: Sendable {
+        case tooLong, invalidUTF8, malformed
+    }
+
+    /// The socket closed (or the shell decided to close it): forget the connection.
+    public mutating func connectionClosed(_ connection: ConnectionID, reason: String, now: Timestamp, into outbox: inout Outbox) {
+        guard sessions[connection] != nil else { return }
+        removeSession(connection, quitMessage: reason, now: now, into: &outbox)
+    }
+
+    /// Closes a connection from the server side: `ERROR` to the client, then the socket.
+    public mutating func disconnect(_ connection: ConnectionID, reason: String, now: Timestamp, into outbox: inout Outbox) {
+        guard let session = sessions[connection], !session.isClosing else { return }
+        send(IRCMessage(command: "ERROR", parameters: ["Closing link: \(session.host) (\(reason))"]), to: connection, into: &outbox)
+        outbox.actions.append(.close(connection))
+        removeSession(connection, quitMessage: reason, now: now, into: &outbox)
+    }
+
+    /// Periodic housekeeping: PINGs to quiet clients, and timeouts.
+    public mutating func tick(now: Timestamp, into outbox: inout Outbox) {
+        var timedOut: [(ConnectionID, String)] = []
+        for (id, session) in sessions where !session.isClosing {
+            if !session.isRegistered, now.milliseconds(since: session.connectedAt) > configuration.registrationTimeoutMilliseconds {
+                timedOut.append((id, "Registration timed out"))
+            } else if let pingSent = session.pingSentAt {
+                if now.milliseconds(since: pingSent) > configuration.pingTimeoutMilliseconds {
+                    timedOut.append((id, "Ping timeout: \(now.milliseconds(since: session.lastActivity) / 1000) seconds"))
+                }
+            } else if now.milliseconds(since: session.lastActivity) > configuration.pingIntervalMilliseconds {
+                sessions[id]?.pingSentAt = now
+                send(IRCMessage(command: "PING", parameters: [configuration.serverName]), to: id, into: &outbox)
+            }
+        }
+        for (id, reason) in timedOut {
+            disconnect(id, reason: reason, now: now, into: &outbox)
+        }
+    }
+
+    /// Tells every client the server is going away and closes them all.
+    public mutating func shutdown(reason: String, now: Timestamp, into outbox: inout Outbox) {
+        for id in sessions.keys.sorted() {
+            disconnect(id, reason: reason, now: now, into: &outbox)
+        }
+    }
+
+    mutating func removeSession(_ connection: ConnectionID, quitMessage: String, now: Timestamp, into outbox: inout Outbox) {
+        guard let session = sessions.removeValue(forKey: connection) else { return }
+        if session.isRegistered { registeredSessionCount -= 1 }
+        for nick in session.monitoredNicks {
+            monitorWatchers[nick]?.remove(connection)
+            if monitorWatchers[nick]?.isEmpty == true { monitorWatchers[nick] = nil }
+        }
+        guard session.isRegistered, let nick = session.nick else { return }
+        recordWhowas(session, now: now)
+        guard var holder = nickIndex[nick.folded] else { return }
+        holder.connections.removeAll { $0 == connection }
+        if holder.connections.isEmpty {
+            nickIndex[nick.folded] = nil
+            if let key = session.accountKey {
+                accounts[key]?.lastSeen = now.date
+                outbox.actions.append(.recordLastSeen(accountKey: key, at: now))
+            }
+            notifyMonitors(nick: nick, online: false, session: session, into: &outbox)
+        } else {
+            nickIndex[nick.folded] = holder
+        }
+        _ = quitMessage
+    }
+
+    mutating func recordWhowas(_ session: Session, now: Timestamp) {
+        guard let nick = session.nick, configuration.whowasLength > 0 else { return }
+        if whowas.count >= configuration.whowasLength { whowas.removeFirst(whowas.count - configuration.whowasLength + 1) }
+        whowas.append(WhowasEntry(
+            nick: nick.name, folded: nick.folded, username: session.displayUsername, host: session.host,
+            realname: session.realname, accountName: session.accountName, leftAt: now))
+    }
+
+    // MARK: - Rendering replies
+
+    /// Labels must be short opaque tokens; anything else is ignored rather than echoed back.
+    func validLabel(_ label: String?) -> String? {
+        guard let label, !label.isEmpty, label.utf8.count <= 64 else { return nil }
+        return label
+    }
+
+    func render(_ error: CommandError, in context: inout CommandContext) {
+        guard let session = sessions[context.connection] else { return }
+        switch error.reply {
+        case .numeric(let numeric, let parameters):
+            context.replies.append(IRCMessage(
+                source: configuration.serverName, command: numeric.rawValue,
+                parameters: [session.replyName] + parameters))
+        case .standard(let verb, let command, let code, let contextParameters, let description):
+            context.replies.append(IRCMessage(
+                source: configuration.serverName, command: verb,
+                parameters: [command, code] + contextParameters + [description]))
+        }
+    }
+
+    func numericReply(_ numeric: Numeric, _ parameters: [String], in context: inout CommandContext) {
+        let name = sessions[context.connection]?.replyName ?? "*"
+        context.replies.append(IRCMessage(
+            source: configuration.serverName, command: numeric.rawValue, parameters: [name] + parameters))
+    }
+
+    func standardReply(_ verb: String, _ command: String, _ code: String, _ contextParameters: [String], _ description: String, in context: inout CommandContext) {
+        context.replies.append(IRCMessage(
+            source: configuration.serverName, command: verb,
+            parameters: [command, code] + contextParameters + [description]))
+    }
+
+    /// Sends the collected replies of one command, applying labeled-response: no reply becomes
+    /// `ACK`, one reply carries the label, several are wrapped in a `labeled-response` batch.
+    mutating func finish(_ context: inout CommandContext, into outbox: inout Outbox) {
+        guard !context.connectionClosed, !context.repliesDeferred, let session = sessions[context.connection] else { return }
+        guard let label = context.label else {
+            for reply in context.replies { send(reply, to: context.connection, session: session, into: &outbox) }
+            return
+        }
+        switch context.replies.count {
+        case 0:
+            send(IRCMessage(tags: [IRCTag("label", label)], source: configuration.serverName, command: "ACK"),
+                 to: context.connection, session: session, into: &outbox)
+        case 1:
+            var reply = context.replies[0]
+            reply.tags.insert(IRCTag("label", label), at: 0)
+            send(reply, to: context.connection, session: session, into: &outbox)
+        default:
+            guard session.has(.batch) else {
+                var first = context.replies[0]
+                first.tags.insert(IRCTag("label", label), at: 0)
+                send(first, to: context.connection, session: session, into: &outbox)
+                for reply in context.replies.dropFirst() { send(reply, to: context.connection, session: session, into: &outbox) }
+                return
+            }
+            let reference = makeBatchReference()
+            send(IRCMessage(tags: [IRCTag("label", label)], source: configuration.serverName, command: "BATCH",
+                            parameters: ["+" + reference, "labeled-response"]),
+                 to: context.connection, session: session, into: &outbox)
+            for var reply in context.replies {
+                reply.tags.insert(IRCTag("batch", reference), at: 0)
+                send(reply, to: context.connection, session: session, into: &outbox)
+            }
+            send(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + reference]),
+                 to: context.connection, session: session, into: &outbox)
+        }
+    }
+
+    mutating func makeBatchReference() -> String {
+        defer { nextBatchNumber += 1 }
+        return "b" + String(nextBatchNumber, radix: 36)
+    }
+
+    /// Encodes and queues one line, dropping tags the receiving client has not asked for.
+    func send(_ message: IRCMessage, to connection: ConnectionID, into outbox: inout Outbox) {
+        guard let session = sessions[connection] else { return }
+        send(message, to: connection, session: session, into: &outbox)
+    }
+
+    func send(_ message: IRCMessage, to connection: ConnectionID, session: Session, into outbox: inout Outbox) {
+        var message = message
+        if !message.tags.isEmpty && !session.has(.messageTags) {
+            message.tags.removeAll { tag in !Self.tagAllowedWithoutMessageTags(tag.key, session) }
+        }
+        var buffer = allocator.buffer(capacity: 64 + message.parameters.reduce(0) { $0 + $1.utf8.count })
+        message.write(to: &buffer)
+        outbox.send(buffer, to: connection)
+    }
+
+    /// Without `message-tags`, a client still receives the tags of capabilities it asked for.
+    static func tagAllowedWithoutMessageTags(_ key: String, _ session: Session) -> Bool {
+        switch key {
+        case "time": session.has(.serverTime)
+        case "label": session.has(.labeledResponse)
+        case "batch": session.has(.batch)
+        case "account": session.has(.accountTag)
+        default: false
+        }
+    }
+}
+
+extension Timestamp {
+    public init(_ date: Date) {
+        self.init(millisecondsSince1970: Int64((date.timeIntervalSince1970 * 1000).rounded()))
+    }
+
+    public var date: Date { Date(timeIntervalSince1970: Double(millisecondsSince1970) / 1000) }
+}
+
+

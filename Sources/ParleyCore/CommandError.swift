@@ -1,0 +1,50 @@
+import IRCWire
+
+/// Errors are replies: a handler throws one and the dispatcher renders it to the client, as a
+/// numeric or as an IRCv3 standard reply (`FAIL <command> <code> [context...] :description`).
+public struct CommandError: Error, Sendable, Equatable {
+    enum Reply: Sendable, Equatable {
+        /// Parameters after the client's nick, last one being the human-readable text.
+        case numeric(Numeric, [String])
+        case standard(verb: String, command: String, code: String, context: [String], description: String)
+    }
+
+    let reply: Reply
+
+    static func numeric(_ numeric: Numeric, _ parameters: String...) -> CommandError {
+        CommandError(reply: .numeric(numeric, parameters))
+    }
+
+    static func fail(_ command: String, _ code: String, _ context: String..., description: String) -> CommandError {
+        CommandError(reply: .standard(verb: "FAIL", command: command, code: code, context: context, description: description))
+    }
+
+    static func needMoreParameters(_ command: String) -> CommandError {
+        .numeric(.errNeedMoreParams, command, "Not enough parameters")
+    }
+}
+
+/// The state of one command being handled: who sent it, when, and the replies destined for that
+/// connection, collected so that labeled-response can tag or batch them as one unit.
+struct CommandContext {
+    let connection: ConnectionID
+    let now: Timestamp
+    let label: String?
+    var replies: [IRCMessage] = []
+    /// Set when the connection was closed while handling; nothing more is sent to it.
+    var connectionClosed = false
+    /// Set when the answer comes later (after a password check or storage); the label is kept
+    /// with the pending work and nothing is sent now, not even an ACK.
+    var repliesDeferred = false
+
+    mutating func deferReplies() {
+        replies.removeAll()
+        repliesDeferred = true
+    }
+
+    init(connection: ConnectionID, now: Timestamp, label: String?) {
+        self.connection = connection
+        self.now = now
+        self.label = label
+    }
+}

@@ -1,0 +1,450 @@
+import Foundation
+import IRCWire
+
+extension ChatServer {
+    // MARK: SASL (IRCv3 sasl 3.1/3.2: AUTHENTICATE with 400-byte base64 chunks)
+
+    mutating func handleAuthenticate(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        let argument = message.parameters[0]
+        if argument == "*" {
+            if case .idle = session.sasl { throw .numeric(.errSaslAborted, "SASL authentication aborted") }
+            sessions[id]?.sasl = .idle
+            throw .numeric(.errSaslAborted, "SASL authentication aborted")
+        }
+        if argument.utf8.count > 400 {
+            sessions[id]?.sasl = .idle
+            throw .numeric(.errSaslTooLong, "SASL message too long")
+        }
+        switch session.sasl {
+        case .idle:
+            if session.accountKey != nil { throw .numeric(.errSaslAlready, "You have already authenticated using SASL") }
+            switch argument.uppercased() {
+            case "PLAIN":
+                sessions[id]?.sasl = .awaitingPlain(buffer: "")
+            case "SCRAM-SHA-256":
+                sessions[id]?.sasl = .scram(exchange: ScramSHA256ServerExchange(), step: .awaitingClientFirst, buffer: "", username: nil)
+            default:
+                numericReply(.rplSaslMechs, [Self.saslMechanisms.joined(separator: ","), "are available SASL mechanisms"], in: &context)
+                throw .numeric(.errSaslFail, "SASL authentication failed")
+            }
+            context.replies.append(IRCMessage(command: "AUTHENTICATE", parameters: ["+"]))
+        case .checking:
+            throw .numeric(.errSaslFail, "SASL authentication failed: a check is already in progress")
+        case .awaitingPlain(let buffer):
+            guard let payload = collectChunk(buffer, argument) else {
+                sessions[id]?.sasl = .awaitingPlain(buffer: buffer + argument)
+                return
+            }
+            try continuePlain(payload, &context, &outbox)
+        case .scram(let exchange, let step, let buffer, let username):
+            guard let payload = collectChunk(buffer, argument) else {
+                sessions[id]?.sasl = .scram(exchange: exchange, step: step, buffer: buffer + argument, username: username)
+                return
+            }
+            try continueScram(exchange, step, username, payload, &context, &outbox)
+        }
+    }
+
+    /// Returns the decoded payload once the last chunk (shorter than 400 bytes, or `+`) arrived.
+    private func collectChunk(_ buffer: String, _ chunk: String) -> [UInt8]? {
+        if chunk.utf8.count == 400 { return nil }
+        let base64 = chunk == "+" ? buffer : buffer + chunk
+        if base64.isEmpty { return [] }
+        guard let data = Data(base64Encoded: base64) else { return [0xFF, 0xFF] }
+        return [UInt8](data)
+    }
+
+    private mutating func continuePlain(_ payload: [UInt8], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        sessions[id]?.sasl = .idle
+        guard let session = sessions[id], let plain = SASLPlain.decode(payload) else {
+            throw .numeric(.errSaslFail, "SASL authentication failed: malformed PLAIN payload")
+        }
+        if !plain.authorizationID.isEmpty && fold(plain.authorizationID) != fold(plain.authenticationID) {
+            throw .numeric(.errSaslFail, "SASL authentication failed: authorization identity must match")
+        }
+        let key = fold(plain.authenticationID)
+        if let refusal = loginRefusal(accountKey: key, host: session.host, now: context.now) {
+            throw .numeric(.errSaslFail, refusal)
+        }
+        guard let account = accounts[key] else {
+            noteLoginFailure(accountKey: key, host: session.host, now: context.now)
+            throw .numeric(.errSaslFail, "SASL authentication failed: invalid account name or password")
+        }
+        sessions[id]?.sasl = .checking
+        startPasswordCheck(.saslPlain(id, accountKey: key), credential: account.credential, password: plain.password, into: &outbox)
+        context.deferReplies()
+    }
+
+    private mutating func continueScram(_ exchange: ScramSHA256ServerExchange, _ step: ScramStep, _ requestedUsername: String?, _ payload: [UInt8], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        var exchange = exchange
+        sessions[id]?.sasl = .idle
+        let text = String(decoding: payload, as: UTF8.self)
+        switch step {
+        case .awaitingClientFirst:
+            let username: String
+            do { username = try exchange.receiveClientFirst(text) } catch {
+                throw .numeric(.errSaslFail, "SASL authentication failed: malformed SCRAM message")
+            }
+            let key = fold(username)
+            if let refusal = loginRefusal(accountKey: key, host: session.host, now: context.now) {
+                throw .numeric(.errSaslFail, refusal)
+            }
+            let serverFirst = exchange.serverFirst(credential: accounts[key]?.credential)
+            sessions[id]?.sasl = .scram(exchange: exchange, step: .awaitingClientFinal, buffer: "", username: username)
+            appendAuthenticateChunks(serverFirst, in: &context)
+        case .awaitingClientFinal:
+            let serverFinal: String
+            do { serverFinal = try exchange.receiveClientFinal(text) } catch {
+                noteLoginFailure(accountKey: fold(requestedUsername ?? ""), host: session.host, now: context.now)
+                throw .numeric(.errSaslFail, "SASL authentication failed: invalid account name or password")
+            }
+            sessions[id]?.sasl = .scram(exchange: exchange, step: .awaitingFinalAck, buffer: "", username: requestedUsername)
+            appendAuthenticateChunks(serverFinal, in: &context)
+        case .awaitingFinalAck:
+            guard let username = exchange.authenticatedUsername, let account = accounts[fold(username)] else {
+                throw .numeric(.errSaslFail, "SASL authentication failed")
+            }
+            logIn(id, account: account, context: &context, outbox: &outbox)
+            numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context)
+        }
+    }
+
+    private func appendAuthenticateChunks(_ text: String, in context: inout CommandContext) {
+        let encoded = Data(text.utf8).base64EncodedString()
+        var start = encoded.startIndex
+        while start < encoded.endIndex {
+            let end = encoded.index(start, offsetBy: 400, limitedBy: encoded.endIndex) ?? encoded.endIndex
+            context.replies.append(IRCMessage(command: "AUTHENTICATE", parameters: [String(encoded[start..<end])]))
+            start = end
+        }
+        if encoded.utf8.count % 400 == 0 {
+            context.replies.append(IRCMessage(command: "AUTHENTICATE", parameters: ["+"]))
+        }
+    }
+
+    // MARK: Login throttling and password checks
+
+    /// Refuses logins while an account or an address has failed too often recently.
+    func loginRefusal(accountKey: String, host: String, now: Timestamp) -> String? {
+        for key in ["account:" + accountKey, "host:" + host] {
+            if let window = loginFailures[key],
+               now.milliseconds(since: window.windowStart) < configuration.loginFailureWindowMilliseconds,
+               window.count >= configuration.loginFailuresAllowed {
+                let wait = (configuration.loginFailureWindowMilliseconds - now.milliseconds(since: window.windowStart) + 999) / 1000
+                return "Too many failed login attempts; try again in \(wait) seconds"
+            }
+        }
+        return nil
+    }
+
+    mutating func noteLoginFailure(accountKey: String, host: String, now: Timestamp) {
+        for key in ["account:" + accountKey, "host:" + host] {
+            if var window = loginFailures[key],
+               now.milliseconds(since: window.windowStart) < configuration.loginFailureWindowMilliseconds {
+                window.count += 1
+                loginFailures[key] = window
+            } else {
+                loginFailures[key] = FailureWindow(count: 1, windowStart: now)
+            }
+        }
+        if loginFailures.count > 100_000 {
+            loginFailures = loginFailures.filter { now.milliseconds(since: $0.value.windowStart) < configuration.loginFailureWindowMilliseconds }
+        }
+    }
+
+    mutating func startPasswordCheck(_ work: PendingWork, credential: PasswordCredential, password: String, into outbox: inout Outbox) {
+        let ticket = nextTicket
+        nextTicket += 1
+        pendingWork[ticket] = work
+        if let connection = work.connection { sessions[connection]?.pendingTickets += 1 }
+        outbox.actions.append(.checkPassword(ticket: ticket, credential: credential, password: password))
+    }
+
+    /// The shell finished a password check it was asked for with `.checkPassword`.
+    public mutating func completePasswordCheck(ticket: UInt64, succeeded: Bool, now: Timestamp, into outbox: inout Outbox) {
+        guard let work = pendingWork.removeValue(forKey: ticket), let id = work.connection,
+              let session = sessions[id], !session.isClosing
+        else { return }
+        sessions[id]?.pendingTickets -= 1
+        switch work {
+        case .passLogin(_, let key):
+            var context = CommandContext(connection: id, now: now, label: nil)
+            if succeeded, let account = accounts[key] {
+                loginFailures["account:" + key] = nil
+                logIn(id, account: account, context: &context, outbox: &outbox)
+                completeRegistrationIfReady(id, &context, &outbox)
+            } else {
+                noteLoginFailure(accountKey: key, host: session.host, now: now)
+                render(.numeric(.errPasswdMismatch, "Password incorrect"), in: &context)
+                disconnect(id, reason: "Bad password", context: &context, outbox: &outbox)
+            }
+            finish(&context, into: &outbox)
+        case .saslPlain(_, let key):
+            var context = CommandContext(connection: id, now: now, label: nil)
+            sessions[id]?.sasl = .idle
+            if succeeded, let account = accounts[key] {
+                loginFailures["account:" + key] = nil
+                logIn(id, account: account, context: &context, outbox: &outbox)
+                numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context)
+            } else {
+                noteLoginFailure(accountKey: key, host: session.host, now: now)
+                render(.numeric(.errSaslFail, "SASL authentication failed: invalid account name or password"), in: &context)
+            }
+            finish(&context, into: &outbox)
+            completeRegistrationAfterAsyncWork(id, now: now, into: &outbox)
+        case .identify(_, let key, let label):
+            var context = CommandContext(connection: id, now: now, label: label)
+            if succeeded, let account = accounts[key] {
+                loginFailures["account:" + key] = nil
+                logIn(id, account: account, context: &context, outbox: &outbox)
+                nickServNotice("You are now identified as \(account.name).", in: &context)
+            } else {
+                noteLoginFailure(accountKey: key, host: session.host, now: now)
+                nickServNotice("Invalid account name or password.", in: &context)
+            }
+            finish(&context, into: &outbox)
+            completeRegistrationAfterAsyncWork(id, now: now, into: &outbox)
+        case .oper(_, let name, let label):
+            var context = CommandContext(connection: id, now: now, label: label)
+            if succeeded, let nick = session.nick {
+                sessions[id]?.isOperator = true
+                numericReply(.rplYoureOper, ["You are now an IRC operator (\(name))"], in: &context)
+                context.replies.append(IRCMessage(source: nick.name, command: "MODE", parameters: [nick.name, "+o"]))
+            } else {
+                noteLoginFailure(accountKey: "oper:" + name, host: session.host, now: now)
+                render(.numeric(.errPasswdMismatch, "Password incorrect"), in: &context)
+            }
+            finish(&context, into: &outbox)
+        case .registerAccount:
+            break
+        }
+    }
+
+    mutating func completeRegistrationAfterAsyncWork(_ id: ConnectionID, now: Timestamp, into outbox: inout Outbox) {
+        var context = CommandContext(connection: id, now: now, label: nil)
+        completeRegistrationIfReady(id, &context, &outbox)
+        finish(&context, into: &outbox)
+    }
+
+    /// Attaches a connection to an account. A registered guest takes the account's name as nick.
+    mutating func logIn(_ id: ConnectionID, account: AccountRecord, context: inout CommandContext, outbox: inout Outbox) {
+        guard let session = sessions[id] else { return }
+        sessions[id]?.accountKey = account.key
+        sessions[id]?.accountName = account.name
+        if session.isRegistered, let nick = session.nick {
+            if nick.folded != account.key,
+               let accountNick = try? Nickname(account.name, caseMapping: configuration.caseMapping, maxLength: max(configuration.nickLength, account.name.utf8.count)) {
+                if let holder = nickIndex[account.key], holder.accountKey == nil, let squatter = holder.connections.first {
+                    // A guest cannot hold an account's nick while it is in use; this only
+                    // happens if the account was created while the guest had the nick.
+                    disconnectOther(squatter, reason: "Nickname reclaimed by its account", now: context.now, into: &outbox)
+                }
+                nickIndex[nick.folded]?.accountKey = nil
+                changeNick(of: id, to: accountNick, context: &context, outbox: &outbox)
+            }
+            nickIndex[account.key]?.accountKey = account.key
+        }
+        let prefix = sessions[id]?.prefix ?? session.prefix
+        numericReply(.rplLoggedIn, [prefix, account.name, "You are now logged in as \(account.name)"], in: &context)
+    }
+
+    mutating func disconnectOther(_ id: ConnectionID, reason: String, now: Timestamp, into outbox: inout Outbox) {
+        disconnect(id, reason: reason, now: now, into: &outbox)
+    }
+
+    // MARK: REGISTER (IRCv3 draft/account-registration)
+
+    mutating func handleRegister(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let parameters = message.parameters
+        // `REGISTER <account> <email> <password>` is the older form some clients send.
+        let email = parameters.count >= 3 ? parameters[1] : parameters[0]
+        let password = parameters.count >= 3 ? parameters[2] : parameters[1]
+        try beginAccountRegistration(email: email, password: password, viaNickServ: false, &context, &outbox)
+    }
+
+    mutating func handleVerify(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        throw .fail("VERIFY", "INVALID_CODE", message.parameters[0], description: "This server does not require verification codes")
+    }
+
+    mutating func beginAccountRegistration(email: String, password: String, viaNickServ: Bool, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        func failure(_ code: String, _ account: String, _ description: String) -> CommandError {
+            .fail("REGISTER", code, account, description: description)
+        }
+        guard let nick = session.nick else {
+            throw .fail("REGISTER", "NEED_NICK", "*", description: "Send NICK first: the account is named after your nick")
+        }
+        if !configuration.allowAccountRegistration {
+            throw failure("TEMPORARILY_UNAVAILABLE", nick.name, "Account registration is disabled on this server")
+        }
+        if let accountName = session.accountName {
+            throw failure("ALREADY_REGISTERED", accountName, "You are already logged in to an account")
+        }
+        if accounts[nick.folded] != nil || pendingAccountKeys.contains(nick.folded) {
+            throw failure("ACCOUNT_EXISTS", nick.name, "An account with that name already exists")
+        }
+        if password.utf8.count < configuration.minimumPasswordLength {
+            throw failure("WEAK_PASSWORD", nick.name, "Passwords must be at least \(configuration.minimumPasswordLength) bytes long")
+        }
+        if password.utf8.count > configuration.maximumPasswordLength || password.contains(" ") {
+            throw failure("UNACCEPTABLE_PASSWORD", nick.name, "Passwords must be at most \(configuration.maximumPasswordLength) bytes and contain no spaces")
+        }
+        let cleanedEmail: String? = (email == "*" || email.isEmpty) ? nil : email
+        if let cleanedEmail, !cleanedEmail.contains("@") {
+            throw failure("INVALID_EMAIL", nick.name, "That is not an email address")
+        }
+        let ticket = nextTicket
+        nextTicket += 1
+        pendingWork[ticket] = .registerAccount(id, key: nick.folded, viaNickServ: viaNickServ, label: context.label)
+        pendingAccountKeys.insert(nick.folded)
+        sessions[id]?.pendingTickets += 1
+        outbox.actions.append(.createAccount(
+            ticket: ticket, name: nick.name, key: nick.folded, password: password,
+            email: cleanedEmail, iterations: configuration.passwordIterations))
+        // The reply comes when storage has the account; keep the label for it.
+        context.deferReplies()
+    }
+
+    /// The shell finished creating an account it was asked for with `.createAccount`.
+    public mutating func completeAccountCreation(ticket: UInt64, result: AccountCreationResult, now: Timestamp, into outbox: inout Outbox) {
+        guard case .registerAccount(let id, let key, let viaNickServ, let label)? = pendingWork.removeValue(forKey: ticket) else { return }
+        pendingAccountKeys.remove(key)
+        if case .created(let record) = result { accounts[record.key] = record }
+        guard let session = sessions[id], !session.isClosing else { return }
+        sessions[id]?.pendingTickets -= 1
+        var context = CommandContext(connection: id, now: now, label: label)
+        let name = session.nick?.name ?? key
+        switch result {
+        case .created(let record):
+            logIn(id, account: record, context: &context, outbox: &outbox)
+            if viaNickServ {
+                nickServNotice("Account \(record.name) registered; you are now logged in.", in: &context)
+            } else {
+                context.replies.append(IRCMessage(source: configuration.serverName, command: "REGISTER",
+                                                  parameters: ["SUCCESS", record.name, "Account created"]))
+            }
+        case .nameTaken:
+            if viaNickServ { nickServNotice("An account named \(name) already exists.", in: &context) } else {
+                standardReply("FAIL", "REGISTER", "ACCOUNT_EXISTS", [name], "An account with that name already exists", in: &context)
+            }
+        case .failed(let reason):
+            if viaNickServ { nickServNotice("Registration failed: \(reason)", in: &context) } else {
+                standardReply("FAIL", "REGISTER", "TEMPORARILY_UNAVAILABLE", [name], "Registration failed: \(reason)", in: &context)
+            }
+        }
+        finish(&context, into: &outbox)
+        completeRegistrationAfterAsyncWork(id, now: now, into: &outbox)
+    }
+
+    // MARK: NickServ, for clients without SASL or account-registration
+
+    static let nickServPrefix = "NickServ!NickServ@services.parley"
+
+    func nickServNotice(_ text: String, in context: inout CommandContext) {
+        let name = sessions[context.connection]?.replyName ?? "*"
+        context.replies.append(IRCMessage(source: Self.nickServPrefix, command: "NOTICE", parameters: [name, text]))
+    }
+
+    mutating func handleNickServCommand(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        try handleNickServ(text: message.parameters.joined(separator: " "), &context, &outbox)
+    }
+
+    /// `PRIVMSG NickServ :<command> ...`: REGISTER, IDENTIFY, HELP.
+    mutating func handleNickServ(text: String, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let words = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        switch words.first?.uppercased() ?? "HELP" {
+        case "REGISTER":
+            guard words.count >= 2 else {
+                nickServNotice("Syntax: REGISTER <password> [email]", in: &context)
+                return
+            }
+            do {
+                try beginAccountRegistration(email: words.count >= 3 ? words[2] : "*", password: words[1], viaNickServ: true, &context, &outbox)
+            } catch {
+                if case .standard(_, _, _, _, let description) = error.reply { nickServNotice(description, in: &context) }
+            }
+        case "IDENTIFY", "LOGIN":
+            guard words.count >= 2 else {
+                nickServNotice("Syntax: IDENTIFY [account] <password>", in: &context)
+                return
+            }
+            if session.accountName != nil {
+                nickServNotice("You are already identified as \(session.accountName!).", in: &context)
+                return
+            }
+            let accountName = words.count >= 3 ? words[1] : (session.nick?.name ?? "")
+            let password = words.count >= 3 ? words[2] : words[1]
+            let key = fold(accountName)
+            if let refusal = loginRefusal(accountKey: key, host: session.host, now: context.now) {
+                nickServNotice(refusal, in: &context)
+                return
+            }
+            guard let account = accounts[key] else {
+                noteLoginFailure(accountKey: key, host: session.host, now: context.now)
+                nickServNotice("Invalid account name or password.", in: &context)
+                return
+            }
+            startPasswordCheck(.identify(id, accountKey: key, label: context.label), credential: account.credential, password: password, into: &outbox)
+            context.deferReplies()
+        default:
+            for line in [
+                "NickServ keeps your nick for you. Commands:",
+                "REGISTER <password> [email] - register your current nick as an account",
+                "IDENTIFY [account] <password> - log in to your account",
+                "Clients with SASL can log in when connecting; see the server's README.",
+            ] { nickServNotice(line, in: &context) }
+        }
+    }
+
+    // MARK: Operators
+
+    mutating func handleOper(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let name = message.parameters[0]
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        if let refusal = loginRefusal(accountKey: "oper:" + name, host: session.host, now: context.now) {
+            throw .numeric(.errPasswdMismatch, refusal)
+        }
+        guard let oper = configuration.operators.first(where: { $0.name == name }) else {
+            noteLoginFailure(accountKey: "oper:" + name, host: session.host, now: context.now)
+            throw .numeric(.errNoOperHost, "No O-lines for your host")
+        }
+        startPasswordCheck(.oper(id, name: name, label: context.label), credential: oper.credential, password: message.parameters[1], into: &outbox)
+        context.deferReplies()
+    }
+
+    mutating func handleKill(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        guard let session = sessions[context.connection], session.isOperator else {
+            throw .numeric(.errNoPrivileges, "Permission Denied- You're not an IRC operator")
+        }
+        let target = message.parameters[0]
+        guard let holder = nickIndex[fold(target)] else {
+            throw .numeric(.errNoSuchNick, target, "No such nick/channel")
+        }
+        let reason = "Killed (\(session.nick?.name ?? "oper") (\(message.parameters[1])))"
+        for victim in holder.connections {
+            if victim == context.connection {
+                disconnect(victim, reason: reason, context: &context, outbox: &outbox)
+            } else {
+                disconnect(victim, reason: reason, now: context.now, into: &outbox)
+            }
+        }
+    }
+}
+
+extension ChatServer.PendingWork {
+    var connection: ConnectionID? {
+        switch self {
+        case .passLogin(let id, _), .saslPlain(let id, _), .identify(let id, _, _), .oper(let id, _, _), .registerAccount(let id, _, _, _):
+            id
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import IRCWire
+import NIOCore
+
+extension ChatServer {
+    /// PRIVMSG, NOTICE and TAGMSG: the hot path. Each target gets its own reply on failure, so
+    /// one bad target never hides the outcome of the others.
+    mutating func handleMessage(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let verb = message.command.uppercased()
+        guard let targetList = message.parameters.first, !targetList.isEmpty else {
+            throw .numeric(.errNoRecipient, "No recipient given (\(verb))")
+        }
+        let isTagMessage = verb == "TAGMSG"
+        let text = message.parameters.count > 1 ? message.parameters[1] : ""
+        if !isTagMessage && text.isEmpty {
+            throw .numeric(.errNoTextToSend, "No text to send")
+        }
+        var clientTags: [IRCTag] = []
+        var clientTagBytes = 0
+        for tag in message.tags where tag.key.hasPrefix("+") {
+            clientTags.append(tag)
+            clientTagBytes += tag.key.utf8.count + tag.value.utf8.count + 2
+        }
+        if clientTagBytes > Self.maximumClientTagBytes {
+            throw .numeric(.errInputTooLong, "Client tags exceed \(Self.maximumClientTagBytes) bytes")
+        }
+        if isTagMessage && clientTags.isEmpty { return }
+
+        if !targetList.utf8.contains(UInt8(ascii: ",")) {
+            try deliver(verb, to: targetList, text: text, clientTags: clientTags, &context, &outbox)
+            return
+        }
+        let targets = targetList.split(separator: ",", omittingEmptySubsequences: true)
+        if targets.count > configuration.maxMessageTargets {
+            throw .numeric(.errTooManyTargets, targetList, "Too many targets; the limit is \(configuration.maxMessageTargets)")
+        }
+        for target in targets {
+            do {
+                try deliver(verb, to: String(target), text: text, clientTags: clientTags, &context, &outbox)
+            } catch {
+                render(error, in: &context)
+            }
+        }
+    }
+
+    /// The IRCv3 limit on client-only tags a client may send.
+    static let maximumClientTagBytes = 4094
+
+    private mutating func deliver(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        guard let sender = sessions[context.connection] else { return }
+        if target.hasPrefix("#") {
+            throw .numeric(.errNoSuchChannel, target, "No such channel")
+        }
+        let folded = fold(target)
+        if folded == "nickserv" {
+            if verb == "PRIVMSG" { try handleNickServ(text: text, &context, &outbox) }
+            return
+        }
+        guard let holder = nickIndex[folded] else {
+            if accounts[folded] != nil {
+                throw .numeric(.errNoSuchNick, target, "\(target) is offline")
+            }
+            throw .numeric(.errNoSuchNick, target, "No such nick/channel")
+        }
+        // The relayed line must fit the 512-byte limit with the sender's full prefix.
+        let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + target.utf8.count + 2 + 2
+        if overhead + text.utf8.count > 512 {
+            throw .fail(verb, "MESSAGE_TOO_LONG", target, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
+        }
+
+        let messageID = messageIDs.next()
+        var tags = [IRCTag("time", context.now.iso8601), IRCTag("msgid", messageID)]
+        if let account = sender.accountName { tags.append(IRCTag("account", account)) }
+        tags.append(contentsOf: clientTags)
+        let relayed = IRCMessage(
+            tags: tags, source: sender.prefix, command: verb,
+            parameters: verb == "TAGMSG" ? [target] : [target, text])
+
+        var encodings = EncodingCache()
+        var allAway = true
+        for recipient in holder.connections {
+            guard let session = sessions[recipient] else { continue }
+            if session.awayMessage == nil { allAway = false }
+            if verb == "TAGMSG" && !session.has(.messageTags) { continue }
+            outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: recipient)
+        }
+        // The sender's other connections (same account) see what it said.
+        if let account = sender.accountKey, let own = nickIndex[account] {
+            for connection in own.connections where connection != context.connection && !holder.connections.contains(connection) {
+                guard let session = sessions[connection], verb != "TAGMSG" || session.has(.messageTags) else { continue }
+                outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: connection)
+            }
+        }
+        if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) {
+            context.replies.append(relayed)
+        }
+        if verb == "PRIVMSG", allAway, let first = holder.connections.first, let away = sessions[first]?.awayMessage {
+            numericReply(.rplAway, [sessions[first]?.nick?.name ?? target, away], in: &context)
+        }
+    }
+}
+
+/// Encodes one relayed message at most once per distinct tag profile of the receivers, so a
+/// message to many connections shares a few buffers instead of being serialized per receiver.
+struct EncodingCache {
+    private var buffers: [ByteBuffer?] = [nil, nil, nil, nil, nil]
+
+    mutating func line(_ message: IRCMessage, for session: Session, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let profile: Int
+        if session.has(.messageTags) {
+            profile = 4
+        } else {
+            profile = (session.has(.serverTime) ? 1 : 0) | (session.has(.accountTag) ? 2 : 0)
+        }
+        if let buffer = buffers[profile] { return buffer }
+        var message = message
+        if profile != 4 {
+            message.tags.removeAll { tag in
+                switch tag.key {
+                case "time": profile & 1 == 0
+                case "account": profile & 2 == 0
+                default: true
+                }
+            }
+        }
+        var buffer = allocator.buffer(capacity: 96 + (message.parameters.last?.utf8.count ?? 0))
+        message.write(to: &buffer)
+        buffers[profile] = buffer
+        return buffer
+    }
+}

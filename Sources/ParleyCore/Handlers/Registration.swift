@@ -1,0 +1,311 @@
+import IRCWire
+
+extension ChatServer {
+    // MARK: CAP
+
+    mutating func handleCap(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let subcommand = message.parameters[0].uppercased()
+        let id = context.connection
+        switch subcommand {
+        case "LS":
+            let version = Int(message.parameters.count > 1 ? message.parameters[1] : "") ?? 0
+            let knownVersion = sessions[id]?.capVersion ?? 0
+            sessions[id]?.capVersion = max(knownVersion, version)
+            if sessions[id]?.isRegistered == false { sessions[id]?.capNegotiationInProgress = true }
+            // Clients that speak 302 get values and implicitly enable cap-notify.
+            if version >= 302 { sessions[id]?.capabilities.insert(.capNotify) }
+            let tokens = Capability.allCases.map { capability -> String in
+                if version >= 302, let value = capability.value(saslMechanisms: Self.saslMechanisms) {
+                    return capability.name + "=" + value
+                }
+                return capability.name
+            }
+            capReplies("LS", tokens, multiline: version >= 302, in: &context)
+        case "LIST":
+            capReplies("LIST", sessions[id]?.capabilities.names ?? [], multiline: (sessions[id]?.capVersion ?? 0) >= 302, in: &context)
+        case "REQ":
+            if sessions[id]?.isRegistered == false { sessions[id]?.capNegotiationInProgress = true }
+            let requested = message.parameters.count > 1 ? message.parameters[1] : ""
+            var updated = sessions[id]?.capabilities ?? CapabilitySet()
+            var acceptable = !requested.isEmpty
+            for token in requested.split(separator: " ") {
+                let removing = token.hasPrefix("-")
+                guard let capability = Capability(name: String(removing ? token.dropFirst() : token[...])) else {
+                    acceptable = false
+                    break
+                }
+                if removing {
+                    // cap-notify cannot be disabled by 302 clients; the spec makes it sticky.
+                    if capability == .capNotify && (sessions[id]?.capVersion ?? 0) >= 302 { acceptable = false; break }
+                    updated.remove(capability)
+                } else {
+                    updated.insert(capability)
+                }
+            }
+            if acceptable { sessions[id]?.capabilities = updated }
+            context.replies.append(IRCMessage(
+                source: configuration.serverName, command: "CAP",
+                parameters: [sessions[id]?.replyName ?? "*", acceptable ? "ACK" : "NAK", requested]))
+        case "END":
+            guard let session = sessions[id], !session.isRegistered else { return }
+            sessions[id]?.capNegotiationInProgress = false
+            if case .idle = session.sasl {} else { sessions[id]?.sasl = .idle }
+            completeRegistrationIfReady(id, &context, &outbox)
+        default:
+            throw .numeric(.errInvalidCapCmd, subcommand, "Invalid CAP command")
+        }
+    }
+
+    static let saslMechanisms = ["PLAIN", "SCRAM-SHA-256"]
+
+    /// Splits a CAP LS/LIST answer so that no line exceeds the 512-byte limit; 302 clients get `*`
+    /// on every line but the last.
+    func capReplies(_ subcommand: String, _ tokens: [String], multiline: Bool, in context: inout CommandContext) {
+        let name = sessions[context.connection]?.replyName ?? "*"
+        var lines: [[String]] = [[]]
+        var length = 0
+        for token in tokens {
+            if length + token.utf8.count + 1 > 400, !lines[lines.count - 1].isEmpty {
+                lines.append([])
+                length = 0
+            }
+            lines[lines.count - 1].append(token)
+            length += token.utf8.count + 1
+        }
+        if !multiline { lines = [lines.flatMap { $0 }] }
+        for (index, line) in lines.enumerated() {
+            var parameters = [name, subcommand]
+            if index < lines.count - 1 { parameters.append("*") }
+            parameters.append(line.joined(separator: " "))
+            context.replies.append(IRCMessage(source: configuration.serverName, command: "CAP", parameters: parameters))
+        }
+    }
+
+    // MARK: NICK / USER / PASS
+
+    mutating func handleNick(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        guard let raw = message.parameters.first, !raw.isEmpty else {
+            throw .numeric(.errNoNicknameGiven, "No nickname given")
+        }
+        let nick: Nickname
+        do {
+            nick = try Nickname(raw, caseMapping: configuration.caseMapping, maxLength: configuration.nickLength)
+        } catch {
+            throw .numeric(.errErroneusNickname, raw, "Erroneous nickname")
+        }
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        if Self.serviceNicks.contains(nick.folded) {
+            throw .numeric(.errErroneusNickname, raw, "That nickname is reserved for services")
+        }
+        if !session.isRegistered {
+            // Uniqueness is checked when registration completes, so a NICK/USER pair can be sent
+            // in any order; an early answer still helps clients that pick another nick at once.
+            if nickIndex[nick.folded] != nil || pendingAccountKeys.contains(nick.folded) {
+                throw .numeric(.errNicknameInUse, raw, "Nickname is already in use")
+            }
+            sessions[id]?.nick = nick
+            completeRegistrationIfReady(id, &context, &outbox)
+            return
+        }
+        guard let current = session.nick else { return }
+        if let accountName = session.accountName, fold(accountName) != nick.folded {
+            throw .numeric(.errNickLocked, "You are logged in as \(accountName); your nick is your account name")
+        }
+        if current.name == nick.name { return }
+        if current.folded != nick.folded {
+            if nickIndex[nick.folded] != nil || pendingAccountKeys.contains(nick.folded) {
+                throw .numeric(.errNicknameInUse, raw, "Nickname is already in use")
+            }
+            if session.accountKey == nil, accounts[nick.folded] != nil {
+                throw .numeric(.errNicknameInUse, raw, "Nickname is reserved by a registered account; log in to use it")
+            }
+        }
+        changeNick(of: id, to: nick, context: &context, outbox: &outbox)
+    }
+
+    static let serviceNicks: Set<String> = ["nickserv", "chanserv", "parley", "histserv"]
+
+    /// Renames a registered guest (or all sessions of an account) and tells those who see it.
+    mutating func changeNick(of connection: ConnectionID, to nick: Nickname, context: inout CommandContext, outbox: inout Outbox) {
+        guard let session = sessions[connection], let old = session.nick else { return }
+        let oldPrefix = session.prefix
+        let members = nickIndex[old.folded]?.connections ?? [connection]
+        nickIndex[old.folded] = nil
+        var holder = nickIndex[nick.folded] ?? NickHolder(connections: [], accountKey: session.accountKey)
+        for member in members where !holder.connections.contains(member) {
+            holder.connections.append(member)
+            sessions[member]?.nick = nick
+        }
+        nickIndex[nick.folded] = holder
+        let change = IRCMessage(source: oldPrefix, command: "NICK", parameters: [nick.name])
+        for member in members {
+            if member == connection { context.replies.append(change) } else { send(change, to: member, into: &outbox) }
+        }
+        if old.folded != nick.folded {
+            recordWhowas(session, now: context.now)
+            notifyMonitors(nick: old, online: false, session: session, into: &outbox)
+            if let updated = sessions[connection] { notifyMonitors(nick: nick, online: true, session: updated, into: &outbox) }
+        }
+    }
+
+    mutating func handleUser(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        if session.isRegistered || session.username != nil {
+            throw .numeric(.errAlreadyRegistered, "You may not reregister")
+        }
+        let requested = message.parameters[0]
+        let cleaned = String(requested.unicodeScalars.filter { scalar in
+            scalar.isASCII && scalar.value > 32 && scalar != "@" && scalar != "!" && scalar != ":"
+        }.prefix(configuration.userLength - 1).map(Character.init))
+        guard !cleaned.isEmpty else { throw .needMoreParameters("USER") }
+        sessions[id]?.username = "~" + cleaned
+        sessions[id]?.realname = String(message.parameters[3].prefix(configuration.realnameLength))
+        completeRegistrationIfReady(id, &context, &outbox)
+    }
+
+    mutating func handlePass(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        if session.isRegistered { throw .numeric(.errAlreadyRegistered, "You may not reregister") }
+        // PASS account:password logs in to an account; PASS password uses the nick as account.
+        let value = message.parameters[0]
+        if let colon = value.firstIndex(of: ":"), colon != value.startIndex {
+            sessions[id]?.passCredentials = (String(value[..<colon]), String(value[value.index(after: colon)...]))
+        } else {
+            sessions[id]?.passCredentials = ("", value)
+        }
+    }
+
+    // MARK: Registration completion
+
+    /// Finishes registration once NICK and USER are in, CAP negotiation has ended and no login is
+    /// in flight. A pending `PASS` login is started here, when the nick is known.
+    mutating func completeRegistrationIfReady(_ id: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        guard let session = sessions[id], !session.isRegistered, !session.isClosing,
+              let nick = session.nick, session.username != nil,
+              !session.capNegotiationInProgress, session.pendingTickets == 0
+        else { return }
+
+        if let pass = session.passCredentials, session.accountKey == nil {
+            sessions[id]?.passCredentials = nil
+            let accountName = pass.account.isEmpty ? nick.name : pass.account
+            let key = fold(accountName)
+            guard let account = accounts[key] else {
+                render(.numeric(.errPasswdMismatch, "Password incorrect: no account named \(accountName)"), in: &context)
+                disconnect(id, reason: "Bad password", context: &context, outbox: &outbox)
+                return
+            }
+            if let refusal = loginRefusal(accountKey: key, host: session.host, now: context.now) {
+                render(.numeric(.errPasswdMismatch, refusal), in: &context)
+                disconnect(id, reason: "Too many failed logins", context: &context, outbox: &outbox)
+                return
+            }
+            startPasswordCheck(.passLogin(id, accountKey: key), credential: account.credential, password: pass.password, into: &outbox)
+            return
+        }
+
+        var effectiveNick = nick
+        if let accountName = session.accountName, let accountNick = try? Nickname(accountName, caseMapping: configuration.caseMapping, maxLength: configuration.nickLength) {
+            effectiveNick = accountNick
+        } else {
+            if accounts[nick.folded] != nil {
+                sessions[id]?.nick = nil
+                render(.numeric(.errNicknameInUse, nick.name, "Nickname is reserved by a registered account; log in with SASL or PASS \(nick.name):<password>, or pick another nick"), in: &context)
+                return
+            }
+            if nickIndex[nick.folded] != nil || pendingAccountKeys.contains(nick.folded) {
+                sessions[id]?.nick = nil
+                render(.numeric(.errNicknameInUse, nick.name, "Nickname is already in use"), in: &context)
+                return
+            }
+            if !configuration.allowGuests {
+                render(.fail("*", "ACCOUNT_REQUIRED", description: "This server requires an account: log in with SASL or PASS, or register with REGISTER"), in: &context)
+                disconnect(id, reason: "Account required", context: &context, outbox: &outbox)
+                return
+            }
+        }
+
+        sessions[id]?.nick = effectiveNick
+        sessions[id]?.isRegistered = true
+        registeredSessionCount += 1
+        let wasOnline = nickIndex[effectiveNick.folded] != nil
+        var holder = nickIndex[effectiveNick.folded] ?? NickHolder(connections: [], accountKey: session.accountKey)
+        holder.connections.append(id)
+        nickIndex[effectiveNick.folded] = holder
+        maximumUsersSeen = max(maximumUsersSeen, registeredSessionCount)
+        sendWelcome(to: id, &context)
+        if let registered = sessions[id], !wasOnline {
+            notifyMonitors(nick: effectiveNick, online: true, session: registered, into: &outbox)
+        }
+    }
+
+    /// Closes the connection handling the current command, after its replies.
+    mutating func disconnect(_ id: ConnectionID, reason: String, context: inout CommandContext, outbox: inout Outbox) {
+        guard let session = sessions[id] else { return }
+        finish(&context, into: &outbox)
+        context.replies.removeAll()
+        context.connectionClosed = true
+        send(IRCMessage(command: "ERROR", parameters: ["Closing link: \(session.host) (\(reason))"]), to: id, into: &outbox)
+        outbox.actions.append(.close(id))
+        removeSession(id, quitMessage: reason, now: context.now, into: &outbox)
+    }
+
+    mutating func sendWelcome(to id: ConnectionID, _ context: inout CommandContext) {
+        guard let session = sessions[id], let nick = session.nick else { return }
+        numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
+        numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
+        numericReply(.rplCreated, ["This server was created \(startedAt.iso8601)"], in: &context)
+        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "ior", "biklmnostv", "bklov"], in: &context)
+        var index = 0
+        while index < isupportTokens.count {
+            let chunk = Array(isupportTokens[index..<min(index + 13, isupportTokens.count)])
+            numericReply(.rplISupport, chunk + ["are supported by this server"], in: &context)
+            index += 13
+        }
+        lusersReplies(&context)
+        motdReplies(&context)
+        if session.isInvisible {
+            context.replies.append(IRCMessage(source: nick.name, command: "MODE", parameters: [nick.name, "+i"]))
+        }
+    }
+
+    static func makeISupportTokens(_ configuration: ChatConfiguration) -> [String] {
+        let targets = configuration.maxMessageTargets
+        return [
+            "AWAYLEN=\(configuration.awayLength)",
+            "CASEMAPPING=\(configuration.caseMapping.rawValue)",
+            "CHANLIMIT=#:",
+            "CHANMODES=b,k,l,imnt",
+            "CHANNELLEN=\(configuration.channelLength)",
+            "CHANTYPES=#",
+            "HOSTLEN=64",
+            "KICKLEN=\(configuration.kickLength)",
+            "LINELEN=512",
+            "MAXTARGETS=\(targets)",
+            "MODES=4",
+            "MONITOR=\(configuration.monitorLimit)",
+            "NETWORK=\(configuration.networkName)",
+            "NICKLEN=\(configuration.nickLength)",
+            "PREFIX=(qov)~@+",
+            "TARGMAX=PRIVMSG:\(targets),NOTICE:\(targets),TAGMSG:\(targets),WHOIS:1,JOIN:,PART:,KICK:1,NAMES:1,MONITOR:",
+            "TOPICLEN=\(configuration.topicLength)",
+            "USERLEN=\(configuration.userLength)",
+            "UTF8ONLY",
+        ]
+    }
+
+    // MARK: PING / QUIT
+
+    mutating func handlePing(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        context.replies.append(IRCMessage(
+            source: configuration.serverName, command: "PONG",
+            parameters: [configuration.serverName, message.parameters[0]]))
+    }
+
+    mutating func handleQuit(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let reason = message.parameters.first.map { "Quit: " + $0 } ?? "Quit"
+        disconnect(context.connection, reason: reason, context: &context, outbox: &outbox)
+    }
+}

@@ -1,0 +1,344 @@
+import IRCWire
+
+extension ChatServer {
+    // MARK: AWAY / SETNAME / MODE
+
+    mutating func handleAway(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        let text = message.parameters.first.map { String($0.prefix(configuration.awayLength)) } ?? ""
+        sessions[id]?.awayMessage = text.isEmpty ? nil : text
+        if text.isEmpty {
+            numericReply(.rplUnAway, ["You are no longer marked as being away"], in: &context)
+        } else {
+            numericReply(.rplNowAway, ["You have been marked as being away"], in: &context)
+        }
+        guard let session = sessions[id], let nick = session.nick else { return }
+        let notice = IRCMessage(source: session.prefix, command: "AWAY", parameters: text.isEmpty ? [] : [text])
+        notifyObservers(of: nick, notice, requiring: .awayNotify, except: id, into: &outbox)
+    }
+
+    mutating func handleSetname(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let realname = message.parameters[0]
+        guard !realname.isEmpty, realname.utf8.count <= configuration.realnameLength else {
+            throw .fail("SETNAME", "INVALID_REALNAME", description: "Realname must be 1 to \(configuration.realnameLength) bytes")
+        }
+        let id = context.connection
+        sessions[id]?.realname = realname
+        guard let session = sessions[id], let nick = session.nick else { return }
+        let change = IRCMessage(source: session.prefix, command: "SETNAME", parameters: [realname])
+        if session.has(.setname) { context.replies.append(change) }
+        notifyObservers(of: nick, change, requiring: .setname, except: id, into: &outbox)
+    }
+
+    mutating func handleMode(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let target = message.parameters[0]
+        let id = context.connection
+        guard let session = sessions[id], let nick = session.nick else { return }
+        if target.hasPrefix("#") {
+            throw .numeric(.errNoSuchChannel, target, "No such channel")
+        }
+        guard fold(target) == nick.folded else {
+            if nickIndex[fold(target)] == nil { throw .numeric(.errNoSuchNick, target, "No such nick/channel") }
+            throw .numeric(.errUsersDontMatch, "Can't change mode for other users")
+        }
+        guard message.parameters.count > 1 else {
+            numericReply(.rplUModeIs, [userModes(session)], in: &context)
+            return
+        }
+        var adding = true
+        var applied = ""
+        var appliedSign: Character?
+        var unknown = false
+        for character in message.parameters[1] {
+            switch character {
+            case "+": adding = true
+            case "-": adding = false
+            case "i":
+                guard sessions[id]?.isInvisible != adding else { continue }
+                sessions[id]?.isInvisible = adding
+                if appliedSign != (adding ? "+" : "-") { applied.append(adding ? "+" : "-"); appliedSign = adding ? "+" : "-" }
+                applied.append("i")
+            case "o":
+                // Operator status is granted by OPER only; it can be dropped.
+                guard !adding, sessions[id]?.isOperator == true else { continue }
+                sessions[id]?.isOperator = false
+                if appliedSign != "-" { applied.append("-"); appliedSign = "-" }
+                applied.append("o")
+            case "r":
+                continue
+            default:
+                unknown = true
+            }
+        }
+        if !applied.isEmpty {
+            context.replies.append(IRCMessage(source: session.prefix, command: "MODE", parameters: [nick.name, applied]))
+        }
+        if unknown { throw .numeric(.errUModeUnknownFlag, "Unknown MODE flag") }
+    }
+
+    func userModes(_ session: Session) -> String {
+        var modes = "+"
+        if session.isInvisible { modes.append("i") }
+        if session.isOperator { modes.append("o") }
+        if session.accountKey != nil { modes.append("r") }
+        return modes
+    }
+
+    // MARK: MONITOR (IRCv3 monitor, extended-monitor)
+
+    mutating func handleMonitor(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        let subcommand = message.parameters[0]
+        let targets = message.parameters.count > 1
+            ? message.parameters[1].split(separator: ",", omittingEmptySubsequences: true).map(String.init) : []
+        switch subcommand {
+        case "+":
+            guard !targets.isEmpty else { throw .needMoreParameters("MONITOR") }
+            var online: [String] = []
+            var offline: [String] = []
+            var refused: [String] = []
+            for target in targets {
+                let folded = fold(target)
+                if sessions[id]?.monitoredNicks.contains(folded) == true {
+                } else if (sessions[id]?.monitoredNicks.count ?? 0) >= configuration.monitorLimit {
+                    refused.append(target)
+                    continue
+                } else {
+                    sessions[id]?.monitoredNicks.insert(folded)
+                    monitorWatchers[folded, default: []].insert(id)
+                }
+                if let holder = nickIndex[folded], let first = holder.connections.first, let watched = sessions[first] {
+                    online.append(watched.prefix)
+                } else {
+                    offline.append(target)
+                }
+            }
+            if !online.isEmpty { numericReply(.rplMonOnline, [online.joined(separator: ",")], in: &context) }
+            if !offline.isEmpty { numericReply(.rplMonOffline, [offline.joined(separator: ",")], in: &context) }
+            if !refused.isEmpty {
+                numericReply(.errMonListFull, [String(configuration.monitorLimit), refused.joined(separator: ","), "Monitor list is full."], in: &context)
+            }
+        case "-":
+            for target in targets {
+                let folded = fold(target)
+                sessions[id]?.monitoredNicks.remove(folded)
+                monitorWatchers[folded]?.remove(id)
+                if monitorWatchers[folded]?.isEmpty == true { monitorWatchers[folded] = nil }
+            }
+        case "C", "c":
+            for folded in session.monitoredNicks {
+                monitorWatchers[folded]?.remove(id)
+                if monitorWatchers[folded]?.isEmpty == true { monitorWatchers[folded] = nil }
+            }
+            sessions[id]?.monitoredNicks = []
+        case "L", "l":
+            let names = session.monitoredNicks.sorted()
+            for chunk in stride(from: 0, to: names.count, by: 20) {
+                numericReply(.rplMonList, [names[chunk..<min(chunk + 20, names.count)].joined(separator: ",")], in: &context)
+            }
+            numericReply(.rplEndOfMonList, ["End of MONITOR list"], in: &context)
+        case "S", "s":
+            var online: [String] = []
+            var offline: [String] = []
+            for folded in session.monitoredNicks.sorted() {
+                if let holder = nickIndex[folded], let first = holder.connections.first, let watched = sessions[first] {
+                    online.append(watched.prefix)
+                } else {
+                    offline.append(folded)
+                }
+            }
+            if !online.isEmpty { numericReply(.rplMonOnline, [online.joined(separator: ",")], in: &context) }
+            if !offline.isEmpty { numericReply(.rplMonOffline, [offline.joined(separator: ",")], in: &context) }
+        default:
+            throw .numeric(.errUnknownCommand, "MONITOR", "Unknown MONITOR subcommand")
+        }
+    }
+
+    /// Tells MONITOR watchers that a nick came online or went offline.
+    func notifyMonitors(nick: Nickname, online: Bool, session: Session, into outbox: inout Outbox) {
+        guard let watchers = monitorWatchers[nick.folded] else { return }
+        for watcher in watchers {
+            guard let watching = sessions[watcher], watching.isRegistered else { continue }
+            let message = IRCMessage(
+                source: configuration.serverName, command: online ? Numeric.rplMonOnline.rawValue : Numeric.rplMonOffline.rawValue,
+                parameters: [watching.replyName, online ? session.prefix : nick.name])
+            send(message, to: watcher, into: &outbox)
+        }
+    }
+
+    /// Sends a state change (AWAY, SETNAME, ACCOUNT...) to the connections that watch this user
+    /// and asked for it: its own other connections, and extended-monitor watchers.
+    func notifyObservers(of nick: Nickname, _ message: IRCMessage, requiring capability: Capability, except: ConnectionID, into outbox: inout Outbox) {
+        var notified: Set<ConnectionID> = [except]
+        for connection in nickIndex[nick.folded]?.connections ?? [] where !notified.contains(connection) {
+            notified.insert(connection)
+            if sessions[connection]?.has(capability) == true { send(message, to: connection, into: &outbox) }
+        }
+        for watcher in monitorWatchers[nick.folded] ?? [] where !notified.contains(watcher) {
+            notified.insert(watcher)
+            guard let session = sessions[watcher], session.has(.extendedMonitor), session.has(capability) else { continue }
+            send(message, to: watcher, into: &outbox)
+        }
+    }
+
+    // MARK: WHOIS / WHO / WHOWAS / ISON / USERHOST
+
+    mutating func handleWhois(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        // `WHOIS server nick` asks a specific server; with one server the last parameter is the nick.
+        let target = message.parameters[message.parameters.count - 1]
+        let nickParameter = target.split(separator: ",").first.map(String.init) ?? target
+        guard let holder = nickIndex[fold(nickParameter)], let first = holder.connections.first, let user = sessions[first], let nick = user.nick else {
+            if let account = accounts[fold(nickParameter)] {
+                numericReply(.errNoSuchNick, [nickParameter, "\(account.name) is offline"], in: &context)
+            } else {
+                numericReply(.errNoSuchNick, [nickParameter, "No such nick/channel"], in: &context)
+            }
+            numericReply(.rplEndOfWhois, [nickParameter, "End of /WHOIS list"], in: &context)
+            return
+        }
+        let asker = sessions[context.connection]
+        numericReply(.rplWhoisUser, [nick.name, user.displayUsername, user.host, "*", user.realname], in: &context)
+        numericReply(.rplWhoisServer, [nick.name, configuration.serverName, configuration.networkName], in: &context)
+        if user.isOperator { numericReply(.rplWhoisOperator, [nick.name, "is an IRC operator"], in: &context) }
+        if let account = user.accountName {
+            numericReply(.rplWhoisAccount, [nick.name, account, "is logged in as"], in: &context)
+        }
+        if holder.connections.allSatisfy({ sessions[$0]?.isSecure == true }) {
+            numericReply(.rplWhoisSecure, [nick.name, "is using a secure connection"], in: &context)
+        }
+        if asker?.isOperator == true || context.connection == first {
+            numericReply(.rplWhoisHost, [nick.name, "is connecting from *@\(user.host) \(user.host)"], in: &context)
+        }
+        if holder.connections.count > 1 {
+            numericReply(.rplWhoisSpecial, [nick.name, "is connected \(holder.connections.count) times"], in: &context)
+        }
+        if holder.connections.allSatisfy({ sessions[$0]?.awayMessage != nil }), let away = user.awayMessage {
+            numericReply(.rplAway, [nick.name, away], in: &context)
+        }
+        let lastActive = holder.connections.compactMap { sessions[$0]?.lastActivity }.max() ?? user.lastActivity
+        numericReply(.rplWhoisIdle, [nick.name, String(max(0, context.now.milliseconds(since: lastActive) / 1000)),
+                                     String(user.connectedAt.secondsSince1970), "seconds idle, signon time"], in: &context)
+        numericReply(.rplEndOfWhois, [nick.name, "End of /WHOIS list"], in: &context)
+    }
+
+    mutating func handleWho(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let mask = message.parameters[0]
+        let operatorsOnly = message.parameters.count > 1 && message.parameters[1].contains("o")
+        let asker = context.connection
+        var matches: [Session] = []
+        if mask.hasPrefix("#") {
+            // Channels arrive with groups; until then every channel is empty.
+        } else if !mask.contains("*") && !mask.contains("?"), let holder = nickIndex[fold(mask)] {
+            matches = holder.connections.compactMap { sessions[$0] }
+        } else {
+            let pattern = IRCMask(mask)
+            for session in sessions.values where session.isRegistered {
+                guard !session.isInvisible || session.id == asker || sessions[asker]?.isOperator == true else { continue }
+                if mask == "*" || mask == "0" || pattern.matches(session.nick?.name ?? "", caseMapping: configuration.caseMapping)
+                    || pattern.matches(session.host, caseMapping: configuration.caseMapping)
+                    || pattern.matches(session.realname, caseMapping: configuration.caseMapping) {
+                    matches.append(session)
+                }
+            }
+        }
+        var shown: Set<String> = []
+        for session in matches where !operatorsOnly || session.isOperator {
+            guard let nick = session.nick, shown.insert(nick.folded).inserted else { continue }
+            var flags = session.awayMessage == nil ? "H" : "G"
+            if session.isOperator { flags.append("*") }
+            numericReply(.rplWhoReply, ["*", session.displayUsername, session.host, configuration.serverName, nick.name, flags, "0 \(session.realname)"], in: &context)
+        }
+        numericReply(.rplEndOfWho, [mask, "End of /WHO list"], in: &context)
+    }
+
+    mutating func handleWhowas(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let nick = message.parameters[0]
+        let limit = message.parameters.count > 1 ? max(1, Int(message.parameters[1]) ?? Int.max) : Int.max
+        let folded = fold(nick)
+        let entries = whowas.reversed().filter { $0.folded == folded }.prefix(limit)
+        if entries.isEmpty {
+            numericReply(.errWasNoSuchNick, [nick, "There was no such nickname"], in: &context)
+        }
+        for entry in entries {
+            numericReply(.rplWhoWasUser, [entry.nick, entry.username, entry.host, "*", entry.realname], in: &context)
+            numericReply(.rplWhoisServer, [entry.nick, configuration.serverName, "left at \(entry.leftAt.iso8601)"], in: &context)
+            if let account = entry.accountName {
+                numericReply(.rplWhoisAccount, [entry.nick, account, "was logged in as"], in: &context)
+            }
+        }
+        numericReply(.rplEndOfWhoWas, [nick, "End of WHOWAS"], in: &context)
+    }
+
+    mutating func handleIson(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        var online: [String] = []
+        for parameter in message.parameters {
+            for nick in parameter.split(separator: " ") {
+                if let holder = nickIndex[fold(String(nick))], let first = holder.connections.first, let name = sessions[first]?.nick?.name {
+                    online.append(name)
+                }
+            }
+        }
+        numericReply(.rplIsOn, [online.joined(separator: " ")], in: &context)
+    }
+
+    mutating func handleUserhost(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        var replies: [String] = []
+        for nick in message.parameters.prefix(5) {
+            guard let holder = nickIndex[fold(nick)], let first = holder.connections.first, let session = sessions[first], let name = session.nick?.name else { continue }
+            replies.append("\(name)\(session.isOperator ? "*" : "")=\(session.awayMessage == nil ? "+" : "-")\(session.displayUsername)@\(session.host)")
+        }
+        numericReply(.rplUserHost, [replies.joined(separator: " ")], in: &context)
+    }
+
+    // MARK: Server queries
+
+    mutating func handleMotd(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        motdReplies(&context)
+    }
+
+    func motdReplies(_ context: inout CommandContext) {
+        guard !configuration.motd.isEmpty else {
+            numericReply(.errNoMotd, ["MOTD File is missing"], in: &context)
+            return
+        }
+        numericReply(.rplMotdStart, ["- \(configuration.serverName) Message of the day - "], in: &context)
+        for line in configuration.motd { numericReply(.rplMotd, ["- " + line], in: &context) }
+        numericReply(.rplEndOfMotd, ["End of /MOTD command."], in: &context)
+    }
+
+    mutating func handleLusers(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        lusersReplies(&context)
+    }
+
+    func lusersReplies(_ context: inout CommandContext) {
+        var visible = 0, invisible = 0, operators = 0, unknown = 0
+        for session in sessions.values {
+            guard session.isRegistered else { unknown += 1; continue }
+            if session.isInvisible { invisible += 1 } else { visible += 1 }
+            if session.isOperator { operators += 1 }
+        }
+        let total = visible + invisible
+        numericReply(.rplLUserClient, ["There are \(visible) users and \(invisible) invisible on 1 servers"], in: &context)
+        numericReply(.rplLUserOp, [String(operators), "operator(s) online"], in: &context)
+        numericReply(.rplLUserUnknown, [String(unknown), "unknown connection(s)"], in: &context)
+        numericReply(.rplLUserChannels, ["0", "channels formed"], in: &context)
+        numericReply(.rplLUserMe, ["I have \(total) clients and 0 servers"], in: &context)
+        numericReply(.rplLocalUsers, [String(total), String(maximumUsersSeen), "Current local users \(total), max \(maximumUsersSeen)"], in: &context)
+        numericReply(.rplGlobalUsers, [String(total), String(maximumUsersSeen), "Current global users \(total), max \(maximumUsersSeen)"], in: &context)
+    }
+
+    mutating func handleVersion(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        numericReply(.rplVersion, [configuration.version, configuration.serverName, "Parley chat server"], in: &context)
+        var index = 0
+        while index < isupportTokens.count {
+            let chunk = Array(isupportTokens[index..<min(index + 13, isupportTokens.count)])
+            numericReply(.rplISupport, chunk + ["are supported by this server"], in: &context)
+            index += 13
+        }
+    }
+
+    mutating func handleTime(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        numericReply(.rplTime, [configuration.serverName, context.now.iso8601], in: &context)
+    }
+}

@@ -1,0 +1,67 @@
+import IRCWire
+
+/// Everything the server knows about one connection. Owned by `ChatServer`.
+struct Session: Sendable {
+    let id: ConnectionID
+    /// The address shown in the user's hostmask (IPv4-mapped IPv6 already normalised).
+    let host: String
+    let isSecure: Bool
+    let connectedAt: Timestamp
+    var lastActivity: Timestamp
+    var pingSentAt: Timestamp?
+
+    // Connection registration.
+    var isRegistered = false
+    var capNegotiationInProgress = false
+    var capVersion = 0
+    var capabilities = CapabilitySet()
+    var nick: Nickname?
+    var username: String?
+    var realname = ""
+    /// `PASS account:password` waiting for NICK/USER before it is checked.
+    var passCredentials: (account: String, password: String)?
+    /// A password check or account creation is in flight; registration waits for it.
+    var pendingTickets = 0
+    var sasl = SASLExchangeState.idle
+
+    // Identity once known.
+    var accountKey: String?
+    var accountName: String?
+    var awayMessage: String?
+    var isOperator = false
+    var isInvisible = true
+    var monitoredNicks: Set<String> = []
+    var isClosing = false
+
+    init(id: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp) {
+        self.id = id
+        self.host = host
+        self.isSecure = isSecure
+        self.connectedAt = connectedAt
+        self.lastActivity = connectedAt
+    }
+
+    /// The name to address this client by in numerics: its nick, or `*` before it has one.
+    var replyName: String { nick?.name ?? "*" }
+
+    var displayUsername: String { username ?? "~unknown" }
+
+    /// `nick!user@host`, the source of everything this client says.
+    var prefix: String { "\(nick?.name ?? "*")!\(displayUsername)@\(host)" }
+
+    func has(_ capability: Capability) -> Bool { capabilities.contains(capability) }
+}
+
+enum SASLExchangeState: Sendable {
+    case idle
+    /// `AUTHENTICATE PLAIN` accepted; waiting for the client's payload (maybe in 400-byte chunks).
+    case awaitingPlain(buffer: String)
+    /// SCRAM-SHA-256 after the client-first message (or before it, when `exchange` is fresh).
+    case scram(exchange: ScramSHA256ServerExchange, step: ScramStep, buffer: String, username: String?)
+    /// A password check for PLAIN is in flight.
+    case checking
+}
+
+enum ScramStep: Sendable {
+    case awaitingClientFirst, awaitingClientFinal, awaitingFinalAck
+}

@@ -1,0 +1,240 @@
+import Foundation
+import IRCWire
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ParleyCore
+import ParleyStore
+
+/// Owns the chat domain for the whole server and carries out its decisions.
+///
+/// Ownership rule: `ChatServer` and the connection registry live in one `NIOLockedValueBox`.
+/// Every event takes the lock once, lets the domain decide, resolves target channels, and leaves
+/// the lock before any write, so the lock is never held across I/O or waiting. Slow work
+/// (password hashing, storage) runs on the thread pool or in tasks and re-enters through the lock.
+final class ChatHost: Sendable {
+    struct State: Sendable {
+        var core: ChatServer
+        var channels: [ConnectionID: Channel] = [:]
+        var connectionsPerAddress: [String: Int] = [:]
+        var addressOf: [ConnectionID: String] = [:]
+        var nextConnection: UInt64 = 1
+        var isShuttingDown = false
+    }
+
+    /// A write (or close) resolved to its channel while the lock was held.
+    struct ResolvedDelivery {
+        let channel: Channel
+        let line: ByteBuffer?
+        let closeAfter: Bool
+    }
+
+    private let state: NIOLockedValueBox<State>
+    let configuration: ServerConfiguration
+    let store: any ChatStore
+    let logger: Logger
+    let threadPool: NIOThreadPool
+    private let backgroundWork = NIOLockedValueBox<Int>(0)
+
+    init(core: ChatServer, configuration: ServerConfiguration, store: any ChatStore, threadPool: NIOThreadPool, logger: Logger) {
+        self.state = NIOLockedValueBox(State(core: core))
+        self.configuration = configuration
+        self.store = store
+        self.threadPool = threadPool
+        self.logger = logger
+    }
+
+    static func now() -> Timestamp {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Timestamp(millisecondsSince1970: Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000)
+    }
+
+    // MARK: Connections
+
+    enum Admission {
+        case admitted(ConnectionID)
+        case refused(String)
+    }
+
+    func admit(_ channel: Channel, address: String, isSecure: Bool) -> Admission {
+        let limits = configuration.limits
+        return state.withLockedValue { state in
+            if state.isShuttingDown { return .refused("Server is shutting down") }
+            if limits.maxConnectionsPerAddress > 0, state.connectionsPerAddress[address, default: 0] >= limits.maxConnectionsPerAddress {
+                return .refused("Too many connections from your address")
+            }
+            if limits.maxUnregisteredConnections > 0,
+               state.core.unregisteredConnectionCount >= limits.maxUnregisteredConnections {
+                return .refused("Too many connections are registering; try again shortly")
+            }
+            let id = ConnectionID(state.nextConnection)
+            state.nextConnection += 1
+            state.channels[id] = channel
+            state.connectionsPerAddress[address, default: 0] += 1
+            state.addressOf[id] = address
+            state.core.connectionOpened(id, host: Self.displayHost(address), isSecure: isSecure, now: Self.now())
+            return .admitted(id)
+        }
+    }
+
+    /// IPv6 addresses starting with ':' would be misread as a trailing parameter in replies.
+    static func displayHost(_ address: String) -> String {
+        address.hasPrefix(":") ? "0" + address : address
+    }
+
+    /// Runs one domain call under the lock and returns the writes it decided on, resolved.
+    func perform(_ body: (inout ChatServer, inout Outbox) -> Void) -> [ResolvedDelivery] {
+        var outbox = Outbox()
+        var resolved: [ResolvedDelivery] = []
+        var actions: [CoreAction] = []
+        state.withLockedValue { state in
+            body(&state.core, &outbox)
+            guard !outbox.isEmpty else { return }
+            resolved.reserveCapacity(outbox.deliveries.count)
+            for delivery in outbox.deliveries {
+                guard let channel = state.channels[delivery.connection] else { continue }
+                resolved.append(ResolvedDelivery(channel: channel, line: delivery.line, closeAfter: false))
+            }
+            for action in outbox.actions {
+                if case .close(let id) = action {
+                    if let channel = state.channels[id] {
+                        resolved.append(ResolvedDelivery(channel: channel, line: nil, closeAfter: true))
+                    }
+                    forget(id, in: &state)
+                } else {
+                    actions.append(action)
+                }
+            }
+        }
+        for action in actions { start(action) }
+        return resolved
+    }
+
+    private func forget(_ id: ConnectionID, in state: inout State) {
+        state.channels[id] = nil
+        if let address = state.addressOf.removeValue(forKey: id) {
+            let remaining = state.connectionsPerAddress[address, default: 1] - 1
+            state.connectionsPerAddress[address] = remaining > 0 ? remaining : nil
+        }
+    }
+
+    /// The socket is gone: tell the domain (which may notify others) and forget the channel.
+    func connectionClosed(_ id: ConnectionID, reason: String) {
+        let deliveries = perform { core, outbox in core.connectionClosed(id, reason: reason, now: Self.now(), into: &outbox) }
+        state.withLockedValue { forget(id, in: &$0) }
+        Self.write(deliveries)
+    }
+
+    /// Writes deliveries from outside any connection's pipeline: one hop per target channel.
+    static func write(_ deliveries: [ResolvedDelivery]) {
+        guard !deliveries.isEmpty else { return }
+        var grouped: [ObjectIdentifier: (Channel, [ResolvedDelivery])] = [:]
+        var order: [ObjectIdentifier] = []
+        for delivery in deliveries {
+            let key = ObjectIdentifier(delivery.channel)
+            if grouped[key] == nil { order.append(key); grouped[key] = (delivery.channel, []) }
+            grouped[key]!.1.append(delivery)
+        }
+        for key in order {
+            let (channel, items) = grouped[key]!
+            channel.eventLoop.execute {
+                Self.writeNow(items, to: channel)
+            }
+        }
+    }
+
+    /// Writes on the channel's own event loop, then flushes; closes after the data has gone out.
+    static func writeNow(_ items: [ResolvedDelivery], to channel: Channel) {
+        var closing = false
+        for item in items {
+            if let line = item.line { channel.write(line, promise: nil) }
+            if item.closeAfter { closing = true }
+        }
+        if closing {
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            channel.writeAndFlush(ByteBuffer(), promise: promise)
+            promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            channel.flush()
+        }
+    }
+
+    // MARK: Slow work
+
+    private func start(_ action: CoreAction) {
+        switch action {
+        case .close:
+            break
+        case .checkPassword(let ticket, let credential, let password):
+            beginBackgroundWork()
+            threadPool.submit { [self] _ in
+                let succeeded = credential.verify(password: password)
+                let deliveries = perform { core, outbox in
+                    core.completePasswordCheck(ticket: ticket, succeeded: succeeded, now: Self.now(), into: &outbox)
+                }
+                Self.write(deliveries)
+                endBackgroundWork()
+            }
+        case .createAccount(let ticket, let name, let key, let password, let email, let iterations):
+            beginBackgroundWork()
+            let store = self.store
+            let pool = self.threadPool
+            Task { [self] in
+                let result: AccountCreationResult
+                do {
+                    let credential = try await pool.runIfActive {
+                        PasswordCredential.derive(password: password, iterations: iterations)
+                    }
+                    let record = AccountRecord(name: name, key: key, credential: credential, createdAt: Date(), lastSeen: nil, email: email)
+                    try await store.insertAccount(record)
+                    result = .created(record)
+                    logger.info("account registered", metadata: ["account": "\(name)"])
+                } catch StoreError.accountExists {
+                    result = .nameTaken
+                } catch {
+                    logger.error("account registration failed", metadata: ["account": "\(name)", "error": "\(error)"])
+                    result = .failed("storage is unavailable")
+                }
+                let deliveries = perform { core, outbox in
+                    core.completeAccountCreation(ticket: ticket, result: result, now: Self.now(), into: &outbox)
+                }
+                Self.write(deliveries)
+                endBackgroundWork()
+            }
+        case .recordLastSeen(let accountKey, let time):
+            beginBackgroundWork()
+            let store = self.store
+            Task { [self] in
+                do {
+                    try await store.recordLastSeen(accountKey: accountKey, at: time.date)
+                } catch {
+                    logger.error("could not record last seen", metadata: ["account": "\(accountKey)", "error": "\(error)"])
+                }
+                endBackgroundWork()
+            }
+        }
+    }
+
+    private func beginBackgroundWork() { backgroundWork.withLockedValue { $0 += 1 } }
+    private func endBackgroundWork() { backgroundWork.withLockedValue { $0 -= 1 } }
+
+    var backgroundWorkInFlight: Int { backgroundWork.withLockedValue { $0 } }
+
+    // MARK: Timers and shutdown
+
+    func tick() {
+        Self.write(perform { core, outbox in core.tick(now: Self.now(), into: &outbox) })
+    }
+
+    /// Refuses new connections, tells every client why, and closes them.
+    func beginShutdown(reason: String) {
+        let deliveries = perform { core, outbox in core.shutdown(reason: reason, now: Self.now(), into: &outbox) }
+        state.withLockedValue { $0.isShuttingDown = true }
+        Self.write(deliveries)
+    }
+
+    var openChannelCount: Int { state.withLockedValue { $0.channels.count } }
+    var connectionCount: Int { state.withLockedValue { $0.core.connectionCount } }
+}

@@ -1,0 +1,212 @@
+import IRCWire
+import Logging
+import NIOCore
+import ParleyCore
+
+/// The per-connection pipeline end: parses framed lines, applies flood control, hands messages to
+/// the domain and writes what it decided. Writes to other connections on this event loop are
+/// flushed once per read batch, so a burst of messages costs one syscall per receiver.
+final class IRCConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = IRCLineFrame
+    typealias OutboundOut = ByteBuffer
+
+    private let host: ChatHost
+    private let isSecure: Bool
+    private var logger: Logger
+    private var connection: ConnectionID?
+    private var flood: TokenBucket
+    private var heldBack = CircularBuffer<IRCLineFrame>()
+    private var drainScheduled = false
+
+    // Writes decided during the current read batch.
+    private var channelsToFlush: [ObjectIdentifier: Channel] = [:]
+    private var channelsToClose: [ObjectIdentifier: Channel] = [:]
+    private var foreignWrites: [ObjectIdentifier: (Channel, [ChatHost.ResolvedDelivery])] = [:]
+
+    init(host: ChatHost, isSecure: Bool, logger: Logger) {
+        self.host = host
+        self.isSecure = isSecure
+        self.logger = logger
+        self.flood = TokenBucket(
+            ratePerSecond: host.configuration.limits.floodCommandsPerSecond,
+            burst: host.configuration.limits.floodBurst, now: ChatHost.now())
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let address = Self.normalizedAddress(context.channel.remoteAddress)
+        switch host.admit(context.channel, address: address, isSecure: isSecure) {
+        case .admitted(let id):
+            connection = id
+            logger[metadataKey: "connection"] = "\(id)"
+            logger.debug("connected", metadata: ["address": "\(address)", "tls": "\(isSecure)"])
+        case .refused(let reason):
+            logger.notice("refused connection", metadata: ["address": "\(address)", "reason": "\(reason)"])
+            var buffer = context.channel.allocator.buffer(capacity: 64)
+            IRCMessage(command: "ERROR", parameters: ["Closing link: \(address) (\(reason))"]).write(to: &buffer)
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        }
+        context.fireChannelActive()
+    }
+
+    /// IPv4 peers of a dual-stack socket appear as `::ffff:a.b.c.d`; per-address limits and
+    /// hostmasks use the plain IPv4 form.
+    static func normalizedAddress(_ address: SocketAddress?) -> String {
+        guard let text = address?.ipAddress else { return "unknown" }
+        if text.hasPrefix("::ffff:"), text.contains(".") { return String(text.dropFirst(7)) }
+        return text
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard connection != nil else { return }
+        let frame = unwrapInboundIn(data)
+        if !heldBack.isEmpty || !flood.take(now: ChatHost.now()) {
+            holdBack(frame, context: context)
+            return
+        }
+        process(frame, context: context)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushBatch(context: context)
+        context.fireChannelReadComplete()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let id = connection {
+            connection = nil
+            host.connectionClosed(id, reason: "Connection closed")
+            logger.debug("disconnected")
+        }
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        // The write buffer's high watermark is the send queue limit: a client that does not read
+        // is cut off instead of growing the server's memory.
+        if !context.channel.isWritable, let id = connection {
+            logger.notice("send queue exceeded")
+            connection = nil
+            host.connectionClosed(id, reason: "SendQ exceeded")
+            context.close(promise: nil)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: Flood control
+
+    private func holdBack(_ frame: IRCLineFrame, context: ChannelHandlerContext) {
+        heldBack.append(frame)
+        if heldBack.count > host.configuration.limits.floodQueueLimit, let id = connection {
+            logger.notice("excess flood")
+            heldBack.removeAll()
+            let deliveries = host.perform { core, outbox in
+                core.disconnect(id, reason: "Excess Flood", now: ChatHost.now(), into: &outbox)
+            }
+            connection = nil
+            collect(deliveries, context: context)
+            flushBatch(context: context)
+            return
+        }
+        scheduleDrain(context: context)
+    }
+
+    private func scheduleDrain(context: ChannelHandlerContext) {
+        guard !drainScheduled else { return }
+        drainScheduled = true
+        let delay = max(1, flood.millisecondsUntilNextToken(now: ChatHost.now()))
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: .milliseconds(delay)) {
+            let (handler, context) = loopBound.value
+            handler.drain(context: context)
+        }
+    }
+
+    private func drain(context: ChannelHandlerContext) {
+        drainScheduled = false
+        while let frame = heldBack.first, connection != nil {
+            guard flood.take(now: ChatHost.now()) else { break }
+            heldBack.removeFirst()
+            process(frame, context: context)
+        }
+        flushBatch(context: context)
+        if !heldBack.isEmpty && connection != nil { scheduleDrain(context: context) }
+    }
+
+    // MARK: Processing
+
+    private func process(_ frame: IRCLineFrame, context: ChannelHandlerContext) {
+        guard let id = connection else { return }
+        let deliveries: [ChatHost.ResolvedDelivery]
+        switch frame {
+        case .tooLong:
+            deliveries = host.perform { core, outbox in
+                core.receiveInvalidLine(.tooLong, command: nil, label: nil, from: id, now: ChatHost.now(), into: &outbox)
+            }
+        case .line(let bytes):
+            do {
+                let message = try IRCMessage(parsing: bytes)
+                if logger.logLevel <= .trace { logger.trace("<- \(message.wireString)") }
+                deliveries = host.perform { core, outbox in
+                    core.receive(message, from: id, now: ChatHost.now(), into: &outbox)
+                }
+            } catch .empty {
+                return
+            } catch {
+                let problem: ChatServer.InvalidLine
+                switch error {
+                case .invalidUTF8: problem = .invalidUTF8
+                case .bodyTooLong, .tagsTooLong: problem = .tooLong
+                default: problem = .malformed
+                }
+                // Read what we can of the line so the reply names the refused command and label.
+                let lossy = try? IRCMessage(parsing: String(decoding: bytes.readableBytesView, as: UTF8.self), maxTagsBytes: .max, maxBodyBytes: .max)
+                deliveries = host.perform { core, outbox in
+                    core.receiveInvalidLine(problem, command: lossy?.command.uppercased(), label: lossy?.tagValue("label"), from: id, now: ChatHost.now(), into: &outbox)
+                }
+            }
+        }
+        collect(deliveries, context: context)
+    }
+
+    private func collect(_ deliveries: [ChatHost.ResolvedDelivery], context: ChannelHandlerContext) {
+        for delivery in deliveries {
+            let channel = delivery.channel
+            let key = ObjectIdentifier(channel)
+            if channel.eventLoop.inEventLoop {
+                if let line = delivery.line { channel.write(line, promise: nil) }
+                channelsToFlush[key] = channel
+                if delivery.closeAfter { channelsToClose[key] = channel }
+            } else {
+                foreignWrites[key, default: (channel, [])].1.append(delivery)
+            }
+        }
+    }
+
+    private func flushBatch(context: ChannelHandlerContext) {
+        if !channelsToFlush.isEmpty {
+            for (key, channel) in channelsToFlush {
+                if channelsToClose[key] != nil {
+                    let promise = channel.eventLoop.makePromise(of: Void.self)
+                    channel.writeAndFlush(ByteBuffer(), promise: promise)
+                    promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+                } else {
+                    channel.flush()
+                }
+            }
+            channelsToFlush.removeAll(keepingCapacity: true)
+            channelsToClose.removeAll(keepingCapacity: true)
+        }
+        if !foreignWrites.isEmpty {
+            for (_, (channel, items)) in foreignWrites {
+                channel.eventLoop.execute { ChatHost.writeNow(items, to: channel) }
+            }
+            foreignWrites.removeAll(keepingCapacity: true)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import IRCWire
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+import ParleyCore
+import ParleyStore
+import ServiceLifecycle
+
+/// The running server: listeners on every configured address, one chat domain behind them, and a
+/// storage backend. Run it in a `ServiceGroup`; on graceful shutdown (SIGINT/SIGTERM) it stops
+/// accepting, tells every client why, closes them, and waits for storage work to finish.
+public final class ParleyServer: Service, Sendable {
+    public let configuration: ServerConfiguration
+    private let host: ChatHost
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let tlsContext: NIOSSLContext?
+    private let boundAddresses = NIOLockedValueBox<[SocketAddress]>([])
+    private let ready = NIOLockedValueBox<[CheckedContinuation<Void, any Error>]>([])
+    private let readiness = NIOLockedValueBox<Result<Void, any Error>?>(nil)
+
+    /// - Parameters:
+    ///   - store: where accounts and messages live; it is loaded here and not closed by the server.
+    public init(
+        configuration: ServerConfiguration, store: any ChatStore,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger
+    ) async throws {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+        var chat = try configuration.chatConfiguration()
+        chat.version = "parley-0.1"
+        let accounts = try await store.loadAccounts()
+        let core = ChatServer(configuration: chat, accounts: accounts, startedAt: ChatHost.now())
+        self.host = ChatHost(core: core, configuration: configuration, store: store, threadPool: NIOThreadPool.singleton, logger: logger)
+        if configuration.listeners.contains(where: \.tls) {
+            guard let files = configuration.tls else { throw ConfigurationError.tlsListenerWithoutCertificate }
+            let certificates = try NIOSSLCertificate.fromPEMFile(files.certificateFile)
+            let key = try NIOSSLPrivateKey(file: files.privateKeyFile, format: .pem)
+            let tls = TLSConfiguration.makeServerConfiguration(
+                certificateChain: certificates.map { .certificate($0) }, privateKey: .privateKey(key))
+            self.tlsContext = try NIOSSLContext(configuration: tls)
+        } else {
+            self.tlsContext = nil
+        }
+        logger.info("loaded accounts", metadata: ["count": "\(accounts.count)"])
+    }
+
+    /// The addresses actually bound, in configuration order (useful with port 0).
+    public var localAddresses: [SocketAddress] { boundAddresses.withLockedValue { $0 } }
+
+    /// Waits until every listener is bound (or binding failed).
+    public func waitUntilListening() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let result: Result<Void, any Error>? = readiness.withLockedValue { result in
+                if result == nil { ready.withLockedValue { $0.append(continuation) } }
+                return result
+            }
+            if let result { continuation.resume(with: result) }
+        }
+    }
+
+    private func signalReadiness(_ result: Result<Void, any Error>) {
+        let waiters = readiness.withLockedValue { state -> [CheckedContinuation<Void, any Error>] in
+            state = result
+            return ready.withLockedValue { waiters in
+                defer { waiters.removeAll() }
+                return waiters
+            }
+        }
+        for waiter in waiters { waiter.resume(with: result) }
+    }
+
+    public func run() async throws {
+        var listeners: [Channel] = []
+        do {
+            for listener in configuration.listeners {
+                let channel = try await bind(listener)
+                listeners.append(channel)
+                if let address = channel.localAddress {
+                    boundAddresses.withLockedValue { $0.append(address) }
+                    logger.info("listening", metadata: ["address": "\(address)", "tls": "\(listener.tls)"])
+                }
+            }
+        } catch {
+            for channel in listeners { try? await channel.close() }
+            signalReadiness(.failure(error))
+            throw error
+        }
+        signalReadiness(.success(()))
+
+        let host = self.host
+        let ticker = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            host.tick()
+        }
+
+        // Serve until a graceful shutdown is requested (SIGINT/SIGTERM via the ServiceGroup).
+        try? await gracefulShutdown()
+
+        logger.info("shutting down")
+        ticker.cancel()
+        for channel in listeners { try? await channel.close() }
+        host.beginShutdown(reason: "Server shutting down")
+        // Give clients a moment to receive ERROR; finish storage work already started.
+        let deadline = ContinuousClock.now + .seconds(3)
+        while (host.openChannelCount > 0 || host.backgroundWorkInFlight > 0) && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        logger.info("stopped", metadata: ["unfinished": "\(host.backgroundWorkInFlight)"])
+    }
+
+    private func bind(_ listener: ServerConfiguration.Listener) async throws -> Channel {
+        let host = self.host
+        let logger = self.logger
+        let tlsContext = listener.tls ? self.tlsContext : nil
+        let sendQueue = max(1024, configuration.limits.sendQueueBytes)
+        let maxLine = configuration.limits.maxLineBytes
+        var bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: sendQueue / 2, high: sendQueue))
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    if let tlsContext {
+                        try sync.addHandler(NIOSSLServerHandler(context: tlsContext))
+                    }
+                    try sync.addHandler(ByteToMessageHandler(IRCLineDecoder(maximumLineBytes: maxLine)))
+                    try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, logger: logger))
+                }
+            }
+        if listener.address.contains(":") {
+            // Without V6ONLY an IPv6 wildcard socket also claims the IPv4 port (see STACK.md).
+            bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
+        }
+        return try await bootstrap.bind(host: listener.address, port: listener.port).get()
+    }
+}

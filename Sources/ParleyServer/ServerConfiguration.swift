@@ -1,0 +1,199 @@
+import Foundation
+import ParleyCore
+import IRCWire
+
+/// Everything `parley-server` can be told, loaded from a JSON file (every field optional, with
+/// the defaults below) and overridden by command-line flags. Documented in docs/configuration.md.
+public struct ServerConfiguration: Sendable, Codable, Equatable {
+    public var serverName = "parley.local"
+    public var networkName = "Parley"
+    public var motd: [String] = ["Welcome to Parley: direct messages, groups, offline delivery and receipts."]
+    /// Where the SQLite database lives. Created if missing.
+    public var dataDirectory = "./parley-data"
+    public var listeners: [Listener] = [Listener(address: "0.0.0.0", port: 6667), Listener(address: "::", port: 6667)]
+    public var tls: TLSFiles?
+    public var limits = Limits()
+    public var accounts = Accounts()
+    public var operators: [Operator] = []
+    /// swift-log level: trace (logs every protocol line), debug, info, notice, warning, error.
+    public var logLevel = "info"
+
+    public init() {}
+
+    public struct Listener: Sendable, Codable, Equatable {
+        /// An IPv4 or IPv6 address to bind; "0.0.0.0" and "::" mean every address of that family.
+        public var address: String
+        public var port: Int
+        /// Whether this listener speaks TLS (needs the `tls` certificate and key).
+        public var tls: Bool
+
+        public init(address: String, port: Int, tls: Bool = false) {
+            self.address = address
+            self.port = port
+            self.tls = tls
+        }
+
+        enum CodingKeys: String, CodingKey { case address, port, tls }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            address = try container.decode(String.self, forKey: .address)
+            port = try container.decode(Int.self, forKey: .port)
+            tls = try container.decodeIfPresent(Bool.self, forKey: .tls) ?? false
+        }
+
+        /// Parses `ADDRESS:PORT`, `[IPV6]:PORT`, and a `tls://` prefix for TLS listeners.
+        public init?(parsing text: String) {
+            var rest = Substring(text)
+            var tls = false
+            if rest.hasPrefix("tls://") { tls = true; rest = rest.dropFirst(6) }
+            if rest.hasPrefix("tcp://") { rest = rest.dropFirst(6) }
+            let address: Substring
+            let portText: Substring
+            if rest.hasPrefix("[") {
+                guard let close = rest.firstIndex(of: "]") else { return nil }
+                address = rest[rest.index(after: rest.startIndex)..<close]
+                let afterBracket = rest[rest.index(after: close)...]
+                guard afterBracket.hasPrefix(":") else { return nil }
+                portText = afterBracket.dropFirst()
+            } else {
+                guard let colon = rest.lastIndex(of: ":"), !rest[..<colon].contains(":") else { return nil }
+                address = rest[..<colon]
+                portText = rest[rest.index(after: colon)...]
+            }
+            guard !address.isEmpty, let port = Int(portText), (0...65_535).contains(port) else { return nil }
+            self.init(address: String(address), port: port, tls: tls)
+        }
+    }
+
+    public struct TLSFiles: Sendable, Codable, Equatable {
+        /// PEM certificate chain file.
+        public var certificateFile: String
+        /// PEM private key file.
+        public var privateKeyFile: String
+
+        public init(certificateFile: String, privateKeyFile: String) {
+            self.certificateFile = certificateFile
+            self.privateKeyFile = privateKeyFile
+        }
+    }
+
+    public struct Limits: Sendable, Codable, Equatable {
+        /// Longest accepted line in bytes, tags included (IRCv3: 8191 for tags + 512 for the rest).
+        public var maxLineBytes = 8191 + 512
+        /// Commands per second a connection may sustain; 0 turns flood control off.
+        public var floodCommandsPerSecond = 10.0
+        /// Commands a connection may send at once before the rate applies.
+        public var floodBurst = 40
+        /// Commands held back by flood control before the connection is closed ("Excess Flood").
+        public var floodQueueLimit = 200
+        /// Connections allowed from one IP address at once; 0 means no limit.
+        public var maxConnectionsPerAddress = 20
+        /// Connections that have not finished registering, across the server; 0 means no limit.
+        public var maxUnregisteredConnections = 1000
+        public var registrationTimeoutSeconds = 30.0
+        public var pingIntervalSeconds = 90.0
+        public var pingTimeoutSeconds = 60.0
+        /// Bytes queued for a client that reads too slowly before it is disconnected.
+        public var sendQueueBytes = 4 * 1024 * 1024
+        /// Entries per MONITOR list.
+        public var monitorLimit = 100
+        /// Targets per PRIVMSG/NOTICE/TAGMSG.
+        public var maxMessageTargets = 4
+
+        public init() {}
+    }
+
+    public struct Accounts: Sendable, Codable, Equatable {
+        /// PBKDF2-SHA-256 iterations for new passwords (SCRAM-SHA-256 verifiers).
+        public var passwordIterations = 210_000
+        public var minimumPasswordLength = 8
+        /// Whether users without an account may connect and chat.
+        public var allowGuests = true
+        /// Whether users may register accounts themselves.
+        public var allowRegistration = true
+        /// Failed logins per account or address allowed per window before logins are refused.
+        public var loginFailuresAllowed = 5
+        public var loginFailureWindowSeconds = 60.0
+
+        public init() {}
+    }
+
+    public struct Operator: Sendable, Codable, Equatable {
+        public var name: String
+        /// A verifier made by `parley-server hash-password`, never the password itself.
+        public var passwordHash: String
+
+        public init(name: String, passwordHash: String) {
+            self.name = name
+            self.passwordHash = passwordHash
+        }
+    }
+
+    /// Reads a JSON configuration file; fields that are missing keep their defaults.
+    public static func load(from path: String) throws -> ServerConfiguration {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        return try JSONDecoder().decode(ServerConfiguration.self, from: data)
+    }
+
+    /// The rules the chat domain enforces, derived from this configuration.
+    public func chatConfiguration() throws -> ChatConfiguration {
+        var chat = ChatConfiguration()
+        chat.serverName = serverName
+        chat.networkName = networkName
+        chat.motd = motd
+        chat.monitorLimit = limits.monitorLimit
+        chat.maxMessageTargets = limits.maxMessageTargets
+        chat.pingIntervalMilliseconds = Int64(limits.pingIntervalSeconds * 1000)
+        chat.pingTimeoutMilliseconds = Int64(limits.pingTimeoutSeconds * 1000)
+        chat.registrationTimeoutMilliseconds = Int64(limits.registrationTimeoutSeconds * 1000)
+        chat.passwordIterations = accounts.passwordIterations
+        chat.minimumPasswordLength = accounts.minimumPasswordLength
+        chat.allowGuests = accounts.allowGuests
+        chat.allowAccountRegistration = accounts.allowRegistration
+        chat.loginFailuresAllowed = accounts.loginFailuresAllowed
+        chat.loginFailureWindowMilliseconds = Int64(accounts.loginFailureWindowSeconds * 1000)
+        chat.operators = try operators.map { oper in
+            guard let credential = PasswordCredential(encoded: oper.passwordHash) else {
+                throw ConfigurationError.invalidOperatorHash(oper.name)
+            }
+            return OperatorCredential(name: oper.name, credential: credential)
+        }
+        return chat
+    }
+}
+
+public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
+    case invalidOperatorHash(String)
+    case invalidListener(String)
+    case tlsListenerWithoutCertificate
+
+    public var description: String {
+        switch self {
+        case .invalidOperatorHash(let name):
+            "operator \(name): passwordHash is not a verifier made by `parley-server hash-password`"
+        case .invalidListener(let text):
+            "invalid listener \(text): use ADDRESS:PORT, [IPV6]:PORT or tls://ADDRESS:PORT"
+        case .tlsListenerWithoutCertificate:
+            "a TLS listener needs tls.certificateFile and tls.privateKeyFile (or --tls-cert and --tls-key)"
+        }
+    }
+}
+
+extension PasswordCredential {
+    /// `scram-sha-256$<iterations>$<salt b64>$<stored key b64>$<server key b64>`: the form used for
+    /// operator passwords in the configuration file.
+    public var encoded: String {
+        ["scram-sha-256", String(iterations), Data(salt).base64EncodedString(),
+         Data(storedKey).base64EncodedString(), Data(serverKey).base64EncodedString()].joined(separator: "$")
+    }
+
+    public init?(encoded: String) {
+        let parts = encoded.split(separator: "$", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 5, parts[0] == "scram-sha-256", let iterations = Int(parts[1]), iterations > 0,
+              let salt = Data(base64Encoded: parts[2]), let storedKey = Data(base64Encoded: parts[3]),
+              let serverKey = Data(base64Encoded: parts[4]), storedKey.count == 32, serverKey.count == 32
+        else { return nil }
+        self.init(salt: [UInt8](salt), iterations: iterations, storedKey: [UInt8](storedKey), serverKey: [UInt8](serverKey))
+    }
+}

@@ -1,1 +1,0 @@
-// ParleyStore module

@@ -1,0 +1,207 @@
+import ArgumentParser
+import IRCWire
+import Foundation
+import Logging
+import ParleyCore
+import ParleyServer
+import ParleyStore
+import ServiceLifecycle
+import UnixSignals
+
+@main
+struct ParleyServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "parley-server",
+        abstract: "Parley: an IRC chat server with accounts, groups, offline delivery and receipts.",
+        subcommands: [Serve.self, Account.self, HashPassword.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// Options shared by every subcommand that touches the data directory.
+struct DataOptions: ParsableArguments {
+    @Option(name: .long, help: "JSON configuration file (see docs/configuration.md).")
+    var config: String?
+
+    @Option(name: .long, help: "Directory holding the SQLite database (default ./parley-data).")
+    var dataDir: String?
+
+    func loadConfiguration() throws -> ServerConfiguration {
+        var configuration = try config.map { try ServerConfiguration.load(from: $0) } ?? ServerConfiguration()
+        if let dataDir { configuration.dataDirectory = dataDir }
+        return configuration
+    }
+
+    func openStore(_ configuration: ServerConfiguration) throws -> SQLiteChatStore {
+        try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+        let path = URL(fileURLWithPath: configuration.dataDirectory).appendingPathComponent("parley.sqlite").path
+        return try SQLiteChatStore(path: path)
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the server (the default).")
+
+    @OptionGroup var data: DataOptions
+
+    @Option(name: .long, help: ArgumentHelp(
+        "Listen on ADDRESS:PORT; repeat for several. [::1]:6667 for IPv6, tls://ADDRESS:PORT for TLS. Replaces the configured listeners.",
+        valueName: "address:port"))
+    var listen: [String] = []
+
+    @Option(name: .long, help: "PEM certificate chain for TLS listeners.")
+    var tlsCert: String?
+
+    @Option(name: .long, help: "PEM private key for TLS listeners.")
+    var tlsKey: String?
+
+    @Option(name: .long, help: "Server name shown to clients.")
+    var serverName: String?
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
+    var logLevel: String?
+
+    func run() async throws {
+        var configuration = try data.loadConfiguration()
+        if !listen.isEmpty {
+            configuration.listeners = try listen.map { text in
+                guard let listener = ServerConfiguration.Listener(parsing: text) else {
+                    throw ValidationError(ConfigurationError.invalidListener(text).description)
+                }
+                return listener
+            }
+        }
+        if let tlsCert, let tlsKey {
+            configuration.tls = .init(certificateFile: tlsCert, privateKeyFile: tlsKey)
+        }
+        if let serverName { configuration.serverName = serverName }
+        if let logLevel { configuration.logLevel = logLevel }
+        if configuration.listeners.contains(where: \.tls) && configuration.tls == nil {
+            throw ValidationError(ConfigurationError.tlsListenerWithoutCertificate.description)
+        }
+
+        let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "parley")
+        let store = try data.openStore(configuration)
+        do {
+            let server = try await ParleyServer(configuration: configuration, store: store, logger: logger)
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: [.init(service: server)],
+                    gracefulShutdownSignals: [.sigterm, .sigint],
+                    logger: logger))
+            try await group.run()
+        } catch {
+            try? await store.close()
+            throw error
+        }
+        try await store.close()
+    }
+}
+
+struct Account: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage accounts in a data directory. Run while the server is stopped, or restart it afterwards.",
+        subcommands: [Create.self, ResetPassword.self, List.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create an account; the password is read from standard input.")
+        @OptionGroup var data: DataOptions
+        @Argument(help: "The account name, which is also its nick.") var name: String
+
+        func run() async throws {
+            let configuration = try data.loadConfiguration()
+            let chat = try configuration.chatConfiguration()
+            let nick: Nickname
+            do { nick = try Nickname(name, caseMapping: chat.caseMapping, maxLength: chat.nickLength) } catch {
+                throw ValidationError("\(name) is not a valid nick: letters, digits and []\\`_^{|}- only, up to \(chat.nickLength) characters")
+            }
+            let password = try readPassword(prompt: "Password for \(name): ", minimumLength: chat.minimumPasswordLength)
+            let store = try data.openStore(configuration)
+            let credential = PasswordCredential.derive(password: password, iterations: chat.passwordIterations)
+            do {
+                try await store.insertAccount(AccountRecord(name: nick.name, key: nick.folded, credential: credential, createdAt: Date(), lastSeen: nil, email: nil))
+            } catch StoreError.accountExists {
+                try? await store.close()
+                throw ValidationError("an account named \(name) already exists")
+            }
+            try await store.close()
+            print("created account \(nick.name)")
+        }
+    }
+
+    struct ResetPassword: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Set a new password; read from standard input.")
+        @OptionGroup var data: DataOptions
+        @Argument(help: "The account name.") var name: String
+
+        func run() async throws {
+            let configuration = try data.loadConfiguration()
+            let chat = try configuration.chatConfiguration()
+            let password = try readPassword(prompt: "New password for \(name): ", minimumLength: chat.minimumPasswordLength)
+            let store = try data.openStore(configuration)
+            let credential = PasswordCredential.derive(password: password, iterations: chat.passwordIterations)
+            let updated = try await store.updateCredential(accountKey: chat.caseMapping.fold(name), credential)
+            try await store.close()
+            guard updated else { throw ValidationError("no account named \(name)") }
+            print("password changed for \(name)")
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List accounts with when they were created and last seen.")
+        @OptionGroup var data: DataOptions
+
+        func run() async throws {
+            let configuration = try data.loadConfiguration()
+            let store = try data.openStore(configuration)
+            let accounts = try await store.loadAccounts().sorted { $0.key < $1.key }
+            try await store.close()
+            for account in accounts {
+                let lastSeen = account.lastSeen.map { Timestamp($0).iso8601 } ?? "never"
+                print("\(account.name)\tcreated \(Timestamp(account.createdAt).iso8601)\tlast seen \(lastSeen)")
+            }
+            print("\(accounts.count) account(s)")
+        }
+    }
+}
+
+struct HashPassword: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "hash-password",
+        abstract: "Read a password from standard input and print a verifier for the operators section of the configuration.")
+
+    @Option(help: "PBKDF2 iterations.") var iterations = 210_000
+
+    func run() throws {
+        let password = try readPassword(prompt: "Password: ", minimumLength: 1)
+        print(PasswordCredential.derive(password: password, iterations: iterations).encoded)
+    }
+}
+
+/// Reads a password from standard input: without echo on a terminal, else the first line.
+func readPassword(prompt: String, minimumLength: Int) throws -> String {
+    var password: String?
+    if isatty(STDIN_FILENO) == 1 {
+        FileHandle.standardError.write(Data(prompt.utf8))
+        var original = termios()
+        tcgetattr(STDIN_FILENO, &original)
+        var silent = original
+        silent.c_lflag &= ~tcflag_t(ECHO)
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &silent)
+        password = readLine(strippingNewline: true)
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &original)
+        FileHandle.standardError.write(Data("\n".utf8))
+    } else {
+        password = readLine(strippingNewline: true)
+    }
+    guard let password, password.utf8.count >= minimumLength else {
+        throw ValidationError("the password must be at least \(minimumLength) bytes")
+    }
+    return password
+}

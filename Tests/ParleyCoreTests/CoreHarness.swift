@@ -1,0 +1,117 @@
+import Foundation
+import IRCWire
+import NIOCore
+@testable import ParleyCore
+
+/// Drives `ChatServer` the way the network shell does, with plain values: connections are
+/// numbers, time is a variable, and the slow work the domain asks for (password checks,
+/// account creation) is carried out at once with real credentials.
+struct CoreHarness {
+    var server: ChatServer
+    var now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+    var received: [ConnectionID: [String]] = [:]
+    var closed: Set<ConnectionID> = []
+    var lastSeenRecorded: [String: Timestamp] = [:]
+    private var nextConnection: UInt64 = 1
+
+    init(configure: (inout ChatConfiguration) -> Void = { _ in }, accounts: [(String, String)] = []) {
+        var configuration = ChatConfiguration()
+        configuration.passwordIterations = 1024
+        configure(&configuration)
+        let records = accounts.map { name, password in
+            AccountRecord(
+                name: name, key: configuration.caseMapping.fold(name),
+                credential: .derive(password: password, iterations: 1024),
+                createdAt: Date(timeIntervalSince1970: 1_700_000_000), lastSeen: nil, email: nil)
+        }
+        server = ChatServer(configuration: configuration, accounts: records, startedAt: now)
+    }
+
+    mutating func connect(host: String = "127.0.0.1", secure: Bool = false) -> ConnectionID {
+        let id = ConnectionID(nextConnection)
+        nextConnection += 1
+        server.connectionOpened(id, host: host, isSecure: secure, now: now)
+        return id
+    }
+
+    /// Sends raw lines from a client and returns what that client received in response.
+    @discardableResult
+    mutating func send(_ id: ConnectionID, _ lines: String...) -> [String] {
+        let before = received[id]?.count ?? 0
+        for line in lines {
+            var outbox = Outbox()
+            let message = try! IRCMessage(parsing: line)
+            server.receive(message, from: id, now: now, into: &outbox)
+            apply(outbox)
+        }
+        return Array((received[id] ?? []).dropFirst(before))
+    }
+
+    /// Registers a guest (or, with a password, an account holder via PASS) and clears its inbox.
+    @discardableResult
+    mutating func register(_ nick: String, password: String? = nil, caps: [String] = [], host: String = "127.0.0.1") -> ConnectionID {
+        let id = connect(host: host)
+        if !caps.isEmpty {
+            send(id, "CAP LS 302", "CAP REQ :\(caps.joined(separator: " "))")
+        }
+        if let password { send(id, "PASS \(nick):\(password)") }
+        send(id, "NICK \(nick)", "USER \(nick) 0 * :\(nick) Example")
+        if !caps.isEmpty { send(id, "CAP END") }
+        received[id] = []
+        return id
+    }
+
+    mutating func inbox(_ id: ConnectionID) -> [String] {
+        defer { received[id] = [] }
+        return received[id] ?? []
+    }
+
+    mutating func close(_ id: ConnectionID) {
+        var outbox = Outbox()
+        server.connectionClosed(id, reason: "Connection closed", now: now, into: &outbox)
+        apply(outbox)
+    }
+
+    mutating func advance(milliseconds: Int64) {
+        now = now.adding(milliseconds: milliseconds)
+        var outbox = Outbox()
+        server.tick(now: now, into: &outbox)
+        apply(outbox)
+    }
+
+    mutating func apply(_ outbox: Outbox) {
+        for delivery in outbox.deliveries {
+            let bytes = Array(delivery.line.readableBytesView)
+            precondition(bytes.suffix(2) == [13, 10], "every line ends in CR LF")
+            received[delivery.connection, default: []].append(String(decoding: bytes.dropLast(2), as: UTF8.self))
+        }
+        for action in outbox.actions {
+            var next = Outbox()
+            switch action {
+            case .close(let id):
+                closed.insert(id)
+            case .checkPassword(let ticket, let credential, let password):
+                server.completePasswordCheck(ticket: ticket, succeeded: credential.verify(password: password), now: now, into: &next)
+            case .createAccount(let ticket, let name, let key, let password, let email, let iterations):
+                let record = AccountRecord(
+                    name: name, key: key, credential: .derive(password: password, iterations: iterations),
+                    createdAt: now.date, lastSeen: nil, email: email)
+                server.completeAccountCreation(ticket: ticket, result: .created(record), now: now, into: &next)
+            case .recordLastSeen(let key, let time):
+                lastSeenRecorded[key] = time
+            }
+            apply(next)
+        }
+    }
+}
+
+extension Array where Element == String {
+    /// The IRC command (or numeric) of each line, ignoring tags and source.
+    var commands: [String] {
+        map { line in (try? IRCMessage(parsing: line).command) ?? "?" }
+    }
+
+    func first(command: String) -> IRCMessage? {
+        lazy.compactMap { try? IRCMessage(parsing: $0) }.first { $0.command == command }
+    }
+}

@@ -1,0 +1,127 @@
+import Foundation
+import IRCWire
+import Testing
+
+@Suite("Direct messages over real sockets")
+struct DirectMessageTests {
+    @Test func threeClientsOnIPv4AndIPv6TalkPairwiseAtOnce() async throws {
+        let server = try await TestServer()
+        let alice = try await TestClient.registered("alice", port: server.ipv4Port)
+        let bob = try await TestClient.registered("bob", port: server.ipv4Port)
+        let carol = try await TestClient.registered("carol", port: server.ipv6Port, host: "::1")
+        let clients = [("alice", alice), ("bob", bob), ("carol", carol)]
+        // Every client sends to both others before anyone reads: all six directions at once.
+        for (sender, client) in clients {
+            for (receiver, _) in clients where receiver != sender {
+                client.send("PRIVMSG \(receiver) :\(sender) to \(receiver)")
+            }
+        }
+        for (receiver, client) in clients {
+            for (sender, _) in clients where sender != receiver {
+                let message = try await client.expect("\(sender)'s message") { $0.command == "PRIVMSG" && $0.parameters.last == "\(sender) to \(receiver)" }
+                let host = sender == "carol" ? "0::1" : "127.0.0.1"
+                #expect(message.source == "\(sender)!~\(sender)@\(host)")
+                #expect(message.parameters.first == receiver)
+            }
+        }
+        for (_, client) in clients { await client.close() }
+        try await server.shutdownAndRemove()
+    }
+
+    @Test func senderLearnsAcceptedWithEchoMsgidAndLabel() async throws {
+        let server = try await TestServer()
+        let alice = try await TestClient.registered("alice", port: server.ipv4Port, caps: ["echo-message", "labeled-response", "batch", "message-tags", "server-time"])
+        let bob = try await TestClient.registered("bob", port: server.ipv6Port, host: "::1", caps: ["message-tags", "server-time"])
+        alice.send("@label=abc123 PRIVMSG bob :are you there?")
+        let echo = try await alice.expect(command: "PRIVMSG")
+        #expect(echo.tagValue("label") == "abc123")
+        let messageID = try #require(echo.tagValue("msgid"))
+        let time = try #require(echo.tagValue("time"))
+        let delivered = try await bob.expect(command: "PRIVMSG")
+        #expect(delivered.tagValue("msgid") == messageID)
+        #expect(delivered.tagValue("time") == time)
+        #expect(delivered.parameters == ["bob", "are you there?"])
+
+        alice.send("@label=def456 PRIVMSG nobody :hello?")
+        let failure = try await alice.expect(numeric: "401")
+        #expect(failure.tagValue("label") == "def456")
+        #expect(failure.parameters == ["alice", "nobody", "No such nick/channel"])
+        await alice.close(); await bob.close()
+        try await server.shutdownAndRemove()
+    }
+
+    @Test func oversizedAndInvalidLinesGetErrorsAndTheConnectionSurvives() async throws {
+        let server = try await TestServer()
+        let alice = try await TestClient.registered("alice", port: server.ipv4Port)
+        let bob = try await TestClient.registered("bob", port: server.ipv4Port)
+        // A body over 510 bytes: refused with 417, nothing delivered.
+        alice.send("PRIVMSG bob :" + String(repeating: "a", count: 600))
+        try await alice.expect(numeric: "417")
+        // Far beyond the whole-line cap: still one 417, no unbounded buffering.
+        alice.send("PRIVMSG bob :" + String(repeating: "b", count: 20_000))
+        try await alice.expect(numeric: "417")
+        // Invalid UTF-8 is refused by name.
+        alice.sendRaw(Array("PRIVMSG bob :caf".utf8) + [0xC3, 0x28] + Array("\r\n".utf8))
+        let invalid = try await alice.expect(command: "FAIL")
+        #expect(invalid.parameters.prefix(2) == ["PRIVMSG", "INVALID_UTF8"])
+        // The connection still works and bob got none of the refused lines.
+        alice.send("PRIVMSG bob :still here")
+        let received = try await bob.expect(command: "PRIVMSG")
+        #expect(received.parameters.last == "still here")
+        await alice.close(); await bob.close()
+        try await server.shutdownAndRemove()
+    }
+
+    @Test func floodsAreSlowedThenDisconnected() async throws {
+        let server = try await TestServer { configuration in
+            configuration.limits.floodCommandsPerSecond = 20
+            configuration.limits.floodBurst = 5
+            configuration.limits.floodQueueLimit = 30
+        }
+        let alice = try await TestClient.registered("alice", port: server.ipv4Port)
+        let bob = try await TestClient.registered("bob", port: server.ipv4Port)
+        // 15 messages: 5 at once, the other 10 paced at 20/s, so they take about half a second.
+        let start = ContinuousClock.now
+        for index in 1...15 { alice.send("PRIVMSG bob :\(index)") }
+        for index in 1...15 {
+            let message = try await bob.expect(command: "PRIVMSG")
+            #expect(message.parameters.last == "\(index)", "held-back messages keep their order")
+        }
+        #expect(ContinuousClock.now - start >= .milliseconds(400), "flood control paced the burst")
+        // A flood far past the queue limit is cut off with an ERROR saying why.
+        let flooder = try await TestClient.registered("flooder", port: server.ipv4Port)
+        for index in 1...200 { flooder.send("PRIVMSG bob :flood \(index)") }
+        let lines = try await flooder.expectClosed()
+        #expect(lines.contains { $0.hasPrefix("ERROR") && $0.contains("Excess Flood") })
+        // Others are unaffected.
+        alice.send("PRIVMSG bob :after the flood")
+        try await bob.expect { $0.parameters.last == "after the flood" }
+        await alice.close(); await bob.close()
+        try await server.shutdownAndRemove()
+    }
+
+    @Test func connectionsPerAddressAreCapped() async throws {
+        let server = try await TestServer { $0.limits.maxConnectionsPerAddress = 2 }
+        let first = try await TestClient.connect(port: server.ipv4Port)
+        let second = try await TestClient.connect(port: server.ipv4Port)
+        let third = try await TestClient.connect(port: server.ipv4Port)
+        let lines = try await third.expectClosed()
+        #expect(lines.first?.hasPrefix("ERROR :Closing link: 127.0.0.1 (Too many connections from your address)") == true)
+        // IPv6 loopback is another address.
+        let overIPv6 = try await TestClient.registered("six", port: server.ipv6Port, host: "::1")
+        await first.close()
+        try await Task.sleep(for: .milliseconds(100))
+        let fourth = try await TestClient.registered("fourth", port: server.ipv4Port)
+        for client in [second, overIPv6, fourth] { await client.close() }
+        try await server.shutdownAndRemove()
+    }
+
+    @Test func gracefulShutdownTellsClientsWhy() async throws {
+        let server = try await TestServer()
+        let alice = try await TestClient.registered("alice", port: server.ipv4Port)
+        try await server.stop()
+        let lines = try await alice.expectClosed()
+        #expect(lines.contains { $0.hasPrefix("ERROR") && $0.contains("Server shutting down") })
+        try await server.shutdownAndRemove()
+    }
+}

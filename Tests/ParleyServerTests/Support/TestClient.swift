@@ -1,0 +1,169 @@
+import Foundation
+import IRCWire
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// A raw IRC client over a real socket: sends lines, and waits for received lines that match.
+/// Every received line is kept in order; `expect` consumes lines up to the first match.
+final class TestClient: Sendable {
+    struct Timeout: Error, CustomStringConvertible {
+        let waitingFor: String
+        let received: [String]
+        var description: String { "timed out waiting for \(waitingFor); unmatched lines: \(received)" }
+    }
+
+    private struct State {
+        var lines: [String] = []
+        var closed = false
+    }
+
+    private let state = NIOLockedValueBox(State())
+    let channel: Channel
+
+    private init(channel: Channel) {
+        self.channel = channel
+    }
+
+    static func connect(host: String = "127.0.0.1", port: Int, tls: NIOSSLContext? = nil, serverHostname: String? = nil) async throws -> TestClient {
+        let collector = LineCollector()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverHostname))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(IRCLineDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(collector)
+                }
+            }
+            .connect(host: host, port: port).get()
+        let client = TestClient(channel: channel)
+        collector.client.withLockedValue { $0 = client }
+        return client
+    }
+
+    /// Connects and registers with NICK/USER (and optional CAPs and PASS); waits for 001.
+    static func registered(
+        _ nick: String, port: Int, host: String = "127.0.0.1", caps: [String] = [], password: String? = nil
+    ) async throws -> TestClient {
+        let client = try await connect(host: host, port: port)
+        try await client.register(nick, caps: caps, password: password)
+        return client
+    }
+
+    func register(_ nick: String, caps: [String] = [], password: String? = nil) async throws {
+        if !caps.isEmpty {
+            send("CAP LS 302")
+            send("CAP REQ :\(caps.joined(separator: " "))")
+            try await expect { $0.command == "CAP" && $0.parameters.dropFirst().first == "ACK" }
+        }
+        if let password { send("PASS \(nick):\(password)") }
+        send("NICK \(nick)")
+        send("USER \(nick) 0 * :\(nick) Tester")
+        if !caps.isEmpty { send("CAP END") }
+        try await expect(numeric: "001")
+        try await expect { $0.command == "376" || $0.command == "422" }
+    }
+
+    func send(_ line: String) {
+        var buffer = channel.allocator.buffer(capacity: line.utf8.count + 2)
+        buffer.writeString(line)
+        buffer.writeString("\r\n")
+        channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    func sendRaw(_ bytes: [UInt8]) {
+        channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil)
+    }
+
+    fileprivate func receive(_ line: String) {
+        state.withLockedValue { $0.lines.append(line) }
+    }
+
+    fileprivate func markClosed() {
+        state.withLockedValue { $0.closed = true }
+    }
+
+    var isClosed: Bool { state.withLockedValue { $0.closed } }
+
+    /// Waits for a line satisfying `predicate`, dropping the lines before it.
+    @discardableResult
+    func expect(timeout: Duration = .seconds(5), _ description: String = "a matching line", _ predicate: @escaping @Sendable (IRCMessage) -> Bool) async throws -> IRCMessage {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let found: IRCMessage? = state.withLockedValue { state in
+                while !state.lines.isEmpty {
+                    let line = state.lines.removeFirst()
+                    if let message = try? IRCMessage(parsing: line), predicate(message) { return message }
+                }
+                return nil
+            }
+            if let found { return found }
+            if ContinuousClock.now >= deadline || isClosed {
+                throw Timeout(waitingFor: description, received: state.withLockedValue { $0.lines })
+            }
+            try await waitForActivity(until: deadline)
+        }
+    }
+
+    @discardableResult
+    func expect(numeric: String, timeout: Duration = .seconds(5)) async throws -> IRCMessage {
+        try await expect(timeout: timeout, "numeric \(numeric)") { $0.command == numeric }
+    }
+
+    @discardableResult
+    func expect(command: String, timeout: Duration = .seconds(5)) async throws -> IRCMessage {
+        try await expect(timeout: timeout, "command \(command)") { $0.command == command }
+    }
+
+    /// Waits until the server closes the connection; returns the lines received meanwhile.
+    func expectClosed(timeout: Duration = .seconds(5)) async throws -> [String] {
+        let deadline = ContinuousClock.now + timeout
+        while !isClosed {
+            if ContinuousClock.now >= deadline { throw Timeout(waitingFor: "close", received: drain()) }
+            try await waitForActivity(until: deadline)
+        }
+        return drain()
+    }
+
+    /// Returns and forgets every line received so far.
+    func drain() -> [String] {
+        state.withLockedValue { state in
+            defer { state.lines.removeAll() }
+            return state.lines
+        }
+    }
+
+    /// Lets in-flight lines arrive, then returns them (for asserting that nothing else came).
+    func settle(for duration: Duration = .milliseconds(150)) async throws -> [String] {
+        try await Task.sleep(for: duration)
+        return drain()
+    }
+
+    /// Short polling keeps this simple and free of lost wake-ups; lines arrive within microseconds.
+    private func waitForActivity(until deadline: ContinuousClock.Instant) async throws {
+        try await Task.sleep(for: .milliseconds(2))
+    }
+
+    func close() async {
+        try? await channel.close()
+    }
+}
+
+private final class LineCollector: ChannelInboundHandler, Sendable {
+    typealias InboundIn = IRCLineFrame
+    let client = NIOLockedValueBox<TestClient?>(nil)
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .line(var bytes) = unwrapInboundIn(data) else { return }
+        let line = bytes.readString(length: bytes.readableBytes) ?? ""
+        client.withLockedValue { $0 }?.receive(line)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        client.withLockedValue { $0 }?.markClosed()
+        context.fireChannelInactive()
+    }
+}

@@ -1,0 +1,82 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+@testable import ParleyServer
+import ParleyStore
+import ServiceLifecycle
+
+/// A real Parley server on loopback ports chosen by the kernel, backed by a real SQLite file in a
+/// temporary directory. `restart()` starts a new server on the same directory.
+final class TestServer: @unchecked Sendable {
+    let directory: URL
+    private(set) var configuration: ServerConfiguration
+    private var server: ParleyServer?
+    private var store: SQLiteChatStore?
+    private var group: ServiceGroup?
+    private var runTask: Task<Void, any Error>?
+
+    static func makeConfiguration() -> ServerConfiguration {
+        var configuration = ServerConfiguration()
+        configuration.listeners = [
+            .init(address: "127.0.0.1", port: 0),
+            .init(address: "::1", port: 0),
+        ]
+        configuration.accounts.passwordIterations = 1024
+        configuration.logLevel = "warning"
+        return configuration
+    }
+
+    init(configure: (inout ServerConfiguration) -> Void = { _ in }) async throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var configuration = Self.makeConfiguration()
+        configuration.dataDirectory = directory.path
+        configure(&configuration)
+        self.configuration = configuration
+        try await start()
+    }
+
+    private func start() async throws {
+        var logger = Logger(label: "parley-test")
+        logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .warning
+        let store = try SQLiteChatStore(path: directory.appendingPathComponent("parley.sqlite").path)
+        let server = try await ParleyServer(configuration: configuration, store: store, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [.init(service: server)], logger: logger))
+        self.store = store
+        self.server = server
+        self.group = group
+        runTask = Task { try await group.run() }
+        try await server.waitUntilListening()
+    }
+
+    /// The bound port of listener `index` (0: 127.0.0.1, 1: ::1 by default).
+    func port(_ index: Int = 0) -> Int {
+        server?.localAddresses[index].port ?? 0
+    }
+
+    var ipv4Port: Int { port(0) }
+    var ipv6Port: Int { port(1) }
+
+    func stop() async throws {
+        await group?.triggerGracefulShutdown()
+        try await runTask?.value
+        try await store?.close()
+        group = nil
+        server = nil
+        store = nil
+        runTask = nil
+    }
+
+    func restart() async throws {
+        try await stop()
+        // Fixed ports would collide across parallel tests; a restart gets new ones.
+        configuration.listeners = configuration.listeners.map { .init(address: $0.address, port: 0, tls: $0.tls) }
+        try await start()
+    }
+
+    func shutdownAndRemove() async throws {
+        try await stop()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
