@@ -24,7 +24,10 @@ extension IRCMessage {
         Self.writeSanitized(command, to: &buffer)
         for (position, parameter) in parameters.enumerated() {
             buffer.writeInteger(UInt8(ascii: " "))
-            if position == parameters.count - 1 && Self.needsTrailingColon(parameter) {
+            // Like most servers, the last of several parameters always gets its ':' so that
+            // clients that read the trailing parameter by its colon show it whole.
+            if position == parameters.count - 1
+                && (position > 0 || Self.needsTrailingColon(parameter)) {
                 buffer.writeInteger(UInt8(ascii: ":"))
             }
             Self.writeSanitized(parameter, to: &buffer)

@@ -52,7 +52,7 @@ struct AccountFlowTests {
     @Test func passAccountPasswordLogsIn() {
         var harness = CoreHarness(accounts: [("alice", "correct horse")])
         let id = harness.connect()
-        harness.send(id, "PASS alice:correct horse", "NICK whatever")
+        harness.send(id, "PASS :alice:correct horse", "NICK whatever")
         let burst = harness.send(id, "USER a 0 * :A")
         #expect(burst.commands.first == "900")
         #expect(burst.contains { $0.hasPrefix(":parley.local 001 alice ") }, "the nick becomes the account name")
@@ -71,8 +71,8 @@ struct AccountFlowTests {
         #expect(harness.server.account(of: id) == "newbie")
         #expect(harness.server.accountRecord(named: "NEWBIE") != nil)
         let again = harness.register("other")
-        harness.send(again, "NICK newbie")
-        #expect(harness.send(again, "REGISTER * anotherpassword").first?.contains("FAIL REGISTER") == true)
+        #expect(harness.send(again, "REGISTER newbie * anotherpassword") == [":parley.local FAIL REGISTER ACCOUNT_EXISTS newbie :An account with that name already exists"])
+        #expect(harness.send(again, "REGISTER someone * anotherpassword").first?.contains("FAIL REGISTER ACCOUNT_NAME_MUST_BE_NICK someone") == true)
         let weak = harness.register("weakling")
         #expect(harness.send(weak, "REGISTER * short").first == ":parley.local FAIL REGISTER WEAK_PASSWORD weakling :Passwords must be at least 8 bytes long")
     }

@@ -34,7 +34,8 @@ struct CoreHarness {
         return id
     }
 
-    /// Sends raw lines from a client and returns what that client received in response.
+    /// Sends raw lines from a client and returns (and takes out of its inbox) what that client
+    /// received in response.
     @discardableResult
     mutating func send(_ id: ConnectionID, _ lines: String...) -> [String] {
         let before = received[id]?.count ?? 0
@@ -44,7 +45,9 @@ struct CoreHarness {
             server.receive(message, from: id, now: now, into: &outbox)
             apply(outbox)
         }
-        return Array((received[id] ?? []).dropFirst(before))
+        let replies = Array((received[id] ?? []).dropFirst(before))
+        received[id] = Array((received[id] ?? []).prefix(before))
+        return replies
     }
 
     /// Registers a guest (or, with a password, an account holder via PASS) and clears its inbox.
@@ -54,7 +57,7 @@ struct CoreHarness {
         if !caps.isEmpty {
             send(id, "CAP LS 302", "CAP REQ :\(caps.joined(separator: " "))")
         }
-        if let password { send(id, "PASS \(nick):\(password)") }
+        if let password { send(id, "PASS :\(nick):\(password)") }
         send(id, "NICK \(nick)", "USER \(nick) 0 * :\(nick) Example")
         if !caps.isEmpty { send(id, "CAP END") }
         received[id] = []

@@ -74,7 +74,7 @@ struct MessagingTests {
         let bob = harness.register("bob")
         let text = String(repeating: "x", count: 490)
         let reply = harness.send(alice, "PRIVMSG bob :\(text)")
-        #expect(reply.first?.hasPrefix("FAIL PRIVMSG MESSAGE_TOO_LONG bob :Message too long by") == true)
+        #expect(reply.first?.hasPrefix(":parley.local FAIL PRIVMSG MESSAGE_TOO_LONG bob :Message too long by") == true)
         #expect(harness.inbox(bob).isEmpty)
     }
 

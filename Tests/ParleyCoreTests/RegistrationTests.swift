@@ -90,7 +90,7 @@ struct RegistrationTests {
     @Test func pingIsAnsweredAndQuitCloses() {
         var harness = CoreHarness()
         let alice = harness.register("alice")
-        #expect(harness.send(alice, "PING :token123") == [":parley.local PONG parley.local token123"])
+        #expect(harness.send(alice, "PING :token123") == [":parley.local PONG parley.local :token123"])
         let goodbye = harness.send(alice, "QUIT :bye")
         #expect(goodbye == ["ERROR :Closing link: 127.0.0.1 (Quit: bye)"])
         #expect(harness.closed.contains(alice))
@@ -123,11 +123,11 @@ struct RegistrationTests {
     @Test func labeledResponsesAreTaggedAcknowledgedOrBatched() {
         var harness = CoreHarness()
         let alice = harness.register("alice", caps: ["labeled-response", "batch"])
-        #expect(harness.send(alice, "@label=one PING :x") == ["@label=one :parley.local PONG parley.local x"])
+        #expect(harness.send(alice, "@label=one PING :x") == ["@label=one :parley.local PONG parley.local :x"])
         #expect(harness.send(alice, "@label=two PONG :x") == ["@label=two :parley.local ACK"])
         let whois = harness.send(alice, "@label=three WHOIS alice")
         #expect(whois.first?.hasPrefix("@label=three :parley.local BATCH +") == true)
-        #expect(whois.first?.hasSuffix(" labeled-response") == true)
+        #expect(whois.first?.hasSuffix(" :labeled-response") == true)
         let reference = whois.first.flatMap { try? IRCMessage(parsing: $0) }?.parameters.first?.dropFirst() ?? ""
         #expect(whois.dropFirst().dropLast().allSatisfy { $0.hasPrefix("@batch=\(reference) ") })
         #expect(whois.last == ":parley.local BATCH -\(reference)")

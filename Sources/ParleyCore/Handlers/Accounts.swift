@@ -261,9 +261,19 @@ extension ChatServer {
 
     mutating func handleRegister(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let parameters = message.parameters
-        // `REGISTER <account> <email> <password>` is the older form some clients send.
+        // The draft's form is `REGISTER <account> <email|*> <password>`; some clients leave out
+        // the account and send `REGISTER <email|*> <password>`.
         let email = parameters.count >= 3 ? parameters[1] : parameters[0]
         let password = parameters.count >= 3 ? parameters[2] : parameters[1]
+        if parameters.count >= 3, parameters[0] != "*",
+           let nick = sessions[context.connection]?.nick, fold(parameters[0]) != nick.folded {
+            // Accounts are named after nicks (custom-account-name is not offered).
+            let requested = parameters[0]
+            if accounts[fold(requested)] != nil {
+                throw .fail("REGISTER", "ACCOUNT_EXISTS", requested, description: "An account with that name already exists")
+            }
+            throw .fail("REGISTER", "ACCOUNT_NAME_MUST_BE_NICK", requested, description: "Change your nick to \(requested) first: accounts are named after nicks")
+        }
         try beginAccountRegistration(email: email, password: password, viaNickServ: false, &context, &outbox)
     }
 

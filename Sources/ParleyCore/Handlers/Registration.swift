@@ -101,7 +101,10 @@ extension ChatServer {
         if !session.isRegistered {
             // Uniqueness is checked when registration completes, so a NICK/USER pair can be sent
             // in any order; an early answer still helps clients that pick another nick at once.
-            if nickIndex[nick.folded] != nil || pendingAccountKeys.contains(nick.folded) {
+            // A nick held by an account stays possible: the account's other devices log in
+            // with it, and completion refuses it to anyone who does not.
+            let heldByGuest = nickIndex[nick.folded].map { $0.accountKey == nil } ?? false
+            if heldByGuest || pendingAccountKeys.contains(nick.folded) {
                 throw .numeric(.errNicknameInUse, raw, "Nickname is already in use")
             }
             sessions[id]?.nick = nick
