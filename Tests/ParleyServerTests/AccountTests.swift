@@ -23,7 +23,7 @@ struct AccountTests {
 
     @Test func accountsSurviveARestartAndSaslPlainLogsIn() async throws {
         let server = try await TestServer()
-        try await Self.createAccount("alice", password: "correct horse battery", port: server.ipv4Port)
+        try await Self.createAccount("alice", password: "correct-horse-battery", port: server.ipv4Port)
         try await server.restart()
 
         // The nick is reserved: a guest cannot take it.
@@ -46,7 +46,7 @@ struct AccountTests {
         try await client.expect(numeric: "904")
         client.send("AUTHENTICATE PLAIN")
         try await client.expect { $0.command == "AUTHENTICATE" }
-        client.send("AUTHENTICATE \(Self.plain("alice", "correct horse battery"))")
+        client.send("AUTHENTICATE \(Self.plain("alice", "correct-horse-battery"))")
         let loggedIn = try await client.expect(numeric: "900")
         #expect(loggedIn.parameters[2] == "alice")
         try await client.expect(numeric: "903")
@@ -59,7 +59,7 @@ struct AccountTests {
 
     @Test func scramSha256LogsIn() async throws {
         let server = try await TestServer()
-        try await Self.createAccount("scrammy", password: "salted and hashed", port: server.ipv4Port)
+        try await Self.createAccount("scrammy", password: "salted-and-hashed", port: server.ipv4Port)
         let client = try await TestClient.connect(port: server.ipv4Port)
         client.send("CAP LS 302")
         client.send("CAP REQ :sasl")
@@ -82,7 +82,7 @@ struct AccountTests {
         let iterations = try #require(fields["i"].flatMap { Int($0) })
 
         let saltedPassword = try KDF.Insecure.PBKDF2.deriveKey(
-            from: Data("salted and hashed".utf8), salt: salt, using: .sha256, outputByteCount: 32,
+            from: Data("salted-and-hashed".utf8), salt: salt, using: .sha256, outputByteCount: 32,
             unsafeUncheckedRounds: iterations)
         let clientKey = Data(HMAC<SHA256>.authenticationCode(for: Data("Client Key".utf8), using: saltedPassword))
         let storedKey = Data(SHA256.hash(data: clientKey))
@@ -108,9 +108,9 @@ struct AccountTests {
 
     @Test func accountOnTwoConnectionsReceivesOnBothAndSeesItsOwnMessages() async throws {
         let server = try await TestServer()
-        try await Self.createAccount("dana", password: "two devices here", port: server.ipv4Port)
-        let laptop = try await TestClient.registered("dana", port: server.ipv4Port, caps: ["echo-message"], password: "two devices here")
-        let phone = try await TestClient.registered("dana", port: server.ipv6Port, host: "::1", password: "two devices here")
+        try await Self.createAccount("dana", password: "two-devices-here", port: server.ipv4Port)
+        let laptop = try await TestClient.registered("dana", port: server.ipv4Port, caps: ["echo-message"], password: "two-devices-here")
+        let phone = try await TestClient.registered("dana", port: server.ipv6Port, host: "::1", password: "two-devices-here")
         let eve = try await TestClient.registered("eve", port: server.ipv4Port)
         eve.send("PRIVMSG dana :hello dana")
         for device in [laptop, phone] {
@@ -124,7 +124,8 @@ struct AccountTests {
         #expect(copy.source?.hasPrefix("dana!") == true)
         let atEve = try await eve.expect(command: "PRIVMSG")
         #expect(atEve.parameters.last == "hi eve, from the laptop")
-        #expect(try await eve.settle().filter { $0.contains("PRIVMSG") }.isEmpty, "eve gets it once")
+        let extra = try await eve.settle().filter { (try? IRCMessage(parsing: $0))?.command == "PRIVMSG" }
+        #expect(extra.isEmpty, "eve gets it once")
         for client in [laptop, phone, eve] { await client.close() }
         try await server.shutdownAndRemove()
     }

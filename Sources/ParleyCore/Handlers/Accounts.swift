@@ -263,6 +263,9 @@ extension ChatServer {
         let parameters = message.parameters
         // The draft's form is `REGISTER <account> <email|*> <password>`; some clients leave out
         // the account and send `REGISTER <email|*> <password>`.
+        if parameters.count > 3 {
+            throw .fail("REGISTER", "UNACCEPTABLE_PASSWORD", sessions[context.connection]?.nick?.name ?? "*", description: "Passwords cannot contain spaces")
+        }
         let email = parameters.count >= 3 ? parameters[1] : parameters[0]
         let password = parameters.count >= 3 ? parameters[2] : parameters[1]
         if parameters.count >= 3, parameters[0] != "*",

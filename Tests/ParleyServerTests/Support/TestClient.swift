@@ -6,7 +6,8 @@ import NIOPosix
 import NIOSSL
 
 /// A raw IRC client over a real socket: sends lines, and waits for received lines that match.
-/// Every received line is kept in order; `expect` consumes lines up to the first match.
+/// Every received line is kept in order; `expect` takes out the first matching line and leaves
+/// the others for later expectations (`drain` and `settle` show what is left).
 final class TestClient: Sendable {
     struct Timeout: Error, CustomStringConvertible {
         let waitingFor: String
@@ -59,12 +60,15 @@ final class TestClient: Sendable {
             send("CAP REQ :\(caps.joined(separator: " "))")
             try await expect { $0.command == "CAP" && $0.parameters.dropFirst().first == "ACK" }
         }
-        if let password { send("PASS \(nick):\(password)") }
+        if let password { send("PASS :\(nick):\(password)") }
         send("NICK \(nick)")
         send("USER \(nick) 0 * :\(nick) Tester")
         if !caps.isEmpty { send("CAP END") }
         try await expect(numeric: "001")
         try await expect { $0.command == "376" || $0.command == "422" }
+        // The burst ends with the user mode; what came before it is not what tests look for.
+        try await expect(command: "MODE")
+        _ = drain()
     }
 
     func send(_ line: String) {
@@ -88,15 +92,17 @@ final class TestClient: Sendable {
 
     var isClosed: Bool { state.withLockedValue { $0.closed } }
 
-    /// Waits for a line satisfying `predicate`, dropping the lines before it.
+    /// Waits for a line satisfying `predicate` and takes it out of the received lines.
     @discardableResult
     func expect(timeout: Duration = .seconds(5), _ description: String = "a matching line", _ predicate: @escaping @Sendable (IRCMessage) -> Bool) async throws -> IRCMessage {
         let deadline = ContinuousClock.now + timeout
         while true {
             let found: IRCMessage? = state.withLockedValue { state in
-                while !state.lines.isEmpty {
-                    let line = state.lines.removeFirst()
-                    if let message = try? IRCMessage(parsing: line), predicate(message) { return message }
+                for (index, line) in state.lines.enumerated() {
+                    if let message = try? IRCMessage(parsing: line), predicate(message) {
+                        state.lines.remove(at: index)
+                        return message
+                    }
                 }
                 return nil
             }
