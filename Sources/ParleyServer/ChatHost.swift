@@ -99,10 +99,11 @@ final class ChatHost: Sendable {
             }
             for action in outbox.actions {
                 if case .close(let id) = action {
+                    // The channel stays registered until it is inactive, so that shutdown can
+                    // wait for the final ERROR lines to leave.
                     if let channel = state.channels[id] {
                         resolved.append(ResolvedDelivery(channel: channel, line: nil, closeAfter: true))
                     }
-                    forget(id, in: &state)
                 } else {
                     actions.append(action)
                 }
@@ -156,6 +157,8 @@ final class ChatHost: Sendable {
             let promise = channel.eventLoop.makePromise(of: Void.self)
             channel.writeAndFlush(ByteBuffer(), promise: promise)
             promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+            // A client that stops reading never lets the flush finish: close anyway.
+            channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
         } else {
             channel.flush()
         }

@@ -20,6 +20,25 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
 
     public init() {}
 
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case serverName, networkName, motd, dataDirectory, listeners, tls, limits, accounts, operators, logLevel
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.strictContainer(keyedBy: CodingKeys.self)
+        let defaults = ServerConfiguration()
+        serverName = try container.decode(.serverName, default: defaults.serverName)
+        networkName = try container.decode(.networkName, default: defaults.networkName)
+        motd = try container.decode(.motd, default: defaults.motd)
+        dataDirectory = try container.decode(.dataDirectory, default: defaults.dataDirectory)
+        listeners = try container.decode(.listeners, default: defaults.listeners)
+        tls = try container.decodeIfPresent(TLSFiles.self, forKey: .tls)
+        limits = try container.decode(.limits, default: defaults.limits)
+        accounts = try container.decode(.accounts, default: defaults.accounts)
+        operators = try container.decode(.operators, default: defaults.operators)
+        logLevel = try container.decode(.logLevel, default: defaults.logLevel)
+    }
+
     public struct Listener: Sendable, Codable, Equatable {
         /// An IPv4 or IPv6 address to bind; "0.0.0.0" and "::" mean every address of that family.
         public var address: String
@@ -102,6 +121,29 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var maxMessageTargets = 4
 
         public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case maxLineBytes, floodCommandsPerSecond, floodBurst, floodQueueLimit, maxConnectionsPerAddress
+            case maxUnregisteredConnections, registrationTimeoutSeconds, pingIntervalSeconds, pingTimeoutSeconds
+            case sendQueueBytes, monitorLimit, maxMessageTargets
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.strictContainer(keyedBy: CodingKeys.self)
+            let defaults = Limits()
+            maxLineBytes = try container.decode(.maxLineBytes, default: defaults.maxLineBytes)
+            floodCommandsPerSecond = try container.decode(.floodCommandsPerSecond, default: defaults.floodCommandsPerSecond)
+            floodBurst = try container.decode(.floodBurst, default: defaults.floodBurst)
+            floodQueueLimit = try container.decode(.floodQueueLimit, default: defaults.floodQueueLimit)
+            maxConnectionsPerAddress = try container.decode(.maxConnectionsPerAddress, default: defaults.maxConnectionsPerAddress)
+            maxUnregisteredConnections = try container.decode(.maxUnregisteredConnections, default: defaults.maxUnregisteredConnections)
+            registrationTimeoutSeconds = try container.decode(.registrationTimeoutSeconds, default: defaults.registrationTimeoutSeconds)
+            pingIntervalSeconds = try container.decode(.pingIntervalSeconds, default: defaults.pingIntervalSeconds)
+            pingTimeoutSeconds = try container.decode(.pingTimeoutSeconds, default: defaults.pingTimeoutSeconds)
+            sendQueueBytes = try container.decode(.sendQueueBytes, default: defaults.sendQueueBytes)
+            monitorLimit = try container.decode(.monitorLimit, default: defaults.monitorLimit)
+            maxMessageTargets = try container.decode(.maxMessageTargets, default: defaults.maxMessageTargets)
+        }
     }
 
     public struct Accounts: Sendable, Codable, Equatable {
@@ -117,6 +159,22 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var loginFailureWindowSeconds = 60.0
 
         public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case passwordIterations, minimumPasswordLength, allowGuests, allowRegistration
+            case loginFailuresAllowed, loginFailureWindowSeconds
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.strictContainer(keyedBy: CodingKeys.self)
+            let defaults = Accounts()
+            passwordIterations = try container.decode(.passwordIterations, default: defaults.passwordIterations)
+            minimumPasswordLength = try container.decode(.minimumPasswordLength, default: defaults.minimumPasswordLength)
+            allowGuests = try container.decode(.allowGuests, default: defaults.allowGuests)
+            allowRegistration = try container.decode(.allowRegistration, default: defaults.allowRegistration)
+            loginFailuresAllowed = try container.decode(.loginFailuresAllowed, default: defaults.loginFailuresAllowed)
+            loginFailureWindowSeconds = try container.decode(.loginFailureWindowSeconds, default: defaults.loginFailureWindowSeconds)
+        }
     }
 
     public struct Operator: Sendable, Codable, Equatable {
@@ -132,8 +190,25 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
 
     /// Reads a JSON configuration file; fields that are missing keep their defaults.
     public static func load(from path: String) throws -> ServerConfiguration {
-        let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        return try JSONDecoder().decode(ServerConfiguration.self, from: data)
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw ConfigurationError.unreadable(path, "cannot read the file (\(error.localizedDescription))")
+        }
+        do {
+            return try JSONDecoder().decode(ServerConfiguration.self, from: data)
+        } catch let error as UnknownConfigurationKey {
+            throw ConfigurationError.unreadable(path, error.description)
+        } catch let DecodingError.typeMismatch(type, context), let DecodingError.valueNotFound(type, context) {
+            let place = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw ConfigurationError.unreadable(path, "\(place) should be \(type == String.self ? "a string" : type == Bool.self ? "true or false" : type == Int.self || type == Double.self ? "a number" : "\(type)")")
+        } catch let DecodingError.keyNotFound(key, context) {
+            let place = (context.codingPath + [key]).map(\.stringValue).joined(separator: ".")
+            throw ConfigurationError.unreadable(path, "\(place) is required")
+        } catch {
+            throw ConfigurationError.unreadable(path, "not valid JSON")
+        }
     }
 
     /// The rules the chat domain enforces, derived from this configuration.
@@ -163,8 +238,44 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     }
 }
 
+/// A key the configuration does not know is almost always a typo; say so instead of ignoring it.
+struct UnknownConfigurationKey: Error, CustomStringConvertible {
+    let key: String
+    let path: [any CodingKey]
+    let known: [String]
+    var description: String {
+        let place = path.map(\.stringValue).joined(separator: ".")
+        return "unknown configuration key \"\(key)\"\(place.isEmpty ? "" : " in \(place)"); known keys: \(known.joined(separator: ", "))"
+    }
+}
+
+private struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
+extension Decoder {
+    /// A keyed container that refuses keys outside `Key`.
+    func strictContainer<Key: CodingKey & CaseIterable & RawRepresentable>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> where Key.RawValue == String {
+        let known = Key.allCases.map(\.rawValue)
+        for key in try container(keyedBy: AnyKey.self).allKeys where !known.contains(key.stringValue) {
+            throw UnknownConfigurationKey(key: key.stringValue, path: codingPath, known: known)
+        }
+        return try container(keyedBy: type)
+    }
+}
+
+extension KeyedDecodingContainer {
+    func decode<Value: Decodable>(_ key: Key, default value: Value) throws -> Value {
+        try decodeIfPresent(Value.self, forKey: key) ?? value
+    }
+}
+
 public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
     case invalidOperatorHash(String)
+    case unreadable(String, String)
     case invalidListener(String)
     case tlsListenerWithoutCertificate
 
@@ -172,6 +283,8 @@ public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .invalidOperatorHash(let name):
             "operator \(name): passwordHash is not a verifier made by `parley-server hash-password`"
+        case .unreadable(let path, let reason):
+            "configuration \(path): \(reason)"
         case .invalidListener(let text):
             "invalid listener \(text): use ADDRESS:PORT, [IPV6]:PORT or tls://ADDRESS:PORT"
         case .tlsListenerWithoutCertificate:
