@@ -292,22 +292,22 @@ public struct ChatServer: Sendable {
 
     func send(_ message: IRCMessage, to connection: ConnectionID, session: Session, into outbox: inout Outbox) {
         var message = message
-        if !message.tags.isEmpty && !session.has(.messageTags) {
-            message.tags.removeAll { tag in !Self.tagAllowedWithoutMessageTags(tag.key, session) }
+        if !message.tags.isEmpty {
+            message.tags.removeAll { tag in !Self.tagAllowed(tag.key, session) }
         }
         var buffer = allocator.buffer(capacity: 64 + message.parameters.reduce(0) { $0 + $1.utf8.count })
         message.write(to: &buffer)
         outbox.send(buffer, to: connection)
     }
 
-    /// Without `message-tags`, a client still receives the tags of capabilities it asked for.
-    static func tagAllowedWithoutMessageTags(_ key: String, _ session: Session) -> Bool {
+    /// Tags tied to a capability go only to clients that asked for it; the rest need message-tags.
+    static func tagAllowed(_ key: String, _ session: Session) -> Bool {
         switch key {
         case "time": session.has(.serverTime)
         case "label": session.has(.labeledResponse)
         case "batch": session.has(.batch)
         case "account": session.has(.accountTag)
-        default: false
+        default: session.has(.messageTags)
         }
     }
 }

@@ -37,14 +37,17 @@ struct MessagingTests {
     }
 
     @Test func tagsAreOnlySentToClientsThatAskedForThem() throws {
-        var harness = CoreHarness()
-        let alice = harness.register("alice", caps: ["message-tags"])
+        var harness = CoreHarness(accounts: [("alice", "password1")])
+        let alice = harness.register("alice", password: "password1", caps: ["message-tags"])
         let plain = harness.register("plain")
         let timed = harness.register("timed", caps: ["server-time"])
-        harness.send(alice, "@+typing=active PRIVMSG plain,timed :hello")
+        let tagged = harness.register("tagged", caps: ["message-tags"])
+        harness.send(alice, "@+typing=active PRIVMSG plain,timed,tagged :hello")
         #expect(harness.inbox(plain) == [":alice!~alice@127.0.0.1 PRIVMSG plain :hello"])
         let timedLine = try IRCMessage(parsing: #require(harness.inbox(timed).first))
         #expect(timedLine.tags.map(\.key) == ["time"])
+        let taggedLine = try IRCMessage(parsing: #require(harness.inbox(tagged).first))
+        #expect(Set(taggedLine.tags.map(\.key)) == ["msgid", "+typing"], "no time or account without their capabilities")
     }
 
     @Test func tagmsgOnlyReachesMessageTagsClients() {

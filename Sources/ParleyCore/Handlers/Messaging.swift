@@ -102,23 +102,19 @@ extension ChatServer {
 /// Encodes one relayed message at most once per distinct tag profile of the receivers, so a
 /// message to many connections shares a few buffers instead of being serialized per receiver.
 struct EncodingCache {
-    private var buffers: [ByteBuffer?] = [nil, nil, nil, nil, nil]
+    private var buffers: [ByteBuffer?] = Array(repeating: nil, count: 8)
 
     mutating func line(_ message: IRCMessage, for session: Session, allocator: ByteBufferAllocator) -> ByteBuffer {
-        let profile: Int
-        if session.has(.messageTags) {
-            profile = 4
-        } else {
-            profile = (session.has(.serverTime) ? 1 : 0) | (session.has(.accountTag) ? 2 : 0)
-        }
+        // time and account belong to their own capabilities; every other tag to message-tags.
+        let profile = (session.has(.serverTime) ? 1 : 0) | (session.has(.accountTag) ? 2 : 0) | (session.has(.messageTags) ? 4 : 0)
         if let buffer = buffers[profile] { return buffer }
         var message = message
-        if profile != 4 {
+        if profile != 7 {
             message.tags.removeAll { tag in
                 switch tag.key {
                 case "time": profile & 1 == 0
                 case "account": profile & 2 == 0
-                default: true
+                default: profile & 4 == 0
                 }
             }
         }
