@@ -3,7 +3,7 @@
 public enum Capability: Int, Sendable, CaseIterable {
     case messageTags, serverTime, echoMessage, labeledResponse, batch, standardReplies, sasl
     case accountTag, accountNotify, awayNotify, capNotify, multiPrefix, userhostInNames
-    case extendedJoin, setname, extendedMonitor, accountRegistration
+    case extendedJoin, setname, extendedMonitor, accountRegistration, channelRename
 
     public var name: String {
         switch self {
@@ -24,6 +24,7 @@ public enum Capability: Int, Sendable, CaseIterable {
         case .setname: "setname"
         case .extendedMonitor: "extended-monitor"
         case .accountRegistration: "draft/account-registration"
+        case .channelRename: "draft/channel-rename"
         }
     }
 

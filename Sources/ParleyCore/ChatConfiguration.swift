@@ -13,6 +13,8 @@ public struct ChatConfiguration: Sendable {
     public var nickLength = 30
     public var userLength = 18
     public var channelLength = 64
+    /// Channels one connection may be in; nil means no limit.
+    public var maxChannelsPerUser: Int? = 100
     public var topicLength = 390
     public var awayLength = 390
     public var kickLength = 390

@@ -27,6 +27,12 @@ public struct ChatServer: Sendable {
     /// Who watches which nick with MONITOR: case-folded nick -> connections.
     var monitorWatchers: [String: Set<ConnectionID>] = [:]
     var loginFailures: [String: FailureWindow] = [:]
+    /// Channels and groups by case-folded name.
+    var channels: [String: ChatChannel] = [:]
+    /// The groups each account is a member of (account key -> channel keys).
+    var groupsOfAccount: [String: Set<String>] = [:]
+    /// Old names of renamed channels, for `FAIL JOIN CHANNEL_RENAMED`.
+    var renamedChannels: [String: RenamedChannel] = [:]
     var maximumUsersSeen = 0
     var registeredSessionCount = 0
     let allocator = ByteBufferAllocator()
@@ -60,11 +66,16 @@ public struct ChatServer: Sendable {
         case registerAccount(ConnectionID, key: String, viaNickServ: Bool, label: String?)
     }
 
-    public init(configuration: ChatConfiguration, accounts: [AccountRecord], startedAt: Timestamp) {
+    public init(configuration: ChatConfiguration, accounts: [AccountRecord], groups: [GroupRecord] = [], startedAt: Timestamp) {
         self.configuration = configuration
         self.startedAt = startedAt
         self.messageIDs = MessageIDGenerator(startedAt: startedAt)
         for account in accounts { self.accounts[account.key] = account }
+        for group in groups {
+            let channel = ChatChannel(record: group)
+            channels[channel.key] = channel
+            for account in channel.accountRoles.keys { groupsOfAccount[account, default: []].insert(channel.key) }
+        }
         self.isupportTokens = Self.makeISupportTokens(configuration)
     }
 
@@ -78,6 +89,7 @@ public struct ChatServer: Sendable {
     public func account(of connection: ConnectionID) -> String? { sessions[connection]?.accountName }
     public func accountRecord(named name: String) -> AccountRecord? { accounts[fold(name)] }
     public var accountCount: Int { accounts.count }
+    public var channelCount: Int { channels.count }
 
     func fold(_ text: String) -> String { configuration.caseMapping.fold(text) }
 
@@ -177,7 +189,9 @@ public struct ChatServer: Sendable {
     }
 
     mutating func removeSession(_ connection: ConnectionID, quitMessage: String, now: Timestamp, into outbox: inout Outbox) {
-        guard let session = sessions.removeValue(forKey: connection) else { return }
+        guard let session = sessions[connection] else { return }
+        leaveChannelsOnQuit(session, reason: quitMessage, into: &outbox)
+        sessions[connection] = nil
         if session.isRegistered { registeredSessionCount -= 1 }
         for nick in session.monitoredNicks {
             monitorWatchers[nick]?.remove(connection)
@@ -197,7 +211,6 @@ public struct ChatServer: Sendable {
         } else {
             nickIndex[nick.folded] = holder
         }
-        _ = quitMessage
     }
 
     mutating func recordWhowas(_ session: Session, now: Timestamp) {

@@ -33,6 +33,17 @@ extension ChatServer {
         "PRIVMSG": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMessage(message, &context, &outbox) },
         "NOTICE": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMessage(message, &context, &outbox) },
         "TAGMSG": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMessage(message, &context, &outbox) },
+        // Channels and groups.
+        "JOIN": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleJoin(message, &context, &outbox) },
+        "PART": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handlePart(message, &context, &outbox) },
+        "TOPIC": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleTopic(message, &context, &outbox) },
+        "NAMES": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleNames(message, &context, &outbox) },
+        "LIST": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleList(message, &context, &outbox) },
+        "INVITE": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleInvite(message, &context, &outbox) },
+        "KICK": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleKick(message, &context, &outbox) },
+        "RENAME": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleRename(message, &context, &outbox) },
+        "CHANSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChanServ(text: message.parameters.joined(separator: " "), &context, &outbox) },
+        "CS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChanServ(text: message.parameters.joined(separator: " "), &context, &outbox) },
         // Users.
         "AWAY": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleAway(message, &context, &outbox) },
         "SETNAME": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleSetname(message, &context, &outbox) },

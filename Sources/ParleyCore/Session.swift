@@ -31,6 +31,8 @@ struct Session: Sendable {
     var isOperator = false
     var isInvisible = true
     var monitoredNicks: Set<String> = []
+    /// Keys of the channels this connection is in.
+    var channels: Set<String> = []
     var isClosing = false
 
     init(id: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp) {

@@ -35,6 +35,7 @@ final class ChatHost: Sendable {
     let store: any ChatStore
     let logger: Logger
     let threadPool: NIOThreadPool
+    let storageWriter: StorageWriter
     private let backgroundWork = NIOLockedValueBox<Int>(0)
 
     init(core: ChatServer, configuration: ServerConfiguration, store: any ChatStore, threadPool: NIOThreadPool, logger: Logger) {
@@ -43,6 +44,7 @@ final class ChatHost: Sendable {
         self.store = store
         self.threadPool = threadPool
         self.logger = logger
+        self.storageWriter = StorageWriter(store: store, logger: logger)
     }
 
     static func now() -> Timestamp {
@@ -97,6 +99,7 @@ final class ChatHost: Sendable {
                 guard let channel = state.channels[delivery.connection] else { continue }
                 resolved.append(ResolvedDelivery(channel: channel, line: delivery.line, closeAfter: false))
             }
+            var writes: [CoreAction] = []
             for action in outbox.actions {
                 if case .close(let id) = action {
                     // The channel stays registered until it is inactive, so that shutdown can
@@ -104,10 +107,13 @@ final class ChatHost: Sendable {
                     if let channel = state.channels[id] {
                         resolved.append(ResolvedDelivery(channel: channel, line: nil, closeAfter: true))
                     }
+                } else if action.isOrderedStorageWrite {
+                    writes.append(action)
                 } else {
                     actions.append(action)
                 }
             }
+            if !writes.isEmpty { storageWriter.enqueue(writes) }
         }
         for action in actions { start(action) }
         return resolved
@@ -206,24 +212,15 @@ final class ChatHost: Sendable {
                 Self.write(deliveries)
                 endBackgroundWork()
             }
-        case .recordLastSeen(let accountKey, let time):
-            beginBackgroundWork()
-            let store = self.store
-            Task { [self] in
-                do {
-                    try await store.recordLastSeen(accountKey: accountKey, at: time.date)
-                } catch {
-                    logger.error("could not record last seen", metadata: ["account": "\(accountKey)", "error": "\(error)"])
-                }
-                endBackgroundWork()
-            }
+        case .recordLastSeen, .saveGroup, .deleteGroup, .storeMessages:
+            break  // ordered storage writes go through `storageWriter`
         }
     }
 
     private func beginBackgroundWork() { backgroundWork.withLockedValue { $0 += 1 } }
     private func endBackgroundWork() { backgroundWork.withLockedValue { $0 -= 1 } }
 
-    var backgroundWorkInFlight: Int { backgroundWork.withLockedValue { $0 } }
+    var backgroundWorkInFlight: Int { backgroundWork.withLockedValue { $0 } + (storageWriter.isIdle ? 0 : 1) }
 
     // MARK: Timers and shutdown
 

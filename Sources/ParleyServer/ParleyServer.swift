@@ -35,7 +35,8 @@ public final class ParleyServer: Service, Sendable {
         var chat = try configuration.chatConfiguration()
         chat.version = "parley-0.1"
         let accounts = try await store.loadAccounts()
-        let core = ChatServer(configuration: chat, accounts: accounts, startedAt: ChatHost.now())
+        let groups = try await store.loadGroups()
+        let core = ChatServer(configuration: chat, accounts: accounts, groups: groups, startedAt: ChatHost.now())
         self.host = ChatHost(core: core, configuration: configuration, store: store, threadPool: NIOThreadPool.singleton, logger: logger)
         if configuration.listeners.contains(where: \.tls) {
             guard let files = configuration.tls else { throw ConfigurationError.tlsListenerWithoutCertificate }
@@ -47,7 +48,7 @@ public final class ParleyServer: Service, Sendable {
         } else {
             self.tlsContext = nil
         }
-        logger.info("loaded accounts", metadata: ["count": "\(accounts.count)"])
+        logger.info("loaded accounts and groups", metadata: ["accounts": "\(accounts.count)", "groups": "\(groups.count)"])
     }
 
     /// The addresses actually bound, in configuration order (useful with port 0).

@@ -15,6 +15,14 @@ public protocol ChatStore: Sendable {
     func recordLastSeen(accountKey: String, at: Date) async throws
     /// Appends messages in one transaction: all are stored or none.
     func appendMessages(_ messages: [StoredMessage]) async throws
+    func loadGroups() async throws -> [GroupRecord]
+    /// Inserts or replaces a group, members and bans included, in one transaction. With
+    /// `previousKey` (a rename) the old entry goes and its stored messages follow the new key.
+    func saveGroup(_ group: GroupRecord, previousKey: String?) async throws
+    func deleteGroup(key: String) async throws
+    /// Carries out storage actions (`CoreAction.isOrderedStorageWrite`) in order, in one
+    /// transaction: a batch of writes costs one commit.
+    func perform(_ writes: [CoreAction]) async throws
     func close() async throws
 }
 
@@ -23,40 +31,3 @@ public enum StoreError: Error, Sendable, Hashable {
     case closed
 }
 
-/// A durable record of one chat message.
-public struct StoredMessage: Sendable, Hashable {
-    public enum TargetKind: String, Sendable, Hashable {
-        case direct, group
-    }
-
-    /// The IRCv3 msgid, unique.
-    public var id: String
-    public var time: Timestamp
-    public var senderNick: String
-    /// The sender's account key, if logged in.
-    public var senderAccount: String?
-    /// `nick!user@host`, as shown to receivers.
-    public var senderPrefix: String
-    public var targetKind: TargetKind
-    /// Direct: the recipient's account key (or folded nick); group: the folded channel name.
-    public var target: String
-    /// PRIVMSG, NOTICE or TAGMSG.
-    public var command: String
-    public var text: String
-    /// Client-only tags in wire form (possibly empty).
-    public var clientTags: String
-
-    public init(id: String, time: Timestamp, senderNick: String, senderAccount: String?, senderPrefix: String,
-                targetKind: TargetKind, target: String, command: String, text: String, clientTags: String = "") {
-        self.id = id
-        self.time = time
-        self.senderNick = senderNick
-        self.senderAccount = senderAccount
-        self.senderPrefix = senderPrefix
-        self.targetKind = targetKind
-        self.target = target
-        self.command = command
-        self.text = text
-        self.clientTags = clientTags
-    }
-}

@@ -50,6 +50,33 @@ public final class SQLiteChatStore: ChatStore {
             }
             try db.create(index: "messages_by_target", on: "messages", columns: ["target_kind", "target", "time"])
         }
+        migrator.registerMigration("v2-groups") { db in
+            try db.create(table: "groups") { table in
+                table.primaryKey("key", .text)
+                table.column("name", .text).notNull()
+                table.column("created_at", .integer).notNull()
+                table.column("owner", .text).notNull()
+                table.column("topic", .text).notNull().defaults(to: "")
+                table.column("topic_set_by", .text).notNull().defaults(to: "")
+                table.column("topic_set_at", .integer)
+                table.column("modes", .text).notNull()
+                table.column("password", .text)
+                table.column("user_limit", .integer)
+            }
+            try db.create(table: "group_members") { table in
+                table.column("group_key", .text).notNull().references("groups", onDelete: .cascade, onUpdate: .cascade)
+                table.column("account_key", .text).notNull()
+                table.column("role", .integer).notNull()
+                table.primaryKey(["group_key", "account_key"])
+            }
+            try db.create(index: "group_members_by_account", on: "group_members", columns: ["account_key"])
+            try db.create(table: "group_bans") { table in
+                table.column("group_key", .text).notNull().references("groups", onDelete: .cascade, onUpdate: .cascade)
+                table.column("mask", .text).notNull()
+                table.column("set_by", .text).notNull()
+                table.column("set_at", .integer).notNull()
+            }
+        }
         return migrator
     }
 
@@ -110,18 +137,20 @@ public final class SQLiteChatStore: ChatStore {
 
     public func appendMessages(_ messages: [StoredMessage]) async throws {
         guard !messages.isEmpty else { return }
-        try await pool.write { db in
-            let statement = try db.cachedStatement(sql: """
-                INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """)
-            for message in messages {
-                try statement.execute(arguments: [
-                    message.id, message.time.millisecondsSince1970, message.senderNick, message.senderAccount,
-                    message.senderPrefix, message.targetKind.rawValue, message.target, message.command,
-                    message.text, message.clientTags,
-                ])
-            }
+        try await pool.write { db in try Self.insertMessages(messages, in: db) }
+    }
+
+    static func insertMessages(_ messages: [StoredMessage], in db: Database) throws {
+        let statement = try db.cachedStatement(sql: """
+            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        for message in messages {
+            try statement.execute(arguments: [
+                message.id, message.time.millisecondsSince1970, message.senderNick, message.senderAccount,
+                message.senderPrefix, message.targetKind.rawValue, message.target, message.command,
+                message.text, message.clientTags,
+            ])
         }
     }
 
@@ -132,6 +161,93 @@ public final class SQLiteChatStore: ChatStore {
                 db, sql: "SELECT * FROM messages WHERE target_kind = ? AND target = ? ORDER BY time, rowid LIMIT ?",
                 arguments: [targetKind.rawValue, target, limit]
             ).map(Self.message(from:))
+        }
+    }
+
+    public func loadGroups() async throws -> [GroupRecord] {
+        try await pool.read { db in
+            var members: [String: [String: ChannelRole]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT group_key, account_key, role FROM group_members") {
+                let role = ChannelRole(rawValue: row["role"]) ?? .member
+                members[row["group_key"], default: [:]][row["account_key"]] = role
+            }
+            var bans: [String: [BanEntry]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT group_key, mask, set_by, set_at FROM group_bans ORDER BY rowid") {
+                bans[row["group_key"], default: []].append(BanEntry(mask: row["mask"], setBy: row["set_by"], setAt: Timestamp(millisecondsSince1970: row["set_at"])))
+            }
+            return try Row.fetchAll(db, sql: "SELECT * FROM groups").map { row in
+                let key: String = row["key"]
+                let topicSetAt: Int64? = row["topic_set_at"]
+                return GroupRecord(
+                    name: row["name"], key: key, createdAt: Timestamp(millisecondsSince1970: row["created_at"]),
+                    owner: row["owner"], topic: row["topic"], topicSetBy: row["topic_set_by"],
+                    topicSetAt: topicSetAt.map { Timestamp(millisecondsSince1970: $0) }, modes: row["modes"],
+                    password: row["password"], userLimit: row["user_limit"], bans: bans[key] ?? [], members: members[key] ?? [:])
+            }
+        }
+    }
+
+    public func saveGroup(_ group: GroupRecord, previousKey: String?) async throws {
+        try await pool.write { db in
+            try Self.saveGroup(group, previousKey: previousKey, in: db)
+        }
+    }
+
+    static func saveGroup(_ group: GroupRecord, previousKey: String?, in db: Database) throws {
+        if let previousKey, previousKey != group.key {
+            try db.execute(sql: "DELETE FROM groups WHERE key = ?", arguments: [previousKey])
+            try db.execute(
+                sql: "UPDATE messages SET target = ? WHERE target_kind = 'group' AND target = ?",
+                arguments: [group.key, previousKey])
+        }
+        try db.execute(
+            sql: """
+                INSERT INTO groups (key, name, created_at, owner, topic, topic_set_by, topic_set_at, modes, password, user_limit)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(key) DO UPDATE SET name = excluded.name, owner = excluded.owner, topic = excluded.topic,
+                    topic_set_by = excluded.topic_set_by, topic_set_at = excluded.topic_set_at, modes = excluded.modes,
+                    password = excluded.password, user_limit = excluded.user_limit
+                """,
+            arguments: [
+                group.key, group.name, group.createdAt.millisecondsSince1970, group.owner, group.topic, group.topicSetBy,
+                group.topicSetAt?.millisecondsSince1970, group.modes, group.password, group.userLimit,
+            ])
+        try db.execute(sql: "DELETE FROM group_members WHERE group_key = ?", arguments: [group.key])
+        let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_key, account_key, role) VALUES (?, ?, ?)")
+        for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
+            try member.execute(arguments: [group.key, account, role.rawValue])
+        }
+        try db.execute(sql: "DELETE FROM group_bans WHERE group_key = ?", arguments: [group.key])
+        let ban = try db.cachedStatement(sql: "INSERT INTO group_bans (group_key, mask, set_by, set_at) VALUES (?, ?, ?, ?)")
+        for entry in group.bans {
+            try ban.execute(arguments: [group.key, entry.mask, entry.setBy, entry.setAt.millisecondsSince1970])
+        }
+    }
+
+    public func deleteGroup(key: String) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM groups WHERE key = ?", arguments: [key])
+        }
+    }
+
+    /// Carries out ordered storage work in one transaction: all of it lands, or none.
+    public func perform(_ writes: [CoreAction]) async throws {
+        guard !writes.isEmpty else { return }
+        try await pool.write { db in
+            for write in writes {
+                switch write {
+                case .storeMessages(let messages):
+                    try Self.insertMessages(messages, in: db)
+                case .saveGroup(let group, let previousKey):
+                    try Self.saveGroup(group, previousKey: previousKey, in: db)
+                case .deleteGroup(let key):
+                    try db.execute(sql: "DELETE FROM groups WHERE key = ?", arguments: [key])
+                case .recordLastSeen(let accountKey, let time):
+                    try db.execute(sql: "UPDATE accounts SET last_seen = ? WHERE key = ?", arguments: [time.millisecondsSince1970, accountKey])
+                default:
+                    break
+                }
+            }
         }
     }
 

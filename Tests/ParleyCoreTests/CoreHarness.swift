@@ -12,6 +12,9 @@ struct CoreHarness {
     var received: [ConnectionID: [String]] = [:]
     var closed: Set<ConnectionID> = []
     var lastSeenRecorded: [String: Timestamp] = [:]
+    /// What the domain asked storage to keep, as a store would hold it.
+    var savedGroups: [String: GroupRecord] = [:]
+    var storedMessages: [StoredMessage] = []
     private var nextConnection: UInt64 = 1
 
     init(configure: (inout ChatConfiguration) -> Void = { _ in }, accounts: [(String, String)] = []) {
@@ -102,6 +105,13 @@ struct CoreHarness {
                 server.completeAccountCreation(ticket: ticket, result: .created(record), now: now, into: &next)
             case .recordLastSeen(let key, let time):
                 lastSeenRecorded[key] = time
+            case .saveGroup(let group, let previousKey):
+                if let previousKey { savedGroups[previousKey] = nil }
+                savedGroups[group.key] = group
+            case .deleteGroup(let key):
+                savedGroups[key] = nil
+            case .storeMessages(let messages):
+                storedMessages.append(contentsOf: messages)
             }
             apply(next)
         }

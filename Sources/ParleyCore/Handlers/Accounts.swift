@@ -251,6 +251,7 @@ extension ChatServer {
         }
         let prefix = sessions[id]?.prefix ?? session.prefix
         numericReply(.rplLoggedIn, [prefix, account.name, "You are now logged in as \(account.name)"], in: &context)
+        if session.isRegistered { joinGroupsOfAccount(id, &context, &outbox) }
     }
 
     mutating func disconnectOther(_ id: ConnectionID, reason: String, now: Timestamp, into outbox: inout Outbox) {

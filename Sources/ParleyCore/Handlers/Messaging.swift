@@ -48,11 +48,16 @@ extension ChatServer {
     private mutating func deliver(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         guard let sender = sessions[context.connection] else { return }
         if target.hasPrefix("#") {
-            throw .numeric(.errNoSuchChannel, target, "No such channel")
+            try deliverToChannel(verb, to: target, text: text, clientTags: clientTags, &context, &outbox)
+            return
         }
         let folded = fold(target)
         if folded == "nickserv" {
             if verb == "PRIVMSG" { try handleNickServ(text: text, &context, &outbox) }
+            return
+        }
+        if folded == "chanserv" {
+            if verb == "PRIVMSG" { try handleChanServ(text: text, &context, &outbox) }
             return
         }
         guard let holder = nickIndex[folded] else {

@@ -145,6 +145,7 @@ extension ChatServer {
         for member in members {
             if member == connection { context.replies.append(change) } else { send(change, to: member, into: &outbox) }
         }
+        for neighbour in channelNeighbours(of: members) { send(change, to: neighbour, into: &outbox) }
         if old.folded != nick.folded {
             recordWhowas(session, now: context.now)
             notifyMonitors(nick: old, online: false, session: session, into: &outbox)
@@ -239,6 +240,7 @@ extension ChatServer {
         nickIndex[effectiveNick.folded] = holder
         maximumUsersSeen = max(maximumUsersSeen, registeredSessionCount)
         sendWelcome(to: id, &context)
+        joinGroupsOfAccount(id, &context, &outbox)
         if let registered = sessions[id], !wasOnline {
             notifyMonitors(nick: effectiveNick, online: true, session: registered, into: &outbox)
         }
@@ -279,7 +281,7 @@ extension ChatServer {
         return [
             "AWAYLEN=\(configuration.awayLength)",
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
-            "CHANLIMIT=#:",
+            "CHANLIMIT=#:\(configuration.maxChannelsPerUser.map(String.init) ?? "")",
             "CHANMODES=b,k,l,imnt",
             "CHANNELLEN=\(configuration.channelLength)",
             "CHANTYPES=#",

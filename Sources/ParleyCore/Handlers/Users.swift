@@ -35,7 +35,8 @@ extension ChatServer {
         let id = context.connection
         guard let session = sessions[id], let nick = session.nick else { return }
         if target.hasPrefix("#") {
-            throw .numeric(.errNoSuchChannel, target, "No such channel")
+            try handleChannelMode(message, &context, &outbox)
+            return
         }
         guard fold(target) == nick.folded else {
             if nickIndex[fold(target)] == nil { throw .numeric(.errNoSuchNick, target, "No such nick/channel") }
@@ -175,6 +176,10 @@ extension ChatServer {
             notified.insert(connection)
             if sessions[connection]?.has(capability) == true { send(message, to: connection, into: &outbox) }
         }
+        for neighbour in channelNeighbours(of: nickIndex[nick.folded]?.connections ?? []) where !notified.contains(neighbour) {
+            notified.insert(neighbour)
+            if sessions[neighbour]?.has(capability) == true { send(message, to: neighbour, into: &outbox) }
+        }
         for watcher in monitorWatchers[nick.folded] ?? [] where !notified.contains(watcher) {
             notified.insert(watcher)
             guard let session = sessions[watcher], session.has(.extendedMonitor), session.has(capability) else { continue }
@@ -200,6 +205,16 @@ extension ChatServer {
         let asker = sessions[context.connection]
         numericReply(.rplWhoisUser, [nick.name, user.displayUsername, user.host, "*", user.realname], in: &context)
         numericReply(.rplWhoisServer, [nick.name, configuration.serverName, configuration.networkName], in: &context)
+        // Channels the asker may know about: open ones, and closed groups the asker is in too.
+        var visible: [String] = []
+        for key in Set(holder.connections.flatMap { sessions[$0]?.channels ?? [] }).sorted() {
+            guard let channel = channels[key] else { continue }
+            if channel.inviteOnly && !channel.contains(context.connection) { continue }
+            visible.append(channel.role(of: first, account: user.accountKey).prefix + channel.name)
+        }
+        if !visible.isEmpty {
+            numericReply(.rplWhoisChannels, [nick.name, visible.joined(separator: " ")], in: &context)
+        }
         if user.isOperator { numericReply(.rplWhoisOperator, [nick.name, "is an IRC operator"], in: &context) }
         if let account = user.accountName {
             numericReply(.rplWhoisAccount, [nick.name, account, "is logged in as"], in: &context)
@@ -227,8 +242,12 @@ extension ChatServer {
         let operatorsOnly = message.parameters.count > 1 && message.parameters[1].contains("o")
         let asker = context.connection
         var matches: [Session] = []
+        var channelForWho: ChatChannel?
         if mask.hasPrefix("#") {
-            // Channels arrive with groups; until then every channel is empty.
+            if let channel = channels[fold(mask)], !channel.inviteOnly || channel.contains(asker) {
+                channelForWho = channel
+                matches = channel.joined.compactMap { sessions[$0] }
+            }
         } else if !mask.contains("*") && !mask.contains("?"), let holder = nickIndex[fold(mask)] {
             matches = holder.connections.compactMap { sessions[$0] }
         } else {
@@ -247,7 +266,11 @@ extension ChatServer {
             guard let nick = session.nick, shown.insert(nick.folded).inserted else { continue }
             var flags = session.awayMessage == nil ? "H" : "G"
             if session.isOperator { flags.append("*") }
-            numericReply(.rplWhoReply, ["*", session.displayUsername, session.host, configuration.serverName, nick.name, flags, "0 \(session.realname)"], in: &context)
+            if let channelForWho {
+                let role = channelForWho.role(of: session.id, account: session.accountKey)
+                flags += sessions[asker]?.has(.multiPrefix) == true ? role.allPrefixes : role.prefix
+            }
+            numericReply(.rplWhoReply, [channelForWho?.name ?? "*", session.displayUsername, session.host, configuration.serverName, nick.name, flags, "0 \(session.realname)"], in: &context)
         }
         numericReply(.rplEndOfWho, [mask, "End of /WHO list"], in: &context)
     }

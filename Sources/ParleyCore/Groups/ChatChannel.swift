@@ -1,0 +1,166 @@
+import IRCWire
+
+/// What a user may do in a channel, from least to most. Owners (`~`, mode q) of a group manage
+/// its member list; operators (`@`) help with the topic, voice and bans; voiced users (`+`) may
+/// speak in a moderated channel.
+public enum ChannelRole: Int, Sendable, Comparable, CaseIterable {
+    case member = 0, voice, op, owner
+
+    public static func < (lhs: ChannelRole, rhs: ChannelRole) -> Bool { lhs.rawValue < rhs.rawValue }
+
+    var prefix: String {
+        switch self {
+        case .member: ""
+        case .voice: "+"
+        case .op: "@"
+        case .owner: "~"
+        }
+    }
+
+    /// Every prefix this role implies, highest first (for multi-prefix: an owner is shown `~@`).
+    var allPrefixes: String {
+        switch self {
+        case .member: ""
+        case .voice: "+"
+        case .op: "@"
+        case .owner: "~@"
+        }
+    }
+
+    var modeLetter: Character? {
+        switch self {
+        case .member: nil
+        case .voice: "v"
+        case .op: "o"
+        case .owner: "q"
+        }
+    }
+}
+
+public struct BanEntry: Sendable, Hashable {
+    public var mask: String
+    public var setBy: String
+    public var setAt: Timestamp
+
+    public init(mask: String, setBy: String, setAt: Timestamp) {
+        self.mask = mask
+        self.setBy = setBy
+        self.setAt = setAt
+    }
+}
+
+/// The stored form of a persistent group: everything that must survive a restart.
+public struct GroupRecord: Sendable, Hashable {
+    public var name: String
+    /// The case-folded name, the group's key.
+    public var key: String
+    public var createdAt: Timestamp
+    /// Account key of the owner.
+    public var owner: String
+    public var topic: String
+    public var topicSetBy: String
+    public var topicSetAt: Timestamp?
+    /// Flag modes, e.g. "int".
+    public var modes: String
+    public var password: String?
+    public var userLimit: Int?
+    public var bans: [BanEntry]
+    /// Account key -> role, the owner included.
+    public var members: [String: ChannelRole]
+
+    public init(name: String, key: String, createdAt: Timestamp, owner: String, topic: String = "", topicSetBy: String = "",
+                topicSetAt: Timestamp? = nil, modes: String = "int", password: String? = nil, userLimit: Int? = nil,
+                bans: [BanEntry] = [], members: [String: ChannelRole]) {
+        self.name = name
+        self.key = key
+        self.createdAt = createdAt
+        self.owner = owner
+        self.topic = topic
+        self.topicSetBy = topicSetBy
+        self.topicSetAt = topicSetAt
+        self.modes = modes
+        self.password = password
+        self.userLimit = userLimit
+        self.bans = bans
+        self.members = members
+    }
+}
+
+/// One channel in memory. A channel with an owner account is a persistent group: its member
+/// list is kept by account, survives disconnects and restarts, and members' connections are
+/// joined automatically. A channel without one is an ordinary transient IRC channel.
+struct ChatChannel: Sendable {
+    var name: String
+    var key: String
+    var createdAt: Timestamp
+    var owner: String?
+    var topic = ""
+    var topicSetBy = ""
+    var topicSetAt: Timestamp?
+    var inviteOnly = false
+    var topicProtected = true
+    var noOutsideMessages = true
+    var moderated = false
+    var password: String?
+    var userLimit: Int?
+    var bans: [BanEntry] = []
+    /// Persistent membership: account key -> role.
+    var accountRoles: [String: ChannelRole] = [:]
+    /// Roles of connections without an account (guests) in this channel.
+    var guestRoles: [ConnectionID: ChannelRole] = [:]
+    /// Connections currently in the channel, in the order they joined.
+    var joined: [ConnectionID] = []
+    /// Nicks invited into a transient invite-only channel (case-folded), used up by JOIN.
+    var invitedNicks: Set<String> = []
+
+    var isGroup: Bool { owner != nil }
+
+    init(name: String, key: String, createdAt: Timestamp) {
+        self.name = name
+        self.key = key
+        self.createdAt = createdAt
+    }
+
+    init(record: GroupRecord) {
+        name = record.name
+        key = record.key
+        createdAt = record.createdAt
+        owner = record.owner
+        topic = record.topic
+        topicSetBy = record.topicSetBy
+        topicSetAt = record.topicSetAt
+        inviteOnly = record.modes.contains("i")
+        topicProtected = record.modes.contains("t")
+        noOutsideMessages = record.modes.contains("n")
+        moderated = record.modes.contains("m")
+        password = record.password
+        userLimit = record.userLimit
+        bans = record.bans
+        accountRoles = record.members
+        accountRoles[record.owner] = .owner
+    }
+
+    var record: GroupRecord? {
+        guard let owner else { return nil }
+        return GroupRecord(
+            name: name, key: key, createdAt: createdAt, owner: owner, topic: topic, topicSetBy: topicSetBy,
+            topicSetAt: topicSetAt, modes: flagModes, password: password, userLimit: userLimit, bans: bans,
+            members: accountRoles)
+    }
+
+    var flagModes: String {
+        var modes = ""
+        if inviteOnly { modes.append("i") }
+        if moderated { modes.append("m") }
+        if noOutsideMessages { modes.append("n") }
+        if topicProtected { modes.append("t") }
+        return modes
+    }
+
+    func role(of connection: ConnectionID, account: String?) -> ChannelRole {
+        if let account, let role = accountRoles[account] { return role }
+        return guestRoles[connection] ?? .member
+    }
+
+    func contains(_ connection: ConnectionID) -> Bool { joined.contains(connection) }
+}

@@ -1,0 +1,795 @@
+import IRCWire
+import NIOCore
+
+/// Channels and groups: JOIN, PART, TOPIC, NAMES, LIST, INVITE, KICK, RENAME, channel MODE,
+/// ChanServ, and the fan-out of messages to members.
+///
+/// Rules for persistent groups (channels created by a logged-in user): the owner alone manages
+/// the member list (INVITE adds an account, KICK removes it), the modes i k l o q, renames and
+/// deletion; operators may set the topic, voice and bans; members may talk and leave.
+extension ChatServer {
+    // MARK: Helpers
+
+    func validChannelName(_ raw: String) throws(CommandError) -> ChannelName {
+        do {
+            return try ChannelName(raw, caseMapping: configuration.caseMapping, maxLength: configuration.channelLength)
+        } catch {
+            throw .numeric(.errNoSuchChannel, raw, "Invalid channel name")
+        }
+    }
+
+    /// A reply for the connection running the command goes into its context (so labels apply);
+    /// anything for another connection goes straight to the outbox.
+    func emit(_ message: IRCMessage, to connection: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        if connection == context.connection {
+            context.replies.append(message)
+        } else {
+            send(message, to: connection, into: &outbox)
+        }
+    }
+
+    func numeric(_ numeric: Numeric, _ parameters: [String], for connection: ConnectionID) -> IRCMessage {
+        IRCMessage(source: configuration.serverName, command: numeric.rawValue,
+                   parameters: [sessions[connection]?.replyName ?? "*"] + parameters)
+    }
+
+    func role(of connection: ConnectionID, in channel: ChatChannel) -> ChannelRole {
+        channel.role(of: connection, account: sessions[connection]?.accountKey)
+    }
+
+    /// The connections in `channel` that share `connection`'s nick (its account's other devices).
+    func sameNickConnections(_ connection: ConnectionID, in channel: ChatChannel) -> [ConnectionID] {
+        guard let folded = sessions[connection]?.nick?.folded else { return [connection] }
+        return channel.joined.filter { sessions[$0]?.nick?.folded == folded }
+    }
+
+    func requireMembership(_ channel: ChatChannel, _ connection: ConnectionID) throws(CommandError) {
+        if !channel.contains(connection) {
+            throw .numeric(.errNotOnChannel, channel.name, "You're not on that channel")
+        }
+    }
+
+    func requireRole(_ needed: ChannelRole, _ channel: ChatChannel, _ connection: ConnectionID) throws(CommandError) {
+        if role(of: connection, in: channel) < needed {
+            let reason = needed == .owner ? "Only the group's owner can do that" : "You're not a channel operator"
+            throw .numeric(.errChanOPrivsNeeded, channel.name, reason)
+        }
+    }
+
+    /// Who may manage the member list and the access modes: the owner of a group, or any
+    /// operator of a transient channel.
+    func managerRole(for channel: ChatChannel) -> ChannelRole { channel.isGroup ? .owner : .op }
+
+    func persist(_ channel: ChatChannel, previousKey: String? = nil, into outbox: inout Outbox) {
+        if let record = channel.record {
+            outbox.actions.append(.saveGroup(record, previousKey: previousKey))
+        }
+    }
+
+    func joinMessage(for session: Session, channel: String, extended: Bool) -> IRCMessage {
+        if extended {
+            return IRCMessage(source: session.prefix, command: "JOIN",
+                              parameters: [channel, session.accountName ?? "*", session.realname])
+        }
+        return IRCMessage(source: session.prefix, command: "JOIN", parameters: [channel])
+    }
+
+    // MARK: Joining and leaving
+
+    mutating func handleJoin(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        if message.parameters[0] == "0" {
+            for key in sessions[id]?.channels.sorted() ?? [] {
+                guard let channel = channels[key] else { continue }
+                do {
+                    try leave(channel: channel, reason: "Left all channels", &context, &outbox)
+                } catch {
+                    render(error, in: &context)
+                }
+            }
+            return
+        }
+        let names = message.parameters[0].split(separator: ",").map(String.init)
+        let keys = message.parameters.count > 1 ? message.parameters[1].split(separator: ",", omittingEmptySubsequences: false).map(String.init) : []
+        for (index, raw) in names.enumerated() {
+            do {
+                try join(raw, key: index < keys.count ? keys[index] : nil, &context, &outbox)
+            } catch {
+                render(error, in: &context)
+            }
+        }
+    }
+
+    private mutating func join(_ raw: String, key password: String?, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        let name = try validChannelName(raw)
+        guard var channel = channels[name.folded] else {
+            if let renamed = renamedChannels[name.folded] {
+                throw .fail("JOIN", "CHANNEL_RENAMED", raw, renamed.newName, description: "The channel has been renamed: \(renamed.reason.isEmpty ? "no reason given" : renamed.reason)")
+            }
+            if let limit = configuration.maxChannelsPerUser, session.channels.count >= limit {
+                throw .numeric(.errTooManyChannels, raw, "You have joined too many channels")
+            }
+            var created = ChatChannel(name: name.name, key: name.folded, createdAt: context.now)
+            if let account = session.accountKey {
+                // A logged-in creator makes a persistent group that only its owner opens up.
+                created.owner = account
+                created.accountRoles[account] = .owner
+                created.inviteOnly = true
+                groupsOfAccount[account, default: []].insert(created.key)
+            } else {
+                created.guestRoles[id] = .op
+            }
+            channels[created.key] = created
+            persist(created, into: &outbox)
+            addConnections(sameNickOnline(id), to: created.key, announce: true, &context, &outbox)
+            return
+        }
+        if channel.contains(id) { return }
+        let account = session.accountKey
+        let isListedMember = account.map { channel.accountRoles[$0] != nil } ?? false
+        if !isListedMember {
+            if let limit = configuration.maxChannelsPerUser, session.channels.count >= limit {
+                throw .numeric(.errTooManyChannels, raw, "You have joined too many channels")
+            }
+            if channel.bans.contains(where: { IRCMask($0.mask).matches(session.prefix, caseMapping: configuration.caseMapping) })
+                && !channel.invitedNicks.contains(session.nick?.folded ?? "") {
+                throw .numeric(.errBannedFromChan, channel.name, "Cannot join channel (+b): you are banned")
+            }
+            if channel.inviteOnly && !channel.invitedNicks.contains(session.nick?.folded ?? "") {
+                let how = channel.isGroup ? "ask the group's owner to add you (INVITE)" : "you need an invitation"
+                throw .numeric(.errInviteOnlyChan, channel.name, "Cannot join channel (+i): \(how)")
+            }
+            if let required = channel.password, password != required {
+                throw .numeric(.errBadChannelKey, channel.name, "Cannot join channel (+k): wrong or missing key")
+            }
+            if let limit = channel.userLimit, uniqueNickCount(channel) >= limit {
+                throw .numeric(.errChannelIsFull, channel.name, "Cannot join channel (+l): the channel is full")
+            }
+            channel.invitedNicks.remove(session.nick?.folded ?? "")
+            if channel.isGroup, let account {
+                // Joining an open group makes a logged-in user one of its members.
+                channel.accountRoles[account] = .member
+                groupsOfAccount[account, default: []].insert(channel.key)
+                channels[channel.key] = channel
+                persist(channel, into: &outbox)
+            }
+            channels[channel.key] = channel
+        }
+        // An account joins with all of its connections, so its devices stay in step.
+        addConnections(isListedMember || channel.isGroup && account != nil ? sameNickOnline(id) : [id], to: channel.key, announce: true, &context, &outbox)
+    }
+
+    /// The connections of this user: all devices of its account, or just itself for a guest.
+    func sameNickOnline(_ id: ConnectionID) -> [ConnectionID] {
+        guard let session = sessions[id], session.accountKey != nil, let nick = session.nick,
+              let holder = nickIndex[nick.folded] else { return [id] }
+        return holder.connections
+    }
+
+    func uniqueNickCount(_ channel: ChatChannel) -> Int {
+        Set(channel.joined.compactMap { sessions[$0]?.nick?.folded }).count
+    }
+
+    /// Puts connections into a channel: members see one JOIN per newly present nick, and each
+    /// joining connection gets the JOIN, topic and names as after a JOIN of its own.
+    mutating func addConnections(_ connections: [ConnectionID], to key: String, announce: Bool, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        guard var channel = channels[key] else { return }
+        let newcomers = connections.filter { !channel.contains($0) && sessions[$0]?.isRegistered == true }
+        guard let first = newcomers.first, let session = sessions[first] else { return }
+        let nickWasPresent = !sameNickConnections(first, in: channel).isEmpty
+        let existing = channel.joined
+        for connection in newcomers {
+            channel.joined.append(connection)
+            sessions[connection]?.channels.insert(key)
+        }
+        channels[key] = channel
+        if announce && !nickWasPresent {
+            for member in existing {
+                guard let memberSession = sessions[member] else { continue }
+                send(joinMessage(for: session, channel: channel.name, extended: memberSession.has(.extendedJoin)), to: member, into: &outbox)
+            }
+        }
+        for connection in newcomers {
+            guard let joiner = sessions[connection] else { continue }
+            emit(joinMessage(for: joiner, channel: channel.name, extended: joiner.has(.extendedJoin)), to: connection, &context, &outbox)
+            sendTopicAndNames(channel, to: connection, &context, &outbox)
+        }
+    }
+
+    mutating func sendTopicAndNames(_ channel: ChatChannel, to connection: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        if !channel.topic.isEmpty {
+            emit(numeric(.rplTopic, [channel.name, channel.topic], for: connection), to: connection, &context, &outbox)
+            emit(numeric(.rplTopicWhoTime, [channel.name, channel.topicSetBy, String((channel.topicSetAt ?? channel.createdAt).millisecondsSince1970 / 1000)], for: connection), to: connection, &context, &outbox)
+        }
+        for line in namesReplies(channel, for: connection) {
+            emit(line, to: connection, &context, &outbox)
+        }
+    }
+
+    /// RPL_NAMREPLY lines (split to fit a line) and RPL_ENDOFNAMES. An account with several
+    /// connections is listed once.
+    func namesReplies(_ channel: ChatChannel, for connection: ConnectionID) -> [IRCMessage] {
+        guard let asker = sessions[connection] else { return [] }
+        var entries: [String] = []
+        var seen: Set<String> = []
+        for member in channel.joined {
+            guard let session = sessions[member], let nick = session.nick, seen.insert(nick.folded).inserted else { continue }
+            let role = channel.role(of: member, account: session.accountKey)
+            let prefix = asker.has(.multiPrefix) ? role.allPrefixes : role.prefix
+            entries.append(prefix + (asker.has(.userhostInNames) ? session.prefix : nick.name))
+        }
+        var lines: [IRCMessage] = []
+        let fixed = configuration.serverName.utf8.count + asker.replyName.utf8.count + channel.name.utf8.count + 20
+        var current = ""
+        for entry in entries {
+            if !current.isEmpty && fixed + current.utf8.count + 1 + entry.utf8.count > 510 {
+                lines.append(numeric(.rplNamReply, [channel.inviteOnly ? "*" : "=", channel.name, current], for: connection))
+                current = ""
+            }
+            current += current.isEmpty ? entry : " " + entry
+        }
+        if !current.isEmpty {
+            lines.append(numeric(.rplNamReply, [channel.inviteOnly ? "*" : "=", channel.name, current], for: connection))
+        }
+        lines.append(numeric(.rplEndOfNames, [channel.name, "End of /NAMES list"], for: connection))
+        return lines
+    }
+
+    mutating func handlePart(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let reason = message.parameters.count > 1 ? String(message.parameters[1].prefix(configuration.kickLength)) : ""
+        for raw in message.parameters[0].split(separator: ",").map(String.init) {
+            do throws(CommandError) {
+                guard let channel = channels[fold(raw)] else {
+                    throw .numeric(.errNoSuchChannel, raw, "No such channel")
+                }
+                try leave(channel: channel, reason: reason, &context, &outbox)
+            } catch {
+                render(error, in: &context)
+            }
+        }
+    }
+
+    /// PART: a member of a group leaves it for good (all of its connections); the owner must
+    /// hand the group over or delete it first.
+    private mutating func leave(channel: ChatChannel, reason: String, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        try requireMembership(channel, id)
+        guard let session = sessions[id] else { return }
+        var leaving = [id]
+        if channel.isGroup, let account = session.accountKey, channel.accountRoles[account] != nil {
+            if channel.accountRoles[account] == .owner {
+                throw .fail("PART", "OWNER_CANNOT_LEAVE", channel.name, description: "You own \(channel.name): hand it to another member first (MODE \(channel.name) +q <nick>) or delete it (PRIVMSG ChanServ :DROP \(channel.name))")
+            }
+            leaving = sameNickConnections(id, in: channel)
+            channels[channel.key]?.accountRoles[account] = nil
+            groupsOfAccount[account]?.remove(channel.key)
+            if let updated = channels[channel.key] { persist(updated, into: &outbox) }
+        }
+        let part = IRCMessage(source: session.prefix, command: "PART", parameters: reason.isEmpty ? [channel.name] : [channel.name, reason])
+        for member in channel.joined {
+            emit(part, to: member, &context, &outbox)
+        }
+        removeConnections(leaving, from: channel.key)
+    }
+
+    /// Takes connections out of a channel's joined list; a transient channel left empty ends.
+    mutating func removeConnections(_ connections: [ConnectionID], from key: String) {
+        guard var channel = channels[key] else { return }
+        channel.joined.removeAll { connections.contains($0) }
+        for connection in connections {
+            channel.guestRoles[connection] = nil
+            sessions[connection]?.channels.remove(key)
+        }
+        if !channel.isGroup && channel.joined.isEmpty {
+            channels[key] = nil
+        } else {
+            channels[key] = channel
+        }
+    }
+
+    /// A closing connection leaves its channels; members see QUIT once, when the last
+    /// connection of that nick goes.
+    mutating func leaveChannelsOnQuit(_ session: Session, reason: String, into outbox: inout Outbox) {
+        guard !session.channels.isEmpty else { return }
+        var told: Set<ConnectionID> = [session.id]
+        let quit = IRCMessage(source: session.prefix, command: "QUIT", parameters: [reason])
+        for key in session.channels.sorted() {
+            guard let channel = channels[key] else { continue }
+            removeConnections([session.id], from: key)
+            guard let nick = session.nick,
+                  !(channels[key]?.joined.contains { sessions[$0]?.nick?.folded == nick.folded } ?? false) else { continue }
+            for member in channel.joined where told.insert(member).inserted {
+                send(quit, to: member, into: &outbox)
+            }
+        }
+    }
+
+    /// Joins every connection of an account that has just logged in to the account's groups.
+    mutating func joinGroupsOfAccount(_ id: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        guard let account = sessions[id]?.accountKey else { return }
+        for key in (groupsOfAccount[account] ?? []).sorted() where channels[key] != nil {
+            addConnections([id], to: key, announce: true, &context, &outbox)
+        }
+    }
+
+    /// Connections sharing a channel with `nick` (excluding that nick's own connections).
+    func channelNeighbours(of connections: [ConnectionID]) -> Set<ConnectionID> {
+        var result: Set<ConnectionID> = []
+        for connection in connections {
+            for key in sessions[connection]?.channels ?? [] {
+                for member in channels[key]?.joined ?? [] { result.insert(member) }
+            }
+        }
+        for connection in connections { result.remove(connection) }
+        return result
+    }
+
+    // MARK: TOPIC, NAMES, LIST
+
+    mutating func handleTopic(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        guard var channel = channels[fold(message.parameters[0])] else {
+            throw .numeric(.errNoSuchChannel, message.parameters[0], "No such channel")
+        }
+        guard message.parameters.count > 1 else {
+            if channel.inviteOnly && !channel.contains(id) {
+                throw .numeric(.errNotOnChannel, channel.name, "You're not on that channel")
+            }
+            if channel.topic.isEmpty {
+                numericReply(.rplNoTopic, [channel.name, "No topic is set"], in: &context)
+            } else {
+                numericReply(.rplTopic, [channel.name, channel.topic], in: &context)
+                numericReply(.rplTopicWhoTime, [channel.name, channel.topicSetBy, String((channel.topicSetAt ?? channel.createdAt).millisecondsSince1970 / 1000)], in: &context)
+            }
+            return
+        }
+        try requireMembership(channel, id)
+        if channel.topicProtected { try requireRole(.op, channel, id) }
+        channel.topic = String(message.parameters[1].prefix(configuration.topicLength))
+        channel.topicSetBy = session.prefix
+        channel.topicSetAt = context.now
+        channels[channel.key] = channel
+        persist(channel, into: &outbox)
+        let change = IRCMessage(source: session.prefix, command: "TOPIC", parameters: [channel.name, channel.topic])
+        for member in channel.joined { emit(change, to: member, &context, &outbox) }
+    }
+
+    mutating func handleNames(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        guard let list = message.parameters.first else {
+            numericReply(.rplEndOfNames, ["*", "End of /NAMES list"], in: &context)
+            return
+        }
+        for raw in list.split(separator: ",").map(String.init) {
+            if let channel = channels[fold(raw)], !channel.inviteOnly || channel.contains(context.connection) {
+                context.replies.append(contentsOf: namesReplies(channel, for: context.connection))
+            } else {
+                numericReply(.rplEndOfNames, [raw, "End of /NAMES list"], in: &context)
+            }
+        }
+    }
+
+    mutating func handleList(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        let wanted = message.parameters.first.map { Set($0.split(separator: ",").map { fold(String($0)) }) }
+        numericReply(.rplListStart, ["Channel", "Users  Name"], in: &context)
+        for channel in channels.values.sorted(by: { $0.key < $1.key }) {
+            if let wanted, !wanted.contains(channel.key) { continue }
+            // Closed groups are private: only their members see them listed.
+            if channel.inviteOnly && !channel.contains(id) { continue }
+            numericReply(.rplList, [channel.name, String(uniqueNickCount(channel)), "[+\(channel.flagModes)] \(channel.topic)"], in: &context)
+        }
+        numericReply(.rplListEnd, ["End of /LIST"], in: &context)
+    }
+
+    // MARK: INVITE and KICK
+
+    mutating func handleInvite(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        let target = message.parameters[0]
+        guard var channel = channels[fold(message.parameters[1])] else {
+            throw .numeric(.errNoSuchChannel, message.parameters[1], "No such channel")
+        }
+        try requireMembership(channel, id)
+        let holder = nickIndex[fold(target)]
+        if channel.isGroup {
+            try requireRole(.owner, channel, id)
+            // Group members are accounts: online or not, a registered account can be added.
+            let accountKey: String
+            if let online = holder?.accountKey {
+                accountKey = online
+            } else if accounts[fold(target)] != nil {
+                accountKey = fold(target)
+            } else if holder != nil {
+                throw .fail("INVITE", "ACCOUNT_REQUIRED", target, channel.name, description: "\(target) is not logged in to an account; only accounts can be members of a group")
+            } else {
+                throw .numeric(.errNoSuchNick, target, "No such nick or account")
+            }
+            if channel.accountRoles[accountKey] != nil {
+                throw .numeric(.errUserOnChannel, target, channel.name, "is already a member of the group")
+            }
+            let accountName = accounts[accountKey]?.name ?? target
+            channel.accountRoles[accountKey] = .member
+            channels[channel.key] = channel
+            groupsOfAccount[accountKey, default: []].insert(channel.key)
+            persist(channel, into: &outbox)
+            numericReply(.rplInviting, [accountName, channel.name], in: &context)
+            if let holder {
+                addConnections(holder.connections, to: channel.key, announce: true, &context, &outbox)
+            } else {
+                let note = IRCMessage(source: configuration.serverName, command: "NOTE",
+                                      parameters: ["INVITE", "MEMBER_OFFLINE", accountName, channel.name, "\(accountName) is offline and will be joined to \(channel.name) at their next login"])
+                context.replies.append(note)
+            }
+            return
+        }
+        if channel.inviteOnly { try requireRole(.op, channel, id) }
+        guard let holder, let targetNick = holder.connections.first.flatMap({ sessions[$0]?.nick }) else {
+            throw .numeric(.errNoSuchNick, target, "No such nick")
+        }
+        if holder.connections.contains(where: { channel.contains($0) }) {
+            throw .numeric(.errUserOnChannel, targetNick.name, channel.name, "is already on channel")
+        }
+        channel.invitedNicks.insert(targetNick.folded)
+        channels[channel.key] = channel
+        numericReply(.rplInviting, [targetNick.name, channel.name], in: &context)
+        let invite = IRCMessage(source: session.prefix, command: "INVITE", parameters: [targetNick.name, channel.name])
+        for connection in holder.connections { send(invite, to: connection, into: &outbox) }
+    }
+
+    mutating func handleKick(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        guard var channel = channels[fold(message.parameters[0])] else {
+            throw .numeric(.errNoSuchChannel, message.parameters[0], "No such channel")
+        }
+        try requireMembership(channel, id)
+        let target = message.parameters[1]
+        let reason = message.parameters.count > 2 ? String(message.parameters[2].prefix(configuration.kickLength)) : session.nick?.name ?? ""
+        let targetFolded = fold(target)
+        let present = channel.joined.filter { sessions[$0]?.nick?.folded == targetFolded }
+        let targetAccount = present.first.flatMap { sessions[$0]?.accountKey } ?? (channel.accountRoles[targetFolded] != nil ? targetFolded : nil)
+        let isListed = targetAccount.map { channel.accountRoles[$0] != nil } ?? false
+        if present.isEmpty && !isListed {
+            throw .numeric(.errUserNotInChannel, target, channel.name, "They aren't on that channel")
+        }
+        let kickerRole = role(of: id, in: channel)
+        let targetRole = present.first.map { role(of: $0, in: channel) } ?? targetAccount.flatMap { channel.accountRoles[$0] } ?? .member
+        // Removing a group member changes the member list: the owner's decision. Operators
+        // may remove guests and lower-ranked users from transient channels.
+        if channel.isGroup && isListed {
+            try requireRole(.owner, channel, id)
+        } else {
+            try requireRole(.op, channel, id)
+        }
+        if targetRole == .owner || (targetRole >= kickerRole && kickerRole != .owner) {
+            throw .numeric(.errChanOPrivsNeeded, channel.name, "You cannot kick \(target)")
+        }
+        let displayName = present.first.flatMap { sessions[$0]?.nick?.name } ?? accounts[targetAccount ?? ""]?.name ?? target
+        if let targetAccount, isListed {
+            channel.accountRoles[targetAccount] = nil
+            groupsOfAccount[targetAccount]?.remove(channel.key)
+        }
+        channels[channel.key] = channel
+        if channel.isGroup { persist(channel, into: &outbox) }
+        let kick = IRCMessage(source: session.prefix, command: "KICK", parameters: [channel.name, displayName, reason])
+        for member in channel.joined { emit(kick, to: member, &context, &outbox) }
+        removeConnections(present, from: channel.key)
+    }
+
+    // MARK: RENAME (draft/channel-rename)
+
+    mutating func handleRename(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        let oldRaw = message.parameters[0], newRaw = message.parameters[1]
+        let reason = message.parameters.count > 2 ? String(message.parameters[2].prefix(configuration.kickLength)) : ""
+        guard var channel = channels[fold(oldRaw)] else {
+            throw .numeric(.errNoSuchChannel, oldRaw, "No such channel")
+        }
+        try requireMembership(channel, id)
+        try requireRole(managerRole(for: channel), channel, id)
+        let newName: ChannelName
+        do {
+            newName = try ChannelName(newRaw, caseMapping: configuration.caseMapping, maxLength: configuration.channelLength)
+        } catch {
+            throw .fail("RENAME", "CANNOT_RENAME", channel.name, newRaw, description: "\(newRaw) is not a valid channel name")
+        }
+        let oldKey = channel.key, oldName = channel.name
+        if newName.folded != oldKey && channels[newName.folded] != nil {
+            throw .fail("RENAME", "CHANNEL_NAME_IN_USE", oldName, newName.name, description: "The channel name is already taken")
+        }
+        if newName.name == oldName { return }
+        channel.name = newName.name
+        channel.key = newName.folded
+        channels[oldKey] = nil
+        channels[newName.folded] = channel
+        if oldKey != newName.folded {
+            renamedChannels[oldKey] = RenamedChannel(newName: newName.name, reason: reason)
+            renamedChannels[newName.folded] = nil
+            for member in channel.joined {
+                sessions[member]?.channels.remove(oldKey)
+                sessions[member]?.channels.insert(newName.folded)
+            }
+            for account in channel.accountRoles.keys {
+                groupsOfAccount[account]?.remove(oldKey)
+                groupsOfAccount[account, default: []].insert(newName.folded)
+            }
+        }
+        persist(channel, previousKey: oldKey, into: &outbox)
+        let rename = IRCMessage(source: session.prefix, command: "RENAME", parameters: [oldName, newName.name, reason])
+        let caseOnly = oldKey == newName.folded
+        for member in channel.joined {
+            guard let memberSession = sessions[member] else { continue }
+            if memberSession.has(.channelRename) {
+                emit(rename, to: member, &context, &outbox)
+            } else if !caseOnly {
+                // The fallback the specification asks for: leave the old name, join the new one.
+                let part = IRCMessage(source: memberSession.prefix, command: "PART", parameters: reason.isEmpty ? [oldName] : [oldName, reason])
+                emit(part, to: member, &context, &outbox)
+                emit(joinMessage(for: memberSession, channel: newName.name, extended: memberSession.has(.extendedJoin)), to: member, &context, &outbox)
+                sendTopicAndNames(channel, to: member, &context, &outbox)
+            }
+        }
+    }
+
+    // MARK: Channel MODE
+
+    mutating func handleChannelMode(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        guard var channel = channels[fold(message.parameters[0])] else {
+            throw .numeric(.errNoSuchChannel, message.parameters[0], "No such channel")
+        }
+        guard message.parameters.count > 1 else {
+            var modes = "+" + channel.flagModes
+            var arguments: [String] = []
+            if let limit = channel.userLimit { modes.append("l"); arguments.append(String(limit)) }
+            if let password = channel.password {
+                modes.append("k")
+                arguments.append(channel.contains(id) ? password : "*")
+            }
+            numericReply(.rplChannelModeIs, [channel.name, modes] + arguments, in: &context)
+            numericReply(.rplCreationTime, [channel.name, String(channel.createdAt.millisecondsSince1970 / 1000)], in: &context)
+            return
+        }
+        let modeString = message.parameters[1]
+        var arguments = Array(message.parameters.dropFirst(2))[...]
+        // A bare ban-list query.
+        if modeString.trimmingPrefix("+") == "b" && arguments.isEmpty {
+            for ban in channel.bans {
+                numericReply(.rplBanList, [channel.name, ban.mask, ban.setBy, String(ban.setAt.millisecondsSince1970 / 1000)], in: &context)
+            }
+            numericReply(.rplEndOfBanList, [channel.name, "End of channel ban list"], in: &context)
+            return
+        }
+        try requireMembership(channel, id)
+        let myRole = role(of: id, in: channel)
+        let manager = managerRole(for: channel)
+        var adding = true
+        var applied: [(sign: Character, mode: Character, argument: String?)] = []
+        var memberChanged = false
+        for letter in modeString {
+            switch letter {
+            case "+": adding = true
+            case "-": adding = false
+            case "i", "k", "l":
+                if myRole < manager { render(.numeric(.errChanOPrivsNeeded, channel.name, manager == .owner ? "Only the group's owner can change +\(letter)" : "You're not a channel operator"), in: &context); continue }
+                if letter == "i" {
+                    if channel.inviteOnly == adding { continue }
+                    channel.inviteOnly = adding
+                    applied.append((adding ? "+" : "-", "i", nil))
+                } else if letter == "k" {
+                    if adding {
+                        guard let key = arguments.popFirst(), !key.isEmpty, !key.contains(" "), !key.contains(",") else {
+                            render(.numeric(.errInvalidModeParam, channel.name, "k", "*", "Give a key without spaces or commas"), in: &context); continue
+                        }
+                        channel.password = key
+                        applied.append(("+", "k", key))
+                    } else {
+                        _ = arguments.popFirst()
+                        if channel.password == nil { continue }
+                        channel.password = nil
+                        applied.append(("-", "k", "*"))
+                    }
+                } else {
+                    if adding {
+                        guard let text = arguments.popFirst(), let limit = Int(text), limit > 0 else {
+                            render(.numeric(.errInvalidModeParam, channel.name, "l", "*", "Give a positive number"), in: &context); continue
+                        }
+                        channel.userLimit = limit
+                        applied.append(("+", "l", String(limit)))
+                    } else {
+                        if channel.userLimit == nil { continue }
+                        channel.userLimit = nil
+                        applied.append(("-", "l", nil))
+                    }
+                }
+            case "t", "n", "m":
+                if myRole < .op { render(.numeric(.errChanOPrivsNeeded, channel.name, "You're not a channel operator"), in: &context); continue }
+                let current = letter == "t" ? channel.topicProtected : letter == "n" ? channel.noOutsideMessages : channel.moderated
+                if current == adding { continue }
+                if letter == "t" { channel.topicProtected = adding } else if letter == "n" { channel.noOutsideMessages = adding } else { channel.moderated = adding }
+                applied.append((adding ? "+" : "-", letter, nil))
+            case "b":
+                guard let raw = arguments.popFirst() else { continue }
+                if myRole < .op { render(.numeric(.errChanOPrivsNeeded, channel.name, "You're not a channel operator"), in: &context); continue }
+                let mask = IRCMask.normalized(raw)
+                if adding {
+                    if channel.bans.contains(where: { $0.mask == mask }) { continue }
+                    channel.bans.append(BanEntry(mask: mask, setBy: session.prefix, setAt: context.now))
+                } else {
+                    guard channel.bans.contains(where: { $0.mask == mask }) else { continue }
+                    channel.bans.removeAll { $0.mask == mask }
+                }
+                applied.append((adding ? "+" : "-", "b", mask))
+            case "o", "v", "q":
+                guard let nick = arguments.popFirst() else {
+                    render(.numeric(.errInvalidModeParam, channel.name, String(letter), "*", "Give a nick"), in: &context); continue
+                }
+                if letter == "q" && !channel.isGroup {
+                    render(.numeric(.errUnknownMode, "q", "Only groups (channels created by a logged-in user) have owners"), in: &context); continue
+                }
+                let needed: ChannelRole = letter == "v" ? .op : manager
+                if myRole < needed {
+                    render(.numeric(.errChanOPrivsNeeded, channel.name, needed == .owner ? "Only the group's owner can change +\(letter)" : "You're not a channel operator"), in: &context); continue
+                }
+                let folded = fold(nick)
+                let targets = channel.joined.filter { sessions[$0]?.nick?.folded == folded }
+                let targetAccount = targets.first.flatMap { sessions[$0]?.accountKey } ?? (channel.accountRoles[folded] != nil ? folded : nil)
+                let targetName = targets.first.flatMap { sessions[$0]?.nick?.name } ?? accounts[folded]?.name ?? nick
+                let isListed = targetAccount.map { channel.accountRoles[$0] != nil } ?? false
+                if targets.isEmpty && !isListed {
+                    render(.numeric(.errUserNotInChannel, nick, channel.name, "They aren't on that channel"), in: &context); continue
+                }
+                let current = targets.first.map { role(of: $0, in: channel) } ?? targetAccount.flatMap { channel.accountRoles[$0] } ?? .member
+                let wanted: ChannelRole = letter == "q" ? .owner : letter == "o" ? .op : .voice
+                if letter == "q" {
+                    guard adding else { continue }
+                    guard let targetAccount, isListed else {
+                        render(.fail("MODE", "ACCOUNT_REQUIRED", nick, channel.name, description: "Ownership goes to a member with an account"), in: &context); continue
+                    }
+                    if current == .owner { continue }
+                    // Handing over: the new owner takes ~, the old one keeps @.
+                    if let previous = channel.owner { channel.accountRoles[previous] = .op }
+                    channel.owner = targetAccount
+                    channel.accountRoles[targetAccount] = .owner
+                    applied.append(("+", "q", targetName))
+                    applied.append(("-", "q", session.nick?.name ?? ""))
+                    applied.append(("+", "o", session.nick?.name ?? ""))
+                    memberChanged = true
+                    continue
+                }
+                if current == .owner {
+                    render(.numeric(.errChanOPrivsNeeded, channel.name, "The owner's rank changes only by handing over ownership (+q)"), in: &context); continue
+                }
+                let newRole: ChannelRole = adding ? max(current, wanted) : (current == wanted ? .member : current)
+                if newRole == current { continue }
+                if let targetAccount, isListed {
+                    channel.accountRoles[targetAccount] = newRole
+                } else {
+                    for target in targets { channel.guestRoles[target] = newRole == .member ? nil : newRole }
+                }
+                applied.append((adding ? "+" : "-", letter, targetName))
+                memberChanged = true
+            default:
+                render(.numeric(.errUnknownMode, String(letter), "is an unknown mode character to me for \(channel.name)"), in: &context)
+            }
+        }
+        guard !applied.isEmpty else { return }
+        _ = memberChanged
+        channels[channel.key] = channel
+        persist(channel, into: &outbox)
+        var modeText = ""
+        var modeArguments: [String] = []
+        var lastSign: Character?
+        for change in applied {
+            if change.sign != lastSign { modeText.append(change.sign); lastSign = change.sign }
+            modeText.append(change.mode)
+            if let argument = change.argument { modeArguments.append(argument) }
+        }
+        let announcement = IRCMessage(source: session.prefix, command: "MODE", parameters: [channel.name, modeText] + modeArguments)
+        for member in channel.joined { emit(announcement, to: member, &context, &outbox) }
+    }
+
+    // MARK: ChanServ: group administration for clients without special commands
+
+    mutating func handleChanServ(text: String, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        let words = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        let command = words.first?.uppercased() ?? "HELP"
+        func reply(_ line: String) {
+            context.replies.append(IRCMessage(source: Self.chanServPrefix, command: "NOTICE", parameters: [sessions[id]?.replyName ?? "*", line]))
+        }
+        switch command {
+        case "INFO":
+            guard words.count >= 2, let channel = channels[fold(words[1])] else { reply("Usage: INFO #group"); return }
+            if channel.inviteOnly && !channel.contains(id) { reply("\(words[1]) is a closed group; only its members may see it"); return }
+            guard channel.isGroup else { reply("\(channel.name) is a transient channel: it ends when its last user leaves"); return }
+            reply("\(channel.name): owner \(accounts[channel.owner ?? ""]?.name ?? channel.owner ?? "?"), created \(channel.createdAt.iso8601), modes +\(channel.flagModes)")
+            let members = channel.accountRoles.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map { key, role in
+                role.prefix + (accounts[key]?.name ?? key) + (nickIndex[key] == nil ? " (offline)" : "")
+            }
+            reply("Members (\(members.count)): \(members.joined(separator: ", "))")
+        case "DROP":
+            guard words.count >= 2, let channel = channels[fold(words[1])] else { reply("Usage: DROP #group"); return }
+            guard channel.isGroup, role(of: id, in: channel) == .owner else {
+                throw .numeric(.errChanOPrivsNeeded, channel.name, "Only the group's owner can delete it")
+            }
+            deleteGroup(channel, by: sessions[id]?.nick?.name ?? "the owner", &context, &outbox)
+            reply("\(channel.name) has been deleted")
+        default:
+            reply("ChanServ manages groups. Commands: INFO #group (owner and members), DROP #group (owner only: delete it).")
+            reply("Members are managed with INVITE (add) and KICK (remove); MODE #group +q nick hands over ownership; RENAME #old #new renames.")
+        }
+    }
+
+    static let chanServPrefix = "ChanServ!ChanServ@services.parley"
+
+    mutating func deleteGroup(_ channel: ChatChannel, by owner: String, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        for member in channel.joined {
+            guard let nick = sessions[member]?.nick?.name else { continue }
+            let kick = IRCMessage(source: Self.chanServPrefix, command: "KICK", parameters: [channel.name, nick, "Group deleted by \(owner)"])
+            emit(kick, to: member, &context, &outbox)
+            sessions[member]?.channels.remove(channel.key)
+        }
+        for account in channel.accountRoles.keys { groupsOfAccount[account]?.remove(channel.key) }
+        channels[channel.key] = nil
+        outbox.actions.append(.deleteGroup(key: channel.key))
+    }
+
+    // MARK: Messages to channels
+
+    mutating func deliverToChannel(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let sender = sessions[id] else { return }
+        guard let channel = channels[fold(target)] else {
+            throw .numeric(.errNoSuchChannel, target, "No such channel")
+        }
+        let isMember = channel.contains(id)
+        let senderRole = role(of: id, in: channel)
+        if !isMember && (channel.noOutsideMessages || channel.isGroup) {
+            throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are not a member")
+        }
+        if channel.moderated && senderRole < .voice {
+            throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel (+m): you need voice")
+        }
+        if senderRole < .voice && channel.bans.contains(where: { IRCMask($0.mask).matches(sender.prefix, caseMapping: configuration.caseMapping) }) {
+            throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are banned")
+        }
+        let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + channel.name.utf8.count + 2 + 2
+        if overhead + text.utf8.count > 512 {
+            throw .fail(verb, "MESSAGE_TOO_LONG", channel.name, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
+        }
+        let messageID = messageIDs.next()
+        var tags = [IRCTag("time", context.now.iso8601), IRCTag("msgid", messageID)]
+        if let account = sender.accountName { tags.append(IRCTag("account", account)) }
+        tags.append(contentsOf: clientTags)
+        let relayed = IRCMessage(tags: tags, source: sender.prefix, command: verb,
+                                 parameters: verb == "TAGMSG" ? [channel.name] : [channel.name, text])
+        var encodings = EncodingCache()
+        for member in channel.joined where member != id {
+            guard let session = sessions[member], verb != "TAGMSG" || session.has(.messageTags) else { continue }
+            outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member)
+        }
+        if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) {
+            context.replies.append(relayed)
+        }
+        if channel.isGroup && verb != "TAGMSG" {
+            // Kept for members who are offline now (delivered by the offline-delivery path)
+            // and for history.
+            outbox.actions.append(.storeMessages([StoredMessage(
+                id: messageID, time: context.now, senderNick: sender.nick?.name ?? "*", senderAccount: sender.accountKey,
+                senderPrefix: sender.prefix, targetKind: .group, target: channel.key, command: verb, text: text,
+                clientTags: clientTags.isEmpty ? "" : IRCMessage(tags: clientTags, command: "X").wireString.split(separator: " ").first.map(String.init) ?? "")]))
+        }
+    }
+}
+
+struct RenamedChannel: Sendable {
+    var newName: String
+    var reason: String
+}
