@@ -24,10 +24,10 @@ extension IRCMessage {
         Self.writeSanitized(command, to: &buffer)
         for (position, parameter) in parameters.enumerated() {
             buffer.writeInteger(UInt8(ascii: " "))
-            // Like most servers, the last of several parameters always gets its ':' so that
-            // clients that read the trailing parameter by its colon show it whole.
+            // Like most servers, the free-text last parameter of numerics and messages always
+            // gets its ':', for clients that find the text by its colon.
             if position == parameters.count - 1
-                && (position > 0 || Self.needsTrailingColon(parameter)) {
+                && ((position > 0 && Self.hasFreeTextTrailing(command)) || Self.needsTrailingColon(parameter)) {
                 buffer.writeInteger(UInt8(ascii: ":"))
             }
             Self.writeSanitized(parameter, to: &buffer)
@@ -41,6 +41,17 @@ extension IRCMessage {
         write(to: &buffer)
         buffer.moveWriterIndex(to: buffer.writerIndex - 2)
         return buffer.readString(length: buffer.readableBytes) ?? ""
+    }
+
+    static let freeTextCommands: Set<String> = [
+        "PRIVMSG", "NOTICE", "PART", "QUIT", "KICK", "TOPIC", "ERROR", "AWAY", "SETNAME", "RENAME",
+        "FAIL", "WARN", "NOTE", "KILL", "WALLOPS", "CAP", "PONG",
+    ]
+
+    static func hasFreeTextTrailing(_ command: String) -> Bool {
+        let utf8 = command.utf8
+        if utf8.count == 3 && utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) { return true }
+        return freeTextCommands.contains(command)
     }
 
     static func needsTrailingColon(_ parameter: String) -> Bool {

@@ -127,7 +127,7 @@ struct RegistrationTests {
         #expect(harness.send(alice, "@label=two PONG :x") == ["@label=two :parley.local ACK"])
         let whois = harness.send(alice, "@label=three WHOIS alice")
         #expect(whois.first?.hasPrefix("@label=three :parley.local BATCH +") == true)
-        #expect(whois.first?.hasSuffix(" :labeled-response") == true)
+        #expect(whois.first?.hasSuffix(" labeled-response") == true)
         let reference = whois.first.flatMap { try? IRCMessage(parsing: $0) }?.parameters.first?.dropFirst() ?? ""
         #expect(whois.dropFirst().dropLast().allSatisfy { $0.hasPrefix("@batch=\(reference) ") })
         #expect(whois.last == ":parley.local BATCH -\(reference)")

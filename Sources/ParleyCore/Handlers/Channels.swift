@@ -188,7 +188,7 @@ extension ChatServer {
         if announce && !nickWasPresent {
             for member in existing {
                 guard let memberSession = sessions[member] else { continue }
-                send(joinMessage(for: session, channel: channel.name, extended: memberSession.has(.extendedJoin)), to: member, into: &outbox)
+                emit(joinMessage(for: session, channel: channel.name, extended: memberSession.has(.extendedJoin)), to: member, &context, &outbox)
             }
         }
         for connection in newcomers {

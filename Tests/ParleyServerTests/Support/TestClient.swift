@@ -15,20 +15,24 @@ final class TestClient: Sendable {
         var description: String { "timed out waiting for \(waitingFor); unmatched lines: \(received)" }
     }
 
-    private struct State {
+    fileprivate struct State {
         var lines: [String] = []
         var closed = false
     }
 
-    private let state = NIOLockedValueBox(State())
+    private let state: NIOLockedValueBox<State>
     let channel: Channel
 
-    private init(channel: Channel) {
+    private init(channel: Channel, state: NIOLockedValueBox<State>) {
         self.channel = channel
+        self.state = state
     }
 
     static func connect(host: String = "127.0.0.1", port: Int, tls: NIOSSLContext? = nil, serverHostname: String? = nil) async throws -> TestClient {
-        let collector = LineCollector()
+        // The collector owns the line store from the start: a server may answer (or close)
+        // before `connect` returns.
+        let state = NIOLockedValueBox(State())
+        let collector = LineCollector(state: state)
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -40,9 +44,7 @@ final class TestClient: Sendable {
                 }
             }
             .connect(host: host, port: port).get()
-        let client = TestClient(channel: channel)
-        collector.client.withLockedValue { $0 = client }
-        return client
+        return TestClient(channel: channel, state: state)
     }
 
     /// Connects and registers with NICK/USER (and optional CAPs and PASS); waits for 001.
@@ -80,14 +82,6 @@ final class TestClient: Sendable {
 
     func sendRaw(_ bytes: [UInt8]) {
         channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil)
-    }
-
-    fileprivate func receive(_ line: String) {
-        state.withLockedValue { $0.lines.append(line) }
-    }
-
-    fileprivate func markClosed() {
-        state.withLockedValue { $0.closed = true }
     }
 
     var isClosed: Bool { state.withLockedValue { $0.closed } }
@@ -160,16 +154,20 @@ final class TestClient: Sendable {
 
 private final class LineCollector: ChannelInboundHandler, Sendable {
     typealias InboundIn = IRCLineFrame
-    let client = NIOLockedValueBox<TestClient?>(nil)
+    private let state: NIOLockedValueBox<TestClient.State>
+
+    init(state: NIOLockedValueBox<TestClient.State>) {
+        self.state = state
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .line(var bytes) = unwrapInboundIn(data) else { return }
         let line = bytes.readString(length: bytes.readableBytes) ?? ""
-        client.withLockedValue { $0 }?.receive(line)
+        state.withLockedValue { $0.lines.append(line) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        client.withLockedValue { $0 }?.markClosed()
+        state.withLockedValue { $0.closed = true }
         context.fireChannelInactive()
     }
 }
