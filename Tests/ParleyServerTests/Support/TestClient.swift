@@ -67,10 +67,26 @@ final class TestClient: Sendable {
         send("USER \(nick) 0 * :\(nick) Tester")
         if !caps.isEmpty { send("CAP END") }
         try await expect(numeric: "001")
-        try await expect { $0.command == "376" || $0.command == "422" }
-        // The burst ends with the user mode; what came before it is not what tests look for.
-        try await expect(command: "MODE")
-        _ = drain()
+        // The burst ends with the user mode; what came before it is not what tests look for,
+        // what comes after it (groups joined at login) is.
+        try await skip(through: { $0.command == "MODE" }, "the welcome burst")
+    }
+
+    /// Waits for a line satisfying `predicate` and drops it and every line before it.
+    func skip(through predicate: @escaping @Sendable (IRCMessage) -> Bool, _ description: String, timeout: Duration = .seconds(5)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let found = state.withLockedValue { state -> Bool in
+                guard let index = state.lines.firstIndex(where: { (try? IRCMessage(parsing: $0)).map(predicate) ?? false }) else { return false }
+                state.lines.removeFirst(index + 1)
+                return true
+            }
+            if found { return }
+            if ContinuousClock.now >= deadline || isClosed {
+                throw Timeout(waitingFor: description, received: state.withLockedValue { $0.lines })
+            }
+            try await waitForActivity(until: deadline)
+        }
     }
 
     func send(_ line: String) {

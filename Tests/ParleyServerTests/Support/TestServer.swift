@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 @testable import ParleyServer
+import ParleyCore
 import ParleyStore
 import ServiceLifecycle
 
@@ -73,6 +74,19 @@ final class TestServer: @unchecked Sendable {
         // Fixed ports would collide across parallel tests; a restart gets new ones.
         configuration.listeners = configuration.listeners.map { .init(address: $0.address, port: 0, tls: $0.tls) }
         try await start()
+    }
+
+    /// What the running server's SQLite file holds (read through a second connection).
+    func storedMessages(group: String) async throws -> [StoredMessage] {
+        let reader = try SQLiteChatStore(path: directory.appendingPathComponent("parley.sqlite").path)
+        defer { Task { try? await reader.close() } }
+        return try await reader.loadMessages(targetKind: .group, target: group)
+    }
+
+    func storedGroups() async throws -> [GroupRecord] {
+        let reader = try SQLiteChatStore(path: directory.appendingPathComponent("parley.sqlite").path)
+        defer { Task { try? await reader.close() } }
+        return try await reader.loadGroups()
     }
 
     func shutdownAndRemove() async throws {
