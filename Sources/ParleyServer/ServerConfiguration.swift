@@ -117,6 +117,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var sendQueueBytes = 4 * 1024 * 1024
         /// Entries per MONITOR list.
         public var monitorLimit = 100
+        /// Channels one connection may be in (groups it is a member of included); 0 means no limit.
+        public var maxChannelsPerUser = 100
         /// Targets per PRIVMSG/NOTICE/TAGMSG.
         public var maxMessageTargets = 4
 
@@ -125,7 +127,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         enum CodingKeys: String, CodingKey, CaseIterable {
             case maxLineBytes, floodCommandsPerSecond, floodBurst, floodQueueLimit, maxConnectionsPerAddress
             case maxUnregisteredConnections, registrationTimeoutSeconds, pingIntervalSeconds, pingTimeoutSeconds
-            case sendQueueBytes, monitorLimit, maxMessageTargets
+            case sendQueueBytes, monitorLimit, maxMessageTargets, maxChannelsPerUser
         }
 
         public init(from decoder: any Decoder) throws {
@@ -142,6 +144,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             pingTimeoutSeconds = try container.decode(.pingTimeoutSeconds, default: defaults.pingTimeoutSeconds)
             sendQueueBytes = try container.decode(.sendQueueBytes, default: defaults.sendQueueBytes)
             monitorLimit = try container.decode(.monitorLimit, default: defaults.monitorLimit)
+            maxChannelsPerUser = try container.decode(.maxChannelsPerUser, default: defaults.maxChannelsPerUser)
             maxMessageTargets = try container.decode(.maxMessageTargets, default: defaults.maxMessageTargets)
         }
     }
@@ -218,6 +221,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.networkName = networkName
         chat.motd = motd
         chat.monitorLimit = limits.monitorLimit
+        chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets
         chat.pingIntervalMilliseconds = Int64(limits.pingIntervalSeconds * 1000)
         chat.pingTimeoutMilliseconds = Int64(limits.pingTimeoutSeconds * 1000)

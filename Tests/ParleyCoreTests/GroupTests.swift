@@ -24,7 +24,7 @@ struct GroupTests {
         let join = harness.send(alice, "JOIN #team")
         #expect(join == [
             ":alice!~alice@127.0.0.1 JOIN #team",
-            ":parley.local 353 alice * #team :~@alice",
+            ":parley.local 353 alice = #team :~@alice",
             ":parley.local 366 alice #team :End of /NAMES list",
         ])
         let modes = harness.send(alice, "MODE #team")
@@ -59,7 +59,7 @@ struct GroupTests {
         let atBob = harness.inbox(bob)
         #expect(atBob.first == ":bob!~bob@127.0.0.1 JOIN #team bob :bob Example")
         #expect(atBob.contains(":parley.local 332 bob #team :Plans"))
-        #expect(atBob.contains(":parley.local 353 bob * #team :~alice bob"))
+        #expect(atBob.contains(":parley.local 353 bob = #team :~alice bob"))
         #expect(harness.savedGroups["#team"]?.members == ["alice": .owner, "bob": .member])
     }
 
@@ -175,7 +175,7 @@ struct GroupTests {
             ":bob!~bob@127.0.0.1 JOIN #crew",
             ":parley.local 332 bob #crew :Plans",
             ":parley.local 333 bob #crew alice!~alice@127.0.0.1 :\(harness.now.millisecondsSince1970 / 1000)",
-            ":parley.local 353 bob * #crew :~alice bob",
+            ":parley.local 353 bob = #crew :~alice bob",
             ":parley.local 366 bob #crew :End of /NAMES list",
         ])
         #expect(harness.savedGroups["#team"] == nil)

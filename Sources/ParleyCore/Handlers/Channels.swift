@@ -225,13 +225,13 @@ extension ChatServer {
         var current = ""
         for entry in entries {
             if !current.isEmpty && fixed + current.utf8.count + 1 + entry.utf8.count > 510 {
-                lines.append(numeric(.rplNamReply, [channel.inviteOnly ? "*" : "=", channel.name, current], for: connection))
+                lines.append(numeric(.rplNamReply, ["=", channel.name, current], for: connection))
                 current = ""
             }
             current += current.isEmpty ? entry : " " + entry
         }
         if !current.isEmpty {
-            lines.append(numeric(.rplNamReply, [channel.inviteOnly ? "*" : "=", channel.name, current], for: connection))
+            lines.append(numeric(.rplNamReply, ["=", channel.name, current], for: connection))
         }
         lines.append(numeric(.rplEndOfNames, [channel.name, "End of /NAMES list"], for: connection))
         return lines
