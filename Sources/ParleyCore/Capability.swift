@@ -4,6 +4,7 @@ public enum Capability: Int, Sendable, CaseIterable {
     case messageTags, serverTime, echoMessage, labeledResponse, batch, standardReplies, sasl
     case accountTag, accountNotify, awayNotify, capNotify, multiPrefix, userhostInNames
     case extendedJoin, setname, extendedMonitor, accountRegistration, channelRename
+    case readMarker, chathistory, receipts
 
     public var name: String {
         switch self {
@@ -25,6 +26,9 @@ public enum Capability: Int, Sendable, CaseIterable {
         case .extendedMonitor: "extended-monitor"
         case .accountRegistration: "draft/account-registration"
         case .channelRename: "draft/channel-rename"
+        case .readMarker: "draft/read-marker"
+        case .chathistory: "draft/chathistory"
+        case .receipts: "parley.chat/receipts"
         }
     }
 

@@ -15,6 +15,12 @@ public struct ChatConfiguration: Sendable {
     public var channelLength = 64
     /// Channels one connection may be in; nil means no limit.
     public var maxChannelsPerUser: Int? = 100
+    /// Messages kept for an account while it is offline; past this, senders get a FAIL reply.
+    public var maxUndeliveredPerAccount = 5000
+    /// How long stored messages are kept (history, offline delivery, receipts).
+    public var historyRetentionMilliseconds: Int64 = 30 * 24 * 3600 * 1000
+    /// The most messages one CHATHISTORY request returns.
+    public var chathistoryLimit = 500
     public var topicLength = 390
     public var awayLength = 390
     public var kickLength = 390

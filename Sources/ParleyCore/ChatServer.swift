@@ -33,6 +33,17 @@ public struct ChatServer: Sendable {
     var groupsOfAccount: [String: Set<String>] = [:]
     /// Old names of renamed channels, for `FAIL JOIN CHANNEL_RENAMED`.
     var renamedChannels: [String: RenamedChannel] = [:]
+    /// Messages waiting for accounts that have no connection, oldest first.
+    var undelivered: [String: [StoredMessage]] = [:]
+    /// Recent messages from accounts to accounts, by msgid, for receipts.
+    var tracked: [String: TrackedMessage] = [:]
+    /// Delivered but not yet read: reader -> conversation key -> msgids, oldest first.
+    var unread: [String: [String: [String]]] = [:]
+    /// Receipts for authors who had no receipts-capable connection when they happened.
+    var pendingReceipts: [String: [PendingReceipt]] = [:]
+    /// Read markers: account -> conversation key -> time of the last read message.
+    var readMarkers: [String: [String: Timestamp]] = [:]
+    var lastPrune: Timestamp?
     var maximumUsersSeen = 0
     var registeredSessionCount = 0
     let allocator = ByteBufferAllocator()
@@ -64,9 +75,10 @@ public struct ChatServer: Sendable {
         case identify(ConnectionID, accountKey: String, label: String?)
         case oper(ConnectionID, name: String, label: String?)
         case registerAccount(ConnectionID, key: String, viaNickServ: Bool, label: String?)
+        case history(ConnectionID, target: String, label: String?, subcommand: String)
     }
 
-    public init(configuration: ChatConfiguration, accounts: [AccountRecord], groups: [GroupRecord] = [], startedAt: Timestamp) {
+    public init(configuration: ChatConfiguration, accounts: [AccountRecord], groups: [GroupRecord] = [], delivery: DeliveryState = DeliveryState(), startedAt: Timestamp) {
         self.configuration = configuration
         self.startedAt = startedAt
         self.messageIDs = MessageIDGenerator(startedAt: startedAt)
@@ -77,6 +89,7 @@ public struct ChatServer: Sendable {
             for account in channel.accountRoles.keys { groupsOfAccount[account, default: []].insert(channel.key) }
         }
         self.isupportTokens = Self.makeISupportTokens(configuration)
+        restoreDeliveryState(delivery)
     }
 
     // MARK: - Queries for the shell and tests
@@ -123,7 +136,11 @@ public struct ChatServer: Sendable {
         } catch {
             render(error, in: &context)
         }
-        finish(&context, into: &outbox)
+        if context.pendingStores.isEmpty {
+            finish(&context, into: &outbox)
+        } else {
+            finishDurably(&context, verb: verb, into: &outbox)
+        }
     }
 
     /// A line that could not be parsed: too long, or not UTF-8. `command` and `label` are taken
@@ -179,6 +196,7 @@ public struct ChatServer: Sendable {
         for (id, reason) in timedOut {
             disconnect(id, reason: reason, now: now, into: &outbox)
         }
+        pruneHistoryIfDue(now: now, into: &outbox)
     }
 
     /// Tells every client the server is going away and closes them all.
@@ -284,7 +302,10 @@ public struct ChatServer: Sendable {
                             parameters: ["+" + reference, "labeled-response"]),
                  to: context.connection, session: session, into: &outbox)
             for var reply in context.replies {
-                reply.tags.insert(IRCTag("batch", reference), at: 0)
+                // A line inside a nested batch (chat history) already names its batch.
+                if !reply.tags.contains(where: { $0.key == "batch" }) {
+                    reply.tags.insert(IRCTag("batch", reference), at: 0)
+                }
                 send(reply, to: context.connection, session: session, into: &outbox)
             }
             send(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + reference]),

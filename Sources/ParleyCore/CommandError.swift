@@ -36,6 +36,8 @@ struct CommandContext {
     /// Set when the answer comes later (after a password check or storage); the label is kept
     /// with the pending work and nothing is sent now, not even an ACK.
     var repliesDeferred = false
+    /// Messages this command stored: its replies (the echo) wait until they are committed.
+    var pendingStores: [StoredMessage] = []
 
     mutating func deferReplies() {
         replies.removeAll()

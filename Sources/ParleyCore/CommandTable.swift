@@ -44,6 +44,10 @@ extension ChatServer {
         "RENAME": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleRename(message, &context, &outbox) },
         "CHANSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChanServ(text: message.parameters.joined(separator: " "), &context, &outbox) },
         "CS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChanServ(text: message.parameters.joined(separator: " "), &context, &outbox) },
+        // Offline delivery, receipts, read markers, history.
+        "MARKREAD": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleMarkRead(message, &context, &outbox) },
+        "RECEIPTS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleReceipts(message, &context, &outbox) },
+        "CHATHISTORY": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChatHistory(message, &context, &outbox) },
         // Users.
         "AWAY": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleAway(message, &context, &outbox) },
         "SETNAME": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleSetname(message, &context, &outbox) },

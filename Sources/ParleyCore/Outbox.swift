@@ -12,9 +12,14 @@ public struct ConnectionID: Hashable, Sendable, Comparable, CustomStringConverti
 /// the shell carries out (closing sockets, slow password hashing, storage), whose results come
 /// back as calls into `ChatServer`. Reused between calls to avoid allocations on the hot path.
 public struct Outbox: Sendable {
-    public struct Delivery: Sendable {
+    public struct Delivery: Sendable, Equatable {
         public var connection: ConnectionID
         public var line: ByteBuffer
+
+        public init(connection: ConnectionID, line: ByteBuffer) {
+            self.connection = connection
+            self.line = line
+        }
     }
 
     public var deliveries: [Delivery] = []
@@ -49,15 +54,27 @@ public enum CoreAction: Sendable, Equatable {
     /// Persist a group's whole state (after a rename, `previousKey` is its former key).
     case saveGroup(GroupRecord, previousKey: String?)
     case deleteGroup(key: String)
-    /// Persist messages (the shell commits them in batches, in order).
-    case storeMessages([StoredMessage])
+    /// Persist messages (the shell commits them in batches, in order), then write `afterCommit`
+    /// (the sender's echo and replies: an echo means the message is on disk), or `onFailure`
+    /// if the commit failed.
+    case storeMessages([StoredMessage], afterCommit: [Outbox.Delivery], onFailure: [Outbox.Delivery])
+    /// Record deliveries, reads and receipts sent.
+    case updateRecipients([RecipientUpdate])
+    case saveReadMarker(account: String, target: String, time: Timestamp)
+    case saveAccountSettings(accountKey: String, settings: [String: String])
+    /// Forget messages older than the retention period.
+    case pruneHistory(before: Timestamp)
+    /// Read stored history, then call `ChatServer.completeHistory(ticket:messages:now:into:)`.
+    case loadHistory(ticket: UInt64, query: HistoryQuery)
 }
 
-/// Work the shell must do in order, because later steps depend on earlier ones: storage writes.
+/// Work the shell must do in order, because later steps depend on earlier ones: storage writes,
+/// and history reads (which must see every write decided before them).
 extension CoreAction {
     public var isOrderedStorageWrite: Bool {
         switch self {
-        case .saveGroup, .deleteGroup, .storeMessages, .recordLastSeen: true
+        case .saveGroup, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
+             .saveAccountSettings, .pruneHistory, .loadHistory: true
         default: false
         }
     }
@@ -91,9 +108,12 @@ public struct StoredMessage: Sendable, Hashable {
     public var text: String
     /// Client-only tags in wire form (possibly empty).
     public var clientTags: String
+    /// The accounts this message is for (the author excluded), with their delivery state.
+    public var recipients: [StoredRecipient]
 
     public init(id: String, time: Timestamp, senderNick: String, senderAccount: String?, senderPrefix: String,
-                targetKind: TargetKind, target: String, command: String, text: String, clientTags: String = "") {
+                targetKind: TargetKind, target: String, command: String, text: String, clientTags: String = "",
+                recipients: [StoredRecipient] = []) {
         self.id = id
         self.time = time
         self.senderNick = senderNick
@@ -104,5 +124,117 @@ public struct StoredMessage: Sendable, Hashable {
         self.command = command
         self.text = text
         self.clientTags = clientTags
+        self.recipients = recipients
+    }
+}
+
+/// One recipient account of a stored message.
+public struct StoredRecipient: Sendable, Hashable {
+    public var account: String
+    public var deliveredAt: Timestamp?
+    public var readAt: Timestamp?
+    /// Whether the author has been sent the delivered / read receipt.
+    public var deliveredNotified: Bool
+    public var readNotified: Bool
+
+    public init(account: String, deliveredAt: Timestamp? = nil, readAt: Timestamp? = nil, deliveredNotified: Bool = false, readNotified: Bool = false) {
+        self.account = account
+        self.deliveredAt = deliveredAt
+        self.readAt = readAt
+        self.deliveredNotified = deliveredNotified
+        self.readNotified = readNotified
+    }
+}
+
+/// A change to one recipient's row; nil fields stay as they are.
+public struct RecipientUpdate: Sendable, Hashable {
+    public var messageID: String
+    public var recipient: String
+    public var deliveredAt: Timestamp?
+    public var readAt: Timestamp?
+    public var deliveredNotified: Bool?
+    public var readNotified: Bool?
+
+    public init(messageID: String, recipient: String, deliveredAt: Timestamp? = nil, readAt: Timestamp? = nil, deliveredNotified: Bool? = nil, readNotified: Bool? = nil) {
+        self.messageID = messageID
+        self.recipient = recipient
+        self.deliveredAt = deliveredAt
+        self.readAt = readAt
+        self.deliveredNotified = deliveredNotified
+        self.readNotified = readNotified
+    }
+}
+
+/// A CHATHISTORY request, already checked: the requester may read this conversation.
+public struct HistoryQuery: Sendable, Hashable {
+    /// A point in a conversation: a message's time, or a message (by msgid) whose time the
+    /// store looks up.
+    public enum Reference: Sendable, Hashable {
+        case timestamp(Timestamp)
+        case msgid(String)
+    }
+
+    public enum Kind: Sendable, Hashable {
+        case latest(after: Reference?)
+        case before(Reference)
+        case after(Reference)
+        case around(Reference)
+        case between(Reference, Reference)
+        /// Conversations with messages between two times (CHATHISTORY TARGETS).
+        case targets(Timestamp, Timestamp)
+    }
+
+    public enum Conversation: Sendable, Hashable {
+        /// A group, by key.
+        case group(String)
+        /// Between two parties (account keys, or folded nicks for guests).
+        case direct(String, String)
+        /// Everything this account takes part in: its direct conversations and these groups.
+        case everything(account: String, groups: [String])
+    }
+
+    public var conversation: Conversation
+    public var kind: Kind
+    public var limit: Int
+
+    public init(conversation: Conversation, kind: Kind, limit: Int) {
+        self.conversation = conversation
+        self.kind = kind
+        self.limit = limit
+    }
+}
+
+/// What a history read found.
+public enum HistoryResult: Sendable, Hashable {
+    case messages([StoredMessage])
+    /// Conversations and the time of their latest message: `.group(key)` or `.direct(other party)`.
+    case targets([HistoryTarget])
+    case failed(String)
+}
+
+public struct HistoryTarget: Sendable, Hashable {
+    public var isGroup: Bool
+    /// The group's key, or the other party's key.
+    public var key: String
+    public var latest: Timestamp
+
+    public init(isGroup: Bool, key: String, latest: Timestamp) {
+        self.isGroup = isGroup
+        self.key = key
+        self.latest = latest
+    }
+}
+
+/// What the store keeps about delivery, loaded at startup: undelivered messages per account
+/// (oldest first), recent messages whose receipts are still tracked, and read markers.
+public struct DeliveryState: Sendable {
+    public var undelivered: [String: [StoredMessage]]
+    public var tracked: [StoredMessage]
+    public var readMarkers: [String: [String: Timestamp]]
+
+    public init(undelivered: [String: [StoredMessage]] = [:], tracked: [StoredMessage] = [], readMarkers: [String: [String: Timestamp]] = [:]) {
+        self.undelivered = undelivered
+        self.tracked = tracked
+        self.readMarkers = readMarkers
     }
 }

@@ -45,6 +45,24 @@ final class ChatHost: Sendable {
         self.threadPool = threadPool
         self.logger = logger
         self.storageWriter = StorageWriter(store: store, logger: logger)
+        storageWriter.setCallbacks(.init(
+            deliver: { [weak self] deliveries in self?.writeAfterCommit(deliveries) },
+            historyLoaded: { [weak self] ticket, result in
+                guard let self else { return }
+                Self.write(self.perform { core, outbox in
+                    core.completeHistory(ticket: ticket, result: result, now: Self.now(), into: &outbox)
+                })
+            }))
+    }
+
+    /// Writes lines the domain held back until their messages were committed.
+    func writeAfterCommit(_ deliveries: [Outbox.Delivery]) {
+        let resolved = state.withLockedValue { state in
+            deliveries.compactMap { delivery in
+                state.channels[delivery.connection].map { ResolvedDelivery(channel: $0, line: delivery.line, closeAfter: false) }
+            }
+        }
+        Self.write(resolved)
     }
 
     static func now() -> Timestamp {
@@ -212,8 +230,9 @@ final class ChatHost: Sendable {
                 Self.write(deliveries)
                 endBackgroundWork()
             }
-        case .recordLastSeen, .saveGroup, .deleteGroup, .storeMessages:
-            break  // ordered storage writes go through `storageWriter`
+        case .recordLastSeen, .saveGroup, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
+             .saveAccountSettings, .pruneHistory, .loadHistory:
+            break  // ordered storage work goes through `storageWriter`
         }
     }
 

@@ -36,7 +36,8 @@ public final class ParleyServer: Service, Sendable {
         chat.version = "parley-0.1"
         let accounts = try await store.loadAccounts()
         let groups = try await store.loadGroups()
-        let core = ChatServer(configuration: chat, accounts: accounts, groups: groups, startedAt: ChatHost.now())
+        let delivery = try await store.loadDeliveryState(since: ChatHost.now().adding(milliseconds: -chat.historyRetentionMilliseconds))
+        let core = ChatServer(configuration: chat, accounts: accounts, groups: groups, delivery: delivery, startedAt: ChatHost.now())
         self.host = ChatHost(core: core, configuration: configuration, store: store, threadPool: NIOThreadPool.singleton, logger: logger)
         if configuration.listeners.contains(where: \.tls) {
             guard let files = configuration.tls else { throw ConfigurationError.tlsListenerWithoutCertificate }
@@ -48,7 +49,10 @@ public final class ParleyServer: Service, Sendable {
         } else {
             self.tlsContext = nil
         }
-        logger.info("loaded accounts and groups", metadata: ["accounts": "\(accounts.count)", "groups": "\(groups.count)"])
+        logger.info("loaded accounts and groups", metadata: [
+            "accounts": "\(accounts.count)", "groups": "\(groups.count)",
+            "undelivered": "\(delivery.undelivered.values.reduce(0) { $0 + $1.count })",
+        ])
     }
 
     /// The addresses actually bound, in configuration order (useful with port 0).

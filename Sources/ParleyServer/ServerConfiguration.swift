@@ -15,13 +15,14 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var limits = Limits()
     public var accounts = Accounts()
     public var operators: [Operator] = []
+    public var history = History()
     /// swift-log level: trace (logs every protocol line), debug, info, notice, warning, error.
     public var logLevel = "info"
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case serverName, networkName, motd, dataDirectory, listeners, tls, limits, accounts, operators, logLevel
+        case serverName, networkName, motd, dataDirectory, listeners, tls, limits, accounts, operators, history, logLevel
     }
 
     public init(from decoder: any Decoder) throws {
@@ -36,6 +37,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         limits = try container.decode(.limits, default: defaults.limits)
         accounts = try container.decode(.accounts, default: defaults.accounts)
         operators = try container.decode(.operators, default: defaults.operators)
+        history = try container.decode(.history, default: defaults.history)
         logLevel = try container.decode(.logLevel, default: defaults.logLevel)
     }
 
@@ -180,6 +182,29 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         }
     }
 
+    public struct History: Sendable, Codable, Equatable {
+        /// Days stored messages are kept (offline delivery, chat history, receipts).
+        public var retentionDays = 30.0
+        /// Messages kept for one account while it is offline; more are refused with a FAIL reply.
+        public var maxUndeliveredPerAccount = 5000
+        /// The most messages one CHATHISTORY request returns.
+        public var chathistoryLimit = 500
+
+        public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case retentionDays, maxUndeliveredPerAccount, chathistoryLimit
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.strictContainer(keyedBy: CodingKeys.self)
+            let defaults = History()
+            retentionDays = try container.decode(.retentionDays, default: defaults.retentionDays)
+            maxUndeliveredPerAccount = try container.decode(.maxUndeliveredPerAccount, default: defaults.maxUndeliveredPerAccount)
+            chathistoryLimit = try container.decode(.chathistoryLimit, default: defaults.chathistoryLimit)
+        }
+    }
+
     public struct Operator: Sendable, Codable, Equatable {
         public var name: String
         /// A verifier made by `parley-server hash-password`, never the password itself.
@@ -221,6 +246,9 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.networkName = networkName
         chat.motd = motd
         chat.monitorLimit = limits.monitorLimit
+        chat.historyRetentionMilliseconds = Int64(history.retentionDays * 86_400_000)
+        chat.maxUndeliveredPerAccount = history.maxUndeliveredPerAccount
+        chat.chathistoryLimit = max(1, history.chathistoryLimit)
         chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets
         chat.pingIntervalMilliseconds = Int64(limits.pingIntervalSeconds * 1000)

@@ -23,6 +23,10 @@ public protocol ChatStore: Sendable {
     /// Carries out storage actions (`CoreAction.isOrderedStorageWrite`) in order, in one
     /// transaction: a batch of writes costs one commit.
     func perform(_ writes: [CoreAction]) async throws
+    /// Messages still waiting for recipients or for receipts (newer than `since`), and read markers.
+    func loadDeliveryState(since: Timestamp) async throws -> DeliveryState
+    /// Runs a CHATHISTORY query the domain has already allowed.
+    func loadHistory(_ query: HistoryQuery) async throws -> HistoryResult
     func close() async throws
 }
 

@@ -77,6 +77,31 @@ public final class SQLiteChatStore: ChatStore {
                 table.column("set_at", .integer).notNull()
             }
         }
+        migrator.registerMigration("v3-delivery") { db in
+            try db.alter(table: "messages") { table in
+                // Who sent it, as one key: the account, or the lower-cased nick of a guest.
+                table.add(column: "sender_key", .text)
+            }
+            try db.execute(sql: "UPDATE messages SET sender_key = COALESCE(sender_account, lower(sender_nick))")
+            try db.create(index: "messages_by_sender", on: "messages", columns: ["target_kind", "sender_key", "time"])
+            try db.create(index: "messages_by_time", on: "messages", columns: ["time"])
+            try db.create(table: "message_recipients") { table in
+                table.column("message_id", .text).notNull().references("messages", onDelete: .cascade)
+                table.column("recipient", .text).notNull()
+                table.column("delivered_at", .integer)
+                table.column("read_at", .integer)
+                table.column("delivered_notified", .boolean).notNull().defaults(to: false)
+                table.column("read_notified", .boolean).notNull().defaults(to: false)
+                table.primaryKey(["message_id", "recipient"])
+            }
+            try db.execute(sql: "CREATE INDEX message_recipients_waiting ON message_recipients(recipient) WHERE delivered_at IS NULL")
+            try db.create(table: "read_markers") { table in
+                table.column("account", .text).notNull()
+                table.column("target", .text).notNull()
+                table.column("time", .integer).notNull()
+                table.primaryKey(["account", "target"])
+            }
+        }
         return migrator
     }
 
@@ -142,15 +167,177 @@ public final class SQLiteChatStore: ChatStore {
 
     static func insertMessages(_ messages: [StoredMessage], in db: Database) throws {
         let statement = try db.cachedStatement(sql: """
-            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags, sender_key)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        let recipient = try db.cachedStatement(sql: """
+            INSERT INTO message_recipients (message_id, recipient, delivered_at, read_at, delivered_notified, read_notified)
+            VALUES (?, ?, ?, ?, ?, ?)
             """)
         for message in messages {
             try statement.execute(arguments: [
                 message.id, message.time.millisecondsSince1970, message.senderNick, message.senderAccount,
                 message.senderPrefix, message.targetKind.rawValue, message.target, message.command,
-                message.text, message.clientTags,
+                message.text, message.clientTags, message.senderAccount ?? message.senderNick.lowercased(),
             ])
+            for entry in message.recipients {
+                try recipient.execute(arguments: [
+                    message.id, entry.account, entry.deliveredAt?.millisecondsSince1970, entry.readAt?.millisecondsSince1970,
+                    entry.deliveredNotified, entry.readNotified,
+                ])
+            }
+        }
+    }
+
+    static func updateRecipients(_ updates: [RecipientUpdate], in db: Database) throws {
+        let statement = try db.cachedStatement(sql: """
+            UPDATE message_recipients SET
+                delivered_at = COALESCE(delivered_at, ?), read_at = COALESCE(?, read_at),
+                delivered_notified = COALESCE(?, delivered_notified), read_notified = COALESCE(?, read_notified)
+            WHERE message_id = ? AND recipient = ?
+            """)
+        for update in updates {
+            try statement.execute(arguments: [
+                update.deliveredAt?.millisecondsSince1970, update.readAt?.millisecondsSince1970,
+                update.deliveredNotified, update.readNotified, update.messageID, update.recipient,
+            ])
+        }
+    }
+
+    public func loadDeliveryState(since cutoff: Timestamp) async throws -> DeliveryState {
+        try await pool.read { db in
+            // Messages someone still waits for, or whose receipts are still due, with all their
+            // recipients.
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT m.*, r.recipient, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
+                FROM messages m JOIN message_recipients r ON r.message_id = m.id
+                WHERE m.time >= ? AND m.id IN (
+                    SELECT message_id FROM message_recipients
+                    WHERE delivered_at IS NULL OR read_at IS NULL OR delivered_notified = 0 OR (read_at IS NOT NULL AND read_notified = 0))
+                ORDER BY m.rowid
+                """, arguments: [cutoff.millisecondsSince1970])
+            var messages: [StoredMessage] = []
+            var index: [String: Int] = [:]
+            for row in rows {
+                let id: String = row["id"]
+                let delivered: Int64? = row["delivered_at"]
+                let read: Int64? = row["read_at"]
+                let recipient = StoredRecipient(
+                    account: row["recipient"], deliveredAt: delivered.map { Timestamp(millisecondsSince1970: $0) },
+                    readAt: read.map { Timestamp(millisecondsSince1970: $0) },
+                    deliveredNotified: row["delivered_notified"], readNotified: row["read_notified"])
+                if let position = index[id] {
+                    messages[position].recipients.append(recipient)
+                } else {
+                    var message = try Self.message(from: row)
+                    message.recipients = [recipient]
+                    index[id] = messages.count
+                    messages.append(message)
+                }
+            }
+            var undelivered: [String: [StoredMessage]] = [:]
+            for message in messages {
+                for recipient in message.recipients where recipient.deliveredAt == nil {
+                    undelivered[recipient.account, default: []].append(message)
+                }
+            }
+            var markers: [String: [String: Timestamp]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT account, target, time FROM read_markers") {
+                markers[row["account"], default: [:]][row["target"]] = Timestamp(millisecondsSince1970: row["time"])
+            }
+            return DeliveryState(undelivered: undelivered, tracked: messages, readMarkers: markers)
+        }
+    }
+
+    public func loadHistory(_ query: HistoryQuery) async throws -> HistoryResult {
+        try await pool.read { db in try Self.history(query, in: db) }
+    }
+
+    static func history(_ query: HistoryQuery, in db: Database) throws -> HistoryResult {
+        // The conversation as a WHERE clause over messages.
+        let scope: String
+        var scopeArguments: [any DatabaseValueConvertible] = []
+        switch query.conversation {
+        case .group(let key):
+            scope = "target_kind = 'group' AND target = ?"
+            scopeArguments = [key]
+        case .direct(let me, let other):
+            scope = "target_kind = 'direct' AND ((sender_key = ? AND target = ?) OR (sender_key = ? AND target = ?))"
+            scopeArguments = [me, other, other, me]
+        case .everything(let account, let groups):
+            let placeholders = groups.map { _ in "?" }.joined(separator: ",")
+            scope = "((target_kind = 'direct' AND (sender_key = ? OR target = ?))" + (groups.isEmpty ? ")" : " OR (target_kind = 'group' AND target IN (\(placeholders))))")
+            scopeArguments = [account, account] + groups
+        }
+        func time(of reference: HistoryQuery.Reference) throws -> (Int64, Int64?)? {
+            switch reference {
+            case .timestamp(let time):
+                return (time.millisecondsSince1970, nil)
+            case .msgid(let id):
+                guard let row = try Row.fetchOne(db, sql: "SELECT time, rowid FROM messages WHERE id = ? AND " + scope, arguments: StatementArguments([id] + scopeArguments)) else { return nil }
+                return (row["time"], row["rowid"])
+            }
+        }
+        func fetch(_ condition: String, _ arguments: [any DatabaseValueConvertible], newestFirst: Bool, limit: Int) throws -> [StoredMessage] {
+            let order = newestFirst ? "DESC" : "ASC"
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT * FROM messages WHERE \(scope) AND \(condition) ORDER BY time \(order), rowid \(order) LIMIT ?",
+                arguments: StatementArguments(scopeArguments + arguments + [limit]))
+            let messages = try rows.map(Self.message(from:))
+            return newestFirst ? messages.reversed() : messages
+        }
+        // A msgid reference excludes that message itself; a timestamp excludes that instant.
+        func before(_ point: (Int64, Int64?)) -> (String, [any DatabaseValueConvertible]) {
+            if let rowid = point.1 { return ("(time < ? OR (time = ? AND rowid < ?))", [point.0, point.0, rowid]) }
+            return ("time < ?", [point.0])
+        }
+        func after(_ point: (Int64, Int64?)) -> (String, [any DatabaseValueConvertible]) {
+            if let rowid = point.1 { return ("(time > ? OR (time = ? AND rowid > ?))", [point.0, point.0, rowid]) }
+            return ("time > ?", [point.0])
+        }
+        switch query.kind {
+        case .latest(let reference):
+            if let reference {
+                guard let point = try time(of: reference) else { return .messages([]) }
+                let (condition, arguments) = after(point)
+                return .messages(try fetch(condition, arguments, newestFirst: true, limit: query.limit))
+            }
+            return .messages(try fetch("1", [], newestFirst: true, limit: query.limit))
+        case .before(let reference):
+            guard let point = try time(of: reference) else { return .messages([]) }
+            let (condition, arguments) = before(point)
+            return .messages(try fetch(condition, arguments, newestFirst: true, limit: query.limit))
+        case .after(let reference):
+            guard let point = try time(of: reference) else { return .messages([]) }
+            let (condition, arguments) = after(point)
+            return .messages(try fetch(condition, arguments, newestFirst: false, limit: query.limit))
+        case .around(let reference):
+            guard let point = try time(of: reference) else { return .messages([]) }
+            let earlier = before(point), later = after(point)
+            let half = max(1, query.limit / 2)
+            var messages = try fetch(earlier.0, earlier.1, newestFirst: true, limit: half)
+            if point.1 != nil, let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE rowid = ?", arguments: [point.1]) {
+                messages.append(try Self.message(from: row))
+            }
+            messages += try fetch(later.0, later.1, newestFirst: false, limit: query.limit - messages.count)
+            return .messages(messages)
+        case .between(let first, let second):
+            guard let start = try time(of: first), let end = try time(of: second) else { return .messages([]) }
+            let ascending = start.0 <= end.0
+            let low = ascending ? start : end, high = ascending ? end : start
+            let lower = after(low), upper = before(high)
+            return .messages(try fetch("\(lower.0) AND \(upper.0)", lower.1 + upper.1, newestFirst: !ascending, limit: query.limit))
+        case .targets(let from, let to):
+            guard case .everything(let account, _) = query.conversation else { return .targets([]) }
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT target_kind, CASE WHEN target_kind = 'group' THEN target WHEN sender_key = ? THEN target ELSE sender_key END AS other,
+                       MAX(time) AS latest
+                FROM messages WHERE \(scope) AND time >= ? AND time <= ?
+                GROUP BY target_kind, other ORDER BY latest ASC LIMIT ?
+                """, arguments: StatementArguments([account] + scopeArguments + [from.millisecondsSince1970, to.millisecondsSince1970, query.limit]))
+            return .targets(rows.map { row in
+                HistoryTarget(isGroup: (row["target_kind"] as String) == "group", key: row["other"], latest: Timestamp(millisecondsSince1970: row["latest"]))
+            })
         }
     }
 
@@ -236,7 +423,7 @@ public final class SQLiteChatStore: ChatStore {
         try await pool.write { db in
             for write in writes {
                 switch write {
-                case .storeMessages(let messages):
+                case .storeMessages(let messages, _, _):
                     try Self.insertMessages(messages, in: db)
                 case .saveGroup(let group, let previousKey):
                     try Self.saveGroup(group, previousKey: previousKey, in: db)
@@ -244,6 +431,16 @@ public final class SQLiteChatStore: ChatStore {
                     try db.execute(sql: "DELETE FROM groups WHERE key = ?", arguments: [key])
                 case .recordLastSeen(let accountKey, let time):
                     try db.execute(sql: "UPDATE accounts SET last_seen = ? WHERE key = ?", arguments: [time.millisecondsSince1970, accountKey])
+                case .updateRecipients(let updates):
+                    try Self.updateRecipients(updates, in: db)
+                case .saveReadMarker(let account, let target, let time):
+                    try db.execute(
+                        sql: "INSERT INTO read_markers (account, target, time) VALUES (?, ?, ?) ON CONFLICT(account, target) DO UPDATE SET time = MAX(time, excluded.time)",
+                        arguments: [account, target, time.millisecondsSince1970])
+                case .saveAccountSettings(let accountKey, let settings):
+                    try db.execute(sql: "UPDATE accounts SET settings = ? WHERE key = ?", arguments: [try Self.encodeSettings(settings), accountKey])
+                case .pruneHistory(let cutoff):
+                    try db.execute(sql: "DELETE FROM messages WHERE time < ?", arguments: [cutoff.millisecondsSince1970])
                 default:
                     break
                 }

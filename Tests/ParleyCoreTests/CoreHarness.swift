@@ -15,6 +15,9 @@ struct CoreHarness {
     /// What the domain asked storage to keep, as a store would hold it.
     var savedGroups: [String: GroupRecord] = [:]
     var storedMessages: [StoredMessage] = []
+    var recipientUpdates: [RecipientUpdate] = []
+    /// When set, storage "fails": held-back replies become their failure replies.
+    var storageFails = false
     private var nextConnection: UInt64 = 1
 
     init(configure: (inout ChatConfiguration) -> Void = { _ in }, accounts: [(String, String)] = []) {
@@ -110,8 +113,17 @@ struct CoreHarness {
                 savedGroups[group.key] = group
             case .deleteGroup(let key):
                 savedGroups[key] = nil
-            case .storeMessages(let messages):
-                storedMessages.append(contentsOf: messages)
+            case .storeMessages(let messages, let afterCommit, let onFailure):
+                if storageFails {
+                    next.deliveries.append(contentsOf: onFailure)
+                } else {
+                    storedMessages.append(contentsOf: messages)
+                    next.deliveries.append(contentsOf: afterCommit)
+                }
+            case .updateRecipients(let updates):
+                recipientUpdates.append(contentsOf: updates)
+            case .saveReadMarker, .saveAccountSettings, .pruneHistory, .loadHistory:
+                break
             }
             apply(next)
         }

@@ -220,7 +220,7 @@ extension ChatServer {
                 render(.numeric(.errPasswdMismatch, "Password incorrect"), in: &context)
             }
             finish(&context, into: &outbox)
-        case .registerAccount:
+        case .registerAccount, .history:
             break
         }
     }
@@ -251,7 +251,10 @@ extension ChatServer {
         }
         let prefix = sessions[id]?.prefix ?? session.prefix
         numericReply(.rplLoggedIn, [prefix, account.name, "You are now logged in as \(account.name)"], in: &context)
-        if session.isRegistered { joinGroupsOfAccount(id, &context, &outbox) }
+        if session.isRegistered {
+            joinGroupsOfAccount(id, &context, &outbox)
+            deliverBacklog(to: id, &context, &outbox)
+        }
     }
 
     mutating func disconnectOther(_ id: ConnectionID, reason: String, now: Timestamp, into outbox: inout Outbox) {
@@ -457,7 +460,8 @@ extension ChatServer {
 extension ChatServer.PendingWork {
     var connection: ConnectionID? {
         switch self {
-        case .passLogin(let id, _), .saslPlain(let id, _), .identify(let id, _, _), .oper(let id, _, _), .registerAccount(let id, _, _, _):
+        case .passLogin(let id, _), .saslPlain(let id, _), .identify(let id, _, _), .oper(let id, _, _), .registerAccount(let id, _, _, _),
+             .history(let id, _, _, _):
             id
         }
     }

@@ -203,6 +203,9 @@ extension ChatServer {
             emit(numeric(.rplTopic, [channel.name, channel.topic], for: connection), to: connection, &context, &outbox)
             emit(numeric(.rplTopicWhoTime, [channel.name, channel.topicSetBy, String((channel.topicSetAt ?? channel.createdAt).millisecondsSince1970 / 1000)], for: connection), to: connection, &context, &outbox)
         }
+        if let session = sessions[connection], session.has(.readMarker), let account = session.accountKey {
+            emit(markReadLine(target: channel.name, time: readMarkers[account]?[channel.key]), to: connection, &context, &outbox)
+        }
         for line in namesReplies(channel, for: connection) {
             emit(line, to: connection, &context, &outbox)
         }
@@ -779,12 +782,8 @@ extension ChatServer {
             context.replies.append(relayed)
         }
         if channel.isGroup && verb != "TAGMSG" {
-            // Kept for members who are offline now (delivered by the offline-delivery path)
-            // and for history.
-            outbox.actions.append(.storeMessages([StoredMessage(
-                id: messageID, time: context.now, senderNick: sender.nick?.name ?? "*", senderAccount: sender.accountKey,
-                senderPrefix: sender.prefix, targetKind: .group, target: channel.key, command: verb, text: text,
-                clientTags: clientTags.isEmpty ? "" : IRCMessage(tags: clientTags, command: "X").wireString.split(separator: " ").first.map(String.init) ?? "")]))
+            // Kept for history, and for members who are offline now until they return.
+            storeGroupMessage(relayed, id: messageID, sender: sender, channel: channel, text: text, clientTags: clientTags, &context, &outbox)
         }
     }
 }

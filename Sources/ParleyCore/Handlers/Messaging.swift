@@ -60,11 +60,20 @@ extension ChatServer {
             if verb == "PRIVMSG" { try handleChanServ(text: text, &context, &outbox) }
             return
         }
-        guard let holder = nickIndex[folded] else {
-            if accounts[folded] != nil {
-                throw .numeric(.errNoSuchNick, target, "\(target) is offline")
+        let holder = nickIndex[folded]
+        // The recipient's account: its connections' account, or a registered account offline.
+        let recipientAccount = holder.map { $0.accountKey } ?? (accounts[folded] != nil ? folded : nil)
+        if holder == nil {
+            guard let offlineAccount = recipientAccount else {
+                throw .numeric(.errNoSuchNick, target, "No such nick/channel")
             }
-            throw .numeric(.errNoSuchNick, target, "No such nick/channel")
+            if verb == "TAGMSG" {
+                throw .numeric(.errNoSuchNick, target, "\(target) is offline; tag messages are not kept")
+            }
+            if (undelivered[offlineAccount]?.count ?? 0) >= configuration.maxUndeliveredPerAccount {
+                throw .fail(verb, "INBOX_FULL", accounts[offlineAccount]?.name ?? target,
+                            description: "\(accounts[offlineAccount]?.name ?? target) has too many messages waiting; try again after they have read some")
+            }
         }
         // The relayed line must fit the 512-byte limit with the sender's full prefix.
         let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + target.utf8.count + 2 + 2
@@ -82,7 +91,8 @@ extension ChatServer {
 
         var encodings = EncodingCache()
         var allAway = true
-        for recipient in holder.connections {
+        let recipientConnections = holder?.connections ?? []
+        for recipient in recipientConnections {
             guard let session = sessions[recipient] else { continue }
             if session.awayMessage == nil { allAway = false }
             if verb == "TAGMSG" && !session.has(.messageTags) { continue }
@@ -90,7 +100,7 @@ extension ChatServer {
         }
         // The sender's other connections (same account) see what it said.
         if let account = sender.accountKey, let own = nickIndex[account] {
-            for connection in own.connections where connection != context.connection && !holder.connections.contains(connection) {
+            for connection in own.connections where connection != context.connection && !recipientConnections.contains(connection) {
                 guard let session = sessions[connection], verb != "TAGMSG" || session.has(.messageTags) else { continue }
                 outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: connection)
             }
@@ -98,7 +108,14 @@ extension ChatServer {
         if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) {
             context.replies.append(relayed)
         }
-        if verb == "PRIVMSG", allAway, let first = holder.connections.first, let away = sessions[first]?.awayMessage {
+        if verb != "TAGMSG" {
+            storeDirect(relayed, id: messageID, sender: sender, recipientKey: recipientAccount, recipientFolded: folded,
+                        online: holder != nil, text: text, clientTags: clientTags, &context, &outbox)
+        }
+        if holder == nil, let offlineAccount = recipientAccount {
+            context.replies.append(offlineNote(verb: verb, target: target, accountKey: offlineAccount, now: context.now))
+        }
+        if verb == "PRIVMSG", allAway, let first = recipientConnections.first, let away = sessions[first]?.awayMessage {
             numericReply(.rplAway, [sessions[first]?.nick?.name ?? target, away], in: &context)
         }
     }

@@ -241,6 +241,7 @@ extension ChatServer {
         maximumUsersSeen = max(maximumUsersSeen, registeredSessionCount)
         sendWelcome(to: id, &context)
         joinGroupsOfAccount(id, &context, &outbox)
+        deliverBacklog(to: id, &context, &outbox)
         if let registered = sessions[id], !wasOnline {
             notifyMonitors(nick: effectiveNick, online: true, session: registered, into: &outbox)
         }
@@ -281,6 +282,7 @@ extension ChatServer {
         return [
             "AWAYLEN=\(configuration.awayLength)",
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
+            "CHATHISTORY=\(configuration.chathistoryLimit)",
             "CHANLIMIT=#:\(configuration.maxChannelsPerUser.map(String.init) ?? "")",
             "CHANMODES=b,k,l,imnt",
             "CHANNELLEN=\(configuration.channelLength)",
@@ -291,6 +293,7 @@ extension ChatServer {
             "MAXTARGETS=\(targets)",
             "MODES=4",
             "MONITOR=\(configuration.monitorLimit)",
+            "MSGREFTYPES=timestamp,msgid",
             "NETWORK=\(configuration.networkName)",
             "NICKLEN=\(configuration.nickLength)",
             "PREFIX=(qov)~@+",

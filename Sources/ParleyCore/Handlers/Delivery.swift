@@ -1,0 +1,427 @@
+import IRCWire
+import NIOCore
+
+/// A recent message from an account, followed for receipts.
+struct TrackedMessage: Sendable {
+    let id: String
+    let author: String
+    let time: Timestamp
+    /// The group's key, or nil for a direct message.
+    var groupKey: String?
+    var recipients: [String: StoredRecipient]
+}
+
+/// A receipt that waits for its author to come back with a receipts-capable client.
+struct PendingReceipt: Sendable {
+    let messageID: String
+    let reader: String
+    let state: ReceiptState
+    let time: Timestamp
+}
+
+enum ReceiptState: String, Sendable {
+    case pending, delivered, read
+}
+
+/// Offline delivery, receipts, read markers and chat history.
+///
+/// A message from or to an account is stored. Its sender's replies (the echo above all) are held
+/// back until storage has committed it, so an echo means "on disk". A recipient account with no
+/// connection gets it when it next logs in; authors get `RECEIPT` lines (capability
+/// `parley.chat/receipts`, see docs/receipts.md) when it is delivered and when it is read.
+extension ChatServer {
+    static let readReceiptsSetting = "read-receipts"
+
+    mutating func restoreDeliveryState(_ state: DeliveryState) {
+        undelivered = state.undelivered
+        readMarkers = state.readMarkers
+        for message in state.tracked {
+            guard let author = message.senderAccount, !message.recipients.isEmpty else { continue }
+            var recipients: [String: StoredRecipient] = [:]
+            for recipient in message.recipients { recipients[recipient.account] = recipient }
+            tracked[message.id] = TrackedMessage(
+                id: message.id, author: author, time: message.time,
+                groupKey: message.targetKind == .group ? message.target : nil, recipients: recipients)
+            let conversation = message.targetKind == .group ? message.target : author
+            for recipient in message.recipients where recipient.deliveredAt != nil && recipient.readAt == nil {
+                unread[recipient.account, default: [:]][conversation, default: []].append(message.id)
+                _ = recipient
+            }
+            for recipient in message.recipients {
+                if let delivered = recipient.deliveredAt, !recipient.deliveredNotified {
+                    pendingReceipts[author, default: []].append(PendingReceipt(messageID: message.id, reader: recipient.account, state: .delivered, time: delivered))
+                }
+                if let read = recipient.readAt, !recipient.readNotified {
+                    pendingReceipts[author, default: []].append(PendingReceipt(messageID: message.id, reader: recipient.account, state: .read, time: read))
+                }
+            }
+        }
+    }
+
+    public var undeliveredCount: Int { undelivered.values.reduce(0) { $0 + $1.count } }
+
+    func isOnline(account: String) -> Bool { nickIndex[account]?.accountKey == account }
+
+    // MARK: Storing what is sent
+
+    /// Builds the stored form of a message and records who it is for; the caller delivers it
+    /// live to the recipients who are online.
+    mutating func storeDirect(_ relayed: IRCMessage, id: String, sender: Session, recipientKey: String?, recipientFolded: String,
+                              online: Bool, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) {
+        guard sender.accountKey != nil || recipientKey != nil else { return }
+        var recipients: [StoredRecipient] = []
+        if let recipientKey {
+            var recipient = StoredRecipient(account: recipientKey, deliveredAt: online ? context.now : nil)
+            if online, let author = sender.accountKey {
+                recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: accounts[recipientKey]?.name ?? recipientKey,
+                                                          reader: recipientKey, state: .delivered, time: context.now, &context, &outbox)
+            }
+            recipients.append(recipient)
+        }
+        let stored = StoredMessage(
+            id: id, time: context.now, senderNick: sender.nick?.name ?? "*", senderAccount: sender.accountKey,
+            senderPrefix: sender.prefix, targetKind: .direct, target: recipientKey ?? recipientFolded,
+            command: relayed.command, text: text, clientTags: Self.encodeClientTags(clientTags), recipients: recipients)
+        remember(stored, onlineRecipients: online ? recipients.map(\.account) : [])
+        if !online, let recipientKey { undelivered[recipientKey, default: []].append(stored) }
+        context.pendingStores.append(stored)
+    }
+
+    mutating func storeGroupMessage(_ relayed: IRCMessage, id: String, sender: Session, channel: ChatChannel, text: String,
+                                    clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) {
+        var recipients: [StoredRecipient] = []
+        var online: [String] = []
+        var full: [String] = []
+        for member in channel.accountRoles.keys.sorted() where member != sender.accountKey {
+            if isOnline(account: member) {
+                var recipient = StoredRecipient(account: member, deliveredAt: context.now)
+                if let author = sender.accountKey {
+                    recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
+                                                              state: .delivered, time: context.now, &context, &outbox)
+                }
+                recipients.append(recipient)
+                online.append(member)
+            } else if (undelivered[member]?.count ?? 0) >= configuration.maxUndeliveredPerAccount {
+                full.append(accounts[member]?.name ?? member)
+            } else {
+                recipients.append(StoredRecipient(account: member))
+            }
+        }
+        let stored = StoredMessage(
+            id: id, time: context.now, senderNick: sender.nick?.name ?? "*", senderAccount: sender.accountKey,
+            senderPrefix: sender.prefix, targetKind: .group, target: channel.key, command: relayed.command, text: text,
+            clientTags: Self.encodeClientTags(clientTags), recipients: recipients)
+        remember(stored, onlineRecipients: online)
+        for recipient in recipients where recipient.deliveredAt == nil {
+            undelivered[recipient.account, default: []].append(stored)
+        }
+        context.pendingStores.append(stored)
+        if !full.isEmpty {
+            context.replies.append(IRCMessage(
+                source: configuration.serverName, command: "WARN",
+                parameters: [relayed.command, "INBOX_FULL", channel.name, full.joined(separator: ","),
+                             "Not kept for \(full.joined(separator: ", ")): too many messages are waiting for them"]))
+        }
+    }
+
+    static func encodeClientTags(_ tags: [IRCTag]) -> String {
+        guard !tags.isEmpty else { return "" }
+        let line = IRCMessage(tags: tags, command: "X").wireString
+        return String(line.dropFirst().prefix { $0 != " " })
+    }
+
+    static func decodeClientTags(_ text: String) -> [IRCTag] {
+        guard !text.isEmpty, let message = try? IRCMessage(parsing: "@\(text) X") else { return [] }
+        return message.tags
+    }
+
+    /// Follows a message for receipts (only messages from accounts have someone to tell).
+    mutating func remember(_ stored: StoredMessage, onlineRecipients: [String]) {
+        guard let author = stored.senderAccount, !stored.recipients.isEmpty else { return }
+        var recipients: [String: StoredRecipient] = [:]
+        for recipient in stored.recipients { recipients[recipient.account] = recipient }
+        tracked[stored.id] = TrackedMessage(
+            id: stored.id, author: author, time: stored.time,
+            groupKey: stored.targetKind == .group ? stored.target : nil, recipients: recipients)
+        let conversation = stored.targetKind == .group ? stored.target : author
+        for reader in onlineRecipients {
+            unread[reader, default: [:]][conversation, default: []].append(stored.id)
+        }
+    }
+
+    /// Called after a command's handler: if it stored messages, its replies wait for the commit.
+    mutating func finishDurably(_ context: inout CommandContext, verb: String, into outbox: inout Outbox) {
+        let stores = context.pendingStores
+        context.pendingStores = []
+        var success = Outbox()
+        finish(&context, into: &success)
+        var failureContext = CommandContext(connection: context.connection, now: context.now, label: context.label)
+        let targets = Set(stores.map { $0.targetKind == .group ? (channels[$0.target]?.name ?? $0.target) : $0.target }).sorted()
+        for target in targets {
+            render(.fail(verb, "STORAGE_FAILED", target, description: "The message could not be saved, so it was not accepted; please send it again"), in: &failureContext)
+        }
+        var failure = Outbox()
+        finish(&failureContext, into: &failure)
+        outbox.actions.append(.storeMessages(stores, afterCommit: success.deliveries, onFailure: failure.deliveries))
+    }
+
+    // MARK: Offline notice and replay
+
+    func offlineNote(verb: String, target: String, accountKey: String, now: Timestamp) -> IRCMessage {
+        let lastSeen = accounts[accountKey]?.lastSeen.map { Timestamp($0) }
+        let name = accounts[accountKey]?.name ?? target
+        let human = lastSeen.map { "last seen \(Self.humanTime($0, now: now))" } ?? "never seen online"
+        return IRCMessage(
+            source: configuration.serverName, command: "NOTE",
+            parameters: [verb, "RECIPIENT_OFFLINE", name, lastSeen?.iso8601 ?? "never",
+                         "\(name) is offline (\(human)); the message will be delivered when \(name) reconnects"])
+    }
+
+    /// "2026-11-25 14:03 UTC, 5 minutes ago"
+    static func humanTime(_ time: Timestamp, now: Timestamp) -> String {
+        let iso = time.iso8601
+        let clock = String(iso.prefix(16)).replacingOccurrences(of: "T", with: " ") + " UTC"
+        let seconds = max(0, now.milliseconds(since: time) / 1000)
+        let ago: String
+        switch seconds {
+        case ..<60: ago = "just now"
+        case ..<3600: ago = "\(seconds / 60) minute\(seconds / 60 == 1 ? "" : "s") ago"
+        case ..<86400: ago = "\(seconds / 3600) hour\(seconds / 3600 == 1 ? "" : "s") ago"
+        default: ago = "\(seconds / 86400) day\(seconds / 86400 == 1 ? "" : "s") ago"
+        }
+        return "\(clock), \(ago)"
+    }
+
+    /// Sends an account that has just come online what it missed, oldest first, in
+    /// `chathistory` batches per conversation; then the receipts that waited for it.
+    mutating func deliverBacklog(to id: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        guard let session = sessions[id], let account = session.accountKey else { return }
+        if let backlog = undelivered.removeValue(forKey: account), !backlog.isEmpty {
+            replay(backlog, to: id, account: account, &context, &outbox)
+        }
+        flushPendingReceipts(of: account, &context, &outbox)
+    }
+
+    private mutating func replay(_ backlog: [StoredMessage], to id: ConnectionID, account: String, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        guard let session = sessions[id] else { return }
+        let count = backlog.count
+        emit(IRCMessage(source: configuration.serverName, command: "NOTICE",
+                        parameters: [session.replyName, "You have \(count) message\(count == 1 ? "" : "s") that arrived while you were offline"]),
+             to: id, &context, &outbox)
+        var updates: [RecipientUpdate] = []
+        var batch: (reference: String, target: String)?
+        for stored in backlog {
+            let target: String
+            if stored.targetKind == .group {
+                guard let channel = channels[stored.target] else { continue }
+                target = channel.name
+            } else {
+                target = stored.senderNick
+            }
+            if session.has(.batch), batch?.target != target {
+                if let open = batch {
+                    emit(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + open.reference]), to: id, &context, &outbox)
+                }
+                let reference = makeBatchReference()
+                emit(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["+" + reference, "chathistory", target]), to: id, &context, &outbox)
+                batch = (reference, target)
+            }
+            var tags: [IRCTag] = []
+            if let open = batch { tags.append(IRCTag("batch", open.reference)) }
+            tags.append(IRCTag("time", stored.time.iso8601))
+            tags.append(IRCTag("msgid", stored.id))
+            if let author = stored.senderAccount { tags.append(IRCTag("account", accounts[author]?.name ?? author)) }
+            tags.append(contentsOf: Self.decodeClientTags(stored.clientTags))
+            var text = stored.text
+            if !session.has(.serverTime) {
+                // Without server-time a client would show the replay time; say when it was sent.
+                text = "[sent \(String(stored.time.iso8601.prefix(16)).replacingOccurrences(of: "T", with: " ")) UTC] " + text
+            }
+            let parameterTarget = stored.targetKind == .group ? target : (session.nick?.name ?? account)
+            emit(IRCMessage(tags: tags, source: stored.senderPrefix, command: stored.command, parameters: [parameterTarget, text]),
+                 to: id, &context, &outbox)
+
+            var update = RecipientUpdate(messageID: stored.id, recipient: account, deliveredAt: context.now)
+            if var message = tracked[stored.id] {
+                message.recipients[account]?.deliveredAt = context.now
+                tracked[stored.id] = message
+                let conversation = message.groupKey ?? message.author
+                unread[account, default: [:]][conversation, default: []].append(stored.id)
+                let receiptTarget = message.groupKey.flatMap { channels[$0]?.name } ?? (accounts[account]?.name ?? account)
+                update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget, reader: account,
+                                                       state: .delivered, time: context.now, &context, &outbox)
+            }
+            updates.append(update)
+        }
+        if let open = batch {
+            emit(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + open.reference]), to: id, &context, &outbox)
+        }
+        if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
+    }
+
+    // MARK: Receipts
+
+    /// Sends a receipt to the author's receipts-capable connections; if there are none, keeps it.
+    /// Returns whether it was sent.
+    @discardableResult
+    mutating func sendReceipt(author: String, messageID: String, target: String, reader: String, state: ReceiptState,
+                              time: Timestamp, _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
+        let connections = (nickIndex[author]?.connections ?? []).filter { sessions[$0]?.has(.receipts) == true }
+        guard !connections.isEmpty else {
+            pendingReceipts[author, default: []].append(PendingReceipt(messageID: messageID, reader: reader, state: state, time: time))
+            return false
+        }
+        let line = receiptLine(target: target, messageID: messageID, state: state, reader: accounts[reader]?.name ?? reader, time: time)
+        for connection in connections { emit(line, to: connection, &context, &outbox) }
+        return true
+    }
+
+    func receiptLine(target: String, messageID: String, state: ReceiptState, reader: String, time: Timestamp?) -> IRCMessage {
+        IRCMessage(source: configuration.serverName, command: "RECEIPT",
+                   parameters: [target, messageID, state.rawValue, reader, time?.iso8601 ?? "*"])
+    }
+
+    func receiptTarget(for message: TrackedMessage, reader: String) -> String {
+        if let group = message.groupKey { return channels[group]?.name ?? group }
+        return accounts[reader]?.name ?? reader
+    }
+
+    mutating func flushPendingReceipts(of author: String, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        guard let waiting = pendingReceipts[author], !waiting.isEmpty,
+              nickIndex[author]?.connections.contains(where: { sessions[$0]?.has(.receipts) == true }) == true else { return }
+        pendingReceipts[author] = nil
+        var updates: [RecipientUpdate] = []
+        for receipt in waiting {
+            let target = tracked[receipt.messageID].map { receiptTarget(for: $0, reader: receipt.reader) } ?? (accounts[receipt.reader]?.name ?? receipt.reader)
+            sendReceipt(author: author, messageID: receipt.messageID, target: target, reader: receipt.reader, state: receipt.state, time: receipt.time, &context, &outbox)
+            updates.append(receipt.state == .read
+                ? RecipientUpdate(messageID: receipt.messageID, recipient: receipt.reader, readNotified: true)
+                : RecipientUpdate(messageID: receipt.messageID, recipient: receipt.reader, deliveredNotified: true))
+        }
+        outbox.actions.append(.updateRecipients(updates))
+    }
+
+    /// `RECEIPTS STATUS <msgid>[,<msgid>...]` and `RECEIPTS READ [ON|OFF]`.
+    mutating func handleReceipts(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let account = sessions[id]?.accountKey else {
+            throw .fail("RECEIPTS", "ACCOUNT_REQUIRED", description: "Log in to an account to use receipts")
+        }
+        switch message.parameters[0].uppercased() {
+        case "STATUS":
+            guard message.parameters.count > 1 else { throw .fail("RECEIPTS", "NEED_MORE_PARAMS", description: "Usage: RECEIPTS STATUS <msgid>[,<msgid>...]") }
+            for messageID in message.parameters[1].split(separator: ",").map(String.init).prefix(100) {
+                guard let tracked = tracked[messageID], tracked.author == account else {
+                    render(.fail("RECEIPTS", "UNKNOWN_MESSAGE", messageID, description: "No message of yours with that id is being followed"), in: &context)
+                    continue
+                }
+                for (reader, state) in tracked.recipients.sorted(by: { $0.key < $1.key }) {
+                    let target = receiptTarget(for: tracked, reader: reader)
+                    let readerName = accounts[reader]?.name ?? reader
+                    if let read = state.readAt {
+                        context.replies.append(receiptLine(target: target, messageID: messageID, state: .read, reader: readerName, time: read))
+                    } else if let delivered = state.deliveredAt {
+                        context.replies.append(receiptLine(target: target, messageID: messageID, state: .delivered, reader: readerName, time: delivered))
+                    } else {
+                        context.replies.append(receiptLine(target: target, messageID: messageID, state: .pending, reader: readerName, time: nil))
+                    }
+                }
+            }
+        case "READ":
+            var settings = accounts[account]?.settings ?? [:]
+            if message.parameters.count > 1 {
+                switch message.parameters[1].uppercased() {
+                case "ON": settings[Self.readReceiptsSetting] = nil
+                case "OFF": settings[Self.readReceiptsSetting] = "off"
+                default: throw .fail("RECEIPTS", "INVALID_PARAMS", message.parameters[1], description: "Usage: RECEIPTS READ [ON|OFF]")
+                }
+                accounts[account]?.settings = settings
+                outbox.actions.append(.saveAccountSettings(accountKey: account, settings: settings))
+            }
+            let on = settings[Self.readReceiptsSetting] != "off"
+            context.replies.append(IRCMessage(
+                source: configuration.serverName, command: "RECEIPTS",
+                parameters: ["READ", on ? "ON" : "OFF", on ? "Authors see when you read their messages" : "Authors never see when you read their messages"]))
+        default:
+            throw .fail("RECEIPTS", "INVALID_PARAMS", message.parameters[0], description: "Usage: RECEIPTS STATUS <msgid>[,...] or RECEIPTS READ [ON|OFF]")
+        }
+    }
+
+    // MARK: Read markers (draft/read-marker)
+
+    mutating func handleMarkRead(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        guard let session = sessions[id] else { return }
+        guard let account = session.accountKey else {
+            throw .fail("MARKREAD", "ACCOUNT_REQUIRED", message.parameters[0], description: "Log in to an account to keep read markers")
+        }
+        let target = message.parameters[0]
+        let conversation = target.hasPrefix("#") ? fold(target) : fold(target)
+        let current = readMarkers[account]?[conversation]
+        guard message.parameters.count > 1 else {
+            context.replies.append(markReadLine(target: target, time: current))
+            return
+        }
+        let value = message.parameters[1]
+        guard value.hasPrefix("timestamp="), let requested = Timestamp(iso8601: String(value.dropFirst(10))) else {
+            throw .fail("MARKREAD", "INVALID_PARAMS", value, description: "Use timestamp=YYYY-MM-DDThh:mm:ss.sssZ")
+        }
+        let time = min(requested, context.now)
+        if let current, current >= time {
+            context.replies.append(markReadLine(target: target, time: current))
+            return
+        }
+        readMarkers[account, default: [:]][conversation] = time
+        outbox.actions.append(.saveReadMarker(account: account, target: conversation, time: time))
+        let line = markReadLine(target: target, time: time)
+        for connection in nickIndex[session.nick?.folded ?? ""]?.connections ?? [id] {
+            if connection == id || sessions[connection]?.has(.readMarker) == true { emit(line, to: connection, &context, &outbox) }
+        }
+        // Read receipts: only from clients that opted in to receipts, and only if the user
+        // has not turned them off. The marker above syncs the user's devices either way.
+        let disclose = session.has(.receipts) && accounts[account]?.settings[Self.readReceiptsSetting] != "off"
+        guard var waiting = unread[account]?[conversation], !waiting.isEmpty else { return }
+        var updates: [RecipientUpdate] = []
+        var remaining: [String] = []
+        for messageID in waiting {
+            guard var tracked = tracked[messageID] else { continue }
+            guard tracked.time <= time else { remaining.append(messageID); continue }
+            guard disclose else { continue }
+            tracked.recipients[account]?.readAt = time
+            self.tracked[messageID] = tracked
+            let sent = sendReceipt(author: tracked.author, messageID: messageID, target: receiptTarget(for: tracked, reader: account),
+                                   reader: account, state: .read, time: time, &context, &outbox)
+            updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
+        }
+        waiting = remaining
+        unread[account]?[conversation] = waiting.isEmpty ? nil : waiting
+        if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
+    }
+
+    func markReadLine(target: String, time: Timestamp?) -> IRCMessage {
+        IRCMessage(source: configuration.serverName, command: "MARKREAD", parameters: [target, time.map { "timestamp=\($0.iso8601)" } ?? "*"])
+    }
+
+    // MARK: Housekeeping
+
+    /// Drops what is older than the retention period, in memory and (through the store) on disk.
+    mutating func pruneHistoryIfDue(now: Timestamp, into outbox: inout Outbox) {
+        if let last = lastPrune, now.milliseconds(since: last) < 3_600_000 { return }
+        lastPrune = now
+        let cutoff = now.adding(milliseconds: -configuration.historyRetentionMilliseconds)
+        for (account, messages) in undelivered {
+            let kept = messages.filter { $0.time >= cutoff }
+            undelivered[account] = kept.isEmpty ? nil : kept
+        }
+        tracked = tracked.filter { $0.value.time >= cutoff }
+        for (reader, conversations) in unread {
+            var kept: [String: [String]] = [:]
+            for (conversation, ids) in conversations {
+                let live = ids.filter { tracked[$0] != nil }
+                if !live.isEmpty { kept[conversation] = live }
+            }
+            unread[reader] = kept.isEmpty ? nil : kept
+        }
+        outbox.actions.append(.pruneHistory(before: cutoff))
+    }
+}

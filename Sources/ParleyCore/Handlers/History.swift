@@ -1,0 +1,132 @@
+import IRCWire
+
+/// IRCv3 `draft/chathistory`: stored conversations, for their participants only.
+extension ChatServer {
+    mutating func handleChatHistory(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        let parameters = message.parameters
+        let subcommand = parameters[0].uppercased()
+        guard let account = sessions[id]?.accountKey else {
+            throw .fail("CHATHISTORY", "INVALID_TARGET", subcommand, parameters.count > 1 ? parameters[1] : "*",
+                        description: "Log in to an account to read history")
+        }
+        func limit(_ text: String) throws(CommandError) -> Int {
+            guard let value = Int(text), value > 0 else {
+                throw .fail("CHATHISTORY", "INVALID_PARAMS", subcommand, text, description: "The limit must be a positive number")
+            }
+            return min(value, configuration.chathistoryLimit)
+        }
+        func reference(_ text: String, allowStar: Bool = false) throws(CommandError) -> HistoryQuery.Reference? {
+            if allowStar && text == "*" { return nil }
+            if text.hasPrefix("timestamp="), let time = Timestamp(iso8601: String(text.dropFirst(10))) { return .timestamp(time) }
+            if text.hasPrefix("msgid="), text.count > 6 { return .msgid(String(text.dropFirst(6))) }
+            throw .fail("CHATHISTORY", "INVALID_PARAMS", subcommand, text, description: "Use timestamp=YYYY-MM-DDThh:mm:ss.sssZ or msgid=<id>")
+        }
+
+        if subcommand == "TARGETS" {
+            guard parameters.count >= 4,
+                  case .timestamp(let first)? = try reference(parameters[1]),
+                  case .timestamp(let second)? = try reference(parameters[2]) else {
+                throw .fail("CHATHISTORY", "INVALID_PARAMS", subcommand, description: "Usage: CHATHISTORY TARGETS timestamp=<from> timestamp=<to> <limit>")
+            }
+            let groups = (groupsOfAccount[account] ?? []).sorted()
+            let query = HistoryQuery(conversation: .everything(account: account, groups: groups),
+                                     kind: .targets(min(first, second), max(first, second)), limit: try limit(parameters[3]))
+            startHistory(query, target: "*", subcommand: subcommand, &context, &outbox)
+            return
+        }
+
+        guard parameters.count >= 4 else {
+            throw .fail("CHATHISTORY", "NEED_MORE_PARAMS", subcommand, description: "Missing parameters")
+        }
+        let target = parameters[1]
+        let conversation: HistoryQuery.Conversation
+        if target.hasPrefix("#") {
+            guard let channel = channels[fold(target)], channel.isGroup, channel.accountRoles[account] != nil else {
+                // Not a member (or no such group): nothing to read, and no hint whether it exists.
+                throw .fail("CHATHISTORY", "INVALID_TARGET", subcommand, target, description: "You are not a member of \(target)")
+            }
+            conversation = .group(channel.key)
+        } else {
+            conversation = .direct(account, fold(target))
+        }
+        let kind: HistoryQuery.Kind
+        let count: Int
+        switch subcommand {
+        case "LATEST":
+            kind = .latest(after: try reference(parameters[2], allowStar: true))
+            count = try limit(parameters[3])
+        case "BEFORE", "AFTER", "AROUND":
+            guard let point = try reference(parameters[2]) else { throw .needMoreParameters("CHATHISTORY") }
+            kind = subcommand == "BEFORE" ? .before(point) : subcommand == "AFTER" ? .after(point) : .around(point)
+            count = try limit(parameters[3])
+        case "BETWEEN":
+            guard parameters.count >= 5, let first = try reference(parameters[2]), let second = try reference(parameters[3]) else {
+                throw .fail("CHATHISTORY", "NEED_MORE_PARAMS", subcommand, description: "Usage: CHATHISTORY BETWEEN <target> <from> <to> <limit>")
+            }
+            kind = .between(first, second)
+            count = try limit(parameters[4])
+        default:
+            throw .fail("CHATHISTORY", "INVALID_PARAMS", subcommand, description: "Unknown subcommand; use LATEST, BEFORE, AFTER, AROUND, BETWEEN or TARGETS")
+        }
+        startHistory(HistoryQuery(conversation: conversation, kind: kind, limit: count), target: target, subcommand: subcommand, &context, &outbox)
+    }
+
+    private mutating func startHistory(_ query: HistoryQuery, target: String, subcommand: String, _ context: inout CommandContext, _ outbox: inout Outbox) {
+        let ticket = nextTicket
+        nextTicket += 1
+        pendingWork[ticket] = .history(context.connection, target: target, label: context.label, subcommand: subcommand)
+        outbox.actions.append(.loadHistory(ticket: ticket, query: query))
+        context.deferReplies()
+    }
+
+    /// The store has answered a CHATHISTORY request.
+    public mutating func completeHistory(ticket: UInt64, result: HistoryResult, now: Timestamp, into outbox: inout Outbox) {
+        guard case .history(let id, let target, let label, let subcommand)? = pendingWork.removeValue(forKey: ticket),
+              let session = sessions[id] else { return }
+        var context = CommandContext(connection: id, now: now, label: label)
+        switch result {
+        case .failed(let reason):
+            render(.fail("CHATHISTORY", "MESSAGE_ERROR", subcommand, target, description: "History could not be read: \(reason)"), in: &context)
+        case .targets(let targets):
+            let reference = makeBatchReference()
+            let batched = session.has(.batch)
+            if batched {
+                context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["+" + reference, "draft/chathistory-targets"]))
+            }
+            for entry in targets {
+                let name = entry.isGroup ? (channels[entry.key]?.name ?? entry.key) : (accounts[entry.key]?.name ?? entry.key)
+                context.replies.append(IRCMessage(
+                    tags: batched ? [IRCTag("batch", reference)] : [], source: configuration.serverName,
+                    command: "CHATHISTORY", parameters: ["TARGETS", name, "timestamp=\(entry.latest.iso8601)"]))
+            }
+            if batched {
+                context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + reference]))
+            }
+        case .messages(let messages):
+            let reference = makeBatchReference()
+            let batched = session.has(.batch)
+            if batched {
+                context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["+" + reference, "chathistory", target]))
+            }
+            for stored in messages {
+                var tags: [IRCTag] = batched ? [IRCTag("batch", reference)] : []
+                tags.append(IRCTag("time", stored.time.iso8601))
+                tags.append(IRCTag("msgid", stored.id))
+                if let author = stored.senderAccount { tags.append(IRCTag("account", accounts[author]?.name ?? author)) }
+                tags.append(contentsOf: Self.decodeClientTags(stored.clientTags))
+                let shownTarget: String
+                if stored.targetKind == .group {
+                    shownTarget = channels[stored.target]?.name ?? target
+                } else {
+                    shownTarget = accounts[stored.target]?.name ?? stored.target
+                }
+                context.replies.append(IRCMessage(tags: tags, source: stored.senderPrefix, command: stored.command, parameters: [shownTarget, stored.text]))
+            }
+            if batched {
+                context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + reference]))
+            }
+        }
+        finish(&context, into: &outbox)
+    }
+}
