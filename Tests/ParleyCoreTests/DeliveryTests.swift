@@ -1,0 +1,188 @@
+import Foundation
+import IRCWire
+@testable import ParleyCore
+import Testing
+
+@Suite("Offline delivery, receipts and read markers, without sockets")
+struct DeliveryTests {
+    static let people = [("alice", "password-a"), ("bob", "password-b"), ("carol", "password-c")]
+
+    @Test func offlineRecipientIsNamedWithLastSeenAndGetsTheMessageAtLogin() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let bob = harness.register("bob", password: "password-b")
+        harness.advance(milliseconds: 1000)
+        harness.close(bob)
+        let leftAt = harness.now
+        harness.advance(milliseconds: 5 * 60_000)
+        let alice = harness.register("alice", password: "password-a", caps: ["echo-message"])
+        let replies = harness.send(alice, "PRIVMSG bob :are you there?")
+        #expect(replies.commands == ["PRIVMSG", "NOTE"], "echo, then the note")
+        #expect(replies[1] == ":parley.local NOTE PRIVMSG RECIPIENT_OFFLINE bob \(leftAt.iso8601) :bob is offline (last seen \(String(leftAt.iso8601.prefix(16)).replacingOccurrences(of: "T", with: " ")) UTC, 5 minutes ago); the message will be delivered when bob reconnects")
+        #expect(harness.storedMessages.last?.recipients.first?.deliveredAt == nil)
+
+        harness.advance(milliseconds: 60_000)
+        let returning = harness.connect()
+        let burst = harness.send(returning, "CAP LS 302", "CAP REQ :batch server-time message-tags", "PASS :bob:password-b", "NICK bob", "USER bob 0 * :Bob", "CAP END")
+        let start = try #require(burst.firstIndex { $0.contains("that arrived while you were offline") })
+        let replay = Array(burst[start...])
+        #expect(replay[1].hasPrefix(":parley.local BATCH +"))
+        #expect(replay[1].hasSuffix(" chathistory alice"))
+        let message = try IRCMessage(parsing: replay[2])
+        #expect(message.source == "alice!~alice@127.0.0.1")
+        #expect(message.parameters == ["bob", "are you there?"])
+        #expect(message.tagValue("msgid") == harness.storedMessages.last?.id)
+        #expect(message.tagValue("time") == harness.storedMessages.last?.time.iso8601)
+        #expect(replay[3].hasPrefix(":parley.local BATCH -"))
+        #expect(harness.recipientUpdates.contains { $0.recipient == "bob" && $0.deliveredAt == harness.now })
+
+        // Exactly once: another device logging in later gets nothing replayed.
+        let second = harness.register("bob", password: "password-b")
+        _ = second
+        harness.close(returning)
+        let again = harness.connect()
+        let quiet = harness.send(again, "PASS :bob:password-b", "NICK bob", "USER bob 0 * :Bob")
+        #expect(!quiet.commands.contains("PRIVMSG"), "\(quiet)")
+    }
+
+    @Test func clientsWithoutServerTimeSeeWhenAMissedMessageWasSent() {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        harness.send(alice, "PRIVMSG bob :sent while you slept")
+        let sentAt = harness.now
+        harness.advance(milliseconds: 3_600_000)
+        let bob = harness.connect()
+        let burst = harness.send(bob, "PASS :bob:password-b", "NICK bob", "USER bob 0 * :Bob")
+        let stamp = String(sentAt.iso8601.prefix(16)).replacingOccurrences(of: "T", with: " ")
+        #expect(burst.contains(":alice!~alice@127.0.0.1 PRIVMSG bob :[sent \(stamp) UTC] sent while you slept"))
+    }
+
+    @Test func missedGroupAndDirectMessagesArriveOldestFirstInBatchesPerConversation() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        let bob = harness.register("bob", password: "password-b")
+        harness.send(alice, "JOIN #team", "INVITE bob #team", "INVITE carol #team")
+        harness.close(bob)
+        harness.send(alice, "PRIVMSG #team :one")
+        harness.advance(milliseconds: 10)
+        harness.send(alice, "PRIVMSG #team :two")
+        harness.advance(milliseconds: 10)
+        harness.send(alice, "PRIVMSG bob :three, privately")
+        harness.advance(milliseconds: 10)
+        harness.send(alice, "PRIVMSG #team :four")
+        let again = harness.connect()
+        let burst = harness.send(again, "CAP LS 302", "CAP REQ :batch server-time", "PASS :bob:password-b", "NICK bob", "USER bob 0 * :Bob", "CAP END")
+        let texts = burst.compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "PRIVMSG" }.map { $0.parameters }
+        #expect(texts == [["#team", "one"], ["#team", "two"], ["bob", "three, privately"], ["#team", "four"]])
+        let batches = burst.filter { $0.contains(" BATCH +") }.map { $0.split(separator: " ").last.map(String.init) ?? "" }
+        #expect(batches == ["#team", "alice", "#team"])
+        // The group's JOIN comes before the replay, so the client has the window open.
+        let join = try #require(burst.firstIndex { $0.contains(" JOIN #team") })
+        let firstMessage = try #require(burst.firstIndex { $0.contains("PRIVMSG #team :one") })
+        #expect(join < firstMessage)
+    }
+
+    @Test func echoWaitsForStorageAndAFailedCommitSaysSo() {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["echo-message", "labeled-response"])
+        harness.storageFails = true
+        let replies = harness.send(alice, "@label=x1 PRIVMSG bob :will this be kept?")
+        #expect(replies == ["@label=x1 :parley.local FAIL PRIVMSG STORAGE_FAILED bob :The message could not be saved, so it was not accepted; please send it again"])
+    }
+
+    @Test func senderIsRefusedWhenTheRecipientsInboxIsFull() {
+        var harness = CoreHarness(configure: { $0.maxUndeliveredPerAccount = 2 }, accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        harness.send(alice, "PRIVMSG bob :1", "PRIVMSG bob :2")
+        #expect(harness.send(alice, "PRIVMSG bob :3").first == ":parley.local FAIL PRIVMSG INBOX_FULL bob :bob has too many messages waiting; try again after they have read some")
+        #expect(harness.storedMessages.count == 2)
+    }
+
+    @Test func receiptsFollowAMessageFromDeliveredToRead() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["echo-message", "parley.chat/receipts", "message-tags"])
+        let bob = harness.register("bob", password: "password-b", caps: ["parley.chat/receipts", "draft/read-marker", "server-time"])
+        let sent = harness.send(alice, "PRIVMSG bob :hello")
+        let echo = try IRCMessage(parsing: sent[0])
+        let id = try #require(echo.tagValue("msgid"))
+        #expect(sent[1] == ":parley.local RECEIPT bob \(id) delivered bob \(harness.now.iso8601)", "delivered at once, after the echo")
+        let received = try IRCMessage(parsing: #require(harness.inbox(bob).first))
+        harness.advance(milliseconds: 2000)
+        let marker = harness.send(bob, "MARKREAD alice timestamp=\(received.tagValue("time") ?? "")")
+        #expect(marker == [":parley.local MARKREAD alice timestamp=\(received.tagValue("time") ?? "")"])
+        #expect(harness.inbox(alice) == [":parley.local RECEIPT bob \(id) read bob \(received.tagValue("time") ?? "")"])
+        // The author can ask for the state later.
+        #expect(harness.send(alice, "RECEIPTS STATUS \(id),unknown") == [
+            ":parley.local RECEIPT bob \(id) read bob \(received.tagValue("time") ?? "")",
+            ":parley.local FAIL RECEIPTS UNKNOWN_MESSAGE unknown :No message of yours with that id is being followed",
+        ])
+        // An older marker does not move the position back.
+        #expect(harness.send(bob, "MARKREAD alice timestamp=2020-01-01T00:00:00.000Z") == [":parley.local MARKREAD alice timestamp=\(received.tagValue("time") ?? "")"])
+    }
+
+    @Test func receiptsWaitForAnOfflineAuthor() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["parley.chat/receipts"])
+        harness.send(alice, "PRIVMSG bob :for later")
+        let id = try #require(harness.storedMessages.last?.id)
+        harness.close(alice)
+        harness.advance(milliseconds: 1000)
+        let bob = harness.register("bob", password: "password-b", caps: ["parley.chat/receipts"])
+        let deliveredAt = harness.now
+        harness.advance(milliseconds: 1000)
+        harness.send(bob, "MARKREAD alice timestamp=\(harness.now.iso8601)")
+        let readAt = harness.now
+        let back = harness.connect()
+        let burst = harness.send(back, "CAP LS 302", "CAP REQ parley.chat/receipts", "PASS :alice:password-a", "NICK alice", "USER a 0 * :A", "CAP END")
+        #expect(burst.suffix(2) == [
+            ":parley.local RECEIPT bob \(id) delivered bob \(deliveredAt.iso8601)",
+            ":parley.local RECEIPT bob \(id) read bob \(readAt.iso8601)",
+        ])
+        #expect(harness.recipientUpdates.contains { $0.messageID == id && $0.readNotified == true })
+    }
+
+    @Test func readReceiptsCanBeTurnedOffAndNeedTheReaderToOptIn() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["parley.chat/receipts"])
+        let bob = harness.register("bob", password: "password-b", caps: ["parley.chat/receipts", "draft/read-marker"])
+        let bobPhone = harness.register("bob", password: "password-b", caps: ["draft/read-marker"])
+        let plainReader = harness.register("carol", password: "password-c", caps: ["draft/read-marker"])
+        #expect(harness.send(bob, "RECEIPTS READ OFF") == [":parley.local RECEIPTS READ OFF :Authors never see when you read their messages"])
+        harness.send(alice, "PRIVMSG bob,carol :hi both")
+        _ = harness.inbox(alice)
+        _ = harness.inbox(bobPhone)
+        harness.advance(milliseconds: 10)
+        #expect(harness.send(bob, "MARKREAD alice timestamp=\(harness.now.iso8601)").commands == ["MARKREAD"])
+        #expect(harness.inbox(bobPhone) == [":parley.local MARKREAD alice timestamp=\(harness.now.iso8601)"], "the marker still syncs bob's devices")
+        harness.send(plainReader, "MARKREAD alice timestamp=\(harness.now.iso8601)")
+        #expect(harness.inbox(alice).isEmpty, "no read receipt: bob opted out, carol's client never opted in")
+        let id = try #require(harness.storedMessages.last?.id)
+        let status = harness.send(alice, "RECEIPTS STATUS \(id)")
+        #expect(status.allSatisfy { $0.contains(" delivered ") })
+    }
+
+    @Test func groupAuthorsGetReceiptsPerMember() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["parley.chat/receipts"])
+        let bob = harness.register("bob", password: "password-b")
+        harness.send(alice, "JOIN #team", "INVITE bob #team", "INVITE carol #team")
+        _ = harness.inbox(alice)
+        let sent = harness.send(alice, "PRIVMSG #team :status?")
+        let id = try #require(harness.storedMessages.last?.id)
+        #expect(sent == [":parley.local RECEIPT #team \(id) delivered bob \(harness.now.iso8601)"])
+        let carol = harness.register("carol", password: "password-c")
+        _ = carol
+        #expect(harness.inbox(alice) == [":carol!~carol@127.0.0.1 JOIN #team", ":parley.local RECEIPT #team \(id) delivered carol \(harness.now.iso8601)"])
+        _ = bob
+    }
+
+    @Test func storedHistoryKeepsOnlyWhatAccountsAreParty() {
+        var harness = CoreHarness(accounts: Self.people)
+        let guest = harness.register("guest")
+        let other = harness.register("other")
+        harness.send(guest, "PRIVMSG other :between guests")
+        #expect(harness.storedMessages.isEmpty, "guests' conversations are not stored")
+        harness.send(guest, "PRIVMSG alice :to an account")
+        #expect(harness.storedMessages.count == 1)
+        _ = other
+    }
+}
