@@ -182,6 +182,8 @@ public struct HistoryQuery: Sendable, Hashable {
         case between(Reference, Reference)
         /// Conversations with messages between two times (CHATHISTORY TARGETS).
         case targets(Timestamp, Timestamp)
+        /// These messages of the account (`.everything(account:)`), with their recipients' state.
+        case receipts([String])
     }
 
     public enum Conversation: Sendable, Hashable {

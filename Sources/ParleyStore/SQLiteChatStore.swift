@@ -327,6 +327,27 @@ public final class SQLiteChatStore: ChatStore {
             let low = ascending ? start : end, high = ascending ? end : start
             let lower = after(low), upper = before(high)
             return .messages(try fetch("\(lower.0) AND \(upper.0)", lower.1 + upper.1, newestFirst: !ascending, limit: query.limit))
+        case .receipts(let ids):
+            guard case .everything(let account, _) = query.conversation, !ids.isEmpty else { return .messages([]) }
+            let placeholders = ids.map { _ in "?" }.joined(separator: ",")
+            var messages = try Row.fetchAll(
+                db, sql: "SELECT * FROM messages WHERE sender_account = ? AND id IN (\(placeholders))",
+                arguments: StatementArguments([account] + ids)
+            ).map(Self.message(from:))
+            for index in messages.indices {
+                messages[index].recipients = try Row.fetchAll(
+                    db, sql: "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient",
+                    arguments: [messages[index].id]
+                ).map { row in
+                    let delivered: Int64? = row["delivered_at"]
+                    let read: Int64? = row["read_at"]
+                    return StoredRecipient(
+                        account: row["recipient"], deliveredAt: delivered.map { Timestamp(millisecondsSince1970: $0) },
+                        readAt: read.map { Timestamp(millisecondsSince1970: $0) },
+                        deliveredNotified: row["delivered_notified"], readNotified: row["read_notified"])
+                }
+            }
+            return .messages(messages)
         case .targets(let from, let to):
             guard case .everything(let account, _) = query.conversation else { return .targets([]) }
             let rows = try Row.fetchAll(db, sql: """

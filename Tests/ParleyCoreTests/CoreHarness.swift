@@ -122,11 +122,33 @@ struct CoreHarness {
                 }
             case .updateRecipients(let updates):
                 recipientUpdates.append(contentsOf: updates)
-            case .saveReadMarker, .saveAccountSettings, .pruneHistory, .loadHistory:
+            case .loadHistory(let ticket, let query):
+                server.completeHistory(ticket: ticket, result: history(query), now: now, into: &next)
+            case .saveReadMarker, .saveAccountSettings, .pruneHistory:
                 break
             }
             apply(next)
         }
+    }
+}
+
+extension CoreHarness {
+    /// What a store holding `storedMessages` (with `recipientUpdates` applied) would answer;
+    /// only the queries the core tests use.
+    func history(_ query: HistoryQuery) -> HistoryResult {
+        guard case .receipts(let ids) = query.kind, case .everything(let account, _) = query.conversation else {
+            return .failed("not supported by the test harness")
+        }
+        let found = storedMessages.filter { ids.contains($0.id) && $0.senderAccount == account }.map { message in
+            var message = message
+            for update in recipientUpdates where update.messageID == message.id {
+                guard let index = message.recipients.firstIndex(where: { $0.account == update.recipient }) else { continue }
+                if let delivered = update.deliveredAt { message.recipients[index].deliveredAt = delivered }
+                if let read = update.readAt { message.recipients[index].readAt = read }
+            }
+            return message
+        }
+        return .messages(found)
     }
 }
 

@@ -301,6 +301,30 @@ extension ChatServer {
         outbox.actions.append(.updateRecipients(updates))
     }
 
+    /// The RECEIPT lines for messages read back from the store (RECEIPTS STATUS).
+    func receiptStatusReplies(requested: [String], found: [StoredMessage], into context: inout CommandContext) {
+        let byID = Dictionary(found.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        for messageID in requested {
+            guard let stored = byID[messageID] else {
+                render(.fail("RECEIPTS", "UNKNOWN_MESSAGE", messageID, description: "No message of yours with that id is being followed"), in: &context)
+                continue
+            }
+            for recipient in stored.recipients {
+                // Memory may be ahead of the disk for receipts decided a moment ago.
+                let state = tracked[messageID]?.recipients[recipient.account] ?? recipient
+                let target = stored.targetKind == .group ? (channels[stored.target]?.name ?? stored.target) : (accounts[recipient.account]?.name ?? recipient.account)
+                let reader = accounts[recipient.account]?.name ?? recipient.account
+                if let read = state.readAt {
+                    context.replies.append(receiptLine(target: target, messageID: messageID, state: .read, reader: reader, time: read))
+                } else if let delivered = state.deliveredAt {
+                    context.replies.append(receiptLine(target: target, messageID: messageID, state: .delivered, reader: reader, time: delivered))
+                } else {
+                    context.replies.append(receiptLine(target: target, messageID: messageID, state: .pending, reader: reader, time: nil))
+                }
+            }
+        }
+    }
+
     /// `RECEIPTS STATUS <msgid>[,<msgid>...]` and `RECEIPTS READ [ON|OFF]`.
     mutating func handleReceipts(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
@@ -310,23 +334,13 @@ extension ChatServer {
         switch message.parameters[0].uppercased() {
         case "STATUS":
             guard message.parameters.count > 1 else { throw .fail("RECEIPTS", "NEED_MORE_PARAMS", description: "Usage: RECEIPTS STATUS <msgid>[,<msgid>...]") }
-            for messageID in message.parameters[1].split(separator: ",").map(String.init).prefix(100) {
-                guard let tracked = tracked[messageID], tracked.author == account else {
-                    render(.fail("RECEIPTS", "UNKNOWN_MESSAGE", messageID, description: "No message of yours with that id is being followed"), in: &context)
-                    continue
-                }
-                for (reader, state) in tracked.recipients.sorted(by: { $0.key < $1.key }) {
-                    let target = receiptTarget(for: tracked, reader: reader)
-                    let readerName = accounts[reader]?.name ?? reader
-                    if let read = state.readAt {
-                        context.replies.append(receiptLine(target: target, messageID: messageID, state: .read, reader: readerName, time: read))
-                    } else if let delivered = state.deliveredAt {
-                        context.replies.append(receiptLine(target: target, messageID: messageID, state: .delivered, reader: readerName, time: delivered))
-                    } else {
-                        context.replies.append(receiptLine(target: target, messageID: messageID, state: .pending, reader: readerName, time: nil))
-                    }
-                }
-            }
+            // The store answers: it knows every message of the retention period, restarts included.
+            let ids = Array(message.parameters[1].split(separator: ",").map(String.init).prefix(100))
+            let ticket = nextTicket
+            nextTicket += 1
+            pendingWork[ticket] = .history(id, target: ids.joined(separator: ","), label: context.label, subcommand: "RECEIPTS")
+            outbox.actions.append(.loadHistory(ticket: ticket, query: HistoryQuery(conversation: .everything(account: account, groups: []), kind: .receipts(ids), limit: ids.count)))
+            context.deferReplies()
         case "READ":
             var settings = accounts[account]?.settings ?? [:]
             if message.parameters.count > 1 {

@@ -103,6 +103,8 @@ extension ChatServer {
             if batched {
                 context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + reference]))
             }
+        case .messages(let messages) where subcommand == "RECEIPTS":
+            receiptStatusReplies(requested: target.split(separator: ",").map(String.init), found: messages, into: &context)
         case .messages(let messages):
             let reference = makeBatchReference()
             let batched = session.has(.batch)
