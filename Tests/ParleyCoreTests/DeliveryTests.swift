@@ -185,4 +185,15 @@ struct DeliveryTests {
         #expect(harness.storedMessages.count == 1)
         _ = other
     }
+
+    @Test func messagesOlderThanTheRetentionPeriodAreDropped() {
+        var harness = CoreHarness(configure: { $0.historyRetentionMilliseconds = 3_600_000 }, accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        harness.send(alice, "PRIVMSG bob :stale soon")
+        harness.advance(milliseconds: 2 * 3_600_000)
+        let bob = harness.connect()
+        let burst = harness.send(bob, "PASS :bob:password-b", "NICK bob", "USER bob 0 * :Bob")
+        #expect(!burst.commands.contains("PRIVMSG"))
+        #expect(harness.server.undeliveredCount == 0)
+    }
 }

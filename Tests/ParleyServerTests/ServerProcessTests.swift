@@ -84,4 +84,46 @@ struct ServerProcessTests {
         // Nothing listens afterwards.
         await #expect(throws: (any Error).self) { _ = try await TestClient.connect(port: server.ports[0]) }
     }
+
+    @Test func anEchoedMessageSurvivesSIGKILLAndIsDeliveredExactlyOnce() async throws {
+        let (directory, config) = try Self.makeDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let data = ["--config", config.path, "--data-dir", directory.path]
+        for (name, password) in [("alice", "alice-password"), ("bob", "bob-password"), ("carol", "carol-password")] {
+            #expect(try ServerProcess.run(["account", "create", name] + data, input: password + "\n").status == 0)
+        }
+        var server = try await ServerProcess(dataDirectory: directory, configFile: config)
+        let alice = try await TestClient.registered("alice", port: server.ports[0], caps: ["echo-message", "message-tags"], password: "alice-password")
+        let carol = try await TestClient.registered("carol", port: server.ports[1], host: "::1", password: "carol-password")
+        alice.send("JOIN #durable")
+        try await alice.expect(numeric: "366")
+        alice.send("INVITE bob #durable")
+        alice.send("INVITE carol #durable")
+        try await carol.expect(numeric: "366")
+
+        // Mid-conversation: carol is online, bob is not. Every echo means "stored".
+        var ids: [String] = []
+        for number in 1...20 {
+            let target = number.isMultiple(of: 2) ? "#durable" : "bob"
+            alice.send("PRIVMSG \(target) :message \(number)")
+            let echo = try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "message \(number)" }
+            ids.append(try #require(echo.tagValue("msgid")))
+        }
+        server.signal(SIGKILL)
+        _ = try await server.waitForExit(timeout: .seconds(5))
+        await alice.close(); await carol.close()
+
+        server = try await ServerProcess(dataDirectory: directory, configFile: config)
+        let bob = try await TestClient.registered("bob", port: server.ports[0], caps: ["message-tags", "batch", "server-time"], password: "bob-password")
+        let lines = try await bob.settle(for: .milliseconds(500))
+        let replayed = lines.compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "PRIVMSG" }
+        #expect(replayed.map { $0.parameters.last ?? "" } == (1...20).map { "message \($0)" }, "all of them, in order, once")
+        #expect(replayed.map { $0.tagValue("msgid") ?? "" } == ids)
+        // carol got the group's messages live before the kill; they are not replayed to her.
+        let carolAgain = try await TestClient.registered("carol", port: server.ports[0], password: "carol-password")
+        #expect(!(try await carolAgain.settle(for: .milliseconds(300))).contains { (try? IRCMessage(parsing: $0))?.command == "PRIVMSG" })
+        await bob.close(); await carolAgain.close()
+        server.signal(SIGTERM)
+        #expect(try await server.waitForExit(timeout: .seconds(5)) == 0)
+    }
 }
