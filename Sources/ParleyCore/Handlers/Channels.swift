@@ -43,6 +43,11 @@ extension ChatServer {
         return channel.joined.filter { sessions[$0]?.nick?.folded == folded }
     }
 
+    func existingChannel(_ name: String) throws(CommandError) -> ChatChannel {
+        guard let channel = channels[fold(name)] else { throw .numeric(.errNoSuchChannel, name, "No such channel") }
+        return channel
+    }
+
     func requireMembership(_ channel: ChatChannel, _ connection: ConnectionID) throws(CommandError) {
         if !channel.contains(connection) {
             throw .numeric(.errNotOnChannel, channel.name, "You're not on that channel")
@@ -334,9 +339,7 @@ extension ChatServer {
     mutating func handleTopic(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         guard let session = sessions[id] else { return }
-        guard var channel = channels[fold(message.parameters[0])] else {
-            throw .numeric(.errNoSuchChannel, message.parameters[0], "No such channel")
-        }
+        var channel = try existingChannel(message.parameters[0])
         guard message.parameters.count > 1 else {
             if channel.inviteOnly && !channel.contains(id) {
                 throw .numeric(.errNotOnChannel, channel.name, "You're not on that channel")
@@ -393,9 +396,7 @@ extension ChatServer {
         let id = context.connection
         guard let session = sessions[id] else { return }
         let target = message.parameters[0]
-        guard var channel = channels[fold(message.parameters[1])] else {
-            throw .numeric(.errNoSuchChannel, message.parameters[1], "No such channel")
-        }
+        var channel = try existingChannel(message.parameters[1])
         try requireMembership(channel, id)
         let holder = nickIndex[fold(target)]
         if channel.isGroup {
@@ -446,9 +447,7 @@ extension ChatServer {
     mutating func handleKick(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         guard let session = sessions[id] else { return }
-        guard var channel = channels[fold(message.parameters[0])] else {
-            throw .numeric(.errNoSuchChannel, message.parameters[0], "No such channel")
-        }
+        var channel = try existingChannel(message.parameters[0])
         try requireMembership(channel, id)
         let target = message.parameters[1]
         let reason = message.parameters.count > 2 ? String(message.parameters[2].prefix(configuration.kickLength)) : session.nick?.name ?? ""
@@ -544,9 +543,7 @@ extension ChatServer {
     mutating func handleChannelMode(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         guard let session = sessions[id] else { return }
-        guard var channel = channels[fold(message.parameters[0])] else {
-            throw .numeric(.errNoSuchChannel, message.parameters[0], "No such channel")
-        }
+        var channel = try existingChannel(message.parameters[0])
         guard message.parameters.count > 1 else {
             var modes = "+" + channel.flagModes
             var arguments: [String] = []

@@ -37,16 +37,7 @@ extension ChatServer {
         readMarkers = state.readMarkers
         for message in state.tracked {
             guard let author = message.senderAccount, !message.recipients.isEmpty else { continue }
-            var recipients: [String: StoredRecipient] = [:]
-            for recipient in message.recipients { recipients[recipient.account] = recipient }
-            tracked[message.id] = TrackedMessage(
-                id: message.id, author: author, time: message.time,
-                groupKey: message.targetKind == .group ? message.target : nil, recipients: recipients)
-            let conversation = message.targetKind == .group ? message.target : author
-            for recipient in message.recipients where recipient.deliveredAt != nil && recipient.readAt == nil {
-                unread[recipient.account, default: [:]][conversation, default: []].append(message.id)
-                _ = recipient
-            }
+            remember(message, onlineRecipients: message.recipients.filter { $0.deliveredAt != nil && $0.readAt == nil }.map(\.account))
             for recipient in message.recipients {
                 if let delivered = recipient.deliveredAt, !recipient.deliveredNotified {
                     pendingReceipts[author, default: []].append(PendingReceipt(messageID: message.id, reader: recipient.account, state: .delivered, time: delivered))
