@@ -44,6 +44,14 @@ public struct ChatServer: Sendable {
     /// Read markers: account -> conversation key -> time of the last read message.
     var readMarkers: [String: [String: Timestamp]] = [:]
     var lastPrune: Timestamp?
+    /// Recent sends by client message id (`+parley.chat/cid`), per account, so a client that
+    /// resends after a reconnect does not deliver twice.
+    var recentSends: [String: RecentSends] = [:]
+
+    struct RecentSends: Sendable {
+        var order: [String] = []
+        var relayed: [String: [IRCMessage]] = [:]
+    }
     var maximumUsersSeen = 0
     var registeredSessionCount = 0
     let allocator = ByteBufferAllocator()

@@ -196,4 +196,16 @@ struct DeliveryTests {
         #expect(!burst.commands.contains("PRIVMSG"))
         #expect(harness.server.undeliveredCount == 0)
     }
+
+    @Test func aResentClientMessageIdIsAnsweredButNotDeliveredAgain() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["echo-message", "message-tags"])
+        let bob = harness.register("bob", password: "password-b")
+        let first = harness.send(alice, "@+parley.chat/cid=abc123 PRIVMSG bob :only once")
+        #expect(harness.inbox(bob) == [":alice!~alice@127.0.0.1 PRIVMSG bob :only once"])
+        let again = harness.send(alice, "@+parley.chat/cid=abc123 PRIVMSG bob :only once")
+        #expect(again == first, "the same echo, same msgid")
+        #expect(harness.inbox(bob).isEmpty)
+        #expect(harness.storedMessages.count == 1)
+    }
 }

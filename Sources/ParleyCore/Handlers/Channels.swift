@@ -778,6 +778,7 @@ extension ChatServer {
         if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) {
             context.replies.append(relayed)
         }
+        rememberSend(relayed, clientTags: clientTags, sender: sender)
         if channel.isGroup && verb != "TAGMSG" {
             // Kept for history, and for members who are offline now until they return.
             storeGroupMessage(relayed, id: messageID, sender: sender, channel: channel, text: text, clientTags: clientTags, &context, &outbox)

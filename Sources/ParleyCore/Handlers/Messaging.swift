@@ -24,6 +24,13 @@ extension ChatServer {
             throw .numeric(.errInputTooLong, "Client tags exceed \(Self.maximumClientTagBytes) bytes")
         }
         if isTagMessage && clientTags.isEmpty { return }
+        let clientMessageID = clientTags.first { $0.key == Self.clientMessageIDTag }?.value
+        if let clientMessageID, let account = sessions[context.connection]?.accountKey,
+           let earlier = recentSends[account]?.relayed[clientMessageID] {
+            // A resend of something already accepted: answer as the first time, deliver nothing.
+            if sessions[context.connection]?.has(.echoMessage) == true { context.replies.append(contentsOf: earlier) }
+            return
+        }
 
         if !targetList.utf8.contains(UInt8(ascii: ",")) {
             try deliver(verb, to: targetList, text: text, clientTags: clientTags, &context, &outbox)
@@ -44,6 +51,23 @@ extension ChatServer {
 
     /// The IRCv3 limit on client-only tags a client may send.
     static let maximumClientTagBytes = 4094
+    /// A client-chosen id that makes sending idempotent (docs/delivery-and-receipts.md).
+    static let clientMessageIDTag = "+parley.chat/cid"
+    static let recentSendsPerAccount = 1000
+
+    mutating func rememberSend(_ relayed: IRCMessage, clientTags: [IRCTag], sender: Session) {
+        guard let account = sender.accountKey,
+              let id = clientTags.first(where: { $0.key == Self.clientMessageIDTag })?.value, !id.isEmpty else { return }
+        var recent = recentSends[account] ?? RecentSends()
+        if recent.relayed[id] == nil { recent.order.append(id) }
+        recent.relayed[id, default: []].append(relayed)
+        if recent.order.count > Self.recentSendsPerAccount {
+            let excess = recent.order.count - Self.recentSendsPerAccount / 2
+            for old in recent.order.prefix(excess) { recent.relayed[old] = nil }
+            recent.order.removeFirst(excess)
+        }
+        recentSends[account] = recent
+    }
 
     private mutating func deliver(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         guard let sender = sessions[context.connection] else { return }
@@ -108,6 +132,7 @@ extension ChatServer {
         if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) {
             context.replies.append(relayed)
         }
+        rememberSend(relayed, clientTags: clientTags, sender: sender)
         if verb != "TAGMSG" {
             storeDirect(relayed, id: messageID, sender: sender, recipientKey: recipientAccount, recipientFolded: folded,
                         online: holder != nil, text: text, clientTags: clientTags, &context, &outbox)

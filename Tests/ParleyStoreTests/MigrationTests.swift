@@ -1,0 +1,77 @@
+import Foundation
+import GRDB
+@testable import ParleyCore
+@testable import ParleyStore
+import Testing
+
+@Suite("SQLite store")
+struct MigrationTests {
+    func temporaryPath() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID().uuidString).sqlite").path
+    }
+
+    @Test func aDatabaseFromTheFirstSchemaIsUpgradedWithItsData() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // A file as the first release wrote it: only the v1 tables, with an account and a message.
+        do {
+            let queue = try DatabaseQueue(path: path)
+            try SQLiteChatStore.migrator.migrate(queue, upTo: "v1")
+            try await queue.write { db in
+                try db.execute(sql: """
+                    INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+                    VALUES ('alice', 'Alice', x'00', 4096, x'01', x'02', 1700000000000)
+                    """)
+                try db.execute(sql: """
+                    INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text)
+                    VALUES ('m1', 1700000000001, 'Guest', NULL, 'Guest!~g@host', 'direct', 'alice', 'PRIVMSG', 'hello from v1')
+                    """)
+            }
+            try queue.close()
+        }
+        let store = try SQLiteChatStore(path: path)
+        let accounts = try await store.loadAccounts()
+        #expect(accounts.map(\.name) == ["Alice"])
+        // The v3 sender key was filled in for old rows, so history finds the old message.
+        let history = try await store.loadHistory(HistoryQuery(conversation: .direct("alice", "guest"), kind: .latest(after: nil), limit: 10))
+        guard case .messages(let messages) = history else { Issue.record("expected messages"); return }
+        #expect(messages.map(\.text) == ["hello from v1"])
+        #expect(try await store.loadGroups().isEmpty)
+        try await store.close()
+    }
+
+    @Test func groupsAndDeliveryStateRoundTrip() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try SQLiteChatStore(path: path)
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let group = GroupRecord(name: "#Team", key: "#team", createdAt: now, owner: "alice", topic: "plans", topicSetBy: "alice",
+                                topicSetAt: now, modes: "int", password: "k", userLimit: 5,
+                                bans: [BanEntry(mask: "*!*@bad", setBy: "alice", setAt: now)], members: ["alice": .owner, "bob": .op])
+        let message = StoredMessage(id: "x1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                                    targetKind: .group, target: "#team", command: "PRIVMSG", text: "hi",
+                                    recipients: [StoredRecipient(account: "bob"), StoredRecipient(account: "carol", deliveredAt: now)])
+        try await store.perform([.saveGroup(group, previousKey: nil), .storeMessages([message], afterCommit: [], onFailure: [])])
+        #expect(try await store.loadGroups() == [group])
+        var state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1))
+        #expect(state.undelivered["bob"]?.map(\.id) == ["x1"])
+        #expect(state.undelivered["carol"] == nil)
+        // Delivered and read, with receipts sent: nothing is pending any more.
+        try await store.perform([
+            .updateRecipients([RecipientUpdate(messageID: "x1", recipient: "bob", deliveredAt: now, readAt: now, deliveredNotified: true, readNotified: true),
+                               RecipientUpdate(messageID: "x1", recipient: "carol", readAt: now, deliveredNotified: true, readNotified: true)]),
+        ])
+        state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1))
+        #expect(state.undelivered.isEmpty)
+        #expect(state.tracked.isEmpty)
+        // A rename moves the group and its messages.
+        var renamed = group
+        renamed.name = "#Crew"
+        renamed.key = "#crew"
+        try await store.perform([.saveGroup(renamed, previousKey: "#team")])
+        #expect(try await store.loadGroups().map(\.key) == ["#crew"])
+        let history = try await store.loadHistory(HistoryQuery(conversation: .group("#crew"), kind: .latest(after: nil), limit: 10))
+        #expect(history == .messages([{ var moved = message; moved.target = "#crew"; moved.recipients = []; return moved }()]))
+        try await store.close()
+    }
+}
