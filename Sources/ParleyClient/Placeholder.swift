@@ -1,1 +1,0 @@
-// ParleyClient module

@@ -1,0 +1,125 @@
+import Foundation
+import ParleyClient
+
+/// The screen: messages above, one input line below, never garbled; the terminal is put back
+/// on every way out (/leave, /quit, Ctrl-C, Ctrl-D, SIGTERM, SIGHUP).
+struct InteractiveSession {
+    enum Outcome {
+        case quit
+        case loginFailed(String)
+        case connectFailed(String)
+    }
+
+    let address: ServerAddress
+    let login: LoginSettings
+
+    func run() async -> Outcome {
+        let client = ChatClient(address: address, login: login)
+        let terminal = Terminal()
+        let screen = Screen()
+        let formatter = EventFormatter(style: .fromEnvironment)
+        let interpreter = Locked(CommandInterpreter())
+        let loginFailure = Locked<String?>(nil)
+        let quitting = Locked(false)
+
+        @Sendable func show(_ event: ClientEvent) {
+            screen.print(formatter.lines(for: event, ownNick: login.account))
+        }
+        @Sendable func quit(_ reason: String) {
+            guard quitting.withLock({ flag in defer { flag = true }; return !flag }) else { return }
+            Task { await client.stop(reason: reason) }
+        }
+
+        terminal.enterRawMode()
+        screen.start()
+        screen.setPrompt(interpreter.withLock { $0.prompt })
+        screen.print(["Connecting to \(address) as \(login.account)…"])
+
+        // Signals end the session cleanly too; the terminal is restored below in every case.
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGWINCH, SIG_IGN)
+        var sources: [DispatchSourceSignal] = []
+        for number in [SIGINT, SIGTERM, SIGHUP] {
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { quit("Leaving") }
+            source.resume()
+            sources.append(source)
+        }
+        let resize = DispatchSource.makeSignalSource(signal: SIGWINCH, queue: .global())
+        resize.setEventHandler { screen.resize() }
+        resize.resume()
+        sources.append(resize)
+
+        let events = Task {
+            for await event in client.events {
+                if event.type == .loginFailed {
+                    loginFailure.withLock { $0 = event.reason ?? "refused" }
+                    continue
+                }
+                show(event)
+                interpreter.withLock { interpreter in
+                    if let from = event.from, !from.contains("."), event.type == .message { interpreter.knownNicks.insert(from) }
+                    if let user = event.user { interpreter.knownNicks.insert(user) }
+                    if let conversation = event.conversation, conversation.hasPrefix("#") { interpreter.knownGroups.insert(conversation) }
+                    for member in event.members ?? [] { interpreter.knownNicks.insert(String(member.drop { "~@+".contains($0) })) }
+                }
+                // Everything shown here is in view: mark it read (the author sees "read" unless
+                // /receipts off).
+                if event.type == .message, event.own != true, let conversation = event.conversation, let time = event.time {
+                    client.sendLine { $0.markRead(conversation, time: time) }
+                }
+            }
+        }
+
+        // Keys arrive on a plain thread: a blocking read never holds up the event loop.
+        let keys = Thread {
+            var buffer = [UInt8](repeating: 0, count: 1024)
+            while !quitting.withLock({ $0 }) {
+                let count = read(STDIN_FILENO, &buffer, buffer.count)
+                if count <= 0 {
+                    if count < 0 && errno == EINTR { continue }
+                    quit("Leaving")
+                    return
+                }
+                for result in screen.feed(Array(buffer[0..<count])) {
+                    switch result {
+                    case .line(let line):
+                        let actions = interpreter.withLock { $0.interpret(line) }
+                        screen.setPrompt(interpreter.withLock { $0.prompt })
+                        if let reason = perform(actions, on: client, report: show) {
+                            quit(reason)
+                            return
+                        }
+                    case .interrupt, .endOfInput:
+                        quit("Leaving")
+                        return
+                    case .complete(let line):
+                        if let completed = interpreter.withLock({ $0.complete(line) }) { screen.replaceInput(completed) }
+                    case .none:
+                        break
+                    }
+                }
+            }
+        }
+        keys.start()
+
+        var outcome = Outcome.quit
+        do {
+            try await client.run()
+        } catch {
+            outcome = .connectFailed(describe(connectError: error, address: address))
+        }
+        _ = await events.value
+        quitting.withLock { $0 = true }
+        for source in sources { source.cancel() }
+        screen.stop()
+        terminal.restore()
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
+        signal(SIGHUP, SIG_DFL)
+        if let reason = loginFailure.withLock({ $0 }) { return .loginFailed(reason) }
+        return outcome
+    }
+}
