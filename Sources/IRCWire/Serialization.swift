@@ -45,7 +45,7 @@ extension IRCMessage {
 
     static let freeTextCommands: Set<String> = [
         "PRIVMSG", "NOTICE", "PART", "QUIT", "KICK", "TOPIC", "ERROR", "AWAY", "SETNAME", "RENAME",
-        "FAIL", "WARN", "NOTE", "KILL", "WALLOPS", "CAP", "PONG",
+        "FAIL", "WARN", "NOTE", "KILL", "WALLOPS", "PONG",
     ]
 
     static func hasFreeTextTrailing(_ command: String) -> Bool {
