@@ -9,17 +9,17 @@ final class ServerProcess: Sendable {
     }
 
     /// `swift build --build-tests` (and `swift test`) put the executables beside the test bundle.
-    static func executable() throws -> URL {
+    static func executable(named name: String = "parley-server") throws -> URL {
         let besideTests = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         let packageRoot = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let candidates = [
-            besideTests.appendingPathComponent("parley-server"),
-            besideTests.deletingLastPathComponent().appendingPathComponent("parley-server"),
-            packageRoot.appendingPathComponent(".build/debug/parley-server"),
+            besideTests.appendingPathComponent(name),
+            besideTests.deletingLastPathComponent().appendingPathComponent(name),
+            packageRoot.appendingPathComponent(".build/debug/\(name)"),
         ]
         guard let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0.path) }) else {
-            throw Failure(description: "parley-server is not built; run `swift build --build-tests` first (looked in \(candidates.map(\.path)))")
+            throw Failure(description: "\(name) is not built; run `swift build --build-tests` first (looked in \(candidates.map(\.path)))")
         }
         return found
     }
