@@ -38,6 +38,8 @@ public struct ServerAddress: Sendable, Equatable, CustomStringConvertible {
             port = value
         }
         guard !host.isEmpty, (1...65535).contains(port) else { return nil }
+        // A bare address with colons must be IPv6 (hex digits, colons, maybe a dotted tail).
+        if host.contains(":"), !host.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) { return nil }
         self.init(host: host, port: port, tls: tls)
     }
 

@@ -34,6 +34,15 @@ struct BatchSession {
                     return
                 }
             }
+            // End of input: let the login finish and our messages be confirmed first, so a
+            // script that pipes in a few commands sees their outcome.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while ContinuousClock.now < deadline {
+                let session = client.session
+                let settled = session.isRegistered && !session.outgoing.values.contains { $0.state == .pending }
+                if settled || status.withLock({ $0 }) != 0 { break }
+                try? await Task.sleep(for: .milliseconds(50))
+            }
             await client.stop(reason: "End of input")
         }
         do {

@@ -49,6 +49,9 @@ struct ParleyCommand: AsyncParsableCommand {
         guard let account = user ?? ProcessInfo.processInfo.environment["USER"].flatMap({ (try? Nickname($0)) != nil ? $0 : nil }) else {
             throw ValidationError("Say who you are with --user NAME")
         }
+        if !batch && !Terminal.isInteractive {
+            throw ValidationError("standard input is not a terminal; use --batch to script parley")
+        }
         let password = try obtainPassword(account: account)
         let login = LoginSettings(account: account, password: password, createAccount: create)
         if batch {
@@ -149,7 +152,7 @@ func describe(connectError error: any Error, address: ServerAddress) -> String {
     if text.contains("refused") || text.contains("Connection refused") {
         return "cannot connect to \(address): connection refused. Is parley-server running there? (start one with: swift run parley-server)"
     }
-    if text.contains("resolve") || text.contains("NXDOMAIN") || text.contains("No address") || text.contains("lookup") {
+    if text.contains("UnknownHost") || text.contains("resolve") || text.contains("NXDOMAIN") || text.contains("No address") || text.contains("lookup") {
         return "cannot find the host \(address.host). Check --server."
     }
     if text.contains("timed out") || text.contains("Timeout") {

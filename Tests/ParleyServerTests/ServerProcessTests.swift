@@ -126,4 +126,34 @@ struct ServerProcessTests {
         server.signal(SIGTERM)
         #expect(try await server.waitForExit(timeout: .seconds(5)) == 0)
     }
+
+    @Test func theClientExplainsBadInputInOneLineAndExitsNonZero() async throws {
+        let (directory, config) = try Self.makeDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        #expect(try ServerProcess.run(["account", "create", "alice", "--config", config.path, "--data-dir", directory.path], input: "alice-password\n").status == 0)
+        let server = try await ServerProcess(dataDirectory: directory, configFile: config)
+        let secret = ["PARLEY_PASSWORD": "wrong-password"]
+
+        let refused = try ServerProcess.run(["--batch", "--server", "127.0.0.1:1", "--user", "alice"], executable: "parley", environment: secret)
+        #expect(refused.status == 2)
+        #expect(refused.output.split(separator: "\n").count == 1)
+        #expect(refused.output.contains("connection refused. Is parley-server running there?"))
+
+        let wrongPassword = try ServerProcess.run(["--batch", "--server", "127.0.0.1:\(server.ports[0])", "--user", "alice"], executable: "parley", environment: secret)
+        #expect(wrongPassword.status == 1)
+        #expect(wrongPassword.output.contains(#""type":"login-failed""#))
+
+        let badFlag = try ServerProcess.run(["--batch", "--server", "not:a:host", "--user", "alice"], executable: "parley", environment: secret)
+        #expect(badFlag.status != 0)
+        #expect(badFlag.errors.contains("--server not:a:host is not HOST, HOST:PORT or [IPV6]:PORT"))
+        #expect(!badFlag.errors.contains("Fatal error") && !refused.errors.contains("Fatal error"), "no stack traces")
+
+        // And the right password over IPv6 works, with the outcome of a piped command.
+        let good = try ServerProcess.run(["--batch", "--server", "[::1]:\(server.ports[1])", "--user", "alice"], input: "/msg alice note to self\n",
+                                         executable: "parley", environment: ["PARLEY_PASSWORD": "alice-password"])
+        #expect(good.status == 0)
+        #expect(good.output.contains(#""state":"sent""#), "\(good.output)")
+        server.signal(SIGTERM)
+        _ = try await server.waitForExit(timeout: .seconds(5))
+    }
 }

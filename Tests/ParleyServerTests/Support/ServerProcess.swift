@@ -25,9 +25,12 @@ final class ServerProcess: Sendable {
     }
 
     /// Runs a subcommand to completion, feeding `input` on standard input.
-    static func run(_ arguments: [String], input: String = "") throws -> (status: Int32, output: String, errors: String) {
+    static func run(_ arguments: [String], input: String = "", executable name: String = "parley-server", environment: [String: String] = [:]) throws -> (status: Int32, output: String, errors: String) {
         let process = Process()
-        process.executableURL = try executable()
+        process.executableURL = try executable(named: name)
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.arguments = arguments
         let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
         process.standardInput = stdin
