@@ -57,6 +57,9 @@ public struct ClientSession: Sendable {
     /// Open batches: reference -> (type, first parameter, label of a labeled-response batch).
     private var batches: [String: (type: String, target: String?, label: String?)] = [:]
     private var pendingNames: [String: [String]] = [:]
+    /// Receipts that came before our echo told us the message's id (the echo waits for the
+    /// server's disk; a quick reader does not), applied when the echo arrives.
+    private var earlyReceipts: [String: [IRCMessage]] = [:]
     private var creating: Bool
 
     enum LabelPurpose: Sendable {
@@ -352,6 +355,9 @@ public struct ClientSession: Sendable {
                 if let msgid = mine.msgid { messageByMsgid[msgid] = id }
                 outgoing[id] = mine
                 events.append(stateEvent(mine))
+                for receipt in mine.msgid.flatMap({ earlyReceipts.removeValue(forKey: $0) }) ?? [] {
+                    handleReceipt(receipt, &events)
+                }
             }
             return
         }
@@ -374,7 +380,11 @@ public struct ClientSession: Sendable {
 
     private mutating func handleReceipt(_ message: IRCMessage, _ events: inout [ClientEvent]) {
         let parameters = message.parameters
-        guard parameters.count >= 5, let id = messageByMsgid[parameters[1]], var mine = outgoing[id] else { return }
+        guard parameters.count >= 5 else { return }
+        guard let id = messageByMsgid[parameters[1]], var mine = outgoing[id] else {
+            if earlyReceipts.count < 1000 { earlyReceipts[parameters[1], default: []].append(message) }
+            return
+        }
         let reader = parameters[3]
         switch parameters[2] {
         case "delivered":

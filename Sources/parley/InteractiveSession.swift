@@ -74,9 +74,16 @@ struct InteractiveSession {
         }
 
         // Keys arrive on a plain thread: a blocking read never holds up the event loop.
+        let keysDone = DispatchSemaphore(value: 0)
         let keys = Thread {
+            defer { keysDone.signal() }
             var buffer = [UInt8](repeating: 0, count: 1024)
             while !quitting.withLock({ $0 }) {
+                // Wait for keys a little at a time, so this thread stops as soon as the session
+                // ends and never takes input meant for what comes after (a prompt, the shell).
+                var descriptor = pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&descriptor, 1, 100)
+                if ready == 0 || (ready < 0 && errno == EINTR) { continue }
                 let count = read(STDIN_FILENO, &buffer, buffer.count)
                 if count <= 0 {
                     if count < 0 && errno == EINTR { continue }
@@ -113,6 +120,12 @@ struct InteractiveSession {
         }
         _ = await events.value
         quitting.withLock { $0 = true }
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                keysDone.wait()
+                continuation.resume()
+            }
+        }
         for source in sources { source.cancel() }
         screen.stop()
         terminal.restore()

@@ -106,6 +106,15 @@ struct ClientSessionTests {
         #expect(session.unconfirmedLines().isEmpty, "nothing to resend once confirmed")
     }
 
+    @Test func aReceiptThatOvertakesTheEchoIsKeptUntilTheEcho() throws {
+        var session = registered()
+        _ = session.send("quick reader", to: "bob")
+        #expect(session.receive(try IRCMessage(parsing: ":srv RECEIPT bob x9 read bob 2026-11-25T10:00:01.000Z")).events.isEmpty)
+        let echo = session.receive(try IRCMessage(parsing: "@label=m1;msgid=x9;time=2026-11-25T10:00:00.000Z :alice!a@h PRIVMSG bob :quick reader"))
+        #expect(echo.events.map(\.state) == [.sent, .read])
+        #expect(session.outgoing["m1"]?.readBy == ["bob"])
+    }
+
     @Test func refusalsAndOfflineNotesAreTiedToTheMessage() throws {
         var session = registered()
         _ = session.send("anyone?", to: "ghost")
