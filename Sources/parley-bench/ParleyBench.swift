@@ -1,0 +1,515 @@
+import ArgumentParser
+import Foundation
+import Histogram
+import NIOCore
+import NIOPosix
+
+@main
+struct ParleyBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "parley-bench",
+        abstract: "Load generator for IRC servers (Parley, InspIRCd, ngircd, ...).",
+        discussion: """
+            Each run prints a progress line per second on standard error, then one line starting \
+            with RESULT (JSON, for scripts) and a readable table on standard output. Build it in \
+            release mode: swift build -c release --product parley-bench.
+            """,
+        subcommands: [Connect.self, Direct.self, Fanout.self, Offline.self])
+}
+
+struct Common: ParsableArguments {
+    @Option(help: "Server address (IPv4 or IPv6).") var host = "127.0.0.1"
+    @Option(help: "Server port.") var port = 6667
+    @Option(help: "A name for the server in the output.") var server = "server"
+    @Option(help: "The server's process id, to report its memory and CPU use.") var serverPid: Int32?
+    @Option(help: "Spread client source addresses over 127.0.0.2 to 127.0.0.N+1 (IPv4 loopback only; 0: don't).") var sourceAddresses = 0
+    @Option(help: "Log in with PASS nick:password (accounts must exist), or 'none'.") var password = "none"
+
+    var login: Login { password == "none" ? .none : .pass(password) }
+
+    func source(for index: Int) throws -> SocketAddress? {
+        guard sourceAddresses > 0 else { return nil }
+        return try SocketAddress(ipAddress: "127.0.0.\(2 + index % sourceAddresses)", port: 0)
+    }
+}
+
+/// A run's figures.
+struct Report {
+    var mode: String
+    var server: String
+    var fields: [(String, String)] = []
+
+    mutating func add(_ name: String, _ value: String) { fields.append((name, value)) }
+    mutating func add(_ name: String, _ value: Double, digits: Int = 1) { fields.append((name, String(format: "%.\(digits)f", value))) }
+    mutating func add(_ name: String, _ value: Int) { fields.append((name, String(value))) }
+
+    func print() {
+        let json = (["\"mode\":\"\(mode)\"", "\"server\":\"\(server)\""] + fields.map { "\"\($0.0)\":\(Double($0.1) != nil ? $0.1 : "\"\($0.1)\"")" }).joined(separator: ",")
+        Swift.print("RESULT {\(json)}")
+        let width = max(8, fields.map(\.0.count).max() ?? 8)
+        Swift.print("\n\(mode) against \(server)")
+        for (name, value) in fields {
+            Swift.print("  " + name.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value)
+        }
+    }
+
+    mutating func addLatency(_ histogram: Histogram<UInt64>) {
+        // Recorded in microseconds.
+        add("p50_us", Int(histogram.valueAtPercentile(50)))
+        add("p99_us", Int(histogram.valueAtPercentile(99)))
+        add("p999_us", Int(histogram.valueAtPercentile(99.9)))
+        add("max_us", Int(histogram.max))
+    }
+}
+
+func progress(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+struct BenchFailure: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// A short, distinct nick prefix per run, so runs never collide and nicks fit a NICKLEN of 9.
+let runTag = String(UInt32.random(in: 0..<(36 * 36 * 36)), radix: 36)
+
+/// Connects `count` clients (at most `parallel` connecting at once) and waits until all are
+/// registered. Throws with a clear reason if the server refuses or drops any.
+func connectAll(
+    count: Int, parallel: Int, common: Common, loop: EventLoop, login: (Int) -> Login = { _ in .none },
+    nick: (Int) -> String, capabilities: [String] = [], configure: (BenchConnection) -> Void = { _ in }
+) async throws -> (connections: [BenchConnection], latencies: Histogram<UInt64>, seconds: Double) {
+    var connections: [BenchConnection] = []
+    for index in 0..<count {
+        let connection = BenchConnection(index: index, nick: nick(index), login: login(index))
+        connection.capabilities = capabilities
+        configure(connection)
+        connections.append(connection)
+    }
+    let start = monotonicNanoseconds()
+    var latencies = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
+    var next = 0
+    var lastProgress = start
+    while next < count {
+        let batch = connections[next..<min(count, next + parallel)]
+        let sources = try batch.map { try common.source(for: $0.index) }
+        var futures: [EventLoopFuture<Void>] = []
+        for (connection, source) in zip(batch, sources) {
+            let registered = loop.makePromise(of: Void.self)
+            loop.execute {
+                connection.onRegistered = { _ in registered.succeed(()) }
+                connection.onClosed = { connection, reason in registered.fail(BenchFailure(description: "client \(connection.nick) was disconnected while registering: \(reason)")) }
+            }
+            BenchConnection.connect(connection, host: common.host, port: common.port, source: source, on: loop).cascadeFailure(to: registered)
+            futures.append(registered.futureResult)
+        }
+        do {
+            try await EventLoopFuture.andAllSucceed(futures, on: loop).get()
+        } catch {
+            throw BenchFailure(description: "the server refused or dropped a connection after \(next) registered: \(error)")
+        }
+        for connection in batch {
+            _ = latencies.record((connection.registeredAt - connection.connectStartedAt) / 1000)
+        }
+        next += batch.count
+        let now = monotonicNanoseconds()
+        if now - lastProgress > 1_000_000_000 {
+            lastProgress = now
+            progress("connect: \(next)/\(count) registered")
+        }
+    }
+    return (connections, latencies, Double(monotonicNanoseconds() - start) / 1e9)
+}
+
+// MARK: - connect
+
+struct Connect: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "N clients connect, register and stay idle (answering PING).")
+    @OptionGroup var common: Common
+    @Option(help: "Clients.") var clients = 1000
+    @Option(help: "Clients connecting at once.") var parallel = 200
+    @Option(help: "Seconds to stay connected and idle afterwards.") var hold = 5.0
+
+    func run() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let before = common.serverPid.flatMap(ProcessSample.read)
+        let result = try await connectAll(count: clients, parallel: parallel, common: common, loop: loop, login: { _ in common.login }) { "c\(runTag)\(String($0, radix: 36))" }
+        let after = common.serverPid.flatMap(ProcessSample.read)
+        try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
+        let dropped = try await loop.submit { result.connections.filter(\.closed).count }.get()
+        var report = Report(mode: "connect", server: common.server)
+        report.add("clients", clients)
+        report.add("connects_per_s", Double(clients) / result.seconds)
+        report.addLatency(result.latencies)
+        if let before, let after {
+            report.add("server_bytes_per_conn", Double(after.residentBytes - before.residentBytes) / Double(clients), digits: 0)
+            report.add("server_cpu_us_per_conn", (after.cpuSeconds - before.cpuSeconds) * 1e6 / Double(clients))
+        }
+        report.add("disconnected", dropped)
+        report.print()
+        for connection in result.connections { loop.execute { connection.close() } }
+        try await Task.sleep(for: .milliseconds(200))
+        try await group.shutdownGracefully()
+        if dropped > 0 { throw ExitCode(1) }
+    }
+}
+
+// MARK: - message traffic (direct and fanout share it)
+
+/// Traffic bookkeeping, confined to the bench's single event loop.
+final class Traffic: @unchecked Sendable {
+    let window: Int
+    var running = true
+    var sent: [UInt64]
+    var inFlight: [Int]
+    var expected: [[UInt64]]  // [receiver][sender] next sequence number
+    var received: UInt64 = 0
+    var lost: UInt64 = 0
+    var reordered: UInt64 = 0
+    var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+    /// Fan-out: how many deliveries each (sender, seq) still waits for, to free window slots.
+    var remaining: [[UInt64: Int]]
+    let padding: String
+
+    init(clients: Int, window: Int, payloadBytes: Int) {
+        self.window = window
+        sent = Array(repeating: 0, count: clients)
+        inFlight = Array(repeating: 0, count: clients)
+        expected = Array(repeating: Array(repeating: 0, count: clients), count: clients)
+        remaining = Array(repeating: [:], count: clients)
+        padding = String(repeating: "x", count: max(0, payloadBytes))
+    }
+
+    func line(from sender: Int, to target: String) -> ByteBuffer {
+        let sequence = sent[sender]
+        sent[sender] += 1
+        return ByteBuffer(string: "PRIVMSG \(target) :\(sender) \(sequence) \(monotonicNanoseconds()) \(padding)\r\n")
+    }
+
+    /// A message arrived at `receiver`; returns its sender.
+    @inline(__always)
+    func arrived(at receiver: Int, _ payload: ByteBuffer) -> Int? {
+        guard let (sender, sequence, time) = parseNumbers(payload), Int(sender) < sent.count else { return nil }
+        let now = monotonicNanoseconds()
+        _ = histogram.record(now > time ? (now - time) / 1000 : 0)
+        received += 1
+        let next = expected[receiver][Int(sender)]
+        if sequence != next {
+            if sequence > next { lost += sequence - next } else { reordered += 1 }
+        }
+        expected[receiver][Int(sender)] = sequence + 1
+        return Int(sender)
+    }
+}
+
+struct TrafficOptions: ParsableArguments {
+    @Option(help: "Unacknowledged messages per sender (closed loop); ignored with --rate.") var window = 16
+    @Option(help: "Fixed total send rate in messages/s (open loop) instead of a window.") var rate: Int?
+    @Option(help: "Seconds of traffic.") var duration = 10.0
+    @Option(help: "Padding bytes per message.") var payload = 16
+}
+
+/// Runs traffic from `senders` to their targets and prints the report.
+func runTraffic(
+    mode: String, common: Common, options: TrafficOptions, loop: EventLoop, connections: [BenchConnection], traffic: Traffic,
+    senders: [Int], target: @escaping @Sendable (Int) -> String, deliveriesPerMessage: Int
+) async throws {
+    let start = monotonicNanoseconds()
+    let before = common.serverPid.flatMap(ProcessSample.read)
+    let disconnected = NIOLoopBoundBox.makeBoxSendingValue(0, eventLoop: loop)
+    try await loop.submit {
+        for connection in connections {
+            connection.onClosed = { _, _ in disconnected.value += 1 }
+        }
+        if options.rate == nil {
+            for sender in senders {
+                let connection = connections[sender]
+                for _ in 0..<traffic.window {
+                    connection.write(traffic.line(from: sender, to: target(sender)))
+                    traffic.inFlight[sender] += 1
+                }
+                connection.flush()
+            }
+        }
+    }.get()
+    let ticker: RepeatedTask?
+    if let rate = options.rate {
+        // Every millisecond, send the messages due so far, round-robin over the senders.
+        let perTick = Double(rate) / 1000
+        let due = NIOLoopBoundBox.makeBoxSendingValue((credit: 0.0, next: 0), eventLoop: loop)
+        ticker = loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { _ in
+            guard traffic.running else { return }
+            due.value.credit += perTick
+            var touched: Set<Int> = []
+            while due.value.credit >= 1 {
+                due.value.credit -= 1
+                let sender = senders[due.value.next % senders.count]
+                due.value.next += 1
+                connections[sender].write(traffic.line(from: sender, to: target(sender)))
+                touched.insert(sender)
+            }
+            for sender in touched { connections[sender].flush() }
+        }
+    } else {
+        ticker = nil
+    }
+    let end = start + UInt64(options.duration * 1e9)
+    var lastReceived: UInt64 = 0
+    var lastTime = start
+    while monotonicNanoseconds() < end {
+        try await Task.sleep(for: .seconds(1))
+        let (received, p99) = try await loop.submit { (traffic.received, traffic.histogram.valueAtPercentile(99)) }.get()
+        let now = monotonicNanoseconds()
+        let rate = Double(received - lastReceived) / (Double(now - lastTime) / 1e9)
+        progress(String(format: "%@: %4.0fs  %10llu delivered  %10.0f/s  p99 %llu us", mode, Double(now - start) / 1e9, received, rate, p99))
+        lastReceived = received
+        lastTime = now
+    }
+    let sentTotal = try await loop.submit { () -> UInt64 in
+        traffic.running = false
+        ticker?.cancel()
+        return traffic.sent.reduce(0, +)
+    }.get()
+    let trafficEnd = monotonicNanoseconds()
+    // Let what is in flight arrive.
+    let expectedDeliveries = sentTotal * UInt64(deliveriesPerMessage)
+    let drainDeadline = monotonicNanoseconds() + 5_000_000_000
+    var receivedAtEnd = try await loop.submit { traffic.received }.get()
+    while receivedAtEnd < expectedDeliveries && monotonicNanoseconds() < drainDeadline {
+        try await Task.sleep(for: .milliseconds(20))
+        receivedAtEnd = try await loop.submit { traffic.received }.get()
+    }
+    let after = common.serverPid.flatMap(ProcessSample.read)
+    let (histogram, reordered, dropped, deliveredInWindow) = try await loop.submit { (traffic.histogram, traffic.reordered, disconnected.value, traffic.received) }.get()
+    let seconds = Double(trafficEnd - start) / 1e9
+    var report = Report(mode: mode, server: common.server)
+    report.add("clients", connections.count)
+    report.add("senders", senders.count)
+    if let rate = options.rate { report.add("target_rate", rate) } else { report.add("window", options.window) }
+    report.add("seconds", seconds)
+    report.add("sent", Int(sentTotal))
+    report.add("delivered", Int(receivedAtEnd))
+    report.add("delivered_per_s", Double(min(deliveredInWindow, receivedAtEnd)) / seconds, digits: 0)
+    report.addLatency(histogram)
+    report.add("lost", Int(expectedDeliveries > receivedAtEnd ? expectedDeliveries - receivedAtEnd : 0))
+    report.add("reordered", Int(reordered))
+    report.add("disconnected", dropped)
+    if let before, let after {
+        report.add("server_cpu_s", after.cpuSeconds - before.cpuSeconds, digits: 2)
+    }
+    report.print()
+}
+
+// MARK: - direct
+
+struct Direct: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "P pairs exchange PRIVMSGs; loss, order and latency are checked at the receivers.")
+    @OptionGroup var common: Common
+    @OptionGroup var options: TrafficOptions
+    @Option(help: "Pairs of clients.") var pairs = 500
+
+    func run() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let count = pairs * 2
+        let traffic = Traffic(clients: count, window: options.window, payloadBytes: options.payload)
+        let nicks = (0..<count).map { "d\(runTag)\(String($0, radix: 36))" }
+        let result = try await connectAll(count: count, parallel: 200, common: common, loop: loop, login: { _ in common.login }, nick: { nicks[$0] })
+        let connections = result.connections
+        let windowed = options.rate == nil
+        try await loop.submit {
+            for connection in connections {
+                connection.onMessage = { receiver, payload in
+                    guard let sender = traffic.arrived(at: receiver.index, payload) else { return }
+                    guard windowed else { return }
+                    traffic.inFlight[sender] -= 1
+                    if traffic.running {
+                        let peer = sender ^ 1
+                        connections[sender].write(traffic.line(from: sender, to: nicks[peer]))
+                        connections[sender].flush()
+                        traffic.inFlight[sender] += 1
+                    }
+                }
+            }
+        }.get()
+        try await runTraffic(mode: "direct", common: common, options: options, loop: loop, connections: connections, traffic: traffic,
+                             senders: Array(0..<count), target: { nicks[$0 ^ 1] }, deliveriesPerMessage: 1)
+        for connection in connections { loop.execute { connection.close() } }
+        try await Task.sleep(for: .milliseconds(200))
+        try await group.shutdownGracefully()
+    }
+}
+
+// MARK: - fanout
+
+struct Fanout: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "A group of M members with S senders: deliveries/s and latency.")
+    @OptionGroup var common: Common
+    @OptionGroup var options: TrafficOptions
+    @Option(help: "Members of the group.") var members = 1000
+    @Option(help: "Members that send.") var senders = 1
+
+    func run() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let traffic = Traffic(clients: members, window: options.window, payloadBytes: options.payload)
+        let channelName = "#f\(runTag)"
+        let result = try await connectAll(count: members, parallel: 200, common: common, loop: loop, login: { _ in common.login }) { "f\(runTag)\(String($0, radix: 36))" }
+        let connections = result.connections
+        // Everyone joins; wait until the last member's join is seen by the first.
+        let joined = loop.makePromise(of: Void.self)
+        let lastNick = connections.last!.nick
+        try await loop.submit {
+            connections[0].onOtherLine = { _, message in
+                if message.command == "JOIN", message.source?.hasPrefix(lastNick + "!") == true { joined.succeed(()) }
+            }
+            connections[0].send(["JOIN \(channelName)"])
+        }.get()
+        try await Task.sleep(for: .milliseconds(200))
+        for connection in connections.dropFirst() {
+            try await loop.submit { connection.send(["JOIN \(channelName)"]) }.get()
+        }
+        if members == 1 { joined.succeed(()) }
+        try await joined.futureResult.get()
+        let senderIndexes = Array(0..<min(senders, members))
+        let windowed = options.rate == nil
+        try await loop.submit {
+            for connection in connections {
+                connection.onMessage = { receiver, payload in
+                    guard let (senderValue, sequence, _) = parseNumbers(payload), traffic.arrived(at: receiver.index, payload) != nil else { return }
+                    guard windowed else { return }
+                    let sender = Int(senderValue)
+                    let left = (traffic.remaining[sender][sequence] ?? (members - 1)) - 1
+                    if left > 0 {
+                        traffic.remaining[sender][sequence] = left
+                        return
+                    }
+                    traffic.remaining[sender][sequence] = nil
+                    traffic.inFlight[sender] -= 1
+                    if traffic.running {
+                        connections[sender].write(traffic.line(from: sender, to: channelName))
+                        connections[sender].flush()
+                        traffic.inFlight[sender] += 1
+                    }
+                }
+            }
+        }.get()
+        try await runTraffic(mode: "fanout", common: common, options: options, loop: loop, connections: connections, traffic: traffic,
+                             senders: senderIndexes, target: { _ in channelName }, deliveriesPerMessage: members - 1)
+        for connection in connections { loop.execute { connection.close() } }
+        try await Task.sleep(for: .milliseconds(200))
+        try await group.shutdownGracefully()
+    }
+}
+
+// MARK: - offline (Parley only)
+
+struct Offline: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Parley only: messages to logged-out accounts (each echo means stored on disk), then the backlog replay rate.")
+    @OptionGroup var common: Common
+    @Option(help: "Recipient accounts.") var recipients = 20
+    @Option(help: "Messages in all.") var messages = 50_000
+    @Option(help: "Unacknowledged messages (echo not yet seen) at a time.") var window = 64
+    @Option(help: "Padding bytes per message.") var payload = 16
+
+    func run() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let loop = group.next()
+        let password = "bench-\(runTag)-password"
+        let nicks = (0...recipients).map { "o\(runTag)\(String($0, radix: 36))" }  // nicks[0] is the sender
+        // Create the accounts (REGISTER), then log the recipients out.
+        progress("offline: creating \(recipients + 1) accounts")
+        let created = try await connectAll(count: recipients + 1, parallel: 50, common: common, loop: loop, login: { _ in .register(password) }, nick: { nicks[$0] })
+        let registeredAll = loop.makePromise(of: Void.self)
+        let pending = NIOLoopBoundBox.makeBoxSendingValue(recipients + 1, eventLoop: loop)
+        try await loop.submit {
+            for connection in created.connections {
+                connection.onOtherLine = { connection, message in
+                    if message.command == "REGISTER" {
+                        pending.value -= 1
+                        if pending.value == 0 { registeredAll.succeed(()) }
+                    } else if message.command == "FAIL" {
+                        registeredAll.fail(BenchFailure(description: "account creation failed for \(connection.nick): \(message.parameters.last ?? "")"))
+                    }
+                }
+            }
+        }.get()
+        try await registeredAll.futureResult.get()
+        try await loop.submit { for connection in created.connections.dropFirst() { connection.send(["QUIT :bench"]) } }.get()
+        try await Task.sleep(for: .milliseconds(500))
+
+        // Send: with echo-message, each echo is the server's word that the message is on disk.
+        let sender = created.connections[0]
+        let padding = String(repeating: "x", count: payload)
+        let state = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, echoed: 0, inFlight: 0), eventLoop: loop)
+        let done = loop.makePromise(of: Void.self)
+        @Sendable func sendOne() {
+            let number = state.value.sent
+            state.value.sent += 1
+            state.value.inFlight += 1
+            let target = nicks[1 + number % recipients]
+            sender.write(ByteBuffer(string: "PRIVMSG \(target) :0 \(number) \(monotonicNanoseconds()) \(padding)\r\n"))
+        }
+        var storeLatency = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+        let latencies = NIOLoopBoundBox.makeBoxSendingValue(storeLatency, eventLoop: loop)
+        let start = monotonicNanoseconds()
+        try await loop.submit {
+            sender.send(["CAP REQ :echo-message"])
+            sender.onMessage = { _, payload in
+                // Our echo: the message is stored.
+                if let (_, _, time) = parseNumbers(payload) { _ = latencies.value.record((monotonicNanoseconds() - time) / 1000) }
+                state.value.echoed += 1
+                state.value.inFlight -= 1
+                if state.value.echoed == messages { done.succeed(()); return }
+                if state.value.sent < messages {
+                    sendOne()
+                    sender.flush()
+                }
+            }
+            for _ in 0..<min(window, messages) { sendOne() }
+            sender.flush()
+        }.get()
+        try await done.futureResult.get()
+        let storeSeconds = Double(monotonicNanoseconds() - start) / 1e9
+        storeLatency = try await loop.submit { latencies.value }.get()
+
+        // Replay: all recipients log in at once; time until the last missed message arrives.
+        progress("offline: \(messages) stored in \(String(format: "%.2f", storeSeconds)) s; recipients log in")
+        let replayState = NIOLoopBoundBox.makeBoxSendingValue((received: 0, reordered: 0, next: [Int](repeating: -1, count: recipients + 1)), eventLoop: loop)
+        let replayed = loop.makePromise(of: Void.self)
+        let replayStart = monotonicNanoseconds()
+        let returning = try await connectAll(count: recipients, parallel: 50, common: common, loop: loop, login: { _ in .pass(password) },
+                                             nick: { nicks[$0 + 1] }, capabilities: ["batch", "server-time", "message-tags"]) { connection in
+            connection.onMessage = { connection, payload in
+                guard let (_, number, _) = parseNumbers(payload) else { return }
+                let index = connection.index
+                if Int(number) <= replayState.value.next[index] { replayState.value.reordered += 1 }
+                replayState.value.next[index] = Int(number)
+                replayState.value.received += 1
+                if replayState.value.received == messages { replayed.succeed(()) }
+            }
+        }
+        let timeout = loop.scheduleTask(in: .seconds(60)) { replayed.fail(BenchFailure(description: "replay incomplete after 60 s")) }
+        try await replayed.futureResult.get()
+        timeout.cancel()
+        let replaySeconds = Double(monotonicNanoseconds() - replayStart) / 1e9
+        let reordered = try await loop.submit { replayState.value.reordered }.get()
+
+        var report = Report(mode: "offline", server: common.server)
+        report.add("recipients", recipients)
+        report.add("messages", messages)
+        report.add("window", window)
+        report.add("stored_per_s", Double(messages) / storeSeconds, digits: 0)
+        report.add("store_p50_us", Int(storeLatency.valueAtPercentile(50)))
+        report.add("store_p99_us", Int(storeLatency.valueAtPercentile(99)))
+        report.add("replayed_per_s", Double(messages) / replaySeconds, digits: 0)
+        report.add("replay_seconds", replaySeconds, digits: 3)
+        report.add("reordered", reordered)
+        report.print()
+        for connection in created.connections + returning.connections { loop.execute { connection.close() } }
+        try await Task.sleep(for: .milliseconds(200))
+        try await group.shutdownGracefully()
+    }
+}
