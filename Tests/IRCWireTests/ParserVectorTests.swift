@@ -4,15 +4,18 @@ import NIOCore
 import Testing
 
 /// The shared irc-parser-tests vectors (CC0), read from `../shared/testdata/irc-parser-tests/`
-/// beside the repository, or from `$PARLEY_PARSER_TESTS` if set.
+/// beside the repository (or /work/shared), or from `$PARLEY_PARSER_TESTS` if set.
 enum ParserVectors {
     static let directory: URL = {
         if let override = ProcessInfo.processInfo.environment["PARLEY_PARSER_TESTS"] {
             return URL(fileURLWithPath: override)
         }
-        return URL(fileURLWithPath: #filePath)
+        let besideRepository = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("shared/testdata/irc-parser-tests")
+        // A clone elsewhere (a CI checkout) finds the workplace's shared folder.
+        let candidates = [besideRepository, URL(fileURLWithPath: "/work/shared/testdata/irc-parser-tests")]
+        return candidates.first { FileManager.default.fileExists(atPath: $0.path) } ?? besideRepository
     }()
 
     static func load(_ name: String) throws -> [[String: Any]] {

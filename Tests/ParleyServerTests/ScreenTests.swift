@@ -23,6 +23,9 @@ struct ScreenTests {
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
             posix_spawn_file_actions_adddup2(&actions, output, 1)
             posix_spawn_file_actions_adddup2(&actions, output, 2)
+            // Nothing else of ours may leak into tmux: its server outlives the call, and an
+            // inherited pipe end (another test's child output) would never see EOF.
+            Self.closeFrom(&actions, 3)
             let argv = (["tmux", "-L", socket] + arguments).map { strdup($0) } + [nil]
             defer { for pointer in argv { free(pointer) } }
             var pid: pid_t = 0
@@ -32,6 +35,19 @@ struct ScreenTests {
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             return (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
+        }
+
+        /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+), which Swift does not import.
+        static func closeFrom(_ actions: inout posix_spawn_file_actions_t, _ lowest: Int32) {
+            typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+            if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") {
+                _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, lowest)
+                return
+            }
+            // Older C libraries: close what is open now.
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
+                if let fd = Int32(name), fd >= lowest { posix_spawn_file_actions_addclose(&actions, fd) }
+            }
         }
 
         func screen() throws -> [String] {
