@@ -171,6 +171,13 @@ struct DeliveryIntegrationTests {
         for _ in 1...2 { group.append(try await bob.expect { $0.command == "PRIVMSG" && $0.tagValue("batch") != nil && $0.parameters.first == "#inner" }.parameters.last ?? "") }
         #expect(group == ["group 2", "group 3"])
 
+        bob.send("CHATHISTORY AFTER alice timestamp=2000-01-01T00:00:00.000Z 1")
+        #expect(try await bob.expect { $0.command == "PRIVMSG" && $0.tagValue("batch") != nil && $0.parameters.first == "bob" }.parameters.last == "direct 1")
+        bob.send("CHATHISTORY TARGETS timestamp=2000-01-01T00:00:00.000Z timestamp=2100-01-01T00:00:00.000Z 10")
+        var targets: [String] = []
+        for _ in 1...2 { targets.append(try await bob.expect { $0.command == "CHATHISTORY" }.parameters[1]) }
+        #expect(Set(targets) == ["alice", "#inner"])
+
         // dave is in neither conversation.
         dave.send("CHATHISTORY LATEST #inner * 10")
         let refused = try await dave.expect(command: "FAIL")

@@ -74,4 +74,42 @@ struct MigrationTests {
         #expect(history == .messages([{ var moved = message; moved.target = "#crew"; moved.recipients = []; return moved }()]))
         try await store.close()
     }
+
+    @Test func chathistoryQueriesSelectTheRightMessages() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try SQLiteChatStore(path: path)
+        let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        func message(_ number: Int, from: String, to: String, group: Bool = false) -> StoredMessage {
+            StoredMessage(id: "id\(number)", time: base.adding(milliseconds: Int64(number) * 1000), senderNick: from, senderAccount: from,
+                          senderPrefix: "\(from)!~\(from)@h", targetKind: group ? .group : .direct, target: to, command: "PRIVMSG", text: "m\(number)")
+        }
+        // alice and bob talk (1-6); carol writes to alice (7); #team has two messages (8, 9).
+        var messages = (1...6).map { message($0, from: $0.isMultiple(of: 2) ? "bob" : "alice", to: $0.isMultiple(of: 2) ? "alice" : "bob") }
+        messages.append(message(7, from: "carol", to: "alice"))
+        messages.append(message(8, from: "alice", to: "#team", group: true))
+        messages.append(message(9, from: "bob", to: "#team", group: true))
+        try await store.perform([.storeMessages(messages, afterCommit: [], onFailure: [])])
+        func texts(_ kind: HistoryQuery.Kind, limit: Int = 10, _ conversation: HistoryQuery.Conversation = .direct("alice", "bob")) async throws -> [String] {
+            guard case .messages(let found) = try await store.loadHistory(HistoryQuery(conversation: conversation, kind: kind, limit: limit)) else { return ["not messages"] }
+            return found.map(\.text)
+        }
+        let at = { (number: Int) in HistoryQuery.Reference.timestamp(base.adding(milliseconds: Int64(number) * 1000)) }
+        #expect(try await texts(.latest(after: nil), limit: 3) == ["m4", "m5", "m6"], "the newest, oldest first")
+        #expect(try await texts(.latest(after: at(4))) == ["m5", "m6"])
+        #expect(try await texts(.before(at(4)), limit: 2) == ["m2", "m3"])
+        #expect(try await texts(.before(.msgid("id4")), limit: 2) == ["m2", "m3"], "a msgid reference excludes that message")
+        #expect(try await texts(.after(.msgid("id2")), limit: 2) == ["m3", "m4"])
+        #expect(try await texts(.around(.msgid("id3")), limit: 3) == ["m2", "m3", "m4"])
+        #expect(try await texts(.between(at(1), at(5))) == ["m2", "m3", "m4"])
+        #expect(try await texts(.latest(after: nil), .direct("bob", "carol")).isEmpty, "bob and carol never talked")
+        #expect(try await texts(.latest(after: nil), .group("#team")) == ["m8", "m9"])
+        guard case .targets(let targets) = try await store.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: ["#team"]), kind: .targets(base, base.adding(milliseconds: 60_000)), limit: 10)) else {
+            Issue.record("expected targets"); return
+        }
+        #expect(targets.map(\.key) == ["bob", "carol", "#team"], "conversations by their latest message")
+        #expect(targets.map(\.isGroup) == [false, false, true])
+        try await store.close()
+    }
 }

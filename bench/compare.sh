@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: Parley, InspIRCd and ngircd on this machine, each workload RUNS times
+# against a freshly started server pinned to CPU 0, with parley-bench pinned to CPU 1.
+# Prints medians and Parley-to-peer ratios; writes bench/results.md and bench/results.svg.
+#
+#   bench/compare.sh                      # everything, 3 runs each
+#   RUNS=1 DURATION=5 bench/compare.sh    # a quick look
+#   SERVERS="parley inspircd" WORKLOADS="direct fanout" bench/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+PAIRS=${PAIRS:-500}
+WINDOW=${WINDOW:-16}
+MEMBERS=${MEMBERS:-1000}
+RATE=${RATE:-50000}
+CLIENTS=${CLIENTS:-19000}
+SERVERS=${SERVERS:-"parley inspircd ngircd"}
+WORKLOADS=${WORKLOADS:-"direct fanout rate connect offline"}
+SERVER_CPU=${SERVER_CPU:-0}
+BENCH_CPU=${BENCH_CPU:-1}
+PORT=${PORT:-16900}
+
+work=$(mktemp -d /tmp/parley-compare.XXXXXX)
+results="$work/results.jsonl"
+trap 'stop_server; rm -rf "$work"' EXIT
+
+# --- what is needed -------------------------------------------------------------------------
+need=()
+command -v taskset >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+[[ " $SERVERS " == *" inspircd "* ]] && ! command -v inspircd >/dev/null && need+=(inspircd)
+[[ " $SERVERS " == *" ngircd "* ]] && ! command -v ngircd >/dev/null && need+=(ngircd)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+echo "building Parley in release mode" >&2
+swift build -c release >/dev/null
+bin=$(swift build -c release --show-bin-path)
+
+# --- servers, configured for load from one machine (flood limits and per-address caps off) ---
+server_pid=""
+
+start_server() {
+    local name=$1
+    case $name in
+    parley)
+        cat >"$work/parley.json" <<JSON
+{ "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
+              "pingIntervalSeconds": 600 } }
+JSON
+        rm -rf "$work/parley-data"
+        taskset -c "$SERVER_CPU" "$bin/parley-server" --config "$work/parley.json" --data-dir "$work/parley-data" \
+            --listen "127.0.0.1:$PORT" --log-level warning >"$work/parley.log" 2>&1 &
+        ;;
+    inspircd)
+        cat >"$work/inspircd.conf" <<CONF
+<server name="insp.bench" description="bench" network="Bench">
+<admin name="bench" nick="bench" email="bench@localhost">
+<bind address="127.0.0.1" port="$PORT" type="clients">
+<power diepass="" restartpass="">
+<connect name="bench" allow="*" timeout="60" pingfreq="600" hardsendq="1073741824" softsendq="1073741824" recvq="10485760" threshold="1000000000" commandrate="1000000000" fakelag="off" localmax="1000000" globalmax="1000000" maxconnwarn="off" useident="no" limit="1000000" maxchans="100" resolvehostnames="no">
+<performance softlimit="1000000" somaxconn="4096" clonesonconnect="no" nouserdns="yes">
+<pid file="$work/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="$work/inspircd.log">
+<files motd="$work/motd.txt">
+CONF
+        echo bench >"$work/motd.txt"
+        taskset -c "$SERVER_CPU" inspircd --runasroot --nofork --config "$work/inspircd.conf" >"$work/inspircd.out" 2>&1 &
+        ;;
+    ngircd)
+        cat >"$work/ngircd.conf" <<CONF
+[Global]
+Name = ngircd.bench
+Info = bench
+Listen = 127.0.0.1
+Ports = $PORT
+MotdPhrase = bench
+PidFile = $work/ngircd.pid
+[Limits]
+MaxConnections = 0
+MaxConnectionsIP = 0
+MaxJoins = 0
+MaxPenaltyTime = 0
+PingTimeout = 600
+PongTimeout = 600
+[Options]
+DNS = no
+Ident = no
+PAM = no
+CONF
+        taskset -c "$SERVER_CPU" ngircd -n -f "$work/ngircd.conf" >"$work/ngircd.out" 2>&1 &
+        ;;
+    esac
+    server_pid=$!
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "$name did not start listening on port $PORT" >&2
+    return 1
+}
+
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+
+bench() {
+    taskset -c "$BENCH_CPU" "$bin/parley-bench" "$@" --port "$PORT"
+}
+
+run_workload() {
+    local server=$1 workload=$2
+    case $workload in
+    direct) bench direct --server "$server" --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" ;;
+    fanout) bench fanout --server "$server" --members "$MEMBERS" --senders 1 --window "$WINDOW" --duration "$DURATION" ;;
+    rate) bench direct --server "$server" --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" | sed 's/"mode":"direct"/"mode":"rate"/' ;;
+    connect) bench connect --server "$server" --clients "$CLIENTS" --parallel 1000 --source-addresses 250 --hold 2 --server-pid "$server_pid" ;;
+    offline) [ "$server" = parley ] && bench offline --server "$server" --recipients 20 --messages 50000 ;;
+    esac
+}
+
+for workload in $WORKLOADS; do
+    for server in $SERVERS; do
+        [ "$workload" = offline ] && [ "$server" != parley ] && continue
+        for run in $(seq "$RUNS"); do
+            echo "== $workload on $server, run $run/$RUNS" >&2
+            start_server "$server"
+            sleep 0.5
+            if ! run_workload "$server" "$workload" | grep '^RESULT ' | sed 's/^RESULT //' >>"$results"; then
+                echo "   $workload on $server failed (see above)" >&2
+            fi
+            stop_server
+            sleep 0.5
+        done
+    done
+done
+
+python3 - "$results" bench/results.md bench/results.svg <<'PY'
+import json, statistics, sys, platform, subprocess, datetime
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+metrics = {  # workload: (metric, label, higher is better)
+    "direct": [("delivered_per_s", "direct, window: delivered msgs/s", True), ("p99_us", "direct, window: p99 latency (us)", False)],
+    "fanout": [("delivered_per_s", "fanout: deliveries/s", True)],
+    "rate": [("p99_us", "direct at fixed rate: p99 latency (us)", False), ("p50_us", "direct at fixed rate: p50 latency (us)", False)],
+    "connect": [("server_bytes_per_conn", "idle connections: server bytes/connection", False),
+                ("server_cpu_us_per_conn", "connect + register: server CPU us/connection", False)],
+    "offline": [("stored_per_s", "offline: durably stored msgs/s", True), ("replayed_per_s", "offline: backlog replayed msgs/s", True)],
+}
+servers = []
+for r in rows:
+    if r["server"] not in servers: servers.append(r["server"])
+def median(workload, server, metric):
+    values = [r[metric] for r in rows if r["mode"] == workload and r["server"] == server and metric in r]
+    return statistics.median(values) if values else None
+lines = []
+cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
+lines.append(f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {cpu or platform.processor()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; "
+             f"server on one core, parley-bench on the other; medians of {max((sum(1 for r in rows if r['mode']==w and r['server']==s) for w in metrics for s in servers), default=0)} runs.")
+lines.append("")
+header = "| workload | " + " | ".join(servers) + " | " + " | ".join(f"Parley/{s}" for s in servers if s != "parley") + " |"
+lines.append(header)
+lines.append("|---" * (1 + len(servers) + len([s for s in servers if s != "parley"])) + "|")
+chart = []
+losses = sum(r.get("lost", 0) + r.get("reordered", 0) + r.get("disconnected", 0) for r in rows)
+for workload, items in metrics.items():
+    for metric, label, higher in items:
+        values = {s: median(workload, s, metric) for s in servers}
+        if all(v is None for v in values.values()): continue
+        cells = [f"{v:,.0f}" if v is not None else "–" for v in values.values()]
+        ratios = []
+        for s in servers:
+            if s == "parley": continue
+            p, o = values.get("parley"), values.get(s)
+            if p and o:
+                ratio = p / o if higher else o / p
+                ratios.append(f"{ratio:.2f}x")
+                chart.append((f"{label} vs {s}", ratio))
+            else:
+                ratios.append("–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+lines.append("")
+lines.append(f"Ratios are Parley's advantage (above 1.00x: Parley better). Lost, reordered or disconnected in all runs: {losses:.0f}.")
+table = "\n".join(lines)
+open(sys.argv[2], "w").write(table + "\n")
+print(table)
+# A horizontal bar chart of the ratios.
+width, bar, left = 900, 22, 430
+height = 40 + bar * len(chart) * 1.4
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0f}" font-family="sans-serif" font-size="12">',
+       f'<text x="10" y="20" font-size="14">Parley relative to each peer (1.0 = equal; longer is better for Parley)</text>']
+scale = (width - left - 60) / max([2.0] + [r for _, r in chart])
+x1 = left + scale * 1.0
+for i, (label, ratio) in enumerate(chart):
+    y = 40 + i * bar * 1.4
+    color = "#2a9d4b" if ratio >= 1 else "#c0392b"
+    svg.append(f'<text x="{left - 8}" y="{y + bar * 0.7:.0f}" text-anchor="end">{label}</text>')
+    svg.append(f'<rect x="{left}" y="{y:.0f}" width="{scale * ratio:.0f}" height="{bar}" fill="{color}"/>')
+    svg.append(f'<text x="{left + scale * ratio + 4:.0f}" y="{y + bar * 0.7:.0f}">{ratio:.2f}x</text>')
+svg.append(f'<line x1="{x1:.0f}" y1="30" x2="{x1:.0f}" y2="{height:.0f}" stroke="#333" stroke-dasharray="4"/>')
+svg.append("</svg>")
+open(sys.argv[3], "w").write("\n".join(svg) + "\n")
+PY
