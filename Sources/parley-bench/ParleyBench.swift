@@ -121,6 +121,13 @@ func connectAll(
     return (connections, latencies, Double(monotonicNanoseconds() - start) / 1e9)
 }
 
+/// Closes every client, lets the closes go out, and stops the event loop.
+func finish(_ connections: [BenchConnection], loop: EventLoop, group: MultiThreadedEventLoopGroup) async throws {
+    for connection in connections { loop.execute { connection.close() } }
+    try await Task.sleep(for: .milliseconds(200))
+    try await group.shutdownGracefully()
+}
+
 // MARK: - connect
 
 struct Connect: AsyncParsableCommand {
@@ -148,9 +155,7 @@ struct Connect: AsyncParsableCommand {
         }
         report.add("disconnected", dropped)
         report.print()
-        for connection in result.connections { loop.execute { connection.close() } }
-        try await Task.sleep(for: .milliseconds(200))
-        try await group.shutdownGracefully()
+        try await finish(result.connections, loop: loop, group: group)
         if dropped > 0 { throw ExitCode(1) }
     }
 }
@@ -335,9 +340,7 @@ struct Direct: AsyncParsableCommand {
         }.get()
         try await runTraffic(mode: "direct", common: common, options: options, loop: loop, connections: connections, traffic: traffic,
                              senders: Array(0..<count), target: { nicks[$0 ^ 1] }, deliveriesPerMessage: 1)
-        for connection in connections { loop.execute { connection.close() } }
-        try await Task.sleep(for: .milliseconds(200))
-        try await group.shutdownGracefully()
+        try await finish(connections, loop: loop, group: group)
     }
 }
 
@@ -397,9 +400,7 @@ struct Fanout: AsyncParsableCommand {
         }.get()
         try await runTraffic(mode: "fanout", common: common, options: options, loop: loop, connections: connections, traffic: traffic,
                              senders: senderIndexes, target: { _ in channelName }, deliveriesPerMessage: members - 1)
-        for connection in connections { loop.execute { connection.close() } }
-        try await Task.sleep(for: .milliseconds(200))
-        try await group.shutdownGracefully()
+        try await finish(connections, loop: loop, group: group)
     }
 }
 
@@ -508,8 +509,6 @@ struct Offline: AsyncParsableCommand {
         report.add("replay_seconds", replaySeconds, digits: 3)
         report.add("reordered", reordered)
         report.print()
-        for connection in created.connections + returning.connections { loop.execute { connection.close() } }
-        try await Task.sleep(for: .milliseconds(200))
-        try await group.shutdownGracefully()
+        try await finish(created.connections + returning.connections, loop: loop, group: group)
     }
 }
