@@ -116,6 +116,26 @@ struct DirectMessageTests {
         try await server.shutdownAndRemove()
     }
 
+    @Test func connectionsStillRegisteringAreCappedAndTimedOut() async throws {
+        let server = try await TestServer {
+            $0.limits.maxUnregisteredConnections = 2
+            $0.limits.registrationTimeoutSeconds = 1
+        }
+        let first = try await TestClient.connect(port: server.ipv4Port)
+        let second = try await TestClient.connect(host: "::1", port: server.ipv6Port)
+        let third = try await TestClient.connect(port: server.ipv4Port)
+        let refused = try await third.expectClosed()
+        #expect(refused.first?.contains("Too many connections are registering") == true)
+        // One of them finishes registering: room for another.
+        try await first.register("early")
+        let fourth = try await TestClient.registered("fourth", port: server.ipv4Port)
+        // The one that never registers is closed with a reason.
+        let lines = try await second.expectClosed(timeout: .seconds(5))
+        #expect(lines.last?.contains("Registration timed out") == true)
+        for client in [first, fourth] { await client.close() }
+        try await server.shutdownAndRemove()
+    }
+
     @Test func gracefulShutdownTellsClientsWhy() async throws {
         let server = try await TestServer()
         let alice = try await TestClient.registered("alice", port: server.ipv4Port)
