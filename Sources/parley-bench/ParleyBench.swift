@@ -186,6 +186,21 @@ final class Traffic: @unchecked Sendable {
         padding = String(repeating: "x", count: max(0, payloadBytes))
     }
 
+    /// Connections written to since the last flush. One flush task per burst of reads instead
+    /// of a system call per message: the load generator must not be the bottleneck.
+    private var unflushed: [BenchConnection] = []
+
+    func needsFlush(_ connection: BenchConnection, on loop: EventLoop) {
+        if unflushed.isEmpty {
+            loop.execute {
+                let pending = self.unflushed
+                self.unflushed.removeAll(keepingCapacity: true)
+                for connection in pending { connection.flush() }
+            }
+        }
+        unflushed.append(connection)
+    }
+
     func line(from sender: Int, to target: String) -> ByteBuffer {
         let sequence = sent[sender]
         sent[sender] += 1
@@ -332,7 +347,7 @@ struct Direct: AsyncParsableCommand {
                     if traffic.running {
                         let peer = sender ^ 1
                         connections[sender].write(traffic.line(from: sender, to: nicks[peer]))
-                        connections[sender].flush()
+                        traffic.needsFlush(connections[sender], on: loop)
                         traffic.inFlight[sender] += 1
                     }
                 }
@@ -392,7 +407,7 @@ struct Fanout: AsyncParsableCommand {
                     traffic.inFlight[sender] -= 1
                     if traffic.running {
                         connections[sender].write(traffic.line(from: sender, to: channelName))
-                        connections[sender].flush()
+                        traffic.needsFlush(connections[sender], on: loop)
                         traffic.inFlight[sender] += 1
                     }
                 }
