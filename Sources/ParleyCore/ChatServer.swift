@@ -122,11 +122,10 @@ public struct ChatServer: Sendable {
 
     /// Handles one message from a client.
     public mutating func receive(_ message: IRCMessage, from connection: ConnectionID, now: Timestamp, into outbox: inout Outbox) {
-        guard var session = sessions[connection], !session.isClosing else { return }
+        guard let session = sessions[connection], !session.isClosing else { return }
         session.lastActivity = now
         session.pingSentAt = nil
         let label = session.has(.labeledResponse) ? validLabel(message.tagValue("label")) : nil
-        sessions[connection] = session
 
         var context = CommandContext(connection: connection, now: now, label: label)
         let verb = message.command.uppercased()
@@ -240,11 +239,21 @@ public struct ChatServer: Sendable {
     }
 
     mutating func recordWhowas(_ session: Session, now: Timestamp) {
-        guard let nick = session.nick, configuration.whowasLength > 0 else { return }
-        if whowas.count >= configuration.whowasLength { whowas.removeFirst(whowas.count - configuration.whowasLength + 1) }
-        whowas.append(WhowasEntry(
+        if let entry = whowasEntry(session, now: now) { recordWhowas(entry) }
+    }
+
+    /// What WHOWAS will say of this session as it is now (taken before a nick change).
+    func whowasEntry(_ session: Session, now: Timestamp) -> WhowasEntry? {
+        guard let nick = session.nick else { return nil }
+        return WhowasEntry(
             nick: nick.name, folded: nick.folded, username: session.displayUsername, host: session.host,
-            realname: session.realname, accountName: session.accountName, leftAt: now))
+            realname: session.realname, accountName: session.accountName, leftAt: now)
+    }
+
+    mutating func recordWhowas(_ entry: WhowasEntry) {
+        guard configuration.whowasLength > 0 else { return }
+        if whowas.count >= configuration.whowasLength { whowas.removeFirst(whowas.count - configuration.whowasLength + 1) }
+        whowas.append(entry)
     }
 
     // MARK: - Rendering replies

@@ -145,4 +145,17 @@ struct AccountFlowTests {
         #expect(harness.closed.contains(victim))
         #expect(harness.inbox(victim).last == "ERROR :Closing link: 127.0.0.1 (Killed (oper (spam)))")
     }
+
+    @Test func whowasRemembersTheNickBeforeAChange() {
+        var harness = CoreHarness()
+        let user = harness.register("before")
+        let watcher = harness.register("watcher")
+        harness.send(watcher, "MONITOR + before")
+        harness.send(user, "NICK after")
+        let whowas = harness.send(watcher, "WHOWAS before")
+        #expect(whowas.first == ":parley.local 314 watcher before ~before 127.0.0.1 * :before Example")
+        #expect(harness.inbox(watcher) == [":parley.local 731 watcher :before"], "the old nick went offline")
+        #expect(harness.send(watcher, "WHOWAS after").commands == ["406", "369"])
+    }
 }
+

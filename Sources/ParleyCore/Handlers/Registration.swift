@@ -133,6 +133,9 @@ extension ChatServer {
     mutating func changeNick(of connection: ConnectionID, to nick: Nickname, context: inout CommandContext, outbox: inout Outbox) {
         guard let session = sessions[connection], let old = session.nick else { return }
         let oldPrefix = session.prefix
+        // Sessions are shared references: keep what the old nick looked like before renaming.
+        let departed = whowasEntry(session, now: context.now)
+        let oldSession = Session(snapshotOf: session)
         let members = nickIndex[old.folded]?.connections ?? [connection]
         nickIndex[old.folded] = nil
         var holder = nickIndex[nick.folded] ?? NickHolder(connections: [], accountKey: session.accountKey)
@@ -147,8 +150,8 @@ extension ChatServer {
         }
         for neighbour in channelNeighbours(of: members) { send(change, to: neighbour, into: &outbox) }
         if old.folded != nick.folded {
-            recordWhowas(session, now: context.now)
-            notifyMonitors(nick: old, online: false, session: session, into: &outbox)
+            if let departed { recordWhowas(departed) }
+            notifyMonitors(nick: old, online: false, session: oldSession, into: &outbox)
             if let updated = sessions[connection] { notifyMonitors(nick: nick, online: true, session: updated, into: &outbox) }
         }
     }
