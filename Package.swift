@@ -66,6 +66,8 @@ let package = Package(
             name: "parley-server",
             dependencies: [
                 "ParleyServer", "ParleyStore", "ParleyCore", "IRCWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -18,11 +18,13 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var history = History()
     /// swift-log level: trace (logs every protocol line), debug, info, notice, warning, error.
     public var logLevel = "info"
+    /// Event loop threads; 0 means one per CPU the process may use.
+    public var threads = 0
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case serverName, networkName, motd, dataDirectory, listeners, tls, limits, accounts, operators, history, logLevel
+        case serverName, networkName, motd, dataDirectory, listeners, tls, limits, accounts, operators, history, logLevel, threads
     }
 
     public init(from decoder: any Decoder) throws {
@@ -39,6 +41,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         operators = try container.decode(.operators, default: defaults.operators)
         history = try container.decode(.history, default: defaults.history)
         logLevel = try container.decode(.logLevel, default: defaults.logLevel)
+        threads = try container.decode(.threads, default: defaults.threads)
     }
 
     public struct Listener: Sendable, Codable, Equatable {

@@ -1,6 +1,8 @@
 import ArgumentParser
 import IRCWire
 import Foundation
+import NIOCore
+import NIOPosix
 import Logging
 import ParleyCore
 import ParleyServer
@@ -88,19 +90,26 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "parley")
         let store = try data.openStore(configuration)
+        // One event loop per CPU this process may run on (taskset included): more loops than
+        // CPUs only adds thread hops between connections.
+        let threads = configuration.threads > 0 ? configuration.threads : availableCPUCount()
+        let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        logger.info("event loops", metadata: ["threads": "\(threads)"])
         do {
-            let server = try await ParleyServer(configuration: configuration, store: store, logger: logger)
-            let group = ServiceGroup(
+            let server = try await ParleyServer(configuration: configuration, store: store, group: eventLoops, logger: logger)
+            let services = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: server)],
                     gracefulShutdownSignals: [.sigterm, .sigint],
                     logger: logger))
-            try await group.run()
+            try await services.run()
         } catch {
             try? await store.close()
+            try? await eventLoops.shutdownGracefully()
             throw error
         }
         try await store.close()
+        try? await eventLoops.shutdownGracefully()
     }
 }
 
@@ -204,4 +213,15 @@ func readPassword(prompt: String, minimumLength: Int) throws -> String {
         throw ValidationError("the password must be at least \(minimumLength) bytes")
     }
     return password
+}
+
+/// The CPUs this process may run on (its affinity mask, which taskset sets), at least 1.
+func availableCPUCount() -> Int {
+    if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+       let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed:") }) {
+        let mask = line.dropFirst("Cpus_allowed:".count).filter { $0.isHexDigit }
+        let count = mask.reduce(0) { $0 + (Int(String($1), radix: 16) ?? 0).nonzeroBitCount }
+        if count > 0 { return count }
+    }
+    return max(1, NIOCore.System.coreCount)
 }
