@@ -42,7 +42,9 @@ extension IRCMessage {
         let end = bytes.count
         func skipSpaces() { while index < end && bytes[index] == space { index += 1 } }
         func string(_ from: Int, _ to: Int) throws(IRCParseError) -> String {
-            let slice = UnsafeRawBufferPointer(rebasing: bytes[from..<to])
+            // A typed UInt8 buffer takes the standard library's contiguous UTF-8 fast path; a
+            // rebased raw slice went through generic code (metadata lookups per field).
+            let slice = UnsafeBufferPointer<UInt8>(start: bytes.baseAddress.map { ($0 + from).assumingMemoryBound(to: UInt8.self) }, count: to - from)
             if validateUTF8 {
                 guard let text = String(validating: slice, as: UTF8.self) else { throw .invalidUTF8 }
                 return text

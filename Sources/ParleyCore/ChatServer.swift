@@ -44,6 +44,13 @@ public struct ChatServer: Sendable {
     /// Read markers: account -> conversation key -> time of the last read message.
     var readMarkers: [String: [String: Timestamp]] = [:]
     var lastPrune: Timestamp?
+    /// The `time` tag of the current millisecond: hundreds of messages share it under load.
+    var cachedTimeTag: (time: Timestamp, text: String) = (Timestamp(millisecondsSince1970: -1), "")
+
+    mutating func timeTag(_ now: Timestamp) -> String {
+        if cachedTimeTag.time != now { cachedTimeTag = (now, now.iso8601) }
+        return cachedTimeTag.text
+    }
     /// Recent sends by client message id (`+parley.chat/cid`), per account, so a client that
     /// resends after a reconnect does not deliver twice.
     var recentSends: [String: RecentSends] = [:]
@@ -128,7 +135,8 @@ public struct ChatServer: Sendable {
         let label = session.has(.labeledResponse) ? validLabel(message.tagValue("label")) : nil
 
         var context = CommandContext(connection: connection, now: now, label: label)
-        let verb = message.command.uppercased()
+        // Commands nearly always arrive in upper case already; only fold the others.
+        let verb = message.command.utf8.allSatisfy({ $0 < UInt8(ascii: "a") || $0 > UInt8(ascii: "z") }) ? message.command : message.command.uppercased()
         do throws(CommandError) {
             guard let command = Self.commandTable[verb] else {
                 throw .numeric(.errUnknownCommand, message.command, "Unknown command")

@@ -765,7 +765,7 @@ extension ChatServer {
             throw .fail(verb, "MESSAGE_TOO_LONG", channel.name, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
         }
         let messageID = messageIDs.next()
-        var tags = [IRCTag("time", context.now.iso8601), IRCTag("msgid", messageID)]
+        var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)]
         if let account = sender.accountName { tags.append(IRCTag("account", account)) }
         tags.append(contentsOf: clientTags)
         let relayed = IRCMessage(tags: tags, source: sender.prefix, command: verb,

@@ -106,7 +106,7 @@ extension ChatServer {
         }
 
         let messageID = messageIDs.next()
-        var tags = [IRCTag("time", context.now.iso8601), IRCTag("msgid", messageID)]
+        var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)]
         if let account = sender.accountName { tags.append(IRCTag("account", account)) }
         tags.append(contentsOf: clientTags)
         let relayed = IRCMessage(
