@@ -6,8 +6,9 @@ import NIOCore
 /// feeds it connection events and parsed messages with the current time, and carries out what it
 /// decides (an `Outbox` of encoded lines and actions).
 ///
-/// Ownership rule: `ChatServer` is a value; exactly one owner mutates it at a time (the server
-/// shell keeps it behind one lock and never waits on I/O while holding it).
+/// Ownership rule: exactly one owner uses a `ChatServer` at a time (the server shell keeps it
+/// behind one lock and never waits on I/O while holding it). Sessions are held by reference, so
+/// a copy of a `ChatServer` is not independent of the original: never keep two.
 public struct ChatServer: Sendable {
     public let configuration: ChatConfiguration
     public let startedAt: Timestamp
@@ -46,11 +47,6 @@ public struct ChatServer: Sendable {
     var lastPrune: Timestamp?
     /// The `time` tag of the current millisecond: hundreds of messages share it under load.
     var cachedTimeTag: (time: Timestamp, text: String) = (Timestamp(millisecondsSince1970: -1), "")
-
-    mutating func timeTag(_ now: Timestamp) -> String {
-        if cachedTimeTag.time != now { cachedTimeTag = (now, now.iso8601) }
-        return cachedTimeTag.text
-    }
     /// Recent sends by client message id (`+parley.chat/cid`), per account, so a client that
     /// resends after a reconnect does not deliver twice.
     var recentSends: [String: RecentSends] = [:]
@@ -121,6 +117,11 @@ public struct ChatServer: Sendable {
 
     func fold(_ text: String) -> String { configuration.caseMapping.fold(text) }
 
+    mutating func timeTag(_ now: Timestamp) -> String {
+        if cachedTimeTag.time != now { cachedTimeTag = (now, now.iso8601) }
+        return cachedTimeTag.text
+    }
+
     // MARK: - Connection lifecycle
 
     public mutating func connectionOpened(_ connection: ConnectionID, host: String, isSecure: Bool, now: Timestamp) {
@@ -129,7 +130,7 @@ public struct ChatServer: Sendable {
 
     /// Handles one message from a client.
     public mutating func receive(_ message: IRCMessage, from connection: ConnectionID, now: Timestamp, into outbox: inout Outbox) {
-        guard let session = sessions[connection], !session.isClosing else { return }
+        guard let session = sessions[connection] else { return }
         session.lastActivity = now
         session.pingSentAt = nil
         let label = session.has(.labeledResponse) ? validLabel(message.tagValue("label")) : nil
@@ -137,6 +138,7 @@ public struct ChatServer: Sendable {
         var context = CommandContext(connection: connection, now: now, label: label)
         // Commands nearly always arrive in upper case already; only fold the others.
         let verb = message.command.utf8.allSatisfy({ $0 < UInt8(ascii: "a") || $0 > UInt8(ascii: "z") }) ? message.command : message.command.uppercased()
+        context.verb = verb
         do throws(CommandError) {
             guard let command = Self.commandTable[verb] else {
                 throw .numeric(.errUnknownCommand, message.command, "Unknown command")
@@ -154,14 +156,14 @@ public struct ChatServer: Sendable {
         if context.pendingStores.isEmpty {
             finish(&context, into: &outbox)
         } else {
-            finishDurably(&context, verb: verb, into: &outbox)
+            finishDurably(&context, into: &outbox)
         }
     }
 
     /// A line that could not be parsed: too long, or not UTF-8. `command` and `label` are taken
     /// from a lossy reading of the line so the reply can name what was refused.
     public mutating func receiveInvalidLine(_ problem: InvalidLine, command: String?, label: String?, from connection: ConnectionID, now: Timestamp, into outbox: inout Outbox) {
-        guard let session = sessions[connection], !session.isClosing else { return }
+        guard let session = sessions[connection] else { return }
         let effectiveLabel = session.has(.labeledResponse) ? validLabel(label) : nil
         var context = CommandContext(connection: connection, now: now, label: effectiveLabel)
         switch problem {
@@ -187,7 +189,7 @@ public struct ChatServer: Sendable {
 
     /// Closes a connection from the server side: `ERROR` to the client, then the socket.
     public mutating func disconnect(_ connection: ConnectionID, reason: String, now: Timestamp, into outbox: inout Outbox) {
-        guard let session = sessions[connection], !session.isClosing else { return }
+        guard let session = sessions[connection] else { return }
         send(IRCMessage(command: "ERROR", parameters: ["Closing link: \(session.host) (\(reason))"]), to: connection, into: &outbox)
         outbox.actions.append(.close(connection))
         removeSession(connection, quitMessage: reason, now: now, into: &outbox)
@@ -196,7 +198,7 @@ public struct ChatServer: Sendable {
     /// Periodic housekeeping: PINGs to quiet clients, and timeouts.
     public mutating func tick(now: Timestamp, into outbox: inout Outbox) {
         var timedOut: [(ConnectionID, String)] = []
-        for (id, session) in sessions where !session.isClosing {
+        for (id, session) in sessions {
             if !session.isRegistered, now.milliseconds(since: session.connectedAt) > configuration.registrationTimeoutMilliseconds {
                 timedOut.append((id, "Registration timed out"))
             } else if let pingSent = session.pingSentAt {
@@ -273,29 +275,28 @@ public struct ChatServer: Sendable {
     }
 
     func render(_ error: CommandError, in context: inout CommandContext) {
-        guard let session = sessions[context.connection] else { return }
+        guard sessions[context.connection] != nil else { return }
         switch error.reply {
         case .numeric(let numeric, let parameters):
-            context.replies.append(IRCMessage(
-                source: configuration.serverName, command: numeric.rawValue,
-                parameters: [session.replyName] + parameters))
+            numericReply(numeric, parameters, in: &context)
         case .standard(let verb, let command, let code, let contextParameters, let description):
-            context.replies.append(IRCMessage(
-                source: configuration.serverName, command: verb,
-                parameters: [command, code] + contextParameters + [description]))
+            context.replies.append(standardLine(verb, command, code, contextParameters, description))
         }
     }
 
     func numericReply(_ numeric: Numeric, _ parameters: [String], in context: inout CommandContext) {
-        let name = sessions[context.connection]?.replyName ?? "*"
-        context.replies.append(IRCMessage(
-            source: configuration.serverName, command: numeric.rawValue, parameters: [name] + parameters))
+        context.replies.append(self.numeric(numeric, parameters, for: context.connection))
     }
 
-    func standardReply(_ verb: String, _ command: String, _ code: String, _ contextParameters: [String], _ description: String, in context: inout CommandContext) {
-        context.replies.append(IRCMessage(
-            source: configuration.serverName, command: verb,
-            parameters: [command, code] + contextParameters + [description]))
+    /// A numeric addressed to a connection (by its nick, or `*` before it has one).
+    func numeric(_ numeric: Numeric, _ parameters: [String], for connection: ConnectionID) -> IRCMessage {
+        IRCMessage(source: configuration.serverName, command: numeric.rawValue,
+                   parameters: [sessions[connection]?.replyName ?? "*"] + parameters)
+    }
+
+    /// An IRCv3 standard reply: `FAIL|WARN|NOTE <command> <code> [context...] :description`.
+    func standardLine(_ verb: String, _ command: String, _ code: String, _ contextParameters: [String], _ description: String) -> IRCMessage {
+        IRCMessage(source: configuration.serverName, command: verb, parameters: [command, code] + contextParameters + [description])
     }
 
     /// Sends the collected replies of one command, applying labeled-response: no reply becomes

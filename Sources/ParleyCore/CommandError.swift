@@ -30,6 +30,8 @@ struct CommandContext {
     let connection: ConnectionID
     let now: Timestamp
     let label: String?
+    /// The command being handled, upper-cased (set by `ChatServer.receive`).
+    var verb = ""
     var replies: [IRCMessage] = []
     /// Set when the connection was closed while handling; nothing more is sent to it.
     var connectionClosed = false

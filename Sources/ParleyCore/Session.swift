@@ -38,7 +38,6 @@ final class Session: @unchecked Sendable {
     var monitoredNicks: Set<String> = []
     /// Keys of the channels this connection is in.
     var channels: Set<String> = []
-    var isClosing = false
 
     init(id: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp) {
         self.id = id

@@ -23,6 +23,11 @@ public struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertible
         millisecondsSince1970 >= 0 ? millisecondsSince1970 / 1000 : (millisecondsSince1970 - 999) / 1000
     }
 
+    /// For people: `2026-11-25 04:20 UTC`.
+    public var minuteText: String {
+        String(iso8601.prefix(16)).replacingOccurrences(of: "T", with: " ") + " UTC"
+    }
+
     /// ISO 8601 UTC with milliseconds, as `server-time` requires: `2026-11-25T04:20:26.123Z`.
     public var iso8601: String {
         var bytes = [UInt8]()

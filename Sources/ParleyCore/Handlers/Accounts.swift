@@ -168,7 +168,7 @@ extension ChatServer {
     /// The shell finished a password check it was asked for with `.checkPassword`.
     public mutating func completePasswordCheck(ticket: UInt64, succeeded: Bool, now: Timestamp, into outbox: inout Outbox) {
         guard let work = pendingWork.removeValue(forKey: ticket), let id = work.connection,
-              let session = sessions[id], !session.isClosing
+              let session = sessions[id]
         else { return }
         sessions[id]?.pendingTickets -= 1
         switch work {
@@ -242,7 +242,7 @@ extension ChatServer {
                 if let holder = nickIndex[account.key], holder.accountKey == nil, let squatter = holder.connections.first {
                     // A guest cannot hold an account's nick while it is in use; this only
                     // happens if the account was created while the guest had the nick.
-                    disconnectOther(squatter, reason: "Nickname reclaimed by its account", now: context.now, into: &outbox)
+                    disconnect(squatter, reason: "Nickname reclaimed by its account", now: context.now, into: &outbox)
                 }
                 nickIndex[nick.folded]?.accountKey = nil
                 changeNick(of: id, to: accountNick, context: &context, outbox: &outbox)
@@ -255,10 +255,6 @@ extension ChatServer {
             joinGroupsOfAccount(id, &context, &outbox)
             deliverBacklog(to: id, &context, &outbox)
         }
-    }
-
-    mutating func disconnectOther(_ id: ConnectionID, reason: String, now: Timestamp, into outbox: inout Outbox) {
-        disconnect(id, reason: reason, now: now, into: &outbox)
     }
 
     // MARK: REGISTER (IRCv3 draft/account-registration)
@@ -333,7 +329,7 @@ extension ChatServer {
         guard case .registerAccount(let id, let key, let viaNickServ, let label)? = pendingWork.removeValue(forKey: ticket) else { return }
         pendingAccountKeys.remove(key)
         if case .created(let record) = result { accounts[record.key] = record }
-        guard let session = sessions[id], !session.isClosing else { return }
+        guard let session = sessions[id] else { return }
         sessions[id]?.pendingTickets -= 1
         var context = CommandContext(connection: id, now: now, label: label)
         let name = session.nick?.name ?? key
@@ -348,11 +344,11 @@ extension ChatServer {
             }
         case .nameTaken:
             if viaNickServ { nickServNotice("An account named \(name) already exists.", in: &context) } else {
-                standardReply("FAIL", "REGISTER", "ACCOUNT_EXISTS", [name], "An account with that name already exists", in: &context)
+                render(.fail("REGISTER", "ACCOUNT_EXISTS", name, description: "An account with that name already exists"), in: &context)
             }
         case .failed(let reason):
             if viaNickServ { nickServNotice("Registration failed: \(reason)", in: &context) } else {
-                standardReply("FAIL", "REGISTER", "TEMPORARILY_UNAVAILABLE", [name], "Registration failed: \(reason)", in: &context)
+                render(.fail("REGISTER", "TEMPORARILY_UNAVAILABLE", name, description: "Registration failed: \(reason)"), in: &context)
             }
         }
         finish(&context, into: &outbox)

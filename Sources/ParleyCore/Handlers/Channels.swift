@@ -28,11 +28,6 @@ extension ChatServer {
         }
     }
 
-    func numeric(_ numeric: Numeric, _ parameters: [String], for connection: ConnectionID) -> IRCMessage {
-        IRCMessage(source: configuration.serverName, command: numeric.rawValue,
-                   parameters: [sessions[connection]?.replyName ?? "*"] + parameters)
-    }
-
     func role(of connection: ConnectionID, in channel: ChatChannel) -> ChannelRole {
         channel.role(of: connection, account: sessions[connection]?.accountKey)
     }
@@ -424,9 +419,8 @@ extension ChatServer {
             if let holder {
                 addConnections(holder.connections, to: channel.key, announce: true, &context, &outbox)
             } else {
-                let note = IRCMessage(source: configuration.serverName, command: "NOTE",
-                                      parameters: ["INVITE", "MEMBER_OFFLINE", accountName, channel.name, "\(accountName) is offline and will be joined to \(channel.name) at their next login"])
-                context.replies.append(note)
+                context.replies.append(standardLine("NOTE", "INVITE", "MEMBER_OFFLINE", [accountName, channel.name],
+                                                    "\(accountName) is offline and will be joined to \(channel.name) at their next login"))
             }
             return
         }

@@ -108,10 +108,8 @@ extension ChatServer {
         }
         context.pendingStores.append(stored)
         if !full.isEmpty {
-            context.replies.append(IRCMessage(
-                source: configuration.serverName, command: "WARN",
-                parameters: [relayed.command, "INBOX_FULL", channel.name, full.joined(separator: ","),
-                             "Not kept for \(full.joined(separator: ", ")): too many messages are waiting for them"]))
+            context.replies.append(standardLine("WARN", relayed.command, "INBOX_FULL", [channel.name, full.joined(separator: ",")],
+                                                "Not kept for \(full.joined(separator: ", ")): too many messages are waiting for them"))
         }
     }
 
@@ -141,7 +139,8 @@ extension ChatServer {
     }
 
     /// Called after a command's handler: if it stored messages, its replies wait for the commit.
-    mutating func finishDurably(_ context: inout CommandContext, verb: String, into outbox: inout Outbox) {
+    mutating func finishDurably(_ context: inout CommandContext, into outbox: inout Outbox) {
+        let verb = context.verb
         let stores = context.pendingStores
         context.pendingStores = []
         var success = Outbox()
@@ -162,16 +161,13 @@ extension ChatServer {
         let lastSeen = accounts[accountKey]?.lastSeen.map { Timestamp($0) }
         let name = accounts[accountKey]?.name ?? target
         let human = lastSeen.map { "last seen \(Self.humanTime($0, now: now))" } ?? "never seen online"
-        return IRCMessage(
-            source: configuration.serverName, command: "NOTE",
-            parameters: [verb, "RECIPIENT_OFFLINE", name, lastSeen?.iso8601 ?? "never",
-                         "\(name) is offline (\(human)); the message will be delivered when \(name) reconnects"])
+        return standardLine("NOTE", verb, "RECIPIENT_OFFLINE", [name, lastSeen?.iso8601 ?? "never"],
+                            "\(name) is offline (\(human)); the message will be delivered when \(name) reconnects")
     }
 
     /// "2026-11-25 14:03 UTC, 5 minutes ago"
     static func humanTime(_ time: Timestamp, now: Timestamp) -> String {
-        let iso = time.iso8601
-        let clock = String(iso.prefix(16)).replacingOccurrences(of: "T", with: " ") + " UTC"
+        let clock = time.minuteText
         let seconds = max(0, now.milliseconds(since: time) / 1000)
         let ago: String
         switch seconds {
@@ -226,7 +222,7 @@ extension ChatServer {
             var text = stored.text
             if !session.has(.serverTime) {
                 // Without server-time a client would show the replay time; say when it was sent.
-                text = "[sent \(String(stored.time.iso8601.prefix(16)).replacingOccurrences(of: "T", with: " ")) UTC] " + text
+                text = "[sent \(stored.time.minuteText)] " + text
             }
             let parameterTarget = stored.targetKind == .group ? target : (session.nick?.name ?? account)
             emit(IRCMessage(tags: tags, source: stored.senderPrefix, command: stored.command, parameters: [parameterTarget, text]),

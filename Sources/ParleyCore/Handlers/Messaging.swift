@@ -5,7 +5,7 @@ extension ChatServer {
     /// PRIVMSG, NOTICE and TAGMSG: the hot path. Each target gets its own reply on failure, so
     /// one bad target never hides the outcome of the others.
     mutating func handleMessage(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
-        let verb = message.command.uppercased()
+        let verb = context.verb
         guard let targetList = message.parameters.first, !targetList.isEmpty else {
             throw .numeric(.errNoRecipient, "No recipient given (\(verb))")
         }
@@ -152,18 +152,13 @@ struct EncodingCache {
     private var buffers: [ByteBuffer?] = Array(repeating: nil, count: 8)
 
     mutating func line(_ message: IRCMessage, for session: Session, allocator: ByteBufferAllocator) -> ByteBuffer {
-        // time and account belong to their own capabilities; every other tag to message-tags.
+        // A relayed message has time, account and client tags; which of them a receiver gets
+        // depends on these three capabilities (`ChatServer.tagAllowed`), so they key the cache.
         let profile = (session.has(.serverTime) ? 1 : 0) | (session.has(.accountTag) ? 2 : 0) | (session.has(.messageTags) ? 4 : 0)
         if let buffer = buffers[profile] { return buffer }
         var message = message
         if profile != 7 {
-            message.tags.removeAll { tag in
-                switch tag.key {
-                case "time": profile & 1 == 0
-                case "account": profile & 2 == 0
-                default: profile & 4 == 0
-                }
-            }
+            message.tags.removeAll { !ChatServer.tagAllowed($0.key, session) }
         }
         var buffer = allocator.buffer(capacity: 96 + (message.parameters.last?.utf8.count ?? 0))
         message.write(to: &buffer)

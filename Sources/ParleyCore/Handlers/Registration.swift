@@ -190,7 +190,7 @@ extension ChatServer {
     /// Finishes registration once NICK and USER are in, CAP negotiation has ended and no login is
     /// in flight. A pending `PASS` login is started here, when the nick is known.
     mutating func completeRegistrationIfReady(_ id: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
-        guard let session = sessions[id], !session.isRegistered, !session.isClosing,
+        guard let session = sessions[id], !session.isRegistered,
               let nick = session.nick, session.username != nil,
               !session.capNegotiationInProgress, session.pendingTickets == 0
         else { return }
@@ -252,13 +252,11 @@ extension ChatServer {
 
     /// Closes the connection handling the current command, after its replies.
     mutating func disconnect(_ id: ConnectionID, reason: String, context: inout CommandContext, outbox: inout Outbox) {
-        guard let session = sessions[id] else { return }
+        guard sessions[id] != nil else { return }
         finish(&context, into: &outbox)
         context.replies.removeAll()
         context.connectionClosed = true
-        send(IRCMessage(command: "ERROR", parameters: ["Closing link: \(session.host) (\(reason))"]), to: id, into: &outbox)
-        outbox.actions.append(.close(id))
-        removeSession(id, quitMessage: reason, now: context.now, into: &outbox)
+        disconnect(id, reason: reason, now: context.now, into: &outbox)
     }
 
     mutating func sendWelcome(to id: ConnectionID, _ context: inout CommandContext) {

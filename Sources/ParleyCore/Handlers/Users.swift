@@ -197,10 +197,9 @@ extension ChatServer {
             if let account = accounts[fold(nickParameter)] {
                 numericReply(.errNoSuchNick, [nickParameter, "\(account.name) is offline"], in: &context)
                 let lastSeen = account.lastSeen.map { Timestamp($0) }
-                context.replies.append(IRCMessage(
-                    source: configuration.serverName, command: "NOTE",
-                    parameters: ["WHOIS", "LAST_SEEN", account.name, lastSeen?.iso8601 ?? "never",
-                                 lastSeen.map { "\(account.name) was last online \(Self.humanTime($0, now: context.now))" } ?? "\(account.name) has never been online"]))
+                context.replies.append(standardLine(
+                    "NOTE", "WHOIS", "LAST_SEEN", [account.name, lastSeen?.iso8601 ?? "never"],
+                    lastSeen.map { "\(account.name) was last online \(Self.humanTime($0, now: context.now))" } ?? "\(account.name) has never been online"))
             } else {
                 numericReply(.errNoSuchNick, [nickParameter, "No such nick/channel"], in: &context)
             }
