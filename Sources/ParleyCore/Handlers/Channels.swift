@@ -56,6 +56,46 @@ extension ChatServer {
         }
     }
 
+    /// Someone named in KICK or MODE: their connections in the channel, and (for a group) their
+    /// account if it is on the member list. Nil if they are neither present nor listed.
+    struct ChannelTarget {
+        var connections: [ConnectionID]
+        var memberAccount: String?
+        var role: ChannelRole
+        var name: String
+    }
+
+    func channelTarget(_ nick: String, in channel: ChatChannel) -> ChannelTarget? {
+        let folded = fold(nick)
+        let present = channel.joined.filter { sessions[$0]?.nick?.folded == folded }
+        let account = present.first.flatMap { sessions[$0]?.accountKey } ?? folded
+        let memberAccount = channel.accountRoles[account] != nil ? account : nil
+        guard !present.isEmpty || memberAccount != nil else { return nil }
+        let role = present.first.map { self.role(of: $0, in: channel) } ?? memberAccount.flatMap { channel.accountRoles[$0] } ?? .member
+        let name = present.first.flatMap { sessions[$0]?.nick?.name } ?? accounts[account]?.name ?? nick
+        return ChannelTarget(connections: present, memberAccount: memberAccount, role: role, name: name)
+    }
+
+    /// Puts an account on a group's member list with a role, or takes it off (nil), keeping the
+    /// login index (`groupsOfAccount`) in step.
+    mutating func setMembership(_ account: String, _ role: ChannelRole?, in channel: inout ChatChannel) {
+        channel.accountRoles[account] = role
+        if role == nil {
+            groupsOfAccount[account]?.remove(channel.key)
+        } else {
+            groupsOfAccount[account, default: []].insert(channel.key)
+        }
+    }
+
+    /// RPL_TOPIC and RPL_TOPICWHOTIME, or nothing when no topic is set.
+    func topicReplies(_ channel: ChatChannel, for connection: ConnectionID) -> [IRCMessage] {
+        guard !channel.topic.isEmpty else { return [] }
+        return [
+            numeric(.rplTopic, [channel.name, channel.topic], for: connection),
+            numeric(.rplTopicWhoTime, [channel.name, channel.topicSetBy, String((channel.topicSetAt ?? channel.createdAt).millisecondsSince1970 / 1000)], for: connection),
+        ]
+    }
+
     /// Who may manage the member list and the access modes: the owner of a group, or any
     /// operator of a transient channel.
     func managerRole(for channel: ChatChannel) -> ChannelRole { channel.isGroup ? .owner : .op }
@@ -115,15 +155,14 @@ extension ChatServer {
             if let account = session.accountKey {
                 // A logged-in creator makes a persistent group that only its owner opens up.
                 created.owner = account
-                created.accountRoles[account] = .owner
                 created.inviteOnly = true
-                groupsOfAccount[account, default: []].insert(created.key)
+                setMembership(account, .owner, in: &created)
             } else {
                 created.guestRoles[id] = .op
             }
             channels[created.key] = created
             persist(created, into: &outbox)
-            addConnections(sameNickOnline(id), to: created.key, announce: true, &context, &outbox)
+            addConnections(sameNickOnline(id), to: created.key, &context, &outbox)
             return
         }
         if channel.contains(id) { return }
@@ -150,15 +189,13 @@ extension ChatServer {
             channel.invitedNicks.remove(session.nick?.folded ?? "")
             if channel.isGroup, let account {
                 // Joining an open group makes a logged-in user one of its members.
-                channel.accountRoles[account] = .member
-                groupsOfAccount[account, default: []].insert(channel.key)
-                channels[channel.key] = channel
+                setMembership(account, .member, in: &channel)
                 persist(channel, into: &outbox)
             }
             channels[channel.key] = channel
         }
         // An account joins with all of its connections, so its devices stay in step.
-        addConnections(isListedMember || channel.isGroup && account != nil ? sameNickOnline(id) : [id], to: channel.key, announce: true, &context, &outbox)
+        addConnections(isListedMember || channel.isGroup && account != nil ? sameNickOnline(id) : [id], to: channel.key, &context, &outbox)
     }
 
     /// The connections of this user: all devices of its account, or just itself for a guest.
@@ -174,7 +211,7 @@ extension ChatServer {
 
     /// Puts connections into a channel: members see one JOIN per newly present nick, and each
     /// joining connection gets the JOIN, topic and names as after a JOIN of its own.
-    mutating func addConnections(_ connections: [ConnectionID], to key: String, announce: Bool, _ context: inout CommandContext, _ outbox: inout Outbox) {
+    mutating func addConnections(_ connections: [ConnectionID], to key: String, _ context: inout CommandContext, _ outbox: inout Outbox) {
         guard var channel = channels[key] else { return }
         let newcomers = connections.filter { !channel.contains($0) && sessions[$0]?.isRegistered == true }
         guard let first = newcomers.first, let session = sessions[first] else { return }
@@ -185,7 +222,7 @@ extension ChatServer {
             sessions[connection]?.channels.insert(key)
         }
         channels[key] = channel
-        if announce && !nickWasPresent {
+        if !nickWasPresent {
             for member in existing {
                 guard let memberSession = sessions[member] else { continue }
                 emit(joinMessage(for: session, channel: channel.name, extended: memberSession.has(.extendedJoin)), to: member, &context, &outbox)
@@ -199,10 +236,7 @@ extension ChatServer {
     }
 
     mutating func sendTopicAndNames(_ channel: ChatChannel, to connection: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
-        if !channel.topic.isEmpty {
-            emit(numeric(.rplTopic, [channel.name, channel.topic], for: connection), to: connection, &context, &outbox)
-            emit(numeric(.rplTopicWhoTime, [channel.name, channel.topicSetBy, String((channel.topicSetAt ?? channel.createdAt).millisecondsSince1970 / 1000)], for: connection), to: connection, &context, &outbox)
-        }
+        for line in topicReplies(channel, for: connection) { emit(line, to: connection, &context, &outbox) }
         if let session = sessions[connection], session.has(.readMarker), let account = session.accountKey {
             emit(markReadLine(target: channel.name, time: readMarkers[account]?[channel.key]), to: connection, &context, &outbox)
         }
@@ -244,10 +278,7 @@ extension ChatServer {
         let reason = message.parameters.count > 1 ? String(message.parameters[1].prefix(configuration.kickLength)) : ""
         for raw in message.parameters[0].split(separator: ",").map(String.init) {
             do throws(CommandError) {
-                guard let channel = channels[fold(raw)] else {
-                    throw .numeric(.errNoSuchChannel, raw, "No such channel")
-                }
-                try leave(channel: channel, reason: reason, &context, &outbox)
+                try leave(channel: try existingChannel(raw), reason: reason, &context, &outbox)
             } catch {
                 render(error, in: &context)
             }
@@ -266,9 +297,10 @@ extension ChatServer {
                 throw .fail("PART", "OWNER_CANNOT_LEAVE", channel.name, description: "You own \(channel.name): hand it to another member first (MODE \(channel.name) +q <nick>) or delete it (PRIVMSG ChanServ :DROP \(channel.name))")
             }
             leaving = sameNickConnections(id, in: channel)
-            channels[channel.key]?.accountRoles[account] = nil
-            groupsOfAccount[account]?.remove(channel.key)
-            if let updated = channels[channel.key] { persist(updated, into: &outbox) }
+            var updated = channel
+            setMembership(account, nil, in: &updated)
+            channels[channel.key] = updated
+            persist(updated, into: &outbox)
         }
         let part = IRCMessage(source: session.prefix, command: "PART", parameters: reason.isEmpty ? [channel.name] : [channel.name, reason])
         for member in channel.joined {
@@ -313,11 +345,11 @@ extension ChatServer {
     mutating func joinGroupsOfAccount(_ id: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
         guard let account = sessions[id]?.accountKey else { return }
         for key in (groupsOfAccount[account] ?? []).sorted() where channels[key] != nil {
-            addConnections([id], to: key, announce: true, &context, &outbox)
+            addConnections([id], to: key, &context, &outbox)
         }
     }
 
-    /// Connections sharing a channel with `nick` (excluding that nick's own connections).
+    /// Connections sharing a channel with any of `connections` (excluding those connections).
     func channelNeighbours(of connections: [ConnectionID]) -> Set<ConnectionID> {
         var result: Set<ConnectionID> = []
         for connection in connections {
@@ -339,11 +371,11 @@ extension ChatServer {
             if channel.inviteOnly && !channel.contains(id) {
                 throw .numeric(.errNotOnChannel, channel.name, "You're not on that channel")
             }
-            if channel.topic.isEmpty {
+            let topic = topicReplies(channel, for: id)
+            if topic.isEmpty {
                 numericReply(.rplNoTopic, [channel.name, "No topic is set"], in: &context)
             } else {
-                numericReply(.rplTopic, [channel.name, channel.topic], in: &context)
-                numericReply(.rplTopicWhoTime, [channel.name, channel.topicSetBy, String((channel.topicSetAt ?? channel.createdAt).millisecondsSince1970 / 1000)], in: &context)
+                context.replies.append(contentsOf: topic)
             }
             return
         }
@@ -411,13 +443,12 @@ extension ChatServer {
                 throw .numeric(.errUserOnChannel, target, channel.name, "is already a member of the group")
             }
             let accountName = accounts[accountKey]?.name ?? target
-            channel.accountRoles[accountKey] = .member
+            setMembership(accountKey, .member, in: &channel)
             channels[channel.key] = channel
-            groupsOfAccount[accountKey, default: []].insert(channel.key)
             persist(channel, into: &outbox)
             numericReply(.rplInviting, [accountName, channel.name], in: &context)
             if let holder {
-                addConnections(holder.connections, to: channel.key, announce: true, &context, &outbox)
+                addConnections(holder.connections, to: channel.key, &context, &outbox)
             } else {
                 context.replies.append(standardLine("NOTE", "INVITE", "MEMBER_OFFLINE", [accountName, channel.name],
                                                     "\(accountName) is offline and will be joined to \(channel.name) at their next login"))
@@ -445,35 +476,26 @@ extension ChatServer {
         try requireMembership(channel, id)
         let target = message.parameters[1]
         let reason = message.parameters.count > 2 ? String(message.parameters[2].prefix(configuration.kickLength)) : session.nick?.name ?? ""
-        let targetFolded = fold(target)
-        let present = channel.joined.filter { sessions[$0]?.nick?.folded == targetFolded }
-        let targetAccount = present.first.flatMap { sessions[$0]?.accountKey } ?? (channel.accountRoles[targetFolded] != nil ? targetFolded : nil)
-        let isListed = targetAccount.map { channel.accountRoles[$0] != nil } ?? false
-        if present.isEmpty && !isListed {
+        guard let victim = channelTarget(target, in: channel) else {
             throw .numeric(.errUserNotInChannel, target, channel.name, "They aren't on that channel")
         }
         let kickerRole = role(of: id, in: channel)
-        let targetRole = present.first.map { role(of: $0, in: channel) } ?? targetAccount.flatMap { channel.accountRoles[$0] } ?? .member
         // Removing a group member changes the member list: the owner's decision. Operators
         // may remove guests and lower-ranked users from transient channels.
-        if channel.isGroup && isListed {
+        if channel.isGroup && victim.memberAccount != nil {
             try requireRole(.owner, channel, id)
         } else {
             try requireRole(.op, channel, id)
         }
-        if targetRole == .owner || (targetRole >= kickerRole && kickerRole != .owner) {
+        if victim.role == .owner || (victim.role >= kickerRole && kickerRole != .owner) {
             throw .numeric(.errChanOPrivsNeeded, channel.name, "You cannot kick \(target)")
         }
-        let displayName = present.first.flatMap { sessions[$0]?.nick?.name } ?? accounts[targetAccount ?? ""]?.name ?? target
-        if let targetAccount, isListed {
-            channel.accountRoles[targetAccount] = nil
-            groupsOfAccount[targetAccount]?.remove(channel.key)
-        }
+        if let account = victim.memberAccount { setMembership(account, nil, in: &channel) }
         channels[channel.key] = channel
         if channel.isGroup { persist(channel, into: &outbox) }
-        let kick = IRCMessage(source: session.prefix, command: "KICK", parameters: [channel.name, displayName, reason])
+        let kick = IRCMessage(source: session.prefix, command: "KICK", parameters: [channel.name, victim.name, reason])
         for member in channel.joined { emit(kick, to: member, &context, &outbox) }
-        removeConnections(present, from: channel.key)
+        removeConnections(victim.connections, from: channel.key)
     }
 
     // MARK: RENAME (draft/channel-rename)
@@ -483,9 +505,7 @@ extension ChatServer {
         guard let session = sessions[id] else { return }
         let oldRaw = message.parameters[0], newRaw = message.parameters[1]
         let reason = message.parameters.count > 2 ? String(message.parameters[2].prefix(configuration.kickLength)) : ""
-        guard var channel = channels[fold(oldRaw)] else {
-            throw .numeric(.errNoSuchChannel, oldRaw, "No such channel")
-        }
+        var channel = try existingChannel(oldRaw)
         try requireMembership(channel, id)
         try requireRole(managerRole(for: channel), channel, id)
         let newName: ChannelName
@@ -565,7 +585,6 @@ extension ChatServer {
         let manager = managerRole(for: channel)
         var adding = true
         var applied: [(sign: Character, mode: Character, argument: String?)] = []
-        var memberChanged = false
         for letter in modeString {
             switch letter {
             case "+": adding = true
@@ -631,19 +650,14 @@ extension ChatServer {
                 if myRole < needed {
                     render(.numeric(.errChanOPrivsNeeded, channel.name, needed == .owner ? "Only the group's owner can change +\(letter)" : "You're not a channel operator"), in: &context); continue
                 }
-                let folded = fold(nick)
-                let targets = channel.joined.filter { sessions[$0]?.nick?.folded == folded }
-                let targetAccount = targets.first.flatMap { sessions[$0]?.accountKey } ?? (channel.accountRoles[folded] != nil ? folded : nil)
-                let targetName = targets.first.flatMap { sessions[$0]?.nick?.name } ?? accounts[folded]?.name ?? nick
-                let isListed = targetAccount.map { channel.accountRoles[$0] != nil } ?? false
-                if targets.isEmpty && !isListed {
+                guard let target = channelTarget(nick, in: channel) else {
                     render(.numeric(.errUserNotInChannel, nick, channel.name, "They aren't on that channel"), in: &context); continue
                 }
-                let current = targets.first.map { role(of: $0, in: channel) } ?? targetAccount.flatMap { channel.accountRoles[$0] } ?? .member
+                let current = target.role
                 let wanted: ChannelRole = letter == "q" ? .owner : letter == "o" ? .op : .voice
                 if letter == "q" {
                     guard adding else { continue }
-                    guard let targetAccount, isListed else {
+                    guard let targetAccount = target.memberAccount else {
                         render(.fail("MODE", "ACCOUNT_REQUIRED", nick, channel.name, description: "Ownership goes to a member with an account"), in: &context); continue
                     }
                     if current == .owner { continue }
@@ -651,10 +665,9 @@ extension ChatServer {
                     if let previous = channel.owner { channel.accountRoles[previous] = .op }
                     channel.owner = targetAccount
                     channel.accountRoles[targetAccount] = .owner
-                    applied.append(("+", "q", targetName))
+                    applied.append(("+", "q", target.name))
                     applied.append(("-", "q", session.nick?.name ?? ""))
                     applied.append(("+", "o", session.nick?.name ?? ""))
-                    memberChanged = true
                     continue
                 }
                 if current == .owner {
@@ -662,19 +675,17 @@ extension ChatServer {
                 }
                 let newRole: ChannelRole = adding ? max(current, wanted) : (current == wanted ? .member : current)
                 if newRole == current { continue }
-                if let targetAccount, isListed {
-                    channel.accountRoles[targetAccount] = newRole
+                if let account = target.memberAccount {
+                    channel.accountRoles[account] = newRole
                 } else {
-                    for target in targets { channel.guestRoles[target] = newRole == .member ? nil : newRole }
+                    for connection in target.connections { channel.guestRoles[connection] = newRole == .member ? nil : newRole }
                 }
-                applied.append((adding ? "+" : "-", letter, targetName))
-                memberChanged = true
+                applied.append((adding ? "+" : "-", letter, target.name))
             default:
                 render(.numeric(.errUnknownMode, String(letter), "is an unknown mode character to me for \(channel.name)"), in: &context)
             }
         }
         guard !applied.isEmpty else { return }
-        _ = memberChanged
         channels[channel.key] = channel
         persist(channel, into: &outbox)
         var modeText = ""
