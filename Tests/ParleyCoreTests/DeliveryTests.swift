@@ -208,4 +208,16 @@ struct DeliveryTests {
         #expect(harness.inbox(bob).isEmpty)
         #expect(harness.storedMessages.count == 1)
     }
+
+    @Test func aRenamedGroupStillDeliversWhatItsOfflineMembersMissed() {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        harness.send(alice, "JOIN #team", "INVITE bob #team")
+        harness.send(alice, "PRIVMSG #team :before the rename")
+        harness.send(alice, "RENAME #team #crew")
+        let bob = harness.connect()
+        let burst = harness.send(bob, "PASS :bob:password-b", "NICK bob", "USER bob 0 * :Bob")
+        #expect(burst.contains { $0.hasSuffix("PRIVMSG #crew :[sent \(harness.now.minuteText)] before the rename") }, "\(burst)")
+    }
 }
+

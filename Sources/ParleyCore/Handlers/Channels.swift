@@ -534,6 +534,7 @@ extension ChatServer {
                 groupsOfAccount[account]?.remove(oldKey)
                 groupsOfAccount[account, default: []].insert(newName.folded)
             }
+            rekeyDeliveryState(from: oldKey, to: newName.folded)
         }
         persist(channel, previousKey: oldKey, into: &outbox)
         let rename = IRCMessage(source: session.prefix, command: "RENAME", parameters: [oldName, newName.name, reason])

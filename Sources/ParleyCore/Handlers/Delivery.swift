@@ -403,6 +403,34 @@ extension ChatServer {
         IRCMessage(source: configuration.serverName, command: "MARKREAD", parameters: [target, time.map { "timestamp=\($0.iso8601)" } ?? "*"])
     }
 
+    /// A group was renamed: what waits in memory follows it (the store moves its copy itself),
+    /// so offline members still get its messages and receipts name the new group.
+    mutating func rekeyDeliveryState(from oldKey: String, to newKey: String) {
+        for (account, messages) in undelivered where messages.contains(where: { $0.targetKind == .group && $0.target == oldKey }) {
+            undelivered[account] = messages.map { message in
+                guard message.targetKind == .group, message.target == oldKey else { return message }
+                var moved = message
+                moved.target = newKey
+                return moved
+            }
+        }
+        for (id, message) in tracked where message.groupKey == oldKey {
+            tracked[id]?.groupKey = newKey
+        }
+        for (reader, conversations) in unread {
+            if let ids = conversations[oldKey] {
+                unread[reader]?[oldKey] = nil
+                unread[reader]?[newKey] = ids
+            }
+        }
+        for (account, markers) in readMarkers {
+            if let time = markers[oldKey] {
+                readMarkers[account]?[oldKey] = nil
+                readMarkers[account]?[newKey] = time
+            }
+        }
+    }
+
     // MARK: Housekeeping
 
     /// Drops what is older than the retention period, in memory and (through the store) on disk.
