@@ -37,7 +37,7 @@ extension ChatServer {
         readMarkers = state.readMarkers
         for message in state.tracked {
             guard let author = message.senderAccount, !message.recipients.isEmpty else { continue }
-            remember(message, onlineRecipients: message.recipients.filter { $0.deliveredAt != nil && $0.readAt == nil }.map(\.account))
+            remember(message)
             for recipient in message.recipients {
                 if let delivered = recipient.deliveredAt, !recipient.deliveredNotified {
                     pendingReceipts[author, default: []].append(PendingReceipt(messageID: message.id, reader: recipient.account, state: .delivered, time: delivered))
@@ -69,11 +69,9 @@ extension ChatServer {
             }
             recipients.append(recipient)
         }
-        let stored = StoredMessage(
-            id: id, time: context.now, senderNick: sender.nick?.name ?? "*", senderAccount: sender.accountKey,
-            senderPrefix: sender.prefix, targetKind: .direct, target: recipientKey ?? recipientFolded,
-            command: relayed.command, text: text, clientTags: Self.encodeClientTags(clientTags), recipients: recipients)
-        remember(stored, onlineRecipients: online ? recipients.map(\.account) : [])
+        let stored = storedMessage(relayed, id: id, sender: sender, kind: .direct, target: recipientKey ?? recipientFolded,
+                                   text: text, clientTags: clientTags, recipients: recipients, now: context.now)
+        remember(stored)
         if !online, let recipientKey { undelivered[recipientKey, default: []].append(stored) }
         context.pendingStores.append(stored)
     }
@@ -81,9 +79,8 @@ extension ChatServer {
     mutating func storeGroupMessage(_ relayed: IRCMessage, id: String, sender: Session, channel: ChatChannel, text: String,
                                     clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) {
         var recipients: [StoredRecipient] = []
-        var online: [String] = []
         var full: [String] = []
-        for member in channel.accountRoles.keys.sorted() where member != sender.accountKey {
+        for member in channel.accountRoles.keys where member != sender.accountKey {
             if isOnline(account: member) {
                 var recipient = StoredRecipient(account: member, deliveredAt: context.now)
                 if let author = sender.accountKey {
@@ -91,18 +88,15 @@ extension ChatServer {
                                                               state: .delivered, time: context.now, &context, &outbox)
                 }
                 recipients.append(recipient)
-                online.append(member)
             } else if (undelivered[member]?.count ?? 0) >= configuration.maxUndeliveredPerAccount {
                 full.append(accounts[member]?.name ?? member)
             } else {
                 recipients.append(StoredRecipient(account: member))
             }
         }
-        let stored = StoredMessage(
-            id: id, time: context.now, senderNick: sender.nick?.name ?? "*", senderAccount: sender.accountKey,
-            senderPrefix: sender.prefix, targetKind: .group, target: channel.key, command: relayed.command, text: text,
-            clientTags: Self.encodeClientTags(clientTags), recipients: recipients)
-        remember(stored, onlineRecipients: online)
+        let stored = storedMessage(relayed, id: id, sender: sender, kind: .group, target: channel.key,
+                                   text: text, clientTags: clientTags, recipients: recipients, now: context.now)
+        remember(stored)
         for recipient in recipients where recipient.deliveredAt == nil {
             undelivered[recipient.account, default: []].append(stored)
         }
@@ -111,6 +105,14 @@ extension ChatServer {
             context.replies.append(standardLine("WARN", relayed.command, "INBOX_FULL", [channel.name, full.joined(separator: ",")],
                                                 "Not kept for \(full.joined(separator: ", ")): too many messages are waiting for them"))
         }
+    }
+
+    func storedMessage(_ relayed: IRCMessage, id: String, sender: Session, kind: StoredMessage.TargetKind, target: String,
+                       text: String, clientTags: [IRCTag], recipients: [StoredRecipient], now: Timestamp) -> StoredMessage {
+        StoredMessage(
+            id: id, time: now, senderNick: sender.nick?.name ?? "*", senderAccount: sender.accountKey,
+            senderPrefix: sender.prefix, targetKind: kind, target: target, command: relayed.command, text: text,
+            clientTags: Self.encodeClientTags(clientTags), recipients: recipients)
     }
 
     static func encodeClientTags(_ tags: [IRCTag]) -> String {
@@ -124,8 +126,9 @@ extension ChatServer {
         return message.tags
     }
 
-    /// Follows a message for receipts (only messages from accounts have someone to tell).
-    mutating func remember(_ stored: StoredMessage, onlineRecipients: [String]) {
+    /// Follows a message for receipts (only messages from accounts have someone to tell); the
+    /// recipients it reached and who have not read it yet wait for a read marker.
+    mutating func remember(_ stored: StoredMessage) {
         guard let author = stored.senderAccount, !stored.recipients.isEmpty else { return }
         var recipients: [String: StoredRecipient] = [:]
         for recipient in stored.recipients { recipients[recipient.account] = recipient }
@@ -133,8 +136,8 @@ extension ChatServer {
             id: stored.id, author: author, time: stored.time,
             groupKey: stored.targetKind == .group ? stored.target : nil, recipients: recipients)
         let conversation = stored.targetKind == .group ? stored.target : author
-        for reader in onlineRecipients {
-            unread[reader, default: [:]][conversation, default: []].append(stored.id)
+        for recipient in stored.recipients where recipient.deliveredAt != nil && recipient.readAt == nil {
+            unread[recipient.account, default: [:]][conversation, default: []].append(stored.id)
         }
     }
 
@@ -196,7 +199,8 @@ extension ChatServer {
                         parameters: [session.replyName, "You have \(count) message\(count == 1 ? "" : "s") that arrived while you were offline"]),
              to: id, &context, &outbox)
         var updates: [RecipientUpdate] = []
-        var batch: (reference: String, target: String)?
+        // Consecutive messages of one conversation form one chathistory batch.
+        var runs: [(target: String, lines: [IRCMessage])] = []
         for stored in backlog {
             let target: String
             if stored.targetKind == .group {
@@ -205,45 +209,47 @@ extension ChatServer {
             } else {
                 target = stored.senderNick
             }
-            if session.has(.batch), batch?.target != target {
-                if let open = batch {
-                    emit(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + open.reference]), to: id, &context, &outbox)
-                }
-                let reference = makeBatchReference()
-                emit(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["+" + reference, "chathistory", target]), to: id, &context, &outbox)
-                batch = (reference, target)
-            }
-            var tags: [IRCTag] = []
-            if let open = batch { tags.append(IRCTag("batch", open.reference)) }
-            tags.append(IRCTag("time", stored.time.iso8601))
-            tags.append(IRCTag("msgid", stored.id))
-            if let author = stored.senderAccount { tags.append(IRCTag("account", accounts[author]?.name ?? author)) }
-            tags.append(contentsOf: Self.decodeClientTags(stored.clientTags))
-            var text = stored.text
-            if !session.has(.serverTime) {
-                // Without server-time a client would show the replay time; say when it was sent.
-                text = "[sent \(stored.time.minuteText)] " + text
-            }
-            let parameterTarget = stored.targetKind == .group ? target : (session.nick?.name ?? account)
-            emit(IRCMessage(tags: tags, source: stored.senderPrefix, command: stored.command, parameters: [parameterTarget, text]),
-                 to: id, &context, &outbox)
+            // Without server-time a client would show the replay time; say when it was sent.
+            let text = session.has(.serverTime) ? stored.text : "[sent \(stored.time.minuteText)] " + stored.text
+            let line = storedLine(stored, target: stored.targetKind == .group ? target : (session.nick?.name ?? account), text: text)
+            if runs.last?.target == target { runs[runs.count - 1].lines.append(line) } else { runs.append((target, [line])) }
 
             var update = RecipientUpdate(messageID: stored.id, recipient: account, deliveredAt: context.now)
             if var message = tracked[stored.id] {
                 message.recipients[account]?.deliveredAt = context.now
                 tracked[stored.id] = message
-                let conversation = message.groupKey ?? message.author
-                unread[account, default: [:]][conversation, default: []].append(stored.id)
-                let receiptTarget = message.groupKey.flatMap { channels[$0]?.name } ?? (accounts[account]?.name ?? account)
-                update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget, reader: account,
-                                                       state: .delivered, time: context.now, &context, &outbox)
+                unread[account, default: [:]][message.groupKey ?? message.author, default: []].append(stored.id)
+                update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
+                                                       reader: account, state: .delivered, time: context.now, &context, &outbox)
             }
             updates.append(update)
         }
-        if let open = batch {
-            emit(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + open.reference]), to: id, &context, &outbox)
+        for run in runs {
+            for line in batched(run.lines, type: "chathistory", parameters: [run.target], for: session) { emit(line, to: id, &context, &outbox) }
         }
         if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
+    }
+
+    /// A stored message as a client sees it again: original source, time, id, account and
+    /// client tags.
+    func storedLine(_ stored: StoredMessage, target: String, text: String? = nil) -> IRCMessage {
+        var tags = [IRCTag("time", stored.time.iso8601), IRCTag("msgid", stored.id)]
+        if let author = stored.senderAccount { tags.append(IRCTag("account", accounts[author]?.name ?? author)) }
+        tags.append(contentsOf: Self.decodeClientTags(stored.clientTags))
+        return IRCMessage(tags: tags, source: stored.senderPrefix, command: stored.command, parameters: [target, text ?? stored.text])
+    }
+
+    /// Wraps lines in an IRCv3 batch for clients that asked for batches; others get them bare.
+    mutating func batched(_ lines: [IRCMessage], type: String, parameters: [String], for session: Session) -> [IRCMessage] {
+        guard session.has(.batch) else { return lines }
+        let reference = makeBatchReference()
+        var wrapped = [IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["+" + reference, type] + parameters)]
+        for var line in lines {
+            line.tags.insert(IRCTag("batch", reference), at: 0)
+            wrapped.append(line)
+        }
+        wrapped.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + reference]))
+        return wrapped
     }
 
     // MARK: Receipts

@@ -89,45 +89,20 @@ extension ChatServer {
         case .failed(let reason):
             render(.fail("CHATHISTORY", "MESSAGE_ERROR", subcommand, target, description: "History could not be read: \(reason)"), in: &context)
         case .targets(let targets):
-            let reference = makeBatchReference()
-            let batched = session.has(.batch)
-            if batched {
-                context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["+" + reference, "draft/chathistory-targets"]))
-            }
-            for entry in targets {
+            let lines = targets.map { entry in
                 let name = entry.isGroup ? (channels[entry.key]?.name ?? entry.key) : (accounts[entry.key]?.name ?? entry.key)
-                context.replies.append(IRCMessage(
-                    tags: batched ? [IRCTag("batch", reference)] : [], source: configuration.serverName,
-                    command: "CHATHISTORY", parameters: ["TARGETS", name, "timestamp=\(entry.latest.iso8601)"]))
+                return IRCMessage(source: configuration.serverName, command: "CHATHISTORY", parameters: ["TARGETS", name, "timestamp=\(entry.latest.iso8601)"])
             }
-            if batched {
-                context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + reference]))
-            }
+            context.replies.append(contentsOf: batched(lines, type: "draft/chathistory-targets", parameters: [], for: session))
         case .messages(let messages) where subcommand == "RECEIPTS":
             receiptStatusReplies(requested: target.split(separator: ",").map(String.init), found: messages, into: &context)
         case .messages(let messages):
-            let reference = makeBatchReference()
-            let batched = session.has(.batch)
-            if batched {
-                context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["+" + reference, "chathistory", target]))
+            let lines = messages.map { stored in
+                storedLine(stored, target: stored.targetKind == .group
+                    ? (channels[stored.target]?.name ?? target)
+                    : (accounts[stored.target]?.name ?? stored.target))
             }
-            for stored in messages {
-                var tags: [IRCTag] = batched ? [IRCTag("batch", reference)] : []
-                tags.append(IRCTag("time", stored.time.iso8601))
-                tags.append(IRCTag("msgid", stored.id))
-                if let author = stored.senderAccount { tags.append(IRCTag("account", accounts[author]?.name ?? author)) }
-                tags.append(contentsOf: Self.decodeClientTags(stored.clientTags))
-                let shownTarget: String
-                if stored.targetKind == .group {
-                    shownTarget = channels[stored.target]?.name ?? target
-                } else {
-                    shownTarget = accounts[stored.target]?.name ?? stored.target
-                }
-                context.replies.append(IRCMessage(tags: tags, source: stored.senderPrefix, command: stored.command, parameters: [shownTarget, stored.text]))
-            }
-            if batched {
-                context.replies.append(IRCMessage(source: configuration.serverName, command: "BATCH", parameters: ["-" + reference]))
-            }
+            context.replies.append(contentsOf: batched(lines, type: "chathistory", parameters: [target], for: session))
         }
         finish(&context, into: &outbox)
     }
