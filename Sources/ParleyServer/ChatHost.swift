@@ -178,14 +178,19 @@ final class ChatHost: Sendable {
             if item.closeAfter { closing = true }
         }
         if closing {
-            let promise = channel.eventLoop.makePromise(of: Void.self)
-            channel.writeAndFlush(ByteBuffer(), promise: promise)
-            promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
-            // A client that stops reading never lets the flush finish: close anyway.
-            channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+            closeAfterFlush(channel)
         } else {
             channel.flush()
         }
+    }
+
+    /// Flushes, then closes once the data has gone out (the client sees its ERROR line).
+    static func closeAfterFlush(_ channel: Channel) {
+        let promise = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(ByteBuffer(), promise: promise)
+        promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        // A client that stops reading never lets the flush finish: close anyway.
+        channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
     }
 
     // MARK: Slow work

@@ -192,9 +192,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         if !channelsToFlush.isEmpty {
             for (key, channel) in channelsToFlush {
                 if channelsToClose[key] != nil {
-                    let promise = channel.eventLoop.makePromise(of: Void.self)
-                    channel.writeAndFlush(ByteBuffer(), promise: promise)
-                    promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+                    ChatHost.closeAfterFlush(channel)
                 } else {
                     channel.flush()
                 }

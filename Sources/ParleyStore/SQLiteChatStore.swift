@@ -140,31 +140,6 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
-    public func updateSettings(accountKey: String, _ settings: [String: String]) async throws {
-        let encoded = try Self.encodeSettings(settings)
-        try await pool.write { db in
-            try db.execute(sql: "UPDATE accounts SET settings = ? WHERE key = ?", arguments: [encoded, accountKey])
-        }
-    }
-
-    public func deleteAccount(accountKey: String) async throws -> Bool {
-        try await pool.write { db in
-            try db.execute(sql: "DELETE FROM accounts WHERE key = ?", arguments: [accountKey])
-            return db.changesCount > 0
-        }
-    }
-
-    public func recordLastSeen(accountKey: String, at date: Date) async throws {
-        try await pool.write { db in
-            try db.execute(sql: "UPDATE accounts SET last_seen = ? WHERE key = ?", arguments: [Self.milliseconds(date), accountKey])
-        }
-    }
-
-    public func appendMessages(_ messages: [StoredMessage]) async throws {
-        guard !messages.isEmpty else { return }
-        try await pool.write { db in try Self.insertMessages(messages, in: db) }
-    }
-
     static func insertMessages(_ messages: [StoredMessage], in db: Database) throws {
         let statement = try db.cachedStatement(sql: """
             INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags, sender_key)
@@ -395,12 +370,6 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
-    public func saveGroup(_ group: GroupRecord, previousKey: String?) async throws {
-        try await pool.write { db in
-            try Self.saveGroup(group, previousKey: previousKey, in: db)
-        }
-    }
-
     static func saveGroup(_ group: GroupRecord, previousKey: String?, in db: Database) throws {
         if let previousKey, previousKey != group.key {
             try db.execute(sql: "DELETE FROM groups WHERE key = ?", arguments: [previousKey])
@@ -429,12 +398,6 @@ public final class SQLiteChatStore: ChatStore {
         let ban = try db.cachedStatement(sql: "INSERT INTO group_bans (group_key, mask, set_by, set_at) VALUES (?, ?, ?, ?)")
         for entry in group.bans {
             try ban.execute(arguments: [group.key, entry.mask, entry.setBy, entry.setAt.millisecondsSince1970])
-        }
-    }
-
-    public func deleteGroup(key: String) async throws {
-        try await pool.write { db in
-            try db.execute(sql: "DELETE FROM groups WHERE key = ?", arguments: [key])
         }
     }
 

@@ -363,7 +363,8 @@ extension ChatServer {
             throw .fail("MARKREAD", "ACCOUNT_REQUIRED", message.parameters[0], description: "Log in to an account to keep read markers")
         }
         let target = message.parameters[0]
-        let conversation = target.hasPrefix("#") ? fold(target) : fold(target)
+        // A group's key or the other person's account: both are the folded target.
+        let conversation = fold(target)
         let current = readMarkers[account]?[conversation]
         guard message.parameters.count > 1 else {
             context.replies.append(markReadLine(target: target, time: current))
@@ -387,7 +388,7 @@ extension ChatServer {
         // Read receipts: only from clients that opted in to receipts, and only if the user
         // has not turned them off. The marker above syncs the user's devices either way.
         let disclose = session.has(.receipts) && accounts[account]?.settings[Self.readReceiptsSetting] != "off"
-        guard var waiting = unread[account]?[conversation], !waiting.isEmpty else { return }
+        guard let waiting = unread[account]?[conversation], !waiting.isEmpty else { return }
         var updates: [RecipientUpdate] = []
         var remaining: [String] = []
         for messageID in waiting {
@@ -400,8 +401,7 @@ extension ChatServer {
                                    reader: account, state: .read, time: time, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
         }
-        waiting = remaining
-        unread[account]?[conversation] = waiting.isEmpty ? nil : waiting
+        unread[account]?[conversation] = remaining.isEmpty ? nil : remaining
         if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
     }
 
