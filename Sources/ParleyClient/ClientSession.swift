@@ -201,8 +201,9 @@ public struct ClientSession: Sendable {
             if reference.hasPrefix("+") {
                 let type = message.parameters.count > 1 ? message.parameters[1] : ""
                 batches[String(reference.dropFirst())] = (type, message.parameters.count > 2 ? message.parameters[2] : nil, label)
-            } else {
-                batches[String(reference.dropFirst())] = nil
+            } else if let closed = batches.removeValue(forKey: String(reference.dropFirst())), let finished = closed.label {
+                // The end of a labeled-response batch: that request is answered.
+                labels[finished] = nil
             }
         case "PRIVMSG", "NOTICE":
             handleMessage(message, sourceNick: sourceNick, fromServer: fromServer, label: label, batchReference: batchReference, &events)
@@ -299,7 +300,8 @@ public struct ClientSession: Sendable {
         default:
             break
         }
-        if let label = message.tagValue("label"), message.command != "BATCH", case .command? = labels[label] {
+        // A labeled reply outside a batch is the whole answer: forget the label.
+        if let label = message.tagValue("label"), message.command != "BATCH" {
             labels[label] = nil
         }
         return (lines, events)
