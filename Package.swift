@@ -78,6 +78,7 @@ let package = Package(
             name: "parley",
             dependencies: [
                 "ParleyClient", "IRCWire",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

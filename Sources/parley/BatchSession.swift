@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import ParleyClient
 
 /// `parley --batch`: commands from standard input, one JSON event per line on standard output.
@@ -9,26 +10,26 @@ struct BatchSession {
 
     func run() async -> Int32 {
         let client = ChatClient(address: address, login: login)
-        let interpreter = Locked(CommandInterpreter())
-        let status = Locked<Int32>(0)
-        let output = Locked(())
+        let interpreter = NIOLockedValueBox(CommandInterpreter())
+        let status = NIOLockedValueBox<Int32>(0)
+        let output = NIOLockedValueBox(())
         @Sendable func emit(_ event: ClientEvent) {
-            output.withLock { _ in FileHandle.standardOutput.write(Data((event.jsonLine + "\n").utf8)) }
+            output.withLockedValue { _ in FileHandle.standardOutput.write(Data((event.jsonLine + "\n").utf8)) }
         }
 
         let events = Task {
             for await event in client.events {
                 emit(event)
-                if event.type == .loginFailed { status.withLock { $0 = 1 } }
+                if event.type == .loginFailed { status.withLockedValue { $0 = 1 } }
                 if event.type == .message, let conversation = event.conversation, let time = event.time,
-                   interpreter.withLock({ $0.conversation?.lowercased() == conversation.lowercased() }) {
+                   interpreter.withLockedValue({ $0.conversation?.lowercased() == conversation.lowercased() }) {
                     client.sendLine { $0.markRead(conversation, time: time) }
                 }
             }
         }
         let input = Task.detached {
             while let line = readLine(strippingNewline: true) {
-                let actions = interpreter.withLock { $0.interpret(line) }
+                let actions = interpreter.withLockedValue { $0.interpret(line) }
                 if let reason = perform(actions, on: client, report: emit) {
                     await client.stop(reason: reason)
                     return
@@ -40,7 +41,7 @@ struct BatchSession {
             while ContinuousClock.now < deadline {
                 let session = client.session
                 let settled = session.isRegistered && !session.outgoing.values.contains { $0.state == .pending }
-                if settled || status.withLock({ $0 }) != 0 { break }
+                if settled || status.withLockedValue({ $0 }) != 0 { break }
                 try? await Task.sleep(for: .milliseconds(50))
             }
             await client.stop(reason: "End of input")
@@ -54,6 +55,6 @@ struct BatchSession {
         }
         _ = await events.value
         input.cancel()
-        return status.withLock { $0 }
+        return status.withLockedValue { $0 }
     }
 }

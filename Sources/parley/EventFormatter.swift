@@ -6,12 +6,15 @@ import ParleyClient
 struct EventFormatter {
     let style: Style
 
+    /// A server time (`2026-11-25T10:00:00.000Z`, milliseconds optional) as a date.
+    static func date(_ iso: String?) -> Date? {
+        guard let iso else { return nil }
+        return ISO8601DateFormatter.withFractions.date(from: iso) ?? ISO8601DateFormatter().date(from: iso)
+    }
+
+    /// Local HH:mm of a server time, or of now.
     static func clock(_ iso: String?) -> String {
-        guard let iso, iso.count >= 19, let date = ISO8601DateFormatter.withFractions.date(from: iso) ?? ISO8601DateFormatter().date(from: iso) else {
-            let now = Date()
-            return localTime(now)
-        }
-        return localTime(date)
+        localTime(date(iso) ?? Date())
     }
 
     static func localTime(_ date: Date) -> String {
@@ -21,7 +24,7 @@ struct EventFormatter {
     }
 
     static func describeLastSeen(_ iso: String?) -> String {
-        guard let iso, let date = ISO8601DateFormatter.withFractions.date(from: iso) else { return "never seen online" }
+        guard let date = date(iso) else { return "never seen online" }
         let formatter = DateFormatter()
         formatter.dateFormat = "yyyy-MM-dd HH:mm"
         let seconds = max(0, Int(Date().timeIntervalSince(date)))

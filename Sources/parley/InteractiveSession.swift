@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import ParleyClient
 
 /// The screen: messages above, one input line below, never garbled; the terminal is put back
@@ -18,21 +19,21 @@ struct InteractiveSession {
         let terminal = Terminal()
         let screen = Screen()
         let formatter = EventFormatter(style: .fromEnvironment)
-        let interpreter = Locked(CommandInterpreter())
-        let loginFailure = Locked<String?>(nil)
-        let quitting = Locked(false)
+        let interpreter = NIOLockedValueBox(CommandInterpreter())
+        let loginFailure = NIOLockedValueBox<String?>(nil)
+        let quitting = NIOLockedValueBox(false)
 
         @Sendable func show(_ event: ClientEvent) {
             screen.print(formatter.lines(for: event, ownNick: login.account))
         }
         @Sendable func quit(_ reason: String) {
-            guard quitting.withLock({ flag in defer { flag = true }; return !flag }) else { return }
+            guard quitting.withLockedValue({ flag in defer { flag = true }; return !flag }) else { return }
             Task { await client.stop(reason: reason) }
         }
 
         terminal.enterRawMode()
         screen.start()
-        screen.setPrompt(interpreter.withLock { $0.prompt })
+        screen.setPrompt(interpreter.withLockedValue { $0.prompt })
         screen.print(["Connecting to \(address) as \(login.account)…"])
 
         // Signals end the session cleanly too; the terminal is restored below in every case.
@@ -55,11 +56,11 @@ struct InteractiveSession {
         let events = Task {
             for await event in client.events {
                 if event.type == .loginFailed {
-                    loginFailure.withLock { $0 = event.reason ?? "refused" }
+                    loginFailure.withLockedValue { $0 = event.reason ?? "refused" }
                     continue
                 }
                 show(event)
-                interpreter.withLock { interpreter in
+                interpreter.withLockedValue { interpreter in
                     if let from = event.from, !from.contains("."), event.type == .message { interpreter.knownNicks.insert(from) }
                     if let user = event.user { interpreter.knownNicks.insert(user) }
                     if let conversation = event.conversation, conversation.hasPrefix("#") { interpreter.knownGroups.insert(conversation) }
@@ -78,7 +79,7 @@ struct InteractiveSession {
         let keys = Thread {
             defer { keysDone.signal() }
             var buffer = [UInt8](repeating: 0, count: 1024)
-            while !quitting.withLock({ $0 }) {
+            while !quitting.withLockedValue({ $0 }) {
                 // Wait for keys a little at a time, so this thread stops as soon as the session
                 // ends and never takes input meant for what comes after (a prompt, the shell).
                 var descriptor = pollfd(fd: STDIN_FILENO, events: Int16(POLLIN), revents: 0)
@@ -93,8 +94,8 @@ struct InteractiveSession {
                 for result in screen.feed(Array(buffer[0..<count])) {
                     switch result {
                     case .line(let line):
-                        let actions = interpreter.withLock { $0.interpret(line) }
-                        screen.setPrompt(interpreter.withLock { $0.prompt })
+                        let actions = interpreter.withLockedValue { $0.interpret(line) }
+                        screen.setPrompt(interpreter.withLockedValue { $0.prompt })
                         if let reason = perform(actions, on: client, report: show) {
                             quit(reason)
                             return
@@ -103,7 +104,7 @@ struct InteractiveSession {
                         quit("Leaving")
                         return
                     case .complete(let line):
-                        if let completed = interpreter.withLock({ $0.complete(line) }) { screen.replaceInput(completed) }
+                        if let completed = interpreter.withLockedValue({ $0.complete(line) }) { screen.replaceInput(completed) }
                     case .none:
                         break
                     }
@@ -119,7 +120,7 @@ struct InteractiveSession {
             outcome = .connectFailed(describe(connectError: error, address: address))
         }
         _ = await events.value
-        quitting.withLock { $0 = true }
+        quitting.withLockedValue { $0 = true }
         await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
                 keysDone.wait()
@@ -132,7 +133,7 @@ struct InteractiveSession {
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)
         signal(SIGHUP, SIG_DFL)
-        if let reason = loginFailure.withLock({ $0 }) { return .loginFailed(reason) }
+        if let reason = loginFailure.withLockedValue({ $0 }) { return .loginFailed(reason) }
         return outcome
     }
 }

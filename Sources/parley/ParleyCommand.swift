@@ -110,22 +110,6 @@ struct ParleyCommand: AsyncParsableCommand {
     }
 }
 
-/// A value shared between the input thread and the event task.
-final class Locked<Value>: @unchecked Sendable {
-    private var value: Value
-    private let lock = NSLock()
-
-    init(_ value: Value) {
-        self.value = value
-    }
-
-    func withLock<Result>(_ body: (inout Value) -> Result) -> Result {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
-    }
-}
-
 /// Carries out what the user asked on the client.
 func perform(_ actions: [UserAction], on client: ChatClient, report: (ClientEvent) -> Void) -> String? {
     for action in actions {
