@@ -119,7 +119,7 @@ struct DirectMessageTests {
     @Test func connectionsStillRegisteringAreCappedAndTimedOut() async throws {
         let server = try await TestServer {
             $0.limits.maxUnregisteredConnections = 2
-            $0.limits.registrationTimeoutSeconds = 1
+            $0.limits.registrationTimeoutSeconds = 3
         }
         let first = try await TestClient.connect(port: server.ipv4Port)
         let second = try await TestClient.connect(host: "::1", port: server.ipv6Port)
@@ -130,7 +130,7 @@ struct DirectMessageTests {
         try await first.register("early")
         let fourth = try await TestClient.registered("fourth", port: server.ipv4Port)
         // The one that never registers is closed with a reason.
-        let lines = try await second.expectClosed(timeout: .seconds(5))
+        let lines = try await second.expectClosed(timeout: .seconds(10))
         #expect(lines.last?.contains("Registration timed out") == true)
         for client in [first, fourth] { await client.close() }
         try await server.shutdownAndRemove()
