@@ -149,20 +149,24 @@ extension ChatServer {
 /// Encodes one relayed message at most once per distinct tag profile of the receivers, so a
 /// message to many connections shares a few buffers instead of being serialized per receiver.
 struct EncodingCache {
-    private var buffers: [ByteBuffer?] = Array(repeating: nil, count: 8)
+    // Most messages reach receivers of one profile; the first needs no heap allocation (an
+    // array of eight slots did, per message), an empty dictionary neither.
+    private var first: (profile: Int, buffer: ByteBuffer)?
+    private var others: [Int: ByteBuffer] = [:]
 
     mutating func line(_ message: IRCMessage, for session: Session, allocator: ByteBufferAllocator) -> ByteBuffer {
         // A relayed message has time, account and client tags; which of them a receiver gets
         // depends on these three capabilities (`ChatServer.tagAllowed`), so they key the cache.
         let profile = (session.has(.serverTime) ? 1 : 0) | (session.has(.accountTag) ? 2 : 0) | (session.has(.messageTags) ? 4 : 0)
-        if let buffer = buffers[profile] { return buffer }
+        if let first, first.profile == profile { return first.buffer }
+        if let buffer = others[profile] { return buffer }
         var message = message
         if profile != 7 {
             message.tags.removeAll { !ChatServer.tagAllowed($0.key, session) }
         }
         var buffer = allocator.buffer(capacity: 96 + (message.parameters.last?.utf8.count ?? 0))
         message.write(to: &buffer)
-        buffers[profile] = buffer
+        if first == nil { first = (profile, buffer) } else { others[profile] = buffer }
         return buffer
     }
 }
