@@ -195,12 +195,7 @@ public final class SQLiteChatStore: ChatStore {
             var index: [String: Int] = [:]
             for row in rows {
                 let id: String = row["id"]
-                let delivered: Int64? = row["delivered_at"]
-                let read: Int64? = row["read_at"]
-                let recipient = StoredRecipient(
-                    account: row["recipient"], deliveredAt: delivered.map { Timestamp(millisecondsSince1970: $0) },
-                    readAt: read.map { Timestamp(millisecondsSince1970: $0) },
-                    deliveredNotified: row["delivered_notified"], readNotified: row["read_notified"])
+                let recipient = Self.recipient(from: row)
                 if let position = index[id] {
                     messages[position].recipients.append(recipient)
                 } else {
@@ -313,14 +308,7 @@ public final class SQLiteChatStore: ChatStore {
                 messages[index].recipients = try Row.fetchAll(
                     db, sql: "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient",
                     arguments: [messages[index].id]
-                ).map { row in
-                    let delivered: Int64? = row["delivered_at"]
-                    let read: Int64? = row["read_at"]
-                    return StoredRecipient(
-                        account: row["recipient"], deliveredAt: delivered.map { Timestamp(millisecondsSince1970: $0) },
-                        readAt: read.map { Timestamp(millisecondsSince1970: $0) },
-                        deliveredNotified: row["delivered_notified"], readNotified: row["read_notified"])
-                }
+                ).map(Self.recipient(from:))
             }
             return .messages(messages)
         case .targets(let from, let to):
@@ -457,6 +445,15 @@ public final class SQLiteChatStore: ChatStore {
             name: row["name"], key: row["key"],
             credential: PasswordCredential(salt: [UInt8](salt), iterations: row["iterations"], storedKey: [UInt8](storedKey), serverKey: [UInt8](serverKey)),
             createdAt: date(row["created_at"]), lastSeen: lastSeen.map(date), email: row["email"], settings: settings)
+    }
+
+    static func recipient(from row: Row) -> StoredRecipient {
+        let delivered: Int64? = row["delivered_at"]
+        let read: Int64? = row["read_at"]
+        return StoredRecipient(
+            account: row["recipient"], deliveredAt: delivered.map { Timestamp(millisecondsSince1970: $0) },
+            readAt: read.map { Timestamp(millisecondsSince1970: $0) },
+            deliveredNotified: row["delivered_notified"], readNotified: row["read_notified"])
     }
 
     static func message(from row: Row) throws -> StoredMessage {
