@@ -228,10 +228,7 @@ public struct ChatServer: Sendable {
         leaveChannelsOnQuit(session, reason: quitMessage, into: &outbox)
         sessions[connection] = nil
         if session.isRegistered { registeredSessionCount -= 1 }
-        for nick in session.monitoredNicks {
-            monitorWatchers[nick]?.remove(connection)
-            if monitorWatchers[nick]?.isEmpty == true { monitorWatchers[nick] = nil }
-        }
+        for nick in session.monitoredNicks { stopWatching(nick, by: session) }
         guard session.isRegistered, let nick = session.nick else { return }
         recordWhowas(session, now: now)
         guard var holder = nickIndex[nick.folded] else { return }

@@ -96,43 +96,28 @@ extension ChatServer {
         switch subcommand {
         case "+":
             guard !targets.isEmpty else { throw .needMoreParameters("MONITOR") }
-            var online: [String] = []
-            var offline: [String] = []
+            var added: [String] = []
             var refused: [String] = []
             for target in targets {
                 let folded = fold(target)
-                if sessions[id]?.monitoredNicks.contains(folded) == true {
-                } else if (sessions[id]?.monitoredNicks.count ?? 0) >= configuration.monitorLimit {
-                    refused.append(target)
-                    continue
-                } else {
-                    sessions[id]?.monitoredNicks.insert(folded)
+                if !session.monitoredNicks.contains(folded) {
+                    guard session.monitoredNicks.count < configuration.monitorLimit else {
+                        refused.append(target)
+                        continue
+                    }
+                    session.monitoredNicks.insert(folded)
                     monitorWatchers[folded, default: []].insert(id)
                 }
-                if let holder = nickIndex[folded], let first = holder.connections.first, let watched = sessions[first] {
-                    online.append(watched.prefix)
-                } else {
-                    offline.append(target)
-                }
+                added.append(target)
             }
-            if !online.isEmpty { numericReply(.rplMonOnline, [online.joined(separator: ",")], in: &context) }
-            if !offline.isEmpty { numericReply(.rplMonOffline, [offline.joined(separator: ",")], in: &context) }
+            reportMonitorStatus(added, in: &context)
             if !refused.isEmpty {
                 numericReply(.errMonListFull, [String(configuration.monitorLimit), refused.joined(separator: ","), "Monitor list is full."], in: &context)
             }
         case "-":
-            for target in targets {
-                let folded = fold(target)
-                sessions[id]?.monitoredNicks.remove(folded)
-                monitorWatchers[folded]?.remove(id)
-                if monitorWatchers[folded]?.isEmpty == true { monitorWatchers[folded] = nil }
-            }
+            for target in targets { stopWatching(fold(target), by: session) }
         case "C", "c":
-            for folded in session.monitoredNicks {
-                monitorWatchers[folded]?.remove(id)
-                if monitorWatchers[folded]?.isEmpty == true { monitorWatchers[folded] = nil }
-            }
-            sessions[id]?.monitoredNicks = []
+            for folded in session.monitoredNicks { stopWatching(folded, by: session) }
         case "L", "l":
             let names = session.monitoredNicks.sorted()
             for chunk in stride(from: 0, to: names.count, by: 20) {
@@ -140,20 +125,31 @@ extension ChatServer {
             }
             numericReply(.rplEndOfMonList, ["End of MONITOR list"], in: &context)
         case "S", "s":
-            var online: [String] = []
-            var offline: [String] = []
-            for folded in session.monitoredNicks.sorted() {
-                if let holder = nickIndex[folded], let first = holder.connections.first, let watched = sessions[first] {
-                    online.append(watched.prefix)
-                } else {
-                    offline.append(folded)
-                }
-            }
-            if !online.isEmpty { numericReply(.rplMonOnline, [online.joined(separator: ",")], in: &context) }
-            if !offline.isEmpty { numericReply(.rplMonOffline, [offline.joined(separator: ",")], in: &context) }
+            reportMonitorStatus(session.monitoredNicks.sorted(), in: &context)
         default:
             throw .numeric(.errUnknownCommand, "MONITOR", "Unknown MONITOR subcommand")
         }
+    }
+
+    /// RPL_MONONLINE (with full prefixes) and RPL_MONOFFLINE for these nicks.
+    func reportMonitorStatus(_ nicks: [String], in context: inout CommandContext) {
+        var online: [String] = []
+        var offline: [String] = []
+        for nick in nicks {
+            if let first = nickIndex[fold(nick)]?.connections.first, let watched = sessions[first] {
+                online.append(watched.prefix)
+            } else {
+                offline.append(nick)
+            }
+        }
+        if !online.isEmpty { numericReply(.rplMonOnline, [online.joined(separator: ",")], in: &context) }
+        if !offline.isEmpty { numericReply(.rplMonOffline, [offline.joined(separator: ",")], in: &context) }
+    }
+
+    mutating func stopWatching(_ folded: String, by session: Session) {
+        session.monitoredNicks.remove(folded)
+        monitorWatchers[folded]?.remove(session.id)
+        if monitorWatchers[folded]?.isEmpty == true { monitorWatchers[folded] = nil }
     }
 
     /// Tells MONITOR watchers that a nick came online or went offline.
