@@ -84,6 +84,7 @@ extension IRCMessage {
         let command = try string(commandStart, index)
 
         var parameters: [String] = []
+        parameters.reserveCapacity(4)  // one allocation for the usual few, not one per doubling
         while true {
             skipSpaces()
             guard index < end else { break }

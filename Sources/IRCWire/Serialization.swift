@@ -4,11 +4,12 @@ extension IRCMessage {
     /// Appends the line and its CR LF. Values are written as UTF-8 directly into the buffer;
     /// CR, LF and NUL inside any part become spaces, so no value can inject a second line.
     public func write(to buffer: inout ByteBuffer) {
+        let lineStart = buffer.writerIndex
         if !tags.isEmpty {
             buffer.writeInteger(UInt8(ascii: "@"))
             for (position, tag) in tags.enumerated() {
                 if position > 0 { buffer.writeInteger(UInt8(ascii: ";")) }
-                Self.writeSanitized(tag.key, to: &buffer)
+                buffer.writeString(tag.key)
                 if !tag.value.isEmpty {
                     buffer.writeInteger(UInt8(ascii: "="))
                     Self.writeEscapedTagValue(tag.value, to: &buffer)
@@ -18,19 +19,31 @@ extension IRCMessage {
         }
         if let source {
             buffer.writeInteger(UInt8(ascii: ":"))
-            Self.writeSanitized(source, to: &buffer)
+            buffer.writeString(source)
             buffer.writeInteger(UInt8(ascii: " "))
         }
-        Self.writeSanitized(command, to: &buffer)
+        buffer.writeString(command)
+        let lastPosition = parameters.count - 1
         for (position, parameter) in parameters.enumerated() {
             buffer.writeInteger(UInt8(ascii: " "))
             // Like most servers, the free-text last parameter of numerics and messages always
             // gets its ':', for clients that find the text by its colon.
-            if position == parameters.count - 1
+            if position == lastPosition
                 && ((position > 0 && Self.hasFreeTextTrailing(command)) || Self.needsTrailingColon(parameter)) {
                 buffer.writeInteger(UInt8(ascii: ":"))
             }
-            Self.writeSanitized(parameter, to: &buffer)
+            buffer.writeString(parameter)
+        }
+        // One pass over the written bytes instead of a check per part (escaped tag values hold
+        // no raw CR, LF or NUL, so the whole line can be treated alike).
+        let lineLength = buffer.writerIndex - lineStart
+        let lineOffset = lineStart - buffer.readerIndex
+        buffer.withUnsafeMutableReadableBytes { bytes in
+            let base = bytes.baseAddress!.advanced(by: lineOffset).assumingMemoryBound(to: UInt8.self)
+            for offset in 0..<lineLength where base[offset] <= 0x0D {
+                let byte = base[offset]
+                if byte == 0x0D || byte == 0x0A || byte == 0x00 { base[offset] = UInt8(ascii: " ") }
+            }
         }
         buffer.writeInteger(UInt16(0x0D0A))
     }
@@ -43,15 +56,17 @@ extension IRCMessage {
         return buffer.readString(length: buffer.readableBytes) ?? ""
     }
 
-    static let freeTextCommands: Set<String> = [
-        "PRIVMSG", "NOTICE", "PART", "QUIT", "KICK", "TOPIC", "ERROR", "AWAY", "SETNAME", "RENAME",
-        "FAIL", "WARN", "NOTE", "KILL", "WALLOPS", "PONG",
-    ]
-
     static func hasFreeTextTrailing(_ command: String) -> Bool {
         let utf8 = command.utf8
         if utf8.count == 3 && utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) { return true }
-        return freeTextCommands.contains(command)
+        // A switch compares short strings by their bits; hashing for a Set cost more per line.
+        switch command {
+        case "PRIVMSG", "NOTICE", "PART", "QUIT", "KICK", "TOPIC", "ERROR", "AWAY", "SETNAME", "RENAME",
+             "FAIL", "WARN", "NOTE", "KILL", "WALLOPS", "PONG":
+            return true
+        default:
+            return false
+        }
     }
 
     static func needsTrailingColon(_ parameter: String) -> Bool {
@@ -59,23 +74,19 @@ extension IRCMessage {
         return first == UInt8(ascii: ":") || parameter.utf8.contains(UInt8(ascii: " "))
     }
 
-    private static func writeSanitized(_ text: String, to buffer: inout ByteBuffer) {
-        let utf8 = text.utf8
-        if !utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0x00 }) {
-            buffer.writeString(text)
-            return
-        }
-        for byte in utf8 {
-            buffer.writeInteger(byte == 0x0D || byte == 0x0A || byte == 0x00 ? UInt8(ascii: " ") : byte)
-        }
-    }
-
     private static func writeEscapedTagValue(_ value: String, to buffer: inout ByteBuffer) {
-        let utf8 = value.utf8
-        if !utf8.contains(where: { $0 == UInt8(ascii: ";") || $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\\") || $0 == 0x0D || $0 == 0x0A || $0 == 0 }) {
-            buffer.writeString(value)
-            return
+        // Most values need no escaping: write them, look at the written bytes, and only redo
+        // the slow way when something must be escaped.
+        let start = buffer.writerIndex
+        let offset = start - buffer.readerIndex
+        let length = buffer.writeString(value)
+        let needsEscaping = buffer.withUnsafeReadableBytes { bytes in
+            let written = UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + length)])
+            return written.contains { $0 == UInt8(ascii: ";") || $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\\") || $0 <= 0x0D }
         }
+        guard needsEscaping else { return }
+        buffer.moveWriterIndex(to: start)
+        let utf8 = value.utf8
         for byte in utf8 {
             switch byte {
             case UInt8(ascii: ";"): buffer.writeInteger(UInt16(0x5C3A))  // \:

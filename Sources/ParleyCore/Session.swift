@@ -20,8 +20,11 @@ final class Session: @unchecked Sendable {
     var capNegotiationInProgress = false
     var capVersion = 0
     var capabilities = CapabilitySet()
-    var nick: Nickname?
-    var username: String?
+    var nick: Nickname? { didSet { prefix = Self.makePrefix(nick: nick, username: username, host: host) } }
+    var username: String? { didSet { prefix = Self.makePrefix(nick: nick, username: username, host: host) } }
+    /// `nick!user@host`, the source of everything this client says. Kept, not computed: the
+    /// message path reads it for every relayed line.
+    private(set) var prefix: String
     var realname = ""
     /// `PASS account:password` waiting for NICK/USER before it is checked.
     var passCredentials: (account: String, password: String)?
@@ -45,6 +48,7 @@ final class Session: @unchecked Sendable {
         self.isSecure = isSecure
         self.connectedAt = connectedAt
         self.lastActivity = connectedAt
+        self.prefix = Self.makePrefix(nick: nil, username: nil, host: host)
     }
 
     /// A detached copy (for telling others what a session looked like before a change).
@@ -53,6 +57,7 @@ final class Session: @unchecked Sendable {
         host = other.host
         isSecure = other.isSecure
         connectedAt = other.connectedAt
+        prefix = other.prefix
         lastActivity = other.lastActivity
         pingSentAt = other.pingSentAt
         isRegistered = other.isRegistered
@@ -72,8 +77,9 @@ final class Session: @unchecked Sendable {
 
     var displayUsername: String { username ?? "~unknown" }
 
-    /// `nick!user@host`, the source of everything this client says.
-    var prefix: String { "\(nick?.name ?? "*")!\(displayUsername)@\(host)" }
+    private static func makePrefix(nick: Nickname?, username: String?, host: String) -> String {
+        "\(nick?.name ?? "*")!\(username ?? "~unknown")@\(host)"
+    }
 
     func has(_ capability: Capability) -> Bool { capabilities.contains(capability) }
 }

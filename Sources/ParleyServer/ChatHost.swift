@@ -21,6 +21,8 @@ final class ChatHost: Sendable {
         var addressOf: [ConnectionID: String] = [:]
         var nextConnection: UInt64 = 1
         var isShuttingDown = false
+        /// Emptied after each call; kept so its arrays keep their capacity.
+        var outbox = Outbox()
     }
 
     /// A write (or close) resolved to its channel while the lock was held.
@@ -106,19 +108,26 @@ final class ChatHost: Sendable {
 
     /// Runs one domain call under the lock and returns the writes it decided on, resolved.
     func perform(_ body: (inout ChatServer, inout Outbox) -> Void) -> [ResolvedDelivery] {
-        var outbox = Outbox()
         var resolved: [ResolvedDelivery] = []
+        perform(into: &resolved, body)
+        return resolved
+    }
+
+    /// Runs one domain call under the lock and appends the writes it decided on, resolved, to
+    /// `resolved` (the message path reuses one array instead of allocating one per message).
+    func perform(into resolved: inout [ResolvedDelivery], _ body: (inout ChatServer, inout Outbox) -> Void) {
         var actions: [CoreAction] = []
         state.withLockedValue { state in
-            body(&state.core, &outbox)
-            guard !outbox.isEmpty else { return }
-            resolved.reserveCapacity(outbox.deliveries.count)
-            for delivery in outbox.deliveries {
+            body(&state.core, &state.outbox)
+            defer { state.outbox.removeAll() }
+            guard !state.outbox.isEmpty else { return }
+            for delivery in state.outbox.deliveries {
                 guard let channel = state.channels[delivery.connection] else { continue }
                 resolved.append(ResolvedDelivery(channel: channel, line: delivery.line, closeAfter: false))
             }
+            guard !state.outbox.actions.isEmpty else { return }
             var writes: [CoreAction] = []
-            for action in outbox.actions {
+            for action in state.outbox.actions {
                 if case .close(let id) = action {
                     // The channel stays registered until it is inactive, so that shutdown can
                     // wait for the final ERROR lines to leave.
@@ -134,7 +143,6 @@ final class ChatHost: Sendable {
             if !writes.isEmpty { storageWriter.enqueue(writes) }
         }
         for action in actions { start(action) }
-        return resolved
     }
 
     private func forget(_ id: ConnectionID, in state: inout State) {

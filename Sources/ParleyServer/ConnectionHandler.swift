@@ -18,10 +18,31 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private var heldBack = CircularBuffer<IRCLineFrame>()
     private var drainScheduled = false
 
-    // Writes decided during the current read batch.
-    private var channelsToFlush: [ObjectIdentifier: Channel] = [:]
-    private var channelsToClose: [ObjectIdentifier: Channel] = [:]
+    // Writes decided during the current read batch: the lines for each receiver on this event
+    // loop are gathered into one buffer and written once, so a burst of messages costs one
+    // pipeline write and one syscall per receiver, not one per line.
+    private var pendingOutput: [ObjectIdentifier: PendingOutput] = [:]
     private var foreignWrites: [ObjectIdentifier: (Channel, [ChatHost.ResolvedDelivery])] = [:]
+    private var resolved: [ChatHost.ResolvedDelivery] = []
+
+    private struct PendingOutput {
+        let channel: Channel
+        var bytes: ByteBuffer
+        /// Whether `bytes` is a buffer of our own (after a second line), not a shared line.
+        var isGathered = false
+        var closeAfter = false
+
+        mutating func append(_ line: ByteBuffer) {
+            if !isGathered {
+                // Lines may be shared between receivers: gather into a fresh buffer.
+                var gathered = channel.allocator.buffer(capacity: max(2048, 2 * (bytes.readableBytes + line.readableBytes)))
+                gathered.writeImmutableBuffer(bytes)
+                bytes = gathered
+                isGathered = true
+            }
+            bytes.writeImmutableBuffer(line)
+        }
+    }
 
     init(host: ChatHost, isSecure: Bool, logger: Logger) {
         self.host = host
@@ -142,17 +163,16 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     private func process(_ frame: IRCLineFrame, context: ChannelHandlerContext) {
         guard let id = connection else { return }
-        let deliveries: [ChatHost.ResolvedDelivery]
         switch frame {
         case .tooLong:
-            deliveries = host.perform { core, outbox in
+            host.perform(into: &resolved) { core, outbox in
                 core.receiveInvalidLine(.tooLong, command: nil, label: nil, from: id, now: ChatHost.now(), into: &outbox)
             }
         case .line(let bytes):
             do {
                 let message = try IRCMessage(parsing: bytes)
                 if logger.logLevel <= .trace { logger.trace("<- \(message.wireString)") }
-                deliveries = host.perform { core, outbox in
+                host.perform(into: &resolved) { core, outbox in
                     core.receive(message, from: id, now: ChatHost.now(), into: &outbox)
                 }
             } catch .empty {
@@ -166,39 +186,48 @@ final class IRCConnectionHandler: ChannelInboundHandler {
                 }
                 // Read what we can of the line so the reply names the refused command and label.
                 let lossy = try? IRCMessage(parsing: String(decoding: bytes.readableBytesView, as: UTF8.self), maxTagsBytes: .max, maxBodyBytes: .max)
-                deliveries = host.perform { core, outbox in
+                host.perform(into: &resolved) { core, outbox in
                     core.receiveInvalidLine(problem, command: lossy?.command.uppercased(), label: lossy?.tagValue("label"), from: id, now: ChatHost.now(), into: &outbox)
                 }
             }
         }
-        collect(deliveries, context: context)
+        collectResolved()
     }
 
     private func collect(_ deliveries: [ChatHost.ResolvedDelivery], context: ChannelHandlerContext) {
-        for delivery in deliveries {
+        resolved.append(contentsOf: deliveries)
+        collectResolved()
+    }
+
+    private func collectResolved() {
+        for delivery in resolved {
             let channel = delivery.channel
+            guard channel.eventLoop.inEventLoop else {
+                foreignWrites[ObjectIdentifier(channel), default: (channel, [])].1.append(delivery)
+                continue
+            }
             let key = ObjectIdentifier(channel)
-            if channel.eventLoop.inEventLoop {
-                if let line = delivery.line { channel.write(line, promise: nil) }
-                channelsToFlush[key] = channel
-                if delivery.closeAfter { channelsToClose[key] = channel }
+            if let index = pendingOutput.index(forKey: key) {
+                if let line = delivery.line { pendingOutput.values[index].append(line) }
+                if delivery.closeAfter { pendingOutput.values[index].closeAfter = true }
             } else {
-                foreignWrites[key, default: (channel, [])].1.append(delivery)
+                pendingOutput[key] = PendingOutput(channel: channel, bytes: delivery.line ?? ByteBuffer(), closeAfter: delivery.closeAfter)
             }
         }
+        resolved.removeAll(keepingCapacity: true)
     }
 
     private func flushBatch(context: ChannelHandlerContext) {
-        if !channelsToFlush.isEmpty {
-            for (key, channel) in channelsToFlush {
-                if channelsToClose[key] != nil {
-                    ChatHost.closeAfterFlush(channel)
+        if !pendingOutput.isEmpty {
+            for output in pendingOutput.values {
+                if output.bytes.readableBytes > 0 { output.channel.write(output.bytes, promise: nil) }
+                if output.closeAfter {
+                    ChatHost.closeAfterFlush(output.channel)
                 } else {
-                    channel.flush()
+                    output.channel.flush()
                 }
             }
-            channelsToFlush.removeAll(keepingCapacity: true)
-            channelsToClose.removeAll(keepingCapacity: true)
+            pendingOutput.removeAll(keepingCapacity: true)
         }
         if !foreignWrites.isEmpty {
             for (_, (channel, items)) in foreignWrites {

@@ -23,6 +23,11 @@ struct WireTests {
         #expect(hostile.wireString == "PRIVMSG bob :hi  QUIT :gotcha ")
         let taggy = IRCMessage(tags: [IRCTag("+x", "a\r\nb")], command: "TAGMSG", parameters: ["bob"])
         #expect(taggy.wireString == "@+x=a\\r\\nb TAGMSG bob")
+        // Appending to a buffer that was partly read must clean only the new line, wherever it is.
+        var buffer = ByteBuffer(string: "earlier\r\n")
+        buffer.moveReaderIndex(forwardBy: 3)
+        IRCMessage(tags: [IRCTag("+t", "x\0y")], source: "a\nb", command: "NOTICE", parameters: ["c", "d\re"]).write(to: &buffer)
+        #expect(String(buffer: buffer) == "lier\r\n@+t=xy :a b NOTICE c :d e\r\n")
     }
 
     @Test func limitsAreEnforced() {
