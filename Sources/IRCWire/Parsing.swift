@@ -41,14 +41,16 @@ extension IRCMessage {
         var index = 0
         let end = bytes.count
         func skipSpaces() { while index < end && bytes[index] == space { index += 1 } }
-        func string(_ from: Int, _ to: Int) throws(IRCParseError) -> String {
+        // The line is validated once, as a whole; its parts are then decoded without checks.
+        // `String(validating:)` is generic and costs a metadata lookup per call, so ASCII lines
+        // (nearly all of them) skip it with a plain byte scan.
+        if validateUTF8 && !bytes.allSatisfy({ $0 < 0x80 }) {
+            guard String(validating: bytes.assumingMemoryBound(to: UInt8.self), as: UTF8.self) != nil else { throw .invalidUTF8 }
+        }
+        func string(_ from: Int, _ to: Int) -> String {
             // A typed UInt8 buffer takes the standard library's contiguous UTF-8 fast path; a
             // rebased raw slice went through generic code (metadata lookups per field).
             let slice = UnsafeBufferPointer<UInt8>(start: bytes.baseAddress.map { ($0 + from).assumingMemoryBound(to: UInt8.self) }, count: to - from)
-            if validateUTF8 {
-                guard let text = String(validating: slice, as: UTF8.self) else { throw .invalidUTF8 }
-                return text
-            }
             return String(decoding: slice, as: UTF8.self)
         }
 
@@ -62,7 +64,7 @@ extension IRCMessage {
             while tagsEnd < end && bytes[tagsEnd] != space { tagsEnd += 1 }
             // The limit counts the '@' and the space that ends the section.
             if tagsEnd - index + 1 > maxTagsBytes { throw .tagsTooLong }
-            tags = try parseTags(bytes, from: tagsStart, to: tagsEnd, validateUTF8: validateUTF8)
+            tags = parseTags(bytes, from: tagsStart, to: tagsEnd)
             index = tagsEnd
             skipSpaces()
         }
@@ -74,14 +76,14 @@ extension IRCMessage {
         if bytes[index] == UInt8(ascii: ":") {
             let start = index + 1
             while index < end && bytes[index] != space { index += 1 }
-            source = try string(start, index)
+            source = string(start, index)
             skipSpaces()
         }
 
         let commandStart = index
         while index < end && bytes[index] != space { index += 1 }
         guard index > commandStart else { throw .missingCommand }
-        let command = try string(commandStart, index)
+        let command = string(commandStart, index)
 
         var parameters: [String] = []
         parameters.reserveCapacity(4)  // one allocation for the usual few, not one per doubling
@@ -89,17 +91,17 @@ extension IRCMessage {
             skipSpaces()
             guard index < end else { break }
             if bytes[index] == UInt8(ascii: ":") {
-                parameters.append(try string(index + 1, end))
+                parameters.append(string(index + 1, end))
                 break
             }
             let start = index
             while index < end && bytes[index] != space { index += 1 }
-            parameters.append(try string(start, index))
+            parameters.append(string(start, index))
         }
         return IRCMessage(tags: tags, source: source, command: command, parameters: parameters)
     }
 
-    private static func parseTags(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int, validateUTF8: Bool) throws(IRCParseError) -> [IRCTag] {
+    private static func parseTags(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> [IRCTag] {
         var tags: [IRCTag] = []
         var index = start
         while index < end {
@@ -111,11 +113,11 @@ extension IRCMessage {
                 index += 1
                 let valueStart = index
                 while index < end && bytes[index] != UInt8(ascii: ";") { index += 1 }
-                value = try unescapeTagValue(UnsafeRawBufferPointer(rebasing: bytes[valueStart..<index]), validateUTF8: validateUTF8)
+                value = unescapeTagValue(UnsafeRawBufferPointer(rebasing: bytes[valueStart..<index]))
             }
             if index < end { index += 1 }  // the ';'
             guard !keyBytes.isEmpty else { continue }
-            guard let key = String(validating: keyBytes, as: UTF8.self) else { throw .invalidUTF8 }
+            let key = String(decoding: keyBytes, as: UTF8.self)
             // A later duplicate key overrides the earlier one (IRCv3 message-tags).
             if let existing = tags.firstIndex(where: { $0.key == key }) {
                 tags[existing].value = value
@@ -126,12 +128,8 @@ extension IRCMessage {
         return tags
     }
 
-    private static func unescapeTagValue(_ bytes: UnsafeRawBufferPointer, validateUTF8: Bool) throws(IRCParseError) -> String {
+    private static func unescapeTagValue(_ bytes: UnsafeRawBufferPointer) -> String {
         guard bytes.contains(UInt8(ascii: "\\")) else {
-            if validateUTF8 {
-                guard let text = String(validating: bytes, as: UTF8.self) else { throw .invalidUTF8 }
-                return text
-            }
             return String(decoding: bytes, as: UTF8.self)
         }
         var output: [UInt8] = []
@@ -151,10 +149,6 @@ extension IRCMessage {
             case UInt8(ascii: "n"): output.append(UInt8(ascii: "\n"))
             default: output.append(escaped)  // "\\" and unknown escapes: the backslash goes
             }
-        }
-        if validateUTF8 {
-            guard let text = String(validating: output, as: UTF8.self) else { throw .invalidUTF8 }
-            return text
         }
         return String(decoding: output, as: UTF8.self)
     }

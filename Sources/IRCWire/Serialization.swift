@@ -4,19 +4,24 @@ extension IRCMessage {
     /// Appends the line and its CR LF. Values are written as UTF-8 directly into the buffer;
     /// CR, LF and NUL inside any part become spaces, so no value can inject a second line.
     public func write(to buffer: inout ByteBuffer) {
+        write(to: &buffer, includingTag: nil)
+    }
+
+    /// Appends the line with only the tags `includingTag` accepts (a receiver without the
+    /// capabilities for some tags), without copying the message to drop them.
+    public func write(to buffer: inout ByteBuffer, includingTag: ((IRCTag) -> Bool)?) {
         let lineStart = buffer.writerIndex
-        if !tags.isEmpty {
-            buffer.writeInteger(UInt8(ascii: "@"))
-            for (position, tag) in tags.enumerated() {
-                if position > 0 { buffer.writeInteger(UInt8(ascii: ";")) }
-                buffer.writeString(tag.key)
-                if !tag.value.isEmpty {
-                    buffer.writeInteger(UInt8(ascii: "="))
-                    Self.writeEscapedTagValue(tag.value, to: &buffer)
-                }
+        var wroteTag = false
+        for tag in tags where includingTag?(tag) ?? true {
+            buffer.writeInteger(wroteTag ? UInt8(ascii: ";") : UInt8(ascii: "@"))
+            wroteTag = true
+            buffer.writeString(tag.key)
+            if !tag.value.isEmpty {
+                buffer.writeInteger(UInt8(ascii: "="))
+                Self.writeEscapedTagValue(tag.value, to: &buffer)
             }
-            buffer.writeInteger(UInt8(ascii: " "))
         }
+        if wroteTag { buffer.writeInteger(UInt8(ascii: " ")) }
         if let source {
             buffer.writeInteger(UInt8(ascii: ":"))
             buffer.writeString(source)

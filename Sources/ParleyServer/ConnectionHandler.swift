@@ -13,6 +13,8 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private let host: ChatHost
     private let isSecure: Bool
     private var logger: Logger
+    /// Read once: asking the logger per line cost more than the line's parsing.
+    private let tracesLines: Bool
     private var connection: ConnectionID?
     private var flood: TokenBucket
     private var heldBack = CircularBuffer<IRCLineFrame>()
@@ -48,6 +50,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         self.host = host
         self.isSecure = isSecure
         self.logger = logger
+        self.tracesLines = logger.logLevel <= .trace
         self.flood = TokenBucket(
             ratePerSecond: host.configuration.limits.floodCommandsPerSecond,
             burst: host.configuration.limits.floodBurst, now: ChatHost.now())
@@ -81,11 +84,12 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard connection != nil else { return }
         let frame = unwrapInboundIn(data)
-        if !heldBack.isEmpty || !flood.take(now: ChatHost.now()) {
+        let now = ChatHost.now()
+        if !heldBack.isEmpty || !flood.take(now: now) {
             holdBack(frame, context: context)
             return
         }
-        process(frame, context: context)
+        process(frame, now: now, context: context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -151,9 +155,10 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private func drain(context: ChannelHandlerContext) {
         drainScheduled = false
         while let frame = heldBack.first, connection != nil {
-            guard flood.take(now: ChatHost.now()) else { break }
+            let now = ChatHost.now()
+            guard flood.take(now: now) else { break }
             heldBack.removeFirst()
-            process(frame, context: context)
+            process(frame, now: now, context: context)
         }
         flushBatch(context: context)
         if !heldBack.isEmpty && connection != nil { scheduleDrain(context: context) }
@@ -161,19 +166,19 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     // MARK: Processing
 
-    private func process(_ frame: IRCLineFrame, context: ChannelHandlerContext) {
+    private func process(_ frame: IRCLineFrame, now: Timestamp, context: ChannelHandlerContext) {
         guard let id = connection else { return }
         switch frame {
         case .tooLong:
             host.perform(into: &resolved) { core, outbox in
-                core.receiveInvalidLine(.tooLong, command: nil, label: nil, from: id, now: ChatHost.now(), into: &outbox)
+                core.receiveInvalidLine(.tooLong, command: nil, label: nil, from: id, now: now, into: &outbox)
             }
         case .line(let bytes):
             do {
                 let message = try IRCMessage(parsing: bytes)
-                if logger.logLevel <= .trace { logger.trace("<- \(message.wireString)") }
+                if tracesLines { logger.trace("<- \(message.wireString)") }
                 host.perform(into: &resolved) { core, outbox in
-                    core.receive(message, from: id, now: ChatHost.now(), into: &outbox)
+                    core.receive(message, from: id, now: now, into: &outbox)
                 }
             } catch .empty {
                 return
@@ -187,7 +192,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
                 // Read what we can of the line so the reply names the refused command and label.
                 let lossy = try? IRCMessage(parsing: String(decoding: bytes.readableBytesView, as: UTF8.self), maxTagsBytes: .max, maxBodyBytes: .max)
                 host.perform(into: &resolved) { core, outbox in
-                    core.receiveInvalidLine(problem, command: lossy?.command.uppercased(), label: lossy?.tagValue("label"), from: id, now: ChatHost.now(), into: &outbox)
+                    core.receiveInvalidLine(problem, command: lossy?.command.uppercased(), label: lossy?.tagValue("label"), from: id, now: now, into: &outbox)
                 }
             }
         }

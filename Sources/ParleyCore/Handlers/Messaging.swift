@@ -160,12 +160,12 @@ struct EncodingCache {
         let profile = (session.has(.serverTime) ? 1 : 0) | (session.has(.accountTag) ? 2 : 0) | (session.has(.messageTags) ? 4 : 0)
         if let first, first.profile == profile { return first.buffer }
         if let buffer = others[profile] { return buffer }
-        var message = message
-        if profile != 7 {
-            message.tags.removeAll { !ChatServer.tagAllowed($0.key, session) }
-        }
         var buffer = allocator.buffer(capacity: 96 + (message.parameters.last?.utf8.count ?? 0))
-        message.write(to: &buffer)
+        if profile == 7 {
+            message.write(to: &buffer)
+        } else {
+            message.write(to: &buffer, includingTag: { ChatServer.tagAllowed($0.key, session) })
+        }
         if first == nil { first = (profile, buffer) } else { others[profile] = buffer }
         return buffer
     }
