@@ -25,7 +25,10 @@ public struct Timestamp: Sendable, Hashable, Comparable, CustomStringConvertible
 
     /// For people: `2026-11-25 04:20 UTC`.
     public var minuteText: String {
-        String(iso8601.prefix(16)).replacingOccurrences(of: "T", with: " ") + " UTC"
+        // "2026-11-25T14:03" with a space for the T; byte work, not Foundation's string search.
+        var bytes = Array(iso8601.utf8.prefix(16))
+        bytes[10] = UInt8(ascii: " ")
+        return String(decoding: bytes, as: UTF8.self) + " UTC"
     }
 
     /// ISO 8601 UTC with milliseconds, as `server-time` requires: `2026-11-25T04:20:26.123Z`.
