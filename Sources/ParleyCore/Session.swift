@@ -84,7 +84,9 @@ final class Session: @unchecked Sendable {
     func has(_ capability: Capability) -> Bool { capabilities.contains(capability) }
 }
 
-enum SASLExchangeState: Sendable {
+/// Indirect: the SCRAM state is large and most sessions never use it; boxed, it costs an idle
+/// session one pointer instead of a few hundred bytes.
+indirect enum SASLExchangeState: Sendable {
     case idle
     /// `AUTHENTICATE PLAIN` accepted; waiting for the client's payload (maybe in 400-byte chunks).
     case awaitingPlain(buffer: String)

@@ -1,52 +1,41 @@
 import IRCWire
 import Logging
 import NIOCore
+import NIOPosix
 import ParleyCore
 
-/// The per-connection pipeline end: parses framed lines, applies flood control, hands messages to
-/// the domain and writes what it decided. Writes to other connections on this event loop are
+/// The per-connection pipeline end: frames lines, parses them, applies flood control, hands
+/// messages to the domain and writes what it decided. It frames lines itself rather than behind
+/// a `ByteToMessageHandler`: one handler less per connection (its buffers were a tenth of an idle
+/// connection's memory) and no pipeline event per line. Writes to other connections on this event loop are
 /// flushed once per read batch, so a burst of messages costs one syscall per receiver.
 final class IRCConnectionHandler: ChannelInboundHandler {
-    typealias InboundIn = IRCLineFrame
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let host: ChatHost
     private let isSecure: Bool
-    private var logger: Logger
+    /// Shared, not copied with per-connection metadata: a copy with metadata cost hundreds of
+    /// bytes per idle connection. `connectionMetadata` is added where something is logged.
+    private let logger: Logger
     /// Read once: asking the logger per line cost more than the line's parsing.
     private let tracesLines: Bool
     private var connection: ConnectionID?
     private var flood: TokenBucket
-    private var heldBack = CircularBuffer<IRCLineFrame>()
+    private var lineDecoder: IRCLineDecoder
+    /// The start of a line whose end has not arrived yet, copied out of NIO's receive buffer
+    /// (which NIO reuses for the next read only when nothing else holds it).
+    private var partialLine: ByteBuffer?
+    // Small at first: most connections never hold anything back (the default is 16 slots).
+    private var heldBack = CircularBuffer<IRCLineFrame>(initialCapacity: 1)
     private var drainScheduled = false
 
-    // Writes decided during the current read batch: the lines for each receiver on this event
-    // loop are gathered into one buffer and written once, so a burst of messages costs one
-    // pipeline write and one syscall per receiver, not one per line.
-    private var pendingOutput: [ObjectIdentifier: PendingOutput] = [:]
-    private var foreignWrites: [ObjectIdentifier: (Channel, [ChatHost.ResolvedDelivery])] = [:]
-    private var resolved: [ChatHost.ResolvedDelivery] = []
+    /// This thread's writes of the current read batch (shared by the connections of one event
+    /// loop, so an idle connection holds no write bookkeeping of its own).
+    private var batch: WriteBatch { WriteBatch.current }
 
-    private struct PendingOutput {
-        let channel: Channel
-        var bytes: ByteBuffer
-        /// Whether `bytes` is a buffer of our own (after a second line), not a shared line.
-        var isGathered = false
-        var closeAfter = false
-
-        mutating func append(_ line: ByteBuffer) {
-            if !isGathered {
-                // Lines may be shared between receivers: gather into a fresh buffer.
-                var gathered = channel.allocator.buffer(capacity: max(2048, 2 * (bytes.readableBytes + line.readableBytes)))
-                gathered.writeImmutableBuffer(bytes)
-                bytes = gathered
-                isGathered = true
-            }
-            bytes.writeImmutableBuffer(line)
-        }
-    }
-
-    init(host: ChatHost, isSecure: Bool, logger: Logger) {
+    init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, logger: Logger) {
+        self.lineDecoder = IRCLineDecoder(maximumLineBytes: maximumLineBytes)
         self.host = host
         self.isSecure = isSecure
         self.logger = logger
@@ -61,8 +50,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         switch host.admit(context.channel, address: address, isSecure: isSecure) {
         case .admitted(let id):
             connection = id
-            logger[metadataKey: "connection"] = "\(id)"
-            logger.debug("connected", metadata: ["address": "\(address)", "tls": "\(isSecure)"])
+            logger.debug("connected", metadata: ["connection": "\(id)", "address": "\(address)", "tls": "\(isSecure)"])
         case .refused(let reason):
             logger.notice("refused connection", metadata: ["address": "\(address)", "reason": "\(reason)"])
             var buffer = context.channel.allocator.buffer(capacity: 64)
@@ -83,13 +71,25 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard connection != nil else { return }
-        let frame = unwrapInboundIn(data)
-        let now = ChatHost.now()
-        if !heldBack.isEmpty || !flood.take(now: now) {
-            holdBack(frame, context: context)
-            return
+        var bytes = unwrapInboundIn(data)
+        if var partial = partialLine {
+            partialLine = nil
+            partial.writeBuffer(&bytes)
+            bytes = partial
         }
-        process(frame, now: now, context: context)
+        let now = ChatHost.now()
+        while connection != nil, let frame = lineDecoder.nextFrame(&bytes) {
+            if !heldBack.isEmpty || !flood.take(now: now) {
+                holdBack(frame, context: context)
+            } else {
+                process(frame, now: now, context: context)
+            }
+        }
+        if connection != nil && bytes.readableBytes > 0 {
+            var partial = context.channel.allocator.buffer(capacity: bytes.readableBytes)
+            partial.writeBuffer(&bytes)
+            partialLine = partial
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -98,10 +98,12 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // An unterminated last line is dropped: a half-sent command should not run.
+        partialLine = nil
         if let id = connection {
             connection = nil
             host.connectionClosed(id, reason: "Connection closed")
-            logger.debug("disconnected")
+            logger.debug("disconnected", metadata: ["connection": "\(id)"])
         }
         context.fireChannelInactive()
     }
@@ -110,7 +112,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         // The write buffer's high watermark is the send queue limit: a client that does not read
         // is cut off instead of growing the server's memory.
         if !context.channel.isWritable, let id = connection {
-            logger.notice("send queue exceeded")
+            logger.notice("send queue exceeded", metadata: ["connection": "\(id)"])
             connection = nil
             host.connectionClosed(id, reason: "SendQ exceeded")
             context.close(promise: nil)
@@ -119,7 +121,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.debug("connection error", metadata: ["error": "\(error)"])
+        logger.debug("connection error", metadata: ["connection": "\(connection.map { "\($0)" } ?? "-")", "error": "\(error)"])
         context.close(promise: nil)
     }
 
@@ -128,7 +130,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private func holdBack(_ frame: IRCLineFrame, context: ChannelHandlerContext) {
         heldBack.append(frame)
         if heldBack.count > host.configuration.limits.floodQueueLimit, let id = connection {
-            logger.notice("excess flood")
+            logger.notice("excess flood", metadata: ["connection": "\(id)"])
             heldBack.removeAll()
             let deliveries = host.perform { core, outbox in
                 core.disconnect(id, reason: "Excess Flood", now: ChatHost.now(), into: &outbox)
@@ -170,14 +172,14 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         guard let id = connection else { return }
         switch frame {
         case .tooLong:
-            host.perform(into: &resolved) { core, outbox in
+            host.perform(into: &batch.resolved) { core, outbox in
                 core.receiveInvalidLine(.tooLong, command: nil, label: nil, from: id, now: now, into: &outbox)
             }
         case .line(let bytes):
             do {
                 let message = try IRCMessage(parsing: bytes)
-                if tracesLines { logger.trace("<- \(message.wireString)") }
-                host.perform(into: &resolved) { core, outbox in
+                if tracesLines { logger.trace("<- \(message.wireString)", metadata: ["connection": "\(id)"]) }
+                host.perform(into: &batch.resolved) { core, outbox in
                     core.receive(message, from: id, now: now, into: &outbox)
                 }
             } catch .empty {
@@ -191,7 +193,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
                 }
                 // Read what we can of the line so the reply names the refused command and label.
                 let lossy = try? IRCMessage(parsing: String(decoding: bytes.readableBytesView, as: UTF8.self), maxTagsBytes: .max, maxBodyBytes: .max)
-                host.perform(into: &resolved) { core, outbox in
+                host.perform(into: &batch.resolved) { core, outbox in
                     core.receiveInvalidLine(problem, command: lossy?.command.uppercased(), label: lossy?.tagValue("label"), from: id, now: now, into: &outbox)
                 }
             }
@@ -200,11 +202,61 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     }
 
     private func collect(_ deliveries: [ChatHost.ResolvedDelivery], context: ChannelHandlerContext) {
-        resolved.append(contentsOf: deliveries)
+        batch.resolved.append(contentsOf: deliveries)
         collectResolved()
     }
 
     private func collectResolved() {
+        batch.collectResolved()
+    }
+
+    private func flushBatch(context: ChannelHandlerContext) {
+        batch.flush()
+    }
+}
+
+/// The writes decided while an event loop thread handles one connection's read batch: the lines
+/// for each receiver on this loop are gathered into one buffer and written once, so a burst of
+/// messages costs one pipeline write and one system call per receiver, not one per line.
+/// Receivers on other loops get one task each. One per thread, reused: never touched by any
+/// other thread, hence `@unchecked Sendable`.
+final class WriteBatch: @unchecked Sendable {
+    private static let perThread = ThreadSpecificVariable<WriteBatch>()
+
+    static var current: WriteBatch {
+        if let batch = perThread.currentValue { return batch }
+        let batch = WriteBatch()
+        perThread.currentValue = batch
+        return batch
+    }
+
+    /// What `ChatHost.perform(into:)` resolved, not yet sorted by receiver.
+    var resolved: [ChatHost.ResolvedDelivery] = []
+    private var pendingOutput: [ObjectIdentifier: PendingOutput] = [:]
+    private var flushing: [ObjectIdentifier: PendingOutput] = [:]
+    private var isFlushing = false
+    private var foreignWrites: [ObjectIdentifier: (Channel, [ChatHost.ResolvedDelivery])] = [:]
+
+    private struct PendingOutput {
+        let channel: Channel
+        var bytes: ByteBuffer
+        /// Whether `bytes` is a buffer of our own (after a second line), not a shared line.
+        var isGathered = false
+        var closeAfter = false
+
+        mutating func append(_ line: ByteBuffer) {
+            if !isGathered {
+                // Lines may be shared between receivers: gather into a fresh buffer.
+                var gathered = channel.allocator.buffer(capacity: max(2048, 2 * (bytes.readableBytes + line.readableBytes)))
+                gathered.writeImmutableBuffer(bytes)
+                bytes = gathered
+                isGathered = true
+            }
+            bytes.writeImmutableBuffer(line)
+        }
+    }
+
+    func collectResolved() {
         for delivery in resolved {
             let channel = delivery.channel
             guard channel.eventLoop.inEventLoop else {
@@ -222,9 +274,14 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         resolved.removeAll(keepingCapacity: true)
     }
 
-    private func flushBatch(context: ChannelHandlerContext) {
-        if !pendingOutput.isEmpty {
-            for output in pendingOutput.values {
+    func flush() {
+        // A flush can close a connection whose handler flushes again: the outer call finishes.
+        guard !isFlushing else { return }
+        isFlushing = true
+        defer { isFlushing = false }
+        while !pendingOutput.isEmpty || !foreignWrites.isEmpty {
+            swap(&pendingOutput, &flushing)
+            for output in flushing.values {
                 if output.bytes.readableBytes > 0 { output.channel.write(output.bytes, promise: nil) }
                 if output.closeAfter {
                     ChatHost.closeAfterFlush(output.channel)
@@ -232,13 +289,14 @@ final class IRCConnectionHandler: ChannelInboundHandler {
                     output.channel.flush()
                 }
             }
-            pendingOutput.removeAll(keepingCapacity: true)
-        }
-        if !foreignWrites.isEmpty {
-            for (_, (channel, items)) in foreignWrites {
-                channel.eventLoop.execute { ChatHost.writeNow(items, to: channel) }
+            flushing.removeAll(keepingCapacity: true)
+            if !foreignWrites.isEmpty {
+                let writes = foreignWrites
+                foreignWrites = [:]
+                for (_, (channel, items)) in writes {
+                    channel.eventLoop.execute { ChatHost.writeNow(items, to: channel) }
+                }
             }
-            foreignWrites.removeAll(keepingCapacity: true)
         }
     }
 }

@@ -130,14 +130,17 @@ public final class ParleyServer: Service, Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: sendQueue / 2, high: sendQueue))
             .childChannelOption(.maxMessagesPerRead, value: 16)
+            // NIO keeps each connection's receive buffer for reuse; its default first size
+            // (2 KB) was most of an idle connection's memory. IRC lines are short, and a busy
+            // connection's buffer still grows (and shrinks again) with what it reads.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     if let tlsContext {
                         try sync.addHandler(NIOSSLServerHandler(context: tlsContext))
                     }
-                    try sync.addHandler(ByteToMessageHandler(IRCLineDecoder(maximumLineBytes: maxLine)))
-                    try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, logger: logger))
+                    try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger))
                 }
             }
         if listener.address.contains(":") {

@@ -68,6 +68,14 @@ struct DirectMessageTests {
         alice.send("PRIVMSG bob :still here")
         let received = try await bob.expect(command: "PRIVMSG")
         #expect(received.parameters.last == "still here")
+        // A line that arrives in pieces (a multi-byte character split too) is one message.
+        alice.sendRaw(Array("PRIVMSG bob :caf".utf8) + [0xC3])
+        try await Task.sleep(for: .milliseconds(50))
+        alice.sendRaw([0xA9] + Array(" in pieces\r\nPRIVMSG bob :and".utf8))
+        try await Task.sleep(for: .milliseconds(50))
+        alice.sendRaw(Array(" whole\r\n".utf8))
+        #expect(try await bob.expect(command: "PRIVMSG").parameters.last == "café in pieces")
+        #expect(try await bob.expect(command: "PRIVMSG").parameters.last == "and whole")
         await alice.close(); await bob.close()
         try await server.shutdownAndRemove()
     }
@@ -104,6 +112,12 @@ struct DirectMessageTests {
         let server = try await TestServer { $0.limits.maxConnectionsPerAddress = 2 }
         let first = try await TestClient.connect(port: server.ipv4Port)
         let second = try await TestClient.connect(port: server.ipv4Port)
+        // Any answer shows the server has admitted them (connections are spread over event
+        // loops, so without this the third could be admitted before the second).
+        for client in [first, second] {
+            client.send("PING :admitted")
+            _ = try await client.expect { _ in true }
+        }
         let third = try await TestClient.connect(port: server.ipv4Port)
         let lines = try await third.expectClosed()
         #expect(lines.first?.hasPrefix("ERROR :Closing link: 127.0.0.1 (Too many connections from your address)") == true)
