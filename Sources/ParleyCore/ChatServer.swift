@@ -57,6 +57,9 @@ public struct ChatServer: Sendable {
     }
     var maximumUsersSeen = 0
     var registeredSessionCount = 0
+    /// Registered connections without +i, and IRC operators (for LUSERS).
+    var visibleUsers: Set<ConnectionID> = []
+    var operators: Set<ConnectionID> = []
     let allocator = ByteBufferAllocator()
     let isupportTokens: [String]
 
@@ -228,6 +231,8 @@ public struct ChatServer: Sendable {
         leaveChannelsOnQuit(session, reason: quitMessage, into: &outbox)
         sessions[connection] = nil
         if session.isRegistered { registeredSessionCount -= 1 }
+        visibleUsers.remove(connection)
+        operators.remove(connection)
         for nick in session.monitoredNicks { stopWatching(nick, by: session) }
         guard session.isRegistered, let nick = session.nick else { return }
         recordWhowas(session, now: now)

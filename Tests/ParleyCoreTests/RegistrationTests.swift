@@ -21,6 +21,25 @@ struct RegistrationTests {
         #expect(harness.server.isRegistered(alice))
     }
 
+    @Test func lusersCountsUsersInvisibleAndUnknownConnectionsAsTheyChange() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice")
+        let bob = harness.register("bob")
+        _ = harness.connect()  // not registered yet
+        harness.send(bob, "MODE bob -i")
+        var replies = harness.send(alice, "LUSERS")
+        #expect(replies.contains { $0.contains(" 251 alice :There are 1 users and 1 invisible on 1 servers") })
+        #expect(replies.contains { $0.contains(" 252 alice 0 :operator(s) online") })
+        #expect(replies.contains { $0.contains(" 253 alice 1 :unknown connection(s)") })
+        #expect(replies.contains { $0.contains(" 255 alice :I have 2 clients and 0 servers") })
+        harness.close(bob)
+        replies = harness.send(alice, "LUSERS")
+        #expect(replies.contains { $0.contains(" 251 alice :There are 0 users and 1 invisible on 1 servers") })
+        harness.send(alice, "MODE alice -i")
+        replies = harness.send(alice, "LUSERS")
+        #expect(replies.contains { $0.contains(" 251 alice :There are 1 users and 0 invisible on 1 servers") })
+    }
+
     @Test func userBeforeNickAlsoRegisters() {
         var harness = CoreHarness()
         let id = harness.connect()

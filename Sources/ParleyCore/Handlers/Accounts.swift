@@ -213,6 +213,7 @@ extension ChatServer {
             var context = CommandContext(connection: id, now: now, label: label)
             if succeeded, let nick = session.nick {
                 sessions[id]?.isOperator = true
+                operators.insert(id)
                 numericReply(.rplYoureOper, ["You are now an IRC operator (\(name))"], in: &context)
                 context.replies.append(IRCMessage(source: nick.name, command: "MODE", parameters: [nick.name, "+o"]))
             } else {

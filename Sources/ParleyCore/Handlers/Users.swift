@@ -57,12 +57,14 @@ extension ChatServer {
             case "i":
                 guard sessions[id]?.isInvisible != adding else { continue }
                 sessions[id]?.isInvisible = adding
+                if adding { visibleUsers.remove(id) } else { visibleUsers.insert(id) }
                 if appliedSign != (adding ? "+" : "-") { applied.append(adding ? "+" : "-"); appliedSign = adding ? "+" : "-" }
                 applied.append("i")
             case "o":
                 // Operator status is granted by OPER only; it can be dropped.
                 guard !adding, sessions[id]?.isOperator == true else { continue }
                 sessions[id]?.isOperator = false
+                operators.remove(id)
                 if appliedSign != "-" { applied.append("-"); appliedSign = "-" }
                 applied.append("o")
             case "r":
@@ -335,15 +337,13 @@ extension ChatServer {
     }
 
     func lusersReplies(_ context: inout CommandContext) {
-        var visible = 0, invisible = 0, operators = 0, unknown = 0
-        for session in sessions.values {
-            guard session.isRegistered else { unknown += 1; continue }
-            if session.isInvisible { invisible += 1 } else { visible += 1 }
-            if session.isOperator { operators += 1 }
-        }
-        let total = visible + invisible
-        numericReply(.rplLUserClient, ["There are \(visible) users and \(invisible) invisible on 1 servers"], in: &context)
-        numericReply(.rplLUserOp, [String(operators), "operator(s) online"], in: &context)
+        // Counted as things change: every registration sends these, and counting the sessions
+        // each time made connecting slower the more users there were.
+        let visible = visibleUsers.count
+        let total = registeredSessionCount
+        let unknown = sessions.count - registeredSessionCount
+        numericReply(.rplLUserClient, ["There are \(visible) users and \(total - visible) invisible on 1 servers"], in: &context)
+        numericReply(.rplLUserOp, [String(operators.count), "operator(s) online"], in: &context)
         numericReply(.rplLUserUnknown, [String(unknown), "unknown connection(s)"], in: &context)
         numericReply(.rplLUserChannels, ["0", "channels formed"], in: &context)
         numericReply(.rplLUserMe, ["I have \(total) clients and 0 servers"], in: &context)
