@@ -353,13 +353,13 @@ public struct ChatServer: Sendable {
     }
 
     func send(_ message: IRCMessage, to connection: ConnectionID, session: Session, into outbox: inout Outbox) {
-        var message = message
-        if !message.tags.isEmpty {
-            message.tags.removeAll { tag in !Self.tagAllowed(tag.key, session) }
+        outbox.write(to: connection, allocator: allocator) { buffer in
+            if message.tags.isEmpty {
+                message.write(to: &buffer)
+            } else {
+                message.write(to: &buffer, includingTag: { Self.tagAllowed($0.key, session) })
+            }
         }
-        var buffer = allocator.buffer(capacity: 64 + message.parameters.reduce(0) { $0 + $1.utf8.count })
-        message.write(to: &buffer)
-        outbox.send(buffer, to: connection)
     }
 
     /// Tags tied to a capability go only to clients that asked for it; the rest need message-tags.

@@ -22,8 +22,12 @@ public struct Outbox: Sendable {
         }
     }
 
+    /// Lines per connection, in order; one delivery may hold several lines.
     public var deliveries: [Delivery] = []
     public var actions: [CoreAction] = []
+    /// Whether the last delivery's buffer belongs to it alone, so more lines for the same
+    /// connection can be appended to it (a reply burst becomes one buffer, not one per line).
+    private var lastLineIsPrivate = false
 
     public init() {}
 
@@ -32,10 +36,25 @@ public struct Outbox: Sendable {
     public mutating func removeAll() {
         deliveries.removeAll(keepingCapacity: true)
         actions.removeAll(keepingCapacity: true)
+        lastLineIsPrivate = false
     }
 
+    /// Queues a line that may be shared with other receivers.
     mutating func send(_ line: ByteBuffer, to connection: ConnectionID) {
         deliveries.append(Delivery(connection: connection, line: line))
+        lastLineIsPrivate = false
+    }
+
+    /// Encodes a line for one connection, after the previous line when that was its own too.
+    mutating func write(to connection: ConnectionID, allocator: ByteBufferAllocator, _ encode: (inout ByteBuffer) -> Void) {
+        if lastLineIsPrivate, let last = deliveries.indices.last, deliveries[last].connection == connection {
+            encode(&deliveries[last].line)
+            return
+        }
+        var buffer = allocator.buffer(capacity: 512)
+        encode(&buffer)
+        deliveries.append(Delivery(connection: connection, line: buffer))
+        lastLineIsPrivate = true
     }
 }
 

@@ -90,9 +90,12 @@ struct CoreHarness {
 
     mutating func apply(_ outbox: Outbox) {
         for delivery in outbox.deliveries {
+            // A delivery holds one or more whole lines.
             let bytes = Array(delivery.line.readableBytesView)
             precondition(bytes.suffix(2) == [13, 10], "every line ends in CR LF")
-            received[delivery.connection, default: []].append(String(decoding: bytes.dropLast(2), as: UTF8.self))
+            for line in String(decoding: bytes.dropLast(2), as: UTF8.self).split(separator: "\r\n", omittingEmptySubsequences: false) {
+                received[delivery.connection, default: []].append(String(line))
+            }
         }
         for action in outbox.actions {
             var next = Outbox()
