@@ -127,7 +127,8 @@ public final class ParleyServer: Service, Sendable {
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // No child TCP_NODELAY: NIO sets it on the listening socket and accepted sockets
+            // inherit it; setting it again cost a system call and a future per connection.
             .childChannelOption(.writeBufferWaterMark, value: .init(low: sendQueue / 2, high: sendQueue))
             .childChannelOption(.maxMessagesPerRead, value: 16)
             // NIO keeps each connection's receive buffer for reuse; its default first size
