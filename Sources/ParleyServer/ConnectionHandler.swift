@@ -240,21 +240,60 @@ final class WriteBatch: @unchecked Sendable {
     private struct PendingOutput {
         let channel: Channel
         var bytes: ByteBuffer
-        /// Whether `bytes` is a buffer of our own (after a second line), not a shared line.
+        /// Whether `bytes` is a buffer of this receiver's own, to append to in place.
         var isGathered = false
         var closeAfter = false
 
-        mutating func append(_ line: ByteBuffer) {
-            if !isGathered {
-                // Lines may be shared between receivers: gather into a fresh buffer.
-                var gathered = channel.allocator.buffer(capacity: max(2048, 2 * (bytes.readableBytes + line.readableBytes)))
-                gathered.writeImmutableBuffer(bytes)
-                bytes = gathered
-                isGathered = true
+        /// Appends a line. Lines are often shared (a group message): then the receiver's lines
+        /// are gathered into a new buffer, and receivers with the same lines so far (the other
+        /// members) share that buffer instead of each copying the same bytes.
+        mutating func append(_ line: ByteBuffer, lastGathering: inout Gathering?) {
+            if isGathered {
+                bytes.writeImmutableBuffer(line)
+                return
             }
-            bytes.writeImmutableBuffer(line)
+            enum Step { case share, continueOwn, gather }
+            let step: Step
+            if let last = lastGathering {
+                if last.existing.hasSameBytes(as: bytes) && last.added.hasSameBytes(as: line) {
+                    step = .share
+                } else if !last.isShared && last.result.hasSameBytes(as: bytes) {
+                    step = .continueOwn
+                } else {
+                    step = .gather
+                }
+            } else {
+                step = .gather
+            }
+            switch step {
+            case .share:
+                bytes = lastGathering!.result
+                lastGathering!.isShared = true
+            case .continueOwn:
+                // Nobody took this receiver's gathered buffer: it is its own to grow.
+                lastGathering = nil
+                isGathered = true
+                bytes.writeImmutableBuffer(line)
+            case .gather:
+                var gathered = channel.allocator.buffer(capacity: max(512, 2 * (bytes.readableBytes + line.readableBytes)))
+                gathered.writeImmutableBuffer(bytes)
+                gathered.writeImmutableBuffer(line)
+                lastGathering = Gathering(existing: bytes, added: line, result: gathered)
+                bytes = gathered
+            }
         }
     }
+
+    /// The latest gathering of a receiver's pending lines with one more line. It keeps its
+    /// inputs alive, so comparing buffers by address is sound while it exists.
+    struct Gathering {
+        var existing: ByteBuffer
+        var added: ByteBuffer
+        var result: ByteBuffer
+        var isShared = false
+    }
+
+    private var lastGathering: Gathering?
 
     func collectResolved() {
         for delivery in resolved {
@@ -265,7 +304,7 @@ final class WriteBatch: @unchecked Sendable {
             }
             let key = ObjectIdentifier(channel)
             if let index = pendingOutput.index(forKey: key) {
-                if let line = delivery.line { pendingOutput.values[index].append(line) }
+                if let line = delivery.line { pendingOutput.values[index].append(line, lastGathering: &lastGathering) }
                 if delivery.closeAfter { pendingOutput.values[index].closeAfter = true }
             } else {
                 pendingOutput[key] = PendingOutput(channel: channel, bytes: delivery.line ?? ByteBuffer(), closeAfter: delivery.closeAfter)
@@ -290,6 +329,7 @@ final class WriteBatch: @unchecked Sendable {
                 }
             }
             flushing.removeAll(keepingCapacity: true)
+            lastGathering = nil
             if !foreignWrites.isEmpty {
                 let writes = foreignWrites
                 foreignWrites = [:]
@@ -298,5 +338,14 @@ final class WriteBatch: @unchecked Sendable {
                 }
             }
         }
+    }
+}
+
+extension ByteBuffer {
+    /// Whether both views are the same bytes in memory (not merely equal bytes).
+    fileprivate func hasSameBytes(as other: ByteBuffer) -> Bool {
+        guard readableBytes == other.readableBytes else { return false }
+        let mine = withUnsafeReadableBytes { $0.baseAddress }
+        return mine == other.withUnsafeReadableBytes { $0.baseAddress }
     }
 }

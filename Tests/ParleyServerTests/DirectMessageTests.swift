@@ -108,6 +108,42 @@ struct DirectMessageTests {
         try await server.shutdownAndRemove()
     }
 
+    @Test func aBurstToAGroupAndAPersonArrivesWholeAndInOrder() async throws {
+        // One read holding many lines: each receiver's lines are gathered into one write, and
+        // members with the same lines share one buffer. Nobody may get another's lines.
+        let server = try await TestServer()
+        let sender = try await TestClient.registered("sender", port: server.ipv4Port)
+        var members: [TestClient] = []
+        for name in ["m1", "m2", "m3", "m4"] {
+            let member = try await TestClient.registered(name, port: server.ipv4Port)
+            member.send("JOIN #burst")
+            try await member.expect { $0.command == "JOIN" && $0.source?.hasPrefix(name + "!") == true }
+            members.append(member)
+        }
+        sender.send("JOIN #burst")
+        try await sender.expect(numeric: "366")
+        var burst = ""
+        for index in 1...3 { burst += "PRIVMSG #burst :group \(index)\r\n" }
+        burst += "PRIVMSG m2 :just for m2\r\n"
+        for index in 4...6 { burst += "PRIVMSG #burst :group \(index)\r\n" }
+        sender.sendRaw(Array(burst.utf8))
+        for (position, member) in members.enumerated() {
+            var texts: [String] = []
+            let expected = position == 1 ? 7 : 6
+            while texts.count < expected {
+                let message = try await member.expect(command: "PRIVMSG")
+                texts.append(message.parameters.last ?? "")
+            }
+            var wanted = (1...3).map { "group \($0)" }
+            if position == 1 { wanted.append("just for m2") }
+            wanted += (4...6).map { "group \($0)" }
+            #expect(texts == wanted, "member \(position + 1)")
+        }
+        for member in members { await member.close() }
+        await sender.close()
+        try await server.shutdownAndRemove()
+    }
+
     @Test func connectionsPerAddressAreCapped() async throws {
         let server = try await TestServer { $0.limits.maxConnectionsPerAddress = 2 }
         let first = try await TestClient.connect(port: server.ipv4Port)
