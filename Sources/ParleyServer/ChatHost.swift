@@ -16,10 +16,8 @@ import ParleyStore
 final class ChatHost: Sendable {
     struct State: Sendable {
         var core: ChatServer
-        var channels: [ConnectionID: Channel] = [:]
+        var connections = ConnectionTable()
         var connectionsPerAddress: [String: Int] = [:]
-        var addressOf: [ConnectionID: String] = [:]
-        var nextConnection: UInt64 = 1
         var isShuttingDown = false
         /// Emptied after each call; kept so its arrays keep their capacity.
         var outbox = Outbox()
@@ -28,8 +26,20 @@ final class ChatHost: Sendable {
     /// A write (or close) resolved to its channel while the lock was held.
     struct ResolvedDelivery {
         let channel: Channel
+        /// The receiver's slot in the connection table (the write batch indexes by it).
+        let slot: Int
+        /// The receiver's event loop.
+        let loop: ObjectIdentifier
         let line: ByteBuffer?
         let closeAfter: Bool
+
+        init(_ entry: ConnectionTable.Entry, line: ByteBuffer?, closeAfter: Bool = false) {
+            self.channel = entry.channel
+            self.slot = ConnectionTable.slot(of: entry.id)
+            self.loop = entry.loop
+            self.line = line
+            self.closeAfter = closeAfter
+        }
     }
 
     private let state: NIOLockedValueBox<State>
@@ -61,7 +71,7 @@ final class ChatHost: Sendable {
     func writeAfterCommit(_ deliveries: [Outbox.Delivery]) {
         let resolved = state.withLockedValue { state in
             deliveries.compactMap { delivery in
-                state.channels[delivery.connection].map { ResolvedDelivery(channel: $0, line: delivery.line, closeAfter: false) }
+                state.connections[delivery.connection].map { ResolvedDelivery($0, line: delivery.line) }
             }
         }
         Self.write(resolved)
@@ -91,11 +101,8 @@ final class ChatHost: Sendable {
                state.core.unregisteredConnectionCount >= limits.maxUnregisteredConnections {
                 return .refused("Too many connections are registering; try again shortly")
             }
-            let id = ConnectionID(state.nextConnection)
-            state.nextConnection += 1
-            state.channels[id] = channel
+            let id = state.connections.insert(channel, address: address)
             state.connectionsPerAddress[address, default: 0] += 1
-            state.addressOf[id] = address
             state.core.connectionOpened(id, host: Self.displayHost(address), isSecure: isSecure, now: Self.now())
             return .admitted(id)
         }
@@ -122,8 +129,8 @@ final class ChatHost: Sendable {
             defer { state.outbox.removeAll() }
             guard !state.outbox.isEmpty else { return }
             for delivery in state.outbox.deliveries {
-                guard let channel = state.channels[delivery.connection] else { continue }
-                resolved.append(ResolvedDelivery(channel: channel, line: delivery.line, closeAfter: false))
+                guard let entry = state.connections[delivery.connection] else { continue }
+                resolved.append(ResolvedDelivery(entry, line: delivery.line))
             }
             guard !state.outbox.actions.isEmpty else { return }
             var writes: [CoreAction] = []
@@ -131,8 +138,8 @@ final class ChatHost: Sendable {
                 if case .close(let id) = action {
                     // The channel stays registered until it is inactive, so that shutdown can
                     // wait for the final ERROR lines to leave.
-                    if let channel = state.channels[id] {
-                        resolved.append(ResolvedDelivery(channel: channel, line: nil, closeAfter: true))
+                    if let entry = state.connections[id] {
+                        resolved.append(ResolvedDelivery(entry, line: nil, closeAfter: true))
                     }
                 } else if action.isOrderedStorageWrite {
                     writes.append(action)
@@ -146,8 +153,7 @@ final class ChatHost: Sendable {
     }
 
     private func forget(_ id: ConnectionID, in state: inout State) {
-        state.channels[id] = nil
-        if let address = state.addressOf.removeValue(forKey: id) {
+        if let address = state.connections.remove(id)?.address {
             let remaining = state.connectionsPerAddress[address, default: 1] - 1
             state.connectionsPerAddress[address] = remaining > 0 ? remaining : nil
         }
@@ -267,6 +273,6 @@ final class ChatHost: Sendable {
         Self.write(deliveries)
     }
 
-    var openChannelCount: Int { state.withLockedValue { $0.channels.count } }
+    var openChannelCount: Int { state.withLockedValue { $0.connections.count } }
     var connectionCount: Int { state.withLockedValue { $0.core.connectionCount } }
 }

@@ -21,6 +21,8 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     /// Read once: asking the logger per line cost more than the line's parsing.
     private let tracesLines: Bool
     private var connection: ConnectionID?
+    /// This connection's event loop (writes to receivers on it are gathered, not sent as tasks).
+    private var eventLoopIdentity = ObjectIdentifier(ConnectionTable.self)
     private var flood: TokenBucket
     private var lineDecoder: IRCLineDecoder
     /// The start of a line whose end has not arrived yet, copied out of NIO's receive buffer
@@ -46,6 +48,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        eventLoopIdentity = ObjectIdentifier(context.eventLoop)
         let address = Self.normalizedAddress(context.channel.remoteAddress)
         switch host.admit(context.channel, address: address, isSecure: isSecure) {
         case .admitted(let id):
@@ -207,7 +210,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     }
 
     private func collectResolved() {
-        batch.collectResolved()
+        batch.collectResolved(onLoop: eventLoopIdentity)
     }
 
     private func flushBatch(context: ChannelHandlerContext) {
@@ -232,8 +235,14 @@ final class WriteBatch: @unchecked Sendable {
 
     /// What `ChatHost.perform(into:)` resolved, not yet sorted by receiver.
     var resolved: [ChatHost.ResolvedDelivery] = []
-    private var pendingOutput: [ObjectIdentifier: PendingOutput] = [:]
-    private var flushing: [ObjectIdentifier: PendingOutput] = [:]
+    /// This batch's receivers on this loop, in the order they were first written to. A
+    /// receiver's place is found by its connection slot: `outputIndexBySlot[slot]` is valid
+    /// when `stampBySlot[slot]` is the current `stamp` (no clearing, no hashing per line).
+    private var outputs: [PendingOutput] = []
+    private var flushing: [PendingOutput] = []
+    private var outputIndexBySlot: [Int32] = []
+    private var stampBySlot: [UInt32] = []
+    private var stamp: UInt32 = 1
     private var isFlushing = false
     private var foreignWrites: [ObjectIdentifier: (Channel, [ChatHost.ResolvedDelivery])] = [:]
 
@@ -295,22 +304,38 @@ final class WriteBatch: @unchecked Sendable {
 
     private var lastGathering: Gathering?
 
-    func collectResolved() {
+    func collectResolved(onLoop loop: ObjectIdentifier) {
         for delivery in resolved {
-            let channel = delivery.channel
-            guard channel.eventLoop.inEventLoop else {
-                foreignWrites[ObjectIdentifier(channel), default: (channel, [])].1.append(delivery)
+            guard delivery.loop == loop else {
+                foreignWrites[ObjectIdentifier(delivery.channel), default: (delivery.channel, [])].1.append(delivery)
                 continue
             }
-            let key = ObjectIdentifier(channel)
-            if let index = pendingOutput.index(forKey: key) {
-                if let line = delivery.line { pendingOutput.values[index].append(line, lastGathering: &lastGathering) }
-                if delivery.closeAfter { pendingOutput.values[index].closeAfter = true }
+            let slot = delivery.slot
+            if slot >= stampBySlot.count {
+                let size = max(slot + 1, 2 * stampBySlot.count, 64)
+                stampBySlot += repeatElement(0, count: size - stampBySlot.count)
+                outputIndexBySlot += repeatElement(0, count: size - outputIndexBySlot.count)
+            }
+            if stampBySlot[slot] == stamp {
+                let index = Int(outputIndexBySlot[slot])
+                if let line = delivery.line { outputs[index].append(line, lastGathering: &lastGathering) }
+                if delivery.closeAfter { outputs[index].closeAfter = true }
             } else {
-                pendingOutput[key] = PendingOutput(channel: channel, bytes: delivery.line ?? ByteBuffer(), closeAfter: delivery.closeAfter)
+                stampBySlot[slot] = stamp
+                outputIndexBySlot[slot] = Int32(outputs.count)
+                outputs.append(PendingOutput(channel: delivery.channel, bytes: delivery.line ?? ByteBuffer(), closeAfter: delivery.closeAfter))
             }
         }
         resolved.removeAll(keepingCapacity: true)
+    }
+
+    /// A new batch: every slot's index is stale at once.
+    private func nextStamp() {
+        stamp &+= 1
+        if stamp == 0 {
+            for index in stampBySlot.indices { stampBySlot[index] = 0 }
+            stamp = 1
+        }
     }
 
     func flush() {
@@ -318,18 +343,22 @@ final class WriteBatch: @unchecked Sendable {
         guard !isFlushing else { return }
         isFlushing = true
         defer { isFlushing = false }
-        while !pendingOutput.isEmpty || !foreignWrites.isEmpty {
-            swap(&pendingOutput, &flushing)
-            for output in flushing.values {
-                if output.bytes.readableBytes > 0 { output.channel.write(output.bytes, promise: nil) }
+        while !outputs.isEmpty || !foreignWrites.isEmpty {
+            swap(&outputs, &flushing)
+            nextStamp()
+            lastGathering = nil
+            for output in flushing {
                 if output.closeAfter {
+                    if output.bytes.readableBytes > 0 { output.channel.write(output.bytes, promise: nil) }
                     ChatHost.closeAfterFlush(output.channel)
+                } else if output.bytes.readableBytes > 0 {
+                    // One pass through the pipeline for both.
+                    output.channel.writeAndFlush(output.bytes, promise: nil)
                 } else {
                     output.channel.flush()
                 }
             }
             flushing.removeAll(keepingCapacity: true)
-            lastGathering = nil
             if !foreignWrites.isEmpty {
                 let writes = foreignWrites
                 foreignWrites = [:]
