@@ -39,8 +39,28 @@ extension IRCMessage {
             }
             buffer.writeString(parameter)
         }
-        // One pass over the written bytes instead of a check per part (escaped tag values hold
-        // no raw CR, LF or NUL, so the whole line can be treated alike).
+        Self.endLine(startingAt: lineStart, in: &buffer)
+    }
+
+    /// Appends `:source COMMAND target :text` and CR LF, the relay of a message without tags,
+    /// without building a message first (the relay path of receivers that take no tags).
+    public static func writeUntagged(source: String, command: String, target: String, text: String, to buffer: inout ByteBuffer) {
+        let lineStart = buffer.writerIndex
+        buffer.writeInteger(UInt8(ascii: ":"))
+        buffer.writeString(source)
+        buffer.writeInteger(UInt8(ascii: " "))
+        buffer.writeString(command)
+        buffer.writeInteger(UInt8(ascii: " "))
+        buffer.writeString(target)
+        buffer.writeInteger(UInt16(0x203A))  // " :"
+        buffer.writeString(text)
+        endLine(startingAt: lineStart, in: &buffer)
+    }
+
+    /// Makes the bytes written since `lineStart` one safe line and ends it with CR LF: one pass
+    /// over them instead of a check per part (escaped tag values hold no raw CR, LF or NUL, so
+    /// the whole line can be treated alike).
+    private static func endLine(startingAt lineStart: Int, in buffer: inout ByteBuffer) {
         let lineLength = buffer.writerIndex - lineStart
         let lineOffset = lineStart - buffer.readerIndex
         buffer.withUnsafeMutableReadableBytes { bytes in

@@ -82,6 +82,9 @@ final class Session: @unchecked Sendable {
     }
 
     func has(_ capability: Capability) -> Bool { capabilities.contains(capability) }
+
+    /// Whether relayed messages reach this connection with any tags (msgid, time, account).
+    var takesTags: Bool { has(.messageTags) || has(.serverTime) || has(.accountTag) }
 }
 
 /// Indirect: the SCRAM state is large and most sessions never use it; boxed, it costs an idle

@@ -105,6 +105,17 @@ extension ChatServer {
             throw .fail(verb, "MESSAGE_TOO_LONG", target, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
         }
 
+        if verb != "TAGMSG", sender.accountKey == nil, recipientAccount == nil, !sender.has(.echoMessage), let holder,
+           holder.connections.allSatisfy({ sessions[$0]?.takesTags == false }) {
+            // Between guests whose connections take no tags, nothing keeps or shows the
+            // message's id or time: relay the plain line, without building the tagged message.
+            var line = allocator.buffer(capacity: 32 + sender.prefix.utf8.count + target.utf8.count + text.utf8.count)
+            IRCMessage.writeUntagged(source: sender.prefix, command: verb, target: target, text: text, to: &line)
+            for recipient in holder.connections { outbox.send(line, to: recipient) }
+            if verb == "PRIVMSG" { replyIfAway(holder.connections, target: target, &context) }
+            return
+        }
+
         let messageID = messageIDs.next()
         var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)]
         if let account = sender.accountName { tags.append(IRCTag("account", account)) }
@@ -114,11 +125,9 @@ extension ChatServer {
             parameters: verb == "TAGMSG" ? [target] : [target, text])
 
         var encodings = EncodingCache()
-        var allAway = true
         let recipientConnections = holder?.connections ?? []
         for recipient in recipientConnections {
             guard let session = sessions[recipient] else { continue }
-            if session.awayMessage == nil { allAway = false }
             if verb == "TAGMSG" && !session.has(.messageTags) { continue }
             outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: recipient)
         }
@@ -140,9 +149,14 @@ extension ChatServer {
         if holder == nil, let offlineAccount = recipientAccount {
             context.replies.append(offlineNote(verb: verb, target: target, accountKey: offlineAccount, now: context.now))
         }
-        if verb == "PRIVMSG", allAway, let first = recipientConnections.first, let away = sessions[first]?.awayMessage {
-            numericReply(.rplAway, [sessions[first]?.nick?.name ?? target, away], in: &context)
-        }
+        if verb == "PRIVMSG" { replyIfAway(recipientConnections, target: target, &context) }
+    }
+
+    /// RPL_AWAY when every connection of the recipient is away.
+    private func replyIfAway(_ connections: [ConnectionID], target: String, _ context: inout CommandContext) {
+        guard let first = connections.first, let away = sessions[first]?.awayMessage,
+              connections.allSatisfy({ sessions[$0]?.awayMessage != nil }) else { return }
+        numericReply(.rplAway, [sessions[first]?.nick?.name ?? target, away], in: &context)
     }
 }
 
