@@ -33,10 +33,10 @@ final class ChatHost: Sendable {
         let line: ByteBuffer?
         let closeAfter: Bool
 
-        init(_ entry: ConnectionTable.Entry, line: ByteBuffer?, closeAfter: Bool = false) {
-            self.channel = entry.channel
-            self.slot = ConnectionTable.slot(of: entry.id)
-            self.loop = entry.loop
+        init(channel: Channel, slot: Int, loop: ObjectIdentifier, line: ByteBuffer?, closeAfter: Bool) {
+            self.channel = channel
+            self.slot = slot
+            self.loop = loop
             self.line = line
             self.closeAfter = closeAfter
         }
@@ -71,7 +71,7 @@ final class ChatHost: Sendable {
     func writeAfterCommit(_ deliveries: [Outbox.Delivery]) {
         let resolved = state.withLockedValue { state in
             deliveries.compactMap { delivery in
-                state.connections[delivery.connection].map { ResolvedDelivery($0, line: delivery.line) }
+                state.connections.delivery(to: delivery.connection, line: delivery.line)
             }
         }
         Self.write(resolved)
@@ -129,8 +129,8 @@ final class ChatHost: Sendable {
             defer { state.outbox.removeAll() }
             guard !state.outbox.isEmpty else { return }
             for delivery in state.outbox.deliveries {
-                guard let entry = state.connections[delivery.connection] else { continue }
-                resolved.append(ResolvedDelivery(entry, line: delivery.line))
+                guard let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) else { continue }
+                resolved.append(resolvedDelivery)
             }
             guard !state.outbox.actions.isEmpty else { return }
             var writes: [CoreAction] = []
@@ -138,8 +138,8 @@ final class ChatHost: Sendable {
                 if case .close(let id) = action {
                     // The channel stays registered until it is inactive, so that shutdown can
                     // wait for the final ERROR lines to leave.
-                    if let entry = state.connections[id] {
-                        resolved.append(ResolvedDelivery(entry, line: nil, closeAfter: true))
+                    if let closing = state.connections.delivery(to: id, line: nil, closeAfter: true) {
+                        resolved.append(closing)
                     }
                 } else if action.isOrderedStorageWrite {
                     writes.append(action)

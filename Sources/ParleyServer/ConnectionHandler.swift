@@ -34,7 +34,8 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     /// This thread's writes of the current read batch (shared by the connections of one event
     /// loop, so an idle connection holds no write bookkeeping of its own).
-    private var batch: WriteBatch { WriteBatch.current }
+    /// Taken on first use, which is on this connection's event loop thread, like every later use.
+    private lazy var batch = WriteBatch.current
 
     init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, logger: Logger) {
         self.lineDecoder = IRCLineDecoder(maximumLineBytes: maximumLineBytes)

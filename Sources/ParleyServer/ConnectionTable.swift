@@ -45,6 +45,14 @@ struct ConnectionTable: Sendable {
         return entry
     }
 
+    /// A write to `id`, resolved without copying its whole entry (fan-out does this per member).
+    func delivery(to id: ConnectionID, line: ByteBuffer?, closeAfter: Bool = false) -> ChatHost.ResolvedDelivery? {
+        let slot = Self.slot(of: id)
+        guard slot < entries.count, entries[slot]?.id == id else { return nil }
+        return ChatHost.ResolvedDelivery(channel: entries[slot].unsafelyUnwrapped.channel, slot: slot,
+                                         loop: entries[slot].unsafelyUnwrapped.loop, line: line, closeAfter: closeAfter)
+    }
+
     @discardableResult
     mutating func remove(_ id: ConnectionID) -> Entry? {
         guard let entry = self[id] else { return nil }
