@@ -153,7 +153,7 @@ final class ChatHost: Sendable {
     }
 
     private func forget(_ id: ConnectionID, in state: inout State) {
-        if let address = state.connections.remove(id)?.address {
+        if let address = state.connections.remove(id) {
             let remaining = state.connectionsPerAddress[address, default: 1] - 1
             state.connectionsPerAddress[address] = remaining > 0 ? remaining : nil
         }

@@ -5,19 +5,19 @@ import ParleyCore
 /// low bits: every delivery is resolved to its channel, and an array index costs less than
 /// hashing an id (fan-out resolves a thousand per message). The high bits are a serial number,
 /// so an id is never reused even when its slot is.
+///
+/// Columns rather than an array of entries: checking a slot's id is then a plain integer compare
+/// that copies (and retains) nothing.
 struct ConnectionTable: Sendable {
-    struct Entry: Sendable {
-        let id: ConnectionID
-        let channel: Channel
-        /// The channel's event loop, to tell same-loop writes apart without asking the channel.
-        let loop: ObjectIdentifier
-        let address: String
-    }
-
     static let slotBits: UInt64 = 24
     static let slotMask: UInt64 = (1 << slotBits) - 1
 
-    private var entries: [Entry?] = []
+    /// The id in each slot; 0 for a free slot (serial numbers start at 1).
+    private var ids: [UInt64] = []
+    private var channels: [Channel?] = []
+    /// Each channel's event loop, to tell same-loop writes apart without asking the channel.
+    private var loops: [ObjectIdentifier?] = []
+    private var addresses: [String] = []
     private var freeSlots: [Int] = []
     private var serial: UInt64 = 0
     private(set) var count = 0
@@ -29,37 +29,44 @@ struct ConnectionTable: Sendable {
         if let reused = freeSlots.popLast() {
             slot = reused
         } else {
-            slot = entries.count
-            entries.append(nil)
+            slot = ids.count
+            ids.append(0)
+            channels.append(nil)
+            loops.append(nil)
+            addresses.append("")
         }
         serial += 1
         let id = ConnectionID(serial << Self.slotBits | UInt64(slot))
-        entries[slot] = Entry(id: id, channel: channel, loop: ObjectIdentifier(channel.eventLoop), address: address)
+        ids[slot] = id.rawValue
+        channels[slot] = channel
+        loops[slot] = ObjectIdentifier(channel.eventLoop)
+        addresses[slot] = address
         count += 1
         return id
     }
 
-    subscript(id: ConnectionID) -> Entry? {
-        let slot = Self.slot(of: id)
-        guard slot < entries.count, let entry = entries[slot], entry.id == id else { return nil }
-        return entry
+    private func contains(_ id: ConnectionID, slot: Int) -> Bool {
+        slot < ids.count && ids[slot] == id.rawValue
     }
 
-    /// A write to `id`, resolved without copying its whole entry (fan-out does this per member).
+    /// A write to `id`, resolved to its channel, or nil when the connection is gone.
     func delivery(to id: ConnectionID, line: ByteBuffer?, closeAfter: Bool = false) -> ChatHost.ResolvedDelivery? {
         let slot = Self.slot(of: id)
-        guard slot < entries.count, entries[slot]?.id == id else { return nil }
-        return ChatHost.ResolvedDelivery(channel: entries[slot].unsafelyUnwrapped.channel, slot: slot,
-                                         loop: entries[slot].unsafelyUnwrapped.loop, line: line, closeAfter: closeAfter)
+        guard contains(id, slot: slot), let channel = channels[slot], let loop = loops[slot] else { return nil }
+        return ChatHost.ResolvedDelivery(channel: channel, slot: slot, loop: loop, line: line, closeAfter: closeAfter)
     }
 
-    @discardableResult
-    mutating func remove(_ id: ConnectionID) -> Entry? {
-        guard let entry = self[id] else { return nil }
+    /// Forgets the connection; returns the address it came from.
+    mutating func remove(_ id: ConnectionID) -> String? {
         let slot = Self.slot(of: id)
-        entries[slot] = nil
+        guard contains(id, slot: slot) else { return nil }
+        let address = addresses[slot]
+        ids[slot] = 0
+        channels[slot] = nil
+        loops[slot] = nil
+        addresses[slot] = ""
         freeSlots.append(slot)
         count -= 1
-        return entry
+        return address
     }
 }
