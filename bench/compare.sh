@@ -148,9 +148,18 @@ for workload in $WORKLOADS; do
     done
 done
 
-python3 - "$results" bench/results.md bench/results.svg <<'PY'
-import json, statistics, sys, platform, subprocess, datetime
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+touch "$results"
+python3 - "$results" bench/results.md bench/results.svg bench/results.jsonl <<'PY'
+import json, os, statistics, sys, platform, subprocess, datetime
+# This run's results replace the earlier ones of the same workload and server; the others are
+# kept (bench/results.jsonl), so a partial run (SERVERS=..., WORKLOADS=...) updates its rows only.
+now = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M")
+new = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+for r in new: r.setdefault("measured_at", now)
+ran = {(r["mode"], r["server"]) for r in new}
+old = [json.loads(line) for line in open(sys.argv[4]) if line.strip()] if os.path.exists(sys.argv[4]) else []
+rows = [r for r in old if (r["mode"], r["server"]) not in ran] + new
+open(sys.argv[4], "w").write("".join(json.dumps(r) + "\n" for r in rows))
 metrics = {  # workload: (metric, label, higher is better)
     "direct": [("delivered_per_s", "direct, window: delivered msgs/s", True), ("p99_us", "direct, window: p99 latency (us)", False)],
     "fanout": [("delivered_per_s", "fanout: deliveries/s", True)],
@@ -159,15 +168,16 @@ metrics = {  # workload: (metric, label, higher is better)
                 ("server_cpu_us_per_conn", "connect + register: server CPU us/connection", False)],
     "offline": [("stored_per_s", "offline: durably stored msgs/s", True), ("replayed_per_s", "offline: backlog replayed msgs/s", True)],
 }
-servers = []
-for r in rows:
-    if r["server"] not in servers: servers.append(r["server"])
+preference = ["parley", "inspircd", "ngircd"]
+servers = sorted({r["server"] for r in rows}, key=lambda s: (preference.index(s) if s in preference else len(preference), s))
 def median(workload, server, metric):
     values = [r[metric] for r in rows if r["mode"] == workload and r["server"] == server and metric in r]
     return statistics.median(values) if values else None
 lines = []
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-lines.append(f"Measured {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC on {cpu or platform.processor()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; "
+times = sorted({r.get("measured_at", now) for r in rows})
+when = times[0] if len(times) == 1 else f"between {times[0]} and {times[-1]}"
+lines.append(f"Measured {when} UTC on {cpu or platform.processor()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; "
              f"server on one core, parley-bench on the other; medians of {max((sum(1 for r in rows if r['mode']==w and r['server']==s) for w in metrics for s in servers), default=0)} runs.")
 lines.append("")
 header = "| workload | " + " | ".join(servers) + " | " + " | ".join(f"Parley/{s}" for s in servers if s != "parley") + " |"
