@@ -61,7 +61,11 @@ public struct ChatServer: Sendable {
     var visibleUsers: Set<ConnectionID> = []
     var operators: Set<ConnectionID> = []
     let allocator = ByteBufferAllocator()
-    let isupportTokens: [String]
+    /// RPL_ISUPPORT parameters, 13 tokens a line, with the closing text: the same for every
+    /// registration, so built once.
+    let isupportLines: [[String]]
+    /// RPL_CREATED's text (the start time formatted once).
+    let createdText: String
 
     struct NickHolder: Sendable {
         var connections: [ConnectionID]
@@ -102,7 +106,11 @@ public struct ChatServer: Sendable {
             channels[channel.key] = channel
             for account in channel.accountRoles.keys { groupsOfAccount[account, default: []].insert(channel.key) }
         }
-        self.isupportTokens = Self.makeISupportTokens(configuration)
+        let tokens = Self.makeISupportTokens(configuration)
+        self.isupportLines = stride(from: 0, to: tokens.count, by: 13).map {
+            Array(tokens[$0..<min($0 + 13, tokens.count)]) + ["are supported by this server"]
+        }
+        self.createdText = "This server was created \(startedAt.iso8601)"
         restoreDeliveryState(delivery)
     }
 

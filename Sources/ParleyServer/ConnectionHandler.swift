@@ -109,6 +109,9 @@ final class IRCConnectionHandler: ChannelInboundHandler {
             host.connectionClosed(id, reason: "Connection closed")
             logger.debug("disconnected", metadata: ["connection": "\(id)"])
         }
+        // Lines read just before the end of the stream may not be followed by a read-complete
+        // event: what they decided must not wait for another connection's read.
+        flushBatch(context: context)
         context.fireChannelInactive()
     }
 

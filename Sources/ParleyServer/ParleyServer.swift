@@ -129,14 +129,17 @@ public final class ParleyServer: Service, Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             // No child TCP_NODELAY: NIO sets it on the listening socket and accepted sockets
             // inherit it; setting it again cost a system call and a future per connection.
-            .childChannelOption(.writeBufferWaterMark, value: .init(low: sendQueue / 2, high: sendQueue))
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            // NIO keeps each connection's receive buffer for reuse; its default first size
-            // (2 KB) was most of an idle connection's memory. IRC lines are short, and a busy
-            // connection's buffer still grows (and shrinks again) with what it reads.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Child options set here, synchronously: as bootstrap child options each one
+                    // cost a chain of futures per connection.
+                    guard let options = channel.syncOptions else { throw ChannelError.operationUnsupported }
+                    try options.setOption(.writeBufferWaterMark, value: .init(low: sendQueue / 2, high: sendQueue))
+                    try options.setOption(.maxMessagesPerRead, value: 16)
+                    // NIO keeps each connection's receive buffer for reuse; its default first size
+                    // (2 KB) was most of an idle connection's memory. IRC lines are short, and a
+                    // busy connection's buffer still grows (and shrinks) with what it reads.
+                    try options.setOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
                     let sync = channel.pipeline.syncOperations
                     if let tlsContext {
                         try sync.addHandler(NIOSSLServerHandler(context: tlsContext))

@@ -144,6 +144,20 @@ struct DirectMessageTests {
         try await server.shutdownAndRemove()
     }
 
+    @Test func aMessageSentJustBeforeHangingUpIsStillDelivered() async throws {
+        let server = try await TestServer()
+        let bob = try await TestClient.registered("bob", port: server.ipv4Port)
+        for round in 1...5 {
+            let leaver = try await TestClient.registered("leaver\(round)", port: server.ipv4Port)
+            leaver.sendRaw(Array("PRIVMSG bob :bye \(round)\r\nQUIT :gone\r\n".utf8))
+            await leaver.close()
+            let message = try await bob.expect(command: "PRIVMSG")
+            #expect(message.parameters.last == "bye \(round)")
+        }
+        await bob.close()
+        try await server.shutdownAndRemove()
+    }
+
     @Test func connectionsPerAddressAreCapped() async throws {
         let server = try await TestServer { $0.limits.maxConnectionsPerAddress = 2 }
         let first = try await TestClient.connect(port: server.ipv4Port)

@@ -263,14 +263,9 @@ extension ChatServer {
         guard let session = sessions[id], let nick = session.nick else { return }
         numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
         numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
-        numericReply(.rplCreated, ["This server was created \(startedAt.iso8601)"], in: &context)
+        numericReply(.rplCreated, [createdText], in: &context)
         numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "ior", "biklmnostv", "bklov"], in: &context)
-        var index = 0
-        while index < isupportTokens.count {
-            let chunk = Array(isupportTokens[index..<min(index + 13, isupportTokens.count)])
-            numericReply(.rplISupport, chunk + ["are supported by this server"], in: &context)
-            index += 13
-        }
+        for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
         lusersReplies(&context)
         motdReplies(&context)
         if session.isInvisible {

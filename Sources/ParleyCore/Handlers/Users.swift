@@ -353,12 +353,7 @@ extension ChatServer {
 
     mutating func handleVersion(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         numericReply(.rplVersion, [configuration.version, configuration.serverName, "Parley chat server"], in: &context)
-        var index = 0
-        while index < isupportTokens.count {
-            let chunk = Array(isupportTokens[index..<min(index + 13, isupportTokens.count)])
-            numericReply(.rplISupport, chunk + ["are supported by this server"], in: &context)
-            index += 13
-        }
+        for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
     }
 
     mutating func handleTime(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
