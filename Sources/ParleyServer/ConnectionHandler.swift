@@ -7,8 +7,7 @@ import ParleyCore
 /// The per-connection pipeline end: frames lines, parses them, applies flood control, hands
 /// messages to the domain and writes what it decided. It frames lines itself rather than behind
 /// a `ByteToMessageHandler`: one handler less per connection (its buffers were a tenth of an idle
-/// connection's memory) and no pipeline event per line. Writes to other connections on this event loop are
-/// flushed once per read batch, so a burst of messages costs one syscall per receiver.
+/// connection's memory) and no pipeline event per line. Writes go through `WriteBatch`.
 final class IRCConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -16,13 +15,14 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private let host: ChatHost
     private let isSecure: Bool
     /// Shared, not copied with per-connection metadata: a copy with metadata cost hundreds of
-    /// bytes per idle connection. `connectionMetadata` is added where something is logged.
+    /// bytes per idle connection. The connection id is added where something is logged.
     private let logger: Logger
     /// Read once: asking the logger per line cost more than the line's parsing.
     private let tracesLines: Bool
     private var connection: ConnectionID?
-    /// This connection's event loop (writes to receivers on it are gathered, not sent as tasks).
-    private var eventLoopIdentity = ObjectIdentifier(ConnectionTable.self)
+    /// This connection's event loop (writes to receivers on it are gathered, not sent as tasks);
+    /// set when the connection becomes active, before anything is read.
+    private var eventLoopIdentity = ObjectIdentifier(IRCConnectionHandler.self)
     private var flood: TokenBucket
     private var lineDecoder: IRCLineDecoder
     /// The start of a line whose end has not arrived yet, copied out of NIO's receive buffer
