@@ -255,15 +255,19 @@ func runTraffic(
     }.get()
     let ticker: RepeatedTask?
     if let rate = options.rate {
-        // Every millisecond, send the messages due so far, round-robin over the senders.
-        let perTick = Double(rate) / 1000
-        let due = NIOLoopBoundBox.makeBoxSendingValue((credit: 0.0, next: 0), eventLoop: loop)
-        ticker = loop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(1)) { _ in
+        // About every 200 us, send what is due by the clock, round-robin over the senders: small
+        // bursts, as from many independent clients (a 1 ms tick sent bursts of 70 that queued
+        // behind each other). Due by the clock, not a fixed count per tick: the timer fires
+        // later than asked (a count per tick gave 36,000 msgs/s when 50,000 were asked for).
+        let ratePerNanosecond = Double(rate) / 1e9
+        let sendingSince = monotonicNanoseconds()
+        let due = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, next: 0), eventLoop: loop)
+        ticker = loop.scheduleRepeatedTask(initialDelay: .zero, delay: .microseconds(200)) { _ in
             guard traffic.running else { return }
-            due.value.credit += perTick
+            let dueByNow = Int(Double(monotonicNanoseconds() - sendingSince) * ratePerNanosecond)
             var touched: Set<Int> = []
-            while due.value.credit >= 1 {
-                due.value.credit -= 1
+            while due.value.sent < dueByNow {
+                due.value.sent += 1
                 let sender = senders[due.value.next % senders.count]
                 due.value.next += 1
                 connections[sender].write(traffic.line(from: sender, to: target(sender)))
