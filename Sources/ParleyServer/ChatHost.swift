@@ -32,14 +32,6 @@ final class ChatHost: Sendable {
         let loop: ObjectIdentifier
         let line: ByteBuffer?
         let closeAfter: Bool
-
-        init(channel: Channel, slot: Int, loop: ObjectIdentifier, line: ByteBuffer?, closeAfter: Bool) {
-            self.channel = channel
-            self.slot = slot
-            self.loop = loop
-            self.line = line
-            self.closeAfter = closeAfter
-        }
     }
 
     private let state: NIOLockedValueBox<State>

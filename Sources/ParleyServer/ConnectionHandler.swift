@@ -1,7 +1,6 @@
 import IRCWire
 import Logging
 import NIOCore
-import NIOPosix
 import ParleyCore
 
 /// The per-connection pipeline end: frames lines, parses them, applies flood control, hands
@@ -97,7 +96,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        flushBatch(context: context)
+        batch.flush()
         context.fireChannelReadComplete()
     }
 
@@ -111,7 +110,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         }
         // Lines read just before the end of the stream may not be followed by a read-complete
         // event: what they decided must not wait for another connection's read.
-        flushBatch(context: context)
+        batch.flush()
         context.fireChannelInactive()
     }
 
@@ -139,12 +138,12 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         if heldBack.count > host.configuration.limits.floodQueueLimit, let id = connection {
             logger.notice("excess flood", metadata: ["connection": "\(id)"])
             heldBack.removeAll()
-            let deliveries = host.perform { core, outbox in
+            host.perform(into: &batch.resolved) { core, outbox in
                 core.disconnect(id, reason: "Excess Flood", now: ChatHost.now(), into: &outbox)
             }
             connection = nil
-            collect(deliveries, context: context)
-            flushBatch(context: context)
+            batch.collectResolved(onLoop: eventLoopIdentity)
+            batch.flush()
             return
         }
         scheduleDrain(context: context)
@@ -169,7 +168,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
             heldBack.removeFirst()
             process(frame, now: now, context: context)
         }
-        flushBatch(context: context)
+        batch.flush()
         if !heldBack.isEmpty && connection != nil { scheduleDrain(context: context) }
     }
 
@@ -205,180 +204,6 @@ final class IRCConnectionHandler: ChannelInboundHandler {
                 }
             }
         }
-        collectResolved()
-    }
-
-    private func collect(_ deliveries: [ChatHost.ResolvedDelivery], context: ChannelHandlerContext) {
-        batch.resolved.append(contentsOf: deliveries)
-        collectResolved()
-    }
-
-    private func collectResolved() {
         batch.collectResolved(onLoop: eventLoopIdentity)
-    }
-
-    private func flushBatch(context: ChannelHandlerContext) {
-        batch.flush()
-    }
-}
-
-/// The writes decided while an event loop thread handles one connection's read batch: the lines
-/// for each receiver on this loop are gathered into one buffer and written once, so a burst of
-/// messages costs one pipeline write and one system call per receiver, not one per line.
-/// Receivers on other loops get one task each. One per thread, reused: never touched by any
-/// other thread, hence `@unchecked Sendable`.
-final class WriteBatch: @unchecked Sendable {
-    private static let perThread = ThreadSpecificVariable<WriteBatch>()
-
-    static var current: WriteBatch {
-        if let batch = perThread.currentValue { return batch }
-        let batch = WriteBatch()
-        perThread.currentValue = batch
-        return batch
-    }
-
-    /// What `ChatHost.perform(into:)` resolved, not yet sorted by receiver.
-    var resolved: [ChatHost.ResolvedDelivery] = []
-    /// This batch's receivers on this loop, in the order they were first written to. A
-    /// receiver's place is found by its connection slot: `outputIndexBySlot[slot]` is valid
-    /// when `stampBySlot[slot]` is the current `stamp` (no clearing, no hashing per line).
-    private var outputs: [PendingOutput] = []
-    private var flushing: [PendingOutput] = []
-    private var outputIndexBySlot: [Int32] = []
-    private var stampBySlot: [UInt32] = []
-    private var stamp: UInt32 = 1
-    private var isFlushing = false
-    private var foreignWrites: [ObjectIdentifier: (Channel, [ChatHost.ResolvedDelivery])] = [:]
-
-    private struct PendingOutput {
-        let channel: Channel
-        var bytes: ByteBuffer
-        /// Whether `bytes` is a buffer of this receiver's own, to append to in place.
-        var isGathered = false
-        var closeAfter = false
-
-        /// Appends a line. Lines are often shared (a group message): then the receiver's lines
-        /// are gathered into a new buffer, and receivers with the same lines so far (the other
-        /// members) share that buffer instead of each copying the same bytes.
-        mutating func append(_ line: ByteBuffer, lastGathering: inout Gathering?) {
-            if isGathered {
-                bytes.writeImmutableBuffer(line)
-                return
-            }
-            enum Step { case share, continueOwn, gather }
-            let step: Step
-            if let last = lastGathering {
-                if last.existing.hasSameBytes(as: bytes) && last.added.hasSameBytes(as: line) {
-                    step = .share
-                } else if !last.isShared && last.result.hasSameBytes(as: bytes) {
-                    step = .continueOwn
-                } else {
-                    step = .gather
-                }
-            } else {
-                step = .gather
-            }
-            switch step {
-            case .share:
-                bytes = lastGathering!.result
-                lastGathering!.isShared = true
-            case .continueOwn:
-                // Nobody took this receiver's gathered buffer: it is its own to grow.
-                lastGathering = nil
-                isGathered = true
-                bytes.writeImmutableBuffer(line)
-            case .gather:
-                var gathered = channel.allocator.buffer(capacity: max(512, 2 * (bytes.readableBytes + line.readableBytes)))
-                gathered.writeImmutableBuffer(bytes)
-                gathered.writeImmutableBuffer(line)
-                lastGathering = Gathering(existing: bytes, added: line, result: gathered)
-                bytes = gathered
-            }
-        }
-    }
-
-    /// The latest gathering of a receiver's pending lines with one more line. It keeps its
-    /// inputs alive, so comparing buffers by address is sound while it exists.
-    struct Gathering {
-        var existing: ByteBuffer
-        var added: ByteBuffer
-        var result: ByteBuffer
-        var isShared = false
-    }
-
-    private var lastGathering: Gathering?
-
-    func collectResolved(onLoop loop: ObjectIdentifier) {
-        for delivery in resolved {
-            guard delivery.loop == loop else {
-                foreignWrites[ObjectIdentifier(delivery.channel), default: (delivery.channel, [])].1.append(delivery)
-                continue
-            }
-            let slot = delivery.slot
-            if slot >= stampBySlot.count {
-                let size = max(slot + 1, 2 * stampBySlot.count, 64)
-                stampBySlot += repeatElement(0, count: size - stampBySlot.count)
-                outputIndexBySlot += repeatElement(0, count: size - outputIndexBySlot.count)
-            }
-            if stampBySlot[slot] == stamp {
-                let index = Int(outputIndexBySlot[slot])
-                if let line = delivery.line { outputs[index].append(line, lastGathering: &lastGathering) }
-                if delivery.closeAfter { outputs[index].closeAfter = true }
-            } else {
-                stampBySlot[slot] = stamp
-                outputIndexBySlot[slot] = Int32(outputs.count)
-                outputs.append(PendingOutput(channel: delivery.channel, bytes: delivery.line ?? ByteBuffer(), closeAfter: delivery.closeAfter))
-            }
-        }
-        resolved.removeAll(keepingCapacity: true)
-    }
-
-    /// A new batch: every slot's index is stale at once.
-    private func nextStamp() {
-        stamp &+= 1
-        if stamp == 0 {
-            for index in stampBySlot.indices { stampBySlot[index] = 0 }
-            stamp = 1
-        }
-    }
-
-    func flush() {
-        // A flush can close a connection whose handler flushes again: the outer call finishes.
-        guard !isFlushing else { return }
-        isFlushing = true
-        defer { isFlushing = false }
-        while !outputs.isEmpty || !foreignWrites.isEmpty {
-            swap(&outputs, &flushing)
-            nextStamp()
-            lastGathering = nil
-            for output in flushing {
-                if output.closeAfter {
-                    if output.bytes.readableBytes > 0 { output.channel.write(output.bytes, promise: nil) }
-                    ChatHost.closeAfterFlush(output.channel)
-                } else if output.bytes.readableBytes > 0 {
-                    // One pass through the pipeline for both.
-                    output.channel.writeAndFlush(output.bytes, promise: nil)
-                } else {
-                    output.channel.flush()
-                }
-            }
-            flushing.removeAll(keepingCapacity: true)
-            if !foreignWrites.isEmpty {
-                let writes = foreignWrites
-                foreignWrites = [:]
-                for (_, (channel, items)) in writes {
-                    channel.eventLoop.execute { ChatHost.writeNow(items, to: channel) }
-                }
-            }
-        }
-    }
-}
-
-extension ByteBuffer {
-    /// Whether both views are the same bytes in memory (not merely equal bytes).
-    fileprivate func hasSameBytes(as other: ByteBuffer) -> Bool {
-        guard readableBytes == other.readableBytes else { return false }
-        let mine = withUnsafeReadableBytes { $0.baseAddress }
-        return mine == other.withUnsafeReadableBytes { $0.baseAddress }
     }
 }
