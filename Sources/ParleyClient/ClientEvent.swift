@@ -90,6 +90,16 @@ public struct ClientEvent: Codable, Sendable, Equatable {
         self.type = type
     }
 
+    /// An event about a conversation (most group events), with the fields such events carry.
+    public init(_ type: Kind, conversation: String?, from: String? = nil, user: String? = nil, text: String? = nil, reason: String? = nil) {
+        self.type = type
+        self.conversation = conversation
+        self.from = from
+        self.user = user
+        self.text = text
+        self.reason = reason
+    }
+
     public static func info(_ text: String) -> ClientEvent {
         var event = ClientEvent(.info)
         event.text = text

@@ -227,44 +227,29 @@ public struct ClientSession: Sendable {
             guard let group = message.parameters.first else { break }
             if sourceNick == nick {
                 groups.insert(group)
-                var event = ClientEvent(.joined)
-                event.conversation = group
-                events.append(event)
+                events.append(ClientEvent(.joined, conversation: group))
             } else {
-                var event = ClientEvent(.memberJoined)
-                event.conversation = group
-                event.user = sourceNick
-                events.append(event)
+                events.append(ClientEvent(.memberJoined, conversation: group, user: sourceNick))
             }
         case "PART", "KICK":
             guard let group = message.parameters.first else { break }
             let leaver = message.command == "KICK" ? (message.parameters.count > 1 ? message.parameters[1] : "") : (sourceNick ?? "")
             if leaver == nick {
                 groups.remove(group)
-                var event = ClientEvent(message.command == "KICK" ? .kicked : .parted)
-                event.conversation = group
-                event.from = sourceNick
-                event.reason = message.command == "KICK" ? message.parameters.last : nil
-                events.append(event)
+                let kicked = message.command == "KICK"
+                events.append(ClientEvent(kicked ? .kicked : .parted, conversation: group, from: sourceNick,
+                                          reason: kicked ? message.parameters.last : nil))
             } else {
-                var event = ClientEvent(.memberLeft)
-                event.conversation = group
-                event.user = leaver
-                events.append(event)
+                events.append(ClientEvent(.memberLeft, conversation: group, user: leaver))
             }
         case "RENAME":
             guard message.parameters.count >= 2 else { break }
             groups.remove(message.parameters[0])
             groups.insert(message.parameters[1])
-            var event = ClientEvent(.renamed)
-            event.conversation = message.parameters[1]
-            event.from = message.parameters[0]
-            events.append(event)
+            events.append(ClientEvent(.renamed, conversation: message.parameters[1], from: message.parameters[0]))
         case "332":
-            var event = ClientEvent(.topic)
-            event.conversation = message.parameters.count > 1 ? message.parameters[1] : nil
-            event.text = message.parameters.last
-            events.append(event)
+            events.append(ClientEvent(.topic, conversation: message.parameters.count > 1 ? message.parameters[1] : nil,
+                                      text: message.parameters.last))
         case "353":
             guard message.parameters.count >= 4 else { break }
             pendingNames[message.parameters[2], default: []] += message.parameters[3].split(separator: " ").map(String.init)
