@@ -430,7 +430,7 @@ struct Offline: AsyncParsableCommand {
         abstract: "Parley only: messages to logged-out accounts (each echo means stored on disk), then the backlog replay rate.")
     @OptionGroup var common: Common
     @Option(help: "Recipient accounts.") var recipients = 20
-    @Option(help: "Messages in all.") var messages = 50_000
+    @Option(help: "Messages in all (Parley keeps at most 5,000 per offline account by default).") var messages = 50_000
     @Option(help: "Unacknowledged messages (echo not yet seen) at a time.") var window = 64
     @Option(help: "Padding bytes per message.") var payload = 16
 
@@ -477,6 +477,12 @@ struct Offline: AsyncParsableCommand {
         let start = monotonicNanoseconds()
         try await loop.submit {
             sender.send(["CAP REQ :echo-message"])
+            // A refusal (a full offline queue, storage failing) would otherwise leave us waiting.
+            sender.onOtherLine = { _, message in
+                if message.command == "FAIL" || message.command == "ERROR" {
+                    done.fail(BenchFailure(description: "the server refused a message: \(message.parameters.joined(separator: " "))"))
+                }
+            }
             sender.onMessage = { _, payload in
                 // Our echo: the message is stored.
                 if let (_, _, time) = parseNumbers(payload) { _ = latencies.value.record((monotonicNanoseconds() - time) / 1000) }
