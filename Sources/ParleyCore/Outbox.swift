@@ -74,9 +74,10 @@ public enum CoreAction: Sendable, Equatable {
     case saveGroup(GroupRecord, previousKey: String?)
     case deleteGroup(key: String)
     /// Persist messages (the shell commits them in batches, in order), then write `afterCommit`
-    /// (the sender's echo and replies: an echo means the message is on disk), or `onFailure`
-    /// if the commit failed.
-    case storeMessages([StoredMessage], afterCommit: [Outbox.Delivery], onFailure: [Outbox.Delivery])
+    /// (the sender's echo and replies: an echo means the message is on disk). If the commit
+    /// failed, call `ChatServer.messagesNotStored(_:sender:now:into:)` instead, which tells the
+    /// sender (the replies are rendered only then: nearly every commit succeeds).
+    case storeMessages([StoredMessage], afterCommit: [Outbox.Delivery], sender: StoreRequest)
     /// Record deliveries, reads and receipts sent.
     case updateRecipients([RecipientUpdate])
     case saveReadMarker(account: String, target: String, time: Timestamp)
@@ -96,6 +97,21 @@ extension CoreAction {
              .saveAccountSettings, .pruneHistory, .loadHistory: true
         default: false
         }
+    }
+}
+
+/// Who asked for messages to be stored, so that a failure can be answered with the request's
+/// command and label.
+public struct StoreRequest: Sendable, Equatable {
+    public var connection: ConnectionID
+    public var label: String?
+    /// PRIVMSG or NOTICE.
+    public var verb: String
+
+    public init(connection: ConnectionID, label: String?, verb: String) {
+        self.connection = connection
+        self.label = label
+        self.verb = verb
     }
 }
 

@@ -51,6 +51,14 @@ final class ChatHost: Sendable {
         self.storageWriter = StorageWriter(store: store, logger: logger)
         storageWriter.setCallbacks(.init(
             deliver: { [weak self] deliveries in self?.writeAfterCommit(deliveries) },
+            notStored: { [weak self] refused in
+                guard let self else { return }
+                Self.write(self.perform { core, outbox in
+                    for (messages, request) in refused {
+                        core.messagesNotStored(messages, sender: request, now: Self.now(), into: &outbox)
+                    }
+                })
+            },
             historyLoaded: { [weak self] ticket, result in
                 guard let self else { return }
                 Self.write(self.perform { core, outbox in

@@ -115,6 +115,9 @@ public final class ParleyServer: Service, Sendable {
         while (host.openChannelCount > 0 || host.backgroundWorkInFlight > 0) && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
+        // The storage thread finishes what it was handed (even past the deadline: nothing
+        // accepted is dropped), then ends, before the caller closes the store.
+        await host.storageWriter.stop()
         logger.info("stopped", metadata: ["unfinished": "\(host.backgroundWorkInFlight)"])
     }
 

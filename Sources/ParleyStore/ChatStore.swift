@@ -2,8 +2,10 @@ import Foundation
 import ParleyCore
 
 /// The storage seam: everything the server persists goes through this protocol, so backends
-/// (SQLite now, others later) are interchangeable. All methods are async and never block an
-/// event loop.
+/// (SQLite now, others later) are interchangeable. The async methods are for start-up and
+/// account work; the ordered writes and history reads are synchronous, because the server calls
+/// them from its own storage thread, one call at a time (never from an event loop): a batch
+/// then costs no hops between threads or tasks.
 public protocol ChatStore: Sendable {
     func loadAccounts() async throws -> [AccountRecord]
     /// Throws `StoreError.accountExists` when the key is taken.
@@ -12,12 +14,12 @@ public protocol ChatStore: Sendable {
     func updateCredential(accountKey: String, _ credential: PasswordCredential) async throws -> Bool
     func loadGroups() async throws -> [GroupRecord]
     /// Carries out storage actions (`CoreAction.isOrderedStorageWrite`) in order, in one
-    /// transaction: a batch of writes costs one commit.
-    func perform(_ writes: [CoreAction]) async throws
+    /// transaction: a batch of writes costs one commit. Blocks until it is committed.
+    func perform(_ writes: [CoreAction]) throws
     /// Messages still waiting for recipients or for receipts (newer than `since`), and read markers.
     func loadDeliveryState(since: Timestamp) async throws -> DeliveryState
     /// Runs a CHATHISTORY query the domain has already allowed.
-    func loadHistory(_ query: HistoryQuery) async throws -> HistoryResult
+    func loadHistory(_ query: HistoryQuery) throws -> HistoryResult
     func close() async throws
 }
 

@@ -102,6 +102,27 @@ public final class SQLiteChatStore: ChatStore {
                 table.primaryKey(["account", "target"])
             }
         }
+        migrator.registerMigration("v4-lean-delivery") { db in
+            // Every stored message touches each index of its tables; the two dropped here were
+            // never read by a query (pruning goes by rowid, in time order), and the recipients'
+            // rows are found by their key, so the key is the table (no separate rowid tree).
+            try db.execute(sql: "DROP INDEX message_recipients_waiting")
+            try db.execute(sql: "DROP INDEX messages_by_time")
+            try db.execute(sql: """
+                CREATE TABLE message_recipients_v4 (
+                    message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+                    recipient TEXT NOT NULL,
+                    delivered_at INTEGER,
+                    read_at INTEGER,
+                    delivered_notified BOOLEAN NOT NULL DEFAULT 0,
+                    read_notified BOOLEAN NOT NULL DEFAULT 0,
+                    PRIMARY KEY (message_id, recipient)
+                ) WITHOUT ROWID
+                """)
+            try db.execute(sql: "INSERT INTO message_recipients_v4 SELECT message_id, recipient, delivered_at, read_at, delivered_notified, read_notified FROM message_recipients")
+            try db.execute(sql: "DROP TABLE message_recipients")
+            try db.execute(sql: "ALTER TABLE message_recipients_v4 RENAME TO message_recipients")
+        }
         return migrator
     }
 
@@ -141,7 +162,8 @@ public final class SQLiteChatStore: ChatStore {
     }
 
     static func insertMessages(_ messages: [StoredMessage], in db: Database) throws {
-        let statement = try db.cachedStatement(sql: """
+        // The busiest statements of the server: bound directly, not through StatementArguments.
+        let message = try db.cachedStatement(sql: """
             INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags, sender_key)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
@@ -149,19 +171,41 @@ public final class SQLiteChatStore: ChatStore {
             INSERT INTO message_recipients (message_id, recipient, delivered_at, read_at, delivered_notified, read_notified)
             VALUES (?, ?, ?, ?, ?, ?)
             """)
-        for message in messages {
-            try statement.execute(arguments: [
-                message.id, message.time.millisecondsSince1970, message.senderNick, message.senderAccount,
-                message.senderPrefix, message.targetKind.rawValue, message.target, message.command,
-                message.text, message.clientTags, message.senderAccount ?? message.senderNick.lowercased(),
-            ])
-            for entry in message.recipients {
-                try recipient.execute(arguments: [
-                    message.id, entry.account, entry.deliveredAt?.millisecondsSince1970, entry.readAt?.millisecondsSince1970,
-                    entry.deliveredNotified, entry.readNotified,
-                ])
+        let row = SQLiteBinding(message, in: db)
+        let recipientRow = SQLiteBinding(recipient, in: db)
+        for stored in messages {
+            row.bind(1, stored.id)
+            row.bind(2, stored.time.millisecondsSince1970)
+            row.bind(3, stored.senderNick)
+            row.bind(4, stored.senderAccount)
+            row.bind(5, stored.senderPrefix)
+            row.bind(6, stored.targetKind.rawValue)
+            row.bind(7, stored.target)
+            row.bind(8, stored.command)
+            row.bind(9, stored.text)
+            row.bind(10, stored.clientTags)
+            row.bind(11, stored.senderAccount ?? stored.senderNick.lowercased())
+            try row.run()
+            for entry in stored.recipients {
+                recipientRow.bind(1, stored.id)
+                recipientRow.bind(2, entry.account)
+                recipientRow.bind(3, entry.deliveredAt?.millisecondsSince1970)
+                recipientRow.bind(4, entry.readAt?.millisecondsSince1970)
+                recipientRow.bind(5, entry.deliveredNotified)
+                recipientRow.bind(6, entry.readNotified)
+                try recipientRow.run()
             }
         }
+    }
+
+    /// Deletes messages older than `cutoff` (their recipients' rows go with them). Messages are
+    /// inserted in time order, so the old ones are the lowest rowids: the scan stops at the first
+    /// message to keep, and costs what is deleted, without an index on time. (A message stamped
+    /// earlier than one before it, after the clock was set back, waits for a later pass.)
+    static func prune(before cutoff: Timestamp, in db: Database) throws {
+        let time = cutoff.millisecondsSince1970
+        let firstKept = try Int64.fetchOne(db, sql: "SELECT rowid FROM messages WHERE time >= ? ORDER BY rowid LIMIT 1", arguments: [time])
+        try db.execute(sql: "DELETE FROM messages WHERE rowid < ? AND time < ?", arguments: [firstKept ?? Int64.max, time])
     }
 
     static func updateRecipients(_ updates: [RecipientUpdate], in db: Database) throws {
@@ -219,8 +263,8 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
-    public func loadHistory(_ query: HistoryQuery) async throws -> HistoryResult {
-        try await pool.read { db in try Self.history(query, in: db) }
+    public func loadHistory(_ query: HistoryQuery) throws -> HistoryResult {
+        try pool.read { db in try Self.history(query, in: db) }
     }
 
     static func history(_ query: HistoryQuery, in db: Database) throws -> HistoryResult {
@@ -390,9 +434,9 @@ public final class SQLiteChatStore: ChatStore {
     }
 
     /// Carries out ordered storage work in one transaction: all of it lands, or none.
-    public func perform(_ writes: [CoreAction]) async throws {
+    public func perform(_ writes: [CoreAction]) throws {
         guard !writes.isEmpty else { return }
-        try await pool.write { db in
+        try pool.write { db in
             for write in writes {
                 switch write {
                 case .storeMessages(let messages, _, _):
@@ -412,7 +456,7 @@ public final class SQLiteChatStore: ChatStore {
                 case .saveAccountSettings(let accountKey, let settings):
                     try db.execute(sql: "UPDATE accounts SET settings = ? WHERE key = ?", arguments: [try Self.encodeSettings(settings), accountKey])
                 case .pruneHistory(let cutoff):
-                    try db.execute(sql: "DELETE FROM messages WHERE time < ?", arguments: [cutoff.millisecondsSince1970])
+                    try Self.prune(before: cutoff, in: db)
                 default:
                     break
                 }

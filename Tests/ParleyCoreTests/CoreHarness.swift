@@ -116,9 +116,9 @@ struct CoreHarness {
                 savedGroups[group.key] = group
             case .deleteGroup(let key):
                 savedGroups[key] = nil
-            case .storeMessages(let messages, let afterCommit, let onFailure):
+            case .storeMessages(let messages, let afterCommit, let sender):
                 if storageFails {
-                    next.deliveries.append(contentsOf: onFailure)
+                    server.messagesNotStored(messages, sender: sender, now: now, into: &next)
                 } else {
                     storedMessages.append(contentsOf: messages)
                     next.deliveries.append(contentsOf: afterCommit)

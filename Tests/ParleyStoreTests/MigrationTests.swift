@@ -6,6 +6,8 @@ import Testing
 
 @Suite("SQLite store")
 struct MigrationTests {
+    static let nobody = StoreRequest(connection: ConnectionID(0), label: nil, verb: "PRIVMSG")
+
     func temporaryPath() -> String {
         FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID().uuidString).sqlite").path
     }
@@ -33,7 +35,7 @@ struct MigrationTests {
         let accounts = try await store.loadAccounts()
         #expect(accounts.map(\.name) == ["Alice"])
         // The v3 sender key was filled in for old rows, so history finds the old message.
-        let history = try await store.loadHistory(HistoryQuery(conversation: .direct("alice", "guest"), kind: .latest(after: nil), limit: 10))
+        let history = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "guest"), kind: .latest(after: nil), limit: 10))
         guard case .messages(let messages) = history else { Issue.record("expected messages"); return }
         #expect(messages.map(\.text) == ["hello from v1"])
         #expect(try await store.loadGroups().isEmpty)
@@ -51,13 +53,13 @@ struct MigrationTests {
         let message = StoredMessage(id: "x1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
                                     targetKind: .group, target: "#team", command: "PRIVMSG", text: "hi",
                                     recipients: [StoredRecipient(account: "bob"), StoredRecipient(account: "carol", deliveredAt: now)])
-        try await store.perform([.saveGroup(group, previousKey: nil), .storeMessages([message], afterCommit: [], onFailure: [])])
+        try store.perform([.saveGroup(group, previousKey: nil), .storeMessages([message], afterCommit: [], sender: Self.nobody)])
         #expect(try await store.loadGroups() == [group])
         var state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1))
         #expect(state.undelivered["bob"]?.map(\.id) == ["x1"])
         #expect(state.undelivered["carol"] == nil)
         // Delivered and read, with receipts sent: nothing is pending any more.
-        try await store.perform([
+        try store.perform([
             .updateRecipients([RecipientUpdate(messageID: "x1", recipient: "bob", deliveredAt: now, readAt: now, deliveredNotified: true, readNotified: true),
                                RecipientUpdate(messageID: "x1", recipient: "carol", readAt: now, deliveredNotified: true, readNotified: true)]),
         ])
@@ -68,9 +70,9 @@ struct MigrationTests {
         var renamed = group
         renamed.name = "#Crew"
         renamed.key = "#crew"
-        try await store.perform([.saveGroup(renamed, previousKey: "#team")])
+        try store.perform([.saveGroup(renamed, previousKey: "#team")])
         #expect(try await store.loadGroups().map(\.key) == ["#crew"])
-        let history = try await store.loadHistory(HistoryQuery(conversation: .group("#crew"), kind: .latest(after: nil), limit: 10))
+        let history = try store.loadHistory(HistoryQuery(conversation: .group("#crew"), kind: .latest(after: nil), limit: 10))
         #expect(history == .messages([{ var moved = message; moved.target = "#crew"; moved.recipients = []; return moved }()]))
         try await store.close()
     }
@@ -89,9 +91,9 @@ struct MigrationTests {
         messages.append(message(7, from: "carol", to: "alice"))
         messages.append(message(8, from: "alice", to: "#team", group: true))
         messages.append(message(9, from: "bob", to: "#team", group: true))
-        try await store.perform([.storeMessages(messages, afterCommit: [], onFailure: [])])
+        try store.perform([.storeMessages(messages, afterCommit: [], sender: Self.nobody)])
         func texts(_ kind: HistoryQuery.Kind, limit: Int = 10, _ conversation: HistoryQuery.Conversation = .direct("alice", "bob")) async throws -> [String] {
-            guard case .messages(let found) = try await store.loadHistory(HistoryQuery(conversation: conversation, kind: kind, limit: limit)) else { return ["not messages"] }
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: conversation, kind: kind, limit: limit)) else { return ["not messages"] }
             return found.map(\.text)
         }
         let at = { (number: Int) in HistoryQuery.Reference.timestamp(base.adding(milliseconds: Int64(number) * 1000)) }
@@ -104,12 +106,86 @@ struct MigrationTests {
         #expect(try await texts(.between(at(1), at(5))) == ["m2", "m3", "m4"])
         #expect(try await texts(.latest(after: nil), .direct("bob", "carol")).isEmpty, "bob and carol never talked")
         #expect(try await texts(.latest(after: nil), .group("#team")) == ["m8", "m9"])
-        guard case .targets(let targets) = try await store.loadHistory(HistoryQuery(
+        guard case .targets(let targets) = try store.loadHistory(HistoryQuery(
             conversation: .everything(account: "alice", groups: ["#team"]), kind: .targets(base, base.adding(milliseconds: 60_000)), limit: 10)) else {
             Issue.record("expected targets"); return
         }
         #expect(targets.map(\.key) == ["bob", "carol", "#team"], "conversations by their latest message")
         #expect(targets.map(\.isGroup) == [false, false, true])
+        try await store.close()
+    }
+
+    @Test func recipientsStoredBeforeTheLeanSchemaAreKept() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            let queue = try DatabaseQueue(path: path)
+            try SQLiteChatStore.migrator.migrate(queue, upTo: "v3-delivery")
+            try await queue.write { db in
+                try db.execute(sql: """
+                    INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, sender_key)
+                    VALUES ('m1', 1764000000000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'kept for bob', 'alice')
+                    """)
+                try db.execute(sql: "INSERT INTO message_recipients (message_id, recipient) VALUES ('m1', 'bob')")
+            }
+            try queue.close()
+        }
+        let store = try SQLiteChatStore(path: path)
+        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000))
+        #expect(state.undelivered["bob"]?.map(\.text) == ["kept for bob"])
+        // The recipient row is still keyed by message and recipient: an update finds it.
+        try store.perform([.updateRecipients([RecipientUpdate(messageID: "m1", recipient: "bob", deliveredAt: Timestamp(millisecondsSince1970: 1_764_000_000_500))])])
+        #expect(try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000)).undelivered.isEmpty)
+        try await store.close()
+    }
+
+    @Test func pruningDropsOldMessagesAndTheirRecipientsOnly() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try SQLiteChatStore(path: path)
+        let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let messages = (0..<5).map { number in
+            StoredMessage(id: "p\(number)", time: base.adding(milliseconds: Int64(number) * 1000), senderNick: "alice", senderAccount: "alice",
+                          senderPrefix: "alice!~a@h", targetKind: .direct, target: "bob", command: "PRIVMSG", text: "m\(number)",
+                          recipients: [StoredRecipient(account: "bob")])
+        }
+        try store.perform([.storeMessages(messages, afterCommit: [], sender: Self.nobody)])
+        try store.perform([.pruneHistory(before: base.adding(milliseconds: 2000))])
+        guard case .messages(let kept) = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(kept.map(\.text) == ["m2", "m3", "m4"])
+        let state = try await store.loadDeliveryState(since: base.adding(milliseconds: -1))
+        #expect(state.undelivered["bob"]?.map(\.id) == ["p2", "p3", "p4"])
+        try await store.close()
+        let queue = try DatabaseQueue(path: path)
+        #expect(try await queue.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM message_recipients") } == 3)
+        try queue.close()
+    }
+
+    @Test func aBatchThatCannotBeStoredLeavesNothingBehind() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try SQLiteChatStore(path: path)
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        func message(_ id: String, _ text: String) -> StoredMessage {
+            StoredMessage(id: id, time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                          targetKind: .direct, target: "bob", command: "PRIVMSG", text: text, recipients: [StoredRecipient(account: "bob")])
+        }
+        // The second message reuses an id: the insert fails, and so does the whole batch.
+        #expect(throws: DatabaseError.self) {
+            try store.perform([.storeMessages([message("d1", "first"), message("d1", "clash")], afterCommit: [], sender: Self.nobody)])
+        }
+        guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(found.isEmpty)
+        // The statement is usable again afterwards.
+        try store.perform([.storeMessages([message("d2", "later")], afterCommit: [], sender: Self.nobody)])
+        guard case .messages(let later) = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(later.map(\.text) == ["later"])
         try await store.close()
     }
 }

@@ -143,19 +143,25 @@ extension ChatServer {
 
     /// Called after a command's handler: if it stored messages, its replies wait for the commit.
     mutating func finishDurably(_ context: inout CommandContext, into outbox: inout Outbox) {
-        let verb = context.verb
+        let request = StoreRequest(connection: context.connection, label: context.label, verb: context.verb)
         let stores = context.pendingStores
         context.pendingStores = []
         var success = Outbox()
         finish(&context, into: &success)
-        var failureContext = CommandContext(connection: context.connection, now: context.now, label: context.label)
-        let targets = Set(stores.map { $0.targetKind == .group ? (channels[$0.target]?.name ?? $0.target) : $0.target }).sorted()
+        outbox.actions.append(.storeMessages(stores, afterCommit: success.deliveries, sender: request))
+    }
+
+    /// The shell could not commit these messages: their sender learns that they were not
+    /// accepted (and gets no echo), one FAIL per target.
+    public mutating func messagesNotStored(_ messages: [StoredMessage], sender request: StoreRequest, now: Timestamp, into outbox: inout Outbox) {
+        guard sessions[request.connection] != nil else { return }
+        var context = CommandContext(connection: request.connection, now: now, label: request.label)
+        context.verb = request.verb
+        let targets = Set(messages.map { $0.targetKind == .group ? (channels[$0.target]?.name ?? $0.target) : (accounts[$0.target]?.name ?? $0.target) }).sorted()
         for target in targets {
-            render(.fail(verb, "STORAGE_FAILED", target, description: "The message could not be saved, so it was not accepted; please send it again"), in: &failureContext)
+            render(.fail(request.verb, "STORAGE_FAILED", target, description: "The message could not be saved, so it was not accepted; please send it again"), in: &context)
         }
-        var failure = Outbox()
-        finish(&failureContext, into: &failure)
-        outbox.actions.append(.storeMessages(stores, afterCommit: success.deliveries, onFailure: failure.deliveries))
+        finish(&context, into: &outbox)
     }
 
     // MARK: Offline notice and replay
