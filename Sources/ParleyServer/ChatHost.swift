@@ -123,6 +123,19 @@ final class ChatHost: Sendable {
     /// Runs one domain call under the lock and appends the writes it decided on, resolved, to
     /// `resolved` (the message path reuses one array instead of allocating one per message).
     func perform(into resolved: inout [ResolvedDelivery], _ body: (inout ChatServer, inout Outbox) -> Void) {
+        var noHold: StorageWriter.Hold?
+        perform(into: &resolved, storageHold: &noHold, holding: false, body)
+    }
+
+    /// The message path: like `perform(into:)`, collecting into this thread's write batch, and
+    /// storage work waits for the end of the batch (`WriteBatch.flush()` releases the hold), so
+    /// the messages of one read burst are committed together.
+    func perform(into batch: WriteBatch, _ body: (inout ChatServer, inout Outbox) -> Void) {
+        perform(into: &batch.resolved, storageHold: &batch.storageHold, holding: true, body)
+    }
+
+    private func perform(into resolved: inout [ResolvedDelivery], storageHold: inout StorageWriter.Hold?, holding: Bool,
+                         _ body: (inout ChatServer, inout Outbox) -> Void) {
         var actions: [CoreAction] = []
         state.withLockedValue { state in
             body(&state.core, &state.outbox)
@@ -147,7 +160,7 @@ final class ChatHost: Sendable {
                     actions.append(action)
                 }
             }
-            if !writes.isEmpty { storageWriter.enqueue(writes) }
+            if !writes.isEmpty { storageWriter.enqueue(writes, hold: &storageHold, holding: holding) }
         }
         for action in actions { start(action) }
     }

@@ -26,13 +26,46 @@ final class StorageWriter: Sendable {
 
     /// Shared with the thread; everything in it is guarded by `condition`.
     private final class Shared: @unchecked Sendable {
-        /// True when the thread has something to do: work, or stop.
+        /// True when the thread has something to do: work it may take, or stop.
         let condition = ConditionLock(value: false)
         var pending: [CoreAction] = []
+        /// How many actions the thread has taken in all: the sequence number of `pending[0]`.
+        var taken = 0
+        /// Open holds: the sequence number each began at. Work from there on waits.
+        var holds: [(id: UInt64, start: Int)] = []
+        var nextHoldID: UInt64 = 0
         var working = false
         var stopping = false
         var stopped: [CheckedContinuation<Void, Never>] = []
         var hasStopped = false
+
+        /// How much of `pending` the thread may take: all of it, or what came before the
+        /// earliest open hold.
+        var takeable: Int {
+            guard let earliest = holds.map(\.start).min() else { return pending.count }
+            return min(pending.count, max(0, earliest - taken))
+        }
+
+        var shouldWake: Bool { takeable > 0 || (stopping && pending.isEmpty) }
+    }
+
+    /// Holds back storage work while an event loop thread handles one read burst, so that the
+    /// messages of the burst are committed together: without it the thread woke for the burst's
+    /// first message and committed it alone (half of all commits held one message). Work
+    /// enqueued after a hold began, from any thread, waits with it: the order is kept.
+    /// Released by `WriteBatch.flush()` at the end of the burst.
+    final class Hold: Sendable {
+        fileprivate let id: UInt64
+        private let writer: StorageWriter
+
+        fileprivate init(id: UInt64, writer: StorageWriter) {
+            self.id = id
+            self.writer = writer
+        }
+
+        func release() {
+            writer.release(self)
+        }
     }
 
     private let shared = Shared()
@@ -56,11 +89,24 @@ final class StorageWriter: Sendable {
         self.callbacks.withLockedValue { $0 = callbacks }
     }
 
-    func enqueue(_ work: [CoreAction]) {
+    /// Hands over work; with `holding`, the work waits until `hold` is released (a hold is
+    /// begun if `hold` is nil).
+    func enqueue(_ work: [CoreAction], hold: inout Hold?, holding: Bool) {
         guard !work.isEmpty else { return }
         shared.condition.lock()
+        if holding && hold == nil {
+            shared.nextHoldID += 1
+            shared.holds.append((shared.nextHoldID, shared.taken + shared.pending.count))
+            hold = Hold(id: shared.nextHoldID, writer: self)
+        }
         shared.pending.append(contentsOf: work)
-        shared.condition.unlock(withValue: true)
+        shared.condition.unlock(withValue: shared.shouldWake)
+    }
+
+    fileprivate func release(_ hold: Hold) {
+        shared.condition.lock()
+        shared.holds.removeAll { $0.id == hold.id }
+        shared.condition.unlock(withValue: shared.shouldWake)
     }
 
     /// True when everything handed over so far has been carried out.
@@ -73,7 +119,7 @@ final class StorageWriter: Sendable {
     private func requestStop() {
         shared.condition.lock()
         shared.stopping = true
-        shared.condition.unlock(withValue: true)
+        shared.condition.unlock(withValue: shared.shouldWake)
     }
 
     /// Finishes the work already handed over, then ends the thread.
@@ -97,10 +143,15 @@ final class StorageWriter: Sendable {
         var batch: [CoreAction] = []
         while true {
             shared.condition.lock(whenValue: true)
-            swap(&batch, &shared.pending)
-            let finished = batch.isEmpty && shared.stopping
-            shared.working = !batch.isEmpty
-            if finished {
+            let count = shared.takeable
+            if count == shared.pending.count {
+                swap(&batch, &shared.pending)
+            } else {
+                batch.append(contentsOf: shared.pending[..<count])
+                shared.pending.removeFirst(count)
+            }
+            shared.taken += count
+            if batch.isEmpty && shared.stopping && shared.pending.isEmpty {
                 shared.hasStopped = true
                 let waiting = shared.stopped
                 shared.stopped = []
@@ -108,8 +159,8 @@ final class StorageWriter: Sendable {
                 for continuation in waiting { continuation.resume() }
                 return
             }
-            // Wait again next time, unless asked to stop (then drain what remains, and end).
-            shared.condition.unlock(withValue: shared.stopping)
+            shared.working = !batch.isEmpty
+            shared.condition.unlock(withValue: shared.shouldWake)
             run(batch, store: store, logger: logger, callbacks: callbacks)
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()

@@ -18,6 +18,8 @@ final class WriteBatch: @unchecked Sendable {
 
     /// What `ChatHost.perform(into:)` resolved, not yet sorted by receiver.
     var resolved: [ChatHost.ResolvedDelivery] = []
+    /// Storage work of this batch waits for `flush()` (see `StorageWriter.Hold`).
+    var storageHold: StorageWriter.Hold?
     /// This batch's receivers on this loop, in the order they were first written to. A
     /// receiver's place is found by its connection slot: `outputIndexBySlot[slot]` is valid
     /// when `stampBySlot[slot]` is the current `stamp` (no clearing, no hashing per line).
@@ -122,6 +124,11 @@ final class WriteBatch: @unchecked Sendable {
     }
 
     func flush() {
+        // First, so that the batch's messages are committed while their lines are written.
+        if let hold = storageHold {
+            storageHold = nil
+            hold.release()
+        }
         // A flush can close a connection whose handler flushes again: the outer call finishes.
         guard !isFlushing else { return }
         isFlushing = true
