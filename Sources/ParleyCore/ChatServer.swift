@@ -47,6 +47,10 @@ public struct ChatServer: Sendable {
     var lastPrune: Timestamp?
     /// The `time` tag of the current millisecond: hundreds of messages share it under load.
     var cachedTimeTag: (time: Timestamp, text: String) = (Timestamp(millisecondsSince1970: -1), "")
+    /// RECIPIENT_OFFLINE notes of the current second, by account and verb: their text says
+    /// when the account was last seen, to the minute, and a sender writing to someone offline
+    /// usually sends more than one message.
+    var offlineNotes: (second: Int64, notes: [String: (lastSeen: Date?, note: IRCMessage)]) = (-1, [:])
     /// Recent sends by client message id (`+parley.chat/cid`), per account, so a client that
     /// resends after a reconnect does not deliver twice.
     var recentSends: [String: RecentSends] = [:]

@@ -8,7 +8,41 @@ struct TrackedMessage: Sendable {
     let time: Timestamp
     /// The group's key, or nil for a direct message.
     var groupKey: String?
-    var recipients: [String: StoredRecipient]
+    var recipients: RecipientStates
+}
+
+/// The delivery state of a tracked message's recipients, by account. Most messages have one
+/// recipient or a few: those are kept in the stored message's own array (a dictionary per
+/// message cost an allocation and hashing for every message); large groups get a dictionary.
+struct RecipientStates: Sendable {
+    private var few: [StoredRecipient]
+    private var many: [String: StoredRecipient]?
+
+    init(_ recipients: [StoredRecipient]) {
+        if recipients.count > 8 {
+            few = []
+            many = Dictionary(recipients.map { ($0.account, $0) }, uniquingKeysWith: { _, last in last })
+        } else {
+            few = recipients
+            many = nil
+        }
+    }
+
+    subscript(account: String) -> StoredRecipient? {
+        get {
+            if let many { return many[account] }
+            return few.first { $0.account == account }
+        }
+        set {
+            if many != nil {
+                many![account] = newValue
+            } else if let index = few.firstIndex(where: { $0.account == account }) {
+                if let newValue { few[index] = newValue } else { few.remove(at: index) }
+            } else if let newValue {
+                few.append(newValue)
+            }
+        }
+    }
 }
 
 /// A receipt that waits for its author to come back with a receipts-capable client.
@@ -130,11 +164,9 @@ extension ChatServer {
     /// recipients it reached and who have not read it yet wait for a read marker.
     mutating func remember(_ stored: StoredMessage) {
         guard let author = stored.senderAccount, !stored.recipients.isEmpty else { return }
-        var recipients: [String: StoredRecipient] = [:]
-        for recipient in stored.recipients { recipients[recipient.account] = recipient }
         tracked[stored.id] = TrackedMessage(
             id: stored.id, author: author, time: stored.time,
-            groupKey: stored.targetKind == .group ? stored.target : nil, recipients: recipients)
+            groupKey: stored.targetKind == .group ? stored.target : nil, recipients: RecipientStates(stored.recipients))
         let conversation = stored.targetKind == .group ? stored.target : author
         for recipient in stored.recipients where recipient.deliveredAt != nil && recipient.readAt == nil {
             unread[recipient.account, default: [:]][conversation, default: []].append(stored.id)
@@ -165,6 +197,19 @@ extension ChatServer {
     }
 
     // MARK: Offline notice and replay
+
+    /// `offlineNote`, reused within one second (the last-seen time cannot change while the
+    /// account is offline, and the text counts in minutes).
+    mutating func cachedOfflineNote(verb: String, target: String, accountKey: String, now: Timestamp) -> IRCMessage {
+        let second = now.millisecondsSince1970 / 1000
+        if offlineNotes.second != second { offlineNotes = (second, [:]) }
+        let key = verb == "PRIVMSG" ? accountKey : verb + " " + accountKey
+        let lastSeen = accounts[accountKey]?.lastSeen
+        if let cached = offlineNotes.notes[key], cached.lastSeen == lastSeen { return cached.note }
+        let note = offlineNote(verb: verb, target: target, accountKey: accountKey, now: now)
+        offlineNotes.notes[key] = (lastSeen, note)
+        return note
+    }
 
     func offlineNote(verb: String, target: String, accountKey: String, now: Timestamp) -> IRCMessage {
         let lastSeen = accounts[accountKey]?.lastSeen.map { Timestamp($0) }
@@ -221,9 +266,9 @@ extension ChatServer {
             if runs.last?.target == target { runs[runs.count - 1].lines.append(line) } else { runs.append((target, [line])) }
 
             var update = RecipientUpdate(messageID: stored.id, recipient: account, deliveredAt: context.now)
-            if var message = tracked[stored.id] {
-                message.recipients[account]?.deliveredAt = context.now
-                tracked[stored.id] = message
+            if let message = tracked[stored.id] {
+                // In place: a copy taken out and put back would copy its recipients too.
+                tracked[stored.id]?.recipients[account]?.deliveredAt = context.now
                 unread[account, default: [:]][message.groupKey ?? message.author, default: []].append(stored.id)
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
                                                        reader: account, state: .delivered, time: context.now, &context, &outbox)
@@ -398,11 +443,10 @@ extension ChatServer {
         var updates: [RecipientUpdate] = []
         var remaining: [String] = []
         for messageID in waiting {
-            guard var tracked = tracked[messageID] else { continue }
+            guard let tracked = tracked[messageID] else { continue }
             guard tracked.time <= time else { remaining.append(messageID); continue }
             guard disclose else { continue }
-            tracked.recipients[account]?.readAt = time
-            self.tracked[messageID] = tracked
+            self.tracked[messageID]?.recipients[account]?.readAt = time
             let sent = sendReceipt(author: tracked.author, messageID: messageID, target: receiptTarget(for: tracked, reader: account),
                                    reader: account, state: .read, time: time, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))

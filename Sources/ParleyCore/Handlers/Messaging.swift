@@ -147,7 +147,7 @@ extension ChatServer {
                         online: holder != nil, text: text, clientTags: clientTags, &context, &outbox)
         }
         if holder == nil, let offlineAccount = recipientAccount {
-            context.replies.append(offlineNote(verb: verb, target: target, accountKey: offlineAccount, now: context.now))
+            context.replies.append(cachedOfflineNote(verb: verb, target: target, accountKey: offlineAccount, now: context.now))
         }
         if verb == "PRIVMSG" { replyIfAway(recipientConnections, target: target, &context) }
     }
