@@ -463,7 +463,7 @@ struct Offline: AsyncParsableCommand {
         // Send: with echo-message, each echo is the server's word that the message is on disk.
         let sender = created.connections[0]
         let padding = String(repeating: "x", count: payload)
-        let state = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, echoed: 0, inFlight: 0), eventLoop: loop)
+        let state = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, echoed: 0, inFlight: 0, flushScheduled: false), eventLoop: loop)
         let done = loop.makePromise(of: Void.self)
         @Sendable func sendOne() {
             let number = state.value.sent
@@ -491,7 +491,15 @@ struct Offline: AsyncParsableCommand {
                 if state.value.echoed == messages { done.succeed(()); return }
                 if state.value.sent < messages {
                     sendOne()
-                    sender.flush()
+                    // One flush per burst of echoes read, as in the direct mode: a system call
+                    // per message made the load generator the bottleneck.
+                    if !state.value.flushScheduled {
+                        state.value.flushScheduled = true
+                        loop.execute {
+                            state.value.flushScheduled = false
+                            sender.flush()
+                        }
+                    }
                 }
             }
             for _ in 0..<min(window, messages) { sendOne() }
