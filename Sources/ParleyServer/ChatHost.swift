@@ -200,9 +200,20 @@ final class ChatHost: Sendable {
     /// Writes on the channel's own event loop, then flushes; closes after the data has gone out.
     static func writeNow(_ items: [ResolvedDelivery], to channel: Channel) {
         var closing = false
-        for item in items {
-            if let line = item.line { channel.write(line, promise: nil) }
-            if item.closeAfter { closing = true }
+        if items.count == 1 {
+            if let line = items[0].line { channel.write(line, promise: nil) }
+            closing = items[0].closeAfter
+        } else {
+            // Many lines at once (the echoes of a whole commit): one buffer, one pass through
+            // the pipeline, instead of one write per line.
+            var total = 0
+            for item in items { total += item.line?.readableBytes ?? 0 }
+            var gathered = channel.allocator.buffer(capacity: total)
+            for item in items {
+                if let line = item.line { gathered.writeImmutableBuffer(line) }
+                if item.closeAfter { closing = true }
+            }
+            if gathered.readableBytes > 0 { channel.write(gathered, promise: nil) }
         }
         if closing {
             closeAfterFlush(channel)
