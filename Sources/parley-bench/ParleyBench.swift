@@ -431,19 +431,23 @@ struct Offline: AsyncParsableCommand {
     @OptionGroup var common: Common
     @Option(help: "Recipient accounts.") var recipients = 20
     @Option(help: "Messages in all (Parley keeps at most 5,000 per offline account by default).") var messages = 50_000
-    @Option(help: "Unacknowledged messages (echo not yet seen) at a time.") var window = 64
+    @Option(help: "Sending accounts, each with its own connection and window.") var senders = 1
+    @Option(help: "Unacknowledged messages (echo not yet seen) per sender at a time.") var window = 64
     @Option(help: "Padding bytes per message.") var payload = 16
 
     func run() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let password = "bench-\(runTag)-password"
-        let nicks = (0...recipients).map { "o\(runTag)\(String($0, radix: 36))" }  // nicks[0] is the sender
+        let senders = max(1, self.senders)
+        // Senders first, then the recipients.
+        let nicks = (0..<(senders + recipients)).map { "o\(runTag)\(String($0, radix: 36))" }
+        let recipientNicks = Array(nicks[senders...])
         // Create the accounts (REGISTER), then log the recipients out.
-        progress("offline: creating \(recipients + 1) accounts")
-        let created = try await connectAll(count: recipients + 1, parallel: 50, common: common, loop: loop, login: { _ in .register(password) }, nick: { nicks[$0] })
+        progress("offline: creating \(nicks.count) accounts")
+        let created = try await connectAll(count: nicks.count, parallel: 50, common: common, loop: loop, login: { _ in .register(password) }, nick: { nicks[$0] })
         let registeredAll = loop.makePromise(of: Void.self)
-        let pending = NIOLoopBoundBox.makeBoxSendingValue(recipients + 1, eventLoop: loop)
+        let pending = NIOLoopBoundBox.makeBoxSendingValue(nicks.count, eventLoop: loop)
         try await loop.submit {
             for connection in created.connections {
                 connection.onOtherLine = { connection, message in
@@ -457,53 +461,61 @@ struct Offline: AsyncParsableCommand {
             }
         }.get()
         try await registeredAll.futureResult.get()
-        try await loop.submit { for connection in created.connections.dropFirst() { connection.send(["QUIT :bench"]) } }.get()
+        try await loop.submit { for connection in created.connections.dropFirst(senders) { connection.send(["QUIT :bench"]) } }.get()
         try await Task.sleep(for: .milliseconds(500))
 
         // Send: with echo-message, each echo is the server's word that the message is on disk.
-        let sender = created.connections[0]
+        // Each sender sends its share to the recipients in turn; message n goes to recipient
+        // n mod recipients overall, so every recipient gets the same count as with one sender.
+        let sending = Array(created.connections.prefix(senders))
         let padding = String(repeating: "x", count: payload)
-        let state = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, echoed: 0, inFlight: 0, flushScheduled: false), eventLoop: loop)
+        let share = (0..<senders).map { messages / senders + ($0 < messages % senders ? 1 : 0) }
+        let state = NIOLoopBoundBox.makeBoxSendingValue(
+            (sent: Array(repeating: 0, count: senders), echoed: 0, nextMessage: 0, unflushed: [Int](), flushScheduled: false), eventLoop: loop)
         let done = loop.makePromise(of: Void.self)
-        @Sendable func sendOne() {
-            let number = state.value.sent
-            state.value.sent += 1
-            state.value.inFlight += 1
-            let target = nicks[1 + number % recipients]
-            sender.write(ByteBuffer(string: "PRIVMSG \(target) :0 \(number) \(monotonicNanoseconds()) \(padding)\r\n"))
+        @Sendable func sendOne(_ sender: Int) {
+            let number = state.value.sent[sender]
+            state.value.sent[sender] += 1
+            let target = recipientNicks[state.value.nextMessage % recipients]
+            state.value.nextMessage += 1
+            sending[sender].write(ByteBuffer(string: "PRIVMSG \(target) :\(sender) \(number) \(monotonicNanoseconds()) \(padding)\r\n"))
         }
         var storeLatency = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
         let latencies = NIOLoopBoundBox.makeBoxSendingValue(storeLatency, eventLoop: loop)
         let start = monotonicNanoseconds()
         try await loop.submit {
-            sender.send(["CAP REQ :echo-message"])
-            // A refusal (a full offline queue, storage failing) would otherwise leave us waiting.
-            sender.onOtherLine = { _, message in
-                if message.command == "FAIL" || message.command == "ERROR" {
-                    done.fail(BenchFailure(description: "the server refused a message: \(message.parameters.joined(separator: " "))"))
+            for (index, sender) in sending.enumerated() {
+                sender.send(["CAP REQ :echo-message"])
+                // A refusal (a full offline queue, storage failing) would otherwise leave us waiting.
+                sender.onOtherLine = { _, message in
+                    if message.command == "FAIL" || message.command == "ERROR" {
+                        done.fail(BenchFailure(description: "the server refused a message: \(message.parameters.joined(separator: " "))"))
+                    }
                 }
-            }
-            sender.onMessage = { _, payload in
-                // Our echo: the message is stored.
-                if let (_, _, time) = parseNumbers(payload) { _ = latencies.value.record((monotonicNanoseconds() - time) / 1000) }
-                state.value.echoed += 1
-                state.value.inFlight -= 1
-                if state.value.echoed == messages { done.succeed(()); return }
-                if state.value.sent < messages {
-                    sendOne()
+                sender.onMessage = { _, payload in
+                    // Our echo: the message is stored.
+                    if let (_, _, time) = parseNumbers(payload) { _ = latencies.value.record((monotonicNanoseconds() - time) / 1000) }
+                    state.value.echoed += 1
+                    if state.value.echoed == messages { done.succeed(()); return }
+                    guard state.value.sent[index] < share[index] else { return }
+                    sendOne(index)
                     // One flush per burst of echoes read, as in the direct mode: a system call
                     // per message made the load generator the bottleneck.
+                    state.value.unflushed.append(index)
                     if !state.value.flushScheduled {
                         state.value.flushScheduled = true
                         loop.execute {
                             state.value.flushScheduled = false
-                            sender.flush()
+                            for sender in Set(state.value.unflushed) { sending[sender].flush() }
+                            state.value.unflushed.removeAll(keepingCapacity: true)
                         }
                     }
                 }
             }
-            for _ in 0..<min(window, messages) { sendOne() }
-            sender.flush()
+            for index in sending.indices {
+                for _ in 0..<min(window, share[index]) { sendOne(index) }
+                sending[index].flush()
+            }
         }.get()
         try await done.futureResult.get()
         let storeSeconds = Double(monotonicNanoseconds() - start) / 1e9
@@ -520,14 +532,16 @@ struct Offline: AsyncParsableCommand {
         var returningConnections: [BenchConnection] = []
         for recipient in 0..<recipients {
             let expected = messages / recipients + (recipient < messages % recipients ? 1 : 0)
-            let replayState = NIOLoopBoundBox.makeBoxSendingValue((received: 0, reordered: 0, last: -1), eventLoop: loop)
+            // Order is checked per sender: messages from different senders may be stored in
+            // either order, each sender's in the order sent.
+            let replayState = NIOLoopBoundBox.makeBoxSendingValue((received: 0, reordered: 0, last: Array(repeating: -1, count: senders)), eventLoop: loop)
             let replayed = loop.makePromise(of: UInt64.self)
             let returning = try await connectAll(count: 1, parallel: 1, common: common, loop: loop, login: { _ in .pass(password) },
-                                                 nick: { _ in nicks[recipient + 1] }, capabilities: ["batch", "server-time", "message-tags"]) { connection in
+                                                 nick: { _ in recipientNicks[recipient] }, capabilities: ["batch", "server-time", "message-tags"]) { connection in
                 connection.onMessage = { connection, payload in
-                    guard let (_, number, _) = parseNumbers(payload) else { return }
-                    if Int(number) <= replayState.value.last { replayState.value.reordered += 1 }
-                    replayState.value.last = Int(number)
+                    guard let (sender, number, _) = parseNumbers(payload), Int(sender) < senders else { return }
+                    if Int(number) <= replayState.value.last[Int(sender)] { replayState.value.reordered += 1 }
+                    replayState.value.last[Int(sender)] = Int(number)
                     replayState.value.received += 1
                     if replayState.value.received == expected { replayed.succeed(monotonicNanoseconds()) }
                 }
@@ -536,7 +550,7 @@ struct Offline: AsyncParsableCommand {
             let lastArrival = try await replayed.futureResult.get()
             timeout.cancel()
             let secondDevice = try await connectAll(count: 1, parallel: 1, common: common, loop: loop, login: { _ in .pass(password) },
-                                                    nick: { _ in nicks[recipient + 1] }, capabilities: ["batch", "server-time", "message-tags"])
+                                                    nick: { _ in recipientNicks[recipient] }, capabilities: ["batch", "server-time", "message-tags"])
             let loginOnly = secondDevice.connections[0].registeredAt - secondDevice.connections[0].connectStartedAt
             replayNanoseconds += Int64(lastArrival - returning.connections[0].connectStartedAt) - Int64(loginOnly)
             reordered += try await loop.submit { replayState.value.reordered }.get()
@@ -547,6 +561,7 @@ struct Offline: AsyncParsableCommand {
         var report = Report(mode: "offline", server: common.server)
         report.add("recipients", recipients)
         report.add("messages", messages)
+        report.add("senders", senders)
         report.add("window", window)
         report.add("stored_per_s", Double(messages) / storeSeconds, digits: 0)
         report.add("store_p50_us", Int(storeLatency.valueAtPercentile(50)))
