@@ -42,9 +42,13 @@ let package = Package(
             swiftSettings: messagePathSettings
         ),
         .target(
+            name: "CSQLiteTuning",
+            linkerSettings: [.linkedLibrary("sqlite3")]
+        ),
+        .target(
             name: "ParleyStore",
             dependencies: [
-                "ParleyCore",
+                "ParleyCore", "CSQLiteTuning",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 // The C API, to bind the message path's inserts directly (see SQLiteBinding.swift).
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
