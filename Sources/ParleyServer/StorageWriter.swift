@@ -47,6 +47,21 @@ final class StorageWriter: Sendable {
         }
 
         var shouldWake: Bool { takeable > 0 || (stopping && pending.isEmpty) }
+        /// The condition's value, as last set.
+        var signaled = false
+
+        /// Releases the lock, and wakes the thread only when it has just got something to do:
+        /// `ConditionLock.unlock(withValue:)` broadcasts every time, and a wake-up per message
+        /// that found nothing to take cost a context switch each.
+        func unlockWakingIfNeeded() {
+            let wake = shouldWake
+            if wake != signaled {
+                signaled = wake
+                condition.unlock(withValue: wake)
+            } else {
+                condition.unlock()
+            }
+        }
     }
 
     /// Holds back storage work while an event loop thread handles one read burst, so that the
@@ -100,13 +115,13 @@ final class StorageWriter: Sendable {
             hold = Hold(id: shared.nextHoldID, writer: self)
         }
         shared.pending.append(contentsOf: work)
-        shared.condition.unlock(withValue: shared.shouldWake)
+        shared.unlockWakingIfNeeded()
     }
 
     fileprivate func release(_ hold: Hold) {
         shared.condition.lock()
         shared.holds.removeAll { $0.id == hold.id }
-        shared.condition.unlock(withValue: shared.shouldWake)
+        shared.unlockWakingIfNeeded()
     }
 
     /// True when everything handed over so far has been carried out.
@@ -119,7 +134,7 @@ final class StorageWriter: Sendable {
     private func requestStop() {
         shared.condition.lock()
         shared.stopping = true
-        shared.condition.unlock(withValue: shared.shouldWake)
+        shared.unlockWakingIfNeeded()
     }
 
     /// Finishes the work already handed over, then ends the thread.
@@ -155,12 +170,12 @@ final class StorageWriter: Sendable {
                 shared.hasStopped = true
                 let waiting = shared.stopped
                 shared.stopped = []
-                shared.condition.unlock(withValue: true)
+                shared.condition.unlock()
                 for continuation in waiting { continuation.resume() }
                 return
             }
             shared.working = !batch.isEmpty
-            shared.condition.unlock(withValue: shared.shouldWake)
+            shared.unlockWakingIfNeeded()
             run(batch, store: store, logger: logger, callbacks: callbacks)
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()
