@@ -127,6 +127,37 @@ struct ServerProcessTests {
         #expect(try await server.waitForExit(timeout: .seconds(5)) == 0)
     }
 
+    @Test func aBurstCutShortBySIGTERMKeepsEveryMessageItEchoed() async throws {
+        let (directory, config) = try Self.makeDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // No flood control: the whole burst reaches the domain as fast as it is read.
+        try Data(#"{ "accounts": { "passwordIterations": 4096 }, "limits": { "floodCommandsPerSecond": 0 } }"#.utf8).write(to: config)
+        let data = ["--config", config.path, "--data-dir", directory.path]
+        for (name, password) in [("alice", "alice-password"), ("bob", "bob-password")] {
+            #expect(try ServerProcess.run(["account", "create", name] + data, input: password + "\n").status == 0)
+        }
+        var server = try await ServerProcess(dataDirectory: directory, configFile: config)
+        let alice = try await TestClient.registered("alice", port: server.ports[0], caps: ["echo-message"], password: "alice-password")
+        // Bob is offline. The burst is one write; the signal follows at once, while the server
+        // is still storing it: whatever it has echoed must survive the shutdown.
+        alice.sendRaw(Array((1...2000).map { "PRIVMSG bob :burst \($0)\r\n" }.joined().utf8))
+        _ = try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "burst 1" }
+        server.signal(SIGTERM)
+        let closing = try await alice.expectClosed(timeout: .seconds(10))
+        #expect(try await server.waitForExit(timeout: .seconds(10)) == 0, "log:\n\(server.logText)")
+        let echoed = 1 + closing.compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "PRIVMSG" }.count
+
+        server = try await ServerProcess(dataDirectory: directory, configFile: config)
+        let bob = try await TestClient.registered("bob", port: server.ports[0], caps: ["batch", "server-time"], password: "bob-password")
+        let lines = try await bob.settle(for: .milliseconds(800))
+        let replayed = lines.compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "PRIVMSG" }.map { $0.parameters.last ?? "" }
+        #expect(Array(replayed.prefix(echoed)) == (1...echoed).map { "burst \($0)" }, "every echoed message, in order, once")
+        #expect(replayed.count >= echoed && replayed.count <= 2000)
+        await bob.close()
+        server.signal(SIGTERM)
+        #expect(try await server.waitForExit(timeout: .seconds(5)) == 0)
+    }
+
     @Test func theClientExplainsBadInputInOneLineAndExitsNonZero() async throws {
         let (directory, config) = try Self.makeDirectory()
         defer { try? FileManager.default.removeItem(at: directory) }
