@@ -1,0 +1,102 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+@testable import ParleyCore
+@testable import ParleyServer
+import ParleyStore
+import Testing
+
+@Suite("Storage thread, with a real SQLite file")
+struct StorageWriterTests {
+    /// A writer over a fresh store, recording the echo lines it releases after each commit.
+    final class Harness: Sendable {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("parley-writer-\(UUID().uuidString).sqlite").path
+        let store: SQLiteChatStore
+        let writer: StorageWriter
+        let released = NIOLockedValueBox<[String]>([])
+
+        init() throws {
+            store = try SQLiteChatStore(path: path)
+            writer = StorageWriter(store: store, logger: Logger(label: "test"))
+            let released = self.released
+            writer.setCallbacks(.init(
+                deliver: { deliveries in
+                    released.withLockedValue { $0 += deliveries.map { String(buffer: $0.line) } }
+                },
+                notStored: { _ in },
+                historyLoaded: { _, _ in }))
+        }
+
+        func store(_ text: String) -> CoreAction {
+            let message = StoredMessage(
+                id: text, time: Timestamp(millisecondsSince1970: 1_764_000_000_000), senderNick: "alice", senderAccount: "alice",
+                senderPrefix: "alice!~a@h", targetKind: .direct, target: "bob", command: "PRIVMSG", text: text,
+                recipients: [StoredRecipient(account: "bob")])
+            return .storeMessages([message], afterCommit: [Outbox.Delivery(connection: ConnectionID(1), line: ByteBuffer(string: text))],
+                                  sender: StoreRequest(connection: ConnectionID(1), label: nil, verb: "PRIVMSG"))
+        }
+
+        func waitUntilReleased(_ count: Int) async throws -> [String] {
+            let deadline = ContinuousClock.now + .seconds(5)
+            while released.withLockedValue({ $0.count }) < count && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(2))
+            }
+            return released.withLockedValue { $0 }
+        }
+
+        func finish() async throws {
+            await writer.stop()
+            try await store.close()
+            try? FileManager.default.removeItem(atPath: path)
+        }
+    }
+
+    @Test func heldWorkAndEverythingAfterItWaitForTheRelease() async throws {
+        let harness = try Harness()
+        var hold: StorageWriter.Hold?
+        var noHold: StorageWriter.Hold?
+        harness.writer.enqueue([harness.store("one")], hold: &hold, holding: true)
+        harness.writer.enqueue([harness.store("two")], hold: &hold, holding: true)
+        // Another thread's work, decided after the hold began: it must not overtake "one".
+        harness.writer.enqueue([harness.store("three")], hold: &noHold, holding: false)
+        #expect(noHold == nil)
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(harness.released.withLockedValue { $0 }.isEmpty, "nothing is committed while the burst is open")
+        #expect(!harness.writer.isIdle)
+
+        try #require(hold).release()
+        #expect(try await harness.waitUntilReleased(3) == ["one", "two", "three"])
+        // Committed: the messages are in the file.
+        guard case .messages(let stored) = try harness.store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(stored.map(\.text).sorted() == ["one", "three", "two"])
+        try await harness.finish()
+    }
+
+    @Test func workBeforeAHoldIsCommittedWithoutWaitingForIt() async throws {
+        let harness = try Harness()
+        var noHold: StorageWriter.Hold?
+        var hold: StorageWriter.Hold?
+        harness.writer.enqueue([harness.store("earlier")], hold: &noHold, holding: false)
+        harness.writer.enqueue([harness.store("held")], hold: &hold, holding: true)
+        #expect(try await harness.waitUntilReleased(1) == ["earlier"])
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(harness.released.withLockedValue { $0 } == ["earlier"])
+        try #require(hold).release()
+        #expect(try await harness.waitUntilReleased(2) == ["earlier", "held"])
+        try await harness.finish()
+    }
+
+    @Test func stoppingFinishesWhatWasHandedOver() async throws {
+        let harness = try Harness()
+        var noHold: StorageWriter.Hold?
+        for number in 1...200 { harness.writer.enqueue([harness.store("m\(number)")], hold: &noHold, holding: false) }
+        await harness.writer.stop()
+        #expect(harness.released.withLockedValue { $0 } == (1...200).map { "m\($0)" })
+        #expect(harness.writer.isIdle)
+        try await harness.store.close()
+        try? FileManager.default.removeItem(atPath: harness.path)
+    }
+}
