@@ -12,25 +12,30 @@ struct MigrationTests {
         FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID().uuidString).sqlite").path
     }
 
+    /// A database file as an earlier release left it: migrated up to `migration`, then these rows.
+    func writeOldDatabase(at path: String, upTo migration: String, _ statements: [String]) async throws {
+        let queue = try DatabaseQueue(path: path)
+        try SQLiteChatStore.migrator.migrate(queue, upTo: migration)
+        try await queue.write { db in
+            for statement in statements { try db.execute(sql: statement) }
+        }
+        try queue.close()
+    }
+
     @Test func aDatabaseFromTheFirstSchemaIsUpgradedWithItsData() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }
         // A file as the first release wrote it: only the v1 tables, with an account and a message.
-        do {
-            let queue = try DatabaseQueue(path: path)
-            try SQLiteChatStore.migrator.migrate(queue, upTo: "v1")
-            try await queue.write { db in
-                try db.execute(sql: """
-                    INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
-                    VALUES ('alice', 'Alice', x'00', 4096, x'01', x'02', 1700000000000)
-                    """)
-                try db.execute(sql: """
-                    INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text)
-                    VALUES ('m1', 1700000000001, 'Guest', NULL, 'Guest!~g@host', 'direct', 'alice', 'PRIVMSG', 'hello from v1')
-                    """)
-            }
-            try queue.close()
-        }
+        try await writeOldDatabase(at: path, upTo: "v1", [
+            """
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES ('alice', 'Alice', x'00', 4096, x'01', x'02', 1700000000000)
+            """,
+            """
+            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text)
+            VALUES ('m1', 1700000000001, 'Guest', NULL, 'Guest!~g@host', 'direct', 'alice', 'PRIVMSG', 'hello from v1')
+            """,
+        ])
         let store = try SQLiteChatStore(path: path)
         let accounts = try await store.loadAccounts()
         #expect(accounts.map(\.name) == ["Alice"])
@@ -118,18 +123,13 @@ struct MigrationTests {
     @Test func recipientsStoredBeforeTheLeanSchemaAreKept() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }
-        do {
-            let queue = try DatabaseQueue(path: path)
-            try SQLiteChatStore.migrator.migrate(queue, upTo: "v3-delivery")
-            try await queue.write { db in
-                try db.execute(sql: """
-                    INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, sender_key)
-                    VALUES ('m1', 1764000000000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'kept for bob', 'alice')
-                    """)
-                try db.execute(sql: "INSERT INTO message_recipients (message_id, recipient) VALUES ('m1', 'bob')")
-            }
-            try queue.close()
-        }
+        try await writeOldDatabase(at: path, upTo: "v3-delivery", [
+            """
+            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, sender_key)
+            VALUES ('m1', 1764000000000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'kept for bob', 'alice')
+            """,
+            "INSERT INTO message_recipients (message_id, recipient) VALUES ('m1', 'bob')",
+        ])
         let store = try SQLiteChatStore(path: path)
         let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000))
         #expect(state.undelivered["bob"]?.map(\.text) == ["kept for bob"])
