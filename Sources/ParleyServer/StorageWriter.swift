@@ -90,9 +90,11 @@ final class StorageWriter: Sendable {
         let shared = self.shared
         let callbacks = self.callbacks
         let thread = Thread {
+            // Named from inside: set before `start()` the name did not reach the system on
+            // Linux, and the thread showed its creator's name in `top -H` and profiles.
+            Thread.current.name = "parley-storage"
             Self.serve(shared, store: store, logger: logger, callbacks: { callbacks.withLockedValue { $0 } })
         }
-        thread.name = "parley-storage"
         thread.start()
     }
 
