@@ -2,9 +2,10 @@ import NIOCore
 import NIOPosix
 
 /// The writes decided while an event loop thread handles one connection's read batch: the lines
-/// for each receiver on this loop are gathered into one buffer and written once, so a burst of
-/// messages costs one pipeline write and one system call per receiver, not one per line.
-/// Receivers on other loops get one task each. One per thread, reused: never touched by any
+/// for each receiver are gathered into one buffer and written once, so a burst of messages costs
+/// one pipeline write and one system call per receiver, not one per line. Receivers on other
+/// loops are written by one task per loop (not one per receiver: a group message to a thousand
+/// members on two loops made five hundred tasks). One per thread, reused: never touched by any
 /// other thread, hence `@unchecked Sendable`.
 final class WriteBatch: @unchecked Sendable {
     private static let perThread = ThreadSpecificVariable<WriteBatch>()
@@ -29,10 +30,14 @@ final class WriteBatch: @unchecked Sendable {
     private var stampBySlot: [UInt32] = []
     private var stamp: UInt32 = 1
     private var isFlushing = false
-    private var foreignWrites: [ObjectIdentifier: (Channel, [ChatHost.ResolvedDelivery])] = [:]
+    /// This thread's event loop (set by `collectResolved`).
+    private var ownLoop = ObjectIdentifier(WriteBatch.self)
+    /// Receivers on other loops, by loop, while flushing.
+    private var foreign: [ObjectIdentifier: (loop: EventLoop, outputs: [PendingOutput])] = [:]
 
-    private struct PendingOutput {
+    fileprivate struct PendingOutput: Sendable {
         let channel: Channel
+        let loop: ObjectIdentifier
         var bytes: ByteBuffer
         /// Whether `bytes` is a buffer of this receiver's own, to append to in place.
         var isGathered = false
@@ -90,11 +95,8 @@ final class WriteBatch: @unchecked Sendable {
     private var lastGathering: Gathering?
 
     func collectResolved(onLoop loop: ObjectIdentifier) {
+        ownLoop = loop
         for delivery in resolved {
-            guard delivery.loop == loop else {
-                foreignWrites[ObjectIdentifier(delivery.channel), default: (delivery.channel, [])].1.append(delivery)
-                continue
-            }
             let slot = delivery.slot
             if slot >= stampBySlot.count {
                 let size = max(slot + 1, 2 * stampBySlot.count, 64)
@@ -108,7 +110,7 @@ final class WriteBatch: @unchecked Sendable {
             } else {
                 stampBySlot[slot] = stamp
                 outputIndexBySlot[slot] = Int32(outputs.count)
-                outputs.append(PendingOutput(channel: delivery.channel, bytes: delivery.line ?? ByteBuffer(), closeAfter: delivery.closeAfter))
+                outputs.append(PendingOutput(channel: delivery.channel, loop: delivery.loop, bytes: delivery.line ?? ByteBuffer(), closeAfter: delivery.closeAfter))
             }
         }
         resolved.removeAll(keepingCapacity: true)
@@ -133,27 +135,40 @@ final class WriteBatch: @unchecked Sendable {
         guard !isFlushing else { return }
         isFlushing = true
         defer { isFlushing = false }
-        while !outputs.isEmpty || !foreignWrites.isEmpty {
+        while !outputs.isEmpty {
             swap(&outputs, &flushing)
             nextStamp()
             lastGathering = nil
             for output in flushing {
-                if output.closeAfter {
-                    if output.bytes.readableBytes > 0 { output.channel.write(output.bytes, promise: nil) }
-                    ChatHost.closeAfterFlush(output.channel)
+                if output.loop == ownLoop {
+                    output.write()
+                } else if foreign[output.loop] != nil {
+                    foreign[output.loop]!.outputs.append(output)
                 } else {
-                    // Only a close comes without a line. One pass through the pipeline for both.
-                    output.channel.writeAndFlush(output.bytes, promise: nil)
+                    foreign[output.loop] = (output.channel.eventLoop, [output])
                 }
             }
             flushing.removeAll(keepingCapacity: true)
-            if !foreignWrites.isEmpty {
-                let writes = foreignWrites
-                foreignWrites = [:]
-                for (_, (channel, items)) in writes {
-                    channel.eventLoop.execute { ChatHost.writeNow(items, to: channel) }
+            if !foreign.isEmpty {
+                for (_, (loop, outputs)) in foreign {
+                    loop.execute { for output in outputs { output.write() } }
                 }
+                foreign.removeAll(keepingCapacity: true)
             }
+        }
+    }
+}
+
+extension WriteBatch.PendingOutput {
+    /// On the receiver's own loop: one pass through the pipeline for the lines and the flush;
+    /// a close waits until they have gone out.
+    func write() {
+        if closeAfter {
+            if bytes.readableBytes > 0 { channel.write(bytes, promise: nil) }
+            ChatHost.closeAfterFlush(channel)
+        } else {
+            // Only a close comes without a line.
+            channel.writeAndFlush(bytes, promise: nil)
         }
     }
 }
