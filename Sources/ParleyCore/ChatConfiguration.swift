@@ -17,6 +17,11 @@ public struct ChatConfiguration: Sendable {
     public var maxChannelsPerUser: Int? = 100
     /// Messages kept for an account while it is offline; past this, senders get a FAIL reply.
     public var maxUndeliveredPerAccount = 5000
+    /// Messages followed in memory for live receipts (delivered, read). Past this the oldest
+    /// ones that every recipient has received are forgotten: their state stays on disk
+    /// (RECEIPTS STATUS still answers), but a later read sends no live receipt. Without a bound
+    /// every message from an account stayed in memory for the whole retention period.
+    public var maxTrackedMessages = 200_000
     /// How long stored messages are kept (history, offline delivery, receipts).
     public var historyRetentionMilliseconds: Int64 = 30 * 24 * 3600 * 1000
     /// The most messages one CHATHISTORY request returns.

@@ -38,6 +38,8 @@ public struct ChatServer: Sendable {
     var undelivered: [String: [StoredMessage]] = [:]
     /// Recent messages from accounts to accounts, by msgid, for receipts.
     var tracked: [String: TrackedMessage] = [:]
+    /// `tracked`'s ids, oldest first (ids forgotten since are skipped when met).
+    var trackedOrder = CircularBuffer<String>()
     /// Delivered but not yet read: reader -> conversation key -> msgids, oldest first.
     var unread: [String: [String: [String]]] = [:]
     /// Receipts for authors who had no receipts-capable connection when they happened.

@@ -192,11 +192,13 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var maxUndeliveredPerAccount = 5000
         /// The most messages one CHATHISTORY request returns.
         public var chathistoryLimit = 500
+        /// Messages followed in memory for live delivered/read receipts.
+        public var maxTrackedMessages = 200_000
 
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case retentionDays, maxUndeliveredPerAccount, chathistoryLimit
+            case retentionDays, maxUndeliveredPerAccount, chathistoryLimit, maxTrackedMessages
         }
 
         public init(from decoder: any Decoder) throws {
@@ -205,6 +207,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             retentionDays = try container.decode(.retentionDays, default: defaults.retentionDays)
             maxUndeliveredPerAccount = try container.decode(.maxUndeliveredPerAccount, default: defaults.maxUndeliveredPerAccount)
             chathistoryLimit = try container.decode(.chathistoryLimit, default: defaults.chathistoryLimit)
+            maxTrackedMessages = try container.decode(.maxTrackedMessages, default: defaults.maxTrackedMessages)
         }
     }
 
@@ -251,6 +254,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.monitorLimit = limits.monitorLimit
         chat.historyRetentionMilliseconds = Int64(history.retentionDays * 86_400_000)
         chat.maxUndeliveredPerAccount = history.maxUndeliveredPerAccount
+        chat.maxTrackedMessages = history.maxTrackedMessages
         chat.chathistoryLimit = max(1, history.chathistoryLimit)
         chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets

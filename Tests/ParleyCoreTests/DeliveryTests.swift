@@ -119,6 +119,48 @@ struct DeliveryTests {
         #expect(harness.send(bob, "MARKREAD alice timestamp=2020-01-01T00:00:00.000Z") == [":parley.local MARKREAD alice timestamp=\(received.tagValue("time") ?? "")"])
     }
 
+    @Test func receiptTrackingIsBoundedAndKeepsWhatStillWaitsForDelivery() throws {
+        var harness = CoreHarness(configure: { $0.maxTrackedMessages = 3 }, accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["parley.chat/receipts"])
+        let bob = harness.register("bob", password: "password-b", caps: ["parley.chat/receipts", "server-time"])
+        // carol is offline: her message must still get its delivered receipt later.
+        harness.send(alice, "PRIVMSG carol :for carol")
+        let forCarol = try #require(harness.storedMessages.last?.id)
+        var ids: [String] = []
+        for number in 1...5 {
+            harness.advance(milliseconds: 10)
+            harness.send(alice, "PRIVMSG bob :number \(number)")
+            ids.append(try #require(harness.storedMessages.last?.id))
+        }
+        _ = harness.inbox(alice)
+        #expect(harness.server.tracked.count == 3, "memory stays within the bound")
+        #expect(harness.server.tracked[forCarol] != nil, "a message still waiting for its recipient is kept")
+
+        // bob reads everything: live read receipts for the messages still followed.
+        harness.advance(milliseconds: 1000)
+        harness.send(bob, "MARKREAD alice timestamp=\(harness.now.iso8601)")
+        let receipts = harness.inbox(alice).compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "RECEIPT" }
+        #expect(receipts.map { $0.parameters[1] } == Array(ids.suffix(2)))
+        #expect(receipts.allSatisfy { $0.parameters[2] == "read" })
+
+        // carol comes back: alice learns her message was delivered.
+        _ = harness.register("carol", password: "password-c")
+        let delivered = harness.inbox(alice).compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "RECEIPT" }
+        #expect(delivered.map { $0.parameters[1] } == [forCarol])
+        #expect(delivered.first?.parameters[2] == "delivered")
+    }
+
+    @Test func unreadMessagesFollowedPerConversationAreBounded() {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        _ = harness.register("bob", password: "password-b")
+        let limit = ChatServer.unreadFollowedPerConversation
+        for number in 1...(limit + 101) { harness.send(alice, "PRIVMSG bob :\(number)") }
+        let followed = harness.server.unread["bob"]?["alice"] ?? []
+        #expect(followed.count == limit, "a reader who never marks anything read does not grow memory without end")
+        #expect(followed.last == harness.storedMessages.last?.id, "the newest are the ones followed")
+    }
+
     @Test func receiptsWaitForAnOfflineAuthor() throws {
         var harness = CoreHarness(accounts: Self.people)
         let alice = harness.register("alice", password: "password-a", caps: ["parley.chat/receipts"])

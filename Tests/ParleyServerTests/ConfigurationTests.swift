@@ -11,6 +11,14 @@ struct ConfigurationTests {
         return try ServerConfiguration.load(from: file.path)
     }
 
+    @Test func historyLimitsReachTheChatDomain() throws {
+        let configuration = try load(#"{ "history": { "maxUndeliveredPerAccount": 20, "maxTrackedMessages": 1234 } }"#)
+        let chat = try configuration.chatConfiguration()
+        #expect(chat.maxUndeliveredPerAccount == 20)
+        #expect(chat.maxTrackedMessages == 1234)
+        #expect(try ServerConfiguration().chatConfiguration().maxTrackedMessages == 200_000)
+    }
+
     @Test func missingFieldsKeepTheirDefaults() throws {
         let configuration = try load(#"{ "serverName": "chat.example.org", "limits": { "floodBurst": 5 } }"#)
         #expect(configuration.serverName == "chat.example.org")

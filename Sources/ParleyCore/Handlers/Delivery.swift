@@ -28,6 +28,12 @@ struct RecipientStates: Sendable {
         }
     }
 
+    /// Whether someone has not received the message yet.
+    var waitsForDelivery: Bool {
+        if let many { return many.values.contains { $0.deliveredAt == nil } }
+        return few.contains { $0.deliveredAt == nil }
+    }
+
     subscript(account: String) -> StoredRecipient? {
         get {
             if let many { return many[account] }
@@ -167,9 +173,39 @@ extension ChatServer {
         tracked[stored.id] = TrackedMessage(
             id: stored.id, author: author, time: stored.time,
             groupKey: stored.targetKind == .group ? stored.target : nil, recipients: RecipientStates(stored.recipients))
+        trackedOrder.append(stored.id)
+        forgetOldTrackedMessages()
         let conversation = stored.targetKind == .group ? stored.target : author
         for recipient in stored.recipients where recipient.deliveredAt != nil && recipient.readAt == nil {
-            unread[recipient.account, default: [:]][conversation, default: []].append(stored.id)
+            noteUnread(stored.id, reader: recipient.account, conversation: conversation)
+        }
+    }
+
+    /// Unread messages followed per reader and conversation; a reader who never marks anything
+    /// read (most IRC clients) would otherwise grow the list for the whole retention period.
+    static let unreadFollowedPerConversation = 1000
+
+    mutating func noteUnread(_ id: String, reader: String, conversation: String) {
+        unread[reader, default: [:]][conversation, default: []].append(id)
+        // Trimmed in steps, not by one per message (removing from the front moves the rest).
+        if let count = unread[reader]?[conversation]?.count, count > Self.unreadFollowedPerConversation + 100 {
+            unread[reader]?[conversation]?.removeFirst(count - Self.unreadFollowedPerConversation)
+        }
+    }
+
+    /// Keeps `tracked` within `maxTrackedMessages`, forgetting the oldest first. A message that
+    /// still waits for a recipient is passed over a few times (its delivered receipt is due when
+    /// that recipient returns; inbox limits bound those), then forgotten too if need be.
+    mutating func forgetOldTrackedMessages() {
+        var passedOver = 0
+        while tracked.count > configuration.maxTrackedMessages, let oldest = trackedOrder.popFirst() {
+            guard let message = tracked[oldest] else { continue }
+            if message.recipients.waitsForDelivery && passedOver < 8 {
+                trackedOrder.append(oldest)
+                passedOver += 1
+                continue
+            }
+            tracked[oldest] = nil
         }
     }
 
@@ -269,7 +305,7 @@ extension ChatServer {
             if let message = tracked[stored.id] {
                 // In place: a copy taken out and put back would copy its recipients too.
                 tracked[stored.id]?.recipients[account]?.deliveredAt = context.now
-                unread[account, default: [:]][message.groupKey ?? message.author, default: []].append(stored.id)
+                noteUnread(stored.id, reader: account, conversation: message.groupKey ?? message.author)
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
                                                        reader: account, state: .delivered, time: context.now, &context, &outbox)
             }
@@ -499,6 +535,7 @@ extension ChatServer {
             undelivered[account] = kept.isEmpty ? nil : kept
         }
         tracked = tracked.filter { $0.value.time >= cutoff }
+        trackedOrder = CircularBuffer(trackedOrder.filter { tracked[$0] != nil })
         for (reader, conversations) in unread {
             var kept: [String: [String]] = [:]
             for (conversation, ids) in conversations {
