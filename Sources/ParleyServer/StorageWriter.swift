@@ -42,7 +42,9 @@ final class StorageWriter: Sendable {
         /// How much of `pending` the thread may take: all of it, or what came before the
         /// earliest open hold.
         var takeable: Int {
-            guard let earliest = holds.map(\.start).min() else { return pending.count }
+            // Asked on every enqueue: no array built to find the earliest.
+            guard var earliest = holds.first?.start else { return pending.count }
+            for hold in holds where hold.start < earliest { earliest = hold.start }
             return min(pending.count, max(0, earliest - taken))
         }
 
