@@ -170,39 +170,46 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
-    static func insertMessages(_ messages: [StoredMessage], in db: Database) throws {
-        // The busiest statements of the server: bound directly, not through StatementArguments.
-        let message = try db.cachedStatement(sql: """
-            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags, sender_key)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """)
-        let recipient = try db.cachedStatement(sql: """
-            INSERT INTO message_recipients (message_id, recipient, delivered_at, read_at, delivered_notified, read_notified)
-            VALUES (?, ?, ?, ?, ?, ?)
-            """)
-        let row = SQLiteBinding(message, in: db)
-        let recipientRow = SQLiteBinding(recipient, in: db)
-        for stored in messages {
-            row.bind(1, stored.id)
-            row.bind(2, stored.time.millisecondsSince1970)
-            row.bind(3, stored.senderNick)
-            row.bind(4, stored.senderAccount)
-            row.bind(5, stored.senderPrefix)
-            row.bind(6, stored.targetKind.rawValue)
-            row.bind(7, stored.target)
-            row.bind(8, stored.command)
-            row.bind(9, stored.text)
-            row.bind(10, stored.clientTags)
-            row.bind(11, stored.senderAccount ?? stored.senderNick.lowercased())
-            try row.run()
-            for entry in stored.recipients {
-                recipientRow.bind(1, stored.id)
-                recipientRow.bind(2, entry.account)
-                recipientRow.bind(3, entry.deliveredAt?.millisecondsSince1970)
-                recipientRow.bind(4, entry.readAt?.millisecondsSince1970)
-                recipientRow.bind(5, entry.deliveredNotified)
-                recipientRow.bind(6, entry.readNotified)
-                try recipientRow.run()
+    /// The busiest statements of the server, bound directly (not through StatementArguments)
+    /// and looked up once per transaction (each lookup hashed the whole SQL text).
+    struct MessageInserter {
+        private let row: SQLiteBinding
+        private let recipientRow: SQLiteBinding
+
+        init(_ db: Database) throws {
+            row = SQLiteBinding(try db.cachedStatement(sql: """
+                INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags, sender_key)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """), in: db)
+            recipientRow = SQLiteBinding(try db.cachedStatement(sql: """
+                INSERT INTO message_recipients (message_id, recipient, delivered_at, read_at, delivered_notified, read_notified)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """), in: db)
+        }
+
+        func insert(_ messages: [StoredMessage]) throws {
+            for stored in messages {
+                row.bind(1, stored.id)
+                row.bind(2, stored.time.millisecondsSince1970)
+                row.bind(3, stored.senderNick)
+                row.bind(4, stored.senderAccount)
+                row.bind(5, stored.senderPrefix)
+                row.bind(6, stored.targetKind.rawValue)
+                row.bind(7, stored.target)
+                row.bind(8, stored.command)
+                row.bind(9, stored.text)
+                row.bind(10, stored.clientTags)
+                row.bind(11, stored.senderAccount ?? stored.senderNick.lowercased())
+                try row.run()
+                for entry in stored.recipients {
+                    recipientRow.bind(1, stored.id)
+                    recipientRow.bind(2, entry.account)
+                    recipientRow.bind(3, entry.deliveredAt?.millisecondsSince1970)
+                    recipientRow.bind(4, entry.readAt?.millisecondsSince1970)
+                    recipientRow.bind(5, entry.deliveredNotified)
+                    recipientRow.bind(6, entry.readNotified)
+                    try recipientRow.run()
+                }
             }
         }
     }
@@ -446,10 +453,12 @@ public final class SQLiteChatStore: ChatStore {
     public func perform(_ writes: [CoreAction]) throws {
         guard !writes.isEmpty else { return }
         try pool.write { db in
+            var inserter: MessageInserter?
             for write in writes {
                 switch write {
                 case .storeMessages(let messages, _, _):
-                    try Self.insertMessages(messages, in: db)
+                    if inserter == nil { inserter = try MessageInserter(db) }
+                    try inserter?.insert(messages)
                 case .saveGroup(let group, let previousKey):
                     try Self.saveGroup(group, previousKey: previousKey, in: db)
                 case .deleteGroup(let key):

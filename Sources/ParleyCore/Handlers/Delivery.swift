@@ -186,10 +186,14 @@ extension ChatServer {
     static let unreadFollowedPerConversation = 1000
 
     mutating func noteUnread(_ id: String, reader: String, conversation: String) {
-        unread[reader, default: [:]][conversation, default: []].append(id)
+        Self.append(id, toUnread: &unread[reader, default: [:]][conversation, default: []])
+    }
+
+    private static func append(_ id: String, toUnread list: inout [String]) {
+        list.append(id)
         // Trimmed in steps, not by one per message (removing from the front moves the rest).
-        if let count = unread[reader]?[conversation]?.count, count > Self.unreadFollowedPerConversation + 100 {
-            unread[reader]?[conversation]?.removeFirst(count - Self.unreadFollowedPerConversation)
+        if list.count > unreadFollowedPerConversation + 100 {
+            list.removeFirst(list.count - unreadFollowedPerConversation)
         }
     }
 
