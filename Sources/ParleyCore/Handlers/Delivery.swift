@@ -273,8 +273,8 @@ extension ChatServer {
         return "\(clock), \(ago)"
     }
 
-    /// Sends an account that has just come online what it missed, oldest first, in
-    /// `chathistory` batches per conversation; then the receipts that waited for it.
+    /// Sends an account that has just come online what it missed, one `chathistory` batch per
+    /// conversation, oldest first within each; then the receipts that waited for it.
     mutating func deliverBacklog(to id: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
         guard let session = sessions[id], let account = session.accountKey else { return }
         if let backlog = undelivered.removeValue(forKey: account), !backlog.isEmpty {
@@ -290,8 +290,11 @@ extension ChatServer {
                         parameters: [session.replyName, "You have \(count) message\(count == 1 ? "" : "s") that arrived while you were offline"]),
              to: id, &context, &outbox)
         var updates: [RecipientUpdate] = []
-        // Consecutive messages of one conversation form one chathistory batch.
+        // One chathistory batch per conversation, oldest first within it; conversations in the
+        // order of their first missed message. (Interleaved across conversations, a backlog from
+        // many people became a batch per message: three lines for each.)
         var runs: [(target: String, lines: [IRCMessage])] = []
+        var runOfTarget: [String: Int] = [:]
         for stored in backlog {
             let target: String
             if stored.targetKind == .group {
@@ -303,7 +306,12 @@ extension ChatServer {
             // Without server-time a client would show the replay time; say when it was sent.
             let text = session.has(.serverTime) ? stored.text : "[sent \(stored.time.minuteText)] " + stored.text
             let line = storedLine(stored, target: stored.targetKind == .group ? target : (session.nick?.name ?? account), text: text)
-            if runs.last?.target == target { runs[runs.count - 1].lines.append(line) } else { runs.append((target, [line])) }
+            if let run = runOfTarget[target] {
+                runs[run].lines.append(line)
+            } else {
+                runOfTarget[target] = runs.count
+                runs.append((target, [line]))
+            }
 
             var update = RecipientUpdate(messageID: stored.id, recipient: account, deliveredAt: context.now)
             if let message = tracked[stored.id] {
