@@ -12,7 +12,8 @@ import ParleyStore
 /// Ownership rule: `ChatServer` and the connection registry live in one `NIOLockedValueBox`.
 /// Every event takes the lock once, lets the domain decide, resolves target channels, and leaves
 /// the lock before any write, so the lock is never held across I/O or waiting. Slow work
-/// (password hashing, storage) runs on the thread pool or in tasks and re-enters through the lock.
+/// re-enters through the lock: password hashing on the thread pool, storage on its own thread
+/// (`StorageWriter`).
 final class ChatHost: Sendable {
     struct State: Sendable {
         var core: ChatServer
@@ -116,20 +117,15 @@ final class ChatHost: Sendable {
     /// Runs one domain call under the lock and returns the writes it decided on, resolved.
     func perform(_ body: (inout ChatServer, inout Outbox) -> Void) -> [ResolvedDelivery] {
         var resolved: [ResolvedDelivery] = []
-        perform(into: &resolved, body)
+        var noHold: StorageWriter.Hold?
+        perform(into: &resolved, storageHold: &noHold, holding: false, body)
         return resolved
     }
 
-    /// Runs one domain call under the lock and appends the writes it decided on, resolved, to
-    /// `resolved` (the message path reuses one array instead of allocating one per message).
-    func perform(into resolved: inout [ResolvedDelivery], _ body: (inout ChatServer, inout Outbox) -> Void) {
-        var noHold: StorageWriter.Hold?
-        perform(into: &resolved, storageHold: &noHold, holding: false, body)
-    }
-
-    /// The message path: like `perform(into:)`, collecting into this thread's write batch, and
-    /// storage work waits for the end of the batch (`WriteBatch.flush()` releases the hold), so
-    /// the messages of one read burst are committed together.
+    /// The message path: like `perform(_:)`, but appending to this thread's write batch (one
+    /// array reused, not one per message), and storage work waits for the end of the batch
+    /// (`WriteBatch.flush()` releases the hold), so the messages of one read burst are committed
+    /// together.
     func perform(into batch: WriteBatch, _ body: (inout ChatServer, inout Outbox) -> Void) {
         perform(into: &batch.resolved, storageHold: &batch.storageHold, holding: true, body)
     }
@@ -199,26 +195,31 @@ final class ChatHost: Sendable {
 
     /// Writes on the channel's own event loop, then flushes; closes after the data has gone out.
     static func writeNow(_ items: [ResolvedDelivery], to channel: Channel) {
-        var closing = false
         if items.count == 1 {
-            if let line = items[0].line { channel.write(line, promise: nil) }
-            closing = items[0].closeAfter
-        } else {
-            // Many lines at once (the echoes of a whole commit): one buffer, one pass through
-            // the pipeline, instead of one write per line.
-            var total = 0
-            for item in items { total += item.line?.readableBytes ?? 0 }
-            var gathered = channel.allocator.buffer(capacity: total)
-            for item in items {
-                if let line = item.line { gathered.writeImmutableBuffer(line) }
-                if item.closeAfter { closing = true }
-            }
-            if gathered.readableBytes > 0 { channel.write(gathered, promise: nil) }
+            send(items[0].line ?? ByteBuffer(), closing: items[0].closeAfter, to: channel)
+            return
         }
+        // Many lines at once (the echoes of a whole commit): one buffer, one pass through the
+        // pipeline, instead of one write per line.
+        var total = 0
+        for item in items { total += item.line?.readableBytes ?? 0 }
+        var gathered = channel.allocator.buffer(capacity: total)
+        var closing = false
+        for item in items {
+            if let line = item.line { gathered.writeImmutableBuffer(line) }
+            if item.closeAfter { closing = true }
+        }
+        send(gathered, closing: closing, to: channel)
+    }
+
+    /// On the channel's own loop: the lines and the flush in one pass through the pipeline; a
+    /// close waits until they have gone out.
+    static func send(_ bytes: ByteBuffer, closing: Bool, to channel: Channel) {
         if closing {
+            if bytes.readableBytes > 0 { channel.write(bytes, promise: nil) }
             closeAfterFlush(channel)
         } else {
-            channel.flush()
+            channel.writeAndFlush(bytes, promise: nil)
         }
     }
 

@@ -35,7 +35,7 @@ final class WriteBatch: @unchecked Sendable {
     /// Receivers on other loops, by loop, while flushing.
     private var foreign: [ObjectIdentifier: (loop: EventLoop, outputs: [PendingOutput])] = [:]
 
-    fileprivate struct PendingOutput: Sendable {
+    private struct PendingOutput: Sendable {
         let channel: Channel
         let loop: ObjectIdentifier
         var bytes: ByteBuffer
@@ -141,7 +141,7 @@ final class WriteBatch: @unchecked Sendable {
             lastGathering = nil
             for output in flushing {
                 if output.loop == ownLoop {
-                    output.write()
+                    ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel)
                 } else if foreign[output.loop] != nil {
                     foreign[output.loop]!.outputs.append(output)
                 } else {
@@ -151,24 +151,12 @@ final class WriteBatch: @unchecked Sendable {
             flushing.removeAll(keepingCapacity: true)
             if !foreign.isEmpty {
                 for (_, (loop, outputs)) in foreign {
-                    loop.execute { for output in outputs { output.write() } }
+                    loop.execute {
+                        for output in outputs { ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel) }
+                    }
                 }
                 foreign.removeAll(keepingCapacity: true)
             }
-        }
-    }
-}
-
-extension WriteBatch.PendingOutput {
-    /// On the receiver's own loop: one pass through the pipeline for the lines and the flush;
-    /// a close waits until they have gone out.
-    func write() {
-        if closeAfter {
-            if bytes.readableBytes > 0 { channel.write(bytes, promise: nil) }
-            ChatHost.closeAfterFlush(channel)
-        } else {
-            // Only a close comes without a line.
-            channel.writeAndFlush(bytes, promise: nil)
         }
     }
 }
