@@ -35,18 +35,16 @@ struct RecipientStates: Sendable {
     }
 
     subscript(account: String) -> StoredRecipient? {
-        get {
-            if let many { return many[account] }
-            return few.first { $0.account == account }
-        }
-        set {
-            if many != nil {
-                many![account] = newValue
-            } else if let index = few.firstIndex(where: { $0.account == account }) {
-                if let newValue { few[index] = newValue } else { few.remove(at: index) }
-            } else if let newValue {
-                few.append(newValue)
-            }
+        if let many { return many[account] }
+        return few.first { $0.account == account }
+    }
+
+    /// Changes one recipient's state in place (the set of recipients never changes).
+    mutating func update(_ account: String, _ change: (inout StoredRecipient) -> Void) {
+        if many != nil {
+            if many![account] != nil { change(&many![account]!) }
+        } else if let index = few.firstIndex(where: { $0.account == account }) {
+            change(&few[index])
         }
     }
 }
@@ -316,7 +314,7 @@ extension ChatServer {
             var update = RecipientUpdate(messageID: stored.id, recipient: account, deliveredAt: context.now)
             if let message = tracked[stored.id] {
                 // In place: a copy taken out and put back would copy its recipients too.
-                tracked[stored.id]?.recipients[account]?.deliveredAt = context.now
+                tracked[stored.id]?.recipients.update(account) { $0.deliveredAt = context.now }
                 noteUnread(stored.id, reader: account, conversation: message.groupKey ?? message.author)
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
                                                        reader: account, state: .delivered, time: context.now, &context, &outbox)
@@ -494,7 +492,7 @@ extension ChatServer {
             guard let tracked = tracked[messageID] else { continue }
             guard tracked.time <= time else { remaining.append(messageID); continue }
             guard disclose else { continue }
-            self.tracked[messageID]?.recipients[account]?.readAt = time
+            self.tracked[messageID]?.recipients.update(account) { $0.readAt = time }
             let sent = sendReceipt(author: tracked.author, messageID: messageID, target: receiptTarget(for: tracked, reader: account),
                                    reader: account, state: .read, time: time, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
