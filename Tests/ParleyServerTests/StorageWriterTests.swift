@@ -96,7 +96,6 @@ struct StorageWriterTests {
         await harness.writer.stop()
         #expect(harness.released.withLockedValue { $0 } == (1...200).map { "m\($0)" })
         #expect(harness.writer.isIdle)
-        try await harness.store.close()
-        try? FileManager.default.removeItem(atPath: harness.path)
+        try await harness.finish()
     }
 }
