@@ -133,11 +133,17 @@ public struct StoredMessage: Sendable, Hashable {
     public var senderNick: String
     /// The sender's account key, if logged in.
     public var senderAccount: String?
+    /// A guest sender's identity (`ChatServer.guestIdentity`): unique to that connection, never
+    /// an account's, so nobody who later takes the guest's nick inherits the conversation.
+    public var senderGuest: String?
     /// `nick!user@host`, as shown to receivers.
     public var senderPrefix: String
     public var targetKind: TargetKind
-    /// Direct: the recipient's account key (or folded nick); group: the folded channel name.
+    /// Direct: the recipient's account key, or a guest recipient's identity; group: the group's
+    /// key (its folded name; the store keeps the group's stable id behind it).
     public var target: String
+    /// A guest recipient's nick when the message was sent (a guest identity is not a name).
+    public var targetName: String?
     /// PRIVMSG, NOTICE or TAGMSG.
     public var command: String
     public var text: String
@@ -146,16 +152,18 @@ public struct StoredMessage: Sendable, Hashable {
     /// The accounts this message is for (the author excluded), with their delivery state.
     public var recipients: [StoredRecipient]
 
-    public init(id: String, time: Timestamp, senderNick: String, senderAccount: String?, senderPrefix: String,
-                targetKind: TargetKind, target: String, command: String, text: String, clientTags: String = "",
+    public init(id: String, time: Timestamp, senderNick: String, senderAccount: String?, senderGuest: String? = nil, senderPrefix: String,
+                targetKind: TargetKind, target: String, targetName: String? = nil, command: String, text: String, clientTags: String = "",
                 recipients: [StoredRecipient] = []) {
         self.id = id
         self.time = time
         self.senderNick = senderNick
         self.senderAccount = senderAccount
+        self.senderGuest = senderGuest
         self.senderPrefix = senderPrefix
         self.targetKind = targetKind
         self.target = target
+        self.targetName = targetName
         self.command = command
         self.text = text
         self.clientTags = clientTags
@@ -224,7 +232,7 @@ public struct HistoryQuery: Sendable, Hashable {
     public enum Conversation: Sendable, Hashable {
         /// A group, by key.
         case group(String)
-        /// Between two parties (account keys, or folded nicks for guests).
+        /// Between two parties: an account key and another account key or a guest identity.
         case direct(String, String)
         /// Everything this account takes part in: its direct conversations and these groups.
         case everything(account: String, groups: [String])
@@ -251,7 +259,7 @@ public enum HistoryResult: Sendable, Hashable {
 
 public struct HistoryTarget: Sendable, Hashable {
     public var isGroup: Bool
-    /// The group's key, or the other party's key.
+    /// The group's key, or the other party's key (an account key or a guest identity).
     public var key: String
     public var latest: Timestamp
 

@@ -25,5 +25,8 @@ public protocol ChatStore: Sendable {
 
 public enum StoreError: Error, Sendable, Hashable {
     case accountExists
+    /// A write named an account or group the store has no id for (it was never saved, or
+    /// deleted): refused rather than stored under a name.
+    case unknownIdentity(String)
 }
 

@@ -2,6 +2,7 @@ import CSQLiteTuning
 import Foundation
 import GRDB
 import ParleyCore
+import Synchronization
 
 /// The embedded default store: one SQLite file in WAL mode, through GRDB.
 ///
@@ -10,6 +11,9 @@ import ParleyCore
 /// loses power. `synchronousFull: true` also survives power loss, at a cost per commit.
 public final class SQLiteChatStore: ChatStore {
     private let pool: DatabasePool
+    /// Ids behind account and group keys. Writes that change them (group saves and deletes)
+    /// run on the storage thread; account inserts on their own; both go through this lock.
+    private let identities = Mutex(StoredIdentities())
 
     public init(path: String, synchronousFull: Bool = false) throws {
         Self.configureSQLiteOnce
@@ -20,6 +24,13 @@ public final class SQLiteChatStore: ChatStore {
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(pool)
+        let loaded = try pool.read { db in
+            var map = StoredIdentities()
+            for row in try Row.fetchAll(db, sql: "SELECT id, key FROM accounts") { map.addAccount(key: row["key"], id: row["id"]) }
+            for row in try Row.fetchAll(db, sql: "SELECT id, key FROM groups") { map.setGroup(key: row["key"], id: row["id"]) }
+            return map
+        }
+        identities.withLock { $0 = loaded }
     }
 
     /// Before the first connection opens: GRDB never uses one connection from two threads at
@@ -132,7 +143,156 @@ public final class SQLiteChatStore: ChatStore {
             try db.execute(sql: "DROP TABLE message_recipients")
             try db.execute(sql: "ALTER TABLE message_recipients_v4 RENAME TO message_recipients")
         }
+        migrator.registerMigration("v5-identities") { db in
+            try Self.migrateToStableIdentities(db)
+        }
         return migrator
+    }
+
+    /// v5: rows refer to accounts and groups by stable integer ids, never by a name.
+    ///
+    /// Earlier schemas keyed messages by names (an account's or a guest's nick, a group's name),
+    /// so whoever held the name later inherited the history. Old rows are carried over with what
+    /// they can be proven to mean: a direct message was to an account exactly when that account
+    /// existed when it was sent (an account's name is reserved from its creation on, so before it
+    /// the name was a guest's); a guest's messages get an identity
+    /// of their own (`!legacy.<nick>`) that no connection can hold; a group message belongs to the
+    /// group of that name only if it was sent after the group was created (older ones belonged to
+    /// a deleted group of the same name, and are dropped with the orphans of deleted groups).
+    static func migrateToStableIdentities(_ db: Database) throws {
+        for table in ["accounts", "groups", "group_members", "group_bans", "messages", "message_recipients", "read_markers"] {
+            try db.execute(sql: "ALTER TABLE \(table) RENAME TO \(table)_v4")
+        }
+        // Indexes keep their names when their table is renamed; the new tables reuse the names.
+        for index in ["group_members_by_account", "messages_by_target", "messages_by_sender"] {
+            try db.execute(sql: "DROP INDEX \(index)")
+        }
+        try db.execute(sql: """
+            CREATE TABLE accounts (
+                id INTEGER PRIMARY KEY,
+                key TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                salt BLOB NOT NULL,
+                iterations INTEGER NOT NULL,
+                stored_key BLOB NOT NULL,
+                server_key BLOB NOT NULL,
+                created_at INTEGER NOT NULL,
+                last_seen INTEGER,
+                email TEXT,
+                settings TEXT NOT NULL DEFAULT '{}'
+            );
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at, last_seen, email, settings)
+                SELECT key, name, salt, iterations, stored_key, server_key, created_at, last_seen, email, settings
+                FROM accounts_v4 ORDER BY created_at, key;
+
+            CREATE TABLE groups (
+                id INTEGER PRIMARY KEY,
+                key TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                owner_id INTEGER NOT NULL REFERENCES accounts(id),
+                topic TEXT NOT NULL DEFAULT '',
+                topic_set_by TEXT NOT NULL DEFAULT '',
+                topic_set_at INTEGER,
+                modes TEXT NOT NULL,
+                password TEXT,
+                user_limit INTEGER
+            );
+            INSERT INTO groups (key, name, created_at, owner_id, topic, topic_set_by, topic_set_at, modes, password, user_limit)
+                SELECT g.key, g.name, g.created_at, a.id, g.topic, g.topic_set_by, g.topic_set_at, g.modes, g.password, g.user_limit
+                FROM groups_v4 g JOIN accounts a ON a.key = g.owner ORDER BY g.created_at;
+
+            CREATE TABLE group_members (
+                group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+                account_id INTEGER NOT NULL REFERENCES accounts(id),
+                role INTEGER NOT NULL,
+                PRIMARY KEY (group_id, account_id)
+            ) WITHOUT ROWID;
+            CREATE INDEX group_members_by_account ON group_members(account_id);
+            INSERT INTO group_members (group_id, account_id, role)
+                SELECT g.id, a.id, m.role FROM group_members_v4 m
+                JOIN groups g ON g.key = m.group_key JOIN accounts a ON a.key = m.account_key;
+
+            CREATE TABLE group_bans (
+                group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+                mask TEXT NOT NULL,
+                set_by TEXT NOT NULL,
+                set_at INTEGER NOT NULL
+            );
+            CREATE INDEX group_bans_by_group ON group_bans(group_id);
+            INSERT INTO group_bans (group_id, mask, set_by, set_at)
+                SELECT g.id, b.mask, b.set_by, b.set_at FROM group_bans_v4 b JOIN groups g ON g.key = b.group_key ORDER BY b.rowid;
+
+            CREATE TABLE messages (
+                id TEXT PRIMARY KEY,
+                time INTEGER NOT NULL,
+                sender_id INTEGER,
+                sender_guest TEXT,
+                sender_nick TEXT NOT NULL,
+                sender_prefix TEXT NOT NULL,
+                target_kind TEXT NOT NULL,
+                target_id INTEGER,
+                target_guest TEXT,
+                target_name TEXT,
+                command TEXT NOT NULL,
+                text TEXT NOT NULL,
+                client_tags TEXT NOT NULL DEFAULT ''
+            );
+            INSERT INTO messages (rowid, id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind,
+                                  target_id, target_guest, target_name, command, text, client_tags)
+                SELECT m.rowid, m.id, m.time, sender.id,
+                       CASE WHEN m.sender_account IS NULL THEN '!legacy.' || COALESCE(m.sender_key, lower(m.sender_nick)) END,
+                       m.sender_nick, m.sender_prefix, m.target_kind,
+                       CASE WHEN m.target_kind = 'group' THEN g.id ELSE target.id END,
+                       CASE WHEN m.target_kind = 'direct' AND target.id IS NULL THEN '!legacy.' || m.target END,
+                       CASE WHEN m.target_kind = 'direct' AND target.id IS NULL THEN m.target END,
+                       m.command, m.text, m.client_tags
+                FROM messages_v4 m
+                LEFT JOIN accounts sender ON sender.key = m.sender_account
+                LEFT JOIN accounts target ON m.target_kind = 'direct' AND target.key = m.target AND target.created_at <= m.time
+                LEFT JOIN groups g ON m.target_kind = 'group' AND g.key = m.target AND m.time >= g.created_at
+                WHERE m.target_kind = 'direct' OR g.id IS NOT NULL
+                ORDER BY m.rowid;
+            DELETE FROM messages WHERE target_kind = 'direct' AND target_id IS NULL AND target_guest IS NULL;
+            CREATE INDEX messages_by_target ON messages(target_kind, target_id, time);
+            CREATE INDEX messages_by_sender ON messages(target_kind, sender_id, time);
+
+            CREATE TABLE message_recipients (
+                message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+                recipient_id INTEGER NOT NULL REFERENCES accounts(id),
+                delivered_at INTEGER,
+                read_at INTEGER,
+                delivered_notified BOOLEAN NOT NULL DEFAULT 0,
+                read_notified BOOLEAN NOT NULL DEFAULT 0,
+                PRIMARY KEY (message_id, recipient_id)
+            ) WITHOUT ROWID;
+            INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
+                SELECT r.message_id, a.id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
+                FROM message_recipients_v4 r JOIN messages m ON m.id = r.message_id JOIN accounts a ON a.key = r.recipient;
+
+            CREATE TABLE read_markers (
+                account_id INTEGER NOT NULL REFERENCES accounts(id),
+                target_kind TEXT NOT NULL,
+                target_id INTEGER NOT NULL,
+                time INTEGER NOT NULL,
+                PRIMARY KEY (account_id, target_kind, target_id)
+            ) WITHOUT ROWID;
+            INSERT INTO read_markers (account_id, target_kind, target_id, time)
+                SELECT a.id, 'group', g.id, r.time FROM read_markers_v4 r
+                JOIN accounts a ON a.key = r.account JOIN groups g ON g.key = r.target;
+            INSERT INTO read_markers (account_id, target_kind, target_id, time)
+                SELECT a.id, 'direct', other.id, r.time FROM read_markers_v4 r
+                JOIN accounts a ON a.key = r.account JOIN accounts other ON other.key = r.target
+                WHERE substr(r.target, 1, 1) NOT IN ('#', '&');
+
+            DROP TABLE read_markers_v4;
+            DROP TABLE message_recipients_v4;
+            DROP TABLE messages_v4;
+            DROP TABLE group_bans_v4;
+            DROP TABLE group_members_v4;
+            DROP TABLE groups_v4;
+            DROP TABLE accounts_v4;
+            """)
     }
 
     public func loadAccounts() async throws -> [AccountRecord] {
@@ -144,7 +304,7 @@ public final class SQLiteChatStore: ChatStore {
     public func insertAccount(_ account: AccountRecord) async throws {
         let settings = try Self.encodeSettings(account.settings)
         do {
-            try await pool.write { db in
+            let id = try await pool.write { db in
                 try db.execute(
                     sql: """
                         INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at, last_seen, email, settings)
@@ -155,8 +315,10 @@ public final class SQLiteChatStore: ChatStore {
                         Data(account.credential.storedKey), Data(account.credential.serverKey),
                         Self.milliseconds(account.createdAt), account.lastSeen.map(Self.milliseconds), account.email, settings,
                     ])
+                return db.lastInsertedRowID
             }
-        } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
+            identities.withLock { $0.addAccount(key: account.key, id: id) }
+        } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE || error.extendedResultCode == .SQLITE_CONSTRAINT_PRIMARYKEY {
             throw StoreError.accountExists
         }
     }
@@ -178,32 +340,47 @@ public final class SQLiteChatStore: ChatStore {
 
         init(_ db: Database) throws {
             row = SQLiteBinding(try db.cachedStatement(sql: """
-                INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, client_tags, sender_key)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text, client_tags)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """), in: db)
             recipientRow = SQLiteBinding(try db.cachedStatement(sql: """
-                INSERT INTO message_recipients (message_id, recipient, delivered_at, read_at, delivered_notified, read_notified)
+                INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
                 VALUES (?, ?, ?, ?, ?, ?)
                 """), in: db)
         }
 
-        func insert(_ messages: [StoredMessage]) throws {
+        func insert(_ messages: [StoredMessage], ids: StoredIdentities) throws {
             for stored in messages {
+                let targetID: Int64?
+                var targetGuest: String?
+                switch stored.targetKind {
+                case .group:
+                    guard let group = ids.groupIDs[stored.target] else { throw StoreError.unknownIdentity(stored.target) }
+                    targetID = group
+                case .direct:
+                    targetID = ids.accountIDs[stored.target]
+                    if targetID == nil { targetGuest = stored.target }
+                }
+                let senderID = stored.senderAccount.flatMap { ids.accountIDs[$0] }
+                if stored.senderAccount != nil && senderID == nil { throw StoreError.unknownIdentity(stored.senderAccount ?? "") }
                 row.bind(1, stored.id)
                 row.bind(2, stored.time.millisecondsSince1970)
-                row.bind(3, stored.senderNick)
-                row.bind(4, stored.senderAccount)
-                row.bind(5, stored.senderPrefix)
-                row.bind(6, stored.targetKind.rawValue)
-                row.bind(7, stored.target)
-                row.bind(8, stored.command)
-                row.bind(9, stored.text)
-                row.bind(10, stored.clientTags)
-                row.bind(11, stored.senderAccount ?? stored.senderNick.lowercased())
+                row.bind(3, senderID)
+                row.bind(4, stored.senderAccount == nil ? stored.senderGuest : nil)
+                row.bind(5, stored.senderNick)
+                row.bind(6, stored.senderPrefix)
+                row.bind(7, stored.targetKind.rawValue)
+                row.bind(8, targetID)
+                row.bind(9, targetGuest)
+                row.bind(10, targetGuest == nil ? nil : stored.targetName)
+                row.bind(11, stored.command)
+                row.bind(12, stored.text)
+                row.bind(13, stored.clientTags)
                 try row.run()
                 for entry in stored.recipients {
+                    guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
                     recipientRow.bind(1, stored.id)
-                    recipientRow.bind(2, entry.account)
+                    recipientRow.bind(2, recipient)
                     recipientRow.bind(3, entry.deliveredAt?.millisecondsSince1970)
                     recipientRow.bind(4, entry.readAt?.millisecondsSince1970)
                     recipientRow.bind(5, entry.deliveredNotified)
@@ -224,27 +401,29 @@ public final class SQLiteChatStore: ChatStore {
         try db.execute(sql: "DELETE FROM messages WHERE rowid < ? AND time < ?", arguments: [firstKept ?? Int64.max, time])
     }
 
-    static func updateRecipients(_ updates: [RecipientUpdate], in db: Database) throws {
+    static func updateRecipients(_ updates: [RecipientUpdate], ids: StoredIdentities, in db: Database) throws {
         let statement = try db.cachedStatement(sql: """
             UPDATE message_recipients SET
                 delivered_at = COALESCE(delivered_at, ?), read_at = COALESCE(?, read_at),
                 delivered_notified = COALESCE(?, delivered_notified), read_notified = COALESCE(?, read_notified)
-            WHERE message_id = ? AND recipient = ?
+            WHERE message_id = ? AND recipient_id = ?
             """)
         for update in updates {
+            guard let recipient = ids.accountIDs[update.recipient] else { continue }
             try statement.execute(arguments: [
                 update.deliveredAt?.millisecondsSince1970, update.readAt?.millisecondsSince1970,
-                update.deliveredNotified, update.readNotified, update.messageID, update.recipient,
+                update.deliveredNotified, update.readNotified, update.messageID, recipient,
             ])
         }
     }
 
     public func loadDeliveryState(since cutoff: Timestamp) async throws -> DeliveryState {
-        try await pool.read { db in
+        let ids = identities.withLock { $0 }
+        return try await pool.read { db in
             // Messages someone still waits for, or whose receipts are still due, with all their
             // recipients.
             let rows = try Row.fetchAll(db, sql: """
-                SELECT m.*, r.recipient, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
+                SELECT m.*, r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
                 FROM messages m JOIN message_recipients r ON r.message_id = m.id
                 WHERE m.time >= ? AND m.id IN (
                     SELECT message_id FROM message_recipients
@@ -255,11 +434,11 @@ public final class SQLiteChatStore: ChatStore {
             var index: [String: Int] = [:]
             for row in rows {
                 let id: String = row["id"]
-                let recipient = Self.recipient(from: row)
+                guard let recipient = Self.recipient(from: row, ids: ids) else { continue }
                 if let position = index[id] {
                     messages[position].recipients.append(recipient)
                 } else {
-                    var message = try Self.message(from: row)
+                    guard var message = Self.message(from: row, ids: ids) else { continue }
                     message.recipients = [recipient]
                     index[id] = messages.count
                     messages.append(message)
@@ -272,32 +451,45 @@ public final class SQLiteChatStore: ChatStore {
                 }
             }
             var markers: [String: [String: Timestamp]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT account, target, time FROM read_markers") {
-                markers[row["account"], default: [:]][row["target"]] = Timestamp(millisecondsSince1970: row["time"])
+            for row in try Row.fetchAll(db, sql: "SELECT account_id, target_kind, target_id, time FROM read_markers") {
+                guard let account = ids.accountKeys[row["account_id"]],
+                      let target = ids.conversationKey(kind: row["target_kind"], id: row["target_id"]) else { continue }
+                markers[account, default: [:]][target] = Timestamp(millisecondsSince1970: row["time"])
             }
             return DeliveryState(undelivered: undelivered, tracked: messages, readMarkers: markers)
         }
     }
 
     public func loadHistory(_ query: HistoryQuery) throws -> HistoryResult {
-        try pool.read { db in try Self.history(query, in: db) }
+        let ids = identities.withLock { $0 }
+        return try pool.read { db in try Self.history(query, ids: ids, in: db) }
     }
 
-    static func history(_ query: HistoryQuery, in db: Database) throws -> HistoryResult {
+    static func history(_ query: HistoryQuery, ids: StoredIdentities, in db: Database) throws -> HistoryResult {
         // The conversation as a WHERE clause over messages.
         let scope: String
         var scopeArguments: [any DatabaseValueConvertible] = []
         switch query.conversation {
         case .group(let key):
-            scope = "target_kind = 'group' AND target = ?"
-            scopeArguments = [key]
+            guard let group = ids.groupIDs[key] else { return .messages([]) }
+            scope = "target_kind = 'group' AND target_id = ?"
+            scopeArguments = [group]
         case .direct(let me, let other):
-            scope = "target_kind = 'direct' AND ((sender_key = ? AND target = ?) OR (sender_key = ? AND target = ?))"
-            scopeArguments = [me, other, other, me]
+            guard let myID = ids.accountIDs[me] else { return .messages([]) }
+            if let otherID = ids.accountIDs[other] {
+                scope = "target_kind = 'direct' AND ((sender_id = ? AND target_id = ?) OR (sender_id = ? AND target_id = ?))"
+                scopeArguments = [myID, otherID, otherID, myID]
+            } else {
+                // A guest: by the identity of that guest's connection, never by its nick.
+                scope = "target_kind = 'direct' AND ((sender_id = ? AND target_guest = ?) OR (sender_guest = ? AND target_id = ?))"
+                scopeArguments = [myID, other, other, myID]
+            }
         case .everything(let account, let groups):
-            let placeholders = groups.map { _ in "?" }.joined(separator: ",")
-            scope = "((target_kind = 'direct' AND (sender_key = ? OR target = ?))" + (groups.isEmpty ? ")" : " OR (target_kind = 'group' AND target IN (\(placeholders))))")
-            scopeArguments = [account, account] + groups
+            guard let myID = ids.accountIDs[account] else { return query.kind.isTargets ? .targets([]) : .messages([]) }
+            let groupIDs = groups.compactMap { ids.groupIDs[$0] }
+            let placeholders = groupIDs.map { _ in "?" }.joined(separator: ",")
+            scope = "((target_kind = 'direct' AND (sender_id = ? OR target_id = ?))" + (groupIDs.isEmpty ? ")" : " OR (target_kind = 'group' AND target_id IN (\(placeholders))))")
+            scopeArguments = [myID, myID] + groupIDs
         }
         func time(of reference: HistoryQuery.Reference) throws -> (Int64, Int64?)? {
             switch reference {
@@ -309,11 +501,12 @@ public final class SQLiteChatStore: ChatStore {
             }
         }
         func fetch(_ condition: String, _ arguments: [any DatabaseValueConvertible], newestFirst: Bool, limit: Int) throws -> [StoredMessage] {
+            guard limit > 0 else { return [] }
             let order = newestFirst ? "DESC" : "ASC"
             let rows = try Row.fetchAll(
                 db, sql: "SELECT * FROM messages WHERE \(scope) AND \(condition) ORDER BY time \(order), rowid \(order) LIMIT ?",
                 arguments: StatementArguments(scopeArguments + arguments + [limit]))
-            let messages = try rows.map(Self.message(from:))
+            let messages = rows.compactMap { Self.message(from: $0, ids: ids) }
             return newestFirst ? messages.reversed() : messages
         }
         // A msgid reference excludes that message itself; a timestamp excludes that instant.
@@ -344,10 +537,13 @@ public final class SQLiteChatStore: ChatStore {
         case .around(let reference):
             guard let point = try time(of: reference) else { return .messages([]) }
             let earlier = before(point), later = after(point)
-            let half = max(1, query.limit / 2)
-            var messages = try fetch(earlier.0, earlier.1, newestFirst: true, limit: half)
-            if point.1 != nil, let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE rowid = ?", arguments: [point.1]) {
-                messages.append(try Self.message(from: row))
+            // At most `limit` in all: up to half before the point, the point itself (a msgid),
+            // the rest after it.
+            var messages = try fetch(earlier.0, earlier.1, newestFirst: true, limit: query.limit / 2)
+            if messages.count < query.limit, point.1 != nil,
+               let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE rowid = ?", arguments: [point.1]),
+               let message = Self.message(from: row, ids: ids) {
+                messages.append(message)
             }
             messages += try fetch(later.0, later.1, newestFirst: false, limit: query.limit - messages.count)
             return .messages(messages)
@@ -357,128 +553,175 @@ public final class SQLiteChatStore: ChatStore {
             let low = ascending ? start : end, high = ascending ? end : start
             let lower = after(low), upper = before(high)
             return .messages(try fetch("\(lower.0) AND \(upper.0)", lower.1 + upper.1, newestFirst: !ascending, limit: query.limit))
-        case .receipts(let ids):
-            guard case .everything(let account, _) = query.conversation, !ids.isEmpty else { return .messages([]) }
-            let placeholders = ids.map { _ in "?" }.joined(separator: ",")
+        case .receipts(let messageIDs):
+            guard case .everything(let account, _) = query.conversation, let myID = ids.accountIDs[account], !messageIDs.isEmpty else { return .messages([]) }
+            let placeholders = messageIDs.map { _ in "?" }.joined(separator: ",")
             var messages = try Row.fetchAll(
-                db, sql: "SELECT * FROM messages WHERE sender_account = ? AND id IN (\(placeholders))",
-                arguments: StatementArguments([account] + ids)
-            ).map(Self.message(from:))
+                db, sql: "SELECT * FROM messages WHERE sender_id = ? AND id IN (\(placeholders)) LIMIT ?",
+                arguments: StatementArguments([myID] + messageIDs + [query.limit])
+            ).compactMap { Self.message(from: $0, ids: ids) }
             for index in messages.indices {
                 messages[index].recipients = try Row.fetchAll(
-                    db, sql: "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient",
+                    db, sql: "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient_id",
                     arguments: [messages[index].id]
-                ).map(Self.recipient(from:))
+                ).compactMap { Self.recipient(from: $0, ids: ids) }
             }
             return .messages(messages)
         case .targets(let from, let to):
-            guard case .everything(let account, _) = query.conversation else { return .targets([]) }
+            guard case .everything(let account, _) = query.conversation, let myID = ids.accountIDs[account] else { return .targets([]) }
+            // The other party as one text value: 'g<id>' a group, 'a<id>' an account, or a guest's identity.
             let rows = try Row.fetchAll(db, sql: """
-                SELECT target_kind, CASE WHEN target_kind = 'group' THEN target WHEN sender_key = ? THEN target ELSE sender_key END AS other,
+                SELECT target_kind,
+                       CASE WHEN target_kind = 'group' THEN 'g' || target_id
+                            WHEN sender_id = ? THEN COALESCE('a' || target_id, target_guest)
+                            ELSE COALESCE('a' || sender_id, sender_guest) END AS other,
                        MAX(time) AS latest
                 FROM messages WHERE \(scope) AND time >= ? AND time <= ?
                 GROUP BY target_kind, other ORDER BY latest ASC LIMIT ?
-                """, arguments: StatementArguments([account] + scopeArguments + [from.millisecondsSince1970, to.millisecondsSince1970, query.limit]))
-            return .targets(rows.map { row in
-                HistoryTarget(isGroup: (row["target_kind"] as String) == "group", key: row["other"], latest: Timestamp(millisecondsSince1970: row["latest"]))
+                """, arguments: StatementArguments([myID] + scopeArguments + [from.millisecondsSince1970, to.millisecondsSince1970, query.limit]))
+            return .targets(rows.compactMap { row in
+                let other: String = row["other"]
+                let key: String?
+                if other.hasPrefix("g"), let id = Int64(other.dropFirst()) {
+                    key = ids.groupKeys[id]
+                } else if other.hasPrefix("a"), let id = Int64(other.dropFirst()) {
+                    key = ids.accountKeys[id]
+                } else {
+                    key = other
+                }
+                return key.map { HistoryTarget(isGroup: (row["target_kind"] as String) == "group", key: $0, latest: Timestamp(millisecondsSince1970: row["latest"])) }
             })
         }
     }
 
-    /// Messages of one conversation, oldest first (for tests now, chat history later).
+    /// Messages of one conversation, oldest first (for tests).
     public func loadMessages(targetKind: StoredMessage.TargetKind, target: String, limit: Int = 1000) async throws -> [StoredMessage] {
-        try await pool.read { db in
+        let ids = identities.withLock { $0 }
+        guard let targetID = targetKind == .group ? ids.groupIDs[target] : ids.accountIDs[target] else { return [] }
+        return try await pool.read { db in
             try Row.fetchAll(
-                db, sql: "SELECT * FROM messages WHERE target_kind = ? AND target = ? ORDER BY time, rowid LIMIT ?",
-                arguments: [targetKind.rawValue, target, limit]
-            ).map(Self.message(from:))
+                db, sql: "SELECT * FROM messages WHERE target_kind = ? AND target_id = ? ORDER BY time, rowid LIMIT ?",
+                arguments: [targetKind.rawValue, targetID, limit]
+            ).compactMap { Self.message(from: $0, ids: ids) }
         }
     }
 
     public func loadGroups() async throws -> [GroupRecord] {
         try await pool.read { db in
-            var members: [String: [String: ChannelRole]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT group_key, account_key, role FROM group_members") {
+            var members: [Int64: [String: ChannelRole]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT m.group_id, a.key, m.role FROM group_members m JOIN accounts a ON a.id = m.account_id") {
                 let role = ChannelRole(rawValue: row["role"]) ?? .member
-                members[row["group_key"], default: [:]][row["account_key"]] = role
+                members[row["group_id"], default: [:]][row["key"]] = role
             }
-            var bans: [String: [BanEntry]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT group_key, mask, set_by, set_at FROM group_bans ORDER BY rowid") {
-                bans[row["group_key"], default: []].append(BanEntry(mask: row["mask"], setBy: row["set_by"], setAt: Timestamp(millisecondsSince1970: row["set_at"])))
+            var bans: [Int64: [BanEntry]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT group_id, mask, set_by, set_at FROM group_bans ORDER BY rowid") {
+                bans[row["group_id"], default: []].append(BanEntry(mask: row["mask"], setBy: row["set_by"], setAt: Timestamp(millisecondsSince1970: row["set_at"])))
             }
-            return try Row.fetchAll(db, sql: "SELECT * FROM groups").map { row in
-                let key: String = row["key"]
+            return try Row.fetchAll(db, sql: "SELECT g.*, a.key AS owner_key FROM groups g JOIN accounts a ON a.id = g.owner_id").map { row in
+                let id: Int64 = row["id"]
                 let topicSetAt: Int64? = row["topic_set_at"]
                 return GroupRecord(
-                    name: row["name"], key: key, createdAt: Timestamp(millisecondsSince1970: row["created_at"]),
-                    owner: row["owner"], topic: row["topic"], topicSetBy: row["topic_set_by"],
+                    name: row["name"], key: row["key"], createdAt: Timestamp(millisecondsSince1970: row["created_at"]),
+                    owner: row["owner_key"], topic: row["topic"], topicSetBy: row["topic_set_by"],
                     topicSetAt: topicSetAt.map { Timestamp(millisecondsSince1970: $0) }, modes: row["modes"],
-                    password: row["password"], userLimit: row["user_limit"], bans: bans[key] ?? [], members: members[key] ?? [:])
+                    password: row["password"], userLimit: row["user_limit"], bans: bans[id] ?? [], members: members[id] ?? [:])
             }
         }
     }
 
-    static func saveGroup(_ group: GroupRecord, previousKey: String?, in db: Database) throws {
-        if let previousKey, previousKey != group.key {
-            try db.execute(sql: "DELETE FROM groups WHERE key = ?", arguments: [previousKey])
+    /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
+    static func saveGroup(_ group: GroupRecord, previousKey: String?, ids: inout StoredIdentities, changes: inout [StoredIdentities.Change], in db: Database) throws {
+        guard let owner = ids.accountIDs[group.owner] else { throw StoreError.unknownIdentity(group.owner) }
+        let arguments: [any DatabaseValueConvertible] = [
+            group.key, group.name, owner, group.topic, group.topicSetBy,
+            group.topicSetAt?.millisecondsSince1970, group.modes, group.password, group.userLimit,
+        ]
+        let id: Int64
+        if let existing = previousKey.flatMap({ ids.groupIDs[$0] }) ?? ids.groupIDs[group.key] {
+            id = existing
             try db.execute(
-                sql: "UPDATE messages SET target = ? WHERE target_kind = 'group' AND target = ?",
-                arguments: [group.key, previousKey])
+                sql: """
+                    UPDATE groups SET key = ?, name = ?, owner_id = ?, topic = ?, topic_set_by = ?, topic_set_at = ?, modes = ?,
+                        password = ?, user_limit = ? WHERE id = ?
+                    """,
+                arguments: StatementArguments(arguments + [id]))
+        } else {
+            try db.execute(
+                sql: """
+                    INSERT INTO groups (key, name, owner_id, topic, topic_set_by, topic_set_at, modes, password, user_limit, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: StatementArguments(arguments + [group.createdAt.millisecondsSince1970]))
+            id = db.lastInsertedRowID
         }
-        try db.execute(
-            sql: """
-                INSERT INTO groups (key, name, created_at, owner, topic, topic_set_by, topic_set_at, modes, password, user_limit)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT(key) DO UPDATE SET name = excluded.name, owner = excluded.owner, topic = excluded.topic,
-                    topic_set_by = excluded.topic_set_by, topic_set_at = excluded.topic_set_at, modes = excluded.modes,
-                    password = excluded.password, user_limit = excluded.user_limit
-                """,
-            arguments: [
-                group.key, group.name, group.createdAt.millisecondsSince1970, group.owner, group.topic, group.topicSetBy,
-                group.topicSetAt?.millisecondsSince1970, group.modes, group.password, group.userLimit,
-            ])
-        try db.execute(sql: "DELETE FROM group_members WHERE group_key = ?", arguments: [group.key])
-        let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_key, account_key, role) VALUES (?, ?, ?)")
+        ids.setGroup(key: group.key, id: id)
+        changes.append(.group(key: group.key, id: id))
+        try db.execute(sql: "DELETE FROM group_members WHERE group_id = ?", arguments: [id])
+        let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_id, account_id, role) VALUES (?, ?, ?)")
         for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
-            try member.execute(arguments: [group.key, account, role.rawValue])
+            guard let accountID = ids.accountIDs[account] else { continue }
+            try member.execute(arguments: [id, accountID, role.rawValue])
         }
-        try db.execute(sql: "DELETE FROM group_bans WHERE group_key = ?", arguments: [group.key])
-        let ban = try db.cachedStatement(sql: "INSERT INTO group_bans (group_key, mask, set_by, set_at) VALUES (?, ?, ?, ?)")
+        try db.execute(sql: "DELETE FROM group_bans WHERE group_id = ?", arguments: [id])
+        let ban = try db.cachedStatement(sql: "INSERT INTO group_bans (group_id, mask, set_by, set_at) VALUES (?, ?, ?, ?)")
         for entry in group.bans {
-            try ban.execute(arguments: [group.key, entry.mask, entry.setBy, entry.setAt.millisecondsSince1970])
+            try ban.execute(arguments: [id, entry.mask, entry.setBy, entry.setAt.millisecondsSince1970])
         }
+    }
+
+    /// Deletes a group with everything that belongs to it: members, bans, messages (their
+    /// recipients' rows cascade), read markers.
+    static func deleteGroup(key: String, ids: inout StoredIdentities, changes: inout [StoredIdentities.Change], in db: Database) throws {
+        guard let id = ids.groupIDs[key] else { return }
+        try db.execute(sql: "DELETE FROM messages WHERE target_kind = 'group' AND target_id = ?", arguments: [id])
+        try db.execute(sql: "DELETE FROM read_markers WHERE target_kind = 'group' AND target_id = ?", arguments: [id])
+        try db.execute(sql: "DELETE FROM groups WHERE id = ?", arguments: [id])
+        ids.removeGroup(id: id)
+        changes.append(.groupRemoved(id: id))
     }
 
     /// Carries out ordered storage work in one transaction: all of it lands, or none.
     public func perform(_ writes: [CoreAction]) throws {
         guard !writes.isEmpty else { return }
+        // Group changes are made on a copy and shared once the transaction commits; a rolled
+        // back batch leaves the map as the database is.
+        var ids = identities.withLock { $0 }
+        var changes: [StoredIdentities.Change] = []
         try pool.write { db in
             var inserter: MessageInserter?
             for write in writes {
                 switch write {
                 case .storeMessages(let messages, _, _):
                     if inserter == nil { inserter = try MessageInserter(db) }
-                    try inserter?.insert(messages)
+                    try inserter?.insert(messages, ids: ids)
                 case .saveGroup(let group, let previousKey):
-                    try Self.saveGroup(group, previousKey: previousKey, in: db)
+                    try Self.saveGroup(group, previousKey: previousKey, ids: &ids, changes: &changes, in: db)
                 case .deleteGroup(let key):
-                    try db.execute(sql: "DELETE FROM groups WHERE key = ?", arguments: [key])
+                    try Self.deleteGroup(key: key, ids: &ids, changes: &changes, in: db)
                 case .recordLastSeen(let accountKey, let time):
                     try db.execute(sql: "UPDATE accounts SET last_seen = ? WHERE key = ?", arguments: [time.millisecondsSince1970, accountKey])
                 case .updateRecipients(let updates):
-                    try Self.updateRecipients(updates, in: db)
+                    try Self.updateRecipients(updates, ids: ids, in: db)
                 case .saveReadMarker(let account, let target, let time):
+                    guard let accountID = ids.accountIDs[account], let conversation = ids.conversation(target) else { continue }
                     try db.execute(
-                        sql: "INSERT INTO read_markers (account, target, time) VALUES (?, ?, ?) ON CONFLICT(account, target) DO UPDATE SET time = MAX(time, excluded.time)",
-                        arguments: [account, target, time.millisecondsSince1970])
+                        sql: """
+                            INSERT INTO read_markers (account_id, target_kind, target_id, time) VALUES (?, ?, ?, ?)
+                            ON CONFLICT(account_id, target_kind, target_id) DO UPDATE SET time = MAX(time, excluded.time)
+                            """,
+                        arguments: [accountID, conversation.kind, conversation.id, time.millisecondsSince1970])
                 case .saveAccountSettings(let accountKey, let settings):
                     try db.execute(sql: "UPDATE accounts SET settings = ? WHERE key = ?", arguments: [try Self.encodeSettings(settings), accountKey])
                 case .pruneHistory(let cutoff):
                     try Self.prune(before: cutoff, in: db)
-                default:
+                case .close, .checkPassword, .createAccount, .loadHistory:
+                    // Not storage writes: the shell carries these out itself.
                     break
                 }
             }
+        }
+        if !changes.isEmpty {
+            identities.withLock { shared in for change in changes { shared.apply(change) } }
         }
     }
 
@@ -509,20 +752,41 @@ public final class SQLiteChatStore: ChatStore {
             createdAt: date(row["created_at"]), lastSeen: lastSeen.map(date), email: row["email"], settings: settings)
     }
 
-    static func recipient(from row: Row) -> StoredRecipient {
+    static func recipient(from row: Row, ids: StoredIdentities) -> StoredRecipient? {
+        guard let account = ids.accountKeys[row["recipient_id"]] else { return nil }
         let delivered: Int64? = row["delivered_at"]
         let read: Int64? = row["read_at"]
         return StoredRecipient(
-            account: row["recipient"], deliveredAt: delivered.map { Timestamp(millisecondsSince1970: $0) },
+            account: account, deliveredAt: delivered.map { Timestamp(millisecondsSince1970: $0) },
             readAt: read.map { Timestamp(millisecondsSince1970: $0) },
             deliveredNotified: row["delivered_notified"], readNotified: row["read_notified"])
     }
 
-    static func message(from row: Row) throws -> StoredMessage {
-        StoredMessage(
+    /// A message row in the domain's terms (keys, not ids); nil if it names a group or account
+    /// this store no longer knows.
+    static func message(from row: Row, ids: StoredIdentities) -> StoredMessage? {
+        let kind = StoredMessage.TargetKind(rawValue: row["target_kind"]) ?? .direct
+        let senderID: Int64? = row["sender_id"]
+        let targetID: Int64? = row["target_id"]
+        let target: String?
+        switch kind {
+        case .group: target = targetID.flatMap { ids.groupKeys[$0] }
+        case .direct: target = targetID.map { ids.accountKeys[$0] } ?? row["target_guest"]
+        }
+        guard let target else { return nil }
+        let senderAccount = senderID.flatMap { ids.accountKeys[$0] }
+        if senderID != nil && senderAccount == nil { return nil }
+        return StoredMessage(
             id: row["id"], time: Timestamp(millisecondsSince1970: row["time"]), senderNick: row["sender_nick"],
-            senderAccount: row["sender_account"], senderPrefix: row["sender_prefix"],
-            targetKind: StoredMessage.TargetKind(rawValue: row["target_kind"]) ?? .direct, target: row["target"],
+            senderAccount: senderAccount, senderGuest: row["sender_guest"], senderPrefix: row["sender_prefix"],
+            targetKind: kind, target: target, targetName: row["target_name"],
             command: row["command"], text: row["text"], clientTags: row["client_tags"])
+    }
+}
+
+private extension HistoryQuery.Kind {
+    var isTargets: Bool {
+        if case .targets = self { return true }
+        return false
     }
 }

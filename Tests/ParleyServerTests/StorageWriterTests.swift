@@ -16,8 +16,13 @@ struct StorageWriterTests {
         let writer: StorageWriter
         let released = NIOLockedValueBox<[String]>([])
 
-        init() throws {
+        init() async throws {
             store = try SQLiteChatStore(path: path)
+            for name in ["alice", "bob"] {
+                try await store.insertAccount(AccountRecord(
+                    name: name, key: name, credential: PasswordCredential(salt: [0], iterations: 1, storedKey: [1], serverKey: [2]),
+                    createdAt: Date(timeIntervalSince1970: 0), lastSeen: nil, email: nil))
+            }
             writer = StorageWriter(store: store, logger: Logger(label: "test"))
             let released = self.released
             writer.setCallbacks(.init(
@@ -53,7 +58,7 @@ struct StorageWriterTests {
     }
 
     @Test func heldWorkAndEverythingAfterItWaitForTheRelease() async throws {
-        let harness = try Harness()
+        let harness = try await Harness()
         var hold: StorageWriter.Hold?
         var noHold: StorageWriter.Hold?
         harness.writer.enqueue([harness.store("one")], hold: &hold, holding: true)
@@ -76,7 +81,7 @@ struct StorageWriterTests {
     }
 
     @Test func workBeforeAHoldIsCommittedWithoutWaitingForIt() async throws {
-        let harness = try Harness()
+        let harness = try await Harness()
         var noHold: StorageWriter.Hold?
         var hold: StorageWriter.Hold?
         harness.writer.enqueue([harness.store("earlier")], hold: &noHold, holding: false)
@@ -90,7 +95,7 @@ struct StorageWriterTests {
     }
 
     @Test func stoppingFinishesWhatWasHandedOver() async throws {
-        let harness = try Harness()
+        let harness = try await Harness()
         var noHold: StorageWriter.Hold?
         for number in 1...200 { harness.writer.enqueue([harness.store("m\(number)")], hold: &noHold, holding: false) }
         await harness.writer.stop()

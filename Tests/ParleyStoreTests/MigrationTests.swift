@@ -8,6 +8,18 @@ import Testing
 struct MigrationTests {
     static let nobody = StoreRequest(connection: ConnectionID(0), label: nil, verb: "PRIVMSG")
 
+    /// A fresh store that knows these accounts (rows refer to accounts by id, so a message from
+    /// or to an account the store has never seen is refused).
+    func openStore(_ path: String, accounts: [String] = ["alice", "bob", "carol"]) async throws -> SQLiteChatStore {
+        let store = try SQLiteChatStore(path: path)
+        for name in accounts {
+            try await store.insertAccount(AccountRecord(
+                name: name, key: name, credential: PasswordCredential(salt: [0], iterations: 1, storedKey: [1], serverKey: [2]),
+                createdAt: Date(timeIntervalSince1970: 0), lastSeen: nil, email: nil))
+        }
+        return store
+    }
+
     func temporaryPath() -> String {
         FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID().uuidString).sqlite").path
     }
@@ -39,10 +51,12 @@ struct MigrationTests {
         let store = try SQLiteChatStore(path: path)
         let accounts = try await store.loadAccounts()
         #expect(accounts.map(\.name) == ["Alice"])
-        // The v3 sender key was filled in for old rows, so history finds the old message.
-        let history = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "guest"), kind: .latest(after: nil), limit: 10))
+        // The guest who wrote it keeps an identity of its own: alice still sees the message, and
+        // an account named after the guest's nick would not.
+        let history = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "!legacy.guest"), kind: .latest(after: nil), limit: 10))
         guard case .messages(let messages) = history else { Issue.record("expected messages"); return }
         #expect(messages.map(\.text) == ["hello from v1"])
+        #expect(messages.first?.senderGuest == "!legacy.guest")
         #expect(try await store.loadGroups().isEmpty)
         try await store.close()
     }
@@ -50,7 +64,7 @@ struct MigrationTests {
     @Test func groupsAndDeliveryStateRoundTrip() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let store = try SQLiteChatStore(path: path)
+        let store = try await openStore(path)
         let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
         let group = GroupRecord(name: "#Team", key: "#team", createdAt: now, owner: "alice", topic: "plans", topicSetBy: "alice",
                                 topicSetAt: now, modes: "int", password: "k", userLimit: 5,
@@ -85,7 +99,7 @@ struct MigrationTests {
     @Test func chathistoryQueriesSelectTheRightMessages() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let store = try SQLiteChatStore(path: path)
+        let store = try await openStore(path)
         let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
         func message(_ number: Int, from: String, to: String, group: Bool = false) -> StoredMessage {
             StoredMessage(id: "id\(number)", time: base.adding(milliseconds: Int64(number) * 1000), senderNick: from, senderAccount: from,
@@ -96,7 +110,8 @@ struct MigrationTests {
         messages.append(message(7, from: "carol", to: "alice"))
         messages.append(message(8, from: "alice", to: "#team", group: true))
         messages.append(message(9, from: "bob", to: "#team", group: true))
-        try store.perform([.storeMessages(messages, afterCommit: [], sender: Self.nobody)])
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: base, owner: "alice", members: ["alice": .owner, "bob": .member])
+        try store.perform([.saveGroup(team, previousKey: nil), .storeMessages(messages, afterCommit: [], sender: Self.nobody)])
         func texts(_ kind: HistoryQuery.Kind, limit: Int = 10, _ conversation: HistoryQuery.Conversation = .direct("alice", "bob")) async throws -> [String] {
             guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: conversation, kind: kind, limit: limit)) else { return ["not messages"] }
             return found.map(\.text)
@@ -125,6 +140,10 @@ struct MigrationTests {
         defer { try? FileManager.default.removeItem(atPath: path) }
         try await writeOldDatabase(at: path, upTo: "v3-delivery", [
             """
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES ('alice', 'alice', x'00', 4096, x'01', x'02', 1700000000000), ('bob', 'bob', x'00', 4096, x'01', x'02', 1700000000000)
+            """,
+            """
             INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, sender_key)
             VALUES ('m1', 1764000000000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'kept for bob', 'alice')
             """,
@@ -142,7 +161,7 @@ struct MigrationTests {
     @Test func pruningDropsOldMessagesAndTheirRecipientsOnly() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let store = try SQLiteChatStore(path: path)
+        let store = try await openStore(path)
         let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
         let messages = (0..<5).map { number in
             StoredMessage(id: "p\(number)", time: base.adding(milliseconds: Int64(number) * 1000), senderNick: "alice", senderAccount: "alice",
@@ -166,7 +185,7 @@ struct MigrationTests {
     @Test func aBatchThatCannotBeStoredLeavesNothingBehind() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let store = try SQLiteChatStore(path: path)
+        let store = try await openStore(path)
         let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
         func message(_ id: String, _ text: String) -> StoredMessage {
             StoredMessage(id: id, time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",

@@ -744,6 +744,7 @@ extension ChatServer {
         }
         for account in channel.accountRoles.keys { groupsOfAccount[account]?.remove(channel.key) }
         channels[channel.key] = nil
+        forgetDeliveryState(ofGroup: channel.key)
         outbox.actions.append(.deleteGroup(key: channel.key))
     }
 

@@ -91,11 +91,49 @@ extension ChatServer {
 
     func isOnline(account: String) -> Bool { nickIndex[account]?.accountKey == account }
 
+    /// A guest's identity in stored messages: `!` (never in a nick nor in a folded nick, so never
+    /// an account key), this server run's start time and the connection's number. It belongs to
+    /// one connection of one run: whoever takes the nick later, guest or account, is someone else.
+    func guestIdentity(of connection: ConnectionID) -> String {
+        guestIdentityPrefix + String(connection.rawValue, radix: 36)
+    }
+
+    private var guestIdentityPrefix: String { "!" + String(startedAt.millisecondsSince1970, radix: 36) + "." }
+
+    /// The connection of this run that a guest identity belongs to, if it is still a guest's.
+    func guestSession(identity: String) -> Session? {
+        guard identity.hasPrefix(guestIdentityPrefix),
+              let number = UInt64(identity.dropFirst(guestIdentityPrefix.count), radix: 36),
+              let session = sessions[ConnectionID(number)], session.accountKey == nil else { return nil }
+        return session
+    }
+
+    static func isGuestIdentity(_ key: String) -> Bool { key.hasPrefix("!") }
+
+    /// Who a nick names in stored conversations now: the account or guest holding it, else the
+    /// offline account of that name; nil when it names nobody.
+    func identity(named nick: String) -> String? {
+        let folded = fold(nick)
+        if let holder = nickIndex[folded] {
+            if let account = holder.accountKey { return account }
+            return holder.connections.first.map(guestIdentity(of:))
+        }
+        return accounts[folded] != nil ? folded : nil
+    }
+
+    /// The name to show for a party of a stored direct message: an account's name, or the nick a
+    /// guest had (while the guest is still connected, its nick now).
+    func displayName(ofParty key: String, storedNick: String?) -> String {
+        if let account = accounts[key] { return account.name }
+        if let nick = guestSession(identity: key)?.nick { return nick.name }
+        return storedNick ?? key
+    }
+
     // MARK: Storing what is sent
 
     /// Builds the stored form of a message and records who it is for; the caller delivers it
     /// live to the recipients who are online.
-    mutating func storeDirect(_ relayed: IRCMessage, id: String, sender: Session, recipientKey: String?, recipientFolded: String,
+    mutating func storeDirect(_ relayed: IRCMessage, id: String, sender: Session, recipientKey: String?, guestRecipient: (identity: String, nick: String)?,
                               online: Bool, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) {
         guard sender.accountKey != nil || recipientKey != nil else { return }
         var recipients: [StoredRecipient] = []
@@ -107,8 +145,9 @@ extension ChatServer {
             }
             recipients.append(recipient)
         }
-        let stored = storedMessage(relayed, id: id, sender: sender, kind: .direct, target: recipientKey ?? recipientFolded,
+        var stored = storedMessage(relayed, id: id, sender: sender, kind: .direct, target: recipientKey ?? guestRecipient?.identity ?? "",
                                    text: text, clientTags: clientTags, recipients: recipients, now: context.now)
+        stored.targetName = recipientKey == nil ? guestRecipient?.nick : nil
         remember(stored)
         if !online, let recipientKey { undelivered[recipientKey, default: []].append(stored) }
         context.pendingStores.append(stored)
@@ -149,7 +188,7 @@ extension ChatServer {
                        text: String, clientTags: [IRCTag], recipients: [StoredRecipient], now: Timestamp) -> StoredMessage {
         StoredMessage(
             id: id, time: now, senderNick: sender.nick?.name ?? "*", senderAccount: sender.accountKey,
-            senderPrefix: sender.prefix, targetKind: kind, target: target, command: relayed.command, text: text,
+            senderGuest: sender.accountKey == nil ? guestIdentity(of: sender.id) : nil, senderPrefix: sender.prefix, targetKind: kind, target: target, command: relayed.command, text: text,
             clientTags: Self.encodeClientTags(clientTags), recipients: recipients)
     }
 
@@ -529,6 +568,30 @@ extension ChatServer {
             if let time = markers[oldKey] {
                 readMarkers[account]?[oldKey] = nil
                 readMarkers[account]?[newKey] = time
+            }
+        }
+    }
+
+    /// A group was deleted: its messages, read markers and receipts go with it (the store deletes
+    /// its copy), so a group created later under the same name starts empty.
+    mutating func forgetDeliveryState(ofGroup key: String) {
+        for (account, messages) in undelivered where messages.contains(where: { $0.targetKind == .group && $0.target == key }) {
+            let kept = messages.filter { !($0.targetKind == .group && $0.target == key) }
+            undelivered[account] = kept.isEmpty ? nil : kept
+        }
+        var forgotten: Set<String> = []
+        for (id, message) in tracked where message.groupKey == key { forgotten.insert(id) }
+        for id in forgotten { tracked[id] = nil }
+        for (reader, conversations) in unread where conversations[key] != nil {
+            unread[reader]?[key] = nil
+        }
+        for (account, markers) in readMarkers where markers[key] != nil {
+            readMarkers[account]?[key] = nil
+        }
+        if !forgotten.isEmpty {
+            for (author, receipts) in pendingReceipts where receipts.contains(where: { forgotten.contains($0.messageID) }) {
+                let kept = receipts.filter { !forgotten.contains($0.messageID) }
+                pendingReceipts[author] = kept.isEmpty ? nil : kept
             }
         }
     }

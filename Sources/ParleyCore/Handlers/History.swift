@@ -40,15 +40,19 @@ extension ChatServer {
             throw .fail("CHATHISTORY", "NEED_MORE_PARAMS", subcommand, description: "Missing parameters")
         }
         let target = parameters[1]
-        let conversation: HistoryQuery.Conversation
+        let conversation: HistoryQuery.Conversation?
         if target.hasPrefix("#") {
             guard let channel = channels[fold(target)], channel.isGroup, channel.accountRoles[account] != nil else {
                 // Not a member (or no such group): nothing to read, and no hint whether it exists.
                 throw .fail("CHATHISTORY", "INVALID_TARGET", subcommand, target, description: "You are not a member of \(target)")
             }
             conversation = .group(channel.key)
+        } else if let other = identity(named: target) {
+            conversation = .direct(account, other)
         } else {
-            conversation = .direct(account, fold(target))
+            // Nobody holds that name now: there is no conversation to read (a guest's conversation
+            // belonged to the guest's connection, not to the nick).
+            conversation = nil
         }
         let kind: HistoryQuery.Kind
         let count: Int
@@ -68,6 +72,10 @@ extension ChatServer {
             count = try limit(parameters[4])
         default:
             throw .fail("CHATHISTORY", "INVALID_PARAMS", subcommand, description: "Unknown subcommand; use LATEST, BEFORE, AFTER, AROUND, BETWEEN or TARGETS")
+        }
+        guard let conversation else {
+            if let session = sessions[id] { context.replies.append(contentsOf: batched([], type: "chathistory", parameters: [target], for: session)) }
+            return
         }
         startHistory(HistoryQuery(conversation: conversation, kind: kind, limit: count), target: target, subcommand: subcommand, &context, &outbox)
     }
@@ -89,8 +97,17 @@ extension ChatServer {
         case .failed(let reason):
             render(.fail("CHATHISTORY", "MESSAGE_ERROR", subcommand, target, description: "History could not be read: \(reason)"), in: &context)
         case .targets(let targets):
-            let lines = targets.map { entry in
-                let name = entry.isGroup ? (channels[entry.key]?.name ?? entry.key) : (accounts[entry.key]?.name ?? entry.key)
+            let lines = targets.compactMap { entry -> IRCMessage? in
+                let name: String
+                if entry.isGroup {
+                    name = channels[entry.key]?.name ?? entry.key
+                } else if let account = accounts[entry.key] {
+                    name = account.name
+                } else if let guest = guestSession(identity: entry.key)?.nick {
+                    name = guest.name
+                } else {
+                    return nil  // a guest who has left: no name reaches that conversation any more
+                }
                 return IRCMessage(source: configuration.serverName, command: "CHATHISTORY", parameters: ["TARGETS", name, "timestamp=\(entry.latest.iso8601)"])
             }
             context.replies.append(contentsOf: batched(lines, type: "draft/chathistory-targets", parameters: [], for: session))
@@ -100,7 +117,7 @@ extension ChatServer {
             let lines = messages.map { stored in
                 storedLine(stored, target: stored.targetKind == .group
                     ? (channels[stored.target]?.name ?? target)
-                    : (accounts[stored.target]?.name ?? stored.target))
+                    : displayName(ofParty: stored.target, storedNick: stored.targetName))
             }
             context.replies.append(contentsOf: batched(lines, type: "chathistory", parameters: [target], for: session))
         }

@@ -143,7 +143,8 @@ extension ChatServer {
         }
         rememberSend(relayed, clientTags: clientTags, sender: sender)
         if verb != "TAGMSG" {
-            storeDirect(relayed, id: messageID, sender: sender, recipientKey: recipientAccount, recipientFolded: folded,
+            let guestRecipient = recipientAccount == nil ? holder?.connections.first.map { (guestIdentity(of: $0), sessions[$0]?.nick?.name ?? target) } : nil
+            storeDirect(relayed, id: messageID, sender: sender, recipientKey: recipientAccount, guestRecipient: guestRecipient,
                         online: holder != nil, text: text, clientTags: clientTags, &context, &outbox)
         }
         if holder == nil, let offlineAccount = recipientAccount {
