@@ -207,4 +207,87 @@ struct MigrationTests {
         #expect(later.map(\.text) == ["later"])
         try await store.close()
     }
+
+    @Test func theV5MigrationBindsOldRowsToIdentitiesNotNames() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // A v4 file with the histories names used to leak: a guest "bob" who chatted with alice
+        // before the account bob existed, and a group #team deleted and made again.
+        try await writeOldDatabase(at: path, upTo: "v4-lean-delivery", [
+            """
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES ('alice', 'alice', x'00', 4096, x'01', x'02', 1000), ('bob', 'bob', x'00', 4096, x'01', x'02', 5000)
+            """,
+            "INSERT INTO groups (key, name, created_at, owner, modes) VALUES ('#team', '#team', 4000, 'alice', 'int')",
+            "INSERT INTO group_members (group_key, account_key, role) VALUES ('#team', 'alice', 3), ('#team', 'bob', 0)",
+            """
+            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, sender_key) VALUES
+            ('g1', 2000, 'bob', NULL, 'bob!~b@h', 'direct', 'alice', 'PRIVMSG', 'guest bob to alice', 'bob'),
+            ('g2', 3000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'alice to guest bob', 'alice'),
+            ('t1', 3500, 'alice', 'alice', 'alice!~a@h', 'group', '#team', 'PRIVMSG', 'to the deleted #team', 'alice'),
+            ('t2', 4500, 'alice', 'alice', 'alice!~a@h', 'group', '#team', 'PRIVMSG', 'to the current #team', 'alice'),
+            ('a1', 6000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'alice to account bob', 'alice')
+            """,
+            "INSERT INTO message_recipients (message_id, recipient) VALUES ('t2', 'bob'), ('a1', 'bob')",
+            "INSERT INTO read_markers (account, target, time) VALUES ('bob', '#team', 4500), ('bob', 'alice', 6000)",
+        ])
+        let store = try SQLiteChatStore(path: path)
+        func texts(_ conversation: HistoryQuery.Conversation) throws -> [String] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: conversation, kind: .latest(after: nil), limit: 10)) else { return ["not messages"] }
+            return found.map(\.text)
+        }
+        #expect(try texts(.direct("bob", "alice")) == ["alice to account bob"], "the account bob reads only its own conversation")
+        #expect(try texts(.direct("alice", "!legacy.bob")) == ["guest bob to alice", "alice to guest bob"], "alice keeps hers with the guest")
+        #expect(try texts(.group("#team")) == ["to the current #team"])
+        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 0))
+        #expect(state.readMarkers["bob"] == ["#team": Timestamp(millisecondsSince1970: 4500), "alice": Timestamp(millisecondsSince1970: 6000)])
+        #expect(state.undelivered["bob"]?.map(\.id) == ["t2", "a1"])
+        #expect(try await store.loadGroups().first?.members == ["alice": .owner, "bob": .member])
+        try await store.close()
+
+        // Every reference to an account or a group is an integer id; names are attributes only.
+        let queue = try DatabaseQueue(path: path)
+        let kinds = try await queue.read { db in
+            try String.fetchAll(db, sql: """
+                SELECT DISTINCT typeof(recipient_id) FROM message_recipients
+                UNION SELECT DISTINCT typeof(account_id) FROM read_markers UNION SELECT DISTINCT typeof(target_id) FROM read_markers
+                UNION SELECT DISTINCT typeof(group_id) FROM group_members UNION SELECT DISTINCT typeof(account_id) FROM group_members
+                UNION SELECT DISTINCT typeof(owner_id) FROM groups UNION SELECT DISTINCT typeof(sender_id) FROM messages WHERE sender_guest IS NULL
+                UNION SELECT DISTINCT typeof(target_id) FROM messages WHERE target_guest IS NULL
+                """)
+        }
+        #expect(kinds == ["integer"])
+        try queue.close()
+    }
+
+    @Test func aDeletedGroupTakesItsRowsAndARenamedOneKeepsThem() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try await openStore(path)
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member])
+        func message(_ id: String) -> StoredMessage {
+            StoredMessage(id: id, time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .group,
+                          target: "#team", command: "PRIVMSG", text: id, recipients: [StoredRecipient(account: "bob")])
+        }
+        func texts(_ key: String) throws -> [String] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: .group(key), kind: .latest(after: nil), limit: 10)) else { return ["not messages"] }
+            return found.map(\.text)
+        }
+        try store.perform([.saveGroup(team, previousKey: nil), .storeMessages([message("first")], afterCommit: [], sender: Self.nobody),
+                           .saveReadMarker(account: "bob", target: "#team", time: now)])
+        var renamed = team
+        renamed.name = "#crew"
+        renamed.key = "#crew"
+        try store.perform([.saveGroup(renamed, previousKey: "#team")])
+        #expect(try texts("#crew") == ["first"])
+        #expect(try await store.loadDeliveryState(since: now.adding(milliseconds: -1)).readMarkers["bob"] == ["#crew": now])
+        // Deleted, then made again under the same name in the same batch: a new group, empty.
+        try store.perform([.deleteGroup(key: "#crew"), .saveGroup(renamed, previousKey: nil)])
+        #expect(try texts("#crew").isEmpty)
+        let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1))
+        #expect(state.readMarkers["bob"] == nil)
+        #expect(state.undelivered.isEmpty)
+        try await store.close()
+    }
 }
