@@ -17,11 +17,18 @@ public struct ChatConfiguration: Sendable {
     public var maxChannelsPerUser: Int? = 100
     /// Messages kept for an account while it is offline; past this, senders get a FAIL reply.
     public var maxUndeliveredPerAccount = 5000
-    /// Messages followed in memory for live receipts (delivered, read). Past this the oldest
-    /// ones that every recipient has received are forgotten: their state stays on disk
-    /// (RECEIPTS STATUS still answers), but a later read sends no live receipt. Without a bound
-    /// every message from an account stayed in memory for the whole retention period.
-    public var maxTrackedMessages = 200_000
+    /// Recipient states followed in memory for live receipts (delivered, read), counted per
+    /// recipient (a message to a group of 1,000 counts 1,000). Past this the oldest messages
+    /// that every recipient has received are forgotten: their state stays on disk (RECEIPTS
+    /// STATUS still answers), but a later read sends no live receipt. Start-up loads at most
+    /// this many too, so memory does not grow with the history's size.
+    public var maxTrackedRecipients = 200_000
+    /// Receipts kept in memory for one author who has no receipts-capable connection (the
+    /// newest); older ones stay on disk.
+    public var maxPendingReceiptsPerAuthor = 1000
+    /// Bytes of messages (text and client tags) one account may have stored per day, whoever
+    /// they are to (to oneself included); past it, sends get `FAIL <verb> QUOTA_EXCEEDED`.
+    public var storedBytesPerAccountPerDay = 20_000_000
     /// How long stored messages are kept (history, offline delivery, receipts).
     public var historyRetentionMilliseconds: Int64 = 30 * 24 * 3600 * 1000
     /// The most messages one CHATHISTORY request returns.

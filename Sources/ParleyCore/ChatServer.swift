@@ -40,12 +40,16 @@ public struct ChatServer: Sendable {
     var tracked: [String: TrackedMessage] = [:]
     /// `tracked`'s ids, oldest first (ids forgotten since are skipped when met).
     var trackedOrder = CircularBuffer<String>()
+    /// Recipients followed across `tracked` (the bound `maxTrackedRecipients` counts these).
+    var trackedRecipientCount = 0
     /// Delivered but not yet read: reader -> conversation key -> msgids, oldest first.
     var unread: [String: [String: [String]]] = [:]
     /// Receipts for authors who had no receipts-capable connection when they happened.
     var pendingReceipts: [String: [PendingReceipt]] = [:]
     /// Read markers: account -> conversation key -> time of the last read message.
     var readMarkers: [String: [String: Timestamp]] = [:]
+    /// Accounts holding a marker in each transient channel (those markers end with the channel).
+    var transientMarkerHolders: [String: Set<String>] = [:]
     var lastPrune: Timestamp?
     /// The `time` tag of the current millisecond: hundreds of messages share it under load.
     var cachedTimeTag: (time: Timestamp, text: String) = (Timestamp(millisecondsSince1970: -1), "")
@@ -56,10 +60,18 @@ public struct ChatServer: Sendable {
     /// Recent sends by client message id (`+parley.chat/cid`), per account, so a client that
     /// resends after a reconnect does not deliver twice.
     var recentSends: [String: RecentSends] = [:]
+    var lastRecentSendsSweep: Timestamp?
+    /// Bytes stored today per account (or guest address), for `storedBytesPerAccountPerDay`.
+    var storedBytesToday: [String: (dayStart: Timestamp, bytes: Int)] = [:]
 
     struct RecentSends: Sendable {
         var order: [String] = []
         var relayed: [String: [IRCMessage]] = [:]
+        /// Bytes of text and client tags held, for the per-account bound.
+        var bytes = 0
+        /// Set when the account's last connection closed: a client that reconnects at once and
+        /// resends is still recognised, then the entries are freed.
+        var forgetAt: Timestamp?
     }
     var maximumUsersSeen = 0
     var registeredSessionCount = 0
@@ -230,6 +242,7 @@ public struct ChatServer: Sendable {
         for (id, reason) in timedOut {
             disconnect(id, reason: reason, now: now, into: &outbox)
         }
+        forgetRecentSendsOfLoggedOutAccounts(now: now)
         pruneHistoryIfDue(now: now, into: &outbox)
     }
 
@@ -255,6 +268,7 @@ public struct ChatServer: Sendable {
         if holder.connections.isEmpty {
             nickIndex[nick.folded] = nil
             if let key = session.accountKey {
+                recentSends[key]?.forgetAt = now.adding(milliseconds: Self.resendWindowMilliseconds)
                 accounts[key]?.lastSeen = now.date
                 outbox.actions.append(.recordLastSeen(accountKey: key, at: now))
             }

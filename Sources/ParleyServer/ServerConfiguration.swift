@@ -192,13 +192,18 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var maxUndeliveredPerAccount = 5000
         /// The most messages one CHATHISTORY request returns.
         public var chathistoryLimit = 500
-        /// Messages followed in memory for live delivered/read receipts.
-        public var maxTrackedMessages = 200_000
+        /// Recipient states followed in memory for live delivered/read receipts (per recipient).
+        public var maxTrackedRecipients = ChatConfiguration().maxTrackedRecipients
+        /// Receipts kept in memory for an author with no receipts-capable connection.
+        public var maxPendingReceiptsPerAuthor = ChatConfiguration().maxPendingReceiptsPerAuthor
+        /// Bytes of messages one account may have stored per day.
+        public var storedBytesPerAccountPerDay = ChatConfiguration().storedBytesPerAccountPerDay
 
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case retentionDays, maxUndeliveredPerAccount, chathistoryLimit, maxTrackedMessages
+            case retentionDays, maxUndeliveredPerAccount, chathistoryLimit, maxTrackedRecipients, maxPendingReceiptsPerAuthor
+            case storedBytesPerAccountPerDay
         }
 
         public init(from decoder: any Decoder) throws {
@@ -207,7 +212,9 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             retentionDays = try container.decode(.retentionDays, default: defaults.retentionDays)
             maxUndeliveredPerAccount = try container.decode(.maxUndeliveredPerAccount, default: defaults.maxUndeliveredPerAccount)
             chathistoryLimit = try container.decode(.chathistoryLimit, default: defaults.chathistoryLimit)
-            maxTrackedMessages = try container.decode(.maxTrackedMessages, default: defaults.maxTrackedMessages)
+            maxTrackedRecipients = try container.decode(.maxTrackedRecipients, default: defaults.maxTrackedRecipients)
+            maxPendingReceiptsPerAuthor = try container.decode(.maxPendingReceiptsPerAuthor, default: defaults.maxPendingReceiptsPerAuthor)
+            storedBytesPerAccountPerDay = try container.decode(.storedBytesPerAccountPerDay, default: defaults.storedBytesPerAccountPerDay)
         }
     }
 
@@ -254,7 +261,9 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.monitorLimit = limits.monitorLimit
         chat.historyRetentionMilliseconds = Int64(history.retentionDays * 86_400_000)
         chat.maxUndeliveredPerAccount = history.maxUndeliveredPerAccount
-        chat.maxTrackedMessages = history.maxTrackedMessages
+        chat.maxTrackedRecipients = history.maxTrackedRecipients
+        chat.maxPendingReceiptsPerAuthor = history.maxPendingReceiptsPerAuthor
+        chat.storedBytesPerAccountPerDay = history.storedBytesPerAccountPerDay
         chat.chathistoryLimit = max(1, history.chathistoryLimit)
         chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets

@@ -121,7 +121,7 @@ struct DeliveryTests {
     }
 
     @Test func receiptTrackingIsBoundedAndKeepsWhatStillWaitsForDelivery() throws {
-        var harness = CoreHarness(configure: { $0.maxTrackedMessages = 3 }, accounts: Self.people)
+        var harness = CoreHarness(configure: { $0.maxTrackedRecipients = 3 }, accounts: Self.people)
         let alice = harness.register("alice", password: "password-a", caps: ["parley.chat/receipts"])
         let bob = harness.register("bob", password: "password-b", caps: ["parley.chat/receipts", "server-time"])
         // carol is offline: her message must still get its delivered receipt later.
@@ -135,6 +135,7 @@ struct DeliveryTests {
         }
         _ = harness.inbox(alice)
         #expect(harness.server.tracked.count == 3, "memory stays within the bound")
+        #expect(harness.server.trackedRecipientCount == 3)
         #expect(harness.server.tracked[forCarol] != nil, "a message still waiting for its recipient is kept")
 
         // bob reads everything: live read receipts for the messages still followed.

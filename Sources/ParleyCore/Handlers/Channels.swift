@@ -319,6 +319,7 @@ extension ChatServer {
         }
         if !channel.isGroup && channel.joined.isEmpty {
             channels[key] = nil
+            forgetReadMarkers(ofTransientChannel: key)
         } else {
             channels[key] = channel
         }
@@ -770,6 +771,9 @@ extension ChatServer {
         let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + channel.name.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
             throw .fail(verb, "MESSAGE_TOO_LONG", channel.name, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
+        }
+        if channel.isGroup && verb != "TAGMSG" {
+            try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: channel.name, now: context.now)
         }
         let messageID = messageIDs.next()
         var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)]

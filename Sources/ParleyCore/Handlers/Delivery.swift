@@ -28,6 +28,9 @@ struct RecipientStates: Sendable {
         }
     }
 
+    /// How many recipients are followed (what the memory bound counts).
+    var count: Int { many?.count ?? few.count }
+
     /// Whether someone has not received the message yet.
     var waitsForDelivery: Bool {
         if let many { return many.values.contains { $0.deliveredAt == nil } }
@@ -78,10 +81,10 @@ extension ChatServer {
             remember(message)
             for recipient in message.recipients {
                 if let delivered = recipient.deliveredAt, !recipient.deliveredNotified {
-                    pendingReceipts[author, default: []].append(PendingReceipt(messageID: message.id, reader: recipient.account, state: .delivered, time: delivered))
+                    keepPendingReceipt(PendingReceipt(messageID: message.id, reader: recipient.account, state: .delivered, time: delivered), for: author)
                 }
                 if let read = recipient.readAt, !recipient.readNotified {
-                    pendingReceipts[author, default: []].append(PendingReceipt(messageID: message.id, reader: recipient.account, state: .read, time: read))
+                    keepPendingReceipt(PendingReceipt(messageID: message.id, reader: recipient.account, state: .read, time: read), for: author)
                 }
             }
         }
@@ -184,6 +187,24 @@ extension ChatServer {
         }
     }
 
+    /// Counts a message that will be stored against its sender's daily quota (an account, or a
+    /// guest's address), or refuses it: flood control bounds the rate, this bounds the disk.
+    mutating func chargeStorageQuota(of sender: Session, text: String, clientTags: [IRCTag], verb: String, target: String, now: Timestamp) throws(CommandError) {
+        let key = sender.accountKey ?? "address " + sender.host
+        var bytes = text.utf8.count
+        for tag in clientTags { bytes += tag.key.utf8.count + tag.value.utf8.count + 2 }
+        var usage = storedBytesToday[key] ?? (dayStart: now, bytes: 0)
+        if now.milliseconds(since: usage.dayStart) >= Self.quotaDayMilliseconds { usage = (now, 0) }
+        guard usage.bytes + bytes <= configuration.storedBytesPerAccountPerDay else {
+            let wait = max(1, (Self.quotaDayMilliseconds - now.milliseconds(since: usage.dayStart)) / 60_000)
+            throw .fail(verb, "QUOTA_EXCEEDED", target, description: "You have stored too much today; try again in \(wait) minute\(wait == 1 ? "" : "s")")
+        }
+        usage.bytes += bytes
+        storedBytesToday[key] = usage
+    }
+
+    static let quotaDayMilliseconds: Int64 = 86_400_000
+
     func storedMessage(_ relayed: IRCMessage, id: String, sender: Session, kind: StoredMessage.TargetKind, target: String,
                        text: String, clientTags: [IRCTag], recipients: [StoredRecipient], now: Timestamp) -> StoredMessage {
         StoredMessage(
@@ -207,9 +228,11 @@ extension ChatServer {
     /// recipients it reached and who have not read it yet wait for a read marker.
     mutating func remember(_ stored: StoredMessage) {
         guard let author = stored.senderAccount, !stored.recipients.isEmpty else { return }
+        if let earlier = tracked[stored.id] { trackedRecipientCount -= earlier.recipients.count }
         tracked[stored.id] = TrackedMessage(
             id: stored.id, author: author, time: stored.time,
             groupKey: stored.targetKind == .group ? stored.target : nil, recipients: RecipientStates(stored.recipients))
+        trackedRecipientCount += stored.recipients.count
         trackedOrder.append(stored.id)
         forgetOldTrackedMessages()
         let conversation = stored.targetKind == .group ? stored.target : author
@@ -234,20 +257,26 @@ extension ChatServer {
         }
     }
 
-    /// Keeps `tracked` within `maxTrackedMessages`, forgetting the oldest first. A message that
+    /// Keeps `tracked` within `maxTrackedRecipients` (recipients, not messages: one message to a
+    /// group of 1,000 follows 1,000 states), forgetting the oldest messages first. A message that
     /// still waits for a recipient is passed over a few times (its delivered receipt is due when
     /// that recipient returns; inbox limits bound those), then forgotten too if need be.
     mutating func forgetOldTrackedMessages() {
         var passedOver = 0
-        while tracked.count > configuration.maxTrackedMessages, let oldest = trackedOrder.popFirst() {
+        while trackedRecipientCount > configuration.maxTrackedRecipients, let oldest = trackedOrder.popFirst() {
             guard let message = tracked[oldest] else { continue }
             if message.recipients.waitsForDelivery && passedOver < 8 {
                 trackedOrder.append(oldest)
                 passedOver += 1
                 continue
             }
-            tracked[oldest] = nil
+            forgetTracked(oldest)
         }
+    }
+
+    mutating func forgetTracked(_ id: String) {
+        guard let message = tracked.removeValue(forKey: id) else { return }
+        trackedRecipientCount -= message.recipients.count
     }
 
     /// Called after a command's handler: if it stored messages, its replies wait for the commit.
@@ -397,12 +426,26 @@ extension ChatServer {
                               time: Timestamp, _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
         let connections = (nickIndex[author]?.connections ?? []).filter { sessions[$0]?.has(.receipts) == true }
         guard !connections.isEmpty else {
-            pendingReceipts[author, default: []].append(PendingReceipt(messageID: messageID, reader: reader, state: state, time: time))
+            keepPendingReceipt(PendingReceipt(messageID: messageID, reader: reader, state: state, time: time), for: author)
             return false
         }
         let line = receiptLine(target: target, messageID: messageID, state: state, reader: accounts[reader]?.name ?? reader, time: time)
         for connection in connections { emit(line, to: connection, &context, &outbox) }
         return true
+    }
+
+    /// Receipts wait in memory for an author who has no receipts-capable connection, up to
+    /// `maxPendingReceiptsPerAuthor` (the newest are kept). An author who never uses such a
+    /// client would otherwise grow the list with every message read; older ones stay answerable
+    /// on disk (RECEIPTS STATUS).
+    mutating func keepPendingReceipt(_ receipt: PendingReceipt, for author: String) {
+        let limit = configuration.maxPendingReceiptsPerAuthor
+        guard limit > 0 else { return }
+        pendingReceipts[author, default: []].append(receipt)
+        // Trimmed in steps, not by one per receipt (removing from the front moves the rest).
+        if let count = pendingReceipts[author]?.count, count > limit + limit / 10 {
+            pendingReceipts[author]?.removeFirst(count - limit)
+        }
     }
 
     func receiptLine(target: String, messageID: String, state: ReceiptState, reader: String, time: Timestamp?) -> IRCMessage {
@@ -499,8 +542,24 @@ extension ChatServer {
             throw .fail("MARKREAD", "ACCOUNT_REQUIRED", message.parameters[0], description: "Log in to an account to keep read markers")
         }
         let target = message.parameters[0]
-        // A group's key or the other person's account: both are the folded target.
-        let conversation = fold(target)
+        // Only conversations the user takes part in: a group they are a member of, a channel
+        // they are in, or an existing account. Anything else would be a marker for nothing,
+        // kept in memory (and for groups, on disk) on the say-so of the client.
+        let conversation: String
+        var isTransientChannel = false
+        if target.hasPrefix("#") {
+            guard let channel = channels[fold(target)],
+                  channel.isGroup ? channel.accountRoles[account] != nil : channel.contains(id) else {
+                throw .fail("MARKREAD", "INVALID_TARGET", target, description: "You are not in \(target)")
+            }
+            conversation = channel.key
+            isTransientChannel = !channel.isGroup
+        } else {
+            guard let other = accounts[fold(target)] else {
+                throw .fail("MARKREAD", "INVALID_TARGET", target, description: "There is no account named \(target)")
+            }
+            conversation = other.key
+        }
         let current = readMarkers[account]?[conversation]
         guard message.parameters.count > 1 else {
             context.replies.append(markReadLine(target: target, time: current))
@@ -516,7 +575,12 @@ extension ChatServer {
             return
         }
         readMarkers[account, default: [:]][conversation] = time
-        outbox.actions.append(.saveReadMarker(account: account, target: conversation, time: time))
+        if isTransientChannel {
+            // Not stored: it ends with the channel (see forgetReadMarkers(ofTransientChannel:)).
+            transientMarkerHolders[conversation, default: []].insert(account)
+        } else {
+            outbox.actions.append(.saveReadMarker(account: account, target: conversation, time: time))
+        }
         let line = markReadLine(target: target, time: time)
         for connection in nickIndex[session.nick?.folded ?? ""]?.connections ?? [id] {
             if connection == id || sessions[connection]?.has(.readMarker) == true { emit(line, to: connection, &context, &outbox) }
@@ -570,6 +634,15 @@ extension ChatServer {
                 readMarkers[account]?[newKey] = time
             }
         }
+        if let holders = transientMarkerHolders.removeValue(forKey: oldKey) { transientMarkerHolders[newKey] = holders }
+    }
+
+    /// A transient channel ended: markers set in it go with it.
+    mutating func forgetReadMarkers(ofTransientChannel key: String) {
+        for account in transientMarkerHolders.removeValue(forKey: key) ?? [] {
+            readMarkers[account]?[key] = nil
+            if readMarkers[account]?.isEmpty == true { readMarkers[account] = nil }
+        }
     }
 
     /// A group was deleted: its messages, read markers and receipts go with it (the store deletes
@@ -581,7 +654,7 @@ extension ChatServer {
         }
         var forgotten: Set<String> = []
         for (id, message) in tracked where message.groupKey == key { forgotten.insert(id) }
-        for id in forgotten { tracked[id] = nil }
+        for id in forgotten { forgetTracked(id) }
         for (reader, conversations) in unread where conversations[key] != nil {
             unread[reader]?[key] = nil
         }
@@ -608,6 +681,7 @@ extension ChatServer {
             undelivered[account] = kept.isEmpty ? nil : kept
         }
         tracked = tracked.filter { $0.value.time >= cutoff }
+        trackedRecipientCount = tracked.values.reduce(0) { $0 + $1.recipients.count }
         trackedOrder = CircularBuffer(trackedOrder.filter { tracked[$0] != nil })
         for (reader, conversations) in unread {
             var kept: [String: [String]] = [:]
@@ -617,6 +691,7 @@ extension ChatServer {
             }
             unread[reader] = kept.isEmpty ? nil : kept
         }
+        storedBytesToday = storedBytesToday.filter { now.milliseconds(since: $0.value.dayStart) < Self.quotaDayMilliseconds }
         outbox.actions.append(.pruneHistory(before: cutoff))
     }
 }

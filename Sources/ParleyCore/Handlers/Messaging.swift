@@ -53,20 +53,40 @@ extension ChatServer {
     static let maximumClientTagBytes = 4094
     /// A client-chosen id that makes sending idempotent (docs/delivery-and-receipts.md).
     static let clientMessageIDTag = "+parley.chat/cid"
-    static let recentSendsPerAccount = 1000
+    /// Sends remembered per account for resends: at most this many, and at most
+    /// `recentSendsBytesPerAccount` of text and tags (client tags alone may be 4 kB a message).
+    static let recentSendsPerAccount = 200
+    static let recentSendsBytesPerAccount = 256 * 1024
+    /// How long an account's sends are remembered once its last connection has closed.
+    static let resendWindowMilliseconds: Int64 = 120_000
 
     mutating func rememberSend(_ relayed: IRCMessage, clientTags: [IRCTag], sender: Session) {
         guard let account = sender.accountKey,
               let id = clientTags.first(where: { $0.key == Self.clientMessageIDTag })?.value, !id.isEmpty else { return }
-        var recent = recentSends[account] ?? RecentSends()
+        var recent = recentSends.removeValue(forKey: account) ?? RecentSends()
         if recent.relayed[id] == nil { recent.order.append(id) }
         recent.relayed[id, default: []].append(relayed)
-        if recent.order.count > Self.recentSendsPerAccount {
-            let excess = recent.order.count - Self.recentSendsPerAccount / 2
+        recent.bytes += (relayed.parameters.last?.utf8.count ?? 0) + clientTags.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count + 2 }
+        recent.forgetAt = nil
+        if recent.order.count > Self.recentSendsPerAccount || recent.bytes > Self.recentSendsBytesPerAccount {
+            // Forget the older half at once (trimming one at a time would shift the array per send).
+            let excess = max(recent.order.count - Self.recentSendsPerAccount / 2, recent.order.count / 2)
             for old in recent.order.prefix(excess) { recent.relayed[old] = nil }
             recent.order.removeFirst(excess)
+            recent.bytes = recent.relayed.values.joined().reduce(0) { total, line in
+                total + (line.parameters.last?.utf8.count ?? 0) + line.tags.reduce(0) { $0 + ($1.key.hasPrefix("+") ? $1.key.utf8.count + $1.value.utf8.count + 2 : 0) }
+            }
         }
         recentSends[account] = recent
+    }
+
+    /// Runs from the periodic tick, once a minute (the window is counted in minutes).
+    mutating func forgetRecentSendsOfLoggedOutAccounts(now: Timestamp) {
+        if let last = lastRecentSendsSweep, now.milliseconds(since: last) < 60_000 { return }
+        lastRecentSendsSweep = now
+        for (account, recent) in recentSends {
+            if let forgetAt = recent.forgetAt, now >= forgetAt { recentSends[account] = nil }
+        }
     }
 
     private mutating func deliver(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
@@ -103,6 +123,10 @@ extension ChatServer {
         let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + target.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
             throw .fail(verb, "MESSAGE_TOO_LONG", target, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
+        }
+
+        if verb != "TAGMSG" && (sender.accountKey != nil || recipientAccount != nil) {
+            try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: target, now: context.now)
         }
 
         if verb != "TAGMSG", sender.accountKey == nil, recipientAccount == nil, !sender.has(.echoMessage), let holder,
