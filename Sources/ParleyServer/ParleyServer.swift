@@ -36,7 +36,8 @@ public final class ParleyServer: Service, Sendable {
         chat.version = "parley-0.1"
         let accounts = try await store.loadAccounts()
         let groups = try await store.loadGroups()
-        let delivery = try await store.loadDeliveryState(since: ChatHost.now().adding(milliseconds: -chat.historyRetentionMilliseconds))
+        let delivery = try await store.loadDeliveryState(
+            since: ChatHost.now().adding(milliseconds: -chat.historyRetentionMilliseconds), maxTrackedRecipients: chat.maxTrackedRecipients)
         let core = ChatServer(configuration: chat, accounts: accounts, groups: groups, delivery: delivery, startedAt: ChatHost.now())
         self.host = ChatHost(core: core, configuration: configuration, store: store, threadPool: NIOThreadPool.singleton, logger: logger)
         if configuration.listeners.contains(where: \.tls) {

@@ -16,8 +16,9 @@ public protocol ChatStore: Sendable {
     /// Carries out storage actions (`CoreAction.isOrderedStorageWrite`) in order, in one
     /// transaction: a batch of writes costs one commit. Blocks until it is committed.
     func perform(_ writes: [CoreAction]) throws
-    /// Messages still waiting for recipients or for receipts (newer than `since`), and read markers.
-    func loadDeliveryState(since: Timestamp) async throws -> DeliveryState
+    /// Messages still waiting for recipients, the newest messages whose receipts are still due
+    /// (up to `maxTrackedRecipients` recipient states; all newer than `since`), and read markers.
+    func loadDeliveryState(since: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState
     /// Runs a CHATHISTORY query the domain has already allowed.
     func loadHistory(_ query: HistoryQuery) throws -> HistoryResult
     func close() async throws

@@ -417,19 +417,29 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
-    public func loadDeliveryState(since cutoff: Timestamp) async throws -> DeliveryState {
+    public func loadDeliveryState(since cutoff: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState {
         let ids = identities.withLock { $0 }
         return try await pool.read { db in
-            // Messages someone still waits for, or whose receipts are still due, with all their
-            // recipients.
+            // What the server follows in memory, loaded in bounded windows so that start-up time
+            // and memory do not grow with the history: every message someone still waits for
+            // (inbox limits bound those), and the newest messages up to `maxTrackedRecipients`
+            // recipient states (for live read receipts). Older state stays on disk.
+            var recentFrom = Int64.max
+            var recipientsSeen = 0
+            let newest = try Row.fetchCursor(db, sql: """
+                SELECT m.rowid AS position, (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id) AS recipients
+                FROM messages m WHERE m.time >= ? ORDER BY m.rowid DESC
+                """, arguments: [cutoff.millisecondsSince1970])
+            while recipientsSeen < maxTrackedRecipients, let row = try newest.next() {
+                recipientsSeen += row["recipients"] as Int
+                recentFrom = row["position"]
+            }
             let rows = try Row.fetchAll(db, sql: """
                 SELECT m.*, r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
                 FROM messages m JOIN message_recipients r ON r.message_id = m.id
-                WHERE m.time >= ? AND m.id IN (
-                    SELECT message_id FROM message_recipients
-                    WHERE delivered_at IS NULL OR read_at IS NULL OR delivered_notified = 0 OR (read_at IS NOT NULL AND read_notified = 0))
+                WHERE m.time >= ? AND (m.rowid >= ? OR m.id IN (SELECT message_id FROM message_recipients WHERE delivered_at IS NULL))
                 ORDER BY m.rowid
-                """, arguments: [cutoff.millisecondsSince1970])
+                """, arguments: [cutoff.millisecondsSince1970, recentFrom])
             var messages: [StoredMessage] = []
             var index: [String: Int] = [:]
             for row in rows {
@@ -443,6 +453,10 @@ public final class SQLiteChatStore: ChatStore {
                     index[id] = messages.count
                     messages.append(message)
                 }
+            }
+            // Messages whose every receipt is done need no following.
+            messages.removeAll { message in
+                message.recipients.allSatisfy { $0.deliveredAt != nil && $0.readAt != nil && $0.deliveredNotified && $0.readNotified }
             }
             var undelivered: [String: [StoredMessage]] = [:]
             for message in messages {

@@ -74,7 +74,7 @@ struct MigrationTests {
                                     recipients: [StoredRecipient(account: "bob"), StoredRecipient(account: "carol", deliveredAt: now)])
         try store.perform([.saveGroup(group, previousKey: nil), .storeMessages([message], afterCommit: [], sender: Self.nobody)])
         #expect(try await store.loadGroups() == [group])
-        var state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1))
+        var state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
         #expect(state.undelivered["bob"]?.map(\.id) == ["x1"])
         #expect(state.undelivered["carol"] == nil)
         // Delivered and read, with receipts sent: nothing is pending any more.
@@ -82,7 +82,7 @@ struct MigrationTests {
             .updateRecipients([RecipientUpdate(messageID: "x1", recipient: "bob", deliveredAt: now, readAt: now, deliveredNotified: true, readNotified: true),
                                RecipientUpdate(messageID: "x1", recipient: "carol", readAt: now, deliveredNotified: true, readNotified: true)]),
         ])
-        state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1))
+        state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
         #expect(state.undelivered.isEmpty)
         #expect(state.tracked.isEmpty)
         // A rename moves the group and its messages.
@@ -150,11 +150,11 @@ struct MigrationTests {
             "INSERT INTO message_recipients (message_id, recipient) VALUES ('m1', 'bob')",
         ])
         let store = try SQLiteChatStore(path: path)
-        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000))
+        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000), maxTrackedRecipients: 200_000)
         #expect(state.undelivered["bob"]?.map(\.text) == ["kept for bob"])
         // The recipient row is still keyed by message and recipient: an update finds it.
         try store.perform([.updateRecipients([RecipientUpdate(messageID: "m1", recipient: "bob", deliveredAt: Timestamp(millisecondsSince1970: 1_764_000_000_500))])])
-        #expect(try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000)).undelivered.isEmpty)
+        #expect(try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000), maxTrackedRecipients: 200_000).undelivered.isEmpty)
         try await store.close()
     }
 
@@ -174,7 +174,7 @@ struct MigrationTests {
             Issue.record("expected messages"); return
         }
         #expect(kept.map(\.text) == ["m2", "m3", "m4"])
-        let state = try await store.loadDeliveryState(since: base.adding(milliseconds: -1))
+        let state = try await store.loadDeliveryState(since: base.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
         #expect(state.undelivered["bob"]?.map(\.id) == ["p2", "p3", "p4"])
         try await store.close()
         let queue = try DatabaseQueue(path: path)
@@ -239,7 +239,7 @@ struct MigrationTests {
         #expect(try texts(.direct("bob", "alice")) == ["alice to account bob"], "the account bob reads only its own conversation")
         #expect(try texts(.direct("alice", "!legacy.bob")) == ["guest bob to alice", "alice to guest bob"], "alice keeps hers with the guest")
         #expect(try texts(.group("#team")) == ["to the current #team"])
-        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 0))
+        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 0), maxTrackedRecipients: 200_000)
         #expect(state.readMarkers["bob"] == ["#team": Timestamp(millisecondsSince1970: 4500), "alice": Timestamp(millisecondsSince1970: 6000)])
         #expect(state.undelivered["bob"]?.map(\.id) == ["t2", "a1"])
         #expect(try await store.loadGroups().first?.members == ["alice": .owner, "bob": .member])
@@ -281,13 +281,38 @@ struct MigrationTests {
         renamed.key = "#crew"
         try store.perform([.saveGroup(renamed, previousKey: "#team")])
         #expect(try texts("#crew") == ["first"])
-        #expect(try await store.loadDeliveryState(since: now.adding(milliseconds: -1)).readMarkers["bob"] == ["#crew": now])
+        #expect(try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000).readMarkers["bob"] == ["#crew": now])
         // Deleted, then made again under the same name in the same batch: a new group, empty.
         try store.perform([.deleteGroup(key: "#crew"), .saveGroup(renamed, previousKey: nil)])
         #expect(try texts("#crew").isEmpty)
-        let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1))
+        let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
         #expect(state.readMarkers["bob"] == nil)
         #expect(state.undelivered.isEmpty)
+        try await store.close()
+    }
+
+    @Test func startUpLoadsABoundedWindowWhateverTheHistorysSize() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try await openStore(path)
+        let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        // 5,000 messages bob received and never marked read (most IRC clients send no MARKREAD),
+        // and three that carol has not received yet, the first of them the oldest of all.
+        func message(_ number: Int, to recipient: String, delivered: Bool) -> StoredMessage {
+            StoredMessage(id: "s\(number)", time: base.adding(milliseconds: Int64(number)), senderNick: "alice", senderAccount: "alice",
+                          senderPrefix: "alice!~a@h", targetKind: .direct, target: recipient, command: "PRIVMSG", text: "\(number)",
+                          recipients: [StoredRecipient(account: recipient, deliveredAt: delivered ? base : nil, deliveredNotified: delivered)])
+        }
+        var messages = [message(0, to: "carol", delivered: false)]
+        messages += (1...5000).map { message($0, to: "bob", delivered: true) }
+        messages += [message(5001, to: "carol", delivered: false), message(5002, to: "carol", delivered: false)]
+        try store.perform([.storeMessages(messages, afterCommit: [], sender: Self.nobody)])
+
+        let state = try await store.loadDeliveryState(since: base.adding(milliseconds: -1), maxTrackedRecipients: 100)
+        #expect(state.undelivered["carol"]?.map(\.id) == ["s0", "s5001", "s5002"], "everything still waiting is loaded, however old")
+        #expect(state.tracked.count <= 100 + 1, "the rest is the newest window only: \(state.tracked.count)")
+        #expect(state.tracked.contains { $0.id == "s5000" })
+        #expect(!state.tracked.contains { $0.id == "s1" })
         try await store.close()
     }
 }
