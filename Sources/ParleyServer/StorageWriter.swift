@@ -7,8 +7,9 @@ import ParleyStore
 /// Carries out the domain's storage work in the order it decided it, several writes per
 /// transaction, on a thread of its own: while one batch commits, the next one gathers (group
 /// commit), so a busy server pays one commit for many messages. A message's echo is written only
-/// after the transaction holding it has committed. History reads run in the same order, so they
-/// see every write decided before them.
+/// after the transaction holding it has committed. A history read is started once every write
+/// decided before it has committed, so it sees them all; it then runs on a reader queue of its
+/// own, so a slow read never holds up the commits (and echoes) of the messages after it.
 ///
 /// The thread calls the store's synchronous API directly: a batch costs one wake-up of this
 /// thread and one hop back to the event loops, not a task and a database queue in between.
@@ -87,15 +88,18 @@ final class StorageWriter: Sendable {
 
     private let shared = Shared()
     private let callbacks: NIOLockedValueBox<Callbacks?> = NIOLockedValueBox(nil)
+    /// History reads, one at a time (SQLite in WAL mode reads beside the writer).
+    private let reads = DispatchQueue(label: "parley-history-reads")
 
     init(store: any ChatStore, logger: Logger) {
         let shared = self.shared
         let callbacks = self.callbacks
+        let reads = self.reads
         let thread = Thread {
             // Named from inside: set before `start()` the name did not reach the system on
             // Linux, and the thread showed its creator's name in `top -H` and profiles.
             Thread.current.name = "parley-storage"
-            Self.serve(shared, store: store, logger: logger, callbacks: { callbacks.withLockedValue { $0 } })
+            Self.serve(shared, store: store, reads: reads, logger: logger, callbacks: { callbacks.withLockedValue { $0 } })
         }
         thread.start()
     }
@@ -158,7 +162,7 @@ final class StorageWriter: Sendable {
 
     // MARK: The storage thread
 
-    private static func serve(_ shared: Shared, store: any ChatStore, logger: Logger, callbacks: () -> Callbacks?) {
+    private static func serve(_ shared: Shared, store: any ChatStore, reads: DispatchQueue, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
         var batch: [CoreAction] = []
         while true {
             shared.condition.lock(whenValue: true)
@@ -171,6 +175,15 @@ final class StorageWriter: Sendable {
             }
             shared.taken += count
             if batch.isEmpty && shared.stopping && shared.pending.isEmpty {
+                // Reads started before the stop finish before the store may close (outside the
+                // lock: their results go back through the chat state, which may enqueue more).
+                shared.condition.unlock()
+                reads.sync {}
+                shared.condition.lock()
+                guard shared.pending.isEmpty else {
+                    shared.unlockWakingIfNeeded()
+                    continue
+                }
                 shared.hasStopped = true
                 let waiting = shared.stopped
                 shared.stopped = []
@@ -180,7 +193,7 @@ final class StorageWriter: Sendable {
             }
             shared.working = !batch.isEmpty
             shared.unlockWakingIfNeeded()
-            run(batch, store: store, logger: logger, callbacks: callbacks)
+            run(batch, store: store, reads: reads, logger: logger, callbacks: callbacks)
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()
             shared.working = false
@@ -188,12 +201,12 @@ final class StorageWriter: Sendable {
         }
     }
 
-    private static func run(_ batch: [CoreAction], store: any ChatStore, logger: Logger, callbacks: () -> Callbacks?) {
+    private static func run(_ batch: [CoreAction], store: any ChatStore, reads: DispatchQueue, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
         guard batch.contains(where: \.isHistoryRead) else {
             commit(batch, store: store, logger: logger, callbacks: callbacks)
             return
         }
-        // Writes decided before a history read are committed before it runs.
+        // Writes decided before a history read are committed before it starts.
         var writes: [CoreAction] = []
         for action in batch {
             guard case .loadHistory(let ticket, let query) = action else {
@@ -202,14 +215,16 @@ final class StorageWriter: Sendable {
             }
             commit(writes, store: store, logger: logger, callbacks: callbacks)
             writes.removeAll()
-            let result: HistoryResult
-            do {
-                result = try store.loadHistory(query)
-            } catch {
-                logger.error("history read failed", metadata: ["error": "\(error)"])
-                result = .failed("storage is unavailable")
+            reads.async {
+                let result: HistoryResult
+                do {
+                    result = try store.loadHistory(query)
+                } catch {
+                    logger.error("history read failed", metadata: ["error": "\(error)"])
+                    result = .failed("storage is unavailable")
+                }
+                callbacks()?.historyLoaded(ticket, result)
             }
-            callbacks()?.historyLoaded(ticket, result)
         }
         commit(writes, store: store, logger: logger, callbacks: callbacks)
     }

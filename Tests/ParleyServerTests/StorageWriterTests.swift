@@ -103,4 +103,54 @@ struct StorageWriterTests {
         #expect(harness.writer.isIdle)
         try await harness.finish()
     }
+
+    /// The real SQLite store whose history reads wait until the test opens a gate: a read that
+    /// takes long (a big conversation, a cold cache), made deterministic.
+    final class GatedReads: ChatStore {
+        let inner: SQLiteChatStore
+        let gate = ConditionLock(value: false)
+
+        init(_ inner: SQLiteChatStore) { self.inner = inner }
+        func open() { gate.lock(); gate.unlock(withValue: true) }
+
+        func loadHistory(_ query: HistoryQuery) throws -> HistoryResult {
+            gate.lock(whenValue: true)
+            gate.unlock()
+            return try inner.loadHistory(query)
+        }
+        func loadAccounts() async throws -> [AccountRecord] { try await inner.loadAccounts() }
+        func insertAccount(_ account: AccountRecord) async throws { try await inner.insertAccount(account) }
+        func updateCredential(accountKey: String, _ credential: PasswordCredential) async throws -> Bool { try await inner.updateCredential(accountKey: accountKey, credential) }
+        func loadGroups() async throws -> [GroupRecord] { try await inner.loadGroups() }
+        func perform(_ writes: [CoreAction]) throws { try inner.perform(writes) }
+        func loadDeliveryState(since: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState {
+            try await inner.loadDeliveryState(since: since, maxTrackedRecipients: maxTrackedRecipients)
+        }
+        func close() async throws { try await inner.close() }
+    }
+
+    @Test func aSlowHistoryReadDoesNotHoldUpTheCommitsAfterIt() async throws {
+        let harness = try await Harness()
+        let gated = GatedReads(harness.store)
+        let writer = StorageWriter(store: gated, logger: Logger(label: "test"))
+        let released = NIOLockedValueBox<[String]>([])
+        let answered = NIOLockedValueBox<[UInt64]>([])
+        writer.setCallbacks(.init(
+            deliver: { deliveries in released.withLockedValue { $0 += deliveries.map { String(buffer: $0.line) } } },
+            notStored: { _ in },
+            historyLoaded: { ticket, _ in answered.withLockedValue { $0.append(ticket) } }))
+        var noHold: StorageWriter.Hold?
+        let query = HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)
+        writer.enqueue([harness.store("before the read"), .loadHistory(ticket: 1, query: query)], hold: &noHold, holding: false)
+        writer.enqueue([harness.store("after the read")], hold: &noHold, holding: false)
+        // The read is stuck behind its gate; the message decided after it is committed anyway.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while released.withLockedValue({ $0.count }) < 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        #expect(released.withLockedValue { $0 } == ["before the read", "after the read"])
+        #expect(answered.withLockedValue { $0 }.isEmpty)
+        gated.open()
+        await writer.stop()
+        #expect(answered.withLockedValue { $0 } == [1], "stopping waits for the read that was started")
+        try await harness.finish()
+    }
 }
