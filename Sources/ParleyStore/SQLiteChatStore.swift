@@ -434,10 +434,18 @@ public final class SQLiteChatStore: ChatStore {
                 recipientsSeen += row["recipients"] as Int
                 recentFrom = row["position"]
             }
+            // Only messages still to be delivered are replayed, so only they need their text;
+            // the others are followed for receipts by id, time and parties alone.
             let rows = try Row.fetchAll(db, sql: """
-                SELECT m.*, r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
+                WITH waiting(id) AS MATERIALIZED (SELECT message_id FROM message_recipients WHERE delivered_at IS NULL)
+                SELECT m.id, m.time, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
+                       CASE WHEN m.id IN waiting THEN m.sender_nick ELSE '' END AS sender_nick,
+                       CASE WHEN m.id IN waiting THEN m.sender_prefix ELSE '' END AS sender_prefix,
+                       CASE WHEN m.id IN waiting THEN m.text ELSE '' END AS text,
+                       CASE WHEN m.id IN waiting THEN m.client_tags ELSE '' END AS client_tags,
+                       r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
                 FROM messages m JOIN message_recipients r ON r.message_id = m.id
-                WHERE m.time >= ? AND (m.rowid >= ? OR m.id IN (SELECT message_id FROM message_recipients WHERE delivered_at IS NULL))
+                WHERE m.time >= ? AND (m.rowid >= ? OR m.id IN waiting)
                 ORDER BY m.rowid
                 """, arguments: [cutoff.millisecondsSince1970, recentFrom])
             var messages: [StoredMessage] = []
