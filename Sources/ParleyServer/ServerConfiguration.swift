@@ -159,12 +159,19 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         /// Targets per PRIVMSG/NOTICE/TAGMSG.
         public var maxMessageTargets = 4
 
+        // Bounds on one command's work under the domain's lock (defaults from ChatConfiguration).
+        /// Entries per channel ban list (ISUPPORT MAXLIST).
+        public var maxBansPerChannel = ChatConfiguration().maxBansPerChannel
+        /// Users listed by one WHO by mask; the scan stops there.
+        public var maxWhoReplies = ChatConfiguration().maxWhoReplies
+
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case maxLineBytes, floodCommandsPerSecond, floodBurst, floodQueueLimit, maxConnectionsPerAddress
             case maxUnregisteredConnections, registrationTimeoutSeconds, pingIntervalSeconds, pingTimeoutSeconds
             case sendQueueBytes, monitorLimit, maxMessageTargets, maxChannelsPerUser
+            case maxBansPerChannel, maxWhoReplies
         }
 
         public init(from decoder: any Decoder) throws {
@@ -183,6 +190,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             monitorLimit = try container.decode(.monitorLimit, default: defaults.monitorLimit)
             maxChannelsPerUser = try container.decode(.maxChannelsPerUser, default: defaults.maxChannelsPerUser)
             maxMessageTargets = try container.decode(.maxMessageTargets, default: defaults.maxMessageTargets)
+            maxBansPerChannel = try container.decode(.maxBansPerChannel, default: defaults.maxBansPerChannel)
+            maxWhoReplies = try container.decode(.maxWhoReplies, default: defaults.maxWhoReplies)
         }
     }
 
@@ -293,6 +302,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.chathistoryLimit = max(1, history.chathistoryLimit)
         chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets
+        chat.maxBansPerChannel = max(1, limits.maxBansPerChannel)
+        chat.maxWhoReplies = max(1, limits.maxWhoReplies)
         chat.pingIntervalMilliseconds = Int64(limits.pingIntervalSeconds * 1000)
         chat.pingTimeoutMilliseconds = Int64(limits.pingTimeoutSeconds * 1000)
         chat.registrationTimeoutMilliseconds = Int64(limits.registrationTimeoutSeconds * 1000)
