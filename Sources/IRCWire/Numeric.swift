@@ -92,6 +92,7 @@ public enum Numeric: String, Sendable, CaseIterable {
     case errBannedFromChan = "474"
     case errBadChannelKey = "475"
     case errBadChanMask = "476"
+    case errBanListFull = "478"
     case errNoPrivileges = "481"
     case errChanOPrivsNeeded = "482"
     case errCantKillServer = "483"

@@ -62,6 +62,14 @@ public struct ChatConfiguration: Sendable {
     /// Server operators: name and SCRAM-SHA-256 verifier of the OPER password.
     public var operators: [OperatorCredential] = []
     public var whowasLength = 1000
+
+    // Bounds on work done under the domain's lock for one command.
+    /// Entries per channel ban list (ISUPPORT MAXLIST=b:N): every JOIN and message to the
+    /// channel checks them all. Past this, +b gets ERR_BANLISTFULL (478).
+    public var maxBansPerChannel = 100
+    /// Users one WHO by mask (`WHO *`, `WHO a*`) lists: the scan stops there and a
+    /// `NOTE WHO TRUNCATED` says so. WHO of a nick or channel looks it up directly.
+    public var maxWhoReplies = 200
     public var version = "parley-0.1"
 
     public init() {}

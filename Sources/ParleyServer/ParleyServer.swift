@@ -41,11 +41,14 @@ public final class ParleyServer: Service, Sendable {
         let core = ChatServer(configuration: chat, accounts: accounts, groups: groups, delivery: delivery, startedAt: ChatHost.now())
         self.host = ChatHost(core: core, configuration: configuration, store: store, threadPool: NIOThreadPool.singleton, logger: logger)
         if configuration.listeners.contains(where: \.tls) {
-            guard let files = configuration.tls else { throw ConfigurationError.tlsListenerWithoutCertificate }
-            let certificates = try NIOSSLCertificate.fromPEMFile(files.certificateFile)
-            let key = try NIOSSLPrivateKey(file: files.privateKeyFile, format: .pem)
-            let tls = TLSConfiguration.makeServerConfiguration(
+            guard let settings = configuration.tls else { throw ConfigurationError.tlsListenerWithoutCertificate }
+            let certificates = try NIOSSLCertificate.fromPEMFile(settings.certificateFile)
+            let key = try NIOSSLPrivateKey(file: settings.privateKeyFile, format: .pem)
+            // swift-nio-ssl's server default accepts TLS 1.0; its default cipher list (kept) is
+            // the modern one.
+            var tls = TLSConfiguration.makeServerConfiguration(
                 certificateChain: certificates.map { .certificate($0) }, privateKey: .privateKey(key))
+            tls.minimumTLSVersion = settings.minimumVersion.nioSSLVersion
             self.tlsContext = try NIOSSLContext(configuration: tls)
         } else {
             self.tlsContext = nil
@@ -156,5 +159,16 @@ public final class ParleyServer: Service, Sendable {
             bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
         }
         return try await bootstrap.bind(host: listener.address, port: listener.port).get()
+    }
+}
+
+extension ServerConfiguration.TLSVersion {
+    var nioSSLVersion: NIOSSL.TLSVersion {
+        switch self {
+        case .v1_0: .tlsv1
+        case .v1_1: .tlsv11
+        case .v1_2: .tlsv12
+        case .v1_3: .tlsv13
+        }
     }
 }

@@ -11,7 +11,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     /// Where the SQLite database lives. Created if missing.
     public var dataDirectory = "./parley-data"
     public var listeners: [Listener] = [Listener(address: "0.0.0.0", port: 6667), Listener(address: "::", port: 6667)]
-    public var tls: TLSFiles?
+    public var tls: TLSSettings?
     public var limits = Limits()
     public var accounts = Accounts()
     public var operators: [Operator] = []
@@ -35,7 +35,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         motd = try container.decode(.motd, default: defaults.motd)
         dataDirectory = try container.decode(.dataDirectory, default: defaults.dataDirectory)
         listeners = try container.decode(.listeners, default: defaults.listeners)
-        tls = try container.decodeIfPresent(TLSFiles.self, forKey: .tls)
+        tls = try container.decodeIfPresent(TLSSettings.self, forKey: .tls)
         limits = try container.decode(.limits, default: defaults.limits)
         accounts = try container.decode(.accounts, default: defaults.accounts)
         operators = try container.decode(.operators, default: defaults.operators)
@@ -90,16 +90,48 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         }
     }
 
-    public struct TLSFiles: Sendable, Codable, Equatable {
+    public struct TLSSettings: Sendable, Codable, Equatable {
         /// PEM certificate chain file.
         public var certificateFile: String
         /// PEM private key file.
         public var privateKeyFile: String
+        /// The oldest protocol version a client may use. TLS 1.0 and 1.1 are deprecated (RFC 8996):
+        /// allow them only for a network whose clients cannot do better.
+        public var minimumVersion: TLSVersion = .defaultMinimum
 
-        public init(certificateFile: String, privateKeyFile: String) {
+        public init(certificateFile: String, privateKeyFile: String, minimumVersion: TLSVersion = .defaultMinimum) {
             self.certificateFile = certificateFile
             self.privateKeyFile = privateKeyFile
+            self.minimumVersion = minimumVersion
         }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case certificateFile, privateKeyFile, minimumVersion }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.strictContainer(keyedBy: CodingKeys.self)
+            certificateFile = try container.decode(String.self, forKey: .certificateFile)
+            privateKeyFile = try container.decode(String.self, forKey: .privateKeyFile)
+            let versionText = try container.decodeIfPresent(String.self, forKey: .minimumVersion)
+            if let versionText {
+                guard let version = TLSVersion(rawValue: versionText) else {
+                    throw DecodingError.dataCorruptedError(
+                        forKey: .minimumVersion, in: container,
+                        debugDescription: "should be one of \(TLSVersion.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))")
+                }
+                minimumVersion = version
+            }
+        }
+    }
+
+    /// A TLS protocol version, written as in the configuration file.
+    public enum TLSVersion: String, Sendable, Codable, Equatable, CaseIterable {
+        case v1_0 = "1.0"
+        case v1_1 = "1.1"
+        case v1_2 = "1.2"
+        case v1_3 = "1.3"
+
+        /// TLS 1.2 and 1.3 only, unless the configuration says otherwise.
+        public static let defaultMinimum = TLSVersion.v1_2
     }
 
     public struct Limits: Sendable, Codable, Equatable {
@@ -127,12 +159,19 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         /// Targets per PRIVMSG/NOTICE/TAGMSG.
         public var maxMessageTargets = 4
 
+        // Bounds on one command's work under the domain's lock (defaults from ChatConfiguration).
+        /// Entries per channel ban list (ISUPPORT MAXLIST).
+        public var maxBansPerChannel = ChatConfiguration().maxBansPerChannel
+        /// Users listed by one WHO by mask; the scan stops there.
+        public var maxWhoReplies = ChatConfiguration().maxWhoReplies
+
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case maxLineBytes, floodCommandsPerSecond, floodBurst, floodQueueLimit, maxConnectionsPerAddress
             case maxUnregisteredConnections, registrationTimeoutSeconds, pingIntervalSeconds, pingTimeoutSeconds
             case sendQueueBytes, monitorLimit, maxMessageTargets, maxChannelsPerUser
+            case maxBansPerChannel, maxWhoReplies
         }
 
         public init(from decoder: any Decoder) throws {
@@ -151,6 +190,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             monitorLimit = try container.decode(.monitorLimit, default: defaults.monitorLimit)
             maxChannelsPerUser = try container.decode(.maxChannelsPerUser, default: defaults.maxChannelsPerUser)
             maxMessageTargets = try container.decode(.maxMessageTargets, default: defaults.maxMessageTargets)
+            maxBansPerChannel = try container.decode(.maxBansPerChannel, default: defaults.maxBansPerChannel)
+            maxWhoReplies = try container.decode(.maxWhoReplies, default: defaults.maxWhoReplies)
         }
     }
 
@@ -244,6 +285,9 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         } catch let DecodingError.typeMismatch(type, context), let DecodingError.valueNotFound(type, context) {
             let place = context.codingPath.map(\.stringValue).joined(separator: ".")
             throw ConfigurationError.unreadable(path, "\(place) should be \(type == String.self ? "a string" : type == Bool.self ? "true or false" : type == Int.self || type == Double.self ? "a number" : "\(type)")")
+        } catch let DecodingError.dataCorrupted(context) where !context.codingPath.isEmpty {
+            let place = context.codingPath.map(\.stringValue).joined(separator: ".")
+            throw ConfigurationError.unreadable(path, "\(place) \(context.debugDescription)")
         } catch let DecodingError.keyNotFound(key, context) {
             let place = (context.codingPath + [key]).map(\.stringValue).joined(separator: ".")
             throw ConfigurationError.unreadable(path, "\(place) is required")
@@ -267,6 +311,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.chathistoryLimit = max(1, history.chathistoryLimit)
         chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets
+        chat.maxBansPerChannel = max(1, limits.maxBansPerChannel)
+        chat.maxWhoReplies = max(1, limits.maxWhoReplies)
         chat.pingIntervalMilliseconds = Int64(limits.pingIntervalSeconds * 1000)
         chat.pingTimeoutMilliseconds = Int64(limits.pingTimeoutSeconds * 1000)
         chat.registrationTimeoutMilliseconds = Int64(limits.registrationTimeoutSeconds * 1000)

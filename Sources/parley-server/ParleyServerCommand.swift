@@ -74,7 +74,8 @@ struct Serve: AsyncParsableCommand {
             }
         }
         if let tlsCert, let tlsKey {
-            configuration.tls = .init(certificateFile: tlsCert, privateKeyFile: tlsKey)
+            configuration.tls = .init(certificateFile: tlsCert, privateKeyFile: tlsKey,
+                                      minimumVersion: configuration.tls?.minimumVersion ?? .defaultMinimum)
         }
         if let serverName { configuration.serverName = serverName }
         if let logLevel { configuration.logLevel = logLevel }

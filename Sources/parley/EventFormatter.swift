@@ -32,7 +32,10 @@ struct EventFormatter {
         return "last seen \(formatter.string(from: date)) (\(ago))"
     }
 
-    func lines(for event: ClientEvent, ownNick: String) -> [String] {
+    /// The lines to draw for `event`. Its strings come from the network: they pass through
+    /// `TerminalText.visible` here, the one way onto the screen, before any styling is added.
+    func lines(for remoteEvent: ClientEvent, ownNick: String) -> [String] {
+        let event = remoteEvent.visibleOnTerminal
         switch event.type {
         case .message:
             let time = style.dim(Self.clock(event.time))

@@ -61,10 +61,13 @@ struct InteractiveSession {
                 }
                 show(event)
                 interpreter.withLockedValue { interpreter in
-                    if let from = event.from, !from.contains("."), event.type == .message { interpreter.knownNicks.insert(from) }
-                    if let user = event.user { interpreter.knownNicks.insert(user) }
-                    if let conversation = event.conversation, conversation.hasPrefix("#") { interpreter.knownGroups.insert(conversation) }
-                    for member in event.members ?? [] { interpreter.knownNicks.insert(String(member.drop { "~@+".contains($0) })) }
+                    // Tab completion copies these into the input line, which is drawn as typed:
+                    // a name holding control characters (no valid name does) is never offered.
+                    func completable(_ name: String) -> Bool { !TerminalText.containsControlCharacters(name) }
+                    if let from = event.from, !from.contains("."), event.type == .message, completable(from) { interpreter.knownNicks.insert(from) }
+                    if let user = event.user, completable(user) { interpreter.knownNicks.insert(user) }
+                    if let conversation = event.conversation, conversation.hasPrefix("#"), completable(conversation) { interpreter.knownGroups.insert(conversation) }
+                    for member in event.members ?? [] where completable(member) { interpreter.knownNicks.insert(String(member.drop { "~@+".contains($0) })) }
                 }
                 // Everything shown here is in view: mark it read (the author sees "read" unless
                 // /receipts off).

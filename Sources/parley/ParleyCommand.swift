@@ -68,10 +68,10 @@ struct ParleyCommand: AsyncParsableCommand {
             case .quit:
                 return
             case .connectFailed(let message):
-                FileHandle.standardError.write(Data("parley: \(message)\n".utf8))
+                FileHandle.standardError.write(Data("parley: \(TerminalText.visible(message))\n".utf8))
                 throw ExitCode(2)
             case .loginFailed(let reason):
-                FileHandle.standardError.write(Data("parley: login failed: \(reason)\n".utf8))
+                FileHandle.standardError.write(Data("parley: login failed: \(TerminalText.visible(reason))\n".utf8))
                 guard !current.createAccount else { throw ExitCode(1) }
                 FileHandle.standardError.write(Data("Is \(account) a new account? Create it with this password? [y/N] ".utf8))
                 guard readLine()?.lowercased().hasPrefix("y") == true else {

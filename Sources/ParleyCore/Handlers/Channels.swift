@@ -49,6 +49,14 @@ extension ChatServer {
         }
     }
 
+    /// Whether `channel` is closed to `connection`: invite-only (every new group is) and
+    /// `connection` is not in it. A closed channel shows outsiders nothing but that it exists
+    /// (JOIN says 473): not its topic, names, modes, key, limit, creation time or bans, not in
+    /// LIST, WHO, WHOIS or ChanServ INFO. Public channels and open groups keep IRC's usual view.
+    func isClosed(_ channel: ChatChannel, to connection: ConnectionID) -> Bool {
+        channel.inviteOnly && !channel.contains(connection)
+    }
+
     func requireRole(_ needed: ChannelRole, _ channel: ChatChannel, _ connection: ConnectionID) throws(CommandError) {
         if role(of: connection, in: channel) < needed {
             let reason = needed == .owner ? "Only the group's owner can do that" : "You're not a channel operator"
@@ -369,9 +377,7 @@ extension ChatServer {
         guard let session = sessions[id] else { return }
         var channel = try existingChannel(message.parameters[0])
         guard message.parameters.count > 1 else {
-            if channel.inviteOnly && !channel.contains(id) {
-                throw .numeric(.errNotOnChannel, channel.name, "You're not on that channel")
-            }
+            if isClosed(channel, to: id) { try requireMembership(channel, id) }
             let topic = topicReplies(channel, for: id)
             if topic.isEmpty {
                 numericReply(.rplNoTopic, [channel.name, "No topic is set"], in: &context)
@@ -397,7 +403,7 @@ extension ChatServer {
             return
         }
         for raw in list.split(separator: ",").map(String.init) {
-            if let channel = channels[fold(raw)], !channel.inviteOnly || channel.contains(context.connection) {
+            if let channel = channels[fold(raw)], !isClosed(channel, to: context.connection) {
                 context.replies.append(contentsOf: namesReplies(channel, for: context.connection))
             } else {
                 numericReply(.rplEndOfNames, [raw, "End of /NAMES list"], in: &context)
@@ -411,8 +417,7 @@ extension ChatServer {
         numericReply(.rplListStart, ["Channel", "Users  Name"], in: &context)
         for channel in channels.values.sorted(by: { $0.key < $1.key }) {
             if let wanted, !wanted.contains(channel.key) { continue }
-            // Closed groups are private: only their members see them listed.
-            if channel.inviteOnly && !channel.contains(id) { continue }
+            if isClosed(channel, to: id) { continue }
             numericReply(.rplList, [channel.name, String(uniqueNickCount(channel)), "[+\(channel.flagModes)] \(channel.topic)"], in: &context)
         }
         numericReply(.rplListEnd, ["End of /LIST"], in: &context)
@@ -561,6 +566,7 @@ extension ChatServer {
         guard let session = sessions[id] else { return }
         var channel = try existingChannel(message.parameters[0])
         guard message.parameters.count > 1 else {
+            if isClosed(channel, to: id) { try requireMembership(channel, id) }
             var modes = "+" + channel.flagModes
             var arguments: [String] = []
             if let limit = channel.userLimit { modes.append("l"); arguments.append(String(limit)) }
@@ -574,8 +580,10 @@ extension ChatServer {
         }
         let modeString = message.parameters[1]
         var arguments = Array(message.parameters.dropFirst(2))[...]
-        // A bare ban-list query.
+        // A bare ban-list query. Entries name who set them (nick!user@host): a group's and a
+        // closed channel's are for their members only.
         if modeString.trimmingPrefix("+") == "b" && arguments.isEmpty {
+            if isClosed(channel, to: id) || channel.isGroup { try requireMembership(channel, id) }
             for ban in channel.bans {
                 numericReply(.rplBanList, [channel.name, ban.mask, ban.setBy, String(ban.setAt.millisecondsSince1970 / 1000)], in: &context)
             }
@@ -635,6 +643,9 @@ extension ChatServer {
                 let mask = IRCMask.normalized(raw)
                 if adding {
                     if channel.bans.contains(where: { $0.mask == mask }) { continue }
+                    if channel.bans.count >= configuration.maxBansPerChannel {
+                        render(.numeric(.errBanListFull, channel.name, "b", "Channel ban list is full"), in: &context); continue
+                    }
                     channel.bans.append(BanEntry(mask: mask, setBy: session.prefix, setAt: context.now))
                 } else {
                     guard channel.bans.contains(where: { $0.mask == mask }) else { continue }
@@ -714,7 +725,7 @@ extension ChatServer {
         switch command {
         case "INFO":
             guard words.count >= 2, let channel = channels[fold(words[1])] else { reply("Usage: INFO #group"); return }
-            if channel.inviteOnly && !channel.contains(id) { reply("\(words[1]) is a closed group; only its members may see it"); return }
+            if isClosed(channel, to: id) { reply("\(words[1]) is a closed group; only its members may see it"); return }
             guard channel.isGroup else { reply("\(channel.name) is a transient channel: it ends when its last user leaves"); return }
             reply("\(channel.name): owner \(accounts[channel.owner ?? ""]?.name ?? channel.owner ?? "?"), created \(channel.createdAt.iso8601), modes +\(channel.flagModes)")
             let members = channel.accountRoles.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map { key, role in

@@ -286,6 +286,7 @@ extension ChatServer {
             "HOSTLEN=64",
             "KICKLEN=\(configuration.kickLength)",
             "LINELEN=512",
+            "MAXLIST=b:\(configuration.maxBansPerChannel)",
             "MAXTARGETS=\(targets)",
             "MODES=4",
             "MONITOR=\(configuration.monitorLimit)",

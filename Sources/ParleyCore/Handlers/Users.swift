@@ -211,7 +211,7 @@ extension ChatServer {
         var visible: [String] = []
         for key in Set(holder.connections.flatMap { sessions[$0]?.channels ?? [] }).sorted() {
             guard let channel = channels[key] else { continue }
-            if channel.inviteOnly && !channel.contains(context.connection) { continue }
+            if isClosed(channel, to: context.connection) { continue }
             visible.append(channel.role(of: first, account: user.accountKey).prefix + channel.name)
         }
         if !visible.isEmpty {
@@ -246,26 +246,35 @@ extension ChatServer {
         var matches: [Session] = []
         var channelForWho: ChatChannel?
         if mask.hasPrefix("#") {
-            if let channel = channels[fold(mask)], !channel.inviteOnly || channel.contains(asker) {
+            if let channel = channels[fold(mask)], !isClosed(channel, to: asker) {
                 channelForWho = channel
                 matches = channel.joined.compactMap { sessions[$0] }
             }
         } else if !mask.contains("*") && !mask.contains("?"), let holder = nickIndex[fold(mask)] {
             matches = holder.connections.compactMap { sessions[$0] }
         } else {
+            // A scan of every user: it stops once one more user than the bound has matched.
             let pattern = IRCMask(mask)
-            for session in sessions.values where session.isRegistered {
+            var matchedNicks: Set<String> = []
+            for session in sessions.values where session.isRegistered && (!operatorsOnly || session.isOperator) {
                 guard !session.isInvisible || session.id == asker || sessions[asker]?.isOperator == true else { continue }
                 if mask == "*" || mask == "0" || pattern.matches(session.nick?.name ?? "", caseMapping: configuration.caseMapping)
                     || pattern.matches(session.host, caseMapping: configuration.caseMapping)
                     || pattern.matches(session.realname, caseMapping: configuration.caseMapping) {
                     matches.append(session)
+                    if let nick = session.nick, matchedNicks.insert(nick.folded).inserted, matchedNicks.count > configuration.maxWhoReplies { break }
                 }
             }
         }
         var shown: Set<String> = []
         for session in matches where !operatorsOnly || session.isOperator {
-            guard let nick = session.nick, shown.insert(nick.folded).inserted else { continue }
+            guard let nick = session.nick, !shown.contains(nick.folded) else { continue }
+            if channelForWho == nil && shown.count == configuration.maxWhoReplies {
+                context.replies.append(standardLine("NOTE", "WHO", "TRUNCATED", [mask],
+                                                    "Only the first \(configuration.maxWhoReplies) matches are shown; narrow the mask"))
+                break
+            }
+            shown.insert(nick.folded)
             var flags = session.awayMessage == nil ? "H" : "G"
             if session.isOperator { flags.append("*") }
             if let channelForWho {
