@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Modules by dependency: IRCWire (pure wire format) <- ParleyCore (chat domain, no sockets)
-// <- ParleyStore (persistence) <- ParleyServer (SwiftNIO shell) <- executables.
+// <- ParleyStorage (the storage interface) <- ParleyStoreSQLite (its embedded backend) and
+// ParleyServer (SwiftNIO shell, which knows only the interface) <- executables.
 // The message path's own modules skip dynamic exclusivity checks in release builds: they were
 // about 5% of the server's time under load (debug builds and tests keep them).
 let messagePathSettings: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
@@ -46,9 +47,13 @@ let package = Package(
             linkerSettings: [.linkedLibrary("sqlite3")]
         ),
         .target(
-            name: "ParleyStore",
+            name: "ParleyStorage",
+            dependencies: ["ParleyCore"]
+        ),
+        .target(
+            name: "ParleyStoreSQLite",
             dependencies: [
-                "ParleyCore", "CSQLiteTuning",
+                "ParleyCore", "ParleyStorage", "CSQLiteTuning",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 // The C API, to bind the message path's inserts directly (see SQLiteBinding.swift).
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
@@ -57,7 +62,7 @@ let package = Package(
         .target(
             name: "ParleyServer",
             dependencies: [
-                "IRCWire", "ParleyCore", "ParleyStore",
+                "IRCWire", "ParleyCore", "ParleyStorage",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -78,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "parley-server",
             dependencies: [
-                "ParleyServer", "ParleyStore", "ParleyCore", "IRCWire",
+                "ParleyServer", "ParleyStorage", "ParleyStoreSQLite", "ParleyCore", "IRCWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -114,12 +119,13 @@ let package = Package(
             ]
         ),
         .testTarget(name: "ParleyCoreTests", dependencies: ["ParleyCore", "IRCWire"]),
-        .testTarget(name: "ParleyStoreTests", dependencies: ["ParleyStore", "ParleyCore", .product(name: "GRDB", package: "GRDB.swift")]),
+        .testTarget(name: "ParleyStorageTests", dependencies: ["ParleyStorage", "ParleyStoreSQLite", "ParleyCore"]),
+        .testTarget(name: "ParleyStoreSQLiteTests", dependencies: ["ParleyStoreSQLite", "ParleyStorage", "ParleyCore", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "ParleyClientTests", dependencies: ["ParleyClient", "IRCWire"]),
         .testTarget(
             name: "ParleyServerTests",
             dependencies: [
-                "ParleyServer", "ParleyStore", "ParleyCore", "IRCWire", "ParleyClient",
+                "ParleyServer", "ParleyStorage", "ParleyStoreSQLite", "ParleyCore", "IRCWire", "ParleyClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -5,7 +5,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ParleyCore
-import ParleyStore
+import ParleyStorage
+
 
 /// Owns the chat domain for the whole server and carries out its decisions.
 ///

@@ -6,7 +6,8 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import ParleyCore
-import ParleyStore
+import ParleyStorage
+
 import ServiceLifecycle
 
 /// The running server: listeners on every configured address, one chat domain behind them, and a

@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import ParleyCore
-import ParleyStore
+import ParleyStorage
 
 /// Carries out the domain's storage work in the order it decided it, several writes per
 /// transaction, on a thread of its own: while one batch commits, the next one gathers (group
@@ -233,7 +233,9 @@ final class StorageWriter: Sendable {
         guard !writes.isEmpty else { return }
         var succeeded = true
         do {
-            try store.perform(writes)
+            try store.transaction { transaction in
+                for write in writes { try apply(write, to: transaction) }
+            }
         } catch {
             succeeded = false
             logger.error("storage write failed", metadata: ["writes": "\(writes.count)", "error": "\(error)"])
@@ -250,6 +252,25 @@ final class StorageWriter: Sendable {
                 if case .storeMessages(let messages, _, let request) = write { refused.append((messages, request)) }
             }
             if !refused.isEmpty { callbacks()?.notStored(refused) }
+        }
+    }
+}
+
+extension StorageWriter {
+    /// The domain's storage decisions as the store's named operations.
+    static func apply(_ action: CoreAction, to transaction: any StorageTransaction) throws {
+        switch action {
+        case .storeMessages(let messages, _, _): try transaction.storeMessages(messages)
+        case .updateRecipients(let updates): try transaction.updateRecipients(updates)
+        case .saveReadMarker(let account, let target, let time): try transaction.setReadMarker(account: account, conversation: target, time: time)
+        case .recordLastSeen(let account, let time): try transaction.recordLastSeen(account: account, at: time)
+        case .saveAccountSettings(let account, let settings): try transaction.setAccountSettings(account: account, settings)
+        case .saveGroup(let group, let previousKey): try transaction.saveGroup(group, previousKey: previousKey)
+        case .deleteGroup(let key): try transaction.deleteGroup(key: key)
+        case .pruneHistory(let cutoff): try transaction.deleteMessages(before: cutoff)
+        case .close, .checkPassword, .createAccount, .loadHistory:
+            // Not writes: the shell carries these out elsewhere (history reads on the reader queue).
+            break
         }
     }
 }

@@ -6,7 +6,8 @@ import NIOPosix
 import Logging
 import ParleyCore
 import ParleyServer
-import ParleyStore
+import ParleyStorage
+import ParleyStoreSQLite
 import ServiceLifecycle
 import UnixSignals
 

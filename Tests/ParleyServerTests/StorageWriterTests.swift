@@ -4,7 +4,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 @testable import ParleyCore
 @testable import ParleyServer
-import ParleyStore
+import ParleyStorage
+import ParleyStoreSQLite
 import Testing
 
 @Suite("Storage thread, with a real SQLite file")
@@ -122,7 +123,7 @@ struct StorageWriterTests {
         func insertAccount(_ account: AccountRecord) async throws { try await inner.insertAccount(account) }
         func updateCredential(accountKey: String, _ credential: PasswordCredential) async throws -> Bool { try await inner.updateCredential(accountKey: accountKey, credential) }
         func loadGroups() async throws -> [GroupRecord] { try await inner.loadGroups() }
-        func perform(_ writes: [CoreAction]) throws { try inner.perform(writes) }
+        func transaction(_ body: (any StorageTransaction) throws -> Void) throws { try inner.transaction(body) }
         func loadDeliveryState(since: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState {
             try await inner.loadDeliveryState(since: since, maxTrackedRecipients: maxTrackedRecipients)
         }

@@ -4,7 +4,8 @@ import NIOCore
 import NIOPosix
 @testable import ParleyServer
 import ParleyCore
-import ParleyStore
+import ParleyStorage
+import ParleyStoreSQLite
 import ServiceLifecycle
 
 /// A real Parley server on loopback ports chosen by the kernel, backed by a real SQLite file in a

@@ -2,6 +2,7 @@ import CSQLiteTuning
 import Foundation
 import GRDB
 import ParleyCore
+import ParleyStorage
 import Synchronization
 
 /// The embedded default store: one SQLite file in WAL mode, through GRDB.
@@ -702,48 +703,69 @@ public final class SQLiteChatStore: ChatStore {
         changes.append(.groupRemoved(id: id))
     }
 
-    /// Carries out ordered storage work in one transaction: all of it lands, or none.
-    public func perform(_ writes: [CoreAction]) throws {
-        guard !writes.isEmpty else { return }
+    public func transaction(_ body: (any StorageTransaction) throws -> Void) throws {
         // Group changes are made on a copy and shared once the transaction commits; a rolled
-        // back batch leaves the map as the database is.
-        var ids = identities.withLock { $0 }
-        var changes: [StoredIdentities.Change] = []
-        try pool.write { db in
-            var inserter: MessageInserter?
-            for write in writes {
-                switch write {
-                case .storeMessages(let messages, _, _):
-                    if inserter == nil { inserter = try MessageInserter(db) }
-                    try inserter?.insert(messages, ids: ids)
-                case .saveGroup(let group, let previousKey):
-                    try Self.saveGroup(group, previousKey: previousKey, ids: &ids, changes: &changes, in: db)
-                case .deleteGroup(let key):
-                    try Self.deleteGroup(key: key, ids: &ids, changes: &changes, in: db)
-                case .recordLastSeen(let accountKey, let time):
-                    try db.execute(sql: "UPDATE accounts SET last_seen = ? WHERE key = ?", arguments: [time.millisecondsSince1970, accountKey])
-                case .updateRecipients(let updates):
-                    try Self.updateRecipients(updates, ids: ids, in: db)
-                case .saveReadMarker(let account, let target, let time):
-                    guard let accountID = ids.accountIDs[account], let conversation = ids.conversation(target) else { continue }
-                    try db.execute(
-                        sql: """
-                            INSERT INTO read_markers (account_id, target_kind, target_id, time) VALUES (?, ?, ?, ?)
-                            ON CONFLICT(account_id, target_kind, target_id) DO UPDATE SET time = MAX(time, excluded.time)
-                            """,
-                        arguments: [accountID, conversation.kind, conversation.id, time.millisecondsSince1970])
-                case .saveAccountSettings(let accountKey, let settings):
-                    try db.execute(sql: "UPDATE accounts SET settings = ? WHERE key = ?", arguments: [try Self.encodeSettings(settings), accountKey])
-                case .pruneHistory(let cutoff):
-                    try Self.prune(before: cutoff, in: db)
-                case .close, .checkPassword, .createAccount, .loadHistory:
-                    // Not storage writes: the shell carries these out itself.
-                    break
-                }
-            }
+        // back transaction leaves the map as the database is.
+        let start = identities.withLock { $0 }
+        let changes = try pool.write { db in
+            let transaction = Transaction(db: db, ids: start)
+            try body(transaction)
+            return transaction.changes
         }
         if !changes.isEmpty {
             identities.withLock { shared in for change in changes { shared.apply(change) } }
+        }
+    }
+
+    /// One write transaction on the pool's writer connection.
+    final class Transaction: StorageTransaction {
+        let db: Database
+        var ids: StoredIdentities
+        var changes: [StoredIdentities.Change] = []
+        private var inserter: MessageInserter?
+
+        init(db: Database, ids: StoredIdentities) {
+            self.db = db
+            self.ids = ids
+        }
+
+        func storeMessages(_ messages: [StoredMessage]) throws {
+            if inserter == nil { inserter = try MessageInserter(db) }
+            try inserter?.insert(messages, ids: ids)
+        }
+
+        func updateRecipients(_ updates: [RecipientUpdate]) throws {
+            try SQLiteChatStore.updateRecipients(updates, ids: ids, in: db)
+        }
+
+        func setReadMarker(account: String, conversation: String, time: Timestamp) throws {
+            guard let accountID = ids.accountIDs[account], let target = ids.conversation(conversation) else { return }
+            try db.execute(
+                sql: """
+                    INSERT INTO read_markers (account_id, target_kind, target_id, time) VALUES (?, ?, ?, ?)
+                    ON CONFLICT(account_id, target_kind, target_id) DO UPDATE SET time = MAX(time, excluded.time)
+                    """,
+                arguments: [accountID, target.kind, target.id, time.millisecondsSince1970])
+        }
+
+        func recordLastSeen(account: String, at time: Timestamp) throws {
+            try db.execute(sql: "UPDATE accounts SET last_seen = ? WHERE key = ?", arguments: [time.millisecondsSince1970, account])
+        }
+
+        func setAccountSettings(account: String, _ settings: [String: String]) throws {
+            try db.execute(sql: "UPDATE accounts SET settings = ? WHERE key = ?", arguments: [try SQLiteChatStore.encodeSettings(settings), account])
+        }
+
+        func saveGroup(_ group: GroupRecord, previousKey: String?) throws {
+            try SQLiteChatStore.saveGroup(group, previousKey: previousKey, ids: &ids, changes: &changes, in: db)
+        }
+
+        func deleteGroup(key: String) throws {
+            try SQLiteChatStore.deleteGroup(key: key, ids: &ids, changes: &changes, in: db)
+        }
+
+        func deleteMessages(before cutoff: Timestamp) throws {
+            try SQLiteChatStore.prune(before: cutoff, in: db)
         }
     }
 

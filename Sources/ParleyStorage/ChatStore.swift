@@ -1,0 +1,59 @@
+import Foundation
+import ParleyCore
+
+/// The storage seam: everything the server persists goes through these named operations, so
+/// backends (the embedded SQLite default; others beside it) are interchangeable and one
+/// behavioural test suite runs against each.
+///
+/// Rows refer to accounts and groups by stable ids that the backend keeps behind the domain's
+/// keys (an account's folded name, never reused; a group's folded name, which a rename changes
+/// and a deletion frees): a group made later under a deleted group's name is a new group.
+///
+/// The async operations are for start-up and account work. Transactions and history reads are
+/// synchronous: the server calls them from its own storage thread and reader queue, never from
+/// an event loop, so a batch costs no hops between threads or tasks.
+public protocol ChatStore: Sendable {
+    func loadAccounts() async throws -> [AccountRecord]
+    /// Throws `StoreError.accountExists` when the key is taken.
+    func insertAccount(_ account: AccountRecord) async throws
+    /// Returns false when there is no such account.
+    func updateCredential(accountKey: String, _ credential: PasswordCredential) async throws -> Bool
+    func loadGroups() async throws -> [GroupRecord]
+    /// Messages still waiting for recipients, the newest messages whose receipts are still due
+    /// (up to `maxTrackedRecipients` recipient states; all newer than `since`), and read markers.
+    func loadDeliveryState(since: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState
+    /// Runs `body`'s writes in one transaction: all of them land, or none (the error is
+    /// rethrown). Blocks until committed.
+    func transaction(_ body: (any StorageTransaction) throws -> Void) throws
+    /// Runs a CHATHISTORY query the domain has already allowed. Sees every committed write.
+    func loadHistory(_ query: HistoryQuery) throws -> HistoryResult
+    func close() async throws
+}
+
+/// The writes of one transaction, in the order the server decided them.
+public protocol StorageTransaction {
+    /// Stores messages with their recipients' delivery state. Every account and group they name
+    /// must be known to the store (`StoreError.unknownIdentity` otherwise).
+    func storeMessages(_ messages: [StoredMessage]) throws
+    /// Records deliveries, reads and receipts sent; updates for unknown rows change nothing.
+    func updateRecipients(_ updates: [RecipientUpdate]) throws
+    /// Moves an account's read marker in a conversation (a group's key or another account's
+    /// key) forward; it never moves back. Markers for unknown conversations are not kept.
+    func setReadMarker(account: String, conversation: String, time: Timestamp) throws
+    func recordLastSeen(account: String, at time: Timestamp) throws
+    func setAccountSettings(account: String, _ settings: [String: String]) throws
+    /// Saves a group's whole state; after a rename `previousKey` is its former key (the group
+    /// keeps its id, its history and its read markers).
+    func saveGroup(_ group: GroupRecord, previousKey: String?) throws
+    /// Deletes a group with its members, bans, messages (and their recipients) and read markers.
+    func deleteGroup(key: String) throws
+    /// Deletes messages older than `cutoff`, with their recipients' rows.
+    func deleteMessages(before cutoff: Timestamp) throws
+}
+
+public enum StoreError: Error, Sendable, Hashable {
+    case accountExists
+    /// A write named an account or group the store has no id for (it was never saved, or
+    /// deleted): refused rather than stored under a name.
+    case unknownIdentity(String)
+}

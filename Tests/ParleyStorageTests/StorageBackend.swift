@@ -1,0 +1,39 @@
+import Foundation
+import ParleyCore
+import ParleyStorage
+import ParleyStoreSQLite
+import Testing
+
+/// A storage backend under test: opens an empty store that knows the accounts alice, bob and
+/// carol (rows refer to accounts by id, so messages need their accounts), and cleans up after.
+struct StorageBackend: Sendable, CustomTestStringConvertible {
+    let name: String
+    let makeStore: @Sendable () async throws -> (store: any ChatStore, cleanup: @Sendable () async throws -> Void)
+
+    var testDescription: String { name }
+
+    static let accounts = ["alice", "bob", "carol"]
+
+    /// Every backend the suite runs against.
+    static var all: [StorageBackend] { [.sqlite] }
+
+    static let sqlite = StorageBackend(name: "SQLite") {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID().uuidString).sqlite").path
+        let store = try SQLiteChatStore(path: path)
+        return (store, {
+            try await store.close()
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        })
+    }
+
+    /// Opens the store with the test accounts; `done` closes and removes it.
+    func open() async throws -> (store: any ChatStore, done: @Sendable () async throws -> Void) {
+        let (store, cleanup) = try await makeStore()
+        for name in Self.accounts {
+            try await store.insertAccount(AccountRecord(
+                name: name, key: name, credential: PasswordCredential(salt: [0], iterations: 1, storedKey: [1], serverKey: [2]),
+                createdAt: Date(timeIntervalSince1970: 0), lastSeen: nil, email: nil))
+        }
+        return (store, cleanup)
+    }
+}

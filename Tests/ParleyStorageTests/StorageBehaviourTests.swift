@@ -1,0 +1,184 @@
+import Foundation
+@testable import ParleyCore
+import ParleyStorage
+import Testing
+
+/// What every storage backend must do, run against each of them (StorageBackend.all).
+@Suite("Storage behaviour, on every backend")
+struct StorageBehaviourTests {
+    @Test(arguments: StorageBackend.all) func groupsAndDeliveryStateRoundTrip(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let group = GroupRecord(name: "#Team", key: "#team", createdAt: now, owner: "alice", topic: "plans", topicSetBy: "alice",
+                                topicSetAt: now, modes: "int", password: "k", userLimit: 5,
+                                bans: [BanEntry(mask: "*!*@bad", setBy: "alice", setAt: now)], members: ["alice": .owner, "bob": .op])
+        let message = StoredMessage(id: "x1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                                    targetKind: .group, target: "#team", command: "PRIVMSG", text: "hi",
+                                    recipients: [StoredRecipient(account: "bob"), StoredRecipient(account: "carol", deliveredAt: now)])
+        try store.transaction { try $0.saveGroup(group, previousKey: nil); try $0.storeMessages([message]) }
+        #expect(try await store.loadGroups() == [group])
+        var state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered["bob"]?.map(\.id) == ["x1"])
+        #expect(state.undelivered["carol"] == nil)
+        // Delivered and read, with receipts sent: nothing is pending any more.
+        try store.transaction {
+            try $0.updateRecipients([RecipientUpdate(messageID: "x1", recipient: "bob", deliveredAt: now, readAt: now, deliveredNotified: true, readNotified: true),
+                                     RecipientUpdate(messageID: "x1", recipient: "carol", readAt: now, deliveredNotified: true, readNotified: true)])
+        }
+        state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered.isEmpty)
+        #expect(state.tracked.isEmpty)
+        // A rename moves the group and its messages.
+        var renamed = group
+        renamed.name = "#Crew"
+        renamed.key = "#crew"
+        try store.transaction { try $0.saveGroup(renamed, previousKey: "#team") }
+        #expect(try await store.loadGroups().map(\.key) == ["#crew"])
+        let history = try store.loadHistory(HistoryQuery(conversation: .group("#crew"), kind: .latest(after: nil), limit: 10))
+        #expect(history == .messages([{ var moved = message; moved.target = "#crew"; moved.recipients = []; return moved }()]))
+        try await done()
+    }
+
+
+    @Test(arguments: StorageBackend.all) func chathistoryQueriesSelectTheRightMessages(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        func message(_ number: Int, from: String, to: String, group: Bool = false) -> StoredMessage {
+            StoredMessage(id: "id\(number)", time: base.adding(milliseconds: Int64(number) * 1000), senderNick: from, senderAccount: from,
+                          senderPrefix: "\(from)!~\(from)@h", targetKind: group ? .group : .direct, target: to, command: "PRIVMSG", text: "m\(number)")
+        }
+        // alice and bob talk (1-6); carol writes to alice (7); #team has two messages (8, 9).
+        var messages = (1...6).map { message($0, from: $0.isMultiple(of: 2) ? "bob" : "alice", to: $0.isMultiple(of: 2) ? "alice" : "bob") }
+        messages.append(message(7, from: "carol", to: "alice"))
+        messages.append(message(8, from: "alice", to: "#team", group: true))
+        messages.append(message(9, from: "bob", to: "#team", group: true))
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: base, owner: "alice", members: ["alice": .owner, "bob": .member])
+        try store.transaction { try $0.saveGroup(team, previousKey: nil); try $0.storeMessages(messages) }
+        func texts(_ kind: HistoryQuery.Kind, limit: Int = 10, _ conversation: HistoryQuery.Conversation = .direct("alice", "bob")) async throws -> [String] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: conversation, kind: kind, limit: limit)) else { return ["not messages"] }
+            return found.map(\.text)
+        }
+        let at = { (number: Int) in HistoryQuery.Reference.timestamp(base.adding(milliseconds: Int64(number) * 1000)) }
+        #expect(try await texts(.latest(after: nil), limit: 3) == ["m4", "m5", "m6"], "the newest, oldest first")
+        #expect(try await texts(.latest(after: at(4))) == ["m5", "m6"])
+        #expect(try await texts(.before(at(4)), limit: 2) == ["m2", "m3"])
+        #expect(try await texts(.before(.msgid("id4")), limit: 2) == ["m2", "m3"], "a msgid reference excludes that message")
+        #expect(try await texts(.after(.msgid("id2")), limit: 2) == ["m3", "m4"])
+        #expect(try await texts(.around(.msgid("id3")), limit: 3) == ["m2", "m3", "m4"])
+        #expect(try await texts(.between(at(1), at(5))) == ["m2", "m3", "m4"])
+        #expect(try await texts(.latest(after: nil), .direct("bob", "carol")).isEmpty, "bob and carol never talked")
+        #expect(try await texts(.latest(after: nil), .group("#team")) == ["m8", "m9"])
+        guard case .targets(let targets) = try store.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: ["#team"]), kind: .targets(base, base.adding(milliseconds: 60_000)), limit: 10)) else {
+            Issue.record("expected targets"); return
+        }
+        #expect(targets.map(\.key) == ["bob", "carol", "#team"], "conversations by their latest message")
+        #expect(targets.map(\.isGroup) == [false, false, true])
+        try await done()
+    }
+
+
+    @Test(arguments: StorageBackend.all) func pruningDropsOldMessagesAndTheirRecipientsOnly(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let messages = (0..<5).map { number in
+            StoredMessage(id: "p\(number)", time: base.adding(milliseconds: Int64(number) * 1000), senderNick: "alice", senderAccount: "alice",
+                          senderPrefix: "alice!~a@h", targetKind: .direct, target: "bob", command: "PRIVMSG", text: "m\(number)",
+                          recipients: [StoredRecipient(account: "bob")])
+        }
+        try store.transaction { try $0.storeMessages(messages) }
+        try store.transaction { try $0.deleteMessages(before: base.adding(milliseconds: 2000)) }
+        guard case .messages(let kept) = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(kept.map(\.text) == ["m2", "m3", "m4"])
+        let state = try await store.loadDeliveryState(since: base.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered["bob"]?.map(\.id) == ["p2", "p3", "p4"])
+        // The pruned messages' recipient rows went with them: marking one of them delivered finds nothing.
+        try store.transaction { try $0.updateRecipients([RecipientUpdate(messageID: "p0", recipient: "bob", deliveredAt: base)]) }
+        #expect(try await store.loadDeliveryState(since: base.adding(milliseconds: -1), maxTrackedRecipients: 200_000).undelivered["bob"]?.count == 3)
+        try await done()
+    }
+
+
+    @Test(arguments: StorageBackend.all) func aBatchThatCannotBeStoredLeavesNothingBehind(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        func message(_ id: String, _ text: String) -> StoredMessage {
+            StoredMessage(id: id, time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                          targetKind: .direct, target: "bob", command: "PRIVMSG", text: text, recipients: [StoredRecipient(account: "bob")])
+        }
+        // The second message reuses an id: the insert fails, and so does the whole batch.
+        #expect(throws: (any Error).self) {
+            try store.transaction { try $0.storeMessages([message("d1", "first"), message("d1", "clash")]) }
+        }
+        guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(found.isEmpty)
+        // The statement is usable again afterwards.
+        try store.transaction { try $0.storeMessages([message("d2", "later")]) }
+        guard case .messages(let later) = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(later.map(\.text) == ["later"])
+        try await done()
+    }
+
+
+    @Test(arguments: StorageBackend.all) func aDeletedGroupTakesItsRowsAndARenamedOneKeepsThem(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member])
+        func message(_ id: String) -> StoredMessage {
+            StoredMessage(id: id, time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .group,
+                          target: "#team", command: "PRIVMSG", text: id, recipients: [StoredRecipient(account: "bob")])
+        }
+        func texts(_ key: String) throws -> [String] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: .group(key), kind: .latest(after: nil), limit: 10)) else { return ["not messages"] }
+            return found.map(\.text)
+        }
+        try store.transaction {
+            try $0.saveGroup(team, previousKey: nil)
+            try $0.storeMessages([message("first")])
+            try $0.setReadMarker(account: "bob", conversation: "#team", time: now)
+        }
+        var renamed = team
+        renamed.name = "#crew"
+        renamed.key = "#crew"
+        try store.transaction { try $0.saveGroup(renamed, previousKey: "#team") }
+        #expect(try texts("#crew") == ["first"])
+        #expect(try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000).readMarkers["bob"] == ["#crew": now])
+        // Deleted, then made again under the same name in the same batch: a new group, empty.
+        try store.transaction { try $0.deleteGroup(key: "#crew"); try $0.saveGroup(renamed, previousKey: nil) }
+        #expect(try texts("#crew").isEmpty)
+        let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.readMarkers["bob"] == nil)
+        #expect(state.undelivered.isEmpty)
+        try await done()
+    }
+
+
+    @Test(arguments: StorageBackend.all) func startUpLoadsABoundedWindowWhateverTheHistorysSize(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        // 5,000 messages bob received and never marked read (most IRC clients send no MARKREAD),
+        // and three that carol has not received yet, the first of them the oldest of all.
+        func message(_ number: Int, to recipient: String, delivered: Bool) -> StoredMessage {
+            StoredMessage(id: "s\(number)", time: base.adding(milliseconds: Int64(number)), senderNick: "alice", senderAccount: "alice",
+                          senderPrefix: "alice!~a@h", targetKind: .direct, target: recipient, command: "PRIVMSG", text: "\(number)",
+                          recipients: [StoredRecipient(account: recipient, deliveredAt: delivered ? base : nil, deliveredNotified: delivered)])
+        }
+        var messages = [message(0, to: "carol", delivered: false)]
+        messages += (1...5000).map { message($0, to: "bob", delivered: true) }
+        messages += [message(5001, to: "carol", delivered: false), message(5002, to: "carol", delivered: false)]
+        try store.transaction { try $0.storeMessages(messages) }
+
+        let state = try await store.loadDeliveryState(since: base.adding(milliseconds: -1), maxTrackedRecipients: 100)
+        #expect(state.undelivered["carol"]?.map(\.id) == ["s0", "s5001", "s5002"], "everything still waiting is loaded, however old")
+        #expect(state.tracked.count <= 100 + 1, "the rest is the newest window only: \(state.tracked.count)")
+        #expect(state.tracked.contains { $0.id == "s5000" })
+        #expect(!state.tracked.contains { $0.id == "s1" })
+        try await done()
+    }
+}

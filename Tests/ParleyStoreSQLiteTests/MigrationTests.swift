@@ -1,0 +1,140 @@
+import Foundation
+import GRDB
+@testable import ParleyCore
+import ParleyStorage
+@testable import ParleyStoreSQLite
+import Testing
+
+@Suite("SQLite store")
+struct MigrationTests {
+    static let nobody = StoreRequest(connection: ConnectionID(0), label: nil, verb: "PRIVMSG")
+
+    /// A fresh store that knows these accounts (rows refer to accounts by id, so a message from
+    /// or to an account the store has never seen is refused).
+    func openStore(_ path: String, accounts: [String] = ["alice", "bob", "carol"]) async throws -> SQLiteChatStore {
+        let store = try SQLiteChatStore(path: path)
+        for name in accounts {
+            try await store.insertAccount(AccountRecord(
+                name: name, key: name, credential: PasswordCredential(salt: [0], iterations: 1, storedKey: [1], serverKey: [2]),
+                createdAt: Date(timeIntervalSince1970: 0), lastSeen: nil, email: nil))
+        }
+        return store
+    }
+
+    func temporaryPath() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID().uuidString).sqlite").path
+    }
+
+    /// A database file as an earlier release left it: migrated up to `migration`, then these rows.
+    func writeOldDatabase(at path: String, upTo migration: String, _ statements: [String]) async throws {
+        let queue = try DatabaseQueue(path: path)
+        try SQLiteChatStore.migrator.migrate(queue, upTo: migration)
+        try await queue.write { db in
+            for statement in statements { try db.execute(sql: statement) }
+        }
+        try queue.close()
+    }
+
+    @Test func aDatabaseFromTheFirstSchemaIsUpgradedWithItsData() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // A file as the first release wrote it: only the v1 tables, with an account and a message.
+        try await writeOldDatabase(at: path, upTo: "v1", [
+            """
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES ('alice', 'Alice', x'00', 4096, x'01', x'02', 1700000000000)
+            """,
+            """
+            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text)
+            VALUES ('m1', 1700000000001, 'Guest', NULL, 'Guest!~g@host', 'direct', 'alice', 'PRIVMSG', 'hello from v1')
+            """,
+        ])
+        let store = try SQLiteChatStore(path: path)
+        let accounts = try await store.loadAccounts()
+        #expect(accounts.map(\.name) == ["Alice"])
+        // The guest who wrote it keeps an identity of its own: alice still sees the message, and
+        // an account named after the guest's nick would not.
+        let history = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "!legacy.guest"), kind: .latest(after: nil), limit: 10))
+        guard case .messages(let messages) = history else { Issue.record("expected messages"); return }
+        #expect(messages.map(\.text) == ["hello from v1"])
+        #expect(messages.first?.senderGuest == "!legacy.guest")
+        #expect(try await store.loadGroups().isEmpty)
+        try await store.close()
+    }
+
+    @Test func recipientsStoredBeforeTheLeanSchemaAreKept() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try await writeOldDatabase(at: path, upTo: "v3-delivery", [
+            """
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES ('alice', 'alice', x'00', 4096, x'01', x'02', 1700000000000), ('bob', 'bob', x'00', 4096, x'01', x'02', 1700000000000)
+            """,
+            """
+            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, sender_key)
+            VALUES ('m1', 1764000000000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'kept for bob', 'alice')
+            """,
+            "INSERT INTO message_recipients (message_id, recipient) VALUES ('m1', 'bob')",
+        ])
+        let store = try SQLiteChatStore(path: path)
+        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered["bob"]?.map(\.text) == ["kept for bob"])
+        // The recipient row is still keyed by message and recipient: an update finds it.
+        try store.transaction { try $0.updateRecipients([RecipientUpdate(messageID: "m1", recipient: "bob", deliveredAt: Timestamp(millisecondsSince1970: 1_764_000_000_500))]) }
+        #expect(try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 1_763_000_000_000), maxTrackedRecipients: 200_000).undelivered.isEmpty)
+        try await store.close()
+    }
+
+    @Test func theV5MigrationBindsOldRowsToIdentitiesNotNames() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // A v4 file with the histories names used to leak: a guest "bob" who chatted with alice
+        // before the account bob existed, and a group #team deleted and made again.
+        try await writeOldDatabase(at: path, upTo: "v4-lean-delivery", [
+            """
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES ('alice', 'alice', x'00', 4096, x'01', x'02', 1000), ('bob', 'bob', x'00', 4096, x'01', x'02', 5000)
+            """,
+            "INSERT INTO groups (key, name, created_at, owner, modes) VALUES ('#team', '#team', 4000, 'alice', 'int')",
+            "INSERT INTO group_members (group_key, account_key, role) VALUES ('#team', 'alice', 3), ('#team', 'bob', 0)",
+            """
+            INSERT INTO messages (id, time, sender_nick, sender_account, sender_prefix, target_kind, target, command, text, sender_key) VALUES
+            ('g1', 2000, 'bob', NULL, 'bob!~b@h', 'direct', 'alice', 'PRIVMSG', 'guest bob to alice', 'bob'),
+            ('g2', 3000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'alice to guest bob', 'alice'),
+            ('t1', 3500, 'alice', 'alice', 'alice!~a@h', 'group', '#team', 'PRIVMSG', 'to the deleted #team', 'alice'),
+            ('t2', 4500, 'alice', 'alice', 'alice!~a@h', 'group', '#team', 'PRIVMSG', 'to the current #team', 'alice'),
+            ('a1', 6000, 'alice', 'alice', 'alice!~a@h', 'direct', 'bob', 'PRIVMSG', 'alice to account bob', 'alice')
+            """,
+            "INSERT INTO message_recipients (message_id, recipient) VALUES ('t2', 'bob'), ('a1', 'bob')",
+            "INSERT INTO read_markers (account, target, time) VALUES ('bob', '#team', 4500), ('bob', 'alice', 6000)",
+        ])
+        let store = try SQLiteChatStore(path: path)
+        func texts(_ conversation: HistoryQuery.Conversation) throws -> [String] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: conversation, kind: .latest(after: nil), limit: 10)) else { return ["not messages"] }
+            return found.map(\.text)
+        }
+        #expect(try texts(.direct("bob", "alice")) == ["alice to account bob"], "the account bob reads only its own conversation")
+        #expect(try texts(.direct("alice", "!legacy.bob")) == ["guest bob to alice", "alice to guest bob"], "alice keeps hers with the guest")
+        #expect(try texts(.group("#team")) == ["to the current #team"])
+        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 0), maxTrackedRecipients: 200_000)
+        #expect(state.readMarkers["bob"] == ["#team": Timestamp(millisecondsSince1970: 4500), "alice": Timestamp(millisecondsSince1970: 6000)])
+        #expect(state.undelivered["bob"]?.map(\.id) == ["t2", "a1"])
+        #expect(try await store.loadGroups().first?.members == ["alice": .owner, "bob": .member])
+        try await store.close()
+
+        // Every reference to an account or a group is an integer id; names are attributes only.
+        let queue = try DatabaseQueue(path: path)
+        let kinds = try await queue.read { db in
+            try String.fetchAll(db, sql: """
+                SELECT DISTINCT typeof(recipient_id) FROM message_recipients
+                UNION SELECT DISTINCT typeof(account_id) FROM read_markers UNION SELECT DISTINCT typeof(target_id) FROM read_markers
+                UNION SELECT DISTINCT typeof(group_id) FROM group_members UNION SELECT DISTINCT typeof(account_id) FROM group_members
+                UNION SELECT DISTINCT typeof(owner_id) FROM groups UNION SELECT DISTINCT typeof(sender_id) FROM messages WHERE sender_guest IS NULL
+                UNION SELECT DISTINCT typeof(target_id) FROM messages WHERE target_guest IS NULL
+                """)
+        }
+        #expect(kinds == ["integer"])
+        try queue.close()
+    }
+
+}
