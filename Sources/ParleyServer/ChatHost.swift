@@ -13,7 +13,8 @@ import ParleyStore
 /// Every event takes the lock once, lets the domain decide, resolves target channels, and leaves
 /// the lock before any write, so the lock is never held across I/O or waiting. Slow work
 /// re-enters through the lock: password hashing on the thread pool, storage on its own thread
-/// (`StorageWriter`).
+/// (`StorageWriter`); hashing results hand their writes to the event loops before leaving it
+/// (`performAndWrite`), which keeps them in order.
 final class ChatHost: Sendable {
     struct State: Sendable {
         var core: ChatServer
@@ -118,8 +119,19 @@ final class ChatHost: Sendable {
     func perform(_ body: (inout ChatServer, inout Outbox) -> Void) -> [ResolvedDelivery] {
         var resolved: [ResolvedDelivery] = []
         var noHold: StorageWriter.Hold?
-        perform(into: &resolved, storageHold: &noHold, holding: false, body)
+        perform(into: &resolved, storageHold: &noHold, holding: false, writingUnderLock: false, body)
         return resolved
+    }
+
+    /// For results of slow work (password checks, account creation) arriving on pool threads:
+    /// the writes are handed to their event loops before the lock is released, so that two
+    /// results for one connection reach it in the order the domain decided them. Written after
+    /// the lock, a check finishing on one thread could overtake the lines of the check before it
+    /// (a PONG held behind an OPER could come before the OPER's 464).
+    func performAndWrite(_ body: (inout ChatServer, inout Outbox) -> Void) {
+        var resolved: [ResolvedDelivery] = []
+        var noHold: StorageWriter.Hold?
+        perform(into: &resolved, storageHold: &noHold, holding: false, writingUnderLock: true, body)
     }
 
     /// The message path: like `perform(_:)`, but appending to this thread's write batch (one
@@ -127,15 +139,19 @@ final class ChatHost: Sendable {
     /// (`WriteBatch.flush()` releases the hold), so the messages of one read burst are committed
     /// together.
     func perform(into batch: WriteBatch, _ body: (inout ChatServer, inout Outbox) -> Void) {
-        perform(into: &batch.resolved, storageHold: &batch.storageHold, holding: true, body)
+        perform(into: &batch.resolved, storageHold: &batch.storageHold, holding: true, writingUnderLock: false, body)
     }
 
     private func perform(into resolved: inout [ResolvedDelivery], storageHold: inout StorageWriter.Hold?, holding: Bool,
-                         _ body: (inout ChatServer, inout Outbox) -> Void) {
+                         writingUnderLock: Bool, _ body: (inout ChatServer, inout Outbox) -> Void) {
         var actions: [CoreAction] = []
         state.withLockedValue { state in
             body(&state.core, &state.outbox)
-            defer { state.outbox.removeAll() }
+            defer {
+                state.outbox.removeAll()
+                // Only enqueues a task per event loop: no I/O and no waiting under the lock.
+                if writingUnderLock { Self.write(resolved) }
+            }
             guard !state.outbox.isEmpty else { return }
             for delivery in state.outbox.deliveries {
                 guard let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) else { continue }
@@ -242,10 +258,9 @@ final class ChatHost: Sendable {
             beginBackgroundWork()
             threadPool.submit { [self] _ in
                 let succeeded = credential.verify(password: password)
-                let deliveries = perform { core, outbox in
+                performAndWrite { core, outbox in
                     core.completePasswordCheck(ticket: ticket, succeeded: succeeded, now: Self.now(), into: &outbox)
                 }
-                Self.write(deliveries)
                 endBackgroundWork()
             }
         case .createAccount(let ticket, let name, let key, let password, let email, let iterations):
@@ -268,10 +283,9 @@ final class ChatHost: Sendable {
                     logger.error("account registration failed", metadata: ["account": "\(name)", "error": "\(error)"])
                     result = .failed("storage is unavailable")
                 }
-                let deliveries = perform { core, outbox in
+                performAndWrite { core, outbox in
                     core.completeAccountCreation(ticket: ticket, result: result, now: Self.now(), into: &outbox)
                 }
-                Self.write(deliveries)
                 endBackgroundWork()
             }
         case .recordLastSeen, .saveGroup, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
