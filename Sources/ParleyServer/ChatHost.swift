@@ -13,8 +13,8 @@ import ParleyStore
 /// Every event takes the lock once, lets the domain decide, resolves target channels, and leaves
 /// the lock before any write, so the lock is never held across I/O or waiting. Slow work
 /// re-enters through the lock: password hashing on the thread pool, storage on its own thread
-/// (`StorageWriter`); hashing results hand their writes to the event loops before leaving it
-/// (`performAndWrite`), which keeps them in order.
+/// (`StorageWriter`); the results of hashing come back on the requesting connection's event loop,
+/// which keeps its replies in order.
 final class ChatHost: Sendable {
     struct State: Sendable {
         var core: ChatServer
@@ -119,19 +119,8 @@ final class ChatHost: Sendable {
     func perform(_ body: (inout ChatServer, inout Outbox) -> Void) -> [ResolvedDelivery] {
         var resolved: [ResolvedDelivery] = []
         var noHold: StorageWriter.Hold?
-        perform(into: &resolved, storageHold: &noHold, holding: false, writingUnderLock: false, body)
+        perform(into: &resolved, storageHold: &noHold, holding: false, body)
         return resolved
-    }
-
-    /// For results of slow work (password checks, account creation) arriving on pool threads:
-    /// the writes are handed to their event loops before the lock is released, so that two
-    /// results for one connection reach it in the order the domain decided them. Written after
-    /// the lock, a check finishing on one thread could overtake the lines of the check before it
-    /// (a PONG held behind an OPER could come before the OPER's 464).
-    func performAndWrite(_ body: (inout ChatServer, inout Outbox) -> Void) {
-        var resolved: [ResolvedDelivery] = []
-        var noHold: StorageWriter.Hold?
-        perform(into: &resolved, storageHold: &noHold, holding: false, writingUnderLock: true, body)
     }
 
     /// The message path: like `perform(_:)`, but appending to this thread's write batch (one
@@ -139,19 +128,15 @@ final class ChatHost: Sendable {
     /// (`WriteBatch.flush()` releases the hold), so the messages of one read burst are committed
     /// together.
     func perform(into batch: WriteBatch, _ body: (inout ChatServer, inout Outbox) -> Void) {
-        perform(into: &batch.resolved, storageHold: &batch.storageHold, holding: true, writingUnderLock: false, body)
+        perform(into: &batch.resolved, storageHold: &batch.storageHold, holding: true, body)
     }
 
     private func perform(into resolved: inout [ResolvedDelivery], storageHold: inout StorageWriter.Hold?, holding: Bool,
-                         writingUnderLock: Bool, _ body: (inout ChatServer, inout Outbox) -> Void) {
-        var actions: [CoreAction] = []
+                         _ body: (inout ChatServer, inout Outbox) -> Void) {
+        var actions: [(CoreAction, requester: Channel?)] = []
         state.withLockedValue { state in
             body(&state.core, &state.outbox)
-            defer {
-                state.outbox.removeAll()
-                // Only enqueues a task per event loop: no I/O and no waiting under the lock.
-                if writingUnderLock { Self.write(resolved) }
-            }
+            defer { state.outbox.removeAll() }
             guard !state.outbox.isEmpty else { return }
             for delivery in state.outbox.deliveries {
                 guard let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) else { continue }
@@ -169,12 +154,13 @@ final class ChatHost: Sendable {
                 } else if action.isOrderedStorageWrite {
                     writes.append(action)
                 } else {
-                    actions.append(action)
+                    let requester = state.core.connection(awaiting: action).flatMap { state.connections.delivery(to: $0, line: nil)?.channel }
+                    actions.append((action, requester))
                 }
             }
             if !writes.isEmpty { storageWriter.enqueue(writes, hold: &storageHold, holding: holding) }
         }
-        for action in actions { start(action) }
+        for (action, requester) in actions { start(action, requester: requester) }
     }
 
     private func forget(_ id: ConnectionID, in state: inout State) {
@@ -250,7 +236,27 @@ final class ChatHost: Sendable {
 
     // MARK: Slow work
 
-    private func start(_ action: CoreAction) {
+    /// Hands the result of slow work back to the domain on the requesting connection's event
+    /// loop, where its reads are handled: the replies then come in the order the domain decided
+    /// them, before those of any line read later (written from the pool thread, they could be
+    /// overtaken by the connection's next read batch, or by the next check's result). Ends the
+    /// background work begun for it.
+    private func complete(on requester: Channel?, _ body: @escaping @Sendable (inout ChatServer, inout Outbox) -> Void) {
+        guard let requester else {
+            Self.write(perform(body))
+            endBackgroundWork()
+            return
+        }
+        requester.eventLoop.execute { [self] in
+            let batch = WriteBatch.current
+            perform(into: batch, body)
+            batch.collectResolved(onLoop: ObjectIdentifier(requester.eventLoop))
+            batch.flush()
+            endBackgroundWork()
+        }
+    }
+
+    private func start(_ action: CoreAction, requester: Channel?) {
         switch action {
         case .close:
             break
@@ -258,10 +264,9 @@ final class ChatHost: Sendable {
             beginBackgroundWork()
             threadPool.submit { [self] _ in
                 let succeeded = credential.verify(password: password)
-                performAndWrite { core, outbox in
+                complete(on: requester) { core, outbox in
                     core.completePasswordCheck(ticket: ticket, succeeded: succeeded, now: Self.now(), into: &outbox)
                 }
-                endBackgroundWork()
             }
         case .createAccount(let ticket, let name, let key, let password, let email, let iterations):
             beginBackgroundWork()
@@ -283,10 +288,9 @@ final class ChatHost: Sendable {
                     logger.error("account registration failed", metadata: ["account": "\(name)", "error": "\(error)"])
                     result = .failed("storage is unavailable")
                 }
-                performAndWrite { core, outbox in
+                complete(on: requester) { core, outbox in
                     core.completeAccountCreation(ticket: ticket, result: result, now: Self.now(), into: &outbox)
                 }
-                endBackgroundWork()
             }
         case .recordLastSeen, .saveGroup, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
              .saveAccountSettings, .pruneHistory, .loadHistory:

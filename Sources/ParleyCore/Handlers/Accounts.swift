@@ -210,6 +210,15 @@ extension ChatServer {
         return nil
     }
 
+    /// The connection whose command asked for `action` (a password check or an account
+    /// creation), so the shell can bring the result back where that connection's lines are read.
+    public func connection(awaiting action: CoreAction) -> ConnectionID? {
+        switch action {
+        case .checkPassword(let ticket, _, _), .createAccount(let ticket, _, _, _, _, _): pendingWork[ticket]?.connection
+        default: nil
+        }
+    }
+
     /// The shell finished a password check it was asked for with `.checkPassword`.
     public mutating func completePasswordCheck(ticket: UInt64, succeeded: Bool, now: Timestamp, into outbox: inout Outbox) {
         guard let work = pendingWork[ticket], work.isPasswordCheck else { return }
