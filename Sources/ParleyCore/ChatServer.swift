@@ -134,6 +134,8 @@ public struct ChatServer: Sendable {
     public func account(of connection: ConnectionID) -> String? { sessions[connection]?.accountName }
     public func accountRecord(named name: String) -> AccountRecord? { accounts[fold(name)] }
     public var accountCount: Int { accounts.count }
+    /// Password checks and account creations handed to the shell and not completed yet.
+    public var passwordChecksInFlight: Int { passwordWorkInFlight }
     public var channelCount: Int { channels.count }
 
     func fold(_ text: String) -> String { configuration.caseMapping.fold(text) }

@@ -316,6 +316,7 @@ final class ChatHost: Sendable {
         Self.write(deliveries)
     }
 
+    var passwordChecksInFlight: Int { state.withLockedValue { $0.core.passwordChecksInFlight } }
     var openChannelCount: Int { state.withLockedValue { $0.connections.count } }
     var connectionCount: Int { state.withLockedValue { $0.core.connectionCount } }
 }

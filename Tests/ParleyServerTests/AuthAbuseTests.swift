@@ -104,6 +104,35 @@ struct AuthAbuseTests {
         try await server.shutdownAndRemove()
     }
 
+    @Test func queuedPasswordWorkHasAServerWideBound() async throws {
+        // A check that takes a while: an operator verifier with many iterations (never matched).
+        let slow = PasswordCredential(salt: Array(repeating: 7, count: 16), iterations: 1_000_000,
+                                      storedKey: Array(repeating: 1, count: 32), serverKey: Array(repeating: 2, count: 32))
+        let server = try await TestServer {
+            $0.accounts.maxPasswordChecksInFlight = 1
+            $0.operators = [.init(name: "slow", passwordHash: slow.encoded)]
+        }
+        try await AccountTests.createAccount("alice", password: "correct-horse-battery", port: server.ipv4Port)
+        let busy = try await TestClient.registered("busy", port: server.ipv4Port)
+        busy.send("OPER slow guess")
+        while server.passwordChecksInFlight == 0 { try await Task.sleep(for: .milliseconds(2)) }
+
+        let other = try await TestClient.registered("other", port: server.ipv6Port, host: "::1")
+        Self.pipeline(other, ["OPER slow guess", "PRIVMSG NickServ :IDENTIFY alice correct-horse-battery", "PING done"])
+        let answers = try await other.lines(through: Self.isPong("done"), "PONG")
+        #expect(answers.map(\.wireString) == [
+            ":parley.local FAIL OPER TEMPORARILY_UNAVAILABLE :The server is busy checking other passwords; try again in a few seconds",
+            ":NickServ!NickServ@services.parley NOTICE other :The server is busy checking other passwords; try again in a few seconds.",
+            ":parley.local PONG parley.local :done",
+        ])
+        try await busy.expect(numeric: "464", timeout: .seconds(60))  // about a second in a debug build
+        // Refused for being busy is no guess: once the queue is free, the right password works.
+        other.send("PRIVMSG NickServ :IDENTIFY alice correct-horse-battery")
+        try await other.expect { $0.command == "NOTICE" && $0.parameters.last == "You are now identified as alice." }
+        await busy.close(); await other.close()
+        try await server.shutdownAndRemove()
+    }
+
     @Test func saslMessagesHaveABound() async throws {
         let server = try await TestServer()
         let client = try await TestClient.connect(port: server.ipv4Port)

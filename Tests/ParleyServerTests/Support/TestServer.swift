@@ -61,6 +61,9 @@ final class TestServer: @unchecked Sendable {
         server?.localAddresses[index].port ?? 0
     }
 
+    /// Password checks and account creations not finished yet.
+    var passwordChecksInFlight: Int { server?.host.passwordChecksInFlight ?? 0 }
+
     var ipv4Port: Int { port(0) }
     var ipv6Port: Int { port(1) }
 
