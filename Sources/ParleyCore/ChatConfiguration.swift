@@ -51,10 +51,29 @@ public struct ChatConfiguration: Sendable {
     public var passwordIterations = 210_000
     public var minimumPasswordLength = 8
     public var maximumPasswordLength = 300
-    /// Failed logins allowed per account or per address within `loginFailureWindowMilliseconds`
-    /// before further attempts are refused until the window has passed.
+    // MARK: Password guessing and account creation
+    // Attempts count when a check starts (a right password is refunded when its check ends),
+    // by source network: an IPv4 address or an IPv6 /64. Failures from one network never
+    // refuse a login from another. 0 turns a bound off.
+
+    /// Password attempts per account from one source network within
+    /// `loginFailureWindowMilliseconds`; then that account is refused from that network until
+    /// the window has passed.
     public var loginFailuresAllowed = 5
+    /// Password attempts from one source network across all accounts within the window.
+    public var loginFailuresPerNetworkAllowed = 20
     public var loginFailureWindowMilliseconds: Int64 = 60_000
+    /// Password hashes (checks and new accounts) queued or running, server-wide; past this a
+    /// login or registration is refused with "try again later" (FAIL / 904) without a guess
+    /// being counted.
+    public var maxPasswordChecksInFlight = 32
+    /// Commands a connection may send while its password check runs; they wait and run after
+    /// it, in order. Past this the connection is closed (Excess Flood).
+    public var maxHeldCommands = 200
+    /// Accounts created from one source network within `accountRegistrationWindowMilliseconds`.
+    /// One connection creates at most one account whatever this says.
+    public var accountRegistrationsPerNetworkAllowed = 3
+    public var accountRegistrationWindowMilliseconds: Int64 = 3_600_000
     /// Whether connections without an account may register and chat.
     public var allowGuests = true
     /// Whether anyone may register accounts (REGISTER, NickServ REGISTER).
@@ -73,6 +92,9 @@ public struct ChatConfiguration: Sendable {
     public var version = "parley-0.1"
 
     public init() {}
+
+    /// The defaults, for configuration layers that state them again (so they are stated once).
+    public static let defaults = ChatConfiguration()
 }
 
 /// One `OPER` login from the configuration; the password is stored only as a verifier.

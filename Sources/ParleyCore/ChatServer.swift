@@ -27,7 +27,13 @@ public struct ChatServer: Sendable {
     var whowas: [WhowasEntry] = []
     /// Who watches which nick with MONITOR: case-folded nick -> connections.
     var monitorWatchers: [String: Set<ConnectionID>] = [:]
-    var loginFailures: [String: FailureWindow] = [:]
+    /// Password attempts per account and source network, and per source network.
+    var loginAttemptsPerAccount: AttemptCounter
+    var loginAttemptsPerNetwork: AttemptCounter
+    /// Accounts created per source network.
+    var registrationsPerNetwork: AttemptCounter
+    /// Password checks and account creations handed to the shell and not yet completed.
+    var passwordWorkInFlight = 0
     /// Channels and groups by case-folded name.
     var channels: [String: ChatChannel] = [:]
     /// The groups each account is a member of (account key -> channel keys).
@@ -100,11 +106,6 @@ public struct ChatServer: Sendable {
         var leftAt: Timestamp
     }
 
-    struct FailureWindow: Sendable {
-        var count: Int
-        var windowStart: Timestamp
-    }
-
     enum PendingWork: Sendable {
         case passLogin(ConnectionID, accountKey: String)
         case saslPlain(ConnectionID, accountKey: String)
@@ -118,6 +119,9 @@ public struct ChatServer: Sendable {
         self.configuration = configuration
         self.startedAt = startedAt
         self.messageIDs = MessageIDGenerator(startedAt: startedAt)
+        self.loginAttemptsPerAccount = AttemptCounter(limit: configuration.loginFailuresAllowed, windowMilliseconds: configuration.loginFailureWindowMilliseconds)
+        self.loginAttemptsPerNetwork = AttemptCounter(limit: configuration.loginFailuresPerNetworkAllowed, windowMilliseconds: configuration.loginFailureWindowMilliseconds)
+        self.registrationsPerNetwork = AttemptCounter(limit: configuration.accountRegistrationsPerNetworkAllowed, windowMilliseconds: configuration.accountRegistrationWindowMilliseconds)
         for account in accounts { self.accounts[account.key] = account }
         for group in groups {
             let channel = ChatChannel(record: group)
@@ -142,6 +146,8 @@ public struct ChatServer: Sendable {
     public func account(of connection: ConnectionID) -> String? { sessions[connection]?.accountName }
     public func accountRecord(named name: String) -> AccountRecord? { accounts[fold(name)] }
     public var accountCount: Int { accounts.count }
+    /// Password checks and account creations handed to the shell and not completed yet.
+    public var passwordChecksInFlight: Int { passwordWorkInFlight }
     public var channelCount: Int { channels.count }
 
     func fold(_ text: String) -> String { configuration.caseMapping.fold(text) }
@@ -162,6 +168,16 @@ public struct ChatServer: Sendable {
         guard let session = sessions[connection] else { return }
         session.lastActivity = now
         session.pingSentAt = nil
+        if session.pendingTickets > 0 || !session.heldCommands.isEmpty {
+            hold(.message(message), for: session, now: now, into: &outbox)
+            return
+        }
+        process(message, session: session, now: now, into: &outbox)
+    }
+
+    /// Runs one command whose turn has come.
+    mutating func process(_ message: IRCMessage, session: Session, now: Timestamp, into outbox: inout Outbox) {
+        let connection = session.id
         let label = session.has(.labeledResponse) ? validLabel(message.tagValue("label")) : nil
 
         var context = CommandContext(connection: connection, now: now, label: label)
@@ -193,6 +209,15 @@ public struct ChatServer: Sendable {
     /// from a lossy reading of the line so the reply can name what was refused.
     public mutating func receiveInvalidLine(_ problem: InvalidLine, command: String?, label: String?, from connection: ConnectionID, now: Timestamp, into outbox: inout Outbox) {
         guard let session = sessions[connection] else { return }
+        if session.pendingTickets > 0 || !session.heldCommands.isEmpty {
+            hold(.invalid(problem, command: command, label: label), for: session, now: now, into: &outbox)
+            return
+        }
+        processInvalidLine(problem, command: command, label: label, session: session, now: now, into: &outbox)
+    }
+
+    mutating func processInvalidLine(_ problem: InvalidLine, command: String?, label: String?, session: Session, now: Timestamp, into outbox: inout Outbox) {
+        let connection = session.id
         let effectiveLabel = session.has(.labeledResponse) ? validLabel(label) : nil
         var context = CommandContext(connection: connection, now: now, label: effectiveLabel)
         switch problem {
@@ -208,6 +233,29 @@ public struct ChatServer: Sendable {
 
     public enum InvalidLine: Sendable {
         case tooLong, invalidUTF8, malformed
+    }
+
+    /// Keeps a command until the connection's password check has completed. Past the bound the
+    /// connection is closed, as the shell's flood queue does.
+    mutating func hold(_ command: HeldCommand, for session: Session, now: Timestamp, into outbox: inout Outbox) {
+        if session.heldCommands.count >= configuration.maxHeldCommands {
+            disconnect(session.id, reason: "Excess Flood", now: now, into: &outbox)
+            return
+        }
+        session.heldCommands.append(command)
+    }
+
+    /// Runs the commands a connection sent while its password check was in flight, until they
+    /// are done or one of them starts another check.
+    mutating func releaseHeldCommands(_ connection: ConnectionID, now: Timestamp, into outbox: inout Outbox) {
+        while let session = sessions[connection], session.pendingTickets == 0, !session.heldCommands.isEmpty {
+            switch session.heldCommands.removeFirst() {
+            case .message(let message):
+                process(message, session: session, now: now, into: &outbox)
+            case .invalid(let problem, let command, let label):
+                processInvalidLine(problem, command: command, label: label, session: session, now: now, into: &outbox)
+            }
+        }
     }
 
     /// The socket closed (or the shell decided to close it): forget the connection.

@@ -28,8 +28,14 @@ final class Session: @unchecked Sendable {
     var realname = ""
     /// `PASS account:password` waiting for NICK/USER before it is checked.
     var passCredentials: (account: String, password: String)?
-    /// A password check or account creation is in flight; registration waits for it.
+    /// A password check or account creation is in flight (at most one per connection);
+    /// registration and later commands wait for it.
     var pendingTickets = 0
+    /// Commands that arrived while a password check was in flight, oldest first: they run after
+    /// it, so every reply to a command comes before any reply to a later one.
+    var heldCommands: [HeldCommand] = []
+    /// Set once this connection has created an account: one connection creates at most one.
+    var hasCreatedAccount = false
     var sasl = SASLExchangeState.idle
 
     // Identity once known.
@@ -87,6 +93,12 @@ final class Session: @unchecked Sendable {
     var takesTags: Bool { has(.messageTags) || has(.serverTime) || has(.accountTag) }
 }
 
+/// A line received while the connection waited for a password check.
+enum HeldCommand: Sendable {
+    case message(IRCMessage)
+    case invalid(ChatServer.InvalidLine, command: String?, label: String?)
+}
+
 /// Indirect: the SCRAM state is large and most sessions never use it; boxed, it costs an idle
 /// session one pointer instead of a few hundred bytes.
 indirect enum SASLExchangeState: Sendable {
@@ -97,6 +109,14 @@ indirect enum SASLExchangeState: Sendable {
     case scram(exchange: ScramSHA256ServerExchange, step: ScramStep, buffer: String, username: String?)
     /// A password check for PLAIN is in flight.
     case checking
+
+    /// Base64 received so far for the message being assembled.
+    var bufferedBytes: Int {
+        switch self {
+        case .awaitingPlain(let buffer), .scram(_, _, let buffer, _): buffer.utf8.count
+        case .idle, .checking: 0
+        }
+    }
 }
 
 enum ScramStep: Sendable {

@@ -14,7 +14,8 @@ import ParleyStorage
 /// Every event takes the lock once, lets the domain decide, resolves target channels, and leaves
 /// the lock before any write, so the lock is never held across I/O or waiting. Slow work
 /// re-enters through the lock: password hashing on the thread pool, storage on its own thread
-/// (`StorageWriter`).
+/// (`StorageWriter`); the results of hashing come back on the requesting connection's event loop,
+/// which keeps its replies in order.
 final class ChatHost: Sendable {
     struct State: Sendable {
         var core: ChatServer
@@ -133,7 +134,7 @@ final class ChatHost: Sendable {
 
     private func perform(into resolved: inout [ResolvedDelivery], storageHold: inout StorageWriter.Hold?, holding: Bool,
                          _ body: (inout ChatServer, inout Outbox) -> Void) {
-        var actions: [CoreAction] = []
+        var actions: [(CoreAction, requester: Channel?)] = []
         state.withLockedValue { state in
             body(&state.core, &state.outbox)
             defer { state.outbox.removeAll() }
@@ -154,12 +155,13 @@ final class ChatHost: Sendable {
                 } else if action.isOrderedStorageWrite {
                     writes.append(action)
                 } else {
-                    actions.append(action)
+                    let requester = state.core.connection(awaiting: action).flatMap { state.connections.delivery(to: $0, line: nil)?.channel }
+                    actions.append((action, requester))
                 }
             }
             if !writes.isEmpty { storageWriter.enqueue(writes, hold: &storageHold, holding: holding) }
         }
-        for action in actions { start(action) }
+        for (action, requester) in actions { start(action, requester: requester) }
     }
 
     private func forget(_ id: ConnectionID, in state: inout State) {
@@ -235,7 +237,27 @@ final class ChatHost: Sendable {
 
     // MARK: Slow work
 
-    private func start(_ action: CoreAction) {
+    /// Hands the result of slow work back to the domain on the requesting connection's event
+    /// loop, where its reads are handled: the replies then come in the order the domain decided
+    /// them, before those of any line read later (written from the pool thread, they could be
+    /// overtaken by the connection's next read batch, or by the next check's result). Ends the
+    /// background work begun for it.
+    private func complete(on requester: Channel?, _ body: @escaping @Sendable (inout ChatServer, inout Outbox) -> Void) {
+        guard let requester else {
+            Self.write(perform(body))
+            endBackgroundWork()
+            return
+        }
+        requester.eventLoop.execute { [self] in
+            let batch = WriteBatch.current
+            perform(into: batch, body)
+            batch.collectResolved(onLoop: ObjectIdentifier(requester.eventLoop))
+            batch.flush()
+            endBackgroundWork()
+        }
+    }
+
+    private func start(_ action: CoreAction, requester: Channel?) {
         switch action {
         case .close:
             break
@@ -243,11 +265,9 @@ final class ChatHost: Sendable {
             beginBackgroundWork()
             threadPool.submit { [self] _ in
                 let succeeded = credential.verify(password: password)
-                let deliveries = perform { core, outbox in
+                complete(on: requester) { core, outbox in
                     core.completePasswordCheck(ticket: ticket, succeeded: succeeded, now: Self.now(), into: &outbox)
                 }
-                Self.write(deliveries)
-                endBackgroundWork()
             }
         case .createAccount(let ticket, let name, let key, let password, let email, let iterations):
             beginBackgroundWork()
@@ -269,11 +289,9 @@ final class ChatHost: Sendable {
                     logger.error("account registration failed", metadata: ["account": "\(name)", "error": "\(error)"])
                     result = .failed("storage is unavailable")
                 }
-                let deliveries = perform { core, outbox in
+                complete(on: requester) { core, outbox in
                     core.completeAccountCreation(ticket: ticket, result: result, now: Self.now(), into: &outbox)
                 }
-                Self.write(deliveries)
-                endBackgroundWork()
             }
         case .recordLastSeen, .saveGroup, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
              .saveAccountSettings, .pruneHistory, .loadHistory:
@@ -299,6 +317,7 @@ final class ChatHost: Sendable {
         Self.write(deliveries)
     }
 
+    var passwordChecksInFlight: Int { state.withLockedValue { $0.core.passwordChecksInFlight } }
     var openChannelCount: Int { state.withLockedValue { $0.connections.count } }
     var connectionCount: Int { state.withLockedValue { $0.core.connectionCount } }
 }

@@ -15,7 +15,8 @@ import ServiceLifecycle
 /// accepting, tells every client why, closes them, and waits for storage work to finish.
 public final class ParleyServer: Service, Sendable {
     public let configuration: ServerConfiguration
-    private let host: ChatHost
+    /// Internal, not private: tests wait on its background work (a password check in flight).
+    let host: ChatHost
     private let group: any EventLoopGroup
     private let logger: Logger
     private let tlsContext: NIOSSLContext?

@@ -203,15 +203,26 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var allowGuests = true
         /// Whether users may register accounts themselves.
         public var allowRegistration = true
-        /// Failed logins per account or address allowed per window before logins are refused.
+        /// Password attempts per account from one source network (IPv4 address, IPv6 /64)
+        /// allowed per window before that account is refused from that network.
         public var loginFailuresAllowed = 5
         public var loginFailureWindowSeconds = 60.0
+
+        // Password guessing and account creation; defaults in ChatConfiguration.
+        /// Password attempts from one source network across accounts per window.
+        public var loginFailuresPerNetworkAllowed = ChatConfiguration.defaults.loginFailuresPerNetworkAllowed
+        /// Password hashes queued or running server-wide before logins get "try again later".
+        public var maxPasswordChecksInFlight = ChatConfiguration.defaults.maxPasswordChecksInFlight
+        /// Accounts created from one source network per `registrationWindowSeconds`.
+        public var registrationsPerNetworkAllowed = ChatConfiguration.defaults.accountRegistrationsPerNetworkAllowed
+        public var registrationWindowSeconds = Double(ChatConfiguration.defaults.accountRegistrationWindowMilliseconds) / 1000
 
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case passwordIterations, minimumPasswordLength, allowGuests, allowRegistration
             case loginFailuresAllowed, loginFailureWindowSeconds
+            case loginFailuresPerNetworkAllowed, maxPasswordChecksInFlight, registrationsPerNetworkAllowed, registrationWindowSeconds
         }
 
         public init(from decoder: any Decoder) throws {
@@ -223,6 +234,10 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             allowRegistration = try container.decode(.allowRegistration, default: defaults.allowRegistration)
             loginFailuresAllowed = try container.decode(.loginFailuresAllowed, default: defaults.loginFailuresAllowed)
             loginFailureWindowSeconds = try container.decode(.loginFailureWindowSeconds, default: defaults.loginFailureWindowSeconds)
+            loginFailuresPerNetworkAllowed = try container.decode(.loginFailuresPerNetworkAllowed, default: defaults.loginFailuresPerNetworkAllowed)
+            maxPasswordChecksInFlight = try container.decode(.maxPasswordChecksInFlight, default: defaults.maxPasswordChecksInFlight)
+            registrationsPerNetworkAllowed = try container.decode(.registrationsPerNetworkAllowed, default: defaults.registrationsPerNetworkAllowed)
+            registrationWindowSeconds = try container.decode(.registrationWindowSeconds, default: defaults.registrationWindowSeconds)
         }
     }
 
@@ -322,6 +337,13 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.allowAccountRegistration = accounts.allowRegistration
         chat.loginFailuresAllowed = accounts.loginFailuresAllowed
         chat.loginFailureWindowMilliseconds = Int64(accounts.loginFailureWindowSeconds * 1000)
+        chat.loginFailuresPerNetworkAllowed = accounts.loginFailuresPerNetworkAllowed
+        chat.maxPasswordChecksInFlight = accounts.maxPasswordChecksInFlight
+        chat.accountRegistrationsPerNetworkAllowed = accounts.registrationsPerNetworkAllowed
+        chat.accountRegistrationWindowMilliseconds = Int64(accounts.registrationWindowSeconds * 1000)
+        // Commands wait in the domain while their connection's password check runs: as many as
+        // the shell's flood queue would hold.
+        chat.maxHeldCommands = max(1, limits.floodQueueLimit)
         chat.operators = try operators.map { oper in
             guard let credential = PasswordCredential(encoded: oper.passwordHash) else {
                 throw ConfigurationError.invalidOperatorHash(oper.name)

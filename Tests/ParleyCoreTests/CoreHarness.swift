@@ -18,6 +18,9 @@ struct CoreHarness {
     var recipientUpdates: [RecipientUpdate] = []
     /// When set, storage "fails": held-back replies become their failure replies.
     var storageFails = false
+    /// When set, password checks wait (as behind a slow hash) until `completeDeferredChecks()`.
+    var defersPasswordChecks = false
+    private(set) var deferredChecks: [(ticket: UInt64, succeeded: Bool)] = []
     private var nextConnection: UInt64 = 1
 
     init(configure: (inout ChatConfiguration) -> Void = { _ in }, accounts: [(String, String)] = []) {
@@ -81,6 +84,20 @@ struct CoreHarness {
         apply(outbox)
     }
 
+    /// Completes the password checks started so far, oldest first (checks their completion
+    /// starts stay deferred); returns how many were completed.
+    @discardableResult
+    mutating func completeDeferredChecks() -> Int {
+        let checks = deferredChecks
+        deferredChecks = []
+        for check in checks {
+            var outbox = Outbox()
+            server.completePasswordCheck(ticket: check.ticket, succeeded: check.succeeded, now: now, into: &outbox)
+            apply(outbox)
+        }
+        return checks.count
+    }
+
     mutating func advance(milliseconds: Int64) {
         now = now.adding(milliseconds: milliseconds)
         var outbox = Outbox()
@@ -102,6 +119,8 @@ struct CoreHarness {
             switch action {
             case .close(let id):
                 closed.insert(id)
+            case .checkPassword(let ticket, let credential, let password) where defersPasswordChecks:
+                deferredChecks.append((ticket, credential.verify(password: password)))
             case .checkPassword(let ticket, let credential, let password):
                 server.completePasswordCheck(ticket: ticket, succeeded: credential.verify(password: password), now: now, into: &next)
             case .createAccount(let ticket, let name, let key, let password, let email, let iterations):

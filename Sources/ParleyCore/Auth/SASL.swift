@@ -78,10 +78,11 @@ public struct ScramSHA256ServerExchange: Sendable {
     }
 
     /// Returns `r=<nonce>,s=<salt>,i=<iterations>`. For an unknown user a made-up credential is
-    /// used, so the exchange fails only at the end and does not reveal which accounts exist.
-    public mutating func serverFirst(credential: PasswordCredential?) -> String {
+    /// used (a salt of the same length, `decoyIterations`: pass the iterations real accounts get),
+    /// so the exchange fails only at the end and does not reveal which accounts exist.
+    public mutating func serverFirst(credential: PasswordCredential?, decoyIterations: Int) -> String {
         let isReal = credential != nil
-        let effective = credential ?? Self.decoyCredential(for: requestedUsername ?? "")
+        let effective = credential ?? Self.decoyCredential(for: requestedUsername ?? "", iterations: decoyIterations)
         let nonce = clientNonce + nonceGenerator()
         let message = "r=\(nonce),s=\(Data(effective.salt).base64EncodedString()),i=\(effective.iterations)"
         state = .sentServerFirst(clientFirstBare: clientFirstBare, serverFirst: message, nonce: nonce, gs2Header: gs2Header, credential: effective, isReal: isReal)
@@ -131,9 +132,9 @@ public struct ScramSHA256ServerExchange: Sendable {
 
     /// A stable fake verifier per username (so repeated probes look identical), keyed by a
     /// per-process secret so it cannot be computed offline.
-    static func decoyCredential(for username: String) -> PasswordCredential {
+    static func decoyCredential(for username: String, iterations: Int) -> PasswordCredential {
         let salt = Array(HMAC<SHA256>.authenticationCode(for: Array(username.utf8), using: decoySecret).prefix(16))
-        return PasswordCredential(salt: salt, iterations: 4096, storedKey: randomBytes(32), serverKey: randomBytes(32))
+        return PasswordCredential(salt: salt, iterations: iterations, storedKey: randomBytes(32), serverKey: randomBytes(32))
     }
 
     private static let decoySecret = SymmetricKey(size: .bits256)

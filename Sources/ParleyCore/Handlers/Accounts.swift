@@ -17,6 +17,10 @@ extension ChatServer {
             sessions[id]?.sasl = .idle
             throw .numeric(.errSaslTooLong, "SASL message too long")
         }
+        if session.sasl.bufferedBytes + argument.utf8.count > Self.maximumSASLMessageBytes {
+            sessions[id]?.sasl = .idle
+            throw .numeric(.errSaslTooLong, "SASL message too long: at most \(Self.maximumSASLMessageBytes) bytes of base64")
+        }
         switch session.sasl {
         case .idle:
             if session.accountKey != nil { throw .numeric(.errSaslAlready, "You have already authenticated using SASL") }
@@ -47,6 +51,11 @@ extension ChatServer {
         }
     }
 
+    /// The most base64 one SASL message may take, over all its 400-byte chunks. PLAIN with a
+    /// 300-byte password and two 30-byte names needs under 500; SCRAM's client messages are
+    /// smaller still.
+    static let maximumSASLMessageBytes = 4096
+
     /// Returns the decoded payload once the last chunk (shorter than 400 bytes, or `+`) arrived.
     private func collectChunk(_ buffer: String, _ chunk: String) -> [UInt8]? {
         if chunk.utf8.count == 400 { return nil }
@@ -66,15 +75,11 @@ extension ChatServer {
             throw .numeric(.errSaslFail, "SASL authentication failed: authorization identity must match")
         }
         let key = fold(plain.authenticationID)
-        if let refusal = loginRefusal(accountKey: key, host: session.host, now: context.now) {
-            throw .numeric(.errSaslFail, refusal)
-        }
-        guard let account = accounts[key] else {
-            noteLoginFailure(accountKey: key, host: session.host, now: context.now)
-            throw .numeric(.errSaslFail, "SASL authentication failed: invalid account name or password")
+        if let refusal = startPasswordCheck(.saslPlain(id, accountKey: key), throttleKey: key, credential: accounts[key]?.credential,
+                                            password: plain.password, session: session, now: context.now, into: &outbox) {
+            throw .numeric(.errSaslFail, refusal.text)
         }
         sessions[id]?.sasl = .checking
-        startPasswordCheck(.saslPlain(id, accountKey: key), credential: account.credential, password: plain.password, into: &outbox)
         context.deferReplies()
     }
 
@@ -91,16 +96,25 @@ extension ChatServer {
                 throw .numeric(.errSaslFail, "SASL authentication failed: malformed SCRAM message")
             }
             let key = fold(username)
-            if let refusal = loginRefusal(accountKey: key, host: session.host, now: context.now) {
-                throw .numeric(.errSaslFail, refusal)
+            if let wait = loginThrottle(key, network: SourceNetwork.key(forHost: session.host), now: context.now) {
+                throw .numeric(.errSaslFail, LoginRefusal.throttled(seconds: wait).text)
             }
-            let serverFirst = exchange.serverFirst(credential: accounts[key]?.credential)
+            // An unknown account gets a made-up salt with the iterations new accounts get, so
+            // the challenge does not tell whether the account exists.
+            let serverFirst = exchange.serverFirst(credential: accounts[key]?.credential, decoyIterations: configuration.passwordIterations)
             sessions[id]?.sasl = .scram(exchange: exchange, step: .awaitingClientFinal, buffer: "", username: username)
             appendAuthenticateChunks(serverFirst, in: &context)
         case .awaitingClientFinal:
+            // The proof is checked here, at once (no slow hash): the attempt counts now, and
+            // other connections' attempts since the challenge count against it too.
+            let key = fold(requestedUsername ?? "")
+            let network = SourceNetwork.key(forHost: session.host)
+            if let wait = loginThrottle(key, network: network, now: context.now) {
+                throw .numeric(.errSaslFail, LoginRefusal.throttled(seconds: wait).text)
+            }
             let serverFinal: String
             do { serverFinal = try exchange.receiveClientFinal(text) } catch {
-                noteLoginFailure(accountKey: fold(requestedUsername ?? ""), host: session.host, now: context.now)
+                recordLoginAttempt(key, network: network, now: context.now)
                 throw .numeric(.errSaslFail, "SASL authentication failed: invalid account name or password")
             }
             sessions[id]?.sasl = .scram(exchange: exchange, step: .awaitingFinalAck, buffer: "", username: requestedUsername)
@@ -129,57 +143,99 @@ extension ChatServer {
 
     // MARK: Login throttling and password checks
 
-    /// Refuses logins while an account or an address has failed too often recently.
-    func loginRefusal(accountKey: String, host: String, now: Timestamp) -> String? {
-        for key in ["account:" + accountKey, "host:" + host] {
-            if let window = loginFailures[key],
-               now.milliseconds(since: window.windowStart) < configuration.loginFailureWindowMilliseconds,
-               window.count >= configuration.loginFailuresAllowed {
-                let wait = (configuration.loginFailureWindowMilliseconds - now.milliseconds(since: window.windowStart) + 999) / 1000
-                return "Too many failed login attempts; try again in \(wait) seconds"
-            }
-        }
-        return nil
-    }
+    /// Why a password check was not started.
+    enum LoginRefusal {
+        /// Too many attempts on this account from this network, or from this network at all.
+        case throttled(seconds: Int64)
+        /// Too many password hashes queued server-wide; nothing was counted.
+        case busy
 
-    mutating func noteLoginFailure(accountKey: String, host: String, now: Timestamp) {
-        for key in ["account:" + accountKey, "host:" + host] {
-            if var window = loginFailures[key],
-               now.milliseconds(since: window.windowStart) < configuration.loginFailureWindowMilliseconds {
-                window.count += 1
-                loginFailures[key] = window
-            } else {
-                loginFailures[key] = FailureWindow(count: 1, windowStart: now)
+        var text: String {
+            switch self {
+            case .throttled(let seconds): "Too many failed login attempts; try again in \(seconds) seconds"
+            case .busy: "The server is busy checking other passwords; try again in a few seconds"
             }
-        }
-        if loginFailures.count > 100_000 {
-            loginFailures = loginFailures.filter { now.milliseconds(since: $0.value.windowStart) < configuration.loginFailureWindowMilliseconds }
         }
     }
 
-    mutating func startPasswordCheck(_ work: PendingWork, credential: PasswordCredential, password: String, into outbox: inout Outbox) {
+    /// Seconds until `accountKey` may be tried again from `network`, or nil when it may now.
+    /// Only attempts from the same network count, so guessing from one network never locks the
+    /// owner out from another.
+    func loginThrottle(_ accountKey: String, network: String, now: Timestamp) -> Int64? {
+        let perAccount = loginAttemptsPerAccount.secondsUntilAllowed(Self.attemptKey(accountKey, network), now: now)
+        let perNetwork = loginAttemptsPerNetwork.secondsUntilAllowed(network, now: now)
+        switch (perAccount, perNetwork) {
+        case (nil, nil): return nil
+        case (let wait?, nil), (nil, let wait?): return wait
+        case (let first?, let second?): return max(first, second)
+        }
+    }
+
+    /// Names are free text (an OPER name may hold spaces); NUL never occurs in an IRC line.
+    static func attemptKey(_ accountKey: String, _ network: String) -> String { accountKey + "\0" + network }
+
+    mutating func recordLoginAttempt(_ accountKey: String, network: String, now: Timestamp) {
+        loginAttemptsPerAccount.record(Self.attemptKey(accountKey, network), now: now)
+        loginAttemptsPerNetwork.record(network, now: now)
+    }
+
+    /// The password was right: the attempt was no guess.
+    mutating func refundLoginAttempt(_ accountKey: String, network: String, now: Timestamp) {
+        loginAttemptsPerAccount.refund(Self.attemptKey(accountKey, network), now: now)
+        loginAttemptsPerNetwork.refund(network, now: now)
+    }
+
+    var passwordWorkIsFull: Bool {
+        configuration.maxPasswordChecksInFlight > 0 && passwordWorkInFlight >= configuration.maxPasswordChecksInFlight
+    }
+
+    /// Asks the shell to check `password` for `work`, unless the account is throttled from the
+    /// session's network or too much password work is queued. The attempt counts from now, not
+    /// from when the slow hash is done, so pipelined or parallel guesses are bounded too.
+    /// Without a credential (no such account or operator) a decoy with the iterations of new
+    /// accounts is checked: the answer takes as long and reads the same as a wrong password.
+    mutating func startPasswordCheck(_ work: PendingWork, throttleKey accountKey: String, credential: PasswordCredential?, password: String,
+                                     session: Session, now: Timestamp, into outbox: inout Outbox) -> LoginRefusal? {
+        let network = SourceNetwork.key(forHost: session.host)
+        if let wait = loginThrottle(accountKey, network: network, now: now) { return .throttled(seconds: wait) }
+        if passwordWorkIsFull { return .busy }
+        recordLoginAttempt(accountKey, network: network, now: now)
         let ticket = nextTicket
         nextTicket += 1
         pendingWork[ticket] = work
-        if let connection = work.connection { sessions[connection]?.pendingTickets += 1 }
-        outbox.actions.append(.checkPassword(ticket: ticket, credential: credential, password: password))
+        passwordWorkInFlight += 1
+        session.pendingTickets += 1
+        let checked = credential ?? ScramSHA256ServerExchange.decoyCredential(for: accountKey, iterations: configuration.passwordIterations)
+        outbox.actions.append(.checkPassword(ticket: ticket, credential: checked, password: password))
+        return nil
+    }
+
+    /// The connection whose command asked for `action` (a password check or an account
+    /// creation), so the shell can bring the result back where that connection's lines are read.
+    public func connection(awaiting action: CoreAction) -> ConnectionID? {
+        switch action {
+        case .checkPassword(let ticket, _, _), .createAccount(let ticket, _, _, _, _, _): pendingWork[ticket]?.connection
+        default: nil
+        }
     }
 
     /// The shell finished a password check it was asked for with `.checkPassword`.
     public mutating func completePasswordCheck(ticket: UInt64, succeeded: Bool, now: Timestamp, into outbox: inout Outbox) {
-        guard let work = pendingWork.removeValue(forKey: ticket), let id = work.connection,
-              let session = sessions[id]
-        else { return }
+        guard let work = pendingWork[ticket], work.isPasswordCheck else { return }
+        pendingWork[ticket] = nil
+        passwordWorkInFlight -= 1
+        guard let id = work.connection, let session = sessions[id] else { return }
         sessions[id]?.pendingTickets -= 1
+        let network = SourceNetwork.key(forHost: session.host)
+        defer { releaseHeldCommands(id, now: now, into: &outbox) }
         switch work {
         case .passLogin(_, let key):
             var context = CommandContext(connection: id, now: now, label: nil)
             if succeeded, let account = accounts[key] {
-                loginFailures["account:" + key] = nil
+                refundLoginAttempt(key, network: network, now: now)
                 logIn(id, account: account, context: &context, outbox: &outbox)
                 completeRegistrationIfReady(id, &context, &outbox)
             } else {
-                noteLoginFailure(accountKey: key, host: session.host, now: now)
                 render(.numeric(.errPasswdMismatch, "Password incorrect"), in: &context)
                 disconnect(id, reason: "Bad password", context: &context, outbox: &outbox)
             }
@@ -188,11 +244,10 @@ extension ChatServer {
             var context = CommandContext(connection: id, now: now, label: nil)
             sessions[id]?.sasl = .idle
             if succeeded, let account = accounts[key] {
-                loginFailures["account:" + key] = nil
+                refundLoginAttempt(key, network: network, now: now)
                 logIn(id, account: account, context: &context, outbox: &outbox)
                 numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context)
             } else {
-                noteLoginFailure(accountKey: key, host: session.host, now: now)
                 render(.numeric(.errSaslFail, "SASL authentication failed: invalid account name or password"), in: &context)
             }
             finish(&context, into: &outbox)
@@ -200,11 +255,10 @@ extension ChatServer {
         case .identify(_, let key, let label):
             var context = CommandContext(connection: id, now: now, label: label)
             if succeeded, let account = accounts[key] {
-                loginFailures["account:" + key] = nil
+                refundLoginAttempt(key, network: network, now: now)
                 logIn(id, account: account, context: &context, outbox: &outbox)
                 nickServNotice("You are now identified as \(account.name).", in: &context)
             } else {
-                noteLoginFailure(accountKey: key, host: session.host, now: now)
                 nickServNotice("Invalid account name or password.", in: &context)
             }
             finish(&context, into: &outbox)
@@ -212,12 +266,12 @@ extension ChatServer {
         case .oper(_, let name, let label):
             var context = CommandContext(connection: id, now: now, label: label)
             if succeeded, let nick = session.nick {
+                refundLoginAttempt("oper:" + name, network: network, now: now)
                 sessions[id]?.isOperator = true
                 operators.insert(id)
                 numericReply(.rplYoureOper, ["You are now an IRC operator (\(name))"], in: &context)
                 context.replies.append(IRCMessage(source: nick.name, command: "MODE", parameters: [nick.name, "+o"]))
             } else {
-                noteLoginFailure(accountKey: "oper:" + name, host: session.host, now: now)
                 render(.numeric(.errPasswdMismatch, "Password incorrect"), in: &context)
             }
             finish(&context, into: &outbox)
@@ -300,8 +354,16 @@ extension ChatServer {
         if let accountName = session.accountName {
             throw failure("ALREADY_REGISTERED", accountName, "You are already logged in to an account")
         }
+        if session.hasCreatedAccount {
+            throw failure("ALREADY_REGISTERED", nick.name, "This connection has already created an account")
+        }
         if accounts[nick.folded] != nil || pendingAccountKeys.contains(nick.folded) {
             throw failure("ACCOUNT_EXISTS", nick.name, "An account with that name already exists")
+        }
+        if let holder = nickIndex[nick.folded], !holder.connections.contains(id) {
+            // Someone else took the nick while this connection was still registering: an account
+            // made now would give two identities one nick.
+            throw failure("ACCOUNT_EXISTS", nick.name, "Someone else is using the nick \(nick.name); pick another nick to register")
         }
         if password.utf8.count < configuration.minimumPasswordLength {
             throw failure("WEAK_PASSWORD", nick.name, "Passwords must be at least \(configuration.minimumPasswordLength) bytes long")
@@ -313,11 +375,20 @@ extension ChatServer {
         if let cleanedEmail, !cleanedEmail.contains("@") {
             throw failure("INVALID_EMAIL", nick.name, "That is not an email address")
         }
+        let network = SourceNetwork.key(forHost: session.host)
+        if let wait = registrationsPerNetwork.secondsUntilAllowed(network, now: context.now) {
+            throw failure("TEMPORARILY_UNAVAILABLE", nick.name, "Too many accounts were registered from your network recently; try again in \((wait + 59) / 60) minutes")
+        }
+        if passwordWorkIsFull {
+            throw failure("TEMPORARILY_UNAVAILABLE", nick.name, LoginRefusal.busy.text)
+        }
+        registrationsPerNetwork.record(network, now: context.now)
         let ticket = nextTicket
         nextTicket += 1
         pendingWork[ticket] = .registerAccount(id, key: nick.folded, viaNickServ: viaNickServ, label: context.label)
         pendingAccountKeys.insert(nick.folded)
-        sessions[id]?.pendingTickets += 1
+        passwordWorkInFlight += 1
+        session.pendingTickets += 1
         outbox.actions.append(.createAccount(
             ticket: ticket, name: nick.name, key: nick.folded, password: password,
             email: cleanedEmail, iterations: configuration.passwordIterations))
@@ -327,11 +398,19 @@ extension ChatServer {
 
     /// The shell finished creating an account it was asked for with `.createAccount`.
     public mutating func completeAccountCreation(ticket: UInt64, result: AccountCreationResult, now: Timestamp, into outbox: inout Outbox) {
-        guard case .registerAccount(let id, let key, let viaNickServ, let label)? = pendingWork.removeValue(forKey: ticket) else { return }
+        guard case .registerAccount(let id, let key, let viaNickServ, let label)? = pendingWork[ticket] else { return }
+        pendingWork[ticket] = nil
+        passwordWorkInFlight -= 1
         pendingAccountKeys.remove(key)
         if case .created(let record) = result { accounts[record.key] = record }
         guard let session = sessions[id] else { return }
         sessions[id]?.pendingTickets -= 1
+        defer { releaseHeldCommands(id, now: now, into: &outbox) }
+        if case .created = result {
+            session.hasCreatedAccount = true
+        } else {
+            registrationsPerNetwork.refund(SourceNetwork.key(forHost: session.host), now: now)
+        }
         var context = CommandContext(connection: id, now: now, label: label)
         let name = session.nick?.name ?? key
         switch result {
@@ -397,16 +476,11 @@ extension ChatServer {
             let accountName = words.count >= 3 ? words[1] : (session.nick?.name ?? "")
             let password = words.count >= 3 ? words[2] : words[1]
             let key = fold(accountName)
-            if let refusal = loginRefusal(accountKey: key, host: session.host, now: context.now) {
-                nickServNotice(refusal, in: &context)
+            if let refusal = startPasswordCheck(.identify(id, accountKey: key, label: context.label), throttleKey: key, credential: accounts[key]?.credential,
+                                                password: password, session: session, now: context.now, into: &outbox) {
+                nickServNotice(refusal.text + ".", in: &context)
                 return
             }
-            guard let account = accounts[key] else {
-                noteLoginFailure(accountKey: key, host: session.host, now: context.now)
-                nickServNotice("Invalid account name or password.", in: &context)
-                return
-            }
-            startPasswordCheck(.identify(id, accountKey: key, label: context.label), credential: account.credential, password: password, into: &outbox)
             context.deferReplies()
         default:
             for line in [
@@ -424,15 +498,15 @@ extension ChatServer {
         let name = message.parameters[0]
         let id = context.connection
         guard let session = sessions[id] else { return }
-        if let refusal = loginRefusal(accountKey: "oper:" + name, host: session.host, now: context.now) {
-            throw .numeric(.errPasswdMismatch, refusal)
+        // An unknown name is checked against a decoy and answered like a wrong password, so
+        // OPER does not tell which operator names exist.
+        let oper = configuration.operators.first(where: { $0.name == name })
+        switch startPasswordCheck(.oper(id, name: name, label: context.label), throttleKey: "oper:" + name, credential: oper?.credential,
+                                  password: message.parameters[1], session: session, now: context.now, into: &outbox) {
+        case nil: context.deferReplies()
+        case .throttled(let seconds)?: throw .numeric(.errPasswdMismatch, LoginRefusal.throttled(seconds: seconds).text)
+        case .busy?: throw .fail("OPER", "TEMPORARILY_UNAVAILABLE", description: LoginRefusal.busy.text)
         }
-        guard let oper = configuration.operators.first(where: { $0.name == name }) else {
-            noteLoginFailure(accountKey: "oper:" + name, host: session.host, now: context.now)
-            throw .numeric(.errNoOperHost, "No O-lines for your host")
-        }
-        startPasswordCheck(.oper(id, name: name, label: context.label), credential: oper.credential, password: message.parameters[1], into: &outbox)
-        context.deferReplies()
     }
 
     mutating func handleKill(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
@@ -455,6 +529,14 @@ extension ChatServer {
 }
 
 extension ChatServer.PendingWork {
+    /// Work answered by `completePasswordCheck`.
+    var isPasswordCheck: Bool {
+        switch self {
+        case .passLogin, .saslPlain, .identify, .oper: true
+        case .registerAccount, .history: false
+        }
+    }
+
     var connection: ConnectionID? {
         switch self {
         case .passLogin(let id, _), .saslPlain(let id, _), .identify(let id, _, _), .oper(let id, _, _), .registerAccount(let id, _, _, _),

@@ -199,23 +199,31 @@ extension ChatServer {
             sessions[id]?.passCredentials = nil
             let accountName = pass.account.isEmpty ? nick.name : pass.account
             let key = fold(accountName)
-            guard let account = accounts[key] else {
-                render(.numeric(.errPasswdMismatch, "Password incorrect: no account named \(accountName)"), in: &context)
-                disconnect(id, reason: "Bad password", context: &context, outbox: &outbox)
-                return
-            }
-            if let refusal = loginRefusal(accountKey: key, host: session.host, now: context.now) {
-                render(.numeric(.errPasswdMismatch, refusal), in: &context)
+            // An unknown account is answered like a wrong password, after as long.
+            switch startPasswordCheck(.passLogin(id, accountKey: key), throttleKey: key, credential: accounts[key]?.credential,
+                                      password: pass.password, session: session, now: context.now, into: &outbox) {
+            case nil:
+                break
+            case .throttled(let seconds)?:
+                render(.numeric(.errPasswdMismatch, LoginRefusal.throttled(seconds: seconds).text), in: &context)
                 disconnect(id, reason: "Too many failed logins", context: &context, outbox: &outbox)
-                return
+            case .busy?:
+                render(.fail("PASS", "TEMPORARILY_UNAVAILABLE", description: LoginRefusal.busy.text), in: &context)
+                disconnect(id, reason: "Server busy; try again later", context: &context, outbox: &outbox)
             }
-            startPasswordCheck(.passLogin(id, accountKey: key), credential: account.credential, password: pass.password, into: &outbox)
             return
         }
 
         var effectiveNick = nick
         if let accountName = session.accountName, let accountNick = try? Nickname(accountName, caseMapping: configuration.caseMapping, maxLength: configuration.nickLength) {
             effectiveNick = accountNick
+            if let holder = nickIndex[accountNick.folded], holder.accountKey == nil {
+                // A nick is held by one identity at a time: a guest who holds an account's nick
+                // gives it back when the account connects.
+                for squatter in holder.connections {
+                    disconnect(squatter, reason: "Nickname reclaimed by its account", now: context.now, into: &outbox)
+                }
+            }
         } else {
             if accounts[nick.folded] != nil {
                 sessions[id]?.nick = nil

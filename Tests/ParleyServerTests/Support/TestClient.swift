@@ -89,6 +89,24 @@ final class TestClient: Sendable {
         }
     }
 
+    /// Waits for a line satisfying `predicate`; returns it and every line before it, in the
+    /// order received, and takes them out (for asserting the order of replies).
+    func lines(through predicate: @escaping @Sendable (IRCMessage) -> Bool, _ description: String, timeout: Duration = .seconds(5)) async throws -> [IRCMessage] {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let found = state.withLockedValue { state -> [String]? in
+                guard let index = state.lines.firstIndex(where: { (try? IRCMessage(parsing: $0)).map(predicate) ?? false }) else { return nil }
+                defer { state.lines.removeFirst(index + 1) }
+                return Array(state.lines[...index])
+            }
+            if let found { return found.compactMap { try? IRCMessage(parsing: $0) } }
+            if ContinuousClock.now >= deadline || isClosed {
+                throw Timeout(waitingFor: description, received: state.withLockedValue { $0.lines })
+            }
+            try await waitForActivity(until: deadline)
+        }
+    }
+
     func send(_ line: String) {
         var buffer = channel.allocator.buffer(capacity: line.utf8.count + 2)
         buffer.writeString(line)

@@ -17,6 +17,8 @@ final class TestServer: @unchecked Sendable {
     private var store: SQLiteChatStore?
     private var group: ServiceGroup?
     private var runTask: Task<Void, any Error>?
+    /// The server's logger, when a test reads the log; otherwise swift-log's default.
+    private let logger: Logger?
 
     static func makeConfiguration() -> ServerConfiguration {
         var configuration = ServerConfiguration()
@@ -25,11 +27,14 @@ final class TestServer: @unchecked Sendable {
             .init(address: "::1", port: 0),
         ]
         configuration.accounts.passwordIterations = 1024
+        // Tests create many accounts from loopback; the tests of this bound set it themselves.
+        configuration.accounts.registrationsPerNetworkAllowed = 0
         configuration.logLevel = "warning"
         return configuration
     }
 
-    init(configure: (inout ServerConfiguration) -> Void = { _ in }) async throws {
+    init(logger: Logger? = nil, configure: (inout ServerConfiguration) -> Void = { _ in }) async throws {
+        self.logger = logger
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var configuration = Self.makeConfiguration()
@@ -40,7 +45,7 @@ final class TestServer: @unchecked Sendable {
     }
 
     private func start() async throws {
-        var logger = Logger(label: "parley-test")
+        var logger = self.logger ?? Logger(label: "parley-test")
         logger.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .warning
         let store = try SQLiteChatStore(path: directory.appendingPathComponent("parley.sqlite").path)
         let server = try await ParleyServer(configuration: configuration, store: store, logger: logger)
@@ -56,6 +61,9 @@ final class TestServer: @unchecked Sendable {
     func port(_ index: Int = 0) -> Int {
         server?.localAddresses[index].port ?? 0
     }
+
+    /// Password checks and account creations not finished yet.
+    var passwordChecksInFlight: Int { server?.host.passwordChecksInFlight ?? 0 }
 
     var ipv4Port: Int { port(0) }
     var ipv6Port: Int { port(1) }
