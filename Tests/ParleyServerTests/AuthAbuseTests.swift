@@ -115,7 +115,10 @@ struct AuthAbuseTests {
         try await AccountTests.createAccount("alice", password: "correct-horse-battery", port: server.ipv4Port)
         let busy = try await TestClient.registered("busy", port: server.ipv4Port)
         busy.send("OPER slow guess")
-        while server.passwordChecksInFlight == 0 { try await Task.sleep(for: .milliseconds(2)) }
+        // Waits for the condition (the check has started), bounded so a regression fails, not hangs.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while server.passwordChecksInFlight == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        try #require(server.passwordChecksInFlight > 0, "the first check never started")
 
         let other = try await TestClient.registered("other", port: server.ipv6Port, host: "::1")
         Self.pipeline(other, ["OPER slow guess", "PRIVMSG NickServ :IDENTIFY alice correct-horse-battery", "PING done"])
