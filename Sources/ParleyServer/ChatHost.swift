@@ -7,7 +7,6 @@ import NIOPosix
 import ParleyCore
 import ParleyStorage
 
-
 /// Owns the chat domain for the whole server and carries out its decisions.
 ///
 /// Ownership rule: `ChatServer` and the connection registry live in one `NIOLockedValueBox`.

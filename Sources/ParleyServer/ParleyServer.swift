@@ -7,7 +7,6 @@ import NIOPosix
 import NIOSSL
 import ParleyCore
 import ParleyStorage
-
 import ServiceLifecycle
 
 /// The running server: listeners on every configured address, one chat domain behind them, and a
