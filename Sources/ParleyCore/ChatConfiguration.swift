@@ -89,6 +89,8 @@ public struct ChatConfiguration: Sendable {
     /// Users one WHO by mask (`WHO *`, `WHO a*`) lists: the scan stops there and a
     /// `NOTE WHO TRUNCATED` says so. WHO of a nick or channel looks it up directly.
     public var maxWhoReplies = 200
+    /// Users one `WHO` by mask looks at before it stops (with `NOTE WHO TRUNCATED`).
+    public var maxWhoScanned = 10_000
     public var version = "parley-0.1"
 
     public init() {}

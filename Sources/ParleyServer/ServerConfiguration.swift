@@ -164,6 +164,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var maxBansPerChannel = ChatConfiguration().maxBansPerChannel
         /// Users listed by one WHO by mask; the scan stops there.
         public var maxWhoReplies = ChatConfiguration().maxWhoReplies
+        public var maxWhoScanned = ChatConfiguration().maxWhoScanned
 
         public init() {}
 
@@ -171,7 +172,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             case maxLineBytes, floodCommandsPerSecond, floodBurst, floodQueueLimit, maxConnectionsPerAddress
             case maxUnregisteredConnections, registrationTimeoutSeconds, pingIntervalSeconds, pingTimeoutSeconds
             case sendQueueBytes, monitorLimit, maxMessageTargets, maxChannelsPerUser
-            case maxBansPerChannel, maxWhoReplies
+            case maxBansPerChannel, maxWhoReplies, maxWhoScanned
         }
 
         public init(from decoder: any Decoder) throws {
@@ -192,6 +193,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             maxMessageTargets = try container.decode(.maxMessageTargets, default: defaults.maxMessageTargets)
             maxBansPerChannel = try container.decode(.maxBansPerChannel, default: defaults.maxBansPerChannel)
             maxWhoReplies = try container.decode(.maxWhoReplies, default: defaults.maxWhoReplies)
+            maxWhoScanned = try container.decode(.maxWhoScanned, default: defaults.maxWhoScanned)
         }
     }
 
@@ -328,6 +330,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.maxMessageTargets = limits.maxMessageTargets
         chat.maxBansPerChannel = max(1, limits.maxBansPerChannel)
         chat.maxWhoReplies = max(1, limits.maxWhoReplies)
+        chat.maxWhoScanned = max(1, limits.maxWhoScanned)
         chat.pingIntervalMilliseconds = Int64(limits.pingIntervalSeconds * 1000)
         chat.pingTimeoutMilliseconds = Int64(limits.pingTimeoutSeconds * 1000)
         chat.registrationTimeoutMilliseconds = Int64(limits.registrationTimeoutSeconds * 1000)

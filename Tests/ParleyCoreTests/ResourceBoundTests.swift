@@ -78,4 +78,20 @@ struct ResourceBoundTests {
         harness.advance(milliseconds: ChatServer.resendWindowMilliseconds)
         #expect(harness.server.recentSends["alice"] == nil)
     }
+
+    @Test func whoByMaskLooksAtABoundedNumberOfUsers() {
+        var harness = CoreHarness(configure: { $0.maxWhoScanned = 2 })
+        for index in 1...6 {
+            let user = harness.register("user\(index)")
+            harness.send(user, "MODE user\(index) -i")
+        }
+        let asker = harness.register("asker")
+        let reply = harness.send(asker, "WHO nobody*")
+        #expect(reply.contains { $0.contains("NOTE WHO TRUNCATED nobody* :") }, "\(reply)")
+        #expect(reply.last?.contains(" 315 ") == true)
+        var roomy = CoreHarness()
+        for index in 1...6 { roomy.register("user\(index)") }
+        let quiet = roomy.register("asker")
+        #expect(!roomy.send(quiet, "WHO nobody*").contains { $0.contains("NOTE") })
+    }
 }

@@ -245,6 +245,7 @@ extension ChatServer {
         let asker = context.connection
         var matches: [Session] = []
         var channelForWho: ChatChannel?
+        var scanStopped = false
         if mask.hasPrefix("#") {
             if let channel = channels[fold(mask)], !isClosed(channel, to: asker) {
                 channelForWho = channel
@@ -253,10 +254,18 @@ extension ChatServer {
         } else if !mask.contains("*") && !mask.contains("?"), let holder = nickIndex[fold(mask)] {
             matches = holder.connections.compactMap { sessions[$0] }
         } else {
-            // A scan of every user: it stops once one more user than the bound has matched.
+            // A scan of users: it stops once one more user than the bound has matched, or once
+            // `maxWhoScanned` users have been looked at (a mask matching few users on a big
+            // server would otherwise cost a pass over everyone under the lock, per WHO).
             let pattern = IRCMask(mask)
             var matchedNicks: Set<String> = []
+            var scanned = 0
             for session in sessions.values where session.isRegistered && (!operatorsOnly || session.isOperator) {
+                scanned += 1
+                if scanned > configuration.maxWhoScanned {
+                    scanStopped = true
+                    break
+                }
                 guard !session.isInvisible || session.id == asker || sessions[asker]?.isOperator == true else { continue }
                 if mask == "*" || mask == "0" || pattern.matches(session.nick?.name ?? "", caseMapping: configuration.caseMapping)
                     || pattern.matches(session.host, caseMapping: configuration.caseMapping)
@@ -282,6 +291,10 @@ extension ChatServer {
                 flags += sessions[asker]?.has(.multiPrefix) == true ? role.allPrefixes : role.prefix
             }
             numericReply(.rplWhoReply, [channelForWho?.name ?? "*", session.displayUsername, session.host, configuration.serverName, nick.name, flags, "0 \(session.realname)"], in: &context)
+        }
+        if scanStopped && shown.count < configuration.maxWhoReplies {
+            context.replies.append(standardLine("NOTE", "WHO", "TRUNCATED", [mask],
+                                                "Only the first \(configuration.maxWhoScanned) users were searched; narrow the mask"))
         }
         numericReply(.rplEndOfWho, [mask, "End of /WHO list"], in: &context)
     }
