@@ -48,6 +48,18 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        admit(context)
+        context.fireChannelActive()
+    }
+
+    /// Added to a connection that is already open (a WebSocket, after its HTTP upgrade): the
+    /// session starts now.
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { admit(context) }
+    }
+
+    private func admit(_ context: ChannelHandlerContext) {
+        guard connection == nil else { return }
         eventLoopIdentity = ObjectIdentifier(context.eventLoop)
         let address = Self.normalizedAddress(context.channel.remoteAddress)
         switch host.admit(context.channel, address: address, isSecure: isSecure) {
@@ -61,7 +73,6 @@ final class IRCConnectionHandler: ChannelInboundHandler {
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
         }
-        context.fireChannelActive()
     }
 
     /// IPv4 peers of a dual-stack socket appear as `::ffff:a.b.c.d`; per-address limits and

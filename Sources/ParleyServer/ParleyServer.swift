@@ -3,8 +3,10 @@ import IRCWire
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import NIOWebSocket
 import ParleyCore
 import ParleyStorage
 import ServiceLifecycle
@@ -93,7 +95,7 @@ public final class ParleyServer: Service, Sendable {
                 listeners.append(channel)
                 if let address = channel.localAddress {
                     boundAddresses.withLockedValue { $0.append(address) }
-                    logger.info("listening", metadata: ["address": "\(address)", "tls": "\(listener.tls)"])
+                    logger.info("listening", metadata: ["address": "\(address)", "tls": "\(listener.tls)", "http": "\(listener.http)"])
                 }
             }
         } catch {
@@ -132,6 +134,7 @@ public final class ParleyServer: Service, Sendable {
         let tlsContext = listener.tls ? self.tlsContext : nil
         let sendQueue = max(1024, configuration.limits.sendQueueBytes)
         let maxLine = configuration.limits.maxLineBytes
+        let web = listener.http ? WebSocketOriginPolicy(allowedOrigins: Set(configuration.web.allowedOrigins), secure: listener.tls) : nil
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -152,7 +155,11 @@ public final class ParleyServer: Service, Sendable {
                     if let tlsContext {
                         try sync.addHandler(NIOSSLServerHandler(context: tlsContext))
                     }
-                    try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger))
+                    if let web {
+                        try Self.addWebHandlers(to: channel, web, host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger)
+                    } else {
+                        try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger))
+                    }
                 }
             }
         if listener.address.contains(":") {
@@ -160,6 +167,40 @@ public final class ParleyServer: Service, Sendable {
             bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
         }
         return try await bootstrap.bind(host: listener.address, port: listener.port).get()
+    }
+}
+
+extension ParleyServer {
+    /// A web listener's pipeline: HTTP, upgraded at `/irc` to IRCv3 WebSocket, after which the
+    /// connection is an ordinary IRC session behind `IRCWebSocketAdapter`.
+    static func addWebHandlers(to channel: Channel, _ origins: WebSocketOriginPolicy, host: ChatHost, isSecure: Bool,
+                               maximumLineBytes: Int, logger: Logger) throws {
+        let upgrader = NIOWebSocketServerUpgrader(
+            // Room for a line over the limit, so that it is answered with 417 as on TCP rather
+            // than by closing the WebSocket.
+            maxFrameSize: max(16_384, 2 * maximumLineBytes),
+            shouldUpgrade: { channel, head in
+                let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+                guard path == "/irc", origins.allows(head) else { return channel.eventLoop.makeSucceededFuture(nil) }
+                var headers = HTTPHeaders()
+                if let chosen = WebSocketSubprotocol.choose(from: head.headers) {
+                    headers.add(name: "Sec-WebSocket-Protocol", value: chosen.rawValue)
+                }
+                return channel.eventLoop.makeSucceededFuture(headers)
+            },
+            upgradePipelineHandler: { channel, head in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(IRCWebSocketAdapter(subprotocol: WebSocketSubprotocol.choose(from: head.headers), maximumLineBytes: maximumLineBytes))
+                    try sync.addHandler(IRCConnectionHandler(host: host, isSecure: isSecure, maximumLineBytes: maximumLineBytes, logger: logger))
+                }
+            })
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
+                // The HTTP handler has no part in a WebSocket connection.
+                context.pipeline.removeHandler(name: WebHTTPHandler.name, promise: nil)
+            }))
+        try channel.pipeline.syncOperations.addHandler(WebHTTPHandler(origins: origins), name: WebHTTPHandler.name)
     }
 }
 

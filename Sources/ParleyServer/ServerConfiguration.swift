@@ -16,6 +16,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var accounts = Accounts()
     public var operators: [Operator] = []
     public var history = History()
+    public var web = Web()
     /// swift-log level: trace (logs every protocol line), debug, info, notice, warning, error.
     public var logLevel = "info"
     /// Event loop threads; 0 means one per CPU the process may use.
@@ -25,6 +26,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case serverName, networkName, motd, dataDirectory, listeners, tls, limits, accounts, operators, history, logLevel, threads
+        case web
     }
 
     public init(from decoder: any Decoder) throws {
@@ -40,6 +42,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         accounts = try container.decode(.accounts, default: defaults.accounts)
         operators = try container.decode(.operators, default: defaults.operators)
         history = try container.decode(.history, default: defaults.history)
+        web = try container.decode(.web, default: defaults.web)
         logLevel = try container.decode(.logLevel, default: defaults.logLevel)
         threads = try container.decode(.threads, default: defaults.threads)
     }
@@ -50,28 +53,36 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var port: Int
         /// Whether this listener speaks TLS (needs the `tls` certificate and key).
         public var tls: Bool
+        /// Whether this listener speaks HTTP: IRCv3 WebSocket at `/irc` (over TLS: https).
+        public var http: Bool
 
-        public init(address: String, port: Int, tls: Bool = false) {
+        public init(address: String, port: Int, tls: Bool = false, http: Bool = false) {
             self.address = address
             self.port = port
             self.tls = tls
+            self.http = http
         }
 
-        enum CodingKeys: String, CodingKey { case address, port, tls }
+        enum CodingKeys: String, CodingKey { case address, port, tls, http }
 
         public init(from decoder: any Decoder) throws {
             let container = try decoder.container(keyedBy: CodingKeys.self)
             address = try container.decode(String.self, forKey: .address)
             port = try container.decode(Int.self, forKey: .port)
             tls = try container.decodeIfPresent(Bool.self, forKey: .tls) ?? false
+            http = try container.decodeIfPresent(Bool.self, forKey: .http) ?? false
         }
 
-        /// Parses `ADDRESS:PORT`, `[IPV6]:PORT`, and a `tls://` prefix for TLS listeners.
+        /// Parses `ADDRESS:PORT`, `[IPV6]:PORT`, with a `tls://` prefix for TLS listeners and
+        /// `http://` or `https://` for web listeners.
         public init?(parsing text: String) {
             var rest = Substring(text)
             var tls = false
+            var http = false
             if rest.hasPrefix("tls://") { tls = true; rest = rest.dropFirst(6) }
             if rest.hasPrefix("tcp://") { rest = rest.dropFirst(6) }
+            if rest.hasPrefix("http://") { http = true; rest = rest.dropFirst(7) }
+            if rest.hasPrefix("https://") { http = true; tls = true; rest = rest.dropFirst(8) }
             let address: Substring
             let portText: Substring
             if rest.hasPrefix("[") {
@@ -86,7 +97,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
                 portText = rest[rest.index(after: colon)...]
             }
             guard !address.isEmpty, let port = Int(portText), (0...65_535).contains(port) else { return nil }
-            self.init(address: String(address), port: port, tls: tls)
+            self.init(address: String(address), port: port, tls: tls, http: http)
         }
     }
 
@@ -273,6 +284,22 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             maxTrackedRecipients = try container.decode(.maxTrackedRecipients, default: defaults.maxTrackedRecipients)
             maxPendingReceiptsPerAuthor = try container.decode(.maxPendingReceiptsPerAuthor, default: defaults.maxPendingReceiptsPerAuthor)
             storedBytesPerAccountPerDay = try container.decode(.storedBytesPerAccountPerDay, default: defaults.storedBytesPerAccountPerDay)
+        }
+    }
+
+    /// Web listeners (`http` listeners): who may open a WebSocket from a browser page.
+    public struct Web: Sendable, Codable, Equatable {
+        /// Page origins (e.g. `https://chat.example.org`) allowed to open a WebSocket besides
+        /// the listener's own; connections without an Origin header (not browsers) always may.
+        public var allowedOrigins: [String] = []
+
+        public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case allowedOrigins }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.strictContainer(keyedBy: CodingKeys.self)
+            allowedOrigins = try container.decode(.allowedOrigins, default: Web().allowedOrigins)
         }
     }
 
