@@ -94,7 +94,7 @@ struct ScreenTests {
 
         let alice = try await TestClient.registered("alice", port: server.ports[1], host: "::1", password: "alice-password")
         alice.send("PRIVMSG bob :incoming while bob types")
-        let shown = try await tmux.waitFor("the message") { $0.contains { $0.contains("alice → you: incoming while bob types") } }
+        let shown = try await tmux.waitFor("the message") { $0.contains { $0.contains("alice: incoming while bob types") } }
         #expect(Self.lastLine(shown) == "[alice] half a line typ", "the half line is intact, below the message")
 
         // Finishing the line sends it, to the conversation in view.
@@ -102,7 +102,7 @@ struct ScreenTests {
         try tmux.run(["send-keys", "-t", "ui", "Enter"])
         let received = try await alice.expect(timeout: .seconds(5), "the line bob finished typing (screen: \(try tmux.screen()))") { $0.command == "PRIVMSG" }
         #expect(received.parameters == ["alice", "half a line typed"])
-        _ = try await tmux.waitFor("sent state") { $0.contains { $0.contains("✓ sent") || $0.contains("✓✓") } }
+        _ = try await tmux.waitFor("sent state") { $0.contains { $0.contains("you: half a line typed  ✓") } }
 
         // Leaving by /leave or by Ctrl-C restores the terminal.
         if exit == "/leave" {
