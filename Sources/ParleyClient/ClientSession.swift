@@ -56,6 +56,9 @@ public struct ClientSession: Sendable {
     /// `--batch`, whose output stays as it was.
     public var followsGroupRecipients = false
     public var reportsHistoryEnd = false
+    /// Read markers the screen sends on its own (a conversation with a guest has none): a
+    /// refusal is no news to the user.
+    public var ignoresReadMarkerRefusals = false
 
     private var offeredCapabilities: Set<String> = []
     private var nextLabel = 1
@@ -229,6 +232,8 @@ public struct ClientSession: Sendable {
             handleReceipt(message, &events)
         case "NOTE":
             handleNote(message, label: label, &events)
+        case "FAIL" where ignoresReadMarkerRefusals && message.parameters.first == "MARKREAD":
+            break
         case "FAIL", "WARN":
             let code = message.parameters.count > 1 ? message.parameters[1] : ""
             let text = message.parameters.last ?? code

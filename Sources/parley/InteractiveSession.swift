@@ -19,6 +19,7 @@ struct InteractiveSession {
         client.perform { session in
             session.followsGroupRecipients = true
             session.reportsHistoryEnd = true
+            session.ignoresReadMarkerRefusals = true
             return ([], [], ())
         }
         let terminal = Terminal()

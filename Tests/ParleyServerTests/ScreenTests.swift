@@ -50,18 +50,24 @@ struct ScreenTests {
             }
         }
 
-        func screen() throws -> [String] {
-            try run(["capture-pane", "-p", "-t", "ui"]).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        func screen(_ target: String = "ui") throws -> [String] {
+            try run(["capture-pane", "-p", "-t", target]).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         }
 
-        func waitFor(_ description: String, timeout: Duration = .seconds(10), _ predicate: ([String]) -> Bool) async throws -> [String] {
+        /// The cursor's column (0-based) in a pane.
+        func cursorColumn(_ target: String = "ui") throws -> Int {
+            Int(try run(["display-message", "-p", "-t", target, "#{cursor_x}"]).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        }
+
+        /// Polls the pane: tmux has no way to announce that the screen changed.
+        func waitFor(_ description: String, in target: String = "ui", timeout: Duration = .seconds(10), _ predicate: ([String]) -> Bool) async throws -> [String] {
             let deadline = ContinuousClock.now + timeout
             while ContinuousClock.now < deadline {
-                let lines = try screen()
+                let lines = try screen(target)
                 if predicate(lines) { return lines }
                 try await Task.sleep(for: .milliseconds(50))
             }
-            throw TestClient.Timeout(waitingFor: description, received: try screen())
+            throw TestClient.Timeout(waitingFor: description, received: try screen(target))
         }
 
         deinit { _ = try? run(["kill-server"]) }
