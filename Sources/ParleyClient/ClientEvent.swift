@@ -58,6 +58,9 @@ public struct ClientEvent: Codable, Sendable, Equatable {
         case reconnecting
         /// Local information for the user (help, mode changes), produced by the interface.
         case info
+        /// The answer to a history request for `conversation` is complete (its messages came
+        /// before, as `message` events with `history`). Only when `ClientSession.reportsHistoryEnd`.
+        case historyEnd = "history-end"
     }
 
     public var type: Kind

@@ -27,6 +27,9 @@ public struct OutgoingMessage: Sendable, Equatable {
     public var time: String?
     public var deliveredTo: Set<String> = []
     public var readBy: Set<String> = []
+    /// Everyone the message went to, as far as known (from `RECEIPTS STATUS`, including those
+    /// it has not reached yet).
+    public var recipients: Set<String> = []
     public var failure: String?
 }
 
@@ -48,6 +51,14 @@ public struct ClientSession: Sendable {
     /// Our messages in the order we sent them.
     public private(set) var outgoingOrder: [String] = []
     public private(set) var groups: Set<String> = []
+    /// For a screen that counts group receipts (`✓✓ 3/5`): after the echo of a group message, ask
+    /// the server who it went to (`RECEIPTS STATUS`), and report history answers' ends. Off for
+    /// `--batch`, whose output stays as it was.
+    public var followsGroupRecipients = false
+    public var reportsHistoryEnd = false
+    /// Read markers the screen sends on its own (a conversation with a guest has none): a
+    /// refusal is no news to the user.
+    public var ignoresReadMarkerRefusals = false
 
     private var offeredCapabilities: Set<String> = []
     private var nextLabel = 1
@@ -134,6 +145,13 @@ public struct ClientSession: Sendable {
         return IRCMessage(tags: [IRCTag("label", label)], command: "CHATHISTORY", parameters: ["LATEST", target, "*", String(limit)])
     }
 
+    /// Messages of `target` older than a server time (`nil`: the latest).
+    public mutating func history(of target: String, before time: String?, limit: Int) -> IRCMessage {
+        guard let time else { return history(of: target, limit: limit) }
+        let label = makeLabel(.history)
+        return IRCMessage(tags: [IRCTag("label", label)], command: "CHATHISTORY", parameters: ["BEFORE", target, "timestamp=\(time)", String(limit)])
+    }
+
     /// Marks a conversation read up to a message's time (only ever forward).
     public func markRead(_ conversation: String, time: String) -> IRCMessage? {
         guard capabilities.contains("draft/read-marker") else { return nil }
@@ -203,14 +221,19 @@ public struct ClientSession: Sendable {
                 batches[String(reference.dropFirst())] = (type, message.parameters.count > 2 ? message.parameters[2] : nil, label)
             } else if let closed = batches.removeValue(forKey: String(reference.dropFirst())), let finished = closed.label {
                 // The end of a labeled-response batch: that request is answered.
+                if reportsHistoryEnd, closed.type == "chathistory", case .history? = labels[finished] {
+                    events.append(ClientEvent(.historyEnd, conversation: closed.target))
+                }
                 labels[finished] = nil
             }
         case "PRIVMSG", "NOTICE":
-            handleMessage(message, sourceNick: sourceNick, fromServer: fromServer, label: label, batchReference: batchReference, &events)
+            handleMessage(message, sourceNick: sourceNick, fromServer: fromServer, label: label, batchReference: batchReference, &lines, &events)
         case "RECEIPT":
             handleReceipt(message, &events)
         case "NOTE":
             handleNote(message, label: label, &events)
+        case "FAIL" where ignoresReadMarkerRefusals && message.parameters.first == "MARKREAD":
+            break
         case "FAIL", "WARN":
             let code = message.parameters.count > 1 ? message.parameters[1] : ""
             let text = message.parameters.last ?? code
@@ -322,7 +345,7 @@ public struct ClientSession: Sendable {
         }
     }
 
-    private mutating func handleMessage(_ message: IRCMessage, sourceNick: String?, fromServer: Bool, label: String?, batchReference: String?, _ events: inout [ClientEvent]) {
+    private mutating func handleMessage(_ message: IRCMessage, sourceNick: String?, fromServer: Bool, label: String?, batchReference: String?, _ lines: inout [IRCMessage], _ events: inout [ClientEvent]) {
         guard message.parameters.count >= 2 else { return }
         let target = message.parameters[0]
         let text = message.parameters[1]
@@ -344,6 +367,9 @@ public struct ClientSession: Sendable {
                 events.append(stateEvent(mine))
                 for receipt in mine.msgid.flatMap({ earlyReceipts.removeValue(forKey: $0) }) ?? [] {
                     handleReceipt(receipt, &events)
+                }
+                if followsGroupRecipients, mine.target.hasPrefix("#"), let msgid = mine.msgid, capabilities.contains("parley.chat/receipts") {
+                    lines.append(IRCMessage(tags: [IRCTag("label", makeLabel(.command))], command: "RECEIPTS", parameters: ["STATUS", msgid]))
                 }
             }
             return
@@ -373,7 +399,11 @@ public struct ClientSession: Sendable {
             return
         }
         let reader = parameters[3]
+        let before = mine
+        mine.recipients.insert(reader)
         switch parameters[2] {
+        case "pending":
+            break
         case "delivered":
             mine.deliveredTo.insert(reader)
             if mine.state < .delivered { mine.state = .delivered }
@@ -385,10 +415,16 @@ public struct ClientSession: Sendable {
             return
         }
         outgoing[id] = mine
+        // A status answer repeats what live receipts said: only news becomes an event. Who the
+        // message went to is news only to a screen that counts group receipts.
+        let news = mine.deliveredTo != before.deliveredTo || mine.readBy != before.readBy
+        let newRecipient = followsGroupRecipients && mine.recipients != before.recipients
+        guard news || newRecipient || !followsGroupRecipients else { return }
         var event = stateEvent(mine)
         event.reader = reader
         event.time = parameters[4] == "*" ? nil : parameters[4]
-        event.state = parameters[2] == "read" ? .read : .delivered
+        if parameters[2] != "pending" { event.state = parameters[2] == "read" ? .read : .delivered }
+        if followsGroupRecipients, mine.target.hasPrefix("#") { event.members = mine.recipients.sorted() }
         events.append(event)
     }
 

@@ -10,6 +10,9 @@ public enum UserAction: Sendable, Equatable {
     /// Text for the user only (help, hints, mode changes).
     case info(String)
     case quit(String)
+    /// Who has read one of our messages in the open conversation: the latest whose text contains
+    /// the query (the latest of all when it is empty).
+    case receipts(String)
 }
 
 /// Turns what the user types into actions. Two ways of working share it: the original app's
@@ -46,8 +49,14 @@ public struct CommandInterpreter: Sendable {
         (it first offers to create one) | /exit back to general mode | /leave disconnects and quits.
         Commands: /msg user text | /query user-or-#group (then type to talk there) | /join #group | /part [#group] | \
         /group create NAME [users...] | /group add NAME user | /group remove NAME user | /group rename OLD NEW | \
-        /group members NAME | /group delete NAME | /seen user | /history [n] | /who | /receipts on|off | /help | /quit
+        /group members NAME | /group delete NAME | /seen user | /history [n] | /who | /receipts on|off | /receipts TEXT (who read your message with TEXT) | /help | /quit
+        Keys: Alt+1..9 or Ctrl+N / Ctrl+P switch conversations | PageUp / PageDown scroll (older messages load at the top)
         """
+
+    /// The screen switched to another conversation (Alt+number, Ctrl+N/P): plain text goes there.
+    public mutating func open(_ target: String?) {
+        conversation = target
+    }
 
     /// The prompt shown before the input line.
     public var prompt: String {
@@ -196,7 +205,8 @@ public struct CommandInterpreter: Sendable {
             switch rest.first?.lowercased() {
             case "on": return [.command("RECEIPTS", ["READ", "ON"])]
             case "off": return [.command("RECEIPTS", ["READ", "OFF"])]
-            default: return [.command("RECEIPTS", ["READ"])]
+            case nil: return [.command("RECEIPTS", ["READ"])]
+            default: return [.receipts(remainder(after: 1))]
             }
         case "/help":
             return [.info(Self.help)]

@@ -16,15 +16,29 @@ struct InteractiveSession {
 
     func run() async -> Outcome {
         let client = ChatClient(address: address, login: login)
+        client.perform { session in
+            session.followsGroupRecipients = true
+            session.reportsHistoryEnd = true
+            session.ignoresReadMarkerRefusals = true
+            return ([], [], ())
+        }
         let terminal = Terminal()
-        let screen = Screen()
-        let formatter = EventFormatter(style: .fromEnvironment)
-        let interpreter = NIOLockedValueBox(CommandInterpreter())
+        let screen = Screen(ownNick: login.account, style: .fromEnvironment)
         let loginFailure = NIOLockedValueBox<String?>(nil)
         let quitting = NIOLockedValueBox(false)
 
+        @Sendable func carry(_ effects: [ScreenEffect]) {
+            for effect in effects {
+                switch effect {
+                case .markRead(let conversation, let time):
+                    client.sendLine { $0.markRead(conversation, time: time) }
+                case .loadOlder(let conversation, let before):
+                    client.sendLine { $0.history(of: conversation, before: before, limit: ChatScreen.olderPageSize) }
+                }
+            }
+        }
         @Sendable func show(_ event: ClientEvent) {
-            screen.print(formatter.lines(for: event, ownNick: login.account))
+            carry(screen.update { $0.model.apply(event) })
         }
         @Sendable func quit(_ reason: String) {
             guard quitting.withLockedValue({ flag in defer { flag = true }; return !flag }) else { return }
@@ -33,8 +47,7 @@ struct InteractiveSession {
 
         terminal.enterRawMode()
         screen.start()
-        screen.setPrompt(interpreter.withLockedValue { $0.prompt })
-        screen.print(["Connecting to \(address) as \(login.account)…"])
+        screen.update { $0.model.showInfo("Connecting to \(address) as \(login.account)…") }
 
         // Signals end the session cleanly too; the terminal is restored below in every case.
         signal(SIGINT, SIG_IGN)
@@ -59,21 +72,12 @@ struct InteractiveSession {
                     loginFailure.withLockedValue { $0 = event.reason ?? "refused" }
                     continue
                 }
-                show(event)
-                interpreter.withLockedValue { interpreter in
-                    // Tab completion copies these into the input line, which is drawn as typed:
-                    // a name holding control characters (no valid name does) is never offered.
-                    func completable(_ name: String) -> Bool { !TerminalText.containsControlCharacters(name) }
-                    if let from = event.from, !from.contains("."), event.type == .message, completable(from) { interpreter.knownNicks.insert(from) }
-                    if let user = event.user, completable(user) { interpreter.knownNicks.insert(user) }
-                    if let conversation = event.conversation, conversation.hasPrefix("#"), completable(conversation) { interpreter.knownGroups.insert(conversation) }
-                    for member in event.members ?? [] where completable(member) { interpreter.knownNicks.insert(String(member.drop { "~@+".contains($0) })) }
-                }
-                // Everything shown here is in view: mark it read (the author sees "read" unless
-                // /receipts off).
-                if event.type == .message, event.own != true, let conversation = event.conversation, let time = event.time {
-                    client.sendLine { $0.markRead(conversation, time: time) }
-                }
+                // What the open conversation shows counts as read (the author sees "read"
+                // unless /receipts off); the screen model decides what is shown.
+                carry(screen.update { state in
+                    Self.learnNames(from: event, into: &state.interpreter)
+                    return state.model.apply(event)
+                })
             }
         }
 
@@ -94,23 +98,13 @@ struct InteractiveSession {
                     quit("Leaving")
                     return
                 }
-                for result in screen.feed(Array(buffer[0..<count])) {
-                    switch result {
-                    case .line(let line):
-                        let actions = interpreter.withLockedValue { $0.interpret(line) }
-                        screen.setPrompt(interpreter.withLockedValue { $0.prompt })
-                        if let reason = perform(actions, on: client, report: show) {
-                            quit(reason)
-                            return
-                        }
-                    case .interrupt, .endOfInput:
-                        quit("Leaving")
-                        return
-                    case .complete(let line):
-                        if let completed = interpreter.withLockedValue({ $0.complete(line) }) { screen.replaceInput(completed) }
-                    case .none:
-                        break
-                    }
+                let (actions, effects) = screen.update { state in
+                    Self.handle(state.keys.feed(Array(buffer[0..<count])), in: &state)
+                }
+                carry(effects)
+                if let reason = perform(actions, on: client, report: show) {
+                    quit(reason)
+                    return
                 }
             }
         }
@@ -138,5 +132,71 @@ struct InteractiveSession {
         signal(SIGHUP, SIG_DFL)
         if let reason = loginFailure.withLockedValue({ $0 }) { return .loginFailed(reason) }
         return outcome
+    }
+
+    /// Tab completion copies these into the input line, which is drawn as typed: a name holding
+    /// control characters (no valid name does) is never offered.
+    static func learnNames(from event: ClientEvent, into interpreter: inout CommandInterpreter) {
+        func completable(_ name: String) -> Bool { !TerminalText.containsControlCharacters(name) }
+        if let from = event.from, !from.contains("."), event.type == .message, completable(from) { interpreter.knownNicks.insert(from) }
+        if let user = event.user, completable(user) { interpreter.knownNicks.insert(user) }
+        if let conversation = event.conversation, conversation.hasPrefix("#"), completable(conversation) { interpreter.knownGroups.insert(conversation) }
+        for member in event.members ?? [] where completable(member) { interpreter.knownNicks.insert(String(member.drop { "~@+".contains($0) })) }
+    }
+
+    /// Applies keys to the screen; returns what to send and what the screen asked for. A line
+    /// that ends in `.quit` stops there.
+    static func handle(_ keys: [Key], in state: inout Screen.State) -> (actions: [UserAction], effects: [ScreenEffect]) {
+        var actions: [UserAction] = []
+        var effects: [ScreenEffect] = []
+        for key in keys {
+            switch key {
+            case .text(let text): state.model.input.insert(text)
+            case .backspace: state.model.input.backspace()
+            case .deleteForward: state.model.input.deleteForward()
+            case .left: state.model.input.move(by: -1)
+            case .right: state.model.input.move(by: 1)
+            case .home: state.model.input.moveHome()
+            case .end: state.model.input.moveEnd()
+            case .killToStart: state.model.input.killToStart()
+            case .tab:
+                if let completed = state.interpreter.complete(state.model.input.text) { state.model.input.replace(with: completed) }
+            case .pageUp: effects += state.model.scroll(pages: 1)
+            case .pageDown: effects += state.model.scroll(pages: -1)
+            case .conversation(let number):
+                if let name = state.model.conversationName(at: number) { effects += state.open(name) }
+            case .nextConversation:
+                if let name = state.model.conversationName(after: 1) { effects += state.open(name) }
+            case .previousConversation:
+                if let name = state.model.conversationName(after: -1) { effects += state.open(name) }
+            case .interrupt:
+                return (actions + [.quit("Leaving")], effects)
+            case .endOfInput:
+                if state.model.input.isEmpty { return (actions + [.quit("Leaving")], effects) }
+                state.model.input.deleteForward()
+            case .enter:
+                let line = state.model.input.text
+                state.model.input = InputLine()
+                let before = state.interpreter.conversation
+                var interpreted = state.interpreter.interpret(line)
+                // Sending opens the conversation, so the message and its state are in view.
+                if let target = interpreted.lazy.compactMap({ action -> String? in
+                    if case .send(_, let to) = action { return to } else { return nil }
+                }).last {
+                    effects += state.open(target)
+                } else if state.interpreter.conversation != before || state.interpreter.conversation.map({ state.model.currentName != $0 }) == true {
+                    effects += state.open(state.interpreter.conversation)
+                }
+                state.model.prompt = state.interpreter.prompt
+                interpreted = interpreted.filter { action in
+                    guard case .receipts(let query) = action else { return true }
+                    state.model.showInfo(state.model.receipts(matching: query))
+                    return false
+                }
+                actions += interpreted
+                if interpreted.contains(where: { if case .quit = $0 { true } else { false } }) { return (actions, effects) }
+            }
+        }
+        return (actions, effects)
     }
 }

@@ -124,6 +124,8 @@ func perform(_ actions: [UserAction], on client: ChatClient, report: (ClientEven
             client.sendLine { $0.history(of: target, limit: limit) }
         case .info(let text):
             report(.info(text))
+        case .receipts:
+            report(.info("/receipts TEXT lists who read a message on the screen; in --batch every receipt is a state event"))
         case .quit(let reason):
             return reason
         }

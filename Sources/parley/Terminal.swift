@@ -1,4 +1,5 @@
 import Foundation
+import ParleyClient
 
 /// The terminal: raw input mode, its size, and putting everything back as it was. The
 /// original settings are restored on every exit path (normal quit, Ctrl-C, signals).
@@ -79,28 +80,7 @@ final class Terminal: @unchecked Sendable {
     }
 }
 
-/// ANSI styles, or nothing when colour is off (NO_COLOR, or not a terminal).
-struct Style: Sendable {
-    let enabled: Bool
-
-    init(enabled: Bool) {
-        self.enabled = enabled
-    }
-
-    static let fromEnvironment = Style(enabled: Terminal.isInteractive && ProcessInfo.processInfo.environment["NO_COLOR"] == nil)
-
-    func apply(_ code: String, _ text: String) -> String { enabled ? "\u{1B}[\(code)m\(text)\u{1B}[0m" : text }
-    func dim(_ text: String) -> String { apply("2", text) }
-    func bold(_ text: String) -> String { apply("1", text) }
-    func red(_ text: String) -> String { apply("31", text) }
-    func green(_ text: String) -> String { apply("32", text) }
-    func yellow(_ text: String) -> String { apply("33", text) }
-    func cyan(_ text: String) -> String { apply("36", text) }
-
-    /// A stable colour per nick, so senders are told apart at a glance.
-    func nick(_ name: String) -> String {
-        let palette = ["31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96"]
-        let index = name.lowercased().unicodeScalars.reduce(0) { ($0 &* 31 &+ Int($1.value)) & 0xFFFF } % palette.count
-        return apply("1;" + palette[index], name)
-    }
+extension TextStyle {
+    /// Colours on a terminal, unless `NO_COLOR` is set (https://no-color.org).
+    static let fromEnvironment = TextStyle(colors: Terminal.isInteractive && ProcessInfo.processInfo.environment["NO_COLOR"] == nil)
 }

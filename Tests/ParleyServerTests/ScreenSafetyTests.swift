@@ -17,19 +17,21 @@ struct ScreenSafetyTests {
         // A guest on a raw socket, so nothing on its side filters what it sends.
         let mallory = try await TestClient.registered("mallory", port: server.ipv4Port)
         mallory.send("PRIVMSG bob :an honest first line")
-        _ = try await tmux.waitFor("the first line") { $0.contains { $0.contains("mallory → you: an honest first line") } }
+        _ = try await tmux.waitFor("the notice") { $0.contains { $0.contains("▸ mallory: an honest first line") } }
+        try tmux.run(["send-keys", "-t", "ui", "M-1"])
+        _ = try await tmux.waitFor("the first line") { $0.contains { $0.contains("mallory: an honest first line") && !$0.contains("▸") } }
 
         // Set the title; then clear the screen, move home and draw a line that looks like carol's.
         mallory.send("PRIVMSG bob :\u{1B}]2;PWNED\u{07}title?")
         mallory.send("PRIVMSG bob :\u{1B}[2J\u{1B}[H12:00 carol → you: forged line")
         // The screen draws events in order: once the forged text shows (somewhere), all was drawn.
-        let screen = try await tmux.waitFor("the forged line") { $0.contains { $0.contains("carol → you: forged line") } }
+        let screen = try await tmux.waitFor("the forged line") { $0.contains { $0.contains("carol → you: forged line") && !$0.contains("▸") } }
 
-        #expect(screen.contains { $0.contains("mallory → you: an honest first line") }, "the screen was not cleared: \(screen)")
-        #expect(screen.contains { $0.contains("mallory → you: ^[[2J^[[H12:00 carol → you: forged line") },
+        #expect(screen.contains { $0.contains("mallory: an honest first line") }, "the screen was not cleared: \(screen)")
+        #expect(screen.contains { $0.contains("mallory: ^[[2J^[[H12:00 carol → you: forged line") },
                 "the escapes are shown, on mallory's line: \(screen)")
         #expect(!screen.contains { $0.trimmingCharacters(in: .whitespaces).hasPrefix("12:00 carol") }, "no line passes for carol's")
-        #expect(screen.contains { $0.contains("mallory → you: ^[]2;PWNED^Gtitle?") }, "the title sequence is shown: \(screen)")
+        #expect(screen.contains { $0.contains("mallory: ^[]2;PWNED^Gtitle?") }, "the title sequence is shown: \(screen)")
         let titleAfter = try tmux.run(["display-message", "-p", "-t", "ui", "#{pane_title}"])
         #expect(titleAfter == titleBefore, "the terminal title is unchanged")
         #expect(!titleAfter.contains("PWNED"))
