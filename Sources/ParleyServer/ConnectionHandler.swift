@@ -36,7 +36,12 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     /// Taken on first use, which is on this connection's event loop thread, like every later use.
     private lazy var batch = WriteBatch.current
 
-    init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, logger: Logger) {
+    /// The client's address when the socket's peer is not the client (a trusted reverse proxy
+    /// in front of a web listener said who it forwards for).
+    private let forwardedAddress: String?
+
+    init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, logger: Logger, forwardedAddress: String? = nil) {
+        self.forwardedAddress = forwardedAddress
         self.lineDecoder = IRCLineDecoder(maximumLineBytes: maximumLineBytes)
         self.host = host
         self.isSecure = isSecure
@@ -61,7 +66,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private func admit(_ context: ChannelHandlerContext) {
         guard connection == nil else { return }
         eventLoopIdentity = ObjectIdentifier(context.eventLoop)
-        let address = Self.normalizedAddress(context.channel.remoteAddress)
+        let address = forwardedAddress ?? Self.normalizedAddress(context.channel.remoteAddress)
         switch host.admit(context.channel, address: address, isSecure: isSecure) {
         case .admitted(let id):
             connection = id

@@ -134,7 +134,10 @@ public final class ParleyServer: Service, Sendable {
         let tlsContext = listener.tls ? self.tlsContext : nil
         let sendQueue = max(1024, configuration.limits.sendQueueBytes)
         let maxLine = configuration.limits.maxLineBytes
-        let web = listener.http ? WebSocketOriginPolicy(allowedOrigins: Set(configuration.web.allowedOrigins), secure: listener.tls) : nil
+        let web = listener.http
+            ? WebSocketOriginPolicy(allowedOrigins: Set(configuration.web.allowedOrigins), secure: listener.tls,
+                                    trustedProxies: Set(configuration.web.trustedProxies))
+            : nil
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -192,7 +195,11 @@ extension ParleyServer {
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(IRCWebSocketAdapter(subprotocol: WebSocketSubprotocol.choose(from: head.headers), maximumLineBytes: maximumLineBytes))
-                    try sync.addHandler(IRCConnectionHandler(host: host, isSecure: isSecure, maximumLineBytes: maximumLineBytes, logger: logger))
+                    let peer = IRCConnectionHandler.normalizedAddress(channel.remoteAddress)
+                    let client = ForwardedFor.clientAddress(peer: peer, headers: head.headers, trustedProxies: origins.trustedProxies)
+                    try sync.addHandler(IRCConnectionHandler(
+                        host: host, isSecure: isSecure, maximumLineBytes: maximumLineBytes, logger: logger,
+                        forwardedAddress: client == peer ? nil : client))
                 }
             })
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(

@@ -292,14 +292,19 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         /// Page origins (e.g. `https://chat.example.org`) allowed to open a WebSocket besides
         /// the listener's own; connections without an Origin header (not browsers) always may.
         public var allowedOrigins: [String] = []
+        /// Addresses of reverse proxies in front of the web listeners whose `X-Forwarded-For`
+        /// names the client (per-address limits and hostmasks then use the client's address).
+        /// From any other peer the header is ignored.
+        public var trustedProxies: [String] = []
 
         public init() {}
 
-        enum CodingKeys: String, CodingKey, CaseIterable { case allowedOrigins }
+        enum CodingKeys: String, CodingKey, CaseIterable { case allowedOrigins, trustedProxies }
 
         public init(from decoder: any Decoder) throws {
             let container = try decoder.strictContainer(keyedBy: CodingKeys.self)
             allowedOrigins = try container.decode(.allowedOrigins, default: Web().allowedOrigins)
+            trustedProxies = try container.decode(.trustedProxies, default: Web().trustedProxies)
         }
     }
 

@@ -178,12 +178,30 @@ enum WebSocketSubprotocol: String, Sendable, CaseIterable {
 struct WebSocketOriginPolicy: Sendable {
     let allowedOrigins: Set<String>
     let secure: Bool
+    /// Reverse proxies whose `X-Forwarded-For` is believed (see `ForwardedFor`).
+    var trustedProxies: Set<String> = []
 
     func allows(_ head: HTTPRequestHead) -> Bool {
         guard let origin = head.headers.first(name: "Origin") else { return true }
         if allowedOrigins.contains(origin) { return true }
         guard let host = head.headers.first(name: "Host") else { return false }
         return origin.lowercased() == (secure ? "https://" : "http://") + host.lowercased()
+    }
+}
+
+/// `X-Forwarded-For` from reverse proxies the operator trusts (`web.trustedProxies`): the
+/// client's address is the rightmost one not itself a trusted proxy. From anyone else the header
+/// is ignored, so a client cannot choose the address its per-address limits count against.
+enum ForwardedFor {
+    static func clientAddress(peer: String, headers: HTTPHeaders, trustedProxies: Set<String>) -> String {
+        guard trustedProxies.contains(peer) else { return peer }
+        let hops = headers[canonicalForm: "X-Forwarded-For"].map { String($0.trimmingSpaces()) }
+        for hop in hops.reversed() where !trustedProxies.contains(hop) {
+            // Only a well-formed address is believed; anything else leaves the proxy's own.
+            guard let address = try? SocketAddress(ipAddress: hop, port: 0), let text = address.ipAddress else { return peer }
+            return text.hasPrefix("::ffff:") && text.contains(".") ? String(text.dropFirst(7)) : text
+        }
+        return peer
     }
 }
 

@@ -16,10 +16,16 @@ struct WebSocketTests {
             var edit = ServerConfigurationEdit(allowedOrigins: [])
             configure(&edit)
             configuration.web.allowedOrigins = edit.allowedOrigins
+            configuration.web.trustedProxies = edit.trustedProxies
+            if let limit = edit.maxConnectionsPerAddress { configuration.limits.maxConnectionsPerAddress = limit }
         }
     }
 
-    struct ServerConfigurationEdit { var allowedOrigins: [String] }
+    struct ServerConfigurationEdit {
+        var allowedOrigins: [String]
+        var trustedProxies: [String] = []
+        var maxConnectionsPerAddress: Int?
+    }
 
     static func register(_ client: TestWebSocketClient, _ nick: String) async throws {
         client.send("NICK \(nick)")
@@ -124,6 +130,41 @@ struct WebSocketTests {
         try await Self.register(allowed, "listed")
         await allowed.close()
         try await server.shutdownAndRemove()
+    }
+}
+
+extension WebSocketTests {
+    @Test func forwardedForIsBelievedFromTrustedProxiesOnly() async throws {
+        // Behind a proxy on 127.0.0.1 that the operator trusts, with one connection per address:
+        // two clients forwarded for different addresses are two addresses.
+        let proxied = try await Self.makeServer {
+            $0.trustedProxies = ["127.0.0.1"]
+            $0.maxConnectionsPerAddress = 1
+        }
+        let first = try await TestWebSocketClient.connect(port: proxied.port(2), extraHeaders: [("X-Forwarded-For", "198.51.100.7")])
+        try await Self.register(first, "first")
+        let second = try await TestWebSocketClient.connect(port: proxied.port(2), extraHeaders: [("X-Forwarded-For", "203.0.113.9, 127.0.0.1")])
+        try await Self.register(second, "second")
+        first.send("WHOIS second")
+        let (_, whois) = try await first.expect("311") { $0.command == "311" }
+        #expect(whois.parameters[3] == "203.0.113.9", "the rightmost address that is not a trusted proxy")
+        let garbage = try await TestWebSocketClient.connect(port: proxied.port(2), extraHeaders: [("X-Forwarded-For", "not-an-address")])
+        garbage.send("NICK third")
+        garbage.send("USER third 0 * :third")
+        let (_, refused) = try await garbage.expect("the refusal") { $0.command == "ERROR" || $0.command == "001" }
+        #expect(refused.command == "001", "the proxy's own address, which has no connection yet")
+        for client in [first, second, garbage] { await client.close() }
+        try await proxied.shutdownAndRemove()
+
+        // Without trusted proxies the header changes nothing.
+        let direct = try await Self.makeServer()
+        let client = try await TestWebSocketClient.connect(port: direct.port(2), extraHeaders: [("X-Forwarded-For", "198.51.100.7")])
+        try await Self.register(client, "plain")
+        client.send("WHOIS plain")
+        let (_, own) = try await client.expect("311") { $0.command == "311" }
+        #expect(own.parameters[3] == "127.0.0.1")
+        await client.close()
+        try await direct.shutdownAndRemove()
     }
 }
 

@@ -32,7 +32,8 @@ final class TestWebSocketClient: Sendable {
 
     var subprotocol: String? { state.withLockedValue { $0.subprotocol } }
 
-    static func connect(host: String = "127.0.0.1", port: Int, protocols: [String] = [], origin: String? = nil) async throws -> TestWebSocketClient {
+    static func connect(host: String = "127.0.0.1", port: Int, protocols: [String] = [], origin: String? = nil,
+                        extraHeaders: [(String, String)] = []) async throws -> TestWebSocketClient {
         let state = NIOLockedValueBox(State())
         let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 20, automaticErrorHandling: false) { channel, response in
             state.withLockedValue {
@@ -54,6 +55,7 @@ final class TestWebSocketClient: Sendable {
         headers.add(name: "Content-Length", value: "0")
         if !protocols.isEmpty { headers.add(name: "Sec-WebSocket-Protocol", value: protocols.joined(separator: ", ")) }
         if let origin { headers.add(name: "Origin", value: origin) }
+        for (name, value) in extraHeaders { headers.add(name: name, value: value) }
         let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/irc", headers: headers)
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
