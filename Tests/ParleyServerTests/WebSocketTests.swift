@@ -168,6 +168,47 @@ extension WebSocketTests {
     }
 }
 
+extension WebSocketTests {
+    @Test func aWebSocketThatDoesNotReadIsCutOffWithoutHoldingUpOthers() async throws {
+        let server = try await TestServer { configuration in
+            configuration.listeners.append(.init(address: "127.0.0.1", port: 0, http: true))
+            configuration.limits.sendQueueBytes = 1024 * 1024
+            configuration.limits.floodCommandsPerSecond = 0
+        }
+        let stalled = try await TestWebSocketClient.connect(port: server.port(2))
+        try await Self.register(stalled, "stalled")
+        stalled.send("JOIN #busy")
+        try await stalled.expect("JOIN") { $0.command == "JOIN" }
+        let reader = try await TestWebSocketClient.connect(port: server.port(2), protocols: ["binary.ircv3.net"])
+        try await Self.register(reader, "reader")
+        reader.send("JOIN #busy")
+        try await reader.expect("JOIN") { $0.command == "JOIN" }
+        let sender = try await TestClient.registered("sender", port: server.ipv4Port)
+        sender.send("JOIN #busy")
+        try await sender.expect { $0.command == "366" }
+        // The stalled client stops reading; the sender fills the channel, in steps that the
+        // reader keeps up with (it has the last message of each step before the next one).
+        try await stalled.channel.setOption(ChannelOptions.autoRead, value: false).get()
+        let text = String(repeating: "x", count: 400)
+        var quit: IRCMessage?
+        for step in 0..<60 where quit == nil {
+            for number in (step * 1000 + 1)...(step * 1000 + 1000) { sender.send("PRIVMSG #busy :\(number) \(text)") }
+            let last = step * 1000 + 1000
+            try await reader.expect("message \(last)") { $0.command == "PRIVMSG" && $0.parameters.last?.hasPrefix("\(last) ") == true }
+            reader.discardFrames()
+            quit = sender.drain().compactMap { try? IRCMessage(parsing: $0) }.first { $0.command == "QUIT" && $0.source?.hasPrefix("stalled!") == true }
+        }
+        // Past its send queue (and the kernel's buffers) the stalled WebSocket was cut off, and
+        // the reader, who kept up, is still there.
+        #expect(quit?.parameters.last?.contains("SendQ") == true, "the stalled client was disconnected")
+        reader.send("PING :alive")
+        try await reader.expect("PONG") { $0.command == "PONG" }
+        for client in [stalled, reader] { await client.close() }
+        await sender.close()
+        try await server.shutdownAndRemove()
+    }
+}
+
 /// Sends one raw HTTP request and returns the status line of the answer.
 enum RawHTTP {
     static func firstLine(of request: String, port: Int) async throws -> String {
