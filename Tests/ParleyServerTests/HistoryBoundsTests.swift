@@ -27,4 +27,32 @@ struct HistoryBoundsTests {
         for client in [alice, bob] { await client.close() }
         try await server.shutdownAndRemove()
     }
+
+    @Test func theDailyStorageQuotaAndMarkReadTargetsOverRealSockets() async throws {
+        let server = try await TestServer { $0.history.storedBytesPerAccountPerDay = 2000 }
+        for name in ["alice", "bob"] {
+            try await AccountTests.createAccount(name, password: GroupIntegrationTests.passwords[name]!, port: server.ipv4Port)
+        }
+        let alice = try await GroupIntegrationTests.login("alice", server, caps: IdentityTests.modern)
+        // Messages to oneself are stored too: they count against the quota.
+        let text = String(repeating: "n", count: 400)
+        for number in 1...4 {
+            alice.send("PRIVMSG alice :\(number) \(text)")
+            try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last?.hasPrefix("\(number) ") == true }
+        }
+        alice.send("@+pad=\(String(repeating: "t", count: 500)) PRIVMSG bob :\(text)")
+        let refused = try await alice.expect(command: "FAIL")
+        #expect(refused.parameters.prefix(3) == ["PRIVMSG", "QUOTA_EXCEEDED", "bob"])
+        #expect(try await IdentityTests.history(alice, "CHATHISTORY LATEST bob * 10").isEmpty, "nothing of it was stored")
+
+        // MARKREAD only for conversations alice is part of.
+        alice.send("MARKREAD somebody-else timestamp=2025-01-01T00:00:00.000Z")
+        #expect(try await alice.expect(command: "FAIL").parameters.prefix(3) == ["MARKREAD", "INVALID_TARGET", "somebody-else"])
+        alice.send("MARKREAD #nowhere timestamp=2025-01-01T00:00:00.000Z")
+        #expect(try await alice.expect(command: "FAIL").parameters.prefix(3) == ["MARKREAD", "INVALID_TARGET", "#nowhere"])
+        alice.send("MARKREAD bob timestamp=2025-01-01T00:00:00.000Z")
+        #expect(try await alice.expect(command: "MARKREAD").parameters == ["bob", "timestamp=2025-01-01T00:00:00.000Z"])
+        await alice.close()
+        try await server.shutdownAndRemove()
+    }
 }
