@@ -437,7 +437,9 @@ public final class SQLiteChatStore: ChatStore {
             }
             // Only messages still to be delivered are replayed, so only they need their text;
             // the others are followed for receipts by id, time and parties alone.
-            let rows = try Row.fetchAll(db, sql: """
+            // A cursor, not an array of rows: the rows of the whole window at once were the peak of
+            // the server's memory at start-up.
+            let rows = try Row.fetchCursor(db, sql: """
                 WITH waiting(id) AS MATERIALIZED (SELECT message_id FROM message_recipients WHERE delivered_at IS NULL)
                 SELECT m.id, m.time, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
                        CASE WHEN m.id IN waiting THEN m.sender_nick ELSE '' END AS sender_nick,
@@ -451,7 +453,7 @@ public final class SQLiteChatStore: ChatStore {
                 """, arguments: [cutoff.millisecondsSince1970, recentFrom])
             var messages: [StoredMessage] = []
             var index: [String: Int] = [:]
-            for row in rows {
+            while let row = try rows.next() {
                 let id: String = row["id"]
                 guard let recipient = Self.recipient(from: row, ids: ids) else { continue }
                 if let position = index[id] {
