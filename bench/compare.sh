@@ -50,7 +50,8 @@ start_server() {
     parley)
         cat >"$work/parley.json" <<JSON
 { "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
-              "pingIntervalSeconds": 600 } }
+              "pingIntervalSeconds": 600 },
+  "accounts": { "registrationsPerNetworkAllowed": 0, "maxPasswordChecksInFlight": 0, "loginFailuresPerNetworkAllowed": 0 } }
 JSON
         rm -rf "$work/parley-data"
         taskset -c "$SERVER_CPU" "$bin/parley-server" --config "$work/parley.json" --data-dir "$work/parley-data" \
