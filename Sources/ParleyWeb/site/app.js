@@ -51,7 +51,8 @@ function conversation(name) {
 function insertMessage(conv, message) {
   if (message.msgid && conv.ids.has(message.msgid)) {
     const existing = conv.messages.find((m) => m.msgid === message.msgid);
-    if (existing && message.missed === false) existing.missed = existing.missed && false;
+    // The same message from history and from the replay of what was missed: still missed.
+    if (existing && message.missed) existing.missed = true;
     return existing;
   }
   if (message.msgid) conv.ids.add(message.msgid);
@@ -296,6 +297,7 @@ function loggedIn() {
   $("chat").hidden = false;
   $("me").textContent = state.account;
   setConnection("Connected");
+  notice("");
   const people = [...state.conversations.values()].filter((c) => !c.group).map((c) => c.name);
   if (people.length) send("MONITOR", "+", people.join(","));
   const now = new Date().toISOString();
@@ -795,6 +797,16 @@ $("delete-group").addEventListener("click", () => {
   if (conv && confirm(`Delete ${conv.name} and its messages for everyone?`)) run([{ irc: ["PRIVMSG", "ChanServ", `DROP ${conv.name}`] }, { close: conv.name }]);
 });
 window.addEventListener("focus", render);
+// Leaving the page ends the session at once (the server then counts the user offline); a page
+// brought back from the browser's cache logs in again.
+window.addEventListener("pagehide", () => {
+  if (!state.socket) return;
+  state.wantConnection = false;
+  state.socket.close();
+});
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted && state.loggedIn && !state.socket) connect();
+});
 document.addEventListener("visibilitychange", render);
 
 // A remembered login: reconnect at once with the SCRAM keys (no password kept).
