@@ -59,10 +59,12 @@ let package = Package(
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ]
         ),
+        // The web client's static files, as resources; ParleyServer serves them on web listeners.
+        .target(name: "ParleyWeb", resources: [.copy("site")]),
         .target(
             name: "ParleyServer",
             dependencies: [
-                "IRCWire", "ParleyCore", "ParleyStorage",
+                "IRCWire", "ParleyCore", "ParleyStorage", "ParleyWeb",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -21,6 +21,8 @@ public final class ParleyServer: Service, Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let tlsContext: NIOSSLContext?
+    /// The web client, read once at start-up (only when some listener speaks HTTP).
+    private let webClient: WebClientFiles?
     private let boundAddresses = NIOLockedValueBox<[SocketAddress]>([])
     private let ready = NIOLockedValueBox<[CheckedContinuation<Void, any Error>]>([])
     private let readiness = NIOLockedValueBox<Result<Void, any Error>?>(nil)
@@ -56,6 +58,11 @@ public final class ParleyServer: Service, Sendable {
         } else {
             self.tlsContext = nil
         }
+        let webClient = configuration.listeners.contains(where: \.http) ? try WebClientFiles.bundled() : nil
+        if let webClient, webClient.isEmpty {
+            logger.warning("the web client's files (Parley_ParleyWeb.resources beside the executable) were not found: web listeners serve only /irc")
+        }
+        self.webClient = webClient
         logger.info("loaded accounts and groups", metadata: [
             "accounts": "\(accounts.count)", "groups": "\(groups.count)",
             "undelivered": "\(delivery.undelivered.values.reduce(0) { $0 + $1.count })",
@@ -138,6 +145,7 @@ public final class ParleyServer: Service, Sendable {
             ? WebSocketOriginPolicy(allowedOrigins: Set(configuration.web.allowedOrigins), secure: listener.tls,
                                     trustedProxies: Set(configuration.web.trustedProxies))
             : nil
+        let site = webClient ?? WebClientFiles(sources: [:])
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -159,7 +167,7 @@ public final class ParleyServer: Service, Sendable {
                         try sync.addHandler(NIOSSLServerHandler(context: tlsContext))
                     }
                     if let web {
-                        try Self.addWebHandlers(to: channel, web, host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger)
+                        try Self.addWebHandlers(to: channel, web, site: site, host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger)
                     } else {
                         try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger))
                     }
@@ -174,9 +182,9 @@ public final class ParleyServer: Service, Sendable {
 }
 
 extension ParleyServer {
-    /// A web listener's pipeline: HTTP, upgraded at `/irc` to IRCv3 WebSocket, after which the
+    /// A web listener's pipeline: HTTP (the web client's files), upgraded at `/irc` to IRCv3 WebSocket, after which the
     /// connection is an ordinary IRC session behind `IRCWebSocketAdapter`.
-    static func addWebHandlers(to channel: Channel, _ origins: WebSocketOriginPolicy, host: ChatHost, isSecure: Bool,
+    static func addWebHandlers(to channel: Channel, _ origins: WebSocketOriginPolicy, site: WebClientFiles, host: ChatHost, isSecure: Bool,
                                maximumLineBytes: Int, logger: Logger) throws {
         let upgrader = NIOWebSocketServerUpgrader(
             // Room for a line over the limit, so that it is answered with 417 as on TCP rather
@@ -207,7 +215,7 @@ extension ParleyServer {
                 // The HTTP handler has no part in a WebSocket connection.
                 context.pipeline.removeHandler(name: WebHTTPHandler.name, promise: nil)
             }))
-        try channel.pipeline.syncOperations.addHandler(WebHTTPHandler(origins: origins), name: WebHTTPHandler.name)
+        try channel.pipeline.syncOperations.addHandler(WebHTTPHandler(origins: origins, site: site), name: WebHTTPHandler.name)
     }
 }
 

@@ -10,7 +10,11 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var motd: [String] = ["Welcome to Parley: direct messages, groups, offline delivery and receipts."]
     /// Where the SQLite database lives. Created if missing.
     public var dataDirectory = "./parley-data"
-    public var listeners: [Listener] = [Listener(address: "0.0.0.0", port: 6667), Listener(address: "::", port: 6667)]
+    /// IRC on 6667 and the web client (with IRCv3 WebSocket at `/irc`) on 8080, every address.
+    public var listeners: [Listener] = [
+        Listener(address: "0.0.0.0", port: 6667), Listener(address: "::", port: 6667),
+        Listener(address: "0.0.0.0", port: 8080, http: true), Listener(address: "::", port: 8080, http: true),
+    ]
     public var tls: TLSSettings?
     public var limits = Limits()
     public var accounts = Accounts()

@@ -1,0 +1,418 @@
+#!/usr/bin/env python3
+"""The web client in a real headless Chromium, driven over the DevTools protocol, against a real
+parley-server (the debug build) on loopback, with a raw IRC client on TCP as the other person.
+
+    swift build && python3 Tests/web/browser_test.py [--server PATH] [--screenshot docs/web-client.png]
+
+Needs Debian's `chromium` and Python's `websockets` (both installed by .ci/run). Every wait is on
+a condition (a DOM state, an IRC line), with a deadline; nothing sleeps a fixed time.
+"""
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import websockets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEADLINE = 15.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """parley-server on fixed loopback ports (so a restart keeps them) and its data directory."""
+
+    def __init__(self, binary, directory):
+        self.binary, self.directory = binary, directory
+        self.irc_port, self.web_port = free_port(), free_port()
+        self.process = None
+
+    def start(self):
+        self.log = open(os.path.join(self.directory, "server.log"), "a")
+        self.process = subprocess.Popen(
+            [self.binary, "--data-dir", os.path.join(self.directory, "data"), "--log-level", "info",
+             "--listen", f"127.0.0.1:{self.irc_port}", "--listen", f"http://127.0.0.1:{self.web_port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.web_port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", self.irc_port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError("parley-server exited; see server.log")
+                time.sleep(0.05)
+        raise RuntimeError("parley-server did not listen")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=20)
+        self.process = None
+
+
+class IRC:
+    """A raw IRC client on TCP: sends lines, waits for the line it expects."""
+
+    def __init__(self, port):
+        self.port = port
+        self.lines = []
+
+    async def connect(self, nick, password, create=False):
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        caps = "draft/account-registration echo-message server-time message-tags parley.chat/receipts draft/read-marker batch"
+        if not create:
+            caps += " sasl"
+        self.send("CAP LS 302")
+        self.send(f"NICK {nick}")
+        self.send(f"USER {nick} 0 * :{nick}")
+        self.send(f"CAP REQ :{caps}")
+        await self.expect(lambda l: " ACK " in l)
+        if not create:
+            self.send("AUTHENTICATE PLAIN")
+            await self.expect(lambda l: l.startswith("AUTHENTICATE +"))
+            self.send("AUTHENTICATE " + base64.b64encode(f"\0{nick}\0{password}".encode()).decode())
+            await self.expect(lambda l: " 903 " in l)
+        self.send("CAP END")
+        await self.expect(lambda l: " 001 " in l)
+        if create:
+            self.send(f"REGISTER * * {password}")
+            await self.expect(lambda l: "REGISTER SUCCESS" in l)
+
+    def send(self, line):
+        self.writer.write((line + "\r\n").encode())
+
+    async def expect(self, predicate, what="a line"):
+        """Takes the first line (kept or new) satisfying predicate."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            for index, line in enumerate(self.lines):
+                if predicate(line):
+                    return self.lines.pop(index)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"IRC: no {what}; got {self.lines[-15:]}")
+            try:
+                raw = await asyncio.wait_for(self.reader.readline(), remaining)
+            except asyncio.TimeoutError:
+                continue
+            if not raw:
+                raise AssertionError(f"IRC: connection closed waiting for {what}")
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if line.startswith("PING") or " PING " in line.split(" :")[0]:
+                self.send("PONG " + line.split("PING", 1)[1].strip())
+            self.lines.append(line)
+
+    async def barrier(self):
+        """A PING/PONG round trip: the server has handled every earlier line."""
+        token = f"b{time.monotonic_ns()}"
+        self.send(f"PING {token}")
+        await self.expect(lambda l: "PONG" in l and token in l, "PONG")
+
+    async def close(self):
+        self.send("QUIT :bye")
+        await self.writer.drain()
+        self.writer.close()
+
+
+class Browser:
+    """Headless Chromium with one page, driven over the DevTools protocol."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+        if not binary:
+            raise SystemExit("chromium is not installed (apt-get install chromium)")
+        profile = os.path.join(directory, "profile")
+        self.process = subprocess.Popen(
+            [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1000,700", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(directory, "chromium.log"), "w"))
+        port_file = os.path.join(profile, "DevToolsActivePort")
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(port_file) and open(port_file).read().count("\n") >= 1):
+            if time.monotonic() > deadline:
+                raise RuntimeError("chromium did not start its DevTools endpoint")
+            time.sleep(0.05)
+        self.port = int(open(port_file).read().split("\n")[0])
+        self.next_id = 0
+        self.events = []
+
+    async def open(self):
+        pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list"))
+        page = next(p for p in pages if p["type"] == "page")
+        self.ws = await websockets.connect(page["webSocketDebuggerUrl"], max_size=64 << 20)
+        await self.call("Page.enable")
+        await self.call("Runtime.enable")
+        # A person looking at the window: the page has focus (headless windows otherwise do not).
+        await self.call("Emulation.setFocusEmulationEnabled", enabled=True)
+
+    async def call(self, method, **params):
+        self.next_id += 1
+        ident = self.next_id
+        await self.ws.send(json.dumps({"id": ident, "method": method, "params": params}))
+        while True:
+            message = json.loads(await asyncio.wait_for(self.ws.recv(), DEADLINE))
+            if message.get("id") == ident:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            if message.get("method") == "Runtime.exceptionThrown":
+                details = message["params"]["exceptionDetails"]
+                raise AssertionError(f"the page threw: {details.get('exception', {}).get('description', details)}")
+            self.events.append(message)
+
+    async def js(self, expression):
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def wait(self, expression, what):
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            value = await self.js(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                text = await self.js("document.body.innerText")
+                raise AssertionError(f"browser: {what} did not happen. The page says:\n{text}")
+            await asyncio.sleep(0.05)  # polling a condition; the deadline above ends it
+
+    async def navigate(self, url):
+        await self.call("Page.navigate", url=url)
+        await self.wait("document.readyState === 'complete' && !!window.parley", "the page loading")
+
+    async def reload(self):
+        await self.js("window.parley = undefined")
+        await self.call("Page.reload", ignoreCache=False)
+        await self.wait("document.readyState === 'complete' && !!window.parley", "the page reloading")
+
+    async def fill(self, label, text):
+        """Types into the field with this label (found as a person finds it: by its label)."""
+        await self.js(f"""(() => {{
+            const label = [...document.querySelectorAll('label')].find(l => l.textContent.trim() === {json.dumps(label)} && l.offsetParent !== null);
+            const field = document.getElementById(label.htmlFor);
+            field.focus(); field.value = '';
+        }})()""")
+        await self.call("Input.insertText", text=text)
+
+    async def press_enter(self):
+        for kind in ("keyDown", "keyUp"):
+            await self.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13,
+                            **({"text": "\r"} if kind == "keyDown" else {}))
+
+    async def click(self, name):
+        """Clicks the visible button whose accessible name (text or aria-label) is `name`."""
+        found = await self.js(f"""(() => {{
+            const button = [...document.querySelectorAll('button')].find(b => b.offsetParent !== null &&
+                ((b.getAttribute('aria-label') || b.textContent).trim() === {json.dumps(name)}));
+            if (!button) return false;
+            button.click(); return true;
+        }})()""")
+        if not found:
+            names = await self.js("[...document.querySelectorAll('button')].map(b => (b.getAttribute('aria-label') || b.textContent).trim()).join(' | ')")
+            raise AssertionError(f"no button named {name!r}; buttons: {names}")
+
+    async def type_message(self, text):
+        await self.fill("Message", text)
+        await self.press_enter()
+
+    def log_has(self, text, extra="true"):
+        """JS: a message in the open conversation's log contains text (and satisfies extra, on `li`)."""
+        return f"[...document.querySelectorAll('[role=log] li')].some(li => li.innerText.includes({json.dumps(text)}) && ({extra}))"
+
+    def state_of(self, text):
+        return f"([...document.querySelectorAll('[role=log] li')].reverse().find(li => li.innerText.includes({json.dumps(text)}))?.querySelector('.state')?.textContent || '')"
+
+    async def screenshot(self, path, width, height):
+        await self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        data = await self.call("Page.captureScreenshot", format="png")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(data["data"]))
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+async def scenario(server, browser, screenshot):
+    results = []
+
+    def passed(name):
+        results.append(name)
+        print(f"ok - {name}", flush=True)
+
+    url = f"http://127.0.0.1:{server.web_port}/"
+    await browser.open()
+    await browser.navigate(url)
+
+    # Accessible names: the fields and buttons a person looks for.
+    assert await browser.js("document.querySelector('label[for=account]').textContent === 'Account'")
+    assert await browser.js("document.querySelector('label[for=password]').textContent === 'Password'")
+    assert await browser.js("!![...document.querySelectorAll('button')].find(b => b.textContent === 'Log in')")
+    passed("the login form has Account, Password, Log in and Create account")
+
+    bob = IRC(server.irc_port)
+    await bob.connect("bob", "bob-password-1", create=True)
+
+    # A wrong password is refused with a reason.
+    await browser.fill("Account", "bob")
+    await browser.fill("Password", "not-his-password")
+    await browser.click("Log in")
+    await browser.wait("document.getElementById('login-status').textContent.startsWith('Login failed')", "a refused login")
+    passed("a wrong password is refused on the login form")
+
+    await browser.fill("Account", "alice")
+    await browser.fill("Password", "alice-password-1")
+    await browser.click("Create account")
+    await browser.wait("!document.getElementById('chat').hidden && window.parley.loggedIn", "logging in with a new account")
+    assert await browser.js("!!document.querySelector('[role=log]')")
+    assert await browser.js("localStorage.getItem('parley.login').indexOf('alice-password-1') < 0"), "the password is never stored"
+    passed("create an account in the browser")
+
+    # Alice to bob, with its state in words.
+    await browser.type_message("/msg bob hello bob")
+    line = await bob.expect(lambda l: "PRIVMSG bob :hello bob" in l, "alice's message")
+    assert line.split(" ")[1].startswith(":alice!") or ":alice!" in line
+    await browser.wait(f"{browser.state_of('hello bob')} === 'delivered'", "the delivered state")
+    msgid = [t for t in line[1:].split(" ")[0].split(";") if t.startswith("msgid=")][0][6:]
+    time_tag = [t for t in line[1:].split(" ")[0].split(";") if t.startswith("time=")][0][5:]
+    bob.send(f"MARKREAD alice timestamp={time_tag}")
+    await browser.wait(f"{browser.state_of('hello bob')} === 'read'", "the read state")
+    passed("a DM from the browser reaches a TCP client; sent, delivered, read")
+
+    bob.send("PRIVMSG alice :hi alice, from a terminal")
+    await browser.wait(browser.log_has("hi alice, from a terminal", "li.innerText.includes('bob')"), "bob's message in the log")
+    # On screen with focus: marked read (MARKREAD), so bob's client learns alice read it.
+    await bob.expect(lambda l: "RECEIPT alice " in l and " read alice " in l, "the read receipt for bob's message")
+    passed("a DM from a TCP client appears with its sender")
+
+    # Bob goes offline: presence, and the offline note with last seen.
+    await bob.close()
+    await browser.wait("document.getElementById('presence').textContent.startsWith('offline')", "bob shown offline")
+    await browser.type_message("are you there?")
+    await browser.wait(browser.log_has("bob is offline (last seen"), "the offline note with last seen")
+    await browser.wait("document.getElementById('presence').textContent.includes('last seen')", "last seen in the header")
+    passed("a message to someone offline says so, with last seen")
+
+    # A group, created with a member, and talk in it.
+    await browser.type_message("/group create friends bob")
+    await browser.wait("document.getElementById('title').textContent === '#friends'", "the group open")
+    await browser.type_message("welcome to our group")
+    await browser.wait(f"{browser.state_of('welcome to our group')}.length > 0 && {browser.state_of('welcome to our group')} !== 'sending'", "the group message stored")
+    bob = IRC(server.irc_port)
+    await bob.connect("bob", "bob-password-1")
+    await bob.expect(lambda l: "PRIVMSG #friends :welcome to our group" in l, "the group message, replayed")
+    await bob.expect(lambda l: "PRIVMSG bob :are you there?" in l, "the DM, replayed")
+    await browser.wait(f"{browser.state_of('welcome to our group')} === 'delivered'", "the group message delivered to bob")
+    bob.send("PRIVMSG #friends :thanks for the group")
+    await browser.wait(browser.log_has("thanks for the group", "li.innerText.includes('bob')"), "bob's group message")
+    await browser.wait("[...document.querySelectorAll('#members li')].some(li => li.textContent.includes('alice (owner)'))", "the owner marked in the members")
+    await browser.wait("!!document.querySelector('button[aria-label=\"Remove bob\"]')", "owner tools")
+    passed("create a group with a member, talk in it, members with the owner marked")
+
+    # Unread counts: bob writes to alice while she reads the group.
+    bob.send("PRIVMSG alice :while you were in the group")
+    await browser.wait("[...document.querySelectorAll('#conversations button')].some(b => b.getAttribute('aria-label') === 'bob, online, 1 unread')", "an unread count on bob")
+    passed("unread counts and presence in the conversation list")
+
+    # A reload keeps the session (no password asked) and shows the history.
+    await browser.reload()
+    await browser.wait("window.parley.loggedIn", "logging in again after the reload")
+    await browser.wait("document.querySelectorAll('#conversations button').length >= 2", "the conversations listed again")
+    await browser.click("bob, online, 1 unread")
+    await browser.wait(browser.log_has("hello bob") + " && " + browser.log_has("while you were in the group"), "the history after the reload")
+    await browser.wait(f"{browser.state_of('hello bob')} === 'read'", "the read state from history")
+    passed("a reload logs in again without the password and shows the history")
+
+    # Messages that arrive while the page is closed are marked missed when it comes back.
+    bob.send("MONITOR + alice")
+    await bob.expect(lambda l: " 730 " in l, "alice online")
+    await browser.call("Page.navigate", url="about:blank")
+    await bob.expect(lambda l: " 731 " in l, "alice offline")
+    bob.send("PRIVMSG alice :sent while your browser was closed")
+    await bob.barrier()
+    await browser.navigate(url)
+    await browser.wait("window.parley.loggedIn", "logging in when the page opens again")
+    await browser.wait("[...document.querySelectorAll('#conversations button')].some(b => b.getAttribute('aria-label') === 'bob, online, 1 unread')", "the missed message counted unread")
+    await browser.click("bob, online, 1 unread")
+    await browser.wait(browser.log_has("sent while your browser was closed", "li.querySelector('.missed-word')"), "the message marked missed")
+    await browser.wait(browser.log_has("new since you left", "li.classList.contains('divider')"), "the divider before missed messages")
+    passed("messages missed while away are marked")
+
+    # A server restart: the page reconnects; a message typed meanwhile is sent once.
+    await bob.close()
+    server.stop()
+    await browser.wait("!window.parley.registered", "the page noticing the restart")
+    await browser.type_message("sent while the server was down")
+    assert await browser.js(f"{browser.state_of('sent while the server was down')} === 'sending'")
+    server.start()
+    bob = IRC(server.irc_port)
+    await bob.connect("bob", "bob-password-1")
+    await browser.wait("window.parley.registered && window.parley.loggedIn", "reconnecting after the restart")
+    await bob.expect(lambda l: "PRIVMSG bob :sent while the server was down" in l, "the message sent after reconnecting")
+    await browser.wait(f"{browser.state_of('sent while the server was down')} === 'delivered'", "its delivered state")
+    await bob.barrier()
+    assert not any("sent while the server was down" in l for l in bob.lines), "delivered twice"
+    passed("reconnect after a server restart; what was typed meanwhile is sent once")
+
+    # Readable at 320 px: nothing wider than the screen.
+    await browser.call("Emulation.setDeviceMetricsOverride", width=320, height=640, deviceScaleFactor=1, mobile=True)
+    assert await browser.wait("document.documentElement.scrollWidth <= 320", "a 320 px wide layout")
+    await browser.call("Emulation.clearDeviceMetricsOverride")
+    passed("fits a 320 px wide screen")
+
+    if screenshot:
+        await browser.click("bob, online")
+        await browser.wait(browser.log_has("hello bob"), "the conversation for the screenshot")
+        await browser.screenshot(screenshot, 900, 560)
+        print(f"screenshot: {screenshot}")
+    await bob.close()
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", default=os.path.join(ROOT, ".build", "debug", "parley-server"))
+    parser.add_argument("--screenshot")
+    args = parser.parse_args()
+    directory = tempfile.mkdtemp(prefix="parley-web-test-")
+    server = Server(args.server, directory)
+    server.start()
+    browser = Browser(directory)
+    failed = 0
+    try:
+        results = asyncio.run(scenario(server, browser, args.screenshot))
+    except AssertionError as error:
+        failed = 1
+        results = []
+        print(f"not ok - {error}", flush=True)
+    finally:
+        browser.close()
+        server.stop()
+    if failed:
+        print(f"logs kept in {directory}")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+    print(f"web: {len(results)} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
