@@ -302,18 +302,42 @@ public final class PostgresChatStore: ChatStore {
             }
         }
 
+        /// One statement per batch: updates of the same row are merged first with the meaning
+        /// they have one after another (the first delivery time stays, the latest read time and
+        /// flags win), since UPDATE ... FROM applies only one source row to each target row.
         func updateRecipients(_ updates: [RecipientUpdate]) throws {
+            var merged: [RecipientUpdate] = []
+            var positions: [String: Int] = [:]
             for update in updates {
                 guard let recipient = ids.accountIDs[update.recipient] else { continue }
+                let key = "\(recipient) \(update.messageID)"
+                guard let position = positions[key] else {
+                    positions[key] = merged.count
+                    merged.append(update)
+                    continue
+                }
+                merged[position].deliveredAt = merged[position].deliveredAt ?? update.deliveredAt
+                merged[position].readAt = update.readAt ?? merged[position].readAt
+                merged[position].deliveredNotified = update.deliveredNotified ?? merged[position].deliveredNotified
+                merged[position].readNotified = update.readNotified ?? merged[position].readNotified
+            }
+            let rowsPerStatement = 65_535 / 6
+            var start = 0
+            while start < merged.count {
+                let chunk = merged[start..<min(merged.count, start + rowsPerStatement)]
+                let rows = Array(repeating: "(?::text, ?::bigint, ?::bigint, ?::bigint, ?::boolean, ?::boolean)", count: chunk.count).joined(separator: ", ")
                 _ = try run("""
-                    UPDATE message_recipients SET
-                        delivered_at = COALESCE(delivered_at, ?), read_at = COALESCE(?, read_at),
-                        delivered_notified = COALESCE(?, delivered_notified), read_notified = COALESCE(?, read_notified)
-                    WHERE message_id = ? AND recipient_id = ?
-                    """, [
-                        .int(update.deliveredAt?.millisecondsSince1970), .int(update.readAt?.millisecondsSince1970),
-                        .bool(update.deliveredNotified), .bool(update.readNotified), .text(update.messageID), .int(recipient),
-                    ])
+                    UPDATE message_recipients r SET
+                        delivered_at = COALESCE(r.delivered_at, v.delivered_at), read_at = COALESCE(v.read_at, r.read_at),
+                        delivered_notified = COALESCE(v.delivered_notified, r.delivered_notified),
+                        read_notified = COALESCE(v.read_notified, r.read_notified)
+                    FROM (VALUES \(rows)) AS v(message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
+                    WHERE r.message_id = v.message_id AND r.recipient_id = v.recipient_id
+                    """, chunk.flatMap { update -> [SQLValue] in
+                        [.text(update.messageID), .int(ids.accountIDs[update.recipient]), .int(update.deliveredAt?.millisecondsSince1970),
+                         .int(update.readAt?.millisecondsSince1970), .bool(update.deliveredNotified), .bool(update.readNotified)]
+                    })
+                start += chunk.count
             }
         }
 

@@ -47,13 +47,20 @@ public struct TestPostgresError: Error, CustomStringConvertible {
 /// Starts the throwaway cluster at most once per process.
 actor ClusterStarter {
     static let shared = ClusterStarter()
-    private var started: Result<PostgresDatabaseURL, any Error>?
+    /// Shared by every caller, including those that arrive while it runs.
+    private var starting: Task<PostgresDatabaseURL, any Error>?
 
-    func url() throws -> PostgresDatabaseURL {
-        if let started { return try started.get() }
-        let result = Result { try Self.locateOrStart() }
-        started = result
-        return try result.get()
+    func url() async throws -> PostgresDatabaseURL {
+        if starting == nil {
+            // initdb and pg_ctl take seconds: they wait on a Dispatch thread, not on one of the
+            // few threads of the cooperative pool that the tests running meanwhile need.
+            starting = Task {
+                try await withCheckedThrowingContinuation { continuation in
+                    DispatchQueue.global().async { continuation.resume(with: Result { try Self.locateOrStart() }) }
+                }
+            }
+        }
+        return try await starting!.value
     }
 
     private static func locateOrStart() throws -> PostgresDatabaseURL {
