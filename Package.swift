@@ -2,8 +2,8 @@
 import PackageDescription
 
 // Modules by dependency: IRCWire (pure wire format) <- ParleyCore (chat domain, no sockets)
-// <- ParleyStorage (the storage interface) <- ParleyStoreSQLite (its embedded backend) and
-// ParleyServer (SwiftNIO shell, which knows only the interface) <- executables.
+// <- ParleyStorage (the storage interface) <- ParleyStoreSQLite (its embedded backend),
+// ParleyStorePostgres (the shared PostgreSQL backend) and ParleyServer (SwiftNIO shell, which knows only the interface) <- executables.
 // The message path's own modules skip dynamic exclusivity checks in release builds: they were
 // about 5% of the server's time under load (debug builds and tests keep them).
 let messagePathSettings: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .target(
@@ -62,6 +63,16 @@ let package = Package(
         // The web client's static files, as resources; ParleyServer serves them on web listeners.
         .target(name: "ParleyWeb", resources: [.copy("site")]),
         .target(
+            name: "ParleyStorePostgres",
+            dependencies: [
+                "ParleyCore", "ParleyStorage",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "ParleyServer",
             dependencies: [
                 "IRCWire", "ParleyCore", "ParleyStorage", "ParleyWeb",
@@ -87,7 +98,7 @@ let package = Package(
         .executableTarget(
             name: "parley-server",
             dependencies: [
-                "ParleyServer", "ParleyStorage", "ParleyStoreSQLite", "ParleyCore", "IRCWire",
+                "ParleyServer", "ParleyStorage", "ParleyStoreSQLite", "ParleyStorePostgres", "ParleyCore", "IRCWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -123,13 +134,24 @@ let package = Package(
             ]
         ),
         .testTarget(name: "ParleyCoreTests", dependencies: ["ParleyCore", "IRCWire"]),
-        .testTarget(name: "ParleyStorageTests", dependencies: ["ParleyStorage", "ParleyStoreSQLite", "ParleyCore"]),
+        // Where the tests' PostgreSQL comes from (PARLEY_TEST_POSTGRES_URL or a throwaway cluster).
+        .target(
+            name: "PostgresTestSupport",
+            dependencies: [
+                "ParleyStorePostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/PostgresTestSupport"
+        ),
+        .testTarget(name: "ParleyStorageTests", dependencies: ["ParleyStorage", "ParleyStoreSQLite", "ParleyStorePostgres", "PostgresTestSupport", "ParleyCore"]),
         .testTarget(name: "ParleyStoreSQLiteTests", dependencies: ["ParleyStoreSQLite", "ParleyStorage", "ParleyCore", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "ParleyClientTests", dependencies: ["ParleyClient", "IRCWire"]),
         .testTarget(
             name: "ParleyServerTests",
             dependencies: [
-                "ParleyServer", "ParleyStorage", "ParleyStoreSQLite", "ParleyCore", "IRCWire", "ParleyClient",
+                "ParleyServer", "ParleyStorage", "ParleyStoreSQLite", "ParleyStorePostgres", "PostgresTestSupport", "ParleyCore", "IRCWire", "ParleyClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

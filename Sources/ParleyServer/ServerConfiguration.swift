@@ -10,6 +10,9 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var motd: [String] = ["Welcome to Parley: direct messages, groups, offline delivery and receipts."]
     /// Where the SQLite database lives. Created if missing.
     public var dataDirectory = "./parley-data"
+    /// A PostgreSQL database shared by nodes (`postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`);
+    /// nil keeps the embedded SQLite store in `dataDirectory`.
+    public var database: String?
     /// IRC on 6667 and the web client (with IRCv3 WebSocket at `/irc`) on 8080, every address.
     public var listeners: [Listener] = [
         Listener(address: "0.0.0.0", port: 6667), Listener(address: "::", port: 6667),
@@ -29,7 +32,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case serverName, networkName, motd, dataDirectory, listeners, tls, limits, accounts, operators, history, logLevel, threads
+        case serverName, networkName, motd, dataDirectory, database, listeners, tls, limits, accounts, operators, history, logLevel, threads
         case web
     }
 
@@ -40,6 +43,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         networkName = try container.decode(.networkName, default: defaults.networkName)
         motd = try container.decode(.motd, default: defaults.motd)
         dataDirectory = try container.decode(.dataDirectory, default: defaults.dataDirectory)
+        database = try container.decodeIfPresent(String.self, forKey: .database)
         listeners = try container.decode(.listeners, default: defaults.listeners)
         tls = try container.decodeIfPresent(TLSSettings.self, forKey: .tls)
         limits = try container.decode(.limits, default: defaults.limits)

@@ -7,6 +7,7 @@ import Logging
 import ParleyCore
 import ParleyServer
 import ParleyStorage
+import ParleyStorePostgres
 import ParleyStoreSQLite
 import ServiceLifecycle
 import UnixSignals
@@ -21,7 +22,7 @@ struct ParleyServerCommand: AsyncParsableCommand {
     )
 }
 
-/// Options shared by every subcommand that touches the data directory.
+/// Options shared by every subcommand that touches the stored data.
 struct DataOptions: ParsableArguments {
     @Option(name: .long, help: "JSON configuration file (see docs/configuration.md).")
     var config: String?
@@ -29,16 +30,35 @@ struct DataOptions: ParsableArguments {
     @Option(name: .long, help: "Directory holding the SQLite database (default ./parley-data).")
     var dataDir: String?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "A PostgreSQL database to use instead of SQLite in the data directory.",
+        valueName: "postgresql://user[:password]@host[:port]/db"))
+    var database: String?
+
     func loadConfiguration() throws -> ServerConfiguration {
         var configuration = try config.map { try ServerConfiguration.load(from: $0) } ?? ServerConfiguration()
         if let dataDir { configuration.dataDirectory = dataDir }
+        if let database { configuration.database = database }
         return configuration
     }
 
-    func openStore(_ configuration: ServerConfiguration) throws -> SQLiteChatStore {
+    /// The configured store: PostgreSQL when a database is named, else SQLite in the data
+    /// directory. A database that cannot be used throws `PostgresStoreError`, whose text is the
+    /// one line printed before the non-zero exit.
+    func openStore(_ configuration: ServerConfiguration, logger: Logger = DataOptions.quietLogger) async throws -> any ChatStore {
+        if let database = configuration.database {
+            return try await PostgresChatStore.open(url: try PostgresDatabaseURL(parsing: database), logger: logger)
+        }
         try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         let path = URL(fileURLWithPath: configuration.dataDirectory).appendingPathComponent("parley.sqlite").path
         return try SQLiteChatStore(path: path)
+    }
+
+    /// The admin subcommands print their results on standard output; only problems are logged.
+    static var quietLogger: Logger {
+        var logger = Logger(label: "parley") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = .warning
+        return logger
     }
 }
 
@@ -91,7 +111,7 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "parley")
-        let store = try data.openStore(configuration)
+        let store = try await data.openStore(configuration, logger: logger)
         // One event loop per CPU this process may run on (taskset included): more loops than
         // CPUs only adds thread hops between connections.
         let threads = configuration.threads > 0 ? configuration.threads : availableCPUCount()
@@ -117,7 +137,7 @@ struct Serve: AsyncParsableCommand {
 
 struct Account: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage accounts in a data directory. Run while the server is stopped, or restart it afterwards.",
+        abstract: "Manage accounts in a data directory or PostgreSQL database. Run while the server is stopped, or restart it afterwards.",
         subcommands: [Create.self, ResetPassword.self, List.self])
 
     struct Create: AsyncParsableCommand {
@@ -133,7 +153,7 @@ struct Account: AsyncParsableCommand {
                 throw ValidationError("\(name) is not a valid nick: letters, digits and []\\`_^{|}- only, up to \(chat.nickLength) characters")
             }
             let password = try readPassword(prompt: "Password for \(name): ", minimumLength: chat.minimumPasswordLength)
-            let store = try data.openStore(configuration)
+            let store = try await data.openStore(configuration)
             let credential = PasswordCredential.derive(password: password, iterations: chat.passwordIterations)
             do {
                 try await store.insertAccount(AccountRecord(name: nick.name, key: nick.folded, credential: credential, createdAt: Date(), lastSeen: nil, email: nil))
@@ -155,7 +175,7 @@ struct Account: AsyncParsableCommand {
             let configuration = try data.loadConfiguration()
             let chat = try configuration.chatConfiguration()
             let password = try readPassword(prompt: "New password for \(name): ", minimumLength: chat.minimumPasswordLength)
-            let store = try data.openStore(configuration)
+            let store = try await data.openStore(configuration)
             let credential = PasswordCredential.derive(password: password, iterations: chat.passwordIterations)
             let updated = try await store.updateCredential(accountKey: chat.caseMapping.fold(name), credential)
             try await store.close()
@@ -170,7 +190,7 @@ struct Account: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try data.loadConfiguration()
-            let store = try data.openStore(configuration)
+            let store = try await data.openStore(configuration)
             let accounts = try await store.loadAccounts().sorted { $0.key < $1.key }
             try await store.close()
             for account in accounts {

@@ -1,7 +1,9 @@
 import Foundation
 import ParleyCore
 import ParleyStorage
+import ParleyStorePostgres
 import ParleyStoreSQLite
+import PostgresTestSupport
 import Testing
 
 /// A storage backend under test: opens an empty store that knows the accounts alice, bob and
@@ -15,7 +17,7 @@ struct StorageBackend: Sendable, CustomTestStringConvertible {
     static let accounts = ["alice", "bob", "carol"]
 
     /// Every backend the suite runs against.
-    static var all: [StorageBackend] { [.sqlite] }
+    static var all: [StorageBackend] { [.sqlite, .postgres] }
 
     static let sqlite = StorageBackend(name: "SQLite") {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID().uuidString).sqlite").path
@@ -23,6 +25,20 @@ struct StorageBackend: Sendable, CustomTestStringConvertible {
         return (store, {
             try await store.close()
             for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        })
+    }
+
+    /// A new database per test on the tests' PostgreSQL (see TestPostgres), dropped afterwards.
+    static let postgres = StorageBackend(name: "PostgreSQL") {
+        let (url, drop) = try await TestPostgres.freshDatabase()
+        let store: PostgresChatStore
+        do { store = try await PostgresChatStore.open(url: url) } catch {
+            try? await drop()
+            throw error
+        }
+        return (store, {
+            try await store.close()
+            try await drop()
         })
     }
 

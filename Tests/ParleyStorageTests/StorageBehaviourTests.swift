@@ -181,4 +181,30 @@ struct StorageBehaviourTests {
         #expect(!state.tracked.contains { $0.id == "s1" })
         try await done()
     }
+
+
+    @Test(arguments: StorageBackend.all) func updatesOfOneRecipientInOneBatchApplyInOrder(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let later = now.adding(milliseconds: 5000)
+        let message = StoredMessage(id: "u1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                                    targetKind: .direct, target: "bob", command: "PRIVMSG", text: "hi",
+                                    recipients: [StoredRecipient(account: "bob")])
+        try store.transaction { try $0.storeMessages([message]) }
+        // Delivered, its receipt sent, then read, all in one batch (as one read burst of bob's
+        // client may do); a second delivery time never replaces the first.
+        try store.transaction {
+            try $0.updateRecipients([
+                RecipientUpdate(messageID: "u1", recipient: "bob", deliveredAt: now),
+                RecipientUpdate(messageID: "u1", recipient: "bob", deliveredNotified: true),
+                RecipientUpdate(messageID: "u1", recipient: "bob", deliveredAt: later, readAt: later),
+            ])
+        }
+        guard case .messages(let found) = try store.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: []), kind: .receipts(["u1"]), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(found.first?.recipients == [StoredRecipient(account: "bob", deliveredAt: now, readAt: later, deliveredNotified: true, readNotified: false)])
+        try await done()
+    }
 }

@@ -1,0 +1,550 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ParleyCore
+import ParleyStorage
+import PostgresNIO
+import Synchronization
+
+/// The shared store: PostgreSQL through PostgresNIO, with the same behaviour as the embedded
+/// `SQLiteChatStore` (the behavioural suite in ParleyStorageTests runs on both).
+///
+/// Two connections: one owned by transactions (BEGIN ... COMMIT must not interleave with other
+/// statements), and one for everything else, which are single statements in autocommit and may
+/// be issued from several threads at once (PostgresNIO queues them on the connection). A
+/// connection the server closed is opened again before its next use.
+///
+/// Durability: a transaction returns once PostgreSQL has committed it (with the server's
+/// default `synchronous_commit = on`, that is on disk).
+public final class PostgresChatStore: ChatStore {
+    public let url: PostgresDatabaseURL
+    private let logger: Logger
+    private let eventLoopGroup: any EventLoopGroup
+    private let transactionConnection: Mutex<PostgresConnection>
+    private let sharedConnection: Mutex<PostgresConnection>
+    /// Ids behind account and group keys, as in the SQLite store: group changes are applied
+    /// once their transaction commits.
+    private let identities = Mutex(StoredIdentities())
+
+    private init(url: PostgresDatabaseURL, logger: Logger, eventLoopGroup: any EventLoopGroup,
+                 transactionConnection: PostgresConnection, sharedConnection: PostgresConnection, identities: StoredIdentities) {
+        self.url = url
+        self.logger = logger
+        self.eventLoopGroup = eventLoopGroup
+        self.transactionConnection = Mutex(transactionConnection)
+        self.sharedConnection = Mutex(sharedConnection)
+        self.identities.withLock { $0 = identities }
+    }
+
+    /// Connects, brings the schema up to date (under an advisory lock, so nodes that start at
+    /// the same moment migrate once) and loads the ids. Throws `PostgresStoreError`, whose
+    /// description is one line an operator can act on.
+    public static func open(
+        url: PostgresDatabaseURL, logger: Logger = Logger(label: "parley.postgres"),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> PostgresChatStore {
+        var opened: [PostgresConnection] = []
+        do {
+            let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next())
+            opened.append(writer)
+            try await migrate(writer, logger: logger)
+            let shared = try await connect(url: url, logger: logger, on: eventLoopGroup.next())
+            opened.append(shared)
+            var map = StoredIdentities()
+            for row in try await writer.runAsync("SELECT id, key FROM accounts", logger: logger) {
+                let (id, key) = try row.decode((Int64, String).self)
+                map.addAccount(key: key, id: id)
+            }
+            for row in try await writer.runAsync("SELECT id, key FROM groups", logger: logger) {
+                let (id, key) = try row.decode((Int64, String).self)
+                map.setGroup(key: key, id: id)
+            }
+            return PostgresChatStore(url: url, logger: logger, eventLoopGroup: eventLoopGroup,
+                                     transactionConnection: writer, sharedConnection: shared, identities: map)
+        } catch {
+            for connection in opened { try? await connection.close() }
+            throw PostgresStoreError(error, url: url)
+        }
+    }
+
+    static func configuration(for url: PostgresDatabaseURL) -> PostgresConnection.Configuration {
+        var configuration = PostgresConnection.Configuration(
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: .disable)
+        configuration.options.connectTimeout = .seconds(10)
+        return configuration
+    }
+
+    private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop) async throws -> PostgresConnection {
+        try await PostgresConnection.connect(on: eventLoop, configuration: configuration(for: url), id: 1, logger: logger).get()
+    }
+
+    /// Applies the migrations this database lacks, in order, each in its own transaction;
+    /// refuses a database that has versions this binary does not know.
+    static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.runAsync("SELECT pg_advisory_lock(?)", [.int(PostgresMigrations.advisoryLockKey)], logger: logger)
+        do {
+            try await connection.runAsync("""
+                CREATE TABLE IF NOT EXISTS parley_schema_migrations (
+                    version BIGINT PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+                )
+                """, logger: logger)
+            var applied = Set<Int64>()
+            for row in try await connection.runAsync("SELECT version FROM parley_schema_migrations", logger: logger) {
+                applied.insert(try row.decode(Int64.self))
+            }
+            let known = Set(PostgresMigrations.all.map { Int64($0.version) })
+            if let newest = applied.subtracting(known).max() {
+                throw PostgresStoreError.schemaTooNew(found: Int(newest), supported: PostgresMigrations.latestVersion)
+            }
+            for migration in PostgresMigrations.all where !applied.contains(Int64(migration.version)) {
+                try await connection.runAsync("BEGIN", logger: logger)
+                do {
+                    for statement in migration.statements { try await connection.runAsync(statement, logger: logger) }
+                    try await connection.runAsync("INSERT INTO parley_schema_migrations (version, name) VALUES (?, ?)",
+                                                  [.int(migration.version), .text(migration.name)], logger: logger)
+                    try await connection.runAsync("COMMIT", logger: logger)
+                } catch {
+                    _ = try? await connection.runAsync("ROLLBACK", logger: logger)
+                    throw error
+                }
+                logger.info("database migrated", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+            }
+        } catch {
+            _ = try? await connection.runAsync("SELECT pg_advisory_unlock(?)", [.int(PostgresMigrations.advisoryLockKey)], logger: logger)
+            throw error
+        }
+        try await connection.runAsync("SELECT pg_advisory_unlock(?)", [.int(PostgresMigrations.advisoryLockKey)], logger: logger)
+    }
+
+    /// The connection in `slot`, opened again if the server closed it.
+    private func live(_ slot: inout PostgresConnection) throws -> PostgresConnection {
+        if slot.isClosed {
+            slot = try PostgresConnection.connect(on: eventLoopGroup.next(), configuration: Self.configuration(for: url), id: 2, logger: logger).wait()
+        }
+        return slot
+    }
+
+    /// The connection for single statements. Reopening it blocks the caller, which is rare
+    /// enough (the database restarted) not to deserve an async path.
+    private func shared() throws -> PostgresConnection {
+        try sharedConnection.withLock { try live(&$0) }
+    }
+
+    /// PostgresNIO's errors in an operator's words; the storage protocol's own errors as they are.
+    private func explained(_ error: any Error) -> any Error {
+        if error is StoreError || error is PostgresStoreError { return error }
+        return PostgresStoreError(error, url: url)
+    }
+
+    // MARK: Accounts and groups
+
+    public func loadAccounts() async throws -> [AccountRecord] {
+        do {
+            return try await shared().runAsync("SELECT * FROM accounts ORDER BY id", logger: logger).map { try Self.account(from: $0.makeRandomAccess()) }
+        } catch { throw explained(error) }
+    }
+
+    public func insertAccount(_ account: AccountRecord) async throws {
+        let settings = try Self.encodeSettings(account.settings)
+        do {
+            let rows = try await shared().runAsync("""
+                INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at, last_seen, email, settings)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+                """, [
+                    .text(account.key), .text(account.name), .bytes(Data(account.credential.salt)), .int(account.credential.iterations),
+                    .bytes(Data(account.credential.storedKey)), .bytes(Data(account.credential.serverKey)),
+                    .int(Timestamp(account.createdAt).millisecondsSince1970), .int(account.lastSeen.map { Timestamp($0).millisecondsSince1970 }),
+                    .text(account.email), .text(settings),
+                ], logger: logger)
+            guard let row = rows.first else { throw PostgresStoreError.server("the new account's id was not returned") }
+            let id = try row.decode(Int64.self)
+            identities.withLock { $0.addAccount(key: account.key, id: id) }
+        } catch let error as PSQLError where error.serverInfo?[.sqlState] == "23505" {
+            throw StoreError.accountExists
+        } catch {
+            throw explained(error)
+        }
+    }
+
+    public func updateCredential(accountKey: String, _ credential: PasswordCredential) async throws -> Bool {
+        do {
+            let result = try await shared().runAsync(
+                "UPDATE accounts SET salt = ?, iterations = ?, stored_key = ?, server_key = ? WHERE key = ?",
+                [.bytes(Data(credential.salt)), .int(credential.iterations), .bytes(Data(credential.storedKey)),
+                 .bytes(Data(credential.serverKey)), .text(accountKey)], logger: logger)
+            return (result.metadata.rows ?? 0) > 0
+        } catch { throw explained(error) }
+    }
+
+    public func loadGroups() async throws -> [GroupRecord] {
+        do {
+            let connection = try shared()
+            let memberRows = try await connection.runAsync(
+                "SELECT m.group_id, a.key, m.role FROM group_members m JOIN accounts a ON a.id = m.account_id", logger: logger)
+            var members: [Int64: [String: ChannelRole]] = [:]
+            for row in memberRows {
+                let (group, account, role) = try row.decode((Int64, String, Int64).self)
+                members[group, default: [:]][account] = ChannelRole(rawValue: Int(role)) ?? .member
+            }
+            var bans: [Int64: [BanEntry]] = [:]
+            for row in try await connection.runAsync("SELECT group_id, mask, set_by, set_at FROM group_bans ORDER BY position", logger: logger) {
+                let (group, mask, setBy, setAt) = try row.decode((Int64, String, String, Int64).self)
+                bans[group, default: []].append(BanEntry(mask: mask, setBy: setBy, setAt: Timestamp(millisecondsSince1970: setAt)))
+            }
+            return try await connection.runAsync("SELECT g.*, a.key AS owner_key FROM groups g JOIN accounts a ON a.id = g.owner_id ORDER BY g.id", logger: logger).map { plain in
+                let row = plain.makeRandomAccess()
+                let id: Int64 = try row["id"]
+                let topicSetAt: Int64? = try row["topic_set_at"]
+                let userLimit: Int64? = try row["user_limit"]
+                return GroupRecord(
+                    name: try row["name"], key: try row["key"], createdAt: Timestamp(millisecondsSince1970: try row["created_at"]),
+                    owner: try row["owner_key"], topic: try row["topic"], topicSetBy: try row["topic_set_by"],
+                    topicSetAt: topicSetAt.map { Timestamp(millisecondsSince1970: $0) }, modes: try row["modes"],
+                    password: try row["password"], userLimit: userLimit.map { Int($0) }, bans: bans[id] ?? [], members: members[id] ?? [:])
+            }
+        } catch { throw explained(error) }
+    }
+
+    // MARK: Transactions
+
+    public func transaction(_ body: (any StorageTransaction) throws -> Void) throws {
+        // Group changes are made on a copy and shared once the transaction commits; a rolled
+        // back transaction leaves the map as the database is.
+        let start = identities.withLock { $0 }
+        let changes: [StoredIdentities.Change] = try transactionConnection.withLock { slot in
+            let connection: PostgresConnection
+            do { connection = try live(&slot) } catch { throw explained(error) }
+            let transaction = Transaction(connection: connection, ids: start, logger: logger)
+            do {
+                try connection.run("BEGIN", logger: logger)
+                try body(transaction)
+                try connection.run("COMMIT", logger: logger)
+            } catch {
+                // A broken connection cannot roll back; it is closed, and the next transaction opens a new one.
+                _ = try? connection.run("ROLLBACK", logger: logger)
+                throw explained(error)
+            }
+            return transaction.changes
+        }
+        if !changes.isEmpty {
+            identities.withLock { shared in for change in changes { shared.apply(change) } }
+        }
+    }
+
+    /// The writes of one transaction, each a statement on the transaction's connection.
+    final class Transaction: StorageTransaction {
+        let connection: PostgresConnection
+        let logger: Logger
+        var ids: StoredIdentities
+        var changes: [StoredIdentities.Change] = []
+
+        init(connection: PostgresConnection, ids: StoredIdentities, logger: Logger) {
+            self.connection = connection
+            self.ids = ids
+            self.logger = logger
+        }
+
+        func run(_ sql: String, _ values: [SQLValue] = []) throws -> PostgresQueryResult {
+            try connection.run(sql, values, logger: logger)
+        }
+
+        /// Messages and their recipients as multi-row inserts, a few round trips per batch
+        /// rather than one per row (a round trip costs more than the row).
+        func storeMessages(_ messages: [StoredMessage]) throws {
+            var messageRows: [[SQLValue]] = []
+            var recipientRows: [[SQLValue]] = []
+            for stored in messages {
+                let targetID: Int64?
+                var targetGuest: String?
+                switch stored.targetKind {
+                case .group:
+                    guard let group = ids.groupIDs[stored.target] else { throw StoreError.unknownIdentity(stored.target) }
+                    targetID = group
+                case .direct:
+                    targetID = ids.accountIDs[stored.target]
+                    if targetID == nil { targetGuest = stored.target }
+                }
+                let senderID = stored.senderAccount.flatMap { ids.accountIDs[$0] }
+                if stored.senderAccount != nil && senderID == nil { throw StoreError.unknownIdentity(stored.senderAccount ?? "") }
+                messageRows.append([
+                    .text(stored.id), .int(stored.time.millisecondsSince1970), .int(senderID),
+                    .text(stored.senderAccount == nil ? stored.senderGuest : nil), .text(stored.senderNick), .text(stored.senderPrefix),
+                    .text(stored.targetKind.rawValue), .int(targetID), .text(targetGuest), .text(targetGuest == nil ? nil : stored.targetName),
+                    .text(stored.command), .text(stored.text), .text(stored.clientTags),
+                ])
+                for entry in stored.recipients {
+                    guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
+                    recipientRows.append([
+                        .text(stored.id), .int(recipient), .int(entry.deliveredAt?.millisecondsSince1970),
+                        .int(entry.readAt?.millisecondsSince1970), .bool(entry.deliveredNotified), .bool(entry.readNotified),
+                    ])
+                }
+            }
+            try insert(into: "messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text, client_tags)",
+                       messageRows)
+            try insert(into: "message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)", recipientRows)
+        }
+
+        /// INSERT ... VALUES (...), (...): in chunks under PostgreSQL's 65,535 parameters per statement.
+        private func insert(into table: String, _ rows: [[SQLValue]]) throws {
+            guard let width = rows.first?.count else { return }
+            let rowsPerStatement = 65_535 / width
+            var start = 0
+            while start < rows.count {
+                let chunk = rows[start..<min(rows.count, start + rowsPerStatement)]
+                let placeholders = "(" + Array(repeating: "?", count: width).joined(separator: ", ") + ")"
+                let sql = "INSERT INTO \(table) VALUES " + Array(repeating: placeholders, count: chunk.count).joined(separator: ", ")
+                _ = try run(sql, chunk.flatMap { $0 })
+                start += chunk.count
+            }
+        }
+
+        /// One statement per batch: updates of the same row are merged first with the meaning
+        /// they have one after another (the first delivery time stays, the latest read time and
+        /// flags win), since UPDATE ... FROM applies only one source row to each target row.
+        func updateRecipients(_ updates: [RecipientUpdate]) throws {
+            var merged: [RecipientUpdate] = []
+            var positions: [String: Int] = [:]
+            for update in updates {
+                guard let recipient = ids.accountIDs[update.recipient] else { continue }
+                let key = "\(recipient) \(update.messageID)"
+                guard let position = positions[key] else {
+                    positions[key] = merged.count
+                    merged.append(update)
+                    continue
+                }
+                merged[position].deliveredAt = merged[position].deliveredAt ?? update.deliveredAt
+                merged[position].readAt = update.readAt ?? merged[position].readAt
+                merged[position].deliveredNotified = update.deliveredNotified ?? merged[position].deliveredNotified
+                merged[position].readNotified = update.readNotified ?? merged[position].readNotified
+            }
+            let rowsPerStatement = 65_535 / 6
+            var start = 0
+            while start < merged.count {
+                let chunk = merged[start..<min(merged.count, start + rowsPerStatement)]
+                let rows = Array(repeating: "(?::text, ?::bigint, ?::bigint, ?::bigint, ?::boolean, ?::boolean)", count: chunk.count).joined(separator: ", ")
+                _ = try run("""
+                    UPDATE message_recipients r SET
+                        delivered_at = COALESCE(r.delivered_at, v.delivered_at), read_at = COALESCE(v.read_at, r.read_at),
+                        delivered_notified = COALESCE(v.delivered_notified, r.delivered_notified),
+                        read_notified = COALESCE(v.read_notified, r.read_notified)
+                    FROM (VALUES \(rows)) AS v(message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
+                    WHERE r.message_id = v.message_id AND r.recipient_id = v.recipient_id
+                    """, chunk.flatMap { update -> [SQLValue] in
+                        [.text(update.messageID), .int(ids.accountIDs[update.recipient]), .int(update.deliveredAt?.millisecondsSince1970),
+                         .int(update.readAt?.millisecondsSince1970), .bool(update.deliveredNotified), .bool(update.readNotified)]
+                    })
+                start += chunk.count
+            }
+        }
+
+        func setReadMarker(account: String, conversation: String, time: Timestamp) throws {
+            guard let accountID = ids.accountIDs[account], let target = ids.conversation(conversation) else { return }
+            _ = try run("""
+                INSERT INTO read_markers (account_id, target_kind, target_id, time) VALUES (?, ?, ?, ?)
+                ON CONFLICT (account_id, target_kind, target_id) DO UPDATE SET time = GREATEST(read_markers.time, excluded.time)
+                """, [.int(accountID), .text(target.kind), .int(target.id), .int(time.millisecondsSince1970)])
+        }
+
+        func recordLastSeen(account: String, at time: Timestamp) throws {
+            _ = try run("UPDATE accounts SET last_seen = ? WHERE key = ?", [.int(time.millisecondsSince1970), .text(account)])
+        }
+
+        func setAccountSettings(account: String, _ settings: [String: String]) throws {
+            _ = try run("UPDATE accounts SET settings = ? WHERE key = ?", [.text(try PostgresChatStore.encodeSettings(settings)), .text(account)])
+        }
+
+        /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
+        func saveGroup(_ group: GroupRecord, previousKey: String?) throws {
+            guard let owner = ids.accountIDs[group.owner] else { throw StoreError.unknownIdentity(group.owner) }
+            let values: [SQLValue] = [
+                .text(group.key), .text(group.name), .int(owner), .text(group.topic), .text(group.topicSetBy),
+                .int(group.topicSetAt?.millisecondsSince1970), .text(group.modes), .text(group.password), .int(group.userLimit.map { Int64($0) }),
+            ]
+            let id: Int64
+            if let existing = previousKey.flatMap({ ids.groupIDs[$0] }) ?? ids.groupIDs[group.key] {
+                id = existing
+                _ = try run("""
+                    UPDATE groups SET key = ?, name = ?, owner_id = ?, topic = ?, topic_set_by = ?, topic_set_at = ?, modes = ?,
+                        password = ?, user_limit = ? WHERE id = ?
+                    """, values + [.int(id)])
+            } else {
+                let rows = try run("""
+                    INSERT INTO groups (key, name, owner_id, topic, topic_set_by, topic_set_at, modes, password, user_limit, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+                    """, values + [.int(group.createdAt.millisecondsSince1970)])
+                guard let row = rows.first else { throw PostgresStoreError.server("the new group's id was not returned") }
+                id = try row.decode(Int64.self)
+            }
+            ids.setGroup(key: group.key, id: id)
+            changes.append(.group(key: group.key, id: id))
+            _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
+            let members = group.members.sorted { $0.key < $1.key }.compactMap { account, role in
+                ids.accountIDs[account].map { [SQLValue.int(id), .int($0), .int(role.rawValue)] }
+            }
+            try insert(into: "group_members (group_id, account_id, role)", members)
+            _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])
+            try insert(into: "group_bans (group_id, mask, set_by, set_at)",
+                       group.bans.map { [.int(id), .text($0.mask), .text($0.setBy), .int($0.setAt.millisecondsSince1970)] })
+        }
+
+        /// Deletes a group with everything that belongs to it: members, bans, messages (their
+        /// recipients' rows cascade), read markers.
+        func deleteGroup(key: String) throws {
+            guard let id = ids.groupIDs[key] else { return }
+            _ = try run("DELETE FROM messages WHERE target_kind = 'group' AND target_id = ?", [.int(id)])
+            _ = try run("DELETE FROM read_markers WHERE target_kind = 'group' AND target_id = ?", [.int(id)])
+            _ = try run("DELETE FROM groups WHERE id = ?", [.int(id)])
+            ids.removeGroup(id: id)
+            changes.append(.groupRemoved(id: id))
+        }
+
+        /// Deletes messages older than `cutoff` (their recipients' rows go with them). Messages
+        /// are inserted in time order, so the old ones come first by position: the scan stops at
+        /// the first message to keep, as in the SQLite store.
+        func deleteMessages(before cutoff: Timestamp) throws {
+            let time = cutoff.millisecondsSince1970
+            let firstKept = try run("SELECT position FROM messages WHERE time >= ? ORDER BY position LIMIT 1", [.int(time)]).first
+                .map { try $0.decode(Int64.self) }
+            _ = try run("DELETE FROM messages WHERE position < ? AND time < ?", [.int(firstKept ?? Int64.max), .int(time)])
+        }
+    }
+
+    // MARK: Delivery state and history
+
+    public func loadDeliveryState(since cutoff: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState {
+        let ids = identities.withLock { $0 }
+        do {
+            let connection = try shared()
+            // What the server follows in memory, loaded in bounded windows so that start-up time
+            // and memory do not grow with the history: every message someone still waits for,
+            // and the newest messages up to `maxTrackedRecipients` recipient states. Each message
+            // counted has a recipient, so the window is at most that many messages.
+            let window = try await connection.runAsync("""
+                WITH newest AS (
+                    SELECT m.position, (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id) AS recipients
+                    FROM messages m
+                    WHERE m.time >= ? AND EXISTS (SELECT 1 FROM message_recipients r WHERE r.message_id = m.id)
+                    ORDER BY m.position DESC LIMIT ?
+                )
+                SELECT MIN(position) FROM (
+                    SELECT position, SUM(recipients) OVER (ORDER BY position DESC) - recipients AS newer FROM newest
+                ) counted WHERE newer < ?
+                """, [.int(cutoff.millisecondsSince1970), .int(maxTrackedRecipients), .int(maxTrackedRecipients)], logger: logger)
+            let recentFrom = try window.first?.decode(Int64?.self) ?? Int64.max
+            // Only messages still to be delivered are replayed, so only they need their text;
+            // the others are followed for receipts by id, time and parties alone.
+            let rows = try await connection.runAsync("""
+                WITH waiting AS MATERIALIZED (SELECT DISTINCT message_id AS id FROM message_recipients WHERE delivered_at IS NULL)
+                SELECT m.id, m.time, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
+                       CASE WHEN w.id IS NOT NULL THEN m.sender_nick ELSE '' END AS sender_nick,
+                       CASE WHEN w.id IS NOT NULL THEN m.sender_prefix ELSE '' END AS sender_prefix,
+                       CASE WHEN w.id IS NOT NULL THEN m.text ELSE '' END AS text,
+                       CASE WHEN w.id IS NOT NULL THEN m.client_tags ELSE '' END AS client_tags,
+                       r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
+                FROM messages m JOIN message_recipients r ON r.message_id = m.id LEFT JOIN waiting w ON w.id = m.id
+                WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL)
+                ORDER BY m.position, r.recipient_id
+                """, [.int(cutoff.millisecondsSince1970), .int(recentFrom)], logger: logger)
+            var messages: [StoredMessage] = []
+            var index: [String: Int] = [:]
+            for plain in rows {
+                let row = plain.makeRandomAccess()
+                let id: String = try row["id"]
+                guard let recipient = try Self.recipient(from: row, ids: ids) else { continue }
+                if let position = index[id] {
+                    messages[position].recipients.append(recipient)
+                } else {
+                    guard var message = try Self.message(from: row, ids: ids) else { continue }
+                    message.recipients = [recipient]
+                    index[id] = messages.count
+                    messages.append(message)
+                }
+            }
+            // Messages whose every receipt is done need no following.
+            messages.removeAll { message in
+                message.recipients.allSatisfy { $0.deliveredAt != nil && $0.readAt != nil && $0.deliveredNotified && $0.readNotified }
+            }
+            var undelivered: [String: [StoredMessage]] = [:]
+            for message in messages {
+                for recipient in message.recipients where recipient.deliveredAt == nil {
+                    undelivered[recipient.account, default: []].append(message)
+                }
+            }
+            var markers: [String: [String: Timestamp]] = [:]
+            for row in try await connection.runAsync("SELECT account_id, target_kind, target_id, time FROM read_markers", logger: logger) {
+                let (accountID, kind, targetID, time) = try row.decode((Int64, String, Int64, Int64).self)
+                guard let account = ids.accountKeys[accountID], let target = ids.conversationKey(kind: kind, id: targetID) else { continue }
+                markers[account, default: [:]][target] = Timestamp(millisecondsSince1970: time)
+            }
+            return DeliveryState(undelivered: undelivered, tracked: messages, readMarkers: markers)
+        } catch { throw explained(error) }
+    }
+
+    public func loadHistory(_ query: HistoryQuery) throws -> HistoryResult {
+        let ids = identities.withLock { $0 }
+        do {
+            return try PostgresHistory(connection: try shared(), ids: ids, logger: logger).run(query)
+        } catch { throw explained(error) }
+    }
+
+    public func close() async throws {
+        let connections = [transactionConnection.withLock { $0 }, sharedConnection.withLock { $0 }]
+        for connection in connections where !connection.isClosed { try await connection.close() }
+    }
+
+    // MARK: Row mapping
+
+    static func encodeSettings(_ settings: [String: String]) throws -> String {
+        String(decoding: try JSONEncoder().encode(settings), as: UTF8.self)
+    }
+
+    static func account(from row: PostgresRandomAccessRow) throws -> AccountRecord {
+        let settingsText: String = try row["settings"]
+        let settings = (try? JSONDecoder().decode([String: String].self, from: Data(settingsText.utf8))) ?? [:]
+        let salt: Data = try row["salt"]
+        let storedKey: Data = try row["stored_key"]
+        let serverKey: Data = try row["server_key"]
+        let iterations: Int64 = try row["iterations"]
+        let lastSeen: Int64? = try row["last_seen"]
+        return AccountRecord(
+            name: try row["name"], key: try row["key"],
+            credential: PasswordCredential(salt: [UInt8](salt), iterations: Int(iterations), storedKey: [UInt8](storedKey), serverKey: [UInt8](serverKey)),
+            createdAt: Timestamp(millisecondsSince1970: try row["created_at"]).date,
+            lastSeen: lastSeen.map { Timestamp(millisecondsSince1970: $0).date }, email: try row["email"], settings: settings)
+    }
+
+    static func recipient(from row: PostgresRandomAccessRow, ids: StoredIdentities) throws -> StoredRecipient? {
+        guard let account = ids.accountKeys[try row["recipient_id", as: Int64.self]] else { return nil }
+        let delivered: Int64? = try row["delivered_at"]
+        let read: Int64? = try row["read_at"]
+        return StoredRecipient(
+            account: account, deliveredAt: delivered.map { Timestamp(millisecondsSince1970: $0) },
+            readAt: read.map { Timestamp(millisecondsSince1970: $0) },
+            deliveredNotified: try row["delivered_notified"], readNotified: try row["read_notified"])
+    }
+
+    /// A message row in the domain's terms (keys, not ids); nil if it names a group or account
+    /// this store no longer knows.
+    static func message(from row: PostgresRandomAccessRow, ids: StoredIdentities) throws -> StoredMessage? {
+        let kind = StoredMessage.TargetKind(rawValue: try row["target_kind"]) ?? .direct
+        let senderID: Int64? = try row["sender_id"]
+        let targetID: Int64? = try row["target_id"]
+        let target: String?
+        switch kind {
+        case .group: target = targetID.flatMap { ids.groupKeys[$0] }
+        case .direct: target = try targetID.map { ids.accountKeys[$0] } ?? row["target_guest"]
+        }
+        guard let target else { return nil }
+        let senderAccount = senderID.flatMap { ids.accountKeys[$0] }
+        if senderID != nil && senderAccount == nil { return nil }
+        return StoredMessage(
+            id: try row["id"], time: Timestamp(millisecondsSince1970: try row["time"]), senderNick: try row["sender_nick"],
+            senderAccount: senderAccount, senderGuest: try row["sender_guest"], senderPrefix: try row["sender_prefix"],
+            targetKind: kind, target: target, targetName: try row["target_name"],
+            command: try row["command"], text: try row["text"], clientTags: try row["client_tags"])
+    }
+}

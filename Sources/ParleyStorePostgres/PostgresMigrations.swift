@@ -1,0 +1,120 @@
+/// The PostgreSQL schema as an ordered list of migrations, tracked in `parley_schema_migrations`
+/// (one row per applied version). Later issues append, never edit: a database carries the
+/// versions it has, and a binary refuses a database with versions it does not know.
+///
+/// Each migration is a list of single statements: the extended query protocol, which binds
+/// parameters, runs one statement per query.
+enum PostgresMigrations {
+    struct Migration: Sendable {
+        let version: Int
+        let name: String
+        let statements: [String]
+    }
+
+    /// Serialises migrations between nodes that start at the same moment (a session-level
+    /// advisory lock, released when the migrating connection ends even if it dies): any
+    /// 64-bit constant that no other application on the database uses.
+    static let advisoryLockKey: Int64 = 0x7061_726C_6579_0001 // "parley" 1
+
+    static let all: [Migration] = [
+        Migration(version: 1, name: "stable-identities", statements: [
+            // The same shape as the SQLite store's v5 schema: rows refer to accounts and groups by
+            // stable ids; guests by a text identity. Times are milliseconds since 1970.
+            """
+            CREATE TABLE accounts (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                key TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                salt BYTEA NOT NULL,
+                iterations BIGINT NOT NULL,
+                stored_key BYTEA NOT NULL,
+                server_key BYTEA NOT NULL,
+                created_at BIGINT NOT NULL,
+                last_seen BIGINT,
+                email TEXT,
+                settings TEXT NOT NULL DEFAULT '{}'
+            )
+            """,
+            """
+            CREATE TABLE groups (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                key TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                owner_id BIGINT NOT NULL REFERENCES accounts(id),
+                topic TEXT NOT NULL DEFAULT '',
+                topic_set_by TEXT NOT NULL DEFAULT '',
+                topic_set_at BIGINT,
+                modes TEXT NOT NULL,
+                password TEXT,
+                user_limit BIGINT
+            )
+            """,
+            """
+            CREATE TABLE group_members (
+                group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+                account_id BIGINT NOT NULL REFERENCES accounts(id),
+                role BIGINT NOT NULL,
+                PRIMARY KEY (group_id, account_id)
+            )
+            """,
+            "CREATE INDEX group_members_by_account ON group_members(account_id)",
+            """
+            CREATE TABLE group_bans (
+                position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+                mask TEXT NOT NULL,
+                set_by TEXT NOT NULL,
+                set_at BIGINT NOT NULL
+            )
+            """,
+            "CREATE INDEX group_bans_by_group ON group_bans(group_id)",
+            // `position` is the insertion order (SQLite's rowid): ties in time are broken by it,
+            // and pruning walks it.
+            """
+            CREATE TABLE messages (
+                id TEXT PRIMARY KEY,
+                position BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+                time BIGINT NOT NULL,
+                sender_id BIGINT,
+                sender_guest TEXT,
+                sender_nick TEXT NOT NULL,
+                sender_prefix TEXT NOT NULL,
+                target_kind TEXT NOT NULL,
+                target_id BIGINT,
+                target_guest TEXT,
+                target_name TEXT,
+                command TEXT NOT NULL,
+                text TEXT NOT NULL,
+                client_tags TEXT NOT NULL DEFAULT ''
+            )
+            """,
+            "CREATE INDEX messages_by_target ON messages(target_kind, target_id, time)",
+            "CREATE INDEX messages_by_sender ON messages(target_kind, sender_id, time)",
+            """
+            CREATE TABLE message_recipients (
+                message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+                recipient_id BIGINT NOT NULL REFERENCES accounts(id),
+                delivered_at BIGINT,
+                read_at BIGINT,
+                delivered_notified BOOLEAN NOT NULL DEFAULT FALSE,
+                read_notified BOOLEAN NOT NULL DEFAULT FALSE,
+                PRIMARY KEY (message_id, recipient_id)
+            )
+            """,
+            // The start-up load finds what is still waiting without reading every recipient row.
+            "CREATE INDEX message_recipients_waiting ON message_recipients(message_id) WHERE delivered_at IS NULL",
+            """
+            CREATE TABLE read_markers (
+                account_id BIGINT NOT NULL REFERENCES accounts(id),
+                target_kind TEXT NOT NULL,
+                target_id BIGINT NOT NULL,
+                time BIGINT NOT NULL,
+                PRIMARY KEY (account_id, target_kind, target_id)
+            )
+            """,
+        ]),
+    ]
+
+    static var latestVersion: Int { all.last?.version ?? 0 }
+}

@@ -1,0 +1,58 @@
+import PostgresNIO
+
+/// Why the PostgreSQL store could not open or run, in words an operator can act on. PostgresNIO's
+/// own errors print a generic text (they avoid leaking queries); `init(_:url:)` reads the server's
+/// SQLSTATE and message out of them.
+public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    case malformedURL(String)
+    case unreachable(url: String, reason: String)
+    case loginRefused(url: String, reason: String)
+    case missingDatabase(url: String)
+    /// The database was migrated by a newer Parley: this binary does not know its tables.
+    case schemaTooNew(found: Int, supported: Int)
+    case server(String)
+
+    public var description: String {
+        switch self {
+        case .malformedURL(let reason):
+            reason
+        case .unreachable(let url, let reason):
+            "cannot reach PostgreSQL at \(url): \(reason)"
+        case .loginRefused(let url, let reason):
+            "PostgreSQL refused the login for \(url): \(reason)"
+        case .missingDatabase(let url):
+            "the PostgreSQL database of \(url) does not exist (create it first, e.g. createdb)"
+        case .schemaTooNew(let found, let supported):
+            "the database's schema is version \(found), newer than this parley-server understands (\(supported)); upgrade parley-server"
+        case .server(let message):
+            "PostgreSQL: \(message)"
+        }
+    }
+
+    /// Explains an error from connecting or querying.
+    init(_ error: any Error, url: PostgresDatabaseURL) {
+        if let known = error as? PostgresStoreError {
+            self = known
+            return
+        }
+        guard let psql = error as? PSQLError else {
+            self = .server(String(describing: error))
+            return
+        }
+        let sqlState = psql.serverInfo?[.sqlState]
+        let message = psql.serverInfo?[.message] ?? ""
+        switch (psql.code, sqlState) {
+        case (_, "28P01"?), (_, "28000"?):
+            self = .loginRefused(url: url.description, reason: message)
+        case (_, "3D000"?):
+            self = .missingDatabase(url: url.description)
+        case (.connectionError, _), (.uncleanShutdown, _), (.serverClosedConnection, _):
+            let underlying = psql.underlying.map { String(describing: $0) } ?? "the connection failed"
+            self = .unreachable(url: url.description, reason: underlying)
+        case (.unsupportedAuthMechanism, _), (.authMechanismRequiresPassword, _):
+            self = .loginRefused(url: url.description, reason: "the server asks for a password or an authentication method Parley cannot give")
+        default:
+            self = .server(message.isEmpty ? String(reflecting: psql) : "\(message) (SQLSTATE \(sqlState ?? "?"))")
+        }
+    }
+}

@@ -1,0 +1,50 @@
+import Foundation
+import ParleyCore
+import ParleyStorePostgres
+import PostgresTestSupport
+import Testing
+
+/// The PostgreSQL store's own migrations: several nodes opening one new database at the same
+/// moment, and a database migrated by a newer Parley.
+@Suite("PostgreSQL migrations")
+struct PostgresMigrationTests {
+    @Test func nodesOpeningANewDatabaseAtOnceMigrateItOnce() async throws {
+        let (url, drop) = try await TestPostgres.freshDatabase()
+        // Without the advisory lock, the second CREATE TABLE of the same schema fails.
+        let stores = try await withThrowingTaskGroup(of: PostgresChatStore.self) { group in
+            for _ in 0..<4 { group.addTask { try await PostgresChatStore.open(url: url) } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(stores.count == 4)
+        // Every one of them works on the same schema: an account made through one is seen by another.
+        try await stores[0].insertAccount(AccountRecord(
+            name: "alice", key: "alice", credential: PasswordCredential(salt: [0], iterations: 1, storedKey: [1], serverKey: [2]),
+            createdAt: Date(timeIntervalSince1970: 0)))
+        #expect(try await stores[3].loadAccounts().map(\.key) == ["alice"])
+        for store in stores { try await store.close() }
+        try await drop()
+    }
+
+    @Test func aSchemaNewerThanThisBinaryIsRefused() async throws {
+        let (url, drop) = try await TestPostgres.freshDatabase()
+        try await PostgresChatStore.open(url: url).close()
+        try await TestPostgres.execute("INSERT INTO parley_schema_migrations (version, name) VALUES (999, 'from-the-future')", on: url)
+        await #expect(throws: PostgresStoreError.schemaTooNew(found: 999, supported: 1)) {
+            try await PostgresChatStore.open(url: url)
+        }
+        try await drop()
+    }
+
+    @Test func badURLsAndMissingDatabasesAreExplained() async throws {
+        #expect(throws: PostgresStoreError.self) { try PostgresDatabaseURL(parsing: "postgresql://127.0.0.1/parley") }
+        #expect(throws: PostgresStoreError.self) { try PostgresDatabaseURL(parsing: "postgresql://parley@127.0.0.1") }
+        let parsed = try PostgresDatabaseURL(parsing: "postgresql://al%40ice:p%3Ass@[::1]:6543/chat")
+        #expect(parsed == PostgresDatabaseURL(host: "::1", port: 6543, user: "al@ice", password: "p:ss", database: "chat"))
+        #expect(!parsed.description.contains("p:ss"), "the password is never shown")
+        let server = try await TestPostgres.server()
+        let missing = server.with(database: "parley_no_such_database")
+        await #expect(throws: PostgresStoreError.missingDatabase(url: missing.description)) {
+            try await PostgresChatStore.open(url: missing)
+        }
+    }
+}
