@@ -493,7 +493,8 @@ extension ChatServer {
         } else {
             try requireRole(.op, channel, id)
         }
-        if victim.role == .owner || (victim.role >= kickerRole && kickerRole != .owner) {
+        // Operators may kick each other (RFC 2812 3.2.8); only a group's owner is out of reach.
+        if victim.role == .owner || (victim.role > kickerRole && kickerRole != .owner) {
             throw .numeric(.errChanOPrivsNeeded, channel.name, "You cannot kick \(target)")
         }
         if let account = victim.memberAccount { setMembership(account, nil, in: &channel) }
@@ -664,6 +665,9 @@ extension ChatServer {
                     render(.numeric(.errChanOPrivsNeeded, channel.name, needed == .owner ? "Only the group's owner can change +\(letter)" : "You're not a channel operator"), in: &context); continue
                 }
                 guard let target = channelTarget(nick, in: channel) else {
+                    if nickIndex[fold(nick)] == nil && accounts[fold(nick)] == nil {
+                        render(.numeric(.errNoSuchNick, nick, "No such nick/channel"), in: &context); continue
+                    }
                     render(.numeric(.errUserNotInChannel, nick, channel.name, "They aren't on that channel"), in: &context); continue
                 }
                 let current = target.role
@@ -766,6 +770,8 @@ extension ChatServer {
         let id = context.connection
         guard let sender = sessions[id] else { return }
         guard let channel = channels[fold(target)] else {
+            // NOTICE never gets an automatic reply (RFC 2812 3.3.2), not even this error.
+            if verb == "NOTICE" { return }
             throw .numeric(.errNoSuchChannel, target, "No such channel")
         }
         let isMember = channel.contains(id)

@@ -166,7 +166,8 @@ extension ChatServer {
         let cleaned = String(requested.unicodeScalars.filter { scalar in
             scalar.isASCII && scalar.value > 32 && scalar != "@" && scalar != "!" && scalar != ":"
         }.prefix(configuration.userLength - 1).map(Character.init))
-        guard !cleaned.isEmpty else { throw .needMoreParameters("USER") }
+        // An empty username or realname is a missing parameter (modern-irc USER).
+        guard !cleaned.isEmpty, !message.parameters[3].isEmpty else { throw .needMoreParameters("USER") }
         sessions[id]?.username = "~" + cleaned
         sessions[id]?.realname = String(message.parameters[3].prefix(configuration.realnameLength))
         completeRegistrationIfReady(id, &context, &outbox)

@@ -257,7 +257,9 @@ extension ChatServer {
             let pattern = IRCMask(mask)
             var matchedNicks: Set<String> = []
             for session in sessions.values where session.isRegistered && (!operatorsOnly || session.isOperator) {
-                guard !session.isInvisible || session.id == asker || sessions[asker]?.isOperator == true else { continue }
+                // Invisible users are listed to themselves, operators, and people who share a channel with them.
+                guard !session.isInvisible || session.id == asker || sessions[asker]?.isOperator == true
+                        || !session.channels.isDisjoint(with: sessions[asker]?.channels ?? []) else { continue }
                 if mask == "*" || mask == "0" || pattern.matches(session.nick?.name ?? "", caseMapping: configuration.caseMapping)
                     || pattern.matches(session.host, caseMapping: configuration.caseMapping)
                     || pattern.matches(session.realname, caseMapping: configuration.caseMapping) {
@@ -288,7 +290,9 @@ extension ChatServer {
 
     mutating func handleWhowas(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let nick = message.parameters[0]
-        let limit = message.parameters.count > 1 ? max(1, Int(message.parameters[1]) ?? Int.max) : Int.max
+        // A count that is not positive asks for every entry (RFC 2812 3.6.3).
+        let requestedCount = message.parameters.count > 1 ? Int(message.parameters[1]) ?? 0 : 0
+        let limit = requestedCount > 0 ? requestedCount : Int.max
         let folded = fold(nick)
         let entries = whowas.reversed().filter { $0.folded == folded }.prefix(limit)
         if entries.isEmpty {
