@@ -305,6 +305,7 @@ public struct ChatServer: Sendable {
         guard let session = sessions[connection] else { return }
         leaveChannelsOnQuit(session, reason: quitMessage, into: &outbox)
         sessions[connection] = nil
+        if session.accountKey == nil { readMarkers[guestIdentity(of: connection)] = nil }
         if session.isRegistered { registeredSessionCount -= 1 }
         visibleUsers.remove(connection)
         operators.remove(connection)

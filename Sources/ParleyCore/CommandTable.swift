@@ -45,7 +45,7 @@ extension ChatServer {
         "CHANSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChanServ(text: message.parameters.joined(separator: " "), &context, &outbox) },
         "CS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChanServ(text: message.parameters.joined(separator: " "), &context, &outbox) },
         // Offline delivery, receipts, read markers, history.
-        "MARKREAD": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleMarkRead(message, &context, &outbox) },
+        "MARKREAD": CommandSpec(minimumParameters: 0) { server, message, context, outbox throws(CommandError) in try server.handleMarkRead(message, &context, &outbox) },
         "RECEIPTS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleReceipts(message, &context, &outbox) },
         "CHATHISTORY": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChatHistory(message, &context, &outbox) },
         // Users.

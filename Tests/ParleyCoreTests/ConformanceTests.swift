@@ -66,4 +66,39 @@ struct ConformanceTests {
         let kick = harness.send(bob, "KICK #chan alice :bye")
         #expect(kick == [":bob!~bob@127.0.0.1 KICK #chan alice :bye"])
     }
+
+    // MARK: draft/read-marker
+
+    @Test func aGuestKeepsReadMarkersForItsConnection() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice", caps: ["draft/read-marker"])
+        let bob = harness.register("bob")
+        let join = harness.send(alice, "JOIN #test")
+        #expect(join.commands == ["JOIN", "MARKREAD", "353", "366"], "the marker comes before the end of NAMES")
+        #expect(join.contains(":parley.local MARKREAD #test *"))
+        let newer = "timestamp=2019-06-01T12:00:00.000Z"
+        #expect(harness.send(alice, "MARKREAD #test \(newer)") == [":parley.local MARKREAD #test \(newer)"])
+        #expect(harness.send(alice, "MARKREAD #test timestamp=2019-01-01T00:00:00.000Z") == [":parley.local MARKREAD #test \(newer)"],
+                "a marker never goes back")
+        #expect(harness.send(alice, "MARKREAD #test") == [":parley.local MARKREAD #test \(newer)"])
+        #expect(harness.send(alice, "MARKREAD bob \(newer)") == [":parley.local MARKREAD bob \(newer)"], "a direct conversation with a guest")
+        #expect(harness.send(alice, "MARKREAD bob") == [":parley.local MARKREAD bob \(newer)"])
+        #expect(harness.storedMarkerCount == 0, "a guest's markers are never stored")
+        harness.close(alice)
+        #expect(harness.server.readMarkers.isEmpty, "and are forgotten with its connection")
+        _ = bob
+    }
+
+    @Test func markReadAnswersMistakesWithStandardReplies() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice", caps: ["draft/read-marker"])
+        harness.send(alice, "JOIN #test")
+        #expect(harness.send(alice, "MARKREAD").first?.hasPrefix(":parley.local FAIL MARKREAD NEED_MORE_PARAMS :") == true)
+        for value in ["*", "timestamp=not-a-timestamp"] {
+            let reply = harness.send(alice, "MARKREAD #test \(value)")
+            #expect(reply.first?.hasPrefix(":parley.local FAIL MARKREAD INVALID_PARAMS #test \(value) :") == true, "\(value): \(reply)")
+        }
+        #expect(harness.send(alice, "MARKREAD #nosuchtarget") == [":parley.local MARKREAD #nosuchtarget *"],
+                "asking about a conversation one is not in: no marker")
+    }
 }

@@ -16,6 +16,8 @@ struct CoreHarness {
     var savedGroups: [String: GroupRecord] = [:]
     var storedMessages: [StoredMessage] = []
     var recipientUpdates: [RecipientUpdate] = []
+    /// Read markers the domain asked storage to save.
+    var storedMarkerCount = 0
     /// When set, storage "fails": held-back replies become their failure replies.
     var storageFails = false
     /// When set, password checks wait (as behind a slow hash) until `completeDeferredChecks()`.
@@ -146,7 +148,9 @@ struct CoreHarness {
                 recipientUpdates.append(contentsOf: updates)
             case .loadHistory(let ticket, let query):
                 server.completeHistory(ticket: ticket, result: history(query), now: now, into: &next)
-            case .saveReadMarker, .saveAccountSettings, .pruneHistory:
+            case .saveReadMarker:
+                storedMarkerCount += 1
+            case .saveAccountSettings, .pruneHistory:
                 break
             }
             apply(next)

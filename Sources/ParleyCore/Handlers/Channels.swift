@@ -245,8 +245,9 @@ extension ChatServer {
 
     mutating func sendTopicAndNames(_ channel: ChatChannel, to connection: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
         for line in topicReplies(channel, for: connection) { emit(line, to: connection, &context, &outbox) }
-        if let session = sessions[connection], session.has(.readMarker), let account = session.accountKey {
-            emit(markReadLine(target: channel.name, time: readMarkers[account]?[channel.key]), to: connection, &context, &outbox)
+        if let session = sessions[connection], session.has(.readMarker) {
+            let owner = session.accountKey ?? guestIdentity(of: connection)
+            emit(markReadLine(target: channel.name, time: readMarkers[owner]?[channel.key]), to: connection, &context, &outbox)
         }
         for line in namesReplies(channel, for: connection) {
             emit(line, to: connection, &context, &outbox)

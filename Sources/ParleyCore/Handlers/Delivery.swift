@@ -538,36 +538,43 @@ extension ChatServer {
     mutating func handleMarkRead(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         guard let session = sessions[id] else { return }
-        guard let account = session.accountKey else {
-            throw .fail("MARKREAD", "ACCOUNT_REQUIRED", message.parameters[0], description: "Log in to an account to keep read markers")
+        guard let target = message.parameters.first, !target.isEmpty else {
+            throw .fail("MARKREAD", "NEED_MORE_PARAMS", description: "Usage: MARKREAD <target> [timestamp=YYYY-MM-DDThh:mm:ss.sssZ]")
         }
-        let target = message.parameters[0]
+        // A guest's markers are kept for its connection only (in memory, never stored) and
+        // forgotten when it closes; an account's sync its devices and outlive its connections.
+        let account = session.accountKey ?? guestIdentity(of: id)
+        let isGuest = session.accountKey == nil
         // Only conversations the user takes part in: a group they are a member of, a channel
-        // they are in, or an existing account. Anything else would be a marker for nothing,
-        // kept in memory (and for groups, on disk) on the say-so of the client.
-        let conversation: String
+        // they are in, or an existing account or connected user. Anything else would be a marker
+        // for nothing, kept in memory (and for groups, on disk) on the say-so of the client.
+        var conversation: String?
         var isTransientChannel = false
         if target.hasPrefix("#") {
-            guard let channel = channels[fold(target)],
-                  channel.isGroup ? channel.accountRoles[account] != nil : channel.contains(id) else {
-                throw .fail("MARKREAD", "INVALID_TARGET", target, description: "You are not in \(target)")
+            if let channel = channels[fold(target)],
+               channel.isGroup ? channel.accountRoles[account] != nil : channel.contains(id) {
+                conversation = channel.key
+                isTransientChannel = !channel.isGroup
             }
-            conversation = channel.key
-            isTransientChannel = !channel.isGroup
+        } else if isGuest {
+            conversation = identity(named: target)
         } else {
-            guard let other = accounts[fold(target)] else {
-                throw .fail("MARKREAD", "INVALID_TARGET", target, description: "There is no account named \(target)")
-            }
-            conversation = other.key
+            // An account's direct-message markers are stored: only for conversations with accounts.
+            conversation = accounts[fold(target)]?.key
         }
-        let current = readMarkers[account]?[conversation]
+        let current = conversation.flatMap { readMarkers[account]?[$0] }
         guard message.parameters.count > 1 else {
+            // Asking about a conversation one is not part of reveals nothing: no marker.
             context.replies.append(markReadLine(target: target, time: current))
             return
         }
         let value = message.parameters[1]
         guard value.hasPrefix("timestamp="), let requested = Timestamp(iso8601: String(value.dropFirst(10))) else {
-            throw .fail("MARKREAD", "INVALID_PARAMS", value, description: "Use timestamp=YYYY-MM-DDThh:mm:ss.sssZ")
+            throw .fail("MARKREAD", "INVALID_PARAMS", target, value, description: "Use timestamp=YYYY-MM-DDThh:mm:ss.sssZ")
+        }
+        guard let conversation else {
+            throw .fail("MARKREAD", "INVALID_TARGET", target,
+                        description: target.hasPrefix("#") ? "You are not in \(target)" : "There is no account named \(target)")
         }
         let time = min(requested, context.now)
         if let current, current >= time {
@@ -575,7 +582,9 @@ extension ChatServer {
             return
         }
         readMarkers[account, default: [:]][conversation] = time
-        if isTransientChannel {
+        if isGuest {
+            if isTransientChannel { transientMarkerHolders[conversation, default: []].insert(account) }
+        } else if isTransientChannel {
             // Not stored: it ends with the channel (see forgetReadMarkers(ofTransientChannel:)).
             transientMarkerHolders[conversation, default: []].insert(account)
         } else {
