@@ -788,7 +788,7 @@ extension ChatServer {
         }
         let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + channel.name.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
-            throw .fail(verb, "MESSAGE_TOO_LONG", channel.name, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
+            throw messageTooLong(verb, target: channel.name, excess: overhead + text.utf8.count - 512, sender: sender)
         }
         if channel.isGroup && verb != "TAGMSG" {
             try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: channel.name, now: context.now)
