@@ -34,6 +34,9 @@ final class Session: @unchecked Sendable {
     /// Commands that arrived while a password check was in flight, oldest first: they run after
     /// it, so every reply to a command comes before any reply to a later one.
     var heldCommands: [HeldCommand] = []
+    /// Stored-message commits of this connection not yet reported by the shell: while any is in
+    /// flight, replies to its later commands queue behind them (`finishBehindStores`).
+    var storesInFlight = 0
     /// Set once this connection has created an account: one connection creates at most one.
     var hasCreatedAccount = false
     var sasl = SASLExchangeState.idle

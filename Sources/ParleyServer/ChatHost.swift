@@ -53,7 +53,7 @@ final class ChatHost: Sendable {
         self.logger = logger
         self.storageWriter = StorageWriter(store: store, logger: logger)
         storageWriter.setCallbacks(.init(
-            deliver: { [weak self] deliveries in self?.writeAfterCommit(deliveries) },
+            deliver: { [weak self] deliveries, requests in self?.writeAfterCommit(deliveries, committed: requests) },
             notStored: { [weak self] refused in
                 guard let self else { return }
                 Self.write(self.perform { core, outbox in
@@ -64,16 +64,22 @@ final class ChatHost: Sendable {
             },
             historyLoaded: { [weak self] ticket, result in
                 guard let self else { return }
-                Self.write(self.perform { core, outbox in
+                // On the requester's loop, like a password check's result: the connection's
+                // later commands wait for this read and run right after its replies.
+                let requester = self.state.withLockedValue { state in
+                    state.core.connection(awaitingTicket: ticket).flatMap { state.connections.delivery(to: $0, line: nil)?.channel }
+                }
+                self.complete(on: requester, endingBackgroundWork: false) { core, outbox in
                     core.completeHistory(ticket: ticket, result: result, now: Self.now(), into: &outbox)
-                })
+                }
             }))
     }
 
     /// Writes lines the domain held back until their messages were committed.
-    func writeAfterCommit(_ deliveries: [Outbox.Delivery]) {
+    func writeAfterCommit(_ deliveries: [Outbox.Delivery], committed requests: [StoreRequest]) {
         let resolved = state.withLockedValue { state in
-            deliveries.compactMap { delivery in
+            state.core.storesCommitted(requests)
+            return deliveries.compactMap { delivery in
                 state.connections.delivery(to: delivery.connection, line: delivery.line)
             }
         }
@@ -242,10 +248,11 @@ final class ChatHost: Sendable {
     /// them, before those of any line read later (written from the pool thread, they could be
     /// overtaken by the connection's next read batch, or by the next check's result). Ends the
     /// background work begun for it.
-    private func complete(on requester: Channel?, _ body: @escaping @Sendable (inout ChatServer, inout Outbox) -> Void) {
+    private func complete(on requester: Channel?, endingBackgroundWork: Bool = true,
+                          _ body: @escaping @Sendable (inout ChatServer, inout Outbox) -> Void) {
         guard let requester else {
             Self.write(perform(body))
-            endBackgroundWork()
+            if endingBackgroundWork { endBackgroundWork() }
             return
         }
         requester.eventLoop.execute { [self] in
@@ -253,7 +260,7 @@ final class ChatHost: Sendable {
             perform(into: batch, body)
             batch.collectResolved(onLoop: ObjectIdentifier(requester.eventLoop))
             batch.flush()
-            endBackgroundWork()
+            if endingBackgroundWork { endBackgroundWork() }
         }
     }
 

@@ -101,4 +101,35 @@ struct ConformanceTests {
         #expect(harness.send(alice, "MARKREAD #nosuchtarget") == [":parley.local MARKREAD #nosuchtarget *"],
                 "asking about a conversation one is not in: no marker")
     }
+
+    // MARK: Order of replies (clients and irctest use PING as a barrier)
+
+    static let people = [("alice", "password-a"), ("bob", "password-b")]
+
+    @Test func aReplyToALaterCommandWaitsForTheEchoStillBeingCommitted() {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["echo-message"])
+        let bob = harness.register("bob", password: "password-b")
+        harness.defersSlowWork = true
+        #expect(harness.send(alice, "PRIVMSG bob :hello", "PING barrier").isEmpty,
+                "the PONG waits behind the echo, which waits for the commit")
+        harness.completeDeferredWork()
+        #expect(harness.inbox(alice).commands == ["PRIVMSG", "PONG"])
+        #expect(harness.inbox(bob).commands == ["PRIVMSG"])
+        #expect(harness.send(alice, "PING after").commands == ["PONG"], "nothing in flight: answered at once")
+    }
+
+    @Test func aReplyToALaterCommandWaitsForAHistoryRead() {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        let bob = harness.register("bob", password: "password-b")
+        _ = bob
+        harness.defersSlowWork = true
+        #expect(harness.send(alice, "CHATHISTORY LATEST bob * 10", "PING barrier").isEmpty)
+        harness.completeDeferredWork()
+        let lines = harness.inbox(alice)
+        // The harness's store answers only receipt queries: the read's answer is a FAIL, which
+        // must still come before the PONG.
+        #expect(lines.commands == ["FAIL", "PONG"], "\(lines)")
+    }
 }

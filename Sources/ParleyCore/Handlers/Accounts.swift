@@ -210,11 +210,17 @@ extension ChatServer {
         return nil
     }
 
+    /// The connection waiting for the slow work of `ticket` (a password check, an account
+    /// creation or a history read).
+    public func connection(awaitingTicket ticket: UInt64) -> ConnectionID? {
+        pendingWork[ticket]?.connection
+    }
+
     /// The connection whose command asked for `action` (a password check or an account
     /// creation), so the shell can bring the result back where that connection's lines are read.
     public func connection(awaiting action: CoreAction) -> ConnectionID? {
         switch action {
-        case .checkPassword(let ticket, _, _), .createAccount(let ticket, _, _, _, _, _): pendingWork[ticket]?.connection
+        case .checkPassword(let ticket, _, _), .createAccount(let ticket, _, _, _, _, _), .loadHistory(let ticket, _): connection(awaitingTicket: ticket)
         default: nil
         }
     }

@@ -286,13 +286,33 @@ extension ChatServer {
         context.pendingStores = []
         var success = Outbox()
         finish(&context, into: &success)
+        sessions[context.connection]?.storesInFlight += 1
         outbox.actions.append(.storeMessages(stores, afterCommit: success.deliveries, sender: request))
+    }
+
+    /// Called after a command's handler while earlier messages of the connection are still being
+    /// committed: its replies (a PONG, say) queue behind their echoes, through the same ordered
+    /// writer with nothing to store, so they cannot overtake them. Later commands still run at
+    /// once; only their replies wait.
+    mutating func finishBehindStores(_ context: inout CommandContext, into outbox: inout Outbox) {
+        var replies = Outbox()
+        finish(&context, into: &replies)
+        guard !replies.deliveries.isEmpty else { return }
+        sessions[context.connection]?.storesInFlight += 1
+        outbox.actions.append(.storeMessages([], afterCommit: replies.deliveries,
+                                             sender: StoreRequest(connection: context.connection, label: context.label, verb: context.verb)))
+    }
+
+    /// The shell committed these requests' messages and wrote their replies.
+    public mutating func storesCommitted(_ requests: [StoreRequest]) {
+        for request in requests { sessions[request.connection]?.storesInFlight -= 1 }
     }
 
     /// The shell could not commit these messages: their sender learns that they were not
     /// accepted (and gets no echo), one FAIL per target.
     public mutating func messagesNotStored(_ messages: [StoredMessage], sender request: StoreRequest, now: Timestamp, into outbox: inout Outbox) {
-        guard sessions[request.connection] != nil else { return }
+        guard let session = sessions[request.connection] else { return }
+        session.storesInFlight -= 1
         var context = CommandContext(connection: request.connection, now: now, label: request.label)
         context.verb = request.verb
         let targets = Set(messages.map { $0.targetKind == .group ? (channels[$0.target]?.name ?? $0.target) : (accounts[$0.target]?.name ?? $0.target) }).sorted()
@@ -511,6 +531,7 @@ extension ChatServer {
             let ticket = nextTicket
             nextTicket += 1
             pendingWork[ticket] = .history(id, target: ids.joined(separator: ","), label: context.label, subcommand: "RECEIPTS")
+            sessions[id]?.pendingTickets += 1
             outbox.actions.append(.loadHistory(ticket: ticket, query: HistoryQuery(conversation: .everything(account: account, groups: []), kind: .receipts(ids), limit: ids.count)))
             context.deferReplies()
         case "READ":
