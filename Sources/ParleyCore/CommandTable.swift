@@ -62,6 +62,7 @@ extension ChatServer {
         "MOTD": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMotd(message, &context, &outbox) },
         "LUSERS": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleLusers(message, &context, &outbox) },
         "VERSION": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleVersion(message, &context, &outbox) },
+        "INFO": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleInfo(message, &context, &outbox) },
         "TIME": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleTime(message, &context, &outbox) },
         // Services and operators.
         "NICKSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleNickServCommand(message, &context, &outbox) },

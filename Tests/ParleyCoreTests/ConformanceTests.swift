@@ -1,3 +1,4 @@
+import Foundation
 import IRCWire
 @testable import ParleyCore
 import Testing
@@ -131,5 +132,38 @@ struct ConformanceTests {
         // The harness's store answers only receipt queries: the read's answer is a FAIL, which
         // must still come before the PONG.
         #expect(lines.commands == ["FAIL", "PONG"], "\(lines)")
+    }
+
+    // MARK: Small replies
+
+    @Test func aUserWhoJoinsWhileAwayIsAnnouncedAsAwayToAwayNotifyClients() {
+        var harness = CoreHarness()
+        let watcher = harness.register("foo", caps: ["away-notify"])
+        let plain = harness.register("baz")
+        harness.send(watcher, "JOIN #chan")
+        harness.send(plain, "JOIN #chan")
+        let bar = harness.register("bar")
+        harness.send(bar, "AWAY :already away")
+        _ = harness.inbox(watcher)
+        _ = harness.inbox(plain)
+        #expect(!harness.send(bar, "JOIN #chan").commands.contains("AWAY"), "not told about itself")
+        #expect(harness.inbox(watcher) == [":bar!~bar@127.0.0.1 JOIN #chan", ":bar!~bar@127.0.0.1 AWAY :already away"])
+        #expect(harness.inbox(plain) == [":bar!~bar@127.0.0.1 JOIN #chan"])
+    }
+
+    @Test func infoEndsWith374() {
+        var harness = CoreHarness()
+        let nick = harness.register("nick")
+        #expect(harness.send(nick, "INFO").commands == ["371", "374"])
+    }
+
+    @Test func saslAfterRegistrationConfirmsTheLoginBeforeTheNickChanges() {
+        var harness = CoreHarness(accounts: Self.people)
+        let id = harness.register("guest", caps: ["sasl"])
+        #expect(harness.send(id, "AUTHENTICATE PLAIN") == ["AUTHENTICATE +"])
+        let payload = Data("alice\0alice\0password-a".utf8).base64EncodedString()
+        let replies = harness.send(id, "AUTHENTICATE \(payload)")
+        #expect(Array(replies.commands.prefix(3)) == ["900", "903", "NICK"], "\(replies)")
+        #expect(replies.first == ":parley.local 900 guest alice!~guest@127.0.0.1 alice :You are now logged in as alice")
     }
 }

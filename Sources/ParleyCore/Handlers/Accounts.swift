@@ -123,8 +123,7 @@ extension ChatServer {
             guard let username = exchange.authenticatedUsername, let account = accounts[fold(username)] else {
                 throw .numeric(.errSaslFail, "SASL authentication failed")
             }
-            logIn(id, account: account, context: &context, outbox: &outbox)
-            numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context)
+            logIn(id, account: account, viaSASL: true, context: &context, outbox: &outbox)
         }
     }
 
@@ -251,8 +250,7 @@ extension ChatServer {
             sessions[id]?.sasl = .idle
             if succeeded, let account = accounts[key] {
                 refundLoginAttempt(key, network: network, now: now)
-                logIn(id, account: account, context: &context, outbox: &outbox)
-                numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context)
+                logIn(id, account: account, viaSASL: true, context: &context, outbox: &outbox)
             } else {
                 render(.numeric(.errSaslFail, "SASL authentication failed: invalid account name or password"), in: &context)
             }
@@ -293,10 +291,16 @@ extension ChatServer {
     }
 
     /// Attaches a connection to an account. A registered guest takes the account's name as nick.
-    mutating func logIn(_ id: ConnectionID, account: AccountRecord, context: inout CommandContext, outbox: inout Outbox) {
+    /// `900` (and for SASL `903`) come first, as clients expect right after authenticating; the
+    /// change of nick follows them.
+    mutating func logIn(_ id: ConnectionID, account: AccountRecord, viaSASL: Bool = false, context: inout CommandContext, outbox: inout Outbox) {
         guard let session = sessions[id] else { return }
         sessions[id]?.accountKey = account.key
         sessions[id]?.accountName = account.name
+        let shownNick = session.isRegistered && session.nick?.folded != account.key ? account.name : session.nick?.name ?? "*"
+        let loggedInPrefix = "\(shownNick)!\(session.displayUsername)@\(session.host)"
+        numericReply(.rplLoggedIn, [loggedInPrefix, account.name, "You are now logged in as \(account.name)"], in: &context)
+        if viaSASL { numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context) }
         if session.isRegistered, let nick = session.nick {
             if nick.folded != account.key,
                let accountNick = try? Nickname(account.name, caseMapping: configuration.caseMapping, maxLength: max(configuration.nickLength, account.name.utf8.count)) {
@@ -310,8 +314,6 @@ extension ChatServer {
             }
             nickIndex[account.key]?.accountKey = account.key
         }
-        let prefix = sessions[id]?.prefix ?? session.prefix
-        numericReply(.rplLoggedIn, [prefix, account.name, "You are now logged in as \(account.name)"], in: &context)
         if session.isRegistered {
             joinGroupsOfAccount(id, &context, &outbox)
             deliverBacklog(to: id, &context, &outbox)

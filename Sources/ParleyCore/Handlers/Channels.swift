@@ -234,6 +234,10 @@ extension ChatServer {
             for member in existing {
                 guard let memberSession = sessions[member] else { continue }
                 emit(joinMessage(for: session, channel: channel.name, extended: memberSession.has(.extendedJoin)), to: member, &context, &outbox)
+                // away-notify: a user who joins while away is announced as away.
+                if let away = session.awayMessage, memberSession.has(.awayNotify) {
+                    emit(IRCMessage(source: session.prefix, command: "AWAY", parameters: [away]), to: member, &context, &outbox)
+                }
             }
         }
         for connection in newcomers {

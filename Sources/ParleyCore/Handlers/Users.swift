@@ -369,6 +369,11 @@ extension ChatServer {
         for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
     }
 
+    mutating func handleInfo(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        numericReply(.rplInfo, ["Parley \(configuration.version): an IRC chat server with accounts, groups, offline delivery and receipts"], in: &context)
+        numericReply(.rplEndOfInfo, ["End of /INFO list"], in: &context)
+    }
+
     mutating func handleTime(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         numericReply(.rplTime, [configuration.serverName, context.now.iso8601], in: &context)
     }
