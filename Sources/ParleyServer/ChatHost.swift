@@ -75,15 +75,29 @@ final class ChatHost: Sendable {
             }))
     }
 
-    /// Writes lines the domain held back until their messages were committed.
+    /// Writes lines the domain held back until their messages were committed. The senders'
+    /// commits are reported to the domain on each sender's event loop after these writes: a line
+    /// read before that still queues its replies behind the writer, so none can overtake them.
     func writeAfterCommit(_ deliveries: [Outbox.Delivery], committed requests: [StoreRequest]) {
+        var requesters: [ObjectIdentifier: (Channel, [StoreRequest])] = [:]
         let resolved = state.withLockedValue { state in
-            state.core.storesCommitted(requests)
+            for request in requests {
+                guard let channel = state.connections.delivery(to: request.connection, line: nil)?.channel else {
+                    state.core.storesCommitted([request])
+                    continue
+                }
+                requesters[ObjectIdentifier(channel), default: (channel, [])].1.append(request)
+            }
             return deliveries.compactMap { delivery in
                 state.connections.delivery(to: delivery.connection, line: delivery.line)
             }
         }
         Self.write(resolved)
+        for (channel, committed) in requesters.values {
+            channel.eventLoop.execute { [self] in
+                state.withLockedValue { $0.core.storesCommitted(committed) }
+            }
+        }
     }
 
     static func now() -> Timestamp {
