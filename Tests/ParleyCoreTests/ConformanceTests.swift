@@ -166,4 +166,16 @@ struct ConformanceTests {
         #expect(Array(replies.commands.prefix(3)) == ["900", "903", "NICK"], "\(replies)")
         #expect(replies.first == ":parley.local 900 guest alice!~guest@127.0.0.1 alice :You are now logged in as alice")
     }
+
+    @Test func registrationBeforeConnectCanBeTurnedOff() {
+        var harness = CoreHarness { $0.accountRegistrationBeforeConnect = false }
+        let id = harness.connect()
+        let caps = harness.send(id, "CAP LS 302").joined(separator: "\n")
+        #expect(caps.contains("draft/account-registration") && !caps.contains("draft/account-registration=before-connect"))
+        harness.send(id, "NICK bar")
+        let refused = harness.send(id, "REGISTER * * secretpassphrase")
+        #expect(refused.first?.hasPrefix(":parley.local FAIL REGISTER COMPLETE_CONNECTION_REQUIRED bar :") == true, "\(refused)")
+        harness.send(id, "USER bar 0 * :Bar", "CAP END")
+        #expect(harness.send(id, "REGISTER * * secretpassphrase").contains { $0.contains("REGISTER SUCCESS bar") })
+    }
 }

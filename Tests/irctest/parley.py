@@ -133,6 +133,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
 
         config = copy.deepcopy(BASE_CONFIG)
         config["dataDirectory"] = str(self.directory / "data")
+        config["accounts"]["registrationBeforeConnect"] = self.test_config.account_registration_before_connect
         config["operators"] = [{"name": "operuser", "passwordHash": scram_verifier("operpassword")}]
         if self.debug_mode:
             config["logLevel"] = "trace"

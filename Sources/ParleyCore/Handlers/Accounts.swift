@@ -353,6 +353,10 @@ extension ChatServer {
         func failure(_ code: String, _ account: String, _ description: String) -> CommandError {
             .fail("REGISTER", code, account, description: description)
         }
+        if !session.isRegistered && !configuration.accountRegistrationBeforeConnect {
+            throw .fail("REGISTER", "COMPLETE_CONNECTION_REQUIRED", session.nick?.name ?? "*",
+                        description: "Finish connecting (NICK, USER, CAP END) before creating an account")
+        }
         guard let nick = session.nick else {
             throw .fail("REGISTER", "NEED_NICK", "*", description: "Send NICK first: the account is named after your nick")
         }

@@ -15,7 +15,8 @@ extension ChatServer {
             // Clients that speak 302 get values and implicitly enable cap-notify.
             if version >= 302 { sessions[id]?.capabilities.insert(.capNotify) }
             let tokens = Capability.allCases.map { capability -> String in
-                if version >= 302, let value = capability.value(saslMechanisms: Self.saslMechanisms) {
+                if version >= 302, let value = capability.value(saslMechanisms: Self.saslMechanisms,
+                                                                registrationBeforeConnect: configuration.accountRegistrationBeforeConnect) {
                     return capability.name + "=" + value
                 }
                 return capability.name
