@@ -18,8 +18,10 @@ extension ChatServer {
             throw .numeric(.errSaslTooLong, "SASL message too long")
         }
         if session.sasl.bufferedBytes + argument.utf8.count > Self.maximumSASLMessageBytes {
+            // 905 is for one AUTHENTICATE over 400 bytes (sasl-3.1); a message whose chunks add
+            // up to too much ends the exchange as a failed authentication.
             sessions[id]?.sasl = .idle
-            throw .numeric(.errSaslTooLong, "SASL message too long: at most \(Self.maximumSASLMessageBytes) bytes of base64")
+            throw .numeric(.errSaslFail, "SASL authentication failed: the message is over \(Self.maximumSASLMessageBytes) bytes of base64")
         }
         switch session.sasl {
         case .idle:
