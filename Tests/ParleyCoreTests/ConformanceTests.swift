@@ -178,4 +178,24 @@ struct ConformanceTests {
         harness.send(id, "USER bar 0 * :Bar", "CAP END")
         #expect(harness.send(id, "REGISTER * * secretpassphrase").contains { $0.contains("REGISTER SUCCESS bar") })
     }
+
+    @Test func aUsernameWithNothingUsableStillRegisters() {
+        var harness = CoreHarness()
+        let id = harness.connect()
+        harness.send(id, "NICK foo")
+        let welcome = harness.send(id, "USER 😊😊😊😊😊😊😊😊😊😊 * * :realname")
+        #expect(welcome.first == ":parley.local 001 foo :Welcome to the Parley IRC Network, foo!~user@127.0.0.1")
+    }
+
+    @Test func anInviteCarriesTheInvitersAccountForAccountTagClients() {
+        var harness = CoreHarness(accounts: Self.people)
+        let founder = harness.register("founder")
+        let foo = harness.register("foo", caps: ["account-tag"])
+        let alice = harness.register("alice", password: "password-a")
+        harness.send(founder, "JOIN #chan")
+        harness.send(alice, "JOIN #chan")
+        harness.send(founder, "MODE #chan +o alice")
+        harness.send(alice, "INVITE foo #chan")
+        #expect(harness.inbox(foo) == ["@account=alice :alice!~alice@127.0.0.1 INVITE foo #chan"])
+    }
 }

@@ -476,7 +476,9 @@ extension ChatServer {
         channel.invitedNicks.insert(targetNick.folded)
         channels[channel.key] = channel
         numericReply(.rplInviting, [targetNick.name, channel.name], in: &context)
-        let invite = IRCMessage(source: session.prefix, command: "INVITE", parameters: [targetNick.name, channel.name])
+        // account-tag: the invitee's client learns which account invites (sent only to clients with the capability).
+        let invite = IRCMessage(tags: session.accountName.map { [IRCTag("account", $0)] } ?? [],
+                                source: session.prefix, command: "INVITE", parameters: [targetNick.name, channel.name])
         for connection in holder.connections { send(invite, to: connection, into: &outbox) }
     }
 

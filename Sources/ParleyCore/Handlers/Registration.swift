@@ -168,8 +168,9 @@ extension ChatServer {
             scalar.isASCII && scalar.value > 32 && scalar != "@" && scalar != "!" && scalar != ":"
         }.prefix(configuration.userLength - 1).map(Character.init))
         // An empty username or realname is a missing parameter (modern-irc USER).
-        guard !cleaned.isEmpty, !message.parameters[3].isEmpty else { throw .needMoreParameters("USER") }
-        sessions[id]?.username = "~" + cleaned
+        guard !requested.isEmpty, !message.parameters[3].isEmpty else { throw .needMoreParameters("USER") }
+        // A username with nothing usable in a hostmask (emoji, say) still lets the user in.
+        sessions[id]?.username = "~" + (cleaned.isEmpty ? "user" : cleaned)
         sessions[id]?.realname = String(message.parameters[3].prefix(configuration.realnameLength))
         completeRegistrationIfReady(id, &context, &outbox)
     }
