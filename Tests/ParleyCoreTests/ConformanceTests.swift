@@ -198,4 +198,17 @@ struct ConformanceTests {
         harness.send(alice, "INVITE foo #chan")
         #expect(harness.inbox(foo) == ["@account=alice :alice!~alice@127.0.0.1 INVITE foo #chan"])
     }
+
+    @Test func aRenamedTransientChannelsOldNameIsFreeAgain() {
+        var harness = CoreHarness()
+        let bar = harness.register("bar")
+        let baz = harness.register("baz")
+        harness.send(bar, "JOIN #bar")
+        harness.send(baz, "JOIN #bar")
+        harness.send(bar, "RENAME #bar #qux :no reason")
+        _ = harness.inbox(baz)
+        let join = harness.send(baz, "JOIN #bar")
+        #expect(join.first == ":baz!~baz@127.0.0.1 JOIN #bar", "a new channel, with baz as its operator: \(join)")
+        #expect(harness.send(baz, "MODE #bar +k beer").commands == ["MODE"])
+    }
 }

@@ -538,7 +538,9 @@ extension ChatServer {
         channels[oldKey] = nil
         channels[newName.folded] = channel
         if oldKey != newName.folded {
-            renamedChannels[oldKey] = RenamedChannel(newName: newName.name, reason: reason)
+            // A group's old name points to the new one (groups are identities people look for);
+            // a transient channel's old name is free again, as in plain IRC.
+            if channel.isGroup { renamedChannels[oldKey] = RenamedChannel(newName: newName.name, reason: reason) }
             renamedChannels[newName.folded] = nil
             for member in channel.joined {
                 sessions[member]?.channels.remove(oldKey)
