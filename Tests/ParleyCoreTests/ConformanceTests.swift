@@ -211,4 +211,20 @@ struct ConformanceTests {
         #expect(join.first == ":baz!~baz@127.0.0.1 JOIN #bar", "a new channel, with baz as its operator: \(join)")
         #expect(harness.send(baz, "MODE #bar +k beer").commands == ["MODE"])
     }
+
+    @Test func aSecretChannelIsTypedAndHiddenFromOutsiders() {
+        var harness = CoreHarness()
+        let first = harness.register("first")
+        let second = harness.register("second")
+        harness.send(first, "JOIN #gen")
+        #expect(harness.send(first, "MODE #gen +s") == [":first!~first@127.0.0.1 MODE #gen +s"])
+        #expect(harness.send(first, "NAMES #gen").first == ":parley.local 353 first @ #gen :@first")
+        #expect(harness.send(first, "LIST").commands == ["321", "322", "323"])
+        #expect(harness.send(second, "LIST").commands == ["321", "323"], "outsiders do not see it")
+        #expect(harness.send(second, "NAMES #gen").commands == ["366"])
+        harness.send(second, "JOIN #gen")
+        #expect(harness.send(second, "LIST").commands == ["321", "322", "323"])
+        let modes = harness.send(second, "MODE #gen")
+        #expect(modes.first?.hasPrefix(":parley.local 324 second #gen :+nst") == true, "\(modes)")
+    }
 }

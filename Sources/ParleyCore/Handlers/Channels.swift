@@ -54,7 +54,7 @@ extension ChatServer {
     /// (JOIN says 473): not its topic, names, modes, key, limit, creation time or bans, not in
     /// LIST, WHO, WHOIS or ChanServ INFO. Public channels and open groups keep IRC's usual view.
     func isClosed(_ channel: ChatChannel, to connection: ConnectionID) -> Bool {
-        channel.inviteOnly && !channel.contains(connection)
+        (channel.inviteOnly || channel.secret) && !channel.contains(connection)
     }
 
     func requireRole(_ needed: ChannelRole, _ channel: ChatChannel, _ connection: ConnectionID) throws(CommandError) {
@@ -271,17 +271,19 @@ extension ChatServer {
             entries.append(prefix + (asker.has(.userhostInNames) ? session.prefix : nick.name))
         }
         var lines: [IRCMessage] = []
+        // RFC 2812 RPL_NAMREPLY: "@" for a secret channel, "=" for others.
+        let channelType = channel.secret ? "@" : "="
         let fixed = configuration.serverName.utf8.count + asker.replyName.utf8.count + channel.name.utf8.count + 20
         var current = ""
         for entry in entries {
             if !current.isEmpty && fixed + current.utf8.count + 1 + entry.utf8.count > 510 {
-                lines.append(numeric(.rplNamReply, ["=", channel.name, current], for: connection))
+                lines.append(numeric(.rplNamReply, [channelType, channel.name, current], for: connection))
                 current = ""
             }
             current += current.isEmpty ? entry : " " + entry
         }
         if !current.isEmpty {
-            lines.append(numeric(.rplNamReply, ["=", channel.name, current], for: connection))
+            lines.append(numeric(.rplNamReply, [channelType, channel.name, current], for: connection))
         }
         lines.append(numeric(.rplEndOfNames, [channel.name, "End of /NAMES list"], for: connection))
         return lines
@@ -641,11 +643,16 @@ extension ChatServer {
                         applied.append(("-", "l", nil))
                     }
                 }
-            case "t", "n", "m":
+            case "t", "n", "m", "s":
                 if myRole < .op { render(.numeric(.errChanOPrivsNeeded, channel.name, "You're not a channel operator"), in: &context); continue }
-                let current = letter == "t" ? channel.topicProtected : letter == "n" ? channel.noOutsideMessages : channel.moderated
-                if current == adding { continue }
-                if letter == "t" { channel.topicProtected = adding } else if letter == "n" { channel.noOutsideMessages = adding } else { channel.moderated = adding }
+                let flag: WritableKeyPath<ChatChannel, Bool> = switch letter {
+                case "t": \.topicProtected
+                case "n": \.noOutsideMessages
+                case "m": \.moderated
+                default: \.secret
+                }
+                if channel[keyPath: flag] == adding { continue }
+                channel[keyPath: flag] = adding
                 applied.append((adding ? "+" : "-", letter, nil))
             case "b":
                 guard let raw = arguments.popFirst() else { continue }

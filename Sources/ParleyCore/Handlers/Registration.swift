@@ -291,7 +291,7 @@ extension ChatServer {
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
             "CHATHISTORY=\(configuration.chathistoryLimit)",
             "CHANLIMIT=#:\(configuration.maxChannelsPerUser.map(String.init) ?? "")",
-            "CHANMODES=b,k,l,imnt",
+            "CHANMODES=b,k,l,imnst",
             "CHANNELLEN=\(configuration.channelLength)",
             "CHANTYPES=#",
             "HOSTLEN=64",
