@@ -26,6 +26,9 @@ final class Session: @unchecked Sendable {
     /// message path reads it for every relayed line.
     private(set) var prefix: String
     var realname = ""
+    /// The nick last refused as in use before registration: a `REGISTER *` that follows is
+    /// answered about that name (ACCOUNT_EXISTS), not with "send NICK first".
+    var refusedNick: String?
     /// `PASS account:password` waiting for NICK/USER before it is checked.
     var passCredentials: (account: String, password: String)?
     /// A password check or account creation is in flight (at most one per connection);

@@ -227,4 +227,13 @@ struct ConformanceTests {
         let modes = harness.send(second, "MODE #gen")
         #expect(modes.first?.hasPrefix(":parley.local 324 second #gen :+nst") == true, "\(modes)")
     }
+
+    @Test func registeringANickSomeoneElseHoldsIsAccountExists() {
+        var harness = CoreHarness()
+        harness.register("root")
+        let bar = harness.connect()
+        #expect(harness.send(bar, "NICK root").commands == ["433"])
+        let refused = harness.send(bar, "REGISTER * * secretpassphrase")
+        #expect(refused.first?.hasPrefix(":parley.local FAIL REGISTER ACCOUNT_EXISTS root :") == true, "\(refused)")
+    }
 }

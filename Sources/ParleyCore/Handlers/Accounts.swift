@@ -360,6 +360,9 @@ extension ChatServer {
                         description: "Finish connecting (NICK, USER, CAP END) before creating an account")
         }
         guard let nick = session.nick else {
+            if let refused = session.refusedNick {
+                throw .fail("REGISTER", "ACCOUNT_EXISTS", refused, description: "\(refused) is in use; choose another nick with NICK first")
+            }
             throw .fail("REGISTER", "NEED_NICK", "*", description: "Send NICK first: the account is named after your nick")
         }
         if !configuration.allowAccountRegistration {

@@ -106,8 +106,10 @@ extension ChatServer {
             // with it, and completion refuses it to anyone who does not.
             let heldByGuest = nickIndex[nick.folded].map { $0.accountKey == nil } ?? false
             if heldByGuest || pendingAccountKeys.contains(nick.folded) {
+                sessions[id]?.refusedNick = nick.name
                 throw .numeric(.errNicknameInUse, raw, "Nickname is already in use")
             }
+            sessions[id]?.refusedNick = nil
             sessions[id]?.nick = nick
             completeRegistrationIfReady(id, &context, &outbox)
             return
