@@ -13,6 +13,11 @@ public enum IRCParseError: Error, Sendable, Hashable {
 }
 
 extension IRCMessage {
+    /// The most tag data a client may send: 4094 bytes, 4096 with the '@' and the space that
+    /// ends the section (IRCv3 message-tags, "Size limit"). The rest of the 8191 is for the
+    /// tags servers add.
+    public static let maximumClientTagSectionBytes = 4096
+
     /// Parses a line without its trailing CR LF.
     public init(parsing line: String, maxTagsBytes: Int = 8191, maxBodyBytes: Int = 510) throws(IRCParseError) {
         var copy = line

@@ -33,10 +33,10 @@ public enum Capability: Int, Sendable, CaseIterable {
     }
 
     /// The value advertised in `CAP LS 302`, if any.
-    public func value(saslMechanisms: [String]) -> String? {
+    public func value(saslMechanisms: [String], registrationBeforeConnect: Bool = true) -> String? {
         switch self {
         case .sasl: saslMechanisms.joined(separator: ",")
-        case .accountRegistration: "before-connect"
+        case .accountRegistration: registrationBeforeConnect ? "before-connect" : nil
         default: nil
         }
     }

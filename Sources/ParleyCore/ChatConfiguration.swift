@@ -78,6 +78,8 @@ public struct ChatConfiguration: Sendable {
     public var allowGuests = true
     /// Whether anyone may register accounts (REGISTER, NickServ REGISTER).
     public var allowAccountRegistration = true
+    /// Whether REGISTER works before connection registration ends (`draft/account-registration=before-connect`).
+    public var accountRegistrationBeforeConnect = true
     /// Server operators: name and SCRAM-SHA-256 verifier of the OPER password.
     public var operators: [OperatorCredential] = []
     public var whowasLength = 1000

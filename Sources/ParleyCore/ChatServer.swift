@@ -198,10 +198,12 @@ public struct ChatServer: Sendable {
         } catch {
             render(error, in: &context)
         }
-        if context.pendingStores.isEmpty {
-            finish(&context, into: &outbox)
-        } else {
+        if !context.pendingStores.isEmpty {
             finishDurably(&context, into: &outbox)
+        } else if session.storesInFlight > 0 {
+            finishBehindStores(&context, into: &outbox)
+        } else {
+            finish(&context, into: &outbox)
         }
     }
 
@@ -228,7 +230,11 @@ public struct ChatServer: Sendable {
         case .malformed:
             render(.fail(command ?? "*", "INVALID_MESSAGE", description: "Malformed message"), in: &context)
         }
-        finish(&context, into: &outbox)
+        if session.storesInFlight > 0 {
+            finishBehindStores(&context, into: &outbox)
+        } else {
+            finish(&context, into: &outbox)
+        }
     }
 
     public enum InvalidLine: Sendable {
@@ -305,6 +311,7 @@ public struct ChatServer: Sendable {
         guard let session = sessions[connection] else { return }
         leaveChannelsOnQuit(session, reason: quitMessage, into: &outbox)
         sessions[connection] = nil
+        if session.accountKey == nil { readMarkers[guestIdentity(of: connection)] = nil }
         if session.isRegistered { registeredSessionCount -= 1 }
         visibleUsers.remove(connection)
         operators.remove(connection)

@@ -45,7 +45,7 @@ extension ChatServer {
         "CHANSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChanServ(text: message.parameters.joined(separator: " "), &context, &outbox) },
         "CS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChanServ(text: message.parameters.joined(separator: " "), &context, &outbox) },
         // Offline delivery, receipts, read markers, history.
-        "MARKREAD": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleMarkRead(message, &context, &outbox) },
+        "MARKREAD": CommandSpec(minimumParameters: 0) { server, message, context, outbox throws(CommandError) in try server.handleMarkRead(message, &context, &outbox) },
         "RECEIPTS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleReceipts(message, &context, &outbox) },
         "CHATHISTORY": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleChatHistory(message, &context, &outbox) },
         // Users.
@@ -62,6 +62,7 @@ extension ChatServer {
         "MOTD": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMotd(message, &context, &outbox) },
         "LUSERS": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleLusers(message, &context, &outbox) },
         "VERSION": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleVersion(message, &context, &outbox) },
+        "INFO": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleInfo(message, &context, &outbox) },
         "TIME": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleTime(message, &context, &outbox) },
         // Services and operators.
         "NICKSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleNickServCommand(message, &context, &outbox) },

@@ -26,6 +26,9 @@ final class Session: @unchecked Sendable {
     /// message path reads it for every relayed line.
     private(set) var prefix: String
     var realname = ""
+    /// The nick last refused as in use before registration: a `REGISTER *` that follows is
+    /// answered about that name (ACCOUNT_EXISTS), not with "send NICK first".
+    var refusedNick: String?
     /// `PASS account:password` waiting for NICK/USER before it is checked.
     var passCredentials: (account: String, password: String)?
     /// A password check or account creation is in flight (at most one per connection);
@@ -34,6 +37,9 @@ final class Session: @unchecked Sendable {
     /// Commands that arrived while a password check was in flight, oldest first: they run after
     /// it, so every reply to a command comes before any reply to a later one.
     var heldCommands: [HeldCommand] = []
+    /// Stored-message commits of this connection not yet reported by the shell: while any is in
+    /// flight, replies to its later commands queue behind them (`finishBehindStores`).
+    var storesInFlight = 0
     /// Set once this connection has created an account: one connection creates at most one.
     var hasCreatedAccount = false
     var sasl = SASLExchangeState.idle

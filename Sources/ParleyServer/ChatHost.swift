@@ -52,7 +52,7 @@ final class ChatHost: Sendable {
         self.logger = logger
         self.storageWriter = StorageWriter(store: store, logger: logger)
         storageWriter.setCallbacks(.init(
-            deliver: { [weak self] deliveries in self?.writeAfterCommit(deliveries) },
+            deliver: { [weak self] deliveries, requests in self?.writeAfterCommit(deliveries, committed: requests) },
             notStored: { [weak self] refused in
                 guard let self else { return }
                 Self.write(self.perform { core, outbox in
@@ -63,20 +63,40 @@ final class ChatHost: Sendable {
             },
             historyLoaded: { [weak self] ticket, result in
                 guard let self else { return }
-                Self.write(self.perform { core, outbox in
+                // On the requester's loop, like a password check's result: the connection's
+                // later commands wait for this read and run right after its replies.
+                let requester = self.state.withLockedValue { state in
+                    state.core.connection(awaitingTicket: ticket).flatMap { state.connections.delivery(to: $0, line: nil)?.channel }
+                }
+                self.complete(on: requester, endingBackgroundWork: false) { core, outbox in
                     core.completeHistory(ticket: ticket, result: result, now: Self.now(), into: &outbox)
-                })
+                }
             }))
     }
 
-    /// Writes lines the domain held back until their messages were committed.
-    func writeAfterCommit(_ deliveries: [Outbox.Delivery]) {
+    /// Writes lines the domain held back until their messages were committed. The senders'
+    /// commits are reported to the domain on each sender's event loop after these writes: a line
+    /// read before that still queues its replies behind the writer, so none can overtake them.
+    func writeAfterCommit(_ deliveries: [Outbox.Delivery], committed requests: [StoreRequest]) {
+        var requesters: [ObjectIdentifier: (Channel, [StoreRequest])] = [:]
         let resolved = state.withLockedValue { state in
-            deliveries.compactMap { delivery in
+            for request in requests {
+                guard let channel = state.connections.delivery(to: request.connection, line: nil)?.channel else {
+                    state.core.storesCommitted([request])
+                    continue
+                }
+                requesters[ObjectIdentifier(channel), default: (channel, [])].1.append(request)
+            }
+            return deliveries.compactMap { delivery in
                 state.connections.delivery(to: delivery.connection, line: delivery.line)
             }
         }
         Self.write(resolved)
+        for (channel, committed) in requesters.values {
+            channel.eventLoop.execute { [self] in
+                state.withLockedValue { $0.core.storesCommitted(committed) }
+            }
+        }
     }
 
     static func now() -> Timestamp {
@@ -241,10 +261,11 @@ final class ChatHost: Sendable {
     /// them, before those of any line read later (written from the pool thread, they could be
     /// overtaken by the connection's next read batch, or by the next check's result). Ends the
     /// background work begun for it.
-    private func complete(on requester: Channel?, _ body: @escaping @Sendable (inout ChatServer, inout Outbox) -> Void) {
+    private func complete(on requester: Channel?, endingBackgroundWork: Bool = true,
+                          _ body: @escaping @Sendable (inout ChatServer, inout Outbox) -> Void) {
         guard let requester else {
             Self.write(perform(body))
-            endBackgroundWork()
+            if endingBackgroundWork { endBackgroundWork() }
             return
         }
         requester.eventLoop.execute { [self] in
@@ -252,7 +273,7 @@ final class ChatHost: Sendable {
             perform(into: batch, body)
             batch.collectResolved(onLoop: ObjectIdentifier(requester.eventLoop))
             batch.flush()
-            endBackgroundWork()
+            if endingBackgroundWork { endBackgroundWork() }
         }
     }
 

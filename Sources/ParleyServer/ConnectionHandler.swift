@@ -199,7 +199,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
             }
         case .line(let bytes):
             do {
-                let message = try IRCMessage(parsing: bytes)
+                let message = try IRCMessage(parsing: bytes, maxTagsBytes: IRCMessage.maximumClientTagSectionBytes)
                 if tracesLines { logger.trace("<- \(message.redactedForLog.wireString)", metadata: ["connection": "\(id)"]) }
                 host.perform(into: batch) { core, outbox in
                     core.receive(message, from: id, now: now, into: &outbox)

@@ -224,6 +224,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var allowGuests = true
         /// Whether users may register accounts themselves.
         public var allowRegistration = true
+        /// Whether REGISTER works before the connection has finished registering.
+        public var registrationBeforeConnect = ChatConfiguration().accountRegistrationBeforeConnect
         /// Password attempts per account from one source network (IPv4 address, IPv6 /64)
         /// allowed per window before that account is refused from that network.
         public var loginFailuresAllowed = 5
@@ -241,7 +243,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case passwordIterations, minimumPasswordLength, allowGuests, allowRegistration
+            case passwordIterations, minimumPasswordLength, allowGuests, allowRegistration, registrationBeforeConnect
             case loginFailuresAllowed, loginFailureWindowSeconds
             case loginFailuresPerNetworkAllowed, maxPasswordChecksInFlight, registrationsPerNetworkAllowed, registrationWindowSeconds
         }
@@ -253,6 +255,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             minimumPasswordLength = try container.decode(.minimumPasswordLength, default: defaults.minimumPasswordLength)
             allowGuests = try container.decode(.allowGuests, default: defaults.allowGuests)
             allowRegistration = try container.decode(.allowRegistration, default: defaults.allowRegistration)
+            registrationBeforeConnect = try container.decode(.registrationBeforeConnect, default: defaults.registrationBeforeConnect)
             loginFailuresAllowed = try container.decode(.loginFailuresAllowed, default: defaults.loginFailuresAllowed)
             loginFailureWindowSeconds = try container.decode(.loginFailureWindowSeconds, default: defaults.loginFailureWindowSeconds)
             loginFailuresPerNetworkAllowed = try container.decode(.loginFailuresPerNetworkAllowed, default: defaults.loginFailuresPerNetworkAllowed)
@@ -378,6 +381,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.minimumPasswordLength = accounts.minimumPasswordLength
         chat.allowGuests = accounts.allowGuests
         chat.allowAccountRegistration = accounts.allowRegistration
+        chat.accountRegistrationBeforeConnect = accounts.registrationBeforeConnect
         chat.loginFailuresAllowed = accounts.loginFailuresAllowed
         chat.loginFailureWindowMilliseconds = Int64(accounts.loginFailureWindowSeconds * 1000)
         chat.loginFailuresPerNetworkAllowed = accounts.loginFailuresPerNetworkAllowed

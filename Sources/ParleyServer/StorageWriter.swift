@@ -18,8 +18,8 @@ import ParleyStorage
 /// the work the order of the domain's decisions.
 final class StorageWriter: Sendable {
     struct Callbacks: Sendable {
-        /// Lines to write once their messages are on disk.
-        let deliver: @Sendable ([Outbox.Delivery]) -> Void
+        /// Lines to write once their messages are on disk, and the requests now committed.
+        let deliver: @Sendable ([Outbox.Delivery], [StoreRequest]) -> Void
         /// Messages that could not be stored, and who asked (the domain tells them).
         let notStored: @Sendable ([([StoredMessage], StoreRequest)]) -> Void
         let historyLoaded: @Sendable (UInt64, HistoryResult) -> Void
@@ -240,19 +240,21 @@ final class StorageWriter: Sendable {
             succeeded = false
             logger.error("storage write failed", metadata: ["writes": "\(writes.count)", "error": "\(error)"])
         }
-        if succeeded {
-            var lines: [Outbox.Delivery] = []
-            for write in writes {
-                if case .storeMessages(_, let afterCommit, _) = write { lines.append(contentsOf: afterCommit) }
+        var lines: [Outbox.Delivery] = []
+        var committed: [StoreRequest] = []
+        var refused: [([StoredMessage], StoreRequest)] = []
+        for write in writes {
+            guard case .storeMessages(let messages, let afterCommit, let request) = write else { continue }
+            // Replies queued behind earlier commits store nothing: they go out even if the commit failed.
+            if succeeded || messages.isEmpty {
+                lines.append(contentsOf: afterCommit)
+                committed.append(request)
+            } else {
+                refused.append((messages, request))
             }
-            if !lines.isEmpty { callbacks()?.deliver(lines) }
-        } else {
-            var refused: [([StoredMessage], StoreRequest)] = []
-            for write in writes {
-                if case .storeMessages(let messages, _, let request) = write { refused.append((messages, request)) }
-            }
-            if !refused.isEmpty { callbacks()?.notStored(refused) }
         }
+        if !refused.isEmpty { callbacks()?.notStored(refused) }
+        if !committed.isEmpty { callbacks()?.deliver(lines, committed) }
     }
 }
 

@@ -16,6 +16,12 @@ struct CoreHarness {
     var savedGroups: [String: GroupRecord] = [:]
     var storedMessages: [StoredMessage] = []
     var recipientUpdates: [RecipientUpdate] = []
+    /// When set, commits and history reads wait in `deferredWork` until `completeDeferredWork()`,
+    /// as they do while the storage thread is busy.
+    var defersSlowWork = false
+    private(set) var deferredWork: [CoreAction] = []
+    /// Read markers the domain asked storage to save.
+    var storedMarkerCount = 0
     /// When set, storage "fails": held-back replies become their failure replies.
     var storageFails = false
     /// When set, password checks wait (as behind a slow hash) until `completeDeferredChecks()`.
@@ -98,6 +104,16 @@ struct CoreHarness {
         return checks.count
     }
 
+    /// Carries out the deferred commits and history reads, in order.
+    mutating func completeDeferredWork() {
+        let work = deferredWork
+        deferredWork = []
+        defersSlowWork = false
+        var outbox = Outbox()
+        outbox.actions = work
+        apply(outbox)
+    }
+
     mutating func advance(milliseconds: Int64) {
         now = now.adding(milliseconds: milliseconds)
         var outbox = Outbox()
@@ -136,17 +152,27 @@ struct CoreHarness {
             case .deleteGroup(let key):
                 savedGroups[key] = nil
             case .storeMessages(let messages, let afterCommit, let sender):
-                if storageFails {
+                if defersSlowWork {
+                    deferredWork.append(action)
+                } else if storageFails && !messages.isEmpty {
                     server.messagesNotStored(messages, sender: sender, now: now, into: &next)
                 } else {
+                    // As the shell does: replies queued behind commits go out even if one failed.
                     storedMessages.append(contentsOf: messages)
                     next.deliveries.append(contentsOf: afterCommit)
+                    server.storesCommitted([sender])
                 }
             case .updateRecipients(let updates):
                 recipientUpdates.append(contentsOf: updates)
             case .loadHistory(let ticket, let query):
-                server.completeHistory(ticket: ticket, result: history(query), now: now, into: &next)
-            case .saveReadMarker, .saveAccountSettings, .pruneHistory:
+                if defersSlowWork {
+                    deferredWork.append(action)
+                } else {
+                    server.completeHistory(ticket: ticket, result: history(query), now: now, into: &next)
+                }
+            case .saveReadMarker:
+                storedMarkerCount += 1
+            case .saveAccountSettings, .pruneHistory:
                 break
             }
             apply(next)

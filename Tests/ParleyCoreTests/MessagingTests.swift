@@ -73,11 +73,28 @@ struct MessagingTests {
 
     @Test func messagesTooLongToRelayFailWithAReason() {
         var harness = CoreHarness()
-        let alice = harness.register("alice")
+        let alice = harness.register("alice", caps: ["standard-replies"])
         let bob = harness.register("bob")
         let text = String(repeating: "x", count: 490)
         let reply = harness.send(alice, "PRIVMSG bob :\(text)")
         #expect(reply.first?.hasPrefix(":parley.local FAIL PRIVMSG MESSAGE_TOO_LONG bob :Message too long by") == true)
+        #expect(harness.inbox(bob).isEmpty)
+    }
+
+    /// A 512-byte line is valid input, but relayed with the sender's prefix it would not fit:
+    /// clients without standard replies get the numeric every client knows (irctest buffering).
+    @Test func messagesTooLongToRelayAre417ForClientsWithoutStandardReplies() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice")
+        let bob = harness.register("bob")
+        harness.send(alice, "JOIN #chan")
+        harness.send(bob, "JOIN #chan")
+        _ = harness.inbox(bob)
+        let text = String(repeating: "x", count: 490)
+        for target in ["bob", "#chan"] {
+            let reply = harness.send(alice, "PRIVMSG \(target) :\(text)")
+            #expect(reply.count == 1 && reply.first?.hasPrefix(":parley.local 417 alice :Message too long by") == true, "\(target): \(reply)")
+        }
         #expect(harness.inbox(bob).isEmpty)
     }
 

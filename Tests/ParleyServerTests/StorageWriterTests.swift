@@ -27,7 +27,7 @@ struct StorageWriterTests {
             writer = StorageWriter(store: store, logger: Logger(label: "test"))
             let released = self.released
             writer.setCallbacks(.init(
-                deliver: { deliveries in
+                deliver: { deliveries, _ in
                     released.withLockedValue { $0 += deliveries.map { String(buffer: $0.line) } }
                 },
                 notStored: { _ in },
@@ -137,7 +137,7 @@ struct StorageWriterTests {
         let released = NIOLockedValueBox<[String]>([])
         let answered = NIOLockedValueBox<[UInt64]>([])
         writer.setCallbacks(.init(
-            deliver: { deliveries in released.withLockedValue { $0 += deliveries.map { String(buffer: $0.line) } } },
+            deliver: { deliveries, _ in released.withLockedValue { $0 += deliveries.map { String(buffer: $0.line) } } },
             notStored: { _ in },
             historyLoaded: { ticket, _ in answered.withLockedValue { $0.append(ticket) } }))
         var noHold: StorageWriter.Hold?

@@ -101,6 +101,8 @@ struct ChatChannel: Sendable {
     var topicProtected = true
     var noOutsideMessages = true
     var moderated = false
+    /// +s: outsiders see nothing of it (LIST, NAMES, WHOIS), as for an invite-only channel.
+    var secret = false
     var password: String?
     var userLimit: Int?
     var bans: [BanEntry] = []
@@ -133,6 +135,7 @@ struct ChatChannel: Sendable {
         topicProtected = record.modes.contains("t")
         noOutsideMessages = record.modes.contains("n")
         moderated = record.modes.contains("m")
+        secret = record.modes.contains("s")
         password = record.password
         userLimit = record.userLimit
         bans = record.bans
@@ -153,6 +156,7 @@ struct ChatChannel: Sendable {
         if inviteOnly { modes.append("i") }
         if moderated { modes.append("m") }
         if noOutsideMessages { modes.append("n") }
+        if secret { modes.append("s") }
         if topicProtected { modes.append("t") }
         return modes
     }

@@ -18,8 +18,10 @@ extension ChatServer {
             throw .numeric(.errSaslTooLong, "SASL message too long")
         }
         if session.sasl.bufferedBytes + argument.utf8.count > Self.maximumSASLMessageBytes {
+            // 905 is for one AUTHENTICATE over 400 bytes (sasl-3.1); a message whose chunks add
+            // up to too much ends the exchange as a failed authentication.
             sessions[id]?.sasl = .idle
-            throw .numeric(.errSaslTooLong, "SASL message too long: at most \(Self.maximumSASLMessageBytes) bytes of base64")
+            throw .numeric(.errSaslFail, "SASL authentication failed: the message is over \(Self.maximumSASLMessageBytes) bytes of base64")
         }
         switch session.sasl {
         case .idle:
@@ -123,8 +125,7 @@ extension ChatServer {
             guard let username = exchange.authenticatedUsername, let account = accounts[fold(username)] else {
                 throw .numeric(.errSaslFail, "SASL authentication failed")
             }
-            logIn(id, account: account, context: &context, outbox: &outbox)
-            numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context)
+            logIn(id, account: account, viaSASL: true, context: &context, outbox: &outbox)
         }
     }
 
@@ -210,11 +211,17 @@ extension ChatServer {
         return nil
     }
 
+    /// The connection waiting for the slow work of `ticket` (a password check, an account
+    /// creation or a history read).
+    public func connection(awaitingTicket ticket: UInt64) -> ConnectionID? {
+        pendingWork[ticket]?.connection
+    }
+
     /// The connection whose command asked for `action` (a password check or an account
     /// creation), so the shell can bring the result back where that connection's lines are read.
     public func connection(awaiting action: CoreAction) -> ConnectionID? {
         switch action {
-        case .checkPassword(let ticket, _, _), .createAccount(let ticket, _, _, _, _, _): pendingWork[ticket]?.connection
+        case .checkPassword(let ticket, _, _), .createAccount(let ticket, _, _, _, _, _), .loadHistory(let ticket, _): connection(awaitingTicket: ticket)
         default: nil
         }
     }
@@ -245,8 +252,7 @@ extension ChatServer {
             sessions[id]?.sasl = .idle
             if succeeded, let account = accounts[key] {
                 refundLoginAttempt(key, network: network, now: now)
-                logIn(id, account: account, context: &context, outbox: &outbox)
-                numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context)
+                logIn(id, account: account, viaSASL: true, context: &context, outbox: &outbox)
             } else {
                 render(.numeric(.errSaslFail, "SASL authentication failed: invalid account name or password"), in: &context)
             }
@@ -287,10 +293,16 @@ extension ChatServer {
     }
 
     /// Attaches a connection to an account. A registered guest takes the account's name as nick.
-    mutating func logIn(_ id: ConnectionID, account: AccountRecord, context: inout CommandContext, outbox: inout Outbox) {
+    /// `900` (and for SASL `903`) come first, as clients expect right after authenticating; the
+    /// change of nick follows them.
+    mutating func logIn(_ id: ConnectionID, account: AccountRecord, viaSASL: Bool = false, context: inout CommandContext, outbox: inout Outbox) {
         guard let session = sessions[id] else { return }
         sessions[id]?.accountKey = account.key
         sessions[id]?.accountName = account.name
+        let shownNick = session.isRegistered && session.nick?.folded != account.key ? account.name : session.nick?.name ?? "*"
+        let loggedInPrefix = "\(shownNick)!\(session.displayUsername)@\(session.host)"
+        numericReply(.rplLoggedIn, [loggedInPrefix, account.name, "You are now logged in as \(account.name)"], in: &context)
+        if viaSASL { numericReply(.rplSaslSuccess, ["SASL authentication successful"], in: &context) }
         if session.isRegistered, let nick = session.nick {
             if nick.folded != account.key,
                let accountNick = try? Nickname(account.name, caseMapping: configuration.caseMapping, maxLength: max(configuration.nickLength, account.name.utf8.count)) {
@@ -304,8 +316,6 @@ extension ChatServer {
             }
             nickIndex[account.key]?.accountKey = account.key
         }
-        let prefix = sessions[id]?.prefix ?? session.prefix
-        numericReply(.rplLoggedIn, [prefix, account.name, "You are now logged in as \(account.name)"], in: &context)
         if session.isRegistered {
             joinGroupsOfAccount(id, &context, &outbox)
             deliverBacklog(to: id, &context, &outbox)
@@ -345,7 +355,14 @@ extension ChatServer {
         func failure(_ code: String, _ account: String, _ description: String) -> CommandError {
             .fail("REGISTER", code, account, description: description)
         }
+        if !session.isRegistered && !configuration.accountRegistrationBeforeConnect {
+            throw .fail("REGISTER", "COMPLETE_CONNECTION_REQUIRED", session.nick?.name ?? "*",
+                        description: "Finish connecting (NICK, USER, CAP END) before creating an account")
+        }
         guard let nick = session.nick else {
+            if let refused = session.refusedNick {
+                throw .fail("REGISTER", "ACCOUNT_EXISTS", refused, description: "\(refused) is in use; choose another nick with NICK first")
+            }
             throw .fail("REGISTER", "NEED_NICK", "*", description: "Send NICK first: the account is named after your nick")
         }
         if !configuration.allowAccountRegistration {

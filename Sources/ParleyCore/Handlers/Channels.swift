@@ -54,7 +54,7 @@ extension ChatServer {
     /// (JOIN says 473): not its topic, names, modes, key, limit, creation time or bans, not in
     /// LIST, WHO, WHOIS or ChanServ INFO. Public channels and open groups keep IRC's usual view.
     func isClosed(_ channel: ChatChannel, to connection: ConnectionID) -> Bool {
-        channel.inviteOnly && !channel.contains(connection)
+        (channel.inviteOnly || channel.secret) && !channel.contains(connection)
     }
 
     func requireRole(_ needed: ChannelRole, _ channel: ChatChannel, _ connection: ConnectionID) throws(CommandError) {
@@ -234,6 +234,10 @@ extension ChatServer {
             for member in existing {
                 guard let memberSession = sessions[member] else { continue }
                 emit(joinMessage(for: session, channel: channel.name, extended: memberSession.has(.extendedJoin)), to: member, &context, &outbox)
+                // away-notify: a user who joins while away is announced as away.
+                if let away = session.awayMessage, memberSession.has(.awayNotify) {
+                    emit(IRCMessage(source: session.prefix, command: "AWAY", parameters: [away]), to: member, &context, &outbox)
+                }
             }
         }
         for connection in newcomers {
@@ -245,8 +249,9 @@ extension ChatServer {
 
     mutating func sendTopicAndNames(_ channel: ChatChannel, to connection: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
         for line in topicReplies(channel, for: connection) { emit(line, to: connection, &context, &outbox) }
-        if let session = sessions[connection], session.has(.readMarker), let account = session.accountKey {
-            emit(markReadLine(target: channel.name, time: readMarkers[account]?[channel.key]), to: connection, &context, &outbox)
+        if let session = sessions[connection], session.has(.readMarker) {
+            let owner = session.accountKey ?? guestIdentity(of: connection)
+            emit(markReadLine(target: channel.name, time: readMarkers[owner]?[channel.key]), to: connection, &context, &outbox)
         }
         for line in namesReplies(channel, for: connection) {
             emit(line, to: connection, &context, &outbox)
@@ -266,17 +271,19 @@ extension ChatServer {
             entries.append(prefix + (asker.has(.userhostInNames) ? session.prefix : nick.name))
         }
         var lines: [IRCMessage] = []
+        // RFC 2812 RPL_NAMREPLY: "@" for a secret channel, "=" for others.
+        let channelType = channel.secret ? "@" : "="
         let fixed = configuration.serverName.utf8.count + asker.replyName.utf8.count + channel.name.utf8.count + 20
         var current = ""
         for entry in entries {
             if !current.isEmpty && fixed + current.utf8.count + 1 + entry.utf8.count > 510 {
-                lines.append(numeric(.rplNamReply, ["=", channel.name, current], for: connection))
+                lines.append(numeric(.rplNamReply, [channelType, channel.name, current], for: connection))
                 current = ""
             }
             current += current.isEmpty ? entry : " " + entry
         }
         if !current.isEmpty {
-            lines.append(numeric(.rplNamReply, ["=", channel.name, current], for: connection))
+            lines.append(numeric(.rplNamReply, [channelType, channel.name, current], for: connection))
         }
         lines.append(numeric(.rplEndOfNames, [channel.name, "End of /NAMES list"], for: connection))
         return lines
@@ -471,7 +478,9 @@ extension ChatServer {
         channel.invitedNicks.insert(targetNick.folded)
         channels[channel.key] = channel
         numericReply(.rplInviting, [targetNick.name, channel.name], in: &context)
-        let invite = IRCMessage(source: session.prefix, command: "INVITE", parameters: [targetNick.name, channel.name])
+        // account-tag: the invitee's client learns which account invites (sent only to clients with the capability).
+        let invite = IRCMessage(tags: session.accountName.map { [IRCTag("account", $0)] } ?? [],
+                                source: session.prefix, command: "INVITE", parameters: [targetNick.name, channel.name])
         for connection in holder.connections { send(invite, to: connection, into: &outbox) }
     }
 
@@ -493,7 +502,8 @@ extension ChatServer {
         } else {
             try requireRole(.op, channel, id)
         }
-        if victim.role == .owner || (victim.role >= kickerRole && kickerRole != .owner) {
+        // Operators may kick each other (RFC 2812 3.2.8); only a group's owner is out of reach.
+        if victim.role == .owner || (victim.role > kickerRole && kickerRole != .owner) {
             throw .numeric(.errChanOPrivsNeeded, channel.name, "You cannot kick \(target)")
         }
         if let account = victim.memberAccount { setMembership(account, nil, in: &channel) }
@@ -530,7 +540,9 @@ extension ChatServer {
         channels[oldKey] = nil
         channels[newName.folded] = channel
         if oldKey != newName.folded {
-            renamedChannels[oldKey] = RenamedChannel(newName: newName.name, reason: reason)
+            // A group's old name points to the new one (groups are identities people look for);
+            // a transient channel's old name is free again, as in plain IRC.
+            if channel.isGroup { renamedChannels[oldKey] = RenamedChannel(newName: newName.name, reason: reason) }
             renamedChannels[newName.folded] = nil
             for member in channel.joined {
                 sessions[member]?.channels.remove(oldKey)
@@ -631,11 +643,16 @@ extension ChatServer {
                         applied.append(("-", "l", nil))
                     }
                 }
-            case "t", "n", "m":
+            case "t", "n", "m", "s":
                 if myRole < .op { render(.numeric(.errChanOPrivsNeeded, channel.name, "You're not a channel operator"), in: &context); continue }
-                let current = letter == "t" ? channel.topicProtected : letter == "n" ? channel.noOutsideMessages : channel.moderated
-                if current == adding { continue }
-                if letter == "t" { channel.topicProtected = adding } else if letter == "n" { channel.noOutsideMessages = adding } else { channel.moderated = adding }
+                let flag: WritableKeyPath<ChatChannel, Bool> = switch letter {
+                case "t": \.topicProtected
+                case "n": \.noOutsideMessages
+                case "m": \.moderated
+                default: \.secret
+                }
+                if channel[keyPath: flag] == adding { continue }
+                channel[keyPath: flag] = adding
                 applied.append((adding ? "+" : "-", letter, nil))
             case "b":
                 guard let raw = arguments.popFirst() else { continue }
@@ -664,6 +681,9 @@ extension ChatServer {
                     render(.numeric(.errChanOPrivsNeeded, channel.name, needed == .owner ? "Only the group's owner can change +\(letter)" : "You're not a channel operator"), in: &context); continue
                 }
                 guard let target = channelTarget(nick, in: channel) else {
+                    if nickIndex[fold(nick)] == nil && accounts[fold(nick)] == nil {
+                        render(.numeric(.errNoSuchNick, nick, "No such nick/channel"), in: &context); continue
+                    }
                     render(.numeric(.errUserNotInChannel, nick, channel.name, "They aren't on that channel"), in: &context); continue
                 }
                 let current = target.role
@@ -766,6 +786,8 @@ extension ChatServer {
         let id = context.connection
         guard let sender = sessions[id] else { return }
         guard let channel = channels[fold(target)] else {
+            // NOTICE never gets an automatic reply (RFC 2812 3.3.2), not even this error.
+            if verb == "NOTICE" { return }
             throw .numeric(.errNoSuchChannel, target, "No such channel")
         }
         let isMember = channel.contains(id)
@@ -781,7 +803,7 @@ extension ChatServer {
         }
         let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + channel.name.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
-            throw .fail(verb, "MESSAGE_TOO_LONG", channel.name, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
+            throw messageTooLong(verb, target: channel.name, excess: overhead + text.utf8.count - 512, sender: sender)
         }
         if channel.isGroup && verb != "TAGMSG" {
             try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: channel.name, now: context.now)

@@ -286,13 +286,33 @@ extension ChatServer {
         context.pendingStores = []
         var success = Outbox()
         finish(&context, into: &success)
+        sessions[context.connection]?.storesInFlight += 1
         outbox.actions.append(.storeMessages(stores, afterCommit: success.deliveries, sender: request))
+    }
+
+    /// Called after a command's handler while earlier messages of the connection are still being
+    /// committed: its replies (a PONG, say) queue behind their echoes, through the same ordered
+    /// writer with nothing to store, so they cannot overtake them. Later commands still run at
+    /// once; only their replies wait.
+    mutating func finishBehindStores(_ context: inout CommandContext, into outbox: inout Outbox) {
+        var replies = Outbox()
+        finish(&context, into: &replies)
+        guard !replies.deliveries.isEmpty else { return }
+        sessions[context.connection]?.storesInFlight += 1
+        outbox.actions.append(.storeMessages([], afterCommit: replies.deliveries,
+                                             sender: StoreRequest(connection: context.connection, label: context.label, verb: context.verb)))
+    }
+
+    /// The shell committed these requests' messages and wrote their replies.
+    public mutating func storesCommitted(_ requests: [StoreRequest]) {
+        for request in requests { sessions[request.connection]?.storesInFlight -= 1 }
     }
 
     /// The shell could not commit these messages: their sender learns that they were not
     /// accepted (and gets no echo), one FAIL per target.
     public mutating func messagesNotStored(_ messages: [StoredMessage], sender request: StoreRequest, now: Timestamp, into outbox: inout Outbox) {
-        guard sessions[request.connection] != nil else { return }
+        guard let session = sessions[request.connection] else { return }
+        session.storesInFlight -= 1
         var context = CommandContext(connection: request.connection, now: now, label: request.label)
         context.verb = request.verb
         let targets = Set(messages.map { $0.targetKind == .group ? (channels[$0.target]?.name ?? $0.target) : (accounts[$0.target]?.name ?? $0.target) }).sorted()
@@ -511,6 +531,7 @@ extension ChatServer {
             let ticket = nextTicket
             nextTicket += 1
             pendingWork[ticket] = .history(id, target: ids.joined(separator: ","), label: context.label, subcommand: "RECEIPTS")
+            sessions[id]?.pendingTickets += 1
             outbox.actions.append(.loadHistory(ticket: ticket, query: HistoryQuery(conversation: .everything(account: account, groups: []), kind: .receipts(ids), limit: ids.count)))
             context.deferReplies()
         case "READ":
@@ -538,36 +559,43 @@ extension ChatServer {
     mutating func handleMarkRead(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         guard let session = sessions[id] else { return }
-        guard let account = session.accountKey else {
-            throw .fail("MARKREAD", "ACCOUNT_REQUIRED", message.parameters[0], description: "Log in to an account to keep read markers")
+        guard let target = message.parameters.first, !target.isEmpty else {
+            throw .fail("MARKREAD", "NEED_MORE_PARAMS", description: "Usage: MARKREAD <target> [timestamp=YYYY-MM-DDThh:mm:ss.sssZ]")
         }
-        let target = message.parameters[0]
+        // A guest's markers are kept for its connection only (in memory, never stored) and
+        // forgotten when it closes; an account's sync its devices and outlive its connections.
+        let account = session.accountKey ?? guestIdentity(of: id)
+        let isGuest = session.accountKey == nil
         // Only conversations the user takes part in: a group they are a member of, a channel
-        // they are in, or an existing account. Anything else would be a marker for nothing,
-        // kept in memory (and for groups, on disk) on the say-so of the client.
-        let conversation: String
+        // they are in, or an existing account or connected user. Anything else would be a marker
+        // for nothing, kept in memory (and for groups, on disk) on the say-so of the client.
+        var conversation: String?
         var isTransientChannel = false
         if target.hasPrefix("#") {
-            guard let channel = channels[fold(target)],
-                  channel.isGroup ? channel.accountRoles[account] != nil : channel.contains(id) else {
-                throw .fail("MARKREAD", "INVALID_TARGET", target, description: "You are not in \(target)")
+            if let channel = channels[fold(target)],
+               channel.isGroup ? channel.accountRoles[account] != nil : channel.contains(id) {
+                conversation = channel.key
+                isTransientChannel = !channel.isGroup
             }
-            conversation = channel.key
-            isTransientChannel = !channel.isGroup
+        } else if isGuest {
+            conversation = identity(named: target)
         } else {
-            guard let other = accounts[fold(target)] else {
-                throw .fail("MARKREAD", "INVALID_TARGET", target, description: "There is no account named \(target)")
-            }
-            conversation = other.key
+            // An account's direct-message markers are stored: only for conversations with accounts.
+            conversation = accounts[fold(target)]?.key
         }
-        let current = readMarkers[account]?[conversation]
+        let current = conversation.flatMap { readMarkers[account]?[$0] }
         guard message.parameters.count > 1 else {
+            // Asking about a conversation one is not part of reveals nothing: no marker.
             context.replies.append(markReadLine(target: target, time: current))
             return
         }
         let value = message.parameters[1]
         guard value.hasPrefix("timestamp="), let requested = Timestamp(iso8601: String(value.dropFirst(10))) else {
-            throw .fail("MARKREAD", "INVALID_PARAMS", value, description: "Use timestamp=YYYY-MM-DDThh:mm:ss.sssZ")
+            throw .fail("MARKREAD", "INVALID_PARAMS", target, value, description: "Use timestamp=YYYY-MM-DDThh:mm:ss.sssZ")
+        }
+        guard let conversation else {
+            throw .fail("MARKREAD", "INVALID_TARGET", target,
+                        description: target.hasPrefix("#") ? "You are not in \(target)" : "There is no account named \(target)")
         }
         let time = min(requested, context.now)
         if let current, current >= time {
@@ -575,7 +603,9 @@ extension ChatServer {
             return
         }
         readMarkers[account, default: [:]][conversation] = time
-        if isTransientChannel {
+        if isGuest {
+            if isTransientChannel { transientMarkerHolders[conversation, default: []].insert(account) }
+        } else if isTransientChannel {
             // Not stored: it ends with the channel (see forgetReadMarkers(ofTransientChannel:)).
             transientMarkerHolders[conversation, default: []].insert(account)
         } else {

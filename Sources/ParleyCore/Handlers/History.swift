@@ -84,6 +84,9 @@ extension ChatServer {
         let ticket = nextTicket
         nextTicket += 1
         pendingWork[ticket] = .history(context.connection, target: target, label: context.label, subcommand: subcommand)
+        // The connection's later commands wait for the read, as for a password check: every
+        // reply to a command comes before any reply to a later one.
+        sessions[context.connection]?.pendingTickets += 1
         outbox.actions.append(.loadHistory(ticket: ticket, query: query))
         context.deferReplies()
     }
@@ -92,6 +95,8 @@ extension ChatServer {
     public mutating func completeHistory(ticket: UInt64, result: HistoryResult, now: Timestamp, into outbox: inout Outbox) {
         guard case .history(let id, let target, let label, let subcommand)? = pendingWork.removeValue(forKey: ticket),
               let session = sessions[id] else { return }
+        session.pendingTickets -= 1
+        defer { releaseHeldCommands(id, now: now, into: &outbox) }
         var context = CommandContext(connection: id, now: now, label: label)
         switch result {
         case .failed(let reason):

@@ -49,6 +49,16 @@ extension ChatServer {
         }
     }
 
+    /// A message that would not fit the relayed line is refused, never cut. Clients that know
+    /// standard replies learn the target and the excess; others get the classic numeric.
+    func messageTooLong(_ verb: String, target: String, excess: Int, sender: Session) -> CommandError {
+        let description = "Message too long by \(excess) bytes once your prefix is added"
+        if sender.has(.standardReplies) {
+            return .fail(verb, "MESSAGE_TOO_LONG", target, description: description)
+        }
+        return .numeric(.errInputTooLong, description)
+    }
+
     /// The IRCv3 limit on client-only tags a client may send.
     static let maximumClientTagBytes = 4094
     /// A client-chosen id that makes sending idempotent (docs/delivery-and-receipts.md).
@@ -122,7 +132,7 @@ extension ChatServer {
         // The relayed line must fit the 512-byte limit with the sender's full prefix.
         let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + target.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
-            throw .fail(verb, "MESSAGE_TOO_LONG", target, description: "Message too long by \(overhead + text.utf8.count - 512) bytes")
+            throw messageTooLong(verb, target: target, excess: overhead + text.utf8.count - 512, sender: sender)
         }
 
         if verb != "TAGMSG" && (sender.accountKey != nil || recipientAccount != nil) {

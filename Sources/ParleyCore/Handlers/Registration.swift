@@ -15,7 +15,8 @@ extension ChatServer {
             // Clients that speak 302 get values and implicitly enable cap-notify.
             if version >= 302 { sessions[id]?.capabilities.insert(.capNotify) }
             let tokens = Capability.allCases.map { capability -> String in
-                if version >= 302, let value = capability.value(saslMechanisms: Self.saslMechanisms) {
+                if version >= 302, let value = capability.value(saslMechanisms: Self.saslMechanisms,
+                                                                registrationBeforeConnect: configuration.accountRegistrationBeforeConnect) {
                     return capability.name + "=" + value
                 }
                 return capability.name
@@ -105,8 +106,10 @@ extension ChatServer {
             // with it, and completion refuses it to anyone who does not.
             let heldByGuest = nickIndex[nick.folded].map { $0.accountKey == nil } ?? false
             if heldByGuest || pendingAccountKeys.contains(nick.folded) {
+                sessions[id]?.refusedNick = nick.name
                 throw .numeric(.errNicknameInUse, raw, "Nickname is already in use")
             }
+            sessions[id]?.refusedNick = nil
             sessions[id]?.nick = nick
             completeRegistrationIfReady(id, &context, &outbox)
             return
@@ -166,8 +169,10 @@ extension ChatServer {
         let cleaned = String(requested.unicodeScalars.filter { scalar in
             scalar.isASCII && scalar.value > 32 && scalar != "@" && scalar != "!" && scalar != ":"
         }.prefix(configuration.userLength - 1).map(Character.init))
-        guard !cleaned.isEmpty else { throw .needMoreParameters("USER") }
-        sessions[id]?.username = "~" + cleaned
+        // An empty username or realname is a missing parameter (modern-irc USER).
+        guard !requested.isEmpty, !message.parameters[3].isEmpty else { throw .needMoreParameters("USER") }
+        // A username with nothing usable in a hostmask (emoji, say) still lets the user in.
+        sessions[id]?.username = "~" + (cleaned.isEmpty ? "user" : cleaned)
         sessions[id]?.realname = String(message.parameters[3].prefix(configuration.realnameLength))
         completeRegistrationIfReady(id, &context, &outbox)
     }
@@ -288,7 +293,7 @@ extension ChatServer {
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
             "CHATHISTORY=\(configuration.chathistoryLimit)",
             "CHANLIMIT=#:\(configuration.maxChannelsPerUser.map(String.init) ?? "")",
-            "CHANMODES=b,k,l,imnt",
+            "CHANMODES=b,k,l,imnst",
             "CHANNELLEN=\(configuration.channelLength)",
             "CHANTYPES=#",
             "HOSTLEN=64",

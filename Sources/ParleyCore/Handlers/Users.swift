@@ -266,7 +266,9 @@ extension ChatServer {
                     scanStopped = true
                     break
                 }
-                guard !session.isInvisible || session.id == asker || sessions[asker]?.isOperator == true else { continue }
+                // Invisible users are listed to themselves, operators, and people who share a channel with them.
+                guard !session.isInvisible || session.id == asker || sessions[asker]?.isOperator == true
+                        || !session.channels.isDisjoint(with: sessions[asker]?.channels ?? []) else { continue }
                 if mask == "*" || mask == "0" || pattern.matches(session.nick?.name ?? "", caseMapping: configuration.caseMapping)
                     || pattern.matches(session.host, caseMapping: configuration.caseMapping)
                     || pattern.matches(session.realname, caseMapping: configuration.caseMapping) {
@@ -301,7 +303,9 @@ extension ChatServer {
 
     mutating func handleWhowas(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let nick = message.parameters[0]
-        let limit = message.parameters.count > 1 ? max(1, Int(message.parameters[1]) ?? Int.max) : Int.max
+        // A count that is not positive asks for every entry (RFC 2812 3.6.3).
+        let requestedCount = message.parameters.count > 1 ? Int(message.parameters[1]) ?? 0 : 0
+        let limit = requestedCount > 0 ? requestedCount : Int.max
         let folded = fold(nick)
         let entries = whowas.reversed().filter { $0.folded == folded }.prefix(limit)
         if entries.isEmpty {
@@ -376,6 +380,11 @@ extension ChatServer {
     mutating func handleVersion(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         numericReply(.rplVersion, [configuration.version, configuration.serverName, "Parley chat server"], in: &context)
         for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
+    }
+
+    mutating func handleInfo(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        numericReply(.rplInfo, ["Parley \(configuration.version): an IRC chat server with accounts, groups, offline delivery and receipts"], in: &context)
+        numericReply(.rplEndOfInfo, ["End of /INFO list"], in: &context)
     }
 
     mutating func handleTime(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {

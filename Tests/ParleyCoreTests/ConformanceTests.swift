@@ -1,0 +1,239 @@
+import Foundation
+import IRCWire
+@testable import ParleyCore
+import Testing
+
+/// Replies that IRC clients and the irctest conformance suite rely on (issue 15).
+@Suite("Protocol conformance, without sockets")
+struct ConformanceTests {
+    @Test func whowasWithACountOfZeroOrLessListsEveryEntry() {
+        var harness = CoreHarness()
+        let asker = harness.register("asker")
+        for _ in 0..<2 {
+            let gone = harness.register("ghost")
+            harness.send(gone, "QUIT :bye")
+        }
+        for count in ["0", "-1"] {
+            let replies = harness.send(asker, "WHOWAS ghost \(count)")
+            #expect(replies.commands.filter { $0 == "314" }.count == 2, "WHOWAS ghost \(count): \(replies)")
+        }
+        #expect(harness.send(asker, "WHOWAS ghost 1").commands.filter { $0 == "314" }.count == 1)
+    }
+
+    @Test func whoByMaskListsInvisibleUsersOnlyToThoseWhoShareAChannel() {
+        var harness = CoreHarness()
+        let evan = harness.register("evan")
+        let shiv = harness.register("shiv")
+        #expect(harness.send(shiv, "WHO eva*").commands == ["315"], "evan is invisible (+i) and shares no channel")
+        harness.send(evan, "JOIN #test")
+        harness.send(shiv, "JOIN #test")
+        let replies = harness.send(shiv, "WHO eva*")
+        #expect(replies.commands == ["352", "315"])
+        #expect(replies.first?.contains(" evan H ") == true)
+    }
+
+    @Test func anEmptyRealnameIsAMissingParameter() {
+        var harness = CoreHarness()
+        let id = harness.connect()
+        harness.send(id, "NICK foo")
+        let replies = harness.send(id, "USER username * * :")
+        #expect(replies == [":parley.local 461 foo USER :Not enough parameters"])
+    }
+
+    @Test func aNoticeToAMissingChannelGetsNoReply() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice")
+        #expect(harness.send(alice, "NOTICE #nowhere :hello").isEmpty)
+        #expect(harness.send(alice, "PRIVMSG #nowhere :hello").commands == ["403"])
+    }
+
+    @Test func givingOpsToSomeoneWhoDoesNotExistIsNoSuchNick() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice")
+        let bob = harness.register("bob")
+        harness.send(alice, "JOIN #chan")
+        #expect(harness.send(alice, "MODE #chan +o nobody").commands == ["401"])
+        #expect(harness.send(alice, "MODE #chan +o bob").commands == ["441"], "bob exists but is not in #chan")
+        _ = bob
+    }
+
+    @Test func anOperatorMayKickAnotherOperatorOfATransientChannel() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice")
+        let bob = harness.register("bob")
+        harness.send(alice, "JOIN #chan")
+        harness.send(bob, "JOIN #chan")
+        harness.send(alice, "MODE #chan +o bob")
+        let kick = harness.send(bob, "KICK #chan alice :bye")
+        #expect(kick == [":bob!~bob@127.0.0.1 KICK #chan alice :bye"])
+    }
+
+    // MARK: draft/read-marker
+
+    @Test func aGuestKeepsReadMarkersForItsConnection() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice", caps: ["draft/read-marker"])
+        let bob = harness.register("bob")
+        let join = harness.send(alice, "JOIN #test")
+        #expect(join.commands == ["JOIN", "MARKREAD", "353", "366"], "the marker comes before the end of NAMES")
+        #expect(join.contains(":parley.local MARKREAD #test *"))
+        let newer = "timestamp=2019-06-01T12:00:00.000Z"
+        #expect(harness.send(alice, "MARKREAD #test \(newer)") == [":parley.local MARKREAD #test \(newer)"])
+        #expect(harness.send(alice, "MARKREAD #test timestamp=2019-01-01T00:00:00.000Z") == [":parley.local MARKREAD #test \(newer)"],
+                "a marker never goes back")
+        #expect(harness.send(alice, "MARKREAD #test") == [":parley.local MARKREAD #test \(newer)"])
+        #expect(harness.send(alice, "MARKREAD bob \(newer)") == [":parley.local MARKREAD bob \(newer)"], "a direct conversation with a guest")
+        #expect(harness.send(alice, "MARKREAD bob") == [":parley.local MARKREAD bob \(newer)"])
+        #expect(harness.storedMarkerCount == 0, "a guest's markers are never stored")
+        harness.close(alice)
+        #expect(harness.server.readMarkers.isEmpty, "and are forgotten with its connection")
+        _ = bob
+    }
+
+    @Test func markReadAnswersMistakesWithStandardReplies() {
+        var harness = CoreHarness()
+        let alice = harness.register("alice", caps: ["draft/read-marker"])
+        harness.send(alice, "JOIN #test")
+        #expect(harness.send(alice, "MARKREAD").first?.hasPrefix(":parley.local FAIL MARKREAD NEED_MORE_PARAMS :") == true)
+        for value in ["*", "timestamp=not-a-timestamp"] {
+            let reply = harness.send(alice, "MARKREAD #test \(value)")
+            #expect(reply.first?.hasPrefix(":parley.local FAIL MARKREAD INVALID_PARAMS #test \(value) :") == true, "\(value): \(reply)")
+        }
+        #expect(harness.send(alice, "MARKREAD #nosuchtarget") == [":parley.local MARKREAD #nosuchtarget *"],
+                "asking about a conversation one is not in: no marker")
+    }
+
+    // MARK: Order of replies (clients and irctest use PING as a barrier)
+
+    static let people = [("alice", "password-a"), ("bob", "password-b")]
+
+    @Test func aReplyToALaterCommandWaitsForTheEchoStillBeingCommitted() {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["echo-message"])
+        let bob = harness.register("bob", password: "password-b")
+        harness.defersSlowWork = true
+        #expect(harness.send(alice, "PRIVMSG bob :hello", "PING barrier").isEmpty,
+                "the PONG waits behind the echo, which waits for the commit")
+        harness.completeDeferredWork()
+        #expect(harness.inbox(alice).commands == ["PRIVMSG", "PONG"])
+        #expect(harness.inbox(bob).commands == ["PRIVMSG"])
+        #expect(harness.send(alice, "PING after").commands == ["PONG"], "nothing in flight: answered at once")
+    }
+
+    @Test func aReplyToALaterCommandWaitsForAHistoryRead() {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        let bob = harness.register("bob", password: "password-b")
+        _ = bob
+        harness.defersSlowWork = true
+        #expect(harness.send(alice, "CHATHISTORY LATEST bob * 10", "PING barrier").isEmpty)
+        harness.completeDeferredWork()
+        let lines = harness.inbox(alice)
+        // The harness's store answers only receipt queries: the read's answer is a FAIL, which
+        // must still come before the PONG.
+        #expect(lines.commands == ["FAIL", "PONG"], "\(lines)")
+    }
+
+    // MARK: Small replies
+
+    @Test func aUserWhoJoinsWhileAwayIsAnnouncedAsAwayToAwayNotifyClients() {
+        var harness = CoreHarness()
+        let watcher = harness.register("foo", caps: ["away-notify"])
+        let plain = harness.register("baz")
+        harness.send(watcher, "JOIN #chan")
+        harness.send(plain, "JOIN #chan")
+        let bar = harness.register("bar")
+        harness.send(bar, "AWAY :already away")
+        _ = harness.inbox(watcher)
+        _ = harness.inbox(plain)
+        #expect(!harness.send(bar, "JOIN #chan").commands.contains("AWAY"), "not told about itself")
+        #expect(harness.inbox(watcher) == [":bar!~bar@127.0.0.1 JOIN #chan", ":bar!~bar@127.0.0.1 AWAY :already away"])
+        #expect(harness.inbox(plain) == [":bar!~bar@127.0.0.1 JOIN #chan"])
+    }
+
+    @Test func infoEndsWith374() {
+        var harness = CoreHarness()
+        let nick = harness.register("nick")
+        #expect(harness.send(nick, "INFO").commands == ["371", "374"])
+    }
+
+    @Test func saslAfterRegistrationConfirmsTheLoginBeforeTheNickChanges() {
+        var harness = CoreHarness(accounts: Self.people)
+        let id = harness.register("guest", caps: ["sasl"])
+        #expect(harness.send(id, "AUTHENTICATE PLAIN") == ["AUTHENTICATE +"])
+        let payload = Data("alice\0alice\0password-a".utf8).base64EncodedString()
+        let replies = harness.send(id, "AUTHENTICATE \(payload)")
+        #expect(Array(replies.commands.prefix(3)) == ["900", "903", "NICK"], "\(replies)")
+        #expect(replies.first == ":parley.local 900 guest alice!~guest@127.0.0.1 alice :You are now logged in as alice")
+    }
+
+    @Test func registrationBeforeConnectCanBeTurnedOff() {
+        var harness = CoreHarness { $0.accountRegistrationBeforeConnect = false }
+        let id = harness.connect()
+        let caps = harness.send(id, "CAP LS 302").joined(separator: "\n")
+        #expect(caps.contains("draft/account-registration") && !caps.contains("draft/account-registration=before-connect"))
+        harness.send(id, "NICK bar")
+        let refused = harness.send(id, "REGISTER * * secretpassphrase")
+        #expect(refused.first?.hasPrefix(":parley.local FAIL REGISTER COMPLETE_CONNECTION_REQUIRED bar :") == true, "\(refused)")
+        harness.send(id, "USER bar 0 * :Bar", "CAP END")
+        #expect(harness.send(id, "REGISTER * * secretpassphrase").contains { $0.contains("REGISTER SUCCESS bar") })
+    }
+
+    @Test func aUsernameWithNothingUsableStillRegisters() {
+        var harness = CoreHarness()
+        let id = harness.connect()
+        harness.send(id, "NICK foo")
+        let welcome = harness.send(id, "USER 😊😊😊😊😊😊😊😊😊😊 * * :realname")
+        #expect(welcome.first == ":parley.local 001 foo :Welcome to the Parley IRC Network, foo!~user@127.0.0.1")
+    }
+
+    @Test func anInviteCarriesTheInvitersAccountForAccountTagClients() {
+        var harness = CoreHarness(accounts: Self.people)
+        let founder = harness.register("founder")
+        let foo = harness.register("foo", caps: ["account-tag"])
+        let alice = harness.register("alice", password: "password-a")
+        harness.send(founder, "JOIN #chan")
+        harness.send(alice, "JOIN #chan")
+        harness.send(founder, "MODE #chan +o alice")
+        harness.send(alice, "INVITE foo #chan")
+        #expect(harness.inbox(foo) == ["@account=alice :alice!~alice@127.0.0.1 INVITE foo #chan"])
+    }
+
+    @Test func aRenamedTransientChannelsOldNameIsFreeAgain() {
+        var harness = CoreHarness()
+        let bar = harness.register("bar")
+        let baz = harness.register("baz")
+        harness.send(bar, "JOIN #bar")
+        harness.send(baz, "JOIN #bar")
+        harness.send(bar, "RENAME #bar #qux :no reason")
+        _ = harness.inbox(baz)
+        let join = harness.send(baz, "JOIN #bar")
+        #expect(join.first == ":baz!~baz@127.0.0.1 JOIN #bar", "a new channel, with baz as its operator: \(join)")
+        #expect(harness.send(baz, "MODE #bar +k beer").commands == ["MODE"])
+    }
+
+    @Test func aSecretChannelIsTypedAndHiddenFromOutsiders() {
+        var harness = CoreHarness()
+        let first = harness.register("first")
+        let second = harness.register("second")
+        harness.send(first, "JOIN #gen")
+        #expect(harness.send(first, "MODE #gen +s") == [":first!~first@127.0.0.1 MODE #gen +s"])
+        #expect(harness.send(first, "NAMES #gen").first == ":parley.local 353 first @ #gen :@first")
+        #expect(harness.send(first, "LIST").commands == ["321", "322", "323"])
+        #expect(harness.send(second, "LIST").commands == ["321", "323"], "outsiders do not see it")
+        #expect(harness.send(second, "NAMES #gen").commands == ["366"])
+        harness.send(second, "JOIN #gen")
+        #expect(harness.send(second, "LIST").commands == ["321", "322", "323"])
+        let modes = harness.send(second, "MODE #gen")
+        #expect(modes.first?.hasPrefix(":parley.local 324 second #gen :+nst") == true, "\(modes)")
+    }
+
+    @Test func registeringANickSomeoneElseHoldsIsAccountExists() {
+        var harness = CoreHarness()
+        harness.register("root")
+        let bar = harness.connect()
+        #expect(harness.send(bar, "NICK root").commands == ["433"])
+        let refused = harness.send(bar, "REGISTER * * secretpassphrase")
+        #expect(refused.first?.hasPrefix(":parley.local FAIL REGISTER ACCOUNT_EXISTS root :") == true, "\(refused)")
+    }
+}
