@@ -93,7 +93,10 @@ struct PostgresHistory {
             return .messages(try fetch(condition, values, newestFirst: false, limit: query.limit))
         case .around(let reference):
             guard let point = try point(of: reference) else { return .messages([]) }
-            let earlier = before(point), later = after(point)
+            // A timestamp's own instant belongs to the later half (there is no message to stand
+            // for it, as there is for a msgid).
+            let earlier = before(point)
+            let later = point.position == nil ? ("time >= ?", [SQLValue.int(point.time)]) : after(point)
             // At most `limit` in all: up to half before the point, the point itself (a msgid),
             // the rest after it.
             var messages = try fetch(earlier.0, earlier.1, newestFirst: true, limit: query.limit / 2)

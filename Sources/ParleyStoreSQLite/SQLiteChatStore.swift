@@ -561,7 +561,10 @@ public final class SQLiteChatStore: ChatStore {
             return .messages(try fetch(condition, arguments, newestFirst: false, limit: query.limit))
         case .around(let reference):
             guard let point = try time(of: reference) else { return .messages([]) }
-            let earlier = before(point), later = after(point)
+            // A timestamp's own instant belongs to the later half (there is no message to stand
+            // for it, as there is for a msgid).
+            let earlier = before(point)
+            let later: (String, [any DatabaseValueConvertible]) = point.1 == nil ? ("time >= ?", [point.0]) : after(point)
             // At most `limit` in all: up to half before the point, the point itself (a msgid),
             // the rest after it.
             var messages = try fetch(earlier.0, earlier.1, newestFirst: true, limit: query.limit / 2)

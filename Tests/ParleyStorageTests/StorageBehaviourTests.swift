@@ -65,6 +65,7 @@ struct StorageBehaviourTests {
         #expect(try await texts(.before(.msgid("id4")), limit: 2) == ["m2", "m3"], "a msgid reference excludes that message")
         #expect(try await texts(.after(.msgid("id2")), limit: 2) == ["m3", "m4"])
         #expect(try await texts(.around(.msgid("id3")), limit: 3) == ["m2", "m3", "m4"])
+        #expect(try await texts(.around(at(3)), limit: 3) == ["m2", "m3", "m4"], "a timestamp's own instant is in the later half")
         #expect(try await texts(.between(at(1), at(5))) == ["m2", "m3", "m4"])
         #expect(try await texts(.latest(after: nil), .direct("bob", "carol")).isEmpty, "bob and carol never talked")
         #expect(try await texts(.latest(after: nil), .group("#team")) == ["m8", "m9"])
