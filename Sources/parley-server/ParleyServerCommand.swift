@@ -68,7 +68,7 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var data: DataOptions
 
     @Option(name: .long, help: ArgumentHelp(
-        "Listen on ADDRESS:PORT; repeat for several. [::1]:6667 for IPv6, tls://ADDRESS:PORT for TLS. Replaces the configured listeners.",
+        "Listen on ADDRESS:PORT; repeat for several. [::1]:6667 for IPv6, tls://ADDRESS:PORT for TLS, http://ADDRESS:PORT (https:// with TLS) for the web client and IRCv3 WebSocket at /irc. Replaces the configured listeners.",
         valueName: "address:port"))
     var listen: [String] = []
 
