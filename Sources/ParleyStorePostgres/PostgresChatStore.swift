@@ -449,38 +449,17 @@ public final class PostgresChatStore: ChatStore {
                 WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL)
                 ORDER BY m.position, r.recipient_id
                 """, [.int(cutoff.millisecondsSince1970), .int(recentFrom)], logger: logger)
-            var messages: [StoredMessage] = []
-            var index: [String: Int] = [:]
+            var state = DeliveryStateBuilder()
             for plain in rows {
                 let row = plain.makeRandomAccess()
-                let id: String = try row["id"]
-                guard let recipient = try Self.recipient(from: row, ids: ids) else { continue }
-                if let position = index[id] {
-                    messages[position].recipients.append(recipient)
-                } else {
-                    guard var message = try Self.message(from: row, ids: ids) else { continue }
-                    message.recipients = [recipient]
-                    index[id] = messages.count
-                    messages.append(message)
-                }
+                try state.add(messageID: try row["id"], recipient: try Self.recipient(from: row, ids: ids)) { try Self.message(from: row, ids: ids) }
             }
-            // Messages whose every receipt is done need no following.
-            messages.removeAll { message in
-                message.recipients.allSatisfy { $0.deliveredAt != nil && $0.readAt != nil && $0.deliveredNotified && $0.readNotified }
-            }
-            var undelivered: [String: [StoredMessage]] = [:]
-            for message in messages {
-                for recipient in message.recipients where recipient.deliveredAt == nil {
-                    undelivered[recipient.account, default: []].append(message)
-                }
-            }
-            var markers: [String: [String: Timestamp]] = [:]
             for row in try await connection.runAsync("SELECT account_id, target_kind, target_id, time FROM read_markers", logger: logger) {
                 let (accountID, kind, targetID, time) = try row.decode((Int64, String, Int64, Int64).self)
-                guard let account = ids.accountKeys[accountID], let target = ids.conversationKey(kind: kind, id: targetID) else { continue }
-                markers[account, default: [:]][target] = Timestamp(millisecondsSince1970: time)
+                state.addReadMarker(account: ids.accountKeys[accountID], conversation: ids.conversationKey(kind: kind, id: targetID),
+                                    time: Timestamp(millisecondsSince1970: time))
             }
-            return DeliveryState(undelivered: undelivered, tracked: messages, readMarkers: markers)
+            return state.build()
         } catch { throw explained(error) }
     }
 

@@ -1,5 +1,6 @@
 import Logging
 import ParleyCore
+import ParleyStorage
 import PostgresNIO
 
 /// CHATHISTORY queries, with the same limits and order as the SQLite store: messages of one
@@ -8,10 +9,6 @@ struct PostgresHistory {
     let connection: PostgresConnection
     let ids: StoredIdentities
     let logger: Logger
-
-    /// A point in a conversation: a time, and for a msgid reference that message's position
-    /// (which the reference itself excludes).
-    private typealias Point = (time: Int64, position: Int64?)
 
     func run(_ query: HistoryQuery) throws -> HistoryResult {
         // The conversation as a WHERE clause over messages.
@@ -47,72 +44,11 @@ struct PostgresHistory {
         func rows(_ sql: String, _ values: [SQLValue]) throws -> [PostgresRandomAccessRow] {
             try connection.run(sql, values, logger: logger).map { $0.makeRandomAccess() }
         }
-        func point(of reference: HistoryQuery.Reference) throws -> Point? {
-            switch reference {
-            case .timestamp(let time):
-                return (time.millisecondsSince1970, nil)
-            case .msgid(let id):
-                guard let row = try rows("SELECT time, position FROM messages WHERE id = ? AND " + scope, [.text(id)] + scopeValues).first else { return nil }
-                return (try row["time"], try row["position"])
-            }
-        }
-        func fetch(_ condition: String, _ values: [SQLValue], newestFirst: Bool, limit: Int) throws -> [StoredMessage] {
-            guard limit > 0 else { return [] }
-            let order = newestFirst ? "DESC" : "ASC"
-            let messages = try rows(
-                "SELECT * FROM messages WHERE \(scope) AND \(condition) ORDER BY time \(order), position \(order) LIMIT ?",
-                scopeValues + values + [.int(limit)]
-            ).compactMap { try PostgresChatStore.message(from: $0, ids: ids) }
-            return newestFirst ? messages.reversed() : messages
-        }
-        // A msgid reference excludes that message itself; a timestamp excludes that instant.
-        func before(_ point: Point) -> (String, [SQLValue]) {
-            if let position = point.position { return ("(time < ? OR (time = ? AND position < ?))", [.int(point.time), .int(point.time), .int(position)]) }
-            return ("time < ?", [.int(point.time)])
-        }
-        func after(_ point: Point) -> (String, [SQLValue]) {
-            if let position = point.position { return ("(time > ? OR (time = ? AND position > ?))", [.int(point.time), .int(point.time), .int(position)]) }
-            return ("time > ?", [.int(point.time)])
-        }
-
+        let conversation = Conversation(connection: connection, scope: scope, scopeValues: scopeValues, ids: ids, logger: logger)
+        if let messages = try conversation.messages(query.kind, limit: query.limit) { return .messages(messages) }
         switch query.kind {
-        case .latest(let reference):
-            if let reference {
-                guard let point = try point(of: reference) else { return .messages([]) }
-                let (condition, values) = after(point)
-                return .messages(try fetch(condition, values, newestFirst: true, limit: query.limit))
-            }
-            return .messages(try fetch("TRUE", [], newestFirst: true, limit: query.limit))
-        case .before(let reference):
-            guard let point = try point(of: reference) else { return .messages([]) }
-            let (condition, values) = before(point)
-            return .messages(try fetch(condition, values, newestFirst: true, limit: query.limit))
-        case .after(let reference):
-            guard let point = try point(of: reference) else { return .messages([]) }
-            let (condition, values) = after(point)
-            return .messages(try fetch(condition, values, newestFirst: false, limit: query.limit))
-        case .around(let reference):
-            guard let point = try point(of: reference) else { return .messages([]) }
-            // A timestamp's own instant belongs to the later half (there is no message to stand
-            // for it, as there is for a msgid).
-            let earlier = before(point)
-            let later = point.position == nil ? ("time >= ?", [SQLValue.int(point.time)]) : after(point)
-            // At most `limit` in all: up to half before the point, the point itself (a msgid),
-            // the rest after it.
-            var messages = try fetch(earlier.0, earlier.1, newestFirst: true, limit: query.limit / 2)
-            if messages.count < query.limit, let position = point.position,
-               let row = try rows("SELECT * FROM messages WHERE position = ?", [.int(position)]).first,
-               let message = try PostgresChatStore.message(from: row, ids: ids) {
-                messages.append(message)
-            }
-            messages += try fetch(later.0, later.1, newestFirst: false, limit: query.limit - messages.count)
-            return .messages(messages)
-        case .between(let first, let second):
-            guard let start = try point(of: first), let end = try point(of: second) else { return .messages([]) }
-            let ascending = start.time <= end.time
-            let low = ascending ? start : end, high = ascending ? end : start
-            let lower = after(low), upper = before(high)
-            return .messages(try fetch("\(lower.0) AND \(upper.0)", lower.1 + upper.1, newestFirst: !ascending, limit: query.limit))
+        case .latest, .before, .after, .around, .between:
+            return .messages([])  // read above
         case .receipts(let messageIDs):
             guard case .everything(let account, _) = query.conversation, let myID = ids.accountIDs[account], !messageIDs.isEmpty else { return .messages([]) }
             let placeholders = messageIDs.map { _ in "?" }.joined(separator: ",")
@@ -139,19 +75,75 @@ struct PostgresHistory {
                 GROUP BY target_kind, other ORDER BY latest ASC LIMIT ?
                 """, [.int(myID)] + scopeValues + [.int(from.millisecondsSince1970), .int(to.millisecondsSince1970), .int(query.limit)])
             return .targets(try found.compactMap { row in
-                let other: String = try row["other"]
-                let key: String?
-                if other.hasPrefix("g"), let id = Int64(other.dropFirst()) {
-                    key = ids.groupKeys[id]
-                } else if other.hasPrefix("a"), let id = Int64(other.dropFirst()) {
-                    key = ids.accountKeys[id]
-                } else {
-                    key = other
-                }
+                let key = ids.party(try row["other"])
                 let kind: String = try row["target_kind"]
                 let latest: Int64 = try row["latest"]
                 return key.map { HistoryTarget(isGroup: kind == "group", key: $0, latest: Timestamp(millisecondsSince1970: latest)) }
             })
+        }
+    }
+}
+
+extension PostgresHistory {
+    /// One conversation (a WHERE clause over messages) for `ConversationReader`'s CHATHISTORY
+    /// forms; `position` orders messages of the same millisecond.
+    struct Conversation: ConversationReader {
+        let connection: PostgresConnection
+        let scope: String
+        let scopeValues: [SQLValue]
+        let ids: StoredIdentities
+        let logger: Logger
+
+        private func rows(_ sql: String, _ values: [SQLValue]) throws -> [PostgresRandomAccessRow] {
+            try connection.run(sql, values, logger: logger).map { $0.makeRandomAccess() }
+        }
+
+        func point(of reference: HistoryQuery.Reference) throws -> HistoryPoint? {
+            switch reference {
+            case .timestamp(let time):
+                return HistoryPoint(time: time.millisecondsSince1970, order: nil)
+            case .msgid(let id):
+                guard let row = try rows("SELECT time, position FROM messages WHERE id = ? AND " + scope, [.text(id)] + scopeValues).first else { return nil }
+                return HistoryPoint(time: try row["time"], order: try row["position"])
+            }
+        }
+
+        func read(_ bounds: [HistoryBound], newestFirst: Bool, limit: Int) throws -> [StoredMessage] {
+            guard limit > 0 else { return [] }
+            var sql = "SELECT * FROM messages WHERE \(scope)"
+            var values = scopeValues
+            for bound in bounds {
+                switch bound {
+                case .after(let point):
+                    if let position = point.order {
+                        sql += " AND (time > ? OR (time = ? AND position > ?))"
+                        values += [.int(point.time), .int(point.time), .int(position)]
+                    } else {
+                        sql += " AND time > ?"
+                        values.append(.int(point.time))
+                    }
+                case .before(let point):
+                    if let position = point.order {
+                        sql += " AND (time < ? OR (time = ? AND position < ?))"
+                        values += [.int(point.time), .int(point.time), .int(position)]
+                    } else {
+                        sql += " AND time < ?"
+                        values.append(.int(point.time))
+                    }
+                case .from(let instant):
+                    sql += " AND time >= ?"
+                    values.append(.int(instant))
+                }
+            }
+            let order = newestFirst ? "DESC" : "ASC"
+            sql += " ORDER BY time \(order), position \(order) LIMIT ?"
+            let messages = try rows(sql, values + [.int(limit)]).compactMap { try PostgresChatStore.message(from: $0, ids: ids) }
+            return newestFirst ? messages.reversed() : messages
+        }
+
+        func message(at point: HistoryPoint) throws -> StoredMessage? {
+            guard let position = point.order, let row = try rows("SELECT * FROM messages WHERE position = ?", [.int(position)]).first else { return nil }
+            return try PostgresChatStore.message(from: row, ids: ids)
         }
     }
 }

@@ -451,37 +451,15 @@ public final class SQLiteChatStore: ChatStore {
                 WHERE m.time >= ? AND (m.rowid >= ? OR m.id IN waiting)
                 ORDER BY m.rowid
                 """, arguments: [cutoff.millisecondsSince1970, recentFrom])
-            var messages: [StoredMessage] = []
-            var index: [String: Int] = [:]
+            var state = DeliveryStateBuilder()
             while let row = try rows.next() {
-                let id: String = row["id"]
-                guard let recipient = Self.recipient(from: row, ids: ids) else { continue }
-                if let position = index[id] {
-                    messages[position].recipients.append(recipient)
-                } else {
-                    guard var message = Self.message(from: row, ids: ids) else { continue }
-                    message.recipients = [recipient]
-                    index[id] = messages.count
-                    messages.append(message)
-                }
+                state.add(messageID: row["id"], recipient: Self.recipient(from: row, ids: ids)) { Self.message(from: row, ids: ids) }
             }
-            // Messages whose every receipt is done need no following.
-            messages.removeAll { message in
-                message.recipients.allSatisfy { $0.deliveredAt != nil && $0.readAt != nil && $0.deliveredNotified && $0.readNotified }
-            }
-            var undelivered: [String: [StoredMessage]] = [:]
-            for message in messages {
-                for recipient in message.recipients where recipient.deliveredAt == nil {
-                    undelivered[recipient.account, default: []].append(message)
-                }
-            }
-            var markers: [String: [String: Timestamp]] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT account_id, target_kind, target_id, time FROM read_markers") {
-                guard let account = ids.accountKeys[row["account_id"]],
-                      let target = ids.conversationKey(kind: row["target_kind"], id: row["target_id"]) else { continue }
-                markers[account, default: [:]][target] = Timestamp(millisecondsSince1970: row["time"])
+                state.addReadMarker(account: ids.accountKeys[row["account_id"]], conversation: ids.conversationKey(kind: row["target_kind"], id: row["target_id"]),
+                                    time: Timestamp(millisecondsSince1970: row["time"]))
             }
-            return DeliveryState(undelivered: undelivered, tracked: messages, readMarkers: markers)
+            return state.build()
         }
     }
 
@@ -516,71 +494,11 @@ public final class SQLiteChatStore: ChatStore {
             scope = "((target_kind = 'direct' AND (sender_id = ? OR target_id = ?))" + (groupIDs.isEmpty ? ")" : " OR (target_kind = 'group' AND target_id IN (\(placeholders))))")
             scopeArguments = [myID, myID] + groupIDs
         }
-        func time(of reference: HistoryQuery.Reference) throws -> (Int64, Int64?)? {
-            switch reference {
-            case .timestamp(let time):
-                return (time.millisecondsSince1970, nil)
-            case .msgid(let id):
-                guard let row = try Row.fetchOne(db, sql: "SELECT time, rowid FROM messages WHERE id = ? AND " + scope, arguments: StatementArguments([id] + scopeArguments)) else { return nil }
-                return (row["time"], row["rowid"])
-            }
-        }
-        func fetch(_ condition: String, _ arguments: [any DatabaseValueConvertible], newestFirst: Bool, limit: Int) throws -> [StoredMessage] {
-            guard limit > 0 else { return [] }
-            let order = newestFirst ? "DESC" : "ASC"
-            let rows = try Row.fetchAll(
-                db, sql: "SELECT * FROM messages WHERE \(scope) AND \(condition) ORDER BY time \(order), rowid \(order) LIMIT ?",
-                arguments: StatementArguments(scopeArguments + arguments + [limit]))
-            let messages = rows.compactMap { Self.message(from: $0, ids: ids) }
-            return newestFirst ? messages.reversed() : messages
-        }
-        // A msgid reference excludes that message itself; a timestamp excludes that instant.
-        func before(_ point: (Int64, Int64?)) -> (String, [any DatabaseValueConvertible]) {
-            if let rowid = point.1 { return ("(time < ? OR (time = ? AND rowid < ?))", [point.0, point.0, rowid]) }
-            return ("time < ?", [point.0])
-        }
-        func after(_ point: (Int64, Int64?)) -> (String, [any DatabaseValueConvertible]) {
-            if let rowid = point.1 { return ("(time > ? OR (time = ? AND rowid > ?))", [point.0, point.0, rowid]) }
-            return ("time > ?", [point.0])
-        }
+        let conversation = Conversation(db: db, scope: scope, scopeArguments: scopeArguments, ids: ids)
+        if let messages = try conversation.messages(query.kind, limit: query.limit) { return .messages(messages) }
         switch query.kind {
-        case .latest(let reference):
-            if let reference {
-                guard let point = try time(of: reference) else { return .messages([]) }
-                let (condition, arguments) = after(point)
-                return .messages(try fetch(condition, arguments, newestFirst: true, limit: query.limit))
-            }
-            return .messages(try fetch("1", [], newestFirst: true, limit: query.limit))
-        case .before(let reference):
-            guard let point = try time(of: reference) else { return .messages([]) }
-            let (condition, arguments) = before(point)
-            return .messages(try fetch(condition, arguments, newestFirst: true, limit: query.limit))
-        case .after(let reference):
-            guard let point = try time(of: reference) else { return .messages([]) }
-            let (condition, arguments) = after(point)
-            return .messages(try fetch(condition, arguments, newestFirst: false, limit: query.limit))
-        case .around(let reference):
-            guard let point = try time(of: reference) else { return .messages([]) }
-            // A timestamp's own instant belongs to the later half (there is no message to stand
-            // for it, as there is for a msgid).
-            let earlier = before(point)
-            let later: (String, [any DatabaseValueConvertible]) = point.1 == nil ? ("time >= ?", [point.0]) : after(point)
-            // At most `limit` in all: up to half before the point, the point itself (a msgid),
-            // the rest after it.
-            var messages = try fetch(earlier.0, earlier.1, newestFirst: true, limit: query.limit / 2)
-            if messages.count < query.limit, point.1 != nil,
-               let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE rowid = ?", arguments: [point.1]),
-               let message = Self.message(from: row, ids: ids) {
-                messages.append(message)
-            }
-            messages += try fetch(later.0, later.1, newestFirst: false, limit: query.limit - messages.count)
-            return .messages(messages)
-        case .between(let first, let second):
-            guard let start = try time(of: first), let end = try time(of: second) else { return .messages([]) }
-            let ascending = start.0 <= end.0
-            let low = ascending ? start : end, high = ascending ? end : start
-            let lower = after(low), upper = before(high)
-            return .messages(try fetch("\(lower.0) AND \(upper.0)", lower.1 + upper.1, newestFirst: !ascending, limit: query.limit))
+        case .latest, .before, .after, .around, .between:
+            return .messages([])  // read above
         case .receipts(let messageIDs):
             guard case .everything(let account, _) = query.conversation, let myID = ids.accountIDs[account], !messageIDs.isEmpty else { return .messages([]) }
             let placeholders = messageIDs.map { _ in "?" }.joined(separator: ",")
@@ -608,17 +526,68 @@ public final class SQLiteChatStore: ChatStore {
                 GROUP BY target_kind, other ORDER BY latest ASC LIMIT ?
                 """, arguments: StatementArguments([myID] + scopeArguments + [from.millisecondsSince1970, to.millisecondsSince1970, query.limit]))
             return .targets(rows.compactMap { row in
-                let other: String = row["other"]
-                let key: String?
-                if other.hasPrefix("g"), let id = Int64(other.dropFirst()) {
-                    key = ids.groupKeys[id]
-                } else if other.hasPrefix("a"), let id = Int64(other.dropFirst()) {
-                    key = ids.accountKeys[id]
-                } else {
-                    key = other
-                }
+                let key = ids.party(row["other"])
                 return key.map { HistoryTarget(isGroup: (row["target_kind"] as String) == "group", key: $0, latest: Timestamp(millisecondsSince1970: row["latest"])) }
             })
+        }
+    }
+
+    /// One conversation (a WHERE clause over messages) for `ConversationReader`'s CHATHISTORY
+    /// forms; the rowid orders messages of the same millisecond.
+    struct Conversation: ConversationReader {
+        let db: Database
+        let scope: String
+        let scopeArguments: [any DatabaseValueConvertible]
+        let ids: StoredIdentities
+
+        func point(of reference: HistoryQuery.Reference) throws -> HistoryPoint? {
+            switch reference {
+            case .timestamp(let time):
+                return HistoryPoint(time: time.millisecondsSince1970, order: nil)
+            case .msgid(let id):
+                guard let row = try Row.fetchOne(db, sql: "SELECT time, rowid FROM messages WHERE id = ? AND " + scope,
+                                                 arguments: StatementArguments([id] + scopeArguments)) else { return nil }
+                return HistoryPoint(time: row["time"], order: row["rowid"])
+            }
+        }
+
+        func read(_ bounds: [HistoryBound], newestFirst: Bool, limit: Int) throws -> [StoredMessage] {
+            guard limit > 0 else { return [] }
+            var sql = "SELECT * FROM messages WHERE \(scope)"
+            var arguments = scopeArguments
+            for bound in bounds {
+                switch bound {
+                case .after(let point):
+                    if let rowid = point.order {
+                        sql += " AND (time > ? OR (time = ? AND rowid > ?))"
+                        arguments += [point.time, point.time, rowid]
+                    } else {
+                        sql += " AND time > ?"
+                        arguments.append(point.time)
+                    }
+                case .before(let point):
+                    if let rowid = point.order {
+                        sql += " AND (time < ? OR (time = ? AND rowid < ?))"
+                        arguments += [point.time, point.time, rowid]
+                    } else {
+                        sql += " AND time < ?"
+                        arguments.append(point.time)
+                    }
+                case .from(let instant):
+                    sql += " AND time >= ?"
+                    arguments.append(instant)
+                }
+            }
+            let order = newestFirst ? "DESC" : "ASC"
+            sql += " ORDER BY time \(order), rowid \(order) LIMIT ?"
+            let messages = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments + [limit]))
+                .compactMap { SQLiteChatStore.message(from: $0, ids: ids) }
+            return newestFirst ? messages.reversed() : messages
+        }
+
+        func message(at point: HistoryPoint) throws -> StoredMessage? {
+            guard let order = point.order, let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE rowid = ?", arguments: [order]) else { return nil }
+            return SQLiteChatStore.message(from: row, ids: ids)
         }
     }
 
