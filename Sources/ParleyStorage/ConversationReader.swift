@@ -19,6 +19,21 @@ public enum HistoryBound: Sendable, Hashable {
     case after(HistoryPoint)
     case before(HistoryPoint)
     case from(instant: Int64)
+
+    /// The bound as an SQL condition over the `time` column and the column that holds the
+    /// storage order, with its values in order (both backends' placeholders are `?`).
+    public func sqlCondition(orderColumn: String) -> (sql: String, values: [Int64]) {
+        switch self {
+        case .after(let point):
+            guard let order = point.order else { return ("time > ?", [point.time]) }
+            return ("(time > ? OR (time = ? AND \(orderColumn) > ?))", [point.time, point.time, order])
+        case .before(let point):
+            guard let order = point.order else { return ("time < ?", [point.time]) }
+            return ("(time < ? OR (time = ? AND \(orderColumn) < ?))", [point.time, point.time, order])
+        case .from(let instant):
+            return ("time >= ?", [instant])
+        }
+    }
 }
 
 /// One conversation in a backend, as CHATHISTORY reads it. A backend says how to find a

@@ -113,27 +113,9 @@ extension PostgresHistory {
             var sql = "SELECT * FROM messages WHERE \(scope)"
             var values = scopeValues
             for bound in bounds {
-                switch bound {
-                case .after(let point):
-                    if let position = point.order {
-                        sql += " AND (time > ? OR (time = ? AND position > ?))"
-                        values += [.int(point.time), .int(point.time), .int(position)]
-                    } else {
-                        sql += " AND time > ?"
-                        values.append(.int(point.time))
-                    }
-                case .before(let point):
-                    if let position = point.order {
-                        sql += " AND (time < ? OR (time = ? AND position < ?))"
-                        values += [.int(point.time), .int(point.time), .int(position)]
-                    } else {
-                        sql += " AND time < ?"
-                        values.append(.int(point.time))
-                    }
-                case .from(let instant):
-                    sql += " AND time >= ?"
-                    values.append(.int(instant))
-                }
+                let condition = bound.sqlCondition(orderColumn: "position")
+                sql += " AND " + condition.sql
+                values += condition.values.map { .int($0) }
             }
             let order = newestFirst ? "DESC" : "ASC"
             sql += " ORDER BY time \(order), position \(order) LIMIT ?"

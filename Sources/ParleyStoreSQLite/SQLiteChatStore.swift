@@ -556,27 +556,9 @@ public final class SQLiteChatStore: ChatStore {
             var sql = "SELECT * FROM messages WHERE \(scope)"
             var arguments = scopeArguments
             for bound in bounds {
-                switch bound {
-                case .after(let point):
-                    if let rowid = point.order {
-                        sql += " AND (time > ? OR (time = ? AND rowid > ?))"
-                        arguments += [point.time, point.time, rowid]
-                    } else {
-                        sql += " AND time > ?"
-                        arguments.append(point.time)
-                    }
-                case .before(let point):
-                    if let rowid = point.order {
-                        sql += " AND (time < ? OR (time = ? AND rowid < ?))"
-                        arguments += [point.time, point.time, rowid]
-                    } else {
-                        sql += " AND time < ?"
-                        arguments.append(point.time)
-                    }
-                case .from(let instant):
-                    sql += " AND time >= ?"
-                    arguments.append(instant)
-                }
+                let condition = bound.sqlCondition(orderColumn: "rowid")
+                sql += " AND " + condition.sql
+                arguments += condition.values as [any DatabaseValueConvertible]
             }
             let order = newestFirst ? "DESC" : "ASC"
             sql += " ORDER BY time \(order), rowid \(order) LIMIT ?"
