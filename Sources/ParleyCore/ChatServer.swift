@@ -90,6 +90,9 @@ public struct ChatServer: Sendable {
     let isupportLines: [[String]]
     /// RPL_CREATED's text (the start time formatted once).
     let createdText: String
+    /// The start of this run's guest identities (`guestIdentity(of:)`), made once: guests' stored
+    /// messages need one each.
+    let guestIdentityPrefix: String
 
     struct NickHolder: Sendable {
         var connections: [ConnectionID]
@@ -133,6 +136,7 @@ public struct ChatServer: Sendable {
             Array(tokens[$0..<min($0 + 13, tokens.count)]) + ["are supported by this server"]
         }
         self.createdText = "This server was created \(startedAt.iso8601)"
+        self.guestIdentityPrefix = "!" + String(startedAt.millisecondsSince1970, radix: 36) + "."
         restoreDeliveryState(delivery)
     }
 

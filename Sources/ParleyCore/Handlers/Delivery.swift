@@ -101,7 +101,6 @@ extension ChatServer {
         guestIdentityPrefix + String(connection.rawValue, radix: 36)
     }
 
-    private var guestIdentityPrefix: String { "!" + String(startedAt.millisecondsSince1970, radix: 36) + "." }
 
     /// The connection of this run that a guest identity belongs to, if it is still a guest's.
     func guestSession(identity: String) -> Session? {
