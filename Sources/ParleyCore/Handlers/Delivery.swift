@@ -101,7 +101,6 @@ extension ChatServer {
         guestIdentityPrefix + String(connection.rawValue, radix: 36)
     }
 
-
     /// The connection of this run that a guest identity belongs to, if it is still a guest's.
     func guestSession(identity: String) -> Session? {
         guard identity.hasPrefix(guestIdentityPrefix),
@@ -109,8 +108,6 @@ extension ChatServer {
               let session = sessions[ConnectionID(number)], session.accountKey == nil else { return nil }
         return session
     }
-
-    static func isGuestIdentity(_ key: String) -> Bool { key.hasPrefix("!") }
 
     /// Who a nick names in stored conversations now: the account or guest holding it, else the
     /// offline account of that name; nil when it names nobody.
