@@ -599,12 +599,10 @@ extension ChatServer {
             return
         }
         readMarkers[account, default: [:]][conversation] = time
-        if isGuest {
-            if isTransientChannel { transientMarkerHolders[conversation, default: []].insert(account) }
-        } else if isTransientChannel {
+        if isTransientChannel {
             // Not stored: it ends with the channel (see forgetReadMarkers(ofTransientChannel:)).
             transientMarkerHolders[conversation, default: []].insert(account)
-        } else {
+        } else if !isGuest {
             outbox.actions.append(.saveReadMarker(account: account, target: conversation, time: time))
         }
         let line = markReadLine(target: target, time: time)
