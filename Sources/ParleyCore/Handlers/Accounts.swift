@@ -234,7 +234,12 @@ extension ChatServer {
         guard let id = work.connection, let session = sessions[id] else { return }
         sessions[id]?.pendingTickets -= 1
         let network = SourceNetwork.key(forHost: session.host)
-        defer { releaseHeldCommands(id, now: now, into: &outbox) }
+        let wasRegistered = session.isRegistered
+        defer {
+            // A login after registration changes what the other nodes know of the connection.
+            if wasRegistered, isClustered { publishSession(id, into: &outbox) }
+            releaseHeldCommands(id, now: now, into: &outbox)
+        }
         switch work {
         case .passLogin(_, let key):
             var context = CommandContext(connection: id, now: now, label: nil)
@@ -419,7 +424,10 @@ extension ChatServer {
         pendingWork[ticket] = nil
         passwordWorkInFlight -= 1
         pendingAccountKeys.remove(key)
-        if case .created(let record) = result { accounts[record.key] = record }
+        if case .created(let record) = result {
+            accounts[record.key] = record
+            publishAccount(record.key, into: &outbox)
+        }
         guard let session = sessions[id] else { return }
         sessions[id]?.pendingTickets -= 1
         defer { releaseHeldCommands(id, now: now, into: &outbox) }

@@ -540,6 +540,7 @@ extension ChatServer {
                 }
                 accounts[account]?.settings = settings
                 outbox.actions.append(.saveAccountSettings(accountKey: account, settings: settings))
+                publishAccount(account, into: &outbox)
             }
             let on = settings[Self.readReceiptsSetting] != "off"
             context.replies.append(IRCMessage(
@@ -612,6 +613,15 @@ extension ChatServer {
         // Read receipts: only from clients that opted in to receipts, and only if the user
         // has not turned them off. The marker above syncs the user's devices either way.
         let disclose = session.has(.receipts) && accounts[account]?.settings[Self.readReceiptsSetting] != "off"
+        if isClustered, !isGuest {
+            outbox.clusterEvents.append(.read(account: account, conversation: conversation, time: time, disclose: disclose))
+        }
+        sendReadReceipts(account: account, conversation: conversation, time: time, disclose: disclose, &context, &outbox)
+    }
+
+    /// Receipts for the messages this node follows that `account` has now read.
+    mutating func sendReadReceipts(account: String, conversation: String, time: Timestamp, disclose: Bool,
+                                   _ context: inout CommandContext, _ outbox: inout Outbox) {
         guard let waiting = unread[account]?[conversation], !waiting.isEmpty else { return }
         var updates: [RecipientUpdate] = []
         var remaining: [String] = []
