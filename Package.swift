@@ -49,7 +49,7 @@ let package = Package(
         ),
         .target(
             name: "ParleyStorage",
-            dependencies: ["ParleyCore"]
+            dependencies: ["ParleyCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
             name: "ParleyStoreSQLite",

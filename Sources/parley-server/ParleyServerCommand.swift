@@ -84,6 +84,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "This node's name among the nodes sharing one PostgreSQL --database (default: the host name). Letters, digits and '-'.",
+        valueName: "name"))
+    var nodeName: String?
+
     func run() async throws {
         var configuration = try data.loadConfiguration()
         if !listen.isEmpty {
@@ -100,6 +105,10 @@ struct Serve: AsyncParsableCommand {
         }
         if let serverName { configuration.serverName = serverName }
         if let logLevel { configuration.logLevel = logLevel }
+        if let nodeName { configuration.nodeName = nodeName }
+        if configuration.nodeName != nil && configuration.database == nil {
+            throw ValidationError("--node-name names a node among several sharing a PostgreSQL database: give --database postgresql://... too")
+        }
         if configuration.listeners.contains(where: \.tls) && configuration.tls == nil {
             throw ValidationError(ConfigurationError.tlsListenerWithoutCertificate.description)
         }
@@ -112,13 +121,25 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "parley")
         let store = try await data.openStore(configuration, logger: logger)
+        // On PostgreSQL a server is always a node of a cluster, possibly of one: a second node
+        // started on the same database then finds it instead of silently splitting the users.
+        var cluster: PostgresClusterLink?
+        if let database = configuration.database {
+            do {
+                cluster = try await PostgresClusterLink.join(
+                    url: try PostgresDatabaseURL(parsing: database), nodeName: configuration.nodeName ?? Self.defaultNodeName(), logger: logger)
+            } catch {
+                try? await store.close()
+                throw error
+            }
+        }
         // One event loop per CPU this process may run on (taskset included): more loops than
         // CPUs only adds thread hops between connections.
         let threads = configuration.threads > 0 ? configuration.threads : availableCPUCount()
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         logger.info("event loops", metadata: ["threads": "\(threads)"])
         do {
-            let server = try await ParleyServer(configuration: configuration, store: store, group: eventLoops, logger: logger)
+            let server = try await ParleyServer(configuration: configuration, store: store, cluster: cluster, group: eventLoops, logger: logger)
             let services = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: server)],
@@ -126,12 +147,20 @@ struct Serve: AsyncParsableCommand {
                     logger: logger))
             try await services.run()
         } catch {
+            await cluster?.leave()
             try? await store.close()
             try? await eventLoops.shutdownGracefully()
             throw error
         }
         try await store.close()
         try? await eventLoops.shutdownGracefully()
+    }
+
+    /// The host name, lower-cased, with anything a node name cannot hold replaced by '-'.
+    static func defaultNodeName() -> String {
+        let host = ProcessInfo.processInfo.hostName.lowercased().split(separator: ".").first.map(String.init) ?? "node"
+        let cleaned = String(host.map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "-" }.prefix(32))
+        return PostgresClusterLink.isValidNodeName(cleaned) ? cleaned : "node"
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import IRCWire
+import NIOCore
 import Testing
 @testable import ParleyCore
 
@@ -145,5 +146,35 @@ struct ClusterTests {
         cluster.nodes[0].apply(outbox)
         #expect(cluster.nodes[0].inbox(alice).commands.contains("731"), "bob is offline for alice")
         #expect(cluster.send(0, alice, "PRIVMSG bob :are you there").contains { $0.contains("RECIPIENT_OFFLINE") })
+    }
+}
+
+@Suite("Cluster records between nodes")
+struct ClusterCodecTests {
+    @Test func everyRecordSurvivesTheTripThroughBytes() throws {
+        let snapshot = SessionSnapshot(
+            connection: ConnectionID(3 << ConnectionID.nodeShift | 77), host: "::1", isSecure: true,
+            connectedAt: Timestamp(millisecondsSince1970: 1_764_000_000_123), nick: "Zoë", username: "~z", realname: "Zoë Q",
+            accountKey: "zoë", awayMessage: "lunch", isOperator: false, isInvisible: true, capabilityBits: 0b1011,
+            channels: ["#a", "#b"], monitoredNicks: ["bob"])
+        let records: [ClusterRecord] = [
+            .hello,
+            .event(.session(snapshot)),
+            .event(.command(snapshot.connection, try IRCMessage(parsing: "@label=x JOIN #team2 key"), at: Timestamp(millisecondsSince1970: 5))),
+            .event(.closed(snapshot.connection, reason: "Quit: bye", at: Timestamp(millisecondsSince1970: 6))),
+            .event(.read(account: "bob", conversation: "#team", time: Timestamp(millisecondsSince1970: 7), disclose: true)),
+            .lines(snapshot.connection, ByteBuffer(string: ":a PRIVMSG b :hi\r\n")),
+            .close(snapshot.connection),
+        ]
+        var bytes = ByteBuffer()
+        for record in records { ClusterCodec.append(record, to: &bytes) }
+        #expect(try ClusterCodec.decode(bytes) == records)
+    }
+
+    @Test func aTruncatedPayloadIsRefusedNotMisread() {
+        var bytes = ByteBuffer()
+        ClusterCodec.append(.lines(ConnectionID(1), ByteBuffer(string: "PING x\r\n")), to: &bytes)
+        bytes.moveWriterIndex(to: bytes.writerIndex - 3)
+        #expect(throws: ClusterCodec.DecodingError.self) { try ClusterCodec.decode(bytes) }
     }
 }

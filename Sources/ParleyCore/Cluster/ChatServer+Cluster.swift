@@ -58,13 +58,21 @@ extension ChatServer {
             applyRemoteSession(snapshot, now: now, into: &outbox)
         case .command(let connection, let message, let time):
             guard !isLocal(connection), let session = sessions[connection] else { return }
+            let before = Session(snapshotOf: session)
             var silent = Outbox()
             process(message, session: session, now: time, into: &silent)
             forgetPendingWork(of: connection)
+            if let oldNick = before.nick, let newNick = sessions[connection]?.nick, oldNick.folded != newNick.folded {
+                if nickIndex[oldNick.folded] == nil { notifyMonitors(nick: oldNick, online: false, session: before, into: &outbox) }
+                notifyMonitors(nick: newNick, online: true, session: session, into: &outbox)
+            }
         case .closed(let connection, let reason, let time):
-            guard !isLocal(connection), sessions[connection] != nil else { return }
+            guard !isLocal(connection), let session = sessions[connection] else { return }
             var silent = Outbox()
             removeSession(connection, quitMessage: reason, now: time, into: &silent)
+            if let nick = session.nick, nickIndex[nick.folded] == nil {
+                notifyMonitors(nick: nick, online: false, session: session, into: &outbox)
+            }
         case .read(let account, let conversation, let time, let disclose):
             if readMarkers[account]?[conversation].map({ $0 < time }) ?? true {
                 readMarkers[account, default: [:]][conversation] = time
@@ -90,6 +98,7 @@ extension ChatServer {
         var silentContext = CommandContext(connection: id, now: now, label: nil)
         let session: Session
         let accountChanged: Bool
+        let wasOnline = nickIndex[nick.folded] != nil
         if let existing = sessions[id] {
             session = existing
             accountChanged = existing.accountKey != snapshot.accountKey
@@ -130,6 +139,7 @@ extension ChatServer {
             process(IRCMessage(command: "JOIN", parameters: [name]), session: session, now: now, into: &silent)
         }
         forgetPendingWork(of: id)
+        if !wasOnline { notifyMonitors(nick: nick, online: true, session: session, into: &outbox) }
         guard accountChanged, snapshot.accountKey != nil else { return }
         var context = CommandContext(connection: Self.nobody, now: now, label: nil)
         deliverBacklog(to: id, &context, &outbox)

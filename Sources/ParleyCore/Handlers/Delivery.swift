@@ -76,7 +76,18 @@ extension ChatServer {
     mutating func restoreDeliveryState(_ state: DeliveryState) {
         undelivered = state.undelivered
         readMarkers = state.readMarkers
-        for message in state.tracked {
+        var tracked = state.tracked
+        if let node = configuration.clusterNodeName, isClustered {
+            // In a cluster each node hands over the messages its own users sent (their ids
+            // start with its name): loading the others' too would deliver them twice.
+            let own = node + "."
+            for (account, messages) in undelivered {
+                let mine = messages.filter { $0.id.hasPrefix(own) }
+                undelivered[account] = mine.isEmpty ? nil : mine
+            }
+            tracked.removeAll { !$0.id.hasPrefix(own) }
+        }
+        for message in tracked {
             guard let author = message.senderAccount, !message.recipients.isEmpty else { continue }
             remember(message)
             for recipient in message.recipients {
