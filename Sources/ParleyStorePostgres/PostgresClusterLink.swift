@@ -139,6 +139,46 @@ public final class PostgresClusterLink: ClusterTransport {
         return live
     }
 
+    /// Sends one payload to every running node from outside the cluster (an admin command), as
+    /// node 0, and waits (up to `timeout`) until each has taken it, so that what the command
+    /// changed is in effect on every node when it returns. Returns how many nodes took it.
+    @discardableResult
+    public static func sendToLiveNodes(_ payload: ByteBuffer, url: PostgresDatabaseURL, logger: Logger,
+                                       timeout: Duration = .seconds(5)) async throws -> Int {
+        do {
+            let connection = try await connect(url: url, logger: logger, on: MultiThreadedEventLoopGroup.singleton.next(), keepalive: false)
+            do {
+                let nodes = try await liveNodes(on: connection, except: 0, logger: logger)
+                for node in nodes {
+                    try await write(payload, from: 0, to: node, on: connection, logger: logger)
+                }
+                let deadline = ContinuousClock.now + timeout
+                while ContinuousClock.now < deadline {
+                    var waiting: Int64 = 0
+                    for row in try await connection.runAsync("SELECT count(*) FROM cluster_events WHERE source = 0", logger: logger) {
+                        waiting = try row.decode(Int64.self)
+                    }
+                    if waiting == 0 { break }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                try await connection.close()
+                return nodes.count
+            } catch {
+                try? await connection.close()
+                throw error
+            }
+        } catch {
+            throw PostgresStoreError(error, url: url)
+        }
+    }
+
+    private static func write(_ payload: ByteBuffer, from source: UInt16, to node: UInt16, on connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.query("""
+            WITH sent AS (INSERT INTO cluster_events (source, target, payload) VALUES (\(Int32(source)), \(Int32(node)), \(payload)) RETURNING target)
+            SELECT pg_notify('parley_node_' || (SELECT target FROM sent LIMIT 1), '')
+            """, logger: logger)
+    }
+
     // MARK: ClusterTransport
 
     public func start(receive: @escaping @Sendable (UInt16, ByteBuffer) -> Void, peersGone: @escaping @Sendable ([UInt16]) -> Void) {
@@ -262,10 +302,7 @@ public final class PostgresClusterLink: ClusterTransport {
         for node in order {
             guard let payload = perTarget[node] else { continue }
             do {
-                try await writer.query("""
-                    WITH sent AS (INSERT INTO cluster_events (source, target, payload) VALUES (\(Int32(nodeNumber)), \(Int32(node)), \(payload)) RETURNING target)
-                    SELECT pg_notify('parley_node_' || (SELECT target FROM sent LIMIT 1), '')
-                    """, logger: logger)
+                try await Self.write(payload, from: nodeNumber, to: node, on: writer, logger: logger)
             } catch {
                 failed.append((node, payload))
             }
@@ -302,6 +339,7 @@ public final class PostgresClusterLink: ClusterTransport {
 
     /// Peers learnt of from a payload before the next liveness check (a node that has just started).
     public func notePeer(_ node: UInt16) {
+        guard node != 0, node != nodeNumber else { return }  // 0: an admin command, not a node
         _ = state.withLock { $0.peers.insert(node) }
     }
 

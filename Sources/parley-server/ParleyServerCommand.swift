@@ -54,6 +54,15 @@ struct DataOptions: ParsableArguments {
         return try SQLiteChatStore(path: path)
     }
 
+    /// On PostgreSQL, the running nodes take the new or changed account at once (a login on any
+    /// node works right away, and an old password stops working).
+    func tellRunningNodes(_ record: AccountRecord, _ configuration: ServerConfiguration) async throws {
+        guard let database = configuration.database else { return }
+        var payload = ByteBuffer()
+        ClusterCodec.append(.event(.account(record)), to: &payload)
+        try await PostgresClusterLink.sendToLiveNodes(payload, url: try PostgresDatabaseURL(parsing: database), logger: Self.quietLogger)
+    }
+
     /// The admin subcommands print their results on standard output; only problems are logged.
     static var quietLogger: Logger {
         var logger = Logger(label: "parley") { StreamLogHandler.standardError(label: $0) }
@@ -166,7 +175,7 @@ struct Serve: AsyncParsableCommand {
 
 struct Account: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage accounts in a data directory or PostgreSQL database. Run while the server is stopped, or restart it afterwards.",
+        abstract: "Manage accounts in a data directory or PostgreSQL database. On PostgreSQL running nodes learn of the change at once; with a data directory, run while the server is stopped or restart it afterwards.",
         subcommands: [Create.self, ResetPassword.self, List.self])
 
     struct Create: AsyncParsableCommand {
@@ -184,13 +193,15 @@ struct Account: AsyncParsableCommand {
             let password = try readPassword(prompt: "Password for \(name): ", minimumLength: chat.minimumPasswordLength)
             let store = try await data.openStore(configuration)
             let credential = PasswordCredential.derive(password: password, iterations: chat.passwordIterations)
+            let record = AccountRecord(name: nick.name, key: nick.folded, credential: credential, createdAt: Date(), lastSeen: nil, email: nil)
             do {
-                try await store.insertAccount(AccountRecord(name: nick.name, key: nick.folded, credential: credential, createdAt: Date(), lastSeen: nil, email: nil))
+                try await store.insertAccount(record)
             } catch StoreError.accountExists {
                 try? await store.close()
                 throw ValidationError("an account named \(name) already exists")
             }
             try await store.close()
+            try await data.tellRunningNodes(record, configuration)
             print("created account \(nick.name)")
         }
     }
@@ -206,9 +217,12 @@ struct Account: AsyncParsableCommand {
             let password = try readPassword(prompt: "New password for \(name): ", minimumLength: chat.minimumPasswordLength)
             let store = try await data.openStore(configuration)
             let credential = PasswordCredential.derive(password: password, iterations: chat.passwordIterations)
-            let updated = try await store.updateCredential(accountKey: chat.caseMapping.fold(name), credential)
+            let key = chat.caseMapping.fold(name)
+            let updated = try await store.updateCredential(accountKey: key, credential)
+            let record = updated ? try await store.loadAccounts().first { $0.key == key } : nil
             try await store.close()
             guard updated else { throw ValidationError("no account named \(name)") }
+            if let record { try await data.tellRunningNodes(record, configuration) }
             print("password changed for \(name)")
         }
     }

@@ -178,3 +178,20 @@ struct ClusterCodecTests {
         #expect(throws: ClusterCodec.DecodingError.self) { try ClusterCodec.decode(bytes) }
     }
 }
+
+extension ClusterTests {
+    @Test func anAccountRegisteredOnOneNodeLogsInOnTheOther() {
+        var cluster = ClusterHarness()
+        let dave = cluster.register(0, "dave", caps: ["draft/account-registration"])
+        #expect(cluster.send(0, dave, "REGISTER * dave-password").contains { $0.contains("REGISTER SUCCESS dave") })
+        let other = cluster.nodes[1].connect()
+        cluster.send(1, other, "PASS :dave:dave-password", "NICK dave")
+        let welcome = cluster.send(1, other, "USER d 0 * :d")
+        #expect(welcome.contains { $0.contains(" 001 dave ") }, "\(welcome)")
+        // Both sessions are one user: a message to dave reaches both.
+        let alice = cluster.register(1, "alice")
+        cluster.send(1, alice, "PRIVMSG dave :both")
+        #expect(cluster.nodes[0].inbox(dave).contains { $0.hasSuffix("PRIVMSG dave :both") })
+        #expect(cluster.nodes[1].inbox(other).contains { $0.hasSuffix("PRIVMSG dave :both") })
+    }
+}

@@ -160,6 +160,45 @@ struct ClusterProcessTests {
         try await drop()
     }
 
+    @Test func anAccountMadeAnywhereLogsInEverywhereAtOnce() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        // Created with REGISTER on n1, then logged in on n2 (and a second session kept on n1).
+        let dave = try await TestClient.registered("dave", port: n1.ports[0], caps: ["draft/account-registration"])
+        dave.send("REGISTER * dave-password")
+        try await dave.expect { $0.command == "REGISTER" && $0.parameters.first == "SUCCESS" }
+        let alice = try await TestClient.registered("alice", port: n2.ports[0], caps: Self.caps, password: "alice-password")
+        // Once n2 has heard of dave's login, it has heard of his account (n1 sent both, in order).
+        try await Self.waitUntilOnline("dave", seenBy: alice)
+        let daveOnN2 = try await TestClient.registered("dave", port: n2.ports[0], caps: Self.caps, password: "dave-password")
+        alice.send("PRIVMSG dave :to both of your sessions")
+        try await daveOnN2.expect(timeout: .seconds(10), "on n2") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }
+        try await dave.expect(timeout: .seconds(10), "on n1") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }
+
+        // Created by the admin command while the nodes run: it returns once they have it.
+        let created = try ServerProcess.run(["account", "create", "erin", "--database", cluster.database.description], input: "erin-password\n")
+        #expect(created.status == 0, "\(created.errors)")
+        let erin = try await TestClient.registered("erin", port: n2.ports[1], host: "::1", password: "erin-password")
+        // A new password takes effect on the running nodes at once; the old one stops working.
+        let reset = try ServerProcess.run(["account", "reset-password", "erin", "--database", cluster.database.description], input: "erin-new-password\n")
+        #expect(reset.status == 0, "\(reset.errors)")
+        let old = try await TestClient.connect(port: n1.ports[0])
+        old.send("PASS :erin:erin-password")
+        old.send("NICK erin")
+        old.send("USER e 0 * :e")
+        try await old.expect(numeric: "464")
+        let fresh = try await TestClient.registered("erin", port: n1.ports[0], password: "erin-new-password")
+
+        for client in [dave, alice, daveOnN2, erin, old, fresh] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+
     @Test func aNodeNameHeldByARunningNodeIsRefused() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: [])
         var cluster = cluster0

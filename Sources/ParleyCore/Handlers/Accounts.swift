@@ -430,7 +430,12 @@ extension ChatServer {
         }
         guard let session = sessions[id] else { return }
         sessions[id]?.pendingTickets -= 1
-        defer { releaseHeldCommands(id, now: now, into: &outbox) }
+        let wasRegistered = session.isRegistered
+        defer {
+            // REGISTER after registration logs the connection in: the other nodes must know.
+            if wasRegistered, isClustered { publishSession(id, into: &outbox) }
+            releaseHeldCommands(id, now: now, into: &outbox)
+        }
         if case .created = result {
             session.hasCreatedAccount = true
         } else {
