@@ -11,10 +11,19 @@ extension ChatHost {
         guard let cluster else { return }
         cluster.start(
             receive: { [weak self] source, payload in self?.receiveFromPeer(source, payload) },
-            peersGone: { [weak self] nodes in self?.peersGone(nodes) })
-        var hello = ByteBuffer()
-        ClusterCodec.append(.hello, to: &hello)
-        cluster.send(hello, to: nil)
+            peersGone: { [weak self] nodes in self?.peersGone(nodes) },
+            rejoined: { [weak self] in self?.announce(rejoin: true) })
+        announce(rejoin: false)
+    }
+
+    /// Tells every peer this node is here, with its users (none at start; all of them after
+    /// the database was lost for a while).
+    private func announce(rejoin: Bool) {
+        guard let cluster else { return }
+        var payload = ByteBuffer()
+        ClusterCodec.append(.hello(rejoin: rejoin), to: &payload)
+        for snapshot in withCore({ $0.localSessionSnapshots() }) { ClusterCodec.append(.event(.session(snapshot)), to: &payload) }
+        cluster.send(payload, to: nil)
     }
 
     func receiveFromPeer(_ source: UInt16, _ payload: ByteBuffer) {
@@ -31,10 +40,12 @@ extension ChatHost {
         var writes: [ResolvedDelivery] = []
         for record in records {
             switch record {
-            case .hello:
-                // Whatever this node knew of the sender's previous run is gone; the sender
-                // learns this node's users.
-                writes += perform { core, outbox in core.remoteNodeGone(source, now: Self.now(), into: &outbox) }
+            case .hello(let rejoin):
+                // After a restart, whatever this node knew of the sender's previous run is
+                // gone. Either way the sender learns this node's users.
+                if !rejoin {
+                    writes += perform { core, outbox in core.remoteNodeGone(source, now: Self.now(), into: &outbox) }
+                }
                 let snapshots = withCore { $0.localSessionSnapshots() }
                 var reply = ByteBuffer()
                 for snapshot in snapshots { ClusterCodec.append(.event(.session(snapshot)), to: &reply) }

@@ -10,8 +10,11 @@ public protocol ClusterTransport: Sendable {
     /// Starts delivering. `receive` gets every payload a peer sent to this node, each peer's in
     /// the order it sent them; `peersGone` the nodes that stopped (crashed, lost the database,
     /// or left), once each, at most `checkInterval` after it happened.
+    /// `rejoined` when this node is back after losing the database (the others may have taken
+    /// it for dead meanwhile).
     func start(receive: @escaping @Sendable (_ source: UInt16, _ payload: ByteBuffer) -> Void,
-               peersGone: @escaping @Sendable (_ nodes: [UInt16]) -> Void)
+               peersGone: @escaping @Sendable (_ nodes: [UInt16]) -> Void,
+               rejoined: @escaping @Sendable () -> Void)
     /// Queues a payload for one node, or for every live peer when `node` is nil, and returns at
     /// once; payloads queued one after another arrive in that order.
     func send(_ payload: ByteBuffer, to node: UInt16?)

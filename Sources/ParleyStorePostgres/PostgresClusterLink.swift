@@ -37,6 +37,10 @@ public final class PostgresClusterLink: ClusterTransport {
         var peers: Set<UInt16> = []
         var leaving = false
         var tasks: [Task<Void, Never>] = []
+        var rejoined: (@Sendable () -> Void)?
+        /// When `control` was last opened again: for a while after, a peer whose lock is
+        /// missing may just not have reconnected yet, so it is not taken for dead.
+        var reconnectedAt: ContinuousClock.Instant?
     }
     private let state: Mutex<State>
     private let writerWake: AsyncStream<Void>.Continuation
@@ -114,9 +118,15 @@ public final class PostgresClusterLink: ClusterTransport {
         }
         guard let number else { throw PostgresStoreError.server("node \(name) vanished from cluster_nodes") }
         guard number >= 1, number <= 4095 else { throw PostgresStoreError.tooManyNodeNames }
+        // A node restarted right after it was stopped or killed may find its previous run's
+        // lock still held for a moment, until the database notices that connection is gone.
         var locked = false
-        for row in try await control.runAsync("SELECT pg_try_advisory_lock(CAST(? AS INT), CAST(? AS INT))", [.int(lockClass), .int(number)], logger: logger) {
-            locked = try row.decode(Bool.self)
+        for attempt in 0..<10 {
+            if attempt > 0 { try await Task.sleep(for: .milliseconds(500)) }
+            for row in try await control.runAsync("SELECT pg_try_advisory_lock(CAST(? AS INT), CAST(? AS INT))", [.int(lockClass), .int(number)], logger: logger) {
+                locked = try row.decode(Bool.self)
+            }
+            if locked { break }
         }
         guard locked else { throw PostgresStoreError.nodeNameInUse(name) }
         try await control.runAsync("UPDATE cluster_nodes SET started_at = ? WHERE number = ?",
@@ -181,7 +191,9 @@ public final class PostgresClusterLink: ClusterTransport {
 
     // MARK: ClusterTransport
 
-    public func start(receive: @escaping @Sendable (UInt16, ByteBuffer) -> Void, peersGone: @escaping @Sendable ([UInt16]) -> Void) {
+    public func start(receive: @escaping @Sendable (UInt16, ByteBuffer) -> Void, peersGone: @escaping @Sendable ([UInt16]) -> Void,
+                      rejoined: @escaping @Sendable () -> Void) {
+        state.withLock { $0.rejoined = rejoined }
         let listener = Task { [self] in await listen() }
         let ticker = Task { [self] in
             // A missed notification costs at most a second.
@@ -269,21 +281,51 @@ public final class PostgresClusterLink: ClusterTransport {
     private func takeArrived(_ receive: @Sendable (UInt16, ByteBuffer) -> Void) async {
         let control = state.withLock { $0.control }
         do {
-            let rows = try await control.runAsync(
-                "DELETE FROM cluster_events WHERE target = ? RETURNING id, source, payload", [.int(Int64(nodeNumber))], logger: logger)
-            var arrived: [(id: Int64, source: UInt16, payload: ByteBuffer)] = []
-            for row in rows {
-                let (id, source, payload) = try row.decode((Int64, Int32, ByteBuffer).self)
-                arrived.append((id, UInt16(truncatingIfNeeded: source), payload))
+            var arrived = try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
+                let rows = try await control.runAsync(
+                    "DELETE FROM cluster_events WHERE target = ? RETURNING id, source, payload", [.int(Int64(nodeNumber))], logger: logger)
+                var arrived: [(id: Int64, source: UInt16, payload: ByteBuffer)] = []
+                for row in rows {
+                    let (id, source, payload) = try row.decode((Int64, Int32, ByteBuffer).self)
+                    arrived.append((id, UInt16(truncatingIfNeeded: source), payload))
+                }
+                return arrived
             }
             arrived.sort { $0.id < $1.id }
             for item in arrived { receive(item.source, item.payload) }
         } catch {
             logger.debug("cluster read failed", metadata: ["error": "\(String(describing: error))"])
+            if error is TimedOut { try? await control.close() }
         }
     }
 
+    struct TimedOut: Error {}
+
+    /// Runs `operation`, giving up on it after `limit`. Not a task group: a group waits for
+    /// all of its tasks, and the point is not to wait for a query that never completes.
+    static func withTimeout<Value: Sendable>(_ limit: Duration, _ operation: @escaping @Sendable () async throws -> Value) async throws -> Value {
+        let waiter = FirstAnswer<Value>()
+        return try await withCheckedThrowingContinuation { continuation in
+            waiter.set(continuation)
+            Task {
+                do { waiter.answer(.success(try await operation())) } catch { waiter.answer(.failure(error)) }
+            }
+            Task {
+                try? await Task.sleep(for: limit)
+                waiter.answer(.failure(TimedOut()))
+            }
+        }
+    }
+
+    /// Resumes a continuation with the first answer only.
+    final class FirstAnswer<Value: Sendable>: Sendable {
+        private let continuation = Mutex<CheckedContinuation<Value, any Error>?>(nil)
+        func set(_ waiting: CheckedContinuation<Value, any Error>) { continuation.withLock { $0 = waiting } }
+        func answer(_ result: Result<Value, any Error>) { continuation.withLock { $0.take() }?.resume(with: result) }
+    }
+
     private func writeQueued() async {
+        logger.trace("cluster writer woken")
         let (batch, peers, writer) = state.withLock { state -> ([(target: UInt16?, payload: ByteBuffer)], Set<UInt16>, PostgresConnection) in
             defer { state.queue.removeAll() }
             return (state.queue, state.peers, state.writer)
@@ -302,8 +344,14 @@ public final class PostgresClusterLink: ClusterTransport {
         for node in order {
             guard let payload = perTarget[node] else { continue }
             do {
-                try await Self.write(payload, from: nodeNumber, to: node, on: writer, logger: logger)
+                try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
+                    try await Self.write(payload, from: nodeNumber, to: node, on: writer, logger: logger)
+                }
             } catch {
+                logger.debug("cluster write failed", metadata: ["error": "\(String(reflecting: error))"])
+                // A query sent just as the server went away was seen never to complete: the
+                // connection is dropped and a new one opened.
+                try? await writer.close()
                 failed.append((node, payload))
             }
         }
@@ -317,11 +365,18 @@ public final class PostgresClusterLink: ClusterTransport {
 
     private func checkPeers(_ peersGone: @Sendable ([UInt16]) -> Void) async {
         let control = state.withLock { $0.control }
-        guard let live = try? await Self.liveNodes(on: control, except: nodeNumber, logger: logger) else {
+        let logger = self.logger
+        let me = nodeNumber
+        guard let live = try? await Self.withTimeout(.seconds(5), { try await Self.liveNodes(on: control, except: me, logger: logger) }) else {
+            if !control.isClosed { try? await control.close() }
             await reconnectControlIfClosed()
             return
         }
         let gone = state.withLock { state -> [UInt16] in
+            if let reconnected = state.reconnectedAt, ContinuousClock.now - reconnected < checkInterval * 3 {
+                state.peers.formUnion(live)
+                return []
+            }
             let gone = state.peers.subtracting(live).sorted()
             state.peers = live
             return gone
@@ -361,8 +416,13 @@ public final class PostgresClusterLink: ClusterTransport {
                 locked = try row.decode(Bool.self)
             }
             if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }
-            state.withLock { $0.control = fresh }
+            let rejoined = state.withLock { state in
+                state.control = fresh
+                state.reconnectedAt = .now
+                return state.rejoined
+            }
             logger.info("cluster: reconnected to the database")
+            rejoined?()
         } catch {
             logger.debug("cluster: database still unreachable", metadata: ["error": "\(String(describing: error))"])
         }

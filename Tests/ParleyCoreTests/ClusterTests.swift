@@ -158,7 +158,8 @@ struct ClusterCodecTests {
             accountKey: "zoë", awayMessage: "lunch", isOperator: false, isInvisible: true, capabilityBits: 0b1011,
             channels: ["#a", "#b"], monitoredNicks: ["bob"])
         let records: [ClusterRecord] = [
-            .hello,
+            .hello(rejoin: false),
+            .hello(rejoin: true),
             .event(.session(snapshot)),
             .event(.command(snapshot.connection, try IRCMessage(parsing: "@label=x JOIN #team2 key"), at: Timestamp(millisecondsSince1970: 5))),
             .event(.closed(snapshot.connection, reason: "Quit: bye", at: Timestamp(millisecondsSince1970: 6))),

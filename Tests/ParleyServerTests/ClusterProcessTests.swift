@@ -44,6 +44,19 @@ struct ClusterProcessTests {
         watcher.send("MONITOR - \(nick)")
     }
 
+    /// Asks WHOIS until `watcher`'s node says `nick` is logged in (330): the poll ends on the
+    /// condition, within `timeout`.
+    static func waitUntilLoggedIn(_ nick: String, seenBy watcher: TestClient, timeout: Duration = .seconds(20)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            watcher.send("WHOIS \(nick)")
+            let reply = try await watcher.lines(through: { $0.command == "318" }, "end of WHOIS")
+            if reply.contains(where: { $0.command == "330" }) { return }
+            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "\(nick) never showed as logged in") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
     @Test func usersOnThreeNodesTalkAsOnOneServer() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob", "carol"])
         var cluster = cluster0
@@ -173,7 +186,7 @@ struct ClusterProcessTests {
         try await dave.expect { $0.command == "REGISTER" && $0.parameters.first == "SUCCESS" }
         let alice = try await TestClient.registered("alice", port: n2.ports[0], caps: Self.caps, password: "alice-password")
         // Once n2 has heard of dave's login, it has heard of his account (n1 sent both, in order).
-        try await Self.waitUntilOnline("dave", seenBy: alice)
+        try await Self.waitUntilLoggedIn("dave", seenBy: alice)
         let daveOnN2 = try await TestClient.registered("dave", port: n2.ports[0], caps: Self.caps, password: "dave-password")
         alice.send("PRIVMSG dave :to both of your sessions")
         try await daveOnN2.expect(timeout: .seconds(10), "on n2") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }
@@ -197,6 +210,53 @@ struct ClusterProcessTests {
         for node in [n1, n2] { node.signal(SIGTERM) }
         for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
         try await drop()
+    }
+
+    @Test func whileTheDatabaseIsDownNodesKeepTheirUsersAndRefuseWhatNeedsIt() async throws {
+        let postgres = try await DedicatedPostgres.make()
+        try await TestPostgres.execute("CREATE DATABASE parley", on: postgres.url)
+        let url = postgres.url.with(database: "parley")
+        let (directory, config) = try PostgresServerTests.makeConfig(database: url)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        for name in ["alice", "bob"] {
+            let created = try ServerProcess.run(["account", "create", name, "--database", url.description], input: "\(name)-password\n")
+            #expect(created.status == 0, "\(created.errors)")
+        }
+        let n1 = try await ServerProcess(dataDirectory: directory, configFile: config, arguments: ["--node-name", "n1"])
+        let n2 = try await ServerProcess(dataDirectory: directory, configFile: config, arguments: ["--node-name", "n2"])
+        let caps = Self.caps + ["labeled-response"]
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: caps, password: "bob-password")
+        try await Self.waitUntilOnline("bob", seenBy: alice)
+
+        try postgres.crash()
+        alice.send("@label=down PRIVMSG bob :while the database is down")
+        let refused = try await alice.expect(timeout: .seconds(15), "the refusal") { $0.tagValue("label") == "down" }
+        #expect(refused.command == "FAIL" && refused.parameters.contains("STORAGE_FAILED"), "\(refused)")
+        alice.send("PING :still-here")
+        try await alice.expect { $0.command == "PONG" }
+        #expect(!alice.isClosed && !bob.isClosed, "connections are kept")
+
+        try postgres.restart()
+        // Recovery is the nodes' own: the first message that is stored again goes through,
+        // with its echo to alice and its line to bob on the other node.
+        var delivered = false
+        for attempt in 1...60 where !delivered {
+            alice.send("@label=try\(attempt) PRIVMSG bob :after recovery \(attempt)")
+            let reply = try await alice.expect(timeout: .seconds(15), "reply \(attempt)") { $0.tagValue("label") == "try\(attempt)" }
+            // The echo, alone or in a labeled batch with the delivery receipt.
+            if reply.command != "FAIL" {
+                delivered = true
+                try await bob.expect(timeout: .seconds(15), "the message on n2") { $0.command == "PRIVMSG" && $0.parameters.last == "after recovery \(attempt)" }
+            } else {
+                try await Task.sleep(for: .milliseconds(250))  // polling for recovery, not waiting on it
+            }
+        }
+        #expect(delivered, "storage recovered by itself: \(n1.logText.suffix(2000))")
+
+        for client in [alice, bob] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
     }
 
     @Test func aNodeNameHeldByARunningNodeIsRefused() async throws {

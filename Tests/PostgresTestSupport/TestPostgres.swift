@@ -40,6 +40,27 @@ public enum TestPostgres {
     }
 }
 
+/// A PostgreSQL server of one test's own, which the test may stop (as a crash: immediate mode)
+/// and start again, to see what the server does while its database is gone.
+public struct DedicatedPostgres: Sendable {
+    public let url: PostgresDatabaseURL
+    let start: @Sendable () throws -> Void
+    let stop: @Sendable () throws -> Void
+
+    /// A new cluster (initdb, a free port); it is removed when the test process ends.
+    public static func make() async throws -> DedicatedPostgres {
+        guard let binaries = ClusterStarter.postgresBinaries() else {
+            throw TestPostgresError(description: "this test starts a PostgreSQL server of its own: install PostgreSQL (Debian: apt-get install postgresql)")
+        }
+        return try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(with: Result { try ClusterStarter.startDedicated(binaries: binaries) }) }
+        }
+    }
+
+    public func crash() throws { try stop() }
+    public func restart() throws { try start() }
+}
+
 public struct TestPostgresError: Error, CustomStringConvertible {
     public let description: String
 }
@@ -80,7 +101,7 @@ actor ClusterStarter {
     }
 
     /// The directory holding `initdb` and `pg_ctl`: Debian's newest version, or the PATH.
-    private static func postgresBinaries() -> URL? {
+    static func postgresBinaries() -> URL? {
         let debian = URL(fileURLWithPath: "/usr/lib/postgresql")
         let versions = (try? FileManager.default.contentsOfDirectory(atPath: debian.path)) ?? []
         for version in versions.sorted(by: { (Int($0) ?? 0) > (Int($1) ?? 0) }) {
@@ -97,7 +118,11 @@ actor ClusterStarter {
     /// initdb into a temporary directory (as the postgres user when running as root: initdb
     /// refuses root), a free port on 127.0.0.1, trust authentication; a watchdog process stops
     /// the cluster and removes it once this process is gone, however it ends.
-    private static func startCluster(binaries: URL) throws -> PostgresDatabaseURL {
+    static func startCluster(binaries: URL) throws -> PostgresDatabaseURL {
+        try startDedicated(binaries: binaries).url
+    }
+
+    static func startDedicated(binaries: URL) throws -> DedicatedPostgres {
         let asRoot = geteuid() == 0
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-test-pg-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -105,7 +130,7 @@ actor ClusterStarter {
         let data = directory.appendingPathComponent("data").path
         // Output goes to a file, not a pipe: the server that pg_ctl starts would hold a pipe open.
         let output = directory.appendingPathComponent("setup.log")
-        func asOwner(_ tool: String, _ arguments: [String]) throws {
+        let asOwner: @Sendable (String, [String]) throws -> Void = { tool, arguments in
             let path = binaries.appendingPathComponent(tool).path
             if asRoot { try run("/usr/sbin/runuser", ["-u", "postgres", "--", path] + arguments, output: output) } else { try run(path, arguments, output: output) }
         }
@@ -113,15 +138,18 @@ actor ClusterStarter {
         let port = try freePort()
         // Test data need no durability: fsync off makes each CREATE DATABASE and commit cheap.
         let options = "-c listen_addresses=127.0.0.1 -p \(port) -k \(directory.path) -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        try asOwner("pg_ctl", ["-D", data, "-w", "-l", directory.appendingPathComponent("log").path, "-o", options, "start"])
+        let start: @Sendable () throws -> Void = { try asOwner("pg_ctl", ["-D", data, "-w", "-l", directory.appendingPathComponent("log").path, "-o", options, "start"]) }
+        try start()
         let stop = (asRoot ? "/usr/sbin/runuser -u postgres -- " : "") + "\(binaries.appendingPathComponent("pg_ctl").path) -D \(data) -m immediate stop"
         try spawn("/bin/sh", ["-c", "while kill -0 \(getpid()) 2>/dev/null; do sleep 1; done; \(stop); rm -rf \(directory.path)"], output: "/dev/null")
-        return PostgresDatabaseURL(host: "127.0.0.1", port: port, user: "postgres", database: "postgres")
+        return DedicatedPostgres(
+            url: PostgresDatabaseURL(host: "127.0.0.1", port: port, user: "postgres", database: "postgres"),
+            start: start, stop: { try asOwner("pg_ctl", ["-D", data, "-m", "immediate", "stop"]) })
     }
 
     /// Runs a command to its end with posix_spawn and waitpid. (Foundation's Process did not see
     /// pg_ctl's exit while the server it started lived on.)
-    private static func run(_ executable: String, _ arguments: [String], output: URL?) throws {
+    static func run(_ executable: String, _ arguments: [String], output: URL?) throws {
         let pid = try spawn(executable, arguments, output: output?.path ?? "/dev/null")
         var status: Int32 = 0
         while waitpid(pid, &status, 0) == -1 && errno == EINTR {}

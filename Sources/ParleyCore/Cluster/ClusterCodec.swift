@@ -4,8 +4,10 @@ import NIOCore
 
 /// What one node sends another, in the order it must be applied.
 public enum ClusterRecord: Sendable, Equatable {
-    /// The sender has just started: whatever the receiver knew of it is stale.
-    case hello
+    /// The sender has just started (whatever the receiver knew of it is stale), or, with
+    /// `rejoin`, is back after losing the database (what the receiver knows stands; the sender
+    /// sends its users again, since the receiver may have taken it for dead meanwhile).
+    case hello(rejoin: Bool)
     case event(ClusterEvent)
     /// Lines the sender decided for a connection of the receiver (one or more whole lines).
     case lines(ConnectionID, ByteBuffer)
@@ -25,9 +27,10 @@ public enum ClusterCodec {
 
     public static func append(_ record: ClusterRecord, to buffer: inout ByteBuffer) {
         switch record {
-        case .hello:
+        case .hello(let rejoin):
             buffer.writeInteger(Kind.hello.rawValue)
-            buffer.writeInteger(UInt32(0))
+            buffer.writeInteger(UInt32(1))
+            buffer.writeInteger(UInt8(rejoin ? 1 : 0))
         case .event(let event):
             let body = (try? JSONEncoder().encode(EventBody(event))) ?? Data()
             buffer.writeInteger(Kind.event.rawValue)
@@ -55,7 +58,7 @@ public enum ClusterCodec {
             }
             switch Kind(rawValue: kindByte) {
             case .hello:
-                records.append(.hello)
+                records.append(.hello(rejoin: body.readInteger(as: UInt8.self) == 1))
             case .event:
                 guard let decoded = try? JSONDecoder().decode(EventBody.self, from: Data(body.readableBytesView)),
                       let event = decoded.event else {
