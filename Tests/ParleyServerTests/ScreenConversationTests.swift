@@ -188,13 +188,13 @@ struct ScreenConversationTests {
         // Wide characters in the input line: the cursor stands after what was typed.
         try tmux.run(["send-keys", "-t", "ui", "-l", "漢字😀ab"])
         _ = try await tmux.waitFor("typed") { $0.last { !$0.isEmpty } == "[alice] 漢字😀ab" }
-        #expect(try tmux.cursorColumn() == 8 + 2 + 2 + 2 + 1 + 1)
+        #expect(try await tmux.cursorColumn(reaching: 8 + 2 + 2 + 2 + 1 + 1) == 8 + 2 + 2 + 2 + 1 + 1)
         try tmux.run(["send-keys", "-t", "ui", "Left", "Left", "Left"])
-        let before = try tmux.cursorColumn()
+        let before = try await tmux.cursorColumn(reaching: 8 + 2 + 2)
         #expect(before == 8 + 2 + 2, "three characters back, two of them narrow and one wide: \(before)")
         try tmux.run(["send-keys", "-t", "ui", "-l", "é"])
         _ = try await tmux.waitFor("inserted") { $0.last { !$0.isEmpty } == "[alice] 漢字é😀ab" }
-        #expect(try tmux.cursorColumn() == 8 + 2 + 2 + 1)
+        #expect(try await tmux.cursorColumn(reaching: 8 + 2 + 2 + 1) == 8 + 2 + 2 + 1)
         try tmux.run(["send-keys", "-t", "ui", "Enter"])
         _ = try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "漢字é😀ab" }
         await alice.close()

@@ -59,6 +59,18 @@ struct ScreenTests {
             Int(try run(["display-message", "-p", "-t", target, "#{cursor_x}"]).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
         }
 
+        /// The cursor's column once it has come to `expected` (keys sent a moment ago may not be
+        /// handled yet), or where it stands when `timeout` has passed.
+        func cursorColumn(reaching expected: Int, in target: String = "ui", timeout: Duration = .seconds(5)) async throws -> Int {
+            let deadline = ContinuousClock.now + timeout
+            var column = try cursorColumn(target)
+            while column != expected && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(20))
+                column = try cursorColumn(target)
+            }
+            return column
+        }
+
         /// Polls the pane: tmux has no way to announce that the screen changed.
         func waitFor(_ description: String, in target: String = "ui", timeout: Duration = .seconds(10), _ predicate: ([String]) -> Bool) async throws -> [String] {
             let deadline = ContinuousClock.now + timeout
