@@ -169,19 +169,26 @@ struct ScreenConversationTests {
         #expect(wide.count >= 16)
 
         try tmux.run(["resize-window", "-t", "ui", "-x", "40", "-y", "12"])
-        let narrow = try await tmux.waitFor("wrapped") { lines in
-            lines.count <= 13 && lines.contains { $0.contains("alice: this message") && !$0.hasSuffix(long) }
-        }
-        let start = try #require(narrow.firstIndex { $0.contains("alice: this message") })
-        let first = narrow[start]
-        let textColumn = first.distance(from: first.startIndex, to: first.range(of: "this message")!.lowerBound)
         // The rest of the text lines up under its first word, row after row.
-        var rest: [String] = []
-        for row in narrow[(start + 1)...] {
-            guard row.prefix(textColumn).allSatisfy({ $0 == " " }), row.count > textColumn else { break }
-            rest.append(String(row.dropFirst(textColumn)))
+        @Sendable func wrapped(_ screen: [String]) -> (first: String, rest: [String])? {
+            guard let start = screen.firstIndex(where: { $0.contains("alice: this message") }) else { return nil }
+            let first = screen[start]
+            let textColumn = first.distance(from: first.startIndex, to: first.range(of: "this message")!.lowerBound)
+            var rest: [String] = []
+            for row in screen[(start + 1)...] {
+                guard row.prefix(textColumn).allSatisfy({ $0 == " " }), row.count > textColumn else { break }
+                rest.append(String(row.dropFirst(textColumn)))
+            }
+            return (String(first.dropFirst(textColumn)), rest)
         }
-        #expect(([String(first.dropFirst(textColumn))] + rest).joined(separator: " ") == long, "\(narrow)")
+        // Waits for the whole redraw, not just its first rows.
+        let narrow = try await tmux.waitFor("wrapped") { lines in
+            lines.count <= 13 && lines.last { !$0.isEmpty } == "[alice]"
+                && wrapped(lines).map { ([$0.first] + $0.rest).joined(separator: " ") } == long
+        }
+        let (firstText, rest) = try #require(wrapped(narrow))
+        let first = firstText
+        #expect(([first] + rest).joined(separator: " ") == long, "\(narrow)")
         #expect(rest.count >= 1 && narrow.allSatisfy { $0.count <= 40 })
         #expect(narrow.last { !$0.isEmpty } == "[alice]", "the input line is at the new bottom: \(narrow)")
 
