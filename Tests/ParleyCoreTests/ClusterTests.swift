@@ -196,3 +196,32 @@ extension ClusterTests {
         #expect(cluster.nodes[1].inbox(other).contains { $0.hasSuffix("PRIVMSG dave :both") })
     }
 }
+
+extension ClusterTests {
+    @Test func kickTopicRenameAndAwayActAcrossNodes() {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: ["draft/channel-rename"])
+        let bob = cluster.register(1, "bob", password: "bob-password", caps: ["draft/channel-rename"])
+        cluster.send(0, alice, "JOIN #team")
+        cluster.send(0, alice, "INVITE bob #team")
+        _ = cluster.nodes[1].inbox(bob)
+
+        cluster.send(0, alice, "TOPIC #team :plans")
+        #expect(cluster.nodes[1].inbox(bob).contains { $0.hasSuffix("TOPIC #team :plans") })
+        #expect(cluster.send(1, bob, "TOPIC #team").contains { $0.hasSuffix("#team :plans") }, "bob's node knows the topic")
+
+        cluster.send(1, bob, "AWAY :at lunch")
+        #expect(cluster.send(0, alice, "WHOIS bob").contains { $0.contains(" 301 alice bob :at lunch") })
+
+        cluster.send(0, alice, "RENAME #team #crew :new name")
+        #expect(cluster.nodes[1].inbox(bob).contains { $0.contains("RENAME #team #crew") })
+        cluster.send(1, bob, "PRIVMSG #crew :still here")
+        #expect(cluster.nodes[0].inbox(alice).contains { $0.hasSuffix("PRIVMSG #crew :still here") })
+
+        cluster.send(0, alice, "KICK #crew bob :bye")
+        #expect(cluster.nodes[1].inbox(bob).contains { $0.contains("KICK #crew bob :bye") })
+        let refused = cluster.send(1, bob, "PRIVMSG #crew :let me back")
+        #expect(refused.commands == ["404"], "bob's node knows he was removed: \(refused)")
+        #expect(!cluster.nodes[0].inbox(alice).contains { $0.contains("let me back") })
+    }
+}
