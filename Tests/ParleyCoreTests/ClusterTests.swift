@@ -225,3 +225,31 @@ extension ClusterTests {
         #expect(!cluster.nodes[0].inbox(alice).contains { $0.contains("let me back") })
     }
 }
+
+extension ClusterTests {
+    @Test func oneNickTakenOnTwoNodesAtOnceEndsWithOneHolder() {
+        var cluster = ClusterHarness()
+        // Both register before either node hears of the other's user.
+        let first = cluster.nodes[0].register("zed")
+        cluster.nodes[1].advance(milliseconds: 5)
+        let second = cluster.nodes[1].register("zed")
+        cluster.settle()
+        // The first to connect keeps it; the other is renamed and told why, on its own node.
+        let renamed = cluster.nodes[1].inbox(second)
+        #expect(renamed.contains { $0.contains("NOTE NICK NICKNAME_COLLISION zed") }, "\(renamed)")
+        let nickLine = renamed.first(command: "NICK")
+        #expect(nickLine?.source?.description.hasPrefix("zed!") == true && nickLine?.parameters.first?.hasPrefix("Guest") == true)
+        #expect(cluster.nodes[0].inbox(first).isEmpty, "the holder notices nothing")
+        // Both nodes agree on who is zed and who is the guest.
+        for node in 0...1 {
+            let asker = cluster.register(node, "asker\(node)")
+            let whois = cluster.send(node, asker, "WHOIS zed")
+            #expect(whois.first?.contains(" 311 asker\(node) zed ") == true)
+            let guest = nickLine?.parameters.first ?? "?"
+            #expect(cluster.send(node, asker, "WHOIS \(guest)").first?.contains(" 311 asker\(node) \(guest) ") == true)
+            cluster.send(node, asker, "PRIVMSG zed :which one?")
+        }
+        #expect(cluster.nodes[0].inbox(first).filter { $0.contains("which one?") }.count == 2)
+        #expect(!cluster.nodes[1].inbox(second).contains { $0.contains("which one?") })
+    }
+}

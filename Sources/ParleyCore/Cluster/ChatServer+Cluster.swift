@@ -125,11 +125,30 @@ extension ChatServer {
         session.capabilities = CapabilitySet(bits: snapshot.capabilityBits)
         if snapshot.isInvisible { visibleUsers.remove(id) } else { visibleUsers.insert(id) }
         if snapshot.isOperator { operators.insert(id) } else { operators.remove(id) }
+        if needsIndex, let holder = nickIndex[nick.folded], holder.accountKey == nil || holder.accountKey != snapshot.accountKey,
+           let local = holder.connections.first(where: isLocal).flatMap({ sessions[$0] }) {
+            // Two nodes gave one nick to two people at the same moment. Both nodes settle it the
+            // same way: the one that loses renames its own user, and the other nodes follow
+            // that NICK; until then the loser is known here but does not hold the nick.
+            if Self.remoteWinsNick(local: local, remote: snapshot) {
+                yieldNick(holder.connections.filter(isLocal), to: snapshot.nick, now: now, into: &outbox)
+            } else {
+                return finishApplying(snapshot, session: session, nick: nick, wasOnline: true, accountChanged: accountChanged,
+                                      silent: &silent, silentContext: &silentContext, now: now, into: &outbox)
+            }
+        }
         if needsIndex {
             var holder = nickIndex[nick.folded] ?? NickHolder(connections: [], accountKey: snapshot.accountKey)
             if !holder.connections.contains(id) { holder.connections.append(id) }
             nickIndex[nick.folded] = holder
         }
+        finishApplying(snapshot, session: session, nick: nick, wasOnline: wasOnline, accountChanged: accountChanged,
+                       silent: &silent, silentContext: &silentContext, now: now, into: &outbox)
+    }
+
+    private mutating func finishApplying(_ snapshot: SessionSnapshot, session: Session, nick: Nickname, wasOnline: Bool, accountChanged: Bool,
+                                         silent: inout Outbox, silentContext: inout CommandContext, now: Timestamp, into outbox: inout Outbox) {
+        let id = snapshot.connection
         for watched in snapshot.monitoredNicks where !session.monitoredNicks.contains(watched) {
             session.monitoredNicks.insert(watched)
             monitorWatchers[watched, default: []].insert(id)
@@ -143,6 +162,36 @@ extension ChatServer {
         guard accountChanged, snapshot.accountKey != nil else { return }
         var context = CommandContext(connection: Self.nobody, now: now, label: nil)
         deliverBacklog(to: id, &context, &outbox)
+    }
+
+    /// Which of two people given the same nick on two nodes keeps it: an account over a guest,
+    /// else whoever connected first, else the lower node number. Every node decides the same.
+    static func remoteWinsNick(local: Session, remote: SessionSnapshot) -> Bool {
+        if (local.accountKey != nil) != (remote.accountKey != nil) { return remote.accountKey != nil }
+        if local.connectedAt != remote.connectedAt { return remote.connectedAt < local.connectedAt }
+        return remote.connection.node < local.id.node
+    }
+
+    /// This node's guests holding `nick` give it up for a free `Guest` nick, and are told why.
+    private mutating func yieldNick(_ connections: [ConnectionID], to nick: String, now: Timestamp, into outbox: inout Outbox) {
+        for id in connections {
+            guard let session = sessions[id], session.accountKey == nil else { continue }
+            var number = id.rawValue % 100_000
+            var fallback: Nickname?
+            while fallback == nil {
+                if let candidate = try? Nickname("Guest\(number)", caseMapping: configuration.caseMapping, maxLength: configuration.nickLength),
+                   nickIndex[candidate.folded] == nil, accounts[candidate.folded] == nil {
+                    fallback = candidate
+                }
+                number += 1
+            }
+            var context = CommandContext(connection: id, now: now, label: nil)
+            context.replies.append(standardLine("NOTE", "NICK", "NICKNAME_COLLISION", [nick],
+                                                "Someone on another server of this network took \(nick) at the same moment; you are now \(fallback!.name)"))
+            changeNick(of: id, to: fallback!, context: &context, outbox: &outbox)
+            finish(&context, into: &outbox)
+            outbox.clusterEvents.append(.command(id, IRCMessage(command: "NICK", parameters: [fallback!.name]), at: now))
+        }
     }
 
     /// Takes a connection out of the entry of the nick it held (before a nick or account change).

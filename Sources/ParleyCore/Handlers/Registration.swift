@@ -139,8 +139,15 @@ extension ChatServer {
         // Sessions are shared references: keep what the old nick looked like before renaming.
         let departed = whowasEntry(session, now: context.now)
         let oldSession = Session(snapshotOf: session)
-        let members = nickIndex[old.folded]?.connections ?? [connection]
-        nickIndex[old.folded] = nil
+        // The connection is in its nick's entry, except a remote one that lost a collision
+        // (ChatServer+Cluster): that entry is someone else's and stays.
+        let members: [ConnectionID]
+        if let holder = nickIndex[old.folded], holder.connections.contains(connection) {
+            members = holder.connections
+            nickIndex[old.folded] = nil
+        } else {
+            members = [connection]
+        }
         var holder = nickIndex[nick.folded] ?? NickHolder(connections: [], accountKey: session.accountKey)
         for member in members where !holder.connections.contains(member) {
             holder.connections.append(member)
