@@ -818,6 +818,7 @@ extension ChatServer {
         for member in channel.joined where member != id {
             guard let session = sessions[member], verb != "TAGMSG" || session.has(.messageTags) else { continue }
             outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member)
+            counters.deliveries &+= 1
         }
         if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) {
             context.replies.append(relayed)
