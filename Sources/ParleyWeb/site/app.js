@@ -32,6 +32,7 @@ const state = {
   open: null,            // folded name of the open conversation
   outgoing: new Map(),   // cid -> message (ours, not final yet)
   cidPrefix: Math.random().toString(36).slice(2, 10),
+  openDetails: new Set(), // msgids whose "who has it" is open
 };
 
 // MARK: conversations and messages
@@ -48,7 +49,7 @@ function conversation(name) {
   return entry;
 }
 
-function insertMessage(conv, message) {
+function insertMessage(conv, message, olderPage = null) {
   if (message.msgid && conv.ids.has(message.msgid)) {
     const existing = conv.messages.find((m) => m.msgid === message.msgid);
     // The same message from history and from the replay of what was missed: still missed.
@@ -56,9 +57,16 @@ function insertMessage(conv, message) {
     return existing;
   }
   if (message.msgid) conv.ids.add(message.msgid);
-  // Kept in time order: history arrives older than what is shown.
+  // Kept in time order: history arrives older than what is shown. A page of older history goes
+  // before everything shown, in its own order (messages of one millisecond share a time).
   let index = conv.messages.length;
-  while (index > 0 && message.time && conv.messages[index - 1].time && conv.messages[index - 1].time > message.time) index--;
+  if (olderPage) {
+    index = olderPage.insertAt ?? conv.messages.findIndex((m) => !m.system && m.time && m.time >= message.time);
+    if (index < 0) index = conv.messages.length;
+    olderPage.insertAt = index + 1;
+  } else {
+    while (index > 0 && message.time && conv.messages[index - 1].time && conv.messages[index - 1].time > message.time) index--;
+  }
   conv.messages.splice(index, 0, message);
   return message;
 }
@@ -196,10 +204,11 @@ function handle(message) {
       break;
     case "FAIL": handleFail(message, label); break;
     case "WARN": notice(params[params.length - 1]); break;
-    case "NOTE": handleNote(message); break;
+    case "NOTE": handleNote(message, label); break;
     case "BATCH": handleBatch(message, label); break;
     case "PRIVMSG": case "NOTICE": handleMessage(message, label, batch); break;
     case "RECEIPT": handleReceipt(params); break;
+    case "RECEIPTS": if (params[0] === "READ") notice(params[params.length - 1]); break;
     case "MARKREAD": handleMarkread(params); break;
     case "CHATHISTORY":
       if (params[0] === "TARGETS" && params[1] && !["NickServ", "ChanServ"].includes(params[1])) conversation(params[1]);
@@ -210,7 +219,14 @@ function handle(message) {
     case "PART": case "KICK": handleLeave(message); break;
     case "RENAME": handleRename(params); break;
     case "353": handleNames(params); break;
-    case "401": if (!(label && state.labels.get(label)?.kind === "whois")) notice(`${params[1]}: no such user`); break;
+    case "311": { const meaning = label && state.labels.get(label); if (meaning && meaning.kind === "whois") meaning.online = true; break; }
+    case "401": {
+      // An offline account's WHOIS is 401 then NOTE WHOIS LAST_SEEN, in one batch: the note says it all.
+      const meaning = label && state.labels.get(label);
+      if (!meaning || meaning.kind !== "whois") notice(`${params[1]}: no such user`);
+      else if (!batch && meaning.seen) notice(`${params[1]}: no such user`);
+      break;
+    }
     case "404": case "482": case "403": case "442": case "473": notice(params[params.length - 1]); break;
     case "341": notice(`${params[1]} was added to ${params[2]}.`); requestMembers(params[2]); break;
     case "NICK": if (nickOf(message.source) === state.nick) state.nick = params[0]; break;
@@ -324,15 +340,21 @@ function handleFail(message, label) {
   }
 }
 
-function handleNote(message) {
+function handleNote(message, label) {
   const [command, code, who, when] = message.params;
   const text = message.params[message.params.length - 1];
-  if (code === "RECIPIENT_OFFLINE" || code === "LAST_SEEN") {
+  if (code === "RECIPIENT_OFFLINE") {
     const conv = conversation(who);
     conv.online = false;
     conv.lastSeen = when;
-    if (code === "RECIPIENT_OFFLINE") addSystem(conv, `${who} is offline (last seen ${describeTime(when)}); they get it when they come back`);
-    else notice(`${who} was last online ${describeTime(when)}.`);
+    addSystem(conv, `${who} is offline (last seen ${describeTime(when)}); they get it when they come back`);
+  } else if (code === "LAST_SEEN") {
+    // A WHOIS answer: it updates a conversation that exists, and opens none (/seen only asks).
+    const conv = state.conversations.get(fold(who));
+    if (conv) { conv.online = false; conv.lastSeen = when; }
+    const meaning = label && state.labels.get(label);
+    if (meaning) meaning.answered = true;
+    notice(`${who} was last online ${describeTime(when)}.`);
   } else if (command === "INVITE" && code === "MEMBER_OFFLINE") {
     notice(text);
   } else {
@@ -361,6 +383,9 @@ function handleBatch(message, label) {
     for (const conv of state.conversations.values()) if (!conv.historyLoaded && conv.key !== state.open) loadConversation(conv, true);
   } else if (meaning && meaning.kind === "members") {
     // members arrive as ChanServ notices inside the batch
+  } else if (meaning && meaning.kind === "whois" && meaning.seen) {
+    if (meaning.online) notice(`${meaning.nick} is online now.`);
+    else if (!meaning.answered) notice(`${meaning.nick}: no such user`);
   }
 }
 
@@ -401,7 +426,8 @@ function handleMessage(message, label, batch) {
     if (conv.group && state.caps.has("parley.chat/receipts") && own.msgid) send("RECEIPTS", "STATUS", own.msgid);
     return;
   }
-  const entry = insertMessage(conv, { msgid: tags.msgid, from, target, text, time, own: mine, state: mine ? "sent" : null, readers: {}, missed });
+  const entry = insertMessage(conv, { msgid: tags.msgid, from, target, text, time, own: mine, state: mine ? "sent" : null, readers: {}, missed },
+    isHistory && meaning.older ? meaning : null);
   if (isHistory) meaning.count = (meaning.count || 0) + 1;
   if (!mine && !isHistory && entry && !isOnScreen(conv) && !(conv.marker && conv.marker >= time)) conv.unread++;
   if (mine && isHistory && entry.msgid && state.caps.has("parley.chat/receipts")) meaning.ownIds = [...(meaning.ownIds || []), entry.msgid];
@@ -528,9 +554,9 @@ function parseChanServ(text) {
 }
 let lastInfoGroup = null;
 
-// An offline account's WHOIS is 401 then NOTE WHOIS LAST_SEEN: the note says it all.
-function whois(nick) {
-  if (state.registered) sendTagged({ label: labelFor({ kind: "whois" }) }, "WHOIS", nick);
+// WHOIS, labeled; for /seen the whole answer (online, last seen, or nobody) ends its batch.
+function whois(nick, seen = false) {
+  if (state.registered) sendTagged({ label: labelFor({ kind: "whois", nick, seen }) }, "WHOIS", nick);
 }
 
 function requestMembers(group) {
@@ -553,7 +579,10 @@ function loadOlder(conv) {
   const oldest = conv.messages.find((m) => m.time && !m.system);
   if (!oldest) return;
   conv.loadingOlder = true;
-  sendTagged({ label: labelFor({ kind: "history", target: conv.name, older: true, count: 0 }) }, "CHATHISTORY", "BEFORE", conv.name, `timestamp=${oldest.time}`, String(historyPage));
+  // By msgid where known: messages of one millisecond share a timestamp, and a page that ended
+  // among them would skip the rest of that millisecond when asked "before" it.
+  const before = oldest.msgid ? `msgid=${oldest.msgid}` : `timestamp=${oldest.time}`;
+  sendTagged({ label: labelFor({ kind: "history", target: conv.name, older: true, count: 0 }) }, "CHATHISTORY", "BEFORE", conv.name, before, String(historyPage));
 }
 
 function openConversation(name) {
@@ -593,12 +622,8 @@ function run(actions) {
     else if (action.open) openConversation(action.open);
     else if (action.send) sendMessage(action.to, action.text);
     else if (action.irc) send(...action.irc);
-    else if (action.seen) {
-      conversation(action.seen);
-      whois(action.seen);
-      const conv = state.conversations.get(fold(action.seen));
-      if (conv.online) notice(`${action.seen} is online now.`);
-    } else if (action.close) {
+    else if (action.seen) whois(action.seen, true);
+    else if (action.close) {
       if (state.open === fold(action.close)) state.open = null;
       state.conversations.delete(fold(action.close));
     }
@@ -646,6 +671,8 @@ function element(tag, props = {}, ...children) {
 
 function render() {
   if ($("chat").hidden) return;
+  // The lists are drawn anew each time: a keyboard user's focus goes back to the same control.
+  const focusKey = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.focusKey : undefined;
   markReadIfOnScreen();
   const list = $("conversations");
   const convs = [...state.conversations.values()].sort((a, b) => {
@@ -656,7 +683,7 @@ function render() {
     const presence = conv.group ? "group" : conv.online ? "online" : conv.online === false ? "offline" : "";
     const label = [conv.name, presence, conv.unread ? `${conv.unread} unread` : ""].filter(Boolean).join(", ");
     return element("li", {}, element("button", {
-      type: "button", class: "conv", "aria-label": label, "aria-current": state.open === conv.key ? "true" : "false",
+      type: "button", class: "conv", "aria-label": label, "aria-current": state.open === conv.key ? "true" : "false", "data-focus-key": `conv ${conv.key}`,
       onclick: () => openConversation(conv.name),
     }, conv.group ? null : element("span", { class: `dot${conv.online ? " online" : ""}`, "aria-hidden": "true" }),
     element("span", {}, conv.name), conv.unread ? element("span", { class: "unread", "aria-hidden": "true" }, String(conv.unread)) : null));
@@ -670,6 +697,10 @@ function render() {
   $("older").hidden = !conv || conv.noOlder || !conv.messages.some((m) => m.time && !m.system);
   renderLog(conv);
   renderGroup(conv);
+  if (focusKey && document.activeElement?.dataset?.focusKey !== focusKey) {
+    const again = [...document.querySelectorAll("[data-focus-key]")].find((e) => e.dataset.focusKey === focusKey);
+    if (again) again.focus({ preventScroll: true });
+  }
 }
 
 function renderLog(conv) {
@@ -692,16 +723,20 @@ function renderLog(conv) {
     ];
     if (words) children.push(element("span", { class: `state ${stateClass}` }, words));
     if (m.own && conv.group && Object.keys(m.readers).length) {
-      children.push(element("details", {}, element("summary", {}, "who has it"),
+      children.push(element("details", {
+        open: state.openDetails.has(m.msgid),
+        ontoggle: (event) => { if (event.target.open) state.openDetails.add(m.msgid); else state.openDetails.delete(m.msgid); },
+      }, element("summary", { "data-focus-key": `who ${m.msgid}` }, "who has it"),
         element("ul", {}, ...Object.entries(m.readers).sort().map(([reader, s]) => element("li", {}, `${reader}: ${s === "pending" ? "not delivered yet" : s}`)))));
     }
     items.push(element("li", { class: m.own ? "own" : "" }, ...children));
   }
   log.replaceChildren(...items);
   if (conv.restoreScroll) {
-    // Older messages were put above: keep the one being read where it was.
+    // Older messages were put above: keep the one being read where it was, through every
+    // message of the page of history (each is drawn as it arrives), until the page has ended.
     log.scrollTop = previousTop + (log.scrollHeight - previousHeight);
-    conv.restoreScroll = false;
+    if (!conv.loadingOlder) conv.restoreScroll = false;
   } else if (nearEnd) {
     log.scrollTop = log.scrollHeight;
   }
@@ -714,7 +749,7 @@ function renderGroup(conv) {
   const owner = conv.owner && fold(conv.owner) === fold(state.nick);
   $("members").replaceChildren(...conv.members.map((m) => element("li", {},
     `${m.nick}${m.owner ? " (owner)" : ""}${m.online ? "" : " (offline)"}`,
-    owner && !m.owner ? element("button", { type: "button", "aria-label": `Remove ${m.nick}`, onclick: () => { send("KICK", conv.name, m.nick, "Removed from the group"); requestMembers(conv.name); } }, "Remove") : null)));
+    owner && !m.owner ? element("button", { type: "button", "aria-label": `Remove ${m.nick}`, "data-focus-key": `remove ${fold(m.nick)}`, onclick: () => { send("KICK", conv.name, m.nick, "Removed from the group"); requestMembers(conv.name); } }, "Remove") : null)));
   $("owner-tools").hidden = !owner;
 }
 
