@@ -534,20 +534,23 @@ function handleNames(params) {
   }
 }
 
-// ChanServ INFO: "#team: owner alice, created ..." and "Members (3): ~alice, bob, dave (offline)".
+// ChanServ INFO (docs/groups.md): "#team: owner alice, created ...", then
+// "Members (3): ~alice, bob, dave (offline)", and for a large group more lines of
+// "Members (N, continued): ...".
 function parseChanServ(text) {
   let match = text.match(/^(#\S+): owner (\S+?),/);
   if (match) { const conv = state.conversations.get(fold(match[1])); if (conv) conv.owner = match[2]; lastInfoGroup = match[1]; return; }
-  match = text.match(/^Members \(\d+\): (.*)$/);
+  match = text.match(/^Members \(\d+(, continued)?\): (.*)$/);
   if (match && lastInfoGroup) {
     const conv = state.conversations.get(fold(lastInfoGroup));
     if (!conv) return;
-    conv.members = match[1].split(", ").map((entry) => {
+    const listed = match[2].split(", ").map((entry) => {
       const offline = entry.endsWith(" (offline)");
       const name = entry.replace(" (offline)", "");
       const owner = name.startsWith("~");
       return { nick: name.replace(/^[~@+&%]+/, ""), owner, online: !offline };
     });
+    conv.members = match[1] ? [...conv.members, ...listed] : listed;
     const owner = conv.members.find((m) => m.owner);
     if (owner) conv.owner = owner.nick;
   }
