@@ -51,13 +51,13 @@ final class ServerProcess: Sendable {
 
     /// Starts `parley-server serve` on 127.0.0.1 and ::1 with kernel-chosen ports and waits
     /// until both listen (read from its log).
-    init(dataDirectory: URL, configFile: URL) async throws {
+    init(dataDirectory: URL, configFile: URL, extraArguments: [String] = []) async throws {
         process = Process()
         process.executableURL = try Self.executable()
         process.arguments = [
             "serve", "--config", configFile.path, "--data-dir", dataDirectory.path,
             "--listen", "127.0.0.1:0", "--listen", "[::1]:0", "--log-level", "info",
-        ]
+        ] + extraArguments
         let stderr = Pipe()
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice
@@ -87,6 +87,13 @@ final class ServerProcess: Sendable {
                   let colon = field.lastIndex(of: ":") else { return nil }
             return Int(field[field.index(after: colon)...])
         }
+    }
+
+    /// The metrics listener's port, from its `serving metrics` log line.
+    var metricsPort: Int? {
+        logText.split(separator: "\n").first { $0.hasSuffix("serving metrics") }
+            .flatMap { line in line.split(separator: " ").first { $0.hasPrefix("address=") } }
+            .flatMap { field in field.lastIndex(of: ":").flatMap { Int(field[field.index(after: $0)...]) } }
     }
 
     var logText: String { log.withLockedValue { $0 } }
