@@ -82,11 +82,6 @@ public final class ParleyServer: Service, Sendable {
     /// The address of the metrics listener (`metrics.listen` set to an address), once bound.
     public var metricsAddress: SocketAddress? { boundMetricsAddress.withLockedValue { $0 } }
 
-    /// The metrics as served at `/metrics` (Prometheus text format).
-    public func metricsExposition() -> String {
-        String(decoding: host.metricsExposition(), as: UTF8.self)
-    }
-
     /// Waits until every listener is bound (or binding failed).
     public func waitUntilListening() async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in

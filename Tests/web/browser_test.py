@@ -303,7 +303,12 @@ async def scenario(server, browser, screenshot):
     assert await browser.js("document.querySelector('label[for=account]').textContent === 'Account'")
     assert await browser.js("document.querySelector('label[for=password]').textContent === 'Password'")
     assert await browser.js("!![...document.querySelectorAll('button')].find(b => b.textContent === 'Log in')")
-    passed("the login form has Account, Password, Log in and Create account")
+    stops = [s["name"] for s in await tab_through(browser)]
+    if "input:account" in stops:  # a cycle: read it from the first field
+        stops = stops[stops.index("input:account"):] + stops[:stops.index("input:account")]
+    assert stops == ["input:account", "input:password", "button:log-in", "button:create-account"], f"the login form's Tab order: {stops}"
+    await assert_fits_320(browser)
+    passed("the login form has Account, Password, Log in and Create account, in Tab order, at 320 px too")
 
     bob = IRC(server.irc_port)
     await bob.connect("bob", "bob-password-1", create=True)
@@ -311,9 +316,9 @@ async def scenario(server, browser, screenshot):
     # A wrong password is refused with a reason.
     await browser.fill("Account", "bob")
     await browser.fill("Password", "not-his-password")
-    await browser.click("Log in")
+    await browser.press("Enter", "Enter", 13)
     await browser.wait("document.getElementById('login-status').textContent.startsWith('Login failed')", "a refused login")
-    passed("a wrong password is refused on the login form")
+    passed("a wrong password (sent with Enter) is refused on the login form")
 
     await browser.fill("Account", "alice")
     await browser.fill("Password", "alice-password-1")
@@ -509,13 +514,7 @@ async def scenario(server, browser, screenshot):
 
     # Readable at 320 px: nothing wider than the screen, a group with the owner's tools included.
     await browser.click_starting("#pals")
-    await browser.call("Emulation.setDeviceMetricsOverride", width=320, height=640, deviceScaleFactor=1, mobile=True)
-    await browser.wait("document.documentElement.scrollWidth <= 320", "a 320 px wide layout")
-    overflowing = await browser.js("""[...document.querySelectorAll('body *')].filter(e => e.offsetParent !== null)
-        .filter(e => { const r = e.getBoundingClientRect(); return r.width > 0 && (r.left < -1 || r.right > 321); })
-        .map(e => e.id || e.tagName + '.' + e.className)""")
-    assert not overflowing, f"wider than 320 px: {overflowing}"
-    await browser.call("Emulation.clearDeviceMetricsOverride")
+    await assert_fits_320(browser)
     passed("fits a 320 px wide screen, with a group and the owner's tools")
 
     if screenshot:
@@ -555,6 +554,17 @@ def conversation_names():
 
 def tag(line, key):
     return [t for t in line[1:].split(" ")[0].split(";") if t.startswith(key + "=")][0][len(key) + 1:]
+
+
+async def assert_fits_320(browser):
+    """At 320 px wide: no horizontal scroll, and nothing drawn past either edge."""
+    await browser.call("Emulation.setDeviceMetricsOverride", width=320, height=640, deviceScaleFactor=1, mobile=True)
+    await browser.wait("document.documentElement.scrollWidth <= 320", "a 320 px wide layout")
+    overflowing = await browser.js("""[...document.querySelectorAll('body *')].filter(e => e.offsetParent !== null)
+        .filter(e => { const r = e.getBoundingClientRect(); return r.width > 0 && (r.left < -1 || r.right > 321); })
+        .map(e => e.id || e.tagName + '.' + e.className)""")
+    await browser.call("Emulation.clearDeviceMetricsOverride")
+    assert not overflowing, f"wider than 320 px: {overflowing}"
 
 
 async def focused(browser):
