@@ -51,7 +51,7 @@ let package = Package(
         ),
         .target(
             name: "ParleyStorage",
-            dependencies: ["ParleyCore"]
+            dependencies: ["ParleyCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
             name: "ParleyStoreSQLite",

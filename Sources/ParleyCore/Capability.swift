@@ -55,6 +55,9 @@ public struct CapabilitySet: Sendable, Hashable {
 
     public init() {}
 
+    /// A set as another node sent it (`bits`).
+    public init(bits: UInt64) { self.bits = bits }
+
     public init(_ capabilities: [Capability]) {
         for capability in capabilities { insert(capability) }
     }

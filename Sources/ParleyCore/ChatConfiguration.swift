@@ -94,6 +94,11 @@ public struct ChatConfiguration: Sendable {
     /// Users one `WHO` by mask looks at before it stops (with `NOTE WHO TRUNCATED`).
     public var maxWhoScanned = 10_000
     public var version = "parley-0.1"
+    /// This node's number in a cluster (1...4095; the top bits of its connection ids), or 0 when
+    /// the server runs alone.
+    public var clusterNode: UInt16 = 0
+    /// This node's name in a cluster (part of its message ids, so that nodes never collide).
+    public var clusterNodeName: String?
 
     public init() {}
 

@@ -123,7 +123,7 @@ public struct ChatServer: Sendable {
     public init(configuration: ChatConfiguration, accounts: [AccountRecord], groups: [GroupRecord] = [], delivery: DeliveryState = DeliveryState(), startedAt: Timestamp) {
         self.configuration = configuration
         self.startedAt = startedAt
-        self.messageIDs = MessageIDGenerator(startedAt: startedAt)
+        self.messageIDs = MessageIDGenerator(startedAt: startedAt, node: configuration.clusterNodeName)
         self.loginAttemptsPerAccount = AttemptCounter(limit: configuration.loginFailuresAllowed, windowMilliseconds: configuration.loginFailureWindowMilliseconds)
         self.loginAttemptsPerNetwork = AttemptCounter(limit: configuration.loginFailuresPerNetworkAllowed, windowMilliseconds: configuration.loginFailureWindowMilliseconds)
         self.registrationsPerNetwork = AttemptCounter(limit: configuration.accountRegistrationsPerNetworkAllowed, windowMilliseconds: configuration.accountRegistrationWindowMilliseconds)
@@ -204,6 +204,7 @@ public struct ChatServer: Sendable {
         } catch {
             render(error, in: &context)
         }
+        if isClustered { publishCommand(message, verb: verb, session: session, now: now, into: &outbox) }
         if !context.pendingStores.isEmpty {
             finishDurably(&context, into: &outbox)
         } else if session.storesInFlight > 0 {
@@ -287,7 +288,7 @@ public struct ChatServer: Sendable {
     /// Periodic housekeeping: PINGs to quiet clients, and timeouts.
     public mutating func tick(now: Timestamp, into outbox: inout Outbox) {
         var timedOut: [(ConnectionID, String)] = []
-        for (id, session) in sessions {
+        for (id, session) in sessions where isLocal(id) {
             if !session.isRegistered, now.milliseconds(since: session.connectedAt) > configuration.registrationTimeoutMilliseconds {
                 timedOut.append((id, "Registration timed out"))
             } else if let pingSent = session.pingSentAt {
@@ -308,13 +309,16 @@ public struct ChatServer: Sendable {
 
     /// Tells every client the server is going away and closes them all.
     public mutating func shutdown(reason: String, now: Timestamp, into outbox: inout Outbox) {
-        for id in sessions.keys.sorted() {
+        for id in sessions.keys.sorted() where isLocal(id) {
             disconnect(id, reason: reason, now: now, into: &outbox)
         }
     }
 
     mutating func removeSession(_ connection: ConnectionID, quitMessage: String, now: Timestamp, into outbox: inout Outbox) {
         guard let session = sessions[connection] else { return }
+        if isClustered, isLocal(connection), session.isRegistered {
+            outbox.clusterEvents.append(.closed(connection, reason: quitMessage, at: now))
+        }
         leaveChannelsOnQuit(session, reason: quitMessage, into: &outbox)
         sessions[connection] = nil
         if session.accountKey == nil { readMarkers[guestIdentity(of: connection)] = nil }

@@ -25,6 +25,8 @@ public struct Outbox: Sendable {
     /// Lines per connection, in order; one delivery may hold several lines.
     public var deliveries: [Delivery] = []
     public var actions: [CoreAction] = []
+    /// What the other nodes of a cluster must learn (always empty when the server runs alone).
+    public var clusterEvents: [ClusterEvent] = []
     /// Whether the last delivery's buffer belongs to it alone, so more lines for the same
     /// connection can be appended to it (a reply burst becomes one buffer, not one per line).
     private var lastLineIsPrivate = false
@@ -34,11 +36,12 @@ public struct Outbox: Sendable {
 
     public init() {}
 
-    public var isEmpty: Bool { deliveries.isEmpty && actions.isEmpty }
+    public var isEmpty: Bool { deliveries.isEmpty && actions.isEmpty && clusterEvents.isEmpty }
 
     public mutating func removeAll() {
         deliveries.removeAll(keepingCapacity: true)
         actions.removeAll(keepingCapacity: true)
+        clusterEvents.removeAll()
         lastLineIsPrivate = false
     }
 

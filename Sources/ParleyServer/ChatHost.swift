@@ -18,7 +18,7 @@ import ParleyStorage
 final class ChatHost: Sendable {
     struct State: Sendable {
         var core: ChatServer
-        var connections = ConnectionTable()
+        var connections: ConnectionTable
         var connectionsPerAddress: [String: Int] = [:]
         var isShuttingDown = false
         /// Emptied after each call; kept so its arrays keep their capacity.
@@ -42,11 +42,15 @@ final class ChatHost: Sendable {
     let logger: Logger
     let threadPool: NIOThreadPool
     let storageWriter: StorageWriter
+    /// The other nodes, when this server is one node of several.
+    let cluster: (any ClusterTransport)?
     let metrics: ServerMetrics
     private let backgroundWork = NIOLockedValueBox<Int>(0)
 
-    init(core: ChatServer, configuration: ServerConfiguration, store: any ChatStore, threadPool: NIOThreadPool, metrics: ServerMetrics, logger: Logger) {
-        self.state = NIOLockedValueBox(State(core: core))
+    init(core: ChatServer, configuration: ServerConfiguration, store: any ChatStore, cluster: (any ClusterTransport)? = nil,
+         threadPool: NIOThreadPool, metrics: ServerMetrics, logger: Logger) {
+        self.state = NIOLockedValueBox(State(core: core, connections: ConnectionTable(node: core.configuration.clusterNode)))
+        self.cluster = cluster
         self.configuration = configuration
         self.store = store
         self.threadPool = threadPool
@@ -160,9 +164,31 @@ final class ChatHost: Sendable {
             body(&state.core, &state.outbox)
             defer { state.outbox.removeAll() }
             guard !state.outbox.isEmpty else { return }
+            // Lines for other nodes' connections, by node, in order.
+            var remote: [UInt16: ByteBuffer] = [:]
             for delivery in state.outbox.deliveries {
-                guard let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) else { continue }
+                guard let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) else {
+                    if cluster != nil, !state.core.isLocal(delivery.connection) {
+                        ClusterCodec.append(.lines(delivery.connection, delivery.line), to: &remote[delivery.connection.node, default: ByteBuffer()])
+                    }
+                    continue
+                }
                 resolved.append(resolvedDelivery)
+            }
+            if let cluster {
+                // Sent while the lock is held: the order of the domain's decisions is the order
+                // in which the other nodes see them.
+                if !state.outbox.clusterEvents.isEmpty {
+                    var events = ByteBuffer()
+                    for event in state.outbox.clusterEvents { ClusterCodec.append(.event(event), to: &events) }
+                    cluster.send(events, to: nil)
+                }
+                for action in state.outbox.actions {
+                    if case .close(let id) = action, !state.core.isLocal(id) {
+                        ClusterCodec.append(.close(id), to: &remote[id.node, default: ByteBuffer()])
+                    }
+                }
+                for (node, payload) in remote { cluster.send(payload, to: node) }
             }
             guard !state.outbox.actions.isEmpty else { return }
             var writes: [CoreAction] = []
@@ -183,6 +209,16 @@ final class ChatHost: Sendable {
             if !writes.isEmpty { storageWriter.enqueue(writes, hold: &storageHold, holding: holding) }
         }
         for (action, requester) in actions { start(action, requester: requester) }
+    }
+
+    /// Reads the domain under the lock.
+    func withCore<Result>(_ body: (ChatServer) -> Result) -> Result {
+        state.withLockedValue { body($0.core) }
+    }
+
+    /// A write to one of this node's connections, resolved to its channel.
+    func resolve(_ connection: ConnectionID, line: ByteBuffer?, closeAfter: Bool) -> ResolvedDelivery? {
+        state.withLockedValue { $0.connections.delivery(to: connection, line: line, closeAfter: closeAfter) }
     }
 
     private func forget(_ id: ConnectionID, in state: inout State) {

@@ -21,6 +21,12 @@ struct ConnectionTable: Sendable {
     private var freeSlots: [Int] = []
     private var serial: UInt64 = 0
     private(set) var count = 0
+    /// This node's number in the id's top bits (0 when the server runs alone).
+    private let nodeBits: UInt64
+
+    init(node: UInt16 = 0) {
+        nodeBits = UInt64(node) << ConnectionID.nodeShift
+    }
 
     static func slot(of id: ConnectionID) -> Int { Int(id.rawValue & slotMask) }
 
@@ -36,7 +42,7 @@ struct ConnectionTable: Sendable {
             addresses.append("")
         }
         serial += 1
-        let id = ConnectionID(serial << Self.slotBits | UInt64(slot))
+        let id = ConnectionID(nodeBits | serial << Self.slotBits | UInt64(slot))
         ids[slot] = id.rawValue
         channels[slot] = channel
         loops[slot] = ObjectIdentifier(channel.eventLoop)

@@ -32,9 +32,10 @@ public final class ParleyServer: Service, Sendable {
 
     /// - Parameters:
     ///   - store: where accounts and messages live; it is loaded here and not closed by the server.
+    ///   - cluster: the other nodes sharing `store`, when this server is one node of several.
     ///   - metricsRegistry: where the server's metrics are kept (one per server: see `ServerMetrics`).
     public init(
-        configuration: ServerConfiguration, store: any ChatStore,
+        configuration: ServerConfiguration, store: any ChatStore, cluster: (any ClusterTransport)? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
         logger: Logger
@@ -45,12 +46,16 @@ public final class ParleyServer: Service, Sendable {
         self.metricsExposure = try configuration.metricsExposure()
         var chat = try configuration.chatConfiguration()
         chat.version = "parley-0.1"
+        if let cluster {
+            chat.clusterNode = cluster.nodeNumber
+            chat.clusterNodeName = cluster.nodeName
+        }
         let accounts = try await store.loadAccounts()
         let groups = try await store.loadGroups()
         let delivery = try await store.loadDeliveryState(
             since: ChatHost.now().adding(milliseconds: -chat.historyRetentionMilliseconds), maxTrackedRecipients: chat.maxTrackedRecipients)
         let core = ChatServer(configuration: chat, accounts: accounts, groups: groups, delivery: delivery, startedAt: ChatHost.now())
-        self.host = ChatHost(core: core, configuration: configuration, store: store, threadPool: NIOThreadPool.singleton,
+        self.host = ChatHost(core: core, configuration: configuration, store: store, cluster: cluster, threadPool: NIOThreadPool.singleton,
                              metrics: ServerMetrics(registry: metricsRegistry), logger: logger)
         if configuration.listeners.contains(where: \.tls) {
             guard let settings = configuration.tls else { throw ConfigurationError.tlsListenerWithoutCertificate }
@@ -126,6 +131,7 @@ public final class ParleyServer: Service, Sendable {
             signalReadiness(.failure(error))
             throw error
         }
+        host.joinCluster()
         signalReadiness(.success(()))
 
         let host = self.host
@@ -150,6 +156,7 @@ public final class ParleyServer: Service, Sendable {
         // The storage thread finishes what it was handed (even past the deadline: nothing
         // accepted is dropped), then ends, before the caller closes the store.
         await host.storageWriter.stop()
+        await host.cluster?.leave()
         logger.info("stopped", metadata: ["unfinished": "\(host.backgroundWorkInFlight)"])
     }
 

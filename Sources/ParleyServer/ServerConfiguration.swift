@@ -13,6 +13,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     /// A PostgreSQL database shared by nodes (`postgresql://USER[:PASSWORD]@HOST[:PORT]/DB`);
     /// nil keeps the embedded SQLite store in `dataDirectory`.
     public var database: String?
+    /// This node's name among the nodes sharing `database` (default: the host name).
+    public var nodeName: String?
     /// IRC on 6667 and the web client (with IRCv3 WebSocket at `/irc`) on 8080, every address.
     public var listeners: [Listener] = [
         Listener(address: "0.0.0.0", port: 6667), Listener(address: "::", port: 6667),
@@ -33,7 +35,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case serverName, networkName, motd, dataDirectory, database, listeners, tls, limits, accounts, operators, history, logLevel, threads
+        case serverName, networkName, motd, dataDirectory, database, nodeName, listeners, tls, limits, accounts, operators, history, logLevel, threads
         case web, metrics
     }
 
@@ -45,6 +47,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         motd = try container.decode(.motd, default: defaults.motd)
         dataDirectory = try container.decode(.dataDirectory, default: defaults.dataDirectory)
         database = try container.decodeIfPresent(String.self, forKey: .database)
+        nodeName = try container.decodeIfPresent(String.self, forKey: .nodeName)
         listeners = try container.decode(.listeners, default: defaults.listeners)
         tls = try container.decodeIfPresent(TLSSettings.self, forKey: .tls)
         limits = try container.decode(.limits, default: defaults.limits)

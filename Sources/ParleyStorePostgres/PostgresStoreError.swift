@@ -10,6 +10,10 @@ public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertib
     case missingDatabase(url: String)
     /// The database was migrated by a newer Parley: this binary does not know its tables.
     case schemaTooNew(found: Int, supported: Int)
+    /// Another running node holds this node name.
+    case nodeNameInUse(String)
+    case invalidNodeName(String)
+    case tooManyNodeNames
     case server(String)
 
     public var description: String {
@@ -24,6 +28,12 @@ public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertib
             "the PostgreSQL database of \(url) does not exist (create it first, e.g. createdb)"
         case .schemaTooNew(let found, let supported):
             "the database's schema is version \(found), newer than this parley-server understands (\(supported)); upgrade parley-server"
+        case .nodeNameInUse(let name):
+            "node name \(name) is held by a running node; give this node another --node-name"
+        case .invalidNodeName(let name):
+            "invalid node name \"\(name)\": use 1 to 32 lower-case letters, digits and '-', starting with a letter or digit"
+        case .tooManyNodeNames:
+            "this database has seen 4095 node names, the most a cluster can number; reuse an old node name"
         case .server(let message):
             "PostgreSQL: \(message)"
         }

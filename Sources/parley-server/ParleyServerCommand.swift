@@ -56,6 +56,15 @@ struct DataOptions: ParsableArguments {
         return try SQLiteChatStore(path: path)
     }
 
+    /// On PostgreSQL, the running nodes take the new or changed account at once (a login on any
+    /// node works right away, and an old password stops working).
+    func tellRunningNodes(_ record: AccountRecord, _ configuration: ServerConfiguration) async throws {
+        guard let database = configuration.database else { return }
+        var payload = ByteBuffer()
+        ClusterCodec.append(.event(.account(record)), to: &payload)
+        try await PostgresClusterLink.sendToLiveNodes(payload, url: try PostgresDatabaseURL(parsing: database), logger: Self.quietLogger)
+    }
+
     /// The admin subcommands print their results on standard output; only problems are logged.
     static var quietLogger: Logger {
         var logger = Logger(label: "parley") { StreamLogHandler.standardError(label: $0) }
@@ -91,6 +100,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "This node's name among the nodes sharing one PostgreSQL --database (default: the host name). Letters, digits and '-'.",
+        valueName: "name"))
+    var nodeName: String?
+
     func run() async throws {
         var configuration = try data.loadConfiguration()
         if !listen.isEmpty {
@@ -108,6 +122,10 @@ struct Serve: AsyncParsableCommand {
         if let serverName { configuration.serverName = serverName }
         if let logLevel { configuration.logLevel = logLevel }
         if let metricsListen { configuration.metrics.listen = metricsListen }
+        if let nodeName { configuration.nodeName = nodeName }
+        if configuration.nodeName != nil && configuration.database == nil {
+            throw ValidationError("--node-name names a node among several sharing a PostgreSQL database: give --database postgresql://... too")
+        }
         if configuration.listeners.contains(where: \.tls) && configuration.tls == nil {
             throw ValidationError(ConfigurationError.tlsListenerWithoutCertificate.description)
         }
@@ -127,13 +145,25 @@ struct Serve: AsyncParsableCommand {
         let metricsRegistry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metricsRegistry))
         let store = try await data.openStore(configuration, logger: logger)
+        // On PostgreSQL a server is always a node of a cluster, possibly of one: a second node
+        // started on the same database then finds it instead of silently splitting the users.
+        var cluster: PostgresClusterLink?
+        if let database = configuration.database {
+            do {
+                cluster = try await PostgresClusterLink.join(
+                    url: try PostgresDatabaseURL(parsing: database), nodeName: configuration.nodeName ?? Self.defaultNodeName(), logger: logger)
+            } catch {
+                try? await store.close()
+                throw error
+            }
+        }
         // One event loop per CPU this process may run on (taskset included): more loops than
         // CPUs only adds thread hops between connections.
         let threads = configuration.threads > 0 ? configuration.threads : availableCPUCount()
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         logger.info("event loops", metadata: ["threads": "\(threads)"])
         do {
-            let server = try await ParleyServer(configuration: configuration, store: store, group: eventLoops,
+            let server = try await ParleyServer(configuration: configuration, store: store, cluster: cluster, group: eventLoops,
                                                 metricsRegistry: metricsRegistry, logger: logger)
             let services = ServiceGroup(
                 configuration: .init(
@@ -142,6 +172,7 @@ struct Serve: AsyncParsableCommand {
                     logger: logger))
             try await services.run()
         } catch {
+            await cluster?.leave()
             try? await store.close()
             try? await eventLoops.shutdownGracefully()
             throw error
@@ -149,11 +180,18 @@ struct Serve: AsyncParsableCommand {
         try await store.close()
         try? await eventLoops.shutdownGracefully()
     }
+
+    /// The host name, lower-cased, with anything a node name cannot hold replaced by '-'.
+    static func defaultNodeName() -> String {
+        let host = ProcessInfo.processInfo.hostName.lowercased().split(separator: ".").first.map(String.init) ?? "node"
+        let cleaned = String(host.map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "-" }.prefix(32))
+        return PostgresClusterLink.isValidNodeName(cleaned) ? cleaned : "node"
+    }
 }
 
 struct Account: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage accounts in a data directory or PostgreSQL database. Run while the server is stopped, or restart it afterwards.",
+        abstract: "Manage accounts in a data directory or PostgreSQL database. On PostgreSQL running nodes learn of the change at once; with a data directory, run while the server is stopped or restart it afterwards.",
         subcommands: [Create.self, ResetPassword.self, List.self])
 
     struct Create: AsyncParsableCommand {
@@ -171,13 +209,15 @@ struct Account: AsyncParsableCommand {
             let password = try readPassword(prompt: "Password for \(name): ", minimumLength: chat.minimumPasswordLength)
             let store = try await data.openStore(configuration)
             let credential = PasswordCredential.derive(password: password, iterations: chat.passwordIterations)
+            let record = AccountRecord(name: nick.name, key: nick.folded, credential: credential, createdAt: Date(), lastSeen: nil, email: nil)
             do {
-                try await store.insertAccount(AccountRecord(name: nick.name, key: nick.folded, credential: credential, createdAt: Date(), lastSeen: nil, email: nil))
+                try await store.insertAccount(record)
             } catch StoreError.accountExists {
                 try? await store.close()
                 throw ValidationError("an account named \(name) already exists")
             }
             try await store.close()
+            try await data.tellRunningNodes(record, configuration)
             print("created account \(nick.name)")
         }
     }
@@ -193,9 +233,12 @@ struct Account: AsyncParsableCommand {
             let password = try readPassword(prompt: "New password for \(name): ", minimumLength: chat.minimumPasswordLength)
             let store = try await data.openStore(configuration)
             let credential = PasswordCredential.derive(password: password, iterations: chat.passwordIterations)
-            let updated = try await store.updateCredential(accountKey: chat.caseMapping.fold(name), credential)
+            let key = chat.caseMapping.fold(name)
+            let updated = try await store.updateCredential(accountKey: key, credential)
+            let record = updated ? try await store.loadAccounts().first { $0.key == key } : nil
             try await store.close()
             guard updated else { throw ValidationError("no account named \(name)") }
+            if let record { try await data.tellRunningNodes(record, configuration) }
             print("password changed for \(name)")
         }
     }

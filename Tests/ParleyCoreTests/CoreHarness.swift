@@ -28,6 +28,11 @@ struct CoreHarness {
     var defersPasswordChecks = false
     private(set) var deferredChecks: [(ticket: UInt64, succeeded: Bool)] = []
     private var nextConnection: UInt64 = 1
+    /// What this node published for the other nodes of a cluster, and the lines it wrote for
+    /// their connections (`ClusterHarness` carries both across).
+    var published: [ClusterEvent] = []
+    var forwarded: [Outbox.Delivery] = []
+    var closedRemotely: [ConnectionID] = []
 
     init(configure: (inout ChatConfiguration) -> Void = { _ in }, accounts: [(String, String)] = []) {
         var configuration = ChatConfiguration()
@@ -43,7 +48,7 @@ struct CoreHarness {
     }
 
     mutating func connect(host: String = "127.0.0.1", secure: Bool = false) -> ConnectionID {
-        let id = ConnectionID(nextConnection)
+        let id = ConnectionID(UInt64(server.configuration.clusterNode) << ConnectionID.nodeShift | nextConnection)
         nextConnection += 1
         server.connectionOpened(id, host: host, isSecure: secure, now: now)
         return id
@@ -122,7 +127,12 @@ struct CoreHarness {
     }
 
     mutating func apply(_ outbox: Outbox) {
+        published.append(contentsOf: outbox.clusterEvents)
         for delivery in outbox.deliveries {
+            guard server.isLocal(delivery.connection) else {
+                forwarded.append(delivery)
+                continue
+            }
             // A delivery holds one or more whole lines.
             let bytes = Array(delivery.line.readableBytesView)
             precondition(bytes.suffix(2) == [13, 10], "every line ends in CR LF")
@@ -133,6 +143,8 @@ struct CoreHarness {
         for action in outbox.actions {
             var next = Outbox()
             switch action {
+            case .close(let id) where !server.isLocal(id):
+                closedRemotely.append(id)
             case .close(let id):
                 closed.insert(id)
             case .checkPassword(let ticket, let credential, let password) where defersPasswordChecks:

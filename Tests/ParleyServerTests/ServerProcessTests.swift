@@ -198,7 +198,7 @@ struct ServerProcessTests {
         #expect(refused.errors.contains("invalid metrics listener everywhere: use web, off, ADDRESS:PORT"), "\(refused.errors)")
         #expect(!refused.errors.contains("Fatal error"))
 
-        let server = try await ServerProcess(dataDirectory: directory, configFile: config, extraArguments: ["--metrics-listen", "127.0.0.1:0"])
+        let server = try await ServerProcess(dataDirectory: directory, configFile: config, arguments: ["--metrics-listen", "127.0.0.1:0"])
         let client = try await TestClient.registered("counted", port: server.ports[0])
         let port = try #require(server.metricsPort, "no metrics listener in the log:\n\(server.logText)")
         let answer = try await HTTPFetch.get("/metrics", port: port)

@@ -240,7 +240,12 @@ extension ChatServer {
         guard let id = work.connection, let session = sessions[id] else { return }
         sessions[id]?.pendingTickets -= 1
         let network = SourceNetwork.key(forHost: session.host)
-        defer { releaseHeldCommands(id, now: now, into: &outbox) }
+        let wasRegistered = session.isRegistered
+        defer {
+            // A login after registration changes what the other nodes know of the connection.
+            if wasRegistered, isClustered { publishSession(id, into: &outbox) }
+            releaseHeldCommands(id, now: now, into: &outbox)
+        }
         switch work {
         case .passLogin(_, let key):
             var context = CommandContext(connection: id, now: now, label: nil)
@@ -432,10 +437,16 @@ extension ChatServer {
         if case .created(let record) = result {
             accounts[record.key] = record
             counters.accountRegistrations &+= 1
+            publishAccount(record.key, into: &outbox)
         }
         guard let session = sessions[id] else { return }
         sessions[id]?.pendingTickets -= 1
-        defer { releaseHeldCommands(id, now: now, into: &outbox) }
+        let wasRegistered = session.isRegistered
+        defer {
+            // REGISTER after registration logs the connection in: the other nodes must know.
+            if wasRegistered, isClustered { publishSession(id, into: &outbox) }
+            releaseHeldCommands(id, now: now, into: &outbox)
+        }
         if case .created = result {
             session.hasCreatedAccount = true
         } else {

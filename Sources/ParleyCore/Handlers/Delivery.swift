@@ -76,7 +76,18 @@ extension ChatServer {
     mutating func restoreDeliveryState(_ state: DeliveryState) {
         undelivered = state.undelivered
         readMarkers = state.readMarkers
-        for message in state.tracked {
+        var tracked = state.tracked
+        if let node = configuration.clusterNodeName, isClustered {
+            // In a cluster each node hands over the messages its own users sent (their ids
+            // start with its name): loading the others' too would deliver them twice.
+            let own = node + "."
+            for (account, messages) in undelivered {
+                let mine = messages.filter { $0.id.hasPrefix(own) }
+                undelivered[account] = mine.isEmpty ? nil : mine
+            }
+            tracked.removeAll { !$0.id.hasPrefix(own) }
+        }
+        for message in tracked {
             guard let author = message.senderAccount, !message.recipients.isEmpty else { continue }
             remember(message)
             for recipient in message.recipients {
@@ -547,6 +558,7 @@ extension ChatServer {
                 }
                 accounts[account]?.settings = settings
                 outbox.actions.append(.saveAccountSettings(accountKey: account, settings: settings))
+                publishAccount(account, into: &outbox)
             }
             let on = settings[Self.readReceiptsSetting] != "off"
             context.replies.append(IRCMessage(
@@ -619,6 +631,15 @@ extension ChatServer {
         // Read receipts: only from clients that opted in to receipts, and only if the user
         // has not turned them off. The marker above syncs the user's devices either way.
         let disclose = session.has(.receipts) && accounts[account]?.settings[Self.readReceiptsSetting] != "off"
+        if isClustered, !isGuest {
+            outbox.clusterEvents.append(.read(account: account, conversation: conversation, time: time, disclose: disclose))
+        }
+        sendReadReceipts(account: account, conversation: conversation, time: time, disclose: disclose, &context, &outbox)
+    }
+
+    /// Receipts for the messages this node follows that `account` has now read.
+    mutating func sendReadReceipts(account: String, conversation: String, time: Timestamp, disclose: Bool,
+                                   _ context: inout CommandContext, _ outbox: inout Outbox) {
         guard let waiting = unread[account]?[conversation], !waiting.isEmpty else { return }
         var updates: [RecipientUpdate] = []
         var remaining: [String] = []

@@ -256,6 +256,7 @@ extension ChatServer {
         holder.connections.append(id)
         nickIndex[effectiveNick.folded] = holder
         maximumUsersSeen = max(maximumUsersSeen, registeredSessionCount)
+        publishSession(id, into: &outbox)
         sendWelcome(to: id, &context)
         joinGroupsOfAccount(id, &context, &outbox)
         deliverBacklog(to: id, &context, &outbox)

@@ -154,10 +154,12 @@ extension ChatServer {
         if monitorWatchers[folded]?.isEmpty == true { monitorWatchers[folded] = nil }
     }
 
-    /// Tells MONITOR watchers that a nick came online or went offline.
+    /// Tells MONITOR watchers that a nick came online or went offline. In a cluster each node
+    /// tells its own watchers (when it learns of the change), so that a watch and a change that
+    /// cross between nodes are neither missed nor told twice.
     func notifyMonitors(nick: Nickname, online: Bool, session: Session, into outbox: inout Outbox) {
         guard let watchers = monitorWatchers[nick.folded] else { return }
-        for watcher in watchers {
+        for watcher in watchers where isLocal(watcher) {
             guard let watching = sessions[watcher], watching.isRegistered else { continue }
             let message = IRCMessage(
                 source: configuration.serverName, command: online ? Numeric.rplMonOnline.rawValue : Numeric.rplMonOffline.rawValue,

@@ -51,13 +51,13 @@ final class ServerProcess: Sendable {
 
     /// Starts `parley-server serve` on 127.0.0.1 and ::1 with kernel-chosen ports and waits
     /// until both listen (read from its log).
-    init(dataDirectory: URL, configFile: URL, extraArguments: [String] = []) async throws {
+    init(dataDirectory: URL, configFile: URL, arguments extra: [String] = []) async throws {
         process = Process()
         process.executableURL = try Self.executable()
         process.arguments = [
             "serve", "--config", configFile.path, "--data-dir", dataDirectory.path,
             "--listen", "127.0.0.1:0", "--listen", "[::1]:0", "--log-level", "info",
-        ] + extraArguments
+        ] + extra
         let stderr = Pipe()
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice

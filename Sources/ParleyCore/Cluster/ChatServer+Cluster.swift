@@ -1,0 +1,183 @@
+import IRCWire
+import NIOCore
+
+/// The cluster side of the domain: what a node publishes about its own users, and how it applies
+/// what the other nodes publish (see `ClusterEvent` for who decides what).
+extension ChatServer {
+    var isClustered: Bool { configuration.clusterNode != 0 }
+
+    /// Whether a connection is on this node (every connection, when the server runs alone).
+    public func isLocal(_ connection: ConnectionID) -> Bool { connection.node == configuration.clusterNode }
+
+    /// A connection id that names no session, for contexts that answer nobody directly.
+    static let nobody = ConnectionID(0)
+
+    // MARK: Publishing
+
+    /// After a local command: the others run it too when it changes shared state.
+    mutating func publishCommand(_ message: IRCMessage, verb: String, session: Session, now: Timestamp, into outbox: inout Outbox) {
+        guard isClustered, session.isRegistered, isLocal(session.id), sessions[session.id] != nil else { return }
+        let changesSharedState = Self.replicatedCommands.contains(verb)
+            || ((verb == "PRIVMSG" || verb == "NOTICE") && message.parameters.first.map(fold) == "chanserv")
+        if changesSharedState { outbox.clusterEvents.append(.command(session.id, message, at: now)) }
+    }
+
+    /// A local connection registered, or its account changed after registration.
+    func publishSession(_ connection: ConnectionID, into outbox: inout Outbox) {
+        guard isClustered, isLocal(connection), let snapshot = snapshot(of: connection) else { return }
+        outbox.clusterEvents.append(.session(snapshot))
+    }
+
+    func publishAccount(_ key: String, into outbox: inout Outbox) {
+        guard isClustered, let record = accounts[key] else { return }
+        outbox.clusterEvents.append(.account(record))
+    }
+
+    func snapshot(of connection: ConnectionID) -> SessionSnapshot? {
+        guard let session = sessions[connection], session.isRegistered, let nick = session.nick else { return nil }
+        let transient = session.channels.compactMap { key in channels[key].flatMap { $0.isGroup ? nil : $0.name } }.sorted()
+        return SessionSnapshot(
+            connection: connection, host: session.host, isSecure: session.isSecure, connectedAt: session.connectedAt,
+            nick: nick.name, username: session.displayUsername, realname: session.realname, accountKey: session.accountKey,
+            awayMessage: session.awayMessage, isOperator: session.isOperator, isInvisible: session.isInvisible,
+            capabilityBits: session.capabilities.bits, channels: transient, monitoredNicks: session.monitoredNicks.sorted())
+    }
+
+    /// Every registered connection of this node, for a node that has just (re)started.
+    public func localSessionSnapshots() -> [SessionSnapshot] {
+        sessions.keys.filter(isLocal).sorted().compactMap(snapshot(of:))
+    }
+
+    // MARK: Applying
+
+    /// Applies one event from another node. Lines in `outbox` are only those this node owes:
+    /// the messages it holds for an account that came online elsewhere, and receipts.
+    public mutating func applyClusterEvent(_ event: ClusterEvent, now: Timestamp, into outbox: inout Outbox) {
+        switch event {
+        case .session(let snapshot):
+            applyRemoteSession(snapshot, now: now, into: &outbox)
+        case .command(let connection, let message, let time):
+            guard !isLocal(connection), let session = sessions[connection] else { return }
+            let before = Session(snapshotOf: session)
+            var silent = Outbox()
+            process(message, session: session, now: time, into: &silent)
+            forgetPendingWork(of: connection)
+            if let oldNick = before.nick, let newNick = sessions[connection]?.nick, oldNick.folded != newNick.folded {
+                if nickIndex[oldNick.folded] == nil { notifyMonitors(nick: oldNick, online: false, session: before, into: &outbox) }
+                notifyMonitors(nick: newNick, online: true, session: session, into: &outbox)
+            }
+        case .closed(let connection, let reason, let time):
+            guard !isLocal(connection), let session = sessions[connection] else { return }
+            var silent = Outbox()
+            removeSession(connection, quitMessage: reason, now: time, into: &silent)
+            if let nick = session.nick, nickIndex[nick.folded] == nil {
+                notifyMonitors(nick: nick, online: false, session: session, into: &outbox)
+            }
+        case .read(let account, let conversation, let time, let disclose):
+            if readMarkers[account]?[conversation].map({ $0 < time }) ?? true {
+                readMarkers[account, default: [:]][conversation] = time
+            }
+            var context = CommandContext(connection: Self.nobody, now: now, label: nil)
+            sendReadReceipts(account: account, conversation: conversation, time: time, disclose: disclose, &context, &outbox)
+        case .account(let record):
+            let previous = accounts[record.key]
+            accounts[record.key] = record
+            // The last-seen time is this node's to keep up to date as well; a stale copy of the
+            // record must not move it back.
+            if let seen = previous?.lastSeen, (record.lastSeen ?? .distantPast) < seen { accounts[record.key]?.lastSeen = seen }
+        }
+    }
+
+    /// A remote connection is known from now on (or its account changed): it is listed, its nick
+    /// is taken, it is in its account's groups. Then this node hands over what it holds for the
+    /// account, as it would to one of its own connections logging in.
+    mutating func applyRemoteSession(_ snapshot: SessionSnapshot, now: Timestamp, into outbox: inout Outbox) {
+        let id = snapshot.connection
+        guard !isLocal(id), let nick = try? Nickname(snapshot.nick, caseMapping: configuration.caseMapping, maxLength: 64) else { return }
+        var silent = Outbox()
+        var silentContext = CommandContext(connection: id, now: now, label: nil)
+        let session: Session
+        let accountChanged: Bool
+        let wasOnline = nickIndex[nick.folded] != nil
+        if let existing = sessions[id] {
+            session = existing
+            accountChanged = existing.accountKey != snapshot.accountKey
+            if let old = existing.nick, old.folded != nick.folded || accountChanged {
+                detachFromNick(id, folded: old.folded)
+            }
+        } else {
+            session = Session(id: id, host: snapshot.host, isSecure: snapshot.isSecure, connectedAt: snapshot.connectedAt)
+            sessions[id] = session
+            session.isRegistered = true
+            registeredSessionCount += 1
+            maximumUsersSeen = max(maximumUsersSeen, registeredSessionCount)
+            accountChanged = snapshot.accountKey != nil
+        }
+        let needsIndex = session.nick?.folded != nick.folded || accountChanged || nickIndex[nick.folded]?.connections.contains(id) != true
+        session.nick = nick
+        session.username = snapshot.username
+        session.realname = snapshot.realname
+        session.accountKey = snapshot.accountKey
+        session.accountName = snapshot.accountKey.flatMap { accounts[$0]?.name } ?? snapshot.accountKey
+        session.awayMessage = snapshot.awayMessage
+        session.isOperator = snapshot.isOperator
+        session.isInvisible = snapshot.isInvisible
+        session.capabilities = CapabilitySet(bits: snapshot.capabilityBits)
+        if snapshot.isInvisible { visibleUsers.remove(id) } else { visibleUsers.insert(id) }
+        if snapshot.isOperator { operators.insert(id) } else { operators.remove(id) }
+        if needsIndex {
+            var holder = nickIndex[nick.folded] ?? NickHolder(connections: [], accountKey: snapshot.accountKey)
+            if !holder.connections.contains(id) { holder.connections.append(id) }
+            nickIndex[nick.folded] = holder
+        }
+        for watched in snapshot.monitoredNicks where !session.monitoredNicks.contains(watched) {
+            session.monitoredNicks.insert(watched)
+            monitorWatchers[watched, default: []].insert(id)
+        }
+        if accountChanged { joinGroupsOfAccount(id, &silentContext, &silent) }
+        for name in snapshot.channels where !session.channels.contains(fold(name)) {
+            process(IRCMessage(command: "JOIN", parameters: [name]), session: session, now: now, into: &silent)
+        }
+        forgetPendingWork(of: id)
+        if !wasOnline { notifyMonitors(nick: nick, online: true, session: session, into: &outbox) }
+        guard accountChanged, snapshot.accountKey != nil else { return }
+        var context = CommandContext(connection: Self.nobody, now: now, label: nil)
+        deliverBacklog(to: id, &context, &outbox)
+    }
+
+    /// Takes a connection out of the entry of the nick it held (before a nick or account change).
+    private mutating func detachFromNick(_ id: ConnectionID, folded: String) {
+        guard var holder = nickIndex[folded] else { return }
+        holder.connections.removeAll { $0 == id }
+        nickIndex[folded] = holder.connections.isEmpty ? nil : holder
+    }
+
+    /// A command run for a remote connection must not leave it waiting for work that only its
+    /// own node does (a password check, a history read): later commands would be held forever.
+    private mutating func forgetPendingWork(of connection: ConnectionID) {
+        guard let session = sessions[connection], session.pendingTickets > 0 || !session.heldCommands.isEmpty else { return }
+        for (ticket, work) in pendingWork where work.connection == connection {
+            pendingWork[ticket] = nil
+            if work.isPasswordCheck { passwordWorkInFlight -= 1 }
+        }
+        session.pendingTickets = 0
+        session.heldCommands.removeAll()
+    }
+
+    /// Another node went away without closing its connections (it was killed, or lost the
+    /// database): they are gone. Only this node's users are told here, since the node that
+    /// went away cannot tell anyone; each node does the same for its own.
+    public mutating func remoteNodeGone(_ node: UInt16, now: Timestamp, into outbox: inout Outbox) {
+        guard node != configuration.clusterNode else { return }
+        var scratch = Outbox()
+        for id in sessions.keys.filter({ $0.node == node }).sorted() {
+            removeSession(id, quitMessage: "Server went away", now: now, into: &scratch)
+        }
+        for delivery in scratch.deliveries where isLocal(delivery.connection) {
+            outbox.send(delivery.line, to: delivery.connection)
+        }
+        for action in scratch.actions {
+            if case .recordLastSeen = action { outbox.actions.append(action) }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import Foundation
+import IRCWire
+import NIOCore
+
+/// What one node sends another, in the order it must be applied.
+public enum ClusterRecord: Sendable, Equatable {
+    /// The sender has just started: whatever the receiver knew of it is stale.
+    case hello
+    case event(ClusterEvent)
+    /// Lines the sender decided for a connection of the receiver (one or more whole lines).
+    case lines(ConnectionID, ByteBuffer)
+    /// The sender decided to close a connection of the receiver (after its lines).
+    case close(ConnectionID)
+}
+
+/// The bytes of a batch of records between nodes: each record is a kind byte, a 32-bit length
+/// and its body. Lines travel as they are; events as JSON (they are rare next to lines, and
+/// JSON keeps them readable in the database while debugging).
+public enum ClusterCodec {
+    enum Kind: UInt8 { case hello = 1, event = 2, lines = 3, close = 4 }
+
+    public struct DecodingError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func append(_ record: ClusterRecord, to buffer: inout ByteBuffer) {
+        switch record {
+        case .hello:
+            buffer.writeInteger(Kind.hello.rawValue)
+            buffer.writeInteger(UInt32(0))
+        case .event(let event):
+            let body = (try? JSONEncoder().encode(EventBody(event))) ?? Data()
+            buffer.writeInteger(Kind.event.rawValue)
+            buffer.writeInteger(UInt32(body.count))
+            buffer.writeBytes(body)
+        case .lines(let connection, let lines):
+            buffer.writeInteger(Kind.lines.rawValue)
+            buffer.writeInteger(UInt32(8 + lines.readableBytes))
+            buffer.writeInteger(connection.rawValue)
+            buffer.writeImmutableBuffer(lines)
+        case .close(let connection):
+            buffer.writeInteger(Kind.close.rawValue)
+            buffer.writeInteger(UInt32(8))
+            buffer.writeInteger(connection.rawValue)
+        }
+    }
+
+    public static func decode(_ payload: ByteBuffer) throws(DecodingError) -> [ClusterRecord] {
+        var buffer = payload
+        var records: [ClusterRecord] = []
+        while buffer.readableBytes > 0 {
+            guard let kindByte = buffer.readInteger(as: UInt8.self), let length = buffer.readInteger(as: UInt32.self),
+                  var body = buffer.readSlice(length: Int(length)) else {
+                throw DecodingError(description: "truncated cluster record")
+            }
+            switch Kind(rawValue: kindByte) {
+            case .hello:
+                records.append(.hello)
+            case .event:
+                guard let decoded = try? JSONDecoder().decode(EventBody.self, from: Data(body.readableBytesView)),
+                      let event = decoded.event else {
+                    throw DecodingError(description: "unreadable cluster event")
+                }
+                records.append(.event(event))
+            case .lines:
+                guard let raw = body.readInteger(as: UInt64.self) else { throw DecodingError(description: "truncated lines record") }
+                records.append(.lines(ConnectionID(raw), body))
+            case .close:
+                guard let raw = body.readInteger(as: UInt64.self) else { throw DecodingError(description: "truncated close record") }
+                records.append(.close(ConnectionID(raw)))
+            case nil:
+                // A newer node's record kind: skipped, so that nodes of two versions can run
+                // side by side during an upgrade.
+                continue
+            }
+        }
+        return records
+    }
+
+    /// `ClusterEvent` as JSON: one optional field per case.
+    struct EventBody: Codable {
+        var session: Snapshot?
+        var command: Command?
+        var closed: Closed?
+        var read: Read?
+        var account: Account?
+
+        struct Snapshot: Codable {
+            var connection: UInt64, host: String, secure: Bool, connectedAt: Int64, nick: String, username: String, realname: String
+            var account: String?, away: String?, oper: Bool, invisible: Bool, caps: UInt64, channels: [String], monitored: [String]
+        }
+        struct Command: Codable { var connection: UInt64, line: String, at: Int64 }
+        struct Closed: Codable { var connection: UInt64, reason: String, at: Int64 }
+        struct Read: Codable { var account: String, conversation: String, time: Int64, disclose: Bool }
+        struct Account: Codable {
+            var name: String, key: String, credential: PasswordCredential, createdAt: Date, lastSeen: Date?, email: String?
+            var settings: [String: String]
+        }
+
+        init(_ event: ClusterEvent) {
+            switch event {
+            case .session(let s):
+                session = Snapshot(
+                    connection: s.connection.rawValue, host: s.host, secure: s.isSecure, connectedAt: s.connectedAt.millisecondsSince1970,
+                    nick: s.nick, username: s.username, realname: s.realname, account: s.accountKey, away: s.awayMessage,
+                    oper: s.isOperator, invisible: s.isInvisible, caps: s.capabilityBits, channels: s.channels, monitored: s.monitoredNicks)
+            case .command(let connection, let message, let time):
+                var line = ByteBuffer()
+                message.write(to: &line)
+                command = Command(connection: connection.rawValue, line: String(buffer: line), at: time.millisecondsSince1970)
+            case .closed(let connection, let reason, let time):
+                closed = Closed(connection: connection.rawValue, reason: reason, at: time.millisecondsSince1970)
+            case .read(let account, let conversation, let time, let disclose):
+                read = Read(account: account, conversation: conversation, time: time.millisecondsSince1970, disclose: disclose)
+            case .account(let record):
+                account = Account(name: record.name, key: record.key, credential: record.credential, createdAt: record.createdAt,
+                                  lastSeen: record.lastSeen, email: record.email, settings: record.settings)
+            }
+        }
+
+        var event: ClusterEvent? {
+            if let s = session {
+                return .session(SessionSnapshot(
+                    connection: ConnectionID(s.connection), host: s.host, isSecure: s.secure,
+                    connectedAt: Timestamp(millisecondsSince1970: s.connectedAt), nick: s.nick, username: s.username,
+                    realname: s.realname, accountKey: s.account, awayMessage: s.away, isOperator: s.oper, isInvisible: s.invisible,
+                    capabilityBits: s.caps, channels: s.channels, monitoredNicks: s.monitored))
+            }
+            if let c = command {
+                // By bytes: "\r\n" is a single Character, so dropping two Characters would
+                // take the line's last one with it.
+                let text = c.line.utf8.last == 10 ? String(decoding: c.line.utf8.dropLast(c.line.utf8.dropLast().last == 13 ? 2 : 1), as: UTF8.self) : c.line
+                guard let message = try? IRCMessage(parsing: text) else { return nil }
+                return .command(ConnectionID(c.connection), message, at: Timestamp(millisecondsSince1970: c.at))
+            }
+            if let c = closed {
+                return .closed(ConnectionID(c.connection), reason: c.reason, at: Timestamp(millisecondsSince1970: c.at))
+            }
+            if let r = read {
+                return .read(account: r.account, conversation: r.conversation, time: Timestamp(millisecondsSince1970: r.time), disclose: r.disclose)
+            }
+            if let a = account {
+                return .account(AccountRecord(name: a.name, key: a.key, credential: a.credential, createdAt: a.createdAt,
+                                              lastSeen: a.lastSeen, email: a.email, settings: a.settings))
+            }
+            return nil
+        }
+    }
+}

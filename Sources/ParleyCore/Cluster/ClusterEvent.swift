@@ -1,0 +1,81 @@
+import IRCWire
+import NIOCore
+
+/// Which node of a cluster a connection belongs to: the top bits of its id. Node 0 is a server
+/// that runs alone (no cluster), so its ids are what they always were.
+extension ConnectionID {
+    public static let nodeShift: UInt64 = 52
+    public static let maxNodeNumber: UInt16 = (1 << 12) - 1
+
+    public var node: UInt16 { UInt16(truncatingIfNeeded: rawValue >> Self.nodeShift) }
+}
+
+/// A registered connection as the other nodes of a cluster need to know it: enough to list it
+/// (WHO, WHOIS, NAMES), route to it and encode lines for it (its capabilities).
+public struct SessionSnapshot: Sendable, Equatable {
+    public var connection: ConnectionID
+    public var host: String
+    public var isSecure: Bool
+    public var connectedAt: Timestamp
+    public var nick: String
+    public var username: String
+    public var realname: String
+    public var accountKey: String?
+    public var awayMessage: String?
+    public var isOperator: Bool
+    public var isInvisible: Bool
+    public var capabilityBits: UInt64
+    /// Names of the transient channels it is in (groups follow from its account).
+    public var channels: [String]
+    public var monitoredNicks: [String]
+
+    public init(connection: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp, nick: String, username: String,
+                realname: String, accountKey: String?, awayMessage: String?, isOperator: Bool, isInvisible: Bool,
+                capabilityBits: UInt64, channels: [String], monitoredNicks: [String]) {
+        self.connection = connection
+        self.host = host
+        self.isSecure = isSecure
+        self.connectedAt = connectedAt
+        self.nick = nick
+        self.username = username
+        self.realname = realname
+        self.accountKey = accountKey
+        self.awayMessage = awayMessage
+        self.isOperator = isOperator
+        self.isInvisible = isInvisible
+        self.capabilityBits = capabilityBits
+        self.channels = channels
+        self.monitoredNicks = monitoredNicks
+    }
+}
+
+/// What one node tells the others so that their copies of the shared state follow its own.
+///
+/// The node where a user is connected decides everything that user does, and writes the lines
+/// for every receiver itself, remote ones included (the shell carries those lines to the
+/// receiver's node). The other nodes only update their copy: they apply these events without
+/// sending anything, except for what only they hold (messages waiting for an account that comes
+/// online elsewhere, receipts for messages their own users sent).
+public enum ClusterEvent: Sendable, Equatable {
+    /// A connection completed registration, or its account changed (a later login).
+    case session(SessionSnapshot)
+    /// A command a remote connection ran that changes shared state (JOIN, NICK, MODE ...):
+    /// the other nodes run it too, silently.
+    case command(ConnectionID, IRCMessage, at: Timestamp)
+    /// A connection closed.
+    case closed(ConnectionID, reason: String, at: Timestamp)
+    /// An account read a conversation up to `time` (MARKREAD): receipts are due from the
+    /// nodes whose users sent the messages.
+    case read(account: String, conversation: String, time: Timestamp, disclose: Bool)
+    /// An account was created, or its settings changed.
+    case account(AccountRecord)
+}
+
+extension ChatServer {
+    /// Commands whose effect on shared state the other nodes reproduce by running them.
+    /// Messages are not among them: their lines reach remote receivers directly.
+    static let replicatedCommands: Set<String> = [
+        "NICK", "JOIN", "PART", "KICK", "MODE", "TOPIC", "AWAY", "SETNAME", "MONITOR", "INVITE", "RENAME",
+        "CHANSERV", "CS", "CAP",
+    ]
+}

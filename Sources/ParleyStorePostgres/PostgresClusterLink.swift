@@ -1,0 +1,370 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ParleyStorage
+import PostgresNIO
+import Synchronization
+
+/// The cluster's transport through the shared PostgreSQL database.
+///
+/// - A node is alive while it holds a session-level advisory lock on its number (on `control`,
+///   a connection with TCP keepalives, so that even a node that lost power lets go within
+///   about half a minute). Each node checks the others' locks every `checkInterval`.
+/// - A payload for a node is a row in `cluster_events` (its target's), followed by
+///   `pg_notify('parley_node_<number>')` in the same statement. The receiver takes its rows with
+///   `DELETE ... RETURNING` when notified, and every second in case a notification was missed
+///   (a notification nobody listens to is lost; the row is not). Rows are written by one
+///   connection per node in order, so each sender's rows arrive in the order it sent them.
+/// - What is queued while writes fail (the database is down) is kept and sent when it is back,
+///   up to `maxQueuedPayloads`; past that the oldest are dropped (and logged), since a node that
+///   long apart from the others will be taken for dead by them anyway.
+public final class PostgresClusterLink: ClusterTransport {
+    public let nodeNumber: UInt16
+    public let nodeName: String
+    private let url: PostgresDatabaseURL
+    private let logger: Logger
+    private let eventLoopGroup: any EventLoopGroup
+    private let checkInterval: Duration
+    private let maxQueuedPayloads = 100_000
+    /// The first int of the advisory lock pair: "parl". The second is the node number.
+    static let lockClass: Int64 = 0x7061_726C
+
+    private struct State {
+        var control: PostgresConnection
+        var writer: PostgresConnection
+        var queue: [(target: UInt16?, payload: ByteBuffer)] = []
+        var peers: Set<UInt16> = []
+        var leaving = false
+        var tasks: [Task<Void, Never>] = []
+    }
+    private let state: Mutex<State>
+    private let writerWake: AsyncStream<Void>.Continuation
+    private let writerWakes: AsyncStream<Void>
+    private let readerWake: AsyncStream<Void>.Continuation
+    private let readerWakes: AsyncStream<Void>
+    private let writerIdle = Mutex<[CheckedContinuation<Void, Never>]>([])
+
+    private init(number: UInt16, name: String, url: PostgresDatabaseURL, logger: Logger, eventLoopGroup: any EventLoopGroup,
+                 checkInterval: Duration, control: PostgresConnection, writer: PostgresConnection, peers: Set<UInt16>) {
+        nodeNumber = number
+        nodeName = name
+        self.url = url
+        self.logger = logger
+        self.eventLoopGroup = eventLoopGroup
+        self.checkInterval = checkInterval
+        state = Mutex(State(control: control, writer: writer, peers: peers))
+        (writerWakes, writerWake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+        (readerWakes, readerWake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Whether `name` can name a node: it goes into message ids and notification channels.
+    public static func isValidNodeName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard (1...32).contains(bytes.count), bytes[0] != UInt8(ascii: "-") else { return false }
+        return bytes.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == UInt8(ascii: "-") }
+    }
+
+    /// Takes the node's name (refused while a running node holds it) and its number. The schema
+    /// must be current (open the store first).
+    public static func join(
+        url: PostgresDatabaseURL, nodeName: String, checkInterval: Duration = .seconds(5),
+        logger: Logger = Logger(label: "parley.cluster"),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> PostgresClusterLink {
+        guard isValidNodeName(nodeName) else { throw PostgresStoreError.invalidNodeName(nodeName) }
+        var opened: [PostgresConnection] = []
+        do {
+            let control = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: true)
+            opened.append(control)
+            let number = try await takeNumber(nodeName, on: control, logger: logger)
+            let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false)
+            opened.append(writer)
+            let peers = try await liveNodes(on: control, except: number, logger: logger)
+            logger.info("joined the cluster", metadata: ["node": "\(nodeName)", "number": "\(number)", "peers": "\(peers.sorted())"])
+            return PostgresClusterLink(number: number, name: nodeName, url: url, logger: logger, eventLoopGroup: eventLoopGroup,
+                                       checkInterval: checkInterval, control: control, writer: writer, peers: peers)
+        } catch {
+            for connection in opened { try? await connection.close() }
+            throw PostgresStoreError(error, url: url)
+        }
+    }
+
+    private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop, keepalive: Bool) async throws -> PostgresConnection {
+        let connection = try await PostgresConnection.connect(
+            on: eventLoop, configuration: PostgresChatStore.configuration(for: url), id: 3, logger: logger).get()
+        if keepalive {
+            // A node that vanishes without closing its socket (power loss, a cut network) lets
+            // go of its lock once the server's keepalives give up: about 10 + 5 * 3 seconds.
+            try await connection.runAsync("SET tcp_keepalives_idle = 10", logger: logger)
+            try await connection.runAsync("SET tcp_keepalives_interval = 5", logger: logger)
+            try await connection.runAsync("SET tcp_keepalives_count = 3", logger: logger)
+        }
+        return connection
+    }
+
+    /// The node's number for its name, and its liveness lock; a name held by a live node is refused.
+    private static func takeNumber(_ name: String, on control: PostgresConnection, logger: Logger) async throws -> UInt16 {
+        try await control.runAsync(
+            "INSERT INTO cluster_nodes (name, started_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            [.text(name), .int(Int64(Date().timeIntervalSince1970 * 1000))], logger: logger)
+        var number: Int64?
+        for row in try await control.runAsync("SELECT number FROM cluster_nodes WHERE name = ?", [.text(name)], logger: logger) {
+            number = Int64(try row.decode(Int32.self))
+        }
+        guard let number else { throw PostgresStoreError.server("node \(name) vanished from cluster_nodes") }
+        guard number >= 1, number <= 4095 else { throw PostgresStoreError.tooManyNodeNames }
+        var locked = false
+        for row in try await control.runAsync("SELECT pg_try_advisory_lock(CAST(? AS INT), CAST(? AS INT))", [.int(lockClass), .int(number)], logger: logger) {
+            locked = try row.decode(Bool.self)
+        }
+        guard locked else { throw PostgresStoreError.nodeNameInUse(name) }
+        try await control.runAsync("UPDATE cluster_nodes SET started_at = ? WHERE number = ?",
+                                   [.int(Int64(Date().timeIntervalSince1970 * 1000)), .int(number)], logger: logger)
+        // What was sent to this node's previous run is for connections that no longer exist.
+        try await control.runAsync("DELETE FROM cluster_events WHERE target = ?", [.int(number)], logger: logger)
+        return UInt16(number)
+    }
+
+    /// The nodes holding their liveness lock now.
+    private static func liveNodes(on connection: PostgresConnection, except me: UInt16, logger: Logger) async throws -> Set<UInt16> {
+        var live: Set<UInt16> = []
+        let rows = try await connection.runAsync("""
+            SELECT objid::text FROM pg_locks
+            WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid::text = ?
+            """, [.text(String(lockClass))], logger: logger)
+        for row in rows {
+            if let number = UInt16(try row.decode(String.self)), number != me { live.insert(number) }
+        }
+        return live
+    }
+
+    /// Sends one payload to every running node from outside the cluster (an admin command), as
+    /// node 0, and waits (up to `timeout`) until each has taken it, so that what the command
+    /// changed is in effect on every node when it returns. Returns how many nodes took it.
+    @discardableResult
+    public static func sendToLiveNodes(_ payload: ByteBuffer, url: PostgresDatabaseURL, logger: Logger,
+                                       timeout: Duration = .seconds(5)) async throws -> Int {
+        do {
+            let connection = try await connect(url: url, logger: logger, on: MultiThreadedEventLoopGroup.singleton.next(), keepalive: false)
+            do {
+                let nodes = try await liveNodes(on: connection, except: 0, logger: logger)
+                for node in nodes {
+                    try await write(payload, from: 0, to: node, on: connection, logger: logger)
+                }
+                let deadline = ContinuousClock.now + timeout
+                while ContinuousClock.now < deadline {
+                    var waiting: Int64 = 0
+                    for row in try await connection.runAsync("SELECT count(*) FROM cluster_events WHERE source = 0", logger: logger) {
+                        waiting = try row.decode(Int64.self)
+                    }
+                    if waiting == 0 { break }
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                try await connection.close()
+                return nodes.count
+            } catch {
+                try? await connection.close()
+                throw error
+            }
+        } catch {
+            throw PostgresStoreError(error, url: url)
+        }
+    }
+
+    private static func write(_ payload: ByteBuffer, from source: UInt16, to node: UInt16, on connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.query("""
+            WITH sent AS (INSERT INTO cluster_events (source, target, payload) VALUES (\(Int32(source)), \(Int32(node)), \(payload)) RETURNING target)
+            SELECT pg_notify('parley_node_' || (SELECT target FROM sent LIMIT 1), '')
+            """, logger: logger)
+    }
+
+    // MARK: ClusterTransport
+
+    public func start(receive: @escaping @Sendable (UInt16, ByteBuffer) -> Void, peersGone: @escaping @Sendable ([UInt16]) -> Void) {
+        let listener = Task { [self] in await listen() }
+        let ticker = Task { [self] in
+            // A missed notification costs at most a second.
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                readerWake.yield()
+            }
+        }
+        let reader = Task { [self] in
+            for await _ in readerWakes {
+                await takeArrived(receive)
+            }
+        }
+        let writer = Task { [self] in
+            for await _ in writerWakes {
+                await writeQueued()
+            }
+        }
+        let liveness = Task { [self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: checkInterval)
+                await checkPeers(peersGone)
+            }
+        }
+        state.withLock { $0.tasks = [listener, ticker, reader, writer, liveness] }
+        readerWake.yield()
+    }
+
+    public func send(_ payload: ByteBuffer, to node: UInt16?) {
+        let queued = state.withLock { state -> Bool in
+            guard !state.leaving else { return false }
+            if state.queue.count >= maxQueuedPayloads {
+                state.queue.removeFirst(state.queue.count - maxQueuedPayloads + 1)
+                logger.error("cluster queue full: dropped the oldest payload (is the database down?)")
+            }
+            state.queue.append((node, payload))
+            return true
+        }
+        if queued { writerWake.yield() }
+    }
+
+    public func leave() async {
+        // Let the writer finish what is queued (the close events of this node's connections).
+        for _ in 0..<100 {
+            let pending = state.withLock { $0.queue.count }
+            if pending == 0 { break }
+            writerWake.yield()
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        let (tasks, control, writer) = state.withLock { state in
+            state.leaving = true
+            return (state.tasks, state.control, state.writer)
+        }
+        for task in tasks { task.cancel() }
+        writerWake.finish()
+        readerWake.finish()
+        _ = try? await control.runAsync("SELECT pg_advisory_unlock(CAST(? AS INT), CAST(? AS INT))",
+                                        [.int(Self.lockClass), .int(Int64(nodeNumber))], logger: logger)
+        try? await control.close()
+        try? await writer.close()
+    }
+
+    // MARK: Work
+
+    private var channelName: String { "parley_node_\(nodeNumber)" }
+
+    /// Turns notifications into reader wake-ups; listens again after the connection is back.
+    private func listen() async {
+        while !Task.isCancelled {
+            let control = state.withLock { $0.control }
+            do {
+                try await control.listen(on: channelName) { notifications in
+                    readerWake.yield()
+                    for try await _ in notifications { readerWake.yield() }
+                }
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("cluster notifications stopped", metadata: ["error": "\(String(describing: error))"])
+            }
+            try? await Task.sleep(for: .seconds(1))
+            await reconnectControlIfClosed()
+        }
+    }
+
+    private func takeArrived(_ receive: @Sendable (UInt16, ByteBuffer) -> Void) async {
+        let control = state.withLock { $0.control }
+        do {
+            let rows = try await control.runAsync(
+                "DELETE FROM cluster_events WHERE target = ? RETURNING id, source, payload", [.int(Int64(nodeNumber))], logger: logger)
+            var arrived: [(id: Int64, source: UInt16, payload: ByteBuffer)] = []
+            for row in rows {
+                let (id, source, payload) = try row.decode((Int64, Int32, ByteBuffer).self)
+                arrived.append((id, UInt16(truncatingIfNeeded: source), payload))
+            }
+            arrived.sort { $0.id < $1.id }
+            for item in arrived { receive(item.source, item.payload) }
+        } catch {
+            logger.debug("cluster read failed", metadata: ["error": "\(String(describing: error))"])
+        }
+    }
+
+    private func writeQueued() async {
+        let (batch, peers, writer) = state.withLock { state -> ([(target: UInt16?, payload: ByteBuffer)], Set<UInt16>, PostgresConnection) in
+            defer { state.queue.removeAll() }
+            return (state.queue, state.peers, state.writer)
+        }
+        guard !batch.isEmpty else { return }
+        // One row per target: its payloads in order (a payload is a run of whole records).
+        var perTarget: [UInt16: ByteBuffer] = [:]
+        var order: [UInt16] = []
+        for (target, payload) in batch {
+            for node in target.map({ [$0] }) ?? peers.sorted() {
+                if perTarget[node] == nil { order.append(node); perTarget[node] = ByteBuffer() }
+                perTarget[node]!.writeImmutableBuffer(payload)
+            }
+        }
+        var failed: [(target: UInt16?, payload: ByteBuffer)] = []
+        for node in order {
+            guard let payload = perTarget[node] else { continue }
+            do {
+                try await Self.write(payload, from: nodeNumber, to: node, on: writer, logger: logger)
+            } catch {
+                failed.append((node, payload))
+            }
+        }
+        guard !failed.isEmpty else { return }
+        logger.warning("cluster write failed; will retry", metadata: ["payloads": "\(failed.count)"])
+        state.withLock { $0.queue.insert(contentsOf: failed, at: 0) }
+        try? await Task.sleep(for: .seconds(1))
+        await reconnectWriterIfClosed()
+        writerWake.yield()
+    }
+
+    private func checkPeers(_ peersGone: @Sendable ([UInt16]) -> Void) async {
+        let control = state.withLock { $0.control }
+        guard let live = try? await Self.liveNodes(on: control, except: nodeNumber, logger: logger) else {
+            await reconnectControlIfClosed()
+            return
+        }
+        let gone = state.withLock { state -> [UInt16] in
+            let gone = state.peers.subtracting(live).sorted()
+            state.peers = live
+            return gone
+        }
+        if !gone.isEmpty {
+            logger.warning("cluster nodes gone", metadata: ["nodes": "\(gone)"])
+            // Their mail will never be read by them: a node of that name that starts again
+            // clears its rows itself, but one that never comes back would leave them.
+            for node in gone {
+                _ = try? await control.runAsync("DELETE FROM cluster_events WHERE target = ?", [.int(Int64(node))], logger: logger)
+            }
+            peersGone(gone)
+        }
+    }
+
+    /// Peers learnt of from a payload before the next liveness check (a node that has just started).
+    public func notePeer(_ node: UInt16) {
+        guard node != 0, node != nodeNumber else { return }  // 0: an admin command, not a node
+        _ = state.withLock { $0.peers.insert(node) }
+    }
+
+    private func reconnectWriterIfClosed() async {
+        let writer = state.withLock { $0.writer }
+        guard writer.isClosed else { return }
+        guard let fresh = try? await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false) else { return }
+        state.withLock { $0.writer = fresh }
+    }
+
+    private func reconnectControlIfClosed() async {
+        let control = state.withLock { $0.control }
+        guard control.isClosed, !state.withLock({ $0.leaving }) else { return }
+        do {
+            let fresh = try await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: true)
+            var locked = false
+            for row in try await fresh.runAsync("SELECT pg_try_advisory_lock(CAST(? AS INT), CAST(? AS INT))",
+                                                [.int(Self.lockClass), .int(Int64(nodeNumber))], logger: logger) {
+                locked = try row.decode(Bool.self)
+            }
+            if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }
+            state.withLock { $0.control = fresh }
+            logger.info("cluster: reconnected to the database")
+        } catch {
+            logger.debug("cluster: database still unreachable", metadata: ["error": "\(String(describing: error))"])
+        }
+    }
+}

@@ -1,0 +1,197 @@
+import Foundation
+import IRCWire
+import NIOCore
+import Testing
+@testable import ParleyCore
+
+/// Two nodes of a cluster as plain values: what one publishes is applied by the other, and the
+/// lines one writes for the other's connections land in their inboxes, as the shell's bus does.
+struct ClusterHarness {
+    var nodes: [CoreHarness]
+
+    init(nodes count: Int = 2, accounts: [(String, String)] = []) {
+        nodes = (1...count).map { number in
+            CoreHarness(configure: {
+                $0.clusterNode = UInt16(number)
+                $0.clusterNodeName = "n\(number)"
+            }, accounts: accounts)
+        }
+    }
+
+    /// Carries events and lines between the nodes until nothing is left in flight.
+    mutating func settle() {
+        var moved = true
+        while moved {
+            moved = false
+            for source in nodes.indices {
+                let events = nodes[source].published
+                let lines = nodes[source].forwarded
+                let closes = nodes[source].closedRemotely
+                nodes[source].published = []
+                nodes[source].forwarded = []
+                nodes[source].closedRemotely = []
+                if !events.isEmpty || !lines.isEmpty || !closes.isEmpty { moved = true }
+                for target in nodes.indices where target != source {
+                    for event in events {
+                        var outbox = Outbox()
+                        nodes[target].server.applyClusterEvent(event, now: nodes[target].now, into: &outbox)
+                        nodes[target].apply(outbox)
+                    }
+                }
+                for delivery in lines {
+                    let target = Int(delivery.connection.node) - 1
+                    var outbox = Outbox()
+                    outbox.deliveries = [delivery]
+                    nodes[target].apply(outbox)
+                }
+                for id in closes { nodes[Int(id.node) - 1].close(id) }
+            }
+        }
+    }
+
+    @discardableResult
+    mutating func send(_ node: Int, _ id: ConnectionID, _ lines: String...) -> [String] {
+        for line in lines { nodes[node].send(id, line).forEach { nodes[node].received[id, default: []].append($0) } }
+        settle()
+        return nodes[node].inbox(id)
+    }
+
+    @discardableResult
+    mutating func register(_ node: Int, _ nick: String, password: String? = nil, caps: [String] = []) -> ConnectionID {
+        let id = nodes[node].register(nick, password: password, caps: caps)
+        settle()
+        nodes[node].received[id] = []
+        return id
+    }
+}
+
+@Suite("Cluster: nodes applying each other's events")
+struct ClusterTests {
+    static let caps = ["message-tags", "server-time", "echo-message", "parley.chat/receipts", "draft/read-marker"]
+
+    @Test func directMessageReachesAUserOnAnotherNodeWithTheSameLine() {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password")
+        let bob = cluster.register(1, "bob", password: "bob-password")
+        let whois = cluster.send(0, alice, "WHOIS bob")
+        #expect(whois.first?.contains(" 311 alice bob ") == true, "node 1 lists a user of node 2: \(whois)")
+        cluster.send(0, alice, "PRIVMSG bob :hello across")
+        #expect(cluster.nodes[1].inbox(bob).contains { $0.hasSuffix(" PRIVMSG bob :hello across") && $0.contains(":alice!") })
+        cluster.send(1, bob, "PRIVMSG alice :hi back")
+        #expect(cluster.nodes[0].inbox(alice).contains { $0.hasSuffix(" PRIVMSG alice :hi back") })
+    }
+
+    @Test func nicksAreUniqueAcrossNodes() {
+        var cluster = ClusterHarness()
+        cluster.register(0, "carol")
+        let other = cluster.nodes[1].connect()
+        #expect(cluster.send(1, other, "NICK carol").commands == ["433"])
+        cluster.send(1, other, "NICK dave", "USER d 0 * :d")
+        let dave = other
+        // A nick given up on one node is free on the other.
+        let carolNow = cluster.nodes[0].server.sessions.first { $0.value.nick?.name == "carol" }!.key
+        cluster.send(0, carolNow, "NICK erin")
+        #expect(cluster.send(1, dave, "NICK carol").commands == ["NICK"])
+    }
+
+    @Test func messageToAnOfflineAccountIsDeliveredOnceWhereverItLogsIn() {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: Self.caps)
+        let offline = cluster.send(0, alice, "PRIVMSG bob :while you were out")
+        #expect(offline.contains { $0.contains("RECIPIENT_OFFLINE") })
+        let bob = cluster.nodes[1].connect()
+        cluster.send(1, bob, "CAP LS 302", "CAP REQ :\(Self.caps.joined(separator: " "))", "PASS :bob:bob-password", "NICK bob", "USER b 0 * :b")
+        let welcome = cluster.send(1, bob, "CAP END")
+        // The backlog is held by node 1 (where alice sent it) and reaches bob on node 2.
+        #expect(welcome.filter { $0.contains("while you were out") }.count == 1, "\(welcome)")
+        let bobAgain = cluster.register(1, "bob", password: "bob-password", caps: Self.caps)
+        #expect(!cluster.nodes[1].inbox(bobAgain).contains { $0.contains("while you were out") }, "delivered once only")
+        #expect(cluster.nodes[0].server.undeliveredCount == 0)
+        #expect(cluster.nodes[0].inbox(alice).contains { $0.contains("RECEIPT") && $0.contains("delivered") })
+    }
+
+    @Test func readOnOneNodeSendsTheReceiptFromTheSendersNode() {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: Self.caps)
+        let bob = cluster.register(1, "bob", password: "bob-password", caps: Self.caps)
+        cluster.send(0, alice, "PRIVMSG bob :read me")
+        let line = cluster.nodes[1].inbox(bob).first { $0.contains("read me") }!
+        let time = try! IRCMessage(parsing: line).tagValue("time")!
+        _ = cluster.nodes[0].inbox(alice)
+        cluster.send(1, bob, "MARKREAD alice timestamp=\(time)")
+        #expect(cluster.nodes[0].inbox(alice).contains { $0.contains("RECEIPT") && $0.contains("read") })
+    }
+
+    @Test func groupMembersOnBothNodesHearEachOther() {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password")
+        let bob = cluster.register(1, "bob", password: "bob-password")
+        cluster.send(0, alice, "JOIN #team")
+        cluster.send(0, alice, "INVITE bob #team")
+        #expect(cluster.nodes[1].inbox(bob).contains { $0.contains("JOIN #team") })
+        cluster.send(1, bob, "PRIVMSG #team :hello team")
+        #expect(cluster.nodes[0].inbox(alice).contains { $0.hasSuffix("PRIVMSG #team :hello team") })
+        let names = cluster.send(1, bob, "NAMES #team")
+        #expect(names.first?.contains("alice") == true && names.first?.contains("bob") == true, "\(names)")
+    }
+
+    @Test func aNodeThatGoesAwayTakesItsUsersWithIt() {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: Self.caps)
+        cluster.send(0, alice, "MONITOR + bob")
+        cluster.register(1, "bob", password: "bob-password")
+        #expect(cluster.nodes[0].inbox(alice).commands.contains("730"))
+        var outbox = Outbox()
+        cluster.nodes[0].server.remoteNodeGone(2, now: cluster.nodes[0].now, into: &outbox)
+        cluster.nodes[0].apply(outbox)
+        #expect(cluster.nodes[0].inbox(alice).commands.contains("731"), "bob is offline for alice")
+        #expect(cluster.send(0, alice, "PRIVMSG bob :are you there").contains { $0.contains("RECIPIENT_OFFLINE") })
+    }
+}
+
+@Suite("Cluster records between nodes")
+struct ClusterCodecTests {
+    @Test func everyRecordSurvivesTheTripThroughBytes() throws {
+        let snapshot = SessionSnapshot(
+            connection: ConnectionID(3 << ConnectionID.nodeShift | 77), host: "::1", isSecure: true,
+            connectedAt: Timestamp(millisecondsSince1970: 1_764_000_000_123), nick: "Zoë", username: "~z", realname: "Zoë Q",
+            accountKey: "zoë", awayMessage: "lunch", isOperator: false, isInvisible: true, capabilityBits: 0b1011,
+            channels: ["#a", "#b"], monitoredNicks: ["bob"])
+        let records: [ClusterRecord] = [
+            .hello,
+            .event(.session(snapshot)),
+            .event(.command(snapshot.connection, try IRCMessage(parsing: "@label=x JOIN #team2 key"), at: Timestamp(millisecondsSince1970: 5))),
+            .event(.closed(snapshot.connection, reason: "Quit: bye", at: Timestamp(millisecondsSince1970: 6))),
+            .event(.read(account: "bob", conversation: "#team", time: Timestamp(millisecondsSince1970: 7), disclose: true)),
+            .lines(snapshot.connection, ByteBuffer(string: ":a PRIVMSG b :hi\r\n")),
+            .close(snapshot.connection),
+        ]
+        var bytes = ByteBuffer()
+        for record in records { ClusterCodec.append(record, to: &bytes) }
+        #expect(try ClusterCodec.decode(bytes) == records)
+    }
+
+    @Test func aTruncatedPayloadIsRefusedNotMisread() {
+        var bytes = ByteBuffer()
+        ClusterCodec.append(.lines(ConnectionID(1), ByteBuffer(string: "PING x\r\n")), to: &bytes)
+        bytes.moveWriterIndex(to: bytes.writerIndex - 3)
+        #expect(throws: ClusterCodec.DecodingError.self) { try ClusterCodec.decode(bytes) }
+    }
+}
+
+extension ClusterTests {
+    @Test func anAccountRegisteredOnOneNodeLogsInOnTheOther() {
+        var cluster = ClusterHarness()
+        let dave = cluster.register(0, "dave", caps: ["draft/account-registration"])
+        #expect(cluster.send(0, dave, "REGISTER * dave-password").contains { $0.contains("REGISTER SUCCESS dave") })
+        let other = cluster.nodes[1].connect()
+        cluster.send(1, other, "PASS :dave:dave-password", "NICK dave")
+        let welcome = cluster.send(1, other, "USER d 0 * :d")
+        #expect(welcome.contains { $0.contains(" 001 dave ") }, "\(welcome)")
+        // Both sessions are one user: a message to dave reaches both.
+        let alice = cluster.register(1, "alice")
+        cluster.send(1, alice, "PRIVMSG dave :both")
+        #expect(cluster.nodes[0].inbox(dave).contains { $0.hasSuffix("PRIVMSG dave :both") })
+        #expect(cluster.nodes[1].inbox(other).contains { $0.hasSuffix("PRIVMSG dave :both") })
+    }
+}

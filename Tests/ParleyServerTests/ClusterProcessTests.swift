@@ -1,0 +1,217 @@
+import Foundation
+import IRCWire
+import ParleyStorePostgres
+import PostgresTestSupport
+import Testing
+
+/// Several `parley-server` processes on one PostgreSQL database behave as one server: each test
+/// starts real nodes (`--node-name`) on a fresh database and talks to them over real sockets.
+///
+/// Nodes learn of each other's users through the database, a moment after it happens; where a
+/// test needs that to have happened it waits for something a user sees (MONITOR's 730), never
+/// for a fixed time.
+@Suite("Several nodes on one PostgreSQL", .serialized)
+struct ClusterProcessTests {
+    static let caps = ["message-tags", "server-time", "echo-message", "parley.chat/receipts", "draft/read-marker", "batch"]
+
+    struct Cluster {
+        let directory: URL
+        let config: URL
+        let database: PostgresDatabaseURL
+        var nodes: [ServerProcess] = []
+
+        mutating func start(_ name: String) async throws -> ServerProcess {
+            let node = try await ServerProcess(dataDirectory: directory, configFile: config, arguments: ["--node-name", name])
+            nodes.append(node)
+            return node
+        }
+    }
+
+    static func makeCluster(accounts: [String]) async throws -> (Cluster, drop: @Sendable () async throws -> Void) {
+        let (url, drop) = try await TestPostgres.freshDatabase()
+        let (directory, config) = try PostgresServerTests.makeConfig(database: url)
+        for name in accounts {
+            let created = try ServerProcess.run(["account", "create", name, "--database", url.description], input: "\(name)-password\n")
+            #expect(created.status == 0, "\(created.errors)")
+        }
+        return (Cluster(directory: directory, config: config, database: url), drop)
+    }
+
+    /// Waits until `watcher`'s node knows `nick` is online somewhere in the cluster.
+    static func waitUntilOnline(_ nick: String, seenBy watcher: TestClient) async throws {
+        watcher.send("MONITOR + \(nick)")
+        try await watcher.expect(timeout: .seconds(20), "\(nick) online") { $0.command == "730" && $0.parameters.last?.hasPrefix(nick + "!") == true }
+        watcher.send("MONITOR - \(nick)")
+    }
+
+    @Test func usersOnThreeNodesTalkAsOnOneServer() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob", "carol"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let n3 = try await cluster.start("n3")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        let carol = try await TestClient.registered("carol", port: n3.ports[1], host: "::1", caps: Self.caps, password: "carol-password")
+        try await Self.waitUntilOnline("bob", seenBy: alice)
+        try await Self.waitUntilOnline("carol", seenBy: alice)
+        try await Self.waitUntilOnline("alice", seenBy: carol)
+
+        // A direct message: the same line as on one node, delivered and read receipts back.
+        alice.send("PRIVMSG bob :hello from n1")
+        let echo = try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "hello from n1" }
+        let received = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "hello from n1" }
+        #expect(received.source?.description.hasPrefix("alice!") == true)
+        #expect(received.tagValue("msgid") == echo.tagValue("msgid"), "one message, one id on both nodes")
+        #expect(received.tagValue("msgid")?.hasPrefix("n1.") == true, "message ids name the node: \(received)")
+        try await alice.expect(timeout: .seconds(10), "delivered receipt") { $0.command == "RECEIPT" && $0.parameters.contains("delivered") }
+        bob.send("MARKREAD alice timestamp=\(received.tagValue("time")!)")
+        try await alice.expect(timeout: .seconds(10), "read receipt") { $0.command == "RECEIPT" && $0.parameters.contains("read") }
+
+        // WHOIS of a user on another node.
+        alice.send("WHOIS carol")
+        let whois = try await alice.expect(numeric: "311")
+        #expect(whois.parameters[1] == "carol")
+
+        // A group: created on n1, members on n2 and n3, everyone hears everyone.
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        alice.send("INVITE carol #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        try await carol.expect(timeout: .seconds(10), "carol joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        carol.send("PRIVMSG #team :hello from n3")
+        carol.send("PING :sent")
+        let carolSaw = try await carol.lines(through: { $0.command == "PONG" }, "PONG")
+        let refusals = carolSaw.filter { ["404", "442", "403"].contains($0.command) }
+        #expect(refusals.isEmpty, "\(refusals)")
+        for member in [alice, bob] {
+            let line = try await member.expect(timeout: .seconds(10), "carol's group message") { $0.command == "PRIVMSG" && $0.parameters.last == "hello from n3" }
+            #expect(line.parameters.first == "#team" && line.source?.description.hasPrefix("carol!") == true)
+        }
+        bob.send("PING :before-names")
+        try await bob.skip(through: { $0.command == "PONG" }, "PONG")
+        bob.send("NAMES #team")
+        let names = try await bob.expect(numeric: "353")
+        #expect(["alice", "bob", "carol"].allSatisfy { names.parameters.last?.contains($0) == true }, "\(names)")
+
+        // Nicks are unique across nodes, guests' too.
+        let zed = try await TestClient.registered("zed", port: n1.ports[0])
+        try await Self.waitUntilOnline("zed", seenBy: carol)
+        let impostor = try await TestClient.connect(port: n3.ports[0])
+        impostor.send("NICK zed")
+        impostor.send("USER z 0 * :z")
+        try await impostor.expect(numeric: "433")
+
+        for client in [alice, bob, carol, zed, impostor] { await client.close() }
+        for node in [n1, n2, n3] { node.signal(SIGTERM) }
+        for node in [n1, n2, n3] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+
+    @Test func aKilledNodeIsNoticedAndItsUsersMessagesWaitForThem() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let n3 = try await cluster.start("n3")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        // (A 731 may come first, when n1 has not heard of bob yet.)
+        try await alice.skip(through: { $0.command == "730" }, "bob online", timeout: .seconds(20))
+
+        n2.signal(SIGKILL)
+        _ = try await bob.expectClosed(timeout: .seconds(10))
+        // Noticed within a minute (the liveness check runs every few seconds).
+        try await alice.expect(timeout: .seconds(60), "bob offline") { $0.command == "731" }
+        alice.send("PRIVMSG bob :are you there?")
+        let offline = try await alice.expect { $0.command == "NOTE" || $0.command == "WARN" || $0.command == "FAIL" }
+        #expect(offline.parameters.contains("RECIPIENT_OFFLINE"), "\(offline)")
+
+        // bob comes back on another node and gets the message, once.
+        let back = try await TestClient.connect(port: n3.ports[0])
+        back.send("CAP LS 302")
+        back.send("CAP REQ :\(Self.caps.joined(separator: " "))")
+        back.send("PASS :bob:bob-password")
+        back.send("NICK bob")
+        back.send("USER bob 0 * :Bob")
+        back.send("CAP END")
+        let missed = try await back.expect(timeout: .seconds(10), "the missed message") { $0.command == "PRIVMSG" && $0.parameters.last == "are you there?" }
+        #expect(missed.source?.description.hasPrefix("alice!") == true)
+        back.send("PING :after")
+        let rest = try await back.lines(through: { $0.command == "PONG" }, "PONG")
+        #expect(!rest.contains { $0.parameters.last == "are you there?" }, "delivered once")
+
+        // The killed node's name can start again, and its users come back without duplicates.
+        let restarted = try await cluster.start("n2")
+        let bob2 = try await TestClient.registered("bob", port: restarted.ports[0], caps: Self.caps, password: "bob-password")
+        bob2.send("PING :settled")
+        let afterRestart = try await bob2.lines(through: { $0.command == "PONG" }, "PONG")
+        #expect(!afterRestart.contains { $0.parameters.last == "are you there?" }, "not delivered again after the restart")
+
+        for client in [alice, back, bob2] { await client.close() }
+        for node in [n1, n3, restarted] { node.signal(SIGTERM) }
+        for node in [n1, n3, restarted] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+
+    @Test func anAccountMadeAnywhereLogsInEverywhereAtOnce() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        // Created with REGISTER on n1, then logged in on n2 (and a second session kept on n1).
+        let dave = try await TestClient.registered("dave", port: n1.ports[0], caps: ["draft/account-registration"])
+        dave.send("REGISTER * dave-password")
+        try await dave.expect { $0.command == "REGISTER" && $0.parameters.first == "SUCCESS" }
+        let alice = try await TestClient.registered("alice", port: n2.ports[0], caps: Self.caps, password: "alice-password")
+        // Once n2 has heard of dave's login, it has heard of his account (n1 sent both, in order).
+        try await Self.waitUntilOnline("dave", seenBy: alice)
+        let daveOnN2 = try await TestClient.registered("dave", port: n2.ports[0], caps: Self.caps, password: "dave-password")
+        alice.send("PRIVMSG dave :to both of your sessions")
+        try await daveOnN2.expect(timeout: .seconds(10), "on n2") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }
+        try await dave.expect(timeout: .seconds(10), "on n1") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }
+
+        // Created by the admin command while the nodes run: it returns once they have it.
+        let created = try ServerProcess.run(["account", "create", "erin", "--database", cluster.database.description], input: "erin-password\n")
+        #expect(created.status == 0, "\(created.errors)")
+        let erin = try await TestClient.registered("erin", port: n2.ports[1], host: "::1", password: "erin-password")
+        // A new password takes effect on the running nodes at once; the old one stops working.
+        let reset = try ServerProcess.run(["account", "reset-password", "erin", "--database", cluster.database.description], input: "erin-new-password\n")
+        #expect(reset.status == 0, "\(reset.errors)")
+        let old = try await TestClient.connect(port: n1.ports[0])
+        old.send("PASS :erin:erin-password")
+        old.send("NICK erin")
+        old.send("USER e 0 * :e")
+        try await old.expect(numeric: "464")
+        let fresh = try await TestClient.registered("erin", port: n1.ports[0], password: "erin-new-password")
+
+        for client in [dave, alice, daveOnN2, erin, old, fresh] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+
+    @Test func aNodeNameHeldByARunningNodeIsRefused() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: [])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let second = try ServerProcess.run(["serve", "--config", cluster.config.path, "--node-name", "n1", "--listen", "127.0.0.1:0"])
+        #expect(second.status != 0)
+        #expect(second.errors.contains("node name n1 is held by a running node"), "\(second.errors)")
+        #expect(second.errors.split(separator: "\n").count <= 2, "one clear line: \(second.errors)")
+        let noDatabase = try ServerProcess.run(["serve", "--node-name", "n9", "--listen", "127.0.0.1:0"])
+        #expect(noDatabase.status != 0 && noDatabase.errors.contains("--database"), "\(noDatabase.errors)")
+        n1.signal(SIGTERM)
+        #expect(try await n1.waitForExit(timeout: .seconds(15)) == 0)
+        try await drop()
+    }
+}
