@@ -141,7 +141,7 @@ class Browser:
         profile = os.path.join(directory, "profile")
         self.process = subprocess.Popen(
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1000,700", "about:blank"],
+             "--disable-smooth-scrolling", "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1000,700", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(directory, "chromium.log"), "w"))
         port_file = os.path.join(profile, "DevToolsActivePort")
         deadline = time.monotonic() + 30
@@ -265,6 +265,12 @@ class Browser:
         for kind in ("keyDown", "keyUp"):
             await self.call("Input.dispatchKeyEvent", type=kind, key=key, code=code, windowsVirtualKeyCode=key_code, modifiers=modifiers,
                             **({"text": text} if text and kind == "keyDown" else {}))
+
+    async def scroll_up(self, element_id):
+        """One turn of the mouse wheel over an element, just far enough to reach its top."""
+        element = f"document.getElementById({json.dumps(element_id)})"
+        x, y, top = await self.js(f"(() => {{ const r = {element}.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2, {element}.scrollTop]; }})()")
+        await self.call("Input.dispatchMouseEvent", type="mouseWheel", x=x, y=y, deltaX=0, deltaY=-(top + 10))
 
     async def type_message(self, text):
         await self.fill("Message", text)
@@ -458,15 +464,16 @@ async def scenario(server, browser, screenshot):
     await browser.wait("[...document.querySelectorAll('#conversations button')].some(b => b.getAttribute('aria-label').startsWith('carol'))", "carol listed")
     await browser.click_starting("carol")
     await browser.wait(browser.log_has("page h60") + " && " + browser.log_has("page h11"), "the latest page of history")
+    await browser.wait("window.parley.conversations.get('carol').historyLoaded", "the first page complete")
     assert not await browser.js(browser.log_has("page h10")), "only one page at first"
-    await browser.js("document.getElementById('log').scrollTop = 0")
+    await browser.scroll_up("log")
     await browser.wait(browser.log_has("page h01"), "older messages after scrolling up")
     try:
         await browser.wait("document.getElementById('log').scrollTop > 0", "the message being read kept in place")
     except AssertionError:
         print(await browser.js("""JSON.stringify((() => { const log = document.getElementById('log'); const c = window.parley.conversations.get('carol');
-            return { top: log.scrollTop, height: log.scrollHeight, client: log.clientHeight, loading: c.loadingOlder, restore: c.restoreScroll, noOlder: c.noOlder,
-              order: c.messages.slice(0, 15).map(m => m.text + '@' + m.time) }; })())"""))
+            return { top: log.scrollTop, height: log.scrollHeight, client: log.clientHeight, loading: c.loadingOlder, noOlder: c.noOlder,
+              anchor: c.anchor, order: c.messages.slice(0, 15).map(m => m.text + '@' + m.time) }; })())"""))
         raise
     passed("older messages load when scrolling up")
 

@@ -374,7 +374,9 @@ function handleBatch(message, label) {
   const meaning = state.labels.get(closed.label);
   state.labels.delete(closed.label);
   if (meaning && meaning.kind === "history") {
-    const conv = conversation(meaning.target);
+    // Answers about a conversation closed meanwhile (a group just deleted) bring it back to nobody.
+    const conv = state.conversations.get(fold(meaning.target));
+    if (!conv) return;
     conv.loadingOlder = false;
     conv.historyLoaded = true;
     if (meaning.older && meaning.count === 0) conv.noOlder = true;
@@ -406,9 +408,10 @@ function handleMessage(message, label, batch) {
   if (message.command === "NOTICE" && !target.startsWith("#")) { notice(`${from}: ${text}`); return; }
   const mine = fold(from) === fold(state.nick);
   const other = target.startsWith("#") ? target : mine ? target : from;
+  const isHistory = meaning && meaning.kind === "history";
+  if (isHistory && !state.conversations.has(fold(other))) return;
   const conv = conversation(other);
   if (text.startsWith("\x01ACTION ")) text = `* ${from} ${text.slice(8).replace(/\x01$/, "")}`;
-  const isHistory = meaning && meaning.kind === "history";
   const missed = Boolean(batch && batch.type === "chathistory" && !batch.label);
   const time = tags.time || new Date().toISOString();
   const cid = tags["+parley.chat/cid"];
@@ -463,7 +466,8 @@ function handleReceipt(params) {
 function handleMarkread(params) {
   const [target, marker] = params;
   if (!marker || !marker.startsWith("timestamp=")) return;
-  const conv = conversation(target);
+  const conv = state.conversations.get(fold(target));
+  if (!conv) return;
   const time = marker.slice(10);
   if (!conv.marker || time > conv.marker) conv.marker = time;
   countUnread(conv);
@@ -709,8 +713,6 @@ function render() {
 function renderLog(conv) {
   const log = $("log");
   const nearEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  const previousHeight = log.scrollHeight;
-  const previousTop = log.scrollTop;
   if (!conv) { log.replaceChildren(); return; }
   const items = [];
   let dividerShown = false;
@@ -732,17 +734,28 @@ function renderLog(conv) {
       }, element("summary", { "data-focus-key": `who ${m.msgid}` }, "who has it"),
         element("ul", {}, ...Object.entries(m.readers).sort().map(([reader, s]) => element("li", {}, `${reader}: ${s === "pending" ? "not delivered yet" : s}`)))));
     }
-    items.push(element("li", { class: m.own ? "own" : "" }, ...children));
+    items.push(element("li", { class: m.own ? "own" : "", "data-key": m.msgid || m.cid }, ...children));
   }
   log.replaceChildren(...items);
-  if (conv.restoreScroll) {
-    // Older messages were put above: keep the one being read where it was, through every
-    // message of the page of history (each is drawn as it arrives), until the page has ended.
-    log.scrollTop = previousTop + (log.scrollHeight - previousHeight);
-    if (!conv.loadingOlder) conv.restoreScroll = false;
+  if (conv.anchor) {
+    // Older messages are being put above: the message that was at the top stays where it was,
+    // through every message of the page (each is drawn as it arrives), until the page has ended;
+    // once more a frame later, in case the wheel's own scroll landed after ours.
+    keepAnchor(conv);
+    if (!conv.loadingOlder) {
+      const anchor = conv.anchor;
+      conv.anchor = null;
+      requestAnimationFrame(() => { if (!conv.anchor && state.open === conv.key) keepAnchor({ anchor }); });
+    }
   } else if (nearEnd) {
     log.scrollTop = log.scrollHeight;
   }
+}
+
+function keepAnchor({ anchor }) {
+  const log = $("log");
+  const item = [...log.querySelectorAll("li[data-key]")].find((li) => li.dataset.key === anchor.key);
+  if (item) log.scrollTop += item.getBoundingClientRect().top - log.getBoundingClientRect().top - anchor.offset;
 }
 
 function renderGroup(conv) {
@@ -815,10 +828,26 @@ $("open-form").addEventListener("submit", (event) => {
   openConversation(name);
   $("message").focus();
 });
-$("older").addEventListener("click", () => loadOlder(state.conversations.get(state.open)));
+// Older history, keeping the reader's place: the message at the top of the log is the anchor.
+function loadOlderKeepingPlace(conv) {
+  if (!conv || conv.loadingOlder || conv.noOlder) return;
+  const log = $("log");
+  const first = log.querySelector("li[data-key]");
+  conv.anchor = first ? { key: first.dataset.key, offset: first.getBoundingClientRect().top - log.getBoundingClientRect().top } : null;
+  loadOlder(conv);
+}
+$("older").addEventListener("click", () => loadOlderKeepingPlace(state.conversations.get(state.open)));
+// Only the reader's own scrolling loads more: drawing the log (a conversation opened, a page of
+// history put above) moves it too, and must not start a load by itself.
+let readerScrolledAt = 0;
+for (const kind of ["wheel", "touchmove", "keydown", "pointerdown"]) {
+  $("log").addEventListener(kind, () => { readerScrolledAt = performance.now(); }, { passive: true });
+}
 $("log").addEventListener("scroll", () => {
-  const conv = state.open && state.conversations.get(state.open);
-  if (conv && $("log").scrollTop === 0 && !conv.loadingOlder && !conv.noOlder) { conv.restoreScroll = true; loadOlder(conv); }
+  const log = $("log");
+  if (log.scrollTop === 0 && log.scrollHeight > log.clientHeight && performance.now() - readerScrolledAt < 1000) {
+    loadOlderKeepingPlace(state.open && state.conversations.get(state.open));
+  }
 });
 $("add-member").addEventListener("click", () => {
   const conv = state.conversations.get(state.open);
