@@ -79,6 +79,8 @@ public struct ChatServer: Sendable {
         /// resends is still recognised, then the entries are freed.
         var forgetAt: Timestamp?
     }
+    /// Running totals for the operator's metrics (read by the shell, never reset).
+    public internal(set) var counters = ChatCounters()
     var maximumUsersSeen = 0
     var registeredSessionCount = 0
     /// Registered connections without +i, and IRC operators (for LUSERS).

@@ -30,6 +30,9 @@ public struct Outbox: Sendable {
     /// Whether the last delivery's buffer belongs to it alone, so more lines for the same
     /// connection can be appended to it (a reply burst becomes one buffer, not one per line).
     private var lastLineIsPrivate = false
+    /// Lines queued since this outbox was made, for the operator's metrics: a running total
+    /// that `removeAll()` keeps, so a reused outbox counts every line it ever carried.
+    public internal(set) var linesQueued: UInt64 = 0
 
     public init() {}
 
@@ -46,10 +49,12 @@ public struct Outbox: Sendable {
     mutating func send(_ line: ByteBuffer, to connection: ConnectionID) {
         deliveries.append(Delivery(connection: connection, line: line))
         lastLineIsPrivate = false
+        linesQueued &+= 1
     }
 
     /// Encodes a line for one connection, after the previous line when that was its own too.
     mutating func write(to connection: ConnectionID, allocator: ByteBufferAllocator, _ encode: (inout ByteBuffer) -> Void) {
+        linesQueued &+= 1
         if lastLineIsPrivate, let last = deliveries.indices.last, deliveries[last].connection == connection {
             encode(&deliveries[last].line)
             return

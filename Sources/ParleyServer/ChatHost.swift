@@ -44,17 +44,19 @@ final class ChatHost: Sendable {
     let storageWriter: StorageWriter
     /// The other nodes, when this server is one node of several.
     let cluster: (any ClusterTransport)?
+    let metrics: ServerMetrics
     private let backgroundWork = NIOLockedValueBox<Int>(0)
 
     init(core: ChatServer, configuration: ServerConfiguration, store: any ChatStore, cluster: (any ClusterTransport)? = nil,
-         threadPool: NIOThreadPool, logger: Logger) {
+         threadPool: NIOThreadPool, metrics: ServerMetrics, logger: Logger) {
         self.state = NIOLockedValueBox(State(core: core, connections: ConnectionTable(node: core.configuration.clusterNode)))
         self.cluster = cluster
         self.configuration = configuration
         self.store = store
         self.threadPool = threadPool
         self.logger = logger
-        self.storageWriter = StorageWriter(store: store, logger: logger)
+        self.metrics = metrics
+        self.storageWriter = StorageWriter(store: store, commitDuration: metrics.storageCommitDuration, logger: logger)
         storageWriter.setCallbacks(.init(
             deliver: { [weak self] deliveries, requests in self?.writeAfterCommit(deliveries, committed: requests) },
             notStored: { [weak self] refused in
@@ -374,6 +376,12 @@ final class ChatHost: Sendable {
     }
 
     var passwordChecksInFlight: Int { state.withLockedValue { $0.core.passwordChecksInFlight } }
+
+    /// The metrics exposition: the domain's totals and the lines it queued, read under the lock.
+    func metricsExposition() -> [UInt8] {
+        let (counters, lines, passwordChecks) = state.withLockedValue { ($0.core.counters, $0.outbox.linesQueued, $0.core.passwordChecksInFlight) }
+        return metrics.exposition(counters: counters, linesQueued: lines, storageQueue: storageWriter.queueDepth, passwordChecks: passwordChecks)
+    }
     var openChannelCount: Int { state.withLockedValue { $0.connections.count } }
     var connectionCount: Int { state.withLockedValue { $0.core.connectionCount } }
 }

@@ -39,9 +39,14 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     /// The client's address when the socket's peer is not the client (a trusted reverse proxy
     /// in front of a web listener said who it forwards for).
     private let forwardedAddress: String?
+    /// How the client reached the server, for the open-connections gauge.
+    private let transport: ServerMetrics.Transport
+    /// Whether this connection is counted as open (from admission until the socket closes).
+    private var countedOpen = false
 
-    init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, logger: Logger, forwardedAddress: String? = nil) {
+    init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, logger: Logger, forwardedAddress: String? = nil, isWebSocket: Bool = false) {
         self.forwardedAddress = forwardedAddress
+        self.transport = isWebSocket ? .websocket : isSecure ? .tls : .tcp
         self.lineDecoder = IRCLineDecoder(maximumLineBytes: maximumLineBytes)
         self.host = host
         self.isSecure = isSecure
@@ -70,6 +75,8 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         switch host.admit(context.channel, address: address, isSecure: isSecure) {
         case .admitted(let id):
             connection = id
+            countedOpen = true
+            host.metrics.connectionOpened(transport)
             logger.debug("connected", metadata: ["connection": "\(id)", "address": "\(address)", "tls": "\(isSecure)"])
         case .refused(let reason):
             logger.notice("refused connection", metadata: ["address": "\(address)", "reason": "\(reason)"])
@@ -119,6 +126,10 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         // An unterminated last line is dropped: a half-sent command should not run.
         partialLine = nil
+        if countedOpen {
+            countedOpen = false
+            host.metrics.connectionClosed(transport)
+        }
         if let id = connection {
             connection = nil
             host.connectionClosed(id, reason: "Connection closed")

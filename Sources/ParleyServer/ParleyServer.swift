@@ -9,6 +9,7 @@ import NIOSSL
 import NIOWebSocket
 import ParleyCore
 import ParleyStorage
+import Prometheus
 import ServiceLifecycle
 
 /// The running server: listeners on every configured address, one chat domain behind them, and a
@@ -23,21 +24,26 @@ public final class ParleyServer: Service, Sendable {
     private let tlsContext: NIOSSLContext?
     /// The web client, read once at start-up (only when some listener speaks HTTP).
     private let webClient: WebClientFiles?
+    private let metricsExposure: ServerConfiguration.MetricsExposure
     private let boundAddresses = NIOLockedValueBox<[SocketAddress]>([])
     private let ready = NIOLockedValueBox<[CheckedContinuation<Void, any Error>]>([])
     private let readiness = NIOLockedValueBox<Result<Void, any Error>?>(nil)
+    private let boundMetricsAddress = NIOLockedValueBox<SocketAddress?>(nil)
 
     /// - Parameters:
     ///   - store: where accounts and messages live; it is loaded here and not closed by the server.
     ///   - cluster: the other nodes sharing `store`, when this server is one node of several.
+    ///   - metricsRegistry: where the server's metrics are kept (one per server: see `ServerMetrics`).
     public init(
         configuration: ServerConfiguration, store: any ChatStore, cluster: (any ClusterTransport)? = nil,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        metricsRegistry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
         logger: Logger
     ) async throws {
         self.configuration = configuration
         self.group = group
         self.logger = logger
+        self.metricsExposure = try configuration.metricsExposure()
         var chat = try configuration.chatConfiguration()
         chat.version = "parley-0.1"
         if let cluster {
@@ -49,7 +55,8 @@ public final class ParleyServer: Service, Sendable {
         let delivery = try await store.loadDeliveryState(
             since: ChatHost.now().adding(milliseconds: -chat.historyRetentionMilliseconds), maxTrackedRecipients: chat.maxTrackedRecipients)
         let core = ChatServer(configuration: chat, accounts: accounts, groups: groups, delivery: delivery, startedAt: ChatHost.now())
-        self.host = ChatHost(core: core, configuration: configuration, store: store, cluster: cluster, threadPool: NIOThreadPool.singleton, logger: logger)
+        self.host = ChatHost(core: core, configuration: configuration, store: store, cluster: cluster, threadPool: NIOThreadPool.singleton,
+                             metrics: ServerMetrics(registry: metricsRegistry), logger: logger)
         if configuration.listeners.contains(where: \.tls) {
             guard let settings = configuration.tls else { throw ConfigurationError.tlsListenerWithoutCertificate }
             let certificates = try NIOSSLCertificate.fromPEMFile(settings.certificateFile)
@@ -76,6 +83,9 @@ public final class ParleyServer: Service, Sendable {
 
     /// The addresses actually bound, in configuration order (useful with port 0).
     public var localAddresses: [SocketAddress] { boundAddresses.withLockedValue { $0 } }
+
+    /// The address of the metrics listener (`metrics.listen` set to an address), once bound.
+    public var metricsAddress: SocketAddress? { boundMetricsAddress.withLockedValue { $0 } }
 
     /// Waits until every listener is bound (or binding failed).
     public func waitUntilListening() async throws {
@@ -110,6 +120,12 @@ public final class ParleyServer: Service, Sendable {
                     logger.info("listening", metadata: ["address": "\(address)", "tls": "\(listener.tls)", "http": "\(listener.http)"])
                 }
             }
+            if case .listener(let listener) = metricsExposure {
+                let channel = try await bindMetrics(listener)
+                listeners.append(channel)
+                boundMetricsAddress.withLockedValue { $0 = channel.localAddress }
+                logger.info("serving metrics", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "-")"])
+            }
         } catch {
             for channel in listeners { try? await channel.close() }
             signalReadiness(.failure(error))
@@ -122,12 +138,14 @@ public final class ParleyServer: Service, Sendable {
         let ticker = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
             host.tick()
         }
+        let lagProbe = metricsExposure == .off ? nil : EventLoopLagProbe(group: group, metrics: host.metrics)
 
         // Serve until a graceful shutdown is requested (SIGINT/SIGTERM via the ServiceGroup).
         try? await gracefulShutdown()
 
         logger.info("shutting down")
         ticker.cancel()
+        lagProbe?.stop()
         for channel in listeners { try? await channel.close() }
         host.beginShutdown(reason: "Server shutting down")
         // Give clients a moment to receive ERROR; finish storage work already started.
@@ -153,6 +171,11 @@ public final class ParleyServer: Service, Sendable {
                                     trustedProxies: Set(configuration.web.trustedProxies))
             : nil
         let site = webClient ?? WebClientFiles(sources: [:])
+        let metrics: MetricsEndpoint? = if case .web(let allowRemote) = metricsExposure {
+            MetricsEndpoint(host: host, allowsRemotePeers: allowRemote)
+        } else {
+            nil
+        }
         var bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -174,7 +197,8 @@ public final class ParleyServer: Service, Sendable {
                         try sync.addHandler(NIOSSLServerHandler(context: tlsContext))
                     }
                     if let web {
-                        try Self.addWebHandlers(to: channel, web, site: site, host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger)
+                        try Self.addWebHandlers(to: channel, web, site: site, metrics: metrics, host: host, isSecure: tlsContext != nil,
+                                                maximumLineBytes: maxLine, logger: logger)
                     } else {
                         try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger))
                     }
@@ -186,12 +210,30 @@ public final class ParleyServer: Service, Sendable {
         }
         return try await bootstrap.bind(host: listener.address, port: listener.port).get()
     }
+
+    /// A plain HTTP listener that serves `/metrics` and nothing else, to whoever reaches it: its
+    /// address is the operator's choice of who may.
+    private func bindMetrics(_ listener: ServerConfiguration.Listener) async throws -> Channel {
+        let endpoint = MetricsEndpoint(host: host, allowsRemotePeers: true)
+        var bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(WebHTTPHandler(origins: nil, site: WebClientFiles(sources: [:]), metrics: endpoint))
+                }
+            }
+        if listener.address.contains(":") {
+            bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
+        }
+        return try await bootstrap.bind(host: listener.address, port: listener.port).get()
+    }
 }
 
 extension ParleyServer {
     /// A web listener's pipeline: HTTP (the web client's files), upgraded at `/irc` to IRCv3 WebSocket, after which the
     /// connection is an ordinary IRC session behind `IRCWebSocketAdapter`.
-    static func addWebHandlers(to channel: Channel, _ origins: WebSocketOriginPolicy, site: WebClientFiles, host: ChatHost, isSecure: Bool,
+    static func addWebHandlers(to channel: Channel, _ origins: WebSocketOriginPolicy, site: WebClientFiles, metrics: MetricsEndpoint?, host: ChatHost, isSecure: Bool,
                                maximumLineBytes: Int, logger: Logger) throws {
         let upgrader = NIOWebSocketServerUpgrader(
             // Room for a line over the limit, so that it is answered with 417 as on TCP rather
@@ -214,7 +256,7 @@ extension ParleyServer {
                     let client = ForwardedFor.clientAddress(peer: peer, headers: head.headers, trustedProxies: origins.trustedProxies)
                     try sync.addHandler(IRCConnectionHandler(
                         host: host, isSecure: isSecure, maximumLineBytes: maximumLineBytes, logger: logger,
-                        forwardedAddress: client == peer ? nil : client))
+                        forwardedAddress: client == peer ? nil : client, isWebSocket: true))
                 }
             })
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
@@ -222,7 +264,7 @@ extension ParleyServer {
                 // The HTTP handler has no part in a WebSocket connection.
                 context.pipeline.removeHandler(name: WebHTTPHandler.name, promise: nil)
             }))
-        try channel.pipeline.syncOperations.addHandler(WebHTTPHandler(origins: origins, site: site), name: WebHTTPHandler.name)
+        try channel.pipeline.syncOperations.addHandler(WebHTTPHandler(origins: origins, site: site, metrics: metrics), name: WebHTTPHandler.name)
     }
 }
 

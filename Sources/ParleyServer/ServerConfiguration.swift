@@ -26,6 +26,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var operators: [Operator] = []
     public var history = History()
     public var web = Web()
+    public var metrics = Metrics()
     /// swift-log level: trace (logs every protocol line), debug, info, notice, warning, error.
     public var logLevel = "info"
     /// Event loop threads; 0 means one per CPU the process may use.
@@ -35,7 +36,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case serverName, networkName, motd, dataDirectory, database, nodeName, listeners, tls, limits, accounts, operators, history, logLevel, threads
-        case web
+        case web, metrics
     }
 
     public init(from decoder: any Decoder) throws {
@@ -54,6 +55,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         operators = try container.decode(.operators, default: defaults.operators)
         history = try container.decode(.history, default: defaults.history)
         web = try container.decode(.web, default: defaults.web)
+        metrics = try container.decode(.metrics, default: defaults.metrics)
         logLevel = try container.decode(.logLevel, default: defaults.logLevel)
         threads = try container.decode(.threads, default: defaults.threads)
     }
@@ -322,6 +324,49 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         }
     }
 
+    /// Where the Prometheus metrics (`/metrics`) are served (docs/metrics.md).
+    public struct Metrics: Sendable, Codable, Equatable {
+        /// `"web"`: at `/metrics` on the web listeners; `"off"`: nowhere; `"ADDRESS:PORT"`: on a
+        /// plain HTTP listener of its own that serves nothing else (and not on the web listeners).
+        public var listen = "web"
+        /// On web listeners, whether anyone who reaches the listener may read `/metrics`. By
+        /// default only requests from the machine itself (a loopback peer, with no proxy's
+        /// forwarding header) may: counts of users, logins and failures are not for the public,
+        /// and the default web listeners face every network.
+        public var allowRemote = false
+
+        public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case listen, allowRemote }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.strictContainer(keyedBy: CodingKeys.self)
+            listen = try container.decode(.listen, default: Metrics().listen)
+            allowRemote = try container.decode(.allowRemote, default: Metrics().allowRemote)
+        }
+    }
+
+    /// Where `/metrics` is served, as `metrics.listen` says.
+    public enum MetricsExposure: Sendable, Equatable {
+        case off
+        /// On the web listeners; to loopback peers only unless `allowRemote`.
+        case web(allowRemote: Bool)
+        /// On a plain HTTP listener of its own.
+        case listener(Listener)
+    }
+
+    public func metricsExposure() throws -> MetricsExposure {
+        switch metrics.listen {
+        case "off": return .off
+        case "web": return .web(allowRemote: metrics.allowRemote)
+        default:
+            guard let listener = Listener(parsing: metrics.listen), !listener.tls else {
+                throw ConfigurationError.invalidMetricsListen(metrics.listen)
+            }
+            return .listener(Listener(address: listener.address, port: listener.port, http: true))
+        }
+    }
+
     public struct Operator: Sendable, Codable, Equatable {
         public var name: String
         /// A verifier made by `parley-server hash-password`, never the password itself.
@@ -444,6 +489,7 @@ public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
     case unreadable(String, String)
     case invalidListener(String)
     case tlsListenerWithoutCertificate
+    case invalidMetricsListen(String)
 
     public var description: String {
         switch self {
@@ -455,6 +501,8 @@ public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
             "invalid listener \(text): use ADDRESS:PORT, [IPV6]:PORT or tls://ADDRESS:PORT"
         case .tlsListenerWithoutCertificate:
             "a TLS listener needs tls.certificateFile and tls.privateKeyFile (or --tls-cert and --tls-key)"
+        case .invalidMetricsListen(let text):
+            "invalid metrics listener \(text): use web, off, ADDRESS:PORT or [IPV6]:PORT (plain HTTP)"
         }
     }
 }

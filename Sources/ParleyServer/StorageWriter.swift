@@ -1,6 +1,8 @@
+import CoreMetrics
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
 import ParleyCore
 import ParleyStorage
 
@@ -91,7 +93,7 @@ final class StorageWriter: Sendable {
     /// History reads, one at a time (SQLite in WAL mode reads beside the writer).
     private let reads = DispatchQueue(label: "parley-history-reads")
 
-    init(store: any ChatStore, logger: Logger) {
+    init(store: any ChatStore, commitDuration: CoreMetrics.Timer? = nil, logger: Logger) {
         let shared = self.shared
         let callbacks = self.callbacks
         let reads = self.reads
@@ -99,7 +101,7 @@ final class StorageWriter: Sendable {
             // Named from inside: set before `start()` the name did not reach the system on
             // Linux, and the thread showed its creator's name in `top -H` and profiles.
             Thread.current.name = "parley-storage"
-            Self.serve(shared, store: store, reads: reads, logger: logger, callbacks: { callbacks.withLockedValue { $0 } })
+            Self.serve(shared, store: store, reads: reads, commitDuration: commitDuration, logger: logger, callbacks: { callbacks.withLockedValue { $0 } })
         }
         thread.start()
     }
@@ -132,6 +134,13 @@ final class StorageWriter: Sendable {
         shared.unlockWakingIfNeeded()
     }
 
+    /// Writes and reads handed over and not yet taken by the storage thread.
+    var queueDepth: Int {
+        shared.condition.lock()
+        defer { shared.condition.unlock() }
+        return shared.pending.count
+    }
+
     /// True when everything handed over so far has been carried out.
     var isIdle: Bool {
         shared.condition.lock()
@@ -162,7 +171,7 @@ final class StorageWriter: Sendable {
 
     // MARK: The storage thread
 
-    private static func serve(_ shared: Shared, store: any ChatStore, reads: DispatchQueue, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
+    private static func serve(_ shared: Shared, store: any ChatStore, reads: DispatchQueue, commitDuration: CoreMetrics.Timer?, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
         var batch: [CoreAction] = []
         while true {
             shared.condition.lock(whenValue: true)
@@ -193,7 +202,7 @@ final class StorageWriter: Sendable {
             }
             shared.working = !batch.isEmpty
             shared.unlockWakingIfNeeded()
-            run(batch, store: store, reads: reads, logger: logger, callbacks: callbacks)
+            run(batch, store: store, reads: reads, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()
             shared.working = false
@@ -201,9 +210,9 @@ final class StorageWriter: Sendable {
         }
     }
 
-    private static func run(_ batch: [CoreAction], store: any ChatStore, reads: DispatchQueue, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
+    private static func run(_ batch: [CoreAction], store: any ChatStore, reads: DispatchQueue, commitDuration: CoreMetrics.Timer?, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
         guard batch.contains(where: \.isHistoryRead) else {
-            commit(batch, store: store, logger: logger, callbacks: callbacks)
+            commit(batch, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
             return
         }
         // Writes decided before a history read are committed before it starts.
@@ -213,7 +222,7 @@ final class StorageWriter: Sendable {
                 writes.append(action)
                 continue
             }
-            commit(writes, store: store, logger: logger, callbacks: callbacks)
+            commit(writes, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
             writes.removeAll()
             reads.async {
                 let result: HistoryResult
@@ -226,16 +235,18 @@ final class StorageWriter: Sendable {
                 callbacks()?.historyLoaded(ticket, result)
             }
         }
-        commit(writes, store: store, logger: logger, callbacks: callbacks)
+        commit(writes, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
     }
 
-    private static func commit(_ writes: [CoreAction], store: any ChatStore, logger: Logger, callbacks: () -> Callbacks?) {
+    private static func commit(_ writes: [CoreAction], store: any ChatStore, commitDuration: CoreMetrics.Timer?, logger: Logger, callbacks: () -> Callbacks?) {
         guard !writes.isEmpty else { return }
         var succeeded = true
+        let started = NIODeadline.now()
         do {
             try store.transaction { transaction in
                 for write in writes { try apply(write, to: transaction) }
             }
+            commitDuration?.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
         } catch {
             succeeded = false
             logger.error("storage write failed", metadata: ["writes": "\(writes.count)", "error": "\(error)"])

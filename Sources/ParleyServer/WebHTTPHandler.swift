@@ -2,21 +2,24 @@ import NIOCore
 import NIOHTTP1
 
 /// Plain HTTP requests on a web listener (everything that is not a WebSocket upgrade to `/irc`):
-/// the web client's files (see `WebClientFiles`), and the reason a request to `/irc` was not
-/// upgraded: 403 for a page of another origin, 426 for a request that is not a WebSocket upgrade.
+/// the web client's files (see `WebClientFiles`), `/metrics` where it is served, and the reason a
+/// request to `/irc` was not upgraded: 403 for a page of another origin, 426 for a request that
+/// is not a WebSocket upgrade. On the metrics listener (no `origins`), only `/metrics`.
 final class WebHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     static let name = "parley-http"
 
-    private let origins: WebSocketOriginPolicy
+    private let origins: WebSocketOriginPolicy?
     private let site: WebClientFiles
+    private let metrics: MetricsEndpoint?
     private var request: HTTPRequestHead?
 
-    init(origins: WebSocketOriginPolicy, site: WebClientFiles) {
+    init(origins: WebSocketOriginPolicy?, site: WebClientFiles, metrics: MetricsEndpoint?) {
         self.origins = origins
         self.site = site
+        self.metrics = metrics
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -36,10 +39,22 @@ final class WebHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
         let keepAlive = head.isKeepAlive
         switch path {
-        case "/irc" where !origins.allows(head):
+        case "/irc" where origins.map { !$0.allows(head) } ?? false:
             sendText(.forbidden, "This page's origin may not open an IRC connection here.\n", keepAlive: keepAlive, context: context)
-        case "/irc":
+        case "/irc" where origins != nil:
             sendText(.upgradeRequired, "Connect with a WebSocket (subprotocols binary.ircv3.net, text.ircv3.net).\n", keepAlive: keepAlive, context: context)
+        case "/metrics" where metrics?.allows(head, peer: context.channel.remoteAddress) ?? false:
+            guard head.method == .GET || head.method == .HEAD else {
+                var headers = HTTPHeaders()
+                headers.add(name: "Allow", value: "GET, HEAD")
+                return sendText(.methodNotAllowed, "Only GET and HEAD.\n", headers: headers, keepAlive: keepAlive, context: context)
+            }
+            let body = metrics!.exposition(allocator: context.channel.allocator)
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: MetricsEndpoint.contentType)
+            headers.add(name: "Cache-Control", value: "no-store")
+            headers.add(name: "Content-Length", value: "\(body.readableBytes)")
+            send(.ok, headers: headers, body: head.method == .HEAD ? nil : body, keepAlive: keepAlive, context: context)
         default:
             guard let file = site.file(at: path) else {
                 return sendText(.notFound, "Not found.\n", keepAlive: keepAlive, context: context)
@@ -71,7 +86,7 @@ final class WebHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func contentSecurityPolicy(for head: HTTPRequestHead) -> String {
         var connect = "'self'"
         if let host = head.headers.first(name: "Host"), Self.isPlainHost(host) {
-            connect += (origins.secure ? " wss://" : " ws://") + host
+            connect += (origins?.secure == true ? " wss://" : " ws://") + host
         }
         return "default-src 'self'; connect-src \(connect); img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     }
@@ -102,5 +117,33 @@ final class WebHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
         }
+    }
+}
+
+/// `/metrics` on an HTTP listener: the exposition, and who may read it there.
+struct MetricsEndpoint: Sendable {
+    /// Prometheus text exposition format 0.0.4.
+    static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+
+    let host: ChatHost
+    /// Whether peers other than the machine itself may read it.
+    let allowsRemotePeers: Bool
+
+    /// A request from the machine itself: a loopback peer that is no reverse proxy passing on
+    /// someone else's request (those name the client in a forwarding header). Anything else is
+    /// answered as if there were no such page.
+    func allows(_ head: HTTPRequestHead, peer: SocketAddress?) -> Bool {
+        if allowsRemotePeers { return true }
+        for header in ["X-Forwarded-For", "Forwarded", "X-Real-IP"] where head.headers.contains(name: header) { return false }
+        return Self.isLoopback(peer)
+    }
+
+    static func isLoopback(_ address: SocketAddress?) -> Bool {
+        guard let text = address?.ipAddress else { return false }
+        return text == "::1" || text.hasPrefix("127.") || text.hasPrefix("::ffff:127.")
+    }
+
+    func exposition(allocator: ByteBufferAllocator) -> ByteBuffer {
+        allocator.buffer(bytes: host.metricsExposition())
     }
 }

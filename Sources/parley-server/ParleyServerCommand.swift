@@ -1,4 +1,5 @@
 import ArgumentParser
+import CoreMetrics
 import IRCWire
 import Foundation
 import NIOCore
@@ -9,6 +10,7 @@ import ParleyServer
 import ParleyStorage
 import ParleyStorePostgres
 import ParleyStoreSQLite
+import Prometheus
 import ServiceLifecycle
 import UnixSignals
 
@@ -90,6 +92,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Server name shown to clients.")
     var serverName: String?
 
+    @Option(name: .long, help: ArgumentHelp(
+        "Where Prometheus metrics are served: web (at /metrics on the web listeners, to this machine only unless metrics.allowRemote), off, or ADDRESS:PORT for a plain HTTP listener of their own.",
+        valueName: "web|off|address:port"))
+    var metricsListen: String?
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String?
 
@@ -114,12 +121,16 @@ struct Serve: AsyncParsableCommand {
         }
         if let serverName { configuration.serverName = serverName }
         if let logLevel { configuration.logLevel = logLevel }
+        if let metricsListen { configuration.metrics.listen = metricsListen }
         if let nodeName { configuration.nodeName = nodeName }
         if configuration.nodeName != nil && configuration.database == nil {
             throw ValidationError("--node-name names a node among several sharing a PostgreSQL database: give --database postgresql://... too")
         }
         if configuration.listeners.contains(where: \.tls) && configuration.tls == nil {
             throw ValidationError(ConfigurationError.tlsListenerWithoutCertificate.description)
+        }
+        do { _ = try configuration.metricsExposure() } catch let error as ConfigurationError {
+            throw ValidationError(error.description)
         }
 
         let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
@@ -129,6 +140,10 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "parley")
+        // The server's metrics registry, also the process-wide swift-metrics backend: metrics
+        // that libraries emit through `MetricsSystem` appear at /metrics beside Parley's.
+        let metricsRegistry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metricsRegistry))
         let store = try await data.openStore(configuration, logger: logger)
         // On PostgreSQL a server is always a node of a cluster, possibly of one: a second node
         // started on the same database then finds it instead of silently splitting the users.
@@ -148,7 +163,8 @@ struct Serve: AsyncParsableCommand {
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         logger.info("event loops", metadata: ["threads": "\(threads)"])
         do {
-            let server = try await ParleyServer(configuration: configuration, store: store, cluster: cluster, group: eventLoops, logger: logger)
+            let server = try await ParleyServer(configuration: configuration, store: store, cluster: cluster, group: eventLoops,
+                                                metricsRegistry: metricsRegistry, logger: logger)
             let services = ServiceGroup(
                 configuration: .init(
                     services: [.init(service: server)],

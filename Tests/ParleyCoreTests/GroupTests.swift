@@ -234,3 +234,24 @@ struct GroupTests {
         _ = alice
     }
 }
+
+@Suite("ChanServ INFO of a large group")
+struct LargeGroupInfoTests {
+    @Test func theMemberListIsSplitIntoLinesThatFit() throws {
+        // Twenty members with 30-character names: one line would be about 650 bytes.
+        let names = (1...20).map { "member" + String(repeating: "x", count: 22) + String(format: "%02d", $0) }
+        var harness = CoreHarness(accounts: [("alice", "password-a")] + names.map { ($0, "password-m") })
+        let alice = harness.register("alice", password: "password-a")
+        harness.send(alice, "JOIN #big")
+        for name in names { harness.send(alice, "INVITE \(name) #big") }
+        let info = harness.send(alice, "PRIVMSG ChanServ :INFO #big")
+        for line in info { #expect(line.utf8.count + 2 <= 512, "\(line.utf8.count + 2) bytes: \(line)") }
+        let memberLines = info.compactMap { $0.components(separatedBy: " :").dropFirst().joined(separator: " :") as String? }
+            .filter { $0.hasPrefix("Members (21") }
+        #expect(memberLines.count >= 2)
+        #expect(memberLines.first?.hasPrefix("Members (21): ~alice, ") == true)
+        #expect(memberLines.dropFirst().allSatisfy { $0.hasPrefix("Members (21, continued): ") })
+        let listed = memberLines.flatMap { $0.split(separator: ":", maxSplits: 1)[1].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        #expect(listed == ["~alice"] + names.map { $0 + " (offline)" })
+    }
+}

@@ -189,4 +189,24 @@ struct ServerProcessTests {
         server.signal(SIGTERM)
         _ = try await server.waitForExit(timeout: .seconds(5))
     }
+
+    @Test func metricsListenServesPrometheusOnItsOwnPortAndABadValueIsRefused() async throws {
+        let (directory, config) = try Self.makeDirectory()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let refused = try ServerProcess.run(["serve", "--config", config.path, "--data-dir", directory.path, "--metrics-listen", "everywhere"])
+        #expect(refused.status != 0)
+        #expect(refused.errors.contains("invalid metrics listener everywhere: use web, off, ADDRESS:PORT"), "\(refused.errors)")
+        #expect(!refused.errors.contains("Fatal error"))
+
+        let server = try await ServerProcess(dataDirectory: directory, configFile: config, arguments: ["--metrics-listen", "127.0.0.1:0"])
+        let client = try await TestClient.registered("counted", port: server.ports[0])
+        let port = try #require(server.metricsPort, "no metrics listener in the log:\n\(server.logText)")
+        let answer = try await HTTPFetch.get("/metrics", port: port)
+        #expect(answer.status == 200)
+        let metrics = try PrometheusText(parsing: answer.text)
+        #expect(metrics["parley_connections_open", ["transport": "tcp"]] == 1)
+        await client.close()
+        server.signal(SIGTERM)
+        #expect(try await server.waitForExit(timeout: .seconds(10)) == 0)
+    }
 }

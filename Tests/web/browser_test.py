@@ -141,7 +141,7 @@ class Browser:
         profile = os.path.join(directory, "profile")
         self.process = subprocess.Popen(
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1000,700", "about:blank"],
+             "--disable-smooth-scrolling", "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1000,700", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(directory, "chromium.log"), "w"))
         port_file = os.path.join(profile, "DevToolsActivePort")
         deadline = time.monotonic() + 30
@@ -152,6 +152,7 @@ class Browser:
         self.port = int(open(port_file).read().split("\n")[0])
         self.next_id = 0
         self.events = []
+        self.dialogs = []
 
     async def open(self):
         pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list"))
@@ -175,6 +176,12 @@ class Browser:
             if message.get("method") == "Runtime.exceptionThrown":
                 details = message["params"]["exceptionDetails"]
                 raise AssertionError(f"the page threw: {details.get('exception', {}).get('description', details)}")
+            if message.get("method") == "Page.javascriptDialogOpening":
+                # A person answering "OK" to a confirmation (the page waits for the answer).
+                self.dialogs.append(message["params"]["message"])
+                self.next_id += 1
+                await self.ws.send(json.dumps({"id": self.next_id, "method": "Page.handleJavaScriptDialog", "params": {"accept": True}}))
+                continue
             self.events.append(message)
 
     async def js(self, expression):
@@ -218,16 +225,52 @@ class Browser:
                             **({"text": "\r"} if kind == "keyDown" else {}))
 
     async def click(self, name):
-        """Clicks the visible button whose accessible name (text or aria-label) is `name`."""
-        found = await self.js(f"""(() => {{
-            const button = [...document.querySelectorAll('button')].find(b => b.offsetParent !== null &&
-                ((b.getAttribute('aria-label') || b.textContent).trim() === {json.dumps(name)}));
-            if (!button) return false;
-            button.click(); return true;
-        }})()""")
+        """Clicks the visible button whose accessible name (text or aria-label) is `name`, once
+        there is one (as a person waits for the button to appear)."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            found = await self.js(f"""(() => {{
+                const button = [...document.querySelectorAll('button')].find(b => b.offsetParent !== null &&
+                    ((b.getAttribute('aria-label') || b.textContent).trim() === {json.dumps(name)}));
+                if (!button) return false;
+                button.click(); return true;
+            }})()""")
+            if found or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)  # polling a condition; the deadline above ends it
         if not found:
             names = await self.js("[...document.querySelectorAll('button')].map(b => (b.getAttribute('aria-label') || b.textContent).trim()).join(' | ')")
             raise AssertionError(f"no button named {name!r}; buttons: {names}")
+
+    async def click_starting(self, prefix):
+        """Clicks the visible button whose accessible name starts with `prefix`, once there is one."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            found = await self.js(f"""(() => {{
+                const button = [...document.querySelectorAll('button')].find(b => b.offsetParent !== null &&
+                    (b.getAttribute('aria-label') || b.textContent).trim().startsWith({json.dumps(prefix)}));
+                if (!button) return false;
+                button.click(); return true;
+            }})()""")
+            if found or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)  # polling a condition; the deadline above ends it
+        if not found:
+            raise AssertionError(f"no button named {prefix}...")
+
+    async def press(self, key, code, key_code, shift=False):
+        """One key press, as the keyboard sends it (Tab, Enter, ...)."""
+        modifiers = 8 if shift else 0
+        text = {"Enter": "\r"}.get(key)
+        for kind in ("keyDown", "keyUp"):
+            await self.call("Input.dispatchKeyEvent", type=kind, key=key, code=code, windowsVirtualKeyCode=key_code, modifiers=modifiers,
+                            **({"text": text} if text and kind == "keyDown" else {}))
+
+    async def scroll_up(self, element_id):
+        """One turn of the mouse wheel over an element, just far enough to reach its top."""
+        element = f"document.getElementById({json.dumps(element_id)})"
+        x, y, top = await self.js(f"(() => {{ const r = {element}.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2, {element}.scrollTop]; }})()")
+        await self.call("Input.dispatchMouseEvent", type="mouseWheel", x=x, y=y, deltaX=0, deltaY=-(top + 10))
 
     async def type_message(self, text):
         await self.fill("Message", text)
@@ -266,7 +309,12 @@ async def scenario(server, browser, screenshot):
     assert await browser.js("document.querySelector('label[for=account]').textContent === 'Account'")
     assert await browser.js("document.querySelector('label[for=password]').textContent === 'Password'")
     assert await browser.js("!![...document.querySelectorAll('button')].find(b => b.textContent === 'Log in')")
-    passed("the login form has Account, Password, Log in and Create account")
+    stops = [s["name"] for s in await tab_through(browser)]
+    if "input:account" in stops:  # a cycle: read it from the first field
+        stops = stops[stops.index("input:account"):] + stops[:stops.index("input:account")]
+    assert stops == ["input:account", "input:password", "button:log-in", "button:create-account"], f"the login form's Tab order: {stops}"
+    await assert_fits_320(browser)
+    passed("the login form has Account, Password, Log in and Create account, in Tab order, at 320 px too")
 
     bob = IRC(server.irc_port)
     await bob.connect("bob", "bob-password-1", create=True)
@@ -274,9 +322,9 @@ async def scenario(server, browser, screenshot):
     # A wrong password is refused with a reason.
     await browser.fill("Account", "bob")
     await browser.fill("Password", "not-his-password")
-    await browser.click("Log in")
+    await browser.press("Enter", "Enter", 13)
     await browser.wait("document.getElementById('login-status').textContent.startsWith('Login failed')", "a refused login")
-    passed("a wrong password is refused on the login form")
+    passed("a wrong password (sent with Enter) is refused on the login form")
 
     await browser.fill("Account", "alice")
     await browser.fill("Password", "alice-password-1")
@@ -372,19 +420,188 @@ async def scenario(server, browser, screenshot):
     assert not any("sent while the server was down" in l for l in bob.lines), "delivered twice"
     passed("reconnect after a server restart; what was typed meanwhile is sent once")
 
-    # Readable at 320 px: nothing wider than the screen.
-    await browser.call("Emulation.setDeviceMetricsOverride", width=320, height=640, deviceScaleFactor=1, mobile=True)
-    assert await browser.wait("document.documentElement.scrollWidth <= 320", "a 320 px wide layout")
-    await browser.call("Emulation.clearDeviceMetricsOverride")
-    passed("fits a 320 px wide screen")
+    # Group management by the owner, with the page's own controls.
+    carol = IRC(server.irc_port)
+    await carol.connect("carol", "carol-password-1", create=True)
+    await browser.click_starting("#friends")
+    await browser.wait("document.getElementById('title').textContent === '#friends'", "the group open")
+    await browser.wait(members_have("bob"), "bob in the members")
+    await browser.fill("Member", "carol")
+    await browser.click("Add member")
+    await carol.expect(lambda l: " JOIN " in l and "#friends" in l, "carol joined to the group")
+    await browser.wait(members_have("carol"), "carol in the members")
+    await browser.click("Remove bob")
+    await bob.expect(lambda l: " KICK #friends bob " in l, "bob removed")
+    await browser.wait("!" + members_have("bob"), "bob gone from the members")
+    await browser.fill("New name", "pals")
+    await browser.click("Rename group")
+    await carol.expect(lambda l: " JOIN " in l and "#pals" in l, "carol in the renamed group")
+    await browser.wait("document.getElementById('title').textContent === '#pals'", "the renamed group open")
+    await browser.wait(f"{conversation_names()}.includes('#pals') && !{conversation_names()}.includes('#friends')", "the list renamed")
+    await browser.type_message("/group create doomed carol")
+    await browser.wait("document.getElementById('title').textContent === '#doomed'", "the new group open")
+    await carol.expect(lambda l: " JOIN " in l and "#doomed" in l, "carol in the new group")
+    await browser.wait(members_have("carol"), "carol in the new group's members")
+    await browser.click("Delete group")
+    await carol.expect(lambda l: " KICK #doomed carol " in l, "the group deleted")
+    assert browser.dialogs and "#doomed" in browser.dialogs[-1], "deleting asks first"
+    await browser.wait(f"!{conversation_names()}.includes('#doomed') && document.getElementById('title').textContent !== '#doomed'", "the deleted group gone")
+    passed("the owner adds, removes, renames and deletes a group with the page's controls")
+
+    # /seen: online now, no such user, or when last seen.
+    await browser.type_message("/seen carol")
+    await browser.wait("document.getElementById('notice').textContent === 'carol is online now.'", "carol seen online")
+    await browser.type_message("/seen nobody-here")
+    await browser.wait("document.getElementById('notice').textContent.includes('nobody-here: no such user')", "an unknown user")
+    assert not await browser.js(f"{conversation_names()}.includes('nobody-here')"), "asking does not open a conversation"
+
+    # Older messages load when scrolling up: more than one page of history.
+    for n in range(1, 61):
+        carol.send(f"PRIVMSG alice :page h{n:02d}")
+    await carol.barrier()
+    await browser.reload()
+    await browser.wait("window.parley.loggedIn", "logging in again after the reload")
+    await browser.wait("[...document.querySelectorAll('#conversations button')].some(b => b.getAttribute('aria-label').startsWith('carol'))", "carol listed")
+    await browser.click_starting("carol")
+    await browser.wait(browser.log_has("page h60") + " && " + browser.log_has("page h11"), "the latest page of history")
+    await browser.wait("window.parley.conversations.get('carol').historyLoaded", "the first page complete")
+    assert not await browser.js(browser.log_has("page h10")), "only one page at first"
+    await browser.scroll_up("log")
+    await browser.wait(browser.log_has("page h01"), "older messages after scrolling up")
+    try:
+        await browser.wait("document.getElementById('log').scrollTop > 0", "the message being read kept in place")
+    except AssertionError:
+        print(await browser.js("""JSON.stringify((() => { const log = document.getElementById('log'); const c = window.parley.conversations.get('carol');
+            return { top: log.scrollTop, height: log.scrollHeight, client: log.clientHeight, loading: c.loadingOlder, noOlder: c.noOlder,
+              anchor: c.anchor, order: c.messages.slice(0, 15).map(m => m.text + '@' + m.time) }; })())"""))
+        raise
+    passed("older messages load when scrolling up")
+
+    await carol.close()
+    await browser.click_starting("bob")
+    await browser.wait("window.parley.conversations.get('carol').online === false", "carol offline")
+    await browser.type_message("/seen carol")
+    await browser.wait("document.getElementById('notice').textContent.startsWith('carol was last online')", "carol's last seen")
+    passed("/seen says online now, when last seen, or no such user")
+
+    # /receipts off: reading no longer tells the author; on: it does again.
+    await browser.type_message("/receipts off")
+    await browser.wait("document.getElementById('notice').textContent === 'Authors never see when you read their messages'", "receipts off confirmed")
+    bob.send("PRIVMSG alice :do you read this?")
+    echo = await bob.expect(lambda l: "PRIVMSG alice :do you read this?" in l, "bob's echo")
+    first = tag(echo, "msgid")
+    await browser.wait(browser.log_has("do you read this?"), "bob's message on screen")
+    await browser.wait(f"window.parley.conversations.get('bob').marker >= {json.dumps(tag(echo, 'time'))}", "the server marking it read")
+    await bob.barrier()
+    assert not any(f"RECEIPT alice {first} read" in l for l in bob.lines), "a read receipt with receipts off"
+    await browser.type_message("/receipts on")
+    await browser.wait("document.getElementById('notice').textContent === 'Authors see when you read their messages'", "receipts on confirmed")
+    bob.send("PRIVMSG alice :and this one?")
+    second = tag(await bob.expect(lambda l: "PRIVMSG alice :and this one?" in l, "bob's echo"), "msgid")
+    await bob.expect(lambda l: f"RECEIPT alice {second} read" in l, "the read receipt with receipts on")
+    passed("/receipts off and on")
+
+    # Keyboard only: Tab reaches every control, focus is visible, Enter opens and sends.
+    await browser.click_starting("#pals")
+    await browser.wait("!document.getElementById('owner-tools').hidden", "the owner's tools")
+    stops = await tab_through(browser)
+    controls = await browser.js(f"[...document.querySelectorAll('button, input, summary, [tabindex]')].filter(e => e.offsetParent !== null && !e.disabled).map({DESCRIBE})")
+    missing = [c for c in controls if c not in [s["name"] for s in stops]]
+    assert not missing, f"Tab never reaches {missing}; it goes {[s['name'] for s in stops]}"
+    unmarked = [s["name"] for s in stops if not s["outlined"]]
+    assert not unmarked, f"no visible focus on {unmarked}"
+    await tab_to(browser, "button:bob, online")
+    await browser.press("Enter", "Enter", 13)
+    await browser.wait("document.getElementById('title').textContent === 'bob'", "bob opened from the keyboard")
+    await tab_to(browser, "input:message")
+    await browser.call("Input.insertText", text="typed without a mouse")
+    await browser.press("Enter", "Enter", 13)
+    await bob.expect(lambda l: "PRIVMSG bob :typed without a mouse" in l, "the message sent with Enter")
+    passed("keyboard only: Tab reaches every control with visible focus, Enter opens and sends")
+
+    # Readable at 320 px: nothing wider than the screen, a group with the owner's tools included.
+    await browser.click_starting("#pals")
+    await assert_fits_320(browser)
+    passed("fits a 320 px wide screen, with a group and the owner's tools")
 
     if screenshot:
         await browser.click("bob, online")
         await browser.wait(browser.log_has("hello bob"), "the conversation for the screenshot")
         await browser.screenshot(screenshot, 900, 560)
         print(f"screenshot: {screenshot}")
+
+    # A member (not the owner) sees the members with the owner marked, and no owner's tools.
+    await browser.click("Log out")
+    await browser.wait("!document.getElementById('login').hidden", "the login form after logging out")
+    await browser.fill("Account", "carol")
+    await browser.fill("Password", "carol-password-1")
+    await browser.click("Log in")
+    await browser.wait("window.parley.loggedIn", "carol logged in")
+    await browser.wait(f"{conversation_names()}.includes('#pals')", "carol's group listed")
+    await browser.click_starting("#pals")
+    await browser.wait(members_have("alice (owner)") + " && " + members_have("carol"), "the members with the owner marked")
+    assert not await browser.js("[...document.querySelectorAll('#members button')].length"), "no Remove buttons for a member"
+    assert await browser.js("document.getElementById('owner-tools').hidden"), "no owner's tools for a member"
+    passed("a member sees the members with the owner marked, and no owner's tools")
     await bob.close()
     return results
+
+
+DESCRIBE = "e => e.tagName.toLowerCase() + ':' + (e.getAttribute('aria-label') || e.id || e.textContent.trim())"
+
+
+def members_have(text):
+    """JS: an entry of the group's member list starts with text."""
+    return f"[...document.querySelectorAll('#members li')].some(li => li.textContent.startsWith({json.dumps(text)}))"
+
+
+def conversation_names():
+    return "[...document.querySelectorAll('#conversations button')].map(b => b.getAttribute('aria-label').split(',')[0])"
+
+
+def tag(line, key):
+    return [t for t in line[1:].split(" ")[0].split(";") if t.startswith(key + "=")][0][len(key) + 1:]
+
+
+async def assert_fits_320(browser):
+    """At 320 px wide: no horizontal scroll, and nothing drawn past either edge."""
+    await browser.call("Emulation.setDeviceMetricsOverride", width=320, height=640, deviceScaleFactor=1, mobile=True)
+    await browser.wait("document.documentElement.scrollWidth <= 320", "a 320 px wide layout")
+    overflowing = await browser.js("""[...document.querySelectorAll('body *')].filter(e => e.offsetParent !== null)
+        .filter(e => { const r = e.getBoundingClientRect(); return r.width > 0 && (r.left < -1 || r.right > 321); })
+        .map(e => e.id || e.tagName + '.' + e.className)""")
+    await browser.call("Emulation.clearDeviceMetricsOverride")
+    assert not overflowing, f"wider than 320 px: {overflowing}"
+
+
+async def focused(browser):
+    return await browser.js(f"""(() => {{ const e = document.activeElement; if (!e || e === document.body) return null;
+        const style = getComputedStyle(e);
+        return {{ name: ({DESCRIBE})(e), outlined: style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2 }}; }})()""")
+
+
+async def tab_through(browser):
+    """Tabs until focus comes round to a control it has been on; returns each stop. (Past the last
+    control focus leaves the page for the browser's own, and the next Tab brings it back.)"""
+    stops = []
+    for _ in range(100):
+        await browser.press("Tab", "Tab", 9)
+        stop = await focused(browser)
+        if stop is None:
+            continue
+        if any(seen["name"] == stop["name"] for seen in stops):
+            break
+        stops.append(stop)
+    return stops
+
+
+async def tab_to(browser, name):
+    for _ in range(80):
+        stop = await focused(browser)
+        if stop and stop["name"].startswith(name):
+            return
+        await browser.press("Tab", "Tab", 9)
+    raise AssertionError(f"Tab never reached {name}")
 
 
 def main():

@@ -99,6 +99,7 @@ extension ChatServer {
             }
             let key = fold(username)
             if let wait = loginThrottle(key, network: SourceNetwork.key(forHost: session.host), now: context.now) {
+                counters.loginFailures &+= 1
                 throw .numeric(.errSaslFail, LoginRefusal.throttled(seconds: wait).text)
             }
             // An unknown account gets a made-up salt with the iterations new accounts get, so
@@ -112,11 +113,13 @@ extension ChatServer {
             let key = fold(requestedUsername ?? "")
             let network = SourceNetwork.key(forHost: session.host)
             if let wait = loginThrottle(key, network: network, now: context.now) {
+                counters.loginFailures &+= 1
                 throw .numeric(.errSaslFail, LoginRefusal.throttled(seconds: wait).text)
             }
             let serverFinal: String
             do { serverFinal = try exchange.receiveClientFinal(text) } catch {
                 recordLoginAttempt(key, network: network, now: context.now)
+                counters.loginFailures &+= 1
                 throw .numeric(.errSaslFail, "SASL authentication failed: invalid account name or password")
             }
             sessions[id]?.sasl = .scram(exchange: exchange, step: .awaitingFinalAck, buffer: "", username: requestedUsername)
@@ -198,7 +201,10 @@ extension ChatServer {
     mutating func startPasswordCheck(_ work: PendingWork, throttleKey accountKey: String, credential: PasswordCredential?, password: String,
                                      session: Session, now: Timestamp, into outbox: inout Outbox) -> LoginRefusal? {
         let network = SourceNetwork.key(forHost: session.host)
-        if let wait = loginThrottle(accountKey, network: network, now: now) { return .throttled(seconds: wait) }
+        if let wait = loginThrottle(accountKey, network: network, now: now) {
+            if !work.isOper { counters.loginFailures &+= 1 }
+            return .throttled(seconds: wait)
+        }
         if passwordWorkIsFull { return .busy }
         recordLoginAttempt(accountKey, network: network, now: now)
         let ticket = nextTicket
@@ -248,6 +254,7 @@ extension ChatServer {
                 logIn(id, account: account, context: &context, outbox: &outbox)
                 completeRegistrationIfReady(id, &context, &outbox)
             } else {
+                counters.loginFailures &+= 1
                 render(.numeric(.errPasswdMismatch, "Password incorrect"), in: &context)
                 disconnect(id, reason: "Bad password", context: &context, outbox: &outbox)
             }
@@ -259,6 +266,7 @@ extension ChatServer {
                 refundLoginAttempt(key, network: network, now: now)
                 logIn(id, account: account, viaSASL: true, context: &context, outbox: &outbox)
             } else {
+                counters.loginFailures &+= 1
                 render(.numeric(.errSaslFail, "SASL authentication failed: invalid account name or password"), in: &context)
             }
             finish(&context, into: &outbox)
@@ -270,6 +278,7 @@ extension ChatServer {
                 logIn(id, account: account, context: &context, outbox: &outbox)
                 nickServNotice("You are now identified as \(account.name).", in: &context)
             } else {
+                counters.loginFailures &+= 1
                 nickServNotice("Invalid account name or password.", in: &context)
             }
             finish(&context, into: &outbox)
@@ -302,6 +311,7 @@ extension ChatServer {
     /// change of nick follows them.
     mutating func logIn(_ id: ConnectionID, account: AccountRecord, viaSASL: Bool = false, context: inout CommandContext, outbox: inout Outbox) {
         guard let session = sessions[id] else { return }
+        counters.logins &+= 1
         sessions[id]?.accountKey = account.key
         sessions[id]?.accountName = account.name
         let shownNick = session.isRegistered && session.nick?.folded != account.key ? account.name : session.nick?.name ?? "*"
@@ -426,6 +436,7 @@ extension ChatServer {
         pendingAccountKeys.remove(key)
         if case .created(let record) = result {
             accounts[record.key] = record
+            counters.accountRegistrations &+= 1
             publishAccount(record.key, into: &outbox)
         }
         guard let session = sessions[id] else { return }
@@ -565,6 +576,12 @@ extension ChatServer.PendingWork {
         case .passLogin, .saslPlain, .identify, .oper: true
         case .registerAccount, .history: false
         }
+    }
+
+    /// An OPER password check: not a login to an account.
+    var isOper: Bool {
+        if case .oper = self { return true }
+        return false
     }
 
     var connection: ConnectionID? {

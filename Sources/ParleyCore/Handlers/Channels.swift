@@ -735,6 +735,10 @@ extension ChatServer {
 
     // MARK: ChanServ: group administration for clients without special commands
 
+    /// The text of one `ChanServ INFO` members line at most: with the NOTICE's prefix and target
+    /// it stays within 512 bytes.
+    static let chanServMembersLineBytes = 380
+
     mutating func handleChanServ(text: String, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         let words = text.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
@@ -751,7 +755,19 @@ extension ChatServer {
             let members = channel.accountRoles.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map { key, role in
                 role.prefix + (accounts[key]?.name ?? key) + (nickIndex[key] == nil ? " (offline)" : "")
             }
-            reply("Members (\(members.count)): \(members.joined(separator: ", "))")
+            // As many lines as it takes: one line for a large group would pass the 512-byte limit.
+            var line = "Members (\(members.count)):"
+            var lineHasMember = false
+            for member in members {
+                if lineHasMember && line.utf8.count + 2 + member.utf8.count > Self.chanServMembersLineBytes {
+                    reply(line)
+                    line = "Members (\(members.count), continued): " + member
+                } else {
+                    line += (lineHasMember ? ", " : " ") + member
+                }
+                lineHasMember = true
+            }
+            reply(line)
         case "DROP":
             guard words.count >= 2, let channel = channels[fold(words[1])] else { reply("Usage: DROP #group"); return }
             guard channel.isGroup, role(of: id, in: channel) == .owner else {
@@ -818,6 +834,7 @@ extension ChatServer {
         for member in channel.joined where member != id {
             guard let session = sessions[member], verb != "TAGMSG" || session.has(.messageTags) else { continue }
             outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member)
+            counters.deliveries &+= 1
         }
         if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) {
             context.replies.append(relayed)

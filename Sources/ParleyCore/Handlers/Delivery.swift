@@ -159,7 +159,10 @@ extension ChatServer {
                                    text: text, clientTags: clientTags, recipients: recipients, now: context.now)
         stored.targetName = recipientKey == nil ? guestRecipient?.nick : nil
         remember(stored)
-        if !online, let recipientKey { undelivered[recipientKey, default: []].append(stored) }
+        if !online, let recipientKey {
+            undelivered[recipientKey, default: []].append(stored)
+            counters.offlineStored &+= 1
+        }
         context.pendingStores.append(stored)
     }
 
@@ -186,6 +189,7 @@ extension ChatServer {
         remember(stored)
         for recipient in recipients where recipient.deliveredAt == nil {
             undelivered[recipient.account, default: []].append(stored)
+            counters.offlineStored &+= 1
         }
         context.pendingStores.append(stored)
         if !full.isEmpty {
@@ -293,6 +297,7 @@ extension ChatServer {
         context.pendingStores = []
         var success = Outbox()
         finish(&context, into: &success)
+        outbox.linesQueued &+= success.linesQueued
         sessions[context.connection]?.storesInFlight += 1
         outbox.actions.append(.storeMessages(stores, afterCommit: success.deliveries, sender: request))
     }
@@ -304,6 +309,7 @@ extension ChatServer {
     mutating func finishBehindStores(_ context: inout CommandContext, into outbox: inout Outbox) {
         var replies = Outbox()
         finish(&context, into: &replies)
+        outbox.linesQueued &+= replies.linesQueued
         guard !replies.deliveries.isEmpty else { return }
         sessions[context.connection]?.storesInFlight += 1
         outbox.actions.append(.storeMessages([], afterCommit: replies.deliveries,
@@ -415,6 +421,7 @@ extension ChatServer {
                                                        reader: account, state: .delivered, time: context.now, &context, &outbox)
             }
             updates.append(update)
+            counters.offlineReplayed &+= 1
         }
         for run in runs {
             for line in batched(run.lines, type: "chathistory", parameters: [run.target], for: session) { emit(line, to: id, &context, &outbox) }

@@ -87,6 +87,7 @@ extension ChatServer {
         // The connection's later commands wait for the read, as for a password check: every
         // reply to a command comes before any reply to a later one.
         sessions[context.connection]?.pendingTickets += 1
+        counters.historyQueries &+= 1
         outbox.actions.append(.loadHistory(ticket: ticket, query: query))
         context.deferReplies()
     }

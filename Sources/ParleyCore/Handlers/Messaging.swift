@@ -6,6 +6,7 @@ extension ChatServer {
     /// one bad target never hides the outcome of the others.
     mutating func handleMessage(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let verb = context.verb
+        counters.messagesReceived &+= 1
         guard let targetList = message.parameters.first, !targetList.isEmpty else {
             throw .numeric(.errNoRecipient, "No recipient given (\(verb))")
         }
@@ -146,6 +147,7 @@ extension ChatServer {
             var line = allocator.buffer(capacity: 32 + sender.prefix.utf8.count + target.utf8.count + text.utf8.count)
             IRCMessage.writeUntagged(source: sender.prefix, command: verb, target: target, text: text, to: &line)
             for recipient in holder.connections { outbox.send(line, to: recipient) }
+            counters.deliveries &+= UInt64(holder.connections.count)
             if verb == "PRIVMSG" { replyIfAway(holder.connections, target: target, &context) }
             return
         }
@@ -164,6 +166,7 @@ extension ChatServer {
             guard let session = sessions[recipient] else { continue }
             if verb == "TAGMSG" && !session.has(.messageTags) { continue }
             outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: recipient)
+            counters.deliveries &+= 1
         }
         // The sender's other connections (same account) see what it said.
         if let account = sender.accountKey, let own = nickIndex[account] {

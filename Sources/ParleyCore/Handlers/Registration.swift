@@ -257,6 +257,7 @@ extension ChatServer {
         sessions[id]?.nick = effectiveNick
         sessions[id]?.isRegistered = true
         registeredSessionCount += 1
+        counters.connectionRegistrations &+= 1
         let wasOnline = nickIndex[effectiveNick.folded] != nil
         var holder = nickIndex[effectiveNick.folded] ?? NickHolder(connections: [], accountKey: session.accountKey)
         holder.connections.append(id)

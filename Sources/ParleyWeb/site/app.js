@@ -32,6 +32,7 @@ const state = {
   open: null,            // folded name of the open conversation
   outgoing: new Map(),   // cid -> message (ours, not final yet)
   cidPrefix: Math.random().toString(36).slice(2, 10),
+  openDetails: new Set(), // msgids whose "who has it" is open
 };
 
 // MARK: conversations and messages
@@ -48,7 +49,7 @@ function conversation(name) {
   return entry;
 }
 
-function insertMessage(conv, message) {
+function insertMessage(conv, message, olderPage = null) {
   if (message.msgid && conv.ids.has(message.msgid)) {
     const existing = conv.messages.find((m) => m.msgid === message.msgid);
     // The same message from history and from the replay of what was missed: still missed.
@@ -56,9 +57,16 @@ function insertMessage(conv, message) {
     return existing;
   }
   if (message.msgid) conv.ids.add(message.msgid);
-  // Kept in time order: history arrives older than what is shown.
+  // Kept in time order: history arrives older than what is shown. A page of older history goes
+  // before everything shown, in its own order (messages of one millisecond share a time).
   let index = conv.messages.length;
-  while (index > 0 && message.time && conv.messages[index - 1].time && conv.messages[index - 1].time > message.time) index--;
+  if (olderPage) {
+    index = olderPage.insertAt ?? conv.messages.findIndex((m) => !m.system && m.time && m.time >= message.time);
+    if (index < 0) index = conv.messages.length;
+    olderPage.insertAt = index + 1;
+  } else {
+    while (index > 0 && message.time && conv.messages[index - 1].time && conv.messages[index - 1].time > message.time) index--;
+  }
   conv.messages.splice(index, 0, message);
   return message;
 }
@@ -196,10 +204,11 @@ function handle(message) {
       break;
     case "FAIL": handleFail(message, label); break;
     case "WARN": notice(params[params.length - 1]); break;
-    case "NOTE": handleNote(message); break;
+    case "NOTE": handleNote(message, label); break;
     case "BATCH": handleBatch(message, label); break;
     case "PRIVMSG": case "NOTICE": handleMessage(message, label, batch); break;
     case "RECEIPT": handleReceipt(params); break;
+    case "RECEIPTS": if (params[0] === "READ") notice(params[params.length - 1]); break;
     case "MARKREAD": handleMarkread(params); break;
     case "CHATHISTORY":
       if (params[0] === "TARGETS" && params[1] && !["NickServ", "ChanServ"].includes(params[1])) conversation(params[1]);
@@ -210,7 +219,14 @@ function handle(message) {
     case "PART": case "KICK": handleLeave(message); break;
     case "RENAME": handleRename(params); break;
     case "353": handleNames(params); break;
-    case "401": if (!(label && state.labels.get(label)?.kind === "whois")) notice(`${params[1]}: no such user`); break;
+    case "311": { const meaning = label && state.labels.get(label); if (meaning && meaning.kind === "whois") meaning.online = true; break; }
+    case "401": {
+      // An offline account's WHOIS is 401 then NOTE WHOIS LAST_SEEN, in one batch: the note says it all.
+      const meaning = label && state.labels.get(label);
+      if (!meaning || meaning.kind !== "whois") notice(`${params[1]}: no such user`);
+      else if (!batch && meaning.seen) notice(`${params[1]}: no such user`);
+      break;
+    }
     case "404": case "482": case "403": case "442": case "473": notice(params[params.length - 1]); break;
     case "341": notice(`${params[1]} was added to ${params[2]}.`); requestMembers(params[2]); break;
     case "NICK": if (nickOf(message.source) === state.nick) state.nick = params[0]; break;
@@ -324,15 +340,21 @@ function handleFail(message, label) {
   }
 }
 
-function handleNote(message) {
+function handleNote(message, label) {
   const [command, code, who, when] = message.params;
   const text = message.params[message.params.length - 1];
-  if (code === "RECIPIENT_OFFLINE" || code === "LAST_SEEN") {
+  if (code === "RECIPIENT_OFFLINE") {
     const conv = conversation(who);
     conv.online = false;
     conv.lastSeen = when;
-    if (code === "RECIPIENT_OFFLINE") addSystem(conv, `${who} is offline (last seen ${describeTime(when)}); they get it when they come back`);
-    else notice(`${who} was last online ${describeTime(when)}.`);
+    addSystem(conv, `${who} is offline (last seen ${describeTime(when)}); they get it when they come back`);
+  } else if (code === "LAST_SEEN") {
+    // A WHOIS answer: it updates a conversation that exists, and opens none (/seen only asks).
+    const conv = state.conversations.get(fold(who));
+    if (conv) { conv.online = false; conv.lastSeen = when; }
+    const meaning = label && state.labels.get(label);
+    if (meaning) meaning.answered = true;
+    notice(`${who} was last online ${describeTime(when)}.`);
   } else if (command === "INVITE" && code === "MEMBER_OFFLINE") {
     notice(text);
   } else {
@@ -352,7 +374,9 @@ function handleBatch(message, label) {
   const meaning = state.labels.get(closed.label);
   state.labels.delete(closed.label);
   if (meaning && meaning.kind === "history") {
-    const conv = conversation(meaning.target);
+    // Answers about a conversation closed meanwhile (a group just deleted) bring it back to nobody.
+    const conv = state.conversations.get(fold(meaning.target));
+    if (!conv) return;
     conv.loadingOlder = false;
     conv.historyLoaded = true;
     if (meaning.older && meaning.count === 0) conv.noOlder = true;
@@ -361,6 +385,9 @@ function handleBatch(message, label) {
     for (const conv of state.conversations.values()) if (!conv.historyLoaded && conv.key !== state.open) loadConversation(conv, true);
   } else if (meaning && meaning.kind === "members") {
     // members arrive as ChanServ notices inside the batch
+  } else if (meaning && meaning.kind === "whois" && meaning.seen) {
+    if (meaning.online) notice(`${meaning.nick} is online now.`);
+    else if (!meaning.answered) notice(`${meaning.nick}: no such user`);
   }
 }
 
@@ -381,9 +408,10 @@ function handleMessage(message, label, batch) {
   if (message.command === "NOTICE" && !target.startsWith("#")) { notice(`${from}: ${text}`); return; }
   const mine = fold(from) === fold(state.nick);
   const other = target.startsWith("#") ? target : mine ? target : from;
+  const isHistory = meaning && meaning.kind === "history";
+  if (isHistory && !state.conversations.has(fold(other))) return;
   const conv = conversation(other);
   if (text.startsWith("\x01ACTION ")) text = `* ${from} ${text.slice(8).replace(/\x01$/, "")}`;
-  const isHistory = meaning && meaning.kind === "history";
   const missed = Boolean(batch && batch.type === "chathistory" && !batch.label);
   const time = tags.time || new Date().toISOString();
   const cid = tags["+parley.chat/cid"];
@@ -401,7 +429,8 @@ function handleMessage(message, label, batch) {
     if (conv.group && state.caps.has("parley.chat/receipts") && own.msgid) send("RECEIPTS", "STATUS", own.msgid);
     return;
   }
-  const entry = insertMessage(conv, { msgid: tags.msgid, from, target, text, time, own: mine, state: mine ? "sent" : null, readers: {}, missed });
+  const entry = insertMessage(conv, { msgid: tags.msgid, from, target, text, time, own: mine, state: mine ? "sent" : null, readers: {}, missed },
+    isHistory && meaning.older ? meaning : null);
   if (isHistory) meaning.count = (meaning.count || 0) + 1;
   if (!mine && !isHistory && entry && !isOnScreen(conv) && !(conv.marker && conv.marker >= time)) conv.unread++;
   if (mine && isHistory && entry.msgid && state.caps.has("parley.chat/receipts")) meaning.ownIds = [...(meaning.ownIds || []), entry.msgid];
@@ -437,7 +466,8 @@ function handleReceipt(params) {
 function handleMarkread(params) {
   const [target, marker] = params;
   if (!marker || !marker.startsWith("timestamp=")) return;
-  const conv = conversation(target);
+  const conv = state.conversations.get(fold(target));
+  if (!conv) return;
   const time = marker.slice(10);
   if (!conv.marker || time > conv.marker) conv.marker = time;
   countUnread(conv);
@@ -508,29 +538,32 @@ function handleNames(params) {
   }
 }
 
-// ChanServ INFO: "#team: owner alice, created ..." and "Members (3): ~alice, bob, dave (offline)".
+// ChanServ INFO (docs/groups.md): "#team: owner alice, created ...", then
+// "Members (3): ~alice, bob, dave (offline)", and for a large group more lines of
+// "Members (N, continued): ...".
 function parseChanServ(text) {
   let match = text.match(/^(#\S+): owner (\S+?),/);
   if (match) { const conv = state.conversations.get(fold(match[1])); if (conv) conv.owner = match[2]; lastInfoGroup = match[1]; return; }
-  match = text.match(/^Members \(\d+\): (.*)$/);
+  match = text.match(/^Members \(\d+(, continued)?\): (.*)$/);
   if (match && lastInfoGroup) {
     const conv = state.conversations.get(fold(lastInfoGroup));
     if (!conv) return;
-    conv.members = match[1].split(", ").map((entry) => {
+    const listed = match[2].split(", ").map((entry) => {
       const offline = entry.endsWith(" (offline)");
       const name = entry.replace(" (offline)", "");
       const owner = name.startsWith("~");
       return { nick: name.replace(/^[~@+&%]+/, ""), owner, online: !offline };
     });
+    conv.members = match[1] ? [...conv.members, ...listed] : listed;
     const owner = conv.members.find((m) => m.owner);
     if (owner) conv.owner = owner.nick;
   }
 }
 let lastInfoGroup = null;
 
-// An offline account's WHOIS is 401 then NOTE WHOIS LAST_SEEN: the note says it all.
-function whois(nick) {
-  if (state.registered) sendTagged({ label: labelFor({ kind: "whois" }) }, "WHOIS", nick);
+// WHOIS, labeled; for /seen the whole answer (online, last seen, or nobody) ends its batch.
+function whois(nick, seen = false) {
+  if (state.registered) sendTagged({ label: labelFor({ kind: "whois", nick, seen }) }, "WHOIS", nick);
 }
 
 function requestMembers(group) {
@@ -553,7 +586,10 @@ function loadOlder(conv) {
   const oldest = conv.messages.find((m) => m.time && !m.system);
   if (!oldest) return;
   conv.loadingOlder = true;
-  sendTagged({ label: labelFor({ kind: "history", target: conv.name, older: true, count: 0 }) }, "CHATHISTORY", "BEFORE", conv.name, `timestamp=${oldest.time}`, String(historyPage));
+  // By msgid where known: messages of one millisecond share a timestamp, and a page that ended
+  // among them would skip the rest of that millisecond when asked "before" it.
+  const before = oldest.msgid ? `msgid=${oldest.msgid}` : `timestamp=${oldest.time}`;
+  sendTagged({ label: labelFor({ kind: "history", target: conv.name, older: true, count: 0 }) }, "CHATHISTORY", "BEFORE", conv.name, before, String(historyPage));
 }
 
 function openConversation(name) {
@@ -593,12 +629,8 @@ function run(actions) {
     else if (action.open) openConversation(action.open);
     else if (action.send) sendMessage(action.to, action.text);
     else if (action.irc) send(...action.irc);
-    else if (action.seen) {
-      conversation(action.seen);
-      whois(action.seen);
-      const conv = state.conversations.get(fold(action.seen));
-      if (conv.online) notice(`${action.seen} is online now.`);
-    } else if (action.close) {
+    else if (action.seen) whois(action.seen, true);
+    else if (action.close) {
       if (state.open === fold(action.close)) state.open = null;
       state.conversations.delete(fold(action.close));
     }
@@ -646,6 +678,8 @@ function element(tag, props = {}, ...children) {
 
 function render() {
   if ($("chat").hidden) return;
+  // The lists are drawn anew each time: a keyboard user's focus goes back to the same control.
+  const focusKey = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.focusKey : undefined;
   markReadIfOnScreen();
   const list = $("conversations");
   const convs = [...state.conversations.values()].sort((a, b) => {
@@ -656,7 +690,7 @@ function render() {
     const presence = conv.group ? "group" : conv.online ? "online" : conv.online === false ? "offline" : "";
     const label = [conv.name, presence, conv.unread ? `${conv.unread} unread` : ""].filter(Boolean).join(", ");
     return element("li", {}, element("button", {
-      type: "button", class: "conv", "aria-label": label, "aria-current": state.open === conv.key ? "true" : "false",
+      type: "button", class: "conv", "aria-label": label, "aria-current": state.open === conv.key ? "true" : "false", "data-focus-key": `conv ${conv.key}`,
       onclick: () => openConversation(conv.name),
     }, conv.group ? null : element("span", { class: `dot${conv.online ? " online" : ""}`, "aria-hidden": "true" }),
     element("span", {}, conv.name), conv.unread ? element("span", { class: "unread", "aria-hidden": "true" }, String(conv.unread)) : null));
@@ -670,13 +704,15 @@ function render() {
   $("older").hidden = !conv || conv.noOlder || !conv.messages.some((m) => m.time && !m.system);
   renderLog(conv);
   renderGroup(conv);
+  if (focusKey && document.activeElement?.dataset?.focusKey !== focusKey) {
+    const again = [...document.querySelectorAll("[data-focus-key]")].find((e) => e.dataset.focusKey === focusKey);
+    if (again) again.focus({ preventScroll: true });
+  }
 }
 
 function renderLog(conv) {
   const log = $("log");
   const nearEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  const previousHeight = log.scrollHeight;
-  const previousTop = log.scrollTop;
   if (!conv) { log.replaceChildren(); return; }
   const items = [];
   let dividerShown = false;
@@ -692,19 +728,34 @@ function renderLog(conv) {
     ];
     if (words) children.push(element("span", { class: `state ${stateClass}` }, words));
     if (m.own && conv.group && Object.keys(m.readers).length) {
-      children.push(element("details", {}, element("summary", {}, "who has it"),
+      children.push(element("details", {
+        open: state.openDetails.has(m.msgid),
+        ontoggle: (event) => { if (event.target.open) state.openDetails.add(m.msgid); else state.openDetails.delete(m.msgid); },
+      }, element("summary", { "data-focus-key": `who ${m.msgid}` }, "who has it"),
         element("ul", {}, ...Object.entries(m.readers).sort().map(([reader, s]) => element("li", {}, `${reader}: ${s === "pending" ? "not delivered yet" : s}`)))));
     }
-    items.push(element("li", { class: m.own ? "own" : "" }, ...children));
+    items.push(element("li", { class: m.own ? "own" : "", "data-key": m.msgid || m.cid }, ...children));
   }
   log.replaceChildren(...items);
-  if (conv.restoreScroll) {
-    // Older messages were put above: keep the one being read where it was.
-    log.scrollTop = previousTop + (log.scrollHeight - previousHeight);
-    conv.restoreScroll = false;
+  if (conv.anchor) {
+    // Older messages are being put above: the message that was at the top stays where it was,
+    // through every message of the page (each is drawn as it arrives), until the page has ended;
+    // once more a frame later, in case the wheel's own scroll landed after ours.
+    keepAnchor(conv);
+    if (!conv.loadingOlder) {
+      const anchor = conv.anchor;
+      conv.anchor = null;
+      requestAnimationFrame(() => { if (!conv.anchor && state.open === conv.key) keepAnchor({ anchor }); });
+    }
   } else if (nearEnd) {
     log.scrollTop = log.scrollHeight;
   }
+}
+
+function keepAnchor({ anchor }) {
+  const log = $("log");
+  const item = [...log.querySelectorAll("li[data-key]")].find((li) => li.dataset.key === anchor.key);
+  if (item) log.scrollTop += item.getBoundingClientRect().top - log.getBoundingClientRect().top - anchor.offset;
 }
 
 function renderGroup(conv) {
@@ -714,7 +765,7 @@ function renderGroup(conv) {
   const owner = conv.owner && fold(conv.owner) === fold(state.nick);
   $("members").replaceChildren(...conv.members.map((m) => element("li", {},
     `${m.nick}${m.owner ? " (owner)" : ""}${m.online ? "" : " (offline)"}`,
-    owner && !m.owner ? element("button", { type: "button", "aria-label": `Remove ${m.nick}`, onclick: () => { send("KICK", conv.name, m.nick, "Removed from the group"); requestMembers(conv.name); } }, "Remove") : null)));
+    owner && !m.owner ? element("button", { type: "button", "aria-label": `Remove ${m.nick}`, "data-focus-key": `remove ${fold(m.nick)}`, onclick: () => { send("KICK", conv.name, m.nick, "Removed from the group"); requestMembers(conv.name); } }, "Remove") : null)));
   $("owner-tools").hidden = !owner;
 }
 
@@ -777,10 +828,26 @@ $("open-form").addEventListener("submit", (event) => {
   openConversation(name);
   $("message").focus();
 });
-$("older").addEventListener("click", () => loadOlder(state.conversations.get(state.open)));
+// Older history, keeping the reader's place: the message at the top of the log is the anchor.
+function loadOlderKeepingPlace(conv) {
+  if (!conv || conv.loadingOlder || conv.noOlder) return;
+  const log = $("log");
+  const first = log.querySelector("li[data-key]");
+  conv.anchor = first ? { key: first.dataset.key, offset: first.getBoundingClientRect().top - log.getBoundingClientRect().top } : null;
+  loadOlder(conv);
+}
+$("older").addEventListener("click", () => loadOlderKeepingPlace(state.conversations.get(state.open)));
+// Only the reader's own scrolling loads more: drawing the log (a conversation opened, a page of
+// history put above) moves it too, and must not start a load by itself.
+let readerScrolledAt = 0;
+for (const kind of ["wheel", "touchmove", "keydown", "pointerdown"]) {
+  $("log").addEventListener(kind, () => { readerScrolledAt = performance.now(); }, { passive: true });
+}
 $("log").addEventListener("scroll", () => {
-  const conv = state.open && state.conversations.get(state.open);
-  if (conv && $("log").scrollTop === 0 && !conv.loadingOlder && !conv.noOlder) { conv.restoreScroll = true; loadOlder(conv); }
+  const log = $("log");
+  if (log.scrollTop === 0 && log.scrollHeight > log.clientHeight && performance.now() - readerScrolledAt < 1000) {
+    loadOlderKeepingPlace(state.open && state.conversations.get(state.open));
+  }
 });
 $("add-member").addEventListener("click", () => {
   const conv = state.conversations.get(state.open);

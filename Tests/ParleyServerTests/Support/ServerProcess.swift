@@ -89,6 +89,13 @@ final class ServerProcess: Sendable {
         }
     }
 
+    /// The metrics listener's port, from its `serving metrics` log line.
+    var metricsPort: Int? {
+        logText.split(separator: "\n").first { $0.hasSuffix("serving metrics") }
+            .flatMap { line in line.split(separator: " ").first { $0.hasPrefix("address=") } }
+            .flatMap { field in field.lastIndex(of: ":").flatMap { Int(field[field.index(after: $0)...]) } }
+    }
+
     var logText: String { log.withLockedValue { $0 } }
     var isRunning: Bool { process.isRunning }
     var processIdentifier: Int32 { process.processIdentifier }

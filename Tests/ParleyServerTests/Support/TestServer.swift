@@ -62,6 +62,9 @@ final class TestServer: @unchecked Sendable {
         server?.localAddresses[index].port ?? 0
     }
 
+    /// The bound port of the metrics listener (`metrics.listen` set to an address).
+    var metricsPort: Int? { server?.metricsAddress?.port }
+
     /// Password checks and account creations not finished yet.
     var passwordChecksInFlight: Int { server?.host.passwordChecksInFlight ?? 0 }
 
