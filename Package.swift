@@ -161,6 +161,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
+                // SQLite's C API: a second connection to the server's file holds its write lock.
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ]
         ),
     ],

@@ -50,7 +50,7 @@ final class ChatHost: Sendable {
         self.store = store
         self.threadPool = threadPool
         self.logger = logger
-        self.storageWriter = StorageWriter(store: store, logger: logger)
+        self.storageWriter = StorageWriter(store: store, backlogLimit: configuration.limits.storageQueueLimit, logger: logger)
         storageWriter.setCallbacks(.init(
             deliver: { [weak self] deliveries, requests in self?.writeAfterCommit(deliveries, committed: requests) },
             notStored: { [weak self] refused in
