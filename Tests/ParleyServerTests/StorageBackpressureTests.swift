@@ -23,6 +23,11 @@ struct StorageBackpressureTests {
             password: "alice-password")
         let bob = try await TestClient.registered("bob", port: server.ipv4Port, password: "bob-password")
 
+        // Logins and account creation leave no storage work behind: alice's messages are then the
+        // only writes waiting.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while server.storageBacklog > 0 && ContinuousClock.now < deadline { await Task.yield() }
+        try #require(server.storageBacklog == 0)
         let blocker = try SQLiteWriteLock(path: server.directory.appendingPathComponent("parley.sqlite").path)
 
         let count = 300
@@ -65,6 +70,8 @@ final class SQLiteWriteLock {
         guard sqlite3_open_v2(path, &connection, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK else {
             throw Failure(message: "cannot open \(path)")
         }
+        // The server may be committing at this moment: wait for it like any writer.
+        sqlite3_busy_timeout(connection, 5000)
         try execute("BEGIN IMMEDIATE")
     }
 
