@@ -125,6 +125,7 @@ let package = Package(
             name: "parley-bench",
             dependencies: [
                 "IRCWire",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -167,6 +168,8 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "CryptoExtras", package: "swift-crypto"),
+                // SQLite's C API: a second connection to the server's file holds its write lock.
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ]
         ),
     ],

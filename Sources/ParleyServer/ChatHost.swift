@@ -56,7 +56,8 @@ final class ChatHost: Sendable {
         self.threadPool = threadPool
         self.logger = logger
         self.metrics = metrics
-        self.storageWriter = StorageWriter(store: store, commitDuration: metrics.storageCommitDuration, logger: logger)
+        self.storageWriter = StorageWriter(store: store, backlogLimit: configuration.limits.storageQueueLimit,
+                                           commitDuration: metrics.storageCommitDuration, logger: logger)
         storageWriter.setCallbacks(.init(
             deliver: { [weak self] deliveries, requests in self?.writeAfterCommit(deliveries, committed: requests) },
             notStored: { [weak self] refused in

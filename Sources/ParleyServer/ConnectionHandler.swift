@@ -30,6 +30,8 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     // Small at first: most connections never hold anything back (the default is 16 slots).
     private var heldBack = CircularBuffer<IRCLineFrame>(initialCapacity: 1)
     private var drainScheduled = false
+    /// Not being read until the storage writer catches up (see `pauseIfStorageIsBehind`).
+    private var pausedForStorage = false
 
     /// This thread's writes of the current read batch (shared by the connections of one event
     /// loop, so an idle connection holds no write bookkeeping of its own).
@@ -98,19 +100,38 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard connection != nil else { return }
         var bytes = unwrapInboundIn(data)
+        if pausedForStorage {
+            // NIO may finish its current round of reads after autoRead is off: keep them.
+            if partialLine == nil { partialLine = context.channel.allocator.buffer(capacity: bytes.readableBytes) }
+            partialLine!.writeBuffer(&bytes)
+            return
+        }
         if var partial = partialLine {
             partialLine = nil
             partial.writeBuffer(&bytes)
             bytes = partial
         }
+        handleLines(in: &bytes, context: context, mayPause: true)
+        keepUnhandled(&bytes, context: context)
+    }
+
+    /// Handles the complete lines at the start of `bytes`; with `mayPause`, stops after a line
+    /// that left storage behind (see `pauseIfStorageIsBehind`).
+    private func handleLines(in bytes: inout ByteBuffer, context: ChannelHandlerContext, mayPause: Bool) {
         let now = ChatHost.now()
-        while connection != nil, let frame = lineDecoder.nextFrame(&bytes) {
+        while connection != nil, !(mayPause && pausedForStorage), let frame = lineDecoder.nextFrame(&bytes) {
             if !heldBack.isEmpty || !flood.take(now: now) {
                 holdBack(frame, context: context)
             } else {
                 process(frame, now: now, context: context)
+                if mayPause { pauseIfStorageIsBehind(context: context) }
             }
         }
+    }
+
+    /// Keeps what was not handled (an unfinished line, or lines read while paused), copied out
+    /// of NIO's receive buffer.
+    private func keepUnhandled(_ bytes: inout ByteBuffer, context: ChannelHandlerContext) {
         if connection != nil && bytes.readableBytes > 0 {
             var partial = context.channel.allocator.buffer(capacity: bytes.readableBytes)
             partial.writeBuffer(&bytes)
@@ -124,7 +145,13 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // An unterminated last line is dropped: a half-sent command should not run.
+        // Lines read while paused for storage were sent before the client left: they run (the
+        // backlog grows by one connection's read at most). An unterminated last line is
+        // dropped: a half-sent command should not run.
+        if pausedForStorage, var unhandled = partialLine, connection != nil {
+            pausedForStorage = false
+            handleLines(in: &unhandled, context: context, mayPause: false)
+        }
         partialLine = nil
         if countedOpen {
             countedOpen = false
@@ -158,6 +185,42 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
+    // MARK: Storage backpressure
+
+    /// After a line whose storage work found the writer behind (past
+    /// `limits.storageQueueLimit`): stop reading this connection until the writer has caught
+    /// up. Lines already read wait in `partialLine`, unparsed, in order. Only connections that
+    /// add storage work pause; the rest of the server reads on.
+    private func pauseIfStorageIsBehind(context: ChannelHandlerContext) {
+        guard !pausedForStorage, batch.storageHold != nil, host.storageWriter.isBehind else { return }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        let paused = host.storageWriter.resumeWhenCaughtUp {
+            eventLoop.execute {
+                let (handler, context) = loopBound.value
+                handler.resumeAfterStorage(context: context)
+            }
+        }
+        guard paused else { return }
+        pausedForStorage = true
+        try? context.channel.syncOptions?.setOption(.autoRead, value: false)
+    }
+
+    private func resumeAfterStorage(context: ChannelHandlerContext) {
+        guard pausedForStorage else { return }
+        pausedForStorage = false
+        guard connection != nil else { return }
+        if var unhandled = partialLine {
+            partialLine = nil
+            handleLines(in: &unhandled, context: context, mayPause: true)
+            keepUnhandled(&unhandled, context: context)
+        }
+        batch.flush()
+        guard !pausedForStorage else { return }
+        try? context.channel.syncOptions?.setOption(.autoRead, value: true)
+        if !heldBack.isEmpty { scheduleDrain(context: context) }
+    }
+
     // MARK: Flood control
 
     private func holdBack(_ frame: IRCLineFrame, context: ChannelHandlerContext) {
@@ -189,14 +252,16 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     private func drain(context: ChannelHandlerContext) {
         drainScheduled = false
-        while let frame = heldBack.first, connection != nil {
+        while !pausedForStorage, let frame = heldBack.first, connection != nil {
             let now = ChatHost.now()
             guard flood.take(now: now) else { break }
             heldBack.removeFirst()
             process(frame, now: now, context: context)
+            pauseIfStorageIsBehind(context: context)
         }
         batch.flush()
-        if !heldBack.isEmpty && connection != nil { scheduleDrain(context: context) }
+        // While paused, the resumption schedules the next drain.
+        if !heldBack.isEmpty && connection != nil && !pausedForStorage { scheduleDrain(context: context) }
     }
 
     // MARK: Processing

@@ -176,6 +176,9 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var pingTimeoutSeconds = 60.0
         /// Bytes queued for a client that reads too slowly before it is disconnected.
         public var sendQueueBytes = 4 * 1024 * 1024
+        /// Storage writes (one per message) waiting to be committed at which connections that add
+        /// more stop being read, until half of them are written; 0 means no limit.
+        public var storageQueueLimit = 10_000
         /// Entries per MONITOR list.
         public var monitorLimit = 100
         /// Channels one connection may be in (groups it is a member of included); 0 means no limit.
@@ -195,7 +198,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         enum CodingKeys: String, CodingKey, CaseIterable {
             case maxLineBytes, floodCommandsPerSecond, floodBurst, floodQueueLimit, maxConnectionsPerAddress
             case maxUnregisteredConnections, registrationTimeoutSeconds, pingIntervalSeconds, pingTimeoutSeconds
-            case sendQueueBytes, monitorLimit, maxMessageTargets, maxChannelsPerUser
+            case sendQueueBytes, storageQueueLimit, monitorLimit, maxMessageTargets, maxChannelsPerUser
             case maxBansPerChannel, maxWhoReplies, maxWhoScanned
         }
 
@@ -212,6 +215,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             pingIntervalSeconds = try container.decode(.pingIntervalSeconds, default: defaults.pingIntervalSeconds)
             pingTimeoutSeconds = try container.decode(.pingTimeoutSeconds, default: defaults.pingTimeoutSeconds)
             sendQueueBytes = try container.decode(.sendQueueBytes, default: defaults.sendQueueBytes)
+            storageQueueLimit = try container.decode(.storageQueueLimit, default: defaults.storageQueueLimit)
             monitorLimit = try container.decode(.monitorLimit, default: defaults.monitorLimit)
             maxChannelsPerUser = try container.decode(.maxChannelsPerUser, default: defaults.maxChannelsPerUser)
             maxMessageTargets = try container.decode(.maxMessageTargets, default: defaults.maxMessageTargets)

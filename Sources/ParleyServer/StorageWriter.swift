@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import ParleyCore
 import ParleyStorage
+import Synchronization
 
 /// Carries out the domain's storage work in the order it decided it, several writes per
 /// transaction, on a thread of its own: while one batch commits, the next one gathers (group
@@ -18,6 +19,11 @@ import ParleyStorage
 ///
 /// `enqueue` is called while the chat state's lock is held, which is what makes the order of
 /// the work the order of the domain's decisions.
+///
+/// The queue is bounded by backpressure, not by refusing work: once `backlogLimit` writes wait
+/// (queued or being committed), `isBehind` turns true and the connections that add more stop
+/// being read (`resumeWhenCaughtUp`) until the backlog is down to half the limit. Memory stays
+/// bounded and senders slow down to the disk's pace; nothing already read is dropped.
 final class StorageWriter: Sendable {
     struct Callbacks: Sendable {
         /// Lines to write once their messages are on disk, and the requests now committed.
@@ -41,6 +47,30 @@ final class StorageWriter: Sendable {
         var stopping = false
         var stopped: [CheckedContinuation<Void, Never>] = []
         var hasStopped = false
+        /// Writes taken by the thread and not yet committed.
+        var inProgress = 0
+        /// Connections paused until the backlog is down to the low-water mark.
+        var waitingForRoom: [@Sendable () -> Void] = []
+
+        /// Writes handed over and not yet committed.
+        var backlog: Int { pending.count + inProgress }
+        /// Writes waiting before `behind` turns true; 0: no limit.
+        let backlogLimit: Int
+        /// Set and cleared under `condition`; read without it on every stored message.
+        let behind = Atomic<Bool>(false)
+
+        init(backlogLimit: Int) {
+            self.backlogLimit = max(0, backlogLimit)
+        }
+
+        /// After a commit, under the lock: below the low-water mark, hands back the paused
+        /// connections to resume (outside the lock).
+        func takeResumptionsIfCaughtUp() -> [@Sendable () -> Void] {
+            guard behind.load(ordering: .relaxed), backlog <= backlogLimit / 2 else { return [] }
+            behind.store(false, ordering: .relaxed)
+            defer { waitingForRoom = [] }
+            return waitingForRoom
+        }
 
         /// How much of `pending` the thread may take: all of it, or what came before the
         /// earliest open hold.
@@ -88,13 +118,16 @@ final class StorageWriter: Sendable {
         }
     }
 
-    private let shared = Shared()
+    private let shared: Shared
     private let callbacks: NIOLockedValueBox<Callbacks?> = NIOLockedValueBox(nil)
     /// History reads, one at a time (SQLite in WAL mode reads beside the writer).
     private let reads = DispatchQueue(label: "parley-history-reads")
 
-    init(store: any ChatStore, commitDuration: CoreMetrics.Timer? = nil, logger: Logger) {
-        let shared = self.shared
+    /// - Parameter backlogLimit: writes waiting (queued or being committed) at which connections
+    ///   adding more stop being read; 0 for no limit.
+    init(store: any ChatStore, backlogLimit: Int, commitDuration: CoreMetrics.Timer? = nil, logger: Logger) {
+        let shared = Shared(backlogLimit: backlogLimit)
+        self.shared = shared
         let callbacks = self.callbacks
         let reads = self.reads
         let thread = Thread {
@@ -125,7 +158,31 @@ final class StorageWriter: Sendable {
             hold = Hold(id: shared.nextHoldID, writer: self)
         }
         shared.pending.append(contentsOf: work)
+        if shared.backlogLimit > 0 && shared.backlog >= shared.backlogLimit && !shared.behind.load(ordering: .relaxed) {
+            shared.behind.store(true, ordering: .relaxed)
+        }
         shared.unlockWakingIfNeeded()
+    }
+
+    /// True while the backlog is past its limit (and until it is down to half): a connection that
+    /// just handed over work should stop being read (`resumeWhenCaughtUp`).
+    var isBehind: Bool { shared.behind.load(ordering: .relaxed) }
+
+    /// Writes handed over and not yet committed.
+    var backlog: Int {
+        shared.condition.lock()
+        defer { shared.condition.unlock() }
+        return shared.backlog
+    }
+
+    /// Calls `resume` (on the storage thread) once the backlog is down to half its limit, and
+    /// returns true; returns false without keeping `resume` when it already is.
+    func resumeWhenCaughtUp(_ resume: @escaping @Sendable () -> Void) -> Bool {
+        shared.condition.lock()
+        defer { shared.condition.unlock() }
+        guard shared.behind.load(ordering: .relaxed) else { return false }
+        shared.waitingForRoom.append(resume)
+        return true
     }
 
     fileprivate func release(_ hold: Hold) {
@@ -183,6 +240,7 @@ final class StorageWriter: Sendable {
                 shared.pending.removeFirst(count)
             }
             shared.taken += count
+            shared.inProgress = batch.count
             if batch.isEmpty && shared.stopping && shared.pending.isEmpty {
                 // Reads started before the stop finish before the store may close (outside the
                 // lock: their results go back through the chat state, which may enqueue more).
@@ -202,11 +260,14 @@ final class StorageWriter: Sendable {
             }
             shared.working = !batch.isEmpty
             shared.unlockWakingIfNeeded()
-            run(batch, store: store, reads: reads, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
+            Self.run(batch, store: store, reads: reads, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()
             shared.working = false
+            shared.inProgress = 0
+            let resumptions = shared.takeResumptionsIfCaughtUp()
             shared.condition.unlock()
+            for resume in resumptions { resume() }
         }
     }
 

@@ -11,6 +11,21 @@ func monotonicNanoseconds() -> UInt64 {
     return UInt64(spec.tv_sec) * 1_000_000_000 + UInt64(spec.tv_nsec)
 }
 
+/// Microseconds on the monotonic clock: the send time a message carries (fewer digits than
+/// nanoseconds, so that the numbers fit a 32-byte payload).
+@inline(__always)
+func monotonicMicroseconds() -> UInt64 {
+    monotonicNanoseconds() / 1000
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+func ownCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// How a bench client logs in.
 enum Login: Equatable {
     case none
@@ -18,75 +33,100 @@ enum Login: Equatable {
     case pass(String)
     /// Create the account with IRCv3 REGISTER after connecting (Parley).
     case register(String)
+
+    var isRegister: Bool {
+        if case .register = self { return true }
+        return false
+    }
 }
 
-/// One bench client. Everything here runs on its channel's event loop; with one loop for the
-/// whole bench (the default), all clients and the coordinator share a thread and need no locks.
+/// One bench client, framing and recognising lines itself on raw bytes: PRIVMSG payloads are
+/// handed over as a pointer into NIO's receive buffer (no line buffers, no Strings, no parse of
+/// the message), and messages are written as bytes after a prefix made once. Everything here
+/// runs on the channel's event loop.
 final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = IRCLineFrame
+    typealias InboundIn = ByteBuffer
 
     let index: Int
     let nick: String
     let login: Login
+    let eventLoop: EventLoop
+    /// The bench's event loop this connection belongs to (0 with one thread).
+    let loopIndex: Int
     var capabilities: [String] = []
     private(set) var channel: Channel?
     private(set) var registered = false
     private(set) var closed = false
     var registeredAt: UInt64 = 0
     var connectStartedAt: UInt64 = 0
-
-    /// Called with each PRIVMSG payload (the text after " :"), the line, and this connection.
-    var onMessage: ((BenchConnection, ByteBuffer) -> Void)?
-    var onRegistered: ((BenchConnection) -> Void)?
-    var onClosed: ((BenchConnection, String) -> Void)?
-    /// Any other line (numerics, REGISTER replies, echoes without payload parsing).
-    var onOtherLine: ((BenchConnection, IRCMessage) -> Void)?
     var lastError: String?
 
-    init(index: Int, nick: String, login: Login) {
+    /// Each PRIVMSG's text (after " :"), valid only during the call.
+    var onMessage: ((BenchConnection, UnsafeRawBufferPointer) -> Void)?
+    var onRegistered: ((BenchConnection) -> Void)?
+    var onClosed: ((BenchConnection, String) -> Void)?
+    /// Any other line (numerics, REGISTER replies, JOINs), parsed.
+    var onOtherLine: ((BenchConnection, IRCMessage) -> Void)?
+
+    // Sending: "PRIVMSG <target> :<sender> " once, then per message the sequence number, the
+    // send time and padding, straight into the bytes of the next write.
+    private var messagePrefix: [UInt8] = []
+    private var senderDigits = 0
+    private var payloadBytes = 32
+    /// The next message's sequence number (= messages sent).
+    private(set) var sequence: UInt64 = 0
+    /// Messages sent whose delivery has not freed their window slot yet.
+    var inFlight = 0
+    /// Fan-out: deliveries seen per outstanding message (by sequence modulo the window), and
+    /// how many free a slot.
+    private var deliveries: [Int] = []
+    private var deliveriesNeeded = 1
+    /// Lines written since the last flush.
+    private var outgoing = ByteBuffer()
+    /// Whether this connection waits in its loop's flush list.
+    var awaitsFlush = false
+
+    /// The start of a line whose end has not arrived yet.
+    private var unfinishedLine: ByteBuffer?
+
+    init(index: Int, nick: String, login: Login, eventLoop: EventLoop, loopIndex: Int) {
         self.index = index
         self.nick = nick
         self.login = login
+        self.eventLoop = eventLoop
+        self.loopIndex = loopIndex
     }
 
-    static func connect(
-        _ connection: BenchConnection, host: String, port: Int, source: SocketAddress?, on loop: EventLoop
-    ) -> EventLoopFuture<Void> {
+    static func connect(_ connection: BenchConnection, host: String, port: Int, source: SocketAddress?) -> EventLoopFuture<Void> {
         connection.connectStartedAt = monotonicNanoseconds()
-        var bootstrap = ClientBootstrap(group: loop)
+        var bootstrap = ClientBootstrap(group: connection.eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(30))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(IRCLineDecoder(maximumLineBytes: 16 * 1024)))
                     try channel.pipeline.syncOperations.addHandler(connection)
                 }
             }
         if let source { bootstrap = bootstrap.bind(to: source) }
         return bootstrap.connect(host: host, port: port).map { channel in
             connection.channel = channel
+            connection.outgoing = channel.allocator.buffer(capacity: 512)
             connection.sendRegistration()
         }
     }
 
     private func sendRegistration() {
         var lines: [String] = []
-        switch login {
-        case .none:
-            if !capabilities.isEmpty { lines.append("CAP LS 302") }
-        case .pass(let password):
-            if !capabilities.isEmpty { lines.append("CAP LS 302") }
-            lines.append("PASS :\(nick):\(password)")
-        case .register:
-            lines.append("CAP LS 302")
-        }
-        if !capabilities.isEmpty || login.isRegister {
+        let negotiates = !capabilities.isEmpty || login.isRegister
+        if negotiates { lines.append("CAP LS 302") }
+        if case .pass(let password) = login { lines.append("PASS :\(nick):\(password)") }
+        if negotiates {
             let caps = capabilities + (login.isRegister ? ["draft/account-registration"] : [])
             lines.append("CAP REQ :\(caps.joined(separator: " "))")
         }
         lines.append("NICK \(nick)")
         lines.append("USER \(nick) 0 * :parley-bench")
-        if !capabilities.isEmpty || login.isRegister { lines.append("CAP END") }
+        if negotiates { lines.append("CAP END") }
         if case .register(let password) = login { lines.append("REGISTER * * \(password)") }
         send(lines)
     }
@@ -114,14 +154,102 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         channel?.close(promise: nil)
     }
 
+    // MARK: Messages
+
+    /// Where this connection's messages go; `deliveriesPerMessage` of them (seen on this
+    /// connection's loop) free a window slot.
+    func prepareMessages(to target: String, payloadBytes: Int, window: Int, deliveriesPerMessage: Int) {
+        let sender = Array(String(index).utf8)
+        messagePrefix = Array("PRIVMSG \(target) :".utf8) + sender + [UInt8(ascii: " ")]
+        senderDigits = sender.count
+        self.payloadBytes = payloadBytes
+        deliveries = Array(repeating: 0, count: max(1, window))
+        deliveriesNeeded = max(1, deliveriesPerMessage)
+    }
+
+    /// Adds the next message to the bytes of the next flush: "<sender> <sequence> <send time>"
+    /// padded with 'x' to the payload size.
+    func appendMessage() {
+        outgoing.writeBytes(messagePrefix)
+        let textStart = outgoing.writerIndex - senderDigits - 1
+        outgoing.writeDecimal(sequence)
+        sequence += 1
+        outgoing.writeInteger(UInt8(ascii: " "))
+        outgoing.writeDecimal(monotonicMicroseconds())
+        let textLength = outgoing.writerIndex - textStart
+        if textLength + 1 < payloadBytes {
+            outgoing.writeInteger(UInt8(ascii: " "))
+            outgoing.writeRepeatingByte(UInt8(ascii: "x"), count: payloadBytes - textLength - 1)
+        }
+        outgoing.writeInteger(UInt16(0x0D0A))  // "\r\n"
+    }
+
+    var hasOutgoing: Bool { outgoing.readableBytes > 0 }
+
+    /// Sends what `appendMessage` gathered: one write and one system call for all of it.
+    func flushOutgoing() {
+        guard let channel, outgoing.readableBytes > 0 else { return }
+        if !closed { channel.writeAndFlush(outgoing, promise: nil) }
+        outgoing = channel.allocator.buffer(capacity: max(512, outgoing.readableBytes))
+    }
+
+    /// A delivery of this connection's message `sequence` was seen; true when that frees its
+    /// window slot (messages complete in order: every receiver gets them in order).
+    func delivered(_ sequence: UInt64) -> Bool {
+        let slot = Int(sequence % UInt64(deliveries.count))
+        deliveries[slot] += 1
+        guard deliveries[slot] >= deliveriesNeeded else { return false }
+        deliveries[slot] = 0
+        return true
+    }
+
+    // MARK: Receiving
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .line(let line) = unwrapInboundIn(data) else { return }
-        // The hot path: PRIVMSG lines are recognised on bytes and their payload handed over.
-        if let payload = Self.privmsgPayload(line) {
+        var bytes = unwrapInboundIn(data)
+        if var unfinished = unfinishedLine {
+            // Complete the line begun in an earlier read, then go on in place.
+            let newline = bytes.withUnsafeReadableBytes { $0.firstIndex(of: UInt8(ascii: "\n")) }
+            guard let newline else {
+                unfinished.writeBuffer(&bytes)
+                unfinishedLine = unfinished
+                return
+            }
+            unfinishedLine = nil
+            unfinished.writeBytes(bytes.readableBytesView.prefix(newline + 1))
+            bytes.moveReaderIndex(forwardBy: newline + 1)
+            _ = unfinished.withUnsafeReadableBytes { handleLines(in: $0) }
+        }
+        let consumed = bytes.withUnsafeReadableBytes { handleLines(in: $0) }
+        bytes.moveReaderIndex(forwardBy: consumed)
+        if bytes.readableBytes > 0 {
+            var unfinished = context.channel.allocator.buffer(capacity: max(512, bytes.readableBytes))
+            unfinished.writeBuffer(&bytes)
+            unfinishedLine = unfinished
+        }
+    }
+
+    /// Handles every complete line; returns the bytes consumed.
+    private func handleLines(in bytes: UnsafeRawBufferPointer) -> Int {
+        var start = 0
+        while start < bytes.count {
+            guard let base = bytes.baseAddress,
+                  let found = memchr(base + start, Int32(UInt8(ascii: "\n")), bytes.count - start) else { break }
+            let newline = base.distance(to: UnsafeRawPointer(found))
+            var end = newline
+            if end > start && bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+            handleLine(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            start = newline + 1
+        }
+        return start
+    }
+
+    private func handleLine(_ line: UnsafeRawBufferPointer) {
+        if let payload = Self.privmsgText(line) {
             onMessage?(self, payload)
             return
         }
-        guard let message = try? IRCMessage(parsing: line) else { return }
+        guard !line.isEmpty, let message = try? IRCMessage(parsing: String(decoding: line, as: UTF8.self)) else { return }
         switch message.command {
         case "PING":
             send(["PONG :\(message.parameters.last ?? "")"])
@@ -131,7 +259,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
             onRegistered?(self)
         case "433", "432", "464", "465":
             lastError = "\(message.command) \(message.parameters.last ?? "")"
-            context.close(promise: nil)
+            close()
         default:
             onOtherLine?(self, message)
         }
@@ -149,43 +277,61 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// The text of a PRIVMSG line (after " PRIVMSG target :"), or nil for any other line.
-    static func privmsgPayload(_ line: ByteBuffer) -> ByteBuffer? {
-        let view = line.readableBytesView
+    static func privmsgText(_ line: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        var index = 0
+        let count = line.count
         // Skip tags and source, then expect the command.
-        var index = view.startIndex
-        if view.first == UInt8(ascii: "@") {
-            guard let space = view.firstIndex(of: UInt8(ascii: " ")) else { return nil }
-            index = space + 1
+        if index < count && line[index] == UInt8(ascii: "@") {
+            while index < count && line[index] != UInt8(ascii: " ") { index += 1 }
+            index += 1
         }
-        if index < view.endIndex && view[index] == UInt8(ascii: ":") {
-            guard let space = view[index...].firstIndex(of: UInt8(ascii: " ")) else { return nil }
-            index = space + 1
+        if index < count && line[index] == UInt8(ascii: ":") {
+            while index < count && line[index] != UInt8(ascii: " ") { index += 1 }
+            index += 1
         }
-        let command = Array("PRIVMSG ".utf8)
-        guard view.endIndex - index > command.count, view[index..<(index + command.count)].elementsEqual(command) else { return nil }
-        index += command.count
-        guard let marker = view[index...].firstIndex(of: UInt8(ascii: ":")) else { return nil }
-        let start = marker + 1 - view.startIndex
-        return line.getSlice(at: line.readerIndex + start, length: view.endIndex - marker - 1)
+        guard count - index > 8,
+              line[index] == UInt8(ascii: "P"), line[index + 1] == UInt8(ascii: "R"), line[index + 2] == UInt8(ascii: "I"),
+              line[index + 3] == UInt8(ascii: "V"), line[index + 4] == UInt8(ascii: "M"), line[index + 5] == UInt8(ascii: "S"),
+              line[index + 6] == UInt8(ascii: "G"), line[index + 7] == UInt8(ascii: " ") else { return nil }
+        index += 8
+        while index < count && line[index] != UInt8(ascii: ":") { index += 1 }
+        guard index < count else { return nil }
+        return UnsafeRawBufferPointer(rebasing: line[(index + 1)...])
     }
 }
 
-extension Login {
-    var isRegister: Bool {
-        if case .register = self { return true }
-        return false
+extension ByteBuffer {
+    /// Writes `value` in decimal, without a String.
+    @inline(__always)
+    mutating func writeDecimal(_ value: UInt64) {
+        var digits = 1
+        var rest = value
+        while rest >= 10 {
+            rest /= 10
+            digits += 1
+        }
+        writeWithUnsafeMutableBytes(minimumWritableBytes: digits) { buffer in
+            var remaining = value
+            var position = digits
+            repeat {
+                position -= 1
+                buffer[position] = UInt8(ascii: "0") + UInt8(remaining % 10)
+                remaining /= 10
+            } while position > 0
+            return digits
+        }
     }
 }
 
 /// Reads three unsigned decimal numbers separated by spaces from the start of a payload:
-/// sender, sequence number, send time.
+/// sender, sequence number, send time (microseconds).
 @inline(__always)
-func parseNumbers(_ payload: ByteBuffer) -> (UInt64, UInt64, UInt64)? {
+func parseNumbers(_ payload: UnsafeRawBufferPointer) -> (UInt64, UInt64, UInt64)? {
     var values: (UInt64, UInt64, UInt64) = (0, 0, 0)
     var field = 0
     var current: UInt64 = 0
     var digits = 0
-    for byte in payload.readableBytesView {
+    for byte in payload {
         if byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") {
             current = current &* 10 &+ UInt64(byte &- UInt8(ascii: "0"))
             digits += 1

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Histogram
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -11,8 +12,11 @@ struct ParleyBench: AsyncParsableCommand {
         abstract: "Load generator for IRC servers (Parley, InspIRCd, ngircd, ...).",
         discussion: """
             Each run prints a progress line per second on standard error, then one line starting \
-            with RESULT (JSON, for scripts) and a readable table on standard output. Build it in \
-            release mode: swift build -c release --product parley-bench.
+            with RESULT (JSON, for scripts) and a readable table on standard output. Every result \
+            reports the generator's own CPU (bench_cpu_pct, % of one core) beside the server's \
+            (server_cpu_pct, with --server-pid); when the generator used more than 80 % of its \
+            cores it measured itself, and says so (generator_bound 1). Build it in release mode: \
+            swift build -c release --product parley-bench.
             """,
         subcommands: [Connect.self, Direct.self, Fanout.self, Offline.self])
 }
@@ -22,14 +26,29 @@ struct Common: ParsableArguments {
     @Option(help: "Server port.") var port = 6667
     @Option(help: "A name for the server in the output.") var server = "server"
     @Option(help: "The server's process id, to report its memory and CPU use.") var serverPid: Int32?
-    @Option(help: "Spread client source addresses over 127.0.0.2 to 127.0.0.N+1 (IPv4 loopback only; 0: don't).") var sourceAddresses = 0
+    @Option(help: "Spread client source addresses over this many addresses of 127.0.0.0/8 (IPv4 loopback only; 0: the kernel's choice).") var sourceAddresses = 254
     @Option(help: "Log in with PASS nick:password (accounts must exist), or 'none'.") var password = "none"
+    @Flag(help: "Between accounts (Parley): create the accounts with REGISTER, then log each client in with PASS; their messages are stored.") var accounts = false
+    @Option(help: "Event loop threads of the generator.") var threads = 1
 
-    var login: Login { password == "none" ? .none : .pass(password) }
+    /// The password of this run's accounts (created with --accounts).
+    var accountPassword: String { password == "none" ? "bench-\(runTag)-password" : password }
 
+    var login: Login { accounts || password != "none" ? .pass(accountPassword) : .none }
+
+    /// Client `index`'s source address: 127.a.b.c, spread over the loopback /8 (the server sees
+    /// as many distinct peers as a real network would give it, and no address runs out of
+    /// ephemeral ports).
     func source(for index: Int) throws -> SocketAddress? {
-        guard sourceAddresses > 0 else { return nil }
-        return try SocketAddress(ipAddress: "127.0.0.\(2 + index % sourceAddresses)", port: 0)
+        guard sourceAddresses > 0, !host.contains(":") else { return nil }
+        let spread = index % sourceAddresses
+        let address = "127.\(1 + spread % 254).\(1 + (spread / 254) % 254).\(2 + (spread / 64_516) % 253)"
+        return try SocketAddress(ipAddress: address, port: 0)
+    }
+
+    func makeLoops() -> (MultiThreadedEventLoopGroup, [EventLoop]) {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
+        return (group, Array(group.makeIterator()))
     }
 }
 
@@ -60,6 +79,44 @@ struct Report {
         add("p999_us", Int(histogram.valueAtPercentile(99.9)))
         add("max_us", Int(histogram.max))
     }
+
+    /// The generator's CPU and the server's over the measured interval, as % of one core. A
+    /// generator above 80 % of the cores it may use is the bottleneck: its figures measure
+    /// itself, and scripts must not compare servers with them.
+    mutating func addCPU(_ usage: CPUUsage, threads: Int) {
+        let benchPercent = usage.benchSeconds / usage.wallSeconds * 100
+        add("bench_threads", threads)
+        add("bench_cpu_pct", benchPercent)
+        if let server = usage.serverSeconds { add("server_cpu_pct", server / usage.wallSeconds * 100) }
+        let usable = Double(min(max(1, threads), System.coreCount))
+        let bound = benchPercent > 80 * usable
+        add("generator_bound", bound ? 1 : 0)
+        if bound {
+            progress(String(format: "warning: parley-bench used %.0f %% of its %@ (limit %.0f %%): it measured itself, not the server; make it cheaper (--threads) before comparing", benchPercent, usable == 1 ? "core" : "cores", 80 * usable))
+        }
+    }
+}
+
+/// CPU time over an interval: the generator's (getrusage) and the server's (/proc/PID/stat).
+struct CPUUsage {
+    var benchSeconds: Double
+    var serverSeconds: Double?
+    var wallSeconds: Double
+
+    struct Start {
+        let bench = ownCPUSeconds()
+        let server: ProcessSample?
+        let wall = monotonicNanoseconds()
+        init(serverPid: Int32?) { server = serverPid.flatMap(ProcessSample.read) }
+
+        func end(serverPid: Int32?) -> CPUUsage {
+            let after = serverPid.flatMap(ProcessSample.read)
+            return CPUUsage(
+                benchSeconds: ownCPUSeconds() - bench,
+                serverSeconds: server.flatMap { before in after.map { $0.cpuSeconds - before.cpuSeconds } },
+                wallSeconds: max(1e-6, Double(monotonicNanoseconds() - wall) / 1e9))
+        }
+    }
 }
 
 func progress(_ text: String) {
@@ -76,12 +133,14 @@ let runTag = String(UInt32.random(in: 0..<(36 * 36 * 36)), radix: 36)
 /// Connects `count` clients (at most `parallel` connecting at once) and waits until all are
 /// registered. Throws with a clear reason if the server refuses or drops any.
 func connectAll(
-    count: Int, parallel: Int, common: Common, loop: EventLoop, login: (Int) -> Login = { _ in .none },
+    count: Int, parallel: Int, common: Common, loops: [EventLoop], loopIndex: (Int) -> Int = { $0 },
+    login: (Int) -> Login = { _ in .none },
     nick: (Int) -> String, capabilities: [String] = [], configure: (BenchConnection) -> Void = { _ in }
 ) async throws -> (connections: [BenchConnection], latencies: Histogram<UInt64>, seconds: Double) {
     var connections: [BenchConnection] = []
     for index in 0..<count {
-        let connection = BenchConnection(index: index, nick: nick(index), login: login(index))
+        let loop = loopIndex(index) % loops.count
+        let connection = BenchConnection(index: index, nick: nick(index), login: login(index), eventLoop: loops[loop], loopIndex: loop)
         connection.capabilities = capabilities
         configure(connection)
         connections.append(connection)
@@ -95,16 +154,17 @@ func connectAll(
         let sources = try batch.map { try common.source(for: $0.index) }
         var futures: [EventLoopFuture<Void>] = []
         for (connection, source) in zip(batch, sources) {
+            let loop = connection.eventLoop
             let registered = loop.makePromise(of: Void.self)
             loop.execute {
                 connection.onRegistered = { _ in registered.succeed(()) }
                 connection.onClosed = { connection, reason in registered.fail(BenchFailure(description: "client \(connection.nick) was disconnected while registering: \(reason)")) }
             }
-            BenchConnection.connect(connection, host: common.host, port: common.port, source: source, on: loop).cascadeFailure(to: registered)
+            BenchConnection.connect(connection, host: common.host, port: common.port, source: source).cascadeFailure(to: registered)
             futures.append(registered.futureResult)
         }
         do {
-            try await EventLoopFuture.andAllSucceed(futures, on: loop).get()
+            try await EventLoopFuture.andAllSucceed(futures, on: loops[0]).get()
         } catch {
             throw BenchFailure(description: "the server refused or dropped a connection after \(next) registered: \(error)")
         }
@@ -121,9 +181,39 @@ func connectAll(
     return (connections, latencies, Double(monotonicNanoseconds() - start) / 1e9)
 }
 
-/// Closes every client, lets the closes go out, and stops the event loop.
-func finish(_ connections: [BenchConnection], loop: EventLoop, group: MultiThreadedEventLoopGroup) async throws {
-    for connection in connections { loop.execute { connection.close() } }
+/// Creates accounts named `nicks` (IRCv3 REGISTER, Parley), then disconnects them, so that the
+/// run's clients log in with PASS.
+func createAccounts(_ nicks: [String], password: String, common: Common, loops: [EventLoop]) async throws {
+    progress("creating \(nicks.count) accounts")
+    let registeredAll = loops[0].makePromise(of: Void.self)
+    let closedAll = loops[0].makePromise(of: Void.self)
+    let counts = NIOLockedValueBox((registered: 0, closed: 0))
+    // Set before connecting: a REGISTER reply can come before connectAll returns.
+    let created = try await connectAll(count: nicks.count, parallel: 100, common: common, loops: loops,
+                                       login: { _ in .register(password) }, nick: { nicks[$0] }) { connection in
+        connection.onOtherLine = { connection, message in
+            if message.command == "REGISTER" {
+                if counts.withLockedValue({ $0.registered += 1; return $0.registered }) == nicks.count { registeredAll.succeed(()) }
+            } else if message.command == "FAIL" {
+                registeredAll.fail(BenchFailure(description: "account creation failed for \(connection.nick): \(message.parameters.joined(separator: " "))"))
+            }
+        }
+    }
+    try await registeredAll.futureResult.get()
+    for connection in created.connections {
+        try await connection.eventLoop.submit {
+            connection.onClosed = { _, _ in
+                if counts.withLockedValue({ $0.closed += 1; return $0.closed }) == nicks.count { closedAll.succeed(()) }
+            }
+            connection.send(["QUIT :accounts created"])
+        }.get()
+    }
+    try await closedAll.futureResult.get()
+}
+
+/// Closes every client, lets the closes go out, and stops the event loops.
+func finish(_ connections: [BenchConnection], group: MultiThreadedEventLoopGroup) async throws {
+    for connection in connections { connection.eventLoop.execute { connection.close() } }
     try await Task.sleep(for: .milliseconds(200))
     try await group.shutdownGracefully()
 }
@@ -131,20 +221,22 @@ func finish(_ connections: [BenchConnection], loop: EventLoop, group: MultiThrea
 // MARK: - connect
 
 struct Connect: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "N clients connect, register and stay idle (answering PING).")
+    static let configuration = CommandConfiguration(abstract: "N clients connect, register and stay idle (answering PING): server CPU per connection and memory per idle connection.")
     @OptionGroup var common: Common
     @Option(help: "Clients.") var clients = 1000
     @Option(help: "Clients connecting at once.") var parallel = 200
     @Option(help: "Seconds to stay connected and idle afterwards.") var hold = 5.0
 
     func run() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let loop = group.next()
+        let (group, loops) = common.makeLoops()
         let before = common.serverPid.flatMap(ProcessSample.read)
-        let result = try await connectAll(count: clients, parallel: parallel, common: common, loop: loop, login: { _ in common.login }) { "c\(runTag)\(String($0, radix: 36))" }
+        let cpu = CPUUsage.Start(serverPid: common.serverPid)
+        let result = try await connectAll(count: clients, parallel: parallel, common: common, loops: loops, login: { _ in common.login }) { "c\(runTag)\(String($0, radix: 36))" }
+        let usage = cpu.end(serverPid: common.serverPid)
         let after = common.serverPid.flatMap(ProcessSample.read)
         try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
-        let dropped = try await loop.submit { result.connections.filter(\.closed).count }.get()
+        var dropped = 0
+        for connection in result.connections where try await connection.eventLoop.submit({ connection.closed }).get() { dropped += 1 }
         var report = Report(mode: "connect", server: common.server)
         report.add("clients", clients)
         report.add("connects_per_s", Double(clients) / result.seconds)
@@ -153,73 +245,78 @@ struct Connect: AsyncParsableCommand {
             report.add("server_bytes_per_conn", Double(after.residentBytes - before.residentBytes) / Double(clients), digits: 0)
             report.add("server_cpu_us_per_conn", (after.cpuSeconds - before.cpuSeconds) * 1e6 / Double(clients))
         }
+        report.addCPU(usage, threads: loops.count)
         report.add("disconnected", dropped)
         report.print()
-        try await finish(result.connections, loop: loop, group: group)
+        try await finish(result.connections, group: group)
         if dropped > 0 { throw ExitCode(1) }
     }
 }
 
 // MARK: - message traffic (direct and fanout share it)
 
-/// Traffic bookkeeping, confined to the bench's single event loop.
-final class Traffic: @unchecked Sendable {
-    let window: Int
+/// What one of the generator's event loops sees: its receivers' counts, order checks and
+/// latencies, and the list of its connections with bytes to flush. Touched only on its loop.
+final class LoopTraffic: @unchecked Sendable {
+    let loop: EventLoop
     var running = true
-    var sent: [UInt64]
-    var inFlight: [Int]
-    var expected: [[UInt64]]  // [receiver][sender] next sequence number
     var received: UInt64 = 0
     var lost: UInt64 = 0
     var reordered: UInt64 = 0
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
-    /// Fan-out: how many deliveries each (sender, seq) still waits for, to free window slots.
-    var remaining: [[UInt64: Int]]
-    let padding: String
-
-    init(clients: Int, window: Int, payloadBytes: Int) {
-        self.window = window
-        sent = Array(repeating: 0, count: clients)
-        inFlight = Array(repeating: 0, count: clients)
-        expected = Array(repeating: Array(repeating: 0, count: clients), count: clients)
-        remaining = Array(repeating: [:], count: clients)
-        padding = String(repeating: "x", count: max(0, payloadBytes))
-    }
-
-    /// Connections written to since the last flush. One flush task per burst of reads instead
-    /// of a system call per message: the load generator must not be the bottleneck.
+    /// The next sequence number expected, per receiver and sender slot.
+    private var expected: [UInt64]
+    /// A sender's slot (its place among the senders), by client index; -1 for non-senders.
+    private let slotOfSender: [Int]
+    private let senderSlots: Int
     private var unflushed: [BenchConnection] = []
+    private var flushScheduled = false
 
-    func needsFlush(_ connection: BenchConnection, on loop: EventLoop) {
-        if unflushed.isEmpty {
-            loop.execute {
-                let pending = self.unflushed
-                self.unflushed.removeAll(keepingCapacity: true)
-                for connection in pending { connection.flush() }
-            }
+    init(loop: EventLoop, clients: Int, senderSlots: Int, slotOfSender: [Int]) {
+        self.loop = loop
+        self.senderSlots = senderSlots
+        self.slotOfSender = slotOfSender
+        expected = Array(repeating: 0, count: clients * senderSlots)
+    }
+
+    /// Flushes the connection at the end of this loop's current round (one task per round,
+    /// one system call per connection, not one per message).
+    func needsFlush(_ connection: BenchConnection) {
+        if !connection.awaitsFlush {
+            connection.awaitsFlush = true
+            unflushed.append(connection)
         }
-        unflushed.append(connection)
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        loop.execute { self.flushAll() }
     }
 
-    func line(from sender: Int, to target: String) -> ByteBuffer {
-        let sequence = sent[sender]
-        sent[sender] += 1
-        return ByteBuffer(string: "PRIVMSG \(target) :\(sender) \(sequence) \(monotonicNanoseconds()) \(padding)\r\n")
+    func flushAll() {
+        flushScheduled = false
+        for connection in unflushed {
+            connection.awaitsFlush = false
+            connection.flushOutgoing()
+        }
+        unflushed.removeAll(keepingCapacity: true)
     }
 
-    /// A message arrived at `receiver`; returns its sender.
+    /// A message arrived at `receiver`; returns its sender and sequence number.
     @inline(__always)
-    func arrived(at receiver: Int, _ payload: ByteBuffer) -> Int? {
-        guard let (sender, sequence, time) = parseNumbers(payload), Int(sender) < sent.count else { return nil }
-        let now = monotonicNanoseconds()
-        _ = histogram.record(now > time ? (now - time) / 1000 : 0)
+    func arrived(at receiver: Int, _ payload: UnsafeRawBufferPointer) -> (sender: Int, sequence: UInt64)? {
+        guard let (senderValue, sequence, time) = parseNumbers(payload), senderValue < UInt64(slotOfSender.count) else { return nil }
+        let sender = Int(senderValue)
+        let slot = slotOfSender[sender]
+        guard slot >= 0 else { return nil }
+        let now = monotonicMicroseconds()
+        _ = histogram.record(now > time ? now - time : 0)
         received += 1
-        let next = expected[receiver][Int(sender)]
+        let key = receiver * senderSlots + slot
+        let next = expected[key]
         if sequence != next {
             if sequence > next { lost += sequence - next } else { reordered += 1 }
         }
-        expected[receiver][Int(sender)] = sequence + 1
-        return Int(sender)
+        expected[key] = sequence + 1
+        return (sender, sequence)
     }
 }
 
@@ -227,90 +324,118 @@ struct TrafficOptions: ParsableArguments {
     @Option(help: "Unacknowledged messages per sender (closed loop); ignored with --rate.") var window = 16
     @Option(help: "Fixed total send rate in messages/s (open loop) instead of a window.") var rate: Int?
     @Option(help: "Seconds of traffic.") var duration = 10.0
-    @Option(help: "Padding bytes per message.") var payload = 16
+    @Option(help: "Bytes of each message's text (its numbers, padded).") var payload = 32
 }
 
-/// Runs traffic from `senders` to their targets and prints the report.
+/// Runs traffic from `senders` and prints the report. Each sender's messages have been
+/// prepared (`prepareMessages`); `onMessage` handlers are set by the caller.
 func runTraffic(
-    mode: String, common: Common, options: TrafficOptions, loop: EventLoop, connections: [BenchConnection], traffic: Traffic,
-    senders: [Int], target: @escaping @Sendable (Int) -> String, deliveriesPerMessage: Int
+    mode: String, common: Common, options: TrafficOptions, traffic: [LoopTraffic], connections: [BenchConnection],
+    senders: [Int], deliveriesPerMessage: Int, extraFields: [(String, String)] = []
 ) async throws {
+    let disconnected = NIOLockedValueBox(0)
+    for connection in connections {
+        try await connection.eventLoop.submit { connection.onClosed = { _, _ in disconnected.withLockedValue { $0 += 1 } } }.get()
+    }
+    let cpu = CPUUsage.Start(serverPid: common.serverPid)
     let start = monotonicNanoseconds()
-    let before = common.serverPid.flatMap(ProcessSample.read)
-    let disconnected = NIOLoopBoundBox.makeBoxSendingValue(0, eventLoop: loop)
-    try await loop.submit {
-        for connection in connections {
-            connection.onClosed = { _, _ in disconnected.value += 1 }
-        }
-        if options.rate == nil {
-            for sender in senders {
-                let connection = connections[sender]
-                for _ in 0..<traffic.window {
-                    connection.write(traffic.line(from: sender, to: target(sender)))
-                    traffic.inFlight[sender] += 1
+    if options.rate == nil {
+        for loopTraffic in traffic {
+            try await loopTraffic.loop.submit {
+                for sender in senders where connections[sender].eventLoop === loopTraffic.loop {
+                    let connection = connections[sender]
+                    for _ in 0..<options.window {
+                        connection.appendMessage()
+                        connection.inFlight += 1
+                    }
+                    connection.flushOutgoing()
                 }
-                connection.flush()
-            }
+            }.get()
         }
-    }.get()
-    let ticker: RepeatedTask?
+    }
+    var tickers: [RepeatedTask] = []
     if let rate = options.rate {
-        // About every 200 us, send what is due by the clock, round-robin over the senders: small
-        // bursts, as from many independent clients (a 1 ms tick sent bursts of 70 that queued
-        // behind each other). Due by the clock, not a fixed count per tick: the timer fires
-        // later than asked (a count per tick gave 36,000 msgs/s when 50,000 were asked for).
-        let ratePerNanosecond = Double(rate) / 1e9
-        let sendingSince = monotonicNanoseconds()
-        let due = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, next: 0), eventLoop: loop)
-        ticker = loop.scheduleRepeatedTask(initialDelay: .zero, delay: .microseconds(200)) { _ in
-            guard traffic.running else { return }
-            let dueByNow = Int(Double(monotonicNanoseconds() - sendingSince) * ratePerNanosecond)
-            var touched: Set<Int> = []
-            while due.value.sent < dueByNow {
-                due.value.sent += 1
-                let sender = senders[due.value.next % senders.count]
-                due.value.next += 1
-                connections[sender].write(traffic.line(from: sender, to: target(sender)))
-                touched.insert(sender)
-            }
-            for sender in touched { connections[sender].flush() }
+        // About every 200 us, each loop sends what is due by the clock for its senders,
+        // round-robin: small bursts, as from many independent clients. Due by the clock, not a
+        // fixed count per tick: timers fire later than asked.
+        for loopTraffic in traffic {
+            let mine = senders.filter { connections[$0].eventLoop === loopTraffic.loop }
+            guard !mine.isEmpty else { continue }
+            let ratePerNanosecond = Double(rate) * Double(mine.count) / Double(senders.count) / 1e9
+            let sendingSince = monotonicNanoseconds()
+            let due = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, next: 0), eventLoop: loopTraffic.loop)
+            tickers.append(loopTraffic.loop.scheduleRepeatedTask(initialDelay: .zero, delay: .microseconds(200)) { _ in
+                guard loopTraffic.running else { return }
+                let dueByNow = Int(Double(monotonicNanoseconds() - sendingSince) * ratePerNanosecond)
+                while due.value.sent < dueByNow {
+                    due.value.sent += 1
+                    let connection = connections[mine[due.value.next % mine.count]]
+                    due.value.next += 1
+                    connection.appendMessage()
+                    loopTraffic.needsFlush(connection)
+                }
+            })
         }
-    } else {
-        ticker = nil
+    }
+    func receivedSoFar() async throws -> (UInt64, UInt64) {
+        var received: UInt64 = 0
+        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+        for loopTraffic in traffic {
+            let (count, loopHistogram) = try await loopTraffic.loop.submit { (loopTraffic.received, loopTraffic.histogram) }.get()
+            received += count
+            histogram.add(loopHistogram)
+        }
+        return (received, histogram.valueAtPercentile(99))
     }
     let end = start + UInt64(options.duration * 1e9)
     var lastReceived: UInt64 = 0
     var lastTime = start
     while monotonicNanoseconds() < end {
         try await Task.sleep(for: .seconds(1))
-        let (received, p99) = try await loop.submit { (traffic.received, traffic.histogram.valueAtPercentile(99)) }.get()
+        let (received, p99) = try await receivedSoFar()
         let now = monotonicNanoseconds()
         let rate = Double(received - lastReceived) / (Double(now - lastTime) / 1e9)
         progress(String(format: "%@: %4.0fs  %10llu delivered  %10.0f/s  p99 %llu us", mode, Double(now - start) / 1e9, received, rate, p99))
         lastReceived = received
         lastTime = now
     }
-    let sentTotal = try await loop.submit { () -> UInt64 in
-        traffic.running = false
-        ticker?.cancel()
-        return traffic.sent.reduce(0, +)
-    }.get()
+    var sentTotal: UInt64 = 0
+    for loopTraffic in traffic {
+        try await loopTraffic.loop.submit { loopTraffic.running = false }.get()
+    }
+    for ticker in tickers { ticker.cancel() }
+    let usage = cpu.end(serverPid: common.serverPid)
+    var deliveredInWindow: UInt64 = 0
+    for loopTraffic in traffic {
+        sentTotal += try await loopTraffic.loop.submit {
+            senders.filter { connections[$0].eventLoop === loopTraffic.loop }.reduce(0) { $0 + connections[$1].sequence }
+        }.get()
+        deliveredInWindow += try await loopTraffic.loop.submit { loopTraffic.received }.get()
+    }
     let trafficEnd = monotonicNanoseconds()
     // Let what is in flight arrive.
     let expectedDeliveries = sentTotal * UInt64(deliveriesPerMessage)
-    let drainDeadline = monotonicNanoseconds() + 5_000_000_000
-    var receivedAtEnd = try await loop.submit { traffic.received }.get()
+    let drainDeadline = monotonicNanoseconds() + 10_000_000_000
+    var receivedAtEnd = try await receivedSoFar().0
     while receivedAtEnd < expectedDeliveries && monotonicNanoseconds() < drainDeadline {
         try await Task.sleep(for: .milliseconds(20))
-        receivedAtEnd = try await loop.submit { traffic.received }.get()
+        receivedAtEnd = try await receivedSoFar().0
     }
-    let after = common.serverPid.flatMap(ProcessSample.read)
-    let (histogram, reordered, dropped, deliveredInWindow) = try await loop.submit { (traffic.histogram, traffic.reordered, disconnected.value, traffic.received) }.get()
+    var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+    var reordered: UInt64 = 0
+    for loopTraffic in traffic {
+        let (loopHistogram, loopReordered) = try await loopTraffic.loop.submit { (loopTraffic.histogram, loopTraffic.reordered) }.get()
+        histogram.add(loopHistogram)
+        reordered += loopReordered
+    }
     let seconds = Double(trafficEnd - start) / 1e9
     var report = Report(mode: mode, server: common.server)
     report.add("clients", connections.count)
     report.add("senders", senders.count)
+    report.add("accounts", common.login == .none ? 0 : 1)
     if let rate = options.rate { report.add("target_rate", rate) } else { report.add("window", options.window) }
+    report.add("payload_bytes", options.payload)
+    for (name, value) in extraFields { report.add(name, value) }
     report.add("seconds", seconds)
     report.add("sent", Int(sentTotal))
     report.add("delivered", Int(receivedAtEnd))
@@ -318,10 +443,9 @@ func runTraffic(
     report.addLatency(histogram)
     report.add("lost", Int(expectedDeliveries > receivedAtEnd ? expectedDeliveries - receivedAtEnd : 0))
     report.add("reordered", Int(reordered))
-    report.add("disconnected", dropped)
-    if let before, let after {
-        report.add("server_cpu_s", after.cpuSeconds - before.cpuSeconds, digits: 2)
-    }
+    report.add("disconnected", disconnected.withLockedValue { $0 })
+    if let server = usage.serverSeconds { report.add("server_cpu_s", server, digits: 2) }
+    report.addCPU(usage, threads: traffic.count)
     report.print()
 }
 
@@ -334,32 +458,35 @@ struct Direct: AsyncParsableCommand {
     @Option(help: "Pairs of clients.") var pairs = 500
 
     func run() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let loop = group.next()
+        let (group, loops) = common.makeLoops()
         let count = pairs * 2
-        let traffic = Traffic(clients: count, window: options.window, payloadBytes: options.payload)
         let nicks = (0..<count).map { "d\(runTag)\(String($0, radix: 36))" }
-        let result = try await connectAll(count: count, parallel: 200, common: common, loop: loop, login: { _ in common.login }, nick: { nicks[$0] })
+        if common.accounts { try await createAccounts(nicks, password: common.accountPassword, common: common, loops: loops) }
+        // Both clients of a pair on the same loop: a delivery refills its peer's window there.
+        let result = try await connectAll(count: count, parallel: 200, common: common, loops: loops, loopIndex: { $0 / 2 },
+                                          login: { _ in common.login }, nick: { nicks[$0] })
         let connections = result.connections
+        let traffic = loops.map { LoopTraffic(loop: $0, clients: count, senderSlots: 1, slotOfSender: Array(repeating: 0, count: count)) }
         let windowed = options.rate == nil
-        try await loop.submit {
-            for connection in connections {
+        for connection in connections {
+            let loopTraffic = traffic[connection.loopIndex]
+            try await connection.eventLoop.submit {
+                connection.prepareMessages(to: nicks[connection.index ^ 1], payloadBytes: options.payload, window: options.window, deliveriesPerMessage: 1)
                 connection.onMessage = { receiver, payload in
-                    guard let sender = traffic.arrived(at: receiver.index, payload) else { return }
-                    guard windowed else { return }
-                    traffic.inFlight[sender] -= 1
-                    if traffic.running {
-                        let peer = sender ^ 1
-                        connections[sender].write(traffic.line(from: sender, to: nicks[peer]))
-                        traffic.needsFlush(connections[sender], on: loop)
-                        traffic.inFlight[sender] += 1
+                    guard let (sender, _) = loopTraffic.arrived(at: receiver.index, payload), windowed, sender == receiver.index ^ 1 else { return }
+                    let peer = connections[sender]
+                    peer.inFlight -= 1
+                    if loopTraffic.running {
+                        peer.appendMessage()
+                        peer.inFlight += 1
+                        loopTraffic.needsFlush(peer)
                     }
                 }
-            }
-        }.get()
-        try await runTraffic(mode: "direct", common: common, options: options, loop: loop, connections: connections, traffic: traffic,
-                             senders: Array(0..<count), target: { nicks[$0 ^ 1] }, deliveriesPerMessage: 1)
-        try await finish(connections, loop: loop, group: group)
+            }.get()
+        }
+        try await runTraffic(mode: "direct", common: common, options: options, traffic: traffic, connections: connections,
+                             senders: Array(0..<count), deliveriesPerMessage: 1)
+        try await finish(connections, group: group)
     }
 }
 
@@ -373,53 +500,71 @@ struct Fanout: AsyncParsableCommand {
     @Option(help: "Members that send.") var senders = 1
 
     func run() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let loop = group.next()
-        let traffic = Traffic(clients: members, window: options.window, payloadBytes: options.payload)
+        let (group, loops) = common.makeLoops()
         let channelName = "#f\(runTag)"
-        let result = try await connectAll(count: members, parallel: 200, common: common, loop: loop, login: { _ in common.login }) { "f\(runTag)\(String($0, radix: 36))" }
+        let nicks = (0..<members).map { "f\(runTag)\(String($0, radix: 36))" }
+        if common.accounts { try await createAccounts(nicks, password: common.accountPassword, common: common, loops: loops) }
+        let result = try await connectAll(count: members, parallel: 200, common: common, loops: loops, login: { _ in common.login }, nick: { nicks[$0] })
         let connections = result.connections
-        // Everyone joins; wait until the last member's join is seen by the first.
-        let joined = loop.makePromise(of: Void.self)
+        // Everyone joins; wait until the last member's join is seen by the first. Between
+        // accounts the first makes a group, closed until it opens it (MODE -i).
+        let joinStart = monotonicNanoseconds()
+        let opened = connections[0].eventLoop.makePromise(of: Void.self)
+        let joined = connections[0].eventLoop.makePromise(of: Void.self)
         let lastNick = connections.last!.nick
-        try await loop.submit {
+        let accounts = common.accounts
+        try await connections[0].eventLoop.submit {
             connections[0].onOtherLine = { _, message in
                 if message.command == "JOIN", message.source?.hasPrefix(lastNick + "!") == true { joined.succeed(()) }
+                if message.command == "JOIN", message.source?.hasPrefix(connections[0].nick + "!") == true, !accounts { opened.succeed(()) }
+                if message.command == "MODE", message.parameters.first == channelName { opened.succeed(()) }
+                if message.command == "FAIL" || message.command.first == "4" { opened.fail(BenchFailure(description: "JOIN refused: \(message.command) \(message.parameters.joined(separator: " "))")) }
             }
-            connections[0].send(["JOIN \(channelName)"])
+            connections[0].send(["JOIN \(channelName)"] + (accounts ? ["MODE \(channelName) -i"] : []))
         }.get()
-        try await Task.sleep(for: .milliseconds(200))
+        try await opened.futureResult.get()
         for connection in connections.dropFirst() {
-            try await loop.submit { connection.send(["JOIN \(channelName)"]) }.get()
+            try await connection.eventLoop.submit { connection.send(["JOIN \(channelName)"]) }.get()
         }
         if members == 1 { joined.succeed(()) }
         try await joined.futureResult.get()
+        let joinSeconds = Double(monotonicNanoseconds() - joinStart) / 1e9
+        progress(String(format: "fanout: %d members joined in %.1f s", members, joinSeconds))
+
         let senderIndexes = Array(0..<min(senders, members))
+        var slotOfSender = Array(repeating: -1, count: members)
+        for (slot, sender) in senderIndexes.enumerated() { slotOfSender[sender] = slot }
+        let traffic = loops.map { LoopTraffic(loop: $0, clients: members, senderSlots: senderIndexes.count, slotOfSender: slotOfSender) }
+        // A sender's window slot frees once every member on the sender's own loop has the
+        // message (with one loop: every member); the other loops only count and time it.
+        var membersOnLoop = Array(repeating: 0, count: loops.count)
+        for connection in connections { membersOnLoop[connection.loopIndex] += 1 }
+        for sender in senderIndexes where membersOnLoop[connections[sender].loopIndex] < 2 {
+            throw BenchFailure(description: "sender \(sender) has no other member on its event loop: use fewer --threads")
+        }
         let windowed = options.rate == nil
-        try await loop.submit {
-            for connection in connections {
+        for connection in connections {
+            let loopTraffic = traffic[connection.loopIndex]
+            let needed = membersOnLoop[connection.loopIndex] - 1
+            try await connection.eventLoop.submit {
+                connection.prepareMessages(to: channelName, payloadBytes: options.payload, window: options.window, deliveriesPerMessage: needed)
                 connection.onMessage = { receiver, payload in
-                    guard let (senderValue, sequence, _) = parseNumbers(payload), traffic.arrived(at: receiver.index, payload) != nil else { return }
-                    guard windowed else { return }
-                    let sender = Int(senderValue)
-                    let left = (traffic.remaining[sender][sequence] ?? (members - 1)) - 1
-                    if left > 0 {
-                        traffic.remaining[sender][sequence] = left
-                        return
-                    }
-                    traffic.remaining[sender][sequence] = nil
-                    traffic.inFlight[sender] -= 1
-                    if traffic.running {
-                        connections[sender].write(traffic.line(from: sender, to: channelName))
-                        traffic.needsFlush(connections[sender], on: loop)
-                        traffic.inFlight[sender] += 1
+                    guard let (sender, sequence) = loopTraffic.arrived(at: receiver.index, payload), windowed else { return }
+                    let source = connections[sender]
+                    guard source.loopIndex == receiver.loopIndex, source.delivered(sequence) else { return }
+                    source.inFlight -= 1
+                    if loopTraffic.running {
+                        source.appendMessage()
+                        source.inFlight += 1
+                        loopTraffic.needsFlush(source)
                     }
                 }
-            }
-        }.get()
-        try await runTraffic(mode: "fanout", common: common, options: options, loop: loop, connections: connections, traffic: traffic,
-                             senders: senderIndexes, target: { _ in channelName }, deliveriesPerMessage: members - 1)
-        try await finish(connections, loop: loop, group: group)
+            }.get()
+        }
+        try await runTraffic(mode: "fanout", common: common, options: options, traffic: traffic, connections: connections,
+                             senders: senderIndexes, deliveriesPerMessage: members - 1,
+                             extraFields: [("members", String(members)), ("join_seconds", String(format: "%.2f", joinSeconds))])
+        try await finish(connections, group: group)
     }
 }
 
@@ -436,38 +581,24 @@ struct Offline: AsyncParsableCommand {
     @Option(help: "Padding bytes per message.") var payload = 16
 
     func run() async throws {
+        // One loop: the senders share their bookkeeping without locks.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
+        let loops = [loop]
         let password = "bench-\(runTag)-password"
         let senders = max(1, self.senders)
         // Senders first, then the recipients.
         let nicks = (0..<(senders + recipients)).map { "o\(runTag)\(String($0, radix: 36))" }
         let recipientNicks = Array(nicks[senders...])
         // Create the accounts (REGISTER), then log the recipients out.
-        progress("offline: creating \(nicks.count) accounts")
-        let created = try await connectAll(count: nicks.count, parallel: 50, common: common, loop: loop, login: { _ in .register(password) }, nick: { nicks[$0] })
-        let registeredAll = loop.makePromise(of: Void.self)
-        let pending = NIOLoopBoundBox.makeBoxSendingValue(nicks.count, eventLoop: loop)
-        try await loop.submit {
-            for connection in created.connections {
-                connection.onOtherLine = { connection, message in
-                    if message.command == "REGISTER" {
-                        pending.value -= 1
-                        if pending.value == 0 { registeredAll.succeed(()) }
-                    } else if message.command == "FAIL" {
-                        registeredAll.fail(BenchFailure(description: "account creation failed for \(connection.nick): \(message.parameters.last ?? "")"))
-                    }
-                }
-            }
-        }.get()
-        try await registeredAll.futureResult.get()
-        try await loop.submit { for connection in created.connections.dropFirst(senders) { connection.send(["QUIT :bench"]) } }.get()
-        try await Task.sleep(for: .milliseconds(500))
+        try await createAccounts(nicks, password: password, common: common, loops: loops)
+        let senderLogins = try await connectAll(count: senders, parallel: senders, common: common, loops: loops,
+                                                login: { _ in .pass(password) }, nick: { nicks[$0] })
 
         // Send: with echo-message, each echo is the server's word that the message is on disk.
         // Each sender sends its share to the recipients in turn; message n goes to recipient
         // n mod recipients overall, so every recipient gets the same count as with one sender.
-        let sending = Array(created.connections.prefix(senders))
+        let sending = senderLogins.connections
         let padding = String(repeating: "x", count: payload)
         let share = (0..<senders).map { messages / senders + ($0 < messages % senders ? 1 : 0) }
         let state = NIOLoopBoundBox.makeBoxSendingValue(
@@ -478,10 +609,11 @@ struct Offline: AsyncParsableCommand {
             state.value.sent[sender] += 1
             let target = recipientNicks[state.value.nextMessage % recipients]
             state.value.nextMessage += 1
-            sending[sender].write(ByteBuffer(string: "PRIVMSG \(target) :\(sender) \(number) \(monotonicNanoseconds()) \(padding)\r\n"))
+            sending[sender].write(ByteBuffer(string: "PRIVMSG \(target) :\(sender) \(number) \(monotonicMicroseconds()) \(padding)\r\n"))
         }
         var storeLatency = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
         let latencies = NIOLoopBoundBox.makeBoxSendingValue(storeLatency, eventLoop: loop)
+        let cpu = CPUUsage.Start(serverPid: common.serverPid)
         let start = monotonicNanoseconds()
         try await loop.submit {
             for (index, sender) in sending.enumerated() {
@@ -494,7 +626,7 @@ struct Offline: AsyncParsableCommand {
                 }
                 sender.onMessage = { _, payload in
                     // Our echo: the message is stored.
-                    if let (_, _, time) = parseNumbers(payload) { _ = latencies.value.record((monotonicNanoseconds() - time) / 1000) }
+                    if let (_, _, time) = parseNumbers(payload) { _ = latencies.value.record(monotonicMicroseconds() - time) }
                     state.value.echoed += 1
                     if state.value.echoed == messages { done.succeed(()); return }
                     guard state.value.sent[index] < share[index] else { return }
@@ -519,6 +651,7 @@ struct Offline: AsyncParsableCommand {
         }.get()
         try await done.futureResult.get()
         let storeSeconds = Double(monotonicNanoseconds() - start) / 1e9
+        let storeCPU = cpu.end(serverPid: common.serverPid)
         storeLatency = try await loop.submit { latencies.value }.get()
 
         // Replay: the recipients come back one after another. The server prepares the backlog
@@ -536,7 +669,7 @@ struct Offline: AsyncParsableCommand {
             // either order, each sender's in the order sent.
             let replayState = NIOLoopBoundBox.makeBoxSendingValue((received: 0, reordered: 0, last: Array(repeating: -1, count: senders)), eventLoop: loop)
             let replayed = loop.makePromise(of: UInt64.self)
-            let returning = try await connectAll(count: 1, parallel: 1, common: common, loop: loop, login: { _ in .pass(password) },
+            let returning = try await connectAll(count: 1, parallel: 1, common: common, loops: loops, login: { _ in .pass(password) },
                                                  nick: { _ in recipientNicks[recipient] }, capabilities: ["batch", "server-time", "message-tags"]) { connection in
                 connection.onMessage = { connection, payload in
                     guard let (sender, number, _) = parseNumbers(payload), Int(sender) < senders else { return }
@@ -549,7 +682,7 @@ struct Offline: AsyncParsableCommand {
             let timeout = loop.scheduleTask(in: .seconds(60)) { replayed.fail(BenchFailure(description: "replay incomplete after 60 s")) }
             let lastArrival = try await replayed.futureResult.get()
             timeout.cancel()
-            let secondDevice = try await connectAll(count: 1, parallel: 1, common: common, loop: loop, login: { _ in .pass(password) },
+            let secondDevice = try await connectAll(count: 1, parallel: 1, common: common, loops: loops, login: { _ in .pass(password) },
                                                     nick: { _ in recipientNicks[recipient] }, capabilities: ["batch", "server-time", "message-tags"])
             let loginOnly = secondDevice.connections[0].registeredAt - secondDevice.connections[0].connectStartedAt
             replayNanoseconds += Int64(lastArrival - returning.connections[0].connectStartedAt) - Int64(loginOnly)
@@ -569,7 +702,9 @@ struct Offline: AsyncParsableCommand {
         report.add("replayed_per_s", Double(messages) / replaySeconds, digits: 0)
         report.add("replay_seconds", replaySeconds, digits: 3)
         report.add("reordered", reordered)
+        // CPU while storing (the replay is one client at a time).
+        report.addCPU(storeCPU, threads: 1)
         report.print()
-        try await finish(created.connections + returningConnections, loop: loop, group: group)
+        try await finish(sending + returningConnections, group: group)
     }
 }

@@ -24,7 +24,7 @@ struct StorageWriterTests {
                     name: name, key: name, credential: PasswordCredential(salt: [0], iterations: 1, storedKey: [1], serverKey: [2]),
                     createdAt: Date(timeIntervalSince1970: 0), lastSeen: nil, email: nil))
             }
-            writer = StorageWriter(store: store, logger: Logger(label: "test"))
+            writer = StorageWriter(store: store, backlogLimit: 0, logger: Logger(label: "test"))
             let released = self.released
             writer.setCallbacks(.init(
                 deliver: { deliveries, _ in
@@ -133,7 +133,7 @@ struct StorageWriterTests {
     @Test func aSlowHistoryReadDoesNotHoldUpTheCommitsAfterIt() async throws {
         let harness = try await Harness()
         let gated = GatedReads(harness.store)
-        let writer = StorageWriter(store: gated, logger: Logger(label: "test"))
+        let writer = StorageWriter(store: gated, backlogLimit: 0, logger: Logger(label: "test"))
         let released = NIOLockedValueBox<[String]>([])
         let answered = NIOLockedValueBox<[UInt64]>([])
         writer.setCallbacks(.init(

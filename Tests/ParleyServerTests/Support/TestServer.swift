@@ -68,6 +68,9 @@ final class TestServer: @unchecked Sendable {
     /// Password checks and account creations not finished yet.
     var passwordChecksInFlight: Int { server?.host.passwordChecksInFlight ?? 0 }
 
+    /// Storage writes handed over and not yet committed.
+    var storageBacklog: Int { server?.host.storageWriter.backlog ?? 0 }
+
     var ipv4Port: Int { port(0) }
     var ipv6Port: Int { port(1) }
 
