@@ -23,7 +23,10 @@ struct ParleyBench: AsyncParsableCommand {
 
 struct Common: ParsableArguments {
     @Option(help: "Server address (IPv4 or IPv6).") var host = "127.0.0.1"
-    @Option(help: "Server port.") var port = 6667
+    @Option(name: .customLong("port"), help: ArgumentHelp(
+        "Server port; repeat for the nodes of a cluster: client i connects to the (i mod N)th, so each direct pair is split across two nodes.",
+        valueName: "port"))
+    var ports: [Int] = [6667]
     @Option(help: "A name for the server in the output.") var server = "server"
     @Option(help: "The server's process id, to report its memory and CPU use.") var serverPid: Int32?
     @Option(help: "Spread client source addresses over this many addresses of 127.0.0.0/8 (IPv4 loopback only; 0: the kernel's choice).") var sourceAddresses = 254
@@ -160,7 +163,7 @@ func connectAll(
                 connection.onRegistered = { _ in registered.succeed(()) }
                 connection.onClosed = { connection, reason in registered.fail(BenchFailure(description: "client \(connection.nick) was disconnected while registering: \(reason)")) }
             }
-            BenchConnection.connect(connection, host: common.host, port: common.port, source: source).cascadeFailure(to: registered)
+            BenchConnection.connect(connection, host: common.host, port: common.ports[connection.index % common.ports.count], source: source).cascadeFailure(to: registered)
             futures.append(registered.futureResult)
         }
         do {
@@ -466,6 +469,11 @@ struct Direct: AsyncParsableCommand {
         let result = try await connectAll(count: count, parallel: 200, common: common, loops: loops, loopIndex: { $0 / 2 },
                                           login: { _ in common.login }, nick: { nicks[$0] })
         let connections = result.connections
+        if common.ports.count > 1 {
+            // The nodes of a cluster hear of each other's users a moment after they register;
+            // a message sent before that to a guest on another node would find nobody.
+            try await Task.sleep(for: .seconds(2))
+        }
         let traffic = loops.map { LoopTraffic(loop: $0, clients: count, senderSlots: 1, slotOfSender: Array(repeating: 0, count: count)) }
         let windowed = options.rate == nil
         for connection in connections {
