@@ -210,13 +210,56 @@ public final class PostgresChatStore: ChatStore {
 
     // MARK: Transactions
 
+    /// What the id map knew of the tables when it was last brought up to date: other nodes
+    /// create accounts and create, rename and delete groups in the same tables.
+    private struct IdentitiesVersion: Equatable {
+        var newestAccount: Int64
+        var groups: String
+    }
+    private let identitiesVersion = Mutex<IdentitiesVersion?>(nil)
+
+    /// Brings the id map up to date with what other nodes wrote: one small query when nothing
+    /// changed (the newest account id, and a digest of the groups' ids and keys), and the new
+    /// accounts or all groups when something did.
+    private func refreshIdentities(on connection: PostgresConnection) throws {
+        var current = IdentitiesVersion(newestAccount: 0, groups: "")
+        for row in try connection.run("""
+            SELECT (SELECT coalesce(max(id), 0) FROM accounts),
+                   (SELECT coalesce(md5(string_agg(id::text || ':' || key, ',' ORDER BY id)), '') FROM groups)
+            """, logger: logger) {
+            (current.newestAccount, current.groups) = try row.decode((Int64, String).self)
+        }
+        let known = identitiesVersion.withLock { $0 }
+        guard known != current else { return }
+        let knownAccounts = identities.withLock { $0.accountIDs.values.max() ?? 0 }
+        var accounts: [(Int64, String)] = []
+        if current.newestAccount > knownAccounts {
+            for row in try connection.run("SELECT id, key FROM accounts WHERE id > ?", [.int(knownAccounts)], logger: logger) {
+                accounts.append(try row.decode((Int64, String).self))
+            }
+        }
+        var groups: [(Int64, String)]?
+        if known?.groups != current.groups {
+            groups = try connection.run("SELECT id, key FROM groups", logger: logger).map { try $0.decode((Int64, String).self) }
+        }
+        identities.withLock { map in
+            for (id, key) in accounts { map.addAccount(key: key, id: id) }
+            if let groups {
+                for id in Array(map.groupKeys.keys) { map.removeGroup(id: id) }
+                for (id, key) in groups { map.setGroup(key: key, id: id) }
+            }
+        }
+        identitiesVersion.withLock { $0 = current }
+    }
+
     public func transaction(_ body: (any StorageTransaction) throws -> Void) throws {
         // Group changes are made on a copy and shared once the transaction commits; a rolled
         // back transaction leaves the map as the database is.
-        let start = identities.withLock { $0 }
         let changes: [StoredIdentities.Change] = try transactionConnection.withLock { slot in
             let connection: PostgresConnection
             do { connection = try live(&slot) } catch { throw explained(error) }
+            do { try refreshIdentities(on: connection) } catch { throw explained(error) }
+            let start = identities.withLock { $0 }
             let transaction = Transaction(connection: connection, ids: start, logger: logger)
             do {
                 try connection.run("BEGIN", logger: logger)
@@ -231,6 +274,9 @@ public final class PostgresChatStore: ChatStore {
         }
         if !changes.isEmpty {
             identities.withLock { shared in for change in changes { shared.apply(change) } }
+            // This node's own group changes are in the map already: the next check sees the
+            // same digest as the map and reads nothing.
+            _ = try? transactionConnection.withLock { slot in try refreshIdentities(on: live(&slot)) }
         }
     }
 
@@ -464,9 +510,10 @@ public final class PostgresChatStore: ChatStore {
     }
 
     public func loadHistory(_ query: HistoryQuery) throws -> HistoryResult {
-        let ids = identities.withLock { $0 }
         do {
-            return try PostgresHistory(connection: try shared(), ids: ids, logger: logger).run(query)
+            let connection = try shared()
+            try refreshIdentities(on: connection)
+            return try PostgresHistory(connection: connection, ids: identities.withLock { $0 }, logger: logger).run(query)
         } catch { throw explained(error) }
     }
 

@@ -98,12 +98,18 @@ struct ClusterProcessTests {
         carol.send("PRIVMSG #team :hello from n3")
         carol.send("PING :sent")
         let carolSaw = try await carol.lines(through: { $0.command == "PONG" }, "PONG")
-        let refusals = carolSaw.filter { ["404", "442", "403"].contains($0.command) }
+        let refusals = carolSaw.filter { ["404", "442", "403", "FAIL"].contains($0.command) }
         #expect(refusals.isEmpty, "\(refusals)")
+        #expect(carolSaw.contains { $0.command == "PRIVMSG" && $0.parameters.last == "hello from n3" }, "stored (a group made on n1), so echoed: \(carolSaw)")
         for member in [alice, bob] {
             let line = try await member.expect(timeout: .seconds(10), "carol's group message") { $0.command == "PRIVMSG" && $0.parameters.last == "hello from n3" }
             #expect(line.parameters.first == "#team" && line.source?.description.hasPrefix("carol!") == true)
         }
+        // History read on n2 of a group made on n1 with a message stored by n3.
+        bob.send("CHATHISTORY LATEST #team * 10")
+        let history = try await bob.lines(through: { $0.command == "BATCH" && $0.parameters.first?.hasPrefix("-") == true }, "history batch")
+        #expect(history.contains { $0.command == "PRIVMSG" && $0.parameters.last == "hello from n3" && $0.source?.description.hasPrefix("carol!") == true },
+                "\(history)")
         bob.send("PING :before-names")
         try await bob.skip(through: { $0.command == "PONG" }, "PONG")
         bob.send("NAMES #team")
@@ -188,6 +194,10 @@ struct ClusterProcessTests {
         // Once n2 has heard of dave's login, it has heard of his account (n1 sent both, in order).
         try await Self.waitUntilLoggedIn("dave", seenBy: alice)
         let daveOnN2 = try await TestClient.registered("dave", port: n2.ports[0], caps: Self.caps, password: "dave-password")
+        // dave's account was made on n1 after n2 started: n2 stores his messages all the same.
+        daveOnN2.send("PRIVMSG alice :from dave on n2")
+        let daveEcho = try await daveOnN2.expect { ($0.command == "PRIVMSG" && $0.parameters.last == "from dave on n2") || $0.command == "FAIL" }
+        #expect(daveEcho.command == "PRIVMSG", "\(daveEcho)")
         alice.send("PRIVMSG dave :to both of your sessions")
         try await daveOnN2.expect(timeout: .seconds(10), "on n2") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }
         try await dave.expect(timeout: .seconds(10), "on n1") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Direct messages between accounts (stored) on one node with SQLite, one node with PostgreSQL,
+# and two nodes on one PostgreSQL with every pair split across the nodes: messages/s, p99 and
+# losses, in one run on this machine. Needs PostgreSQL's server binaries (Debian: postgresql).
+#
+#   bench/cluster.sh                 # release build of parley-server and parley-bench first
+#   PAIRS=100 WINDOW=16 DURATION=10 bench/cluster.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PAIRS=${PAIRS:-100}
+WINDOW=${WINDOW:-16}
+DURATION=${DURATION:-10}
+bin=.build/release
+[ -x "$bin/parley-server" ] && [ -x "$bin/parley-bench" ] || swift build -c release --product parley-server --product parley-bench >/dev/null
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$pgbin/initdb" ] || { echo "needs PostgreSQL's server binaries (apt-get install postgresql)" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/parley-cluster-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    $as_pg "$pgbin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null 2>&1 || true
+    [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+as_pg=""
+if [ "$(id -u)" = 0 ]; then chown postgres: "$work"; as_pg="runuser -u postgres --"; fi
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# PostgreSQL with its default durability (fsync, synchronous_commit on): a commit is on disk.
+pgport=$(free_port)
+$as_pg "$pgbin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
+$as_pg "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -o "-c listen_addresses=127.0.0.1 -p $pgport -k $work" -w start >/dev/null
+
+cat >"$work/parley.json" <<JSON
+{ "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
+              "pingIntervalSeconds": 600 },
+  "accounts": { "registrationsPerNetworkAllowed": 0, "maxPasswordChecksInFlight": 0, "loginFailuresPerNetworkAllowed": 0,
+                "passwordIterations": 4096 } }
+JSON
+
+start_node() { # name port [database]
+    local extra=()
+    [ -n "${3:-}" ] && extra=(--database "$3" --node-name "$1")
+    "$bin/parley-server" --config "$work/parley.json" --data-dir "$work/data-$1" --listen "127.0.0.1:$2" \
+        --log-level warning "${extra[@]}" >"$work/$1.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$2") 2>/dev/null && return; sleep 0.1; done
+    echo "node $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1
+}
+stop_nodes() { [ -n "${KEEP:-}" ] && for db in $(ls "$work" | grep -o "^n[0-9]*.log"); do :; done;  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+
+run() { # label ports...
+    local label=$1; shift
+    local args=()
+    for port in "$@"; do args+=(--port "$port"); done
+    "$bin/parley-bench" direct --accounts --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}" \
+        2>/dev/null | grep '^RESULT' | sed "s/^RESULT //" >>"$work/results.jsonl"
+}
+
+[ -n "${SKIP_SQLITE:-}" ] || { p1=$(free_port); start_node sqlite "$p1"; run "1 node, SQLite" "$p1"; stop_nodes; }
+db=1; $as_pg "$pgbin/createdb" -h "$work" -p "$pgport" -U postgres parley1
+p1=$(free_port); start_node n1 "$p1" "postgresql://postgres@127.0.0.1:$pgport/parley1"; run "1 node, PostgreSQL" "$p1"; stop_nodes
+$as_pg "$pgbin/createdb" -h "$work" -p "$pgport" -U postgres parley2
+p1=$(free_port); p2=$(free_port)
+start_node n1 "$p1" "postgresql://postgres@127.0.0.1:$pgport/parley2"
+start_node n2 "$p2" "postgresql://postgres@127.0.0.1:$pgport/parley2"
+run "2 nodes, PostgreSQL, pairs across nodes" "$p1" "$p2"; stop_nodes
+
+python3 - "$work/results.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print(f"{'setup':<42} {'msgs/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'reordered':>9} {'bench cpu %':>11}")
+for r in rows:
+    print(f"{r['server']:<42} {r['delivered_per_s']:>9.0f} {r['p50_us']/1000:>7.1f} {r['p99_us']/1000:>7.1f} {int(r['lost']):>5} {int(r['reordered']):>9} {r['bench_cpu_pct']:>11.0f}")
+PY
