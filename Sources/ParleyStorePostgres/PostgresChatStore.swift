@@ -231,7 +231,9 @@ public final class PostgresChatStore: ChatStore {
         }
         let known = identitiesVersion.withLock { $0 }
         guard known != current else { return }
-        let knownAccounts = identities.withLock { $0.accountIDs.values.max() ?? 0 }
+        // Read through the newest id seen by the last read, not the newest id in the map: this
+        // node's own inserts interleave with other nodes', and would hide the gaps.
+        let knownAccounts = known?.newestAccount ?? 0
         var accounts: [(Int64, String)] = []
         if current.newestAccount > knownAccounts {
             for row in try connection.run("SELECT id, key FROM accounts WHERE id > ?", [.int(knownAccounts)], logger: logger) {

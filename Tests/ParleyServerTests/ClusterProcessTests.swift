@@ -202,6 +202,22 @@ struct ClusterProcessTests {
         try await daveOnN2.expect(timeout: .seconds(10), "on n2") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }
         try await dave.expect(timeout: .seconds(10), "on n1") { $0.command == "PRIVMSG" && $0.parameters.last == "to both of your sessions" }
 
+        // Accounts made on both nodes one after the other (their ids interleave in the table):
+        // each node still stores messages between them.
+        let frank = try await TestClient.registered("frank", port: n2.ports[0], caps: ["draft/account-registration"] + Self.caps)
+        frank.send("REGISTER * frank-password")
+        try await frank.expect { $0.command == "REGISTER" && $0.parameters.first == "SUCCESS" }
+        try await Self.waitUntilLoggedIn("frank", seenBy: dave)
+        let gina = try await TestClient.registered("gina", port: n1.ports[0], caps: ["draft/account-registration"] + Self.caps)
+        gina.send("REGISTER * gina-password")
+        try await gina.expect { $0.command == "REGISTER" && $0.parameters.first == "SUCCESS" }
+        gina.send("PRIVMSG frank :hello frank")
+        let ginaEcho = try await gina.expect { ($0.command == "PRIVMSG" && $0.parameters.last == "hello frank") || $0.command == "FAIL" }
+        #expect(ginaEcho.command == "PRIVMSG", "stored on n1 although frank's account was made on n2: \(ginaEcho)")
+        try await frank.expect(timeout: .seconds(10), "gina's message") { $0.command == "PRIVMSG" && $0.parameters.last == "hello frank" }
+        await frank.close()
+        await gina.close()
+
         // Created by the admin command while the nodes run: it returns once they have it.
         let created = try ServerProcess.run(["account", "create", "erin", "--database", cluster.database.description], input: "erin-password\n")
         #expect(created.status == 0, "\(created.errors)")
