@@ -114,6 +114,11 @@ enum PostgresMigrations {
             )
             """,
         ]),
+        Migration(version: 2, name: "voice-apart", statements: [
+            // Voice became a mark beside the role (an operator can be voiced): role 1 was voice.
+            "ALTER TABLE group_members ADD COLUMN voiced BOOLEAN NOT NULL DEFAULT FALSE",
+            "UPDATE group_members SET voiced = TRUE, role = 0 WHERE role = 1",
+        ]),
     ]
 
     static var latestVersion: Int { all.last?.version ?? 0 }

@@ -40,6 +40,23 @@ struct ConformanceTests {
         #expect(replies == [":parley.local 461 foo USER :Not enough parameters"])
     }
 
+    @Test func voiceIsKeptBesideTheOperatorRank() {
+        var harness = CoreHarness()
+        let foo = harness.register("foo", caps: ["multi-prefix"])
+        let plain = harness.register("plain")
+        harness.send(foo, "JOIN #chan")
+        harness.send(plain, "JOIN #chan")
+        harness.send(foo, "MODE #chan +v foo")
+        #expect(harness.send(foo, "NAMES #chan").first == ":parley.local 353 foo = #chan :@+foo plain", "multi-prefix shows every prefix, highest first")
+        #expect(harness.send(foo, "WHO #chan").first?.contains(" foo H@+ ") == true)
+        #expect(harness.send(plain, "NAMES #chan").first == ":parley.local 353 plain = #chan :@foo plain", "without multi-prefix, the highest only")
+        // Taking the operator rank away leaves the voice.
+        harness.send(foo, "MODE #chan +m", "MODE #chan -o foo")
+        #expect(harness.send(plain, "NAMES #chan").first == ":parley.local 353 plain = #chan :+foo plain")
+        #expect(harness.send(foo, "PRIVMSG #chan :still voiced").isEmpty, "voice lets foo speak in the moderated channel")
+        #expect(harness.send(plain, "PRIVMSG #chan :hello").commands == ["404"])
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

@@ -63,6 +63,24 @@ struct GroupTests {
         #expect(harness.savedGroups["#team"]?.members == ["alice": .owner, "bob": .member])
     }
 
+    @Test func aGroupMembersVoiceIsKeptWithTheGroupBesideTheirRole() throws {
+        var (harness, alice, bob, _) = teamHarness()
+        harness.send(alice, "MODE #team +v bob", "MODE #team +o bob")
+        var saved = try #require(harness.savedGroups["#team"])
+        #expect(saved.members == ["alice": .owner, "bob": .op])
+        #expect(saved.voiced == ["bob"], "an operator keeps the voice given before")
+        harness.send(alice, "MODE #team -o bob")
+        saved = try #require(harness.savedGroups["#team"])
+        #expect(saved.members["bob"] == .member && saved.voiced == ["bob"])
+        // A group loaded from storage shows the voice again.
+        var restarted = CoreHarness(accounts: Self.people)
+        restarted.server = ChatServer(configuration: restarted.server.configuration, accounts: restarted.server.accounts.map(\.value),
+                                      groups: [saved], startedAt: restarted.now)
+        let bobAgain = restarted.register("bob", password: "password-b")
+        #expect(restarted.send(bobAgain, "NAMES #team").first == ":parley.local 353 bob = #team :+bob")
+        _ = bob
+    }
+
     @Test func invitingSomeoneOfflineJoinsThemAtLogin() {
         var harness = CoreHarness(accounts: Self.people)
         let alice = harness.register("alice", password: "password-a")

@@ -70,6 +70,7 @@ extension ChatServer {
         var connections: [ConnectionID]
         var memberAccount: String?
         var role: ChannelRole
+        var voiced: Bool
         var name: String
     }
 
@@ -80,8 +81,9 @@ extension ChatServer {
         let memberAccount = channel.accountRoles[account] != nil ? account : nil
         guard !present.isEmpty || memberAccount != nil else { return nil }
         let role = present.first.map { self.role(of: $0, in: channel) } ?? memberAccount.flatMap { channel.accountRoles[$0] } ?? .member
+        let voiced = memberAccount.map { channel.voicedAccounts.contains($0) } ?? present.contains { channel.voicedGuests.contains($0) }
         let name = present.first.flatMap { sessions[$0]?.nick?.name } ?? accounts[account]?.name ?? nick
-        return ChannelTarget(connections: present, memberAccount: memberAccount, role: role, name: name)
+        return ChannelTarget(connections: present, memberAccount: memberAccount, role: role, voiced: voiced, name: name)
     }
 
     /// Puts an account on a group's member list with a role, or takes it off (nil), keeping the
@@ -89,6 +91,7 @@ extension ChatServer {
     mutating func setMembership(_ account: String, _ role: ChannelRole?, in channel: inout ChatChannel) {
         channel.accountRoles[account] = role
         if role == nil {
+            channel.voicedAccounts.remove(account)
             groupsOfAccount[account]?.remove(channel.key)
         } else {
             groupsOfAccount[account, default: []].insert(channel.key)
@@ -266,8 +269,7 @@ extension ChatServer {
         var seen: Set<String> = []
         for member in channel.joined {
             guard let session = sessions[member], let nick = session.nick, seen.insert(nick.folded).inserted else { continue }
-            let role = channel.role(of: member, account: session.accountKey)
-            let prefix = asker.has(.multiPrefix) ? role.allPrefixes : role.prefix
+            let prefix = channel.prefixes(of: member, account: session.accountKey, all: asker.has(.multiPrefix))
             entries.append(prefix + (asker.has(.userhostInNames) ? session.prefix : nick.name))
         }
         var lines: [IRCMessage] = []
@@ -330,6 +332,7 @@ extension ChatServer {
         channel.joined.removeAll { connections.contains($0) }
         for connection in connections {
             channel.guestRoles[connection] = nil
+            channel.voicedGuests.remove(connection)
             sessions[connection]?.channels.remove(key)
         }
         if !channel.isGroup && channel.joined.isEmpty {
@@ -687,7 +690,20 @@ extension ChatServer {
                     render(.numeric(.errUserNotInChannel, nick, channel.name, "They aren't on that channel"), in: &context); continue
                 }
                 let current = target.role
-                let wanted: ChannelRole = letter == "q" ? .owner : letter == "o" ? .op : .voice
+                if letter == "v" {
+                    // Voice is a mark beside the role: an operator can be voiced too.
+                    if target.voiced == adding { continue }
+                    if let account = target.memberAccount {
+                        if adding { channel.voicedAccounts.insert(account) } else { channel.voicedAccounts.remove(account) }
+                    } else {
+                        for connection in target.connections {
+                            if adding { channel.voicedGuests.insert(connection) } else { channel.voicedGuests.remove(connection) }
+                        }
+                    }
+                    applied.append((adding ? "+" : "-", letter, target.name))
+                    continue
+                }
+                let wanted: ChannelRole = letter == "q" ? .owner : .op
                 if letter == "q" {
                     guard adding else { continue }
                     guard let targetAccount = target.memberAccount else {
@@ -749,7 +765,7 @@ extension ChatServer {
             guard channel.isGroup else { reply("\(channel.name) is a transient channel: it ends when its last user leaves"); return }
             reply("\(channel.name): owner \(accounts[channel.owner ?? ""]?.name ?? channel.owner ?? "?"), created \(channel.createdAt.iso8601), modes +\(channel.flagModes)")
             let members = channel.accountRoles.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map { key, role in
-                role.prefix + (accounts[key]?.name ?? key) + (nickIndex[key] == nil ? " (offline)" : "")
+                role.prefixes(voiced: channel.voicedAccounts.contains(key), all: false) + (accounts[key]?.name ?? key) + (nickIndex[key] == nil ? " (offline)" : "")
             }
             reply("Members (\(members.count)): \(members.joined(separator: ", "))")
         case "DROP":
@@ -791,14 +807,14 @@ extension ChatServer {
             throw .numeric(.errNoSuchChannel, target, "No such channel")
         }
         let isMember = channel.contains(id)
-        let senderRole = role(of: id, in: channel)
         if !isMember && (channel.noOutsideMessages || channel.isGroup) {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are not a member")
         }
-        if channel.moderated && senderRole < .voice {
+        let privileged = channel.maySpeakAsPrivileged(id, account: sender.accountKey)
+        if channel.moderated && !privileged {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel (+m): you need voice")
         }
-        if senderRole < .voice && channel.bans.contains(where: { IRCMask($0.mask).matches(sender.prefix, caseMapping: configuration.caseMapping) }) {
+        if !privileged && channel.bans.contains(where: { IRCMask($0.mask).matches(sender.prefix, caseMapping: configuration.caseMapping) }) {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are banned")
         }
         let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + channel.name.utf8.count + 2 + 2

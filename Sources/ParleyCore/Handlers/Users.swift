@@ -212,7 +212,7 @@ extension ChatServer {
         for key in Set(holder.connections.flatMap { sessions[$0]?.channels ?? [] }).sorted() {
             guard let channel = channels[key] else { continue }
             if isClosed(channel, to: context.connection) { continue }
-            visible.append(channel.role(of: first, account: user.accountKey).prefix + channel.name)
+            visible.append(channel.prefixes(of: first, account: user.accountKey, all: asker?.has(.multiPrefix) == true) + channel.name)
         }
         if !visible.isEmpty {
             numericReply(.rplWhoisChannels, [nick.name, visible.joined(separator: " ")], in: &context)
@@ -289,8 +289,7 @@ extension ChatServer {
             var flags = session.awayMessage == nil ? "H" : "G"
             if session.isOperator { flags.append("*") }
             if let channelForWho {
-                let role = channelForWho.role(of: session.id, account: session.accountKey)
-                flags += sessions[asker]?.has(.multiPrefix) == true ? role.allPrefixes : role.prefix
+                flags += channelForWho.prefixes(of: session.id, account: session.accountKey, all: sessions[asker]?.has(.multiPrefix) == true)
             }
             numericReply(.rplWhoReply, [channelForWho?.name ?? "*", session.displayUsername, session.host, configuration.serverName, nick.name, flags, "0 \(session.realname)"], in: &context)
         }
