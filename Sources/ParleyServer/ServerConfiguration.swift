@@ -278,12 +278,14 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var maxPendingReceiptsPerAuthor = ChatConfiguration().maxPendingReceiptsPerAuthor
         /// Bytes of messages one account may have stored per day.
         public var storedBytesPerAccountPerDay = ChatConfiguration().storedBytesPerAccountPerDay
+        /// Messages a transient channel keeps in memory (never stored) while it exists.
+        public var transientChannelMessages = ChatConfiguration().transientChannelHistoryLength
 
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case retentionDays, maxUndeliveredPerAccount, chathistoryLimit, maxTrackedRecipients, maxPendingReceiptsPerAuthor
-            case storedBytesPerAccountPerDay
+            case storedBytesPerAccountPerDay, transientChannelMessages
         }
 
         public init(from decoder: any Decoder) throws {
@@ -295,6 +297,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             maxTrackedRecipients = try container.decode(.maxTrackedRecipients, default: defaults.maxTrackedRecipients)
             maxPendingReceiptsPerAuthor = try container.decode(.maxPendingReceiptsPerAuthor, default: defaults.maxPendingReceiptsPerAuthor)
             storedBytesPerAccountPerDay = try container.decode(.storedBytesPerAccountPerDay, default: defaults.storedBytesPerAccountPerDay)
+            transientChannelMessages = try container.decode(.transientChannelMessages, default: defaults.transientChannelMessages)
         }
     }
 
@@ -369,6 +372,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.maxPendingReceiptsPerAuthor = history.maxPendingReceiptsPerAuthor
         chat.storedBytesPerAccountPerDay = history.storedBytesPerAccountPerDay
         chat.chathistoryLimit = max(1, history.chathistoryLimit)
+        chat.transientChannelHistoryLength = max(0, history.transientChannelMessages)
         chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets
         chat.maxBansPerChannel = max(1, limits.maxBansPerChannel)

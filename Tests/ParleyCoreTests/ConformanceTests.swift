@@ -57,6 +57,39 @@ struct ConformanceTests {
         #expect(harness.send(plain, "PRIVMSG #chan :hello").commands == ["404"])
     }
 
+    @Test func guestsReadTheRecentHistoryOfATransientChannelTheyAreIn() {
+        var harness = CoreHarness(configure: { $0.transientChannelHistoryLength = 8 })
+        let bar = harness.register("bar")
+        let outsider = harness.register("outsider")
+        harness.send(bar, "JOIN #chan")
+        var sent: [Timestamp] = []
+        for number in 0..<10 {
+            harness.advance(milliseconds: 1000)
+            sent.append(harness.now)
+            harness.send(bar, "TOPIC #chan :topic \(number)", "PRIVMSG #chan :message \(number)")
+        }
+        func texts(_ replies: [String]) -> [String] {
+            replies.compactMap { line in line.range(of: " PRIVMSG #chan :").map { String(line[$0.upperBound...]) } }
+        }
+        func history(_ request: String) -> [String] {
+            texts(harness.send(bar, "CHATHISTORY \(request)")).map { $0.replacingOccurrences(of: "message ", with: "") }
+        }
+        let at = { (number: Int) in "timestamp=\(sent[number].iso8601)" }
+        // Only the last 8 are kept, and no topic changes (no event-playback).
+        #expect(history("LATEST #chan * 20") == ["2", "3", "4", "5", "6", "7", "8", "9"])
+        #expect(history("LATEST #chan * 2") == ["8", "9"])
+        #expect(history("BEFORE #chan \(at(6)) 2") == ["4", "5"])
+        #expect(history("AFTER #chan \(at(6)) 2") == ["7", "8"])
+        #expect(history("AROUND #chan \(at(6)) 3") == ["5", "6", "7"])
+        #expect(history("BETWEEN #chan \(at(3)) \(at(7)) 10") == ["4", "5", "6"])
+        // Someone not in the channel reads nothing, as for any channel they are not in.
+        #expect(harness.send(outsider, "CHATHISTORY LATEST #chan * 10").first?.hasPrefix(":parley.local FAIL CHATHISTORY INVALID_TARGET") == true)
+        // The history ends with the channel.
+        harness.send(bar, "PART #chan", "JOIN #chan")
+        #expect(history("LATEST #chan * 20").isEmpty)
+        #expect(harness.storedMessages.isEmpty, "nothing of a transient channel is stored")
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

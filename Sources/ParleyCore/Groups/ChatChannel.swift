@@ -118,6 +118,8 @@ struct ChatChannel: Sendable {
     var joined: [ConnectionID] = []
     /// Nicks invited into a transient invite-only channel (case-folded), used up by JOIN.
     var invitedNicks: Set<String> = []
+    /// A transient channel's last messages, in memory only (a group's history is stored).
+    var recentHistory = RecentChannelHistory()
 
     var isGroup: Bool { owner != nil }
 

@@ -167,6 +167,8 @@ extension ChatServer {
                 // A logged-in creator makes a persistent group that only its owner opens up.
                 created.owner = account
                 created.inviteOnly = true
+                // Markers left from a transient channel of that name are not this group's.
+                forgetReadMarkers(ofTransientChannel: created.key)
                 setMembership(account, .owner, in: &created)
             } else {
                 created.guestRoles[id] = .op
@@ -337,7 +339,6 @@ extension ChatServer {
         }
         if !channel.isGroup && channel.joined.isEmpty {
             channels[key] = nil
-            forgetReadMarkers(ofTransientChannel: key)
         } else {
             channels[key] = channel
         }
@@ -839,6 +840,12 @@ extension ChatServer {
             context.replies.append(relayed)
         }
         rememberSend(relayed, clientTags: clientTags, sender: sender)
+        if !channel.isGroup && verb != "TAGMSG" {
+            // For CHATHISTORY while the channel lasts; never stored.
+            let recent = storedMessage(relayed, id: messageID, sender: sender, kind: .group, target: channel.key,
+                                       text: text, clientTags: clientTags, recipients: [], now: context.now)
+            channels[channel.key]?.recentHistory.append(recent, capacity: configuration.transientChannelHistoryLength)
+        }
         if channel.isGroup && verb != "TAGMSG" {
             // Kept for history, and for members who are offline now until they return.
             storeGroupMessage(relayed, id: messageID, sender: sender, channel: channel, text: text, clientTags: clientTags, &context, &outbox)
