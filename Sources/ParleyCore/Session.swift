@@ -53,6 +53,9 @@ final class Session: @unchecked Sendable {
     var monitoredNicks: Set<String> = []
     /// Keys of the channels this connection is in.
     var channels: Set<String> = []
+    /// Closed groups this guest connection was invited into by their owner (keys), used up by
+    /// JOIN; they end with the connection, as the guest's part in the group does.
+    var groupInvitations: Set<String> = []
 
     init(id: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp) {
         self.id = id

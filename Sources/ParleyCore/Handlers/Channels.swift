@@ -189,7 +189,8 @@ extension ChatServer {
                 && !channel.invitedNicks.contains(session.nick?.folded ?? "") {
                 throw .numeric(.errBannedFromChan, channel.name, "Cannot join channel (+b): you are banned")
             }
-            if channel.inviteOnly && !channel.invitedNicks.contains(session.nick?.folded ?? "") {
+            let invitedGuest = channel.isGroup && account == nil && session.groupInvitations.contains(channel.key)
+            if channel.inviteOnly && !channel.invitedNicks.contains(session.nick?.folded ?? "") && !invitedGuest {
                 let how = channel.isGroup ? "ask the group's owner to add you (INVITE)" : "you need an invitation"
                 throw .numeric(.errInviteOnlyChan, channel.name, "Cannot join channel (+i): \(how)")
             }
@@ -200,6 +201,7 @@ extension ChatServer {
                 throw .numeric(.errChannelIsFull, channel.name, "Cannot join channel (+l): the channel is full")
             }
             channel.invitedNicks.remove(session.nick?.folded ?? "")
+            session.groupInvitations.remove(channel.key)
             if channel.isGroup, let account {
                 // Joining an open group makes a logged-in user one of its members.
                 setMembership(account, .member, in: &channel)
@@ -451,8 +453,16 @@ extension ChatServer {
                 accountKey = online
             } else if accounts[fold(target)] != nil {
                 accountKey = fold(target)
-            } else if holder != nil {
-                throw .fail("INVITE", "ACCOUNT_REQUIRED", target, channel.name, description: "\(target) is not logged in to an account; only accounts can be members of a group")
+            } else if let holder, let guestNick = holder.connections.first.flatMap({ sessions[$0]?.nick }) {
+                // A guest cannot be a member (membership outlives connections) but may be let in
+                // for this connection, taking part as guests do in an open group.
+                if holder.connections.contains(where: { channel.contains($0) }) {
+                    throw .numeric(.errUserOnChannel, guestNick.name, channel.name, "is already on channel")
+                }
+                for connection in holder.connections { sessions[connection]?.groupInvitations.insert(channel.key) }
+                numericReply(.rplInviting, [guestNick.name, channel.name], in: &context)
+                sendInvite(from: session, to: holder.connections, nick: guestNick.name, channel: channel.name, &outbox)
+                return
             } else {
                 throw .numeric(.errNoSuchNick, target, "No such nick or account")
             }
@@ -482,10 +492,14 @@ extension ChatServer {
         channel.invitedNicks.insert(targetNick.folded)
         channels[channel.key] = channel
         numericReply(.rplInviting, [targetNick.name, channel.name], in: &context)
+        sendInvite(from: session, to: holder.connections, nick: targetNick.name, channel: channel.name, &outbox)
+    }
+
+    func sendInvite(from session: Session, to connections: [ConnectionID], nick: String, channel: String, _ outbox: inout Outbox) {
         // account-tag: the invitee's client learns which account invites (sent only to clients with the capability).
         let invite = IRCMessage(tags: session.accountName.map { [IRCTag("account", $0)] } ?? [],
-                                source: session.prefix, command: "INVITE", parameters: [targetNick.name, channel.name])
-        for connection in holder.connections { send(invite, to: connection, into: &outbox) }
+                                source: session.prefix, command: "INVITE", parameters: [nick, channel])
+        for connection in connections { send(invite, to: connection, into: &outbox) }
     }
 
     mutating func handleKick(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
