@@ -35,6 +35,8 @@ public struct ChatConfiguration: Sendable {
     public var chathistoryLimit = 500
     /// Messages a transient channel keeps in memory for CHATHISTORY while it exists (0: none).
     public var transientChannelHistoryLength = 200
+    /// Bytes of those messages (text, client tags, sender) one transient channel keeps at most.
+    public var transientChannelHistoryBytes = 65_536
     public var topicLength = 390
     public var awayLength = 390
     public var kickLength = 390

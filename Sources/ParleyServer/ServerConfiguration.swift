@@ -280,12 +280,14 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var storedBytesPerAccountPerDay = ChatConfiguration().storedBytesPerAccountPerDay
         /// Messages a transient channel keeps in memory (never stored) while it exists.
         public var transientChannelMessages = ChatConfiguration().transientChannelHistoryLength
+        /// Bytes of those messages one transient channel keeps at most.
+        public var transientChannelBytes = ChatConfiguration().transientChannelHistoryBytes
 
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case retentionDays, maxUndeliveredPerAccount, chathistoryLimit, maxTrackedRecipients, maxPendingReceiptsPerAuthor
-            case storedBytesPerAccountPerDay, transientChannelMessages
+            case storedBytesPerAccountPerDay, transientChannelMessages, transientChannelBytes
         }
 
         public init(from decoder: any Decoder) throws {
@@ -298,6 +300,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             maxPendingReceiptsPerAuthor = try container.decode(.maxPendingReceiptsPerAuthor, default: defaults.maxPendingReceiptsPerAuthor)
             storedBytesPerAccountPerDay = try container.decode(.storedBytesPerAccountPerDay, default: defaults.storedBytesPerAccountPerDay)
             transientChannelMessages = try container.decode(.transientChannelMessages, default: defaults.transientChannelMessages)
+            transientChannelBytes = try container.decode(.transientChannelBytes, default: defaults.transientChannelBytes)
         }
     }
 
@@ -373,6 +376,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.storedBytesPerAccountPerDay = history.storedBytesPerAccountPerDay
         chat.chathistoryLimit = max(1, history.chathistoryLimit)
         chat.transientChannelHistoryLength = max(0, history.transientChannelMessages)
+        chat.transientChannelHistoryBytes = max(0, history.transientChannelBytes)
         chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets
         chat.maxBansPerChannel = max(1, limits.maxBansPerChannel)

@@ -90,6 +90,17 @@ struct ConformanceTests {
         #expect(harness.storedMessages.isEmpty, "nothing of a transient channel is stored")
     }
 
+    @Test func aTransientChannelsHistoryIsBoundedInBytesToo() throws {
+        var harness = CoreHarness(configure: { $0.transientChannelHistoryBytes = 4000 })
+        let bar = harness.register("bar", caps: ["message-tags"])
+        harness.send(bar, "JOIN #chan")
+        let pad = String(repeating: "x", count: 400)
+        for number in 0..<50 { harness.send(bar, "@+pad=\(pad) PRIVMSG #chan :\(number) \(pad)") }
+        let history = try #require(harness.server.channels["#chan"]?.recentHistory)
+        #expect(history.bytes <= 4000)
+        #expect(history.messages.count < 10 && history.messages.last?.text.hasPrefix("49 ") == true, "the newest are kept")
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

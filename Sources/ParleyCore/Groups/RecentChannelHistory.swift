@@ -1,16 +1,28 @@
 /// The last messages of a transient channel (one without an owner account), kept in memory only
 /// while the channel exists, so that CHATHISTORY works for the people in it, guests included.
-/// Nothing of it is written to disk; at most `capacity` messages, the oldest go first.
+/// Nothing of it is written to disk; at most `capacity` messages and `maxBytes` bytes of them
+/// (a guest may make many channels), the oldest go first.
 struct RecentChannelHistory: Sendable {
     private(set) var messages: [StoredMessage] = []
+    /// What `messages` hold, as counted by `size(of:)`.
+    private(set) var bytes = 0
     /// The order number of `messages[0]`: orders keep counting up as old messages are dropped,
     /// so a point taken from a message stays valid.
     private var firstOrder: Int64 = 0
 
-    mutating func append(_ message: StoredMessage, capacity: Int) {
-        guard capacity > 0 else { return }
+    static func size(of message: StoredMessage) -> Int {
+        message.text.utf8.count + message.clientTags.utf8.count + message.senderPrefix.utf8.count + message.id.utf8.count
+    }
+
+    mutating func append(_ message: StoredMessage, capacity: Int, maxBytes: Int) {
+        guard capacity > 0, Self.size(of: message) <= maxBytes else { return }
         messages.append(message)
-        let excess = messages.count - capacity
+        bytes += Self.size(of: message)
+        var excess = 0
+        while messages.count - excess > capacity || bytes > maxBytes {
+            bytes -= Self.size(of: messages[excess])
+            excess += 1
+        }
         if excess > 0 {
             messages.removeFirst(excess)
             firstOrder += Int64(excess)

@@ -858,7 +858,8 @@ extension ChatServer {
             // For CHATHISTORY while the channel lasts; never stored.
             let recent = storedMessage(relayed, id: messageID, sender: sender, kind: .group, target: channel.key,
                                        text: text, clientTags: clientTags, recipients: [], now: context.now)
-            channels[channel.key]?.recentHistory.append(recent, capacity: configuration.transientChannelHistoryLength)
+            channels[channel.key]?.recentHistory.append(recent, capacity: configuration.transientChannelHistoryLength,
+                                                        maxBytes: configuration.transientChannelHistoryBytes)
         }
         if channel.isGroup && verb != "TAGMSG" {
             // Kept for history, and for members who are offline now until they return.
