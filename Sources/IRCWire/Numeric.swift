@@ -38,6 +38,7 @@ public enum Numeric: String, Sendable, CaseIterable {
     case rplNoTopic = "331"
     case rplTopic = "332"
     case rplTopicWhoTime = "333"
+    case rplWhoisBot = "335"
     case rplInviting = "341"
     case rplInviteList = "346"
     case rplEndOfInviteList = "347"

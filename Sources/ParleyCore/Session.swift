@@ -50,6 +50,9 @@ final class Session: @unchecked Sendable {
     var awayMessage: String?
     var isOperator = false
     var isInvisible = true
+    /// User mode +B (IRCv3 bot-mode): the client says it is a bot; others see it in WHOIS, WHO
+    /// and a `bot` tag on its messages.
+    var isBot = false
     var monitoredNicks: Set<String> = []
     /// Keys of the channels this connection is in.
     var channels: Set<String> = []

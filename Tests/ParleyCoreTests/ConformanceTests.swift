@@ -101,6 +101,26 @@ struct ConformanceTests {
         #expect(history.messages.count < 10 && history.messages.last?.text.hasPrefix("49 ") == true, "the newest are kept")
     }
 
+    @Test func aBotMarksItselfWithUserModeBAndOthersSeeIt() {
+        var harness = CoreHarness()
+        let bot = harness.register("robot", caps: ["echo-message", "message-tags"])
+        let user = harness.register("user", caps: ["message-tags"])
+        let plain = harness.register("plain")
+        #expect(harness.send(bot, "MODE robot +B") == [":robot!~robot@127.0.0.1 MODE robot +B"])
+        #expect(harness.send(bot, "MODE robot") == [":parley.local 221 robot :+Bi"])
+        #expect(harness.send(user, "WHOIS robot").contains(":parley.local 335 user robot :is a bot"))
+        harness.send(bot, "JOIN #chan")
+        harness.send(user, "JOIN #chan")
+        #expect(harness.send(user, "WHO #chan").contains { $0.contains(" robot HB") })
+        // The bot tag goes to clients that take message tags, the echo included.
+        let echo = harness.send(bot, "PRIVMSG user :beep", "PRIVMSG plain :boop")
+        #expect(echo.allSatisfy { $0.hasPrefix("@") && $0.contains(";bot") || $0.contains(";bot;") })
+        #expect(harness.inbox(user).contains { $0.hasPrefix("@") && $0.contains(";bot") && $0.hasSuffix(" PRIVMSG user :beep") })
+        #expect(harness.inbox(plain) == [":robot!~robot@127.0.0.1 PRIVMSG plain :boop"])
+        harness.send(bot, "MODE robot -B")
+        #expect(!harness.send(user, "WHOIS robot").contains { $0.contains(" 335 ") })
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

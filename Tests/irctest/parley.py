@@ -113,6 +113,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
     )
 
     isupport = {
+        "BOT": "B",
         "CASEMAPPING": patma.ANYSTR,
         "MONITOR": patma.ANYSTR,
         "MSGREFTYPES": patma.ANYSTR,

@@ -153,6 +153,7 @@ extension ChatServer {
         let messageID = messageIDs.next()
         var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)]
         if let account = sender.accountName { tags.append(IRCTag("account", account)) }
+        if sender.isBot { tags.append(IRCTag("bot")) }
         tags.append(contentsOf: clientTags)
         let relayed = IRCMessage(
             tags: tags, source: sender.prefix, command: verb,

@@ -277,7 +277,7 @@ extension ChatServer {
         numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
         numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
         numericReply(.rplCreated, [createdText], in: &context)
-        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "ior", "biklmnostv", "bklov"], in: &context)
+        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Bior", "biklmnostv", "bklov"], in: &context)
         for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
         lusersReplies(&context)
         motdReplies(&context)
@@ -290,6 +290,7 @@ extension ChatServer {
         let targets = configuration.maxMessageTargets
         return [
             "AWAYLEN=\(configuration.awayLength)",
+            "BOT=B",
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
             "CHATHISTORY=\(configuration.chathistoryLimit)",
             "CHANLIMIT=#:\(configuration.maxChannelsPerUser.map(String.init) ?? "")",

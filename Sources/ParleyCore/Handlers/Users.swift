@@ -67,6 +67,11 @@ extension ChatServer {
                 operators.remove(id)
                 if appliedSign != "-" { applied.append("-"); appliedSign = "-" }
                 applied.append("o")
+            case "B":
+                guard sessions[id]?.isBot != adding else { continue }
+                sessions[id]?.isBot = adding
+                if appliedSign != (adding ? "+" : "-") { applied.append(adding ? "+" : "-"); appliedSign = adding ? "+" : "-" }
+                applied.append("B")
             case "r":
                 continue
             default:
@@ -81,6 +86,7 @@ extension ChatServer {
 
     func userModes(_ session: Session) -> String {
         var modes = "+"
+        if session.isBot { modes.append("B") }
         if session.isInvisible { modes.append("i") }
         if session.isOperator { modes.append("o") }
         if session.accountKey != nil { modes.append("r") }
@@ -218,6 +224,7 @@ extension ChatServer {
             numericReply(.rplWhoisChannels, [nick.name, visible.joined(separator: " ")], in: &context)
         }
         if user.isOperator { numericReply(.rplWhoisOperator, [nick.name, "is an IRC operator"], in: &context) }
+        if user.isBot { numericReply(.rplWhoisBot, [nick.name, "is a bot"], in: &context) }
         if let account = user.accountName {
             numericReply(.rplWhoisAccount, [nick.name, account, "is logged in as"], in: &context)
         }
@@ -287,6 +294,7 @@ extension ChatServer {
             }
             shown.insert(nick.folded)
             var flags = session.awayMessage == nil ? "H" : "G"
+            if session.isBot { flags.append("B") }
             if session.isOperator { flags.append("*") }
             if let channelForWho {
                 flags += channelForWho.prefixes(of: session.id, account: session.accountKey, all: sessions[asker]?.has(.multiPrefix) == true)
