@@ -121,6 +121,24 @@ struct ConformanceTests {
         #expect(!harness.send(user, "WHOIS robot").contains { $0.contains(" 335 ") })
     }
 
+    @Test func whoxAnswersTheAskedFieldsInTheFixedOrderWithTheToken() {
+        var harness = CoreHarness()
+        let cool = harness.register("coolNick")
+        let asker = harness.register("otherNick")
+        harness.send(cool, "JOIN #chan")
+        harness.send(asker, "JOIN #chan")
+        #expect(harness.send(asker, "WHO coolNick %roladfnshiuct,123") == [
+            ":parley.local 354 otherNick 123 * ~coolNick 127.0.0.1 127.0.0.1 parley.local coolNick H 0 0 0 n/a :coolNick Example",
+            ":parley.local 315 otherNick coolNick :End of /WHO list",
+        ])
+        #expect(harness.send(asker, "WHO #chan %tn,321").prefix(2) == [
+            ":parley.local 354 otherNick 321 :coolNick", ":parley.local 354 otherNick 321 :otherNick",
+        ])
+        // The `o` of the fields is not the operators-only flag, which comes before the `%`.
+        #expect(harness.send(asker, "WHO coolNick %na").first == ":parley.local 354 otherNick coolNick :0")
+        #expect(harness.send(asker, "WHO coolNick o%na") == [":parley.local 315 otherNick coolNick :End of /WHO list"])
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

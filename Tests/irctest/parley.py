@@ -120,6 +120,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
         "PREFIX": "(qov)~@+",
         "TARGMAX": patma.ANYSTR,
         "UTF8ONLY": None,
+        "WHOX": None,
     }
 
     def run(

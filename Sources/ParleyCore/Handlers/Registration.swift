@@ -312,6 +312,7 @@ extension ChatServer {
             "TOPICLEN=\(configuration.topicLength)",
             "USERLEN=\(configuration.userLength)",
             "UTF8ONLY",
+            "WHOX",
         ]
     }
 
