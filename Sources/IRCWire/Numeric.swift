@@ -100,6 +100,7 @@ public enum Numeric: String, Sendable, CaseIterable {
     case errNoOperHost = "491"
     case errUModeUnknownFlag = "501"
     case errUsersDontMatch = "502"
+    case errHelpNotFound = "524"
     case errInvalidKey = "525"
     case rplStartTLS = "670"
     case rplWhoisSecure = "671"

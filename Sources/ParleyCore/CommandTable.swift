@@ -64,6 +64,8 @@ extension ChatServer {
         "VERSION": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleVersion(message, &context, &outbox) },
         "INFO": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleInfo(message, &context, &outbox) },
         "TIME": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleTime(message, &context, &outbox) },
+        "HELP": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleHelp(message, &context, &outbox) },
+        "HELPOP": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleHelp(message, &context, &outbox) },
         // Services and operators.
         "NICKSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleNickServCommand(message, &context, &outbox) },
         "NS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleNickServCommand(message, &context, &outbox) },

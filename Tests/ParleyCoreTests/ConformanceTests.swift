@@ -139,6 +139,22 @@ struct ConformanceTests {
         #expect(harness.send(asker, "WHO coolNick o%na") == [":parley.local 315 otherNick coolNick :End of /WHO list"])
     }
 
+    @Test func helpDescribesEveryCommand() {
+        var harness = CoreHarness()
+        let nick = harness.register("nick")
+        #expect(Set(ChatServer.commandHelp.keys) == Set(ChatServer.commandTable.keys), "every command has help, and only commands")
+        let index = harness.send(nick, "HELP")
+        #expect(index.first == ":parley.local 704 nick * :Parley help: HELP <command> for one of:")
+        #expect(index.last == ":parley.local 706 nick * :End of /HELP")
+        #expect(index.dropFirst().dropLast().allSatisfy { $0.hasPrefix(":parley.local 705 nick * :") })
+        #expect(harness.send(nick, "HELPOP privmsg") == [
+            ":parley.local 704 nick PRIVMSG :PRIVMSG <nick|#channel>[,...] :<text>",
+            ":parley.local 705 nick PRIVMSG :Sends a message; to someone offline with an account, it waits for them.",
+            ":parley.local 706 nick PRIVMSG :End of /HELP",
+        ])
+        #expect(harness.send(nick, "HELP NOSUCHTHING") == [":parley.local 524 nick NOSUCHTHING :No help for NOSUCHTHING; HELP lists the commands"])
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")
