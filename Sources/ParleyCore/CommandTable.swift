@@ -70,6 +70,7 @@ extension ChatServer {
         "NICKSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleNickServCommand(message, &context, &outbox) },
         "NS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleNickServCommand(message, &context, &outbox) },
         "OPER": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleOper(message, &context, &outbox) },
+        "WALLOPS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleWallops(message, &context, &outbox) },
         "KILL": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleKill(message, &context, &outbox) },
     ]
 }

@@ -53,6 +53,8 @@ final class Session: @unchecked Sendable {
     /// User mode +B (IRCv3 bot-mode): the client says it is a bot; others see it in WHOIS, WHO
     /// and a `bot` tag on its messages.
     var isBot = false
+    /// User mode +w: receives WALLOPS from operators.
+    var receivesWallops = false
     var monitoredNicks: Set<String> = []
     /// Keys of the channels this connection is in.
     var channels: Set<String> = []

@@ -155,6 +155,21 @@ struct ConformanceTests {
         #expect(harness.send(nick, "HELP NOSUCHTHING") == [":parley.local 524 nick NOSUCHTHING :No help for NOSUCHTHING; HELP lists the commands"])
     }
 
+    @Test func wallopsFromAnOperatorReachUsersWithModeW() {
+        var harness = CoreHarness(configure: { $0.operators = [OperatorCredential(name: "operuser", credential: .derive(password: "operpassword", iterations: 1024))] })
+        let oper = harness.register("oper")
+        let listening = harness.register("listening")
+        let quiet = harness.register("quiet")
+        #expect(harness.send(oper, "WALLOPS :too early").commands == ["481"], "only operators send WALLOPS")
+        #expect(harness.send(listening, "MODE listening +w") == [":listening!~listening@127.0.0.1 MODE listening +w"])
+        harness.send(oper, "OPER operuser operpassword")
+        _ = harness.completeDeferredChecks()
+        _ = harness.inbox(oper)
+        #expect(harness.send(oper, "WALLOPS :hi everyone") == [":oper!~oper@127.0.0.1 WALLOPS :hi everyone"])
+        #expect(harness.inbox(listening) == [":oper!~oper@127.0.0.1 WALLOPS :hi everyone"])
+        #expect(harness.inbox(quiet).isEmpty)
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

@@ -33,7 +33,7 @@ extension ChatServer {
         "CHATHISTORY": ["CHATHISTORY LATEST|BEFORE|AFTER|AROUND|BETWEEN|TARGETS ...", "Reads history (IRCv3 chathistory)."],
         "AWAY": ["AWAY [:<message>]", "Marks you away, or back without a message."],
         "SETNAME": ["SETNAME :<realname>", "Changes your realname (IRCv3 setname)."],
-        "MODE": ["MODE <nick> [+|-iB] | MODE <#channel> [<modes> [<arguments>]]", "Shows or changes user or channel modes."],
+        "MODE": ["MODE <nick> [+|-iBw] | MODE <#channel> [<modes> [<arguments>]]", "Shows or changes user or channel modes."],
         "MONITOR": ["MONITOR +|- <nick>[,...] | MONITOR C|L|S", "Tells you when nicks come online or go offline."],
         "WHOIS": ["WHOIS <nick>", "Shows who someone is."],
         "WHO": ["WHO <mask|#channel> [o][%<fields>[,<token>]]", "Lists matching users (WHOX with %)."],
@@ -51,6 +51,7 @@ extension ChatServer {
         "NS": ["NS REGISTER|IDENTIFY|LOGIN ...", "Short for NICKSERV."],
         "OPER": ["OPER <name> <password>", "Become a server operator."],
         "KILL": ["KILL <nick> :<reason>", "Disconnects someone (operators)."],
+        "WALLOPS": ["WALLOPS :<text>", "Sends a notice to everyone with user mode +w (operators)."],
     ]
 
     mutating func handleHelp(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {

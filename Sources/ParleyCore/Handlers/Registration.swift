@@ -277,7 +277,7 @@ extension ChatServer {
         numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
         numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
         numericReply(.rplCreated, [createdText], in: &context)
-        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Bior", "biklmnostv", "bklov"], in: &context)
+        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Biorw", "biklmnostv", "bklov"], in: &context)
         for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
         lusersReplies(&context)
         motdReplies(&context)

@@ -72,6 +72,11 @@ extension ChatServer {
                 sessions[id]?.isBot = adding
                 if appliedSign != (adding ? "+" : "-") { applied.append(adding ? "+" : "-"); appliedSign = adding ? "+" : "-" }
                 applied.append("B")
+            case "w":
+                guard sessions[id]?.receivesWallops != adding else { continue }
+                sessions[id]?.receivesWallops = adding
+                if appliedSign != (adding ? "+" : "-") { applied.append(adding ? "+" : "-"); appliedSign = adding ? "+" : "-" }
+                applied.append("w")
             case "r":
                 continue
             default:
@@ -90,6 +95,7 @@ extension ChatServer {
         if session.isInvisible { modes.append("i") }
         if session.isOperator { modes.append("o") }
         if session.accountKey != nil { modes.append("r") }
+        if session.receivesWallops { modes.append("w") }
         return modes
     }
 
