@@ -170,6 +170,23 @@ struct ConformanceTests {
         #expect(harness.inbox(quiet).isEmpty)
     }
 
+    @Test func oneKickMayRemoveSeveralPeople() {
+        var harness = CoreHarness()
+        let op = harness.register("op")
+        let people = ["bar", "baz", "qux"].map { harness.register($0) }
+        harness.send(op, "JOIN #chan")
+        for person in people { harness.send(person, "JOIN #chan") }
+        let kicks = harness.send(op, "KICK #chan bar,nobody,baz :bye")
+        #expect(kicks == [
+            ":op!~op@127.0.0.1 KICK #chan bar :bye",
+            ":parley.local 441 op nobody #chan :They aren't on that channel",
+            ":op!~op@127.0.0.1 KICK #chan baz :bye",
+        ], "a refused kick is answered and the others go on")
+        #expect(harness.send(op, "NAMES #chan").first == ":parley.local 353 op = #chan :@op qux")
+        #expect(harness.send(op, "KICK #chan,#other qux :bye").commands == ["461"], "channels and nicks pair up, or one channel")
+        #expect(harness.send(op, "KICK #chan a,b,c,d,e :bye").commands == ["407"])
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

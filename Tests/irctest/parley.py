@@ -107,6 +107,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
         (
             OptionalBehaviors.CAP_REQ_MINUS,
             OptionalBehaviors.MULTI_JOIN,
+            OptionalBehaviors.MULTI_KICK,
             OptionalBehaviors.MULTI_PRIVMSG,
             OptionalBehaviors.SASL_AFTER_REGISTRATION,
         )

@@ -502,13 +502,33 @@ extension ChatServer {
         for connection in connections { send(invite, to: connection, into: &outbox) }
     }
 
+    /// `KICK #chan a,b` kicks each from one channel; `KICK #a,#b x,y` pairs them (TARGMAX KICK,
+    /// at most `maxMessageTargets` kicks). A refused kick is answered and the others go on.
     mutating func handleKick(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
-        let id = context.connection
-        guard let session = sessions[id] else { return }
-        var channel = try existingChannel(message.parameters[0])
-        try requireMembership(channel, id)
-        let target = message.parameters[1]
+        guard let session = sessions[context.connection] else { return }
+        let channelNames = message.parameters[0].split(separator: ",").map(String.init)
+        let targets = message.parameters[1].split(separator: ",").map(String.init)
+        guard !channelNames.isEmpty, !targets.isEmpty, channelNames.count == 1 || channelNames.count == targets.count else {
+            throw .needMoreParameters("KICK")
+        }
+        if targets.count > configuration.maxMessageTargets {
+            throw .numeric(.errTooManyTargets, message.parameters[1], "Too many targets: at most \(configuration.maxMessageTargets) per KICK")
+        }
         let reason = message.parameters.count > 2 ? String(message.parameters[2].prefix(configuration.kickLength)) : session.nick?.name ?? ""
+        for (index, target) in targets.enumerated() {
+            do {
+                try kick(target, from: channelNames.count == 1 ? channelNames[0] : channelNames[index], reason: reason, by: session, &context, &outbox)
+            } catch {
+                render(error, in: &context)
+            }
+        }
+    }
+
+    private mutating func kick(_ target: String, from channelName: String, reason: String, by session: Session,
+                               _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        var channel = try existingChannel(channelName)
+        try requireMembership(channel, id)
         guard let victim = channelTarget(target, in: channel) else {
             throw .numeric(.errUserNotInChannel, target, channel.name, "They aren't on that channel")
         }
