@@ -187,6 +187,25 @@ struct ConformanceTests {
         #expect(harness.send(op, "KICK #chan a,b,c,d,e :bye").commands == ["407"])
     }
 
+    @Test func statusMessagesReachOnlyMembersOfThatStatus() {
+        var harness = CoreHarness()
+        let op = harness.register("chanop")
+        let voiced = harness.register("voiced")
+        let plain = harness.register("plain")
+        harness.send(op, "JOIN #chan")
+        harness.send(voiced, "JOIN #chan")
+        harness.send(plain, "JOIN #chan")
+        harness.send(op, "MODE #chan +v voiced")
+        for id in [op, voiced, plain] { _ = harness.inbox(id) }
+        #expect(harness.send(plain, "PRIVMSG @#chan :for operators").isEmpty)
+        #expect(harness.inbox(op) == [":plain!~plain@127.0.0.1 PRIVMSG @#chan :for operators"])
+        #expect(harness.inbox(voiced).isEmpty)
+        harness.send(op, "NOTICE +#chan :for voiced and up")
+        #expect(harness.inbox(voiced) == [":chanop!~chanop@127.0.0.1 NOTICE +#chan :for voiced and up"])
+        #expect(harness.inbox(plain).isEmpty)
+        #expect(harness.storedMessages.isEmpty)
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

@@ -119,6 +119,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
         "MONITOR": patma.ANYSTR,
         "MSGREFTYPES": patma.ANYSTR,
         "PREFIX": "(qov)~@+",
+        "STATUSMSG": "@+",
         "TARGMAX": patma.ANYSTR,
         "UTF8ONLY": None,
         "WHOX": None,

@@ -833,7 +833,10 @@ extension ChatServer {
 
     // MARK: Messages to channels
 
-    mutating func deliverToChannel(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+    /// A message to a channel, or (`statusPrefix` `@` or `+`, STATUSMSG) to its members of that
+    /// status or higher only. Status messages are not kept: a group's history is every member's.
+    mutating func deliverToChannel(_ verb: String, to target: String, statusPrefix: Character? = nil, text: String, clientTags: [IRCTag],
+                                   _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         guard let sender = sessions[id] else { return }
         guard let channel = channels[fold(target)] else {
@@ -852,9 +855,28 @@ extension ChatServer {
         if !privileged && channel.bans.contains(where: { IRCMask($0.mask).matches(sender.prefix, caseMapping: configuration.caseMapping) }) {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are banned")
         }
-        let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + channel.name.utf8.count + 2 + 2
+        let shownTarget = statusPrefix.map { String($0) + channel.name } ?? channel.name
+        let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + shownTarget.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
-            throw messageTooLong(verb, target: channel.name, excess: overhead + text.utf8.count - 512, sender: sender)
+            throw messageTooLong(verb, target: shownTarget, excess: overhead + text.utf8.count - 512, sender: sender)
+        }
+        if let statusPrefix {
+            // Live only, to the members with that status; never stored.
+            var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageIDs.next())]
+            if let account = sender.accountName { tags.append(IRCTag("account", account)) }
+            if sender.isBot { tags.append(IRCTag("bot")) }
+            tags.append(contentsOf: clientTags)
+            let relayed = IRCMessage(tags: tags, source: sender.prefix, command: verb,
+                                     parameters: verb == "TAGMSG" ? [shownTarget] : [shownTarget, text])
+            var encodings = EncodingCache()
+            for member in channel.joined where member != id {
+                guard let session = sessions[member], verb != "TAGMSG" || session.has(.messageTags) else { continue }
+                let memberRole = channel.role(of: member, account: session.accountKey)
+                let reached = statusPrefix == "@" ? memberRole >= .op : channel.maySpeakAsPrivileged(member, account: session.accountKey)
+                if reached { outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member) }
+            }
+            if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) { context.replies.append(relayed) }
+            return
         }
         if channel.isGroup && verb != "TAGMSG" {
             try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: channel.name, now: context.now)

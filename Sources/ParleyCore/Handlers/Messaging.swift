@@ -105,6 +105,11 @@ extension ChatServer {
             try deliverToChannel(verb, to: target, text: text, clientTags: clientTags, &context, &outbox)
             return
         }
+        // STATUSMSG: `@#chan` reaches the channel's operators (and owner), `+#chan` also the voiced.
+        if let status = target.first, status == "@" || status == "+", target.dropFirst().hasPrefix("#") {
+            try deliverToChannel(verb, to: String(target.dropFirst()), statusPrefix: status, text: text, clientTags: clientTags, &context, &outbox)
+            return
+        }
         let folded = fold(target)
         if folded == "nickserv" {
             if verb == "PRIVMSG" { try handleNickServ(text: text, &context, &outbox) }

@@ -308,6 +308,7 @@ extension ChatServer {
             "NETWORK=\(configuration.networkName)",
             "NICKLEN=\(configuration.nickLength)",
             "PREFIX=(qov)~@+",
+            "STATUSMSG=@+",
             "TARGMAX=PRIVMSG:\(targets),NOTICE:\(targets),TAGMSG:\(targets),WHOIS:1,JOIN:,PART:,KICK:\(targets),NAMES:1,MONITOR:",
             "TOPICLEN=\(configuration.topicLength)",
             "USERLEN=\(configuration.userLength)",
