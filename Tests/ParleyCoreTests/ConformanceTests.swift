@@ -206,6 +206,25 @@ struct ConformanceTests {
         #expect(harness.storedMessages.isEmpty)
     }
 
+    @Test func accountBansMatchAccountsAndMutesSilenceWithoutKeepingOut() {
+        var harness = CoreHarness(accounts: [("bob", "sesame")])
+        let op = harness.register("chanop")
+        harness.send(op, "JOIN #chan", "MODE #chan +b a:BOB", "MODE #chan +b m:bar!*@*")
+        #expect(harness.send(op, "MODE #chan +b").prefix(2).map { $0.split(separator: " ").prefix(5).joined(separator: " ") } == [
+            ":parley.local 367 chanop #chan a:bob", ":parley.local 367 chanop #chan m:bar!*@*",
+        ])
+        harness.send(op, "MODE #chan +b a:carol")
+        let carol = harness.register("carol")
+        #expect(harness.send(carol, "JOIN #chan").first?.hasPrefix(":carol!~carol@127.0.0.1 JOIN") == true, "a guest named carol is no account carol")
+        let bob = harness.register("bob", password: "sesame")
+        #expect(harness.send(bob, "JOIN #chan").commands == ["474"])
+        let bar = harness.register("bar")
+        #expect(harness.send(bar, "JOIN #chan").first?.hasPrefix(":bar!~bar@127.0.0.1 JOIN") == true, "a mute does not keep out")
+        #expect(harness.send(bar, "PRIVMSG #chan :hi").commands == ["404"])
+        harness.send(op, "MODE #chan -b m:bar!*@*")
+        #expect(harness.send(bar, "PRIVMSG #chan :hi again").isEmpty)
+    }
+
     @Test func aNoticeToAMissingChannelGetsNoReply() {
         var harness = CoreHarness()
         let alice = harness.register("alice")

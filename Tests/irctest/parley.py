@@ -82,6 +82,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
     _port_wait_interval = 0.01
     supported_sasl_mechanisms = {"PLAIN", "SCRAM-SHA-256"}
     supports_sts = False
+    extban_mute_char = "m"
 
     # What Parley claims: a test needing one of these fails (instead of skipping) when the
     # server refuses it.
@@ -115,7 +116,9 @@ class ParleyController(BaseServerController, DirectoryBasedController):
 
     isupport = {
         "BOT": "B",
+        "ACCOUNTEXTBAN": "a",
         "CASEMAPPING": patma.ANYSTR,
+        "EXTBAN": ",am",
         "MONITOR": patma.ANYSTR,
         "MSGREFTYPES": patma.ANYSTR,
         "PREFIX": "(qov)~@+",

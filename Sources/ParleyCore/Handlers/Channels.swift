@@ -107,6 +107,33 @@ extension ChatServer {
         ]
     }
 
+    // MARK: Ban masks and extended bans (ISUPPORT EXTBAN=,am and ACCOUNTEXTBAN=a)
+
+    /// `a:<account mask>` matches logged-in users by account (IRCv3 account-extban), never a guest
+    /// whose nick looks like it; `m:<nick!user@host>` mutes (they may join but not speak); anything
+    /// else is an ordinary `nick!user@host` ban. Nicks cannot contain `:`, so nothing is ambiguous.
+    static func normalizedBanMask(_ raw: String, caseMapping: IRCCaseMapping) -> String {
+        if raw.hasPrefix("a:") { return "a:" + caseMapping.fold(String(raw.dropFirst(2))) }
+        if raw.hasPrefix("m:") { return "m:" + IRCMask.normalized(String(raw.dropFirst(2))) }
+        return IRCMask.normalized(raw)
+    }
+
+    /// Whether a ban entry keeps this user out of the channel (and from speaking in it).
+    func banEntry(_ mask: String, keepsOut session: Session) -> Bool {
+        if mask.hasPrefix("m:") { return false }
+        if mask.hasPrefix("a:") {
+            guard let account = session.accountKey else { return false }
+            return IRCMask(String(mask.dropFirst(2))).matches(account, caseMapping: configuration.caseMapping)
+        }
+        return IRCMask(mask).matches(session.prefix, caseMapping: configuration.caseMapping)
+    }
+
+    /// Whether a mute entry (`m:`) silences this user.
+    func banEntry(_ mask: String, mutes session: Session) -> Bool {
+        guard mask.hasPrefix("m:") else { return false }
+        return IRCMask(String(mask.dropFirst(2))).matches(session.prefix, caseMapping: configuration.caseMapping)
+    }
+
     /// Who may manage the member list and the access modes: the owner of a group, or any
     /// operator of a transient channel.
     func managerRole(for channel: ChatChannel) -> ChannelRole { channel.isGroup ? .owner : .op }
@@ -185,7 +212,7 @@ extension ChatServer {
             if let limit = configuration.maxChannelsPerUser, session.channels.count >= limit {
                 throw .numeric(.errTooManyChannels, raw, "You have joined too many channels")
             }
-            if channel.bans.contains(where: { IRCMask($0.mask).matches(session.prefix, caseMapping: configuration.caseMapping) })
+            if channel.bans.contains(where: { banEntry($0.mask, keepsOut: session) })
                 && !channel.invitedNicks.contains(session.nick?.folded ?? "") {
                 throw .numeric(.errBannedFromChan, channel.name, "Cannot join channel (+b): you are banned")
             }
@@ -695,7 +722,7 @@ extension ChatServer {
             case "b":
                 guard let raw = arguments.popFirst() else { continue }
                 if myRole < .op { render(.numeric(.errChanOPrivsNeeded, channel.name, "You're not a channel operator"), in: &context); continue }
-                let mask = IRCMask.normalized(raw)
+                let mask = Self.normalizedBanMask(raw, caseMapping: configuration.caseMapping)
                 if adding {
                     if channel.bans.contains(where: { $0.mask == mask }) { continue }
                     if channel.bans.count >= configuration.maxBansPerChannel {
@@ -852,7 +879,7 @@ extension ChatServer {
         if channel.moderated && !privileged {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel (+m): you need voice")
         }
-        if !privileged && channel.bans.contains(where: { IRCMask($0.mask).matches(sender.prefix, caseMapping: configuration.caseMapping) }) {
+        if !privileged && channel.bans.contains(where: { banEntry($0.mask, keepsOut: sender) || banEntry($0.mask, mutes: sender) }) {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are banned")
         }
         let shownTarget = statusPrefix.map { String($0) + channel.name } ?? channel.name

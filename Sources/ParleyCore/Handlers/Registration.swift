@@ -289,6 +289,7 @@ extension ChatServer {
     static func makeISupportTokens(_ configuration: ChatConfiguration) -> [String] {
         let targets = configuration.maxMessageTargets
         return [
+            "ACCOUNTEXTBAN=a",
             "AWAYLEN=\(configuration.awayLength)",
             "BOT=B",
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
@@ -297,6 +298,7 @@ extension ChatServer {
             "CHANMODES=b,k,l,imnst",
             "CHANNELLEN=\(configuration.channelLength)",
             "CHANTYPES=#",
+            "EXTBAN=,am",
             "HOSTLEN=64",
             "KICKLEN=\(configuration.kickLength)",
             "LINELEN=512",
