@@ -160,6 +160,7 @@ let package = Package(
             dependencies: [
                 "ParleyServer", "ParleyStorage", "ParleyStoreSQLite", "ParleyStorePostgres", "PostgresTestSupport", "ParleyCore", "IRCWire", "ParleyClient",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

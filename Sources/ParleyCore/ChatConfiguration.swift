@@ -33,6 +33,10 @@ public struct ChatConfiguration: Sendable {
     public var historyRetentionMilliseconds: Int64 = 30 * 24 * 3600 * 1000
     /// The most messages one CHATHISTORY request returns.
     public var chathistoryLimit = 500
+    /// Messages a transient channel keeps in memory for CHATHISTORY while it exists (0: none).
+    public var transientChannelHistoryLength = 200
+    /// Bytes of those messages (text, client tags, sender) one transient channel keeps at most.
+    public var transientChannelHistoryBytes = 65_536
     public var topicLength = 390
     public var awayLength = 390
     public var kickLength = 390

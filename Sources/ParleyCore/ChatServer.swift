@@ -54,8 +54,15 @@ public struct ChatServer: Sendable {
     var pendingReceipts: [String: [PendingReceipt]] = [:]
     /// Read markers: account -> conversation key -> time of the last read message.
     var readMarkers: [String: [String: Timestamp]] = [:]
-    /// Accounts holding a marker in each transient channel (those markers end with the channel).
+    /// Holders (account keys, guest identities) of a marker for each transient channel name.
+    /// Such markers are in memory only; they outlast the channel (a channel made again under the
+    /// name shows where its people had read) until the holder leaves the network or a group
+    /// takes the name.
     var transientMarkerHolders: [String: Set<String>] = [:]
+    /// The transient channel names each holder has a marker for, oldest first.
+    var transientMarkerKeys: [String: [String]] = [:]
+    /// Fixed bound: markers one holder keeps for transient channels (the oldest go first).
+    static let maxTransientMarkersPerHolder = 100
     var lastPrune: Timestamp?
     /// The `time` tag of the current millisecond: hundreds of messages share it under load.
     var cachedTimeTag: (time: Timestamp, text: String) = (Timestamp(millisecondsSince1970: -1), "")
@@ -321,7 +328,10 @@ public struct ChatServer: Sendable {
         }
         leaveChannelsOnQuit(session, reason: quitMessage, into: &outbox)
         sessions[connection] = nil
-        if session.accountKey == nil { readMarkers[guestIdentity(of: connection)] = nil }
+        if session.accountKey == nil {
+            forgetTransientMarkers(of: guestIdentity(of: connection))
+            readMarkers[guestIdentity(of: connection)] = nil
+        }
         if session.isRegistered { registeredSessionCount -= 1 }
         visibleUsers.remove(connection)
         operators.remove(connection)
@@ -333,6 +343,7 @@ public struct ChatServer: Sendable {
         if holder.connections.isEmpty {
             nickIndex[nick.folded] = nil
             if let key = session.accountKey {
+                forgetTransientMarkers(of: key)
                 recentSends[key]?.forgetAt = now.adding(milliseconds: Self.resendWindowMilliseconds)
                 accounts[key]?.lastSeen = now.date
                 outbox.actions.append(.recordLastSeen(accountKey: key, at: now))

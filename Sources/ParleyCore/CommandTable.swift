@@ -64,10 +64,13 @@ extension ChatServer {
         "VERSION": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleVersion(message, &context, &outbox) },
         "INFO": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleInfo(message, &context, &outbox) },
         "TIME": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleTime(message, &context, &outbox) },
+        "HELP": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleHelp(message, &context, &outbox) },
+        "HELPOP": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleHelp(message, &context, &outbox) },
         // Services and operators.
         "NICKSERV": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleNickServCommand(message, &context, &outbox) },
         "NS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleNickServCommand(message, &context, &outbox) },
         "OPER": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleOper(message, &context, &outbox) },
+        "WALLOPS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleWallops(message, &context, &outbox) },
         "KILL": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleKill(message, &context, &outbox) },
     ]
 }

@@ -50,9 +50,17 @@ final class Session: @unchecked Sendable {
     var awayMessage: String?
     var isOperator = false
     var isInvisible = true
+    /// User mode +B (IRCv3 bot-mode): the client says it is a bot; others see it in WHOIS, WHO
+    /// and a `bot` tag on its messages.
+    var isBot = false
+    /// User mode +w: receives WALLOPS from operators.
+    var receivesWallops = false
     var monitoredNicks: Set<String> = []
     /// Keys of the channels this connection is in.
     var channels: Set<String> = []
+    /// Closed groups this guest connection was invited into by their owner (keys), used up by
+    /// JOIN; they end with the connection, as the guest's part in the group does.
+    var groupInvitations: Set<String> = []
 
     init(id: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp) {
         self.id = id

@@ -287,12 +287,16 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         public var maxPendingReceiptsPerAuthor = ChatConfiguration().maxPendingReceiptsPerAuthor
         /// Bytes of messages one account may have stored per day.
         public var storedBytesPerAccountPerDay = ChatConfiguration().storedBytesPerAccountPerDay
+        /// Messages a transient channel keeps in memory (never stored) while it exists.
+        public var transientChannelMessages = ChatConfiguration().transientChannelHistoryLength
+        /// Bytes of those messages one transient channel keeps at most.
+        public var transientChannelBytes = ChatConfiguration().transientChannelHistoryBytes
 
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case retentionDays, maxUndeliveredPerAccount, chathistoryLimit, maxTrackedRecipients, maxPendingReceiptsPerAuthor
-            case storedBytesPerAccountPerDay
+            case storedBytesPerAccountPerDay, transientChannelMessages, transientChannelBytes
         }
 
         public init(from decoder: any Decoder) throws {
@@ -304,6 +308,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             maxTrackedRecipients = try container.decode(.maxTrackedRecipients, default: defaults.maxTrackedRecipients)
             maxPendingReceiptsPerAuthor = try container.decode(.maxPendingReceiptsPerAuthor, default: defaults.maxPendingReceiptsPerAuthor)
             storedBytesPerAccountPerDay = try container.decode(.storedBytesPerAccountPerDay, default: defaults.storedBytesPerAccountPerDay)
+            transientChannelMessages = try container.decode(.transientChannelMessages, default: defaults.transientChannelMessages)
+            transientChannelBytes = try container.decode(.transientChannelBytes, default: defaults.transientChannelBytes)
         }
     }
 
@@ -421,6 +427,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.maxPendingReceiptsPerAuthor = history.maxPendingReceiptsPerAuthor
         chat.storedBytesPerAccountPerDay = history.storedBytesPerAccountPerDay
         chat.chathistoryLimit = max(1, history.chathistoryLimit)
+        chat.transientChannelHistoryLength = max(0, history.transientChannelMessages)
+        chat.transientChannelHistoryBytes = max(0, history.transientChannelBytes)
         chat.maxChannelsPerUser = limits.maxChannelsPerUser > 0 ? limits.maxChannelsPerUser : nil
         chat.maxMessageTargets = limits.maxMessageTargets
         chat.maxBansPerChannel = max(1, limits.maxBansPerChannel)

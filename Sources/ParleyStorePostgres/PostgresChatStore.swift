@@ -183,11 +183,13 @@ public final class PostgresChatStore: ChatStore {
         do {
             let connection = try shared()
             let memberRows = try await connection.runAsync(
-                "SELECT m.group_id, a.key, m.role FROM group_members m JOIN accounts a ON a.id = m.account_id", logger: logger)
+                "SELECT m.group_id, a.key, m.role, m.voiced FROM group_members m JOIN accounts a ON a.id = m.account_id", logger: logger)
             var members: [Int64: [String: ChannelRole]] = [:]
+            var voiced: [Int64: Set<String>] = [:]
             for row in memberRows {
-                let (group, account, role) = try row.decode((Int64, String, Int64).self)
+                let (group, account, role, isVoiced) = try row.decode((Int64, String, Int64, Bool).self)
                 members[group, default: [:]][account] = ChannelRole(rawValue: Int(role)) ?? .member
+                if isVoiced { voiced[group, default: []].insert(account) }
             }
             var bans: [Int64: [BanEntry]] = [:]
             for row in try await connection.runAsync("SELECT group_id, mask, set_by, set_at FROM group_bans ORDER BY position", logger: logger) {
@@ -203,7 +205,8 @@ public final class PostgresChatStore: ChatStore {
                     name: try row["name"], key: try row["key"], createdAt: Timestamp(millisecondsSince1970: try row["created_at"]),
                     owner: try row["owner_key"], topic: try row["topic"], topicSetBy: try row["topic_set_by"],
                     topicSetAt: topicSetAt.map { Timestamp(millisecondsSince1970: $0) }, modes: try row["modes"],
-                    password: try row["password"], userLimit: userLimit.map { Int($0) }, bans: bans[id] ?? [], members: members[id] ?? [:])
+                    password: try row["password"], userLimit: userLimit.map { Int($0) }, bans: bans[id] ?? [], members: members[id] ?? [:],
+                    voiced: voiced[id] ?? [])
             }
         } catch { throw explained(error) }
     }
@@ -431,9 +434,9 @@ public final class PostgresChatStore: ChatStore {
             changes.append(.group(key: group.key, id: id))
             _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
             let members = group.members.sorted { $0.key < $1.key }.compactMap { account, role in
-                ids.accountIDs[account].map { [SQLValue.int(id), .int($0), .int(role.rawValue)] }
+                ids.accountIDs[account].map { [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account))] }
             }
-            try insert(into: "group_members (group_id, account_id, role)", members)
+            try insert(into: "group_members (group_id, account_id, role, voiced)", members)
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])
             try insert(into: "group_bans (group_id, mask, set_by, set_at)",
                        group.bans.map { [.int(id), .text($0.mask), .text($0.setBy), .int($0.setAt.millisecondsSince1970)] })

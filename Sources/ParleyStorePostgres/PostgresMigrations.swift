@@ -137,6 +137,11 @@ enum PostgresMigrations {
             """,
             "CREATE INDEX cluster_events_by_target ON cluster_events(target, id)",
         ]),
+        Migration(version: 3, name: "voice-apart", statements: [
+            // Voice became a mark beside the role (an operator can be voiced): role 1 was voice.
+            "ALTER TABLE group_members ADD COLUMN voiced BOOLEAN NOT NULL DEFAULT FALSE",
+            "UPDATE group_members SET voiced = TRUE, role = 0 WHERE role = 1",
+        ]),
     ]
 
     static var latestVersion: Int { all.last?.version ?? 0 }

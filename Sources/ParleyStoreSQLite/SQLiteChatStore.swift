@@ -147,6 +147,13 @@ public final class SQLiteChatStore: ChatStore {
         migrator.registerMigration("v5-identities") { db in
             try Self.migrateToStableIdentities(db)
         }
+        migrator.registerMigration("v6-voice-apart") { db in
+            // Voice became a mark beside the role (an operator can be voiced): role 1 was voice.
+            try db.execute(sql: """
+                ALTER TABLE group_members ADD COLUMN voiced INTEGER NOT NULL DEFAULT 0;
+                UPDATE group_members SET voiced = 1, role = 0 WHERE role = 1;
+                """)
+        }
         return migrator
     }
 
@@ -588,9 +595,11 @@ public final class SQLiteChatStore: ChatStore {
     public func loadGroups() async throws -> [GroupRecord] {
         try await pool.read { db in
             var members: [Int64: [String: ChannelRole]] = [:]
-            for row in try Row.fetchAll(db, sql: "SELECT m.group_id, a.key, m.role FROM group_members m JOIN accounts a ON a.id = m.account_id") {
+            var voiced: [Int64: Set<String>] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT m.group_id, a.key, m.role, m.voiced FROM group_members m JOIN accounts a ON a.id = m.account_id") {
                 let role = ChannelRole(rawValue: row["role"]) ?? .member
                 members[row["group_id"], default: [:]][row["key"]] = role
+                if row["voiced"] as Bool { voiced[row["group_id"], default: []].insert(row["key"]) }
             }
             var bans: [Int64: [BanEntry]] = [:]
             for row in try Row.fetchAll(db, sql: "SELECT group_id, mask, set_by, set_at FROM group_bans ORDER BY rowid") {
@@ -603,7 +612,8 @@ public final class SQLiteChatStore: ChatStore {
                     name: row["name"], key: row["key"], createdAt: Timestamp(millisecondsSince1970: row["created_at"]),
                     owner: row["owner_key"], topic: row["topic"], topicSetBy: row["topic_set_by"],
                     topicSetAt: topicSetAt.map { Timestamp(millisecondsSince1970: $0) }, modes: row["modes"],
-                    password: row["password"], userLimit: row["user_limit"], bans: bans[id] ?? [], members: members[id] ?? [:])
+                    password: row["password"], userLimit: row["user_limit"], bans: bans[id] ?? [], members: members[id] ?? [:],
+                    voiced: voiced[id] ?? [])
             }
         }
     }
@@ -636,10 +646,10 @@ public final class SQLiteChatStore: ChatStore {
         ids.setGroup(key: group.key, id: id)
         changes.append(.group(key: group.key, id: id))
         try db.execute(sql: "DELETE FROM group_members WHERE group_id = ?", arguments: [id])
-        let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_id, account_id, role) VALUES (?, ?, ?)")
+        let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_id, account_id, role, voiced) VALUES (?, ?, ?, ?)")
         for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
             guard let accountID = ids.accountIDs[account] else { continue }
-            try member.execute(arguments: [id, accountID, role.rawValue])
+            try member.execute(arguments: [id, accountID, role.rawValue, group.voiced.contains(account)])
         }
         try db.execute(sql: "DELETE FROM group_bans WHERE group_id = ?", arguments: [id])
         let ban = try db.cachedStatement(sql: "INSERT INTO group_bans (group_id, mask, set_by, set_at) VALUES (?, ?, ?, ?)")

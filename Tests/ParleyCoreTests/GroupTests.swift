@@ -63,6 +63,24 @@ struct GroupTests {
         #expect(harness.savedGroups["#team"]?.members == ["alice": .owner, "bob": .member])
     }
 
+    @Test func aGroupMembersVoiceIsKeptWithTheGroupBesideTheirRole() throws {
+        var (harness, alice, bob, _) = teamHarness()
+        harness.send(alice, "MODE #team +v bob", "MODE #team +o bob")
+        var saved = try #require(harness.savedGroups["#team"])
+        #expect(saved.members == ["alice": .owner, "bob": .op])
+        #expect(saved.voiced == ["bob"], "an operator keeps the voice given before")
+        harness.send(alice, "MODE #team -o bob")
+        saved = try #require(harness.savedGroups["#team"])
+        #expect(saved.members["bob"] == .member && saved.voiced == ["bob"])
+        // A group loaded from storage shows the voice again.
+        var restarted = CoreHarness(accounts: Self.people)
+        restarted.server = ChatServer(configuration: restarted.server.configuration, accounts: restarted.server.accounts.map(\.value),
+                                      groups: [saved], startedAt: restarted.now)
+        let bobAgain = restarted.register("bob", password: "password-b")
+        #expect(restarted.send(bobAgain, "NAMES #team").first == ":parley.local 353 bob = #team :+bob")
+        _ = bob
+    }
+
     @Test func invitingSomeoneOfflineJoinsThemAtLogin() {
         var harness = CoreHarness(accounts: Self.people)
         let alice = harness.register("alice", password: "password-a")
@@ -72,10 +90,26 @@ struct GroupTests {
         let dave = harness.register("dave", password: "password-d")
         _ = dave
         #expect(harness.inbox(alice) == [":dave!~dave@127.0.0.1 JOIN #team"])
-        let guest = harness.register("guest")
-        #expect(harness.send(alice, "INVITE guest #team").first == ":parley.local FAIL INVITE ACCOUNT_REQUIRED guest #team :guest is not logged in to an account; only accounts can be members of a group")
         #expect(harness.send(alice, "INVITE nobody #team").commands == ["401"])
-        _ = guest
+    }
+
+    @Test func aGuestInvitedToAClosedGroupMayJoinForThisConnectionOnly() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a")
+        harness.send(alice, "JOIN #team")
+        let guest = harness.register("guest", caps: ["account-tag"])
+        #expect(harness.send(guest, "JOIN #team").commands == ["473"])
+        #expect(harness.send(alice, "INVITE guest #team") == [":parley.local 341 alice guest :#team"])
+        #expect(harness.inbox(guest) == ["@account=alice :alice!~alice@127.0.0.1 INVITE guest #team"])
+        #expect(harness.send(guest, "JOIN #team").first == ":guest!~guest@127.0.0.1 JOIN #team")
+        #expect(try #require(harness.savedGroups["#team"]).members == ["alice": .owner], "a guest is no member")
+        // The invitation was used up, and belongs to that connection, not to the nick.
+        harness.send(guest, "PART #team")
+        #expect(harness.send(guest, "JOIN #team").commands == ["473"])
+        harness.send(alice, "INVITE guest #team")
+        harness.send(guest, "QUIT")
+        let sameNick = harness.register("guest")
+        #expect(harness.send(sameNick, "JOIN #team").commands == ["473"])
     }
 
     @Test func autoJoinShowsTheWholeJoinBurstAfterTheWelcome() {

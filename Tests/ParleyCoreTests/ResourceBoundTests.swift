@@ -33,18 +33,44 @@ struct ResourceBoundTests {
             #expect(reply.first?.hasPrefix(":parley.local FAIL MARKREAD INVALID_TARGET \(target) :") == true, "\(target): \(reply)")
         }
         #expect(harness.server.readMarkers["alice"] == nil, "nothing was kept for targets that are no conversation")
-        // An account, and a transient channel alice is in, are conversations; the channel's
-        // marker ends with the channel.
+        // An account, and a transient channel alice is in, are conversations.
         #expect(harness.send(alice, "MARKREAD bob \(stamp)") == [":parley.local MARKREAD bob \(stamp)"])
         let guest = harness.register("visitor")
         harness.send(guest, "JOIN #lobby")
         harness.send(alice, "JOIN #lobby")
         #expect(harness.send(alice, "MARKREAD #lobby \(stamp)") == [":parley.local MARKREAD #lobby \(stamp)"])
         #expect(harness.server.readMarkers["alice"]?["#lobby"] != nil)
-        harness.send(alice, "PART #lobby")
-        harness.send(guest, "PART #lobby")
-        #expect(harness.server.readMarkers["alice"]?["#lobby"] == nil)
         #expect(harness.server.readMarkers["alice"]?["bob"] != nil)
+    }
+
+    @Test func transientChannelMarkersLastWhileTheirHolderIsOnlineAndAreBounded() {
+        var harness = CoreHarness(accounts: Self.people)
+        let stamp = "timestamp=2025-01-01T00:00:00.000Z"
+        let guest = harness.register("visitor", caps: ["draft/read-marker"])
+        harness.send(guest, "JOIN #lobby", "MARKREAD #lobby \(stamp)", "PART #lobby")
+        // The channel ended with its last user; made again, it shows where the guest had read.
+        #expect(harness.send(guest, "JOIN #lobby").contains(":parley.local MARKREAD #lobby \(stamp)"))
+        // A holder keeps markers for at most maxTransientMarkersPerHolder channel names.
+        for number in 0..<ChatServer.maxTransientMarkersPerHolder {
+            harness.send(guest, "JOIN #c\(number)", "MARKREAD #c\(number) \(stamp)", "PART #c\(number)")
+        }
+        #expect(harness.server.readMarkers[harness.server.guestIdentity(of: guest)]?.count == ChatServer.maxTransientMarkersPerHolder)
+        #expect(harness.server.readMarkers[harness.server.guestIdentity(of: guest)]?["#lobby"] == nil, "the oldest went first")
+        // Leaving the network forgets them all.
+        harness.send(guest, "QUIT")
+        #expect(harness.server.readMarkers.isEmpty && harness.server.transientMarkerHolders.isEmpty && harness.server.transientMarkerKeys.isEmpty)
+        // An account's too, at its last connection's end; and a group that takes a name does not
+        // inherit a transient channel's markers.
+        let alice = harness.register("alice", password: "password-a", caps: ["draft/read-marker"])
+        let bob = harness.register("bob", password: "password-b", caps: ["draft/read-marker"])
+        let visitor = harness.register("visitor2")
+        harness.send(visitor, "JOIN #spot")
+        harness.send(alice, "JOIN #spot", "MARKREAD #spot \(stamp)", "PART #spot")
+        harness.send(bob, "JOIN #spot", "MARKREAD #spot \(stamp)", "PART #spot")
+        harness.send(visitor, "PART #spot")
+        harness.send(alice, "QUIT")
+        #expect(harness.server.readMarkers["alice"] == nil)
+        #expect(harness.send(bob, "JOIN #spot").contains(":parley.local MARKREAD #spot *"), "bob's new group starts unread")
     }
 
     @Test func pendingReceiptsForAnAuthorWithoutReceiptsAreCapped() {

@@ -12,12 +12,14 @@ struct ConfigurationTests {
     }
 
     @Test func historyLimitsReachTheChatDomain() throws {
-        let configuration = try load(#"{ "history": { "maxUndeliveredPerAccount": 20, "maxTrackedRecipients": 1234, "maxPendingReceiptsPerAuthor": 7, "storedBytesPerAccountPerDay": 99 } }"#)
+        let configuration = try load(#"{ "history": { "maxUndeliveredPerAccount": 20, "maxTrackedRecipients": 1234, "maxPendingReceiptsPerAuthor": 7, "storedBytesPerAccountPerDay": 99, "transientChannelMessages": 3, "transientChannelBytes": 1000 } }"#)
         let chat = try configuration.chatConfiguration()
         #expect(chat.maxUndeliveredPerAccount == 20)
         #expect(chat.maxTrackedRecipients == 1234)
         #expect(chat.maxPendingReceiptsPerAuthor == 7)
         #expect(chat.storedBytesPerAccountPerDay == 99)
+        #expect(chat.transientChannelHistoryLength == 3)
+        #expect(chat.transientChannelHistoryBytes == 1000)
         #expect(try ServerConfiguration().chatConfiguration().maxTrackedRecipients == 200_000)
     }
 

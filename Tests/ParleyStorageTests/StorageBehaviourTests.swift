@@ -11,7 +11,8 @@ struct StorageBehaviourTests {
         let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
         let group = GroupRecord(name: "#Team", key: "#team", createdAt: now, owner: "alice", topic: "plans", topicSetBy: "alice",
                                 topicSetAt: now, modes: "int", password: "k", userLimit: 5,
-                                bans: [BanEntry(mask: "*!*@bad", setBy: "alice", setAt: now)], members: ["alice": .owner, "bob": .op])
+                                bans: [BanEntry(mask: "*!*@bad", setBy: "alice", setAt: now)], members: ["alice": .owner, "bob": .op],
+                                voiced: ["bob"])
         let message = StoredMessage(id: "x1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
                                     targetKind: .group, target: "#team", command: "PRIVMSG", text: "hi",
                                     recipients: [StoredRecipient(account: "bob"), StoredRecipient(account: "carol", deliveredAt: now)])

@@ -85,6 +85,26 @@ struct MigrationTests {
         try await store.close()
     }
 
+    @Test func theV6MigrationTurnsTheOldVoiceRankIntoVoiceBesideMembership() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // Before v6, voice was a rank (role 1) between member and operator.
+        try await writeOldDatabase(at: path, upTo: "v5-identities", [
+            """
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES ('alice', 'alice', x'00', 4096, x'01', x'02', 1000), ('bob', 'bob', x'00', 4096, x'01', x'02', 1000),
+                   ('carol', 'carol', x'00', 4096, x'01', x'02', 1000)
+            """,
+            "INSERT INTO groups (key, name, created_at, owner_id, modes) VALUES ('#team', '#team', 4000, 1, 'int')",
+            "INSERT INTO group_members (group_id, account_id, role) VALUES (1, 1, 3), (1, 2, 1), (1, 3, 2)",
+        ])
+        let store = try SQLiteChatStore(path: path)
+        let group = try #require(try await store.loadGroups().first)
+        #expect(group.members == ["alice": .owner, "bob": .member, "carol": .op])
+        #expect(group.voiced == ["bob"])
+        try await store.close()
+    }
+
     @Test func theV5MigrationBindsOldRowsToIdentitiesNotNames() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }

@@ -5,6 +5,7 @@ Load it from PYTHONPATH: `PYTHONPATH=Tests/irctest pytest --controller parley ..
 development section). `PARLEY_SERVER` names the binary (default: the debug build in .build).
 """
 
+import atexit
 import base64
 import copy
 import hashlib
@@ -23,6 +24,18 @@ from irctest.runner import NotImplementedByController
 from irctest.specifications import Capabilities, OptionalBehaviors
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+
+# Servers still running when this (xdist worker) process ends: irctest does not tear down a test
+# that skips in its set-up, after the server started. Killed at exit, so no run leaves servers behind.
+_running: "set[subprocess.Popen]" = set()
+
+
+@atexit.register
+def _kill_leftover_servers() -> None:
+    for proc in list(_running):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 DEFAULT_BINARY = REPOSITORY / ".build" / "debug" / "parley-server"
 
 # Few iterations: test accounts need no protection, and every REGISTER and login hashes.
@@ -69,6 +82,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
     _port_wait_interval = 0.01
     supported_sasl_mechanisms = {"PLAIN", "SCRAM-SHA-256"}
     supports_sts = False
+    extban_mute_char = "m"
 
     # What Parley claims: a test needing one of these fails (instead of skipping) when the
     # server refuses it.
@@ -94,18 +108,24 @@ class ParleyController(BaseServerController, DirectoryBasedController):
         (
             OptionalBehaviors.CAP_REQ_MINUS,
             OptionalBehaviors.MULTI_JOIN,
+            OptionalBehaviors.MULTI_KICK,
             OptionalBehaviors.MULTI_PRIVMSG,
             OptionalBehaviors.SASL_AFTER_REGISTRATION,
         )
     )
 
     isupport = {
+        "BOT": "B",
+        "ACCOUNTEXTBAN": "a",
         "CASEMAPPING": patma.ANYSTR,
+        "EXTBAN": ",am",
         "MONITOR": patma.ANYSTR,
         "MSGREFTYPES": patma.ANYSTR,
         "PREFIX": "(qov)~@+",
+        "STATUSMSG": "@+",
         "TARGMAX": patma.ANYSTR,
         "UTF8ONLY": None,
+        "WHOX": None,
     }
 
     def run(
@@ -159,6 +179,9 @@ class ParleyController(BaseServerController, DirectoryBasedController):
 
     def _start(self) -> None:
         self.proc = self.execute([self._binary(), "--config", str(self._config_path)])
+        _running.add(self.proc)
+        for done in [proc for proc in _running if proc.poll() is not None]:
+            _running.discard(done)
 
     def restart(self) -> None:
         self.kill_proc()

@@ -1,17 +1,17 @@
 import IRCWire
 
 /// What a user may do in a channel, from least to most. Owners (`~`, mode q) of a group manage
-/// its member list; operators (`@`) help with the topic, voice and bans; voiced users (`+`) may
-/// speak in a moderated channel.
+/// its member list; operators (`@`) help with the topic, voice and bans. Voice (`+`, mode v) is
+/// not a rank but a mark kept beside it (a member can be an operator and voiced, shown `@+` with
+/// multi-prefix); the raw values are stored, and 1 was the old voice rank.
 public enum ChannelRole: Int, Sendable, Comparable, CaseIterable {
-    case member = 0, voice, op, owner
+    case member = 0, op = 2, owner = 3
 
     public static func < (lhs: ChannelRole, rhs: ChannelRole) -> Bool { lhs.rawValue < rhs.rawValue }
 
     var prefix: String {
         switch self {
         case .member: ""
-        case .voice: "+"
         case .op: "@"
         case .owner: "~"
         }
@@ -21,19 +21,16 @@ public enum ChannelRole: Int, Sendable, Comparable, CaseIterable {
     var allPrefixes: String {
         switch self {
         case .member: ""
-        case .voice: "+"
         case .op: "@"
         case .owner: "~@"
         }
     }
 
-    var modeLetter: Character? {
-        switch self {
-        case .member: nil
-        case .voice: "v"
-        case .op: "o"
-        case .owner: "q"
-        }
+    /// The prefixes shown before a nick in NAMES and WHO: the highest only, or (multi-prefix)
+    /// all of them in order of rank.
+    func prefixes(voiced: Bool, all: Bool) -> String {
+        if all { return allPrefixes + (voiced ? "+" : "") }
+        return self == .member && voiced ? "+" : prefix
     }
 }
 
@@ -67,10 +64,12 @@ public struct GroupRecord: Sendable, Hashable {
     public var bans: [BanEntry]
     /// Account key -> role, the owner included.
     public var members: [String: ChannelRole]
+    /// Account keys of the members with voice (+v), whatever their role.
+    public var voiced: Set<String>
 
     public init(name: String, key: String, createdAt: Timestamp, owner: String, topic: String = "", topicSetBy: String = "",
                 topicSetAt: Timestamp? = nil, modes: String = "int", password: String? = nil, userLimit: Int? = nil,
-                bans: [BanEntry] = [], members: [String: ChannelRole]) {
+                bans: [BanEntry] = [], members: [String: ChannelRole], voiced: Set<String> = []) {
         self.name = name
         self.key = key
         self.createdAt = createdAt
@@ -83,6 +82,7 @@ public struct GroupRecord: Sendable, Hashable {
         self.userLimit = userLimit
         self.bans = bans
         self.members = members
+        self.voiced = voiced
     }
 }
 
@@ -108,12 +108,18 @@ struct ChatChannel: Sendable {
     var bans: [BanEntry] = []
     /// Persistent membership: account key -> role.
     var accountRoles: [String: ChannelRole] = [:]
+    /// Persistent voice (+v) of member accounts, kept apart from their role.
+    var voicedAccounts: Set<String> = []
     /// Roles of connections without an account (guests) in this channel.
     var guestRoles: [ConnectionID: ChannelRole] = [:]
+    /// Guests' connections with voice in this channel.
+    var voicedGuests: Set<ConnectionID> = []
     /// Connections currently in the channel, in the order they joined.
     var joined: [ConnectionID] = []
     /// Nicks invited into a transient invite-only channel (case-folded), used up by JOIN.
     var invitedNicks: Set<String> = []
+    /// A transient channel's last messages, in memory only (a group's history is stored).
+    var recentHistory = RecentChannelHistory()
 
     var isGroup: Bool { owner != nil }
 
@@ -141,6 +147,7 @@ struct ChatChannel: Sendable {
         bans = record.bans
         accountRoles = record.members
         accountRoles[record.owner] = .owner
+        voicedAccounts = record.voiced.filter { record.members[$0] != nil }
     }
 
     var record: GroupRecord? {
@@ -148,7 +155,7 @@ struct ChatChannel: Sendable {
         return GroupRecord(
             name: name, key: key, createdAt: createdAt, owner: owner, topic: topic, topicSetBy: topicSetBy,
             topicSetAt: topicSetAt, modes: flagModes, password: password, userLimit: userLimit, bans: bans,
-            members: accountRoles)
+            members: accountRoles, voiced: voicedAccounts)
     }
 
     var flagModes: String {
@@ -164,6 +171,21 @@ struct ChatChannel: Sendable {
     func role(of connection: ConnectionID, account: String?) -> ChannelRole {
         if let account, let role = accountRoles[account] { return role }
         return guestRoles[connection] ?? .member
+    }
+
+    func isVoiced(_ connection: ConnectionID, account: String?) -> Bool {
+        if let account, accountRoles[account] != nil { return voicedAccounts.contains(account) }
+        return voicedGuests.contains(connection)
+    }
+
+    /// The prefixes shown before this connection's nick in NAMES and WHO.
+    func prefixes(of connection: ConnectionID, account: String?, all: Bool) -> String {
+        role(of: connection, account: account).prefixes(voiced: isVoiced(connection, account: account), all: all)
+    }
+
+    /// Whether the connection may speak in a moderated channel, or despite a ban: voiced or an operator.
+    func maySpeakAsPrivileged(_ connection: ConnectionID, account: String?) -> Bool {
+        role(of: connection, account: account) >= .op || isVoiced(connection, account: account)
     }
 
     func contains(_ connection: ConnectionID) -> Bool { joined.contains(connection) }

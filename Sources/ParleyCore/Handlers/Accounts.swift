@@ -550,6 +550,18 @@ extension ChatServer {
         }
     }
 
+    /// WALLOPS from an operator reaches everyone with user mode +w, and the sender.
+    mutating func handleWallops(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        guard let session = sessions[context.connection], session.isOperator else {
+            throw .numeric(.errNoPrivileges, "Permission Denied- You're not an IRC operator")
+        }
+        let wallops = IRCMessage(source: session.prefix, command: "WALLOPS", parameters: [message.parameters[0]])
+        for receiver in sessions.values where receiver.isRegistered && receiver.receivesWallops && receiver.id != context.connection {
+            send(wallops, to: receiver.id, into: &outbox)
+        }
+        context.replies.append(wallops)
+    }
+
     mutating func handleKill(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         guard let session = sessions[context.connection], session.isOperator else {
             throw .numeric(.errNoPrivileges, "Permission Denied- You're not an IRC operator")

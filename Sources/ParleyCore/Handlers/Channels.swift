@@ -70,6 +70,7 @@ extension ChatServer {
         var connections: [ConnectionID]
         var memberAccount: String?
         var role: ChannelRole
+        var voiced: Bool
         var name: String
     }
 
@@ -80,8 +81,9 @@ extension ChatServer {
         let memberAccount = channel.accountRoles[account] != nil ? account : nil
         guard !present.isEmpty || memberAccount != nil else { return nil }
         let role = present.first.map { self.role(of: $0, in: channel) } ?? memberAccount.flatMap { channel.accountRoles[$0] } ?? .member
+        let voiced = memberAccount.map { channel.voicedAccounts.contains($0) } ?? present.contains { channel.voicedGuests.contains($0) }
         let name = present.first.flatMap { sessions[$0]?.nick?.name } ?? accounts[account]?.name ?? nick
-        return ChannelTarget(connections: present, memberAccount: memberAccount, role: role, name: name)
+        return ChannelTarget(connections: present, memberAccount: memberAccount, role: role, voiced: voiced, name: name)
     }
 
     /// Puts an account on a group's member list with a role, or takes it off (nil), keeping the
@@ -89,6 +91,7 @@ extension ChatServer {
     mutating func setMembership(_ account: String, _ role: ChannelRole?, in channel: inout ChatChannel) {
         channel.accountRoles[account] = role
         if role == nil {
+            channel.voicedAccounts.remove(account)
             groupsOfAccount[account]?.remove(channel.key)
         } else {
             groupsOfAccount[account, default: []].insert(channel.key)
@@ -102,6 +105,33 @@ extension ChatServer {
             numeric(.rplTopic, [channel.name, channel.topic], for: connection),
             numeric(.rplTopicWhoTime, [channel.name, channel.topicSetBy, String((channel.topicSetAt ?? channel.createdAt).millisecondsSince1970 / 1000)], for: connection),
         ]
+    }
+
+    // MARK: Ban masks and extended bans (ISUPPORT EXTBAN=,am and ACCOUNTEXTBAN=a)
+
+    /// `a:<account mask>` matches logged-in users by account (IRCv3 account-extban), never a guest
+    /// whose nick looks like it; `m:<nick!user@host>` mutes (they may join but not speak); anything
+    /// else is an ordinary `nick!user@host` ban. Nicks cannot contain `:`, so nothing is ambiguous.
+    static func normalizedBanMask(_ raw: String, caseMapping: IRCCaseMapping) -> String {
+        if raw.hasPrefix("a:") { return "a:" + caseMapping.fold(String(raw.dropFirst(2))) }
+        if raw.hasPrefix("m:") { return "m:" + IRCMask.normalized(String(raw.dropFirst(2))) }
+        return IRCMask.normalized(raw)
+    }
+
+    /// Whether a ban entry keeps this user out of the channel (and from speaking in it).
+    func banEntry(_ mask: String, keepsOut session: Session) -> Bool {
+        if mask.hasPrefix("m:") { return false }
+        if mask.hasPrefix("a:") {
+            guard let account = session.accountKey else { return false }
+            return IRCMask(String(mask.dropFirst(2))).matches(account, caseMapping: configuration.caseMapping)
+        }
+        return IRCMask(mask).matches(session.prefix, caseMapping: configuration.caseMapping)
+    }
+
+    /// Whether a mute entry (`m:`) silences this user.
+    func banEntry(_ mask: String, mutes session: Session) -> Bool {
+        guard mask.hasPrefix("m:") else { return false }
+        return IRCMask(String(mask.dropFirst(2))).matches(session.prefix, caseMapping: configuration.caseMapping)
     }
 
     /// Who may manage the member list and the access modes: the owner of a group, or any
@@ -164,6 +194,8 @@ extension ChatServer {
                 // A logged-in creator makes a persistent group that only its owner opens up.
                 created.owner = account
                 created.inviteOnly = true
+                // Markers left from a transient channel of that name are not this group's.
+                forgetReadMarkers(ofTransientChannel: created.key)
                 setMembership(account, .owner, in: &created)
             } else {
                 created.guestRoles[id] = .op
@@ -180,11 +212,12 @@ extension ChatServer {
             if let limit = configuration.maxChannelsPerUser, session.channels.count >= limit {
                 throw .numeric(.errTooManyChannels, raw, "You have joined too many channels")
             }
-            if channel.bans.contains(where: { IRCMask($0.mask).matches(session.prefix, caseMapping: configuration.caseMapping) })
+            if channel.bans.contains(where: { banEntry($0.mask, keepsOut: session) })
                 && !channel.invitedNicks.contains(session.nick?.folded ?? "") {
                 throw .numeric(.errBannedFromChan, channel.name, "Cannot join channel (+b): you are banned")
             }
-            if channel.inviteOnly && !channel.invitedNicks.contains(session.nick?.folded ?? "") {
+            let invitedGuest = channel.isGroup && account == nil && session.groupInvitations.contains(channel.key)
+            if channel.inviteOnly && !channel.invitedNicks.contains(session.nick?.folded ?? "") && !invitedGuest {
                 let how = channel.isGroup ? "ask the group's owner to add you (INVITE)" : "you need an invitation"
                 throw .numeric(.errInviteOnlyChan, channel.name, "Cannot join channel (+i): \(how)")
             }
@@ -195,6 +228,7 @@ extension ChatServer {
                 throw .numeric(.errChannelIsFull, channel.name, "Cannot join channel (+l): the channel is full")
             }
             channel.invitedNicks.remove(session.nick?.folded ?? "")
+            session.groupInvitations.remove(channel.key)
             if channel.isGroup, let account {
                 // Joining an open group makes a logged-in user one of its members.
                 setMembership(account, .member, in: &channel)
@@ -266,8 +300,7 @@ extension ChatServer {
         var seen: Set<String> = []
         for member in channel.joined {
             guard let session = sessions[member], let nick = session.nick, seen.insert(nick.folded).inserted else { continue }
-            let role = channel.role(of: member, account: session.accountKey)
-            let prefix = asker.has(.multiPrefix) ? role.allPrefixes : role.prefix
+            let prefix = channel.prefixes(of: member, account: session.accountKey, all: asker.has(.multiPrefix))
             entries.append(prefix + (asker.has(.userhostInNames) ? session.prefix : nick.name))
         }
         var lines: [IRCMessage] = []
@@ -330,11 +363,11 @@ extension ChatServer {
         channel.joined.removeAll { connections.contains($0) }
         for connection in connections {
             channel.guestRoles[connection] = nil
+            channel.voicedGuests.remove(connection)
             sessions[connection]?.channels.remove(key)
         }
         if !channel.isGroup && channel.joined.isEmpty {
             channels[key] = nil
-            forgetReadMarkers(ofTransientChannel: key)
         } else {
             channels[key] = channel
         }
@@ -447,8 +480,16 @@ extension ChatServer {
                 accountKey = online
             } else if accounts[fold(target)] != nil {
                 accountKey = fold(target)
-            } else if holder != nil {
-                throw .fail("INVITE", "ACCOUNT_REQUIRED", target, channel.name, description: "\(target) is not logged in to an account; only accounts can be members of a group")
+            } else if let holder, let guestNick = holder.connections.first.flatMap({ sessions[$0]?.nick }) {
+                // A guest cannot be a member (membership outlives connections) but may be let in
+                // for this connection, taking part as guests do in an open group.
+                if holder.connections.contains(where: { channel.contains($0) }) {
+                    throw .numeric(.errUserOnChannel, guestNick.name, channel.name, "is already on channel")
+                }
+                for connection in holder.connections { sessions[connection]?.groupInvitations.insert(channel.key) }
+                numericReply(.rplInviting, [guestNick.name, channel.name], in: &context)
+                sendInvite(from: session, to: holder.connections, nick: guestNick.name, channel: channel.name, &outbox)
+                return
             } else {
                 throw .numeric(.errNoSuchNick, target, "No such nick or account")
             }
@@ -478,19 +519,43 @@ extension ChatServer {
         channel.invitedNicks.insert(targetNick.folded)
         channels[channel.key] = channel
         numericReply(.rplInviting, [targetNick.name, channel.name], in: &context)
-        // account-tag: the invitee's client learns which account invites (sent only to clients with the capability).
-        let invite = IRCMessage(tags: session.accountName.map { [IRCTag("account", $0)] } ?? [],
-                                source: session.prefix, command: "INVITE", parameters: [targetNick.name, channel.name])
-        for connection in holder.connections { send(invite, to: connection, into: &outbox) }
+        sendInvite(from: session, to: holder.connections, nick: targetNick.name, channel: channel.name, &outbox)
     }
 
+    func sendInvite(from session: Session, to connections: [ConnectionID], nick: String, channel: String, _ outbox: inout Outbox) {
+        // account-tag: the invitee's client learns which account invites (sent only to clients with the capability).
+        let invite = IRCMessage(tags: session.accountName.map { [IRCTag("account", $0)] } ?? [],
+                                source: session.prefix, command: "INVITE", parameters: [nick, channel])
+        for connection in connections { send(invite, to: connection, into: &outbox) }
+    }
+
+    /// `KICK #chan a,b` kicks each from one channel; `KICK #a,#b x,y` pairs them (TARGMAX KICK,
+    /// at most `maxMessageTargets` kicks). A refused kick is answered and the others go on.
     mutating func handleKick(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
-        let id = context.connection
-        guard let session = sessions[id] else { return }
-        var channel = try existingChannel(message.parameters[0])
-        try requireMembership(channel, id)
-        let target = message.parameters[1]
+        guard let session = sessions[context.connection] else { return }
+        let channelNames = message.parameters[0].split(separator: ",").map(String.init)
+        let targets = message.parameters[1].split(separator: ",").map(String.init)
+        guard !channelNames.isEmpty, !targets.isEmpty, channelNames.count == 1 || channelNames.count == targets.count else {
+            throw .needMoreParameters("KICK")
+        }
+        if targets.count > configuration.maxMessageTargets {
+            throw .numeric(.errTooManyTargets, message.parameters[1], "Too many targets: at most \(configuration.maxMessageTargets) per KICK")
+        }
         let reason = message.parameters.count > 2 ? String(message.parameters[2].prefix(configuration.kickLength)) : session.nick?.name ?? ""
+        for (index, target) in targets.enumerated() {
+            do {
+                try kick(target, from: channelNames.count == 1 ? channelNames[0] : channelNames[index], reason: reason, by: session, &context, &outbox)
+            } catch {
+                render(error, in: &context)
+            }
+        }
+    }
+
+    private mutating func kick(_ target: String, from channelName: String, reason: String, by session: Session,
+                               _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let id = context.connection
+        var channel = try existingChannel(channelName)
+        try requireMembership(channel, id)
         guard let victim = channelTarget(target, in: channel) else {
             throw .numeric(.errUserNotInChannel, target, channel.name, "They aren't on that channel")
         }
@@ -657,7 +722,7 @@ extension ChatServer {
             case "b":
                 guard let raw = arguments.popFirst() else { continue }
                 if myRole < .op { render(.numeric(.errChanOPrivsNeeded, channel.name, "You're not a channel operator"), in: &context); continue }
-                let mask = IRCMask.normalized(raw)
+                let mask = Self.normalizedBanMask(raw, caseMapping: configuration.caseMapping)
                 if adding {
                     if channel.bans.contains(where: { $0.mask == mask }) { continue }
                     if channel.bans.count >= configuration.maxBansPerChannel {
@@ -687,7 +752,20 @@ extension ChatServer {
                     render(.numeric(.errUserNotInChannel, nick, channel.name, "They aren't on that channel"), in: &context); continue
                 }
                 let current = target.role
-                let wanted: ChannelRole = letter == "q" ? .owner : letter == "o" ? .op : .voice
+                if letter == "v" {
+                    // Voice is a mark beside the role: an operator can be voiced too.
+                    if target.voiced == adding { continue }
+                    if let account = target.memberAccount {
+                        if adding { channel.voicedAccounts.insert(account) } else { channel.voicedAccounts.remove(account) }
+                    } else {
+                        for connection in target.connections {
+                            if adding { channel.voicedGuests.insert(connection) } else { channel.voicedGuests.remove(connection) }
+                        }
+                    }
+                    applied.append((adding ? "+" : "-", letter, target.name))
+                    continue
+                }
+                let wanted: ChannelRole = letter == "q" ? .owner : .op
                 if letter == "q" {
                     guard adding else { continue }
                     guard let targetAccount = target.memberAccount else {
@@ -753,7 +831,7 @@ extension ChatServer {
             guard channel.isGroup else { reply("\(channel.name) is a transient channel: it ends when its last user leaves"); return }
             reply("\(channel.name): owner \(accounts[channel.owner ?? ""]?.name ?? channel.owner ?? "?"), created \(channel.createdAt.iso8601), modes +\(channel.flagModes)")
             let members = channel.accountRoles.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map { key, role in
-                role.prefix + (accounts[key]?.name ?? key) + (nickIndex[key] == nil ? " (offline)" : "")
+                role.prefixes(voiced: channel.voicedAccounts.contains(key), all: false) + (accounts[key]?.name ?? key) + (nickIndex[key] == nil ? " (offline)" : "")
             }
             // As many lines as it takes: one line for a large group would pass the 512-byte limit.
             var line = "Members (\(members.count)):"
@@ -798,7 +876,10 @@ extension ChatServer {
 
     // MARK: Messages to channels
 
-    mutating func deliverToChannel(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+    /// A message to a channel, or (`statusPrefix` `@` or `+`, STATUSMSG) to its members of that
+    /// status or higher only. Status messages are not kept: a group's history is every member's.
+    mutating func deliverToChannel(_ verb: String, to target: String, statusPrefix: Character? = nil, text: String, clientTags: [IRCTag],
+                                   _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         guard let sender = sessions[id] else { return }
         guard let channel = channels[fold(target)] else {
@@ -807,19 +888,38 @@ extension ChatServer {
             throw .numeric(.errNoSuchChannel, target, "No such channel")
         }
         let isMember = channel.contains(id)
-        let senderRole = role(of: id, in: channel)
         if !isMember && (channel.noOutsideMessages || channel.isGroup) {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are not a member")
         }
-        if channel.moderated && senderRole < .voice {
+        let privileged = channel.maySpeakAsPrivileged(id, account: sender.accountKey)
+        if channel.moderated && !privileged {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel (+m): you need voice")
         }
-        if senderRole < .voice && channel.bans.contains(where: { IRCMask($0.mask).matches(sender.prefix, caseMapping: configuration.caseMapping) }) {
+        if !privileged && channel.bans.contains(where: { banEntry($0.mask, keepsOut: sender) || banEntry($0.mask, mutes: sender) }) {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are banned")
         }
-        let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + channel.name.utf8.count + 2 + 2
+        let shownTarget = statusPrefix.map { String($0) + channel.name } ?? channel.name
+        let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + shownTarget.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
-            throw messageTooLong(verb, target: channel.name, excess: overhead + text.utf8.count - 512, sender: sender)
+            throw messageTooLong(verb, target: shownTarget, excess: overhead + text.utf8.count - 512, sender: sender)
+        }
+        if let statusPrefix {
+            // Live only, to the members with that status; never stored.
+            var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageIDs.next())]
+            if let account = sender.accountName { tags.append(IRCTag("account", account)) }
+            if sender.isBot { tags.append(IRCTag("bot")) }
+            tags.append(contentsOf: clientTags)
+            let relayed = IRCMessage(tags: tags, source: sender.prefix, command: verb,
+                                     parameters: verb == "TAGMSG" ? [shownTarget] : [shownTarget, text])
+            var encodings = EncodingCache()
+            for member in channel.joined where member != id {
+                guard let session = sessions[member], verb != "TAGMSG" || session.has(.messageTags) else { continue }
+                let memberRole = channel.role(of: member, account: session.accountKey)
+                let reached = statusPrefix == "@" ? memberRole >= .op : channel.maySpeakAsPrivileged(member, account: session.accountKey)
+                if reached { outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member) }
+            }
+            if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) { context.replies.append(relayed) }
+            return
         }
         if channel.isGroup && verb != "TAGMSG" {
             try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: channel.name, now: context.now)
@@ -827,6 +927,7 @@ extension ChatServer {
         let messageID = messageIDs.next()
         var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)]
         if let account = sender.accountName { tags.append(IRCTag("account", account)) }
+        if sender.isBot { tags.append(IRCTag("bot")) }
         tags.append(contentsOf: clientTags)
         let relayed = IRCMessage(tags: tags, source: sender.prefix, command: verb,
                                  parameters: verb == "TAGMSG" ? [channel.name] : [channel.name, text])
@@ -840,6 +941,13 @@ extension ChatServer {
             context.replies.append(relayed)
         }
         rememberSend(relayed, clientTags: clientTags, sender: sender)
+        if !channel.isGroup && verb != "TAGMSG" {
+            // For CHATHISTORY while the channel lasts; never stored.
+            let recent = storedMessage(relayed, id: messageID, sender: sender, kind: .group, target: channel.key,
+                                       text: text, clientTags: clientTags, recipients: [], now: context.now)
+            channels[channel.key]?.recentHistory.append(recent, capacity: configuration.transientChannelHistoryLength,
+                                                        maxBytes: configuration.transientChannelHistoryBytes)
+        }
         if channel.isGroup && verb != "TAGMSG" {
             // Kept for history, and for members who are offline now until they return.
             storeGroupMessage(relayed, id: messageID, sender: sender, channel: channel, text: text, clientTags: clientTags, &context, &outbox)

@@ -619,8 +619,8 @@ extension ChatServer {
         }
         readMarkers[account, default: [:]][conversation] = time
         if isTransientChannel {
-            // Not stored: it ends with the channel (see forgetReadMarkers(ofTransientChannel:)).
-            transientMarkerHolders[conversation, default: []].insert(account)
+            // Not stored: kept in memory while its holder is on the network (transientMarkerHolders).
+            rememberTransientMarker(of: account, in: conversation)
         } else if !isGuest {
             outbox.actions.append(.saveReadMarker(account: account, target: conversation, time: time))
         }
@@ -686,15 +686,46 @@ extension ChatServer {
                 readMarkers[account]?[newKey] = time
             }
         }
-        if let holders = transientMarkerHolders.removeValue(forKey: oldKey) { transientMarkerHolders[newKey] = holders }
+        if let holders = transientMarkerHolders.removeValue(forKey: oldKey) {
+            transientMarkerHolders[newKey] = holders
+            for holder in holders {
+                transientMarkerKeys[holder] = transientMarkerKeys[holder]?.map { $0 == oldKey ? newKey : $0 }
+            }
+        }
     }
 
-    /// A transient channel ended: markers set in it go with it.
-    mutating func forgetReadMarkers(ofTransientChannel key: String) {
-        for account in transientMarkerHolders.removeValue(forKey: key) ?? [] {
-            readMarkers[account]?[key] = nil
-            if readMarkers[account]?.isEmpty == true { readMarkers[account] = nil }
+    mutating func rememberTransientMarker(of holder: String, in key: String) {
+        transientMarkerHolders[key, default: []].insert(holder)
+        var keys = transientMarkerKeys[holder, default: []]
+        guard !keys.contains(key) else { return }
+        keys.append(key)
+        if keys.count > Self.maxTransientMarkersPerHolder {
+            let oldest = keys.removeFirst()
+            readMarkers[holder]?[oldest] = nil
+            transientMarkerHolders[oldest]?.remove(holder)
+            if transientMarkerHolders[oldest]?.isEmpty == true { transientMarkerHolders[oldest] = nil }
         }
+        transientMarkerKeys[holder] = keys
+    }
+
+    /// A group takes a name: markers left from transient channels of that name go.
+    mutating func forgetReadMarkers(ofTransientChannel key: String) {
+        for holder in transientMarkerHolders.removeValue(forKey: key) ?? [] {
+            readMarkers[holder]?[key] = nil
+            if readMarkers[holder]?.isEmpty == true { readMarkers[holder] = nil }
+            transientMarkerKeys[holder]?.removeAll { $0 == key }
+            if transientMarkerKeys[holder]?.isEmpty == true { transientMarkerKeys[holder] = nil }
+        }
+    }
+
+    /// The holder left the network: its markers for transient channels go (they were never stored).
+    mutating func forgetTransientMarkers(of holder: String) {
+        for key in transientMarkerKeys.removeValue(forKey: holder) ?? [] {
+            readMarkers[holder]?[key] = nil
+            transientMarkerHolders[key]?.remove(holder)
+            if transientMarkerHolders[key]?.isEmpty == true { transientMarkerHolders[key] = nil }
+        }
+        if readMarkers[holder]?.isEmpty == true { readMarkers[holder] = nil }
     }
 
     /// A group was deleted: its messages, read markers and receipts go with it (the store deletes

@@ -1,15 +1,24 @@
 import IRCWire
 
-/// IRCv3 `draft/chathistory`: stored conversations, for their participants only.
+/// IRCv3 `draft/chathistory`: stored conversations, for their participants only, and the recent
+/// messages of transient channels (in memory) for the people in them.
 extension ChatServer {
     mutating func handleChatHistory(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         let parameters = message.parameters
         let subcommand = parameters[0].uppercased()
-        guard let account = sessions[id]?.accountKey else {
-            throw .fail("CHATHISTORY", "INVALID_TARGET", subcommand, parameters.count > 1 ? parameters[1] : "*",
-                        description: "Log in to an account to read history")
+        // A transient channel the asker is in (others are answered as for any channel they are not in).
+        let transientChannel = parameters.count > 1 && parameters[1].hasPrefix("#")
+            ? channels[fold(parameters[1])].flatMap { !$0.isGroup && $0.contains(id) ? $0 : nil } : nil
+        // Stored history belongs to accounts; a transient channel's recent messages to whoever is in it.
+        func requireAccount() throws(CommandError) -> String {
+            guard let account = sessions[id]?.accountKey else {
+                throw .fail("CHATHISTORY", "INVALID_TARGET", subcommand, parameters.count > 1 ? parameters[1] : "*",
+                            description: "Log in to an account to read history")
+            }
+            return account
         }
+        if transientChannel == nil { _ = try requireAccount() }
         func limit(_ text: String) throws(CommandError) -> Int {
             guard let value = Int(text), value > 0 else {
                 throw .fail("CHATHISTORY", "INVALID_PARAMS", subcommand, text, description: "The limit must be a positive number")
@@ -29,6 +38,7 @@ extension ChatServer {
                   case .timestamp(let second)? = try reference(parameters[2]) else {
                 throw .fail("CHATHISTORY", "INVALID_PARAMS", subcommand, description: "Usage: CHATHISTORY TARGETS timestamp=<from> timestamp=<to> <limit>")
             }
+            let account = try requireAccount()
             let groups = (groupsOfAccount[account] ?? []).sorted()
             let query = HistoryQuery(conversation: .everything(account: account, groups: groups),
                                      kind: .targets(min(first, second), max(first, second)), limit: try limit(parameters[3]))
@@ -41,14 +51,17 @@ extension ChatServer {
         }
         let target = parameters[1]
         let conversation: HistoryQuery.Conversation?
-        if target.hasPrefix("#") {
+        if transientChannel != nil {
+            conversation = nil
+        } else if target.hasPrefix("#") {
+            let account = try requireAccount()
             guard let channel = channels[fold(target)], channel.isGroup, channel.accountRoles[account] != nil else {
                 // Not a member (or no such group): nothing to read, and no hint whether it exists.
                 throw .fail("CHATHISTORY", "INVALID_TARGET", subcommand, target, description: "You are not a member of \(target)")
             }
             conversation = .group(channel.key)
         } else if let other = identity(named: target) {
-            conversation = .direct(account, other)
+            conversation = .direct(try requireAccount(), other)
         } else {
             // Nobody holds that name now: there is no conversation to read (a guest's conversation
             // belonged to the guest's connection, not to the nick).
@@ -72,6 +85,12 @@ extension ChatServer {
             count = try limit(parameters[4])
         default:
             throw .fail("CHATHISTORY", "INVALID_PARAMS", subcommand, description: "Unknown subcommand; use LATEST, BEFORE, AFTER, AROUND, BETWEEN or TARGETS")
+        }
+        if let transientChannel {
+            // Answered at once from memory: nothing to wait for.
+            let found = (try? transientChannel.recentHistory.messages(kind, limit: count)) ?? []
+            if let session = sessions[id] { context.replies.append(contentsOf: historyReplies(found, target: target, for: session)) }
+            return
         }
         guard let conversation else {
             if let session = sessions[id] { context.replies.append(contentsOf: batched([], type: "chathistory", parameters: [target], for: session)) }
@@ -120,13 +139,18 @@ extension ChatServer {
         case .messages(let messages) where subcommand == "RECEIPTS":
             receiptStatusReplies(requested: target.split(separator: ",").map(String.init), found: messages, into: &context)
         case .messages(let messages):
-            let lines = messages.map { stored in
-                storedLine(stored, target: stored.targetKind == .group
-                    ? (channels[stored.target]?.name ?? target)
-                    : displayName(ofParty: stored.target, storedNick: stored.targetName))
-            }
-            context.replies.append(contentsOf: batched(lines, type: "chathistory", parameters: [target], for: session))
+            context.replies.append(contentsOf: historyReplies(messages, target: target, for: session))
         }
         finish(&context, into: &outbox)
+    }
+
+    /// A CHATHISTORY answer: the messages, in a `chathistory` batch for clients with batches.
+    mutating func historyReplies(_ messages: [StoredMessage], target: String, for session: Session) -> [IRCMessage] {
+        let lines = messages.map { stored in
+            storedLine(stored, target: stored.targetKind == .group
+                ? (channels[stored.target]?.name ?? target)
+                : displayName(ofParty: stored.target, storedNick: stored.targetName))
+        }
+        return batched(lines, type: "chathistory", parameters: [target], for: session)
     }
 }

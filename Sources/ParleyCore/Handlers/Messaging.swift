@@ -106,6 +106,11 @@ extension ChatServer {
             try deliverToChannel(verb, to: target, text: text, clientTags: clientTags, &context, &outbox)
             return
         }
+        // STATUSMSG: `@#chan` reaches the channel's operators (and owner), `+#chan` also the voiced.
+        if let status = target.first, status == "@" || status == "+", target.dropFirst().hasPrefix("#") {
+            try deliverToChannel(verb, to: String(target.dropFirst()), statusPrefix: status, text: text, clientTags: clientTags, &context, &outbox)
+            return
+        }
         let folded = fold(target)
         if folded == "nickserv" {
             if verb == "PRIVMSG" { try handleNickServ(text: text, &context, &outbox) }
@@ -155,6 +160,7 @@ extension ChatServer {
         let messageID = messageIDs.next()
         var tags = [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)]
         if let account = sender.accountName { tags.append(IRCTag("account", account)) }
+        if sender.isBot { tags.append(IRCTag("bot")) }
         tags.append(contentsOf: clientTags)
         let relayed = IRCMessage(
             tags: tags, source: sender.prefix, command: verb,

@@ -286,7 +286,7 @@ extension ChatServer {
         numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
         numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
         numericReply(.rplCreated, [createdText], in: &context)
-        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "ior", "biklmnostv", "bklov"], in: &context)
+        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Biorw", "biklmnostv", "bklov"], in: &context)
         for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
         lusersReplies(&context)
         motdReplies(&context)
@@ -298,13 +298,16 @@ extension ChatServer {
     static func makeISupportTokens(_ configuration: ChatConfiguration) -> [String] {
         let targets = configuration.maxMessageTargets
         return [
+            "ACCOUNTEXTBAN=a",
             "AWAYLEN=\(configuration.awayLength)",
+            "BOT=B",
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
             "CHATHISTORY=\(configuration.chathistoryLimit)",
             "CHANLIMIT=#:\(configuration.maxChannelsPerUser.map(String.init) ?? "")",
             "CHANMODES=b,k,l,imnst",
             "CHANNELLEN=\(configuration.channelLength)",
             "CHANTYPES=#",
+            "EXTBAN=,am",
             "HOSTLEN=64",
             "KICKLEN=\(configuration.kickLength)",
             "LINELEN=512",
@@ -316,10 +319,12 @@ extension ChatServer {
             "NETWORK=\(configuration.networkName)",
             "NICKLEN=\(configuration.nickLength)",
             "PREFIX=(qov)~@+",
-            "TARGMAX=PRIVMSG:\(targets),NOTICE:\(targets),TAGMSG:\(targets),WHOIS:1,JOIN:,PART:,KICK:1,NAMES:1,MONITOR:",
+            "STATUSMSG=@+",
+            "TARGMAX=PRIVMSG:\(targets),NOTICE:\(targets),TAGMSG:\(targets),WHOIS:1,JOIN:,PART:,KICK:\(targets),NAMES:1,MONITOR:",
             "TOPICLEN=\(configuration.topicLength)",
             "USERLEN=\(configuration.userLength)",
             "UTF8ONLY",
+            "WHOX",
         ]
     }
 

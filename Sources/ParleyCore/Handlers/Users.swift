@@ -67,6 +67,16 @@ extension ChatServer {
                 operators.remove(id)
                 if appliedSign != "-" { applied.append("-"); appliedSign = "-" }
                 applied.append("o")
+            case "B":
+                guard sessions[id]?.isBot != adding else { continue }
+                sessions[id]?.isBot = adding
+                if appliedSign != (adding ? "+" : "-") { applied.append(adding ? "+" : "-"); appliedSign = adding ? "+" : "-" }
+                applied.append("B")
+            case "w":
+                guard sessions[id]?.receivesWallops != adding else { continue }
+                sessions[id]?.receivesWallops = adding
+                if appliedSign != (adding ? "+" : "-") { applied.append(adding ? "+" : "-"); appliedSign = adding ? "+" : "-" }
+                applied.append("w")
             case "r":
                 continue
             default:
@@ -81,9 +91,11 @@ extension ChatServer {
 
     func userModes(_ session: Session) -> String {
         var modes = "+"
+        if session.isBot { modes.append("B") }
         if session.isInvisible { modes.append("i") }
         if session.isOperator { modes.append("o") }
         if session.accountKey != nil { modes.append("r") }
+        if session.receivesWallops { modes.append("w") }
         return modes
     }
 
@@ -214,12 +226,13 @@ extension ChatServer {
         for key in Set(holder.connections.flatMap { sessions[$0]?.channels ?? [] }).sorted() {
             guard let channel = channels[key] else { continue }
             if isClosed(channel, to: context.connection) { continue }
-            visible.append(channel.role(of: first, account: user.accountKey).prefix + channel.name)
+            visible.append(channel.prefixes(of: first, account: user.accountKey, all: asker?.has(.multiPrefix) == true) + channel.name)
         }
         if !visible.isEmpty {
             numericReply(.rplWhoisChannels, [nick.name, visible.joined(separator: " ")], in: &context)
         }
         if user.isOperator { numericReply(.rplWhoisOperator, [nick.name, "is an IRC operator"], in: &context) }
+        if user.isBot { numericReply(.rplWhoisBot, [nick.name, "is a bot"], in: &context) }
         if let account = user.accountName {
             numericReply(.rplWhoisAccount, [nick.name, account, "is logged in as"], in: &context)
         }
@@ -243,7 +256,11 @@ extension ChatServer {
 
     mutating func handleWho(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let mask = message.parameters[0]
-        let operatorsOnly = message.parameters.count > 1 && message.parameters[1].contains("o")
+        // `WHO <mask> [o][%<fields>[,<token>]]`: the WHOX fields (IRCv3 whox) follow the `%`.
+        let options = message.parameters.count > 1 ? message.parameters[1] : ""
+        let flagPart = options.split(separator: "%", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        let operatorsOnly = flagPart.contains("o")
+        let whox = options.firstIndex(of: "%").map { WhoxRequest(String(options[options.index(after: $0)...])) }
         let asker = context.connection
         var matches: [Session] = []
         var channelForWho: ChatChannel?
@@ -289,10 +306,30 @@ extension ChatServer {
             }
             shown.insert(nick.folded)
             var flags = session.awayMessage == nil ? "H" : "G"
+            if session.isBot { flags.append("B") }
             if session.isOperator { flags.append("*") }
             if let channelForWho {
-                let role = channelForWho.role(of: session.id, account: session.accountKey)
-                flags += sessions[asker]?.has(.multiPrefix) == true ? role.allPrefixes : role.prefix
+                flags += channelForWho.prefixes(of: session.id, account: session.accountKey, all: sessions[asker]?.has(.multiPrefix) == true)
+            }
+            if let whox {
+                numericReply(.rplWhoSpcRpl, whox.fields.compactMap { field -> String? in
+                    switch field {
+                    case "t": whox.token
+                    case "c": channelForWho?.name ?? "*"
+                    case "u": session.displayUsername
+                    case "i", "h": session.host
+                    case "s": configuration.serverName
+                    case "n": nick.name
+                    case "f": flags
+                    case "d": "0"
+                    case "l": String(max(0, context.now.milliseconds(since: session.lastActivity) / 1000))
+                    case "a": session.accountName ?? "0"
+                    case "o": "n/a"
+                    case "r": session.realname
+                    default: nil
+                    }
+                }, in: &context)
+                continue
             }
             numericReply(.rplWhoReply, [channelForWho?.name ?? "*", session.displayUsername, session.host, configuration.serverName, nick.name, flags, "0 \(session.realname)"], in: &context)
         }
@@ -391,5 +428,21 @@ extension ChatServer {
 
     mutating func handleTime(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         numericReply(.rplTime, [configuration.serverName, context.now.iso8601], in: &context)
+    }
+}
+
+/// The fields a WHOX query asks for (IRCv3 whox): always answered in this fixed order, whatever
+/// order they were asked in, with the query's token (up to 3 digits) for `t`.
+struct WhoxRequest {
+    static let order: [Character] = ["t", "c", "u", "i", "h", "s", "n", "f", "d", "l", "a", "o", "r"]
+    let fields: [Character]
+    let token: String
+
+    init(_ text: String) {
+        let parts = text.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false)
+        let asked = Set(parts.first ?? "")
+        fields = Self.order.filter { asked.contains($0) }
+        let given = parts.count > 1 ? String(parts[1].prefix(3)) : ""
+        token = !given.isEmpty && given.allSatisfy(\.isASCII) && given.allSatisfy(\.isNumber) ? given : "0"
     }
 }

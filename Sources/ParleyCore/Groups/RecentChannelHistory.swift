@@ -1,0 +1,66 @@
+/// The last messages of a transient channel (one without an owner account), kept in memory only
+/// while the channel exists, so that CHATHISTORY works for the people in it, guests included.
+/// Nothing of it is written to disk; at most `capacity` messages and `maxBytes` bytes of them
+/// (a guest may make many channels), the oldest go first.
+struct RecentChannelHistory: Sendable {
+    private(set) var messages: [StoredMessage] = []
+    /// What `messages` hold, as counted by `size(of:)`.
+    private(set) var bytes = 0
+    /// The order number of `messages[0]`: orders keep counting up as old messages are dropped,
+    /// so a point taken from a message stays valid.
+    private var firstOrder: Int64 = 0
+
+    static func size(of message: StoredMessage) -> Int {
+        message.text.utf8.count + message.clientTags.utf8.count + message.senderPrefix.utf8.count + message.id.utf8.count
+    }
+
+    mutating func append(_ message: StoredMessage, capacity: Int, maxBytes: Int) {
+        guard capacity > 0, Self.size(of: message) <= maxBytes else { return }
+        messages.append(message)
+        bytes += Self.size(of: message)
+        var excess = 0
+        while messages.count - excess > capacity || bytes > maxBytes {
+            bytes -= Self.size(of: messages[excess])
+            excess += 1
+        }
+        if excess > 0 {
+            messages.removeFirst(excess)
+            firstOrder += Int64(excess)
+        }
+    }
+}
+
+extension RecentChannelHistory: ConversationReader {
+    func point(of reference: HistoryQuery.Reference) -> HistoryPoint? {
+        switch reference {
+        case .timestamp(let time):
+            return HistoryPoint(time: time.millisecondsSince1970, order: nil)
+        case .msgid(let id):
+            guard let index = messages.firstIndex(where: { $0.id == id }) else { return nil }
+            return HistoryPoint(time: messages[index].time.millisecondsSince1970, order: firstOrder + Int64(index))
+        }
+    }
+
+    func read(_ bounds: [HistoryBound], newestFirst: Bool, limit: Int) -> [StoredMessage] {
+        guard limit > 0 else { return [] }
+        let within = messages.indices.filter { index in
+            let time = messages[index].time.millisecondsSince1970, order = firstOrder + Int64(index)
+            return bounds.allSatisfy { bound in
+                switch bound {
+                case .after(let point): time > point.time || (time == point.time && point.order.map { order > $0 } ?? false)
+                case .before(let point): time < point.time || (time == point.time && point.order.map { order < $0 } ?? false)
+                case .from(let instant): time >= instant
+                }
+            }
+        }
+        // Kept in arrival order, which is time order (times come from one clock, never earlier).
+        let chosen = newestFirst ? within.suffix(limit) : within.prefix(limit)
+        return chosen.map { messages[$0] }
+    }
+
+    func message(at point: HistoryPoint) -> StoredMessage? {
+        guard let order = point.order else { return nil }
+        let index = Int(order - firstOrder)
+        return messages.indices.contains(index) ? messages[index] : nil
+    }
+}
