@@ -32,11 +32,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # PostgreSQL with its default durability (fsync, synchronous_commit on): a commit is on disk.
 pgport=$(free_port)
 $as_pg "$pgbin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
-$as_pg "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -o "-c listen_addresses=127.0.0.1 -p $pgport -k $work" -w start >/dev/null
+$as_pg "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -o "-c listen_addresses=127.0.0.1 -p $pgport -k $work ${PGOPTS:-}" -w start >/dev/null
 
 cat >"$work/parley.json" <<JSON
 { "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
-              "pingIntervalSeconds": 600 },
+              "pingIntervalSeconds": 600 ${EXTRA_LIMITS:-} },
   "accounts": { "registrationsPerNetworkAllowed": 0, "maxPasswordChecksInFlight": 0, "loginFailuresPerNetworkAllowed": 0,
                 "passwordIterations": 4096 } }
 JSON
