@@ -5,6 +5,8 @@
 #
 #   bench/cluster.sh                 # release build of parley-server and parley-bench first
 #   PAIRS=100 WINDOW=16 DURATION=10 bench/cluster.sh
+#   KEEP=1 (keep the work directory: node and database logs), SKIP_SQLITE=1,
+#   PGOPTS='-c log_min_duration_statement=100', EXTRA_LIMITS=', "storageQueueLimit": 0'
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-100}
@@ -50,7 +52,7 @@ start_node() { # name port [database]
     for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$2") 2>/dev/null && return; sleep 0.1; done
     echo "node $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1
 }
-stop_nodes() { [ -n "${KEEP:-}" ] && for db in $(ls "$work" | grep -o "^n[0-9]*.log"); do :; done;  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+stop_nodes() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 
 run() { # label ports...
     local label=$1; shift
@@ -61,7 +63,7 @@ run() { # label ports...
 }
 
 [ -n "${SKIP_SQLITE:-}" ] || { p1=$(free_port); start_node sqlite "$p1"; run "1 node, SQLite" "$p1"; stop_nodes; }
-db=1; $as_pg "$pgbin/createdb" -h "$work" -p "$pgport" -U postgres parley1
+$as_pg "$pgbin/createdb" -h "$work" -p "$pgport" -U postgres parley1
 p1=$(free_port); start_node n1 "$p1" "postgresql://postgres@127.0.0.1:$pgport/parley1"; run "1 node, PostgreSQL" "$p1"; stop_nodes
 $as_pg "$pgbin/createdb" -h "$work" -p "$pgport" -U postgres parley2
 p1=$(free_port); p2=$(free_port)
