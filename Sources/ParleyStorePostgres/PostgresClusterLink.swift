@@ -254,6 +254,12 @@ public final class PostgresClusterLink: ClusterTransport {
                                         [.int(Self.lockClass), .int(Int64(nodeNumber))], logger: logger)
         try? await control.close()
         try? await writer.close()
+        // A write or read in flight may have opened a fresh connection before it saw `leaving`:
+        // wait for every task, then close whatever connections the state holds now.
+        for task in tasks { await task.value }
+        let (lastControl, lastWriter) = state.withLock { ($0.control, $0.writer) }
+        if !lastControl.isClosed { try? await lastControl.close() }
+        if !lastWriter.isClosed { try? await lastWriter.close() }
     }
 
     // MARK: Work
@@ -401,8 +407,14 @@ public final class PostgresClusterLink: ClusterTransport {
     private func reconnectWriterIfClosed() async {
         let writer = state.withLock { $0.writer }
         guard writer.isClosed else { return }
-        guard let fresh = try? await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false) else { return }
-        state.withLock { $0.writer = fresh }
+        guard !state.withLock({ $0.leaving }),
+              let fresh = try? await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false) else { return }
+        let kept = state.withLock { state -> Bool in
+            guard !state.leaving else { return false }
+            state.writer = fresh
+            return true
+        }
+        if !kept { try? await fresh.close() }
     }
 
     private func reconnectControlIfClosed() async {
@@ -416,10 +428,15 @@ public final class PostgresClusterLink: ClusterTransport {
                 locked = try row.decode(Bool.self)
             }
             if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }
-            let rejoined = state.withLock { state in
+            let (kept, rejoined) = state.withLock { state -> (Bool, (@Sendable () -> Void)?) in
+                guard !state.leaving else { return (false, nil) }
                 state.control = fresh
                 state.reconnectedAt = .now
-                return state.rejoined
+                return (true, state.rejoined)
+            }
+            guard kept else {
+                try? await fresh.close()
+                return
             }
             logger.info("cluster: reconnected to the database")
             rejoined?()
