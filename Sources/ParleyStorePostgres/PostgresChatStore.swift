@@ -269,6 +269,7 @@ public final class PostgresChatStore: ChatStore {
             do {
                 try connection.run("BEGIN", logger: logger)
                 try body(transaction)
+                try transaction.flush()
                 try connection.run("COMMIT", logger: logger)
             } catch {
                 // A broken connection cannot roll back; it is closed, and the next transaction opens a new one.
@@ -285,12 +286,35 @@ public final class PostgresChatStore: ChatStore {
         }
     }
 
-    /// The writes of one transaction, each a statement on the transaction's connection.
+    /// The writes of one transaction. Messages, recipients' updates, read markers and last-seen
+    /// times are gathered and written as a few multi-row statements when the transaction ends
+    /// (or before a write that must see them): the storage thread hands a whole group commit to
+    /// one transaction, and a round trip per action was what bounded the store's rate.
     final class Transaction: StorageTransaction {
         let connection: PostgresConnection
         let logger: Logger
         var ids: StoredIdentities
         var changes: [StoredIdentities.Change] = []
+
+        private var messageRows: [SQLValue] = []
+        private var messageCount = 0
+        private var recipientRows: [SQLValue] = []
+        private var recipientCount = 0
+        /// Recipients' updates merged per row, in the order each row was first updated.
+        private var updates: [RecipientUpdate] = []
+        private var updatePositions: [RecipientRowKey: Int] = [:]
+        private var readMarkers: [ReadMarkerKey: Int64] = [:]
+        private var lastSeen: [String: Int64] = [:]
+
+        private struct RecipientRowKey: Hashable {
+            var recipient: Int64
+            var message: String
+        }
+        private struct ReadMarkerKey: Hashable {
+            var account: Int64
+            var kind: String
+            var target: Int64
+        }
 
         init(connection: PostgresConnection, ids: StoredIdentities, logger: Logger) {
             self.connection = connection
@@ -302,11 +326,9 @@ public final class PostgresChatStore: ChatStore {
             try connection.run(sql, values, logger: logger)
         }
 
-        /// Messages and their recipients as multi-row inserts, a few round trips per batch
-        /// rather than one per row (a round trip costs more than the row).
+        /// Checks the messages' accounts and groups now (a refusal names the first unknown one)
+        /// and keeps their rows for `flush()`.
         func storeMessages(_ messages: [StoredMessage]) throws {
-            var messageRows: [[SQLValue]] = []
-            var recipientRows: [[SQLValue]] = []
             for stored in messages {
                 let targetID: Int64?
                 var targetGuest: String?
@@ -320,97 +342,152 @@ public final class PostgresChatStore: ChatStore {
                 }
                 let senderID = stored.senderAccount.flatMap { ids.accountIDs[$0] }
                 if stored.senderAccount != nil && senderID == nil { throw StoreError.unknownIdentity(stored.senderAccount ?? "") }
-                messageRows.append([
+                var recipients: [SQLValue] = []
+                recipients.reserveCapacity(stored.recipients.count * 6)
+                for entry in stored.recipients {
+                    guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
+                    recipients += [
+                        .text(stored.id), .int(recipient), .int(entry.deliveredAt?.millisecondsSince1970),
+                        .int(entry.readAt?.millisecondsSince1970), .bool(entry.deliveredNotified), .bool(entry.readNotified),
+                    ]
+                }
+                messageRows += [
                     .text(stored.id), .int(stored.time.millisecondsSince1970), .int(senderID),
                     .text(stored.senderAccount == nil ? stored.senderGuest : nil), .text(stored.senderNick), .text(stored.senderPrefix),
                     .text(stored.targetKind.rawValue), .int(targetID), .text(targetGuest), .text(targetGuest == nil ? nil : stored.targetName),
                     .text(stored.command), .text(stored.text), .text(stored.clientTags),
-                ])
-                for entry in stored.recipients {
-                    guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
-                    recipientRows.append([
-                        .text(stored.id), .int(recipient), .int(entry.deliveredAt?.millisecondsSince1970),
-                        .int(entry.readAt?.millisecondsSince1970), .bool(entry.deliveredNotified), .bool(entry.readNotified),
-                    ])
-                }
-            }
-            try insert(into: "messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text, client_tags)",
-                       messageRows)
-            try insert(into: "message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)", recipientRows)
-        }
-
-        /// INSERT ... VALUES (...), (...): in chunks under PostgreSQL's 65,535 parameters per statement.
-        private func insert(into table: String, _ rows: [[SQLValue]]) throws {
-            guard let width = rows.first?.count else { return }
-            let rowsPerStatement = 65_535 / width
-            var start = 0
-            while start < rows.count {
-                let chunk = rows[start..<min(rows.count, start + rowsPerStatement)]
-                let placeholders = "(" + Array(repeating: "?", count: width).joined(separator: ", ") + ")"
-                let sql = "INSERT INTO \(table) VALUES " + Array(repeating: placeholders, count: chunk.count).joined(separator: ", ")
-                _ = try run(sql, chunk.flatMap { $0 })
-                start += chunk.count
+                ]
+                messageCount += 1
+                recipientRows += recipients
+                recipientCount += stored.recipients.count
             }
         }
 
-        /// One statement per batch: updates of the same row are merged first with the meaning
-        /// they have one after another (the first delivery time stays, the latest read time and
-        /// flags win), since UPDATE ... FROM applies only one source row to each target row.
-        func updateRecipients(_ updates: [RecipientUpdate]) throws {
-            var merged: [RecipientUpdate] = []
-            var positions: [String: Int] = [:]
-            for update in updates {
+        /// Updates of the same row are merged with the meaning they have one after another (the
+        /// first delivery time stays, the latest read time and flags win): one statement applies
+        /// them all, and UPDATE ... FROM applies only one source row to each target row.
+        func updateRecipients(_ newUpdates: [RecipientUpdate]) throws {
+            for update in newUpdates {
                 guard let recipient = ids.accountIDs[update.recipient] else { continue }
-                let key = "\(recipient) \(update.messageID)"
-                guard let position = positions[key] else {
-                    positions[key] = merged.count
-                    merged.append(update)
+                let key = RecipientRowKey(recipient: recipient, message: update.messageID)
+                guard let position = updatePositions[key] else {
+                    updatePositions[key] = updates.count
+                    updates.append(update)
                     continue
                 }
-                merged[position].deliveredAt = merged[position].deliveredAt ?? update.deliveredAt
-                merged[position].readAt = update.readAt ?? merged[position].readAt
-                merged[position].deliveredNotified = update.deliveredNotified ?? merged[position].deliveredNotified
-                merged[position].readNotified = update.readNotified ?? merged[position].readNotified
-            }
-            let rowsPerStatement = 65_535 / 6
-            var start = 0
-            while start < merged.count {
-                let chunk = merged[start..<min(merged.count, start + rowsPerStatement)]
-                let rows = Array(repeating: "(?::text, ?::bigint, ?::bigint, ?::bigint, ?::boolean, ?::boolean)", count: chunk.count).joined(separator: ", ")
-                _ = try run("""
-                    UPDATE message_recipients r SET
-                        delivered_at = COALESCE(r.delivered_at, v.delivered_at), read_at = COALESCE(v.read_at, r.read_at),
-                        delivered_notified = COALESCE(v.delivered_notified, r.delivered_notified),
-                        read_notified = COALESCE(v.read_notified, r.read_notified)
-                    FROM (VALUES \(rows)) AS v(message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
-                    WHERE r.message_id = v.message_id AND r.recipient_id = v.recipient_id
-                    """, chunk.flatMap { update -> [SQLValue] in
-                        [.text(update.messageID), .int(ids.accountIDs[update.recipient]), .int(update.deliveredAt?.millisecondsSince1970),
-                         .int(update.readAt?.millisecondsSince1970), .bool(update.deliveredNotified), .bool(update.readNotified)]
-                    })
-                start += chunk.count
+                updates[position].deliveredAt = updates[position].deliveredAt ?? update.deliveredAt
+                updates[position].readAt = update.readAt ?? updates[position].readAt
+                updates[position].deliveredNotified = update.deliveredNotified ?? updates[position].deliveredNotified
+                updates[position].readNotified = update.readNotified ?? updates[position].readNotified
             }
         }
 
         func setReadMarker(account: String, conversation: String, time: Timestamp) throws {
             guard let accountID = ids.accountIDs[account], let target = ids.conversation(conversation) else { return }
-            _ = try run("""
-                INSERT INTO read_markers (account_id, target_kind, target_id, time) VALUES (?, ?, ?, ?)
-                ON CONFLICT (account_id, target_kind, target_id) DO UPDATE SET time = GREATEST(read_markers.time, excluded.time)
-                """, [.int(accountID), .text(target.kind), .int(target.id), .int(time.millisecondsSince1970)])
+            let key = ReadMarkerKey(account: accountID, kind: target.kind, target: target.id)
+            // A marker never moves back: the latest of the transaction's is the one to keep.
+            readMarkers[key] = max(readMarkers[key] ?? .min, time.millisecondsSince1970)
         }
 
         func recordLastSeen(account: String, at time: Timestamp) throws {
-            _ = try run("UPDATE accounts SET last_seen = ? WHERE key = ?", [.int(time.millisecondsSince1970), .text(account)])
+            lastSeen[account] = time.millisecondsSince1970
+        }
+
+        /// Writes what was gathered. Messages come before the recipients' rows that refer to them,
+        /// and those before updates of them, as the domain decided them.
+        func flush() throws {
+            if messageCount > 0 {
+                try insert(into: "messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text, client_tags)",
+                           width: 13, messageRows)
+                messageRows.removeAll(keepingCapacity: true)
+                messageCount = 0
+            }
+            if recipientCount > 0 {
+                try insert(into: "message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)",
+                           width: 6, recipientRows)
+                recipientRows.removeAll(keepingCapacity: true)
+                recipientCount = 0
+            }
+            if !updates.isEmpty {
+                try writeUpdates()
+                updates.removeAll(keepingCapacity: true)
+                updatePositions.removeAll(keepingCapacity: true)
+            }
+            if !readMarkers.isEmpty {
+                var values: [SQLValue] = []
+                for (key, time) in readMarkers { values += [.int(key.account), .text(key.kind), .int(key.target), .int(time)] }
+                try insert(into: "read_markers (account_id, target_kind, target_id, time)", width: 4, values,
+                           suffix: " ON CONFLICT (account_id, target_kind, target_id) DO UPDATE SET time = GREATEST(read_markers.time, excluded.time)")
+                readMarkers.removeAll(keepingCapacity: true)
+            }
+            if !lastSeen.isEmpty {
+                var values: [SQLValue] = []
+                for (account, time) in lastSeen { values += [.text(account), .int(time)] }
+                try forEachChunk(of: values, width: 2) { chunk, rows in
+                    _ = try run("""
+                        UPDATE accounts a SET last_seen = v.last_seen
+                        FROM (VALUES \(Self.placeholders(rows: rows, types: ["text", "bigint"]))) AS v(key, last_seen)
+                        WHERE a.key = v.key
+                        """, chunk)
+                }
+                lastSeen.removeAll(keepingCapacity: true)
+            }
+        }
+
+        private func writeUpdates() throws {
+            var values: [SQLValue] = []
+            values.reserveCapacity(updates.count * 6)
+            for update in updates {
+                values += [.text(update.messageID), .int(ids.accountIDs[update.recipient]), .int(update.deliveredAt?.millisecondsSince1970),
+                           .int(update.readAt?.millisecondsSince1970), .bool(update.deliveredNotified), .bool(update.readNotified)]
+            }
+            try forEachChunk(of: values, width: 6) { chunk, rows in
+                _ = try run("""
+                    UPDATE message_recipients r SET
+                        delivered_at = COALESCE(r.delivered_at, v.delivered_at), read_at = COALESCE(v.read_at, r.read_at),
+                        delivered_notified = COALESCE(v.delivered_notified, r.delivered_notified),
+                        read_notified = COALESCE(v.read_notified, r.read_notified)
+                    FROM (VALUES \(Self.placeholders(rows: rows, types: ["text", "bigint", "bigint", "bigint", "boolean", "boolean"])))
+                        AS v(message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
+                    WHERE r.message_id = v.message_id AND r.recipient_id = v.recipient_id
+                    """, chunk)
+            }
+        }
+
+        /// `(?::type, ...), (...)` for `rows` rows: the casts give a VALUES list its column types.
+        static func placeholders(rows: Int, types: [String]) -> String {
+            let row = "(" + types.map { "?::\($0)" }.joined(separator: ", ") + ")"
+            return Array(repeating: row, count: rows).joined(separator: ", ")
+        }
+
+        /// Calls `body` with runs of whole rows under PostgreSQL's 65,535 parameters per statement.
+        private func forEachChunk(of values: [SQLValue], width: Int, _ body: (Array<SQLValue>, Int) throws -> Void) throws {
+            let valuesPerStatement = (65_535 / width) * width
+            var start = 0
+            while start < values.count {
+                let end = min(values.count, start + valuesPerStatement)
+                try body(Array(values[start..<end]), (end - start) / width)
+                start = end
+            }
+        }
+
+        /// INSERT ... VALUES (...), (...): as few statements as the parameter limit allows.
+        private func insert(into table: String, width: Int, _ values: [SQLValue], suffix: String = "") throws {
+            let placeholders = "(" + Array(repeating: "?", count: width).joined(separator: ", ") + ")"
+            try forEachChunk(of: values, width: width) { chunk, rows in
+                _ = try run("INSERT INTO \(table) VALUES " + Array(repeating: placeholders, count: rows).joined(separator: ", ") + suffix, chunk)
+            }
         }
 
         func setAccountSettings(account: String, _ settings: [String: String]) throws {
+            try flush()
             _ = try run("UPDATE accounts SET settings = ? WHERE key = ?", [.text(try PostgresChatStore.encodeSettings(settings)), .text(account)])
         }
 
         /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
         func saveGroup(_ group: GroupRecord, previousKey: String?) throws {
             guard let owner = ids.accountIDs[group.owner] else { throw StoreError.unknownIdentity(group.owner) }
+            try flush()
             let values: [SQLValue] = [
                 .text(group.key), .text(group.name), .int(owner), .text(group.topic), .text(group.topicSetBy),
                 .int(group.topicSetAt?.millisecondsSince1970), .text(group.modes), .text(group.password), .int(group.userLimit.map { Int64($0) }),
@@ -433,19 +510,20 @@ public final class PostgresChatStore: ChatStore {
             ids.setGroup(key: group.key, id: id)
             changes.append(.group(key: group.key, id: id))
             _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
-            let members = group.members.sorted { $0.key < $1.key }.compactMap { account, role in
-                ids.accountIDs[account].map { [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account))] }
+            let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
+                ids.accountIDs[account].map { [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account))] } ?? []
             }
-            try insert(into: "group_members (group_id, account_id, role, voiced)", members)
+            try insert(into: "group_members (group_id, account_id, role, voiced)", width: 4, members)
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])
-            try insert(into: "group_bans (group_id, mask, set_by, set_at)",
-                       group.bans.map { [.int(id), .text($0.mask), .text($0.setBy), .int($0.setAt.millisecondsSince1970)] })
+            try insert(into: "group_bans (group_id, mask, set_by, set_at)", width: 4,
+                       group.bans.flatMap { [SQLValue.int(id), .text($0.mask), .text($0.setBy), .int($0.setAt.millisecondsSince1970)] })
         }
 
         /// Deletes a group with everything that belongs to it: members, bans, messages (their
         /// recipients' rows cascade), read markers.
         func deleteGroup(key: String) throws {
             guard let id = ids.groupIDs[key] else { return }
+            try flush()
             _ = try run("DELETE FROM messages WHERE target_kind = 'group' AND target_id = ?", [.int(id)])
             _ = try run("DELETE FROM read_markers WHERE target_kind = 'group' AND target_id = ?", [.int(id)])
             _ = try run("DELETE FROM groups WHERE id = ?", [.int(id)])
@@ -457,6 +535,7 @@ public final class PostgresChatStore: ChatStore {
         /// are inserted in time order, so the old ones come first by position: the scan stops at
         /// the first message to keep, as in the SQLite store.
         func deleteMessages(before cutoff: Timestamp) throws {
+            try flush()
             let time = cutoff.millisecondsSince1970
             let firstKept = try run("SELECT position FROM messages WHERE time >= ? ORDER BY position LIMIT 1", [.int(time)]).first
                 .map { try $0.decode(Int64.self) }

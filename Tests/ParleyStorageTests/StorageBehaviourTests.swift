@@ -209,4 +209,46 @@ struct StorageBehaviourTests {
         #expect(found.first?.recipients == [StoredRecipient(account: "bob", deliveredAt: now, readAt: later, deliveredNotified: true, readNotified: false)])
         try await done()
     }
+
+    /// The storage thread hands a whole group commit to one transaction: many messages, their
+    /// recipients' updates, markers and last-seen times, a group made halfway. Whatever a backend
+    /// does to write them together, the result is the one of applying them in order.
+    @Test(arguments: StorageBackend.all) func aGroupCommitsWritesLandAsTheyWereDecided(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        func message(_ id: String, to target: String, kind: StoredMessage.TargetKind = .direct, _ recipients: [String]) -> StoredMessage {
+            StoredMessage(id: id, time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                          targetKind: kind, target: target, command: "PRIVMSG", text: "text \(id)",
+                          recipients: recipients.map { StoredRecipient(account: $0) })
+        }
+        let group = GroupRecord(name: "#Team", key: "#team", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member, "carol": .member])
+        try store.transaction { transaction in
+            try transaction.storeMessages([message("d1", to: "bob", ["bob"]), message("d2", to: "carol", ["carol"])])
+            try transaction.updateRecipients([RecipientUpdate(messageID: "d1", recipient: "bob", deliveredAt: now)])
+            try transaction.setReadMarker(account: "bob", conversation: "alice", time: now.adding(milliseconds: 20))
+            try transaction.recordLastSeen(account: "bob", at: now.adding(milliseconds: 1))
+            try transaction.saveGroup(group, previousKey: nil)
+            try transaction.storeMessages([message("g1", to: "#team", kind: .group, ["bob", "carol"])])
+            try transaction.updateRecipients([RecipientUpdate(messageID: "g1", recipient: "carol", deliveredAt: now, readAt: now),
+                                              RecipientUpdate(messageID: "d1", recipient: "bob", readAt: now.adding(milliseconds: 3))])
+            // A marker never moves back, even within one transaction; the latest last seen wins.
+            try transaction.setReadMarker(account: "bob", conversation: "alice", time: now.adding(milliseconds: 10))
+            try transaction.setReadMarker(account: "carol", conversation: "#team", time: now.adding(milliseconds: 7))
+            try transaction.recordLastSeen(account: "bob", at: now.adding(milliseconds: 2))
+        }
+        let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered.mapValues { $0.map(\.id) } == ["carol": ["d2"], "bob": ["g1"]])
+        #expect(state.readMarkers["bob"]?["alice"] == now.adding(milliseconds: 20))
+        #expect(state.readMarkers["carol"]?["#team"] == now.adding(milliseconds: 7))
+        let bob = try await store.loadAccounts().first { $0.key == "bob" }
+        #expect(bob?.lastSeen == now.adding(milliseconds: 2).date)
+        guard case .messages(let found) = try store.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: ["#team"]), kind: .receipts(["d1", "g1"]), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        let recipients = Dictionary(uniqueKeysWithValues: found.map { ($0.id, $0.recipients) })
+        #expect(recipients["d1"] == [StoredRecipient(account: "bob", deliveredAt: now, readAt: now.adding(milliseconds: 3))])
+        #expect(recipients["g1"]?.first { $0.account == "carol" } == StoredRecipient(account: "carol", deliveredAt: now, readAt: now))
+        try await done()
+    }
 }
