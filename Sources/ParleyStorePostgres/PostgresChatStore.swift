@@ -603,7 +603,10 @@ public final class PostgresChatStore: ChatStore {
 
     public func close() async throws {
         let connections = [transactionConnection.withLock { $0 }, sharedConnection.withLock { $0 }]
-        for connection in connections where !connection.isClosed { try await connection.close() }
+        // Bounded, as a shutdown must end: every write has committed by the time the store closes.
+        for connection in connections where !connection.isClosed {
+            try await PostgresClusterLink.withTimeout(.seconds(5)) { try await connection.close() }
+        }
     }
 
     // MARK: Row mapping

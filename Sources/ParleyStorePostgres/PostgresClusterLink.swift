@@ -256,7 +256,9 @@ public final class PostgresClusterLink: ClusterTransport {
         try? await writer.close()
         // A write or read in flight may have opened a fresh connection before it saw `leaving`:
         // wait for every task, then close whatever connections the state holds now.
-        for task in tasks { await task.value }
+        // Bounded: a shutdown must end even if a task is stuck on a connection that went away.
+        let finished = (try? await Self.withTimeout(.seconds(5)) { for task in tasks { await task.value }; return true }) ?? false
+        if !finished { logger.warning("cluster: a task did not finish while leaving") }
         let (lastControl, lastWriter) = state.withLock { ($0.control, $0.writer) }
         if !lastControl.isClosed { try? await lastControl.close() }
         if !lastWriter.isClosed { try? await lastWriter.close() }
