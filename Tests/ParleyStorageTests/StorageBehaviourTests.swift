@@ -251,4 +251,21 @@ struct StorageBehaviourTests {
         #expect(recipients["g1"]?.first { $0.account == "carol" } == StoredRecipient(account: "carol", deliveredAt: now, readAt: now))
         try await done()
     }
+
+    /// Text with the characters bulk-loading formats treat specially comes back as it was sent.
+    @Test(arguments: StorageBackend.all) func anyTextComesBackAsItWasStored(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let awkward = "back\\slash \\N tab\tnew\nline cr\r end \\. é 💬"
+        let message = StoredMessage(id: "t1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a\\@h",
+                                    targetKind: .direct, target: "bob", command: "PRIVMSG", text: awkward,
+                                    clientTags: "+draft/reply=a\\sb;+x=\\N", recipients: [StoredRecipient(account: "bob")])
+        try store.transaction { try $0.storeMessages([message]) }
+        let history = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10))
+        guard case .messages(let found) = history else { Issue.record("expected messages"); return }
+        #expect(found.map(\.text) == [awkward])
+        #expect(found.map(\.clientTags) == [message.clientTags])
+        #expect(found.map(\.senderPrefix) == [message.senderPrefix])
+        try await done()
+    }
 }
