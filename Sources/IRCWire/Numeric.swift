@@ -114,6 +114,13 @@ public enum Numeric: String, Sendable, CaseIterable {
     case rplMonList = "732"
     case rplEndOfMonList = "733"
     case errMonListFull = "734"
+    // IRCv3 metadata (draft/metadata-3).
+    case rplWhoisKeyValue = "760"
+    case rplKeyValue = "761"
+    case rplKeyNotSet = "766"
+    case rplMetadataSubOK = "770"
+    case rplMetadataUnsubOK = "771"
+    case rplMetadataSubs = "772"
     case rplLoggedIn = "900"
     case rplLoggedOut = "901"
     case errNickLocked = "902"

@@ -4,7 +4,7 @@ public enum Capability: Int, Sendable, CaseIterable {
     case messageTags, serverTime, echoMessage, labeledResponse, batch, standardReplies, sasl
     case accountTag, accountNotify, awayNotify, capNotify, multiPrefix, userhostInNames
     case extendedJoin, setname, extendedMonitor, accountRegistration, channelRename
-    case readMarker, chathistory, receipts
+    case readMarker, chathistory, receipts, metadata
 
     public var name: String {
         switch self {
@@ -29,6 +29,7 @@ public enum Capability: Int, Sendable, CaseIterable {
         case .readMarker: "draft/read-marker"
         case .chathistory: "draft/chathistory"
         case .receipts: "parley.chat/receipts"
+        case .metadata: "draft/metadata-3"
         }
     }
 
@@ -37,6 +38,7 @@ public enum Capability: Int, Sendable, CaseIterable {
         switch self {
         case .sasl: saslMechanisms.joined(separator: ",")
         case .accountRegistration: registrationBeforeConnect ? "before-connect" : nil
+        case .metadata: MetadataLimits.capabilityValue
         default: nil
         }
     }

@@ -74,6 +74,8 @@ public struct ChatServer: Sendable {
     /// resends after a reconnect does not deliver twice.
     var recentSends: [String: RecentSends] = [:]
     var lastRecentSendsSweep: Timestamp?
+    /// IRCv3 metadata of users (key -> value), by account key or guest identity; in memory only.
+    var userMetadata: [String: [String: String]] = [:]
     /// Bytes stored today per account (or guest address), for `storedBytesPerAccountPerDay`.
     var storedBytesToday: [String: (dayStart: Timestamp, bytes: Int)] = [:]
 
@@ -331,6 +333,7 @@ public struct ChatServer: Sendable {
         if session.accountKey == nil {
             forgetTransientMarkers(of: guestIdentity(of: connection))
             readMarkers[guestIdentity(of: connection)] = nil
+            userMetadata[guestIdentity(of: connection)] = nil
         }
         if session.isRegistered { registeredSessionCount -= 1 }
         visibleUsers.remove(connection)

@@ -58,6 +58,7 @@ extension ChatServer {
         "WHOWAS": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleWhowas(message, &context, &outbox) },
         "ISON": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleIson(message, &context, &outbox) },
         "USERHOST": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleUserhost(message, &context, &outbox) },
+        "METADATA": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleMetadata(message, &context, &outbox) },
         // Server queries.
         "MOTD": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMotd(message, &context, &outbox) },
         "LUSERS": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleLusers(message, &context, &outbox) },

@@ -56,6 +56,8 @@ final class Session: @unchecked Sendable {
     /// User mode +w: receives WALLOPS from operators.
     var receivesWallops = false
     var monitoredNicks: Set<String> = []
+    /// Metadata keys this connection asked to hear about (`METADATA * SUB`).
+    var metadataSubscriptions: Set<String> = []
     /// Keys of the channels this connection is in.
     var channels: Set<String> = []
     /// Closed groups this guest connection was invited into by their owner (keys), used up by

@@ -120,6 +120,8 @@ struct ChatChannel: Sendable {
     var invitedNicks: Set<String> = []
     /// A transient channel's last messages, in memory only (a group's history is stored).
     var recentHistory = RecentChannelHistory()
+    /// IRCv3 metadata set by the channel's operators (key -> value); in memory only.
+    var metadata: [String: String] = [:]
 
     var isGroup: Bool { owner != nil }
 

@@ -34,6 +34,7 @@ extension ChatServer {
         "AWAY": ["AWAY [:<message>]", "Marks you away, or back without a message."],
         "SETNAME": ["SETNAME :<realname>", "Changes your realname (IRCv3 setname)."],
         "MODE": ["MODE <nick> [+|-iBw] | MODE <#channel> [<modes> [<arguments>]]", "Shows or changes user or channel modes."],
+        "METADATA": ["METADATA <target> GET|LIST|SET|CLEAR|SYNC [...] | METADATA * SUB|UNSUB|SUBS [<key> ...]", "Reads and sets metadata of users and channels (IRCv3 draft/metadata-3)."],
         "MONITOR": ["MONITOR +|- <nick>[,...] | MONITOR C|L|S", "Tells you when nicks come online or go offline."],
         "WHOIS": ["WHOIS <nick>", "Shows who someone is."],
         "WHO": ["WHO <mask|#channel> [o][%<fields>[,<token>]]", "Lists matching users (WHOX with %)."],

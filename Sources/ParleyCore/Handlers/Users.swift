@@ -251,6 +251,7 @@ extension ChatServer {
         let lastActive = holder.connections.compactMap { sessions[$0]?.lastActivity }.max() ?? user.lastActivity
         numericReply(.rplWhoisIdle, [nick.name, String(max(0, context.now.milliseconds(since: lastActive) / 1000)),
                                      String(user.connectedAt.secondsSince1970), "seconds idle, signon time"], in: &context)
+        context.replies += whoisMetadataLines(of: user, nick: nick.name, for: context.connection)
         numericReply(.rplEndOfWhois, [nick.name, "End of /WHOIS list"], in: &context)
     }
 
