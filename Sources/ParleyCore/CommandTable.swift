@@ -32,6 +32,7 @@ extension ChatServer {
         // Messaging.
         "PRIVMSG": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMessage(message, &context, &outbox) },
         "NOTICE": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMessage(message, &context, &outbox) },
+        "REDACT": CommandSpec(minimumParameters: 2) { server, message, context, outbox throws(CommandError) in try server.handleRedact(message, &context, &outbox) },
         "TAGMSG": CommandSpec { server, message, context, outbox throws(CommandError) in try server.handleMessage(message, &context, &outbox) },
         // Channels and groups.
         "JOIN": CommandSpec(minimumParameters: 1) { server, message, context, outbox throws(CommandError) in try server.handleJoin(message, &context, &outbox) },

@@ -90,6 +90,8 @@ public enum CoreAction: Sendable, Equatable {
     case updateRecipients([RecipientUpdate])
     case saveReadMarker(account: String, target: String, time: Timestamp)
     case saveAccountSettings(accountKey: String, settings: [String: String])
+    /// Delete one message (a redaction) with its recipients' rows.
+    case deleteMessage(id: String)
     /// Forget messages older than the retention period.
     case pruneHistory(before: Timestamp)
     /// Read stored history, then call `ChatServer.completeHistory(ticket:messages:now:into:)`.
@@ -102,7 +104,7 @@ extension CoreAction {
     public var isOrderedStorageWrite: Bool {
         switch self {
         case .saveGroup, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
-             .saveAccountSettings, .pruneHistory, .loadHistory: true
+             .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory: true
         default: false
         }
     }

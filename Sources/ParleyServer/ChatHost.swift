@@ -353,7 +353,7 @@ final class ChatHost: Sendable {
                 }
             }
         case .recordLastSeen, .saveGroup, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
-             .saveAccountSettings, .pruneHistory, .loadHistory:
+             .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory:
             break  // ordered storage work goes through `storageWriter`
         }
     }

@@ -342,6 +342,7 @@ extension StorageWriter {
         case .saveGroup(let group, let previousKey): try transaction.saveGroup(group, previousKey: previousKey)
         case .deleteGroup(let key): try transaction.deleteGroup(key: key)
         case .pruneHistory(let cutoff): try transaction.deleteMessages(before: cutoff)
+        case .deleteMessage(let id): try transaction.deleteMessage(id: id)
         case .close, .checkPassword, .createAccount, .loadHistory:
             // Not writes: the shell carries these out elsewhere (history reads on the reader queue).
             break

@@ -49,6 +49,8 @@ public protocol StorageTransaction {
     func deleteGroup(key: String) throws
     /// Deletes messages older than `cutoff`, with their recipients' rows.
     func deleteMessages(before cutoff: Timestamp) throws
+    /// Deletes one message and its recipients' rows (a redaction); no message with `id` is no error.
+    func deleteMessage(id: String) throws
 }
 
 public enum StoreError: Error, Sendable, Hashable {

@@ -568,6 +568,13 @@ public final class PostgresChatStore: ChatStore {
                 """, [.int(bound), .int(time)])
             _ = try run("DELETE FROM messages WHERE position < ? AND time < ?", [.int(bound), .int(time)])
         }
+
+        /// Deletes one message with its recipients' rows (no foreign key does it: migration 4).
+        func deleteMessage(id: String) throws {
+            try flush()
+            _ = try run("DELETE FROM message_recipients WHERE message_id = ?", [.text(id)])
+            _ = try run("DELETE FROM messages WHERE id = ?", [.text(id)])
+        }
     }
 
     // MARK: Delivery state and history

@@ -409,6 +409,13 @@ public final class SQLiteChatStore: ChatStore {
         try db.execute(sql: "DELETE FROM messages WHERE rowid < ? AND time < ?", arguments: [firstKept ?? Int64.max, time])
     }
 
+    /// One message and its recipients' rows, deleted explicitly (as the PostgreSQL store does,
+    /// whose recipients have no foreign key to cascade).
+    static func deleteMessage(id: String, in db: Database) throws {
+        try db.execute(sql: "DELETE FROM message_recipients WHERE message_id = ?", arguments: [id])
+        try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [id])
+    }
+
     static func updateRecipients(_ updates: [RecipientUpdate], ids: StoredIdentities, in db: Database) throws {
         let statement = try db.cachedStatement(sql: """
             UPDATE message_recipients SET
@@ -732,6 +739,10 @@ public final class SQLiteChatStore: ChatStore {
 
         func deleteMessages(before cutoff: Timestamp) throws {
             try SQLiteChatStore.prune(before: cutoff, in: db)
+        }
+
+        func deleteMessage(id: String) throws {
+            try SQLiteChatStore.deleteMessage(id: id, in: db)
         }
     }
 

@@ -163,6 +163,8 @@ struct CoreHarness {
                 savedGroups[group.key] = group
             case .deleteGroup(let key):
                 savedGroups[key] = nil
+            case .deleteMessage(let id):
+                storedMessages.removeAll { $0.id == id }
             case .storeMessages(let messages, let afterCommit, let sender):
                 if defersSlowWork {
                     deferredWork.append(action)

@@ -103,6 +103,35 @@ struct StorageBehaviourTests {
     }
 
 
+    /// A redaction deletes one message with its recipients' rows, also one written earlier in
+    /// the same transaction (the PostgreSQL store gathers writes until something must see them).
+    @Test(arguments: StorageBackend.all) func aRedactedMessageLeavesHistoryAndInboxes(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        func message(_ number: Int) -> StoredMessage {
+            StoredMessage(id: "r\(number)", time: base.adding(milliseconds: Int64(number) * 1000), senderNick: "alice", senderAccount: "alice",
+                          senderPrefix: "alice!~a@h", targetKind: .direct, target: "bob", command: "PRIVMSG", text: "m\(number)",
+                          recipients: [StoredRecipient(account: "bob")])
+        }
+        try store.transaction { try $0.storeMessages([message(0), message(1)]) }
+        try store.transaction { transaction in
+            try transaction.storeMessages([message(2), message(3)])
+            try transaction.deleteMessage(id: "r1")
+            try transaction.deleteMessage(id: "r3")
+            try transaction.deleteMessage(id: "never-stored")
+        }
+        guard case .messages(let kept) = try store.loadHistory(HistoryQuery(conversation: .direct("alice", "bob"), kind: .latest(after: nil), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(kept.map(\.text) == ["m0", "m2"])
+        let state = try await store.loadDeliveryState(since: base.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered["bob"]?.map(\.id) == ["r0", "r2"])
+        // The id is free again: a message stored under it later is a new message with its own recipient.
+        try store.transaction { try $0.storeMessages([message(3)]) }
+        #expect(try await store.loadDeliveryState(since: base.adding(milliseconds: -1), maxTrackedRecipients: 200_000).undelivered["bob"]?.map(\.id) == ["r0", "r2", "r3"])
+        try await done()
+    }
+
     @Test(arguments: StorageBackend.all) func aBatchThatCannotBeStoredLeavesNothingBehind(backend: StorageBackend) async throws {
         let (store, done) = try await backend.open()
         let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)

@@ -9,6 +9,13 @@ struct RecentChannelHistory: Sendable {
     /// The order number of `messages[0]`: orders keep counting up as old messages are dropped,
     /// so a point taken from a message stays valid.
     private var firstOrder: Int64 = 0
+    /// Ids of redacted messages still in `messages`: they keep their place, so the order numbers
+    /// of the others stay valid, but no reader sees them again.
+    private(set) var redacted: Set<String> = []
+
+    mutating func redact(_ id: String) {
+        redacted.insert(id)
+    }
 
     static func size(of message: StoredMessage) -> Int {
         message.text.utf8.count + message.clientTags.utf8.count + message.senderPrefix.utf8.count + message.id.utf8.count
@@ -24,6 +31,7 @@ struct RecentChannelHistory: Sendable {
             excess += 1
         }
         if excess > 0 {
+            if !redacted.isEmpty { for message in messages[..<excess] { redacted.remove(message.id) } }
             messages.removeFirst(excess)
             firstOrder += Int64(excess)
         }
@@ -44,6 +52,7 @@ extension RecentChannelHistory: ConversationReader {
     func read(_ bounds: [HistoryBound], newestFirst: Bool, limit: Int) -> [StoredMessage] {
         guard limit > 0 else { return [] }
         let within = messages.indices.filter { index in
+            if !redacted.isEmpty && redacted.contains(messages[index].id) { return false }
             let time = messages[index].time.millisecondsSince1970, order = firstOrder + Int64(index)
             return bounds.allSatisfy { bound in
                 switch bound {
@@ -61,6 +70,7 @@ extension RecentChannelHistory: ConversationReader {
     func message(at point: HistoryPoint) -> StoredMessage? {
         guard let order = point.order else { return nil }
         let index = Int(order - firstOrder)
-        return messages.indices.contains(index) ? messages[index] : nil
+        guard messages.indices.contains(index), !redacted.contains(messages[index].id) else { return nil }
+        return messages[index]
     }
 }

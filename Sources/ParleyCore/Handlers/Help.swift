@@ -35,6 +35,7 @@ extension ChatServer {
         "SETNAME": ["SETNAME :<realname>", "Changes your realname (IRCv3 setname)."],
         "MODE": ["MODE <nick> [+|-iBw] | MODE <#channel> [<modes> [<arguments>]]", "Shows or changes user or channel modes."],
         "METADATA": ["METADATA <target> GET|LIST|SET|CLEAR|SYNC [...] | METADATA * SUB|UNSUB|SUBS [<key> ...]", "Reads and sets metadata of users and channels (IRCv3 draft/metadata-3)."],
+        "REDACT": ["REDACT <target> <msgid> [:<reason>]", "Takes back a message you sent (channel operators: anyone's in their channel)."],
         "MONITOR": ["MONITOR +|- <nick>[,...] | MONITOR C|L|S", "Tells you when nicks come online or go offline."],
         "WHOIS": ["WHOIS <nick>", "Shows who someone is."],
         "WHO": ["WHO <mask|#channel> [o][%<fields>[,<token>]]", "Lists matching users (WHOX with %)."],
