@@ -4,7 +4,7 @@ public enum Capability: Int, Sendable, CaseIterable {
     case messageTags, serverTime, echoMessage, labeledResponse, batch, standardReplies, sasl
     case accountTag, accountNotify, awayNotify, capNotify, multiPrefix, userhostInNames
     case extendedJoin, setname, extendedMonitor, accountRegistration, channelRename
-    case readMarker, chathistory, receipts, metadata, messageRedaction
+    case readMarker, chathistory, receipts, metadata, messageRedaction, eventPlayback
 
     public var name: String {
         switch self {
@@ -31,6 +31,7 @@ public enum Capability: Int, Sendable, CaseIterable {
         case .receipts: "parley.chat/receipts"
         case .metadata: "draft/metadata-3"
         case .messageRedaction: "draft/message-redaction"
+        case .eventPlayback: "draft/event-playback"
         }
     }
 

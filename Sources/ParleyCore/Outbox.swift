@@ -251,11 +251,15 @@ public struct HistoryQuery: Sendable, Hashable {
     public var conversation: Conversation
     public var kind: Kind
     public var limit: Int
+    /// Whether events other than PRIVMSG and NOTICE (TAGMSG) count: only for clients with
+    /// draft/event-playback, so that they never take the place of messages within `limit`.
+    public var includesEvents: Bool
 
-    public init(conversation: Conversation, kind: Kind, limit: Int) {
+    public init(conversation: Conversation, kind: Kind, limit: Int, includesEvents: Bool = false) {
         self.conversation = conversation
         self.kind = kind
         self.limit = limit
+        self.includesEvents = includesEvents
     }
 }
 

@@ -12,7 +12,7 @@ struct PostgresHistory {
 
     func run(_ query: HistoryQuery) throws -> HistoryResult {
         // The conversation as a WHERE clause over messages.
-        let scope: String
+        var scope: String
         var scopeValues: [SQLValue] = []
         switch query.conversation {
         case .group(let key):
@@ -40,6 +40,7 @@ struct PostgresHistory {
                 + (groupIDs.isEmpty ? ")" : " OR (target_kind = 'group' AND target_id IN (\(placeholders))))")
             scopeValues = [.int(myID), .int(myID)] + groupIDs.map { .int($0) }
         }
+        if !query.includesEvents { scope = "(\(scope)) AND command <> 'TAGMSG'" }
 
         func rows(_ sql: String, _ values: [SQLValue]) throws -> [PostgresRandomAccessRow] {
             try connection.run(sql, values, logger: logger).map { $0.makeRandomAccess() }

@@ -484,7 +484,7 @@ public final class SQLiteChatStore: ChatStore {
 
     static func history(_ query: HistoryQuery, ids: StoredIdentities, in db: Database) throws -> HistoryResult {
         // The conversation as a WHERE clause over messages.
-        let scope: String
+        var scope: String
         var scopeArguments: [any DatabaseValueConvertible] = []
         switch query.conversation {
         case .group(let key):
@@ -508,6 +508,7 @@ public final class SQLiteChatStore: ChatStore {
             scope = "((target_kind = 'direct' AND (sender_id = ? OR target_id = ?))" + (groupIDs.isEmpty ? ")" : " OR (target_kind = 'group' AND target_id IN (\(placeholders))))")
             scopeArguments = [myID, myID] + groupIDs
         }
+        if !query.includesEvents { scope = "(\(scope)) AND command <> 'TAGMSG'" }
         let conversation = Conversation(db: db, scope: scope, scopeArguments: scopeArguments, ids: ids)
         if let messages = try conversation.messages(query.kind, limit: query.limit) { return .messages(messages) }
         switch query.kind {

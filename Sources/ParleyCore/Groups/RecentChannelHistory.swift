@@ -12,22 +12,38 @@ struct RecentChannelHistory: Sendable {
     /// Ids of redacted messages still in `messages`: they keep their place, so the order numbers
     /// of the others stay valid, but no reader sees them again.
     private(set) var redacted: Set<String> = []
+    /// How many of `messages` are events.
+    private var eventCount = 0
 
     mutating func redact(_ id: String) {
         redacted.insert(id)
+    }
+
+    /// The history as a client without draft/event-playback reads it: messages only (events are
+    /// hidden like redactions, keeping everyone's order numbers).
+    func hidingEvents() -> RecentChannelHistory {
+        var copy = self
+        for message in messages where Self.isEvent(message) { copy.redacted.insert(message.id) }
+        return copy
     }
 
     static func size(of message: StoredMessage) -> Int {
         message.text.utf8.count + message.clientTags.utf8.count + message.senderPrefix.utf8.count + message.id.utf8.count
     }
 
+    static func isEvent(_ message: StoredMessage) -> Bool { message.command != "PRIVMSG" && message.command != "NOTICE" }
+
+    /// Keeps at most `capacity` messages and `capacity` events (TOPIC, TAGMSG) besides them, so
+    /// that events never push out the messages of a client without draft/event-playback.
     mutating func append(_ message: StoredMessage, capacity: Int, maxBytes: Int) {
         guard capacity > 0, Self.size(of: message) <= maxBytes else { return }
         messages.append(message)
         bytes += Self.size(of: message)
+        if Self.isEvent(message) { eventCount += 1 }
         var excess = 0
-        while messages.count - excess > capacity || bytes > maxBytes {
+        while messages.count - excess - eventCount > capacity || eventCount > capacity || bytes > maxBytes {
             bytes -= Self.size(of: messages[excess])
+            if Self.isEvent(messages[excess]) { eventCount -= 1 }
             excess += 1
         }
         if excess > 0 {

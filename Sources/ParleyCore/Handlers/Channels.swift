@@ -434,8 +434,18 @@ extension ChatServer {
         channel.topicSetAt = context.now
         channels[channel.key] = channel
         persist(channel, into: &outbox)
-        let change = IRCMessage(source: session.prefix, command: "TOPIC", parameters: [channel.name, channel.topic])
+        // A msgid and time, as on messages: with draft/event-playback, CHATHISTORY replays the
+        // change, and a client matches the replayed line with the one it saw live.
+        let messageID = messageIDs.next()
+        let change = IRCMessage(tags: [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)],
+                                source: session.prefix, command: "TOPIC", parameters: [channel.name, channel.topic])
         for member in channel.joined { emit(change, to: member, &context, &outbox) }
+        if !channel.isGroup {
+            let event = storedMessage(change, id: messageID, sender: session, kind: .group, target: channel.key,
+                                      text: channel.topic, clientTags: [], recipients: [], now: context.now)
+            channels[channel.key]?.recentHistory.append(event, capacity: configuration.transientChannelHistoryLength,
+                                                        maxBytes: configuration.transientChannelHistoryBytes)
+        }
     }
 
     mutating func handleNames(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
@@ -922,7 +932,7 @@ extension ChatServer {
             if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) { context.replies.append(relayed) }
             return
         }
-        if channel.isGroup && verb != "TAGMSG" {
+        if channel.isGroup {
             try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: channel.name, now: context.now)
         }
         let messageID = messageIDs.next()
@@ -942,14 +952,17 @@ extension ChatServer {
             context.replies.append(relayed)
         }
         rememberSend(relayed, clientTags: clientTags, sender: sender)
-        if !channel.isGroup && verb != "TAGMSG" {
-            // For CHATHISTORY while the channel lasts; never stored.
+        if !channel.isGroup {
+            // For CHATHISTORY while the channel lasts; never stored. TAGMSG is replayed only
+            // to clients with draft/event-playback.
             let recent = storedMessage(relayed, id: messageID, sender: sender, kind: .group, target: channel.key,
                                        text: text, clientTags: clientTags, recipients: [], now: context.now)
             channels[channel.key]?.recentHistory.append(recent, capacity: configuration.transientChannelHistoryLength,
                                                         maxBytes: configuration.transientChannelHistoryBytes)
         }
-        if channel.isGroup && verb != "TAGMSG" {
+        if channel.isGroup && verb == "TAGMSG" {
+            keepForHistoryOnly(relayed, id: messageID, sender: sender, kind: .group, target: channel.key, targetName: nil, clientTags: clientTags, &context)
+        } else if channel.isGroup {
             // Kept for history, and for members who are offline now until they return.
             storeGroupMessage(relayed, id: messageID, sender: sender, channel: channel, text: text, clientTags: clientTags, &context, &outbox)
         }

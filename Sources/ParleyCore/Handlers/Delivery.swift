@@ -166,6 +166,17 @@ extension ChatServer {
         context.pendingStores.append(stored)
     }
 
+    /// Stores a TAGMSG (a reaction, a typing-free client tag) for CHATHISTORY only: it has no
+    /// recipients, so nobody waits for it, counts it unread or gets receipts for it, and history
+    /// replays it only to clients with draft/event-playback.
+    func keepForHistoryOnly(_ relayed: IRCMessage, id: String, sender: Session, kind: StoredMessage.TargetKind, target: String,
+                            targetName: String?, clientTags: [IRCTag], _ context: inout CommandContext) {
+        var stored = storedMessage(relayed, id: id, sender: sender, kind: kind, target: target, text: "",
+                                   clientTags: clientTags, recipients: [], now: context.now)
+        stored.targetName = targetName
+        context.pendingStores.append(stored)
+    }
+
     mutating func storeGroupMessage(_ relayed: IRCMessage, id: String, sender: Session, channel: ChatChannel, text: String,
                                     clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) {
         var recipients: [StoredRecipient] = []
@@ -435,7 +446,8 @@ extension ChatServer {
         var tags = [IRCTag("time", stored.time.iso8601), IRCTag("msgid", stored.id)]
         if let author = stored.senderAccount { tags.append(IRCTag("account", accounts[author]?.name ?? author)) }
         tags.append(contentsOf: Self.decodeClientTags(stored.clientTags))
-        return IRCMessage(tags: tags, source: stored.senderPrefix, command: stored.command, parameters: [target, text ?? stored.text])
+        return IRCMessage(tags: tags, source: stored.senderPrefix, command: stored.command,
+                          parameters: stored.command == "TAGMSG" ? [target] : [target, text ?? stored.text])
     }
 
     /// Wraps lines in an IRCv3 batch for clients that asked for batches; others get them bare.

@@ -88,7 +88,9 @@ extension ChatServer {
         }
         if let transientChannel {
             // Answered at once from memory: nothing to wait for.
-            let found = (try? transientChannel.recentHistory.messages(kind, limit: count)) ?? []
+            let events = sessions[id]?.has(.eventPlayback) == true
+            let history = events ? transientChannel.recentHistory : transientChannel.recentHistory.hidingEvents()
+            let found = (try? history.messages(kind, limit: count)) ?? []
             if let session = sessions[id] { context.replies.append(contentsOf: historyReplies(found, target: target, for: session)) }
             return
         }
@@ -96,7 +98,8 @@ extension ChatServer {
             if let session = sessions[id] { context.replies.append(contentsOf: batched([], type: "chathistory", parameters: [target], for: session)) }
             return
         }
-        startHistory(HistoryQuery(conversation: conversation, kind: kind, limit: count), target: target, subcommand: subcommand, &context, &outbox)
+        let query = HistoryQuery(conversation: conversation, kind: kind, limit: count, includesEvents: sessions[id]?.has(.eventPlayback) == true)
+        startHistory(query, target: target, subcommand: subcommand, &context, &outbox)
     }
 
     private mutating func startHistory(_ query: HistoryQuery, target: String, subcommand: String, _ context: inout CommandContext, _ outbox: inout Outbox) {
@@ -145,8 +148,11 @@ extension ChatServer {
     }
 
     /// A CHATHISTORY answer: the messages, in a `chathistory` batch for clients with batches.
+    /// Events other than messages (a transient channel's TOPIC changes) only go to clients with
+    /// draft/event-playback.
     mutating func historyReplies(_ messages: [StoredMessage], target: String, for session: Session) -> [IRCMessage] {
-        let lines = messages.map { stored in
+        let replayed = session.has(.eventPlayback) ? messages : messages.filter { $0.command == "PRIVMSG" || $0.command == "NOTICE" }
+        let lines = replayed.map { stored in
             storedLine(stored, target: stored.targetKind == .group
                 ? (channels[stored.target]?.name ?? target)
                 : displayName(ofParty: stored.target, storedNick: stored.targetName))

@@ -141,7 +141,7 @@ extension ChatServer {
             throw messageTooLong(verb, target: target, excess: overhead + text.utf8.count - 512, sender: sender)
         }
 
-        if verb != "TAGMSG" && (sender.accountKey != nil || recipientAccount != nil) {
+        if sender.accountKey != nil || recipientAccount != nil {
             try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: target, now: context.now)
         }
 
@@ -185,8 +185,13 @@ extension ChatServer {
             context.replies.append(relayed)
         }
         rememberSend(relayed, clientTags: clientTags, sender: sender)
-        if verb != "TAGMSG" {
-            let guestRecipient = recipientAccount == nil ? holder?.connections.first.map { (guestIdentity(of: $0), sessions[$0]?.nick?.name ?? target) } : nil
+        let guestRecipient = recipientAccount == nil ? holder?.connections.first.map { (guestIdentity(of: $0), sessions[$0]?.nick?.name ?? target) } : nil
+        if verb == "TAGMSG" {
+            if sender.accountKey != nil || recipientAccount != nil {
+                keepForHistoryOnly(relayed, id: messageID, sender: sender, kind: .direct, target: recipientAccount ?? guestRecipient?.0 ?? "",
+                                   targetName: recipientAccount == nil ? guestRecipient?.1 : nil, clientTags: clientTags, &context)
+            }
+        } else {
             storeDirect(relayed, id: messageID, sender: sender, recipientKey: recipientAccount, guestRecipient: guestRecipient,
                         online: holder != nil, text: text, clientTags: clientTags, &context, &outbox)
         }
