@@ -30,6 +30,8 @@ struct EventPlaybackTests {
         #expect(try await bob.expect(command: "TOPIC").tagValue("msgid") == topicID)
         alice.send("PRIVMSG #chan :hello")
         let messageID = try #require(try await alice.expect(command: "PRIVMSG").tagValue("msgid"))
+        alice.send("@+typing=active TAGMSG #chan")
+        try await alice.expect { $0.command == "TAGMSG" && $0.tagValue("+typing") == "active" }
         alice.send("@+draft/react=ok TAGMSG #chan")
         let tagID = try #require(try await alice.expect(command: "TAGMSG").tagValue("msgid"))
 
@@ -42,6 +44,7 @@ struct EventPlaybackTests {
         try await server.shutdownAndRemove()
     }
 
+    /// Typing notifications are never kept; other tag messages (reactions) are.
     @Test func tagMessagesToGroupsAndAccountsAreStoredForHistoryOnly() async throws {
         let server = try await TestServer()
         try await AccountTests.createAccount("alice", password: "alice-password", port: server.ipv4Port)
@@ -58,8 +61,10 @@ struct EventPlaybackTests {
         alice.send("@+draft/react=yes TAGMSG #grp")
         let groupTag = try #require(try await alice.expect(command: "TAGMSG").tagValue("msgid"))
         #expect(try await bob.expect(command: "TAGMSG").tagValue("+draft/react") == "yes")
+        alice.send("@+typing=active TAGMSG bob")
+        try await bob.expect { $0.command == "TAGMSG" && $0.tagValue("+typing") == "active" }
         alice.send("@+draft/react=no TAGMSG bob")
-        let directTag = try #require(try await alice.expect { $0.command == "TAGMSG" && $0.parameters == ["bob"] }.tagValue("msgid"))
+        let directTag = try #require(try await alice.expect { $0.command == "TAGMSG" && $0.tagValue("+draft/react") == "no" }.tagValue("msgid"))
         #expect(try await bob.expect { $0.command == "TAGMSG" && $0.parameters == ["bob"] }.tagValue("+draft/react") == "no")
         await alice.close()
         await bob.close()

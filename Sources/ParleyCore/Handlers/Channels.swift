@@ -952,7 +952,7 @@ extension ChatServer {
             context.replies.append(relayed)
         }
         rememberSend(relayed, clientTags: clientTags, sender: sender)
-        if !channel.isGroup {
+        if !channel.isGroup && (verb != "TAGMSG" || Self.keepsTagMessage(clientTags)) {
             // For CHATHISTORY while the channel lasts; never stored. TAGMSG is replayed only
             // to clients with draft/event-playback.
             let recent = storedMessage(relayed, id: messageID, sender: sender, kind: .group, target: channel.key,
@@ -961,7 +961,9 @@ extension ChatServer {
                                                         maxBytes: configuration.transientChannelHistoryBytes)
         }
         if channel.isGroup && verb == "TAGMSG" {
-            keepForHistoryOnly(relayed, id: messageID, sender: sender, kind: .group, target: channel.key, targetName: nil, clientTags: clientTags, &context)
+            if Self.keepsTagMessage(clientTags) {
+                keepForHistoryOnly(relayed, id: messageID, sender: sender, kind: .group, target: channel.key, targetName: nil, clientTags: clientTags, &context)
+            }
         } else if channel.isGroup {
             // Kept for history, and for members who are offline now until they return.
             storeGroupMessage(relayed, id: messageID, sender: sender, channel: channel, text: text, clientTags: clientTags, &context, &outbox)

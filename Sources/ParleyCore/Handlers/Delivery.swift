@@ -169,6 +169,12 @@ extension ChatServer {
     /// Stores a TAGMSG (a reaction, a typing-free client tag) for CHATHISTORY only: it has no
     /// recipients, so nobody waits for it, counts it unread or gets receipts for it, and history
     /// replays it only to clients with draft/event-playback.
+    /// Typing notifications are for now only: a TAGMSG is kept for history only when it carries
+    /// some other client tag (a reaction, a reply).
+    static func keepsTagMessage(_ clientTags: [IRCTag]) -> Bool {
+        clientTags.contains { $0.key != "+typing" && $0.key != "+draft/typing" }
+    }
+
     func keepForHistoryOnly(_ relayed: IRCMessage, id: String, sender: Session, kind: StoredMessage.TargetKind, target: String,
                             targetName: String?, clientTags: [IRCTag], _ context: inout CommandContext) {
         var stored = storedMessage(relayed, id: id, sender: sender, kind: kind, target: target, text: "",

@@ -187,7 +187,7 @@ extension ChatServer {
         rememberSend(relayed, clientTags: clientTags, sender: sender)
         let guestRecipient = recipientAccount == nil ? holder?.connections.first.map { (guestIdentity(of: $0), sessions[$0]?.nick?.name ?? target) } : nil
         if verb == "TAGMSG" {
-            if sender.accountKey != nil || recipientAccount != nil {
+            if sender.accountKey != nil || recipientAccount != nil, Self.keepsTagMessage(clientTags) {
                 keepForHistoryOnly(relayed, id: messageID, sender: sender, kind: .direct, target: recipientAccount ?? guestRecipient?.0 ?? "",
                                    targetName: recipientAccount == nil ? guestRecipient?.1 : nil, clientTags: clientTags, &context)
             }
