@@ -142,8 +142,6 @@ class ParleyController(BaseServerController, DirectoryBasedController):
     ) -> None:
         if password is not None:
             raise NotImplementedByController("server password (PASS logs in to an account)")
-        if websocket_hostname is not None or websocket_port is not None:
-            raise NotImplementedByController("WebSocket listener")
         if faketime is not None:
             raise NotImplementedByController("faketime")
         if self.test_config.account_registration_requires_email:
@@ -164,6 +162,9 @@ class ParleyController(BaseServerController, DirectoryBasedController):
             config["tls"] = {"certificateFile": str(self.pem_path), "privateKeyFile": str(self.key_path)}
             listener["tls"] = True
         config["listeners"] = [listener]
+        if websocket_hostname is not None and websocket_port is not None:
+            # A web listener: irctest connects to ws://host:port, which Parley upgrades at `/`.
+            config["listeners"].append({"address": websocket_hostname, "port": websocket_port, "http": True})
 
         self.port = port
         self._config_path = self.directory / "parley.json"
