@@ -57,6 +57,8 @@ def scram_verifier(password: str, iterations: int = TEST_PASSWORD_ITERATIONS) ->
 BASE_CONFIG: Dict[str, Any] = {
     "serverName": "My.Little.Server",
     "networkName": "ParleyTest",
+    # irctest's LINKS test expects this description.
+    "serverDescription": "test server",
     "threads": 1,
     "logLevel": "warning",
     # Lifted: irctest opens many connections from 127.0.0.1 and sends bursts.
@@ -106,10 +108,18 @@ class ParleyController(BaseServerController, DirectoryBasedController):
 
     optional_behaviors = frozenset(
         (
+            OptionalBehaviors.BAN_EXCEPTION_MODE,
             OptionalBehaviors.CAP_REQ_MINUS,
+            OptionalBehaviors.ELIST_M,
+            OptionalBehaviors.ELIST_N,
+            OptionalBehaviors.ELIST_U,
+            OptionalBehaviors.INVITE_EXCEPTION_MODE,
+            OptionalBehaviors.INVITE_LIST,
+            OptionalBehaviors.INVITE_OVERRIDES_LIMIT,
             OptionalBehaviors.MULTI_JOIN,
             OptionalBehaviors.MULTI_KICK,
             OptionalBehaviors.MULTI_PRIVMSG,
+            OptionalBehaviors.NO_CTCP,
             OptionalBehaviors.SASL_AFTER_REGISTRATION,
         )
     )
@@ -118,7 +128,10 @@ class ParleyController(BaseServerController, DirectoryBasedController):
         "BOT": "B",
         "ACCOUNTEXTBAN": "a",
         "CASEMAPPING": patma.ANYSTR,
+        "ELIST": "MNU",
+        "EXCEPTS": "e",
         "EXTBAN": ",am",
+        "INVEX": "I",
         "MONITOR": patma.ANYSTR,
         "MSGREFTYPES": patma.ANYSTR,
         "PREFIX": "(qov)~@+",

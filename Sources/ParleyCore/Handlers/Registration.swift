@@ -286,7 +286,7 @@ extension ChatServer {
         numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
         numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
         numericReply(.rplCreated, [createdText], in: &context)
-        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Biorw", "biklmnostv", "bklov"], in: &context)
+        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Biorw", "CIbeiklmnostv", "Ibeklov"], in: &context)
         for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
         lusersReplies(&context)
         motdReplies(&context)
@@ -304,14 +304,17 @@ extension ChatServer {
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
             "CHATHISTORY=\(configuration.chathistoryLimit)",
             "CHANLIMIT=#:\(configuration.maxChannelsPerUser.map(String.init) ?? "")",
-            "CHANMODES=b,k,l,imnst",
+            "CHANMODES=Ibe,k,l,Cimnst",
             "CHANNELLEN=\(configuration.channelLength)",
             "CHANTYPES=#",
+            "ELIST=MNU",
+            "EXCEPTS=e",
             "EXTBAN=,am",
             "HOSTLEN=64",
+            "INVEX=I",
             "KICKLEN=\(configuration.kickLength)",
             "LINELEN=512",
-            "MAXLIST=b:\(configuration.maxBansPerChannel)",
+            "MAXLIST=b:\(configuration.maxBansPerChannel),e:\(configuration.maxBansPerChannel),I:\(configuration.maxBansPerChannel)",
             "MAXTARGETS=\(targets)",
             "MODES=4",
             "MONITOR=\(configuration.monitorLimit)",
@@ -320,7 +323,7 @@ extension ChatServer {
             "NICKLEN=\(configuration.nickLength)",
             "PREFIX=(qov)~@+",
             "STATUSMSG=@+",
-            "TARGMAX=PRIVMSG:\(targets),NOTICE:\(targets),TAGMSG:\(targets),WHOIS:1,JOIN:,PART:,KICK:\(targets),NAMES:1,MONITOR:",
+            "TARGMAX=PRIVMSG:\(targets),NOTICE:\(targets),TAGMSG:\(targets),WHOIS:1,JOIN:,PART:,KICK:\(targets),NAMES:\(targets),MONITOR:",
             "TOPICLEN=\(configuration.topicLength)",
             "USERLEN=\(configuration.userLength)",
             "UTF8ONLY",
