@@ -9,6 +9,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var networkName = "Parley"
     /// What LINKS says about this server.
     public var serverDescription = "Parley chat server"
+    /// A password every connection must give with PASS; nil: none (PASS then logs in to an account).
+    public var serverPassword: String?
     public var motd: [String] = ["Welcome to Parley: direct messages, groups, offline delivery and receipts."]
     /// Where the SQLite database lives. Created if missing.
     public var dataDirectory = "./parley-data"
@@ -37,7 +39,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case serverName, networkName, serverDescription, motd, dataDirectory, database, nodeName, listeners, tls, limits, accounts, operators, history, logLevel, threads
+        case serverName, networkName, serverDescription, serverPassword, motd, dataDirectory, database, nodeName, listeners, tls, limits, accounts, operators, history, logLevel, threads
         case web, metrics
     }
 
@@ -47,6 +49,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         serverName = try container.decode(.serverName, default: defaults.serverName)
         networkName = try container.decode(.networkName, default: defaults.networkName)
         serverDescription = try container.decode(.serverDescription, default: defaults.serverDescription)
+        serverPassword = try container.decodeIfPresent(String.self, forKey: .serverPassword)
         motd = try container.decode(.motd, default: defaults.motd)
         dataDirectory = try container.decode(.dataDirectory, default: defaults.dataDirectory)
         database = try container.decodeIfPresent(String.self, forKey: .database)
@@ -423,6 +426,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.serverName = serverName
         chat.networkName = networkName
         chat.serverDescription = serverDescription
+        chat.serverPassword = serverPassword
         chat.motd = motd
         chat.monitorLimit = limits.monitorLimit
         chat.historyRetentionMilliseconds = Int64(history.retentionDays * 86_400_000)

@@ -153,8 +153,6 @@ class ParleyController(BaseServerController, DirectoryBasedController):
         websocket_hostname: Optional[str] = None,
         websocket_port: Optional[int] = None,
     ) -> None:
-        if password is not None:
-            raise NotImplementedByController("server password (PASS logs in to an account)")
         if faketime is not None:
             raise NotImplementedByController("faketime")
         if self.test_config.account_registration_requires_email:
@@ -165,6 +163,8 @@ class ParleyController(BaseServerController, DirectoryBasedController):
 
         config = copy.deepcopy(BASE_CONFIG)
         config["dataDirectory"] = str(self.directory / "data")
+        if password is not None:
+            config["serverPassword"] = password
         config["accounts"]["registrationBeforeConnect"] = self.test_config.account_registration_before_connect
         config["operators"] = [{"name": "operuser", "passwordHash": scram_verifier("operpassword")}]
         if self.debug_mode:

@@ -188,8 +188,14 @@ extension ChatServer {
         let id = context.connection
         guard let session = sessions[id] else { return }
         if session.isRegistered { throw .numeric(.errAlreadyRegistered, "You may not reregister") }
-        // PASS account:password logs in to an account; PASS password uses the nick as account.
         let value = message.parameters[0]
+        if let required = configuration.serverPassword {
+            // A server with a connection password takes only that in PASS (RFC 2812 3.1.1);
+            // accounts log in with SASL or NickServ there. Checked when registration completes.
+            sessions[id]?.gaveServerPassword = Self.constantTimeEqual(value, required)
+            return
+        }
+        // PASS account:password logs in to an account; PASS password uses the nick as account.
         if let colon = value.firstIndex(of: ":"), colon != value.startIndex {
             sessions[id]?.passCredentials = (String(value[..<colon]), String(value[value.index(after: colon)...]))
         } else {
@@ -207,6 +213,11 @@ extension ChatServer {
               !session.capNegotiationInProgress, session.pendingTickets == 0
         else { return }
 
+        if configuration.serverPassword != nil && !session.gaveServerPassword {
+            render(.numeric(.errPasswdMismatch, "Password incorrect: this server needs its connection password (PASS)"), in: &context)
+            disconnect(id, reason: "Bad password", context: &context, outbox: &outbox)
+            return
+        }
         if let pass = session.passCredentials, session.accountKey == nil {
             sessions[id]?.passCredentials = nil
             let accountName = pass.account.isEmpty ? nick.name : pass.account
@@ -293,6 +304,14 @@ extension ChatServer {
         if session.isInvisible {
             context.replies.append(IRCMessage(source: nick.name, command: "MODE", parameters: [nick.name, "+i"]))
         }
+    }
+
+    /// Compares without stopping at the first difference, so timing tells nothing of the secret.
+    static func constantTimeEqual(_ given: String, _ secret: String) -> Bool {
+        let a = Array(given.utf8), b = Array(secret.utf8)
+        var difference = UInt8(a.count == b.count ? 0 : 1)
+        for index in 0..<b.count { difference |= (index < a.count ? a[index] : 0) ^ b[index] }
+        return difference == 0
     }
 
     static func makeISupportTokens(_ configuration: ChatConfiguration) -> [String] {
