@@ -5,6 +5,11 @@ import IRCWire
 public struct ChatConfiguration: Sendable {
     /// The server's name as sent in the source of numerics and in 004/RPL_MYINFO.
     public var serverName: String = "parley.local"
+    /// A password every connection must give with PASS before registering; nil: none. With one
+    /// set, PASS carries only it, and accounts log in with SASL or NickServ.
+    public var serverPassword: String?
+    /// What LINKS says about this server (RPL_LINKS' server info).
+    public var serverDescription: String = "Parley chat server"
     /// The network name in ISUPPORT NETWORK= and the welcome line.
     public var networkName: String = "Parley"
     /// Lines of the message of the day; empty sends ERR_NOMOTD.

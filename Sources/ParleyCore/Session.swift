@@ -31,6 +31,8 @@ final class Session: @unchecked Sendable {
     var refusedNick: String?
     /// `PASS account:password` waiting for NICK/USER before it is checked.
     var passCredentials: (account: String, password: String)?
+    /// PASS matched the server's connection password (`serverPassword`), where one is set.
+    var gaveServerPassword = false
     /// A password check or account creation is in flight (at most one per connection);
     /// registration and later commands wait for it.
     var pendingTickets = 0

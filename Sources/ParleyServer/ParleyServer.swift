@@ -232,7 +232,9 @@ public final class ParleyServer: Service, Sendable {
 
 extension ParleyServer {
     /// A web listener's pipeline: HTTP (the web client's files), upgraded at `/irc` to IRCv3 WebSocket, after which the
-    /// connection is an ordinary IRC session behind `IRCWebSocketAdapter`.
+    /// connection is an ordinary IRC session behind `IRCWebSocketAdapter`. An upgrade request at `/` is accepted too:
+    /// generic IRC WebSocket clients are given a bare `ws://host:port` address, and a browser asking for the page at `/`
+    /// never sends `Upgrade`, so the two do not collide.
     static func addWebHandlers(to channel: Channel, _ origins: WebSocketOriginPolicy, site: WebClientFiles, metrics: MetricsEndpoint?, host: ChatHost, isSecure: Bool,
                                maximumLineBytes: Int, logger: Logger) throws {
         let upgrader = NIOWebSocketServerUpgrader(
@@ -241,7 +243,7 @@ extension ParleyServer {
             maxFrameSize: max(16_384, 2 * maximumLineBytes),
             shouldUpgrade: { channel, head in
                 let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-                guard path == "/irc", origins.allows(head) else { return channel.eventLoop.makeSucceededFuture(nil) }
+                guard WebSocketOriginPolicy.upgradePaths.contains(path), origins.allows(head) else { return channel.eventLoop.makeSucceededFuture(nil) }
                 var headers = HTTPHeaders()
                 if let chosen = WebSocketSubprotocol.choose(from: head.headers) {
                     headers.add(name: "Sec-WebSocket-Protocol", value: chosen.rawValue)

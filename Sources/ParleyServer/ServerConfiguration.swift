@@ -7,6 +7,10 @@ import IRCWire
 public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var serverName = "parley.local"
     public var networkName = "Parley"
+    /// What LINKS says about this server.
+    public var serverDescription = "Parley chat server"
+    /// A password every connection must give with PASS; nil: none (PASS then logs in to an account).
+    public var serverPassword: String?
     public var motd: [String] = ["Welcome to Parley: direct messages, groups, offline delivery and receipts."]
     /// Where the SQLite database lives. Created if missing.
     public var dataDirectory = "./parley-data"
@@ -35,7 +39,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case serverName, networkName, motd, dataDirectory, database, nodeName, listeners, tls, limits, accounts, operators, history, logLevel, threads
+        case serverName, networkName, serverDescription, serverPassword, motd, dataDirectory, database, nodeName, listeners, tls, limits, accounts, operators, history, logLevel, threads
         case web, metrics
     }
 
@@ -44,6 +48,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         let defaults = ServerConfiguration()
         serverName = try container.decode(.serverName, default: defaults.serverName)
         networkName = try container.decode(.networkName, default: defaults.networkName)
+        serverDescription = try container.decode(.serverDescription, default: defaults.serverDescription)
+        serverPassword = try container.decodeIfPresent(String.self, forKey: .serverPassword)
         motd = try container.decode(.motd, default: defaults.motd)
         dataDirectory = try container.decode(.dataDirectory, default: defaults.dataDirectory)
         database = try container.decodeIfPresent(String.self, forKey: .database)
@@ -419,6 +425,8 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         var chat = ChatConfiguration()
         chat.serverName = serverName
         chat.networkName = networkName
+        chat.serverDescription = serverDescription
+        chat.serverPassword = serverPassword
         chat.motd = motd
         chat.monitorLimit = limits.monitorLimit
         chat.historyRetentionMilliseconds = Int64(history.retentionDays * 86_400_000)

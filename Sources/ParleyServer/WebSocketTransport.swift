@@ -181,6 +181,9 @@ struct WebSocketOriginPolicy: Sendable {
     /// Reverse proxies whose `X-Forwarded-For` is believed (see `ForwardedFor`).
     var trustedProxies: Set<String> = []
 
+    /// Where a WebSocket upgrade is accepted: the web client's `/irc`, and `/` for clients given only `ws://host:port`.
+    static let upgradePaths: Set<String> = ["/irc", "/"]
+
     func allows(_ head: HTTPRequestHead) -> Bool {
         guard let origin = head.headers.first(name: "Origin") else { return true }
         if allowedOrigins.contains(origin) { return true }

@@ -26,4 +26,27 @@ struct ConformanceIntegrationTests {
         #expect(bob.drain().allSatisfy { !$0.contains("TAGMSG") }, "nothing relayed")
         try await server.shutdownAndRemove()
     }
+
+    /// With `serverPassword` set, a connection registers only after PASS with it; without it or
+    /// with another it gets 464 and is closed (RFC 2812 3.1.1, Modern IRC).
+    @Test func aServerPasswordIsRequiredBeforeRegistration() async throws {
+        let server = try await TestServer { $0.serverPassword = "letmein" }
+        for pass in [nil, "wrong", "letmein:extra"] {
+            let client = try await TestClient.connect(port: server.ipv4Port)
+            if let pass { client.send("PASS \(pass)") }
+            client.send("NICK foo")
+            client.send("USER foo 0 * :Foo")
+            try await client.expect(numeric: "464")
+            let rest = try await client.expectClosed()
+            #expect(rest.contains { $0.hasPrefix("ERROR ") }, "closed with ERROR after PASS \(pass ?? "(none)")")
+            #expect(!rest.contains { $0.contains(" 001 ") })
+        }
+        let admitted = try await TestClient.connect(port: server.ipv4Port)
+        admitted.send("PASS letmein")
+        admitted.send("NICK foo")
+        admitted.send("USER foo 0 * :Foo")
+        #expect(try await admitted.expect(numeric: "001").parameters.first == "foo", "a guest: PASS was not an account login")
+        await admitted.close()
+        try await server.shutdownAndRemove()
+    }
 }

@@ -126,9 +126,17 @@ struct WebSocketTests {
         #expect(try await status(origin: "https://chat.example.org").hasPrefix("HTTP/1.1 101"), "a listed origin")
         #expect(try await status(origin: nil).hasPrefix("HTTP/1.1 101"), "not a browser")
         #expect(try await status(origin: nil, path: "/elsewhere").hasPrefix("HTTP/1.1 404"))
+        #expect(try await status(origin: nil, path: "/").hasPrefix("HTTP/1.1 101"), "a bare ws://host:port address")
+        #expect(try await status(origin: "http://evil.example", path: "/").hasPrefix("HTTP/1.1 101") == false)
         let allowed = try await TestWebSocketClient.connect(port: port, origin: "https://chat.example.org")
         try await Self.register(allowed, "listed")
         await allowed.close()
+        // A client given only ws://host:port speaks IRC at `/` like the web client does at `/irc`.
+        let bare = try await TestWebSocketClient.connect(port: port, path: "/")
+        try await Self.register(bare, "atroot")
+        bare.send("PING :root")
+        try await bare.expect("PONG") { $0.command == "PONG" && $0.parameters.last == "root" }
+        await bare.close()
         try await server.shutdownAndRemove()
     }
 }

@@ -57,6 +57,8 @@ def scram_verifier(password: str, iterations: int = TEST_PASSWORD_ITERATIONS) ->
 BASE_CONFIG: Dict[str, Any] = {
     "serverName": "My.Little.Server",
     "networkName": "ParleyTest",
+    # irctest's LINKS test expects this description.
+    "serverDescription": "test server",
     "threads": 1,
     "logLevel": "warning",
     # Lifted: irctest opens many connections from 127.0.0.1 and sends bursts.
@@ -106,10 +108,18 @@ class ParleyController(BaseServerController, DirectoryBasedController):
 
     optional_behaviors = frozenset(
         (
+            OptionalBehaviors.BAN_EXCEPTION_MODE,
             OptionalBehaviors.CAP_REQ_MINUS,
+            OptionalBehaviors.ELIST_M,
+            OptionalBehaviors.ELIST_N,
+            OptionalBehaviors.ELIST_U,
+            OptionalBehaviors.INVITE_EXCEPTION_MODE,
+            OptionalBehaviors.INVITE_LIST,
+            OptionalBehaviors.INVITE_OVERRIDES_LIMIT,
             OptionalBehaviors.MULTI_JOIN,
             OptionalBehaviors.MULTI_KICK,
             OptionalBehaviors.MULTI_PRIVMSG,
+            OptionalBehaviors.NO_CTCP,
             OptionalBehaviors.SASL_AFTER_REGISTRATION,
         )
     )
@@ -118,7 +128,10 @@ class ParleyController(BaseServerController, DirectoryBasedController):
         "BOT": "B",
         "ACCOUNTEXTBAN": "a",
         "CASEMAPPING": patma.ANYSTR,
+        "ELIST": "MNU",
+        "EXCEPTS": "e",
         "EXTBAN": ",am",
+        "INVEX": "I",
         "MONITOR": patma.ANYSTR,
         "MSGREFTYPES": patma.ANYSTR,
         "PREFIX": "(qov)~@+",
@@ -140,10 +153,6 @@ class ParleyController(BaseServerController, DirectoryBasedController):
         websocket_hostname: Optional[str] = None,
         websocket_port: Optional[int] = None,
     ) -> None:
-        if password is not None:
-            raise NotImplementedByController("server password (PASS logs in to an account)")
-        if websocket_hostname is not None or websocket_port is not None:
-            raise NotImplementedByController("WebSocket listener")
         if faketime is not None:
             raise NotImplementedByController("faketime")
         if self.test_config.account_registration_requires_email:
@@ -154,6 +163,8 @@ class ParleyController(BaseServerController, DirectoryBasedController):
 
         config = copy.deepcopy(BASE_CONFIG)
         config["dataDirectory"] = str(self.directory / "data")
+        if password is not None:
+            config["serverPassword"] = password
         config["accounts"]["registrationBeforeConnect"] = self.test_config.account_registration_before_connect
         config["operators"] = [{"name": "operuser", "passwordHash": scram_verifier("operpassword")}]
         if self.debug_mode:
@@ -164,6 +175,9 @@ class ParleyController(BaseServerController, DirectoryBasedController):
             config["tls"] = {"certificateFile": str(self.pem_path), "privateKeyFile": str(self.key_path)}
             listener["tls"] = True
         config["listeners"] = [listener]
+        if websocket_hostname is not None and websocket_port is not None:
+            # A web listener: irctest connects to ws://host:port, which Parley upgrades at `/`.
+            config["listeners"].append({"address": websocket_hostname, "port": websocket_port, "http": True})
 
         self.port = port
         self._config_path = self.directory / "parley.json"

@@ -106,6 +106,12 @@ struct ChatChannel: Sendable {
     var password: String?
     var userLimit: Int?
     var bans: [BanEntry] = []
+    /// +e and +I entries (ban exceptions, invite exceptions), same mask forms as bans. Only
+    /// transient channels have them: a group admits by its member list, which INVITE edits.
+    var banExceptions: [BanEntry] = []
+    var inviteExceptions: [BanEntry] = []
+    /// +C: no CTCP but ACTION (`/me`).
+    var noCTCP = false
     /// Persistent membership: account key -> role.
     var accountRoles: [String: ChannelRole] = [:]
     /// Persistent voice (+v) of member accounts, kept apart from their role.
@@ -144,6 +150,7 @@ struct ChatChannel: Sendable {
         noOutsideMessages = record.modes.contains("n")
         moderated = record.modes.contains("m")
         secret = record.modes.contains("s")
+        noCTCP = record.modes.contains("C")
         password = record.password
         userLimit = record.userLimit
         bans = record.bans
@@ -162,6 +169,7 @@ struct ChatChannel: Sendable {
 
     var flagModes: String {
         var modes = ""
+        if noCTCP { modes.append("C") }
         if inviteOnly { modes.append("i") }
         if moderated { modes.append("m") }
         if noOutsideMessages { modes.append("n") }

@@ -118,6 +118,37 @@ extension ChatServer {
         return IRCMask.normalized(raw)
     }
 
+    /// The channel modes that hold lists of masks: where the entries live and the numerics that
+    /// list them (`MODE #chan +b`, `+e`, `+I` with no mask).
+    struct ListMode: Sendable {
+        let entries: any WritableKeyPath<ChatChannel, [BanEntry]> & Sendable
+        let name: String
+        let item: Numeric
+        let end: Numeric
+        let endText: String
+    }
+
+    static let listModes: [Character: ListMode] = [
+        "b": ListMode(entries: \.bans, name: "ban", item: .rplBanList, end: .rplEndOfBanList, endText: "End of channel ban list"),
+        "e": ListMode(entries: \.banExceptions, name: "ban exception", item: .rplExceptList, end: .rplEndOfExceptList,
+                      endText: "End of channel exception list"),
+        "I": ListMode(entries: \.inviteExceptions, name: "invite exception", item: .rplInvExList, end: .rplEndOfInvExList,
+                      endText: "End of channel invite exception list"),
+    ]
+
+    /// Whether this user is kept out of the channel by a ban (+b) that no exception (+e) lifts.
+    func isBanned(_ session: Session, from channel: ChatChannel) -> Bool {
+        channel.bans.contains { banEntry($0.mask, keepsOut: session) }
+            && !channel.banExceptions.contains { banEntry($0.mask, keepsOut: session) }
+    }
+
+    /// Whether a ban or a mute (+b m:) silences this user in the channel: an exception entry that
+    /// matches them, as a mask or as a mute mask (+e m:), lifts it.
+    func isSilenced(_ session: Session, in channel: ChatChannel) -> Bool {
+        channel.bans.contains { banEntry($0.mask, keepsOut: session) || banEntry($0.mask, mutes: session) }
+            && !channel.banExceptions.contains { banEntry($0.mask, keepsOut: session) || banEntry($0.mask, mutes: session) }
+    }
+
     /// Whether a ban entry keeps this user out of the channel (and from speaking in it).
     func banEntry(_ mask: String, keepsOut session: Session) -> Bool {
         if mask.hasPrefix("m:") { return false }
@@ -212,19 +243,21 @@ extension ChatServer {
             if let limit = configuration.maxChannelsPerUser, session.channels.count >= limit {
                 throw .numeric(.errTooManyChannels, raw, "You have joined too many channels")
             }
-            if channel.bans.contains(where: { banEntry($0.mask, keepsOut: session) })
-                && !channel.invitedNicks.contains(session.nick?.folded ?? "") {
+            let invited = channel.invitedNicks.contains(session.nick?.folded ?? "")
+                || channel.isGroup && account == nil && session.groupInvitations.contains(channel.key)
+            if isBanned(session, from: channel) && !invited {
                 throw .numeric(.errBannedFromChan, channel.name, "Cannot join channel (+b): you are banned")
             }
-            let invitedGuest = channel.isGroup && account == nil && session.groupInvitations.contains(channel.key)
-            if channel.inviteOnly && !channel.invitedNicks.contains(session.nick?.folded ?? "") && !invitedGuest {
+            let inviteExcepted = channel.inviteExceptions.contains { banEntry($0.mask, keepsOut: session) }
+            if channel.inviteOnly && !invited && !inviteExcepted {
                 let how = channel.isGroup ? "ask the group's owner to add you (INVITE)" : "you need an invitation"
                 throw .numeric(.errInviteOnlyChan, channel.name, "Cannot join channel (+i): \(how)")
             }
             if let required = channel.password, password != required {
                 throw .numeric(.errBadChannelKey, channel.name, "Cannot join channel (+k): wrong or missing key")
             }
-            if let limit = channel.userLimit, uniqueNickCount(channel) >= limit {
+            // An invitation is an operator's decision to let this user in: it passes the limit too.
+            if let limit = channel.userLimit, uniqueNickCount(channel) >= limit, !invited {
                 throw .numeric(.errChannelIsFull, channel.name, "Cannot join channel (+l): the channel is full")
             }
             channel.invitedNicks.remove(session.nick?.folded ?? "")
@@ -453,25 +486,22 @@ extension ChatServer {
             numericReply(.rplEndOfNames, ["*", "End of /NAMES list"], in: &context)
             return
         }
-        for raw in list.split(separator: ",").map(String.init) {
-            if let channel = channels[fold(raw)], !isClosed(channel, to: context.connection) {
+        let names = list.split(separator: ",").map(String.init)
+        guard names.count > 1 else {
+            if let channel = channels[fold(list)], !isClosed(channel, to: context.connection) {
                 context.replies.append(contentsOf: namesReplies(channel, for: context.connection))
             } else {
-                numericReply(.rplEndOfNames, [raw, "End of /NAMES list"], in: &context)
+                numericReply(.rplEndOfNames, [list, "End of /NAMES list"], in: &context)
             }
+            return
         }
-    }
-
-    mutating func handleList(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
-        let id = context.connection
-        let wanted = message.parameters.first.map { Set($0.split(separator: ",").map { fold(String($0)) }) }
-        numericReply(.rplListStart, ["Channel", "Users  Name"], in: &context)
-        for channel in channels.values.sorted(by: { $0.key < $1.key }) {
-            if let wanted, !wanted.contains(channel.key) { continue }
-            if isClosed(channel, to: id) { continue }
-            numericReply(.rplList, [channel.name, String(uniqueNickCount(channel)), "[+\(channel.flagModes)] \(channel.topic)"], in: &context)
+        // Several channels (TARGMAX NAMES): their RPL_NAMREPLY lines, then one RPL_ENDOFNAMES
+        // naming the whole list, so a client sees where the answer ends (Modern IRC).
+        for raw in names.prefix(configuration.maxMessageTargets) {
+            guard let channel = channels[fold(raw)], !isClosed(channel, to: context.connection) else { continue }
+            context.replies.append(contentsOf: namesReplies(channel, for: context.connection).filter { $0.command != Numeric.rplEndOfNames.rawValue })
         }
-        numericReply(.rplListEnd, ["End of /LIST"], in: &context)
+        numericReply(.rplEndOfNames, [list, "End of /NAMES list"], in: &context)
     }
 
     // MARK: INVITE and KICK
@@ -479,6 +509,8 @@ extension ChatServer {
     mutating func handleInvite(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         guard let session = sessions[id] else { return }
+        if message.parameters.isEmpty { return listInvitations(&context) }
+        guard message.parameters.count >= 2 else { throw .needMoreParameters("INVITE") }
         let target = message.parameters[0]
         var channel = try existingChannel(message.parameters[1])
         try requireMembership(channel, id)
@@ -668,14 +700,17 @@ extension ChatServer {
         }
         let modeString = message.parameters[1]
         var arguments = Array(message.parameters.dropFirst(2))[...]
-        // A bare ban-list query. Entries name who set them (nick!user@host): a group's and a
-        // closed channel's are for their members only.
-        if modeString.trimmingPrefix("+") == "b" && arguments.isEmpty {
+        // A bare list query (+b, +e, +I). Entries name who set them (nick!user@host): a group's
+        // and a closed channel's are for their members only.
+        if arguments.isEmpty, let letter = modeString.trimmingPrefix("+").first, modeString.trimmingPrefix("+").count == 1,
+           let list = Self.listModes[letter] {
             if isClosed(channel, to: id) || channel.isGroup { try requireMembership(channel, id) }
-            for ban in channel.bans {
-                numericReply(.rplBanList, [channel.name, ban.mask, ban.setBy, String(ban.setAt.millisecondsSince1970 / 1000)], in: &context)
+            // The exception lists hold what lets people in: like bans, for operators only.
+            if letter != "b" { try requireRole(.op, channel, id) }
+            for entry in channel[keyPath: list.entries] {
+                numericReply(list.item, [channel.name, entry.mask, entry.setBy, String(entry.setAt.millisecondsSince1970 / 1000)], in: &context)
             }
-            numericReply(.rplEndOfBanList, [channel.name, "End of channel ban list"], in: &context)
+            numericReply(list.end, [channel.name, list.endText], in: &context)
             return
         }
         try requireMembership(channel, id)
@@ -719,32 +754,36 @@ extension ChatServer {
                         applied.append(("-", "l", nil))
                     }
                 }
-            case "t", "n", "m", "s":
+            case "t", "n", "m", "s", "C":
                 if myRole < .op { render(.numeric(.errChanOPrivsNeeded, channel.name, "You're not a channel operator"), in: &context); continue }
                 let flag: WritableKeyPath<ChatChannel, Bool> = switch letter {
                 case "t": \.topicProtected
                 case "n": \.noOutsideMessages
                 case "m": \.moderated
+                case "C": \.noCTCP
                 default: \.secret
                 }
                 if channel[keyPath: flag] == adding { continue }
                 channel[keyPath: flag] = adding
                 applied.append((adding ? "+" : "-", letter, nil))
-            case "b":
-                guard let raw = arguments.popFirst() else { continue }
+            case "b", "e", "I":
+                guard let raw = arguments.popFirst(), let list = Self.listModes[letter] else { continue }
                 if myRole < .op { render(.numeric(.errChanOPrivsNeeded, channel.name, "You're not a channel operator"), in: &context); continue }
+                if letter != "b" && channel.isGroup {
+                    render(.numeric(.errUnknownMode, String(letter), "is for channels of guests: a group admits its members, whom its owner adds with INVITE"), in: &context); continue
+                }
                 let mask = Self.normalizedBanMask(raw, caseMapping: configuration.caseMapping)
                 if adding {
-                    if channel.bans.contains(where: { $0.mask == mask }) { continue }
-                    if channel.bans.count >= configuration.maxBansPerChannel {
-                        render(.numeric(.errBanListFull, channel.name, "b", "Channel ban list is full"), in: &context); continue
+                    if channel[keyPath: list.entries].contains(where: { $0.mask == mask }) { continue }
+                    if channel[keyPath: list.entries].count >= configuration.maxBansPerChannel {
+                        render(.numeric(.errBanListFull, channel.name, String(letter), "Channel \(list.name) list is full"), in: &context); continue
                     }
-                    channel.bans.append(BanEntry(mask: mask, setBy: session.prefix, setAt: context.now))
+                    channel[keyPath: list.entries].append(BanEntry(mask: mask, setBy: session.prefix, setAt: context.now))
                 } else {
-                    guard channel.bans.contains(where: { $0.mask == mask }) else { continue }
-                    channel.bans.removeAll { $0.mask == mask }
+                    guard channel[keyPath: list.entries].contains(where: { $0.mask == mask }) else { continue }
+                    channel[keyPath: list.entries].removeAll { $0.mask == mask }
                 }
-                applied.append((adding ? "+" : "-", "b", mask))
+                applied.append((adding ? "+" : "-", letter, mask))
             case "o", "v", "q":
                 guard let nick = arguments.popFirst() else {
                     render(.numeric(.errInvalidModeParam, channel.name, String(letter), "*", "Give a nick"), in: &context); continue
@@ -906,8 +945,12 @@ extension ChatServer {
         if channel.moderated && !privileged {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel (+m): you need voice")
         }
-        if !privileged && channel.bans.contains(where: { banEntry($0.mask, keepsOut: sender) || banEntry($0.mask, mutes: sender) }) {
+        if !privileged && isSilenced(sender, in: channel) {
             throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel: you are banned")
+        }
+        if channel.noCTCP && verb != "TAGMSG" && text.hasPrefix("\u{01}")
+            && text.dropFirst().prefix(while: { $0 != " " && $0 != "\u{01}" }) != "ACTION" {
+            throw .numeric(.errCannotSendToChan, channel.name, "Cannot send to channel (+C): no CTCP here but ACTION")
         }
         let shownTarget = statusPrefix.map { String($0) + channel.name } ?? channel.name
         let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + shownTarget.utf8.count + 2 + 2

@@ -188,8 +188,14 @@ extension ChatServer {
         let id = context.connection
         guard let session = sessions[id] else { return }
         if session.isRegistered { throw .numeric(.errAlreadyRegistered, "You may not reregister") }
-        // PASS account:password logs in to an account; PASS password uses the nick as account.
         let value = message.parameters[0]
+        if let required = configuration.serverPassword {
+            // A server with a connection password takes only that in PASS (RFC 2812 3.1.1);
+            // accounts log in with SASL or NickServ there. Checked when registration completes.
+            sessions[id]?.gaveServerPassword = Self.constantTimeEqual(value, required)
+            return
+        }
+        // PASS account:password logs in to an account; PASS password uses the nick as account.
         if let colon = value.firstIndex(of: ":"), colon != value.startIndex {
             sessions[id]?.passCredentials = (String(value[..<colon]), String(value[value.index(after: colon)...]))
         } else {
@@ -207,6 +213,11 @@ extension ChatServer {
               !session.capNegotiationInProgress, session.pendingTickets == 0
         else { return }
 
+        if configuration.serverPassword != nil && !session.gaveServerPassword {
+            render(.numeric(.errPasswdMismatch, "Password incorrect: this server needs its connection password (PASS)"), in: &context)
+            disconnect(id, reason: "Bad password", context: &context, outbox: &outbox)
+            return
+        }
         if let pass = session.passCredentials, session.accountKey == nil {
             sessions[id]?.passCredentials = nil
             let accountName = pass.account.isEmpty ? nick.name : pass.account
@@ -286,13 +297,21 @@ extension ChatServer {
         numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
         numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
         numericReply(.rplCreated, [createdText], in: &context)
-        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Biorw", "biklmnostv", "bklov"], in: &context)
+        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Biorw", "CIbeiklmnostv", "Ibeklov"], in: &context)
         for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
         lusersReplies(&context)
         motdReplies(&context)
         if session.isInvisible {
             context.replies.append(IRCMessage(source: nick.name, command: "MODE", parameters: [nick.name, "+i"]))
         }
+    }
+
+    /// Compares without stopping at the first difference, so timing tells nothing of the secret.
+    static func constantTimeEqual(_ given: String, _ secret: String) -> Bool {
+        let a = Array(given.utf8), b = Array(secret.utf8)
+        var difference = UInt8(a.count == b.count ? 0 : 1)
+        for index in 0..<b.count { difference |= (index < a.count ? a[index] : 0) ^ b[index] }
+        return difference == 0
     }
 
     static func makeISupportTokens(_ configuration: ChatConfiguration) -> [String] {
@@ -304,14 +323,17 @@ extension ChatServer {
             "CASEMAPPING=\(configuration.caseMapping.rawValue)",
             "CHATHISTORY=\(configuration.chathistoryLimit)",
             "CHANLIMIT=#:\(configuration.maxChannelsPerUser.map(String.init) ?? "")",
-            "CHANMODES=b,k,l,imnst",
+            "CHANMODES=Ibe,k,l,Cimnst",
             "CHANNELLEN=\(configuration.channelLength)",
             "CHANTYPES=#",
+            "ELIST=MNU",
+            "EXCEPTS=e",
             "EXTBAN=,am",
             "HOSTLEN=64",
+            "INVEX=I",
             "KICKLEN=\(configuration.kickLength)",
             "LINELEN=512",
-            "MAXLIST=b:\(configuration.maxBansPerChannel)",
+            "MAXLIST=b:\(configuration.maxBansPerChannel),e:\(configuration.maxBansPerChannel),I:\(configuration.maxBansPerChannel)",
             "MAXTARGETS=\(targets)",
             "MODES=4",
             "MONITOR=\(configuration.monitorLimit)",
@@ -320,7 +342,7 @@ extension ChatServer {
             "NICKLEN=\(configuration.nickLength)",
             "PREFIX=(qov)~@+",
             "STATUSMSG=@+",
-            "TARGMAX=PRIVMSG:\(targets),NOTICE:\(targets),TAGMSG:\(targets),WHOIS:1,JOIN:,PART:,KICK:\(targets),NAMES:1,MONITOR:",
+            "TARGMAX=PRIVMSG:\(targets),NOTICE:\(targets),TAGMSG:\(targets),WHOIS:1,JOIN:,PART:,KICK:\(targets),NAMES:\(targets),MONITOR:",
             "TOPICLEN=\(configuration.topicLength)",
             "USERLEN=\(configuration.userLength)",
             "UTF8ONLY",

@@ -33,7 +33,7 @@ final class TestWebSocketClient: Sendable {
     var subprotocol: String? { state.withLockedValue { $0.subprotocol } }
 
     static func connect(host: String = "127.0.0.1", port: Int, protocols: [String] = [], origin: String? = nil,
-                        extraHeaders: [(String, String)] = []) async throws -> TestWebSocketClient {
+                        path: String = "/irc", extraHeaders: [(String, String)] = []) async throws -> TestWebSocketClient {
         let state = NIOLockedValueBox(State())
         let upgrader = NIOWebSocketClientUpgrader(maxFrameSize: 1 << 20, automaticErrorHandling: false) { channel, response in
             state.withLockedValue {
@@ -56,7 +56,7 @@ final class TestWebSocketClient: Sendable {
         if !protocols.isEmpty { headers.add(name: "Sec-WebSocket-Protocol", value: protocols.joined(separator: ", ")) }
         if let origin { headers.add(name: "Origin", value: origin) }
         for (name, value) in extraHeaders { headers.add(name: name, value: value) }
-        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/irc", headers: headers)
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: path, headers: headers)
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
         try await channel.writeAndFlush(HTTPClientRequestPart.end(nil)).get()
         let client = TestWebSocketClient(channel: channel, state: state)
