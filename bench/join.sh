@@ -18,7 +18,8 @@ BENCH_CPU=${BENCH_CPU:-1}
 PORT=${PORT:-16960}
 SERVERS=${SERVERS:-"parley inspircd"}
 
-swift build -c release --product parley-server --product parley-bench >/dev/null
+swift build -c release --product parley-server >/dev/null
+swift build -c release --product parley-bench >/dev/null
 bin=$(swift build -c release --show-bin-path)
 servers=()
 [ -n "${BEFORE:-}" ] && servers+=("before")

@@ -25,7 +25,8 @@ SERVER_CPU=${SERVER_CPU:-0}
 BENCH_CPU=${BENCH_CPU:-1}
 PORT=${PORT:-16950}
 
-swift build -c release --product parley-server --product parley-bench >/dev/null
+swift build -c release --product parley-server >/dev/null
+swift build -c release --product parley-bench >/dev/null
 bin=$(swift build -c release --show-bin-path)
 servers=("after=$bin/parley-server")
 [ -n "${BEFORE:-}" ] && servers=("before=$BEFORE" "${servers[@]}")
@@ -80,7 +81,7 @@ metrics = {"direct": [("delivered_per_s", "direct, window: msgs/s")],
            "rate": [("p50_us", "fixed rate: p50 latency (ms)"), ("p99_us", "fixed rate: p99 latency (ms)")],
            "fanout": [("delivered_per_s", "group: deliveries/s")]}
 labels = list(dict.fromkeys(r["server"] for r in rows))
-print(f"{'workload':<32}" + "".join(f"{l:>22}" for l in labels) + f"{'lost/reordered':>16}")
+print(f"{'workload':<32}" + "".join(f"{l:>28}" for l in labels) + f"{'lost/reordered':>16}")
 for mode, fields in metrics.items():
     for key, title in fields:
         cells, bad = [], 0
@@ -93,5 +94,5 @@ for mode, fields in metrics.items():
             fmt = (lambda v: f"{v / scale:,.1f}") if scale > 1 else (lambda v: f"{v:,.0f}")
             cells.append(f"{fmt(statistics.median(values))} ({'/'.join(fmt(v) for v in values)})")
         if any(c != "-" for c in cells):
-            print(f"{title:<32}" + "".join(f"{c:>22}" for c in cells) + f"{bad:>16}")
+            print(f"{title:<32}" + "".join(f"{c:>28}" for c in cells) + f"{bad:>16}")
 PY
