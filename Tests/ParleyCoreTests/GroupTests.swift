@@ -35,6 +35,32 @@ struct GroupTests {
         #expect(saved.modes == "int")
     }
 
+    @Test func aLargeChannelShowsEachJoinOnceAndListsEveryoneOnceInNamesLinesThatFit() {
+        var harness = CoreHarness(accounts: Self.people)
+        // alice owns a group on two devices; 150 guests join it one after another once it is open.
+        let laptop = harness.register("alice", password: "password-a")
+        harness.send(laptop, "JOIN #big", "MODE #big -i")
+        let phone = harness.register("alice", password: "password-a")
+        _ = harness.inbox(laptop)
+        let guests = (0..<150).map { harness.register("guest\($0)") }
+        for (index, guest) in guests.enumerated() {
+            let reply = harness.send(guest, "JOIN #big")
+            #expect(reply.first == ":guest\(index)!~guest\(index)@127.0.0.1 JOIN #big")
+        }
+        let expectedJoins = (0..<150).map { ":guest\($0)!~guest\($0)@127.0.0.1 JOIN #big" }
+        #expect(harness.inbox(laptop) == expectedJoins, "each JOIN once, in order")
+        #expect(harness.inbox(phone).filter { $0.hasPrefix(":guest") } == expectedJoins, "the account's other device too")
+        #expect(harness.inbox(guests[0]) == Array(expectedJoins.dropFirst()))
+
+        let names = harness.send(guests[0], "NAMES #big")
+        #expect(names.last == ":parley.local 366 guest0 #big :End of /NAMES list")
+        let replies = names.dropLast()
+        #expect(replies.count > 1, "split over several lines")
+        #expect(replies.allSatisfy { $0.utf8.count + 2 <= 512 && $0.hasPrefix(":parley.local 353 guest0 = #big :") })
+        let listed = replies.flatMap { $0.split(separator: ":", maxSplits: 2).last!.split(separator: " ").map(String.init) }
+        #expect(listed == ["~alice"] + (0..<150).map { "guest\($0)" }, "alice once for her two devices, everyone in the order they joined")
+    }
+
     @Test func guestsMakeTransientChannelsThatEndWhenEmpty() {
         var harness = CoreHarness()
         let guest = harness.register("guest")

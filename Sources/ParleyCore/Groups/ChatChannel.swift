@@ -120,8 +120,11 @@ struct ChatChannel: Sendable {
     var guestRoles: [ConnectionID: ChannelRole] = [:]
     /// Guests' connections with voice in this channel.
     var voicedGuests: Set<ConnectionID> = []
-    /// Connections currently in the channel, in the order they joined.
-    var joined: [ConnectionID] = []
+    /// Connections currently in the channel, in the order they joined (NAMES, WHO and fan-out
+    /// walk it); `joinedSet` holds the same connections for membership checks, which a JOIN
+    /// into a large channel makes several of. Changed only through `add` and `remove`.
+    private(set) var joined: [ConnectionID] = []
+    private(set) var joinedSet: Set<ConnectionID> = []
     /// Nicks invited into a transient invite-only channel (case-folded), used up by JOIN.
     var invitedNicks: Set<String> = []
     /// A transient channel's last messages, in memory only (a group's history is stored).
@@ -198,5 +201,20 @@ struct ChatChannel: Sendable {
         role(of: connection, account: account) >= .op || isVoiced(connection, account: account)
     }
 
-    func contains(_ connection: ConnectionID) -> Bool { joined.contains(connection) }
+    func contains(_ connection: ConnectionID) -> Bool { joinedSet.contains(connection) }
+
+    /// Puts a connection in the channel (after those already in it); false if it was in.
+    @discardableResult
+    mutating func add(_ connection: ConnectionID) -> Bool {
+        guard joinedSet.insert(connection).inserted else { return false }
+        joined.append(connection)
+        return true
+    }
+
+    /// Takes connections out of the channel.
+    mutating func remove(_ connections: [ConnectionID]) {
+        var removed = false
+        for connection in connections where joinedSet.remove(connection) != nil { removed = true }
+        if removed { joined.removeAll { !joinedSet.contains($0) } }
+    }
 }

@@ -34,8 +34,8 @@ extension ChatServer {
 
     /// The connections in `channel` that share `connection`'s nick (its account's other devices).
     func sameNickConnections(_ connection: ConnectionID, in channel: ChatChannel) -> [ConnectionID] {
-        guard let folded = sessions[connection]?.nick?.folded else { return [connection] }
-        return channel.joined.filter { sessions[$0]?.nick?.folded == folded }
+        guard let folded = sessions[connection]?.nick?.folded, let holder = nickIndex[folded] else { return [connection] }
+        return holder.connections.filter { channel.contains($0) }
     }
 
     func existingChannel(_ name: String) throws(CommandError) -> ChatChannel {
@@ -213,7 +213,7 @@ extension ChatServer {
         let id = context.connection
         guard let session = sessions[id] else { return }
         let name = try validChannelName(raw)
-        guard var channel = channels[name.folded] else {
+        if channels[name.folded] == nil {
             if let renamed = renamedChannels[name.folded] {
                 throw .fail("JOIN", "CHANNEL_RENAMED", raw, renamed.newName, description: "The channel has been renamed: \(renamed.reason.isEmpty ? "no reason given" : renamed.reason)")
             }
@@ -236,7 +236,30 @@ extension ChatServer {
             addConnections(sameNickOnline(id), to: created.key, &context, &outbox)
             return
         }
-        if channel.contains(id) { return }
+        guard let (isListedMember, isGroup) = try admit(session, to: name.folded, key: password, raw: raw) else { return }
+        let account = session.accountKey
+        if !isListedMember {
+            // The channel is changed in place, taken out of the dictionary meanwhile: a copy
+            // would copy its member list (and sets) at every JOIN.
+            guard var channel = channels.removeValue(forKey: name.folded) else { return }
+            if !channel.invitedNicks.isEmpty { channel.invitedNicks.remove(session.nick?.folded ?? "") }
+            session.groupInvitations.remove(channel.key)
+            if channel.isGroup, let account {
+                // Joining an open group makes a logged-in user one of its members.
+                setMembership(account, .member, in: &channel)
+                persist(channel, into: &outbox)
+            }
+            channels[channel.key] = channel
+        }
+        // An account joins with all of its connections, so its devices stay in step.
+        addConnections(isListedMember || isGroup && account != nil ? sameNickOnline(id) : [id], to: name.folded, &context, &outbox)
+    }
+
+    /// Whether a user may join an existing channel (nil if already in it), and whether the user
+    /// is on its member list; the refusal otherwise. Reads a copy of the channel that ends here,
+    /// before the caller changes the channel in place.
+    private func admit(_ session: Session, to key: String, key password: String?, raw: String) throws(CommandError) -> (isListedMember: Bool, isGroup: Bool)? {
+        guard let channel = channels[key], !channel.contains(session.id) else { return nil }
         let account = session.accountKey
         let isListedMember = account.map { channel.accountRoles[$0] != nil } ?? false
         if !isListedMember {
@@ -260,17 +283,8 @@ extension ChatServer {
             if let limit = channel.userLimit, uniqueNickCount(channel) >= limit, !invited {
                 throw .numeric(.errChannelIsFull, channel.name, "Cannot join channel (+l): the channel is full")
             }
-            channel.invitedNicks.remove(session.nick?.folded ?? "")
-            session.groupInvitations.remove(channel.key)
-            if channel.isGroup, let account {
-                // Joining an open group makes a logged-in user one of its members.
-                setMembership(account, .member, in: &channel)
-                persist(channel, into: &outbox)
-            }
-            channels[channel.key] = channel
         }
-        // An account joins with all of its connections, so its devices stay in step.
-        addConnections(isListedMember || channel.isGroup && account != nil ? sameNickOnline(id) : [id], to: channel.key, &context, &outbox)
+        return (isListedMember, channel.isGroup)
     }
 
     /// The connections of this user: all devices of its account, or just itself for a guest.
@@ -287,23 +301,44 @@ extension ChatServer {
     /// Puts connections into a channel: members see one JOIN per newly present nick, and each
     /// joining connection gets the JOIN, topic and names as after a JOIN of its own.
     mutating func addConnections(_ connections: [ConnectionID], to key: String, _ context: inout CommandContext, _ outbox: inout Outbox) {
-        guard var channel = channels[key] else { return }
-        let newcomers = connections.filter { !channel.contains($0) && sessions[$0]?.isRegistered == true }
-        guard let first = newcomers.first, let session = sessions[first] else { return }
-        let nickWasPresent = !sameNickConnections(first, in: channel).isEmpty
-        let existing = channel.joined
+        let newcomers: [ConnectionID], nickWasPresent: Bool, existingCount: Int
+        do {
+            // A copy for reading only, ended before the channel is changed in place.
+            guard let before = channels[key] else { return }
+            newcomers = connections.filter { !before.contains($0) && sessions[$0]?.isRegistered == true }
+            guard let first = newcomers.first else { return }
+            nickWasPresent = !sameNickConnections(first, in: before).isEmpty
+            existingCount = before.joined.count
+        }
+        guard let session = sessions[newcomers[0]] else { return }
         for connection in newcomers {
-            channel.joined.append(connection)
+            channels[key]?.add(connection)
             sessions[connection]?.channels.insert(key)
         }
-        channels[key] = channel
+        guard let channel = channels[key] else { return }
         if !nickWasPresent {
-            for member in existing {
+            // The same JOIN (and AWAY) lines for every member, each encoded once.
+            let plain = joinMessage(for: session, channel: channel.name, extended: false)
+            let extended = joinMessage(for: session, channel: channel.name, extended: true)
+            let away = session.awayMessage.map { IRCMessage(source: session.prefix, command: "AWAY", parameters: [$0]) }
+            var encoded: (plain: ByteBuffer?, extended: ByteBuffer?, away: ByteBuffer?) = (nil, nil, nil)
+            for member in channel.joined.prefix(existingCount) {
                 guard let memberSession = sessions[member] else { continue }
-                emit(joinMessage(for: session, channel: channel.name, extended: memberSession.has(.extendedJoin)), to: member, &context, &outbox)
+                let wantsExtended = memberSession.has(.extendedJoin)
                 // away-notify: a user who joins while away is announced as away.
-                if let away = session.awayMessage, memberSession.has(.awayNotify) {
-                    emit(IRCMessage(source: session.prefix, command: "AWAY", parameters: [away]), to: member, &context, &outbox)
+                let wantsAway = away != nil && memberSession.has(.awayNotify)
+                if member == context.connection {
+                    emit(wantsExtended ? extended : plain, to: member, &context, &outbox)
+                    if wantsAway, let away { emit(away, to: member, &context, &outbox) }
+                    continue
+                }
+                if wantsExtended {
+                    outbox.send(encoded.extended ?? encode(extended, into: &encoded.extended), to: member)
+                } else {
+                    outbox.send(encoded.plain ?? encode(plain, into: &encoded.plain), to: member)
+                }
+                if wantsAway, let away {
+                    outbox.send(encoded.away ?? encode(away, into: &encoded.away), to: member)
                 }
             }
         }
@@ -313,6 +348,14 @@ extension ChatServer {
             sendTopicAndNames(channel, to: connection, &context, &outbox)
             sendMetadataOnJoin(channel, joiner: connection, announceJoiner: !nickWasPresent && connection == first, &context, &outbox)
         }
+    }
+
+    /// Encodes a line without tags once, keeping it in `slot` for the next receiver.
+    private func encode(_ message: IRCMessage, into slot: inout ByteBuffer?) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: 128)
+        message.write(to: &buffer)
+        slot = buffer
+        return buffer
     }
 
     mutating func sendTopicAndNames(_ channel: ChatChannel, to connection: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
@@ -330,24 +373,29 @@ extension ChatServer {
     /// connections is listed once.
     func namesReplies(_ channel: ChatChannel, for connection: ConnectionID) -> [IRCMessage] {
         guard let asker = sessions[connection] else { return [] }
-        var entries: [String] = []
-        var seen: Set<String> = []
-        for member in channel.joined {
-            guard let session = sessions[member], let nick = session.nick, seen.insert(nick.folded).inserted else { continue }
-            let prefix = channel.prefixes(of: member, account: session.accountKey, all: asker.has(.multiPrefix))
-            entries.append(prefix + (asker.has(.userhostInNames) ? session.prefix : nick.name))
-        }
+        let allPrefixes = asker.has(.multiPrefix), userhosts = asker.has(.userhostInNames)
         var lines: [IRCMessage] = []
         // RFC 2812 RPL_NAMREPLY: "@" for a secret channel, "=" for others.
         let channelType = channel.secret ? "@" : "="
-        let fixed = configuration.serverName.utf8.count + asker.replyName.utf8.count + channel.name.utf8.count + 20
+        let room = 510 - (configuration.serverName.utf8.count + asker.replyName.utf8.count + channel.name.utf8.count + 20)
         var current = ""
-        for entry in entries {
-            if !current.isEmpty && fixed + current.utf8.count + 1 + entry.utf8.count > 510 {
+        current.reserveCapacity(room)
+        // Only an account can have several connections under one nick; guests need no check.
+        var seenAccountNicks: Set<String> = []
+        for member in channel.joined {
+            guard let session = sessions[member], let nick = session.nick else { continue }
+            if session.accountKey != nil, !seenAccountNicks.insert(nick.folded).inserted { continue }
+            let prefix = channel.prefixes(of: member, account: session.accountKey, all: allPrefixes)
+            let name = userhosts ? session.prefix : nick.name
+            let length = prefix.utf8.count + name.utf8.count
+            if !current.isEmpty && current.utf8.count + 1 + length > room {
                 lines.append(numeric(.rplNamReply, [channelType, channel.name, current], for: connection))
                 current = ""
+                current.reserveCapacity(room)
             }
-            current += current.isEmpty ? entry : " " + entry
+            if !current.isEmpty { current.append(" ") }
+            current.append(prefix)
+            current.append(name)
         }
         if !current.isEmpty {
             lines.append(numeric(.rplNamReply, [channelType, channel.name, current], for: connection))
@@ -394,7 +442,7 @@ extension ChatServer {
     /// Takes connections out of a channel's joined list; a transient channel left empty ends.
     mutating func removeConnections(_ connections: [ConnectionID], from key: String) {
         guard var channel = channels[key] else { return }
-        channel.joined.removeAll { connections.contains($0) }
+        channel.remove(connections)
         for connection in connections {
             channel.guestRoles[connection] = nil
             channel.voicedGuests.remove(connection)

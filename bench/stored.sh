@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Messages through the stored path (SQLite), between logged-in accounts: every message is
+# committed before its echo. Three workloads against a release build, a fresh server per run:
+#   direct  500 pairs of accounts, window 16: delivered msgs/s
+#   rate    the same pairs at a fixed rate (RATE msgs/s in all): p50 / p99 latency
+#   fanout  a group of MEMBERS accounts, one sender, window 16: deliveries/s
+# Medians of RUNS runs. With BEFORE=path/to/an/older/parley-server, that binary runs too,
+# alternating with this build's run by run, so both sets of figures come from the same minutes
+# of this shared machine.
+#
+#   bench/stored.sh
+#   RUNS=3 DURATION=10 BEFORE=/tmp/parley-server-before bench/stored.sh
+#   WORKLOADS="direct rate" PAIRS=500 RATE=20000 MEMBERS=1000 bench/stored.sh
+# Pinning (server on SERVER_CPU, generator on BENCH_CPU) as in bench/compare.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+PAIRS=${PAIRS:-500}
+WINDOW=${WINDOW:-16}
+RATE=${RATE:-20000}
+MEMBERS=${MEMBERS:-1000}
+WORKLOADS=${WORKLOADS:-"direct rate fanout"}
+SERVER_CPU=${SERVER_CPU:-0}
+BENCH_CPU=${BENCH_CPU:-1}
+PORT=${PORT:-16950}
+
+swift build -c release --product parley-server >/dev/null
+swift build -c release --product parley-bench >/dev/null
+bin=$(swift build -c release --show-bin-path)
+servers=("after=$bin/parley-server")
+[ -n "${BEFORE:-}" ] && servers=("before=$BEFORE" "${servers[@]}")
+
+work=$(mktemp -d /tmp/parley-stored.XXXXXX)
+server_pid=""
+stop_server() {
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; server_pid=""; fi
+}
+trap 'stop_server; rm -rf "$work"' EXIT
+
+cat >"$work/parley.json" <<JSON
+{ "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
+              "pingIntervalSeconds": 600 },
+  "accounts": { "registrationsPerNetworkAllowed": 0, "maxPasswordChecksInFlight": 0, "loginFailuresPerNetworkAllowed": 0,
+                "passwordIterations": 4096 } }
+JSON
+
+start_server() { # binary
+    rm -rf "$work/data"
+    taskset -c "$SERVER_CPU" "$1" --config "$work/parley.json" --data-dir "$work/data" \
+        --listen "127.0.0.1:$PORT" --log-level warning >"$work/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0; sleep 0.1; done
+    echo "the server did not start:" >&2; cat "$work/server.log" >&2; exit 1
+}
+
+bench() { # label workload
+    local common=(--accounts --port "$PORT" --server-pid "$server_pid" --server "$1" --duration "$DURATION")
+    case $2 in
+    direct) taskset -c "$BENCH_CPU" "$bin/parley-bench" direct "${common[@]}" --pairs "$PAIRS" --window "$WINDOW" ;;
+    rate) taskset -c "$BENCH_CPU" "$bin/parley-bench" direct "${common[@]}" --pairs "$PAIRS" --rate "$RATE" ;;
+    fanout) taskset -c "$BENCH_CPU" "$bin/parley-bench" fanout "${common[@]}" --members "$MEMBERS" --senders 1 --window "$WINDOW" ;;
+    esac 2>>"$work/bench.err" | grep '^RESULT' | sed "s/^RESULT //; s/\"mode\":\"[a-z]*\"/\"mode\":\"$2\"/" >>"$work/results.jsonl" || true
+}
+
+for run in $(seq "$RUNS"); do
+    for workload in $WORKLOADS; do
+        for entry in "${servers[@]}"; do
+            start_server "${entry#*=}"
+            echo "run $run: $workload, ${entry%%=*}" >&2
+            bench "${entry%%=*}" "$workload"
+            stop_server
+        done
+    done
+done
+
+python3 - "$work/results.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+metrics = {"direct": [("delivered_per_s", "direct, window: msgs/s")],
+           "rate": [("p50_us", "fixed rate: p50 latency (ms)"), ("p99_us", "fixed rate: p99 latency (ms)")],
+           "fanout": [("delivered_per_s", "group: deliveries/s")]}
+labels = list(dict.fromkeys(r["server"] for r in rows))
+print(f"{'workload':<32}" + "".join(f"{l:>28}" for l in labels) + f"{'lost/reordered':>16}")
+for mode, fields in metrics.items():
+    for key, title in fields:
+        cells, bad = [], 0
+        for label in labels:
+            values = [r[key] for r in rows if r["mode"] == mode and r["server"] == label]
+            bad += sum(int(r.get("lost", 0)) + int(r.get("reordered", 0)) for r in rows if r["mode"] == mode and r["server"] == label)
+            if not values:
+                cells.append("-"); continue
+            scale = 1000 if key.endswith("_us") else 1
+            fmt = (lambda v: f"{v / scale:,.1f}") if scale > 1 else (lambda v: f"{v:,.0f}")
+            cells.append(f"{fmt(statistics.median(values))} ({'/'.join(fmt(v) for v in values)})")
+        if any(c != "-" for c in cells):
+            print(f"{title:<32}" + "".join(f"{c:>28}" for c in cells) + f"{bad:>16}")
+PY
