@@ -346,7 +346,7 @@ extension ChatServer {
             guard let joiner = sessions[connection] else { continue }
             emit(joinMessage(for: joiner, channel: channel.name, extended: joiner.has(.extendedJoin)), to: connection, &context, &outbox)
             sendTopicAndNames(channel, to: connection, &context, &outbox)
-            sendMetadataOnJoin(channel, joiner: connection, announceJoiner: !nickWasPresent && connection == first, &context, &outbox)
+            sendMetadataOnJoin(channel, joiner: connection, announceJoiner: !nickWasPresent && connection == newcomers[0], &context, &outbox)
         }
     }
 
