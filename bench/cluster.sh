@@ -13,7 +13,10 @@ PAIRS=${PAIRS:-100}
 WINDOW=${WINDOW:-16}
 DURATION=${DURATION:-10}
 bin=.build/release
-[ -x "$bin/parley-server" ] && [ -x "$bin/parley-bench" ] || swift build -c release --product parley-server --product parley-bench >/dev/null
+# One --product per call: with two, swift build builds only the last.
+for product in parley-server parley-bench; do
+    [ -x "$bin/$product" ] || swift build -c release --product "$product" >/dev/null
+done
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$pgbin/initdb" ] || { echo "needs PostgreSQL's server binaries (apt-get install postgresql)" >&2; exit 1; }
 
