@@ -37,6 +37,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     /// loop, so an idle connection holds no write bookkeeping of its own).
     /// Taken on first use, which is on this connection's event loop thread, like every later use.
     private lazy var batch = WriteBatch.current
+    private var inbox: LoopInbox?
 
     /// The client's address when the socket's peer is not the client (a trusted reverse proxy
     /// in front of a web listener said who it forwards for).
@@ -99,6 +100,9 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard connection != nil else { return }
+        // Lines other loops decided earlier go out before this read's replies.
+        if inbox == nil { inbox = LoopInbox.of(context.eventLoop) }
+        inbox!.writePending()
         var bytes = unwrapInboundIn(data)
         if pausedForStorage {
             // NIO may finish its current round of reads after autoRead is off: keep them.

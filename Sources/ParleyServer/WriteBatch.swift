@@ -1,4 +1,5 @@
 import NIOCore
+import NIOConcurrencyHelpers
 import NIOPosix
 
 /// The writes decided while an event loop thread handles one connection's read batch: the lines
@@ -34,8 +35,11 @@ final class WriteBatch: @unchecked Sendable {
     private var ownLoop = ObjectIdentifier(WriteBatch.self)
     /// Receivers on other loops, by loop, while flushing.
     private var foreign: [ObjectIdentifier: (loop: EventLoop, outputs: [PendingOutput])] = [:]
+    /// This batch's receivers on this loop, while flushing (written after the foreign ones are
+    /// handed over, see `flush()`).
+    private var own: [PendingOutput] = []
 
-    private struct PendingOutput: Sendable {
+    fileprivate struct PendingOutput: Sendable {
         let channel: Channel
         let loop: ObjectIdentifier
         var bytes: ByteBuffer
@@ -141,7 +145,7 @@ final class WriteBatch: @unchecked Sendable {
             lastGathering = nil
             for output in flushing {
                 if output.loop == ownLoop {
-                    ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel)
+                    own.append(output)
                 } else if foreign[output.loop] != nil {
                     foreign[output.loop]!.outputs.append(output)
                 } else {
@@ -149,15 +153,65 @@ final class WriteBatch: @unchecked Sendable {
                 }
             }
             flushing.removeAll(keepingCapacity: true)
+            // Other loops' receivers are handed over before this loop writes anything: a client
+            // that sees a reply here (a PONG) and then sends on a connection of another loop
+            // must find there every line decided before that reply (see `LoopInbox`).
             if !foreign.isEmpty {
                 for (_, (loop, outputs)) in foreign {
-                    loop.execute {
-                        for output in outputs { ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel) }
-                    }
+                    LoopInbox.of(loop).deliver(outputs)
                 }
                 foreign.removeAll(keepingCapacity: true)
             }
+            for output in own {
+                ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel)
+            }
+            own.removeAll(keepingCapacity: true)
         }
+    }
+}
+
+/// Lines for connections of one event loop, decided on other loops. A task on the loop writes
+/// them, and so does the loop's next read of any connection before it handles that read's
+/// lines: NIO handles a wakeup's reads before its tasks, so without this a client's PING read
+/// together with that task would be answered before the lines decided earlier (a client that
+/// uses PING as a barrier, as irctest does, would see its PONG overtake a message).
+final class LoopInbox: Sendable {
+    private static let all = NIOLockedValueBox<[ObjectIdentifier: LoopInbox]>([:])
+
+    static func of(_ loop: any EventLoop) -> LoopInbox {
+        all.withLockedValue { inboxes in
+            if let inbox = inboxes[ObjectIdentifier(loop)] { return inbox }
+            let inbox = LoopInbox(loop)
+            inboxes[ObjectIdentifier(loop)] = inbox
+            return inbox
+        }
+    }
+
+    private let loop: any EventLoop
+    private let pending = NIOLockedValueBox<[WriteBatch.PendingOutput]>([])
+
+    private init(_ loop: any EventLoop) {
+        self.loop = loop
+    }
+
+    fileprivate func deliver(_ outputs: [WriteBatch.PendingOutput]) {
+        let wasEmpty = pending.withLockedValue { pending in
+            let wasEmpty = pending.isEmpty
+            pending += outputs
+            return wasEmpty
+        }
+        // One task per burst: a task already queued writes what arrives before it runs.
+        if wasEmpty { loop.execute { [self] in writePending() } }
+    }
+
+    /// Writes what other loops decided for this loop's connections; called on this loop.
+    func writePending() {
+        let outputs = pending.withLockedValue { pending in
+            if pending.isEmpty { return [WriteBatch.PendingOutput]() }
+            defer { pending.removeAll(keepingCapacity: true) }
+            return pending
+        }
+        for output in outputs { ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel) }
     }
 }
 
