@@ -18,6 +18,8 @@ final class TestClient: Sendable {
     fileprivate struct State {
         var lines: [String] = []
         var closed = false
+        /// Actions run as soon as a matching line is read, on the client's event loop.
+        var reactions: [(matches: @Sendable (String) -> Bool, action: @Sendable () -> Void)] = []
     }
 
     private let state: NIOLockedValueBox<State>
@@ -28,12 +30,15 @@ final class TestClient: Sendable {
         self.state = state
     }
 
-    static func connect(host: String = "127.0.0.1", port: Int, tls: NIOSSLContext? = nil, serverHostname: String? = nil) async throws -> TestClient {
+    static func connect(
+        host: String = "127.0.0.1", port: Int, tls: NIOSSLContext? = nil, serverHostname: String? = nil,
+        on group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws -> TestClient {
         // The collector owns the line store from the start: a server may answer (or close)
         // before `connect` returns.
         let state = NIOLockedValueBox(State())
         let collector = LineCollector(state: state)
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls {
@@ -112,6 +117,12 @@ final class TestClient: Sendable {
         buffer.writeString(line)
         buffer.writeString("\r\n")
         channel.writeAndFlush(buffer, promise: nil)
+    }
+
+    /// Runs `action` once, the moment a line for which `matches` holds is read (no polling
+    /// delay: for tests of what a client sees when it answers at once).
+    func whenReceived(_ matches: @escaping @Sendable (String) -> Bool, _ action: @escaping @Sendable () -> Void) {
+        state.withLockedValue { $0.reactions.append((matches, action)) }
     }
 
     func sendRaw(_ bytes: [UInt8]) {
@@ -197,7 +208,12 @@ private final class LineCollector: ChannelInboundHandler, Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .line(var bytes) = unwrapInboundIn(data) else { return }
         let line = bytes.readString(length: bytes.readableBytes) ?? ""
-        state.withLockedValue { $0.lines.append(line) }
+        let action = state.withLockedValue { state -> (@Sendable () -> Void)? in
+            state.lines.append(line)
+            guard let index = state.reactions.firstIndex(where: { $0.matches(line) }) else { return nil }
+            return state.reactions.remove(at: index).action
+        }
+        action?()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
