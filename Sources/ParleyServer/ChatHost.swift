@@ -279,6 +279,9 @@ final class ChatHost: Sendable {
         if closing {
             if bytes.readableBytes > 0 { channel.write(bytes, promise: nil) }
             closeAfterFlush(channel)
+        } else if channel.eventLoop.inEventLoop {
+            channel.write(bytes, promise: nil)
+            RoundFlush.current.flushLater(channel)
         } else {
             channel.writeAndFlush(bytes, promise: nil)
         }

@@ -44,6 +44,9 @@ struct LineFramingTests {
 
         /// Everything the server wrote so far, as lines.
         func written() throws -> [String] {
+            // The server flushes once per event loop round (a task): an embedded loop runs its
+            // tasks when told to.
+            channel.embeddedEventLoop.run()
             var text = ""
             while let buffer = try channel.readOutbound(as: ByteBuffer.self) {
                 text += String(buffer: buffer)
