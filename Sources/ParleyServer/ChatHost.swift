@@ -281,7 +281,7 @@ final class ChatHost: Sendable {
             closeAfterFlush(channel)
         } else if channel.eventLoop.inEventLoop {
             channel.write(bytes, promise: nil)
-            RoundFlush.current.flushLater(channel)
+            WriteBatch.current.flushAtEndOfRound(channel)
         } else {
             channel.writeAndFlush(bytes, promise: nil)
         }

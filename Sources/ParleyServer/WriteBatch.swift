@@ -34,7 +34,11 @@ final class WriteBatch: @unchecked Sendable {
     /// This thread's event loop (set by `collectResolved`).
     private var ownLoop = ObjectIdentifier(WriteBatch.self)
     /// Receivers on other loops, by loop, while flushing.
-    private var foreign: [ObjectIdentifier: (loop: EventLoop, outputs: [PendingOutput])] = [:]
+    private var foreign: [ObjectIdentifier: [PendingOutput]] = [:]
+    /// The other loops' inboxes, found once per thread instead of under a lock at every flush.
+    private var inboxes: [ObjectIdentifier: LoopInbox] = [:]
+    /// This round's connections to flush, by loop (see `flushAtEndOfRound`).
+    private var rounds: [ObjectIdentifier: RoundFlush] = [:]
     /// This batch's receivers on this loop, while flushing (written after the foreign ones are
     /// handed over, see `flush()`).
     private var own: [PendingOutput] = []
@@ -146,10 +150,8 @@ final class WriteBatch: @unchecked Sendable {
             for output in flushing {
                 if output.loop == ownLoop {
                     own.append(output)
-                } else if foreign[output.loop] != nil {
-                    foreign[output.loop]!.outputs.append(output)
                 } else {
-                    foreign[output.loop] = (output.channel.eventLoop, [output])
+                    foreign[output.loop, default: []].append(output)
                 }
             }
             flushing.removeAll(keepingCapacity: true)
@@ -157,8 +159,10 @@ final class WriteBatch: @unchecked Sendable {
             // that sees a reply here (a PONG) and then sends on a connection of another loop
             // must find there every line decided before that reply (see `LoopInbox`).
             if !foreign.isEmpty {
-                for (_, (loop, outputs)) in foreign {
-                    LoopInbox.of(loop).deliver(outputs)
+                for (loop, outputs) in foreign {
+                    let inbox = inboxes[loop] ?? LoopInbox.of(outputs[0].channel.eventLoop)
+                    inboxes[loop] = inbox
+                    inbox.deliver(outputs)
                 }
                 foreign.removeAll(keepingCapacity: true)
             }
@@ -167,6 +171,44 @@ final class WriteBatch: @unchecked Sendable {
             }
             own.removeAll(keepingCapacity: true)
         }
+    }
+
+    /// Flushes `channel`, just written to on its own loop, once this loop round's reads are
+    /// done: NIO handles all of a wakeup's reads before its tasks, so the flush task queued by
+    /// the round's first write runs after them. A thousand guests joining in one round then
+    /// cost each member one system call, not one per JOIN. Kept by loop: a test's thread can
+    /// drive several embedded loops, some never run again.
+    func flushAtEndOfRound(_ channel: Channel) {
+        let loop = channel.eventLoop
+        let key = ObjectIdentifier(loop)
+        if let round = rounds[key], !round.isDone {
+            round.add(channel)
+            return
+        }
+        let round = RoundFlush(channel)
+        rounds[key] = round
+        loop.execute { round.flush() }
+    }
+}
+
+/// The connections to flush at the end of one event loop round; used on that loop only.
+private final class RoundFlush: @unchecked Sendable {
+    private var channels: [Channel]
+    private var listed: Set<ObjectIdentifier>
+    private(set) var isDone = false
+
+    init(_ channel: Channel) {
+        channels = [channel]
+        listed = [ObjectIdentifier(channel)]
+    }
+
+    func add(_ channel: Channel) {
+        if listed.insert(ObjectIdentifier(channel)).inserted { channels.append(channel) }
+    }
+
+    func flush() {
+        isDone = true
+        for channel in channels { channel.flush() }
     }
 }
 
@@ -207,8 +249,7 @@ final class LoopInbox: Sendable {
     /// Writes what other loops decided for this loop's connections; called on this loop.
     func writePending() {
         let outputs = pending.withLockedValue { pending in
-            if pending.isEmpty { return [WriteBatch.PendingOutput]() }
-            defer { pending.removeAll(keepingCapacity: true) }
+            defer { pending = [] }
             return pending
         }
         for output in outputs { ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel) }
@@ -221,47 +262,5 @@ extension ByteBuffer {
         guard readableBytes == other.readableBytes else { return false }
         let mine = withUnsafeReadableBytes { $0.baseAddress }
         return mine == other.withUnsafeReadableBytes { $0.baseAddress }
-    }
-}
-
-/// Connections written to during this event loop round, flushed once when the round's reads are
-/// done: NIO handles all of a wakeup's reads before its tasks, so the flush task queued by the
-/// first write runs after them. A thousand guests joining in one round then cost each member
-/// one system call, not one per JOIN. One per thread, touched by no other thread; kept by loop,
-/// since a test's thread can drive several embedded loops, some never run again (an entry
-/// holds its loop, so a new loop never takes a stale entry's identity).
-final class RoundFlush: @unchecked Sendable {
-    private static let perThread = ThreadSpecificVariable<RoundFlush>()
-
-    static var current: RoundFlush {
-        if let flush = perThread.currentValue { return flush }
-        let flush = RoundFlush()
-        perThread.currentValue = flush
-        return flush
-    }
-
-    private struct Pending {
-        let loop: any EventLoop
-        var channels: [Channel] = []
-        var listed: Set<ObjectIdentifier> = []
-    }
-
-    private var pending: [ObjectIdentifier: Pending] = [:]
-
-    /// Called on `channel`'s event loop after a write to it.
-    func flushLater(_ channel: Channel) {
-        let loop = channel.eventLoop
-        let key = ObjectIdentifier(loop)
-        if pending[key] == nil {
-            pending[key] = Pending(loop: loop)
-            loop.execute { [self] in flushAll(key) }
-        }
-        guard pending[key]!.listed.insert(ObjectIdentifier(channel)).inserted else { return }
-        pending[key]!.channels.append(channel)
-    }
-
-    private func flushAll(_ key: ObjectIdentifier) {
-        guard let round = pending.removeValue(forKey: key) else { return }
-        for channel in round.channels { channel.flush() }
     }
 }
