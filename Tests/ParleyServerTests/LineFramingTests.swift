@@ -12,11 +12,13 @@ import Testing
 /// read): an EmbeddedChannel delivers each buffer as one read, which real sockets do not promise.
 @Suite("Line framing in the connection handler")
 struct LineFramingTests {
-    /// A connection handler on an EmbeddedChannel, in front of a real domain and SQLite store.
-    final class Connection {
-        let channel = EmbeddedChannel()
+    /// A real domain and SQLite store, in front of which each test puts a connection handler on
+    /// an EmbeddedChannel.
+    final class Server {
+        let server: ParleyServer
         let store: SQLiteChatStore
         let directory: URL
+        let logger: Logger
 
         init() async throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-framing-\(UUID().uuidString)")
@@ -27,12 +29,32 @@ struct LineFramingTests {
             configuration.limits.floodCommandsPerSecond = 0
             var logger = Logger(label: "parley-framing-test")
             logger.logLevel = .warning
+            self.logger = logger
             store = try SQLiteChatStore(path: directory.appendingPathComponent("parley.sqlite").path)
-            let server = try await ParleyServer(configuration: configuration, store: store, logger: logger)
-            let handler = IRCConnectionHandler(host: server.host, isSecure: false,
-                                               maximumLineBytes: configuration.limits.maxLineBytes, logger: logger)
+            server = try await ParleyServer(configuration: configuration, store: store, logger: logger)
+        }
+
+        /// Runs `body` against one connection. Synchronous on purpose: an embedded event loop may
+        /// only be used from the thread that made it, and an `await` could resume elsewhere.
+        func withConnection(_ body: (Connection) throws -> Void) throws {
+            let connection = try Connection(host: server.host, maximumLineBytes: server.configuration.limits.maxLineBytes, logger: logger)
+            defer { _ = try? connection.channel.finish() }
+            try body(connection)
+        }
+
+        func close() async throws {
+            try await store.close()
+            try? FileManager.default.removeItem(at: directory)
+        }
+    }
+
+    struct Connection {
+        let channel = EmbeddedChannel()
+
+        init(host: ChatHost, maximumLineBytes: Int, logger: Logger) throws {
+            let handler = IRCConnectionHandler(host: host, isSecure: false, maximumLineBytes: maximumLineBytes, logger: logger)
             try channel.pipeline.syncOperations.addHandler(handler)
-            try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6667)).get()
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6667)).wait()
         }
 
         /// Each element is one read.
@@ -53,55 +75,55 @@ struct LineFramingTests {
             }
             return text.split(separator: "\r\n").map(String.init)
         }
-
-        func close() async throws {
-            _ = try? channel.finish()
-            try await store.close()
-            try? FileManager.default.removeItem(at: directory)
-        }
     }
 
     static let registration = Array("NICK slow\r\nUSER slow 0 * :Zoë Slow\r\n".utf8)
 
     @Test func linesSentAByteAtATimeAreRegisteredAndAnswered() async throws {
-        let connection = try await Connection()
-        try connection.read((Self.registration + Array("PING :één\r\n".utf8)).map { [$0] })
-        let lines = try connection.written()
-        #expect(lines.contains { $0.hasPrefix(":parley.local 001 slow ") }, "\(lines)")
-        #expect(lines.last == ":parley.local PONG parley.local :één", "a character split between reads arrives whole")
-        #expect(connection.channel.isActive, "no line was refused as unterminated or invalid")
-        try await connection.close()
+        let server = try await Server()
+        try server.withConnection { connection in
+            try connection.read((Self.registration + Array("PING :één\r\n".utf8)).map { [$0] })
+            let lines = try connection.written()
+            #expect(lines.contains { $0.hasPrefix(":parley.local 001 slow ") }, "\(lines)")
+            #expect(lines.last == ":parley.local PONG parley.local :één", "a character split between reads arrives whole")
+            #expect(connection.channel.isActive, "no line was refused as unterminated or invalid")
+        }
+        try await server.close()
     }
 
     @Test func oddSplitsAndSeveralLinesPerReadAreFramedTheSame() async throws {
-        let connection = try await Connection()
-        let zoe = Array("Zoë".utf8)
-        try connection.read([
-            Array("NICK sl".utf8),
-            Array("ow\r".utf8),                                          // CR in one read, LF in the next
-            Array("\nUSER slow 0 * :".utf8) + zoe.prefix(3),             // ends in the middle of "ë"
-            Array(zoe.dropFirst(3)) + Array(" Slow\r\nPING a\r\nPING b\r\nPI".utf8),
-            Array("NG c\n".utf8),                                        // a bare LF also ends a line
-            Array("WHOIS slow\r\n".utf8),
-        ])
-        let lines = try connection.written()
-        #expect(lines.contains { $0.hasPrefix(":parley.local 001 slow ") }, "\(lines)")
-        #expect(lines.filter { $0.contains(" PONG ") } == [
-            ":parley.local PONG parley.local :a", ":parley.local PONG parley.local :b", ":parley.local PONG parley.local :c",
-        ])
-        #expect(lines.contains(":parley.local 311 slow slow ~slow 127.0.0.1 * :Zoë Slow"), "the realname survived its split: \(lines)")
-        #expect(connection.channel.isActive)
-        try await connection.close()
+        let server = try await Server()
+        try server.withConnection { connection in
+            let zoe = Array("Zoë".utf8)
+            try connection.read([
+                Array("NICK sl".utf8),
+                Array("ow\r".utf8),                                          // CR in one read, LF in the next
+                Array("\nUSER slow 0 * :".utf8) + zoe.prefix(3),             // ends in the middle of "ë"
+                Array(zoe.dropFirst(3)) + Array(" Slow\r\nPING a\r\nPING b\r\nPI".utf8),
+                Array("NG c\n".utf8),                                        // a bare LF also ends a line
+                Array("WHOIS slow\r\n".utf8),
+            ])
+            let lines = try connection.written()
+            #expect(lines.contains { $0.hasPrefix(":parley.local 001 slow ") }, "\(lines)")
+            #expect(lines.filter { $0.contains(" PONG ") } == [
+                ":parley.local PONG parley.local :a", ":parley.local PONG parley.local :b", ":parley.local PONG parley.local :c",
+            ])
+            #expect(lines.contains(":parley.local 311 slow slow ~slow 127.0.0.1 * :Zoë Slow"), "the realname survived its split: \(lines)")
+            #expect(connection.channel.isActive)
+        }
+        try await server.close()
     }
 
     @Test func anUnterminatedLineIsHeldNotRunUntilItsEndArrives() async throws {
-        let connection = try await Connection()
-        try connection.read([Self.registration])
-        _ = try connection.written()
-        try connection.read([Array("PING :not yet".utf8)])
-        #expect(try connection.written().isEmpty, "half a command does not run")
-        try connection.read([Array("\r\n".utf8)])
-        #expect(try connection.written() == [":parley.local PONG parley.local :not yet"])
-        try await connection.close()
+        let server = try await Server()
+        try server.withConnection { connection in
+            try connection.read([Self.registration])
+            _ = try connection.written()
+            try connection.read([Array("PING :not yet".utf8)])
+            #expect(try connection.written().isEmpty, "half a command does not run")
+            try connection.read([Array("\r\n".utf8)])
+            #expect(try connection.written() == [":parley.local PONG parley.local :not yet"])
+        }
+        try await server.close()
     }
 }
