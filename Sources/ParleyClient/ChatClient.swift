@@ -59,6 +59,8 @@ public final class ChatClient: Sendable {
         var stopped = false
         var everConnected = false
         var loginFailed = false
+        /// The pause before the next reconnection attempt: `stop()` cuts it short.
+        var reconnectPause: Task<Void, Never>?
     }
 
     public let address: ServerAddress
@@ -66,10 +68,14 @@ public final class ChatClient: Sendable {
     private let continuation: AsyncStream<ClientEvent>.Continuation
     private let state: NIOLockedValueBox<State>
     private let group: EventLoopGroup
+    private let firstReconnectDelay: Double
 
-    public init(address: ServerAddress, login: LoginSettings, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    /// `firstReconnectDelay` (seconds) doubles after each failed attempt, up to 15 s.
+    public init(address: ServerAddress, login: LoginSettings, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                firstReconnectDelay: Double = 0.5) {
         self.address = address
         self.group = group
+        self.firstReconnectDelay = firstReconnectDelay
         self.state = NIOLockedValueBox(State(session: ClientSession(login: login)))
         (events, continuation) = AsyncStream.makeStream(of: ClientEvent.self, bufferingPolicy: .unbounded)
     }
@@ -80,11 +86,11 @@ public final class ChatClient: Sendable {
     /// connection's failure is thrown (the user should hear about a wrong host at once);
     /// later drops are retried with backoff.
     public func run() async throws {
-        var delay = 0.5
+        var delay = firstReconnectDelay
         while true {
             do {
                 let channel = try await connect()
-                delay = 0.5
+                delay = firstReconnectDelay
                 try await channel.closeFuture.get()
             } catch {
                 let first = state.withLockedValue { !$0.everConnected }
@@ -104,12 +110,26 @@ public final class ChatClient: Sendable {
             var reconnecting = ClientEvent(.reconnecting)
             reconnecting.delay = delay
             continuation.yield(reconnecting)
-            try? await Task.sleep(for: .milliseconds(Int(delay * 1000)))
-            if state.withLockedValue({ $0.stopped }) {
+            let pause = Task { [delay] in _ = try? await Task.sleep(for: .milliseconds(Int(delay * 1000))) }
+            let stoppedMeanwhile = state.withLockedValue { state in
+                if !state.stopped { state.reconnectPause = pause }
+                return state.stopped
+            }
+            if stoppedMeanwhile {
+                pause.cancel()
                 continuation.finish()
                 return
             }
-            delay = min(delay * 2, 15)
+            await pause.value
+            let stoppedWhilePausing = state.withLockedValue { state in
+                state.reconnectPause = nil
+                return state.stopped
+            }
+            if stoppedWhilePausing {
+                continuation.finish()
+                return
+            }
+            delay = max(firstReconnectDelay, min(delay * 2, 15))
         }
     }
 
@@ -135,10 +155,16 @@ public final class ChatClient: Sendable {
                 }
             }
             .connect(host: address.host, port: address.port).get()
-        let opening = state.withLockedValue { state -> [IRCMessage] in
+        let opening = state.withLockedValue { state -> [IRCMessage]? in
+            // Stopped while connecting: this connection is not wanted (and `stop()` could not see it).
+            if state.stopped { return nil }
             state.channel = channel
             state.everConnected = true
             return state.session.openingLines()
+        }
+        guard let opening else {
+            try? await channel.close().get()
+            return channel
         }
         write(opening, to: channel)
         return channel
@@ -191,10 +217,11 @@ public final class ChatClient: Sendable {
 
     /// Says goodbye and stops reconnecting.
     public func stop(reason: String = "Leaving") async {
-        let channel = state.withLockedValue { state -> Channel? in
+        let (channel, pause) = state.withLockedValue { state -> (Channel?, Task<Void, Never>?) in
             state.stopped = true
-            return state.channel
+            return (state.channel, state.reconnectPause)
         }
+        pause?.cancel()
         guard let channel else {
             continuation.finish()
             return

@@ -9,15 +9,32 @@ final class ObservedClient: Sendable {
     private let seen = NIOLockedValueBox<[ClientEvent]>([])
     private let task: Task<Void, Never>
     private let runner: Task<Void, any Error>
+    private let runEnded = NIOLockedValueBox(false)
 
-    init(_ name: String, password: String, port: Int, host: String = "127.0.0.1", create: Bool = false) {
-        let client = ChatClient(address: ServerAddress(host: host, port: port), login: LoginSettings(account: name, password: password, createAccount: create))
+    init(_ name: String, password: String, port: Int, host: String = "127.0.0.1", create: Bool = false, firstReconnectDelay: Double = 0.5) {
+        let client = ChatClient(address: ServerAddress(host: host, port: port), login: LoginSettings(account: name, password: password, createAccount: create),
+                                firstReconnectDelay: firstReconnectDelay)
         self.client = client
         let seen = self.seen
         task = Task {
             for await event in client.events { seen.withLockedValue { $0.append(event) } }
         }
-        runner = Task { try await client.run() }
+        let runEnded = self.runEnded
+        runner = Task {
+            defer { runEnded.withLockedValue { $0 = true } }
+            try await client.run()
+        }
+    }
+
+    /// Waits for `ChatClient.run()` to return.
+    func waitForRunToEnd(timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !runEnded.withLockedValue({ $0 }) {
+            guard ContinuousClock.now < deadline else {
+                throw TestClient.Timeout(waitingFor: "the client to stop", received: events.map(\.jsonLine))
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
     }
 
     var events: [ClientEvent] { seen.withLockedValue { $0 } }
@@ -119,7 +136,9 @@ struct ClientLibraryTests {
         try await alice.waitFor("reconnecting") { $0.type == .reconnecting }
         try await alice.waitFor("confirmed after reconnect", timeout: .seconds(10)) { $0.type == .state && $0.state == .sent && $0.text == "exactly once" }
         try await daveAgain.waitFor("dave got it") { $0.type == .message && $0.text == "exactly once" }
-        try await Task.sleep(for: .milliseconds(300))
+        // A resent copy would go out before anything sent after the reconnect.
+        alice.client.send("after the resend", to: "dave")
+        try await daveAgain.waitFor("the next message") { $0.type == .message && $0.text == "after the resend" }
         #expect(daveAgain.events.filter { $0.type == .message && $0.text == "exactly once" }.count == 1)
         // A message sent while disconnected goes out after the reconnect.
         alice.client.dropConnection()
@@ -128,6 +147,17 @@ struct ClientLibraryTests {
 
         for client in [alice, daveAgain] { await client.stop() }
         try await server.shutdownAndRemove()
+    }
+
+    @Test func stoppingWhileWaitingToReconnectEndsAtOnce() async throws {
+        let server = try await TestServer()
+        // An hour between attempts: only stop() can end the wait in this test's time.
+        let frank = ObservedClient("frank", password: "frank-password", port: server.ipv4Port, create: true, firstReconnectDelay: 3600)
+        try await frank.waitFor("connected") { $0.type == .connected }
+        try await server.shutdownAndRemove()
+        try await frank.waitFor("reconnecting") { $0.type == .reconnecting }
+        await frank.client.stop()
+        try await frank.waitForRunToEnd(timeout: .seconds(10))
     }
 
     @Test func aWrongPasswordIsReportedAndNotRetried() async throws {

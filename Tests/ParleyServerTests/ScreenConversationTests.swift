@@ -128,8 +128,11 @@ struct ScreenConversationTests {
         alice.send("PING :sent")
         _ = try await alice.expect { $0.command == "PONG" && $0.parameters.last == "sent" }
 
+        // The new session first: a tmux server left without sessions exits, and a session started
+        // right then could go down with it.
+        try await setup.start("bob", in: tmux, session: "again")
         try tmux.run(["kill-session", "-t", "ui"])
-        try await setup.start("bob", in: tmux, session: "ui")
+        try tmux.run(["rename-session", "-t", "again", "ui"])
         _ = try await tmux.waitFor("missed count") { Self.statusLine($0).contains("alice(3)") }
         try tmux.run(["send-keys", "-t", "ui", "M-1"])
         let missed = try await tmux.waitFor("missed messages") { $0.contains { $0.hasSuffix("alice: new 3") } }

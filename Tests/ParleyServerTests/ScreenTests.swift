@@ -82,7 +82,13 @@ struct ScreenTests {
             throw TestClient.Timeout(waitingFor: description, received: try screen(target))
         }
 
-        deinit { _ = try? run(["kill-server"]) }
+        /// `kill-server` alone leaves the panes' processes running (a client reconnecting to a
+        /// server that is gone, a `sleep`): end their process groups first.
+        deinit {
+            let panes = (try? run(["list-panes", "-a", "-F", "#{pane_pid}"])) ?? ""
+            for pid in panes.split(separator: "\n").compactMap({ pid_t($0) }) where pid > 1 { kill(-pid, SIGKILL) }
+            _ = try? run(["kill-server"])
+        }
     }
 
     static func lastLine(_ lines: [String]) -> String {
