@@ -168,7 +168,8 @@ struct ClientLibraryTests {
         let wrong = ObservedClient("erin", password: "not-her-password", port: server.ipv4Port)
         let failure = try await wrong.waitFor("login failed") { $0.type == .loginFailed }
         #expect(failure.reason?.contains("SASL authentication failed") == true)
-        try await Task.sleep(for: .milliseconds(300))
+        // A refused login ends the client's run; it never tries again.
+        try await wrong.waitForRunToEnd(timeout: .seconds(5))
         #expect(!wrong.events.contains { $0.type == .reconnecting })
         await wrong.stop()
         try await server.shutdownAndRemove()

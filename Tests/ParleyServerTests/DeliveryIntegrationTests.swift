@@ -60,7 +60,7 @@ struct DeliveryIntegrationTests {
             device.send("CAP END")
         }
         for device in [phone, laptop] { try await device.expect(numeric: "001") }
-        let lines = try await phone.settle(for: .milliseconds(300)) + (try await laptop.settle(for: .milliseconds(10)))
+        let lines = try await phone.settle() + (try await laptop.settle())
         let replayed = lines.compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "PRIVMSG" }
         #expect(replayed.map { $0.parameters.last ?? "" } == (1...5).map { "message \($0)" })
         #expect(replayed.map { $0.tagValue("msgid") ?? "" } == ids)
@@ -70,7 +70,7 @@ struct DeliveryIntegrationTests {
         // Delivered is on disk too: after another restart nothing comes again.
         try await server.restart()
         bob = try await Self.login("bob", server, true, [])
-        let after = try await bob.settle(for: .milliseconds(300))
+        let after = try await bob.settle()
         #expect(!after.contains { (try? IRCMessage(parsing: $0))?.command == "PRIVMSG" })
         await bob.close()
         try await server.shutdownAndRemove()
@@ -136,7 +136,7 @@ struct DeliveryIntegrationTests {
         let message = try await bobAgain.expect(command: "PRIVMSG")
         bobAgain.send("MARKREAD alice timestamp=\(message.tagValue("time")!)")
         try await bobAgain.expect(command: "MARKREAD")
-        let quiet = try await alice.settle(for: .milliseconds(200))
+        let quiet = try await alice.settle()
         #expect(!quiet.contains { $0.contains("RECEIPT") && $0.contains(" read ") })
         alice.send("RECEIPTS STATUS \(id)")
         #expect(try await alice.expect(command: "RECEIPT").parameters[2] == "delivered")
@@ -183,7 +183,7 @@ struct DeliveryIntegrationTests {
         let refused = try await dave.expect(command: "FAIL")
         #expect(refused.parameters.prefix(4) == ["CHATHISTORY", "INVALID_TARGET", "LATEST", "#inner"])
         dave.send("CHATHISTORY LATEST alice * 10")
-        let daveView = try await dave.settle(for: .milliseconds(300))
+        let daveView = try await dave.settle()
         #expect(!daveView.contains { $0.contains("direct") }, "dave's conversation with alice is empty: \(daveView)")
         let guest = try await TestClient.registered("guest", port: server.ipv4Port)
         guest.send("CHATHISTORY LATEST alice * 10")

@@ -174,7 +174,8 @@ struct DirectMessageTests {
         // IPv6 loopback is another address.
         let overIPv6 = try await TestClient.registered("six", port: server.ipv6Port, host: "::1")
         await first.close()
-        try await Task.sleep(for: .milliseconds(100))
+        // Its place is free once the server has forgotten the connection.
+        try await server.waitForOpenConnections(2)
         let fourth = try await TestClient.registered("fourth", port: server.ipv4Port)
         for client in [second, overIPv6, fourth] { await client.close() }
         try await server.shutdownAndRemove()

@@ -75,6 +75,7 @@ struct GroupIntegrationTests {
         carol.send("JOIN #team")
         try await carol.expect(numeric: "473")
         bob.send("PRIVMSG #team :carol is gone")
+        _ = try await bob.settle()  // bob's message has been handled
         #expect(try await carol.settle().filter { $0.contains("carol is gone") }.isEmpty)
 
         for client in [alice, bob, carol, dave] { await client.close() }
@@ -138,7 +139,7 @@ struct GroupIntegrationTests {
         bob.send("PRIVMSG #old :before the rename")
         try await alice.expect { $0.command == "PRIVMSG" }
 
-        _ = try await bob.settle(for: .milliseconds(50))
+        _ = try await bob.settle()
         alice.send("RENAME #old #new :a better name")
         let rename = try await alice.expect(command: "RENAME")
         #expect(rename.parameters == ["#old", "#new", "a better name"])
@@ -178,7 +179,7 @@ struct GroupIntegrationTests {
         try await dave.expect(numeric: "366")
         guest.send("JOIN #open")
         try await guest.expect(numeric: "366")
-        _ = try await alice.settle(for: .milliseconds(50))
+        _ = try await alice.settle()
         alice.send("NAMES #open")
         let names = try await alice.expect(numeric: "353")
         #expect(names.parameters.last == "~@alice!~alice@127.0.0.1 dave!~dave@0::1 visitor!~visitor@127.0.0.1")

@@ -115,7 +115,7 @@ struct ServerProcessTests {
 
         server = try await ServerProcess(dataDirectory: directory, configFile: config)
         let bob = try await TestClient.registered("bob", port: server.ports[0], caps: ["message-tags", "batch", "server-time"], password: "bob-password")
-        let lines = try await bob.settle(for: .milliseconds(500))
+        let lines = try await bob.settle()
         let replayed = lines.compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "PRIVMSG" }
         // One batch per conversation (the direct ones first: message 1 was direct), in order.
         let order = Array(stride(from: 1, through: 19, by: 2)) + Array(stride(from: 2, through: 20, by: 2))
@@ -123,7 +123,7 @@ struct ServerProcessTests {
         #expect(replayed.map { $0.tagValue("msgid") ?? "" } == order.map { ids[$0 - 1] })
         // carol got the group's messages live before the kill; they are not replayed to her.
         let carolAgain = try await TestClient.registered("carol", port: server.ports[0], password: "carol-password")
-        #expect(!(try await carolAgain.settle(for: .milliseconds(300))).contains { (try? IRCMessage(parsing: $0))?.command == "PRIVMSG" })
+        #expect(!(try await carolAgain.settle()).contains { (try? IRCMessage(parsing: $0))?.command == "PRIVMSG" })
         await bob.close(); await carolAgain.close()
         server.signal(SIGTERM)
         #expect(try await server.waitForExit(timeout: .seconds(5)) == 0)
@@ -151,7 +151,7 @@ struct ServerProcessTests {
 
         server = try await ServerProcess(dataDirectory: directory, configFile: config)
         let bob = try await TestClient.registered("bob", port: server.ports[0], caps: ["batch", "server-time"], password: "bob-password")
-        let lines = try await bob.settle(for: .milliseconds(800))
+        let lines = try await bob.settle()
         let replayed = lines.compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "PRIVMSG" }.map { $0.parameters.last ?? "" }
         #expect(Array(replayed.prefix(echoed)) == (1...echoed).map { "burst \($0)" }, "every echoed message, in order, once")
         #expect(replayed.count >= echoed && replayed.count <= 2000)

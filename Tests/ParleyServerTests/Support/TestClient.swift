@@ -181,10 +181,29 @@ final class TestClient: Sendable {
         }
     }
 
-    /// Lets in-flight lines arrive, then returns them (for asserting that nothing else came).
-    func settle(for duration: Duration = .milliseconds(150)) async throws -> [String] {
-        try await Task.sleep(for: duration)
-        return drain()
+    /// Every line the server sent this connection before it answered a PING sent now, without
+    /// the PONG (for asserting that nothing else came). The server answers a connection's
+    /// commands in order, after the lines it decided for that connection earlier, including a
+    /// login's replay and a slow command's replies; what another connection's command causes
+    /// is covered only once that command has been answered.
+    func settle(timeout: Duration = .seconds(10)) async throws -> [String] {
+        let token = "settle-\(UInt32.random(in: 0...UInt32.max))"
+        send("PING :\(token)")
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let found = state.withLockedValue { state -> [String]? in
+                guard let pong = state.lines.firstIndex(where: { line in
+                    (try? IRCMessage(parsing: line)).map { $0.command == "PONG" && $0.parameters.last == token } ?? false
+                }) else { return nil }
+                defer { state.lines.removeFirst(pong + 1) }
+                return Array(state.lines[..<pong])
+            }
+            if let found { return found }
+            if ContinuousClock.now >= deadline || isClosed {
+                throw Timeout(waitingFor: "PONG \(token)", received: state.withLockedValue { $0.lines })
+            }
+            try await waitForActivity(until: deadline)
+        }
     }
 
     /// Short polling keeps this simple and free of lost wake-ups; lines arrive within microseconds.

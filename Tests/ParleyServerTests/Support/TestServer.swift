@@ -71,6 +71,17 @@ final class TestServer: @unchecked Sendable {
     /// Storage writes handed over and not yet committed.
     var storageBacklog: Int { server?.host.storageWriter.backlog ?? 0 }
 
+    /// Waits until the server holds exactly `count` connections.
+    func waitForOpenConnections(_ count: Int, timeout: Duration = .seconds(5)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while server?.host.openChannelCount != count {
+            guard ContinuousClock.now < deadline else {
+                throw TestClient.Timeout(waitingFor: "\(count) open connections (\(server?.host.openChannelCount ?? -1) now)", received: [])
+            }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+    }
+
     var ipv4Port: Int { port(0) }
     var ipv6Port: Int { port(1) }
 
