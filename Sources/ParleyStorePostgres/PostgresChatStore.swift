@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ParleyCore
 import ParleyStorage
 import PostgresNIO
@@ -68,11 +69,34 @@ public final class PostgresChatStore: ChatStore {
         }
     }
 
-    static func configuration(for url: PostgresDatabaseURL) -> PostgresConnection.Configuration {
+    static func configuration(for url: PostgresDatabaseURL) throws(PostgresStoreError) -> PostgresConnection.Configuration {
         var configuration = PostgresConnection.Configuration(
-            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: .disable)
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try tls(for: url))
         configuration.options.connectTimeout = .seconds(10)
         return configuration
+    }
+
+    /// The TLS settings `sslmode` and `sslrootcert` ask for, as libpq reads them.
+    static func tls(for url: PostgresDatabaseURL) throws(PostgresStoreError) -> PostgresConnection.Configuration.TLS {
+        var settings = TLSConfiguration.makeClientConfiguration()
+        switch url.tlsMode {
+        case .disable: return .disable
+        case .prefer, .require: settings.certificateVerification = .none
+        case .verifyCA: settings.certificateVerification = .noHostnameVerification
+        case .verifyFull: settings.certificateVerification = .fullVerification
+        }
+        if let file = url.rootCertificateFile {
+            do {
+                settings.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(file))
+            } catch {
+                throw .malformedURL("cannot read the database URL's sslrootcert \(file): \(error)")
+            }
+        }
+        let context: NIOSSLContext
+        do { context = try NIOSSLContext(configuration: settings) } catch {
+            throw .server("cannot set up TLS for PostgreSQL: \(error)")
+        }
+        return url.tlsMode == .prefer ? .prefer(context) : .require(context)
     }
 
     private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop) async throws -> PostgresConnection {

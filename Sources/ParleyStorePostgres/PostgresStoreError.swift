@@ -56,7 +56,9 @@ public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertib
             self = .loginRefused(url: url.description, reason: message)
         case (_, "3D000"?):
             self = .missingDatabase(url: url.description)
-        case (.connectionError, _), (.uncleanShutdown, _), (.serverClosedConnection, _):
+        case (.sslUnsupported, _):
+            self = .unreachable(url: url.description, reason: "the server does not offer TLS, which the URL's sslmode requires")
+        case (.connectionError, _), (.uncleanShutdown, _), (.serverClosedConnection, _), (.failedToAddSSLHandler, _):
             let underlying = psql.underlying.map { String(describing: $0) } ?? "the connection failed"
             self = .unreachable(url: url.description, reason: underlying)
         case (.unsupportedAuthMechanism, _), (.authMechanismRequiresPassword, _):

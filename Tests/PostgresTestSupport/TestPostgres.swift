@@ -44,16 +44,19 @@ public enum TestPostgres {
 /// and start again, to see what the server does while its database is gone.
 public struct DedicatedPostgres: Sendable {
     public let url: PostgresDatabaseURL
+    /// With `make(tlsOnly: true)`: the server's self-signed certificate (PEM), issued for `localhost`.
+    public let certificateFile: String?
     let start: @Sendable () throws -> Void
     let stop: @Sendable () throws -> Void
 
-    /// A new cluster (initdb, a free port); it is removed when the test process ends.
-    public static func make() async throws -> DedicatedPostgres {
+    /// A new cluster (initdb, a free port); it is removed when the test process ends. With
+    /// `tlsOnly`, it refuses connections without TLS (`openssl` makes its certificate).
+    public static func make(tlsOnly: Bool = false) async throws -> DedicatedPostgres {
         guard let binaries = ClusterStarter.postgresBinaries() else {
             throw TestPostgresError(description: "this test starts a PostgreSQL server of its own: install PostgreSQL (Debian: apt-get install postgresql)")
         }
         return try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(with: Result { try ClusterStarter.startDedicated(binaries: binaries) }) }
+            DispatchQueue.global().async { continuation.resume(with: Result { try ClusterStarter.startDedicated(binaries: binaries, tlsOnly: tlsOnly) }) }
         }
     }
 
@@ -122,7 +125,7 @@ actor ClusterStarter {
         try startDedicated(binaries: binaries).url
     }
 
-    static func startDedicated(binaries: URL) throws -> DedicatedPostgres {
+    static func startDedicated(binaries: URL, tlsOnly: Bool = false) throws -> DedicatedPostgres {
         let asRoot = geteuid() == 0
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-test-pg-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -130,21 +133,42 @@ actor ClusterStarter {
         let data = directory.appendingPathComponent("data").path
         // Output goes to a file, not a pipe: the server that pg_ctl starts would hold a pipe open.
         let output = directory.appendingPathComponent("setup.log")
-        let asOwner: @Sendable (String, [String]) throws -> Void = { tool, arguments in
-            let path = binaries.appendingPathComponent(tool).path
+        let runAsOwner: @Sendable (String, [String]) throws -> Void = { path, arguments in
             if asRoot { try run("/usr/sbin/runuser", ["-u", "postgres", "--", path] + arguments, output: output) } else { try run(path, arguments, output: output) }
+        }
+        let asOwner: @Sendable (String, [String]) throws -> Void = { tool, arguments in
+            try runAsOwner(binaries.appendingPathComponent(tool).path, arguments)
         }
         try asOwner("initdb", ["-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
         let port = try freePort()
         // Test data need no durability: fsync off makes each CREATE DATABASE and commit cheap.
-        let options = "-c listen_addresses=127.0.0.1 -p \(port) -k \(directory.path) -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        var serverOptions = "-c listen_addresses=127.0.0.1 -p \(port) -k \(directory.path) -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        var certificateFile: String?
+        if tlsOnly {
+            let certificate = directory.appendingPathComponent("server.crt").path
+            let key = directory.appendingPathComponent("server.key").path
+            // Made by the server's user: PostgreSQL refuses a key that others may read.
+            try runAsOwner("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                                            "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                                            "-keyout", key, "-out", certificate])
+            try runAsOwner("/bin/chmod", ["600", key])
+            // TLS over TCP or nothing (the socket in the directory stays open for the tools).
+            try Data("""
+                local all all trust
+                hostssl all all 127.0.0.1/32 trust
+                hostnossl all all 127.0.0.1/32 reject
+                """.utf8).write(to: URL(fileURLWithPath: data).appendingPathComponent("pg_hba.conf"))
+            serverOptions += " -c ssl=on -c ssl_cert_file=\(certificate) -c ssl_key_file=\(key)"
+            certificateFile = certificate
+        }
+        let options = serverOptions
         let start: @Sendable () throws -> Void = { try asOwner("pg_ctl", ["-D", data, "-w", "-l", directory.appendingPathComponent("log").path, "-o", options, "start"]) }
         try start()
         let stop = (asRoot ? "/usr/sbin/runuser -u postgres -- " : "") + "\(binaries.appendingPathComponent("pg_ctl").path) -D \(data) -m immediate stop"
         try spawn("/bin/sh", ["-c", "while kill -0 \(getpid()) 2>/dev/null; do sleep 1; done; \(stop); rm -rf \(directory.path)"], output: "/dev/null")
         return DedicatedPostgres(
             url: PostgresDatabaseURL(host: "127.0.0.1", port: port, user: "postgres", database: "postgres"),
-            start: start, stop: { try asOwner("pg_ctl", ["-D", data, "-m", "immediate", "stop"]) })
+            certificateFile: certificateFile, start: start, stop: { try asOwner("pg_ctl", ["-D", data, "-m", "immediate", "stop"]) })
     }
 
     /// Runs a command to its end with posix_spawn and waitpid. (Foundation's Process did not see
