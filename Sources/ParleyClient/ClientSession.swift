@@ -145,11 +145,12 @@ public struct ClientSession: Sendable {
         return IRCMessage(tags: [IRCTag("label", label)], command: "CHATHISTORY", parameters: ["LATEST", target, "*", String(limit)])
     }
 
-    /// Messages of `target` older than a server time (`nil`: the latest).
-    public mutating func history(of target: String, before time: String?, limit: Int) -> IRCMessage {
-        guard let time else { return history(of: target, limit: limit) }
+    /// Messages of `target` older than a shown message (`nil`: the latest).
+    public mutating func history(of target: String, before anchor: HistoryAnchor?, limit: Int) -> IRCMessage {
+        guard let anchor else { return history(of: target, limit: limit) }
         let label = makeLabel(.history)
-        return IRCMessage(tags: [IRCTag("label", label)], command: "CHATHISTORY", parameters: ["BEFORE", target, "timestamp=\(time)", String(limit)])
+        let reference = anchor.msgid.map { "msgid=\($0)" } ?? "timestamp=\(anchor.time)"
+        return IRCMessage(tags: [IRCTag("label", label)], command: "CHATHISTORY", parameters: ["BEFORE", target, reference, String(limit)])
     }
 
     /// Marks a conversation read up to a message's time (only ever forward).

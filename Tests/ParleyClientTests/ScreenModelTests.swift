@@ -177,7 +177,7 @@ struct ScreenModelTests {
 
         // Page up at the top asks for what came before the oldest message.
         let effects = screen.scroll(pages: 1)
-        #expect(effects == [.loadOlder(conversation: "bob", before: "2026-11-25T10:00:00.000Z")])
+        #expect(effects == [.loadOlder(conversation: "bob", before: HistoryAnchor(time: "2026-11-25T10:00:00.000Z", msgid: "m0"))])
         #expect(screen.scroll(pages: 1).isEmpty, "one request at a time")
         for index in 0..<3 {
             _ = screen.apply(Self.message(from: "bob", in: "bob", "older \(index)", time: "2026-11-24T09:00:0\(index).000Z", msgid: "o\(index)", history: true))
@@ -185,7 +185,7 @@ struct ScreenModelTests {
         _ = screen.apply(ClientEvent(.historyEnd, conversation: "bob"))
         frame = Self.text(screen.frame())
         #expect(frame.contains { $0.contains("↓ more below") }, "the status line says the view is scrolled: \(frame)")
-        #expect(screen.scroll(pages: 1) == [.loadOlder(conversation: "bob", before: "2026-11-24T09:00:00.000Z")])
+        #expect(screen.scroll(pages: 1) == [.loadOlder(conversation: "bob", before: HistoryAnchor(time: "2026-11-24T09:00:00.000Z", msgid: "o0"))])
         _ = screen.apply(ClientEvent(.historyEnd, conversation: "bob"))
         frame = Self.text(screen.frame())
         #expect(frame.contains { $0.contains("start of the conversation with bob") }, "\(frame) \(screen.layoutRows().map(\.plainText))")

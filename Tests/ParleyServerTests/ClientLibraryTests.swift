@@ -149,6 +149,35 @@ struct ClientLibraryTests {
         try await server.shutdownAndRemove()
     }
 
+    @Test func pagingBackLosesNoMessageOfTheSameMillisecond() async throws {
+        let server = try await TestServer()
+        let bob = ObservedClient("bob", password: "bob-password", port: server.ipv4Port, create: true)
+        bob.client.perform { session in
+            session.reportsHistoryEnd = true
+            return ([], [], ())
+        }
+        try await bob.waitFor("connected") { $0.type == .connected }
+        // One write of many messages: the server stores several within each millisecond.
+        let alice = try await TestClient.registered("alice", port: server.ipv4Port)
+        alice.sendRaw(Array((1...60).map { "PRIVMSG bob :burst \($0)\r\n" }.joined().utf8))
+        try await bob.waitFor("the last one") { $0.type == .message && $0.text == "burst 60" }
+        let live = bob.events.filter { $0.type == .message && $0.history != true }
+        #expect(live.map(\.text) == (1...60).map { "burst \($0)" })
+        // The oldest shown message shares its millisecond with the one before it, as a page
+        // boundary often does in a busy conversation.
+        let anchorIndex = try #require((1..<live.count).first { live[$0].time == live[$0 - 1].time && $0 >= 10 },
+                                       "no two messages of the burst share a millisecond")
+        let anchor = live[anchorIndex]
+        bob.client.sendLine { $0.history(of: "alice", before: HistoryAnchor(time: anchor.time!, msgid: anchor.msgid), limit: 10) }
+        try await bob.waitFor("the page") { $0.type == .message && $0.history == true && $0.text == live[anchorIndex - 1].text }
+        try await bob.waitFor("the page's end") { $0.type == .historyEnd }
+        let page = bob.events.filter { $0.type == .message && $0.history == true }
+        #expect(page.map(\.text) == live[(anchorIndex - 10)..<anchorIndex].map(\.text), "the ten before it, none skipped")
+        await alice.close()
+        await bob.stop()
+        try await server.shutdownAndRemove()
+    }
+
     @Test func stoppingWhileWaitingToReconnectEndsAtOnce() async throws {
         let server = try await TestServer()
         // An hour between attempts: only stop() can end the wait in this test's time.

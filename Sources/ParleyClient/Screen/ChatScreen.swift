@@ -4,9 +4,22 @@ import Foundation
 public enum ScreenEffect: Sendable, Equatable {
     /// Messages up to `time` in `conversation` are on the screen: mark them read.
     case markRead(conversation: String, time: String)
-    /// The user scrolled past the oldest message: fetch older ones (`before` a server time, or
-    /// the latest when nothing with a time is shown yet).
-    case loadOlder(conversation: String, before: String?)
+    /// The user scrolled past the oldest message: fetch older ones (`before` the oldest shown,
+    /// or the latest when nothing with a time is shown yet).
+    case loadOlder(conversation: String, before: HistoryAnchor?)
+}
+
+/// The oldest message on screen, from which older history is asked for: by its id when known,
+/// which is exact even among messages of the same millisecond (by time alone, the ones sent in
+/// the same millisecond before it would be skipped), else by its server time.
+public struct HistoryAnchor: Sendable, Equatable {
+    public var time: String
+    public var msgid: String?
+
+    public init(time: String, msgid: String? = nil) {
+        self.time = time
+        self.msgid = msgid
+    }
 }
 
 /// The terminal client's screen as a value: conversations with their messages and states,
@@ -353,8 +366,8 @@ public struct ChatScreen: Sendable {
         conversations[current].loadedSinceRequest = 0
         // Keep the top in view: it now starts with the "loading" row.
         scrollOffset = max(0, layoutRows().count - area)
-        let oldest = conversations[current].entries.first { $0.kind == .message && $0.time != nil }?.time
-        return [.loadOlder(conversation: conversations[current].name, before: oldest)]
+        let oldest = conversations[current].entries.first { $0.kind == .message && $0.time != nil }
+        return [.loadOlder(conversation: conversations[current].name, before: oldest.map { HistoryAnchor(time: $0.time!, msgid: $0.msgid) })]
     }
 
     // MARK: Receipts
