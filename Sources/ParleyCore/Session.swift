@@ -28,11 +28,20 @@ final class Session: @unchecked Sendable {
     var realname = ""
     /// The nick last refused as in use before registration: a `REGISTER *` that follows is
     /// answered about that name (ACCOUNT_EXISTS), not with "send NICK first".
-    var refusedNick: String?
+    var refusedNick: String? {
+        get { rare?.refusedNick }
+        set { if newValue != nil || rare != nil { rareState.refusedNick = newValue } }
+    }
     /// `PASS account:password` waiting for NICK/USER before it is checked.
-    var passCredentials: (account: String, password: String)?
+    var passCredentials: (account: String, password: String)? {
+        get { rare?.passCredentials }
+        set { if newValue != nil || rare != nil { rareState.passCredentials = newValue } }
+    }
     /// PASS matched the server's connection password (`serverPassword`), where one is set.
-    var gaveServerPassword = false
+    var gaveServerPassword: Bool {
+        get { rare?.gaveServerPassword ?? false }
+        set { if newValue || rare != nil { rareState.gaveServerPassword = newValue } }
+    }
     /// A password check or account creation is in flight (at most one per connection);
     /// registration and later commands wait for it.
     var pendingTickets = 0
@@ -43,28 +52,82 @@ final class Session: @unchecked Sendable {
     /// flight, replies to its later commands queue behind them (`finishBehindStores`).
     var storesInFlight = 0
     /// Set once this connection has created an account: one connection creates at most one.
-    var hasCreatedAccount = false
-    var sasl = SASLExchangeState.idle
+    var hasCreatedAccount: Bool {
+        get { rare?.hasCreatedAccount ?? false }
+        set { if newValue || rare != nil { rareState.hasCreatedAccount = newValue } }
+    }
+    var sasl: SASLExchangeState {
+        get { rare?.sasl ?? .idle }
+        set {
+            if case .idle = newValue, rare == nil { return }
+            rareState.sasl = newValue
+        }
+    }
 
     // Identity once known.
     var accountKey: String?
     var accountName: String?
-    var awayMessage: String?
-    var isOperator = false
+    var awayMessage: String? {
+        get { rare?.awayMessage }
+        set { if newValue != nil || rare != nil { rareState.awayMessage = newValue } }
+    }
+    var isOperator: Bool {
+        get { rare?.isOperator ?? false }
+        set { if newValue || rare != nil { rareState.isOperator = newValue } }
+    }
     var isInvisible = true
     /// User mode +B (IRCv3 bot-mode): the client says it is a bot; others see it in WHOIS, WHO
     /// and a `bot` tag on its messages.
-    var isBot = false
+    var isBot: Bool {
+        get { rare?.isBot ?? false }
+        set { if newValue || rare != nil { rareState.isBot = newValue } }
+    }
     /// User mode +w: receives WALLOPS from operators.
-    var receivesWallops = false
-    var monitoredNicks: Set<String> = []
+    var receivesWallops: Bool {
+        get { rare?.receivesWallops ?? false }
+        set { if newValue || rare != nil { rareState.receivesWallops = newValue } }
+    }
+    var monitoredNicks: Set<String> {
+        get { rare?.monitoredNicks ?? [] }
+        set { if !newValue.isEmpty || rare != nil { rareState.monitoredNicks = newValue } }
+    }
     /// Metadata keys this connection asked to hear about (`METADATA * SUB`).
-    var metadataSubscriptions: Set<String> = []
+    var metadataSubscriptions: Set<String> {
+        get { rare?.metadataSubscriptions ?? [] }
+        set { if !newValue.isEmpty || rare != nil { rareState.metadataSubscriptions = newValue } }
+    }
     /// Keys of the channels this connection is in.
     var channels: Set<String> = []
     /// Closed groups this guest connection was invited into by their owner (keys), used up by
     /// JOIN; they end with the connection, as the guest's part in the group does.
-    var groupInvitations: Set<String> = []
+    var groupInvitations: Set<String> {
+        get { rare?.groupInvitations ?? [] }
+        set { if !newValue.isEmpty || rare != nil { rareState.groupInvitations = newValue } }
+    }
+
+    /// What few connections ever have, kept apart so that an idle connection carries one
+    /// pointer for it instead of about 150 bytes (issue 16's memory per connection).
+    private final class Rare {
+        var refusedNick: String?
+        var passCredentials: (account: String, password: String)?
+        var gaveServerPassword = false
+        var hasCreatedAccount = false
+        var sasl = SASLExchangeState.idle
+        var awayMessage: String?
+        var isOperator = false
+        var isBot = false
+        var receivesWallops = false
+        var monitoredNicks: Set<String> = []
+        var metadataSubscriptions: Set<String> = []
+        var groupInvitations: Set<String> = []
+    }
+    private var rare: Rare?
+    private var rareState: Rare {
+        if let rare { return rare }
+        let made = Rare()
+        rare = made
+        return made
+    }
 
     init(id: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp) {
         self.id = id

@@ -13,9 +13,9 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     private let host: ChatHost
     private let isSecure: Bool
-    /// Shared, not copied with per-connection metadata: a copy with metadata cost hundreds of
-    /// bytes per idle connection. The connection id is added where something is logged.
-    private let logger: Logger
+    /// The server's logger, not a copy: even without metadata a copy cost about 60 bytes per idle
+    /// connection. The connection id is added where something is logged.
+    private var logger: Logger { host.logger }
     /// Read once: asking the logger per line cost more than the line's parsing.
     private let tracesLines: Bool
     private var connection: ConnectionID?
@@ -27,8 +27,10 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     /// The start of a line whose end has not arrived yet, copied out of NIO's receive buffer
     /// (which NIO reuses for the next read only when nothing else holds it).
     private var partialLine: ByteBuffer?
-    // Small at first: most connections never hold anything back (the default is 16 slots).
-    private var heldBack = CircularBuffer<IRCLineFrame>(initialCapacity: 1)
+    /// Lines held back by flood control, oldest first; nil while there are none (most
+    /// connections never hold anything back, and even an empty buffer costs an allocation).
+    private var heldBack: CircularBuffer<IRCLineFrame>?
+    private var isHoldingBack: Bool { heldBack.map { !$0.isEmpty } ?? false }
     private var drainScheduled = false
     /// Not being read until the storage writer catches up (see `pauseIfStorageIsBehind`).
     private var pausedForStorage = false
@@ -47,14 +49,13 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     /// Whether this connection is counted as open (from admission until the socket closes).
     private var countedOpen = false
 
-    init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, logger: Logger, forwardedAddress: String? = nil, isWebSocket: Bool = false) {
+    init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, forwardedAddress: String? = nil, isWebSocket: Bool = false) {
         self.forwardedAddress = forwardedAddress
         self.transport = isWebSocket ? .websocket : isSecure ? .tls : .tcp
         self.lineDecoder = IRCLineDecoder(maximumLineBytes: maximumLineBytes)
         self.host = host
         self.isSecure = isSecure
-        self.logger = logger
-        self.tracesLines = logger.logLevel <= .trace
+        self.tracesLines = host.logger.logLevel <= .trace
         self.flood = TokenBucket(
             ratePerSecond: host.configuration.limits.floodCommandsPerSecond,
             burst: host.configuration.limits.floodBurst, now: ChatHost.now())
@@ -124,7 +125,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private func handleLines(in bytes: inout ByteBuffer, context: ChannelHandlerContext, mayPause: Bool) {
         let now = ChatHost.now()
         while connection != nil, !(mayPause && pausedForStorage), let frame = lineDecoder.nextFrame(&bytes) {
-            if !heldBack.isEmpty || !flood.take(now: now) {
+            if isHoldingBack || !flood.take(now: now) {
                 holdBack(frame, context: context)
             } else {
                 process(frame, now: now, context: context)
@@ -222,16 +223,17 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         batch.flush()
         guard !pausedForStorage else { return }
         try? context.channel.syncOptions?.setOption(.autoRead, value: true)
-        if !heldBack.isEmpty { scheduleDrain(context: context) }
+        if isHoldingBack { scheduleDrain(context: context) }
     }
 
     // MARK: Flood control
 
     private func holdBack(_ frame: IRCLineFrame, context: ChannelHandlerContext) {
-        heldBack.append(frame)
-        if heldBack.count > host.configuration.limits.floodQueueLimit, let id = connection {
+        if heldBack == nil { heldBack = CircularBuffer(initialCapacity: 4) }
+        heldBack!.append(frame)
+        if heldBack!.count > host.configuration.limits.floodQueueLimit, let id = connection {
             logger.notice("excess flood", metadata: ["connection": "\(id)"])
-            heldBack.removeAll()
+            heldBack = nil
             host.perform(into: batch) { core, outbox in
                 core.disconnect(id, reason: "Excess Flood", now: ChatHost.now(), into: &outbox)
             }
@@ -256,16 +258,17 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     private func drain(context: ChannelHandlerContext) {
         drainScheduled = false
-        while !pausedForStorage, let frame = heldBack.first, connection != nil {
+        while !pausedForStorage, let frame = heldBack?.first, connection != nil {
             let now = ChatHost.now()
             guard flood.take(now: now) else { break }
-            heldBack.removeFirst()
+            heldBack!.removeFirst()
             process(frame, now: now, context: context)
             pauseIfStorageIsBehind(context: context)
         }
         batch.flush()
+        if heldBack?.isEmpty == true { heldBack = nil }
         // While paused, the resumption schedules the next drain.
-        if !heldBack.isEmpty && connection != nil && !pausedForStorage { scheduleDrain(context: context) }
+        if isHoldingBack && connection != nil && !pausedForStorage { scheduleDrain(context: context) }
     }
 
     // MARK: Processing

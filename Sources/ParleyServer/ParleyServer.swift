@@ -200,7 +200,7 @@ public final class ParleyServer: Service, Sendable {
                         try Self.addWebHandlers(to: channel, web, site: site, metrics: metrics, host: host, isSecure: tlsContext != nil,
                                                 maximumLineBytes: maxLine, logger: logger)
                     } else {
-                        try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine, logger: logger))
+                        try sync.addHandler(IRCConnectionHandler(host: host, isSecure: tlsContext != nil, maximumLineBytes: maxLine))
                     }
                 }
             }
@@ -257,7 +257,7 @@ extension ParleyServer {
                     let peer = IRCConnectionHandler.normalizedAddress(channel.remoteAddress)
                     let client = ForwardedFor.clientAddress(peer: peer, headers: head.headers, trustedProxies: origins.trustedProxies)
                     try sync.addHandler(IRCConnectionHandler(
-                        host: host, isSecure: isSecure, maximumLineBytes: maximumLineBytes, logger: logger,
+                        host: host, isSecure: isSecure, maximumLineBytes: maximumLineBytes,
                         forwardedAddress: client == peer ? nil : client, isWebSocket: true))
                 }
             })

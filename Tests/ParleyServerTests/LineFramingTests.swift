@@ -37,7 +37,7 @@ struct LineFramingTests {
         /// Runs `body` against one connection. Synchronous on purpose: an embedded event loop may
         /// only be used from the thread that made it, and an `await` could resume elsewhere.
         func withConnection(_ body: (Connection) throws -> Void) throws {
-            let connection = try Connection(host: server.host, maximumLineBytes: server.configuration.limits.maxLineBytes, logger: logger)
+            let connection = try Connection(host: server.host, maximumLineBytes: server.configuration.limits.maxLineBytes)
             defer { _ = try? connection.channel.finish() }
             try body(connection)
         }
@@ -51,8 +51,8 @@ struct LineFramingTests {
     struct Connection {
         let channel = EmbeddedChannel()
 
-        init(host: ChatHost, maximumLineBytes: Int, logger: Logger) throws {
-            let handler = IRCConnectionHandler(host: host, isSecure: false, maximumLineBytes: maximumLineBytes, logger: logger)
+        init(host: ChatHost, maximumLineBytes: Int) throws {
+            let handler = IRCConnectionHandler(host: host, isSecure: false, maximumLineBytes: maximumLineBytes)
             try channel.pipeline.syncOperations.addHandler(handler)
             try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 6667)).wait()
         }
