@@ -3,7 +3,7 @@
 # and two nodes on one PostgreSQL with every pair split across the nodes: messages/s, p99 and
 # losses, in one run on this machine. Needs PostgreSQL's server binaries (Debian: postgresql).
 #
-#   bench/cluster.sh                 # release build of parley-server and parley-bench first
+#   bench/cluster.sh                 # builds parley-server and parley-bench in release mode first
 #   PAIRS=100 WINDOW=16 DURATION=10 bench/cluster.sh
 #   KEEP=1 (keep the work directory: node and database logs), SKIP_SQLITE=1,
 #   PGOPTS='-c log_min_duration_statement=100', EXTRA_LIMITS=', "storageQueueLimit": 0'
@@ -12,11 +12,8 @@ cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-100}
 WINDOW=${WINDOW:-16}
 DURATION=${DURATION:-10}
-bin=.build/release
-# One --product per call: with two, swift build builds only the last.
-for product in parley-server parley-bench; do
-    [ -x "$bin/$product" ] || swift build -c release --product "$product" >/dev/null
-done
+. bench/lib.sh
+bench_build
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$pgbin/initdb" ] || { echo "needs PostgreSQL's server binaries (apt-get install postgresql)" >&2; exit 1; }
 
@@ -39,12 +36,7 @@ pgport=$(free_port)
 $as_pg "$pgbin/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
 $as_pg "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -o "-c listen_addresses=127.0.0.1 -p $pgport -k $work ${PGOPTS:-}" -w start >/dev/null
 
-cat >"$work/parley.json" <<JSON
-{ "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
-              "pingIntervalSeconds": 600 ${EXTRA_LIMITS:-} },
-  "accounts": { "registrationsPerNetworkAllowed": 0, "maxPasswordChecksInFlight": 0, "loginFailuresPerNetworkAllowed": 0,
-                "passwordIterations": 4096 } }
-JSON
+write_parley_config "${EXTRA_LIMITS:-}"
 
 start_node() { # name port [database]
     local extra=()
@@ -52,8 +44,7 @@ start_node() { # name port [database]
     "$bin/parley-server" --config "$work/parley.json" --data-dir "$work/data-$1" --listen "127.0.0.1:$2" \
         --log-level warning "${extra[@]}" >"$work/$1.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/"$2") 2>/dev/null && return; sleep 0.1; done
-    echo "node $1 did not start:" >&2; cat "$work/$1.log" >&2; exit 1
+    wait_for_port "$2" "node $1" "$work/$1.log"
 }
 stop_nodes() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 

@@ -26,13 +26,11 @@ THREADS=${THREADS:-1}
 CLIENTS=${CLIENTS:-19000}
 SERVERS=${SERVERS:-"parley inspircd ngircd"}
 WORKLOADS=${WORKLOADS:-"direct fanout fanout10 rate connect direct-accounts rate-accounts fanout-accounts offline offline-one"}
-SERVER_CPU=${SERVER_CPU:-0}
-BENCH_CPU=${BENCH_CPU:-1}
 PORT=${PORT:-16900}
+. bench/lib.sh
 
-work=$(mktemp -d /tmp/parley-compare.XXXXXX)
+bench_workdir parley-compare
 results="$work/results.jsonl"
-trap 'stop_server; rm -rf "$work"' EXIT
 
 # --- what is needed -------------------------------------------------------------------------
 need=()
@@ -46,81 +44,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 echo "building Parley in release mode" >&2
-swift build -c release >/dev/null
-bin=$(swift build -c release --show-bin-path)
-
-# --- servers, configured for load from one machine (flood limits and per-address caps off) ---
-server_pid=""
-
-start_server() {
-    local name=$1
-    case $name in
-    parley)
-        cat >"$work/parley.json" <<JSON
-{ "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
-              "pingIntervalSeconds": 600 },
-  "accounts": { "registrationsPerNetworkAllowed": 0, "maxPasswordChecksInFlight": 0, "loginFailuresPerNetworkAllowed": 0,
-                "passwordIterations": 4096 } }
-JSON
-        rm -rf "$work/parley-data"
-        taskset -c "$SERVER_CPU" "$bin/parley-server" --config "$work/parley.json" --data-dir "$work/parley-data" \
-            --listen "127.0.0.1:$PORT" --log-level warning >"$work/parley.log" 2>&1 &
-        ;;
-    inspircd)
-        cat >"$work/inspircd.conf" <<CONF
-<server name="insp.bench" description="bench" network="Bench">
-<admin name="bench" nick="bench" email="bench@localhost">
-<bind address="127.0.0.1" port="$PORT" type="clients">
-<power diepass="" restartpass="">
-<connect name="bench" allow="*" timeout="60" pingfreq="600" hardsendq="1073741824" softsendq="1073741824" recvq="10485760" threshold="1000000000" commandrate="1000000000" fakelag="off" localmax="1000000" globalmax="1000000" maxconnwarn="off" useident="no" limit="1000000" maxchans="100" resolvehostnames="no">
-<performance softlimit="1000000" somaxconn="4096" clonesonconnect="no" nouserdns="yes">
-<pid file="$work/inspircd.pid">
-<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="$work/inspircd.log">
-<files motd="$work/motd.txt">
-CONF
-        echo bench >"$work/motd.txt"
-        taskset -c "$SERVER_CPU" inspircd --runasroot --nofork --config "$work/inspircd.conf" >"$work/inspircd.out" 2>&1 &
-        ;;
-    ngircd)
-        cat >"$work/ngircd.conf" <<CONF
-[Global]
-Name = ngircd.bench
-Info = bench
-Listen = 127.0.0.1
-Ports = $PORT
-MotdPhrase = bench
-PidFile = $work/ngircd.pid
-[Limits]
-MaxConnections = 0
-MaxConnectionsIP = 0
-MaxJoins = 0
-MaxPenaltyTime = 0
-PingTimeout = 600
-PongTimeout = 600
-[Options]
-DNS = no
-Ident = no
-PAM = no
-CONF
-        taskset -c "$SERVER_CPU" ngircd -n -f "$work/ngircd.conf" >"$work/ngircd.out" 2>&1 &
-        ;;
-    esac
-    server_pid=$!
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "$name did not start listening on port $PORT" >&2
-    return 1
-}
-
-stop_server() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=""
-    fi
-}
+bench_build
 
 bench() {
     taskset -c "$BENCH_CPU" "$bin/parley-bench" "$@" --port "$PORT" --server-pid "$server_pid" --threads "$THREADS"

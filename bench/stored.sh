@@ -21,38 +21,14 @@ WINDOW=${WINDOW:-16}
 RATE=${RATE:-20000}
 MEMBERS=${MEMBERS:-1000}
 WORKLOADS=${WORKLOADS:-"direct rate fanout"}
-SERVER_CPU=${SERVER_CPU:-0}
-BENCH_CPU=${BENCH_CPU:-1}
 PORT=${PORT:-16950}
 
-swift build -c release --product parley-server >/dev/null
-swift build -c release --product parley-bench >/dev/null
-bin=$(swift build -c release --show-bin-path)
+. bench/lib.sh
+bench_build
 servers=("after=$bin/parley-server")
 [ -n "${BEFORE:-}" ] && servers=("before=$BEFORE" "${servers[@]}")
-
-work=$(mktemp -d /tmp/parley-stored.XXXXXX)
-server_pid=""
-stop_server() {
-    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; server_pid=""; fi
-}
-trap 'stop_server; rm -rf "$work"' EXIT
-
-cat >"$work/parley.json" <<JSON
-{ "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
-              "pingIntervalSeconds": 600 },
-  "accounts": { "registrationsPerNetworkAllowed": 0, "maxPasswordChecksInFlight": 0, "loginFailuresPerNetworkAllowed": 0,
-                "passwordIterations": 4096 } }
-JSON
-
-start_server() { # binary
-    rm -rf "$work/data"
-    taskset -c "$SERVER_CPU" "$1" --config "$work/parley.json" --data-dir "$work/data" \
-        --listen "127.0.0.1:$PORT" --log-level warning >"$work/server.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0; sleep 0.1; done
-    echo "the server did not start:" >&2; cat "$work/server.log" >&2; exit 1
-}
+bench_workdir parley-stored
+write_parley_config
 
 bench() { # label workload
     local common=(--accounts --port "$PORT" --server-pid "$server_pid" --server "$1" --duration "$DURATION")
@@ -66,7 +42,7 @@ bench() { # label workload
 for run in $(seq "$RUNS"); do
     for workload in $WORKLOADS; do
         for entry in "${servers[@]}"; do
-            start_server "${entry#*=}"
+            start_server "${entry%%=*}" "${entry#*=}"
             echo "run $run: $workload, ${entry%%=*}" >&2
             bench "${entry%%=*}" "$workload"
             stop_server
