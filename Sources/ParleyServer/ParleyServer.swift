@@ -49,6 +49,7 @@ public final class ParleyServer: Service, Sendable {
         if let cluster {
             chat.clusterNode = cluster.nodeNumber
             chat.clusterNodeName = cluster.nodeName
+            (store as? any ClusterDeliveryStore)?.holdUndelivered(asNode: cluster.nodeName)
         }
         let accounts = try await store.loadAccounts()
         let groups = try await store.loadGroups()

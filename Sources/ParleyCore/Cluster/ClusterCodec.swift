@@ -13,13 +13,18 @@ public enum ClusterRecord: Sendable, Equatable {
     case lines(ConnectionID, ByteBuffer)
     /// The sender decided to close a connection of the receiver (after its lines).
     case close(ConnectionID)
+    /// The lines before it in the payload hand a stored message to an account whose only
+    /// connections are on the receiver. The receiver ignores it; if the receiver dies before
+    /// taking the payload, it comes back to the sender, which then knows the message is still
+    /// to be delivered to that account.
+    case handedOver(messageID: String, account: String)
 }
 
 /// The bytes of a batch of records between nodes: each record is a kind byte, a 32-bit length
 /// and its body. Lines travel as they are; events as JSON (they are rare next to lines, and
 /// JSON keeps them readable in the database while debugging).
 public enum ClusterCodec {
-    enum Kind: UInt8 { case hello = 1, event = 2, lines = 3, close = 4 }
+    enum Kind: UInt8 { case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5 }
 
     public struct DecodingError: Error, CustomStringConvertible {
         public let description: String
@@ -45,6 +50,13 @@ public enum ClusterCodec {
             buffer.writeInteger(Kind.close.rawValue)
             buffer.writeInteger(UInt32(8))
             buffer.writeInteger(connection.rawValue)
+        case .handedOver(let messageID, let account):
+            buffer.writeInteger(Kind.handedOver.rawValue)
+            buffer.writeInteger(UInt32(4 + messageID.utf8.count + account.utf8.count))
+            buffer.writeInteger(UInt16(messageID.utf8.count))
+            buffer.writeString(messageID)
+            buffer.writeInteger(UInt16(account.utf8.count))
+            buffer.writeString(account)
         }
     }
 
@@ -71,6 +83,12 @@ public enum ClusterCodec {
             case .close:
                 guard let raw = body.readInteger(as: UInt64.self) else { throw DecodingError(description: "truncated close record") }
                 records.append(.close(ConnectionID(raw)))
+            case .handedOver:
+                guard let idLength = body.readInteger(as: UInt16.self), let messageID = body.readString(length: Int(idLength)),
+                      let accountLength = body.readInteger(as: UInt16.self), let account = body.readString(length: Int(accountLength)) else {
+                    throw DecodingError(description: "truncated hand-over record")
+                }
+                records.append(.handedOver(messageID: messageID, account: account))
             case nil:
                 // A newer node's record kind: skipped, so that nodes of two versions can run
                 // side by side during an upgrade.
