@@ -259,7 +259,26 @@ public final class PostgresChatStore: ChatStore {
         identitiesVersion.withLock { $0 = current }
     }
 
+    /// How long a transaction naming a group or account this store cannot find waits for it.
+    static let unknownIdentityWait: Duration = .seconds(5)
+
     public func transaction(_ body: (any StorageTransaction) throws -> Void) throws {
+        // Another node tells this one of a group it made (the JOIN, the INVITE) as soon as it
+        // decides it, and commits the group's row a moment later: under load a member's message
+        // here could name the group before its row exists, and failed with its whole batch. A
+        // name not found is looked up again until it appears, for a few seconds, not refused.
+        let deadline = ContinuousClock.now + Self.unknownIdentityWait
+        while true {
+            do {
+                return try transactionOnce(body)
+            } catch StoreError.unknownIdentity(let key) where ContinuousClock.now < deadline {
+                logger.debug("waiting for another node's commit", metadata: ["identity": "\(key)"])
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+        }
+    }
+
+    private func transactionOnce(_ body: (any StorageTransaction) throws -> Void) throws {
         // Group changes are made on a copy and shared once the transaction commits; a rolled
         // back transaction leaves the map as the database is.
         let changes: [StoredIdentities.Change] = try transactionConnection.withLock { slot in
