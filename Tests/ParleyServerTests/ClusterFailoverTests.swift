@@ -149,3 +149,26 @@ extension ClusterProcessTests {
         try await drop()
     }
 }
+
+extension ClusterProcessTests {
+    @Test func eachNodesMetricsSayWhichNodeItIs() async throws {
+        let (cluster, drop) = try await Self.makeCluster(accounts: [])
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        var nodes: [ServerProcess] = []
+        for name in ["n1", "n2"] {
+            nodes.append(try await ServerProcess(dataDirectory: cluster.directory, configFile: cluster.config,
+                                                 arguments: ["--node-name", name, "--metrics-listen", "127.0.0.1:0"]))
+        }
+        for (index, node) in nodes.enumerated() {
+            let port = try #require(node.metricsPort, "\(node.logText)")
+            let answer = try await HTTPFetch.get("/metrics", port: port)
+            let info = answer.text.split(separator: "\n").filter { $0.hasPrefix("parley_node_info") }
+            let series = info.map { $0.split(separator: " ") }
+            #expect(series.map { String($0[0]) } == ["parley_node_info{node=\"n\(index + 1)\",number=\"\(index + 1)\"}"], "\(answer.text)")
+            #expect(series.first.flatMap { Double($0[1]) } == 1, "\(info)")
+        }
+        for node in nodes { node.signal(SIGTERM) }
+        for node in nodes { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+}
