@@ -172,3 +172,94 @@ extension ClusterProcessTests {
         try await drop()
     }
 }
+
+/// REDACT and METADATA between users on different nodes: the same lines as on one node.
+extension ClusterProcessTests {
+    static let redactionCaps = caps + ["draft/message-redaction"]
+    static let metadataCaps = caps + ["draft/metadata-3"]
+
+    @Test func aMessageIsRedactedFromAnyNode() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob", "carol"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.redactionCaps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.redactionCaps, password: "bob-password")
+        try await Self.waitUntilOnline("bob", seenBy: alice)
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        alice.send("PRIVMSG #team :oops")
+        let groupID = try #require(try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "oops" }.tagValue("msgid"))
+        try await bob.expect(timeout: .seconds(10), "the group message") { $0.command == "PRIVMSG" && $0.parameters.last == "oops" }
+        alice.send("PRIVMSG carol :secret")
+        let directID = try #require(try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "secret" }.tagValue("msgid"))
+        try await alice.expect { $0.command == "NOTE" && $0.parameters.contains("RECIPIENT_OFFLINE") }
+
+        // alice's other device, on n2, where neither message was sent, takes both back.
+        let alicesPhone = try await TestClient.registered("alice", port: n2.ports[0], caps: Self.redactionCaps, password: "alice-password")
+        alicesPhone.send("REDACT #team \(groupID) :typo")
+        alicesPhone.send("REDACT carol \(directID)")
+        alicesPhone.send("PING :redacted")
+        let answers = try await alicesPhone.lines(through: { $0.command == "PONG" }, "PONG", timeout: .seconds(10))
+        #expect(!answers.contains { $0.command == "FAIL" }, "\(answers)")
+        for client in [alice, bob] {
+            let redact = try await client.expect(timeout: .seconds(10), "the REDACT") { $0.command == "REDACT" && $0.parameters.first == "#team" }
+            #expect(redact.parameters == ["#team", groupID, "typo"] && redact.source?.description.hasPrefix("alice!") == true, "\(redact)")
+        }
+        // Gone from history, and from carol's inbox kept by n1.
+        bob.send("CHATHISTORY LATEST #team * 10")
+        let history = try await bob.lines(through: { $0.command == "BATCH" && $0.parameters.first?.hasPrefix("-") == true }, "history batch")
+        #expect(!history.contains { $0.parameters.last == "oops" }, "\(history)")
+        let carol = try await Self.login("carol", port: n2.ports[0])
+        carol.send("PING :inbox")
+        let inbox = try await carol.lines(through: { $0.command == "PONG" && $0.parameters.last == "inbox" }, "PONG")
+        #expect(!inbox.contains { $0.parameters.last == "secret" }, "\(inbox)")
+
+        for client in [alice, bob, alicesPhone, carol] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+
+    @Test func metadataReachesSubscribersOnOtherNodes() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob", "carol"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.metadataCaps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.metadataCaps, password: "bob-password")
+        try await Self.waitUntilOnline("bob", seenBy: alice)
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        // bob's subscription, then a message from him: n1 has the first when alice has the second.
+        bob.send("METADATA * SUB display-name")
+        try await bob.expect(numeric: "770")
+        bob.send("PRIVMSG #team :subscribed")
+        try await alice.expect(timeout: .seconds(10), "bob's message") { $0.command == "PRIVMSG" && $0.parameters.last == "subscribed" }
+
+        alice.send("METADATA * SET display-name :Alice A.")
+        #expect(try await alice.expect(numeric: "761").parameters == ["alice", "alice", "display-name", "*", "Alice A."])
+        #expect(try await bob.expect(numeric: "761", timeout: .seconds(10)).parameters == ["bob", "alice", "display-name", "*", "Alice A."])
+        // n2 keeps it too, and so does a node started later.
+        bob.send("METADATA alice GET display-name")
+        #expect(try await bob.expect(numeric: "761", timeout: .seconds(10)).parameters == ["bob", "alice", "display-name", "*", "Alice A."])
+        let n3 = try await cluster.start("n3")
+        let carol = try await TestClient.registered("carol", port: n3.ports[0], caps: Self.metadataCaps, password: "carol-password")
+        try await Self.waitUntilOnline("alice", seenBy: carol)
+        carol.send("METADATA alice GET display-name")
+        #expect(try await carol.expect(numeric: "761", timeout: .seconds(10)).parameters == ["carol", "alice", "display-name", "*", "Alice A."])
+
+        for client in [alice, bob, carol] { await client.close() }
+        for node in [n1, n2, n3] { node.signal(SIGTERM) }
+        for node in [n1, n2, n3] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+}

@@ -105,10 +105,12 @@ public enum ClusterCodec {
         var closed: Closed?
         var read: Read?
         var account: Account?
+        var redacted: String?
 
         struct Snapshot: Codable {
             var connection: UInt64, host: String, secure: Bool, connectedAt: Int64, nick: String, username: String, realname: String
             var account: String?, away: String?, oper: Bool, invisible: Bool, caps: UInt64, channels: [String], monitored: [String]
+            var subs: [String]?, metadata: [String: String]?
         }
         struct Command: Codable { var connection: UInt64, line: String, at: Int64 }
         struct Closed: Codable { var connection: UInt64, reason: String, at: Int64 }
@@ -124,7 +126,8 @@ public enum ClusterCodec {
                 session = Snapshot(
                     connection: s.connection.rawValue, host: s.host, secure: s.isSecure, connectedAt: s.connectedAt.millisecondsSince1970,
                     nick: s.nick, username: s.username, realname: s.realname, account: s.accountKey, away: s.awayMessage,
-                    oper: s.isOperator, invisible: s.isInvisible, caps: s.capabilityBits, channels: s.channels, monitored: s.monitoredNicks)
+                    oper: s.isOperator, invisible: s.isInvisible, caps: s.capabilityBits, channels: s.channels, monitored: s.monitoredNicks,
+                    subs: s.metadataSubscriptions.isEmpty ? nil : s.metadataSubscriptions, metadata: s.metadata.isEmpty ? nil : s.metadata)
             case .command(let connection, let message, let time):
                 var line = ByteBuffer()
                 message.write(to: &line)
@@ -133,6 +136,8 @@ public enum ClusterCodec {
                 closed = Closed(connection: connection.rawValue, reason: reason, at: time.millisecondsSince1970)
             case .read(let account, let conversation, let time, let disclose):
                 read = Read(account: account, conversation: conversation, time: time.millisecondsSince1970, disclose: disclose)
+            case .redacted(let id):
+                redacted = id
             case .account(let record):
                 account = Account(name: record.name, key: record.key, credential: record.credential, createdAt: record.createdAt,
                                   lastSeen: record.lastSeen, email: record.email, settings: record.settings)
@@ -145,7 +150,8 @@ public enum ClusterCodec {
                     connection: ConnectionID(s.connection), host: s.host, isSecure: s.secure,
                     connectedAt: Timestamp(millisecondsSince1970: s.connectedAt), nick: s.nick, username: s.username,
                     realname: s.realname, accountKey: s.account, awayMessage: s.away, isOperator: s.oper, isInvisible: s.invisible,
-                    capabilityBits: s.caps, channels: s.channels, monitoredNicks: s.monitored))
+                    capabilityBits: s.caps, channels: s.channels, monitoredNicks: s.monitored,
+                    metadataSubscriptions: s.subs ?? [], metadata: s.metadata ?? [:]))
             }
             if let c = command {
                 // By bytes: "\r\n" is a single Character, so dropping two Characters would
@@ -160,6 +166,7 @@ public enum ClusterCodec {
             if let r = read {
                 return .read(account: r.account, conversation: r.conversation, time: Timestamp(millisecondsSince1970: r.time), disclose: r.disclose)
             }
+            if let id = redacted { return .redacted(messageID: id) }
             if let a = account {
                 return .account(AccountRecord(name: a.name, key: a.key, credential: a.credential, createdAt: a.createdAt,
                                               lastSeen: a.lastSeen, email: a.email, settings: a.settings))
