@@ -127,6 +127,7 @@ public struct ChatServer: Sendable {
         case oper(ConnectionID, name: String, label: String?)
         case registerAccount(ConnectionID, key: String, viaNickServ: Bool, label: String?)
         case history(ConnectionID, target: String, label: String?, subcommand: String)
+        case redaction(ConnectionID, RedactRequest)
     }
 
     public init(configuration: ChatConfiguration, accounts: [AccountRecord], groups: [GroupRecord] = [], delivery: DeliveryState = DeliveryState(), startedAt: Timestamp) {

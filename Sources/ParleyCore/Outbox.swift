@@ -27,6 +27,15 @@ public struct Outbox: Sendable {
     public var actions: [CoreAction] = []
     /// What the other nodes of a cluster must learn (always empty when the server runs alone).
     public var clusterEvents: [ClusterEvent] = []
+    /// Stored messages whose lines in `deliveries` reach an account only through one other
+    /// node's connections (`ClusterRecord.handedOver`).
+    public var handOvers: [HandOver] = []
+
+    public struct HandOver: Sendable, Equatable {
+        public var node: UInt16
+        public var messageID: String
+        public var account: String
+    }
     /// Whether the last delivery's buffer belongs to it alone, so more lines for the same
     /// connection can be appended to it (a reply burst becomes one buffer, not one per line).
     private var lastLineIsPrivate = false
@@ -36,12 +45,13 @@ public struct Outbox: Sendable {
 
     public init() {}
 
-    public var isEmpty: Bool { deliveries.isEmpty && actions.isEmpty && clusterEvents.isEmpty }
+    public var isEmpty: Bool { deliveries.isEmpty && actions.isEmpty && clusterEvents.isEmpty && handOvers.isEmpty }
 
     public mutating func removeAll() {
         deliveries.removeAll(keepingCapacity: true)
         actions.removeAll(keepingCapacity: true)
         clusterEvents.removeAll()
+        handOvers.removeAll()
         lastLineIsPrivate = false
     }
 

@@ -11,8 +11,16 @@ extension ChatHost {
         guard let cluster else { return }
         cluster.start(
             receive: { [weak self] source, payload in self?.receiveFromPeer(source, payload) },
-            peersGone: { [weak self] nodes in self?.peersGone(nodes) },
-            rejoined: { [weak self] in self?.announce(rejoin: true) })
+            returned: { [weak self] node, payload in self?.payloadReturned(from: node, payload) },
+            peersGone: { [weak self] nodes in await self?.peersGone(nodes) },
+            rejoined: { [weak self] takenForDead in
+                guard let self else { return }
+                if takenForDead {
+                    Task { await self.startOverAfterBeingTakenForDead() }
+                } else {
+                    self.announce(rejoin: true)
+                }
+            })
         announce(rejoin: false)
     }
 
@@ -57,14 +65,80 @@ extension ChatHost {
                 if let delivery = resolve(connection, line: lines, closeAfter: false) { writes.append(delivery) }
             case .close(let connection):
                 if let delivery = resolve(connection, line: nil, closeAfter: true) { writes.append(delivery) }
+            case .handedOver:
+                break  // for the sender, should this payload come back
             }
         }
         Self.write(writes)
     }
 
-    func peersGone(_ nodes: [UInt16]) {
+    /// Nodes that went away (the transport holds their locks meanwhile, so that no other node
+    /// does this at the same time and they cannot come back): their users are gone, and this
+    /// node takes over the undelivered messages they held.
+    func peersGone(_ nodes: [UInt16]) async {
         for node in nodes {
             Self.write(perform { core, outbox in core.remoteNodeGone(node, now: Self.now(), into: &outbox) })
+            guard let cluster, let shared = store as? any ClusterDeliveryStore else { continue }
+            do {
+                let adopted = try await shared.adoptUndelivered(ofNode: node, holder: cluster.nodeName)
+                if !adopted.isEmpty {
+                    logger.info("took over undelivered messages of a node that went away", metadata: ["node": "\(node)", "messages": "\(adopted.count)"])
+                }
+                Self.write(perform { core, outbox in core.adoptUndelivered(adopted, from: node, now: Self.now(), into: &outbox) })
+            } catch {
+                // They stay with the dead node's name: a node of that name that starts again
+                // hands them over.
+                logger.error("could not take over the undelivered messages of a node that went away",
+                             metadata: ["node": "\(node)", "error": "\(error)"])
+            }
         }
+    }
+
+    /// A payload for a node that died before taking it: the stored messages it handed to that
+    /// node's connections wait for their recipients again.
+    func payloadReturned(from node: UInt16, _ payload: ByteBuffer) {
+        guard let cluster, let shared = store as? any ClusterDeliveryStore,
+              let records = try? ClusterCodec.decode(payload) else { return }
+        var handOvers: [(messageID: String, account: String)] = []
+        for case .handedOver(let messageID, let account) in records { handOvers.append((messageID, account)) }
+        guard !handOvers.isEmpty else { return }
+        let returned = handOvers
+        Task {
+            do {
+                let messages = try await shared.returnHandOvers(returned, holder: cluster.nodeName)
+                logger.warning("messages did not reach a node that went away; they wait for their recipients again",
+                               metadata: ["node": "\(node)", "messages": "\(messages.count)"])
+                Self.write(perform { core, outbox in core.handOversReturned(messages, from: node, now: Self.now(), into: &outbox) })
+            } catch {
+                logger.error("could not mark messages undelivered again", metadata: ["node": "\(node)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// The other nodes took this node for dead while it was cut off from the database: they
+    /// dropped its users and took over what it held. It starts over as a node that has just
+    /// started: its users are disconnected (with a reason), the others' forgotten, and it holds
+    /// only what the store says it holds; then it says hello as a new node.
+    func startOverAfterBeingTakenForDead() async {
+        guard let cluster else { return }
+        logger.warning("the other nodes took this node for dead: disconnecting its users and starting over")
+        Self.write(perform { core, outbox in
+            core.shutdown(reason: "This server lost contact with the rest of the network; please reconnect", now: Self.now(), into: &outbox)
+            core.forgetRemoteSessions(now: Self.now(), into: &outbox)
+        })
+        // What its users sent before is committed first: it may be among what is taken back.
+        while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
+        if let shared = store as? any ClusterDeliveryStore {
+            do {
+                let held = try await shared.adoptUndelivered(ofNode: cluster.nodeNumber, holder: cluster.nodeName)
+                Self.write(perform { core, outbox in
+                    core.forgetUndelivered()
+                    core.adoptUndelivered(held, from: cluster.nodeNumber, now: Self.now(), into: &outbox)
+                })
+            } catch {
+                logger.error("could not reload the undelivered messages this node holds", metadata: ["error": "\(error)"])
+            }
+        }
+        announce(rejoin: false)
     }
 }

@@ -184,6 +184,11 @@ final class ChatHost: Sendable {
                     for event in state.outbox.clusterEvents { ClusterCodec.append(.event(event), to: &events) }
                     cluster.send(events, to: nil)
                 }
+                // In the same payload as the lines they mark, so that both come back together.
+                for handOver in state.outbox.handOvers {
+                    ClusterCodec.append(.handedOver(messageID: handOver.messageID, account: handOver.account),
+                                        to: &remote[handOver.node, default: ByteBuffer()])
+                }
                 for action in state.outbox.actions {
                     if case .close(let id) = action, !state.core.isLocal(id) {
                         ClusterCodec.append(.close(id), to: &remote[id.node, default: ByteBuffer()])

@@ -49,14 +49,17 @@ public final class ParleyServer: Service, Sendable {
         if let cluster {
             chat.clusterNode = cluster.nodeNumber
             chat.clusterNodeName = cluster.nodeName
+            (store as? any ClusterDeliveryStore)?.holdUndelivered(asNode: cluster.nodeName)
         }
         let accounts = try await store.loadAccounts()
         let groups = try await store.loadGroups()
         let delivery = try await store.loadDeliveryState(
             since: ChatHost.now().adding(milliseconds: -chat.historyRetentionMilliseconds), maxTrackedRecipients: chat.maxTrackedRecipients)
         let core = ChatServer(configuration: chat, accounts: accounts, groups: groups, delivery: delivery, startedAt: ChatHost.now())
+        let metrics = ServerMetrics(registry: metricsRegistry)
+        if let cluster { metrics.identify(node: cluster.nodeName, number: cluster.nodeNumber) }
         self.host = ChatHost(core: core, configuration: configuration, store: store, cluster: cluster, threadPool: NIOThreadPool.singleton,
-                             metrics: ServerMetrics(registry: metricsRegistry), logger: logger)
+                             metrics: metrics, logger: logger)
         if configuration.listeners.contains(where: \.tls) {
             guard let settings = configuration.tls else { throw ConfigurationError.tlsListenerWithoutCertificate }
             let certificates = try NIOSSLCertificate.fromPEMFile(settings.certificateFile)

@@ -73,6 +73,12 @@ final class ServerMetrics: Sendable {
         linesOut = counter("parley_lines_out_total")
     }
 
+    /// Names the node this process is in a cluster (`parley_node_info{node,number} 1`): an
+    /// operator scraping every node tells them apart by it, whatever address each is scraped at.
+    func identify(node: String, number: UInt16) {
+        CoreMetrics.Meter(label: "parley_node_info", dimensions: [("node", node), ("number", String(number))], factory: factory).set(1)
+    }
+
     func connectionOpened(_ transport: Transport) { openConnections[transport]?.increment() }
     func connectionClosed(_ transport: Transport) { openConnections[transport]?.decrement() }
 

@@ -1,4 +1,5 @@
 import NIOCore
+import ParleyCore
 
 /// How the nodes of a cluster reach each other: a shared database in practice (PostgreSQL's
 /// `ParleyStorePostgres.PostgresClusterLink`). Payloads are opaque here (`ClusterCodec` writes
@@ -8,13 +9,17 @@ public protocol ClusterTransport: Sendable {
     var nodeNumber: UInt16 { get }
     var nodeName: String { get }
     /// Starts delivering. `receive` gets every payload a peer sent to this node, each peer's in
-    /// the order it sent them; `peersGone` the nodes that stopped (crashed, lost the database,
-    /// or left), once each, at most `checkInterval` after it happened.
-    /// `rejoined` when this node is back after losing the database (the others may have taken
-    /// it for dead meanwhile).
+    /// the order it sent them; `returned` a payload this node sent to a node that went away
+    /// before taking it; `peersGone` the nodes that stopped (crashed, lost the database, or
+    /// left), at most `checkInterval` after it happened, while no other node declares them
+    /// dead and they cannot come back (so what it does, such as taking over their undelivered
+    /// messages, is done by one node at a time).
+    /// `rejoined` when this node is back after losing the database, saying whether the others
+    /// took it for dead meanwhile.
     func start(receive: @escaping @Sendable (_ source: UInt16, _ payload: ByteBuffer) -> Void,
-               peersGone: @escaping @Sendable (_ nodes: [UInt16]) -> Void,
-               rejoined: @escaping @Sendable () -> Void)
+               returned: @escaping @Sendable (_ undeliveredTo: UInt16, _ payload: ByteBuffer) -> Void,
+               peersGone: @escaping @Sendable (_ nodes: [UInt16]) async -> Void,
+               rejoined: @escaping @Sendable (_ wasTakenForDead: Bool) -> Void)
     /// Queues a payload for one node, or for every live peer when `node` is nil, and returns at
     /// once; payloads queued one after another arrive in that order.
     func send(_ payload: ByteBuffer, to node: UInt16?)
@@ -23,4 +28,22 @@ public protocol ClusterTransport: Sendable {
     func notePeer(_ node: UInt16)
     /// Sends what is queued, then leaves the cluster (the others see this node gone at once).
     func leave() async
+}
+
+/// What a store shared by the nodes of a cluster does when a node dies (PostgreSQL's).
+///
+/// Each undelivered recipient row is held by one node, which keeps the message in memory and
+/// hands it over at the recipient's next login: by default the node that stored it (named by
+/// the message id's prefix); after that node died, the node that took its rows over.
+public protocol ClusterDeliveryStore: Sendable {
+    /// From now on `loadDeliveryState` loads only the undelivered rows this node holds.
+    func holdUndelivered(asNode name: String)
+    /// A message handed to another node's connections never reached them (that node died
+    /// first): its recipient rows count as undelivered again, held by `holder`. Returns those
+    /// messages, each with the recipients concerned (rows already read stay delivered and are
+    /// left out, as are messages deleted meanwhile).
+    func returnHandOvers(_ handOvers: [(messageID: String, account: String)], holder: String) async throws -> [StoredMessage]
+    /// Takes over the undelivered rows the dead node `node` held, for `holder`, and returns
+    /// those messages with their undelivered recipients. Run by one node at a time.
+    func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage]
 }

@@ -27,6 +27,8 @@ public final class PostgresChatStore: ChatStore {
     /// Ids behind account and group keys, as in the SQLite store: group changes are applied
     /// once their transaction commits.
     private let identities = Mutex(StoredIdentities())
+    /// The node whose undelivered rows `loadDeliveryState` loads (all of them when nil).
+    private let holdingNode = Mutex<String?>(nil)
 
     private init(url: PostgresDatabaseURL, logger: Logger, eventLoopGroup: any EventLoopGroup,
                  transactionConnection: PostgresConnection, sharedConnection: PostgresConnection, identities: StoredIdentities) {
@@ -281,7 +283,26 @@ public final class PostgresChatStore: ChatStore {
         identitiesVersion.withLock { $0 = current }
     }
 
+    /// How long a transaction naming a group or account this store cannot find waits for it.
+    static let unknownIdentityWait: Duration = .seconds(5)
+
     public func transaction(_ body: (any StorageTransaction) throws -> Void) throws {
+        // Another node tells this one of a group it made (the JOIN, the INVITE) as soon as it
+        // decides it, and commits the group's row a moment later: under load a member's message
+        // here could name the group before its row exists, and failed with its whole batch. A
+        // name not found is looked up again until it appears, for a few seconds, not refused.
+        let deadline = ContinuousClock.now + Self.unknownIdentityWait
+        while true {
+            do {
+                return try transactionOnce(body)
+            } catch StoreError.unknownIdentity(let key) where ContinuousClock.now < deadline {
+                logger.debug("waiting for another node's commit", metadata: ["identity": "\(key)"])
+                Thread.sleep(forTimeInterval: 0.02)
+            }
+        }
+    }
+
+    private func transactionOnce(_ body: (any StorageTransaction) throws -> Void) throws {
         // Group changes are made on a copy and shared once the transaction commits; a rolled
         // back transaction leaves the map as the database is.
         let changes: [StoredIdentities.Change] = try transactionConnection.withLock { slot in
@@ -634,7 +655,7 @@ public final class PostgresChatStore: ChatStore {
                        CASE WHEN w.id IS NOT NULL THEN m.client_tags ELSE '' END AS client_tags,
                        r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
                 FROM messages m JOIN message_recipients r ON r.message_id = m.id LEFT JOIN waiting w ON w.id = m.id
-                WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL)
+                WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL)\(Self.heldOnly(holdingNode.withLock { $0 }))
                 ORDER BY m.position, r.recipient_id
                 """, [.int(cutoff.millisecondsSince1970), .int(recentFrom)], logger: logger)
             var state = DeliveryStateBuilder()
@@ -649,6 +670,13 @@ public final class PostgresChatStore: ChatStore {
             }
             return state.build()
         } catch { throw explained(error) }
+    }
+
+    /// A condition leaving out the undelivered rows another node holds. Node names are letters,
+    /// digits and '-' (checked at start), so the name goes into the statement as it is.
+    static func heldOnly(_ node: String?) -> String {
+        guard let node, PostgresClusterLink.isValidNodeName(node) else { return "" }
+        return " AND (r.delivered_at IS NOT NULL OR COALESCE(r.holder = '\(node)', m.id LIKE '\(node).%'))"
     }
 
     public func loadHistory(_ query: HistoryQuery) throws -> HistoryResult {
@@ -717,5 +745,82 @@ public final class PostgresChatStore: ChatStore {
             senderAccount: senderAccount, senderGuest: try row["sender_guest"], senderPrefix: try row["sender_prefix"],
             targetKind: kind, target: target, targetName: try row["target_name"],
             command: try row["command"], text: try row["text"], clientTags: try row["client_tags"])
+    }
+}
+
+// MARK: A node that died
+
+extension PostgresChatStore: ClusterDeliveryStore {
+    public func holdUndelivered(asNode name: String) {
+        holdingNode.withLock { $0 = name }
+    }
+
+    public func returnHandOvers(_ handOvers: [(messageID: String, account: String)], holder: String) async throws -> [StoredMessage] {
+        // Accounts another node created since this one last looked.
+        do { try refreshIdentities(on: try shared()) } catch { throw explained(error) }
+        let ids = identities.withLock { $0 }
+        var values: [SQLValue] = []
+        for handOver in handOvers {
+            guard let account = ids.accountIDs[handOver.account] else { continue }
+            values += [.text(handOver.messageID), .int(account)]
+        }
+        guard !values.isEmpty else { return [] }
+        do {
+            let rows = try await shared().runAsync("""
+                WITH returned AS (
+                    UPDATE message_recipients r SET delivered_at = NULL, delivered_notified = FALSE, holder = ?
+                    FROM (VALUES \(Transaction.placeholders(rows: values.count / 2, types: ["text", "bigint"]))) AS v(message_id, recipient_id)
+                    WHERE r.message_id = v.message_id AND r.recipient_id = v.recipient_id AND r.read_at IS NULL
+                    RETURNING r.message_id, r.recipient_id
+                )
+                \(Self.waitingMessagesQuery)
+                """, [.text(holder)] + values, logger: logger)
+            return try Self.waitingMessages(rows, ids: ids)
+        } catch { throw explained(error) }
+    }
+
+    public func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage] {
+        do {
+            let connection = try shared()
+            try refreshIdentities(on: connection)
+            let ids = identities.withLock { $0 }
+            var deadName: String?
+            for row in try await connection.runAsync("SELECT name FROM cluster_nodes WHERE number = ?", [.int(Int64(node))], logger: logger) {
+                deadName = try row.decode(String.self)
+            }
+            guard let deadName, PostgresClusterLink.isValidNodeName(deadName) else { return [] }
+            let rows = try await connection.runAsync("""
+                WITH returned AS (
+                    UPDATE message_recipients r SET holder = ?
+                    WHERE r.delivered_at IS NULL AND (r.holder = ? OR (r.holder IS NULL AND r.message_id LIKE ?))
+                    RETURNING r.message_id, r.recipient_id
+                )
+                \(Self.waitingMessagesQuery)
+                """, [.text(holder), .text(deadName), .text(deadName + ".%")], logger: logger)
+            return try Self.waitingMessages(rows, ids: ids)
+        } catch { throw explained(error) }
+    }
+
+    /// Follows a `returned (message_id, recipient_id)` CTE: those messages, oldest first.
+    private static let waitingMessagesQuery = """
+        SELECT m.id, m.time, m.sender_id, m.sender_guest, m.sender_nick, m.sender_prefix, m.target_kind, m.target_id,
+               m.target_guest, m.target_name, m.command, m.text, m.client_tags, returned.recipient_id
+        FROM returned JOIN messages m ON m.id = returned.message_id
+        ORDER BY m.position, returned.recipient_id
+        """
+
+    private static func waitingMessages(_ rows: PostgresQueryResult, ids: StoredIdentities) throws -> [StoredMessage] {
+        var messages: [StoredMessage] = []
+        for plain in rows {
+            let row = plain.makeRandomAccess()
+            guard let account = ids.accountKeys[try row["recipient_id", as: Int64.self]] else { continue }
+            let id: String = try row["id"]
+            if messages.last?.id != id {
+                guard let message = try message(from: row, ids: ids) else { continue }
+                messages.append(message)
+            }
+            messages[messages.count - 1].recipients.append(StoredRecipient(account: account))
+        }
+        return messages
     }
 }

@@ -19,6 +19,11 @@ import Synchronization
 /// - What is queued while writes fail (the database is down) is kept and sent when it is back,
 ///   up to `maxQueuedPayloads`; past that the oldest are dropped (and logged), since a node that
 ///   long apart from the others will be taken for dead by them anyway.
+/// - A node is declared dead by a peer that takes its lock: so one peer at a time does it, and
+///   a node that was only cut off cannot take its lock back meanwhile. While holding it the
+///   peer returns the dead node's untaken rows to their senders (`returned_from`), counts the
+///   death in `cluster_nodes.declared_dead` (how a node that was only cut off learns it was
+///   taken for dead), and lets the shell take over what the dead node held.
 public final class PostgresClusterLink: ClusterTransport {
     public let nodeNumber: UInt16
     public let nodeName: String
@@ -28,7 +33,7 @@ public final class PostgresClusterLink: ClusterTransport {
     private let checkInterval: Duration
     private let maxQueuedPayloads = 100_000
     /// The first int of the advisory lock pair: "parl". The second is the node number.
-    static let lockClass: Int64 = 0x7061_726C
+    public static let lockClass: Int64 = 0x7061_726C
 
     private struct State {
         var control: PostgresConnection
@@ -37,7 +42,9 @@ public final class PostgresClusterLink: ClusterTransport {
         var peers: Set<UInt16> = []
         var leaving = false
         var tasks: [Task<Void, Never>] = []
-        var rejoined: (@Sendable () -> Void)?
+        var rejoined: (@Sendable (_ wasTakenForDead: Bool) -> Void)?
+        /// `cluster_nodes.declared_dead` of this node when it last held its lock.
+        var declaredDead: Int64 = 0
         /// When `control` was last opened again: for a while after, a peer whose lock is
         /// missing may just not have reconnected yet, so it is not taken for dead.
         var reconnectedAt: ContinuousClock.Instant?
@@ -50,14 +57,14 @@ public final class PostgresClusterLink: ClusterTransport {
     private let writerIdle = Mutex<[CheckedContinuation<Void, Never>]>([])
 
     private init(number: UInt16, name: String, url: PostgresDatabaseURL, logger: Logger, eventLoopGroup: any EventLoopGroup,
-                 checkInterval: Duration, control: PostgresConnection, writer: PostgresConnection, peers: Set<UInt16>) {
+                 checkInterval: Duration, control: PostgresConnection, writer: PostgresConnection, peers: Set<UInt16>, declaredDead: Int64) {
         nodeNumber = number
         nodeName = name
         self.url = url
         self.logger = logger
         self.eventLoopGroup = eventLoopGroup
         self.checkInterval = checkInterval
-        state = Mutex(State(control: control, writer: writer, peers: peers))
+        state = Mutex(State(control: control, writer: writer, peers: peers, declaredDead: declaredDead))
         (writerWakes, writerWake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
         (readerWakes, readerWake) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
@@ -81,13 +88,13 @@ public final class PostgresClusterLink: ClusterTransport {
         do {
             let control = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: true)
             opened.append(control)
-            let number = try await takeNumber(nodeName, on: control, logger: logger)
+            let (number, declaredDead) = try await takeNumber(nodeName, on: control, logger: logger)
             let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false)
             opened.append(writer)
             let peers = try await liveNodes(on: control, except: number, logger: logger)
             logger.info("joined the cluster", metadata: ["node": "\(nodeName)", "number": "\(number)", "peers": "\(peers.sorted())"])
             return PostgresClusterLink(number: number, name: nodeName, url: url, logger: logger, eventLoopGroup: eventLoopGroup,
-                                       checkInterval: checkInterval, control: control, writer: writer, peers: peers)
+                                       checkInterval: checkInterval, control: control, writer: writer, peers: peers, declaredDead: declaredDead)
         } catch {
             for connection in opened { try? await connection.close() }
             throw PostgresStoreError(error, url: url)
@@ -108,7 +115,7 @@ public final class PostgresClusterLink: ClusterTransport {
     }
 
     /// The node's number for its name, and its liveness lock; a name held by a live node is refused.
-    private static func takeNumber(_ name: String, on control: PostgresConnection, logger: Logger) async throws -> UInt16 {
+    private static func takeNumber(_ name: String, on control: PostgresConnection, logger: Logger) async throws -> (UInt16, declaredDead: Int64) {
         try await control.runAsync(
             "INSERT INTO cluster_nodes (name, started_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
             [.text(name), .int(Int64(Date().timeIntervalSince1970 * 1000))], logger: logger)
@@ -119,21 +126,48 @@ public final class PostgresClusterLink: ClusterTransport {
         guard let number else { throw PostgresStoreError.server("node \(name) vanished from cluster_nodes") }
         guard number >= 1, number <= 4095 else { throw PostgresStoreError.tooManyNodeNames }
         // A node restarted right after it was stopped or killed may find its previous run's
-        // lock still held for a moment, until the database notices that connection is gone.
-        var locked = false
-        for attempt in 0..<10 {
-            if attempt > 0 { try await Task.sleep(for: .milliseconds(500)) }
-            for row in try await control.runAsync("SELECT pg_try_advisory_lock(CAST(? AS INT), CAST(? AS INT))", [.int(lockClass), .int(number)], logger: logger) {
-                locked = try row.decode(Bool.self)
-            }
-            if locked { break }
-        }
-        guard locked else { throw PostgresStoreError.nodeNameInUse(name) }
+        // lock still held for a moment, until the database notices that connection is gone (or
+        // while a peer declares that run dead).
+        guard try await lock(UInt16(number), on: control, attempts: 10, logger: logger) else { throw PostgresStoreError.nodeNameInUse(name) }
         try await control.runAsync("UPDATE cluster_nodes SET started_at = ? WHERE number = ?",
                                    [.int(Int64(Date().timeIntervalSince1970 * 1000)), .int(number)], logger: logger)
-        // What was sent to this node's previous run is for connections that no longer exist.
-        try await control.runAsync("DELETE FROM cluster_events WHERE target = ?", [.int(number)], logger: logger)
-        return UInt16(number)
+        // What was sent to this node's previous run is for connections that no longer exist:
+        // back to the senders, who hold again what did not reach its recipients.
+        try await returnUntaken(to: UInt16(number), on: control, logger: logger)
+        return (UInt16(number), try await declaredDeadCount(of: UInt16(number), on: control, logger: logger))
+    }
+
+    /// Takes a node's liveness lock, trying `attempts` times half a second apart.
+    private static func lock(_ node: UInt16, on connection: PostgresConnection, attempts: Int, logger: Logger) async throws -> Bool {
+        for attempt in 0..<attempts {
+            if attempt > 0 { try await Task.sleep(for: .milliseconds(500)) }
+            for row in try await connection.runAsync("SELECT pg_try_advisory_lock(CAST(? AS INT), CAST(? AS INT))", [.int(lockClass), .int(Int64(node))], logger: logger) {
+                if try row.decode(Bool.self) { return true }
+            }
+        }
+        return false
+    }
+
+    private static func declaredDeadCount(of node: UInt16, on connection: PostgresConnection, logger: Logger) async throws -> Int64 {
+        var count: Int64 = 0
+        for row in try await connection.runAsync("SELECT declared_dead FROM cluster_nodes WHERE number = ?", [.int(Int64(node))], logger: logger) {
+            count = Int64(try row.decode(Int32.self))
+        }
+        return count
+    }
+
+    /// The rows a node did not take go back to their senders (marked `returned_from`), who are
+    /// woken; what an admin command sent, or what was itself coming back to that node, is dropped.
+    private static func returnUntaken(to node: UInt16, on connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.runAsync("""
+            WITH returned AS (
+                UPDATE cluster_events SET target = source, returned_from = target
+                WHERE target = ? AND returned_from IS NULL AND source <> 0 AND source <> target
+                RETURNING target
+            )
+            SELECT pg_notify('parley_node_' || target, '') FROM (SELECT DISTINCT target FROM returned) senders
+            """, [.int(Int64(node))], logger: logger)
+        try await connection.runAsync("DELETE FROM cluster_events WHERE target = ?", [.int(Int64(node))], logger: logger)
     }
 
     /// The nodes holding their liveness lock now.
@@ -191,8 +225,10 @@ public final class PostgresClusterLink: ClusterTransport {
 
     // MARK: ClusterTransport
 
-    public func start(receive: @escaping @Sendable (UInt16, ByteBuffer) -> Void, peersGone: @escaping @Sendable ([UInt16]) -> Void,
-                      rejoined: @escaping @Sendable () -> Void) {
+    public func start(receive: @escaping @Sendable (UInt16, ByteBuffer) -> Void,
+                      returned: @escaping @Sendable (UInt16, ByteBuffer) -> Void,
+                      peersGone: @escaping @Sendable ([UInt16]) async -> Void,
+                      rejoined: @escaping @Sendable (_ wasTakenForDead: Bool) -> Void) {
         state.withLock { $0.rejoined = rejoined }
         let listener = Task { [self] in await listen() }
         let ticker = Task { [self] in
@@ -204,7 +240,7 @@ public final class PostgresClusterLink: ClusterTransport {
         }
         let reader = Task { [self] in
             for await _ in readerWakes {
-                await takeArrived(receive)
+                await takeArrived(receive, returned: returned)
             }
         }
         let writer = Task { [self] in
@@ -286,21 +322,23 @@ public final class PostgresClusterLink: ClusterTransport {
         }
     }
 
-    private func takeArrived(_ receive: @Sendable (UInt16, ByteBuffer) -> Void) async {
+    private func takeArrived(_ receive: @Sendable (UInt16, ByteBuffer) -> Void, returned: @Sendable (UInt16, ByteBuffer) -> Void) async {
         let control = state.withLock { $0.control }
         do {
             var arrived = try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
                 let rows = try await control.runAsync(
-                    "DELETE FROM cluster_events WHERE target = ? RETURNING id, source, payload", [.int(Int64(nodeNumber))], logger: logger)
-                var arrived: [(id: Int64, source: UInt16, payload: ByteBuffer)] = []
+                    "DELETE FROM cluster_events WHERE target = ? RETURNING id, source, payload, returned_from", [.int(Int64(nodeNumber))], logger: logger)
+                var arrived: [(id: Int64, source: UInt16, payload: ByteBuffer, returnedFrom: UInt16?)] = []
                 for row in rows {
-                    let (id, source, payload) = try row.decode((Int64, Int32, ByteBuffer).self)
-                    arrived.append((id, UInt16(truncatingIfNeeded: source), payload))
+                    let (id, source, payload, returnedFrom) = try row.decode((Int64, Int32, ByteBuffer, Int32?).self)
+                    arrived.append((id, UInt16(truncatingIfNeeded: source), payload, returnedFrom.map { UInt16(truncatingIfNeeded: $0) }))
                 }
                 return arrived
             }
             arrived.sort { $0.id < $1.id }
-            for item in arrived { receive(item.source, item.payload) }
+            for item in arrived {
+                if let node = item.returnedFrom { returned(node, item.payload) } else { receive(item.source, item.payload) }
+            }
         } catch {
             logger.debug("cluster read failed", metadata: ["error": "\(String(describing: error))"])
             if error is TimedOut { try? await control.close() }
@@ -371,7 +409,7 @@ public final class PostgresClusterLink: ClusterTransport {
         writerWake.yield()
     }
 
-    private func checkPeers(_ peersGone: @Sendable ([UInt16]) -> Void) async {
+    private func checkPeers(_ peersGone: @Sendable ([UInt16]) async -> Void) async {
         let control = state.withLock { $0.control }
         let logger = self.logger
         let me = nodeNumber
@@ -389,14 +427,25 @@ public final class PostgresClusterLink: ClusterTransport {
             state.peers = live
             return gone
         }
-        if !gone.isEmpty {
-            logger.warning("cluster nodes gone", metadata: ["nodes": "\(gone)"])
-            // Their mail will never be read by them: a node of that name that starts again
-            // clears its rows itself, but one that never comes back would leave them.
-            for node in gone {
-                _ = try? await control.runAsync("DELETE FROM cluster_events WHERE target = ?", [.int(Int64(node))], logger: logger)
+        for node in gone {
+            do {
+                // Declared dead under its lock: if the node is back (or another peer is
+                // declaring it right now) it is left alone until the next check.
+                guard try await Self.lock(node, on: control, attempts: 1, logger: logger) else {
+                    _ = state.withLock { $0.peers.insert(node) }
+                    continue
+                }
+                logger.warning("cluster node gone", metadata: ["node": "\(node)"])
+                try await Self.returnUntaken(to: node, on: control, logger: logger)
+                try await control.runAsync("UPDATE cluster_nodes SET declared_dead = declared_dead + 1 WHERE number = ?", [.int(Int64(node))], logger: logger)
+                await peersGone([node])
+                try await control.runAsync("SELECT pg_advisory_unlock(CAST(? AS INT), CAST(? AS INT))",
+                                           [.int(Self.lockClass), .int(Int64(node))], logger: logger)
+            } catch {
+                // Tried again at the next check (the lock went with the connection, if it did).
+                logger.warning("cluster: declaring a node dead failed", metadata: ["node": "\(node)", "error": "\(String(describing: error))"])
+                _ = state.withLock { $0.peers.insert(node) }
             }
-            peersGone(gone)
         }
     }
 
@@ -424,24 +473,28 @@ public final class PostgresClusterLink: ClusterTransport {
         guard control.isClosed, !state.withLock({ $0.leaving }) else { return }
         do {
             let fresh = try await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: true)
-            var locked = false
-            for row in try await fresh.runAsync("SELECT pg_try_advisory_lock(CAST(? AS INT), CAST(? AS INT))",
-                                                [.int(Self.lockClass), .int(Int64(nodeNumber))], logger: logger) {
-                locked = try row.decode(Bool.self)
-            }
+            // A peer declaring this node dead holds its lock for a moment.
+            let locked = try await Self.lock(nodeNumber, on: fresh, attempts: 20, logger: logger)
             if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }
-            let (kept, rejoined) = state.withLock { state -> (Bool, (@Sendable () -> Void)?) in
-                guard !state.leaving else { return (false, nil) }
+            let declaredDead = try await Self.declaredDeadCount(of: nodeNumber, on: fresh, logger: logger)
+            let (kept, rejoined, takenForDead) = state.withLock { state -> (Bool, (@Sendable (Bool) -> Void)?, Bool) in
+                guard !state.leaving else { return (false, nil, false) }
                 state.control = fresh
                 state.reconnectedAt = .now
-                return (true, state.rejoined)
+                let takenForDead = declaredDead != state.declaredDead
+                state.declaredDead = declaredDead
+                return (true, state.rejoined, takenForDead)
             }
             guard kept else {
                 try? await fresh.close()
                 return
             }
-            logger.info("cluster: reconnected to the database")
-            rejoined?()
+            if takenForDead {
+                logger.warning("cluster: reconnected to the database; the other nodes took this node for dead meanwhile")
+            } else {
+                logger.info("cluster: reconnected to the database")
+            }
+            rejoined?(takenForDead)
         } catch {
             logger.debug("cluster: database still unreachable", metadata: ["error": "\(String(describing: error))"])
         }

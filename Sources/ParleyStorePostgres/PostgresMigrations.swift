@@ -153,6 +153,18 @@ enum PostgresMigrations {
             #"ALTER TABLE messages ALTER COLUMN id TYPE TEXT COLLATE "C""#,
             #"ALTER TABLE message_recipients ALTER COLUMN message_id TYPE TEXT COLLATE "C""#,
         ]),
+        Migration(version: 5, name: "node-failover", statements: [
+            // Which node holds an undelivered recipient row in memory, to hand it over at the
+            // recipient's next login; NULL: the node whose name starts the message id. When a
+            // node dies, one survivor takes its rows over by setting this.
+            "ALTER TABLE message_recipients ADD COLUMN holder TEXT",
+            // A payload for a node that died before taking it goes back to its sender, which
+            // learns which messages did not reach their recipients.
+            "ALTER TABLE cluster_events ADD COLUMN returned_from INT",
+            // Counts the times others took the node for dead: a node that was only cut off
+            // finds out when it is back.
+            "ALTER TABLE cluster_nodes ADD COLUMN declared_dead INT NOT NULL DEFAULT 0",
+        ]),
     ]
 
     static var latestVersion: Int { all.last?.version ?? 0 }

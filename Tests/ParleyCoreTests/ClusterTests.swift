@@ -156,7 +156,7 @@ struct ClusterCodecTests {
             connection: ConnectionID(3 << ConnectionID.nodeShift | 77), host: "::1", isSecure: true,
             connectedAt: Timestamp(millisecondsSince1970: 1_764_000_000_123), nick: "Zoë", username: "~z", realname: "Zoë Q",
             accountKey: "zoë", awayMessage: "lunch", isOperator: false, isInvisible: true, capabilityBits: 0b1011,
-            channels: ["#a", "#b"], monitoredNicks: ["bob"])
+            channels: ["#a", "#b"], monitoredNicks: ["bob"], metadataSubscriptions: ["avatar"], metadata: ["avatar": "https://a.example/z"])
         let records: [ClusterRecord] = [
             .hello(rejoin: false),
             .hello(rejoin: true),
@@ -166,6 +166,8 @@ struct ClusterCodecTests {
             .event(.read(account: "bob", conversation: "#team", time: Timestamp(millisecondsSince1970: 7), disclose: true)),
             .lines(snapshot.connection, ByteBuffer(string: ":a PRIVMSG b :hi\r\n")),
             .close(snapshot.connection),
+            .handedOver(messageID: "n3.abc-1", account: "zoë"),
+            .event(.redacted(messageID: "n3.abc-2")),
         ]
         var bytes = ByteBuffer()
         for record in records { ClusterCodec.append(record, to: &bytes) }

@@ -19,6 +19,7 @@ extension ChatServer {
         guard isClustered, session.isRegistered, isLocal(session.id), sessions[session.id] != nil else { return }
         let changesSharedState = Self.replicatedCommands.contains(verb)
             || ((verb == "PRIVMSG" || verb == "NOTICE") && message.parameters.first.map(fold) == "chanserv")
+            || (verb == "METADATA" && message.parameters.count > 1 && Self.replicatedMetadataSubcommands.contains(message.parameters[1].uppercased()))
         if changesSharedState { outbox.clusterEvents.append(.command(session.id, message, at: now)) }
     }
 
@@ -40,7 +41,8 @@ extension ChatServer {
             connection: connection, host: session.host, isSecure: session.isSecure, connectedAt: session.connectedAt,
             nick: nick.name, username: session.displayUsername, realname: session.realname, accountKey: session.accountKey,
             awayMessage: session.awayMessage, isOperator: session.isOperator, isInvisible: session.isInvisible,
-            capabilityBits: session.capabilities.bits, channels: transient, monitoredNicks: session.monitoredNicks.sorted())
+            capabilityBits: session.capabilities.bits, channels: transient, monitoredNicks: session.monitoredNicks.sorted(),
+            metadataSubscriptions: session.metadataSubscriptions.sorted(), metadata: userMetadata[metadataOwner(of: session)] ?? [:])
     }
 
     /// Every registered connection of this node, for a node that has just (re)started.
@@ -79,6 +81,8 @@ extension ChatServer {
             }
             var context = CommandContext(connection: Self.nobody, now: now, label: nil)
             sendReadReceipts(account: account, conversation: conversation, time: time, disclose: disclose, &context, &outbox)
+        case .redacted(let id):
+            forgetRedactedHere(id)
         case .account(let record):
             let previous = accounts[record.key]
             accounts[record.key] = record
@@ -125,6 +129,11 @@ extension ChatServer {
         session.capabilities = CapabilitySet(bits: snapshot.capabilityBits)
         if snapshot.isInvisible { visibleUsers.remove(id) } else { visibleUsers.insert(id) }
         if snapshot.isOperator { operators.insert(id) } else { operators.remove(id) }
+        session.metadataSubscriptions = Set(snapshot.metadataSubscriptions)
+        // A node that starts learns the metadata users set before (it is kept in memory only).
+        if !snapshot.metadata.isEmpty, userMetadata[metadataOwner(of: session)] == nil {
+            userMetadata[metadataOwner(of: session)] = snapshot.metadata
+        }
         if needsIndex, let holder = nickIndex[nick.folded], holder.accountKey == nil || holder.accountKey != snapshot.accountKey,
            let local = holder.connections.first(where: isLocal).flatMap({ sessions[$0] }) {
             // Two nodes gave one nick to two people at the same moment. Both nodes settle it the

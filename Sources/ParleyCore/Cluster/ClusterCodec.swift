@@ -13,13 +13,18 @@ public enum ClusterRecord: Sendable, Equatable {
     case lines(ConnectionID, ByteBuffer)
     /// The sender decided to close a connection of the receiver (after its lines).
     case close(ConnectionID)
+    /// The lines before it in the payload hand a stored message to an account whose only
+    /// connections are on the receiver. The receiver ignores it; if the receiver dies before
+    /// taking the payload, it comes back to the sender, which then knows the message is still
+    /// to be delivered to that account.
+    case handedOver(messageID: String, account: String)
 }
 
 /// The bytes of a batch of records between nodes: each record is a kind byte, a 32-bit length
 /// and its body. Lines travel as they are; events as JSON (they are rare next to lines, and
 /// JSON keeps them readable in the database while debugging).
 public enum ClusterCodec {
-    enum Kind: UInt8 { case hello = 1, event = 2, lines = 3, close = 4 }
+    enum Kind: UInt8 { case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5 }
 
     public struct DecodingError: Error, CustomStringConvertible {
         public let description: String
@@ -45,6 +50,13 @@ public enum ClusterCodec {
             buffer.writeInteger(Kind.close.rawValue)
             buffer.writeInteger(UInt32(8))
             buffer.writeInteger(connection.rawValue)
+        case .handedOver(let messageID, let account):
+            buffer.writeInteger(Kind.handedOver.rawValue)
+            buffer.writeInteger(UInt32(4 + messageID.utf8.count + account.utf8.count))
+            buffer.writeInteger(UInt16(messageID.utf8.count))
+            buffer.writeString(messageID)
+            buffer.writeInteger(UInt16(account.utf8.count))
+            buffer.writeString(account)
         }
     }
 
@@ -71,6 +83,12 @@ public enum ClusterCodec {
             case .close:
                 guard let raw = body.readInteger(as: UInt64.self) else { throw DecodingError(description: "truncated close record") }
                 records.append(.close(ConnectionID(raw)))
+            case .handedOver:
+                guard let idLength = body.readInteger(as: UInt16.self), let messageID = body.readString(length: Int(idLength)),
+                      let accountLength = body.readInteger(as: UInt16.self), let account = body.readString(length: Int(accountLength)) else {
+                    throw DecodingError(description: "truncated hand-over record")
+                }
+                records.append(.handedOver(messageID: messageID, account: account))
             case nil:
                 // A newer node's record kind: skipped, so that nodes of two versions can run
                 // side by side during an upgrade.
@@ -87,10 +105,12 @@ public enum ClusterCodec {
         var closed: Closed?
         var read: Read?
         var account: Account?
+        var redacted: String?
 
         struct Snapshot: Codable {
             var connection: UInt64, host: String, secure: Bool, connectedAt: Int64, nick: String, username: String, realname: String
             var account: String?, away: String?, oper: Bool, invisible: Bool, caps: UInt64, channels: [String], monitored: [String]
+            var subs: [String]?, metadata: [String: String]?
         }
         struct Command: Codable { var connection: UInt64, line: String, at: Int64 }
         struct Closed: Codable { var connection: UInt64, reason: String, at: Int64 }
@@ -106,7 +126,8 @@ public enum ClusterCodec {
                 session = Snapshot(
                     connection: s.connection.rawValue, host: s.host, secure: s.isSecure, connectedAt: s.connectedAt.millisecondsSince1970,
                     nick: s.nick, username: s.username, realname: s.realname, account: s.accountKey, away: s.awayMessage,
-                    oper: s.isOperator, invisible: s.isInvisible, caps: s.capabilityBits, channels: s.channels, monitored: s.monitoredNicks)
+                    oper: s.isOperator, invisible: s.isInvisible, caps: s.capabilityBits, channels: s.channels, monitored: s.monitoredNicks,
+                    subs: s.metadataSubscriptions.isEmpty ? nil : s.metadataSubscriptions, metadata: s.metadata.isEmpty ? nil : s.metadata)
             case .command(let connection, let message, let time):
                 var line = ByteBuffer()
                 message.write(to: &line)
@@ -115,6 +136,8 @@ public enum ClusterCodec {
                 closed = Closed(connection: connection.rawValue, reason: reason, at: time.millisecondsSince1970)
             case .read(let account, let conversation, let time, let disclose):
                 read = Read(account: account, conversation: conversation, time: time.millisecondsSince1970, disclose: disclose)
+            case .redacted(let id):
+                redacted = id
             case .account(let record):
                 account = Account(name: record.name, key: record.key, credential: record.credential, createdAt: record.createdAt,
                                   lastSeen: record.lastSeen, email: record.email, settings: record.settings)
@@ -127,7 +150,8 @@ public enum ClusterCodec {
                     connection: ConnectionID(s.connection), host: s.host, isSecure: s.secure,
                     connectedAt: Timestamp(millisecondsSince1970: s.connectedAt), nick: s.nick, username: s.username,
                     realname: s.realname, accountKey: s.account, awayMessage: s.away, isOperator: s.oper, isInvisible: s.invisible,
-                    capabilityBits: s.caps, channels: s.channels, monitoredNicks: s.monitored))
+                    capabilityBits: s.caps, channels: s.channels, monitoredNicks: s.monitored,
+                    metadataSubscriptions: s.subs ?? [], metadata: s.metadata ?? [:]))
             }
             if let c = command {
                 // By bytes: "\r\n" is a single Character, so dropping two Characters would
@@ -142,6 +166,7 @@ public enum ClusterCodec {
             if let r = read {
                 return .read(account: r.account, conversation: r.conversation, time: Timestamp(millisecondsSince1970: r.time), disclose: r.disclose)
             }
+            if let id = redacted { return .redacted(messageID: id) }
             if let a = account {
                 return .account(AccountRecord(name: a.name, key: a.key, credential: a.credential, createdAt: a.createdAt,
                                               lastSeen: a.lastSeen, email: a.email, settings: a.settings))

@@ -28,10 +28,14 @@ public struct SessionSnapshot: Sendable, Equatable {
     /// Names of the transient channels it is in (groups follow from its account).
     public var channels: [String]
     public var monitoredNicks: [String]
+    /// The metadata keys it subscribed to (draft/metadata-3), and its user's metadata.
+    public var metadataSubscriptions: [String]
+    public var metadata: [String: String]
 
     public init(connection: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp, nick: String, username: String,
                 realname: String, accountKey: String?, awayMessage: String?, isOperator: Bool, isInvisible: Bool,
-                capabilityBits: UInt64, channels: [String], monitoredNicks: [String]) {
+                capabilityBits: UInt64, channels: [String], monitoredNicks: [String],
+                metadataSubscriptions: [String] = [], metadata: [String: String] = [:]) {
         self.connection = connection
         self.host = host
         self.isSecure = isSecure
@@ -46,6 +50,8 @@ public struct SessionSnapshot: Sendable, Equatable {
         self.capabilityBits = capabilityBits
         self.channels = channels
         self.monitoredNicks = monitoredNicks
+        self.metadataSubscriptions = metadataSubscriptions
+        self.metadata = metadata
     }
 }
 
@@ -69,6 +75,9 @@ public enum ClusterEvent: Sendable, Equatable {
     case read(account: String, conversation: String, time: Timestamp, disclose: Bool)
     /// An account was created, or its settings changed.
     case account(AccountRecord)
+    /// A stored message was redacted (and deleted from storage): whoever holds it for an
+    /// offline recipient, or follows it for receipts, forgets it.
+    case redacted(messageID: String)
 }
 
 extension ChatServer {
@@ -78,4 +87,8 @@ extension ChatServer {
         "NICK", "JOIN", "PART", "KICK", "MODE", "TOPIC", "AWAY", "SETNAME", "MONITOR", "INVITE", "RENAME",
         "CHANSERV", "CS", "CAP",
     ]
+
+    /// METADATA subcommands that change what the other nodes keep (values and subscriptions);
+    /// the others only read.
+    static let replicatedMetadataSubcommands: Set<String> = ["SET", "CLEAR", "SUB", "UNSUB"]
 }

@@ -295,7 +295,7 @@ extension ChatServer {
                 render(.numeric(.errPasswdMismatch, "Password incorrect"), in: &context)
             }
             finish(&context, into: &outbox)
-        case .registerAccount, .history:
+        case .registerAccount, .history, .redaction:
             break
         }
     }
@@ -586,7 +586,7 @@ extension ChatServer.PendingWork {
     var isPasswordCheck: Bool {
         switch self {
         case .passLogin, .saslPlain, .identify, .oper: true
-        case .registerAccount, .history: false
+        case .registerAccount, .history, .redaction: false
         }
     }
 
@@ -599,7 +599,7 @@ extension ChatServer.PendingWork {
     var connection: ConnectionID? {
         switch self {
         case .passLogin(let id, _), .saslPlain(let id, _), .identify(let id, _, _), .oper(let id, _, _), .registerAccount(let id, _, _, _),
-             .history(let id, _, _, _):
+             .history(let id, _, _, _), .redaction(let id, _):
             id
         }
     }

@@ -78,13 +78,11 @@ extension ChatServer {
         readMarkers = state.readMarkers
         var tracked = state.tracked
         if let node = configuration.clusterNodeName, isClustered {
-            // In a cluster each node hands over the messages its own users sent (their ids
-            // start with its name): loading the others' too would deliver them twice.
+            // In a cluster each node follows receipts for the messages its own users sent
+            // (their ids start with its name). Undelivered messages come from the store only
+            // for the node that holds them (the one that stored them, or the one that took them
+            // over when it died: ClusterDeliveryStore); held twice, they would be delivered twice.
             let own = node + "."
-            for (account, messages) in undelivered {
-                let mine = messages.filter { $0.id.hasPrefix(own) }
-                undelivered[account] = mine.isEmpty ? nil : mine
-            }
             tracked.removeAll { !$0.id.hasPrefix(own) }
         }
         for message in tracked {
@@ -153,6 +151,7 @@ extension ChatServer {
                 recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: accounts[recipientKey]?.name ?? recipientKey,
                                                           reader: recipientKey, state: .delivered, time: context.now, &context, &outbox)
             }
+            if online { noteHandOver(id, account: recipientKey, into: &outbox) }
             recipients.append(recipient)
         }
         var stored = storedMessage(relayed, id: id, sender: sender, kind: .direct, target: recipientKey ?? guestRecipient?.identity ?? "",
@@ -189,6 +188,7 @@ extension ChatServer {
         var full: [String] = []
         for member in channel.accountRoles.keys where member != sender.accountKey {
             if isOnline(account: member) {
+                noteHandOver(id, account: member, into: &outbox)
                 var recipient = StoredRecipient(account: member, deliveredAt: context.now)
                 if let author = sender.accountKey {
                     recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
@@ -439,6 +439,9 @@ extension ChatServer {
             }
             updates.append(update)
             counters.offlineReplayed &+= 1
+            if isClustered, !isLocal(id) {
+                outbox.handOvers.append(Outbox.HandOver(node: id.node, messageID: stored.id, account: account))
+            }
         }
         for run in runs {
             for line in batched(run.lines, type: "chathistory", parameters: [run.target], for: session) { emit(line, to: id, &context, &outbox) }

@@ -116,6 +116,10 @@ extension ChatServer {
 
     /// The store has answered a CHATHISTORY request.
     public mutating func completeHistory(ticket: UInt64, result: HistoryResult, now: Timestamp, into outbox: inout Outbox) {
+        if case .redaction(let connection, let request)? = pendingWork[ticket] {
+            pendingWork[ticket] = nil
+            return completeRedaction(connection, request, result: result, now: now, into: &outbox)
+        }
         guard case .history(let id, let target, let label, let subcommand)? = pendingWork.removeValue(forKey: ticket),
               let session = sessions[id] else { return }
         session.pendingTickets -= 1

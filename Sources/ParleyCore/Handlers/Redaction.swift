@@ -9,22 +9,33 @@ import IRCWire
 /// delete (so a later CHATHISTORY never sees it), and from the inbox of an offline recipient.
 /// Clients with the capability see `REDACT` from the redactor; others see nothing.
 extension ChatServer {
+    /// A REDACT waiting for the store to say who wrote the message (in a cluster, only the node
+    /// its author was on follows it for receipts).
+    struct RedactRequest: Sendable {
+        let target: String
+        let messageID: String
+        let reason: String?
+        let label: String?
+    }
+
     mutating func handleRedact(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         guard let session = sessions[context.connection] else { return }
         let rawTarget = message.parameters[0]
         let id = message.parameters[1]
         let reason = message.parameters.count > 2 ? String(message.parameters[2].prefix(configuration.kickLength)) : nil
-        let line = IRCMessage(source: session.prefix, command: "REDACT", parameters: [rawTarget, id] + (reason.map { [$0] } ?? []))
+        let request = RedactRequest(target: rawTarget, messageID: id, reason: reason, label: context.label)
 
         if rawTarget.hasPrefix("#") {
             guard let channel = channels[fold(rawTarget)], channel.contains(session.id) else {
                 throw .fail("REDACT", "INVALID_TARGET", rawTarget, description: "You are not in that channel")
             }
-            var shown = line
-            shown.parameters[0] = channel.name
             let author: String?
             if channel.isGroup {
-                guard let tracked = tracked[id], tracked.groupKey == channel.key else { throw unknownMessage(rawTarget, id) }
+                guard let tracked = tracked[id] else {
+                    guard isClustered else { throw unknownMessage(rawTarget, id) }
+                    return lookUpForRedaction(request, in: .group(channel.key), &context, &outbox)
+                }
+                guard tracked.groupKey == channel.key else { throw unknownMessage(rawTarget, id) }
                 author = tracked.author
             } else {
                 guard let kept = channel.recentHistory.messages.first(where: { $0.id == id }), !channel.recentHistory.redacted.contains(id) else {
@@ -32,19 +43,7 @@ extension ChatServer {
                 }
                 author = kept.senderAccount ?? kept.senderGuest
             }
-            let isAuthor = author == (session.accountKey ?? guestIdentity(of: session.id))
-            guard isAuthor || role(of: session.id, in: channel) >= .op else {
-                throw .fail("REDACT", "REDACT_FORBIDDEN", channel.name, id, description: "You may only redact your own messages")
-            }
-            if channel.isGroup {
-                forgetRedacted(id, into: &outbox)
-            } else {
-                channels[channel.key]?.recentHistory.redact(id)
-            }
-            for member in channel.joined {
-                guard let receiver = sessions[member], receiver.has(.messageRedaction) else { continue }
-                emit(shown, to: member, &context, &outbox)
-            }
+            try redactInChannel(request, channel: channel, author: author, session: session, &context, &outbox)
             return
         }
 
@@ -52,19 +51,89 @@ extension ChatServer {
         guard let recipient = identity(named: rawTarget) else {
             throw .fail("REDACT", "INVALID_TARGET", rawTarget, description: "No such nick")
         }
-        guard let tracked = tracked[id], tracked.groupKey == nil, tracked.recipients[recipient] != nil || tracked.author == recipient else {
+        guard let tracked = tracked[id] else {
+            guard isClustered, let me = session.accountKey else { throw unknownMessage(rawTarget, id) }
+            return lookUpForRedaction(request, in: .direct(me, recipient), &context, &outbox)
+        }
+        guard tracked.groupKey == nil, tracked.recipients[recipient] != nil || tracked.author == recipient else {
             throw unknownMessage(rawTarget, id)
         }
-        guard tracked.author == session.accountKey else {
-            throw .fail("REDACT", "REDACT_FORBIDDEN", rawTarget, id, description: "You may only redact your own messages")
+        try redactDirect(request, author: tracked.author, session: session, &context, &outbox)
+    }
+
+    /// Asks the store for the message in that conversation; `completeRedaction` goes on.
+    private mutating func lookUpForRedaction(_ request: RedactRequest, in conversation: HistoryQuery.Conversation,
+                                             _ context: inout CommandContext, _ outbox: inout Outbox) {
+        let ticket = nextTicket
+        nextTicket += 1
+        pendingWork[ticket] = .redaction(context.connection, request)
+        sessions[context.connection]?.pendingTickets += 1
+        outbox.actions.append(.loadHistory(ticket: ticket, query: HistoryQuery(conversation: conversation, kind: .around(.msgid(request.messageID)),
+                                                                               limit: 1, includesEvents: true)))
+        context.deferReplies()
+    }
+
+    /// The store answered a REDACT's question: who wrote the message, if it is in that
+    /// conversation at all.
+    mutating func completeRedaction(_ connection: ConnectionID, _ request: RedactRequest, result: HistoryResult, now: Timestamp, into outbox: inout Outbox) {
+        guard let session = sessions[connection] else { return }
+        session.pendingTickets -= 1
+        defer { releaseHeldCommands(connection, now: now, into: &outbox) }
+        var context = CommandContext(connection: connection, now: now, label: request.label)
+        context.verb = "REDACT"
+        do throws(CommandError) {
+            guard case .messages(let found) = result, let stored = found.first(where: { $0.id == request.messageID }) else {
+                throw unknownMessage(request.target, request.messageID)
+            }
+            if request.target.hasPrefix("#") {
+                guard stored.targetKind == .group, let channel = channels[stored.target], channel.contains(connection) else {
+                    throw unknownMessage(request.target, request.messageID)
+                }
+                try redactInChannel(request, channel: channel, author: stored.senderAccount ?? stored.senderGuest, session: session, &context, &outbox)
+            } else {
+                try redactDirect(request, author: stored.senderAccount, session: session, &context, &outbox)
+            }
+        } catch {
+            render(error, in: &context)
         }
-        forgetRedacted(id, into: &outbox)
+        finish(&context, into: &outbox)
+    }
+
+    private mutating func redactInChannel(_ request: RedactRequest, channel: ChatChannel, author: String?, session: Session,
+                                          _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        let isAuthor = author == (session.accountKey ?? guestIdentity(of: session.id))
+        guard isAuthor || role(of: session.id, in: channel) >= .op else {
+            throw .fail("REDACT", "REDACT_FORBIDDEN", channel.name, request.messageID, description: "You may only redact your own messages")
+        }
+        if channel.isGroup {
+            forgetRedacted(request.messageID, into: &outbox)
+        } else {
+            channels[channel.key]?.recentHistory.redact(request.messageID)
+        }
+        let line = redactLine(request, target: channel.name, session: session)
+        for member in channel.joined {
+            guard let receiver = sessions[member], receiver.has(.messageRedaction) else { continue }
+            emit(line, to: member, &context, &outbox)
+        }
+    }
+
+    private mutating func redactDirect(_ request: RedactRequest, author: String?, session: Session,
+                                       _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        guard author == session.accountKey else {
+            throw .fail("REDACT", "REDACT_FORBIDDEN", request.target, request.messageID, description: "You may only redact your own messages")
+        }
+        forgetRedacted(request.messageID, into: &outbox)
+        let line = redactLine(request, target: request.target, session: session)
         var audience = sameNickOnline(session.id)
-        for connection in nickIndex[fold(rawTarget)]?.connections ?? [] where !audience.contains(connection) { audience.append(connection) }
+        for connection in nickIndex[fold(request.target)]?.connections ?? [] where !audience.contains(connection) { audience.append(connection) }
         for connection in audience {
             guard let receiver = sessions[connection], receiver.has(.messageRedaction) else { continue }
             emit(line, to: connection, &context, &outbox)
         }
+    }
+
+    private func redactLine(_ request: RedactRequest, target: String, session: Session) -> IRCMessage {
+        IRCMessage(source: session.prefix, command: "REDACT", parameters: [target, request.messageID] + (request.reason.map { [$0] } ?? []))
     }
 
     func unknownMessage(_ target: String, _ id: String) -> CommandError {
@@ -72,12 +141,20 @@ extension ChatServer {
     }
 
     /// A stored message is redacted: it is deleted from storage (with its recipients' rows), no
-    /// longer followed for receipts, and taken out of offline recipients' inboxes.
+    /// longer followed for receipts, and taken out of offline recipients' inboxes, on every
+    /// node (whichever holds it for an offline recipient).
     mutating func forgetRedacted(_ id: String, into outbox: inout Outbox) {
+        forgetRedactedHere(id)
+        outbox.actions.append(.deleteMessage(id: id))
+        if isClustered { outbox.clusterEvents.append(.redacted(messageID: id)) }
+    }
+
+    /// Another node redacted a stored message (and deleted it from storage).
+    mutating func forgetRedactedHere(_ id: String) {
         for account in undelivered.keys where undelivered[account]?.contains(where: { $0.id == id }) == true {
             undelivered[account]?.removeAll { $0.id == id }
+            if undelivered[account]?.isEmpty == true { undelivered[account] = nil }
         }
         forgetTracked(id)
-        outbox.actions.append(.deleteMessage(id: id))
     }
 }

@@ -1,0 +1,84 @@
+import IRCWire
+
+/// Messages that must survive a node's death: each undelivered message is held by one node,
+/// which hands it over at its recipient's next login (`ClusterDeliveryStore` says which node).
+extension ChatServer {
+    /// A stored message goes to `account` in this call's lines: if they reach the account only
+    /// through one other node's connections, the shell marks them so that they come back should
+    /// that node die before taking them (`Outbox.handOvers`).
+    mutating func noteHandOver(_ messageID: String, account: String, into outbox: inout Outbox) {
+        guard isClustered, let holder = nickIndex[account], holder.accountKey == account else { return }
+        var node: UInt16?
+        for connection in holder.connections {
+            if isLocal(connection) { return }
+            if let other = node, other != connection.node { return }
+            node = connection.node
+        }
+        if let node { outbox.handOvers.append(Outbox.HandOver(node: node, messageID: messageID, account: account)) }
+    }
+
+    /// Messages this node handed to `deadNode`'s connections that never reached them: their
+    /// recipients wait for them again (the store says so already), and get them at once if
+    /// they are connected elsewhere. Their authors, if here, are told the delivery they were
+    /// told of did not happen.
+    public mutating func handOversReturned(_ messages: [StoredMessage], from deadNode: UInt16, now: Timestamp, into outbox: inout Outbox) {
+        holdUndelivered(messages, except: deadNode, tellingAuthors: true, now: now, into: &outbox)
+    }
+
+    /// What a dead node held, now this node's to hand over.
+    public mutating func adoptUndelivered(_ messages: [StoredMessage], from deadNode: UInt16, now: Timestamp, into outbox: inout Outbox) {
+        holdUndelivered(messages, except: deadNode, tellingAuthors: false, now: now, into: &outbox)
+    }
+
+    /// After the other nodes took this node for dead (they took over what it held): forgets
+    /// the undelivered messages it held, to hold those the store gives it again.
+    public mutating func forgetUndelivered() {
+        undelivered.removeAll()
+    }
+
+    /// Every connection of another node this node knows of: gone, as after that node's death.
+    public mutating func forgetRemoteSessions(now: Timestamp, into outbox: inout Outbox) {
+        for node in Set(sessions.keys.map(\.node)).sorted() where node != configuration.clusterNode {
+            remoteNodeGone(node, now: now, into: &outbox)
+        }
+    }
+
+    private mutating func holdUndelivered(_ messages: [StoredMessage], except deadNode: UInt16, tellingAuthors: Bool,
+                                          now: Timestamp, into outbox: inout Outbox) {
+        var touched: Set<String> = []
+        for message in messages {
+            for recipient in message.recipients {
+                let account = recipient.account
+                if undelivered[account]?.contains(where: { $0.id == message.id }) == true { continue }
+                tracked[message.id]?.recipients.update(account) {
+                    $0.deliveredAt = nil
+                    $0.deliveredNotified = false
+                }
+                undelivered[account, default: []].append(message)
+                touched.insert(account)
+                if tellingAuthors { tellAuthorDeliveryDeferred(message, recipient: account, now: now, into: &outbox) }
+            }
+        }
+        for account in touched.sorted() {
+            undelivered[account]?.sort { $0.time < $1.time }
+            // Connected elsewhere already (it logged in again on a live node): handed over now,
+            // preferably to a connection of this node.
+            let connections = (nickIndex[account]?.accountKey == account ? nickIndex[account]?.connections ?? [] : [])
+                .filter { $0.node != deadNode }
+            guard let connection = connections.first(where: isLocal) ?? connections.first else { continue }
+            var context = CommandContext(connection: Self.nobody, now: now, label: nil)
+            deliverBacklog(to: connection, &context, &outbox)
+        }
+    }
+
+    private mutating func tellAuthorDeliveryDeferred(_ message: StoredMessage, recipient: String, now: Timestamp, into outbox: inout Outbox) {
+        guard let author = message.senderAccount, let holder = nickIndex[author], holder.accountKey == author else { return }
+        let name = accounts[recipient]?.name ?? recipient
+        let conversation = message.targetKind == .group ? " in \(channels[message.target]?.name ?? message.target)" : ""
+        let note = standardLine("NOTE", message.command, "DELIVERY_DEFERRED", [name, message.id],
+                                "Your message\(conversation) did not reach \(name): their server went away first; it will be delivered when \(name) reconnects")
+        for connection in holder.connections where isLocal(connection) {
+            send(note, to: connection, into: &outbox)
+        }
+    }
+}

@@ -1,0 +1,265 @@
+import Foundation
+import IRCWire
+import ParleyStorePostgres
+import PostgresTestSupport
+import Testing
+
+/// What becomes of messages when a node dies, or is only taken for dead: every message reaches
+/// its recipient once, live or at the next login on any node. (In the serialized suite of
+/// `ClusterProcessTests`: these start several nodes too.)
+extension ClusterProcessTests {
+    /// Logs in without skipping the welcome burst: what was missed may come within it.
+    static func login(_ nick: String, port: Int) async throws -> TestClient {
+        let client = try await TestClient.connect(port: port)
+        client.send("CAP LS 302")
+        client.send("CAP REQ :\(caps.joined(separator: " "))")
+        client.send("PASS :\(nick):\(nick)-password")
+        client.send("NICK \(nick)")
+        client.send("USER \(nick) 0 * :\(nick)")
+        client.send("CAP END")
+        try await client.expect(numeric: "001")
+        return client
+    }
+
+    /// Expects `text` once among what `client` received and receives up to a PING's answer.
+    static func expectOnce(_ text: String, at client: TestClient, timeout: Duration = .seconds(20)) async throws {
+        let line = try await client.expect(timeout: timeout, "\(text)") { $0.command == "PRIVMSG" && $0.parameters.last == text }
+        #expect(line.source?.description.hasPrefix("alice!") == true, "\(line)")
+        client.send("PING :once")
+        let rest = try await client.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
+        #expect(!rest.contains { $0.parameters.last == text }, "delivered once: \(rest)")
+    }
+
+    @Test func aMessageSentToADeadNodeBeforeItIsNoticedWaitsForItsRecipient() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" }, "bob online", timeout: .seconds(20))
+
+        n2.signal(SIGKILL)
+        _ = try await bob.expectClosed(timeout: .seconds(10))
+        // n1 checks its peers every few seconds: for now bob still counts as online there, so
+        // this goes to n2's connection, which is gone.
+        alice.send("PRIVMSG bob :into the gap")
+        try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "into the gap" }
+        try await alice.expect(timeout: .seconds(60), "bob offline") { $0.command == "731" }
+        // The sender learns that the delivery did not happen after all.
+        let deferred = try await alice.expect(timeout: .seconds(20), "delivery deferred") { $0.command == "NOTE" }
+        #expect(deferred.parameters.prefix(3) == ["PRIVMSG", "DELIVERY_DEFERRED", "bob"], "\(deferred)")
+
+        let back = try await Self.login("bob", port: n1.ports[0])
+        try await Self.expectOnce("into the gap", at: back)
+
+        for client in [alice, back] { await client.close() }
+        n1.signal(SIGTERM)
+        #expect(try await n1.waitForExit(timeout: .seconds(15)) == 0, "\(n1.logText)")
+        try await drop()
+    }
+
+    @Test func whatADeadNodeHeldForOfflineUsersIsDeliveredByAnotherOnce() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob", "carol"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        // alice on n2 writes to bob, who is offline: n2 holds the message for him.
+        let alice = try await TestClient.registered("alice", port: n2.ports[0], caps: Self.caps, password: "alice-password")
+        let carol = try await TestClient.registered("carol", port: n1.ports[0], caps: Self.caps, password: "carol-password")
+        alice.send("PRIVMSG bob :held by n2")
+        let offline = try await alice.expect { $0.command == "NOTE" }
+        #expect(offline.parameters.contains("RECIPIENT_OFFLINE"), "\(offline)")
+        carol.send("MONITOR + alice")
+        try await carol.skip(through: { $0.command == "730" }, "alice online", timeout: .seconds(20))
+
+        // n2 dies and does not come back (for now): n1 takes over what it held.
+        n2.signal(SIGKILL)
+        try await carol.expect(timeout: .seconds(60), "alice offline") { $0.command == "731" }
+        let bob = try await Self.login("bob", port: n1.ports[0])
+        try await Self.expectOnce("held by n2", at: bob)
+        await bob.close()
+
+        // n2 starts again: it does not deliver it a second time.
+        let restarted = try await cluster.start("n2")
+        let bobAgain = try await Self.login("bob", port: restarted.ports[0])
+        bobAgain.send("PING :settled")
+        let afterRestart = try await bobAgain.lines(through: { $0.command == "PONG" }, "PONG")
+        #expect(!afterRestart.contains { $0.parameters.last == "held by n2" }, "not delivered again: \(afterRestart)")
+
+        for client in [alice, carol, bobAgain] { await client.close() }
+        for node in [n1, restarted] { node.signal(SIGTERM) }
+        for node in [n1, restarted] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+
+    @Test func aNodeTakenForDeadWhileCutOffStartsOverWithoutDuplicates() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        let zed = try await TestClient.registered("zed", port: n2.ports[0])
+        try await Self.waitUntilOnline("zed", seenBy: alice)
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
+
+        // n2 stops (SIGSTOP) and loses its database connection, hence its liveness lock: n1
+        // takes it for dead, although n2 still has its users.
+        n2.signal(SIGSTOP)
+        try await TestPostgres.execute("""
+            SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
+              AND objid::text = (SELECT number::text FROM cluster_nodes WHERE name = 'n2')
+            """, on: cluster.database)
+        try await alice.skip(through: { $0.command == "731" && $0.parameters.last?.contains("bob") == true }, "bob offline", timeout: .seconds(60))
+        // Meanwhile: a message for bob, and zed's nick taken by someone on n1.
+        alice.send("PRIVMSG bob :while you were cut off")
+        try await alice.expect { $0.command == "NOTE" && $0.parameters.contains("RECIPIENT_OFFLINE") }
+        let newZed = try await TestClient.registered("zed", port: n1.ports[0])
+
+        // n2 goes on: it finds it was taken for dead, and disconnects its users saying why.
+        n2.signal(SIGCONT)
+        let bobLast = try await bob.expectClosed(timeout: .seconds(30))
+        #expect(bobLast.contains { $0.contains("lost contact") }, "\(bobLast)")
+        let zedLast = try await zed.expectClosed(timeout: .seconds(10))
+        #expect(zedLast.contains { $0.contains("lost contact") }, "\(zedLast)")
+
+        // One zed in the whole cluster, and bob gets what was sent to him once, on n2.
+        let bobBack = try await Self.login("bob", port: n2.ports[0])
+        try await Self.expectOnce("while you were cut off", at: bobBack)
+        try await Self.waitUntilOnline("zed", seenBy: bobBack)
+        let impostor = try await TestClient.connect(port: n2.ports[0])
+        impostor.send("NICK zed")
+        impostor.send("USER z 0 * :z")
+        try await impostor.expect(timeout: .seconds(20), "nick in use") { $0.command == "433" }
+        #expect(!newZed.isClosed)
+
+        for client in [alice, bobBack, newZed, impostor] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+}
+
+extension ClusterProcessTests {
+    @Test func eachNodesMetricsSayWhichNodeItIs() async throws {
+        let (cluster, drop) = try await Self.makeCluster(accounts: [])
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        var nodes: [ServerProcess] = []
+        for name in ["n1", "n2"] {
+            nodes.append(try await ServerProcess(dataDirectory: cluster.directory, configFile: cluster.config,
+                                                 arguments: ["--node-name", name, "--metrics-listen", "127.0.0.1:0"]))
+        }
+        for (index, node) in nodes.enumerated() {
+            let port = try #require(node.metricsPort, "\(node.logText)")
+            let answer = try await HTTPFetch.get("/metrics", port: port)
+            let info = answer.text.split(separator: "\n").filter { $0.hasPrefix("parley_node_info") }
+            let series = info.map { $0.split(separator: " ") }
+            #expect(series.map { String($0[0]) } == ["parley_node_info{node=\"n\(index + 1)\",number=\"\(index + 1)\"}"], "\(answer.text)")
+            #expect(series.first.flatMap { Double($0[1]) } == 1, "\(info)")
+        }
+        for node in nodes { node.signal(SIGTERM) }
+        for node in nodes { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+}
+
+/// REDACT and METADATA between users on different nodes: the same lines as on one node.
+extension ClusterProcessTests {
+    static let redactionCaps = caps + ["draft/message-redaction"]
+    static let metadataCaps = caps + ["draft/metadata-3"]
+
+    @Test func aMessageIsRedactedFromAnyNode() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob", "carol"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.redactionCaps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.redactionCaps, password: "bob-password")
+        try await Self.waitUntilOnline("bob", seenBy: alice)
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        alice.send("PRIVMSG #team :oops")
+        let groupID = try #require(try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "oops" }.tagValue("msgid"))
+        try await bob.expect(timeout: .seconds(10), "the group message") { $0.command == "PRIVMSG" && $0.parameters.last == "oops" }
+        alice.send("PRIVMSG carol :secret")
+        let directID = try #require(try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "secret" }.tagValue("msgid"))
+        try await alice.expect { $0.command == "NOTE" && $0.parameters.contains("RECIPIENT_OFFLINE") }
+
+        // alice's other device, on n2, where neither message was sent, takes both back.
+        let alicesPhone = try await TestClient.registered("alice", port: n2.ports[0], caps: Self.redactionCaps, password: "alice-password")
+        alicesPhone.send("REDACT #team \(groupID) :typo")
+        alicesPhone.send("REDACT carol \(directID)")
+        alicesPhone.send("PING :redacted")
+        let answers = try await alicesPhone.lines(through: { $0.command == "PONG" }, "PONG", timeout: .seconds(10))
+        #expect(!answers.contains { $0.command == "FAIL" }, "\(answers)")
+        for client in [alice, bob] {
+            let redact = try await client.expect(timeout: .seconds(10), "the REDACT") { $0.command == "REDACT" && $0.parameters.first == "#team" }
+            #expect(redact.parameters == ["#team", groupID, "typo"] && redact.source?.description.hasPrefix("alice!") == true, "\(redact)")
+        }
+        // Gone from history, and from carol's inbox kept by n1.
+        bob.send("CHATHISTORY LATEST #team * 10")
+        let history = try await bob.lines(through: { $0.command == "BATCH" && $0.parameters.first?.hasPrefix("-") == true }, "history batch")
+        #expect(!history.contains { $0.parameters.last == "oops" }, "\(history)")
+        let carol = try await Self.login("carol", port: n2.ports[0])
+        carol.send("PING :inbox")
+        let inbox = try await carol.lines(through: { $0.command == "PONG" && $0.parameters.last == "inbox" }, "PONG")
+        #expect(!inbox.contains { $0.parameters.last == "secret" }, "\(inbox)")
+
+        for client in [alice, bob, alicesPhone, carol] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+
+    @Test func metadataReachesSubscribersOnOtherNodes() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob", "carol"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.metadataCaps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.metadataCaps, password: "bob-password")
+        try await Self.waitUntilOnline("bob", seenBy: alice)
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        // bob's subscription, then a message from him: n1 has the first when alice has the second.
+        bob.send("METADATA * SUB display-name")
+        try await bob.expect(numeric: "770")
+        bob.send("PRIVMSG #team :subscribed")
+        try await alice.expect(timeout: .seconds(10), "bob's message") { $0.command == "PRIVMSG" && $0.parameters.last == "subscribed" }
+
+        alice.send("METADATA * SET display-name :Alice A.")
+        #expect(try await alice.expect(numeric: "761").parameters == ["alice", "alice", "display-name", "*", "Alice A."])
+        #expect(try await bob.expect(numeric: "761", timeout: .seconds(10)).parameters == ["bob", "alice", "display-name", "*", "Alice A."])
+        // n2 keeps it too, and so does a node started later.
+        bob.send("METADATA alice GET display-name")
+        #expect(try await bob.expect(numeric: "761", timeout: .seconds(10)).parameters == ["bob", "alice", "display-name", "*", "Alice A."])
+        let n3 = try await cluster.start("n3")
+        let carol = try await TestClient.registered("carol", port: n3.ports[0], caps: Self.metadataCaps, password: "carol-password")
+        try await Self.waitUntilOnline("alice", seenBy: carol)
+        carol.send("METADATA alice GET display-name")
+        #expect(try await carol.expect(numeric: "761", timeout: .seconds(10)).parameters == ["carol", "alice", "display-name", "*", "Alice A."])
+
+        for client in [alice, bob, carol] { await client.close() }
+        for node in [n1, n2, n3] { node.signal(SIGTERM) }
+        for node in [n1, n2, n3] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+}
