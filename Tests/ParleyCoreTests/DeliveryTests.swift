@@ -90,6 +90,26 @@ struct DeliveryTests {
         #expect(replies == ["@label=x1 :parley.local FAIL PRIVMSG STORAGE_FAILED bob :The message could not be saved, so it was not accepted; please send it again"])
     }
 
+    @Test func aMessageThatCouldNotBeSavedReachesNobodyLaterAndTheFailSaysWhoSawIt() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["echo-message"])
+        let bob = harness.register("bob", password: "password-b")
+        harness.send(alice, "JOIN #team", "INVITE bob #team", "INVITE carol #team")
+        harness.storageFails = true
+        // bob is online: he sees it at once, before the commit fails.
+        let direct = harness.send(alice, "PRIVMSG bob :seen before the failure")
+        #expect(direct == [":parley.local FAIL PRIVMSG STORAGE_FAILED bob :The message could not be saved, so it was not accepted: bob already saw it, but it is not in your history"])
+        #expect(harness.inbox(bob).contains { $0.hasSuffix("PRIVMSG bob :seen before the failure") })
+        // carol is offline: she must not get a message the server did not keep.
+        let group = harness.send(alice, "PRIVMSG #team :not kept")
+        #expect(group == [":parley.local FAIL PRIVMSG STORAGE_FAILED #team :The message could not be saved, so it was not accepted: the members online already saw it, but it is not in the history and members offline will not get it"])
+        harness.storageFails = false
+        let carol = harness.connect()
+        let login = harness.send(carol, "PASS :carol:password-c", "NICK carol", "USER carol 0 * :Carol")
+        #expect(login.contains { $0.contains(" 001 carol ") }, "\(login)")
+        #expect(!login.contains { $0.contains("not kept") }, "\(login)")
+    }
+
     @Test func senderIsRefusedWhenTheRecipientsInboxIsFull() {
         var harness = CoreHarness(configure: { $0.maxUndeliveredPerAccount = 2 }, accounts: Self.people)
         let alice = harness.register("alice", password: "password-a")

@@ -338,16 +338,37 @@ extension ChatServer {
         for request in requests { sessions[request.connection]?.storesInFlight -= 1 }
     }
 
-    /// The shell could not commit these messages: their sender learns that they were not
-    /// accepted (and gets no echo), one FAIL per target.
+    /// The shell could not commit these messages: they were not accepted. Nobody gets them
+    /// later (they leave offline recipients' inboxes, no receipt follows them), and their sender
+    /// learns so, one FAIL per target, without an echo. Recipients who were online got them
+    /// before the commit; the FAIL says so, since sending again would give them a second copy.
     public mutating func messagesNotStored(_ messages: [StoredMessage], sender request: StoreRequest, now: Timestamp, into outbox: inout Outbox) {
+        var seenLive: [String: Bool] = [:]
+        var order: [String] = []
+        for message in messages {
+            for recipient in message.recipients where recipient.deliveredAt == nil {
+                undelivered[recipient.account]?.removeAll { $0.id == message.id }
+                if undelivered[recipient.account]?.isEmpty == true { undelivered[recipient.account] = nil }
+            }
+            forgetTracked(message.id)
+            let target = message.targetKind == .group ? (channels[message.target]?.name ?? message.target) : displayName(ofParty: message.target, storedNick: message.targetName)
+            // A guest is messaged only while connected.
+            let live = message.recipients.contains { $0.deliveredAt != nil } || (message.targetKind == .direct && accounts[message.target] == nil)
+            if seenLive[target] == nil { order.append(target) }
+            seenLive[target] = (seenLive[target] ?? false) || live
+        }
         guard let session = sessions[request.connection] else { return }
         session.storesInFlight -= 1
         var context = CommandContext(connection: request.connection, now: now, label: request.label)
         context.verb = request.verb
-        let targets = Set(messages.map { $0.targetKind == .group ? (channels[$0.target]?.name ?? $0.target) : (accounts[$0.target]?.name ?? $0.target) }).sorted()
-        for target in targets {
-            render(.fail(request.verb, "STORAGE_FAILED", target, description: "The message could not be saved, so it was not accepted; please send it again"), in: &context)
+        for target in order {
+            let description: String
+            switch (seenLive[target] == true, target.hasPrefix("#")) {
+            case (false, _): description = "The message could not be saved, so it was not accepted; please send it again"
+            case (true, false): description = "The message could not be saved, so it was not accepted: \(target) already saw it, but it is not in your history"
+            case (true, true): description = "The message could not be saved, so it was not accepted: the members online already saw it, but it is not in the history and members offline will not get it"
+            }
+            render(.fail(request.verb, "STORAGE_FAILED", target, description: description), in: &context)
         }
         finish(&context, into: &outbox)
     }
