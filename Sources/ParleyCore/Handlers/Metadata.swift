@@ -265,13 +265,8 @@ extension ChatServer {
     // MARK: Subscriptions
 
     mutating func subscribeMetadata(_ keys: [String], _ session: Session, _ context: inout CommandContext) throws(CommandError) {
-        guard !keys.isEmpty else { throw .needMoreParameters("METADATA") }
         var accepted: [String] = []
-        for key in keys.flatMap({ $0.split(separator: " ").map(String.init) }) {
-            guard MetadataLimits.isValidKey(key) else {
-                context.replies.append(standardLine("FAIL", "METADATA", "KEY_INVALID", [key], "Invalid metadata key"))
-                continue
-            }
+        for key in try validSubscriptionKeys(keys, &context) {
             if !session.metadataSubscriptions.contains(key), session.metadataSubscriptions.count >= MetadataLimits.maxSubscriptions {
                 context.replies.append(standardLine("FAIL", "METADATA", "TOO_MANY_SUBS", [key], "At most \(MetadataLimits.maxSubscriptions) subscriptions"))
                 break
@@ -283,17 +278,23 @@ extension ChatServer {
     }
 
     mutating func unsubscribeMetadata(_ keys: [String], _ session: Session, _ context: inout CommandContext) throws(CommandError) {
-        guard !keys.isEmpty else { throw .needMoreParameters("METADATA") }
         var removed: [String] = []
-        for key in keys.flatMap({ $0.split(separator: " ").map(String.init) }) {
-            guard MetadataLimits.isValidKey(key) else {
-                context.replies.append(standardLine("FAIL", "METADATA", "KEY_INVALID", [key], "Invalid metadata key"))
-                continue
-            }
+        for key in try validSubscriptionKeys(keys, &context) {
             session.metadataSubscriptions.remove(key)
             removed.append(key)
         }
         appendKeyLists(.rplMetadataUnsubOK, removed, session, &context)
+    }
+
+    /// The keys of a SUB or UNSUB (given as parameters, or several in one), each invalid one
+    /// answered with KEY_INVALID and left out.
+    func validSubscriptionKeys(_ parameters: [String], _ context: inout CommandContext) throws(CommandError) -> [String] {
+        guard !parameters.isEmpty else { throw .needMoreParameters("METADATA") }
+        return parameters.flatMap { $0.split(separator: " ").map(String.init) }.filter { key in
+            if MetadataLimits.isValidKey(key) { return true }
+            context.replies.append(standardLine("FAIL", "METADATA", "KEY_INVALID", [key], "Invalid metadata key"))
+            return false
+        }
     }
 
     func listMetadataSubscriptions(_ session: Session, _ context: inout CommandContext) {
