@@ -128,6 +128,13 @@ extension ChatHost {
         })
         // What its users sent before is committed first: it may be among what is taken back.
         while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
+        do {
+            let accounts = try await store.loadAccounts()
+            let groups = try await store.loadGroups()
+            Self.write(perform { core, _ in core.reloadSharedState(accounts: accounts, groups: groups) })
+        } catch {
+            logger.error("could not reload accounts and groups after being taken for dead", metadata: ["error": "\(error)"])
+        }
         if let shared = store as? any ClusterDeliveryStore {
             do {
                 let held = try await shared.adoptUndelivered(ofNode: cluster.nodeNumber, holder: cluster.nodeName)

@@ -125,6 +125,11 @@ extension ClusterProcessTests {
         alice.send("PRIVMSG bob :while you were cut off")
         try await alice.expect { $0.command == "NOTE" && $0.parameters.contains("RECIPIENT_OFFLINE") }
         let newZed = try await TestClient.registered("zed", port: n1.ports[0])
+        // ... and a group made with bob in it, which n2 never heard of.
+        alice.send("JOIN #gap")
+        try await alice.expect { $0.command == "JOIN" && $0.parameters.first == "#gap" }
+        alice.send("INVITE bob #gap")
+        try await alice.expect { $0.command == "NOTE" && $0.parameters.contains("MEMBER_OFFLINE") }
 
         // n2 goes on: it finds it was taken for dead, and disconnects its users saying why.
         n2.signal(SIGCONT)
@@ -135,6 +140,7 @@ extension ClusterProcessTests {
 
         // One zed in the whole cluster, and bob gets what was sent to him once, on n2.
         let bobBack = try await Self.login("bob", port: n2.ports[0])
+        try await bobBack.expect(timeout: .seconds(10), "joined to #gap at login") { $0.command == "JOIN" && $0.parameters.first == "#gap" }
         try await Self.expectOnce("while you were cut off", at: bobBack)
         try await Self.waitUntilOnline("zed", seenBy: bobBack)
         let impostor = try await TestClient.connect(port: n2.ports[0])
