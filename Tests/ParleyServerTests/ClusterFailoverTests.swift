@@ -279,3 +279,58 @@ extension ClusterProcessTests {
         try await drop()
     }
 }
+
+extension ClusterProcessTests {
+    /// Asks LIST until `watcher`'s node knows `channel` exists (its users are invisible, so
+    /// NAMES would not show them to an outsider); the poll ends on the condition.
+    static func waitUntilChannelExists(_ channel: String, seenBy watcher: TestClient) async throws {
+        let deadline = ContinuousClock.now + .seconds(20)
+        while true {
+            watcher.send("LIST \(channel)")
+            let reply = try await watcher.lines(through: { $0.command == "323" }, "end of LIST")
+            if reply.contains(where: { $0.command == "322" && $0.parameters.dropFirst().first == channel }) { return }
+            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "\(channel) never showed") }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    @Test func aTransientChannelsMessageIsRedactedFromAnotherNode() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["bob", "carol"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        // A guest's channel is transient (an account's would be a group); gus is its operator.
+        let gus = try await TestClient.registered("gus", port: n1.ports[0], caps: Self.redactionCaps)
+        let carol = try await TestClient.registered("carol", port: n1.ports[0], caps: Self.redactionCaps, password: "carol-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.redactionCaps, password: "bob-password")
+        gus.send("JOIN #chat")
+        try await gus.expect { $0.command == "JOIN" }
+        try await Self.waitUntilChannelExists("#chat", seenBy: bob)
+        bob.send("JOIN #chat")
+        try await gus.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.source?.description.hasPrefix("bob!") == true }
+        carol.send("JOIN #chat")
+        try await bob.expect(timeout: .seconds(10), "carol joined") { $0.command == "JOIN" && $0.source?.description.hasPrefix("carol!") == true }
+        bob.send("PRIVMSG #chat :off topic")
+        let id = try #require(try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "off topic" }.tagValue("msgid"))
+        try await gus.expect(timeout: .seconds(10), "bob's message") { $0.command == "PRIVMSG" && $0.parameters.last == "off topic" }
+        try await carol.expect(timeout: .seconds(10), "bob's message") { $0.command == "PRIVMSG" && $0.parameters.last == "off topic" }
+
+        // carol, not an operator, may not; n2, which keeps the message, says so.
+        carol.send("REDACT #chat \(id)")
+        let refused = try await carol.expect(timeout: .seconds(10), "the refusal") { $0.command == "FAIL" }
+        #expect(refused.parameters.prefix(4) == ["REDACT", "REDACT_FORBIDDEN", "#chat", id], "\(refused)")
+        // gus, the channel's operator, may.
+        gus.send("REDACT #chat \(id) :spam")
+        for client in [gus, bob, carol] {
+            let redact = try await client.expect(timeout: .seconds(10), "the REDACT") { $0.command == "REDACT" }
+            #expect(redact.parameters == ["#chat", id, "spam"] && redact.source?.description.hasPrefix("gus!") == true, "\(redact)")
+        }
+
+        for client in [gus, bob, carol] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+}

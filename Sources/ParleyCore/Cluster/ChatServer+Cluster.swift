@@ -97,6 +97,8 @@ extension ChatServer {
             sendReadReceipts(account: account, conversation: conversation, time: time, disclose: disclose, &context, &outbox)
         case .redacted(let id):
             forgetRedactedHere(id)
+        case .redactRequest(let connection, let channel, let id, let reason):
+            redactForAnotherNode(connection, channelKey: channel, messageID: id, reason: reason, now: now, into: &outbox)
         case .account(let record):
             let previous = accounts[record.key]
             accounts[record.key] = record
