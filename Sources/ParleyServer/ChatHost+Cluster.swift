@@ -30,7 +30,7 @@ extension ChatHost {
         guard let cluster else { return }
         var payload = ByteBuffer()
         ClusterCodec.append(.hello(rejoin: rejoin), to: &payload)
-        for snapshot in withCore({ $0.localSessionSnapshots() }) { ClusterCodec.append(.event(.session(snapshot)), to: &payload) }
+        for event in withCore({ $0.localSessionAnnouncements() }) { ClusterCodec.append(.event(event), to: &payload) }
         cluster.send(payload, to: nil)
     }
 
@@ -54,9 +54,8 @@ extension ChatHost {
                 if !rejoin {
                     writes += perform { core, outbox in core.remoteNodeGone(source, now: Self.now(), into: &outbox) }
                 }
-                let snapshots = withCore { $0.localSessionSnapshots() }
                 var reply = ByteBuffer()
-                for snapshot in snapshots { ClusterCodec.append(.event(.session(snapshot)), to: &reply) }
+                for event in withCore({ $0.localSessionAnnouncements() }) { ClusterCodec.append(.event(event), to: &reply) }
                 if reply.readableBytes > 0 { cluster.send(reply, to: source) }
             case .event(let event):
                 logger.debug("cluster event", metadata: ["node": "\(source)", "event": "\(event)"])
@@ -125,15 +124,23 @@ extension ChatHost {
         Self.write(perform { core, outbox in
             core.shutdown(reason: "This server lost contact with the rest of the network; please reconnect", now: Self.now(), into: &outbox)
             core.forgetRemoteSessions(now: Self.now(), into: &outbox)
+            // Others hold some of it now: nothing is handed over until it is reloaded.
+            core.forgetUndelivered()
         })
         // What its users sent before is committed first: it may be among what is taken back.
         while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
+        do {
+            let accounts = try await store.loadAccounts()
+            let groups = try await store.loadGroups()
+            Self.write(perform { core, _ in core.reloadSharedState(accounts: accounts, groups: groups) })
+        } catch {
+            logger.error("could not reload accounts and groups after being taken for dead", metadata: ["error": "\(error)"])
+        }
         if let shared = store as? any ClusterDeliveryStore {
             do {
                 let held = try await shared.adoptUndelivered(ofNode: cluster.nodeNumber, holder: cluster.nodeName)
                 Self.write(perform { core, outbox in
-                    core.forgetUndelivered()
-                    core.adoptUndelivered(held, from: cluster.nodeNumber, now: Self.now(), into: &outbox)
+                    core.adoptUndelivered(held, from: 0, now: Self.now(), into: &outbox)  // 0: no node is excluded
                 })
             } catch {
                 logger.error("could not reload the undelivered messages this node holds", metadata: ["error": "\(error)"])

@@ -43,6 +43,10 @@ public final class PostgresClusterLink: ClusterTransport {
         var leaving = false
         var tasks: [Task<Void, Never>] = []
         var rejoined: (@Sendable (_ wasTakenForDead: Bool) -> Void)?
+        var returned: (@Sendable (UInt16, ByteBuffer) -> Void)?
+        /// Nodes this node declared dead, until they are heard from again: what is still
+        /// queued for them goes back to the shell as returned instead of into a row nobody reads.
+        var departed: Set<UInt16> = []
         /// `cluster_nodes.declared_dead` of this node when it last held its lock.
         var declaredDead: Int64 = 0
         /// When `control` was last opened again: for a while after, a peer whose lock is
@@ -229,7 +233,10 @@ public final class PostgresClusterLink: ClusterTransport {
                       returned: @escaping @Sendable (UInt16, ByteBuffer) -> Void,
                       peersGone: @escaping @Sendable ([UInt16]) async -> Void,
                       rejoined: @escaping @Sendable (_ wasTakenForDead: Bool) -> Void) {
-        state.withLock { $0.rejoined = rejoined }
+        state.withLock {
+            $0.rejoined = rejoined
+            $0.returned = returned
+        }
         let listener = Task { [self] in await listen() }
         let ticker = Task { [self] in
             // A missed notification costs at most a second.
@@ -372,9 +379,9 @@ public final class PostgresClusterLink: ClusterTransport {
 
     private func writeQueued() async {
         logger.trace("cluster writer woken")
-        let (batch, peers, writer) = state.withLock { state -> ([(target: UInt16?, payload: ByteBuffer)], Set<UInt16>, PostgresConnection) in
+        let (batch, peers, writer, departed, returned) = state.withLock { state in
             defer { state.queue.removeAll() }
-            return (state.queue, state.peers, state.writer)
+            return (state.queue, state.peers, state.writer, state.departed, state.returned)
         }
         guard !batch.isEmpty else { return }
         // One row per target: its payloads in order (a payload is a run of whole records).
@@ -389,6 +396,10 @@ public final class PostgresClusterLink: ClusterTransport {
         var failed: [(target: UInt16?, payload: ByteBuffer)] = []
         for node in order {
             guard let payload = perTarget[node] else { continue }
+            if departed.contains(node) {
+                returned?(node, payload)
+                continue
+            }
             do {
                 try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
                     try await Self.write(payload, from: nodeNumber, to: node, on: writer, logger: logger)
@@ -425,6 +436,7 @@ public final class PostgresClusterLink: ClusterTransport {
             }
             let gone = state.peers.subtracting(live).sorted()
             state.peers = live
+            state.departed.subtract(live)
             return gone
         }
         for node in gone {
@@ -438,12 +450,16 @@ public final class PostgresClusterLink: ClusterTransport {
                 logger.warning("cluster node gone", metadata: ["node": "\(node)"])
                 try await Self.returnUntaken(to: node, on: control, logger: logger)
                 try await control.runAsync("UPDATE cluster_nodes SET declared_dead = declared_dead + 1 WHERE number = ?", [.int(Int64(node))], logger: logger)
+                _ = state.withLock { $0.departed.insert(node) }
                 await peersGone([node])
                 try await control.runAsync("SELECT pg_advisory_unlock(CAST(? AS INT), CAST(? AS INT))",
                                            [.int(Self.lockClass), .int(Int64(node))], logger: logger)
             } catch {
-                // Tried again at the next check (the lock went with the connection, if it did).
+                // Tried again at the next check. Its lock is let go (it went with the
+                // connection, if that failed): held twice, one unlock would not free it.
                 logger.warning("cluster: declaring a node dead failed", metadata: ["node": "\(node)", "error": "\(String(describing: error))"])
+                _ = try? await control.runAsync("SELECT pg_advisory_unlock(CAST(? AS INT), CAST(? AS INT))",
+                                                [.int(Self.lockClass), .int(Int64(node))], logger: logger)
                 _ = state.withLock { $0.peers.insert(node) }
             }
         }
@@ -452,7 +468,10 @@ public final class PostgresClusterLink: ClusterTransport {
     /// Peers learnt of from a payload before the next liveness check (a node that has just started).
     public func notePeer(_ node: UInt16) {
         guard node != 0, node != nodeNumber else { return }  // 0: an admin command, not a node
-        _ = state.withLock { $0.peers.insert(node) }
+        state.withLock { state in
+            state.peers.insert(node)
+            state.departed.remove(node)
+        }
     }
 
     private func reconnectWriterIfClosed() async {

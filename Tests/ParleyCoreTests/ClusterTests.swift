@@ -168,6 +168,8 @@ struct ClusterCodecTests {
             .close(snapshot.connection),
             .handedOver(messageID: "n3.abc-1", account: "zoë"),
             .event(.redacted(messageID: "n3.abc-2")),
+            .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-3", reason: "spam")),
+            .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-4", reason: nil)),
         ]
         var bytes = ByteBuffer()
         for record in records { ClusterCodec.append(record, to: &bytes) }

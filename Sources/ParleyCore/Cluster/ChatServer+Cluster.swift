@@ -50,6 +50,20 @@ extension ChatServer {
         sessions.keys.filter(isLocal).sorted().compactMap(snapshot(of:))
     }
 
+    /// What a node that has just (re)started learns of this node's users: the accounts they
+    /// are logged in to, then the connections. (An account made here just before this node
+    /// heard of that node was announced to the others only, and a login to it there would fail.)
+    public func localSessionAnnouncements() -> [ClusterEvent] {
+        let snapshots = localSessionSnapshots()
+        var announced: Set<String> = []
+        var events: [ClusterEvent] = []
+        for snapshot in snapshots {
+            guard let key = snapshot.accountKey, announced.insert(key).inserted, let record = accounts[key] else { continue }
+            events.append(.account(record))
+        }
+        return events + snapshots.map { .session($0) }
+    }
+
     // MARK: Applying
 
     /// Applies one event from another node. Lines in `outbox` are only those this node owes:
@@ -83,6 +97,8 @@ extension ChatServer {
             sendReadReceipts(account: account, conversation: conversation, time: time, disclose: disclose, &context, &outbox)
         case .redacted(let id):
             forgetRedactedHere(id)
+        case .redactRequest(let connection, let channel, let id, let reason):
+            redactForAnotherNode(connection, channelKey: channel, messageID: id, reason: reason, now: now, into: &outbox)
         case .account(let record):
             let previous = accounts[record.key]
             accounts[record.key] = record

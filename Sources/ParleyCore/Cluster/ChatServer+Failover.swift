@@ -36,6 +36,24 @@ extension ChatServer {
         undelivered.removeAll()
     }
 
+    /// After the other nodes took this node for dead: what they changed meanwhile (accounts
+    /// created, groups made or changed) never reached it, so the stored state replaces its
+    /// copy. Called once no session is left, so no group has members to keep.
+    public mutating func reloadSharedState(accounts stored: [AccountRecord], groups: [GroupRecord]) {
+        for account in stored {
+            let seen = accounts[account.key]?.lastSeen
+            accounts[account.key] = account
+            if let seen, (account.lastSeen ?? .distantPast) < seen { accounts[account.key]?.lastSeen = seen }
+        }
+        for key in channels.keys where channels[key]?.isGroup == true { channels[key] = nil }
+        groupsOfAccount.removeAll()
+        for group in groups {
+            let channel = ChatChannel(record: group)
+            channels[channel.key] = channel
+            for account in channel.accountRoles.keys { groupsOfAccount[account, default: []].insert(channel.key) }
+        }
+    }
+
     /// Every connection of another node this node knows of: gone, as after that node's death.
     public mutating func forgetRemoteSessions(now: Timestamp, into outbox: inout Outbox) {
         for node in Set(sessions.keys.map(\.node)).sorted() where node != configuration.clusterNode {

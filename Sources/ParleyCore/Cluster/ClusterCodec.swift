@@ -24,7 +24,7 @@ public enum ClusterRecord: Sendable, Equatable {
 /// and its body. Lines travel as they are; events as JSON (they are rare next to lines, and
 /// JSON keeps them readable in the database while debugging).
 public enum ClusterCodec {
-    enum Kind: UInt8 { case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5 }
+    enum Kind: UInt8 { case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7 }
 
     public struct DecodingError: Error, CustomStringConvertible {
         public let description: String
@@ -36,6 +36,21 @@ public enum ClusterCodec {
             buffer.writeInteger(Kind.hello.rawValue)
             buffer.writeInteger(UInt32(1))
             buffer.writeInteger(UInt8(rejoin ? 1 : 0))
+        case .event(.redacted(let messageID)):
+            // A kind of its own, not a JSON event: a node of the previous version skips it,
+            // where an event it cannot read would make it drop the whole payload.
+            buffer.writeInteger(Kind.redacted.rawValue)
+            buffer.writeInteger(UInt32(messageID.utf8.count))
+            buffer.writeString(messageID)
+        case .event(.redactRequest(let connection, let channel, let messageID, let reason)):
+            let texts = [channel, messageID] + (reason.map { [$0] } ?? [])
+            buffer.writeInteger(Kind.redactRequest.rawValue)
+            buffer.writeInteger(UInt32(8 + texts.reduce(0) { $0 + 2 + $1.utf8.count }))
+            buffer.writeInteger(connection.rawValue)
+            for text in texts {
+                buffer.writeInteger(UInt16(text.utf8.count))
+                buffer.writeString(text)
+            }
         case .event(let event):
             let body = (try? JSONEncoder().encode(EventBody(event))) ?? Data()
             buffer.writeInteger(Kind.event.rawValue)
@@ -83,6 +98,20 @@ public enum ClusterCodec {
             case .close:
                 guard let raw = body.readInteger(as: UInt64.self) else { throw DecodingError(description: "truncated close record") }
                 records.append(.close(ConnectionID(raw)))
+            case .redacted:
+                guard let messageID = body.readString(length: body.readableBytes) else { throw DecodingError(description: "unreadable redaction record") }
+                records.append(.event(.redacted(messageID: messageID)))
+            case .redactRequest:
+                guard let raw = body.readInteger(as: UInt64.self) else { throw DecodingError(description: "truncated redaction request") }
+                var texts: [String] = []
+                while body.readableBytes > 0 {
+                    guard let length = body.readInteger(as: UInt16.self), let text = body.readString(length: Int(length)) else {
+                        throw DecodingError(description: "truncated redaction request")
+                    }
+                    texts.append(text)
+                }
+                guard texts.count >= 2 else { throw DecodingError(description: "truncated redaction request") }
+                records.append(.event(.redactRequest(ConnectionID(raw), channel: texts[0], messageID: texts[1], reason: texts.count > 2 ? texts[2] : nil)))
             case .handedOver:
                 guard let idLength = body.readInteger(as: UInt16.self), let messageID = body.readString(length: Int(idLength)),
                       let accountLength = body.readInteger(as: UInt16.self), let account = body.readString(length: Int(accountLength)) else {
@@ -105,7 +134,6 @@ public enum ClusterCodec {
         var closed: Closed?
         var read: Read?
         var account: Account?
-        var redacted: String?
 
         struct Snapshot: Codable {
             var connection: UInt64, host: String, secure: Bool, connectedAt: Int64, nick: String, username: String, realname: String
@@ -136,8 +164,8 @@ public enum ClusterCodec {
                 closed = Closed(connection: connection.rawValue, reason: reason, at: time.millisecondsSince1970)
             case .read(let account, let conversation, let time, let disclose):
                 read = Read(account: account, conversation: conversation, time: time.millisecondsSince1970, disclose: disclose)
-            case .redacted(let id):
-                redacted = id
+            case .redacted, .redactRequest:
+                break  // record kinds of their own
             case .account(let record):
                 account = Account(name: record.name, key: record.key, credential: record.credential, createdAt: record.createdAt,
                                   lastSeen: record.lastSeen, email: record.email, settings: record.settings)
@@ -166,7 +194,6 @@ public enum ClusterCodec {
             if let r = read {
                 return .read(account: r.account, conversation: r.conversation, time: Timestamp(millisecondsSince1970: r.time), disclose: r.disclose)
             }
-            if let id = redacted { return .redacted(messageID: id) }
             if let a = account {
                 return .account(AccountRecord(name: a.name, key: a.key, credential: a.credential, createdAt: a.createdAt,
                                               lastSeen: a.lastSeen, email: a.email, settings: a.settings))

@@ -78,6 +78,9 @@ public enum ClusterEvent: Sendable, Equatable {
     /// A stored message was redacted (and deleted from storage): whoever holds it for an
     /// offline recipient, or follows it for receipts, forgets it.
     case redacted(messageID: String)
+    /// A connection asked to redact a transient channel's message that another node keeps (the
+    /// node its author used): that node decides, and answers the redactor itself.
+    case redactRequest(ConnectionID, channel: String, messageID: String, reason: String?)
 }
 
 extension ChatServer {

@@ -39,7 +39,14 @@ extension ChatServer {
                 author = tracked.author
             } else {
                 guard let kept = channel.recentHistory.messages.first(where: { $0.id == id }), !channel.recentHistory.redacted.contains(id) else {
-                    throw unknownMessage(rawTarget, id)
+                    // Only the node its author used keeps a transient channel's message: that
+                    // node decides, and answers (the ids of this node's messages start with
+                    // its name, and this node would know them).
+                    guard isClustered, let node = configuration.clusterNodeName, !id.hasPrefix(node + ".") else {
+                        throw unknownMessage(rawTarget, id)
+                    }
+                    outbox.clusterEvents.append(.redactRequest(session.id, channel: channel.key, messageID: id, reason: reason))
+                    return
                 }
                 author = kept.senderAccount ?? kept.senderGuest
             }
@@ -129,6 +136,29 @@ extension ChatServer {
         for connection in audience {
             guard let receiver = sessions[connection], receiver.has(.messageRedaction) else { continue }
             emit(line, to: connection, &context, &outbox)
+        }
+    }
+
+    /// A connection of another node asked to redact a message of a transient channel this node
+    /// keeps: decided here as for a local connection, answered to it here. A node that does not
+    /// keep the message ignores the request (the one that does answers).
+    mutating func redactForAnotherNode(_ connection: ConnectionID, channelKey: String, messageID: String, reason: String?,
+                                       now: Timestamp, into outbox: inout Outbox) {
+        guard let session = sessions[connection], let channel = channels[channelKey], !channel.isGroup,
+              channel.recentHistory.messages.contains(where: { $0.id == messageID }) else { return }
+        var context = CommandContext(connection: Self.nobody, now: now, label: nil)
+        let request = RedactRequest(target: channel.name, messageID: messageID, reason: reason, label: nil)
+        do throws(CommandError) {
+            guard channel.contains(connection), !channel.recentHistory.redacted.contains(messageID),
+                  let kept = channel.recentHistory.messages.first(where: { $0.id == messageID }) else {
+                throw unknownMessage(channel.name, messageID)
+            }
+            try redactInChannel(request, channel: channel, author: kept.senderAccount ?? kept.senderGuest, session: session, &context, &outbox)
+        } catch {
+            var answer = CommandContext(connection: connection, now: now, label: nil)
+            answer.verb = "REDACT"
+            render(error, in: &answer)
+            finish(&answer, into: &outbox)
         }
     }
 
