@@ -85,24 +85,28 @@ final class ChatHost: Sendable {
     /// commits are reported to the domain on each sender's event loop after these writes: a line
     /// read before that still queues its replies behind the writer, so none can overtake them.
     func writeAfterCommit(_ deliveries: [Outbox.Delivery], committed requests: [StoreRequest]) {
-        var requesters: [ObjectIdentifier: (Channel, [StoreRequest])] = [:]
-        let resolved = state.withLockedValue { state in
+        // One hand-over per event loop for the whole commit (its echoes and the report of its
+        // commits), through the loop's inbox: a task per receiving connection and another per
+        // sender cost two wake-ups and two tasks per message when commits were small.
+        var byLoop: [ObjectIdentifier: (loop: any EventLoop, deliveries: [ResolvedDelivery], requests: [StoreRequest])] = [:]
+        state.withLockedValue { state in
             for request in requests {
                 guard let channel = state.connections.delivery(to: request.connection, line: nil)?.channel else {
                     state.core.storesCommitted([request])
                     continue
                 }
-                requesters[ObjectIdentifier(channel), default: (channel, [])].1.append(request)
+                byLoop[ObjectIdentifier(channel.eventLoop), default: (channel.eventLoop, [], [])].requests.append(request)
             }
-            return deliveries.compactMap { delivery in
-                state.connections.delivery(to: delivery.connection, line: delivery.line)
+            for delivery in deliveries {
+                guard let resolved = state.connections.delivery(to: delivery.connection, line: delivery.line) else { continue }
+                byLoop[resolved.loop, default: (resolved.channel.eventLoop, [], [])].deliveries.append(resolved)
             }
         }
-        Self.write(resolved)
-        for (channel, committed) in requesters.values {
-            channel.eventLoop.execute { [self] in
+        for (loop, deliveries, committed) in byLoop.values {
+            let state = self.state
+            LoopInbox.of(loop).deliver(deliveries, thenOnLoop: committed.isEmpty ? nil : { @Sendable in
                 state.withLockedValue { $0.core.storesCommitted(committed) }
-            }
+            })
         }
     }
 

@@ -230,9 +230,22 @@ final class StorageWriter: Sendable {
 
     private static func serve(_ shared: Shared, store: any ChatStore, reads: DispatchQueue, commitDuration: CoreMetrics.Timer?, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
         var batch: [CoreAction] = []
+        var gathering = CommitGathering()
         while true {
             shared.condition.lock(whenValue: true)
+            var paused: UInt64 = 0
+            while !shared.stopping, gathering.shouldWait(takeable: shared.takeable, paused: paused, now: NIODeadline.now().uptimeNanoseconds) {
+                // Under load a small batch waits a moment for more (see `CommitGathering`); the
+                // event loop gets the core meanwhile. Only this thread takes work, and a new hold
+                // covers only work after it, so what was takeable stays takeable.
+                shared.condition.unlock()
+                var pause = timespec(tv_sec: 0, tv_nsec: Int(CommitGathering.pauseSliceNanoseconds))
+                nanosleep(&pause, nil)
+                paused += CommitGathering.pauseSliceNanoseconds
+                shared.condition.lock()
+            }
             let count = shared.takeable
+            gathering.noteTaken(count, now: NIODeadline.now().uptimeNanoseconds)
             if count == shared.pending.count {
                 swap(&batch, &shared.pending)
             } else {
@@ -327,6 +340,55 @@ final class StorageWriter: Sendable {
         }
         if !refused.isEmpty { callbacks()?.notStored(refused) }
         if !committed.isEmpty { callbacks()?.deliver(lines, committed) }
+    }
+}
+
+/// When the storage thread commits: at once when the server is quiet, and under load only once a
+/// batch is worth a commit. Each commit writes every page it changed to the WAL: a direct message
+/// changes a leaf of five b-trees (the message, its id, its target's and its sender's index
+/// entries, its recipient), so a commit of three messages wrote about as many pages as one of a
+/// hundred. At a fixed 20,000 msgs/s the thread committed a few messages at a time and wrote
+/// 7.5 KB to the WAL per message (3.4 system calls); the whole server used 35 us of CPU per
+/// message against 15 us at full speed, where batches are large.
+///
+/// So when writes have been arriving fast enough that a short pause gathers `worthWaitingFor`
+/// more of them, a batch smaller than `enough` waits for more, in slices of
+/// `pauseSliceNanoseconds`, at most `maxPauseNanoseconds` in all, before its commit starts. A
+/// lone client (or any rate below about 8,000 writes/s) never waits.
+struct CommitGathering {
+    /// A batch this large commits at once.
+    static let enough = 128
+    static let pauseSliceNanoseconds: UInt64 = 500_000
+    /// The longest a batch waits for more: a small part of a message's time to its echo.
+    static let maxPauseNanoseconds: UInt64 = 2_000_000
+    /// Writes the pause must be expected to add for it to be worth taking.
+    static let worthWaitingFor = 4
+    /// How long the arrival rate is measured over.
+    static let rateWindowNanoseconds: UInt64 = 20_000_000
+
+    private var windowStart: UInt64 = 0
+    private var takenInWindow = 0
+    private var lastTaken: UInt64 = 0
+    /// Writes per second over the last window of at least `rateWindowNanoseconds`.
+    private(set) var rate = 0.0
+
+    /// Whether a batch of `takeable` writes, which has waited `paused` already, should wait more.
+    func shouldWait(takeable: Int, paused: UInt64, now: UInt64) -> Bool {
+        guard takeable > 0, takeable < Self.enough, paused < Self.maxPauseNanoseconds, rate > 0 else { return false }
+        // A rate measured before a quiet spell says nothing about now (a long commit, a WAL
+        // checkpoint, is not a quiet spell: this is measured from when the batch was taken).
+        guard now &- lastTaken < 2 * Self.rateWindowNanoseconds else { return false }
+        return rate * Double(Self.pauseSliceNanoseconds) / 1e9 >= Double(Self.worthWaitingFor)
+    }
+
+    mutating func noteTaken(_ count: Int, now: UInt64) {
+        takenInWindow += count
+        lastTaken = now
+        let elapsed = now &- windowStart
+        guard elapsed >= Self.rateWindowNanoseconds else { return }
+        rate = Double(takenInWindow) * 1e9 / Double(elapsed)
+        windowStart = now
+        takenInWindow = 0
     }
 }
 

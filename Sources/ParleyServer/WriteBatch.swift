@@ -230,29 +230,71 @@ final class LoopInbox: Sendable {
     }
 
     private let loop: any EventLoop
-    private let pending = NIOLockedValueBox<[WriteBatch.PendingOutput]>([])
+    private let pending = NIOLockedValueBox(Pending())
+
+    private struct Pending {
+        var outputs: [WriteBatch.PendingOutput] = []
+        /// Run after `outputs` are written (a commit's report, after its echoes).
+        var afterWrites: [@Sendable () -> Void] = []
+        var isEmpty: Bool { outputs.isEmpty && afterWrites.isEmpty }
+    }
 
     private init(_ loop: any EventLoop) {
         self.loop = loop
     }
 
     fileprivate func deliver(_ outputs: [WriteBatch.PendingOutput]) {
+        add(outputs, then: nil)
+    }
+
+    /// Lines for this loop's connections decided outside any event loop (the echoes of a commit),
+    /// one buffer per receiver; `then` runs on the loop once they are written.
+    func deliver(_ deliveries: [ChatHost.ResolvedDelivery], thenOnLoop then: (@Sendable () -> Void)?) {
+        var outputs: [WriteBatch.PendingOutput] = []
+        var indexOfChannel: [ObjectIdentifier: Int] = [:]
+        for delivery in deliveries {
+            let key = ObjectIdentifier(delivery.channel)
+            if let index = indexOfChannel[key] {
+                if let line = delivery.line {
+                    if !outputs[index].isGathered {
+                        var gathered = delivery.channel.allocator.buffer(capacity: max(512, 2 * (outputs[index].bytes.readableBytes + line.readableBytes)))
+                        gathered.writeImmutableBuffer(outputs[index].bytes)
+                        outputs[index].bytes = gathered
+                        outputs[index].isGathered = true
+                    }
+                    outputs[index].bytes.writeImmutableBuffer(line)
+                }
+                if delivery.closeAfter { outputs[index].closeAfter = true }
+            } else {
+                indexOfChannel[key] = outputs.count
+                outputs.append(WriteBatch.PendingOutput(channel: delivery.channel, loop: delivery.loop, bytes: delivery.line ?? ByteBuffer(),
+                                                        closeAfter: delivery.closeAfter))
+            }
+        }
+        add(outputs, then: then)
+    }
+
+    private func add(_ outputs: [WriteBatch.PendingOutput], then: (@Sendable () -> Void)?) {
+        guard !outputs.isEmpty || then != nil else { return }
         let wasEmpty = pending.withLockedValue { pending in
             let wasEmpty = pending.isEmpty
-            pending += outputs
+            pending.outputs += outputs
+            if let then { pending.afterWrites.append(then) }
             return wasEmpty
         }
         // One task per burst: a task already queued writes what arrives before it runs.
         if wasEmpty { loop.execute { [self] in writePending() } }
     }
 
-    /// Writes what other loops decided for this loop's connections; called on this loop.
+    /// Writes what was decided elsewhere for this loop's connections, then runs what waited for
+    /// those writes; called on this loop.
     func writePending() {
-        let outputs = pending.withLockedValue { pending in
-            defer { pending = [] }
+        let taken = pending.withLockedValue { pending in
+            defer { pending = Pending() }
             return pending
         }
-        for output in outputs { ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel) }
+        for output in taken.outputs { ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel) }
+        for then in taken.afterWrites { then() }
     }
 }
 

@@ -155,3 +155,53 @@ struct StorageWriterTests {
         try await harness.finish()
     }
 }
+
+@Suite("When the storage thread commits (CommitGathering)")
+struct CommitGatheringTests {
+    static let millisecond: UInt64 = 1_000_000
+
+    /// `count` writes taken evenly over one rate window starting at `start`.
+    static func busy(_ count: Int, from start: UInt64) -> (CommitGathering, UInt64) {
+        var gathering = CommitGathering()
+        gathering.noteTaken(0, now: start)
+        let window = CommitGathering.rateWindowNanoseconds
+        for step in 0..<count { gathering.noteTaken(1, now: start + window * UInt64(step) / UInt64(count)) }
+        gathering.noteTaken(0, now: start + window)  // closes the window: the rate is known from here
+        return (gathering, start + window)
+    }
+
+    @Test func aQuietServerCommitsAtOnce() {
+        var gathering = CommitGathering()
+        let start = 5_000 * Self.millisecond
+        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: start))
+        gathering.noteTaken(1, now: start)
+        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: start + Self.millisecond))
+    }
+
+    @Test func underLoadASmallBatchWaitsABoundedTime() {
+        // 400 writes in 20 ms: 20,000 writes/s.
+        let (gathering, now) = Self.busy(400, from: 5_000 * Self.millisecond)
+        #expect(gathering.rate > 15_000)
+        #expect(gathering.shouldWait(takeable: 3, paused: 0, now: now))
+        #expect(gathering.shouldWait(takeable: 3, paused: CommitGathering.maxPauseNanoseconds - 1, now: now))
+        #expect(!gathering.shouldWait(takeable: 3, paused: CommitGathering.maxPauseNanoseconds, now: now), "the wait is bounded")
+        #expect(!gathering.shouldWait(takeable: CommitGathering.enough, paused: 0, now: now), "a large batch commits at once")
+        #expect(!gathering.shouldWait(takeable: 0, paused: 0, now: now))
+    }
+
+    @Test func aSlowStreamIsNotHeldBack() {
+        // 60 writes in 20 ms: 3,000 writes/s, a pause would gather one or two more.
+        let (gathering, now) = Self.busy(60, from: 5_000 * Self.millisecond)
+        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: now))
+    }
+
+    @Test func aRateMeasuredBeforeAQuietSpellIsNotTrusted() {
+        let (busy, now) = Self.busy(400, from: 5_000 * Self.millisecond)
+        var gathering = busy
+        let later = now + 3 * CommitGathering.rateWindowNanoseconds
+        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: later))
+        // The first batch after the quiet spell starts a new measurement, which knows of no load yet.
+        gathering.noteTaken(1, now: later)
+        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: later + Self.millisecond))
+    }
+}
