@@ -213,8 +213,9 @@ struct ChatChannel: Sendable {
 
     /// Takes connections out of the channel.
     mutating func remove(_ connections: [ConnectionID]) {
-        var removed = false
-        for connection in connections where joinedSet.remove(connection) != nil { removed = true }
-        if removed { joined.removeAll { !joinedSet.contains($0) } }
+        // Found by a scan of plain integers, not by a set lookup per member.
+        for connection in connections where joinedSet.remove(connection) != nil {
+            if let index = joined.firstIndex(of: connection) { joined.remove(at: index) }
+        }
     }
 }
