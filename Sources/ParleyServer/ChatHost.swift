@@ -236,52 +236,30 @@ final class ChatHost: Sendable {
         Self.write(deliveries)
     }
 
-    /// Writes deliveries from outside any connection's pipeline: one hop per target channel.
+    /// Writes deliveries from outside any connection's pipeline: one hop per event loop, where
+    /// they join that loop's round write (`WriteBatch`), each receiver's lines in one buffer.
     static func write(_ deliveries: [ResolvedDelivery]) {
         guard !deliveries.isEmpty else { return }
-        var grouped: [ObjectIdentifier: (Channel, [ResolvedDelivery])] = [:]
+        var byLoop: [ObjectIdentifier: (any EventLoop, [ResolvedDelivery])] = [:]
         var order: [ObjectIdentifier] = []
         for delivery in deliveries {
-            let key = ObjectIdentifier(delivery.channel)
-            if grouped[key] == nil { order.append(key); grouped[key] = (delivery.channel, []) }
-            grouped[key]!.1.append(delivery)
+            if byLoop[delivery.loop] == nil { order.append(delivery.loop); byLoop[delivery.loop] = (delivery.channel.eventLoop, []) }
+            byLoop[delivery.loop]!.1.append(delivery)
         }
         for key in order {
-            let (channel, items) = grouped[key]!
-            channel.eventLoop.execute {
-                Self.writeNow(items, to: channel)
+            let (loop, items) = byLoop[key]!
+            loop.execute {
+                WriteBatch.current.queue(items, onLoop: loop)
             }
         }
     }
 
-    /// Writes on the channel's own event loop, then flushes; closes after the data has gone out.
-    static func writeNow(_ items: [ResolvedDelivery], to channel: Channel) {
-        if items.count == 1 {
-            send(items[0].line ?? ByteBuffer(), closing: items[0].closeAfter, to: channel)
-            return
-        }
-        // Many lines at once (the echoes of a whole commit): one buffer, one pass through the
-        // pipeline, instead of one write per line.
-        var total = 0
-        for item in items { total += item.line?.readableBytes ?? 0 }
-        var gathered = channel.allocator.buffer(capacity: total)
-        var closing = false
-        for item in items {
-            if let line = item.line { gathered.writeImmutableBuffer(line) }
-            if item.closeAfter { closing = true }
-        }
-        send(gathered, closing: closing, to: channel)
-    }
-
-    /// On the channel's own loop: the lines and the flush in one pass through the pipeline; a
-    /// close waits until they have gone out.
+    /// On the channel's own loop, at the end of a round (`WriteBatch`): the lines and the flush
+    /// in one pass through the pipeline; a close waits until they have gone out.
     static func send(_ bytes: ByteBuffer, closing: Bool, to channel: Channel) {
         if closing {
             if bytes.readableBytes > 0 { channel.write(bytes, promise: nil) }
             closeAfterFlush(channel)
-        } else if channel.eventLoop.inEventLoop {
-            channel.write(bytes, promise: nil)
-            WriteBatch.current.flushAtEndOfRound(channel)
         } else {
             channel.writeAndFlush(bytes, promise: nil)
         }
