@@ -320,8 +320,9 @@ extension ChatServer {
         }
         guard let session = sessions[newcomers[0]] else { return }
         for connection in newcomers {
-            channels[key]?.add(connection)
-            sessions[connection]?.channels.insert(key)
+            guard let newcomer = sessions[connection] else { continue }
+            channels[key]?.add(newcomer)
+            newcomer.channels.insert(key)
         }
         guard let channel = channels[key] else { return }
         if !nickWasPresent {
@@ -330,8 +331,8 @@ extension ChatServer {
             let extended = joinMessage(for: session, channel: channel.name, extended: true)
             let away = session.awayMessage.map { IRCMessage(source: session.prefix, command: "AWAY", parameters: [$0]) }
             var encoded: (plain: ByteBuffer?, extended: ByteBuffer?, away: ByteBuffer?) = (nil, nil, nil)
-            for member in channel.joined.prefix(existingCount) {
-                guard let memberSession = sessions[member] else { continue }
+            for memberSession in channel.joinedSessions.prefix(existingCount) {
+                let member = memberSession.id
                 let wantsExtended = memberSession.has(.extendedJoin)
                 // away-notify: a user who joins while away is announced as away.
                 let wantsAway = away != nil && memberSession.has(.awayNotify)
@@ -401,8 +402,9 @@ extension ChatServer {
         current.reserveCapacity(room)
         // Only an account can have several connections under one nick; guests need no check.
         var seenAccountNicks: Set<String> = []
-        for member in channel.joined {
-            guard let session = sessions[member], let nick = session.nick else { continue }
+        for session in channel.joinedSessions {
+            guard let nick = session.nick else { continue }
+            let member = session.id
             if session.accountKey != nil, !seenAccountNicks.insert(nick.folded).inserted { continue }
             let prefix = channel.prefixes(of: member, account: session.accountKey, all: allPrefixes)
             let name = userhosts ? session.prefix : nick.name
