@@ -28,6 +28,9 @@ final class ChatHost: Sendable {
     /// A write (or close) resolved to its channel while the lock was held.
     struct ResolvedDelivery {
         let channel: Channel
+        let connection: ConnectionID
+        /// The connection table's token (`ConnectionTable.token`).
+        let table: UInt64
         /// The receiver's slot in the connection table (the write batch indexes by it).
         let slot: Int
         /// The receiver's event loop.
@@ -154,11 +157,16 @@ final class ChatHost: Sendable {
     /// array reused, not one per message), and storage work waits for the end of the batch
     /// (`WriteBatch.flush()` releases the hold), so the messages of one read burst are committed
     /// together.
-    func perform(into batch: WriteBatch, _ body: (inout ChatServer, inout Outbox) -> Void) {
-        perform(into: &batch.resolved, storageHold: &batch.storageHold, holding: true, body)
+    /// The lines go straight into the batch (`loop` is the calling thread's event loop): no
+    /// resolved copy per line, and a receiver's channel is looked up only for its first line of
+    /// the round.
+    func perform(into batch: WriteBatch, onLoop loop: ObjectIdentifier, _ body: (inout ChatServer, inout Outbox) -> Void) {
+        var unused: [ResolvedDelivery] = []
+        batch.begin(onLoop: loop)
+        perform(into: &unused, batch: batch, storageHold: &batch.storageHold, holding: true, body)
     }
 
-    private func perform(into resolved: inout [ResolvedDelivery], storageHold: inout StorageWriter.Hold?, holding: Bool,
+    private func perform(into resolved: inout [ResolvedDelivery], batch: WriteBatch? = nil, storageHold: inout StorageWriter.Hold?, holding: Bool,
                          _ body: (inout ChatServer, inout Outbox) -> Void) {
         var actions: [(CoreAction, requester: Channel?)] = []
         state.withLockedValue { state in
@@ -168,13 +176,16 @@ final class ChatHost: Sendable {
             // Lines for other nodes' connections, by node, in order.
             var remote: [UInt16: ByteBuffer] = [:]
             for delivery in state.outbox.deliveries {
-                guard let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) else {
-                    if cluster != nil, !state.core.isLocal(delivery.connection) {
-                        ClusterCodec.append(.lines(delivery.connection, delivery.line), to: &remote[delivery.connection.node, default: ByteBuffer()])
-                    }
+                if let batch {
+                    if batch.add(delivery.line, to: delivery.connection, in: state.connections) { continue }
+                } else if let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) {
+                    resolved.append(resolvedDelivery)
                     continue
                 }
-                resolved.append(resolvedDelivery)
+                // Not a connection of this node (any more).
+                if cluster != nil, !state.core.isLocal(delivery.connection) {
+                    ClusterCodec.append(.lines(delivery.connection, delivery.line), to: &remote[delivery.connection.node, default: ByteBuffer()])
+                }
             }
             if let cluster {
                 // Sent while the lock is held: the order of the domain's decisions is the order
@@ -197,7 +208,9 @@ final class ChatHost: Sendable {
                 if case .close(let id) = action {
                     // The channel stays registered until it is inactive, so that shutdown can
                     // wait for the final ERROR lines to leave.
-                    if let closing = state.connections.delivery(to: id, line: nil, closeAfter: true) {
+                    if let batch {
+                        _ = batch.add(nil, closeAfter: true, to: id, in: state.connections)
+                    } else if let closing = state.connections.delivery(to: id, line: nil, closeAfter: true) {
                         resolved.append(closing)
                     }
                 } else if action.isOrderedStorageWrite {
@@ -290,8 +303,7 @@ final class ChatHost: Sendable {
         }
         requester.eventLoop.execute { [self] in
             let batch = WriteBatch.current
-            perform(into: batch, body)
-            batch.collectResolved(onLoop: ObjectIdentifier(requester.eventLoop))
+            perform(into: batch, onLoop: ObjectIdentifier(requester.eventLoop), body)
             batch.flush()
             if endingBackgroundWork { endBackgroundWork() }
         }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOConcurrencyHelpers
 import NIOPosix
+import ParleyCore
 
 /// The writes decided while an event loop thread handles one loop round: the lines for each
 /// receiver on this loop are gathered into one buffer, written and flushed once by a task that
@@ -41,6 +42,9 @@ final class WriteBatch: @unchecked Sendable {
 
     fileprivate struct PendingOutput: Sendable {
         let channel: Channel
+        let connection: ConnectionID
+        /// The connection table's token: with `connection`, who this is in the process.
+        let table: UInt64
         let loop: ObjectIdentifier
         /// The receiver's slot in the connection table.
         let slot: Int
@@ -93,7 +97,10 @@ final class WriteBatch: @unchecked Sendable {
 
         var isEmpty: Bool { outputs.isEmpty }
 
-        mutating func add(channel: Channel, loop: ObjectIdentifier, slot: Int, line: ByteBuffer?, closeAfter: Bool) {
+        /// Adds a line (or a close) for a receiver; `channel` is asked for only when the
+        /// receiver has no output yet.
+        mutating func add(_ line: ByteBuffer?, closeAfter: Bool, to connection: ConnectionID, table: UInt64, slot: Int, loop: ObjectIdentifier,
+                          channel: () -> Channel) {
             if slot >= stampBySlot.count {
                 let size = max(slot + 1, 2 * stampBySlot.count, 64)
                 stampBySlot += repeatElement(0, count: size - stampBySlot.count)
@@ -101,19 +108,20 @@ final class WriteBatch: @unchecked Sendable {
             }
             // The slot alone is not enough: servers in one process (tests) have a connection
             // table each, and their connections share event loop threads.
-            if stampBySlot[slot] == stamp, outputs[Int(indexBySlot[slot])].channel === channel {
+            if stampBySlot[slot] == stamp, outputs[Int(indexBySlot[slot])].connection == connection, outputs[Int(indexBySlot[slot])].table == table {
                 let index = Int(indexBySlot[slot])
                 if let line { outputs[index].append(line, lastGathering: &lastGathering) }
                 if closeAfter { outputs[index].closeAfter = true }
             } else {
                 stampBySlot[slot] = stamp
                 indexBySlot[slot] = Int32(outputs.count)
-                outputs.append(PendingOutput(channel: channel, loop: loop, slot: slot, bytes: line ?? ByteBuffer(), closeAfter: closeAfter))
+                outputs.append(PendingOutput(channel: channel(), connection: connection, table: table, loop: loop, slot: slot,
+                                             bytes: line ?? ByteBuffer(), closeAfter: closeAfter))
             }
         }
 
         mutating func add(_ output: PendingOutput) {
-            add(channel: output.channel, loop: output.loop, slot: output.slot, line: output.bytes, closeAfter: output.closeAfter)
+            add(output.bytes, closeAfter: output.closeAfter, to: output.connection, table: output.table, slot: output.slot, loop: output.loop) { output.channel }
         }
 
         /// Takes every output out; the next line for any receiver starts a new one.
@@ -129,13 +137,33 @@ final class WriteBatch: @unchecked Sendable {
         }
     }
 
+    /// Lines added from now on are decided on `loop`, this thread's.
+    func begin(onLoop loop: ObjectIdentifier) {
+        ownLoop = loop
+    }
+
+    /// Adds a line (or a close) for a connection of `table`, on this thread's loop or another;
+    /// false when the connection is not in the table.
+    func add(_ line: ByteBuffer?, closeAfter: Bool = false, to connection: ConnectionID, in table: ConnectionTable) -> Bool {
+        guard let loop = table.loop(of: connection) else { return false }
+        let slot = ConnectionTable.slot(of: connection)
+        if loop == ownLoop {
+            own.add(line, closeAfter: closeAfter, to: connection, table: table.token, slot: slot, loop: loop) { table.channel(of: connection) }
+        } else {
+            others.add(line, closeAfter: closeAfter, to: connection, table: table.token, slot: slot, loop: loop) { table.channel(of: connection) }
+        }
+        return true
+    }
+
     func collectResolved(onLoop loop: ObjectIdentifier) {
         ownLoop = loop
         for delivery in resolved {
             if delivery.loop == loop {
-                own.add(channel: delivery.channel, loop: delivery.loop, slot: delivery.slot, line: delivery.line, closeAfter: delivery.closeAfter)
+                own.add(delivery.line, closeAfter: delivery.closeAfter, to: delivery.connection, table: delivery.table, slot: delivery.slot,
+                        loop: delivery.loop) { delivery.channel }
             } else {
-                others.add(channel: delivery.channel, loop: delivery.loop, slot: delivery.slot, line: delivery.line, closeAfter: delivery.closeAfter)
+                others.add(delivery.line, closeAfter: delivery.closeAfter, to: delivery.connection, table: delivery.table, slot: delivery.slot,
+                           loop: delivery.loop) { delivery.channel }
             }
         }
         resolved.removeAll(keepingCapacity: true)
