@@ -90,6 +90,9 @@ public enum CoreAction: Sendable, Equatable {
     case recordLastSeen(accountKey: String, at: Timestamp)
     /// Persist a group's whole state (after a rename, `previousKey` is its former key).
     case saveGroup(GroupRecord, previousKey: String?)
+    /// Persist one account's place on a group's member list (its role and voice), or its
+    /// removal (`role` nil); the rest of the list stays as stored.
+    case saveGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool)
     case deleteGroup(key: String)
     /// Persist messages (the shell commits them in batches, in order), then write `afterCommit`
     /// (the sender's echo and replies: an echo means the message is on disk). If the commit
@@ -113,7 +116,7 @@ public enum CoreAction: Sendable, Equatable {
 extension CoreAction {
     public var isOrderedStorageWrite: Bool {
         switch self {
-        case .saveGroup, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
+        case .saveGroup, .saveGroupMember, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
              .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory: true
         default: false
         }

@@ -28,6 +28,9 @@ final class ChatHost: Sendable {
     /// A write (or close) resolved to its channel while the lock was held.
     struct ResolvedDelivery {
         let channel: Channel
+        let connection: ConnectionID
+        /// The connection table's token (`ConnectionTable.token`).
+        let table: UInt64
         /// The receiver's slot in the connection table (the write batch indexes by it).
         let slot: Int
         /// The receiver's event loop.
@@ -158,11 +161,16 @@ final class ChatHost: Sendable {
     /// array reused, not one per message), and storage work waits for the end of the batch
     /// (`WriteBatch.flush()` releases the hold), so the messages of one read burst are committed
     /// together.
-    func perform(into batch: WriteBatch, _ body: (inout ChatServer, inout Outbox) -> Void) {
-        perform(into: &batch.resolved, storageHold: &batch.storageHold, holding: true, body)
+    /// The lines go straight into the batch (`loop` is the calling thread's event loop): no
+    /// resolved copy per line, and a receiver's channel is looked up only for its first line of
+    /// the round.
+    func perform(into batch: WriteBatch, onLoop loop: ObjectIdentifier, _ body: (inout ChatServer, inout Outbox) -> Void) {
+        var unused: [ResolvedDelivery] = []
+        batch.begin(onLoop: loop)
+        perform(into: &unused, batch: batch, storageHold: &batch.storageHold, holding: true, body)
     }
 
-    private func perform(into resolved: inout [ResolvedDelivery], storageHold: inout StorageWriter.Hold?, holding: Bool,
+    private func perform(into resolved: inout [ResolvedDelivery], batch: WriteBatch? = nil, storageHold: inout StorageWriter.Hold?, holding: Bool,
                          _ body: (inout ChatServer, inout Outbox) -> Void) {
         var actions: [(CoreAction, requester: Channel?)] = []
         state.withLockedValue { state in
@@ -172,13 +180,16 @@ final class ChatHost: Sendable {
             // Lines for other nodes' connections, by node, in order.
             var remote: [UInt16: ByteBuffer] = [:]
             for delivery in state.outbox.deliveries {
-                guard let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) else {
-                    if cluster != nil, !state.core.isLocal(delivery.connection) {
-                        ClusterCodec.append(.lines(delivery.connection, delivery.line), to: &remote[delivery.connection.node, default: ByteBuffer()])
-                    }
+                if let batch {
+                    if batch.add(delivery.line, to: delivery.connection, in: state.connections) { continue }
+                } else if let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) {
+                    resolved.append(resolvedDelivery)
                     continue
                 }
-                resolved.append(resolvedDelivery)
+                // Not a connection of this node (any more).
+                if cluster != nil, !state.core.isLocal(delivery.connection) {
+                    ClusterCodec.append(.lines(delivery.connection, delivery.line), to: &remote[delivery.connection.node, default: ByteBuffer()])
+                }
             }
             if let cluster {
                 // Sent while the lock is held: the order of the domain's decisions is the order
@@ -206,7 +217,9 @@ final class ChatHost: Sendable {
                 if case .close(let id) = action {
                     // The channel stays registered until it is inactive, so that shutdown can
                     // wait for the final ERROR lines to leave.
-                    if let closing = state.connections.delivery(to: id, line: nil, closeAfter: true) {
+                    if let batch {
+                        _ = batch.add(nil, closeAfter: true, to: id, in: state.connections)
+                    } else if let closing = state.connections.delivery(to: id, line: nil, closeAfter: true) {
                         resolved.append(closing)
                     }
                 } else if action.isOrderedStorageWrite {
@@ -245,52 +258,30 @@ final class ChatHost: Sendable {
         Self.write(deliveries)
     }
 
-    /// Writes deliveries from outside any connection's pipeline: one hop per target channel.
+    /// Writes deliveries from outside any connection's pipeline: one hop per event loop, where
+    /// they join that loop's round write (`WriteBatch`), each receiver's lines in one buffer.
     static func write(_ deliveries: [ResolvedDelivery]) {
         guard !deliveries.isEmpty else { return }
-        var grouped: [ObjectIdentifier: (Channel, [ResolvedDelivery])] = [:]
+        var byLoop: [ObjectIdentifier: (any EventLoop, [ResolvedDelivery])] = [:]
         var order: [ObjectIdentifier] = []
         for delivery in deliveries {
-            let key = ObjectIdentifier(delivery.channel)
-            if grouped[key] == nil { order.append(key); grouped[key] = (delivery.channel, []) }
-            grouped[key]!.1.append(delivery)
+            if byLoop[delivery.loop] == nil { order.append(delivery.loop); byLoop[delivery.loop] = (delivery.channel.eventLoop, []) }
+            byLoop[delivery.loop]!.1.append(delivery)
         }
         for key in order {
-            let (channel, items) = grouped[key]!
-            channel.eventLoop.execute {
-                Self.writeNow(items, to: channel)
+            let (loop, items) = byLoop[key]!
+            loop.execute {
+                WriteBatch.current.queue(items, onLoop: loop)
             }
         }
     }
 
-    /// Writes on the channel's own event loop, then flushes; closes after the data has gone out.
-    static func writeNow(_ items: [ResolvedDelivery], to channel: Channel) {
-        if items.count == 1 {
-            send(items[0].line ?? ByteBuffer(), closing: items[0].closeAfter, to: channel)
-            return
-        }
-        // Many lines at once (the echoes of a whole commit): one buffer, one pass through the
-        // pipeline, instead of one write per line.
-        var total = 0
-        for item in items { total += item.line?.readableBytes ?? 0 }
-        var gathered = channel.allocator.buffer(capacity: total)
-        var closing = false
-        for item in items {
-            if let line = item.line { gathered.writeImmutableBuffer(line) }
-            if item.closeAfter { closing = true }
-        }
-        send(gathered, closing: closing, to: channel)
-    }
-
-    /// On the channel's own loop: the lines and the flush in one pass through the pipeline; a
-    /// close waits until they have gone out.
+    /// On the channel's own loop, at the end of a round (`WriteBatch`): the lines and the flush
+    /// in one pass through the pipeline; a close waits until they have gone out.
     static func send(_ bytes: ByteBuffer, closing: Bool, to channel: Channel) {
         if closing {
             if bytes.readableBytes > 0 { channel.write(bytes, promise: nil) }
             closeAfterFlush(channel)
-        } else if channel.eventLoop.inEventLoop {
-            channel.write(bytes, promise: nil)
-            WriteBatch.current.flushAtEndOfRound(channel)
         } else {
             channel.writeAndFlush(bytes, promise: nil)
         }
@@ -321,8 +312,7 @@ final class ChatHost: Sendable {
         }
         requester.eventLoop.execute { [self] in
             let batch = WriteBatch.current
-            perform(into: batch, body)
-            batch.collectResolved(onLoop: ObjectIdentifier(requester.eventLoop))
+            perform(into: batch, onLoop: ObjectIdentifier(requester.eventLoop), body)
             batch.flush()
             if endingBackgroundWork { endBackgroundWork() }
         }
@@ -364,7 +354,7 @@ final class ChatHost: Sendable {
                     core.completeAccountCreation(ticket: ticket, result: result, now: Self.now(), into: &outbox)
                 }
             }
-        case .recordLastSeen, .saveGroup, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
+        case .recordLastSeen, .saveGroup, .saveGroupMember, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
              .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory:
             break  // ordered storage work goes through `storageWriter`
         }

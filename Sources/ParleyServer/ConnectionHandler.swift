@@ -234,11 +234,10 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         if heldBack!.count > host.configuration.limits.floodQueueLimit, let id = connection {
             logger.notice("excess flood", metadata: ["connection": "\(id)"])
             heldBack = nil
-            host.perform(into: batch) { core, outbox in
+            host.perform(into: batch, onLoop: eventLoopIdentity) { core, outbox in
                 core.disconnect(id, reason: "Excess Flood", now: ChatHost.now(), into: &outbox)
             }
             connection = nil
-            batch.collectResolved(onLoop: eventLoopIdentity)
             batch.flush()
             return
         }
@@ -277,14 +276,14 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         guard let id = connection else { return }
         switch frame {
         case .tooLong:
-            host.perform(into: batch) { core, outbox in
+            host.perform(into: batch, onLoop: eventLoopIdentity) { core, outbox in
                 core.receiveInvalidLine(.tooLong, command: nil, label: nil, from: id, now: now, into: &outbox)
             }
         case .line(let bytes):
             do {
                 let message = try IRCMessage(parsing: bytes, maxTagsBytes: IRCMessage.maximumClientTagSectionBytes)
                 if tracesLines { logger.trace("<- \(message.redactedForLog.wireString)", metadata: ["connection": "\(id)"]) }
-                host.perform(into: batch) { core, outbox in
+                host.perform(into: batch, onLoop: eventLoopIdentity) { core, outbox in
                     core.receive(message, from: id, now: now, into: &outbox)
                 }
             } catch .empty {
@@ -298,11 +297,10 @@ final class IRCConnectionHandler: ChannelInboundHandler {
                 }
                 // Read what we can of the line so the reply names the refused command and label.
                 let lossy = try? IRCMessage(parsing: String(decoding: bytes.readableBytesView, as: UTF8.self), maxTagsBytes: .max, maxBodyBytes: .max)
-                host.perform(into: batch) { core, outbox in
+                host.perform(into: batch, onLoop: eventLoopIdentity) { core, outbox in
                     core.receiveInvalidLine(problem, command: lossy?.command.uppercased(), label: lossy?.tagValue("label"), from: id, now: now, into: &outbox)
                 }
             }
         }
-        batch.collectResolved(onLoop: eventLoopIdentity)
     }
 }

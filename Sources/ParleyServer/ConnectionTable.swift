@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import ParleyCore
 
@@ -23,9 +24,14 @@ struct ConnectionTable: Sendable {
     private(set) var count = 0
     /// This node's number in the id's top bits (0 when the server runs alone).
     private let nodeBits: UInt64
+    /// Unique to this table in the process: servers in one process (tests) have a table each,
+    /// whose ids can be equal, and their connections share event loop threads (`WriteBatch`).
+    let token: UInt64
+    private static let tokens = NIOLockedValueBox<UInt64>(0)
 
     init(node: UInt16 = 0) {
         nodeBits = UInt64(node) << ConnectionID.nodeShift
+        token = Self.tokens.withLockedValue { $0 += 1; return $0 }
     }
 
     static func slot(of id: ConnectionID) -> Int { Int(id.rawValue & slotMask) }
@@ -59,7 +65,18 @@ struct ConnectionTable: Sendable {
     func delivery(to id: ConnectionID, line: ByteBuffer?, closeAfter: Bool = false) -> ChatHost.ResolvedDelivery? {
         let slot = Self.slot(of: id)
         guard contains(id, slot: slot), let channel = channels[slot], let loop = loops[slot] else { return nil }
-        return ChatHost.ResolvedDelivery(channel: channel, slot: slot, loop: loop, line: line, closeAfter: closeAfter)
+        return ChatHost.ResolvedDelivery(channel: channel, connection: id, table: token, slot: slot, loop: loop, line: line, closeAfter: closeAfter)
+    }
+
+    /// The event loop of `id`'s channel, or nil when the connection is gone (nothing retained).
+    func loop(of id: ConnectionID) -> ObjectIdentifier? {
+        let slot = Self.slot(of: id)
+        return contains(id, slot: slot) ? loops[slot] : nil
+    }
+
+    /// The channel of a connection that `loop(of:)` found.
+    func channel(of id: ConnectionID) -> Channel {
+        channels[Self.slot(of: id)]!
     }
 
     /// Forgets the connection; returns the address it came from.

@@ -1,13 +1,17 @@
 import NIOCore
 import NIOConcurrencyHelpers
 import NIOPosix
+import ParleyCore
 
-/// The writes decided while an event loop thread handles one connection's read batch: the lines
-/// for each receiver are gathered into one buffer and written once, so a burst of messages costs
-/// one pipeline write and one system call per receiver, not one per line. Receivers on other
-/// loops are written by one task per loop (not one per receiver: a group message to a thousand
-/// members on two loops made five hundred tasks). One per thread, reused: never touched by any
-/// other thread, hence `@unchecked Sendable`.
+/// The writes decided while an event loop thread handles one loop round: the lines for each
+/// receiver on this loop are gathered into one buffer, written and flushed once by a task that
+/// NIO runs after the round's reads, so N guests joining a channel in one round cost each member
+/// one pipeline write and one system call, not N (a pipeline write cost more than the rest of
+/// the member's share of a JOIN). Receivers on other loops are handed over at the end of each
+/// read batch, to one task per loop (not one per receiver: a group message to a thousand members
+/// on two loops made five hundred tasks). Every write on this thread goes through here, so no
+/// line overtakes one gathered earlier. One per thread, reused: never touched by any other
+/// thread, hence `@unchecked Sendable`.
 final class WriteBatch: @unchecked Sendable {
     private static let perThread = ThreadSpecificVariable<WriteBatch>()
 
@@ -22,32 +26,31 @@ final class WriteBatch: @unchecked Sendable {
     var resolved: [ChatHost.ResolvedDelivery] = []
     /// Storage work of this batch waits for `flush()` (see `StorageWriter.Hold`).
     var storageHold: StorageWriter.Hold?
-    /// This batch's receivers on this loop, in the order they were first written to. A
-    /// receiver's place is found by its connection slot: `outputIndexBySlot[slot]` is valid
-    /// when `stampBySlot[slot]` is the current `stamp` (no clearing, no hashing per line).
-    private var outputs: [PendingOutput] = []
-    private var flushing: [PendingOutput] = []
-    private var outputIndexBySlot: [Int32] = []
-    private var stampBySlot: [UInt32] = []
-    private var stamp: UInt32 = 1
-    private var isFlushing = false
-    /// This thread's event loop (set by `collectResolved`).
+    /// This round's receivers on this thread's loop, until the round's write.
+    private var own = GatheredOutputs()
+    /// This batch's receivers on other loops, until `flush()` hands them over.
+    private var others = GatheredOutputs()
+    /// This thread's event loop (set by `collectResolved` and `queue`).
     private var ownLoop = ObjectIdentifier(WriteBatch.self)
     /// Receivers on other loops, by loop, while flushing.
     private var foreign: [ObjectIdentifier: [PendingOutput]] = [:]
     /// The other loops' inboxes, found once per thread instead of under a lock at every flush.
     private var inboxes: [ObjectIdentifier: LoopInbox] = [:]
-    /// This round's connections to flush, by loop (see `flushAtEndOfRound`).
-    private var rounds: [ObjectIdentifier: RoundFlush] = [:]
-    /// This batch's receivers on this loop, while flushing (written after the foreign ones are
-    /// handed over, see `flush()`).
-    private var own: [PendingOutput] = []
+    /// The loops whose round write is queued and has not run yet. Kept by loop: a test's
+    /// thread can drive several embedded loops, some never run again.
+    private var roundQueued: Set<ObjectIdentifier> = []
 
     fileprivate struct PendingOutput: Sendable {
         let channel: Channel
+        let connection: ConnectionID
+        /// The connection table's token: with `connection`, who this is in the process.
+        let table: UInt64
         let loop: ObjectIdentifier
+        /// The receiver's slot in the connection table.
+        let slot: Int
         var bytes: ByteBuffer
-        /// Whether `bytes` is a buffer of this receiver's own, to append to in place.
+        /// Whether `bytes` was gathered for this receiver, to append to in place (a buffer that
+        /// receivers with the same lines took too is copied first, by ByteBuffer, once).
         var isGathered = false
         var closeAfter = false
 
@@ -59,35 +62,18 @@ final class WriteBatch: @unchecked Sendable {
                 bytes.writeImmutableBuffer(line)
                 return
             }
-            enum Step { case share, continueOwn, gather }
-            let step: Step
-            if let last = lastGathering {
-                if last.existing.hasSameBytes(as: bytes) && last.added.hasSameBytes(as: line) {
-                    step = .share
-                } else if !last.isShared && last.result.hasSameBytes(as: bytes) {
-                    step = .continueOwn
-                } else {
-                    step = .gather
-                }
-            } else {
-                step = .gather
+            if let last = lastGathering, last.existing.hasSameBytes(as: bytes), last.added.hasSameBytes(as: line) {
+                bytes = last.result
+                return
             }
-            switch step {
-            case .share:
-                bytes = lastGathering!.result
-                lastGathering!.isShared = true
-            case .continueOwn:
-                // Nobody took this receiver's gathered buffer: it is its own to grow.
-                lastGathering = nil
-                isGathered = true
-                bytes.writeImmutableBuffer(line)
-            case .gather:
-                var gathered = channel.allocator.buffer(capacity: max(512, 2 * (bytes.readableBytes + line.readableBytes)))
-                gathered.writeImmutableBuffer(bytes)
-                gathered.writeImmutableBuffer(line)
-                lastGathering = Gathering(existing: bytes, added: line, result: gathered)
-                bytes = gathered
-            }
+            var gathered = channel.allocator.buffer(capacity: max(512, 2 * (bytes.readableBytes + line.readableBytes)))
+            gathered.writeImmutableBuffer(bytes)
+            gathered.writeImmutableBuffer(line)
+            lastGathering = Gathering(existing: bytes, added: line, result: gathered)
+            bytes = gathered
+            // Its own from now on, whoever shares it: a buffer kept over a round's many batches
+            // (a member's NAMES) must not be gathered anew at every line.
+            isGathered = true
         }
     }
 
@@ -97,118 +83,148 @@ final class WriteBatch: @unchecked Sendable {
         var existing: ByteBuffer
         var added: ByteBuffer
         var result: ByteBuffer
-        var isShared = false
     }
 
-    private var lastGathering: Gathering?
+    /// Receivers' pending lines, each receiver's gathered in one output, in the order they were
+    /// first written to. A receiver's place is found by its connection slot: `indexBySlot[slot]`
+    /// is valid when `stampBySlot[slot]` is the current `stamp` (no clearing, no hashing per line).
+    fileprivate struct GatheredOutputs {
+        private(set) var outputs: [PendingOutput] = []
+        private var indexBySlot: [Int32] = []
+        private var stampBySlot: [UInt32] = []
+        private var stamp: UInt32 = 1
+        private var lastGathering: Gathering?
+
+        var isEmpty: Bool { outputs.isEmpty }
+
+        /// Adds a line (or a close) for a receiver; `channel` is asked for only when the
+        /// receiver has no output yet.
+        mutating func add(_ line: ByteBuffer?, closeAfter: Bool, to connection: ConnectionID, table: UInt64, slot: Int, loop: ObjectIdentifier,
+                          channel: () -> Channel) {
+            if slot >= stampBySlot.count {
+                let size = max(slot + 1, 2 * stampBySlot.count, 64)
+                stampBySlot += repeatElement(0, count: size - stampBySlot.count)
+                indexBySlot += repeatElement(0, count: size - indexBySlot.count)
+            }
+            // The slot alone is not enough: servers in one process (tests) have a connection
+            // table each, and their connections share event loop threads.
+            if stampBySlot[slot] == stamp, outputs[Int(indexBySlot[slot])].connection == connection, outputs[Int(indexBySlot[slot])].table == table {
+                let index = Int(indexBySlot[slot])
+                if let line { outputs[index].append(line, lastGathering: &lastGathering) }
+                if closeAfter { outputs[index].closeAfter = true }
+            } else {
+                stampBySlot[slot] = stamp
+                indexBySlot[slot] = Int32(outputs.count)
+                outputs.append(PendingOutput(channel: channel(), connection: connection, table: table, loop: loop, slot: slot,
+                                             bytes: line ?? ByteBuffer(), closeAfter: closeAfter))
+            }
+        }
+
+        mutating func add(_ output: PendingOutput) {
+            add(output.bytes, closeAfter: output.closeAfter, to: output.connection, table: output.table, slot: output.slot, loop: output.loop) { output.channel }
+        }
+
+        /// Takes every output out; the next line for any receiver starts a new one.
+        mutating func takeAll() -> [PendingOutput] {
+            stamp &+= 1
+            if stamp == 0 {
+                for index in stampBySlot.indices { stampBySlot[index] = 0 }
+                stamp = 1
+            }
+            lastGathering = nil
+            defer { outputs = [] }
+            return outputs
+        }
+    }
+
+    /// Lines added from now on are decided on `loop`, this thread's.
+    func begin(onLoop loop: ObjectIdentifier) {
+        ownLoop = loop
+    }
+
+    /// Adds a line (or a close) for a connection of `table`, on this thread's loop or another;
+    /// false when the connection is not in the table.
+    func add(_ line: ByteBuffer?, closeAfter: Bool = false, to connection: ConnectionID, in table: ConnectionTable) -> Bool {
+        guard let loop = table.loop(of: connection) else { return false }
+        let slot = ConnectionTable.slot(of: connection)
+        if loop == ownLoop {
+            own.add(line, closeAfter: closeAfter, to: connection, table: table.token, slot: slot, loop: loop) { table.channel(of: connection) }
+        } else {
+            others.add(line, closeAfter: closeAfter, to: connection, table: table.token, slot: slot, loop: loop) { table.channel(of: connection) }
+        }
+        return true
+    }
 
     func collectResolved(onLoop loop: ObjectIdentifier) {
         ownLoop = loop
         for delivery in resolved {
-            let slot = delivery.slot
-            if slot >= stampBySlot.count {
-                let size = max(slot + 1, 2 * stampBySlot.count, 64)
-                stampBySlot += repeatElement(0, count: size - stampBySlot.count)
-                outputIndexBySlot += repeatElement(0, count: size - outputIndexBySlot.count)
-            }
-            if stampBySlot[slot] == stamp {
-                let index = Int(outputIndexBySlot[slot])
-                if let line = delivery.line { outputs[index].append(line, lastGathering: &lastGathering) }
-                if delivery.closeAfter { outputs[index].closeAfter = true }
+            if delivery.loop == loop {
+                own.add(delivery.line, closeAfter: delivery.closeAfter, to: delivery.connection, table: delivery.table, slot: delivery.slot,
+                        loop: delivery.loop) { delivery.channel }
             } else {
-                stampBySlot[slot] = stamp
-                outputIndexBySlot[slot] = Int32(outputs.count)
-                outputs.append(PendingOutput(channel: delivery.channel, loop: delivery.loop, bytes: delivery.line ?? ByteBuffer(), closeAfter: delivery.closeAfter))
+                others.add(delivery.line, closeAfter: delivery.closeAfter, to: delivery.connection, table: delivery.table, slot: delivery.slot,
+                           loop: delivery.loop) { delivery.channel }
             }
         }
         resolved.removeAll(keepingCapacity: true)
     }
 
-    /// A new batch: every slot's index is stale at once.
-    private func nextStamp() {
-        stamp &+= 1
-        if stamp == 0 {
-            for index in stampBySlot.indices { stampBySlot[index] = 0 }
-            stamp = 1
-        }
+    /// Writes from outside a read batch (another loop's hand-over, a task's writes) on this
+    /// loop: after the lines gathered before them, in this round's write.
+    fileprivate func queue(_ outputs: [PendingOutput], onLoop loop: any EventLoop) {
+        ownLoop = ObjectIdentifier(loop)
+        for output in outputs { own.add(output) }
+        flush()
     }
 
+    func queue(_ deliveries: [ChatHost.ResolvedDelivery], onLoop loop: any EventLoop) {
+        resolved += deliveries
+        collectResolved(onLoop: ObjectIdentifier(loop))
+        flush()
+    }
+
+    /// The end of a read batch: its storage work may go, and receivers on other loops are handed
+    /// over; those on this loop wait for the round's write.
     func flush() {
         // First, so that the batch's messages are committed while their lines are written.
         if let hold = storageHold {
             storageHold = nil
             hold.release()
         }
-        // A flush can close a connection whose handler flushes again: the outer call finishes.
-        guard !isFlushing else { return }
-        isFlushing = true
-        defer { isFlushing = false }
-        while !outputs.isEmpty {
-            swap(&outputs, &flushing)
-            nextStamp()
-            lastGathering = nil
-            for output in flushing {
-                if output.loop == ownLoop {
-                    own.append(output)
-                } else {
-                    foreign[output.loop, default: []].append(output)
-                }
-            }
-            flushing.removeAll(keepingCapacity: true)
+        if !others.isEmpty {
+            for output in others.takeAll() { foreign[output.loop, default: []].append(output) }
             // Other loops' receivers are handed over before this loop writes anything: a client
             // that sees a reply here (a PONG) and then sends on a connection of another loop
             // must find there every line decided before that reply (see `LoopInbox`).
-            if !foreign.isEmpty {
-                for (loop, outputs) in foreign {
-                    let inbox = inboxes[loop] ?? LoopInbox.of(outputs[0].channel.eventLoop)
-                    inboxes[loop] = inbox
-                    inbox.deliver(outputs)
-                }
-                foreign.removeAll(keepingCapacity: true)
+            for (loop, outputs) in foreign {
+                let inbox = inboxes[loop] ?? LoopInbox.of(outputs[0].channel.eventLoop)
+                inboxes[loop] = inbox
+                inbox.deliver(outputs)
             }
-            for output in own {
-                ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel)
-            }
-            own.removeAll(keepingCapacity: true)
+            foreign.removeAll(keepingCapacity: true)
+        }
+        if !own.isEmpty && roundQueued.insert(ownLoop).inserted {
+            // NIO handles all of a wakeup's reads before its tasks: this task, queued by the
+            // round's first batch with output, runs after the round's reads.
+            let loop = ownLoop
+            own.outputs[0].channel.eventLoop.execute { [self] in writeRound(of: loop) }
         }
     }
 
-    /// Flushes `channel`, just written to on its own loop, once this loop round's reads are
-    /// done: NIO handles all of a wakeup's reads before its tasks, so the flush task queued by
-    /// the round's first write runs after them. A thousand guests joining in one round then
-    /// cost each member one system call, not one per JOIN. Kept by loop: a test's thread can
-    /// drive several embedded loops, some never run again.
-    func flushAtEndOfRound(_ channel: Channel) {
-        let loop = channel.eventLoop
-        let key = ObjectIdentifier(loop)
-        if let round = rounds[key], !round.isDone {
-            round.add(channel)
-            return
+    /// Writes and flushes what this loop's round gathered, one write per receiver. Lines
+    /// gathered meanwhile (a write can close a connection, whose handler writes again) wait for
+    /// the next round's write.
+    private func writeRound(of loop: ObjectIdentifier) {
+        roundQueued.remove(loop)
+        let writing = own.takeAll()
+        for output in writing where output.loop != loop {
+            // Another loop's, gathered by a test thread that drives several embedded loops:
+            // kept for that loop's own round.
+            own.add(output)
         }
-        let round = RoundFlush(channel)
-        rounds[key] = round
-        loop.execute { round.flush() }
-    }
-}
-
-/// The connections to flush at the end of one event loop round; used on that loop only.
-private final class RoundFlush: @unchecked Sendable {
-    private var channels: [Channel]
-    private var listed: Set<ObjectIdentifier>
-    private(set) var isDone = false
-
-    init(_ channel: Channel) {
-        channels = [channel]
-        listed = [ObjectIdentifier(channel)]
-    }
-
-    func add(_ channel: Channel) {
-        if listed.insert(ObjectIdentifier(channel)).inserted { channels.append(channel) }
-    }
-
-    func flush() {
-        isDone = true
-        for channel in channels { channel.flush() }
+        for output in writing where output.loop == loop {
+            ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel)
+        }
     }
 }
 
@@ -267,7 +283,8 @@ final class LoopInbox: Sendable {
                 if delivery.closeAfter { outputs[index].closeAfter = true }
             } else {
                 indexOfChannel[key] = outputs.count
-                outputs.append(WriteBatch.PendingOutput(channel: delivery.channel, loop: delivery.loop, bytes: delivery.line ?? ByteBuffer(),
+                outputs.append(WriteBatch.PendingOutput(channel: delivery.channel, connection: delivery.connection, table: delivery.table,
+                                                        loop: delivery.loop, slot: delivery.slot, bytes: delivery.line ?? ByteBuffer(),
                                                         closeAfter: delivery.closeAfter))
             }
         }
@@ -286,14 +303,15 @@ final class LoopInbox: Sendable {
         if wasEmpty { loop.execute { [self] in writePending() } }
     }
 
-    /// Writes what was decided elsewhere for this loop's connections, then runs what waited for
-    /// those writes; called on this loop.
+    /// Queues what was decided elsewhere for this loop's connections into this round's write,
+    /// after what this loop gathered before, then runs what waited for those lines (anything
+    /// decided after them is queued behind them); called on this loop.
     func writePending() {
         let taken = pending.withLockedValue { pending in
             defer { pending = Pending() }
             return pending
         }
-        for output in taken.outputs { ChatHost.send(output.bytes, closing: output.closeAfter, to: output.channel) }
+        if !taken.outputs.isEmpty { WriteBatch.current.queue(taken.outputs, onLoop: loop) }
         for then in taken.afterWrites { then() }
     }
 }

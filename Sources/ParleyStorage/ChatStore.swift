@@ -45,6 +45,11 @@ public protocol StorageTransaction {
     /// Saves a group's whole state; after a rename `previousKey` is its former key (the group
     /// keeps its id, its history and its read markers).
     func saveGroup(_ group: GroupRecord, previousKey: String?) throws
+    /// Puts one account on a group's member list with its role and voice, replacing what it
+    /// had, or takes it off (`role` nil); the other members' rows are left alone, so a join into
+    /// a large group writes one row. An unknown group or account changes nothing (as members
+    /// unknown to `saveGroup` are skipped).
+    func setGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool) throws
     /// Deletes a group with its members, bans, messages (and their recipients) and read markers.
     func deleteGroup(key: String) throws
     /// Deletes messages older than `cutoff`, with their recipients' rows.

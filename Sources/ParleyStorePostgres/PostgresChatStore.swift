@@ -582,6 +582,19 @@ public final class PostgresChatStore: ChatStore {
                        group.bans.flatMap { [SQLValue.int(id), .text($0.mask), .text($0.setBy), .int($0.setAt.millisecondsSince1970)] })
         }
 
+        func setGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool) throws {
+            guard let groupID = ids.groupIDs[group], let accountID = ids.accountIDs[account] else { return }
+            try flush()
+            if let role {
+                _ = try run("""
+                    INSERT INTO group_members (group_id, account_id, role, voiced) VALUES (?, ?, ?, ?)
+                    ON CONFLICT (group_id, account_id) DO UPDATE SET role = excluded.role, voiced = excluded.voiced
+                    """, [.int(groupID), .int(accountID), .int(Int64(role.rawValue)), .bool(voiced)])
+            } else {
+                _ = try run("DELETE FROM group_members WHERE group_id = ? AND account_id = ?", [.int(groupID), .int(accountID)])
+            }
+        }
+
         /// Deletes a group with everything that belongs to it: members, bans, messages with their
         /// recipients' rows, read markers.
         func deleteGroup(key: String) throws {

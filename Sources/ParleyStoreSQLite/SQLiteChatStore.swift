@@ -748,6 +748,19 @@ public final class SQLiteChatStore: ChatStore {
             try SQLiteChatStore.saveGroup(group, previousKey: previousKey, ids: &ids, changes: &changes, in: db)
         }
 
+        func setGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool) throws {
+            guard let groupID = ids.groupIDs[group], let accountID = ids.accountIDs[account] else { return }
+            if let role {
+                try db.cachedStatement(sql: """
+                    INSERT INTO group_members (group_id, account_id, role, voiced) VALUES (?, ?, ?, ?)
+                    ON CONFLICT(group_id, account_id) DO UPDATE SET role = excluded.role, voiced = excluded.voiced
+                    """).execute(arguments: [groupID, accountID, role.rawValue, voiced])
+            } else {
+                try db.cachedStatement(sql: "DELETE FROM group_members WHERE group_id = ? AND account_id = ?")
+                    .execute(arguments: [groupID, accountID])
+            }
+        }
+
         func deleteGroup(key: String) throws {
             try SQLiteChatStore.deleteGroup(key: key, ids: &ids, changes: &changes, in: db)
         }

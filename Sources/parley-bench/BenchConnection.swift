@@ -249,7 +249,10 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
             onMessage?(self, payload)
             return
         }
-        guard !line.isEmpty, let message = try? IRCMessage(parsing: String(decoding: line, as: UTF8.self)) else { return }
+        // Parsed only when someone wants it: in a large group's joins every member gets a JOIN
+        // line per joiner, and parsing each into Strings made the generator the bottleneck.
+        guard !line.isEmpty, onOtherLine != nil || Self.isHandledHere(line),
+              let message = try? IRCMessage(parsing: String(decoding: line, as: UTF8.self)) else { return }
         switch message.command {
         case "PING":
             send(["PONG :\(message.parameters.last ?? "")"])
@@ -276,11 +279,10 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         context.close(promise: nil)
     }
 
-    /// The text of a PRIVMSG line (after " PRIVMSG target :"), or nil for any other line.
-    static func privmsgText(_ line: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+    /// Where a line's command starts: after its tags and source.
+    static func commandStart(of line: UnsafeRawBufferPointer) -> Int {
         var index = 0
         let count = line.count
-        // Skip tags and source, then expect the command.
         if index < count && line[index] == UInt8(ascii: "@") {
             while index < count && line[index] != UInt8(ascii: " ") { index += 1 }
             index += 1
@@ -289,6 +291,23 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
             while index < count && line[index] != UInt8(ascii: " ") { index += 1 }
             index += 1
         }
+        return index
+    }
+
+    /// The commands `handleLine` answers itself (the rest go to `onOtherLine`).
+    private static let handledCommands: [[UInt8]] = ["PING", "001", "433", "432", "464", "465"].map { Array($0.utf8) }
+
+    static func isHandledHere(_ line: UnsafeRawBufferPointer) -> Bool {
+        let start = min(commandStart(of: line), line.count)
+        let rest = line[start...]
+        let command = rest.prefix { $0 != UInt8(ascii: " ") }
+        return handledCommands.contains { $0.elementsEqual(command) }
+    }
+
+    /// The text of a PRIVMSG line (after " PRIVMSG target :"), or nil for any other line.
+    static func privmsgText(_ line: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        var index = commandStart(of: line)
+        let count = line.count
         guard count - index > 8,
               line[index] == UInt8(ascii: "P"), line[index + 1] == UInt8(ascii: "R"), line[index + 2] == UInt8(ascii: "I"),
               line[index + 3] == UInt8(ascii: "V"), line[index + 4] == UInt8(ascii: "M"), line[index + 5] == UInt8(ascii: "S"),

@@ -517,6 +517,7 @@ struct Fanout: AsyncParsableCommand {
         // Everyone joins; wait until the last member's join is seen by the first. Between
         // accounts the first makes a group, closed until it opens it (MODE -i).
         let joinStart = monotonicNanoseconds()
+        let joinCPU = CPUUsage.Start(serverPid: common.serverPid)
         let opened = connections[0].eventLoop.makePromise(of: Void.self)
         let joined = connections[0].eventLoop.makePromise(of: Void.self)
         let lastNick = connections.last!.nick
@@ -537,7 +538,13 @@ struct Fanout: AsyncParsableCommand {
         if members == 1 { joined.succeed(()) }
         try await joined.futureResult.get()
         let joinSeconds = Double(monotonicNanoseconds() - joinStart) / 1e9
-        progress(String(format: "fanout: %d members joined in %.1f s", members, joinSeconds))
+        let joinUsage = joinCPU.end(serverPid: common.serverPid)
+        // The joins' CPU beside the traffic's: a generator busy for most of the join measures
+        // itself, not the server.
+        let joinBenchPercent = joinUsage.benchSeconds / joinUsage.wallSeconds * 100
+        let joinServerPercent = joinUsage.serverSeconds.map { $0 / joinUsage.wallSeconds * 100 }
+        progress(String(format: "fanout: %d members joined in %.2f s (generator CPU %.0f %%, server CPU %@)", members, joinSeconds,
+                        joinBenchPercent, joinServerPercent.map { String(format: "%.0f %%", $0) } ?? "unknown"))
 
         let senderIndexes = Array(0..<min(senders, members))
         var slotOfSender = Array(repeating: -1, count: members)
@@ -571,7 +578,9 @@ struct Fanout: AsyncParsableCommand {
         }
         try await runTraffic(mode: "fanout", common: common, options: options, traffic: traffic, connections: connections,
                              senders: senderIndexes, deliveriesPerMessage: members - 1,
-                             extraFields: [("members", String(members)), ("join_seconds", String(format: "%.2f", joinSeconds))])
+                             extraFields: [("members", String(members)), ("join_seconds", String(format: "%.2f", joinSeconds)),
+                                           ("join_bench_cpu_pct", String(format: "%.1f", joinBenchPercent))]
+                                 + (joinServerPercent.map { [("join_server_cpu_pct", String(format: "%.1f", $0))] } ?? []))
         try await finish(connections, group: group)
     }
 }

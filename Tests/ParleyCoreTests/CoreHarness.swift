@@ -14,6 +14,8 @@ struct CoreHarness {
     var lastSeenRecorded: [String: Timestamp] = [:]
     /// What the domain asked storage to keep, as a store would hold it.
     var savedGroups: [String: GroupRecord] = [:]
+    /// How many times a whole group was saved (`.saveGroup`), its member list with it.
+    var wholeGroupSaves = 0
     var storedMessages: [StoredMessage] = []
     var recipientUpdates: [RecipientUpdate] = []
     /// When set, commits and history reads wait in `deferredWork` until `completeDeferredWork()`,
@@ -161,6 +163,11 @@ struct CoreHarness {
             case .saveGroup(let group, let previousKey):
                 if let previousKey { savedGroups[previousKey] = nil }
                 savedGroups[group.key] = group
+                wholeGroupSaves += 1
+            case .saveGroupMember(let group, let account, let role, let voiced):
+                // As the stores do: one row changes; an unknown group changes nothing.
+                savedGroups[group]?.members[account] = role
+                if role != nil && voiced { savedGroups[group]?.voiced.insert(account) } else { savedGroups[group]?.voiced.remove(account) }
             case .deleteGroup(let key):
                 savedGroups[key] = nil
             case .deleteMessage(let id):

@@ -179,9 +179,11 @@ struct GroupTests {
 
     @Test func partLeavesTheGroupButTheOwnerMustHandItOver() {
         var (harness, alice, bob, _) = teamHarness()
+        let savesBeforePart = harness.wholeGroupSaves
         #expect(harness.send(bob, "PART #team :moving on") == [":bob!~bob@127.0.0.1 PART #team :moving on"])
         #expect(harness.inbox(alice) == [":bob!~bob@127.0.0.1 PART #team :moving on"])
         #expect(harness.savedGroups["#team"]?.members == ["alice": .owner])
+        #expect(harness.wholeGroupSaves == savesBeforePart, "leaving removes one row")
         #expect(harness.send(alice, "PART #team").first?.contains("FAIL PART OWNER_CANNOT_LEAVE #team") == true)
     }
 
@@ -189,8 +191,10 @@ struct GroupTests {
         var (harness, alice, bob, carol) = teamHarness()
         #expect(harness.send(alice, "MODE #team -i") == [":alice!~alice@127.0.0.1 MODE #team -i"])
         #expect(harness.inbox(bob) == [":alice!~alice@127.0.0.1 MODE #team -i"])
+        let savesBeforeJoin = harness.wholeGroupSaves
         #expect(harness.send(carol, "JOIN #team").first == ":carol!~carol@127.0.0.1 JOIN #team")
         #expect(harness.savedGroups["#team"]?.members["carol"] == .member, "joining an open group makes you a member")
+        #expect(harness.wholeGroupSaves == savesBeforeJoin, "a join stores the joiner's row, not the whole member list")
         harness.send(alice, "MODE #team +o bob")
         #expect(harness.send(bob, "TOPIC #team :Helpers may set the topic").first == ":bob!~bob@127.0.0.1 TOPIC #team :Helpers may set the topic")
         #expect(harness.send(bob, "MODE #team +i").commands == ["482"], "operators do not manage membership")

@@ -41,6 +41,32 @@ struct StorageBehaviourTests {
     }
 
 
+    @Test(arguments: StorageBackend.all) func oneMemberIsAddedChangedOrRemovedAndTheOthersStay(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: now, owner: "alice", topic: "plans",
+                               members: ["alice": .owner, "bob": .member], voiced: ["bob"])
+        try store.transaction { try $0.saveGroup(team, previousKey: nil) }
+        // carol joins; bob is made an operator (keeping his voice).
+        try store.transaction {
+            try $0.setGroupMember(group: "#team", account: "carol", role: .member, voiced: false)
+            try $0.setGroupMember(group: "#team", account: "bob", role: .op, voiced: true)
+        }
+        var expected = team
+        expected.members = ["alice": .owner, "bob": .op, "carol": .member]
+        #expect(try await store.loadGroups() == [expected])
+        // bob leaves; an unknown account or group changes nothing and is no error.
+        try store.transaction {
+            try $0.setGroupMember(group: "#team", account: "bob", role: nil, voiced: false)
+            try $0.setGroupMember(group: "#team", account: "mallory", role: .member, voiced: false)
+            try $0.setGroupMember(group: "#nowhere", account: "carol", role: .member, voiced: false)
+        }
+        expected.members = ["alice": .owner, "carol": .member]
+        expected.voiced = []
+        #expect(try await store.loadGroups() == [expected])
+        try await done()
+    }
+
     @Test(arguments: StorageBackend.all) func chathistoryQueriesSelectTheRightMessages(backend: StorageBackend) async throws {
         let (store, done) = try await backend.open()
         let base = Timestamp(millisecondsSince1970: 1_764_000_000_000)

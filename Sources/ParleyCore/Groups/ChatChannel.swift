@@ -125,6 +125,10 @@ struct ChatChannel: Sendable {
     /// into a large channel makes several of. Changed only through `add` and `remove`.
     private(set) var joined: [ConnectionID] = []
     private(set) var joinedSet: Set<ConnectionID> = []
+    /// The sessions of `joined`, in the same order: fan-out and NAMES read each member's nick
+    /// and capabilities here instead of looking its session up by id (two hash lookups per
+    /// member per JOIN).
+    private(set) var joinedSessions: [Session] = []
     /// Nicks invited into a transient invite-only channel (case-folded), used up by JOIN.
     var invitedNicks: Set<String> = []
     /// A transient channel's last messages, in memory only (a group's history is stored).
@@ -205,16 +209,21 @@ struct ChatChannel: Sendable {
 
     /// Puts a connection in the channel (after those already in it); false if it was in.
     @discardableResult
-    mutating func add(_ connection: ConnectionID) -> Bool {
-        guard joinedSet.insert(connection).inserted else { return false }
-        joined.append(connection)
+    mutating func add(_ session: Session) -> Bool {
+        guard joinedSet.insert(session.id).inserted else { return false }
+        joined.append(session.id)
+        joinedSessions.append(session)
         return true
     }
 
     /// Takes connections out of the channel.
     mutating func remove(_ connections: [ConnectionID]) {
-        var removed = false
-        for connection in connections where joinedSet.remove(connection) != nil { removed = true }
-        if removed { joined.removeAll { !joinedSet.contains($0) } }
+        // Found by a scan of plain integers, not by a set lookup per member.
+        for connection in connections where joinedSet.remove(connection) != nil {
+            if let index = joined.firstIndex(of: connection) {
+                joined.remove(at: index)
+                joinedSessions.remove(at: index)
+            }
+        }
     }
 }

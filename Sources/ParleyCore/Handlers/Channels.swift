@@ -175,6 +175,15 @@ extension ChatServer {
         }
     }
 
+    /// Persists one account's membership of a group as it now is, after a join, a leave, an
+    /// invitation or a kick: one row, where saving the group would rewrite its whole member list
+    /// (and the record, still shared, would make the next change copy the member dictionary).
+    func persistMembership(of account: String, in channel: ChatChannel, into outbox: inout Outbox) {
+        guard channel.isGroup else { return }
+        outbox.actions.append(.saveGroupMember(group: channel.key, account: account, role: channel.accountRoles[account],
+                                               voiced: channel.voicedAccounts.contains(account)))
+    }
+
     func joinMessage(for session: Session, channel: String, extended: Bool) -> IRCMessage {
         if extended {
             return IRCMessage(source: session.prefix, command: "JOIN",
@@ -188,10 +197,9 @@ extension ChatServer {
     mutating func handleJoin(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
         if message.parameters[0] == "0" {
-            for key in sessions[id]?.channels.sorted() ?? [] {
-                guard let channel = channels[key] else { continue }
+            for key in sessions[id]?.channels.sorted() ?? [] where channels[key] != nil {
                 do {
-                    try leave(channel: channel, reason: "Left all channels", &context, &outbox)
+                    try leave(key, reason: "Left all channels", &context, &outbox)
                 } catch {
                     render(error, in: &context)
                 }
@@ -247,7 +255,7 @@ extension ChatServer {
             if channel.isGroup, let account {
                 // Joining an open group makes a logged-in user one of its members.
                 setMembership(account, .member, in: &channel)
-                persist(channel, into: &outbox)
+                persistMembership(of: account, in: channel, into: &outbox)
             }
             channels[channel.key] = channel
         }
@@ -312,8 +320,9 @@ extension ChatServer {
         }
         guard let session = sessions[newcomers[0]] else { return }
         for connection in newcomers {
-            channels[key]?.add(connection)
-            sessions[connection]?.channels.insert(key)
+            guard let newcomer = sessions[connection] else { continue }
+            channels[key]?.add(newcomer)
+            newcomer.channels.insert(key)
         }
         guard let channel = channels[key] else { return }
         if !nickWasPresent {
@@ -322,8 +331,8 @@ extension ChatServer {
             let extended = joinMessage(for: session, channel: channel.name, extended: true)
             let away = session.awayMessage.map { IRCMessage(source: session.prefix, command: "AWAY", parameters: [$0]) }
             var encoded: (plain: ByteBuffer?, extended: ByteBuffer?, away: ByteBuffer?) = (nil, nil, nil)
-            for member in channel.joined.prefix(existingCount) {
-                guard let memberSession = sessions[member] else { continue }
+            for memberSession in channel.joinedSessions.prefix(existingCount) {
+                let member = memberSession.id
                 let wantsExtended = memberSession.has(.extendedJoin)
                 // away-notify: a user who joins while away is announced as away.
                 let wantsAway = away != nil && memberSession.has(.awayNotify)
@@ -358,6 +367,15 @@ extension ChatServer {
         return buffer
     }
 
+    /// Sends a line without tags (PART, KICK) to channel members, encoded once and shared
+    /// rather than once per member.
+    func sendUntagged(_ message: IRCMessage, to members: [ConnectionID], skipping: ConnectionID, into outbox: inout Outbox) {
+        var encoded: ByteBuffer?
+        for member in members where member != skipping {
+            outbox.send(encoded ?? encode(message, into: &encoded), to: member)
+        }
+    }
+
     mutating func sendTopicAndNames(_ channel: ChatChannel, to connection: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
         for line in topicReplies(channel, for: connection) { emit(line, to: connection, &context, &outbox) }
         if let session = sessions[connection], session.has(.readMarker) {
@@ -378,27 +396,29 @@ extension ChatServer {
         // RFC 2812 RPL_NAMREPLY: "@" for a secret channel, "=" for others.
         let channelType = channel.secret ? "@" : "="
         let room = 510 - (configuration.serverName.utf8.count + asker.replyName.utf8.count + channel.name.utf8.count + 20)
-        var current = ""
+        // Gathered as bytes, one String per line: appending to a String cost about three
+        // hundred instructions a name, most of a JOIN's work in a large channel.
+        var current: [UInt8] = []
         current.reserveCapacity(room)
         // Only an account can have several connections under one nick; guests need no check.
         var seenAccountNicks: Set<String> = []
-        for member in channel.joined {
-            guard let session = sessions[member], let nick = session.nick else { continue }
+        for session in channel.joinedSessions {
+            guard let nick = session.nick else { continue }
+            let member = session.id
             if session.accountKey != nil, !seenAccountNicks.insert(nick.folded).inserted { continue }
             let prefix = channel.prefixes(of: member, account: session.accountKey, all: allPrefixes)
             let name = userhosts ? session.prefix : nick.name
             let length = prefix.utf8.count + name.utf8.count
-            if !current.isEmpty && current.utf8.count + 1 + length > room {
-                lines.append(numeric(.rplNamReply, [channelType, channel.name, current], for: connection))
-                current = ""
-                current.reserveCapacity(room)
+            if !current.isEmpty && current.count + 1 + length > room {
+                lines.append(numeric(.rplNamReply, [channelType, channel.name, String(decoding: current, as: UTF8.self)], for: connection))
+                current.removeAll(keepingCapacity: true)
             }
-            if !current.isEmpty { current.append(" ") }
-            current.append(prefix)
-            current.append(name)
+            if !current.isEmpty { current.append(UInt8(ascii: " ")) }
+            if !prefix.isEmpty { current.append(contentsOf: prefix.utf8) }
+            current.append(contentsOf: name.utf8)
         }
         if !current.isEmpty {
-            lines.append(numeric(.rplNamReply, [channelType, channel.name, current], for: connection))
+            lines.append(numeric(.rplNamReply, [channelType, channel.name, String(decoding: current, as: UTF8.self)], for: connection))
         }
         lines.append(numeric(.rplEndOfNames, [channel.name, "End of /NAMES list"], for: connection))
         return lines
@@ -408,7 +428,7 @@ extension ChatServer {
         let reason = message.parameters.count > 1 ? String(message.parameters[1].prefix(configuration.kickLength)) : ""
         for raw in message.parameters[0].split(separator: ",").map(String.init) {
             do throws(CommandError) {
-                try leave(channel: try existingChannel(raw), reason: reason, &context, &outbox)
+                try leave(try existingChannel(raw).key, reason: reason, &context, &outbox)
             } catch {
                 render(error, in: &context)
             }
@@ -417,40 +437,47 @@ extension ChatServer {
 
     /// PART: a member of a group leaves it for good (all of its connections); the owner must
     /// hand the group over or delete it first.
-    private mutating func leave(channel: ChatChannel, reason: String, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+    private mutating func leave(_ key: String, reason: String, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         let id = context.connection
-        try requireMembership(channel, id)
         guard let session = sessions[id] else { return }
         var leaving = [id]
-        if channel.isGroup, let account = session.accountKey, channel.accountRoles[account] != nil {
-            if channel.accountRoles[account] == .owner {
-                throw .fail("PART", "OWNER_CANNOT_LEAVE", channel.name, description: "You own \(channel.name): hand it to another member first (MODE \(channel.name) +q <nick>) or delete it (PRIVMSG ChanServ :DROP \(channel.name))")
+        var leavingAccount: String?
+        let part: IRCMessage
+        do {
+            // A copy for reading only, ended before the channel is changed in place (while it
+            // lived, each change would copy the member list).
+            guard let channel = channels[key] else { return }
+            try requireMembership(channel, id)
+            if channel.isGroup, let account = session.accountKey, let role = channel.accountRoles[account] {
+                if role == .owner {
+                    throw .fail("PART", "OWNER_CANNOT_LEAVE", channel.name, description: "You own \(channel.name): hand it to another member first (MODE \(channel.name) +q <nick>) or delete it (PRIVMSG ChanServ :DROP \(channel.name))")
+                }
+                leaving = sameNickConnections(id, in: channel)
+                leavingAccount = account
             }
-            leaving = sameNickConnections(id, in: channel)
-            var updated = channel
-            setMembership(account, nil, in: &updated)
-            channels[channel.key] = updated
-            persist(updated, into: &outbox)
+            part = IRCMessage(source: session.prefix, command: "PART", parameters: reason.isEmpty ? [channel.name] : [channel.name, reason])
         }
-        let part = IRCMessage(source: session.prefix, command: "PART", parameters: reason.isEmpty ? [channel.name] : [channel.name, reason])
-        for member in channel.joined {
-            emit(part, to: member, &context, &outbox)
+        if let account = leavingAccount, var channel = channels.removeValue(forKey: key) {
+            setMembership(account, nil, in: &channel)
+            persistMembership(of: account, in: channel, into: &outbox)
+            channels[key] = channel
         }
-        removeConnections(leaving, from: channel.key)
+        emit(part, to: id, &context, &outbox)
+        sendUntagged(part, to: channels[key]?.joined ?? [], skipping: id, into: &outbox)
+        removeConnections(leaving, from: key)
     }
 
     /// Takes connections out of a channel's joined list; a transient channel left empty ends.
     mutating func removeConnections(_ connections: [ConnectionID], from key: String) {
-        guard var channel = channels[key] else { return }
+        // Changed in place, out of the dictionary meanwhile: a copy would copy its member list.
+        guard var channel = channels.removeValue(forKey: key) else { return }
         channel.remove(connections)
         for connection in connections {
             channel.guestRoles[connection] = nil
             channel.voicedGuests.remove(connection)
             sessions[connection]?.channels.remove(key)
         }
-        if !channel.isGroup && channel.joined.isEmpty {
-            channels[key] = nil
-        } else {
+        if channel.isGroup || !channel.joined.isEmpty {
             channels[key] = channel
         }
     }
@@ -459,15 +486,18 @@ extension ChatServer {
     /// connection of that nick goes.
     mutating func leaveChannelsOnQuit(_ session: Session, reason: String, into outbox: inout Outbox) {
         guard !session.channels.isEmpty else { return }
-        var told: Set<ConnectionID> = [session.id]
         let quit = IRCMessage(source: session.prefix, command: "QUIT", parameters: [reason])
+        var encoded: ByteBuffer?
+        // Members of several of these channels are told once; with one channel there is no one
+        // to tell twice, and no set to keep.
+        var told: Set<ConnectionID> = []
+        let dedupe = session.channels.count > 1
         for key in session.channels.sorted() {
-            guard let channel = channels[key] else { continue }
             removeConnections([session.id], from: key)
-            guard let nick = session.nick,
-                  !(channels[key]?.joined.contains { sessions[$0]?.nick?.folded == nick.folded } ?? false) else { continue }
-            for member in channel.joined where told.insert(member).inserted {
-                send(quit, to: member, into: &outbox)
+            // Still there with another device of the account: nobody has quit this channel.
+            guard session.nick != nil, let channel = channels[key], sameNickConnections(session.id, in: channel).isEmpty else { continue }
+            for member in channel.joined where !dedupe || told.insert(member).inserted {
+                outbox.send(encoded ?? encode(quit, into: &encoded), to: member)
             }
         }
     }
@@ -590,7 +620,7 @@ extension ChatServer {
             let accountName = accounts[accountKey]?.name ?? target
             setMembership(accountKey, .member, in: &channel)
             channels[channel.key] = channel
-            persist(channel, into: &outbox)
+            persistMembership(of: accountKey, in: channel, into: &outbox)
             numericReply(.rplInviting, [accountName, channel.name], in: &context)
             if let holder {
                 addConnections(holder.connections, to: channel.key, &context, &outbox)
@@ -664,9 +694,10 @@ extension ChatServer {
         }
         if let account = victim.memberAccount { setMembership(account, nil, in: &channel) }
         channels[channel.key] = channel
-        if channel.isGroup { persist(channel, into: &outbox) }
+        if let account = victim.memberAccount { persistMembership(of: account, in: channel, into: &outbox) }
         let kick = IRCMessage(source: session.prefix, command: "KICK", parameters: [channel.name, victim.name, reason])
-        for member in channel.joined { emit(kick, to: member, &context, &outbox) }
+        emit(kick, to: id, &context, &outbox)
+        sendUntagged(kick, to: channel.joined, skipping: id, into: &outbox)
         removeConnections(victim.connections, from: channel.key)
     }
 

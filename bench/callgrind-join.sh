@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Instruction counts of N guests joining one channel (callgrind): repeatable where wall-clock
+# time on a shared machine is not. Runs a Parley server (this release build, or SERVER=path)
+# under valgrind's callgrind, lets `parley-bench fanout --duration 0` connect N guests, join them
+# one after another, send one message and quit, and dumps the counts twice: at the bench's
+# "joined" line (connect + join) and once the server is idle again (the message and the QUITs).
+#
+#   bench/callgrind-join.sh                 # 2,000 members, this build
+#   MEMBERS=1000 SERVER=/tmp/parley-server-before bench/callgrind-join.sh
+#   callgrind_annotate --inclusive=yes OUT/callgrind.out.PID.1 | swift demangle --simplified | less
+#
+# valgrind 3.19 (Debian 12) needs two workarounds for Swift 6.3 binaries: the debug information
+# is stripped (valgrind 3.19 cannot read DWARF 5), and sigsuspend is replaced by one that copies
+# its mask first (valgrind 3.19 writes into the mask it is given, and libdispatch's main thread
+# passes one in read-only memory, which crashes valgrind).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MEMBERS=${MEMBERS:-2000}
+PORT=${PORT:-16970}
+OUT=${OUT:-$(mktemp -d /tmp/parley-callgrind.XXXXXX)}
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
+swift build -c release --product parley-server >/dev/null
+swift build -c release --product parley-bench >/dev/null
+bin=$(swift build -c release --show-bin-path)
+server=${SERVER:-$bin/parley-server}
+
+work=$(mktemp -d /tmp/parley-callgrind-run.XXXXXX)
+pid=""
+cleanup() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; sleep 2; kill -9 "$pid" 2>/dev/null || true; fi; rm -rf "$work"; }
+trap cleanup EXIT
+cat >"$work/sigsuspend.c" <<'C'
+#define _GNU_SOURCE
+#include <signal.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int sigsuspend(const sigset_t *mask) { sigset_t copy = *mask; return syscall(SYS_rt_sigsuspend, &copy, 8); }
+C
+cc -shared -fPIC -O2 -o "$work/sigsuspend.so" "$work/sigsuspend.c"
+objcopy --strip-debug "$server" "$work/parley-server"
+cat >"$work/parley.json" <<JSON
+{ "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
+              "pingIntervalSeconds": 600 } }
+JSON
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then echo "port $PORT is in use (PORT=...)" >&2; exit 1; fi
+LD_PRELOAD=$work/sigsuspend.so valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
+    "$work/parley-server" --config "$work/parley.json" --data-dir "$work/data" --listen "127.0.0.1:$PORT" \
+    --log-level warning >"$work/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+kill -0 "$pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
+callgrind_control -z "$pid" >/dev/null 2>&1
+"$bin/parley-bench" fanout --members "$MEMBERS" --senders 1 --window 1 --duration 0 --port "$PORT" --server callgrind 2>&1 \
+    | while read -r line; do
+        case "$line" in *joined*) callgrind_control -d join "$pid" >/dev/null 2>&1; echo "$line" >&2;; esac
+      done
+# Idle: under 0.05 s of CPU in 3 s, so the QUITs have all been handled.
+cpu() { awk '{print $14+$15}' "/proc/$pid/stat"; }
+last=$(cpu); while sleep 3; now=$(cpu); [ $((now - last)) -gt 5 ]; do last=$now; done
+callgrind_control -d rest "$pid" >/dev/null 2>&1
+total=0
+for file in "$OUT"/callgrind.out.*.*; do
+    part=$(grep -o "^desc: Trigger: dump [a-z]*" "$file" | awk '{print $4}')
+    count=$(awk '/^summary:/ {print $2}' "$file")
+    total=$((total + count))
+    printf "%-6s %'16d instructions  %s\n" "$part" "$count" "$file"
+done
+printf "%-6s %'16d instructions\n" total "$total"
