@@ -156,7 +156,8 @@ struct ClusterCodecTests {
             connection: ConnectionID(3 << ConnectionID.nodeShift | 77), host: "::1", isSecure: true,
             connectedAt: Timestamp(millisecondsSince1970: 1_764_000_000_123), nick: "Zoë", username: "~z", realname: "Zoë Q",
             accountKey: "zoë", awayMessage: "lunch", isOperator: false, isInvisible: true, capabilityBits: 0b1011,
-            channels: ["#a", "#b"], monitoredNicks: ["bob"], metadataSubscriptions: ["avatar"], metadata: ["avatar": "https://a.example/z"])
+            channels: ["#a", "#b"], monitoredNicks: ["bob"], metadataSubscriptions: ["avatar"], metadata: ["avatar": "https://a.example/z"],
+            guestIdentityPrefix: "!mxbg6jcw.")
         let records: [ClusterRecord] = [
             .hello(rejoin: false),
             .hello(rejoin: true),

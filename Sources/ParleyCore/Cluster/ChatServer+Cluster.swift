@@ -42,7 +42,8 @@ extension ChatServer {
             nick: nick.name, username: session.displayUsername, realname: session.realname, accountKey: session.accountKey,
             awayMessage: session.awayMessage, isOperator: session.isOperator, isInvisible: session.isInvisible,
             capabilityBits: session.capabilities.bits, channels: transient, monitoredNicks: session.monitoredNicks.sorted(),
-            metadataSubscriptions: session.metadataSubscriptions.sorted(), metadata: userMetadata[metadataOwner(of: session)] ?? [:])
+            metadataSubscriptions: session.metadataSubscriptions.sorted(), metadata: userMetadata[metadataOwner(of: session)] ?? [:],
+            guestIdentityPrefix: guestIdentityPrefix)
     }
 
     /// Every registered connection of this node, for a node that has just (re)started.
@@ -114,6 +115,9 @@ extension ChatServer {
     mutating func applyRemoteSession(_ snapshot: SessionSnapshot, now: Timestamp, into outbox: inout Outbox) {
         let id = snapshot.connection
         guard !isLocal(id), let nick = try? Nickname(snapshot.nick, caseMapping: configuration.caseMapping, maxLength: 64) else { return }
+        // Before anything names its guests. A node that restarted said hello first, so its earlier
+        // run's users are gone by now, and its earlier prefix with them.
+        if let prefix = snapshot.guestIdentityPrefix { remoteGuestIdentityPrefixes[id.node] = prefix }
         var silent = Outbox()
         var silentContext = CommandContext(connection: id, now: now, label: nil)
         let session: Session

@@ -138,7 +138,7 @@ public enum ClusterCodec {
         struct Snapshot: Codable {
             var connection: UInt64, host: String, secure: Bool, connectedAt: Int64, nick: String, username: String, realname: String
             var account: String?, away: String?, oper: Bool, invisible: Bool, caps: UInt64, channels: [String], monitored: [String]
-            var subs: [String]?, metadata: [String: String]?
+            var subs: [String]?, metadata: [String: String]?, guestPrefix: String?
         }
         struct Command: Codable { var connection: UInt64, line: String, at: Int64 }
         struct Closed: Codable { var connection: UInt64, reason: String, at: Int64 }
@@ -155,7 +155,8 @@ public enum ClusterCodec {
                     connection: s.connection.rawValue, host: s.host, secure: s.isSecure, connectedAt: s.connectedAt.millisecondsSince1970,
                     nick: s.nick, username: s.username, realname: s.realname, account: s.accountKey, away: s.awayMessage,
                     oper: s.isOperator, invisible: s.isInvisible, caps: s.capabilityBits, channels: s.channels, monitored: s.monitoredNicks,
-                    subs: s.metadataSubscriptions.isEmpty ? nil : s.metadataSubscriptions, metadata: s.metadata.isEmpty ? nil : s.metadata)
+                    subs: s.metadataSubscriptions.isEmpty ? nil : s.metadataSubscriptions, metadata: s.metadata.isEmpty ? nil : s.metadata,
+                    guestPrefix: s.guestIdentityPrefix)
             case .command(let connection, let message, let time):
                 var line = ByteBuffer()
                 message.write(to: &line)
@@ -179,7 +180,7 @@ public enum ClusterCodec {
                     connectedAt: Timestamp(millisecondsSince1970: s.connectedAt), nick: s.nick, username: s.username,
                     realname: s.realname, accountKey: s.account, awayMessage: s.away, isOperator: s.oper, isInvisible: s.invisible,
                     capabilityBits: s.caps, channels: s.channels, monitoredNicks: s.monitored,
-                    metadataSubscriptions: s.subs ?? [], metadata: s.metadata ?? [:]))
+                    metadataSubscriptions: s.subs ?? [], metadata: s.metadata ?? [:], guestIdentityPrefix: s.guestPrefix))
             }
             if let c = command {
                 // By bytes: "\r\n" is a single Character, so dropping two Characters would
