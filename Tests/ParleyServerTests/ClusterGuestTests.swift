@@ -62,3 +62,74 @@ extension ClusterProcessTests {
         try await drop()
     }
 }
+
+extension ClusterProcessTests {
+    static let playbackCaps = caps + ["draft/chathistory", "draft/event-playback", "draft/message-redaction"]
+
+    @Test func aTransientChannelsRecentHistoryReadsTheSameOnEveryNode() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: [])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let n3 = try await cluster.start("n3")
+
+        // Guests' channel, so transient: its recent history is kept in memory only.
+        let gus = try await TestClient.registered("gus", port: n1.ports[0], caps: Self.playbackCaps)
+        let bea = try await TestClient.registered("bea", port: n2.ports[0], caps: Self.playbackCaps)
+        gus.send("JOIN #chat")
+        try await gus.expect { $0.command == "JOIN" }
+        try await Self.waitUntilChannelExists("#chat", seenBy: bea)
+        bea.send("JOIN #chat")
+        try await gus.expect(timeout: .seconds(10), "bea joined") { $0.command == "JOIN" && $0.source?.description.hasPrefix("bea!") == true }
+
+        // Turns, each seen by the other before the next: messages and a TOPIC change from both nodes.
+        var live: [(command: String, text: String, msgid: String)] = []
+        for (speaker, listener, line, text) in [(gus, bea, "PRIVMSG #chat :one", "one"), (bea, gus, "PRIVMSG #chat :two", "two"),
+                                                (gus, bea, "TOPIC #chat :the plan", "the plan"), (bea, gus, "PRIVMSG #chat :three", "three")] {
+            let command = String(line.prefix { $0 != " " })
+            speaker.send(line)
+            let heard = try await listener.expect(timeout: .seconds(10), text) { $0.command == command && $0.parameters.last == text }
+            let echo = try await speaker.expect(timeout: .seconds(10), "\(text) echoed") { $0.command == command && $0.parameters.last == text }
+            #expect(echo.tagValue("msgid") == heard.tagValue("msgid"), "one id for one event: \(echo) \(heard)")
+            live.append((command, text, try #require(heard.tagValue("msgid"))))
+        }
+
+        // Both members read what they saw live, in that order, with the same ids; so does someone
+        // who joins later on a third node (with draft/event-playback, and without: messages only).
+        let cleo = try await TestClient.registered("cleo", port: n3.ports[0], caps: Self.playbackCaps)
+        let dan = try await TestClient.registered("dan", port: n3.ports[0], caps: Self.caps + ["draft/chathistory"])
+        for late in [cleo, dan] {
+            late.send("JOIN #chat")
+            try await late.expect { $0.command == "JOIN" }
+        }
+        func read(_ reader: TestClient) async throws -> [String] {
+            try await Self.history("CHATHISTORY LATEST #chat * 10", from: reader)
+                .filter { $0.command == "PRIVMSG" || $0.command == "TOPIC" }
+                .map { "\($0.command) \($0.parameters.last ?? "") \($0.tagValue("msgid") ?? "-")" }
+        }
+        let everything = live.map { "\($0.command) \($0.text) \($0.msgid)" }
+        for reader in [gus, bea, cleo] {
+            let read = try await read(reader)
+            #expect(read == everything, "\(read)")
+        }
+        let messagesOnly = try await read(dan)
+        #expect(messagesOnly == everything.filter { $0.hasPrefix("PRIVMSG") }, "\(messagesOnly)")
+
+        // bea takes "two" back (on n2): nobody reads it any more, on any node.
+        bea.send("REDACT #chat \(live[1].msgid)")
+        for client in [gus, bea, cleo] {
+            let redact = try await client.expect(timeout: .seconds(10), "the REDACT") { $0.command == "REDACT" }
+            #expect(redact.parameters == ["#chat", live[1].msgid], "\(redact)")
+        }
+        for reader in [gus, bea, cleo] {
+            let read = try await read(reader)
+            #expect(read == everything.enumerated().filter { $0.offset != 1 }.map(\.element), "\(read)")
+        }
+
+        for client in [gus, bea, cleo, dan] { await client.close() }
+        for node in [n1, n2, n3] { node.signal(SIGTERM) }
+        for node in [n1, n2, n3] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await drop()
+    }
+}

@@ -100,6 +100,13 @@ extension ChatServer {
             forgetRedactedHere(id)
         case .redactRequest(let connection, let channel, let id, let reason):
             redactForAnotherNode(connection, channelKey: channel, messageID: id, reason: reason, now: now, into: &outbox)
+        case .recentMessage(let message):
+            guard channels[message.target]?.isGroup == false else { return }
+            channels[message.target]?.recentHistory.append(message, capacity: configuration.transientChannelHistoryLength,
+                                                           maxBytes: configuration.transientChannelHistoryBytes)
+        case .recentRedacted(let channel, let id):
+            guard channels[channel]?.isGroup == false else { return }
+            channels[channel]?.recentHistory.redact(id)
         case .account(let record):
             let previous = accounts[record.key]
             accounts[record.key] = record

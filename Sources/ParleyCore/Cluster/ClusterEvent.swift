@@ -85,6 +85,12 @@ public enum ClusterEvent: Sendable, Equatable {
     /// A connection asked to redact a transient channel's message that another node keeps (the
     /// node its author used): that node decides, and answers the redactor itself.
     case redactRequest(ConnectionID, channel: String, messageID: String, reason: String?)
+    /// A message or TOPIC change in a transient channel, as the node that decided it keeps it
+    /// in the channel's recent history: every node keeps the same history (in memory), so that
+    /// CHATHISTORY reads the same on all of them, as on one server.
+    case recentMessage(StoredMessage)
+    /// A transient channel's message was redacted: every node's copy of its history drops it.
+    case recentRedacted(channel: String, messageID: String)
 }
 
 extension ChatServer {
