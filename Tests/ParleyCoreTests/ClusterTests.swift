@@ -286,5 +286,9 @@ struct RecentChannelHistoryTests {
         // The oldest by time goes first when full.
         history.append(Self.message("e", at: 40), capacity: 5, maxBytes: 10_000)
         #expect(history.messages.map(\.id) == ["a", "b", "c", "d", "e"])
+        // A node that joins the cluster gets the same message from every node with members: kept once.
+        history.append(Self.message("c", at: 30), capacity: 5, maxBytes: 10_000)
+        history.append(Self.message("e", at: 40), capacity: 5, maxBytes: 10_000)
+        #expect(history.messages.map(\.id) == ["a", "b", "c", "d", "e"])
     }
 }

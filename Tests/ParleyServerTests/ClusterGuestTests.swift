@@ -122,14 +122,30 @@ extension ClusterProcessTests {
             let redact = try await client.expect(timeout: .seconds(10), "the REDACT") { $0.command == "REDACT" }
             #expect(redact.parameters == ["#chat", live[1].msgid], "\(redact)")
         }
+        let afterRedaction = everything.enumerated().filter { $0.offset != 1 }.map(\.element)
         for reader in [gus, bea, cleo] {
             let read = try await read(reader)
-            #expect(read == everything.enumerated().filter { $0.offset != 1 }.map(\.element), "\(read)")
+            #expect(read == afterRedaction, "\(read)")
         }
 
-        for client in [gus, bea, cleo, dan] { await client.close() }
-        for node in [n1, n2, n3] { node.signal(SIGTERM) }
-        for node in [n1, n2, n3] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        // A node started now learns the history from the nodes with members (each message once,
+        // the redacted one left out); someone joining there reads the same.
+        let n4 = try await cluster.start("n4")
+        let eve = try await TestClient.registered("eve", port: n4.ports[0], caps: Self.playbackCaps)
+        try await Self.waitUntilChannelExists("#chat", seenBy: eve)
+        eve.send("JOIN #chat")
+        try await eve.expect { $0.command == "JOIN" }
+        let deadline = ContinuousClock.now + .seconds(10)
+        var evesRead = try await read(eve)
+        while evesRead.count < afterRedaction.count && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+            evesRead = try await read(eve)
+        }
+        #expect(evesRead == afterRedaction, "\(evesRead)")
+
+        for client in [gus, bea, cleo, dan, eve] { await client.close() }
+        for node in [n1, n2, n3, n4] { node.signal(SIGTERM) }
+        for node in [n1, n2, n3, n4] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
         try await drop()
     }
 }

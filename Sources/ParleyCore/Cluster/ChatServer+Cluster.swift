@@ -65,6 +65,21 @@ extension ChatServer {
         return events + snapshots.map { .session($0) }
     }
 
+    /// What a node that has just (re)started, or is back after losing the database, needs to
+    /// read transient channels' history as the others do: the recent history of the channels
+    /// this node's users are in (their snapshots, sent before, make the channels there). Each
+    /// node with members sends it; the receiver keeps each message once.
+    public func recentHistoryAnnouncements() -> [ClusterEvent] {
+        var events: [ClusterEvent] = []
+        for key in channels.keys.sorted() {
+            guard let channel = channels[key], !channel.isGroup, channel.joined.contains(where: isLocal) else { continue }
+            for message in channel.recentHistory.messages where !channel.recentHistory.redacted.contains(message.id) {
+                events.append(.recentMessage(message))
+            }
+        }
+        return events
+    }
+
     // MARK: Applying
 
     /// Applies one event from another node. Lines in `outbox` are only those this node owes:

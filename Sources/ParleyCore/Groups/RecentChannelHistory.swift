@@ -41,6 +41,13 @@ struct RecentChannelHistory: Sendable {
         // node's (each node keeps every node's messages); on one node it is simply appended.
         var index = messages.endIndex
         while index > messages.startIndex && messages[index - 1].time > message.time { index -= 1 }
+        // Kept once: a node that (re)joins the cluster gets the history from every node with
+        // members in the channel.
+        var sameTime = index
+        while sameTime > messages.startIndex && messages[sameTime - 1].time == message.time {
+            if messages[sameTime - 1].id == message.id { return }
+            sameTime -= 1
+        }
         messages.insert(message, at: index)
         bytes += Self.size(of: message)
         if Self.isEvent(message) { eventCount += 1 }

@@ -39,10 +39,10 @@ extension ChatServer {
                 author = tracked.author
             } else {
                 guard let kept = channel.recentHistory.messages.first(where: { $0.id == id }), !channel.recentHistory.redacted.contains(id) else {
-                    // Every node keeps a transient channel's history, but one that started after
-                    // the message was sent does not have it: the node its author used decides,
-                    // and answers (the ids of this node's messages start with its name, and this
-                    // node would know them).
+                    // Every node keeps a transient channel's history, and a node that starts gets
+                    // it from the others; should this one still lack the message, the node its
+                    // author used decides, and answers (the ids of this node's messages start
+                    // with its name, and this node would know them).
                     guard isClustered, let node = configuration.clusterNodeName, !id.hasPrefix(node + ".") else {
                         throw unknownMessage(rawTarget, id)
                     }
