@@ -104,6 +104,9 @@ public struct ChatServer: Sendable {
     /// The start of this run's guest identities (`guestIdentity(of:)`), made once: guests' stored
     /// messages need one each.
     let guestIdentityPrefix: String
+    /// The other nodes' prefixes of guest identities (`guestIdentityPrefix(ofNode:)`), by node
+    /// number, from their users' snapshots.
+    var remoteGuestIdentityPrefixes: [UInt16: String] = [:]
 
     struct NickHolder: Sendable {
         var connections: [ConnectionID]

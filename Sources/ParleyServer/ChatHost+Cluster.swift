@@ -55,7 +55,9 @@ extension ChatHost {
                     writes += perform { core, outbox in core.remoteNodeGone(source, now: Self.now(), into: &outbox) }
                 }
                 var reply = ByteBuffer()
-                for event in withCore({ $0.localSessionAnnouncements() }) { ClusterCodec.append(.event(event), to: &reply) }
+                for event in withCore({ $0.localSessionAnnouncements() + $0.recentHistoryAnnouncements() }) {
+                    ClusterCodec.append(.event(event), to: &reply)
+                }
                 if reply.readableBytes > 0 { cluster.send(reply, to: source) }
             case .event(let event):
                 logger.debug("cluster event", metadata: ["node": "\(source)", "event": "\(event)"])

@@ -156,7 +156,8 @@ struct ClusterCodecTests {
             connection: ConnectionID(3 << ConnectionID.nodeShift | 77), host: "::1", isSecure: true,
             connectedAt: Timestamp(millisecondsSince1970: 1_764_000_000_123), nick: "Zoë", username: "~z", realname: "Zoë Q",
             accountKey: "zoë", awayMessage: "lunch", isOperator: false, isInvisible: true, capabilityBits: 0b1011,
-            channels: ["#a", "#b"], monitoredNicks: ["bob"], metadataSubscriptions: ["avatar"], metadata: ["avatar": "https://a.example/z"])
+            channels: ["#a", "#b"], monitoredNicks: ["bob"], metadataSubscriptions: ["avatar"], metadata: ["avatar": "https://a.example/z"],
+            guestIdentityPrefix: "!mxbg6jcw.")
         let records: [ClusterRecord] = [
             .hello(rejoin: false),
             .hello(rejoin: true),
@@ -170,6 +171,13 @@ struct ClusterCodecTests {
             .event(.redacted(messageID: "n3.abc-2")),
             .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-3", reason: "spam")),
             .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-4", reason: nil)),
+            .event(.recentMessage(StoredMessage(
+                id: "n3.abc-5", time: Timestamp(millisecondsSince1970: 8), senderNick: "Zoë", senderAccount: nil, senderGuest: "!mxbg6jcw.3000000000004d",
+                senderPrefix: "Zoë!~z@::1", targetKind: .group, target: "#chat", command: "PRIVMSG", text: "hé", clientTags: "+draft/reply=n1.abc-3"))),
+            .event(.recentMessage(StoredMessage(
+                id: "n3.abc-6", time: Timestamp(millisecondsSince1970: 9), senderNick: "Zoë", senderAccount: "zoë",
+                senderPrefix: "Zoë!~z@::1", targetKind: .group, target: "#chat", command: "TOPIC", text: ""))),
+            .event(.recentRedacted(channel: "#chat", messageID: "n3.abc-5")),
         ]
         var bytes = ByteBuffer()
         for record in records { ClusterCodec.append(record, to: &bytes) }
@@ -255,5 +263,32 @@ extension ClusterTests {
         }
         #expect(cluster.nodes[0].inbox(first).filter { $0.contains("which one?") }.count == 2)
         #expect(!cluster.nodes[1].inbox(second).contains { $0.contains("which one?") })
+    }
+}
+
+@Suite("A transient channel's recent history")
+struct RecentChannelHistoryTests {
+    static func message(_ id: String, at time: Int64) -> StoredMessage {
+        StoredMessage(id: id, time: Timestamp(millisecondsSince1970: time), senderNick: "gus", senderAccount: nil, senderPrefix: "gus!~g@h",
+                      targetKind: .group, target: "#chat", command: "PRIVMSG", text: id)
+    }
+
+    /// Another node's message can arrive after a later one of this node's: history stays in time
+    /// order, so that LATEST and a msgid's BEFORE/AFTER agree with the messages' times.
+    @Test func aMessageThatArrivesLateTakesItsPlaceInTime() throws {
+        var history = RecentChannelHistory()
+        for (id, time) in [("a", 10), ("c", 30), ("b", 20), ("d", 30), ("early", 5)] as [(String, Int64)] {
+            history.append(Self.message(id, at: time), capacity: 10, maxBytes: 10_000)
+        }
+        #expect(history.messages.map(\.id) == ["early", "a", "b", "c", "d"])
+        #expect(try history.messages(.before(.msgid("c")), limit: 10)?.map(\.id) == ["early", "a", "b"])
+        #expect(try history.messages(.after(.msgid("b")), limit: 10)?.map(\.id) == ["c", "d"])
+        // The oldest by time goes first when full.
+        history.append(Self.message("e", at: 40), capacity: 5, maxBytes: 10_000)
+        #expect(history.messages.map(\.id) == ["a", "b", "c", "d", "e"])
+        // A node that joins the cluster gets the same message from every node with members: kept once.
+        history.append(Self.message("c", at: 30), capacity: 5, maxBytes: 10_000)
+        history.append(Self.message("e", at: 40), capacity: 5, maxBytes: 10_000)
+        #expect(history.messages.map(\.id) == ["a", "b", "c", "d", "e"])
     }
 }

@@ -42,7 +42,8 @@ extension ChatServer {
             nick: nick.name, username: session.displayUsername, realname: session.realname, accountKey: session.accountKey,
             awayMessage: session.awayMessage, isOperator: session.isOperator, isInvisible: session.isInvisible,
             capabilityBits: session.capabilities.bits, channels: transient, monitoredNicks: session.monitoredNicks.sorted(),
-            metadataSubscriptions: session.metadataSubscriptions.sorted(), metadata: userMetadata[metadataOwner(of: session)] ?? [:])
+            metadataSubscriptions: session.metadataSubscriptions.sorted(), metadata: userMetadata[metadataOwner(of: session)] ?? [:],
+            guestIdentityPrefix: guestIdentityPrefix)
     }
 
     /// Every registered connection of this node, for a node that has just (re)started.
@@ -62,6 +63,21 @@ extension ChatServer {
             events.append(.account(record))
         }
         return events + snapshots.map { .session($0) }
+    }
+
+    /// What a node that has just (re)started, or is back after losing the database, needs to
+    /// read transient channels' history as the others do: the recent history of the channels
+    /// this node's users are in (their snapshots, sent before, make the channels there). Each
+    /// node with members sends it; the receiver keeps each message once.
+    public func recentHistoryAnnouncements() -> [ClusterEvent] {
+        var events: [ClusterEvent] = []
+        for key in channels.keys.sorted() {
+            guard let channel = channels[key], !channel.isGroup, channel.joined.contains(where: isLocal) else { continue }
+            for message in channel.recentHistory.messages where !channel.recentHistory.redacted.contains(message.id) {
+                events.append(.recentMessage(message))
+            }
+        }
+        return events
     }
 
     // MARK: Applying
@@ -99,6 +115,13 @@ extension ChatServer {
             forgetRedactedHere(id)
         case .redactRequest(let connection, let channel, let id, let reason):
             redactForAnotherNode(connection, channelKey: channel, messageID: id, reason: reason, now: now, into: &outbox)
+        case .recentMessage(let message):
+            guard channels[message.target]?.isGroup == false else { return }
+            channels[message.target]?.recentHistory.append(message, capacity: configuration.transientChannelHistoryLength,
+                                                           maxBytes: configuration.transientChannelHistoryBytes)
+        case .recentRedacted(let channel, let id):
+            guard channels[channel]?.isGroup == false else { return }
+            channels[channel]?.recentHistory.redact(id)
         case .account(let record):
             let previous = accounts[record.key]
             accounts[record.key] = record
@@ -114,6 +137,9 @@ extension ChatServer {
     mutating func applyRemoteSession(_ snapshot: SessionSnapshot, now: Timestamp, into outbox: inout Outbox) {
         let id = snapshot.connection
         guard !isLocal(id), let nick = try? Nickname(snapshot.nick, caseMapping: configuration.caseMapping, maxLength: 64) else { return }
+        // Before anything names its guests. A node that restarted said hello first, so its earlier
+        // run's users are gone by now, and its earlier prefix with them.
+        if let prefix = snapshot.guestIdentityPrefix { remoteGuestIdentityPrefixes[id.node] = prefix }
         var silent = Outbox()
         var silentContext = CommandContext(connection: id, now: now, label: nil)
         let session: Session

@@ -24,7 +24,9 @@ public enum ClusterRecord: Sendable, Equatable {
 /// and its body. Lines travel as they are; events as JSON (they are rare next to lines, and
 /// JSON keeps them readable in the database while debugging).
 public enum ClusterCodec {
-    enum Kind: UInt8 { case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7 }
+    enum Kind: UInt8 {
+        case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7, recentMessage = 8, recentRedacted = 9
+    }
 
     public struct DecodingError: Error, CustomStringConvertible {
         public let description: String
@@ -51,6 +53,22 @@ public enum ClusterCodec {
                 buffer.writeInteger(UInt16(text.utf8.count))
                 buffer.writeString(text)
             }
+        case .event(.recentMessage(let message)):
+            // One per message of a transient channel, so binary like lines; a node of the
+            // previous version skips the kind.
+            let optionals = [message.senderAccount, message.senderGuest]
+            let texts = [message.target, message.id, message.command, message.senderNick, message.senderPrefix, message.text, message.clientTags]
+                + optionals.compactMap { $0 }
+            buffer.writeInteger(Kind.recentMessage.rawValue)
+            buffer.writeInteger(UInt32(9 + texts.reduce(0) { $0 + 2 + $1.utf8.count }))
+            buffer.writeInteger(message.time.millisecondsSince1970)
+            buffer.writeInteger(UInt8((message.senderAccount != nil ? 1 : 0) | (message.senderGuest != nil ? 2 : 0)))
+            for text in texts { writeShortString(text, to: &buffer) }
+        case .event(.recentRedacted(let channel, let messageID)):
+            buffer.writeInteger(Kind.recentRedacted.rawValue)
+            buffer.writeInteger(UInt32(4 + channel.utf8.count + messageID.utf8.count))
+            writeShortString(channel, to: &buffer)
+            writeShortString(messageID, to: &buffer)
         case .event(let event):
             let body = (try? JSONEncoder().encode(EventBody(event))) ?? Data()
             buffer.writeInteger(Kind.event.rawValue)
@@ -73,6 +91,22 @@ public enum ClusterCodec {
             buffer.writeInteger(UInt16(account.utf8.count))
             buffer.writeString(account)
         }
+    }
+
+    private static func writeShortString(_ text: String, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt16(text.utf8.count))
+        buffer.writeString(text)
+    }
+
+    private static func readShortStrings(_ body: inout ByteBuffer) throws(DecodingError) -> [String] {
+        var texts: [String] = []
+        while body.readableBytes > 0 {
+            guard let length = body.readInteger(as: UInt16.self), let text = body.readString(length: Int(length)) else {
+                throw DecodingError(description: "truncated strings in a cluster record")
+            }
+            texts.append(text)
+        }
+        return texts
     }
 
     public static func decode(_ payload: ByteBuffer) throws(DecodingError) -> [ClusterRecord] {
@@ -112,6 +146,22 @@ public enum ClusterCodec {
                 }
                 guard texts.count >= 2 else { throw DecodingError(description: "truncated redaction request") }
                 records.append(.event(.redactRequest(ConnectionID(raw), channel: texts[0], messageID: texts[1], reason: texts.count > 2 ? texts[2] : nil)))
+            case .recentMessage:
+                guard let time = body.readInteger(as: Int64.self), let flags = body.readInteger(as: UInt8.self) else {
+                    throw DecodingError(description: "truncated recent message")
+                }
+                var texts = try readShortStrings(&body)
+                let optionalCount = (flags & 1) + (flags >> 1 & 1)
+                guard texts.count == 7 + Int(optionalCount) else { throw DecodingError(description: "malformed recent message") }
+                let guest = flags & 2 != 0 ? texts.removeLast() : nil
+                let account = flags & 1 != 0 ? texts.removeLast() : nil
+                records.append(.event(.recentMessage(StoredMessage(
+                    id: texts[1], time: Timestamp(millisecondsSince1970: time), senderNick: texts[3], senderAccount: account, senderGuest: guest,
+                    senderPrefix: texts[4], targetKind: .group, target: texts[0], command: texts[2], text: texts[5], clientTags: texts[6]))))
+            case .recentRedacted:
+                let texts = try readShortStrings(&body)
+                guard texts.count == 2 else { throw DecodingError(description: "malformed recent redaction") }
+                records.append(.event(.recentRedacted(channel: texts[0], messageID: texts[1])))
             case .handedOver:
                 guard let idLength = body.readInteger(as: UInt16.self), let messageID = body.readString(length: Int(idLength)),
                       let accountLength = body.readInteger(as: UInt16.self), let account = body.readString(length: Int(accountLength)) else {
@@ -138,7 +188,7 @@ public enum ClusterCodec {
         struct Snapshot: Codable {
             var connection: UInt64, host: String, secure: Bool, connectedAt: Int64, nick: String, username: String, realname: String
             var account: String?, away: String?, oper: Bool, invisible: Bool, caps: UInt64, channels: [String], monitored: [String]
-            var subs: [String]?, metadata: [String: String]?
+            var subs: [String]?, metadata: [String: String]?, guestPrefix: String?
         }
         struct Command: Codable { var connection: UInt64, line: String, at: Int64 }
         struct Closed: Codable { var connection: UInt64, reason: String, at: Int64 }
@@ -155,7 +205,8 @@ public enum ClusterCodec {
                     connection: s.connection.rawValue, host: s.host, secure: s.isSecure, connectedAt: s.connectedAt.millisecondsSince1970,
                     nick: s.nick, username: s.username, realname: s.realname, account: s.accountKey, away: s.awayMessage,
                     oper: s.isOperator, invisible: s.isInvisible, caps: s.capabilityBits, channels: s.channels, monitored: s.monitoredNicks,
-                    subs: s.metadataSubscriptions.isEmpty ? nil : s.metadataSubscriptions, metadata: s.metadata.isEmpty ? nil : s.metadata)
+                    subs: s.metadataSubscriptions.isEmpty ? nil : s.metadataSubscriptions, metadata: s.metadata.isEmpty ? nil : s.metadata,
+                    guestPrefix: s.guestIdentityPrefix)
             case .command(let connection, let message, let time):
                 var line = ByteBuffer()
                 message.write(to: &line)
@@ -164,7 +215,7 @@ public enum ClusterCodec {
                 closed = Closed(connection: connection.rawValue, reason: reason, at: time.millisecondsSince1970)
             case .read(let account, let conversation, let time, let disclose):
                 read = Read(account: account, conversation: conversation, time: time.millisecondsSince1970, disclose: disclose)
-            case .redacted, .redactRequest:
+            case .redacted, .redactRequest, .recentMessage, .recentRedacted:
                 break  // record kinds of their own
             case .account(let record):
                 account = Account(name: record.name, key: record.key, credential: record.credential, createdAt: record.createdAt,
@@ -179,7 +230,7 @@ public enum ClusterCodec {
                     connectedAt: Timestamp(millisecondsSince1970: s.connectedAt), nick: s.nick, username: s.username,
                     realname: s.realname, accountKey: s.account, awayMessage: s.away, isOperator: s.oper, isInvisible: s.invisible,
                     capabilityBits: s.caps, channels: s.channels, monitoredNicks: s.monitored,
-                    metadataSubscriptions: s.subs ?? [], metadata: s.metadata ?? [:]))
+                    metadataSubscriptions: s.subs ?? [], metadata: s.metadata ?? [:], guestIdentityPrefix: s.guestPrefix))
             }
             if let c = command {
                 // By bytes: "\r\n" is a single Character, so dropping two Characters would

@@ -31,11 +31,14 @@ public struct SessionSnapshot: Sendable, Equatable {
     /// The metadata keys it subscribed to (draft/metadata-3), and its user's metadata.
     public var metadataSubscriptions: [String]
     public var metadata: [String: String]
+    /// The start of the guest identities of its node's current run (`ChatServer.guestIdentity`),
+    /// so that every node names a guest in stored messages as the guest's own node does.
+    public var guestIdentityPrefix: String?
 
     public init(connection: ConnectionID, host: String, isSecure: Bool, connectedAt: Timestamp, nick: String, username: String,
                 realname: String, accountKey: String?, awayMessage: String?, isOperator: Bool, isInvisible: Bool,
                 capabilityBits: UInt64, channels: [String], monitoredNicks: [String],
-                metadataSubscriptions: [String] = [], metadata: [String: String] = [:]) {
+                metadataSubscriptions: [String] = [], metadata: [String: String] = [:], guestIdentityPrefix: String? = nil) {
         self.connection = connection
         self.host = host
         self.isSecure = isSecure
@@ -52,6 +55,7 @@ public struct SessionSnapshot: Sendable, Equatable {
         self.monitoredNicks = monitoredNicks
         self.metadataSubscriptions = metadataSubscriptions
         self.metadata = metadata
+        self.guestIdentityPrefix = guestIdentityPrefix
     }
 }
 
@@ -81,6 +85,12 @@ public enum ClusterEvent: Sendable, Equatable {
     /// A connection asked to redact a transient channel's message that another node keeps (the
     /// node its author used): that node decides, and answers the redactor itself.
     case redactRequest(ConnectionID, channel: String, messageID: String, reason: String?)
+    /// A message or TOPIC change in a transient channel, as the node that decided it keeps it
+    /// in the channel's recent history: every node keeps the same history (in memory), so that
+    /// CHATHISTORY reads the same on all of them, as on one server.
+    case recentMessage(StoredMessage)
+    /// A transient channel's message was redacted: every node's copy of its history drops it.
+    case recentRedacted(channel: String, messageID: String)
 }
 
 extension ChatServer {

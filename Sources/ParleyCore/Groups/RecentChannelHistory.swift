@@ -37,7 +37,18 @@ struct RecentChannelHistory: Sendable {
     /// that events never push out the messages of a client without draft/event-playback.
     mutating func append(_ message: StoredMessage, capacity: Int, maxBytes: Int) {
         guard capacity > 0, Self.size(of: message) <= maxBytes else { return }
-        messages.append(message)
+        // In time order. A message decided by another node may arrive after a later one of this
+        // node's (each node keeps every node's messages); on one node it is simply appended.
+        var index = messages.endIndex
+        while index > messages.startIndex && messages[index - 1].time > message.time { index -= 1 }
+        // Kept once: a node that (re)joins the cluster gets the history from every node with
+        // members in the channel.
+        var sameTime = index
+        while sameTime > messages.startIndex && messages[sameTime - 1].time == message.time {
+            if messages[sameTime - 1].id == message.id { return }
+            sameTime -= 1
+        }
+        messages.insert(message, at: index)
         bytes += Self.size(of: message)
         if Self.isEvent(message) { eventCount += 1 }
         var excess = 0
@@ -78,7 +89,7 @@ extension RecentChannelHistory: ConversationReader {
                 }
             }
         }
-        // Kept in arrival order, which is time order (times come from one clock, never earlier).
+        // Kept in time order (`append`), then arrival order within a millisecond.
         let chosen = newestFirst ? within.suffix(limit) : within.prefix(limit)
         return chosen.map { messages[$0] }
     }

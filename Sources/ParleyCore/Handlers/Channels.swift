@@ -551,11 +551,11 @@ extension ChatServer {
         let change = IRCMessage(tags: [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)],
                                 source: session.prefix, command: "TOPIC", parameters: [channel.name, channel.topic])
         for member in channel.joined { emit(change, to: member, &context, &outbox) }
-        if !channel.isGroup {
-            let event = storedMessage(change, id: messageID, sender: session, kind: .group, target: channel.key,
-                                      text: channel.topic, clientTags: [], recipients: [], now: context.now)
-            channels[channel.key]?.recentHistory.append(event, capacity: configuration.transientChannelHistoryLength,
-                                                        maxBytes: configuration.transientChannelHistoryBytes)
+        // Kept by the node that decided it (the others run this TOPIC for its effect only, and
+        // take the event with that node's id from it).
+        if !channel.isGroup && isLocal(session.id) {
+            keepRecent(storedMessage(change, id: messageID, sender: session, kind: .group, target: channel.key,
+                                     text: channel.topic, clientTags: [], recipients: [], now: context.now), into: &outbox)
         }
     }
 
@@ -1077,10 +1077,8 @@ extension ChatServer {
         if !channel.isGroup && (verb != "TAGMSG" || Self.keepsTagMessage(clientTags)) {
             // For CHATHISTORY while the channel lasts; never stored. TAGMSG is replayed only
             // to clients with draft/event-playback.
-            let recent = storedMessage(relayed, id: messageID, sender: sender, kind: .group, target: channel.key,
-                                       text: text, clientTags: clientTags, recipients: [], now: context.now)
-            channels[channel.key]?.recentHistory.append(recent, capacity: configuration.transientChannelHistoryLength,
-                                                        maxBytes: configuration.transientChannelHistoryBytes)
+            keepRecent(storedMessage(relayed, id: messageID, sender: sender, kind: .group, target: channel.key,
+                                     text: text, clientTags: clientTags, recipients: [], now: context.now), into: &outbox)
         }
         if channel.isGroup && verb == "TAGMSG" {
             if Self.keepsTagMessage(clientTags) {
@@ -1090,6 +1088,17 @@ extension ChatServer {
             // Kept for history, and for members who are offline now until they return.
             storeGroupMessage(relayed, id: messageID, sender: sender, channel: channel, text: text, clientTags: clientTags, &context, &outbox)
         }
+    }
+}
+
+extension ChatServer {
+    /// Keeps a transient channel's message or event in its recent history, on every node: the
+    /// others keep the same copy (with this node's id and time), so that a member anywhere, or
+    /// someone who joins later on any node, reads what they would read on one server.
+    mutating func keepRecent(_ message: StoredMessage, into outbox: inout Outbox) {
+        channels[message.target]?.recentHistory.append(message, capacity: configuration.transientChannelHistoryLength,
+                                                       maxBytes: configuration.transientChannelHistoryBytes)
+        if isClustered { outbox.clusterEvents.append(.recentMessage(message)) }
     }
 }
 

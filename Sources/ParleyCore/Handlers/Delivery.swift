@@ -104,17 +104,29 @@ extension ChatServer {
     func isOnline(account: String) -> Bool { nickIndex[account]?.accountKey == account }
 
     /// A guest's identity in stored messages: `!` (never in a nick nor in a folded nick, so never
-    /// an account key), this server run's start time and the connection's number. It belongs to
-    /// one connection of one run: whoever takes the nick later, guest or account, is someone else.
+    /// an account key), the start time of the run of the node the guest is connected to, and the
+    /// connection's number (which names the node too). It belongs to one connection of one run:
+    /// whoever takes the nick later, guest or account, is someone else; and it is the same on every
+    /// node, so that a conversation with a guest is one conversation whichever node stores it.
     func guestIdentity(of connection: ConnectionID) -> String {
-        guestIdentityPrefix + String(connection.rawValue, radix: 36)
+        guestIdentityPrefix(ofNode: connection.node) + String(connection.rawValue, radix: 36)
     }
 
-    /// The connection of this run that a guest identity belongs to, if it is still a guest's.
+    /// The start of guest identities of a node's current run: this node's own, or the one another
+    /// node's user snapshots carry (a node of an earlier version sends none: its guests then get
+    /// this node's prefix, as they did before).
+    func guestIdentityPrefix(ofNode node: UInt16) -> String {
+        node == configuration.clusterNode ? guestIdentityPrefix : remoteGuestIdentityPrefixes[node] ?? guestIdentityPrefix
+    }
+
+    /// The connection that a guest identity belongs to, if it is still connected (to any node of
+    /// this run) and still a guest.
     func guestSession(identity: String) -> Session? {
-        guard identity.hasPrefix(guestIdentityPrefix),
-              let number = UInt64(identity.dropFirst(guestIdentityPrefix.count), radix: 36),
-              let session = sessions[ConnectionID(number)], session.accountKey == nil else { return nil }
+        guard let dot = identity.lastIndex(of: "."),
+              let number = UInt64(identity[identity.index(after: dot)...], radix: 36) else { return nil }
+        let connection = ConnectionID(number)
+        guard identity[...dot] == guestIdentityPrefix(ofNode: connection.node),
+              let session = sessions[connection], session.accountKey == nil else { return nil }
         return session
     }
 

@@ -39,9 +39,10 @@ extension ChatServer {
                 author = tracked.author
             } else {
                 guard let kept = channel.recentHistory.messages.first(where: { $0.id == id }), !channel.recentHistory.redacted.contains(id) else {
-                    // Only the node its author used keeps a transient channel's message: that
-                    // node decides, and answers (the ids of this node's messages start with
-                    // its name, and this node would know them).
+                    // Every node keeps a transient channel's history, and a node that starts gets
+                    // it from the others; should this one still lack the message, the node its
+                    // author used decides, and answers (the ids of this node's messages start
+                    // with its name, and this node would know them).
                     guard isClustered, let node = configuration.clusterNodeName, !id.hasPrefix(node + ".") else {
                         throw unknownMessage(rawTarget, id)
                     }
@@ -116,6 +117,7 @@ extension ChatServer {
             forgetRedacted(request.messageID, into: &outbox)
         } else {
             channels[channel.key]?.recentHistory.redact(request.messageID)
+            if isClustered { outbox.clusterEvents.append(.recentRedacted(channel: channel.key, messageID: request.messageID)) }
         }
         let line = redactLine(request, target: channel.name, session: session)
         for member in channel.joined {
@@ -139,12 +141,13 @@ extension ChatServer {
         }
     }
 
-    /// A connection of another node asked to redact a message of a transient channel this node
-    /// keeps: decided here as for a local connection, answered to it here. A node that does not
-    /// keep the message ignores the request (the one that does answers).
+    /// A connection of another node asked to redact a message of a transient channel that node
+    /// does not keep, and this node's user wrote: decided here as for a local connection,
+    /// answered to it here. The other nodes, which may keep the message too, leave it to this one.
     mutating func redactForAnotherNode(_ connection: ConnectionID, channelKey: String, messageID: String, reason: String?,
                                        now: Timestamp, into outbox: inout Outbox) {
-        guard let session = sessions[connection], let channel = channels[channelKey], !channel.isGroup,
+        guard let node = configuration.clusterNodeName, messageID.hasPrefix(node + "."),
+              let session = sessions[connection], let channel = channels[channelKey], !channel.isGroup,
               channel.recentHistory.messages.contains(where: { $0.id == messageID }) else { return }
         var context = CommandContext(connection: Self.nobody, now: now, label: nil)
         let request = RedactRequest(target: channel.name, messageID: messageID, reason: reason, label: nil)
