@@ -268,18 +268,11 @@ final class LoopInbox: Sendable {
     func deliver(_ deliveries: [ChatHost.ResolvedDelivery], thenOnLoop then: (@Sendable () -> Void)?) {
         var outputs: [WriteBatch.PendingOutput] = []
         var indexOfChannel: [ObjectIdentifier: Int] = [:]
+        var lastGathering: WriteBatch.Gathering?
         for delivery in deliveries {
             let key = ObjectIdentifier(delivery.channel)
             if let index = indexOfChannel[key] {
-                if let line = delivery.line {
-                    if !outputs[index].isGathered {
-                        var gathered = delivery.channel.allocator.buffer(capacity: max(512, 2 * (outputs[index].bytes.readableBytes + line.readableBytes)))
-                        gathered.writeImmutableBuffer(outputs[index].bytes)
-                        outputs[index].bytes = gathered
-                        outputs[index].isGathered = true
-                    }
-                    outputs[index].bytes.writeImmutableBuffer(line)
-                }
+                if let line = delivery.line { outputs[index].append(line, lastGathering: &lastGathering) }
                 if delivery.closeAfter { outputs[index].closeAfter = true }
             } else {
                 indexOfChannel[key] = outputs.count
