@@ -46,7 +46,24 @@ extension ChatHost {
         cluster.notePeer(source)
         logger.trace("from another node", metadata: ["node": "\(source)", "records": "\(records.count)"])
         var writes: [ResolvedDelivery] = []
+        // Consecutive events are applied under one lock: a user's snapshot and the settings of
+        // the channels it makes here show together, never one without the other.
+        var events: [ClusterEvent] = []
+        func applyEvents() {
+            guard !events.isEmpty else { return }
+            let batch = events
+            events.removeAll()
+            writes += perform { core, outbox in
+                for event in batch { core.applyClusterEvent(event, now: Self.now(), into: &outbox) }
+            }
+        }
         for record in records {
+            if case .event(let event) = record {
+                logger.debug("cluster event", metadata: ["node": "\(source)", "event": "\(event)"])
+                events.append(event)
+                continue
+            }
+            applyEvents()
             switch record {
             case .hello(let rejoin):
                 // After a restart, whatever this node knew of the sender's previous run is
@@ -55,13 +72,12 @@ extension ChatHost {
                     writes += perform { core, outbox in core.remoteNodeGone(source, now: Self.now(), into: &outbox) }
                 }
                 var reply = ByteBuffer()
-                for event in withCore({ $0.localSessionAnnouncements() + $0.recentHistoryAnnouncements() }) {
+                for event in withCore({ $0.localSessionAnnouncements() + $0.transientChannelAnnouncements() }) {
                     ClusterCodec.append(.event(event), to: &reply)
                 }
                 if reply.readableBytes > 0 { cluster.send(reply, to: source) }
-            case .event(let event):
-                logger.debug("cluster event", metadata: ["node": "\(source)", "event": "\(event)"])
-                writes += perform { core, outbox in core.applyClusterEvent(event, now: Self.now(), into: &outbox) }
+            case .event:
+                break  // gathered above
             case .lines(let connection, let lines):
                 if let delivery = resolve(connection, line: lines, closeAfter: false) { writes.append(delivery) }
             case .close(let connection):
@@ -70,6 +86,7 @@ extension ChatHost {
                 break  // for the sender, should this payload come back
             }
         }
+        applyEvents()
         Self.write(writes)
     }
 

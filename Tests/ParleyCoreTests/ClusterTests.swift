@@ -178,6 +178,10 @@ struct ClusterCodecTests {
                 id: "n3.abc-6", time: Timestamp(millisecondsSince1970: 9), senderNick: "Zoë", senderAccount: "zoë",
                 senderPrefix: "Zoë!~z@::1", targetKind: .group, target: "#chat", command: "TOPIC", text: ""))),
             .event(.recentRedacted(channel: "#chat", messageID: "n3.abc-5")),
+            .event(.channelState(TransientChannelState(
+                name: "#chat", createdAt: 10, topic: "plans", topicSetBy: "Zoë!~z@::1", topicSetAt: 11, modes: "iknt", key: "sesame", limit: 20,
+                bans: [.init(mask: "*!*@bad.example", setBy: "Zoë", setAt: 12)], banExceptions: [], inviteExceptions: [],
+                invitedNicks: ["bob"], ranks: [snapshot.connection.rawValue: ChannelRole.op.rawValue], voiced: [5], metadata: ["url": "https://x"]))),
         ]
         var bytes = ByteBuffer()
         for record in records { ClusterCodec.append(record, to: &bytes) }
@@ -292,3 +296,46 @@ struct RecentChannelHistoryTests {
         #expect(history.messages.map(\.id) == ["a", "b", "c", "d", "e"])
     }
 }
+
+extension ClusterTests {
+    /// A node that starts while a transient channel exists makes the channel from its members'
+    /// snapshots; it must then hold the channel's settings too, or its users would walk into an
+    /// invite-only channel and see the wrong operators.
+    @Test func aNodeThatStartsLaterKeepsATransientChannelsSettings() {
+        var cluster = ClusterHarness()
+        let gus = cluster.register(0, "gus")
+        let bea = cluster.register(1, "bea")
+        cluster.send(0, gus, "JOIN #club")
+        cluster.send(1, bea, "JOIN #club")
+        cluster.send(0, gus, "TOPIC #club :members only")
+        cluster.send(0, gus, "MODE #club +io bea")
+        cluster.send(0, gus, "MODE #club +b *!*@banned.example")
+        #expect(cluster.send(1, bea, "MODE #club").contains { $0.hasSuffix(" 324 bea #club :+int") })
+
+        // Node 3 starts: it hears the others' hellos' answers (their users, then their channels).
+        var late = CoreHarness(configure: { $0.clusterNode = 3; $0.clusterNodeName = "n3" })
+        for node in cluster.nodes.indices {
+            for event in cluster.nodes[node].server.localSessionAnnouncements() + cluster.nodes[node].server.transientChannelAnnouncements() {
+                var outbox = Outbox()
+                late.server.applyClusterEvent(event, now: late.now, into: &outbox)
+                late.apply(outbox)
+            }
+        }
+        cluster.nodes.append(late)
+        let eve = cluster.register(2, "eve")
+
+        #expect(cluster.send(2, eve, "JOIN #club").contains { $0.contains(" 473 eve #club ") }, "invite-only on the new node too")
+        cluster.send(0, gus, "INVITE eve #club")
+        let joined = cluster.send(2, eve, "JOIN #club")
+        #expect(joined.contains { $0.contains(" 353 eve ") && $0.hasSuffix(":@gus @bea eve") }, "the same operators: \(joined)")
+        #expect(joined.contains { $0.hasSuffix(" 332 eve #club :members only") }, "the same topic: \(joined)")
+        // bea is an operator there as well: the new node follows her MODE from node 2, so eve
+        // may speak in the moderated channel.
+        cluster.send(0, gus, "MODE #club +m")
+        cluster.send(1, bea, "MODE #club +v eve")
+        _ = cluster.nodes[2].inbox(eve)
+        #expect(cluster.send(2, eve, "PRIVMSG #club :hello").isEmpty, "no error for eve's message")
+        #expect(cluster.nodes[0].inbox(gus).contains { $0.hasSuffix("PRIVMSG #club :hello") })
+    }
+}
+

@@ -129,12 +129,18 @@ extension ClusterProcessTests {
         }
 
         // A node started now learns the history from the nodes with members (each message once,
-        // the redacted one left out); someone joining there reads the same.
+        // the redacted one left out), and the channel's modes: someone joining there needs the
+        // key the channel asks for, then reads the same.
+        gus.send("MODE #chat +k sesame")
+        for member in [gus, bea] { try await member.expect(timeout: .seconds(10), "+k") { $0.command == "MODE" && $0.parameters.last == "sesame" } }
         let n4 = try await cluster.start("n4")
         let eve = try await TestClient.registered("eve", port: n4.ports[0], caps: Self.playbackCaps)
         try await Self.waitUntilChannelExists("#chat", seenBy: eve)
         eve.send("JOIN #chat")
-        try await eve.expect { $0.command == "JOIN" }
+        let refusal = try await eve.expect(timeout: .seconds(10), "JOIN refused or accepted") { $0.command == "475" || $0.command == "JOIN" }
+        #expect(refusal.command == "475", "a key on the new node too: \(refusal)")
+        eve.send("JOIN #chat sesame")
+        try await eve.expect(timeout: .seconds(10), "eve's JOIN") { $0.command == "JOIN" }
         let deadline = ContinuousClock.now + .seconds(10)
         var evesRead = try await read(eve)
         while evesRead.count < afterRedaction.count && ContinuousClock.now < deadline {

@@ -66,18 +66,65 @@ extension ChatServer {
     }
 
     /// What a node that has just (re)started, or is back after losing the database, needs to
-    /// read transient channels' history as the others do: the recent history of the channels
+    /// see transient channels as the others do: the settings and recent history of the channels
     /// this node's users are in (their snapshots, sent before, make the channels there). Each
     /// node with members sends it; the receiver keeps each message once.
-    public func recentHistoryAnnouncements() -> [ClusterEvent] {
+    public func transientChannelAnnouncements() -> [ClusterEvent] {
         var events: [ClusterEvent] = []
         for key in channels.keys.sorted() {
             guard let channel = channels[key], !channel.isGroup, channel.joined.contains(where: isLocal) else { continue }
+            events.append(.channelState(Self.state(of: channel)))
             for message in channel.recentHistory.messages where !channel.recentHistory.redacted.contains(message.id) {
                 events.append(.recentMessage(message))
             }
         }
         return events
+    }
+
+    static func state(of channel: ChatChannel) -> TransientChannelState {
+        func entries(_ list: [BanEntry]) -> [TransientChannelState.ListEntry] {
+            list.map { .init(mask: $0.mask, setBy: $0.setBy, setAt: $0.setAt.millisecondsSince1970) }
+        }
+        return TransientChannelState(
+            name: channel.name, createdAt: channel.createdAt.millisecondsSince1970, topic: channel.topic, topicSetBy: channel.topicSetBy,
+            topicSetAt: channel.topicSetAt?.millisecondsSince1970, modes: channel.flagModes, key: channel.password, limit: channel.userLimit,
+            bans: entries(channel.bans), banExceptions: entries(channel.banExceptions), inviteExceptions: entries(channel.inviteExceptions),
+            invitedNicks: channel.invitedNicks.sorted(),
+            ranks: Dictionary(uniqueKeysWithValues: channel.guestRoles.filter { $0.value != .member }.map { ($0.key.rawValue, $0.value.rawValue) }),
+            voiced: channel.voicedGuests.map(\.rawValue).sorted(), metadata: channel.metadata)
+    }
+
+    /// A started node's copy of a transient channel takes the settings the others keep. Ranks
+    /// and voice are those of members this node knows to be in it (the snapshots came first).
+    mutating func applyChannelState(_ state: TransientChannelState) {
+        guard var channel = channels[fold(state.name)], !channel.isGroup else { return }
+        func entries(_ list: [TransientChannelState.ListEntry]) -> [BanEntry] {
+            list.map { BanEntry(mask: $0.mask, setBy: $0.setBy, setAt: Timestamp(millisecondsSince1970: $0.setAt)) }
+        }
+        channel.createdAt = Timestamp(millisecondsSince1970: state.createdAt)
+        channel.topic = state.topic
+        channel.topicSetBy = state.topicSetBy
+        channel.topicSetAt = state.topicSetAt.map(Timestamp.init(millisecondsSince1970:))
+        channel.inviteOnly = state.modes.contains("i")
+        channel.topicProtected = state.modes.contains("t")
+        channel.noOutsideMessages = state.modes.contains("n")
+        channel.moderated = state.modes.contains("m")
+        channel.secret = state.modes.contains("s")
+        channel.noCTCP = state.modes.contains("C")
+        channel.password = state.key
+        channel.userLimit = state.limit
+        channel.bans = entries(state.bans)
+        channel.banExceptions = entries(state.banExceptions)
+        channel.inviteExceptions = entries(state.inviteExceptions)
+        channel.invitedNicks = Set(state.invitedNicks)
+        channel.guestRoles = [:]
+        for (raw, rank) in state.ranks {
+            let connection = ConnectionID(raw)
+            if channel.contains(connection), let role = ChannelRole(rawValue: rank) { channel.guestRoles[connection] = role }
+        }
+        channel.voicedGuests = Set(state.voiced.map(ConnectionID.init).filter(channel.contains))
+        channel.metadata = state.metadata
+        channels[channel.key] = channel
     }
 
     // MARK: Applying
@@ -122,6 +169,8 @@ extension ChatServer {
         case .recentRedacted(let channel, let id):
             guard channels[channel]?.isGroup == false else { return }
             channels[channel]?.recentHistory.redact(id)
+        case .channelState(let state):
+            applyChannelState(state)
         case .account(let record):
             let previous = accounts[record.key]
             accounts[record.key] = record

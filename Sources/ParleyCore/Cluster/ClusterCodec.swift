@@ -25,7 +25,7 @@ public enum ClusterRecord: Sendable, Equatable {
 /// JSON keeps them readable in the database while debugging).
 public enum ClusterCodec {
     enum Kind: UInt8 {
-        case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7, recentMessage = 8, recentRedacted = 9
+        case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7, recentMessage = 8, recentRedacted = 9, channelState = 10
     }
 
     public struct DecodingError: Error, CustomStringConvertible {
@@ -69,6 +69,12 @@ public enum ClusterCodec {
             buffer.writeInteger(UInt32(4 + channel.utf8.count + messageID.utf8.count))
             writeShortString(channel, to: &buffer)
             writeShortString(messageID, to: &buffer)
+        case .event(.channelState(let state)):
+            // A kind of its own (a node of the previous version skips it); JSON, as it is rare.
+            let body = (try? JSONEncoder().encode(state)) ?? Data()
+            buffer.writeInteger(Kind.channelState.rawValue)
+            buffer.writeInteger(UInt32(body.count))
+            buffer.writeBytes(body)
         case .event(let event):
             let body = (try? JSONEncoder().encode(EventBody(event))) ?? Data()
             buffer.writeInteger(Kind.event.rawValue)
@@ -162,6 +168,11 @@ public enum ClusterCodec {
                 let texts = try readShortStrings(&body)
                 guard texts.count == 2 else { throw DecodingError(description: "malformed recent redaction") }
                 records.append(.event(.recentRedacted(channel: texts[0], messageID: texts[1])))
+            case .channelState:
+                guard let state = try? JSONDecoder().decode(TransientChannelState.self, from: Data(body.readableBytesView)) else {
+                    throw DecodingError(description: "unreadable channel state")
+                }
+                records.append(.event(.channelState(state)))
             case .handedOver:
                 guard let idLength = body.readInteger(as: UInt16.self), let messageID = body.readString(length: Int(idLength)),
                       let accountLength = body.readInteger(as: UInt16.self), let account = body.readString(length: Int(accountLength)) else {
@@ -215,7 +226,7 @@ public enum ClusterCodec {
                 closed = Closed(connection: connection.rawValue, reason: reason, at: time.millisecondsSince1970)
             case .read(let account, let conversation, let time, let disclose):
                 read = Read(account: account, conversation: conversation, time: time.millisecondsSince1970, disclose: disclose)
-            case .redacted, .redactRequest, .recentMessage, .recentRedacted:
+            case .redacted, .redactRequest, .recentMessage, .recentRedacted, .channelState:
                 break  // record kinds of their own
             case .account(let record):
                 account = Account(name: record.name, key: record.key, credential: record.credential, createdAt: record.createdAt,

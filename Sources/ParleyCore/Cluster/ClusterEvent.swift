@@ -91,6 +91,34 @@ public enum ClusterEvent: Sendable, Equatable {
     case recentMessage(StoredMessage)
     /// A transient channel's message was redacted: every node's copy of its history drops it.
     case recentRedacted(channel: String, messageID: String)
+    /// What a transient channel is (modes, topic, lists, members' ranks), for a node that has
+    /// just started: the JOINs in its users' snapshots make the channel there, but with a new
+    /// channel's defaults, so without this it would let anyone into an invite-only channel.
+    case channelState(TransientChannelState)
+}
+
+/// A transient channel's settings as every node keeps them (`ClusterEvent.channelState`).
+public struct TransientChannelState: Sendable, Equatable, Codable {
+    public struct ListEntry: Sendable, Equatable, Codable {
+        public var mask: String, setBy: String, setAt: Int64
+    }
+    public var name: String
+    public var createdAt: Int64
+    public var topic: String
+    public var topicSetBy: String
+    public var topicSetAt: Int64?
+    /// Flag modes, as `ChatChannel.flagModes` writes them.
+    public var modes: String
+    public var key: String?
+    public var limit: Int?
+    public var bans: [ListEntry]
+    public var banExceptions: [ListEntry]
+    public var inviteExceptions: [ListEntry]
+    public var invitedNicks: [String]
+    /// Members above `member` (connection id -> `ChannelRole` raw value), and the voiced.
+    public var ranks: [UInt64: Int]
+    public var voiced: [UInt64]
+    public var metadata: [String: String]
 }
 
 extension ChatServer {

@@ -270,7 +270,9 @@ extension ChatServer {
         guard let channel = channels[key], !channel.contains(session.id) else { return nil }
         let account = session.accountKey
         let isListedMember = account.map { channel.accountRoles[$0] != nil } ?? false
-        if !isListedMember {
+        // Another node's user was let in by that node, which decided it on what it knew; a node
+        // that has just started learns members before the channel's modes.
+        if !isListedMember, isLocal(session.id) {
             if let limit = configuration.maxChannelsPerUser, session.channels.count >= limit {
                 throw .numeric(.errTooManyChannels, raw, "You have joined too many channels")
             }
