@@ -90,6 +90,8 @@ public enum CoreAction: Sendable, Equatable {
     case recordLastSeen(accountKey: String, at: Timestamp)
     /// Persist a group's whole state (after a rename, `previousKey` is its former key).
     case saveGroup(GroupRecord, previousKey: String?)
+    /// Persist a group's state but its member list (the record's members are left empty).
+    case saveGroupSettings(GroupRecord, previousKey: String?)
     /// Persist one account's place on a group's member list (its role and voice), or its
     /// removal (`role` nil); the rest of the list stays as stored.
     case saveGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool)
@@ -116,7 +118,7 @@ public enum CoreAction: Sendable, Equatable {
 extension CoreAction {
     public var isOrderedStorageWrite: Bool {
         switch self {
-        case .saveGroup, .saveGroupMember, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
+        case .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
              .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory: true
         default: false
         }

@@ -354,7 +354,7 @@ final class ChatHost: Sendable {
                     core.completeAccountCreation(ticket: ticket, result: result, now: Self.now(), into: &outbox)
                 }
             }
-        case .recordLastSeen, .saveGroup, .saveGroupMember, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
+        case .recordLastSeen, .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
              .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory:
             break  // ordered storage work goes through `storageWriter`
         }

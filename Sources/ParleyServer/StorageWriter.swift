@@ -402,6 +402,7 @@ extension StorageWriter {
         case .recordLastSeen(let account, let time): try transaction.recordLastSeen(account: account, at: time)
         case .saveAccountSettings(let account, let settings): try transaction.setAccountSettings(account: account, settings)
         case .saveGroup(let group, let previousKey): try transaction.saveGroup(group, previousKey: previousKey)
+        case .saveGroupSettings(let group, let previousKey): try transaction.saveGroupSettings(group, previousKey: previousKey)
         case .saveGroupMember(let group, let account, let role, let voiced):
             try transaction.setGroupMember(group: group, account: account, role: role, voiced: voiced)
         case .deleteGroup(let key): try transaction.deleteGroup(key: key)

@@ -45,6 +45,9 @@ public protocol StorageTransaction {
     /// Saves a group's whole state; after a rename `previousKey` is its former key (the group
     /// keeps its id, its history and its read markers).
     func saveGroup(_ group: GroupRecord, previousKey: String?) throws
+    /// Saves what `saveGroup` does but the member list (`group.members` and `voiced` are not
+    /// read): a TOPIC, MODE or RENAME of a large group writes one row, not one per member.
+    func saveGroupSettings(_ group: GroupRecord, previousKey: String?) throws
     /// Puts one account on a group's member list with its role and voice, replacing what it
     /// had, or takes it off (`role` nil); the other members' rows are left alone, so a join into
     /// a large group writes one row. An unknown group or account changes nothing (as members

@@ -549,6 +549,14 @@ public final class PostgresChatStore: ChatStore {
 
         /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
         func saveGroup(_ group: GroupRecord, previousKey: String?) throws {
+            try saveGroup(group, previousKey: previousKey, includingMembers: true)
+        }
+
+        func saveGroupSettings(_ group: GroupRecord, previousKey: String?) throws {
+            try saveGroup(group, previousKey: previousKey, includingMembers: false)
+        }
+
+        private func saveGroup(_ group: GroupRecord, previousKey: String?, includingMembers: Bool) throws {
             guard let owner = ids.accountIDs[group.owner] else { throw StoreError.unknownIdentity(group.owner) }
             try flush()
             let values: [SQLValue] = [
@@ -572,11 +580,13 @@ public final class PostgresChatStore: ChatStore {
             }
             ids.setGroup(key: group.key, id: id)
             changes.append(.group(key: group.key, id: id))
-            _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
-            let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
-                ids.accountIDs[account].map { [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account))] } ?? []
+            if includingMembers {
+                _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
+                let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
+                    ids.accountIDs[account].map { [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account))] } ?? []
+                }
+                try insert(into: "group_members (group_id, account_id, role, voiced)", width: 4, members)
             }
-            try insert(into: "group_members (group_id, account_id, role, voiced)", width: 4, members)
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])
             try insert(into: "group_bans (group_id, mask, set_by, set_at)", width: 4,
                        group.bans.flatMap { [SQLValue.int(id), .text($0.mask), .text($0.setBy), .int($0.setAt.millisecondsSince1970)] })

@@ -641,7 +641,8 @@ public final class SQLiteChatStore: ChatStore {
     }
 
     /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
-    static func saveGroup(_ group: GroupRecord, previousKey: String?, ids: inout StoredIdentities, changes: inout [StoredIdentities.Change], in db: Database) throws {
+    static func saveGroup(_ group: GroupRecord, previousKey: String?, includingMembers: Bool = true, ids: inout StoredIdentities,
+                          changes: inout [StoredIdentities.Change], in db: Database) throws {
         guard let owner = ids.accountIDs[group.owner] else { throw StoreError.unknownIdentity(group.owner) }
         let arguments: [any DatabaseValueConvertible] = [
             group.key, group.name, owner, group.topic, group.topicSetBy,
@@ -667,11 +668,13 @@ public final class SQLiteChatStore: ChatStore {
         }
         ids.setGroup(key: group.key, id: id)
         changes.append(.group(key: group.key, id: id))
-        try db.execute(sql: "DELETE FROM group_members WHERE group_id = ?", arguments: [id])
-        let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_id, account_id, role, voiced) VALUES (?, ?, ?, ?)")
-        for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
-            guard let accountID = ids.accountIDs[account] else { continue }
-            try member.execute(arguments: [id, accountID, role.rawValue, group.voiced.contains(account)])
+        if includingMembers {
+            try db.execute(sql: "DELETE FROM group_members WHERE group_id = ?", arguments: [id])
+            let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_id, account_id, role, voiced) VALUES (?, ?, ?, ?)")
+            for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
+                guard let accountID = ids.accountIDs[account] else { continue }
+                try member.execute(arguments: [id, accountID, role.rawValue, group.voiced.contains(account)])
+            }
         }
         try db.execute(sql: "DELETE FROM group_bans WHERE group_id = ?", arguments: [id])
         let ban = try db.cachedStatement(sql: "INSERT INTO group_bans (group_id, mask, set_by, set_at) VALUES (?, ?, ?, ?)")
@@ -746,6 +749,10 @@ public final class SQLiteChatStore: ChatStore {
 
         func saveGroup(_ group: GroupRecord, previousKey: String?) throws {
             try SQLiteChatStore.saveGroup(group, previousKey: previousKey, ids: &ids, changes: &changes, in: db)
+        }
+
+        func saveGroupSettings(_ group: GroupRecord, previousKey: String?) throws {
+            try SQLiteChatStore.saveGroup(group, previousKey: previousKey, includingMembers: false, ids: &ids, changes: &changes, in: db)
         }
 
         func setGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool) throws {

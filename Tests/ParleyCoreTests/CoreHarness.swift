@@ -164,6 +164,12 @@ struct CoreHarness {
                 if let previousKey { savedGroups[previousKey] = nil }
                 savedGroups[group.key] = group
                 wholeGroupSaves += 1
+            case .saveGroupSettings(var group, let previousKey):
+                // As the stores do: the member list stays as saved.
+                let saved = savedGroups.removeValue(forKey: previousKey ?? group.key)
+                group.members = saved?.members ?? [:]
+                group.voiced = saved?.voiced ?? []
+                savedGroups[group.key] = group
             case .saveGroupMember(let group, let account, let role, let voiced):
                 // As the stores do: one row changes; an unknown group changes nothing.
                 savedGroups[group]?.members[account] = role

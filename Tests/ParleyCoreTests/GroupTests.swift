@@ -202,6 +202,7 @@ struct GroupTests {
         #expect(handover == [":alice!~alice@127.0.0.1 MODE #team +q-q+o carol alice alice"])
         #expect(harness.savedGroups["#team"]?.owner == "carol")
         #expect(harness.savedGroups["#team"]?.members == ["alice": .op, "bob": .op, "carol": .owner])
+        #expect(harness.wholeGroupSaves == savesBeforeJoin, "MODE and TOPIC save the settings and the changed members' rows only")
         #expect(harness.send(alice, "KICK #team bob").commands == ["482"], "the former owner lost the owner's rights")
         harness.send(carol, "PRIVMSG ChanServ :DROP #team")
         #expect(harness.savedGroups["#team"] == nil)

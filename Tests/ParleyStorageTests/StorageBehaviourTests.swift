@@ -64,6 +64,18 @@ struct StorageBehaviourTests {
         expected.members = ["alice": .owner, "carol": .member]
         expected.voiced = []
         #expect(try await store.loadGroups() == [expected])
+        // A TOPIC, then a RENAME: the settings change, the member list stays as stored.
+        var settings = expected
+        settings.topic = "plans"
+        settings.members = [:]
+        try store.transaction { try $0.saveGroupSettings(settings, previousKey: nil) }
+        settings.name = "#crew"
+        settings.key = "#crew"
+        try store.transaction { try $0.saveGroupSettings(settings, previousKey: "#team") }
+        expected.topic = "plans"
+        expected.name = "#crew"
+        expected.key = "#crew"
+        #expect(try await store.loadGroups() == [expected])
         try await done()
     }
 

@@ -174,6 +174,14 @@ struct ChatChannel: Sendable {
             members: accountRoles, voiced: voicedAccounts)
     }
 
+    /// `record` without the member list, for saving what a TOPIC, MODE or RENAME changed.
+    var settingsRecord: GroupRecord? {
+        guard let owner else { return nil }
+        return GroupRecord(
+            name: name, key: key, createdAt: createdAt, owner: owner, topic: topic, topicSetBy: topicSetBy,
+            topicSetAt: topicSetAt, modes: flagModes, password: password, userLimit: userLimit, bans: bans, members: [:])
+    }
+
     var flagModes: String {
         var modes = ""
         if noCTCP { modes.append("C") }

@@ -175,6 +175,14 @@ extension ChatServer {
         }
     }
 
+    /// Persists a group's settings (topic, modes, bans, owner, name) but not its member list,
+    /// which changes one row at a time (`persistMembership`).
+    func persistSettings(of channel: ChatChannel, previousKey: String? = nil, into outbox: inout Outbox) {
+        if let record = channel.settingsRecord {
+            outbox.actions.append(.saveGroupSettings(record, previousKey: previousKey))
+        }
+    }
+
     /// Persists one account's membership of a group as it now is, after a join, a leave, an
     /// invitation or a kick: one row, where saving the group would rewrite its whole member list
     /// (and the record, still shared, would make the next change copy the member dictionary).
@@ -546,7 +554,7 @@ extension ChatServer {
         channel.topicSetBy = session.prefix
         channel.topicSetAt = context.now
         channels[channel.key] = channel
-        persist(channel, into: &outbox)
+        persistSettings(of: channel, into: &outbox)
         // A msgid and time, as on messages: with draft/event-playback, CHATHISTORY replays the
         // change, and a client matches the replayed line with the one it saw live.
         let messageID = messageIDs.next()
@@ -743,7 +751,7 @@ extension ChatServer {
             }
             rekeyDeliveryState(from: oldKey, to: newName.folded)
         }
-        persist(channel, previousKey: oldKey, into: &outbox)
+        persistSettings(of: channel, previousKey: oldKey, into: &outbox)
         let rename = IRCMessage(source: session.prefix, command: "RENAME", parameters: [oldName, newName.name, reason])
         let caseOnly = oldKey == newName.folded
         for member in channel.joined {
@@ -799,6 +807,8 @@ extension ChatServer {
         let manager = managerRole(for: channel)
         var adding = true
         var applied: [(sign: Character, mode: Character, argument: String?)] = []
+        // Accounts whose role or voice in a group changed: their member rows are saved.
+        var changedMembers: [String] = []
         for letter in modeString {
             switch letter {
             case "+": adding = true
@@ -888,6 +898,7 @@ extension ChatServer {
                     if target.voiced == adding { continue }
                     if let account = target.memberAccount {
                         if adding { channel.voicedAccounts.insert(account) } else { channel.voicedAccounts.remove(account) }
+                        changedMembers.append(account)
                     } else {
                         for connection in target.connections {
                             if adding { channel.voicedGuests.insert(connection) } else { channel.voicedGuests.remove(connection) }
@@ -904,9 +915,13 @@ extension ChatServer {
                     }
                     if current == .owner { continue }
                     // Handing over: the new owner takes ~, the old one keeps @.
-                    if let previous = channel.owner { channel.accountRoles[previous] = .op }
+                    if let previous = channel.owner {
+                        channel.accountRoles[previous] = .op
+                        changedMembers.append(previous)
+                    }
                     channel.owner = targetAccount
                     channel.accountRoles[targetAccount] = .owner
+                    changedMembers.append(targetAccount)
                     applied.append(("+", "q", target.name))
                     applied.append(("-", "q", session.nick?.name ?? ""))
                     applied.append(("+", "o", session.nick?.name ?? ""))
@@ -919,6 +934,7 @@ extension ChatServer {
                 if newRole == current { continue }
                 if let account = target.memberAccount {
                     channel.accountRoles[account] = newRole
+                    changedMembers.append(account)
                 } else {
                     for connection in target.connections { channel.guestRoles[connection] = newRole == .member ? nil : newRole }
                 }
@@ -929,7 +945,8 @@ extension ChatServer {
         }
         guard !applied.isEmpty else { return }
         channels[channel.key] = channel
-        persist(channel, into: &outbox)
+        persistSettings(of: channel, into: &outbox)
+        for account in changedMembers { persistMembership(of: account, in: channel, into: &outbox) }
         var modeText = ""
         var modeArguments: [String] = []
         var lastSign: Character?
