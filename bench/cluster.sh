@@ -3,8 +3,13 @@
 # and two nodes on one PostgreSQL with every pair split across the nodes: messages/s, p99 and
 # losses, in one run on this machine. Needs PostgreSQL's server binaries (Debian: postgresql).
 #
+# With WORKLOADS including fanout: guests in one transient channel (MEMBERS, one sender) on one
+# node with PostgreSQL, on one node beside a second node with no members (every node keeps every
+# transient channel's recent history, so the second gets each message too), and with the
+# members spread over both nodes.
+#
 #   bench/cluster.sh                 # builds parley-server and parley-bench in release mode first
-#   PAIRS=100 WINDOW=16 DURATION=10 bench/cluster.sh
+#   PAIRS=100 WINDOW=16 DURATION=10 MEMBERS=200 WORKLOADS="direct fanout" bench/cluster.sh
 #   KEEP=1 (keep the work directory: node and database logs), SKIP_SQLITE=1,
 #   PGOPTS='-c log_min_duration_statement=100', EXTRA_LIMITS=', "storageQueueLimit": 0'
 set -euo pipefail
@@ -12,6 +17,8 @@ cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-100}
 WINDOW=${WINDOW:-16}
 DURATION=${DURATION:-10}
+MEMBERS=${MEMBERS:-200}
+WORKLOADS=${WORKLOADS:-direct fanout}
 . bench/lib.sh
 bench_build
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -55,20 +62,42 @@ run() { # label ports...
     "$bin/parley-bench" direct --accounts --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}" \
         2>/dev/null | grep '^RESULT' | sed "s/^RESULT //" >>"$work/results.jsonl"
 }
+run_fanout() { # label ports...
+    local label=$1; shift
+    local args=()
+    for port in "$@"; do args+=(--port "$port"); done
+    "$bin/parley-bench" fanout --members "$MEMBERS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}" \
+        2>/dev/null | grep '^RESULT' | sed "s/^RESULT //" >>"$work/results.jsonl"
+}
+databases=0
+fresh_database() { # sets db to a new, empty database's URL
+    databases=$((databases + 1))
+    $as_pg "$pgbin/createdb" -h "$work" -p "$pgport" -U postgres "parley$databases"
+    db="postgresql://postgres@127.0.0.1:$pgport/parley$databases"
+}
 
-[ -n "${SKIP_SQLITE:-}" ] || { p1=$(free_port); start_node sqlite "$p1"; run "1 node, SQLite" "$p1"; stop_nodes; }
-$as_pg "$pgbin/createdb" -h "$work" -p "$pgport" -U postgres parley1
-p1=$(free_port); start_node n1 "$p1" "postgresql://postgres@127.0.0.1:$pgport/parley1"; run "1 node, PostgreSQL" "$p1"; stop_nodes
-$as_pg "$pgbin/createdb" -h "$work" -p "$pgport" -U postgres parley2
-p1=$(free_port); p2=$(free_port)
-start_node n1 "$p1" "postgresql://postgres@127.0.0.1:$pgport/parley2"
-start_node n2 "$p2" "postgresql://postgres@127.0.0.1:$pgport/parley2"
-run "2 nodes, PostgreSQL, pairs across nodes" "$p1" "$p2"; stop_nodes
+if [[ " $WORKLOADS " == *" direct "* ]]; then
+    [ -n "${SKIP_SQLITE:-}" ] || { p1=$(free_port); start_node sqlite "$p1"; run "1 node, SQLite" "$p1"; stop_nodes; }
+    fresh_database; p1=$(free_port); start_node n1 "$p1" "$db"; run "1 node, PostgreSQL" "$p1"; stop_nodes
+    fresh_database; p1=$(free_port); p2=$(free_port)
+    start_node n1 "$p1" "$db"; start_node n2 "$p2" "$db"
+    run "2 nodes, PostgreSQL, pairs across nodes" "$p1" "$p2"; stop_nodes
+fi
+if [[ " $WORKLOADS " == *" fanout "* ]]; then
+    fresh_database; p1=$(free_port); start_node n1 "$p1" "$db"; run_fanout "fanout: 1 node, PostgreSQL" "$p1"; stop_nodes
+    fresh_database; p1=$(free_port); p2=$(free_port)
+    start_node n1 "$p1" "$db"; start_node n2 "$p2" "$db"
+    run_fanout "fanout: 1 node + 1 without members" "$p1"; stop_nodes
+    fresh_database; p1=$(free_port); p2=$(free_port)
+    start_node n1 "$p1" "$db"; start_node n2 "$p2" "$db"
+    run_fanout "fanout: members on 2 nodes" "$p1" "$p2"; stop_nodes
+fi
 
 python3 - "$work/results.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 print(f"{'setup':<42} {'msgs/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'reordered':>9} {'bench cpu %':>11}")
+print("(fanout rows: deliveries/s)")
 for r in rows:
     print(f"{r['server']:<42} {r['delivered_per_s']:>9.0f} {r['p50_us']/1000:>7.1f} {r['p99_us']/1000:>7.1f} {int(r['lost']):>5} {int(r['reordered']):>9} {r['bench_cpu_pct']:>11.0f}")
 PY
