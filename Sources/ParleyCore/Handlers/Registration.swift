@@ -1,4 +1,5 @@
 import IRCWire
+import NIOCore
 
 extension ChatServer {
     // MARK: CAP
@@ -275,7 +276,7 @@ extension ChatServer {
         nickIndex[effectiveNick.folded] = holder
         maximumUsersSeen = max(maximumUsersSeen, registeredSessionCount)
         publishSession(id, into: &outbox)
-        sendWelcome(to: id, &context)
+        sendWelcome(to: id, &context, &outbox)
         joinGroupsOfAccount(id, &context, &outbox)
         deliverBacklog(to: id, &context, &outbox)
         if let registered = sessions[id], !wasOnline {
@@ -292,18 +293,50 @@ extension ChatServer {
         disconnect(id, reason: reason, now: context.now, into: &outbox)
     }
 
-    mutating func sendWelcome(to id: ConnectionID, _ context: inout CommandContext) {
+    /// The welcome burst (RPL_WELCOME to the end of the MOTD, and the +i mode). Written straight
+    /// into the outbox when nothing else is queued for the command's replies (nearly every
+    /// registration): the lines that are the same for everyone come encoded from
+    /// `welcomeTemplate`, so a registration costs a copy of them, not a message and an encoding
+    /// per line. Otherwise (a label to apply, or replies already queued) the same bytes are read
+    /// back as messages and join the replies.
+    mutating func sendWelcome(to id: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
         guard let session = sessions[id], let nick = session.nick else { return }
-        numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
-        numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
-        numericReply(.rplCreated, [createdText], in: &context)
-        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Biorw", "CIbeiklmnostv", "Ibeklov"], in: &context)
-        for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
-        lusersReplies(&context)
-        motdReplies(&context)
-        if session.isInvisible {
-            context.replies.append(IRCMessage(source: nick.name, command: "MODE", parameters: [nick.name, "+i"]))
+        if context.label == nil, context.replies.isEmpty, context.pendingStores.isEmpty, session.storesInFlight == 0 {
+            outbox.write(to: id, allocator: allocator) { buffer in writeWelcome(session, nick: nick.name, to: &buffer) }
+            return
         }
+        var buffer = allocator.buffer(capacity: 2048)
+        writeWelcome(session, nick: nick.name, to: &buffer)
+        while let end = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+            let line = buffer.readSlice(length: end - buffer.readerIndex - 1)!
+            buffer.moveReaderIndex(forwardBy: 2)
+            if let message = try? IRCMessage(parsing: line, maxTagsBytes: .max, maxBodyBytes: .max) { context.replies.append(message) }
+        }
+    }
+
+    private func writeWelcome(_ session: Session, nick: String, to buffer: inout ByteBuffer) {
+        numeric(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], for: session.id).write(to: &buffer)
+        welcomeTemplate.write(nick: nick, to: &buffer)
+        for message in lusersMessages(for: session.id) { message.write(to: &buffer) }
+        motdTemplate.write(nick: nick, to: &buffer)
+        if session.isInvisible {
+            IRCMessage(source: nick, command: "MODE", parameters: [nick, "+i"]).write(to: &buffer)
+        }
+    }
+
+    /// RPL_YOURHOST, RPL_CREATED, RPL_MYINFO and RPL_ISUPPORT: the same for every registration
+    /// but for the nick.
+    static func welcomeMessages(_ configuration: ChatConfiguration, createdText: String, isupportLines: [[String]], nick: String) -> [IRCMessage] {
+        let source = configuration.serverName
+        var messages = [
+            IRCMessage(source: source, command: Numeric.rplYourHost.rawValue,
+                       parameters: [nick, "Your host is \(configuration.serverName), running version \(configuration.version)"]),
+            IRCMessage(source: source, command: Numeric.rplCreated.rawValue, parameters: [nick, createdText]),
+            IRCMessage(source: source, command: Numeric.rplMyInfo.rawValue,
+                       parameters: [nick, configuration.serverName, configuration.version, "Biorw", "CIbeiklmnostv", "Ibeklov"]),
+        ]
+        for line in isupportLines { messages.append(IRCMessage(source: source, command: Numeric.rplISupport.rawValue, parameters: [nick] + line)) }
+        return messages
     }
 
     /// Compares without stopping at the first difference, so timing tells nothing of the secret.

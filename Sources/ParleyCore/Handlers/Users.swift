@@ -389,32 +389,38 @@ extension ChatServer {
     }
 
     func motdReplies(_ context: inout CommandContext) {
+        context.replies += Self.motdMessages(configuration, nick: sessions[context.connection]?.replyName ?? "*")
+    }
+
+    static func motdMessages(_ configuration: ChatConfiguration, nick: String) -> [IRCMessage] {
+        let source = configuration.serverName
         guard !configuration.motd.isEmpty else {
-            numericReply(.errNoMotd, ["MOTD File is missing"], in: &context)
-            return
+            return [IRCMessage(source: source, command: Numeric.errNoMotd.rawValue, parameters: [nick, "MOTD File is missing"])]
         }
-        numericReply(.rplMotdStart, ["- \(configuration.serverName) Message of the day - "], in: &context)
-        for line in configuration.motd { numericReply(.rplMotd, ["- " + line], in: &context) }
-        numericReply(.rplEndOfMotd, ["End of /MOTD command."], in: &context)
+        return [IRCMessage(source: source, command: Numeric.rplMotdStart.rawValue, parameters: [nick, "- \(configuration.serverName) Message of the day - "])]
+            + configuration.motd.map { IRCMessage(source: source, command: Numeric.rplMotd.rawValue, parameters: [nick, "- " + $0]) }
+            + [IRCMessage(source: source, command: Numeric.rplEndOfMotd.rawValue, parameters: [nick, "End of /MOTD command."])]
     }
 
     mutating func handleLusers(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
-        lusersReplies(&context)
+        context.replies += lusersMessages(for: context.connection)
     }
 
-    func lusersReplies(_ context: inout CommandContext) {
+    func lusersMessages(for connection: ConnectionID) -> [IRCMessage] {
         // Counted as things change: every registration sends these, and counting the sessions
         // each time made connecting slower the more users there were.
         let visible = visibleUsers.count
         let total = registeredSessionCount
         let unknown = sessions.count - registeredSessionCount
-        numericReply(.rplLUserClient, ["There are \(visible) users and \(total - visible) invisible on 1 servers"], in: &context)
-        numericReply(.rplLUserOp, [String(operators.count), "operator(s) online"], in: &context)
-        numericReply(.rplLUserUnknown, [String(unknown), "unknown connection(s)"], in: &context)
-        numericReply(.rplLUserChannels, ["0", "channels formed"], in: &context)
-        numericReply(.rplLUserMe, ["I have \(total) clients and 0 servers"], in: &context)
-        numericReply(.rplLocalUsers, [String(total), String(maximumUsersSeen), "Current local users \(total), max \(maximumUsersSeen)"], in: &context)
-        numericReply(.rplGlobalUsers, [String(total), String(maximumUsersSeen), "Current global users \(total), max \(maximumUsersSeen)"], in: &context)
+        return [
+            numeric(.rplLUserClient, ["There are \(visible) users and \(total - visible) invisible on 1 servers"], for: connection),
+            numeric(.rplLUserOp, [String(operators.count), "operator(s) online"], for: connection),
+            numeric(.rplLUserUnknown, [String(unknown), "unknown connection(s)"], for: connection),
+            numeric(.rplLUserChannels, ["0", "channels formed"], for: connection),
+            numeric(.rplLUserMe, ["I have \(total) clients and 0 servers"], for: connection),
+            numeric(.rplLocalUsers, [String(total), String(maximumUsersSeen), "Current local users \(total), max \(maximumUsersSeen)"], for: connection),
+            numeric(.rplGlobalUsers, [String(total), String(maximumUsersSeen), "Current global users \(total), max \(maximumUsersSeen)"], for: connection),
+        ]
     }
 
     mutating func handleVersion(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
