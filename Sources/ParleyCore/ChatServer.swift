@@ -99,9 +99,10 @@ public struct ChatServer: Sendable {
     /// RPL_ISUPPORT parameters, 13 tokens a line, with the closing text: the same for every
     /// registration, so built once.
     let isupportLines: [[String]]
-    /// RPL_YOURHOST to RPL_ISUPPORT, and the MOTD, encoded once (see `sendWelcome`).
-    let welcomeTemplate: NickTemplate
-    let motdTemplate: NickTemplate
+    /// RPL_CREATED's text (the start time formatted once).
+    let createdText: String
+    /// The welcome burst, encoded once (see `sendWelcome`).
+    let welcomeTemplate: ReplyTemplate?
     /// The start of this run's guest identities (`guestIdentity(of:)`), made once: guests' stored
     /// messages need one each.
     let guestIdentityPrefix: String
@@ -110,7 +111,7 @@ public struct ChatServer: Sendable {
     var remoteGuestIdentityPrefixes: [UInt16: String] = [:]
 
     struct NickHolder: Sendable {
-        var connections: [ConnectionID]
+        var connections: NickConnections
         var accountKey: String?
     }
 
@@ -151,10 +152,8 @@ public struct ChatServer: Sendable {
         self.isupportLines = stride(from: 0, to: tokens.count, by: 13).map {
             Array(tokens[$0..<min($0 + 13, tokens.count)]) + ["are supported by this server"]
         }
-        let createdText = "This server was created \(startedAt.iso8601)"
-        let isupportLines = self.isupportLines
-        self.welcomeTemplate = NickTemplate { Self.welcomeMessages(configuration, createdText: createdText, isupportLines: isupportLines, nick: $0) }
-        self.motdTemplate = NickTemplate { Self.motdMessages(configuration, nick: $0) }
+        self.createdText = "This server was created \(startedAt.iso8601)"
+        self.welcomeTemplate = Self.makeWelcomeTemplate(configuration, isupportLines: isupportLines, createdText: createdText)
         self.guestIdentityPrefix = "!" + String(startedAt.millisecondsSince1970, radix: 36) + "."
         restoreDeliveryState(delivery)
     }

@@ -407,19 +407,34 @@ extension ChatServer {
     }
 
     func lusersMessages(for connection: ConnectionID) -> [IRCMessage] {
-        // Counted as things change: every registration sends these, and counting the sessions
-        // each time made connecting slower the more users there were.
+        Self.lusersMessages(source: configuration.serverName, nick: sessions[connection]?.replyName ?? "*", lusersCounts)
+    }
+
+    /// The LUSERS counts, as text. Counted as things change: every registration sends them,
+    /// and counting the sessions each time made connecting slower the more users there were.
+    var lusersCounts: LusersCounts {
         let visible = visibleUsers.count
         let total = registeredSessionCount
-        let unknown = sessions.count - registeredSessionCount
+        return LusersCounts(visible: String(visible), invisible: String(total - visible), operators: String(operators.count),
+                            unknown: String(sessions.count - registeredSessionCount), total: String(total), maximum: String(maximumUsersSeen))
+    }
+
+    struct LusersCounts {
+        var visible, invisible, operators, unknown, total, maximum: String
+    }
+
+    static func lusersMessages(source: String, nick: String, _ counts: LusersCounts) -> [IRCMessage] {
+        func numeric(_ numeric: Numeric, _ parameters: [String]) -> IRCMessage {
+            IRCMessage(source: source, command: numeric.rawValue, parameters: [nick] + parameters)
+        }
         return [
-            numeric(.rplLUserClient, ["There are \(visible) users and \(total - visible) invisible on 1 servers"], for: connection),
-            numeric(.rplLUserOp, [String(operators.count), "operator(s) online"], for: connection),
-            numeric(.rplLUserUnknown, [String(unknown), "unknown connection(s)"], for: connection),
-            numeric(.rplLUserChannels, ["0", "channels formed"], for: connection),
-            numeric(.rplLUserMe, ["I have \(total) clients and 0 servers"], for: connection),
-            numeric(.rplLocalUsers, [String(total), String(maximumUsersSeen), "Current local users \(total), max \(maximumUsersSeen)"], for: connection),
-            numeric(.rplGlobalUsers, [String(total), String(maximumUsersSeen), "Current global users \(total), max \(maximumUsersSeen)"], for: connection),
+            numeric(.rplLUserClient, ["There are \(counts.visible) users and \(counts.invisible) invisible on 1 servers"]),
+            numeric(.rplLUserOp, [counts.operators, "operator(s) online"]),
+            numeric(.rplLUserUnknown, [counts.unknown, "unknown connection(s)"]),
+            numeric(.rplLUserChannels, ["0", "channels formed"]),
+            numeric(.rplLUserMe, ["I have \(counts.total) clients and 0 servers"]),
+            numeric(.rplLocalUsers, [counts.total, counts.maximum, "Current local users \(counts.total), max \(counts.maximum)"]),
+            numeric(.rplGlobalUsers, [counts.total, counts.maximum, "Current global users \(counts.total), max \(counts.maximum)"]),
         ]
     }
 
