@@ -4,9 +4,12 @@
 # under valgrind's callgrind, lets `parley-bench fanout --duration 0` connect N guests, join them
 # one after another, send one message and quit, and dumps the counts twice: at the bench's
 # "joined" line (connect + join) and once the server is idle again (the message and the QUITs).
+# With WORKLOAD=connect, `parley-bench connect --hold 0` instead: N guests connect and register
+# (the first dump, "join", at its RESULT line), then close (the rest).
 #
 #   bench/callgrind-join.sh                 # 2,000 members, this build
 #   MEMBERS=1000 SERVER=/tmp/parley-server-before bench/callgrind-join.sh
+#   WORKLOAD=connect MEMBERS=5000 bench/callgrind-join.sh
 #   callgrind_annotate --inclusive=yes OUT/callgrind.out.PID.1 | swift demangle --simplified | less
 #
 # valgrind 3.19 (Debian 12) needs two workarounds for Swift 6.3 binaries: the debug information
@@ -16,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEMBERS=${MEMBERS:-2000}
+WORKLOAD=${WORKLOAD:-join}
 PORT=${PORT:-16970}
 OUT=${OUT:-$(mktemp -d /tmp/parley-callgrind.XXXXXX)}
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
@@ -49,9 +53,16 @@ pid=$!
 for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 kill -0 "$pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
 callgrind_control -z "$pid" >/dev/null 2>&1
-"$bin/parley-bench" fanout --members "$MEMBERS" --senders 1 --window 1 --duration 0 --port "$PORT" --server callgrind 2>&1 \
+if [ "$WORKLOAD" = connect ]; then
+    workload=(connect --clients "$MEMBERS" --parallel 200 --hold 0)
+    mark=RESULT
+else
+    workload=(fanout --members "$MEMBERS" --senders 1 --window 1 --duration 0)
+    mark=joined
+fi
+"$bin/parley-bench" "${workload[@]}" --port "$PORT" --server callgrind 2>&1 \
     | while read -r line; do
-        case "$line" in *joined*) callgrind_control -d join "$pid" >/dev/null 2>&1; echo "$line" >&2;; esac
+        case "$line" in *"$mark"*) callgrind_control -d join "$pid" >/dev/null 2>&1; echo "$line" >&2;; esac
       done
 # Idle: under 0.05 s of CPU in 3 s, so the QUITs have all been handled.
 cpu() { awk '{print $14+$15}' "/proc/$pid/stat"; }

@@ -101,6 +101,8 @@ public struct ChatServer: Sendable {
     let isupportLines: [[String]]
     /// RPL_CREATED's text (the start time formatted once).
     let createdText: String
+    /// The welcome burst, encoded once (see `sendWelcome`).
+    let welcomeTemplate: ReplyTemplate?
     /// The start of this run's guest identities (`guestIdentity(of:)`), made once: guests' stored
     /// messages need one each.
     let guestIdentityPrefix: String
@@ -109,7 +111,7 @@ public struct ChatServer: Sendable {
     var remoteGuestIdentityPrefixes: [UInt16: String] = [:]
 
     struct NickHolder: Sendable {
-        var connections: [ConnectionID]
+        var connections: NickConnections
         var accountKey: String?
     }
 
@@ -151,6 +153,7 @@ public struct ChatServer: Sendable {
             Array(tokens[$0..<min($0 + 13, tokens.count)]) + ["are supported by this server"]
         }
         self.createdText = "This server was created \(startedAt.iso8601)"
+        self.welcomeTemplate = Self.makeWelcomeTemplate(configuration, isupportLines: isupportLines, createdText: createdText)
         self.guestIdentityPrefix = "!" + String(startedAt.millisecondsSince1970, radix: 36) + "."
         restoreDeliveryState(delivery)
     }

@@ -63,13 +63,14 @@ public struct Outbox: Sendable {
     }
 
     /// Encodes a line for one connection, after the previous line when that was its own too.
-    mutating func write(to connection: ConnectionID, allocator: ByteBufferAllocator, _ encode: (inout ByteBuffer) -> Void) {
+    /// `capacity`: the bytes expected, when more than a line (a new buffer's first size).
+    mutating func write(to connection: ConnectionID, allocator: ByteBufferAllocator, capacity: Int = 512, _ encode: (inout ByteBuffer) -> Void) {
         linesQueued &+= 1
         if lastLineIsPrivate, let last = deliveries.indices.last, deliveries[last].connection == connection {
             encode(&deliveries[last].line)
             return
         }
-        var buffer = allocator.buffer(capacity: 512)
+        var buffer = allocator.buffer(capacity: capacity)
         encode(&buffer)
         deliveries.append(Delivery(connection: connection, line: buffer))
         lastLineIsPrivate = true

@@ -41,6 +41,8 @@ final class ChatHost: Sendable {
 
     private let state: NIOLockedValueBox<State>
     let configuration: ServerConfiguration
+    /// Every connection's flood allowance (`limits.floodCommandsPerSecond`, `floodBurst`).
+    let floodRate: TokenBucket.Rate
     let store: any ChatStore
     let logger: Logger
     let threadPool: NIOThreadPool
@@ -55,6 +57,7 @@ final class ChatHost: Sendable {
         self.state = NIOLockedValueBox(State(core: core, connections: ConnectionTable(node: core.configuration.clusterNode)))
         self.cluster = cluster
         self.configuration = configuration
+        self.floodRate = TokenBucket.Rate(perSecond: configuration.limits.floodCommandsPerSecond, burst: configuration.limits.floodBurst)
         self.store = store
         self.threadPool = threadPool
         self.logger = logger

@@ -11,43 +11,64 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
+    // Stored properties are ordered so that they pack without padding: with 10,000 idle
+    // connections every byte of this object is 10 KB (issue 16's memory per connection).
     private let host: ChatHost
-    private let isSecure: Bool
-    /// The server's logger, not a copy: even without metadata a copy cost about 60 bytes per idle
-    /// connection. The connection id is added where something is logged.
-    private var logger: Logger { host.logger }
-    /// Read once: asking the logger per line cost more than the line's parsing.
-    private let tracesLines: Bool
-    private var connection: ConnectionID?
-    /// This connection's event loop (writes to receivers on it are gathered, not sent as tasks);
-    /// set when the connection becomes active, before anything is read.
-    private var eventLoopIdentity = ObjectIdentifier(IRCConnectionHandler.self)
-    private var flood: TokenBucket
-    private var lineDecoder: IRCLineDecoder
-    /// The start of a line whose end has not arrived yet, copied out of NIO's receive buffer
-    /// (which NIO reuses for the next read only when nothing else holds it).
-    private var partialLine: ByteBuffer?
-    /// Lines held back by flood control, oldest first; nil while there are none (most
-    /// connections never hold anything back, and even an empty buffer costs an allocation).
-    private var heldBack: CircularBuffer<IRCLineFrame>?
-    private var isHoldingBack: Bool { heldBack.map { !$0.isEmpty } ?? false }
-    private var drainScheduled = false
-    /// Not being read until the storage writer catches up (see `pauseIfStorageIsBehind`).
-    private var pausedForStorage = false
-
     /// This thread's writes of the current read batch (shared by the connections of one event
     /// loop, so an idle connection holds no write bookkeeping of its own).
     /// Taken on first use, which is on this connection's event loop thread, like every later use.
     private lazy var batch = WriteBatch.current
     private var inbox: LoopInbox?
-
     /// The client's address when the socket's peer is not the client (a trusted reverse proxy
     /// in front of a web listener said who it forwards for).
     private let forwardedAddress: String?
+    /// What most connections never keep between reads; nil while there is none.
+    private var backlog: Backlog?
+    private var flood: TokenBucket
+    private var lineDecoder: IRCLineDecoder
+    private var connection: ConnectionID?
+    private let isSecure: Bool
+    /// Read once: asking the logger per line cost more than the line's parsing.
+    private let tracesLines: Bool
     /// How the client reached the server, for the open-connections gauge.
     private let transport: ServerMetrics.Transport
     /// Whether this connection is counted as open (from admission until the socket closes).
     private var countedOpen = false
+    private var drainScheduled = false
+    /// Not being read until the storage writer catches up (see `pauseIfStorageIsBehind`).
+    private var pausedForStorage = false
+
+    /// Input kept between reads: the start of a line whose end has not arrived yet (or lines
+    /// read while paused for storage), copied out of NIO's receive buffer (which NIO reuses for
+    /// the next read only when nothing else holds it), and lines held back by flood control,
+    /// oldest first. Boxed and made on first use: most connections never keep either, and inline
+    /// they cost every idle connection about 50 bytes.
+    private final class Backlog {
+        var partialLine: ByteBuffer?
+        var heldBack: CircularBuffer<IRCLineFrame>?
+        var isEmpty: Bool { partialLine == nil && heldBack == nil }
+    }
+
+    /// The server's logger, not a copy: even without metadata a copy cost about 60 bytes per idle
+    /// connection. The connection id is added where something is logged.
+    private var logger: Logger { host.logger }
+    private var isHoldingBack: Bool { backlog?.heldBack.map { !$0.isEmpty } ?? false }
+
+    /// Takes the kept start of a line (or the lines read while paused), dropping the box when
+    /// nothing else is in it.
+    private func takePartialLine() -> ByteBuffer? {
+        guard let backlog, let partial = backlog.partialLine else { return nil }
+        backlog.partialLine = nil
+        if backlog.isEmpty { self.backlog = nil }
+        return partial
+    }
+
+    private func makeBacklog() -> Backlog {
+        if let backlog { return backlog }
+        let made = Backlog()
+        backlog = made
+        return made
+    }
 
     init(host: ChatHost, isSecure: Bool, maximumLineBytes: Int, forwardedAddress: String? = nil, isWebSocket: Bool = false) {
         self.forwardedAddress = forwardedAddress
@@ -56,9 +77,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         self.host = host
         self.isSecure = isSecure
         self.tracesLines = host.logger.logLevel <= .trace
-        self.flood = TokenBucket(
-            ratePerSecond: host.configuration.limits.floodCommandsPerSecond,
-            burst: host.configuration.limits.floodBurst, now: ChatHost.now())
+        self.flood = TokenBucket(host.floodRate, now: ChatHost.now())
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -74,7 +93,6 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     private func admit(_ context: ChannelHandlerContext) {
         guard connection == nil else { return }
-        eventLoopIdentity = ObjectIdentifier(context.eventLoop)
         let address = forwardedAddress ?? Self.normalizedAddress(context.channel.remoteAddress)
         switch host.admit(context.channel, address: address, isSecure: isSecure) {
         case .admitted(let id):
@@ -107,12 +125,12 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         var bytes = unwrapInboundIn(data)
         if pausedForStorage {
             // NIO may finish its current round of reads after autoRead is off: keep them.
-            if partialLine == nil { partialLine = context.channel.allocator.buffer(capacity: bytes.readableBytes) }
-            partialLine!.writeBuffer(&bytes)
+            let backlog = makeBacklog()
+            if backlog.partialLine == nil { backlog.partialLine = context.channel.allocator.buffer(capacity: bytes.readableBytes) }
+            backlog.partialLine!.writeBuffer(&bytes)
             return
         }
-        if var partial = partialLine {
-            partialLine = nil
+        if var partial = takePartialLine() {
             partial.writeBuffer(&bytes)
             bytes = partial
         }
@@ -125,7 +143,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private func handleLines(in bytes: inout ByteBuffer, context: ChannelHandlerContext, mayPause: Bool) {
         let now = ChatHost.now()
         while connection != nil, !(mayPause && pausedForStorage), let frame = lineDecoder.nextFrame(&bytes) {
-            if isHoldingBack || !flood.take(now: now) {
+            if isHoldingBack || !flood.take(now: now, at: host.floodRate) {
                 holdBack(frame, context: context)
             } else {
                 process(frame, now: now, context: context)
@@ -140,7 +158,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         if connection != nil && bytes.readableBytes > 0 {
             var partial = context.channel.allocator.buffer(capacity: bytes.readableBytes)
             partial.writeBuffer(&bytes)
-            partialLine = partial
+            makeBacklog().partialLine = partial
         }
     }
 
@@ -153,11 +171,11 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         // Lines read while paused for storage were sent before the client left: they run (the
         // backlog grows by one connection's read at most). An unterminated last line is
         // dropped: a half-sent command should not run.
-        if pausedForStorage, var unhandled = partialLine, connection != nil {
+        if pausedForStorage, var unhandled = takePartialLine(), connection != nil {
             pausedForStorage = false
             handleLines(in: &unhandled, context: context, mayPause: false)
         }
-        partialLine = nil
+        backlog = nil
         if countedOpen {
             countedOpen = false
             host.metrics.connectionClosed(transport)
@@ -194,8 +212,8 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     /// After a line whose storage work found the writer behind (past
     /// `limits.storageQueueLimit`): stop reading this connection until the writer has caught
-    /// up. Lines already read wait in `partialLine`, unparsed, in order. Only connections that
-    /// add storage work pause; the rest of the server reads on.
+    /// up. Lines already read wait in the backlog's `partialLine`, unparsed, in order. Only
+    /// connections that add storage work pause; the rest of the server reads on.
     private func pauseIfStorageIsBehind(context: ChannelHandlerContext) {
         guard !pausedForStorage, batch.storageHold != nil, host.storageWriter.isBehind else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -215,8 +233,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
         guard pausedForStorage else { return }
         pausedForStorage = false
         guard connection != nil else { return }
-        if var unhandled = partialLine {
-            partialLine = nil
+        if var unhandled = takePartialLine() {
             handleLines(in: &unhandled, context: context, mayPause: true)
             keepUnhandled(&unhandled, context: context)
         }
@@ -229,12 +246,13 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     // MARK: Flood control
 
     private func holdBack(_ frame: IRCLineFrame, context: ChannelHandlerContext) {
-        if heldBack == nil { heldBack = CircularBuffer(initialCapacity: 4) }
-        heldBack!.append(frame)
-        if heldBack!.count > host.configuration.limits.floodQueueLimit, let id = connection {
+        let backlog = makeBacklog()
+        if backlog.heldBack == nil { backlog.heldBack = CircularBuffer(initialCapacity: 4) }
+        backlog.heldBack!.append(frame)
+        if backlog.heldBack!.count > host.configuration.limits.floodQueueLimit, let id = connection {
             logger.notice("excess flood", metadata: ["connection": "\(id)"])
-            heldBack = nil
-            host.perform(into: batch, onLoop: eventLoopIdentity) { core, outbox in
+            backlog.heldBack = nil
+            host.perform(into: batch, onLoop: ObjectIdentifier(context.eventLoop)) { core, outbox in
                 core.disconnect(id, reason: "Excess Flood", now: ChatHost.now(), into: &outbox)
             }
             connection = nil
@@ -247,7 +265,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
     private func scheduleDrain(context: ChannelHandlerContext) {
         guard !drainScheduled else { return }
         drainScheduled = true
-        let delay = max(1, flood.millisecondsUntilNextToken(now: ChatHost.now()))
+        let delay = max(1, flood.millisecondsUntilNextToken(now: ChatHost.now(), at: host.floodRate))
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         context.eventLoop.scheduleTask(in: .milliseconds(delay)) {
             let (handler, context) = loopBound.value
@@ -257,15 +275,18 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     private func drain(context: ChannelHandlerContext) {
         drainScheduled = false
-        while !pausedForStorage, let frame = heldBack?.first, connection != nil {
+        while !pausedForStorage, let backlog, let frame = backlog.heldBack?.first, connection != nil {
             let now = ChatHost.now()
-            guard flood.take(now: now) else { break }
-            heldBack!.removeFirst()
+            guard flood.take(now: now, at: host.floodRate) else { break }
+            backlog.heldBack!.removeFirst()
             process(frame, now: now, context: context)
             pauseIfStorageIsBehind(context: context)
         }
         batch.flush()
-        if heldBack?.isEmpty == true { heldBack = nil }
+        if let backlog, backlog.heldBack?.isEmpty == true {
+            backlog.heldBack = nil
+            if backlog.isEmpty { self.backlog = nil }
+        }
         // While paused, the resumption schedules the next drain.
         if isHoldingBack && connection != nil && !pausedForStorage { scheduleDrain(context: context) }
     }
@@ -274,6 +295,7 @@ final class IRCConnectionHandler: ChannelInboundHandler {
 
     private func process(_ frame: IRCLineFrame, now: Timestamp, context: ChannelHandlerContext) {
         guard let id = connection else { return }
+        let eventLoopIdentity = ObjectIdentifier(context.eventLoop)
         switch frame {
         case .tooLong:
             host.perform(into: batch, onLoop: eventLoopIdentity) { core, outbox in

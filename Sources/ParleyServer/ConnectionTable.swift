@@ -16,8 +16,10 @@ struct ConnectionTable: Sendable {
     /// The id in each slot; 0 for a free slot (serial numbers start at 1).
     private var ids: [UInt64] = []
     private var channels: [Channel?] = []
-    /// Each channel's event loop, to tell same-loop writes apart without asking the channel.
-    private var loops: [ObjectIdentifier?] = []
+    /// Each channel's event loop, to tell same-loop writes apart without asking the channel
+    /// (meaningless in a free slot, whose id is 0). Not optional: an optional identifier takes
+    /// 16 bytes per slot, this 8.
+    private var loops: [ObjectIdentifier] = []
     private var addresses: [String] = []
     private var freeSlots: [Int] = []
     private var serial: UInt64 = 0
@@ -44,7 +46,7 @@ struct ConnectionTable: Sendable {
             slot = ids.count
             ids.append(0)
             channels.append(nil)
-            loops.append(nil)
+            loops.append(ObjectIdentifier(ConnectionTable.self))
             addresses.append("")
         }
         serial += 1
@@ -64,8 +66,8 @@ struct ConnectionTable: Sendable {
     /// A write to `id`, resolved to its channel, or nil when the connection is gone.
     func delivery(to id: ConnectionID, line: ByteBuffer?, closeAfter: Bool = false) -> ChatHost.ResolvedDelivery? {
         let slot = Self.slot(of: id)
-        guard contains(id, slot: slot), let channel = channels[slot], let loop = loops[slot] else { return nil }
-        return ChatHost.ResolvedDelivery(channel: channel, connection: id, table: token, slot: slot, loop: loop, line: line, closeAfter: closeAfter)
+        guard contains(id, slot: slot), let channel = channels[slot] else { return nil }
+        return ChatHost.ResolvedDelivery(channel: channel, connection: id, table: token, slot: slot, loop: loops[slot], line: line, closeAfter: closeAfter)
     }
 
     /// The event loop of `id`'s channel, or nil when the connection is gone (nothing retained).
@@ -86,7 +88,6 @@ struct ConnectionTable: Sendable {
         let address = addresses[slot]
         ids[slot] = 0
         channels[slot] = nil
-        loops[slot] = nil
         addresses[slot] = ""
         freeSlots.append(slot)
         count -= 1

@@ -1,3 +1,4 @@
+import Foundation
 import IRCWire
 import Testing
 @testable import ParleyCore
@@ -19,6 +20,37 @@ struct RegistrationTests {
             #expect(isupport.contains(token), "ISUPPORT lacks \(token)")
         }
         #expect(harness.server.isRegistered(alice))
+    }
+
+    /// The burst is written from an encoded template; the same lines come from encoding each
+    /// message (when the server's text holds one of the template's placeholders) and, read back
+    /// into messages, in a labeled response.
+    @Test func welcomeBurstIsTheSameFromTheTemplateFromMessagesAndInALabeledBatch() {
+        func burst(motd: [String], labeled: Bool = false) -> [String] {
+            var harness = CoreHarness { $0.motd = motd }
+            harness.register("bob")
+            let id = harness.connect()
+            guard labeled else {
+                harness.send(id, "NICK alice")
+                return harness.send(id, "USER alice 0 * :Alice")
+            }
+            harness.send(id, "CAP LS 302", "CAP REQ :labeled-response batch", "NICK alice", "USER alice 0 * :Alice")
+            return harness.send(id, "@label=w1 CAP END")
+        }
+        let withoutMotdText = { (lines: [String]) in lines.filter { !$0.contains(" 372 ") } }
+        let templated = burst(motd: ["Hello"])
+        #expect(templated.first?.hasPrefix(":parley.local 001 alice :Welcome to the Parley IRC Network, alice!~alice@127.0.0.1") == true)
+        #expect(templated.contains(":parley.local 251 alice :There are 0 users and 2 invisible on 1 servers"))
+        #expect(templated.contains(":parley.local 372 alice :- Hello"))
+        #expect(templated.last == ":alice MODE alice +i")
+        let placeholder = ReplyTemplate.placeholder(0)
+        let encoded = burst(motd: ["Hello " + placeholder])
+        #expect(encoded.contains(":parley.local 372 alice :- Hello " + placeholder))
+        #expect(withoutMotdText(encoded) == withoutMotdText(templated))
+        let labeled = burst(motd: ["Hello"], labeled: true)
+        #expect(labeled.first?.hasPrefix("@label=w1 :parley.local BATCH +") == true)
+        let inBatch = labeled.dropFirst().dropLast().map { $0.replacingOccurrences(of: #"^@batch=[^ ]+ "#, with: "", options: .regularExpression) }
+        #expect(inBatch.filter { !$0.contains(" CAP ") } == templated)
     }
 
     @Test func lusersCountsUsersInvisibleAndUnknownConnectionsAsTheyChange() {

@@ -309,7 +309,7 @@ extension ChatServer {
     func sameNickOnline(_ id: ConnectionID) -> [ConnectionID] {
         guard let session = sessions[id], session.accountKey != nil, let nick = session.nick,
               let holder = nickIndex[nick.folded] else { return [id] }
-        return holder.connections
+        return Array(holder.connections)
     }
 
     func uniqueNickCount(_ channel: ChatChannel) -> Int {
@@ -521,7 +521,7 @@ extension ChatServer {
     }
 
     /// Connections sharing a channel with any of `connections` (excluding those connections).
-    func channelNeighbours(of connections: [ConnectionID]) -> Set<ConnectionID> {
+    func channelNeighbours(of connections: some Sequence<ConnectionID>) -> Set<ConnectionID> {
         var result: Set<ConnectionID> = []
         for connection in connections {
             for key in sessions[connection]?.channels ?? [] {
@@ -633,7 +633,7 @@ extension ChatServer {
             persistMembership(of: accountKey, in: channel, into: &outbox)
             numericReply(.rplInviting, [accountName, channel.name], in: &context)
             if let holder {
-                addConnections(holder.connections, to: channel.key, &context, &outbox)
+                addConnections(Array(holder.connections), to: channel.key, &context, &outbox)
             } else {
                 context.replies.append(standardLine("NOTE", "INVITE", "MEMBER_OFFLINE", [accountName, channel.name],
                                                     "\(accountName) is offline and will be joined to \(channel.name) at their next login"))
@@ -653,7 +653,7 @@ extension ChatServer {
         sendInvite(from: session, to: holder.connections, nick: targetNick.name, channel: channel.name, &outbox)
     }
 
-    func sendInvite(from session: Session, to connections: [ConnectionID], nick: String, channel: String, _ outbox: inout Outbox) {
+    func sendInvite(from session: Session, to connections: some Sequence<ConnectionID>, nick: String, channel: String, _ outbox: inout Outbox) {
         // account-tag: the invitee's client learns which account invites (sent only to clients with the capability).
         let invite = IRCMessage(tags: session.accountName.map { [IRCTag("account", $0)] } ?? [],
                                 source: session.prefix, command: "INVITE", parameters: [nick, channel])

@@ -202,7 +202,7 @@ extension ChatServer {
     }
 
     /// RPL_AWAY when every connection of the recipient is away.
-    private func replyIfAway(_ connections: [ConnectionID], target: String, _ context: inout CommandContext) {
+    private func replyIfAway(_ connections: some Collection<ConnectionID>, target: String, _ context: inout CommandContext) {
         guard let first = connections.first, let away = sessions[first]?.awayMessage,
               connections.allSatisfy({ sessions[$0]?.awayMessage != nil }) else { return }
         numericReply(.rplAway, [sessions[first]?.nick?.name ?? target, away], in: &context)

@@ -166,7 +166,7 @@ extension ChatServer {
         guard let holder = nickIndex[fold(raw)], let first = holder.connections.first, let user = sessions[first], let nick = user.nick else {
             throw .fail("METADATA", "INVALID_TARGET", raw, description: "No such nick or channel")
         }
-        return .user(owner: metadataOwner(of: user), nick: nick.name, connections: holder.connections)
+        return .user(owner: metadataOwner(of: user), nick: nick.name, connections: Array(holder.connections))
     }
 
     mutating func storeMetadata(_ key: String, _ value: String?, on target: MetadataTarget) {

@@ -1,4 +1,5 @@
 import IRCWire
+import NIOCore
 
 extension ChatServer {
     // MARK: CAP
@@ -10,7 +11,7 @@ extension ChatServer {
         case "LS":
             let version = Int(message.parameters.count > 1 ? message.parameters[1] : "") ?? 0
             let knownVersion = sessions[id]?.capVersion ?? 0
-            sessions[id]?.capVersion = max(knownVersion, version)
+            sessions[id]?.capVersion = max(knownVersion, Int16(clamping: version))
             if sessions[id]?.isRegistered == false { sessions[id]?.capNegotiationInProgress = true }
             // Clients that speak 302 get values and implicitly enable cap-notify.
             if version >= 302 { sessions[id]?.capabilities.insert(.capNotify) }
@@ -143,7 +144,7 @@ extension ChatServer {
         // (ChatServer+Cluster): that entry is someone else's and stays.
         let members: [ConnectionID]
         if let holder = nickIndex[old.folded], holder.connections.contains(connection) {
-            members = holder.connections
+            members = Array(holder.connections)
             nickIndex[old.folded] = nil
         } else {
             members = [connection]
@@ -275,7 +276,7 @@ extension ChatServer {
         nickIndex[effectiveNick.folded] = holder
         maximumUsersSeen = max(maximumUsersSeen, registeredSessionCount)
         publishSession(id, into: &outbox)
-        sendWelcome(to: id, &context)
+        sendWelcome(to: id, &context, &outbox)
         joinGroupsOfAccount(id, &context, &outbox)
         deliverBacklog(to: id, &context, &outbox)
         if let registered = sessions[id], !wasOnline {
@@ -292,17 +293,71 @@ extension ChatServer {
         disconnect(id, reason: reason, now: context.now, into: &outbox)
     }
 
-    mutating func sendWelcome(to id: ConnectionID, _ context: inout CommandContext) {
+    /// The welcome burst (RPL_WELCOME to the end of the MOTD, and the +i mode). Written straight
+    /// into the outbox when nothing else is queued for the command's replies (nearly every
+    /// registration), from `welcomeTemplate`: a registration costs a copy of the encoded lines
+    /// with its nick and counts in place, not a message and an encoding per line. Otherwise (a
+    /// label to apply, or replies already queued) the same bytes are read back as messages and
+    /// join the replies.
+    mutating func sendWelcome(to id: ConnectionID, _ context: inout CommandContext, _ outbox: inout Outbox) {
         guard let session = sessions[id], let nick = session.nick else { return }
-        numericReply(.rplWelcome, ["Welcome to the \(configuration.networkName) IRC Network, \(session.prefix)"], in: &context)
-        numericReply(.rplYourHost, ["Your host is \(configuration.serverName), running version \(configuration.version)"], in: &context)
-        numericReply(.rplCreated, [createdText], in: &context)
-        numericReply(.rplMyInfo, [configuration.serverName, configuration.version, "Biorw", "CIbeiklmnostv", "Ibeklov"], in: &context)
-        for line in isupportLines { numericReply(.rplISupport, line, in: &context) }
-        lusersReplies(&context)
-        motdReplies(&context)
+        if context.label == nil, context.replies.isEmpty, context.pendingStores.isEmpty, session.storesInFlight == 0 {
+            // About 1,600 bytes: one buffer of the right size, not three as it grows.
+            let capacity = (welcomeTemplate?.byteCount ?? 2048) + 512
+            outbox.write(to: id, allocator: allocator, capacity: capacity) { buffer in writeWelcome(session, nick: nick.name, to: &buffer) }
+            return
+        }
+        var buffer = allocator.buffer(capacity: 2048)
+        writeWelcome(session, nick: nick.name, to: &buffer)
+        while let end = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+            let line = buffer.readSlice(length: end - buffer.readerIndex - 1)!
+            buffer.moveReaderIndex(forwardBy: 2)
+            if let message = try? IRCMessage(parsing: line, maxTagsBytes: .max, maxBodyBytes: .max) { context.replies.append(message) }
+        }
+    }
+
+    private func writeWelcome(_ session: Session, nick: String, to buffer: inout ByteBuffer) {
+        let counts = lusersCounts
+        if let welcomeTemplate {
+            welcomeTemplate.write(nick, session.prefixWithoutKeeping, counts.visible, counts.invisible, counts.operators, counts.unknown,
+                                  counts.total, counts.maximum, to: &buffer)
+        } else {
+            for message in Self.welcomeMessages(configuration, isupportLines: isupportLines, createdText: createdText, nick: nick,
+                                                prefix: session.prefixWithoutKeeping, lusers: counts) {
+                message.write(to: &buffer)
+            }
+        }
         if session.isInvisible {
-            context.replies.append(IRCMessage(source: nick.name, command: "MODE", parameters: [nick.name, "+i"]))
+            IRCMessage(source: nick, command: "MODE", parameters: [nick, "+i"]).write(to: &buffer)
+        }
+    }
+
+    /// RPL_WELCOME to the end of the MOTD, for any nick and counts (the template's lines).
+    static func welcomeMessages(_ configuration: ChatConfiguration, isupportLines: [[String]], createdText: String, nick: String, prefix: String,
+                                lusers: LusersCounts) -> [IRCMessage] {
+        let source = configuration.serverName
+        var messages = [
+            IRCMessage(source: source, command: Numeric.rplWelcome.rawValue,
+                       parameters: [nick, "Welcome to the \(configuration.networkName) IRC Network, \(prefix)"]),
+            IRCMessage(source: source, command: Numeric.rplYourHost.rawValue,
+                       parameters: [nick, "Your host is \(configuration.serverName), running version \(configuration.version)"]),
+            IRCMessage(source: source, command: Numeric.rplCreated.rawValue, parameters: [nick, createdText]),
+            IRCMessage(source: source, command: Numeric.rplMyInfo.rawValue,
+                       parameters: [nick, configuration.serverName, configuration.version, "Biorw", "CIbeiklmnostv", "Ibeklov"]),
+        ]
+        for line in isupportLines { messages.append(IRCMessage(source: source, command: Numeric.rplISupport.rawValue, parameters: [nick] + line)) }
+        messages += lusersMessages(source: source, nick: nick, lusers)
+        messages += motdMessages(configuration, nick: nick)
+        return messages
+    }
+
+    /// The template of `welcomeMessages`, with its values in `writeWelcome`'s order; nil when
+    /// the server's own text holds a placeholder.
+    static func makeWelcomeTemplate(_ configuration: ChatConfiguration, isupportLines: [[String]], createdText: String) -> ReplyTemplate? {
+        ReplyTemplate { value in
+            welcomeMessages(
+                configuration, isupportLines: isupportLines, createdText: createdText, nick: value(0), prefix: value(1),
+                lusers: LusersCounts(visible: value(2), invisible: value(3), operators: value(4), unknown: value(5), total: value(6), maximum: value(7)))
         }
     }
 

@@ -389,32 +389,53 @@ extension ChatServer {
     }
 
     func motdReplies(_ context: inout CommandContext) {
+        context.replies += Self.motdMessages(configuration, nick: sessions[context.connection]?.replyName ?? "*")
+    }
+
+    static func motdMessages(_ configuration: ChatConfiguration, nick: String) -> [IRCMessage] {
+        let source = configuration.serverName
         guard !configuration.motd.isEmpty else {
-            numericReply(.errNoMotd, ["MOTD File is missing"], in: &context)
-            return
+            return [IRCMessage(source: source, command: Numeric.errNoMotd.rawValue, parameters: [nick, "MOTD File is missing"])]
         }
-        numericReply(.rplMotdStart, ["- \(configuration.serverName) Message of the day - "], in: &context)
-        for line in configuration.motd { numericReply(.rplMotd, ["- " + line], in: &context) }
-        numericReply(.rplEndOfMotd, ["End of /MOTD command."], in: &context)
+        return [IRCMessage(source: source, command: Numeric.rplMotdStart.rawValue, parameters: [nick, "- \(configuration.serverName) Message of the day - "])]
+            + configuration.motd.map { IRCMessage(source: source, command: Numeric.rplMotd.rawValue, parameters: [nick, "- " + $0]) }
+            + [IRCMessage(source: source, command: Numeric.rplEndOfMotd.rawValue, parameters: [nick, "End of /MOTD command."])]
     }
 
     mutating func handleLusers(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
-        lusersReplies(&context)
+        context.replies += lusersMessages(for: context.connection)
     }
 
-    func lusersReplies(_ context: inout CommandContext) {
-        // Counted as things change: every registration sends these, and counting the sessions
-        // each time made connecting slower the more users there were.
+    func lusersMessages(for connection: ConnectionID) -> [IRCMessage] {
+        Self.lusersMessages(source: configuration.serverName, nick: sessions[connection]?.replyName ?? "*", lusersCounts)
+    }
+
+    /// The LUSERS counts, as text. Counted as things change: every registration sends them,
+    /// and counting the sessions each time made connecting slower the more users there were.
+    var lusersCounts: LusersCounts {
         let visible = visibleUsers.count
         let total = registeredSessionCount
-        let unknown = sessions.count - registeredSessionCount
-        numericReply(.rplLUserClient, ["There are \(visible) users and \(total - visible) invisible on 1 servers"], in: &context)
-        numericReply(.rplLUserOp, [String(operators.count), "operator(s) online"], in: &context)
-        numericReply(.rplLUserUnknown, [String(unknown), "unknown connection(s)"], in: &context)
-        numericReply(.rplLUserChannels, ["0", "channels formed"], in: &context)
-        numericReply(.rplLUserMe, ["I have \(total) clients and 0 servers"], in: &context)
-        numericReply(.rplLocalUsers, [String(total), String(maximumUsersSeen), "Current local users \(total), max \(maximumUsersSeen)"], in: &context)
-        numericReply(.rplGlobalUsers, [String(total), String(maximumUsersSeen), "Current global users \(total), max \(maximumUsersSeen)"], in: &context)
+        return LusersCounts(visible: String(visible), invisible: String(total - visible), operators: String(operators.count),
+                            unknown: String(sessions.count - registeredSessionCount), total: String(total), maximum: String(maximumUsersSeen))
+    }
+
+    struct LusersCounts {
+        var visible, invisible, operators, unknown, total, maximum: String
+    }
+
+    static func lusersMessages(source: String, nick: String, _ counts: LusersCounts) -> [IRCMessage] {
+        func numeric(_ numeric: Numeric, _ parameters: [String]) -> IRCMessage {
+            IRCMessage(source: source, command: numeric.rawValue, parameters: [nick] + parameters)
+        }
+        return [
+            numeric(.rplLUserClient, ["There are \(counts.visible) users and \(counts.invisible) invisible on 1 servers"]),
+            numeric(.rplLUserOp, [counts.operators, "operator(s) online"]),
+            numeric(.rplLUserUnknown, [counts.unknown, "unknown connection(s)"]),
+            numeric(.rplLUserChannels, ["0", "channels formed"]),
+            numeric(.rplLUserMe, ["I have \(counts.total) clients and 0 servers"]),
+            numeric(.rplLocalUsers, [counts.total, counts.maximum, "Current local users \(counts.total), max \(counts.maximum)"]),
+            numeric(.rplGlobalUsers, [counts.total, counts.maximum, "Current global users \(counts.total), max \(counts.maximum)"]),
+        ]
     }
 
     mutating func handleVersion(_ message: IRCMessage, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
