@@ -685,6 +685,10 @@ extension ChatServer {
         // Read receipts: only from clients that opted in to receipts, and only if the user
         // has not turned them off. The marker above syncs the user's devices either way.
         let disclose = session.has(.receipts) && accounts[account]?.settings[Self.readReceiptsSetting] != "off"
+        if disclose, !isGuest, target.hasPrefix("#"), !isTransientChannel {
+            // The group's messages without a row per member are read from this position on.
+            outbox.actions.append(.saveGroupReadPosition(account: account, group: conversation, time: time))
+        }
         if isClustered, !isGuest {
             outbox.clusterEvents.append(.read(account: account, conversation: conversation, time: time, disclose: disclose))
         }
