@@ -107,6 +107,9 @@ public enum CoreAction: Sendable, Equatable {
     /// Persist how far a member has read a group, disclosed to authors: the read state of the
     /// group's messages that have no row per member follows from it.
     case saveGroupReadPosition(account: String, group: String, time: Timestamp)
+    /// Persist since when an author's receipts wait for a receipts-capable connection (nil: none
+    /// wait any more): the receipts of group members without a row of their own follow from it.
+    case saveReceiptsPendingSince(account: String, time: Timestamp?)
     case saveAccountSettings(accountKey: String, settings: [String: String])
     /// Delete one message (a redaction) with its recipients' rows.
     case deleteMessage(id: String)
@@ -122,7 +125,7 @@ extension CoreAction {
     public var isOrderedStorageWrite: Bool {
         switch self {
         case .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
-             .saveGroupReadPosition, .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory: true
+             .saveGroupReadPosition, .saveReceiptsPendingSince, .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory: true
         default: false
         }
     }

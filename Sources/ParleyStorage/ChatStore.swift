@@ -39,8 +39,9 @@ public protocol StorageTransaction {
     /// not read) get no row of their own. Their state follows from positions per member: they
     /// were members when it was stored (`group_members.since`), so it was delivered at its time,
     /// and it is read once their read position (`setGroupReadPosition`) reaches its time.
-    /// Reads give them back as recipients like any other (delivered, with the receipt counted as
-    /// sent; read, likewise, once the position covers it). Members who were offline keep a row
+    /// Reads give them back as recipients like any other: delivered, and read once the position
+    /// covers it, each receipt counted as sent unless the author's receipts have been waiting
+    /// since before (`setReceiptsPendingSince`). Members who were offline keep a row
     /// each, since they still wait for it.
     func storeMessages(_ messages: [StoredMessage]) throws
     /// Records deliveries, reads and receipts sent; updates for unknown rows change nothing.
@@ -53,6 +54,11 @@ public protocol StorageTransaction {
     /// own (see `storeMessages`). Unlike the read marker it moves only when the read is disclosed
     /// to authors. Unknown accounts or groups change nothing.
     func setGroupReadPosition(account: String, group: String, time: Timestamp) throws
+    /// Records since when an author's receipts wait for a receipts-capable connection of theirs
+    /// (nil: none wait). Group members without a row of their own count their delivered receipt
+    /// for the author's messages from then on, and their read receipt for reads from then on, as
+    /// not sent yet. Unknown accounts change nothing.
+    func setReceiptsPendingSince(account: String, time: Timestamp?) throws
     func recordLastSeen(account: String, at time: Timestamp) throws
     func setAccountSettings(account: String, _ settings: [String: String]) throws
     /// Saves a group's whole state; after a rename `previousKey` is its former key (the group

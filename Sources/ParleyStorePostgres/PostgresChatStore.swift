@@ -445,6 +445,12 @@ public final class PostgresChatStore: ChatStore {
             groupReadPositions[key] = max(groupReadPositions[key] ?? .min, time.millisecondsSince1970)
         }
 
+        func setReceiptsPendingSince(account: String, time: Timestamp?) throws {
+            // Rare (when an author's first receipt starts to wait, and when they are sent).
+            try flush()
+            _ = try run("UPDATE accounts SET receipts_pending_since = ? WHERE key = ?", [.int(time?.millisecondsSince1970), .text(account)])
+        }
+
         func recordLastSeen(account: String, at time: Timestamp) throws {
             lastSeen[account] = time.millisecondsSince1970
         }
@@ -693,6 +699,11 @@ public final class PostgresChatStore: ChatStore {
             for row in try await connection.runAsync("SELECT group_id, account_id, read_until FROM group_read_positions", logger: logger) {
                 let (group, account, time) = try row.decode((Int64, Int64, Int64).self)
                 groups.addReadPosition(group: group, account: ids.accountKeys[account], time: Timestamp(millisecondsSince1970: time))
+            }
+            for row in try await connection.runAsync(
+                "SELECT id, receipts_pending_since FROM accounts WHERE receipts_pending_since IS NOT NULL", logger: logger) {
+                let (account, time) = try row.decode((Int64, Int64).self)
+                groups.addReceiptsPendingSince(account: ids.accountKeys[account], time: Timestamp(millisecondsSince1970: time))
             }
             let window = try await connection.runAsync("""
                 WITH newest AS (

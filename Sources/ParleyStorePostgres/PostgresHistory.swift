@@ -67,6 +67,11 @@ struct PostgresHistory {
                                            time: Timestamp(millisecondsSince1970: try row["read_until"]))
                 }
             }
+            if !groupIDs.isEmpty {
+                for row in try rows("SELECT receipts_pending_since FROM accounts WHERE id = ? AND receipts_pending_since IS NOT NULL", [.int(myID)]) {
+                    groups.addReceiptsPendingSince(account: account, time: Timestamp(millisecondsSince1970: try row["receipts_pending_since"]))
+                }
+            }
             var messages: [StoredMessage] = []
             for row in found {
                 guard var message = try PostgresChatStore.message(from: row, ids: ids) else { continue }

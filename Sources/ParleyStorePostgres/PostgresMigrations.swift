@@ -169,7 +169,9 @@ enum PostgresMigrations {
             // A group message became one row: members who get it as it is sent have no recipient
             // row, their state follows from when they joined (`since`, a message position) and
             // how far they have read. Messages stored before this migration have a row for each
-            // of their recipients, so today's members count as joined after all of them.
+            // of their recipients, so today's members count as joined after all of them. Their
+            // receipts to an author who has no receipts client wait from `receipts_pending_since`.
+            "ALTER TABLE accounts ADD COLUMN receipts_pending_since BIGINT",
             "ALTER TABLE group_members ADD COLUMN since BIGINT NOT NULL DEFAULT 0",
             "UPDATE group_members SET since = (SELECT COALESCE(MAX(position), 0) FROM messages)",
             """

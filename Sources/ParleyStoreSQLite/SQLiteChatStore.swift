@@ -172,8 +172,10 @@ public final class SQLiteChatStore: ChatStore {
             // A group message became one row: members who get it as it is sent have no recipient
             // row, their state follows from when they joined and how far they have read. Messages
             // stored before this migration have a row for each of their recipients, so today's
-            // members count as joined after all of them (`since`, a rowid of messages).
+            // members count as joined after all of them (`since`, a rowid of messages). Their
+            // receipts to an author who has no receipts client wait from `receipts_pending_since`.
             try db.execute(sql: """
+                ALTER TABLE accounts ADD COLUMN receipts_pending_since INTEGER;
                 ALTER TABLE group_members ADD COLUMN since INTEGER NOT NULL DEFAULT 0;
                 UPDATE group_members SET since = (SELECT IFNULL(MAX(rowid), 0) FROM messages);
                 CREATE TABLE group_read_positions (
@@ -690,6 +692,9 @@ public final class SQLiteChatStore: ChatStore {
             groups.addReadPosition(group: row["group_id"], account: ids.accountKeys[row["account_id"]],
                                    time: Timestamp(millisecondsSince1970: row["read_until"]))
         }
+        for row in try Row.fetchAll(db, sql: "SELECT key, receipts_pending_since FROM accounts WHERE receipts_pending_since IS NOT NULL") {
+            groups.addReceiptsPendingSince(account: row["key"], time: Timestamp(millisecondsSince1970: row["receipts_pending_since"]))
+        }
         return groups
     }
 
@@ -808,6 +813,11 @@ public final class SQLiteChatStore: ChatStore {
                 INSERT INTO group_read_positions (group_id, account_id, read_until) VALUES (?, ?, ?)
                 ON CONFLICT(group_id, account_id) DO UPDATE SET read_until = MAX(read_until, excluded.read_until)
                 """).execute(arguments: [groupID, accountID, time.millisecondsSince1970])
+        }
+
+        func setReceiptsPendingSince(account: String, time: Timestamp?) throws {
+            try db.cachedStatement(sql: "UPDATE accounts SET receipts_pending_since = ? WHERE key = ?")
+                .execute(arguments: [time?.millisecondsSince1970, account])
         }
 
         func recordLastSeen(account: String, at time: Timestamp) throws {

@@ -199,7 +199,7 @@ struct CoreHarness {
                 }
             case .saveReadMarker:
                 storedMarkerCount += 1
-            case .saveAccountSettings, .pruneHistory, .saveGroupReadPosition:
+            case .saveAccountSettings, .pruneHistory, .saveGroupReadPosition, .saveReceiptsPendingSince:
                 break
             }
             apply(next)

@@ -378,6 +378,38 @@ struct StorageBehaviourTests {
         try await done()
     }
 
+    /// An author without a receipts client: the receipts of group members who have no row wait
+    /// from when the author's first receipt did, until they are sent.
+    @Test(arguments: StorageBackend.all) func groupReceiptsWaitWhileTheAuthorsReceiptsDo(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member])
+        func message(_ id: String, at time: Timestamp) -> StoredMessage {
+            StoredMessage(id: id, time: time, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .group,
+                          target: "#team", command: "PRIVMSG", text: id, recipients: [StoredRecipient(account: "bob", deliveredAt: time)])
+        }
+        let read = now.adding(milliseconds: 20)
+        try store.transaction {
+            try $0.saveGroup(team, previousKey: nil)
+            try $0.storeMessages([message("g1", at: now)])
+            try $0.setReceiptsPendingSince(account: "alice", time: now.adding(milliseconds: 5))
+            try $0.storeMessages([message("g2", at: now.adding(milliseconds: 10))])
+            try $0.setGroupReadPosition(account: "bob", group: "#team", time: read)
+        }
+        func bob() async throws -> [String: StoredRecipient] {
+            let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+            return Dictionary(uniqueKeysWithValues: state.tracked.compactMap { message in message.recipients.first.map { (message.id, $0) } })
+        }
+        #expect(try await bob() == [
+            "g1": StoredRecipient(account: "bob", deliveredAt: now, readAt: read, deliveredNotified: true, readNotified: false),
+            "g2": StoredRecipient(account: "bob", deliveredAt: now.adding(milliseconds: 10), readAt: read, deliveredNotified: false, readNotified: false),
+        ])
+        // The author's receipts are sent: nothing waits any more.
+        try store.transaction { try $0.setReceiptsPendingSince(account: "alice", time: nil) }
+        #expect(try await bob().isEmpty)
+        try await done()
+    }
+
     /// Text with the characters bulk-loading formats treat specially comes back as it was sent.
     @Test(arguments: StorageBackend.all) func anyTextComesBackAsItWasStored(backend: StorageBackend) async throws {
         let (store, done) = try await backend.open()

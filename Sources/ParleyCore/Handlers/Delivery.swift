@@ -11,43 +11,45 @@ struct TrackedMessage: Sendable {
     var recipients: RecipientStates
 }
 
-/// The delivery state of a tracked message's recipients, by account. Most messages have one
-/// recipient or a few: those are kept in the stored message's own array (a dictionary per
-/// message cost an allocation and hashing for every message); large groups get a dictionary.
+/// The delivery state of a tracked message's recipients, by account: the stored message's own
+/// array (a dictionary per message cost an allocation and hashing for every message). A large
+/// group's message gets an index by account at its first change, not when it is sent: most are
+/// never changed while followed (their members read nothing, or read after they are forgotten),
+/// and hashing every member of every message was a share of the stored fan-out.
 struct RecipientStates: Sendable {
-    private var few: [StoredRecipient]
-    private var many: [String: StoredRecipient]?
+    private var recipients: [StoredRecipient]
+    private var index: [String: Int]?
 
     init(_ recipients: [StoredRecipient]) {
-        if recipients.count > 8 {
-            few = []
-            many = Dictionary(recipients.map { ($0.account, $0) }, uniquingKeysWith: { _, last in last })
-        } else {
-            few = recipients
-            many = nil
-        }
+        self.recipients = recipients
+        index = nil
     }
 
     /// How many recipients are followed (what the memory bound counts).
-    var count: Int { many?.count ?? few.count }
+    var count: Int { recipients.count }
 
     /// Whether someone has not received the message yet.
-    var waitsForDelivery: Bool {
-        if let many { return many.values.contains { $0.deliveredAt == nil } }
-        return few.contains { $0.deliveredAt == nil }
-    }
+    var waitsForDelivery: Bool { recipients.contains { $0.deliveredAt == nil } }
 
     subscript(account: String) -> StoredRecipient? {
-        if let many { return many[account] }
-        return few.first { $0.account == account }
+        if let index { return index[account].map { recipients[$0] } }
+        return recipients.first { $0.account == account }
+    }
+
+    /// Every recipient's state by account, for looking up many of them at once.
+    var byAccount: [String: StoredRecipient] {
+        Dictionary(recipients.map { ($0.account, $0) }, uniquingKeysWith: { _, last in last })
     }
 
     /// Changes one recipient's state in place (the set of recipients never changes).
     mutating func update(_ account: String, _ change: (inout StoredRecipient) -> Void) {
-        if many != nil {
-            if many![account] != nil { change(&many![account]!) }
-        } else if let index = few.firstIndex(where: { $0.account == account }) {
-            change(&few[index])
+        if recipients.count > 8 {
+            if index == nil {
+                index = Dictionary(recipients.indices.map { (recipients[$0].account, $0) }, uniquingKeysWith: { _, last in last })
+            }
+            if let position = index?[account] { change(&recipients[position]) }
+        } else if let position = recipients.firstIndex(where: { $0.account == account }) {
+            change(&recipients[position])
         }
     }
 }
@@ -197,14 +199,18 @@ extension ChatServer {
     mutating func storeGroupMessage(_ relayed: IRCMessage, id: String, sender: Session, channel: ChatChannel, text: String,
                                     clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) {
         var recipients: [StoredRecipient] = []
+        recipients.reserveCapacity(channel.accountRoles.count)
         var full: [String] = []
+        // Looked up once for the message, not once per member.
+        let authorsReceiptConnections = sender.accountKey.map(receiptConnections(of:)) ?? []
         for member in channel.accountRoles.keys where member != sender.accountKey {
             if isOnline(account: member) {
                 noteHandOver(id, account: member, into: &outbox)
                 var recipient = StoredRecipient(account: member, deliveredAt: context.now)
                 if let author = sender.accountKey {
                     recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
-                                                              state: .delivered, time: context.now, &context, &outbox)
+                                                              state: .delivered, time: context.now, inGroup: true,
+                                                              to: authorsReceiptConnections, &context, &outbox)
                 }
                 recipients.append(recipient)
             } else if (undelivered[member]?.count ?? 0) >= configuration.maxUndeliveredPerAccount {
@@ -468,7 +474,7 @@ extension ChatServer {
                 tracked[stored.id]?.recipients.update(account) { $0.deliveredAt = context.now }
                 noteUnread(stored.id, reader: account, conversation: message.groupKey ?? message.author)
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
-                                                       reader: account, state: .delivered, time: context.now, &context, &outbox)
+                                                       reader: account, state: .delivered, time: context.now, inGroup: message.groupKey != nil, &context, &outbox)
             }
             updates.append(update)
             counters.offlineReplayed &+= 1
@@ -507,13 +513,25 @@ extension ChatServer {
 
     // MARK: Receipts
 
-    /// Sends a receipt to the author's receipts-capable connections; if there are none, keeps it.
-    /// Returns whether it was sent.
+    /// The author's connections that take receipts.
+    func receiptConnections(of author: String) -> [ConnectionID] {
+        (nickIndex[author]?.connections ?? []).filter { sessions[$0]?.has(.receipts) == true }
+    }
+
+    /// Sends a receipt to the author's receipts-capable connections (`connections`, when the
+    /// caller has looked them up); if there are none, keeps it. Returns whether it was sent.
+    /// `inGroup`: the receipt is for a group message.
     @discardableResult
     mutating func sendReceipt(author: String, messageID: String, target: String, reader: String, state: ReceiptState,
-                              time: Timestamp, _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
-        let connections = (nickIndex[author]?.connections ?? []).filter { sessions[$0]?.has(.receipts) == true }
+                              time: Timestamp, inGroup: Bool = false, to connections: [ConnectionID]? = nil,
+                              _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
+        let connections = connections ?? receiptConnections(of: author)
         guard !connections.isEmpty else {
+            if inGroup, configuration.maxPendingReceiptsPerAuthor > 0, pendingReceipts[author]?.isEmpty ?? true {
+                // From now until they are sent, the receipts of group members who have no row
+                // of their own are due too (the store keeps this beside the author).
+                outbox.actions.append(.saveReceiptsPendingSince(account: author, time: time))
+            }
             keepPendingReceipt(PendingReceipt(messageID: messageID, reader: reader, state: state, time: time), for: author)
             return false
         }
@@ -559,6 +577,7 @@ extension ChatServer {
                 : RecipientUpdate(messageID: receipt.messageID, recipient: receipt.reader, deliveredNotified: true))
         }
         outbox.actions.append(.updateRecipients(updates))
+        outbox.actions.append(.saveReceiptsPendingSince(account: author, time: nil))
     }
 
     /// The RECEIPT lines for messages read back from the store (RECEIPTS STATUS).
@@ -569,9 +588,10 @@ extension ChatServer {
                 render(.fail("RECEIPTS", "UNKNOWN_MESSAGE", messageID, description: "No message of yours with that id is being followed"), in: &context)
                 continue
             }
+            let followed = tracked[messageID]?.recipients.byAccount
             for recipient in stored.recipients {
                 // Memory may be ahead of the disk for receipts decided a moment ago.
-                let state = tracked[messageID]?.recipients[recipient.account] ?? recipient
+                let state = followed?[recipient.account] ?? recipient
                 let target = stored.targetKind == .group ? (channels[stored.target]?.name ?? stored.target) : (accounts[recipient.account]?.name ?? recipient.account)
                 let reader = accounts[recipient.account]?.name ?? recipient.account
                 if let read = state.readAt {
@@ -707,7 +727,7 @@ extension ChatServer {
             guard disclose else { continue }
             self.tracked[messageID]?.recipients.update(account) { $0.readAt = time }
             let sent = sendReceipt(author: tracked.author, messageID: messageID, target: receiptTarget(for: tracked, reader: account),
-                                   reader: account, state: .read, time: time, &context, &outbox)
+                                   reader: account, state: .read, time: time, inGroup: tracked.groupKey != nil, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
         }
         unread[account]?[conversation] = remaining.isEmpty ? nil : remaining
