@@ -33,7 +33,8 @@ public protocol ChatStore: Sendable {
 /// The writes of one transaction, in the order the server decided them.
 public protocol StorageTransaction {
     /// Stores messages with their recipients' delivery state. Every account and group they name
-    /// must be known to the store (`StoreError.unknownIdentity` otherwise).
+    /// must be known to the store (`StoreError.unknownIdentity` otherwise), but the group members
+    /// who get no row (below), for whom nothing is written.
     ///
     /// A group message is one row: its members who got it as it was sent (delivered at its time,
     /// not read) get no row of their own. Their state follows from positions per member: they

@@ -392,11 +392,11 @@ public final class PostgresChatStore: ChatStore {
                 }
                 let senderID = stored.senderAccount.flatMap { ids.accountIDs[$0] }
                 if stored.senderAccount != nil && senderID == nil { throw StoreError.unknownIdentity(stored.senderAccount ?? "") }
-                var recipients: [Int64] = []
-                recipients.reserveCapacity(stored.recipients.count)
-                for entry in stored.recipients {
+                // Members without a row of their own are written nowhere, so nothing needs their id.
+                var recipients: [(entry: StoredRecipient, id: Int64)] = []
+                for entry in stored.recipients where !GroupRecipients.needsNoRow(entry, of: stored) {
                     guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
-                    recipients.append(recipient)
+                    recipients.append((entry, recipient))
                 }
                 messageRows.row { row in
                     row.text(stored.id); row.int(stored.time.millisecondsSince1970); row.int(senderID)
@@ -404,7 +404,7 @@ public final class PostgresChatStore: ChatStore {
                     row.text(stored.targetKind.rawValue); row.int(targetID); row.text(targetGuest); row.text(targetGuest == nil ? nil : stored.targetName)
                     row.text(stored.command); row.text(stored.text); row.text(stored.clientTags)
                 }
-                for (entry, recipient) in zip(stored.recipients, recipients) where !GroupRecipients.needsNoRow(entry, of: stored) {
+                for (entry, recipient) in recipients {
                     recipientRows.row { row in
                         row.text(stored.id); row.int(recipient); row.int(entry.deliveredAt?.millisecondsSince1970)
                         row.int(entry.readAt?.millisecondsSince1970); row.bool(entry.deliveredNotified); row.bool(entry.readNotified)

@@ -418,10 +418,8 @@ public final class SQLiteChatStore: ChatStore {
                 row.bind(13, stored.clientTags)
                 try row.run()
                 for entry in stored.recipients {
-                    if GroupRecipients.needsNoRow(entry, of: stored) {
-                        guard ids.accountIDs[entry.account] != nil else { throw StoreError.unknownIdentity(entry.account) }
-                        continue
-                    }
+                    // Nothing is written for them, so nothing needs their id.
+                    if GroupRecipients.needsNoRow(entry, of: stored) { continue }
                     guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
                     recipientRow.bind(1, stored.id)
                     recipientRow.bind(2, recipient)

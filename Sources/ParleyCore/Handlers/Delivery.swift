@@ -201,16 +201,22 @@ extension ChatServer {
         var recipients: [StoredRecipient] = []
         recipients.reserveCapacity(channel.accountRoles.count)
         var full: [String] = []
-        // Looked up once for the message, not once per member.
+        // Looked up once for the message, not once per member; receipts that wait for the
+        // author are kept together after the loop (one lookup of the author's list, one trim).
         let authorsReceiptConnections = sender.accountKey.map(receiptConnections(of:)) ?? []
+        var waitingReceipts: [PendingReceipt] = []
         for member in channel.accountRoles.keys where member != sender.accountKey {
             if isOnline(account: member) {
                 noteHandOver(id, account: member, into: &outbox)
                 var recipient = StoredRecipient(account: member, deliveredAt: context.now)
                 if let author = sender.accountKey {
-                    recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
-                                                              state: .delivered, time: context.now, inGroup: true,
-                                                              to: authorsReceiptConnections, &context, &outbox)
+                    if authorsReceiptConnections.isEmpty {
+                        waitingReceipts.append(PendingReceipt(messageID: id, reader: member, state: .delivered, time: context.now))
+                    } else {
+                        recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
+                                                                  state: .delivered, time: context.now, inGroup: true,
+                                                                  to: authorsReceiptConnections, &context, &outbox)
+                    }
                 }
                 recipients.append(recipient)
             } else if (undelivered[member]?.count ?? 0) >= configuration.maxUndeliveredPerAccount {
@@ -218,6 +224,9 @@ extension ChatServer {
             } else {
                 recipients.append(StoredRecipient(account: member))
             }
+        }
+        if let author = sender.accountKey, !waitingReceipts.isEmpty {
+            keepPendingGroupReceipts(waitingReceipts, for: author, since: context.now, &outbox)
         }
         let stored = storedMessage(relayed, id: id, sender: sender, kind: .group, target: channel.key,
                                    text: text, clientTags: clientTags, recipients: recipients, now: context.now)
@@ -527,12 +536,12 @@ extension ChatServer {
                               _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
         let connections = connections ?? receiptConnections(of: author)
         guard !connections.isEmpty else {
-            if inGroup, configuration.maxPendingReceiptsPerAuthor > 0, pendingReceipts[author]?.isEmpty ?? true {
-                // From now until they are sent, the receipts of group members who have no row
-                // of their own are due too (the store keeps this beside the author).
-                outbox.actions.append(.saveReceiptsPendingSince(account: author, time: time))
+            let receipt = PendingReceipt(messageID: messageID, reader: reader, state: state, time: time)
+            if inGroup {
+                keepPendingGroupReceipts([receipt], for: author, since: time, &outbox)
+            } else {
+                keepPendingReceipt(receipt, for: author)
             }
-            keepPendingReceipt(PendingReceipt(messageID: messageID, reader: reader, state: state, time: time), for: author)
             return false
         }
         let line = receiptLine(target: target, messageID: messageID, state: state, reader: accounts[reader]?.name ?? reader, time: time)
@@ -549,6 +558,21 @@ extension ChatServer {
         guard limit > 0 else { return }
         pendingReceipts[author, default: []].append(receipt)
         // Trimmed in steps, not by one per receipt (removing from the front moves the rest).
+        if let count = pendingReceipts[author]?.count, count > limit + limit / 10 {
+            pendingReceipts[author]?.removeFirst(count - limit)
+        }
+    }
+
+    /// Keeps receipts of a group message that wait for the author, as `keepPendingReceipt` does.
+    mutating func keepPendingGroupReceipts(_ receipts: [PendingReceipt], for author: String, since time: Timestamp, _ outbox: inout Outbox) {
+        let limit = configuration.maxPendingReceiptsPerAuthor
+        guard limit > 0 else { return }
+        if pendingReceipts[author]?.isEmpty ?? true {
+            // From now until they are sent, the receipts of group members who have no row of
+            // their own are due too (the store keeps this beside the author).
+            outbox.actions.append(.saveReceiptsPendingSince(account: author, time: time))
+        }
+        pendingReceipts[author, default: []].append(contentsOf: receipts)
         if let count = pendingReceipts[author]?.count, count > limit + limit / 10 {
             pendingReceipts[author]?.removeFirst(count - limit)
         }
