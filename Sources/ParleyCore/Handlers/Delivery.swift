@@ -36,6 +36,13 @@ struct RecipientStates: Sendable {
         return recipients.first { $0.account == account }
     }
 
+    /// One recipient's state, building the index of a large message first (for many lookups).
+    mutating func lookUp(_ account: String) -> StoredRecipient? {
+        var found: StoredRecipient?
+        update(account) { found = $0 }
+        return found
+    }
+
     /// Every recipient's state by account, for looking up many of them at once.
     var byAccount: [String: StoredRecipient] {
         Dictionary(recipients.map { ($0.account, $0) }, uniquingKeysWith: { _, last in last })
@@ -290,9 +297,12 @@ extension ChatServer {
         trackedRecipientCount += stored.recipients.count
         trackedOrder.append(stored.id)
         forgetOldTrackedMessages()
-        let conversation = stored.targetKind == .group ? stored.target : author
+        if stored.targetKind == .group {
+            Self.append(stored.id, toUnread: &groupFollowed[stored.target, default: []])
+            return
+        }
         for recipient in stored.recipients where recipient.deliveredAt != nil && recipient.readAt == nil {
-            noteUnread(stored.id, reader: recipient.account, conversation: conversation)
+            noteUnread(stored.id, reader: recipient.account, conversation: author)
         }
     }
 
@@ -481,7 +491,8 @@ extension ChatServer {
             if let message = tracked[stored.id] {
                 // In place: a copy taken out and put back would copy its recipients too.
                 tracked[stored.id]?.recipients.update(account) { $0.deliveredAt = context.now }
-                noteUnread(stored.id, reader: account, conversation: message.groupKey ?? message.author)
+                // A group's messages are followed in the group's list already.
+                if message.groupKey == nil { noteUnread(stored.id, reader: account, conversation: message.author) }
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
                                                        reader: account, state: .delivered, time: context.now, inGroup: message.groupKey != nil, &context, &outbox)
             }
@@ -742,6 +753,10 @@ extension ChatServer {
     /// Receipts for the messages this node follows that `account` has now read.
     mutating func sendReadReceipts(account: String, conversation: String, time: Timestamp, disclose: Bool,
                                    _ context: inout CommandContext, _ outbox: inout Outbox) {
+        if let followed = groupFollowed[conversation] {
+            sendGroupReadReceipts(account: account, group: conversation, followed: followed, time: time, disclose: disclose, &context, &outbox)
+            return
+        }
         guard let waiting = unread[account]?[conversation], !waiting.isEmpty else { return }
         var updates: [RecipientUpdate] = []
         var remaining: [String] = []
@@ -755,6 +770,27 @@ extension ChatServer {
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
         }
         unread[account]?[conversation] = remaining.isEmpty ? nil : remaining
+        if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
+    }
+
+    /// `sendReadReceipts` in a group: the group's followed messages that `account` had and that
+    /// its reads had not reached before.
+    private mutating func sendGroupReadReceipts(account: String, group: String, followed: [String], time: Timestamp, disclose: Bool,
+                                                _ context: inout CommandContext, _ outbox: inout Outbox) {
+        let seen = groupReadsSeen[account]?[group]
+        if let seen, seen >= time { return }
+        groupReadsSeen[account, default: [:]][group] = time
+        guard disclose else { return }
+        var updates: [RecipientUpdate] = []
+        for messageID in followed {
+            guard let message = tracked[messageID], message.time <= time else { continue }
+            if let seen, message.time <= seen { continue }
+            guard let state = self.tracked[messageID]?.recipients.lookUp(account), state.deliveredAt != nil, state.readAt == nil else { continue }
+            self.tracked[messageID]?.recipients.update(account) { $0.readAt = time }
+            let sent = sendReceipt(author: message.author, messageID: messageID, target: receiptTarget(for: message, reader: account),
+                                   reader: account, state: .read, time: time, inGroup: true, &context, &outbox)
+            updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
+        }
         if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
     }
 
@@ -780,6 +816,13 @@ extension ChatServer {
             if let ids = conversations[oldKey] {
                 unread[reader]?[oldKey] = nil
                 unread[reader]?[newKey] = ids
+            }
+        }
+        if let ids = groupFollowed.removeValue(forKey: oldKey) { groupFollowed[newKey] = ids }
+        for (reader, groups) in groupReadsSeen {
+            if let time = groups[oldKey] {
+                groupReadsSeen[reader]?[oldKey] = nil
+                groupReadsSeen[reader]?[newKey] = time
             }
         }
         for (account, markers) in readMarkers {
@@ -843,6 +886,10 @@ extension ChatServer {
         for (reader, conversations) in unread where conversations[key] != nil {
             unread[reader]?[key] = nil
         }
+        groupFollowed[key] = nil
+        for (reader, groups) in groupReadsSeen where groups[key] != nil {
+            groupReadsSeen[reader]?[key] = nil
+        }
         for (account, markers) in readMarkers where markers[key] != nil {
             readMarkers[account]?[key] = nil
         }
@@ -875,6 +922,10 @@ extension ChatServer {
                 if !live.isEmpty { kept[conversation] = live }
             }
             unread[reader] = kept.isEmpty ? nil : kept
+        }
+        for (group, ids) in groupFollowed {
+            let live = ids.filter { tracked[$0] != nil }
+            groupFollowed[group] = live.isEmpty ? nil : live
         }
         storedBytesToday = storedBytesToday.filter { now.milliseconds(since: $0.value.dayStart) < Self.quotaDayMilliseconds }
         outbox.actions.append(.pruneHistory(before: cutoff))
