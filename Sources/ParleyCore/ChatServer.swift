@@ -50,6 +50,12 @@ public struct ChatServer: Sendable {
     var trackedRecipientCount = 0
     /// Delivered but not yet read: reader -> conversation key -> msgids, oldest first.
     var unread: [String: [String: [String]]] = [:]
+    /// For groups, instead of `unread`: each group's followed messages, oldest first, and how far
+    /// each member's reads of the group have been looked at (reader -> group key -> time). A list
+    /// per member and message was a share of the stored fan-out; a member's read receipts are
+    /// found by walking the group's list past that position.
+    var groupFollowed: [String: [String]] = [:]
+    var groupReadsSeen: [String: [String: Timestamp]] = [:]
     /// Receipts for authors who had no receipts-capable connection when they happened.
     var pendingReceipts: [String: [PendingReceipt]] = [:]
     /// Read markers: account -> conversation key -> time of the last read message.

@@ -105,6 +105,12 @@ public enum CoreAction: Sendable, Equatable {
     /// Record deliveries, reads and receipts sent.
     case updateRecipients([RecipientUpdate])
     case saveReadMarker(account: String, target: String, time: Timestamp)
+    /// Persist how far a member has read a group, disclosed to authors: the read state of the
+    /// group's messages that have no row per member follows from it.
+    case saveGroupReadPosition(account: String, group: String, time: Timestamp)
+    /// Persist since when an author's receipts wait for a receipts-capable connection (nil: none
+    /// wait any more): the receipts of group members without a row of their own follow from it.
+    case saveReceiptsPendingSince(account: String, time: Timestamp?)
     case saveAccountSettings(accountKey: String, settings: [String: String])
     /// Delete one message (a redaction) with its recipients' rows.
     case deleteMessage(id: String)
@@ -120,7 +126,7 @@ extension CoreAction {
     public var isOrderedStorageWrite: Bool {
         switch self {
         case .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
-             .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory: true
+             .saveGroupReadPosition, .saveReceiptsPendingSince, .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory: true
         default: false
         }
     }

@@ -358,7 +358,7 @@ final class ChatHost: Sendable {
                 }
             }
         case .recordLastSeen, .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
-             .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory:
+             .saveGroupReadPosition, .saveReceiptsPendingSince, .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory:
             break  // ordered storage work goes through `storageWriter`
         }
     }

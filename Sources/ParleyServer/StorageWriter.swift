@@ -399,6 +399,8 @@ extension StorageWriter {
         case .storeMessages(let messages, _, _): try transaction.storeMessages(messages)
         case .updateRecipients(let updates): try transaction.updateRecipients(updates)
         case .saveReadMarker(let account, let target, let time): try transaction.setReadMarker(account: account, conversation: target, time: time)
+        case .saveGroupReadPosition(let account, let group, let time): try transaction.setGroupReadPosition(account: account, group: group, time: time)
+        case .saveReceiptsPendingSince(let account, let time): try transaction.setReceiptsPendingSince(account: account, time: time)
         case .recordLastSeen(let account, let time): try transaction.recordLastSeen(account: account, at: time)
         case .saveAccountSettings(let account, let settings): try transaction.setAccountSettings(account: account, settings)
         case .saveGroup(let group, let previousKey): try transaction.saveGroup(group, previousKey: previousKey)

@@ -33,13 +33,33 @@ public protocol ChatStore: Sendable {
 /// The writes of one transaction, in the order the server decided them.
 public protocol StorageTransaction {
     /// Stores messages with their recipients' delivery state. Every account and group they name
-    /// must be known to the store (`StoreError.unknownIdentity` otherwise).
+    /// must be known to the store (`StoreError.unknownIdentity` otherwise), but the group members
+    /// who get no row (below), for whom nothing is written.
+    ///
+    /// A group message is one row: its members who got it as it was sent (delivered at its time,
+    /// not read) get no row of their own. Their state follows from positions per member: they
+    /// were members when it was stored (`group_members.since`), so it was delivered at its time,
+    /// and it is read once their read position (`setGroupReadPosition`) reaches its time.
+    /// Reads give them back as recipients like any other: delivered, and read once the position
+    /// covers it, each receipt counted as sent unless the author's receipts have been waiting
+    /// since before (`setReceiptsPendingSince`). Members who were offline keep a row
+    /// each, since they still wait for it.
     func storeMessages(_ messages: [StoredMessage]) throws
     /// Records deliveries, reads and receipts sent; updates for unknown rows change nothing.
     func updateRecipients(_ updates: [RecipientUpdate]) throws
     /// Moves an account's read marker in a conversation (a group's key or another account's
     /// key) forward; it never moves back. Markers for unknown conversations are not kept.
     func setReadMarker(account: String, conversation: String, time: Timestamp) throws
+    /// Moves an account's read position in a group forward (it never moves back): the group's
+    /// messages up to `time` count as read by it, for messages whose members have no row of their
+    /// own (see `storeMessages`). Unlike the read marker it moves only when the read is disclosed
+    /// to authors. Unknown accounts or groups change nothing.
+    func setGroupReadPosition(account: String, group: String, time: Timestamp) throws
+    /// Records since when an author's receipts wait for a receipts-capable connection of theirs
+    /// (nil: none wait). Group members without a row of their own count their delivered receipt
+    /// for the author's messages from then on, and their read receipt for reads from then on, as
+    /// not sent yet. Unknown accounts change nothing.
+    func setReceiptsPendingSince(account: String, time: Timestamp?) throws
     func recordLastSeen(account: String, at time: Timestamp) throws
     func setAccountSettings(account: String, _ settings: [String: String]) throws
     /// Saves a group's whole state; after a rename `previousKey` is its former key (the group
@@ -51,9 +71,12 @@ public protocol StorageTransaction {
     /// Puts one account on a group's member list with its role and voice, replacing what it
     /// had, or takes it off (`role` nil); the other members' rows are left alone, so a join into
     /// a large group writes one row. An unknown group or account changes nothing (as members
-    /// unknown to `saveGroup` are skipped).
+    /// unknown to `saveGroup` are skipped). A new member counts as a recipient of the group's
+    /// messages stored after this call, not before; a member who stays keeps that position (here
+    /// and in `saveGroup`).
     func setGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool) throws
-    /// Deletes a group with its members, bans, messages (and their recipients) and read markers.
+    /// Deletes a group with its members, bans, messages (and their recipients), read markers and
+    /// read positions.
     func deleteGroup(key: String) throws
     /// Deletes messages older than `cutoff`, with their recipients' rows.
     func deleteMessages(before cutoff: Timestamp) throws

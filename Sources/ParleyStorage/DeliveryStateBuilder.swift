@@ -6,20 +6,33 @@ import ParleyCore
 public struct DeliveryStateBuilder {
     private var messages: [StoredMessage] = []
     private var index: [String: Int] = [:]
+    /// Where each group message was stored: its group's id and its position.
+    private var groupPositions: [Int: (group: Int64, position: Int64)] = [:]
     private var markers: [String: [String: Timestamp]] = [:]
 
     public init() {}
 
     /// One row: a recipient of message `id`. `message` reads the message's own columns, only for
-    /// its first row; nil (or a nil recipient) skips what the store no longer knows.
-    public mutating func add(messageID id: String, recipient: StoredRecipient?, message: () throws -> StoredMessage?) rethrows {
-        guard let recipient else { return }
+    /// its first row; nil (or a nil recipient) skips what the store no longer knows. A group
+    /// message comes with its group's id and position (`groupPosition`), and may come without a
+    /// recipient row (`hasRecipientRow` false): its members are added by `complete(with:ids:)`.
+    public mutating func add(messageID id: String, recipient: StoredRecipient?, hasRecipientRow: Bool = true,
+                             groupPosition: (group: Int64, position: Int64)? = nil, message: () throws -> StoredMessage?) rethrows {
+        if hasRecipientRow && recipient == nil { return }
         if let position = index[id] {
-            messages[position].recipients.append(recipient)
+            if let recipient { messages[position].recipients.append(recipient) }
         } else if var first = try message() {
-            first.recipients = [recipient]
+            first.recipients = recipient.map { [$0] } ?? []
+            if let groupPosition { groupPositions[messages.count] = groupPosition }
             index[id] = messages.count
             messages.append(first)
+        }
+    }
+
+    /// Adds the group members who have no row for the group messages read (`GroupRecipients`).
+    public mutating func complete(with groups: GroupRecipients, ids: StoredIdentities) {
+        for (offset, stored) in groupPositions {
+            groups.complete(&messages[offset], group: stored.group, position: stored.position, ids: ids)
         }
     }
 
@@ -30,7 +43,7 @@ public struct DeliveryStateBuilder {
 
     public func build() -> DeliveryState {
         let followed = messages.filter { message in
-            !message.recipients.allSatisfy { $0.deliveredAt != nil && $0.readAt != nil && $0.deliveredNotified && $0.readNotified }
+            !message.recipients.isEmpty && !message.recipients.allSatisfy { $0.deliveredAt != nil && $0.readAt != nil && $0.deliveredNotified && $0.readNotified }
         }
         var undelivered: [String: [StoredMessage]] = [:]
         for message in followed {

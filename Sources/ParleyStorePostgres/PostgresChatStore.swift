@@ -349,11 +349,16 @@ public final class PostgresChatStore: ChatStore {
         private var updates: [RecipientUpdate] = []
         private var updatePositions: [RecipientRowKey: Int] = [:]
         private var readMarkers: [ReadMarkerKey: Int64] = [:]
+        private var groupReadPositions: [GroupPositionKey: Int64] = [:]
         private var lastSeen: [String: Int64] = [:]
 
         private struct RecipientRowKey: Hashable {
             var recipient: Int64
             var message: String
+        }
+        private struct GroupPositionKey: Hashable {
+            var group: Int64
+            var account: Int64
         }
         private struct ReadMarkerKey: Hashable {
             var account: Int64
@@ -387,11 +392,11 @@ public final class PostgresChatStore: ChatStore {
                 }
                 let senderID = stored.senderAccount.flatMap { ids.accountIDs[$0] }
                 if stored.senderAccount != nil && senderID == nil { throw StoreError.unknownIdentity(stored.senderAccount ?? "") }
-                var recipients: [Int64] = []
-                recipients.reserveCapacity(stored.recipients.count)
-                for entry in stored.recipients {
+                // Members without a row of their own are written nowhere, so nothing needs their id.
+                var recipients: [(entry: StoredRecipient, id: Int64)] = []
+                for entry in stored.recipients where !GroupRecipients.needsNoRow(entry, of: stored) {
                     guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
-                    recipients.append(recipient)
+                    recipients.append((entry, recipient))
                 }
                 messageRows.row { row in
                     row.text(stored.id); row.int(stored.time.millisecondsSince1970); row.int(senderID)
@@ -399,7 +404,7 @@ public final class PostgresChatStore: ChatStore {
                     row.text(stored.targetKind.rawValue); row.int(targetID); row.text(targetGuest); row.text(targetGuest == nil ? nil : stored.targetName)
                     row.text(stored.command); row.text(stored.text); row.text(stored.clientTags)
                 }
-                for (entry, recipient) in zip(stored.recipients, recipients) {
+                for (entry, recipient) in recipients {
                     recipientRows.row { row in
                         row.text(stored.id); row.int(recipient); row.int(entry.deliveredAt?.millisecondsSince1970)
                         row.int(entry.readAt?.millisecondsSince1970); row.bool(entry.deliveredNotified); row.bool(entry.readNotified)
@@ -434,6 +439,18 @@ public final class PostgresChatStore: ChatStore {
             readMarkers[key] = max(readMarkers[key] ?? .min, time.millisecondsSince1970)
         }
 
+        func setGroupReadPosition(account: String, group: String, time: Timestamp) throws {
+            guard let accountID = ids.accountIDs[account], let groupID = ids.groupIDs[group] else { return }
+            let key = GroupPositionKey(group: groupID, account: accountID)
+            groupReadPositions[key] = max(groupReadPositions[key] ?? .min, time.millisecondsSince1970)
+        }
+
+        func setReceiptsPendingSince(account: String, time: Timestamp?) throws {
+            // Rare (when an author's first receipt starts to wait, and when they are sent).
+            try flush()
+            _ = try run("UPDATE accounts SET receipts_pending_since = ? WHERE key = ?", [.int(time?.millisecondsSince1970), .text(account)])
+        }
+
         func recordLastSeen(account: String, at time: Timestamp) throws {
             lastSeen[account] = time.millisecondsSince1970
         }
@@ -462,6 +479,13 @@ public final class PostgresChatStore: ChatStore {
                 try insert(into: "read_markers (account_id, target_kind, target_id, time)", width: 4, values,
                            suffix: " ON CONFLICT (account_id, target_kind, target_id) DO UPDATE SET time = GREATEST(read_markers.time, excluded.time)")
                 readMarkers.removeAll(keepingCapacity: true)
+            }
+            if !groupReadPositions.isEmpty {
+                var values: [SQLValue] = []
+                for (key, time) in groupReadPositions { values += [.int(key.group), .int(key.account), .int(time)] }
+                try insert(into: "group_read_positions (group_id, account_id, read_until)", width: 3, values,
+                           suffix: " ON CONFLICT (group_id, account_id) DO UPDATE SET read_until = GREATEST(group_read_positions.read_until, excluded.read_until)")
+                groupReadPositions.removeAll(keepingCapacity: true)
             }
             if !lastSeen.isEmpty {
                 var values: [SQLValue] = []
@@ -581,11 +605,20 @@ public final class PostgresChatStore: ChatStore {
             ids.setGroup(key: group.key, id: id)
             changes.append(.group(key: group.key, id: id))
             if includingMembers {
+                // Members who stay keep the position they joined after.
+                var since: [Int64: Int64] = [:]
+                for row in try run("SELECT account_id, since FROM group_members WHERE group_id = ?", [.int(id)]) {
+                    let (account, position) = try row.decode((Int64, Int64).self)
+                    since[account] = position
+                }
+                let newest = try run("SELECT " + PostgresChatStore.newestPositionSQL).first.map { try $0.decode(Int64.self) } ?? 0
                 _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
                 let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
-                    ids.accountIDs[account].map { [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account))] } ?? []
+                    ids.accountIDs[account].map {
+                        [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account)), .int(since[$0] ?? newest)]
+                    } ?? []
                 }
-                try insert(into: "group_members (group_id, account_id, role, voiced)", width: 4, members)
+                try insert(into: "group_members (group_id, account_id, role, voiced, since)", width: 5, members)
             }
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])
             try insert(into: "group_bans (group_id, mask, set_by, set_at)", width: 4,
@@ -596,8 +629,9 @@ public final class PostgresChatStore: ChatStore {
             guard let groupID = ids.groupIDs[group], let accountID = ids.accountIDs[account] else { return }
             try flush()
             if let role {
+                // A new member starts after the newest message; one already there keeps its position.
                 _ = try run("""
-                    INSERT INTO group_members (group_id, account_id, role, voiced) VALUES (?, ?, ?, ?)
+                    INSERT INTO group_members (group_id, account_id, role, voiced, since) VALUES (?, ?, ?, ?, \(PostgresChatStore.newestPositionSQL))
                     ON CONFLICT (group_id, account_id) DO UPDATE SET role = excluded.role, voiced = excluded.voiced
                     """, [.int(groupID), .int(accountID), .int(Int64(role.rawValue)), .bool(voiced)])
             } else {
@@ -617,6 +651,7 @@ public final class PostgresChatStore: ChatStore {
                 """, [.int(id)])
             _ = try run("DELETE FROM messages WHERE target_kind = 'group' AND target_id = ?", [.int(id)])
             _ = try run("DELETE FROM read_markers WHERE target_kind = 'group' AND target_id = ?", [.int(id)])
+            _ = try run("DELETE FROM group_read_positions WHERE group_id = ?", [.int(id)])
             _ = try run("DELETE FROM groups WHERE id = ?", [.int(id)])
             ids.removeGroup(id: id)
             changes.append(.groupRemoved(id: id))
@@ -654,12 +689,29 @@ public final class PostgresChatStore: ChatStore {
             // What the server follows in memory, loaded in bounded windows so that start-up time
             // and memory do not grow with the history: every message someone still waits for,
             // and the newest messages up to `maxTrackedRecipients` recipient states. Each message
-            // counted has a recipient, so the window is at most that many messages.
+            // counted has a recipient, so the window is at most that many messages. A group
+            // message counts its members too (at most: some may have joined later).
+            var groups = GroupRecipients()
+            for row in try await connection.runAsync("SELECT group_id, account_id, since FROM group_members", logger: logger) {
+                let (group, account, since) = try row.decode((Int64, Int64, Int64).self)
+                groups.addMember(group: group, account: ids.accountKeys[account], since: since)
+            }
+            for row in try await connection.runAsync("SELECT group_id, account_id, read_until FROM group_read_positions", logger: logger) {
+                let (group, account, time) = try row.decode((Int64, Int64, Int64).self)
+                groups.addReadPosition(group: group, account: ids.accountKeys[account], time: Timestamp(millisecondsSince1970: time))
+            }
+            for row in try await connection.runAsync(
+                "SELECT id, receipts_pending_since FROM accounts WHERE receipts_pending_since IS NOT NULL", logger: logger) {
+                let (account, time) = try row.decode((Int64, Int64).self)
+                groups.addReceiptsPendingSince(account: ids.accountKeys[account], time: Timestamp(millisecondsSince1970: time))
+            }
             let window = try await connection.runAsync("""
                 WITH newest AS (
-                    SELECT m.position, (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id) AS recipients
+                    SELECT m.position, (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id)
+                        + CASE WHEN m.target_kind = 'group' THEN (SELECT COUNT(*) FROM group_members g WHERE g.group_id = m.target_id) ELSE 0 END
+                        AS recipients
                     FROM messages m
-                    WHERE m.time >= ? AND EXISTS (SELECT 1 FROM message_recipients r WHERE r.message_id = m.id)
+                    WHERE m.time >= ? AND (m.target_kind = 'group' OR EXISTS (SELECT 1 FROM message_recipients r WHERE r.message_id = m.id))
                     ORDER BY m.position DESC LIMIT ?
                 )
                 SELECT MIN(position) FROM (
@@ -671,21 +723,28 @@ public final class PostgresChatStore: ChatStore {
             // the others are followed for receipts by id, time and parties alone.
             let rows = try await connection.runAsync("""
                 WITH waiting AS MATERIALIZED (SELECT DISTINCT message_id AS id FROM message_recipients WHERE delivered_at IS NULL)
-                SELECT m.id, m.time, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
+                SELECT m.position, m.id, m.time, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
                        CASE WHEN w.id IS NOT NULL THEN m.sender_nick ELSE '' END AS sender_nick,
                        CASE WHEN w.id IS NOT NULL THEN m.sender_prefix ELSE '' END AS sender_prefix,
                        CASE WHEN w.id IS NOT NULL THEN m.text ELSE '' END AS text,
                        CASE WHEN w.id IS NOT NULL THEN m.client_tags ELSE '' END AS client_tags,
                        r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
-                FROM messages m JOIN message_recipients r ON r.message_id = m.id LEFT JOIN waiting w ON w.id = m.id
-                WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL)\(Self.heldOnly(holdingNode.withLock { $0 }))
+                FROM messages m LEFT JOIN message_recipients r ON r.message_id = m.id LEFT JOIN waiting w ON w.id = m.id
+                WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL) AND (r.recipient_id IS NOT NULL OR m.target_kind = 'group')
+                    \(Self.heldOnly(holdingNode.withLock { $0 }))
                 ORDER BY m.position, r.recipient_id
                 """, [.int(cutoff.millisecondsSince1970), .int(recentFrom)], logger: logger)
             var state = DeliveryStateBuilder()
             for plain in rows {
                 let row = plain.makeRandomAccess()
-                try state.add(messageID: try row["id"], recipient: try Self.recipient(from: row, ids: ids)) { try Self.message(from: row, ids: ids) }
+                let recipientID: Int64? = try row["recipient_id"]
+                let kind: String = try row["target_kind"]
+                let targetID: Int64? = try row["target_id"]
+                let group: (group: Int64, position: Int64)? = kind == "group" ? (targetID ?? 0, try row["position"]) : nil
+                try state.add(messageID: try row["id"], recipient: recipientID == nil ? nil : try Self.recipient(from: row, ids: ids),
+                              hasRecipientRow: recipientID != nil, groupPosition: group) { try Self.message(from: row, ids: ids) }
             }
+            state.complete(with: groups, ids: ids)
             for row in try await connection.runAsync("SELECT account_id, target_kind, target_id, time FROM read_markers", logger: logger) {
                 let (accountID, kind, targetID, time) = try row.decode((Int64, String, Int64, Int64).self)
                 state.addReadMarker(account: ids.accountKeys[accountID], conversation: ids.conversationKey(kind: kind, id: targetID),
@@ -695,11 +754,14 @@ public final class PostgresChatStore: ChatStore {
         } catch { throw explained(error) }
     }
 
+    /// The position a member who joins now starts after: the newest message stored so far.
+    static let newestPositionSQL = "(SELECT COALESCE(MAX(position), 0) FROM messages)"
+
     /// A condition leaving out the undelivered rows another node holds. Node names are letters,
     /// digits and '-' (checked at start), so the name goes into the statement as it is.
     static func heldOnly(_ node: String?) -> String {
         guard let node, PostgresClusterLink.isValidNodeName(node) else { return "" }
-        return " AND (r.delivered_at IS NOT NULL OR COALESCE(r.holder = '\(node)', m.id LIKE '\(node).%'))"
+        return " AND (r.recipient_id IS NULL OR r.delivered_at IS NOT NULL OR COALESCE(r.holder = '\(node)', m.id LIKE '\(node).%'))"
     }
 
     public func loadHistory(_ query: HistoryQuery) throws -> HistoryResult {
@@ -789,11 +851,16 @@ extension PostgresChatStore: ClusterDeliveryStore {
         }
         guard !values.isEmpty else { return [] }
         do {
+            // A group member who had the message as it was sent has no row (a group message is
+            // one row for all of them): the row that waits for their next login is made here.
             let rows = try await shared().runAsync("""
                 WITH returned AS (
-                    UPDATE message_recipients r SET delivered_at = NULL, delivered_notified = FALSE, holder = ?
+                    INSERT INTO message_recipients AS r (message_id, recipient_id, delivered_at, delivered_notified, holder)
+                    SELECT v.message_id, v.recipient_id, NULL, FALSE, ?
                     FROM (VALUES \(Transaction.placeholders(rows: values.count / 2, types: ["text", "bigint"]))) AS v(message_id, recipient_id)
-                    WHERE r.message_id = v.message_id AND r.recipient_id = v.recipient_id AND r.read_at IS NULL
+                    WHERE EXISTS (SELECT 1 FROM messages m WHERE m.id = v.message_id)
+                    ON CONFLICT (message_id, recipient_id) DO UPDATE SET delivered_at = NULL, delivered_notified = FALSE, holder = excluded.holder
+                        WHERE r.read_at IS NULL
                     RETURNING r.message_id, r.recipient_id
                 )
                 \(Self.waitingMessagesQuery)

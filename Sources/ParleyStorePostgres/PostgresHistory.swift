@@ -53,14 +53,35 @@ struct PostgresHistory {
         case .receipts(let messageIDs):
             guard case .everything(let account, _) = query.conversation, let myID = ids.accountIDs[account], !messageIDs.isEmpty else { return .messages([]) }
             let placeholders = messageIDs.map { _ in "?" }.joined(separator: ",")
-            var messages = try rows(
+            let found = try rows(
                 "SELECT * FROM messages WHERE sender_id = ? AND id IN (\(placeholders)) LIMIT ?",
-                [.int(myID)] + messageIDs.map { .text($0) } + [.int(query.limit)]
-            ).compactMap { try PostgresChatStore.message(from: $0, ids: ids) }
-            for index in messages.indices {
-                messages[index].recipients = try rows(
-                    "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient_id", [.text(messages[index].id)]
+                [.int(myID)] + messageIDs.map { .text($0) } + [.int(query.limit)])
+            var groups = GroupRecipients()
+            let groupIDs = Set(try found.compactMap { row -> Int64? in try (row["target_kind"] as String) == "group" ? row["target_id"] : nil })
+            for group in groupIDs {
+                for row in try rows("SELECT account_id, since FROM group_members WHERE group_id = ?", [.int(group)]) {
+                    groups.addMember(group: group, account: ids.accountKeys[try row["account_id"]], since: try row["since"])
+                }
+                for row in try rows("SELECT account_id, read_until FROM group_read_positions WHERE group_id = ?", [.int(group)]) {
+                    groups.addReadPosition(group: group, account: ids.accountKeys[try row["account_id"]],
+                                           time: Timestamp(millisecondsSince1970: try row["read_until"]))
+                }
+            }
+            if !groupIDs.isEmpty {
+                for row in try rows("SELECT receipts_pending_since FROM accounts WHERE id = ? AND receipts_pending_since IS NOT NULL", [.int(myID)]) {
+                    groups.addReceiptsPendingSince(account: account, time: Timestamp(millisecondsSince1970: try row["receipts_pending_since"]))
+                }
+            }
+            var messages: [StoredMessage] = []
+            for row in found {
+                guard var message = try PostgresChatStore.message(from: row, ids: ids) else { continue }
+                message.recipients = try rows(
+                    "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient_id", [.text(message.id)]
                 ).compactMap { try PostgresChatStore.recipient(from: $0, ids: ids) }
+                if message.targetKind == .group, let group: Int64 = try row["target_id"] {
+                    groups.complete(&message, group: group, position: try row["position"], ids: ids)
+                }
+                messages.append(message)
             }
             return .messages(messages)
         case .targets(let from, let to):

@@ -165,6 +165,24 @@ enum PostgresMigrations {
             // finds out when it is back.
             "ALTER TABLE cluster_nodes ADD COLUMN declared_dead INT NOT NULL DEFAULT 0",
         ]),
+        Migration(version: 6, name: "group-positions", statements: [
+            // A group message became one row: members who get it as it is sent have no recipient
+            // row, their state follows from when they joined (`since`, a message position) and
+            // how far they have read. Messages stored before this migration have a row for each
+            // of their recipients, so today's members count as joined after all of them. Their
+            // receipts to an author who has no receipts client wait from `receipts_pending_since`.
+            "ALTER TABLE accounts ADD COLUMN receipts_pending_since BIGINT",
+            "ALTER TABLE group_members ADD COLUMN since BIGINT NOT NULL DEFAULT 0",
+            "UPDATE group_members SET since = (SELECT COALESCE(MAX(position), 0) FROM messages)",
+            """
+            CREATE TABLE group_read_positions (
+                group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+                account_id BIGINT NOT NULL REFERENCES accounts(id),
+                read_until BIGINT NOT NULL,
+                PRIMARY KEY (group_id, account_id)
+            )
+            """,
+        ]),
     ]
 
     static var latestVersion: Int { all.last?.version ?? 0 }

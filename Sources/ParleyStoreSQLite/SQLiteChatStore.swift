@@ -168,6 +168,24 @@ public final class SQLiteChatStore: ChatStore {
                 UPDATE group_members SET voiced = 1, role = 0 WHERE role = 1;
                 """)
         }
+        migrator.registerMigration("v7-group-positions") { db in
+            // A group message became one row: members who get it as it is sent have no recipient
+            // row, their state follows from when they joined and how far they have read. Messages
+            // stored before this migration have a row for each of their recipients, so today's
+            // members count as joined after all of them (`since`, a rowid of messages). Their
+            // receipts to an author who has no receipts client wait from `receipts_pending_since`.
+            try db.execute(sql: """
+                ALTER TABLE accounts ADD COLUMN receipts_pending_since INTEGER;
+                ALTER TABLE group_members ADD COLUMN since INTEGER NOT NULL DEFAULT 0;
+                UPDATE group_members SET since = (SELECT IFNULL(MAX(rowid), 0) FROM messages);
+                CREATE TABLE group_read_positions (
+                    group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+                    account_id INTEGER NOT NULL REFERENCES accounts(id),
+                    read_until INTEGER NOT NULL,
+                    PRIMARY KEY (group_id, account_id)
+                ) WITHOUT ROWID;
+                """)
+        }
         return migrator
     }
 
@@ -400,6 +418,8 @@ public final class SQLiteChatStore: ChatStore {
                 row.bind(13, stored.clientTags)
                 try row.run()
                 for entry in stored.recipients {
+                    // Nothing is written for them, so nothing needs their id.
+                    if GroupRecipients.needsNoRow(entry, of: stored) { continue }
                     guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
                     recipientRow.bind(1, stored.id)
                     recipientRow.bind(2, recipient)
@@ -453,14 +473,18 @@ public final class SQLiteChatStore: ChatStore {
             // and memory do not grow with the history: every message someone still waits for
             // (inbox limits bound those), and the newest messages up to `maxTrackedRecipients`
             // recipient states (for live read receipts). Older state stays on disk.
+            let groups = try Self.groupRecipients(ids: ids, in: db)
             var recentFrom = Int64.max
             var recipientsSeen = 0
+            // A group message counts its members too (at most: some may have joined later).
             let newest = try Row.fetchCursor(db, sql: """
-                SELECT m.rowid AS position, (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id) AS recipients
+                SELECT m.rowid AS position, m.target_kind, m.target_id,
+                       (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id) AS recipients
                 FROM messages m WHERE m.time >= ? ORDER BY m.rowid DESC
                 """, arguments: [cutoff.millisecondsSince1970])
             while recipientsSeen < maxTrackedRecipients, let row = try newest.next() {
                 recipientsSeen += row["recipients"] as Int
+                if (row["target_kind"] as String) == "group", let group = row["target_id"] as Int64? { recipientsSeen += groups.memberCount(group: group) }
                 recentFrom = row["position"]
             }
             // Only messages still to be delivered are replayed, so only they need their text;
@@ -469,20 +493,25 @@ public final class SQLiteChatStore: ChatStore {
             // the server's memory at start-up.
             let rows = try Row.fetchCursor(db, sql: """
                 WITH waiting(id) AS MATERIALIZED (SELECT message_id FROM message_recipients WHERE delivered_at IS NULL)
-                SELECT m.id, m.time, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
+                SELECT m.rowid AS position, m.id, m.time, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
                        CASE WHEN m.id IN waiting THEN m.sender_nick ELSE '' END AS sender_nick,
                        CASE WHEN m.id IN waiting THEN m.sender_prefix ELSE '' END AS sender_prefix,
                        CASE WHEN m.id IN waiting THEN m.text ELSE '' END AS text,
                        CASE WHEN m.id IN waiting THEN m.client_tags ELSE '' END AS client_tags,
                        r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
-                FROM messages m JOIN message_recipients r ON r.message_id = m.id
-                WHERE m.time >= ? AND (m.rowid >= ? OR m.id IN waiting)
+                FROM messages m LEFT JOIN message_recipients r ON r.message_id = m.id
+                WHERE m.time >= ? AND (m.rowid >= ? OR m.id IN waiting) AND (r.recipient_id IS NOT NULL OR m.target_kind = 'group')
                 ORDER BY m.rowid
                 """, arguments: [cutoff.millisecondsSince1970, recentFrom])
             var state = DeliveryStateBuilder()
             while let row = try rows.next() {
-                state.add(messageID: row["id"], recipient: Self.recipient(from: row, ids: ids)) { Self.message(from: row, ids: ids) }
+                let hasRow = (row["recipient_id"] as Int64?) != nil
+                let group: (group: Int64, position: Int64)? = (row["target_kind"] as String) == "group"
+                    ? (row["target_id"] as Int64? ?? 0, row["position"] as Int64) : nil
+                state.add(messageID: row["id"], recipient: hasRow ? Self.recipient(from: row, ids: ids) : nil, hasRecipientRow: hasRow,
+                          groupPosition: group) { Self.message(from: row, ids: ids) }
             }
+            state.complete(with: groups, ids: ids)
             for row in try Row.fetchAll(db, sql: "SELECT account_id, target_kind, target_id, time FROM read_markers") {
                 state.addReadMarker(account: ids.accountKeys[row["account_id"]], conversation: ids.conversationKey(kind: row["target_kind"], id: row["target_id"]),
                                     time: Timestamp(millisecondsSince1970: row["time"]))
@@ -531,15 +560,21 @@ public final class SQLiteChatStore: ChatStore {
         case .receipts(let messageIDs):
             guard case .everything(let account, _) = query.conversation, let myID = ids.accountIDs[account], !messageIDs.isEmpty else { return .messages([]) }
             let placeholders = messageIDs.map { _ in "?" }.joined(separator: ",")
-            var messages = try Row.fetchAll(
-                db, sql: "SELECT * FROM messages WHERE sender_id = ? AND id IN (\(placeholders)) LIMIT ?",
-                arguments: StatementArguments([myID] + messageIDs + [query.limit])
-            ).compactMap { Self.message(from: $0, ids: ids) }
-            for index in messages.indices {
-                messages[index].recipients = try Row.fetchAll(
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT rowid AS position, * FROM messages WHERE sender_id = ? AND id IN (\(placeholders)) LIMIT ?",
+                arguments: StatementArguments([myID] + messageIDs + [query.limit]))
+            let groups = rows.contains { ($0["target_kind"] as String) == "group" } ? try groupRecipients(ids: ids, in: db) : GroupRecipients()
+            var messages: [StoredMessage] = []
+            for row in rows {
+                guard var message = Self.message(from: row, ids: ids) else { continue }
+                message.recipients = try Row.fetchAll(
                     db, sql: "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient_id",
-                    arguments: [messages[index].id]
+                    arguments: [message.id]
                 ).compactMap { Self.recipient(from: $0, ids: ids) }
+                if let group = row["target_id"] as Int64? {
+                    groups.complete(&message, group: group, position: row["position"], ids: ids)
+                }
+                messages.append(message)
             }
             return .messages(messages)
         case .targets(let from, let to):
@@ -602,6 +637,11 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
+    /// How many rows a table holds (for tests that check what a write costs).
+    func rowCount(of table: String) async throws -> Int {
+        try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \(table)") ?? 0 }
+    }
+
     /// Messages of one conversation, oldest first (for tests).
     public func loadMessages(targetKind: StoredMessage.TargetKind, target: String, limit: Int = 1000) async throws -> [StoredMessage] {
         let ids = identities.withLock { $0 }
@@ -640,6 +680,25 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
+    /// Every group's members (with the position they joined after) and read positions.
+    static func groupRecipients(ids: StoredIdentities, in db: Database) throws -> GroupRecipients {
+        var groups = GroupRecipients()
+        for row in try Row.fetchAll(db, sql: "SELECT group_id, account_id, since FROM group_members") {
+            groups.addMember(group: row["group_id"], account: ids.accountKeys[row["account_id"]], since: row["since"])
+        }
+        for row in try Row.fetchAll(db, sql: "SELECT group_id, account_id, read_until FROM group_read_positions") {
+            groups.addReadPosition(group: row["group_id"], account: ids.accountKeys[row["account_id"]],
+                                   time: Timestamp(millisecondsSince1970: row["read_until"]))
+        }
+        for row in try Row.fetchAll(db, sql: "SELECT key, receipts_pending_since FROM accounts WHERE receipts_pending_since IS NOT NULL") {
+            groups.addReceiptsPendingSince(account: row["key"], time: Timestamp(millisecondsSince1970: row["receipts_pending_since"]))
+        }
+        return groups
+    }
+
+    /// The position a member who joins now starts after: the newest message stored so far.
+    static let newestPositionSQL = "(SELECT IFNULL(MAX(rowid), 0) FROM messages)"
+
     /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
     static func saveGroup(_ group: GroupRecord, previousKey: String?, includingMembers: Bool = true, ids: inout StoredIdentities,
                           changes: inout [StoredIdentities.Change], in db: Database) throws {
@@ -669,11 +728,17 @@ public final class SQLiteChatStore: ChatStore {
         ids.setGroup(key: group.key, id: id)
         changes.append(.group(key: group.key, id: id))
         if includingMembers {
+            // Members who stay keep the position they joined after.
+            var since: [Int64: Int64] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT account_id, since FROM group_members WHERE group_id = ?", arguments: [id]) {
+                since[row["account_id"]] = row["since"]
+            }
+            let newest = try Int64.fetchOne(db, sql: "SELECT " + newestPositionSQL) ?? 0
             try db.execute(sql: "DELETE FROM group_members WHERE group_id = ?", arguments: [id])
-            let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_id, account_id, role, voiced) VALUES (?, ?, ?, ?)")
+            let member = try db.cachedStatement(sql: "INSERT INTO group_members (group_id, account_id, role, voiced, since) VALUES (?, ?, ?, ?, ?)")
             for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
                 guard let accountID = ids.accountIDs[account] else { continue }
-                try member.execute(arguments: [id, accountID, role.rawValue, group.voiced.contains(account)])
+                try member.execute(arguments: [id, accountID, role.rawValue, group.voiced.contains(account), since[accountID] ?? newest])
             }
         }
         try db.execute(sql: "DELETE FROM group_bans WHERE group_id = ?", arguments: [id])
@@ -689,6 +754,7 @@ public final class SQLiteChatStore: ChatStore {
         guard let id = ids.groupIDs[key] else { return }
         try db.execute(sql: "DELETE FROM messages WHERE target_kind = 'group' AND target_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM read_markers WHERE target_kind = 'group' AND target_id = ?", arguments: [id])
+        try db.execute(sql: "DELETE FROM group_read_positions WHERE group_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM groups WHERE id = ?", arguments: [id])
         ids.removeGroup(id: id)
         changes.append(.groupRemoved(id: id))
@@ -739,6 +805,19 @@ public final class SQLiteChatStore: ChatStore {
                 arguments: [accountID, target.kind, target.id, time.millisecondsSince1970])
         }
 
+        func setGroupReadPosition(account: String, group: String, time: Timestamp) throws {
+            guard let accountID = ids.accountIDs[account], let groupID = ids.groupIDs[group] else { return }
+            try db.cachedStatement(sql: """
+                INSERT INTO group_read_positions (group_id, account_id, read_until) VALUES (?, ?, ?)
+                ON CONFLICT(group_id, account_id) DO UPDATE SET read_until = MAX(read_until, excluded.read_until)
+                """).execute(arguments: [groupID, accountID, time.millisecondsSince1970])
+        }
+
+        func setReceiptsPendingSince(account: String, time: Timestamp?) throws {
+            try db.cachedStatement(sql: "UPDATE accounts SET receipts_pending_since = ? WHERE key = ?")
+                .execute(arguments: [time?.millisecondsSince1970, account])
+        }
+
         func recordLastSeen(account: String, at time: Timestamp) throws {
             try db.execute(sql: "UPDATE accounts SET last_seen = ? WHERE key = ?", arguments: [time.millisecondsSince1970, account])
         }
@@ -758,8 +837,9 @@ public final class SQLiteChatStore: ChatStore {
         func setGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool) throws {
             guard let groupID = ids.groupIDs[group], let accountID = ids.accountIDs[account] else { return }
             if let role {
+                // A new member starts after the newest message; one already there keeps its position.
                 try db.cachedStatement(sql: """
-                    INSERT INTO group_members (group_id, account_id, role, voiced) VALUES (?, ?, ?, ?)
+                    INSERT INTO group_members (group_id, account_id, role, voiced, since) VALUES (?, ?, ?, ?, \(SQLiteChatStore.newestPositionSQL))
                     ON CONFLICT(group_id, account_id) DO UPDATE SET role = excluded.role, voiced = excluded.voiced
                     """).execute(arguments: [groupID, accountID, role.rawValue, voiced])
             } else {

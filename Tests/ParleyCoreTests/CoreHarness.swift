@@ -199,7 +199,7 @@ struct CoreHarness {
                 }
             case .saveReadMarker:
                 storedMarkerCount += 1
-            case .saveAccountSettings, .pruneHistory:
+            case .saveAccountSettings, .pruneHistory, .saveGroupReadPosition, .saveReceiptsPendingSince:
                 break
             }
             apply(next)

@@ -239,6 +239,34 @@ struct DeliveryTests {
         _ = bob
     }
 
+    /// A member's read receipts in a group are found through the group's followed messages and
+    /// how far the member's reads had reached: each message is reported read once, by each member.
+    @Test func groupMembersReadsAreReportedOncePerMessage() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["parley.chat/receipts"])
+        let bob = harness.register("bob", password: "password-b", caps: ["parley.chat/receipts"])
+        let carol = harness.register("carol", password: "password-c", caps: ["parley.chat/receipts"])
+        harness.send(alice, "JOIN #team", "INVITE bob #team", "INVITE carol #team")
+        harness.send(alice, "PRIVMSG #team :first")
+        let first = try #require(harness.storedMessages.last?.id)
+        harness.advance(milliseconds: 10)
+        harness.send(alice, "PRIVMSG #team :second")
+        let second = try #require(harness.storedMessages.last?.id)
+        _ = harness.inbox(alice)
+        func readReceipts() -> [String] {
+            harness.inbox(alice).compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "RECEIPT" && $0.parameters[2] == "read" }
+                .map { "\($0.parameters[1]) \($0.parameters[3])" }
+        }
+        // bob reads the first message, then (again) both; carol reads both at once.
+        harness.send(bob, "MARKREAD #team timestamp=\(harness.now.adding(milliseconds: -5).iso8601)")
+        #expect(readReceipts() == ["\(first) bob"])
+        harness.send(bob, "MARKREAD #team timestamp=\(harness.now.iso8601)")
+        harness.send(bob, "MARKREAD #team timestamp=\(harness.now.iso8601)")
+        #expect(readReceipts() == ["\(second) bob"])
+        harness.send(carol, "MARKREAD #team timestamp=\(harness.now.iso8601)")
+        #expect(readReceipts() == ["\(first) carol", "\(second) carol"])
+    }
+
     @Test func storedHistoryKeepsOnlyWhatAccountsAreParty() {
         var harness = CoreHarness(accounts: Self.people)
         let guest = harness.register("guest")

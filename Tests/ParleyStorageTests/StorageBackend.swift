@@ -6,15 +6,15 @@ import ParleyStoreSQLite
 import PostgresTestSupport
 import Testing
 
-/// A storage backend under test: opens an empty store that knows the accounts alice, bob and
-/// carol (rows refer to accounts by id, so messages need their accounts), and cleans up after.
+/// A storage backend under test: opens an empty store that knows the accounts alice, bob, carol
+/// and dave (rows refer to accounts by id, so messages need their accounts), and cleans up after.
 struct StorageBackend: Sendable, CustomTestStringConvertible {
     let name: String
     let makeStore: @Sendable () async throws -> (store: any ChatStore, cleanup: @Sendable () async throws -> Void)
 
     var testDescription: String { name }
 
-    static let accounts = ["alice", "bob", "carol"]
+    static let accounts = ["alice", "bob", "carol", "dave"]
 
     /// Every backend the suite runs against.
     static var all: [StorageBackend] { [.sqlite, .postgres] }

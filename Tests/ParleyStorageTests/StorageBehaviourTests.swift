@@ -319,6 +319,97 @@ struct StorageBehaviourTests {
         try await done()
     }
 
+    /// A group message is one row: the members who had it as it was sent have no row of their own,
+    /// and their state comes back from when they joined and how far they have read.
+    @Test(arguments: StorageBackend.all) func groupMembersStateFollowsFromTheirPositions(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let later = now.adding(milliseconds: 10)
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: now, owner: "alice",
+                               members: ["alice": .owner, "bob": .member, "carol": .member])
+        func message(_ id: String, at time: Timestamp, online: [String], offline: [String] = []) -> StoredMessage {
+            StoredMessage(id: id, time: time, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .group,
+                          target: "#team", command: "PRIVMSG", text: id,
+                          recipients: online.map { StoredRecipient(account: $0, deliveredAt: time) } + offline.map { StoredRecipient(account: $0) })
+        }
+        try store.transaction {
+            try $0.saveGroup(team, previousKey: nil)
+            // bob is online, carol offline; dave joins after the first message.
+            try $0.storeMessages([message("g1", at: now, online: ["bob"], offline: ["carol"])])
+            try $0.setGroupMember(group: "#team", account: "dave", role: .member, voiced: false)
+            try $0.storeMessages([message("g2", at: later, online: ["bob", "carol", "dave"])])
+            try $0.setGroupReadPosition(account: "bob", group: "#team", time: now.adding(milliseconds: 5))
+            // A read position never moves back.
+            try $0.setGroupReadPosition(account: "bob", group: "#team", time: now.adding(milliseconds: 1))
+        }
+        func receipts() throws -> [String: [StoredRecipient]] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(
+                conversation: .everything(account: "alice", groups: ["#team"]), kind: .receipts(["g1", "g2"]), limit: 10)) else { return [:] }
+            return Dictionary(uniqueKeysWithValues: found.map { ($0.id, $0.recipients) })
+        }
+        let readByBob = now.adding(milliseconds: 5)
+        var expected: [String: [StoredRecipient]] = [
+            "g1": [StoredRecipient(account: "bob", deliveredAt: now, readAt: readByBob, deliveredNotified: true, readNotified: true),
+                   StoredRecipient(account: "carol")],
+            "g2": ["bob", "carol", "dave"].map { StoredRecipient(account: $0, deliveredAt: later, deliveredNotified: true) },
+        ]
+        #expect(try receipts() == expected, "dave joined after g1: not one of its recipients")
+        var state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered.mapValues { $0.map(\.id) } == ["carol": ["g1"]])
+        #expect(state.tracked.first { $0.id == "g2" }?.recipients == expected["g2"])
+
+        // carol comes back (her row changes as before); the whole group is saved again (a member
+        // who stays keeps the position she joined after); bob reads everything.
+        try store.transaction {
+            try $0.updateRecipients([RecipientUpdate(messageID: "g1", recipient: "carol", deliveredAt: later, deliveredNotified: true)])
+            var saved = team
+            saved.members["dave"] = .member
+            try $0.saveGroup(saved, previousKey: nil)
+            try $0.setGroupReadPosition(account: "bob", group: "#team", time: later)
+        }
+        expected["g1"]?[1] = StoredRecipient(account: "carol", deliveredAt: later, deliveredNotified: true)
+        // One position per member: a read time is how far the member has read now.
+        expected["g1"]?[0].readAt = later
+        expected["g2"]?[0] = StoredRecipient(account: "bob", deliveredAt: later, readAt: later, deliveredNotified: true, readNotified: true)
+        #expect(try receipts() == expected)
+        state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered.isEmpty)
+        #expect(state.tracked.first { $0.id == "g2" }?.recipients == expected["g2"], "followed for carol's and dave's reads")
+        try await done()
+    }
+
+    /// An author without a receipts client: the receipts of group members who have no row wait
+    /// from when the author's first receipt did, until they are sent.
+    @Test(arguments: StorageBackend.all) func groupReceiptsWaitWhileTheAuthorsReceiptsDo(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member])
+        func message(_ id: String, at time: Timestamp) -> StoredMessage {
+            StoredMessage(id: id, time: time, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .group,
+                          target: "#team", command: "PRIVMSG", text: id, recipients: [StoredRecipient(account: "bob", deliveredAt: time)])
+        }
+        let read = now.adding(milliseconds: 20)
+        try store.transaction {
+            try $0.saveGroup(team, previousKey: nil)
+            try $0.storeMessages([message("g1", at: now)])
+            try $0.setReceiptsPendingSince(account: "alice", time: now.adding(milliseconds: 5))
+            try $0.storeMessages([message("g2", at: now.adding(milliseconds: 10))])
+            try $0.setGroupReadPosition(account: "bob", group: "#team", time: read)
+        }
+        func bob() async throws -> [String: StoredRecipient] {
+            let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+            return Dictionary(uniqueKeysWithValues: state.tracked.compactMap { message in message.recipients.first.map { (message.id, $0) } })
+        }
+        #expect(try await bob() == [
+            "g1": StoredRecipient(account: "bob", deliveredAt: now, readAt: read, deliveredNotified: true, readNotified: false),
+            "g2": StoredRecipient(account: "bob", deliveredAt: now.adding(milliseconds: 10), readAt: read, deliveredNotified: false, readNotified: false),
+        ])
+        // The author's receipts are sent: nothing waits any more.
+        try store.transaction { try $0.setReceiptsPendingSince(account: "alice", time: nil) }
+        #expect(try await bob().isEmpty)
+        try await done()
+    }
+
     /// Text with the characters bulk-loading formats treat specially comes back as it was sent.
     @Test(arguments: StorageBackend.all) func anyTextComesBackAsItWasStored(backend: StorageBackend) async throws {
         let (store, done) = try await backend.open()

@@ -105,6 +105,45 @@ struct MigrationTests {
         try await store.close()
     }
 
+    @Test func theV7MigrationKeepsEveryRecipientOfOlderGroupMessagesAsItWas() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // Before v7 a group message had a row per recipient: bob had it, carol was added to the
+        // group only after it was sent (so it was never hers).
+        try await writeOldDatabase(at: path, upTo: "v6-voice-apart", [
+            """
+            INSERT INTO accounts (key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES ('alice', 'alice', x'00', 4096, x'01', x'02', 1000), ('bob', 'bob', x'00', 4096, x'01', x'02', 1000),
+                   ('carol', 'carol', x'00', 4096, x'01', x'02', 1000)
+            """,
+            "INSERT INTO groups (key, name, created_at, owner_id, modes) VALUES ('#team', '#team', 4000, 1, 'int')",
+            "INSERT INTO group_members (group_id, account_id, role) VALUES (1, 1, 3), (1, 2, 0), (1, 3, 0)",
+            """
+            INSERT INTO messages (id, time, sender_id, sender_nick, sender_prefix, target_kind, target_id, command, text)
+            VALUES ('old', 5000, 1, 'alice', 'alice!~a@h', 'group', 1, 'PRIVMSG', 'before v7')
+            """,
+            "INSERT INTO message_recipients (message_id, recipient_id, delivered_at) VALUES ('old', 2, 5000)",
+        ])
+        let store = try SQLiteChatStore(path: path)
+        // A message after the upgrade has no row for the members online; both are its recipients.
+        let now = Timestamp(millisecondsSince1970: 6000)
+        try store.transaction {
+            try $0.storeMessages([StoredMessage(
+                id: "new", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .group,
+                target: "#team", command: "PRIVMSG", text: "after v7",
+                recipients: [StoredRecipient(account: "bob", deliveredAt: now), StoredRecipient(account: "carol", deliveredAt: now)])])
+        }
+        guard case .messages(let found) = try store.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: ["#team"]), kind: .receipts(["old", "new"]), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        let recipients = Dictionary(uniqueKeysWithValues: found.map { ($0.id, $0.recipients.map(\.account)) })
+        #expect(recipients == ["old": ["bob"], "new": ["bob", "carol"]])
+        let rows = try await store.rowCount(of: "message_recipients")
+        #expect(rows == 1, "the message after the upgrade is one row")
+        try await store.close()
+    }
+
     @Test func theV5MigrationBindsOldRowsToIdentitiesNotNames() async throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: path) }

@@ -11,43 +11,52 @@ struct TrackedMessage: Sendable {
     var recipients: RecipientStates
 }
 
-/// The delivery state of a tracked message's recipients, by account. Most messages have one
-/// recipient or a few: those are kept in the stored message's own array (a dictionary per
-/// message cost an allocation and hashing for every message); large groups get a dictionary.
+/// The delivery state of a tracked message's recipients, by account: the stored message's own
+/// array (a dictionary per message cost an allocation and hashing for every message). A large
+/// group's message gets an index by account at its first change, not when it is sent: most are
+/// never changed while followed (their members read nothing, or read after they are forgotten),
+/// and hashing every member of every message was a share of the stored fan-out.
 struct RecipientStates: Sendable {
-    private var few: [StoredRecipient]
-    private var many: [String: StoredRecipient]?
+    private var recipients: [StoredRecipient]
+    private var index: [String: Int]?
 
     init(_ recipients: [StoredRecipient]) {
-        if recipients.count > 8 {
-            few = []
-            many = Dictionary(recipients.map { ($0.account, $0) }, uniquingKeysWith: { _, last in last })
-        } else {
-            few = recipients
-            many = nil
-        }
+        self.recipients = recipients
+        index = nil
     }
 
     /// How many recipients are followed (what the memory bound counts).
-    var count: Int { many?.count ?? few.count }
+    var count: Int { recipients.count }
 
     /// Whether someone has not received the message yet.
-    var waitsForDelivery: Bool {
-        if let many { return many.values.contains { $0.deliveredAt == nil } }
-        return few.contains { $0.deliveredAt == nil }
-    }
+    var waitsForDelivery: Bool { recipients.contains { $0.deliveredAt == nil } }
 
     subscript(account: String) -> StoredRecipient? {
-        if let many { return many[account] }
-        return few.first { $0.account == account }
+        if let index { return index[account].map { recipients[$0] } }
+        return recipients.first { $0.account == account }
+    }
+
+    /// One recipient's state, building the index of a large message first (for many lookups).
+    mutating func lookUp(_ account: String) -> StoredRecipient? {
+        var found: StoredRecipient?
+        update(account) { found = $0 }
+        return found
+    }
+
+    /// Every recipient's state by account, for looking up many of them at once.
+    var byAccount: [String: StoredRecipient] {
+        Dictionary(recipients.map { ($0.account, $0) }, uniquingKeysWith: { _, last in last })
     }
 
     /// Changes one recipient's state in place (the set of recipients never changes).
     mutating func update(_ account: String, _ change: (inout StoredRecipient) -> Void) {
-        if many != nil {
-            if many![account] != nil { change(&many![account]!) }
-        } else if let index = few.firstIndex(where: { $0.account == account }) {
-            change(&few[index])
+        if recipients.count > 8 {
+            if index == nil {
+                index = Dictionary(recipients.indices.map { (recipients[$0].account, $0) }, uniquingKeysWith: { _, last in last })
+            }
+            if let position = index?[account] { change(&recipients[position]) }
+        } else if let position = recipients.firstIndex(where: { $0.account == account }) {
+            change(&recipients[position])
         }
     }
 }
@@ -197,14 +206,24 @@ extension ChatServer {
     mutating func storeGroupMessage(_ relayed: IRCMessage, id: String, sender: Session, channel: ChatChannel, text: String,
                                     clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) {
         var recipients: [StoredRecipient] = []
+        recipients.reserveCapacity(channel.accountRoles.count)
         var full: [String] = []
+        // Looked up once for the message, not once per member; receipts that wait for the
+        // author are kept together after the loop (one lookup of the author's list, one trim).
+        let authorsReceiptConnections = sender.accountKey.map(receiptConnections(of:)) ?? []
+        var waitingReceipts: [PendingReceipt] = []
         for member in channel.accountRoles.keys where member != sender.accountKey {
             if isOnline(account: member) {
                 noteHandOver(id, account: member, into: &outbox)
                 var recipient = StoredRecipient(account: member, deliveredAt: context.now)
                 if let author = sender.accountKey {
-                    recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
-                                                              state: .delivered, time: context.now, &context, &outbox)
+                    if authorsReceiptConnections.isEmpty {
+                        waitingReceipts.append(PendingReceipt(messageID: id, reader: member, state: .delivered, time: context.now))
+                    } else {
+                        recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
+                                                                  state: .delivered, time: context.now, inGroup: true,
+                                                                  to: authorsReceiptConnections, &context, &outbox)
+                    }
                 }
                 recipients.append(recipient)
             } else if (undelivered[member]?.count ?? 0) >= configuration.maxUndeliveredPerAccount {
@@ -212,6 +231,9 @@ extension ChatServer {
             } else {
                 recipients.append(StoredRecipient(account: member))
             }
+        }
+        if let author = sender.accountKey, !waitingReceipts.isEmpty {
+            keepPendingGroupReceipts(waitingReceipts, for: author, since: context.now, &outbox)
         }
         let stored = storedMessage(relayed, id: id, sender: sender, kind: .group, target: channel.key,
                                    text: text, clientTags: clientTags, recipients: recipients, now: context.now)
@@ -275,9 +297,12 @@ extension ChatServer {
         trackedRecipientCount += stored.recipients.count
         trackedOrder.append(stored.id)
         forgetOldTrackedMessages()
-        let conversation = stored.targetKind == .group ? stored.target : author
+        if stored.targetKind == .group {
+            Self.append(stored.id, toUnread: &groupFollowed[stored.target, default: []])
+            return
+        }
         for recipient in stored.recipients where recipient.deliveredAt != nil && recipient.readAt == nil {
-            noteUnread(stored.id, reader: recipient.account, conversation: conversation)
+            noteUnread(stored.id, reader: recipient.account, conversation: author)
         }
     }
 
@@ -466,9 +491,10 @@ extension ChatServer {
             if let message = tracked[stored.id] {
                 // In place: a copy taken out and put back would copy its recipients too.
                 tracked[stored.id]?.recipients.update(account) { $0.deliveredAt = context.now }
-                noteUnread(stored.id, reader: account, conversation: message.groupKey ?? message.author)
+                // A group's messages are followed in the group's list already.
+                if message.groupKey == nil { noteUnread(stored.id, reader: account, conversation: message.author) }
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
-                                                       reader: account, state: .delivered, time: context.now, &context, &outbox)
+                                                       reader: account, state: .delivered, time: context.now, inGroup: message.groupKey != nil, &context, &outbox)
             }
             updates.append(update)
             counters.offlineReplayed &+= 1
@@ -507,14 +533,26 @@ extension ChatServer {
 
     // MARK: Receipts
 
-    /// Sends a receipt to the author's receipts-capable connections; if there are none, keeps it.
-    /// Returns whether it was sent.
+    /// The author's connections that take receipts.
+    func receiptConnections(of author: String) -> [ConnectionID] {
+        (nickIndex[author]?.connections ?? []).filter { sessions[$0]?.has(.receipts) == true }
+    }
+
+    /// Sends a receipt to the author's receipts-capable connections (`connections`, when the
+    /// caller has looked them up); if there are none, keeps it. Returns whether it was sent.
+    /// `inGroup`: the receipt is for a group message.
     @discardableResult
     mutating func sendReceipt(author: String, messageID: String, target: String, reader: String, state: ReceiptState,
-                              time: Timestamp, _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
-        let connections = (nickIndex[author]?.connections ?? []).filter { sessions[$0]?.has(.receipts) == true }
+                              time: Timestamp, inGroup: Bool = false, to connections: [ConnectionID]? = nil,
+                              _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
+        let connections = connections ?? receiptConnections(of: author)
         guard !connections.isEmpty else {
-            keepPendingReceipt(PendingReceipt(messageID: messageID, reader: reader, state: state, time: time), for: author)
+            let receipt = PendingReceipt(messageID: messageID, reader: reader, state: state, time: time)
+            if inGroup {
+                keepPendingGroupReceipts([receipt], for: author, since: time, &outbox)
+            } else {
+                keepPendingReceipt(receipt, for: author)
+            }
             return false
         }
         let line = receiptLine(target: target, messageID: messageID, state: state, reader: accounts[reader]?.name ?? reader, time: time)
@@ -531,6 +569,21 @@ extension ChatServer {
         guard limit > 0 else { return }
         pendingReceipts[author, default: []].append(receipt)
         // Trimmed in steps, not by one per receipt (removing from the front moves the rest).
+        if let count = pendingReceipts[author]?.count, count > limit + limit / 10 {
+            pendingReceipts[author]?.removeFirst(count - limit)
+        }
+    }
+
+    /// Keeps receipts of a group message that wait for the author, as `keepPendingReceipt` does.
+    mutating func keepPendingGroupReceipts(_ receipts: [PendingReceipt], for author: String, since time: Timestamp, _ outbox: inout Outbox) {
+        let limit = configuration.maxPendingReceiptsPerAuthor
+        guard limit > 0 else { return }
+        if pendingReceipts[author]?.isEmpty ?? true {
+            // From now until they are sent, the receipts of group members who have no row of
+            // their own are due too (the store keeps this beside the author).
+            outbox.actions.append(.saveReceiptsPendingSince(account: author, time: time))
+        }
+        pendingReceipts[author, default: []].append(contentsOf: receipts)
         if let count = pendingReceipts[author]?.count, count > limit + limit / 10 {
             pendingReceipts[author]?.removeFirst(count - limit)
         }
@@ -559,6 +612,7 @@ extension ChatServer {
                 : RecipientUpdate(messageID: receipt.messageID, recipient: receipt.reader, deliveredNotified: true))
         }
         outbox.actions.append(.updateRecipients(updates))
+        outbox.actions.append(.saveReceiptsPendingSince(account: author, time: nil))
     }
 
     /// The RECEIPT lines for messages read back from the store (RECEIPTS STATUS).
@@ -569,9 +623,10 @@ extension ChatServer {
                 render(.fail("RECEIPTS", "UNKNOWN_MESSAGE", messageID, description: "No message of yours with that id is being followed"), in: &context)
                 continue
             }
+            let followed = tracked[messageID]?.recipients.byAccount
             for recipient in stored.recipients {
                 // Memory may be ahead of the disk for receipts decided a moment ago.
-                let state = tracked[messageID]?.recipients[recipient.account] ?? recipient
+                let state = followed?[recipient.account] ?? recipient
                 let target = stored.targetKind == .group ? (channels[stored.target]?.name ?? stored.target) : (accounts[recipient.account]?.name ?? recipient.account)
                 let reader = accounts[recipient.account]?.name ?? recipient.account
                 if let read = state.readAt {
@@ -685,6 +740,10 @@ extension ChatServer {
         // Read receipts: only from clients that opted in to receipts, and only if the user
         // has not turned them off. The marker above syncs the user's devices either way.
         let disclose = session.has(.receipts) && accounts[account]?.settings[Self.readReceiptsSetting] != "off"
+        if disclose, !isGuest, target.hasPrefix("#"), !isTransientChannel {
+            // The group's messages without a row per member are read from this position on.
+            outbox.actions.append(.saveGroupReadPosition(account: account, group: conversation, time: time))
+        }
         if isClustered, !isGuest {
             outbox.clusterEvents.append(.read(account: account, conversation: conversation, time: time, disclose: disclose))
         }
@@ -694,6 +753,10 @@ extension ChatServer {
     /// Receipts for the messages this node follows that `account` has now read.
     mutating func sendReadReceipts(account: String, conversation: String, time: Timestamp, disclose: Bool,
                                    _ context: inout CommandContext, _ outbox: inout Outbox) {
+        if let followed = groupFollowed[conversation] {
+            sendGroupReadReceipts(account: account, group: conversation, followed: followed, time: time, disclose: disclose, &context, &outbox)
+            return
+        }
         guard let waiting = unread[account]?[conversation], !waiting.isEmpty else { return }
         var updates: [RecipientUpdate] = []
         var remaining: [String] = []
@@ -703,10 +766,31 @@ extension ChatServer {
             guard disclose else { continue }
             self.tracked[messageID]?.recipients.update(account) { $0.readAt = time }
             let sent = sendReceipt(author: tracked.author, messageID: messageID, target: receiptTarget(for: tracked, reader: account),
-                                   reader: account, state: .read, time: time, &context, &outbox)
+                                   reader: account, state: .read, time: time, inGroup: tracked.groupKey != nil, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
         }
         unread[account]?[conversation] = remaining.isEmpty ? nil : remaining
+        if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
+    }
+
+    /// `sendReadReceipts` in a group: the group's followed messages that `account` had and that
+    /// its reads had not reached before.
+    private mutating func sendGroupReadReceipts(account: String, group: String, followed: [String], time: Timestamp, disclose: Bool,
+                                                _ context: inout CommandContext, _ outbox: inout Outbox) {
+        let seen = groupReadsSeen[account]?[group]
+        if let seen, seen >= time { return }
+        groupReadsSeen[account, default: [:]][group] = time
+        guard disclose else { return }
+        var updates: [RecipientUpdate] = []
+        for messageID in followed {
+            guard let message = tracked[messageID], message.time <= time else { continue }
+            if let seen, message.time <= seen { continue }
+            guard let state = self.tracked[messageID]?.recipients.lookUp(account), state.deliveredAt != nil, state.readAt == nil else { continue }
+            self.tracked[messageID]?.recipients.update(account) { $0.readAt = time }
+            let sent = sendReceipt(author: message.author, messageID: messageID, target: receiptTarget(for: message, reader: account),
+                                   reader: account, state: .read, time: time, inGroup: true, &context, &outbox)
+            updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
+        }
         if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
     }
 
@@ -732,6 +816,13 @@ extension ChatServer {
             if let ids = conversations[oldKey] {
                 unread[reader]?[oldKey] = nil
                 unread[reader]?[newKey] = ids
+            }
+        }
+        if let ids = groupFollowed.removeValue(forKey: oldKey) { groupFollowed[newKey] = ids }
+        for (reader, groups) in groupReadsSeen {
+            if let time = groups[oldKey] {
+                groupReadsSeen[reader]?[oldKey] = nil
+                groupReadsSeen[reader]?[newKey] = time
             }
         }
         for (account, markers) in readMarkers {
@@ -795,6 +886,10 @@ extension ChatServer {
         for (reader, conversations) in unread where conversations[key] != nil {
             unread[reader]?[key] = nil
         }
+        groupFollowed[key] = nil
+        for (reader, groups) in groupReadsSeen where groups[key] != nil {
+            groupReadsSeen[reader]?[key] = nil
+        }
         for (account, markers) in readMarkers where markers[key] != nil {
             readMarkers[account]?[key] = nil
         }
@@ -827,6 +922,10 @@ extension ChatServer {
                 if !live.isEmpty { kept[conversation] = live }
             }
             unread[reader] = kept.isEmpty ? nil : kept
+        }
+        for (group, ids) in groupFollowed {
+            let live = ids.filter { tracked[$0] != nil }
+            groupFollowed[group] = live.isEmpty ? nil : live
         }
         storedBytesToday = storedBytesToday.filter { now.milliseconds(since: $0.value.dayStart) < Self.quotaDayMilliseconds }
         outbox.actions.append(.pruneHistory(before: cutoff))
