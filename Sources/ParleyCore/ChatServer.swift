@@ -418,6 +418,8 @@ public struct ChatServer: Sendable {
     /// Sends the collected replies of one command, applying labeled-response: no reply becomes
     /// `ACK`, one reply carries the label, several are wrapped in a `labeled-response` batch.
     mutating func finish(_ context: inout CommandContext, into outbox: inout Outbox) {
+        // Most messages have nothing to reply: no session lookup for them.
+        if context.replies.isEmpty && context.label == nil { return }
         guard !context.connectionClosed, !context.repliesDeferred, let session = sessions[context.connection] else { return }
         guard let label = context.label else {
             for reply in context.replies { send(reply, to: context.connection, session: session, into: &outbox) }
