@@ -204,7 +204,7 @@ public struct ChatServer: Sendable {
 
         var context = CommandContext(connection: connection, now: now, label: label)
         // Commands nearly always arrive in upper case already; only fold the others.
-        let verb = message.command.utf8.allSatisfy({ $0 < UInt8(ascii: "a") || $0 > UInt8(ascii: "z") }) ? message.command : message.command.uppercased()
+        let verb = message.command.utf8Contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) ? message.command.uppercased() : message.command
         context.verb = verb
         do throws(CommandError) {
             guard let command = Self.commandTable[verb] else {
