@@ -6,10 +6,16 @@
 # "joined" line (connect + join) and once the server is idle again (the message and the QUITs).
 # With WORKLOAD=connect, `parley-bench connect --hold 0` instead: N guests connect and register
 # (the first dump, "join", at its RESULT line), then close (the rest).
+# With WORKLOAD=direct, `parley-bench direct --pairs PAIRS --window 16 --duration DURATION`
+# (guests, no capabilities, 32-byte texts): the first dump ("start") at the bench's first
+# progress line, the second ("traffic") at its RESULT line, once every message sent has arrived;
+# the traffic's instructions are divided by the messages delivered between the two.
 #
 #   bench/callgrind-join.sh                 # 2,000 members, this build
 #   MEMBERS=1000 SERVER=/tmp/parley-server-before bench/callgrind-join.sh
 #   WORKLOAD=connect MEMBERS=5000 bench/callgrind-join.sh
+#   WORKLOAD=direct PAIRS=100 DURATION=10 bench/callgrind-join.sh
+#   SERVER=/tmp/old/parley-server BENCH=/tmp/old/parley-bench bench/callgrind-join.sh   # no build
 #   callgrind_annotate --inclusive=yes OUT/callgrind.out.PID.1 | swift demangle --simplified | less
 #
 # valgrind 3.19 (Debian 12) needs two workarounds for Swift 6.3 binaries: the debug information
@@ -20,13 +26,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MEMBERS=${MEMBERS:-2000}
 WORKLOAD=${WORKLOAD:-join}
+PAIRS=${PAIRS:-100}
+DURATION=${DURATION:-10}
 PORT=${PORT:-16970}
 OUT=${OUT:-$(mktemp -d /tmp/parley-callgrind.XXXXXX)}
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-swift build -c release --product parley-server >/dev/null
-swift build -c release --product parley-bench >/dev/null
-bin=$(swift build -c release --show-bin-path)
+if [ -z "${SERVER:-}" ] || [ -z "${BENCH:-}" ]; then
+    swift build -c release --product parley-server >/dev/null
+    swift build -c release --product parley-bench >/dev/null
+    bin=$(swift build -c release --show-bin-path)
+fi
 server=${SERVER:-$bin/parley-server}
+bench=${BENCH:-$bin/parley-bench}
 
 work=$(mktemp -d /tmp/parley-callgrind-run.XXXXXX)
 pid=""
@@ -53,16 +64,32 @@ pid=$!
 for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 kill -0 "$pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
 callgrind_control -z "$pid" >/dev/null 2>&1
+first=join
 if [ "$WORKLOAD" = connect ]; then
     workload=(connect --clients "$MEMBERS" --parallel 200 --hold 0)
     mark=RESULT
+elif [ "$WORKLOAD" = direct ]; then
+    workload=(direct --pairs "$PAIRS" --window 16 --payload 32 --duration "$DURATION")
+    mark="direct:"
+    first=start
 else
     workload=(fanout --members "$MEMBERS" --senders 1 --window 1 --duration 0)
     mark=joined
 fi
-"$bin/parley-bench" "${workload[@]}" --port "$PORT" --server callgrind 2>&1 \
+"$bench" "${workload[@]}" --port "$PORT" --server callgrind 2>&1 \
     | while read -r line; do
-        case "$line" in *"$mark"*) callgrind_control -d join "$pid" >/dev/null 2>&1; echo "$line" >&2;; esac
+        case "$line" in
+        *"$mark"*)
+            if [ "$first" = start ]; then
+                # Messages delivered before the first dump; then wait for the RESULT line.
+                echo "$line" | awk '{print $3}' >"$work/delivered-at-start"
+                mark=RESULT
+            fi
+            callgrind_control -d "$first" "$pid" >/dev/null 2>&1; echo "$line" >&2
+            if [ "$first" = start ]; then first=traffic; elif [ "$WORKLOAD" = direct ]; then
+                echo "$line" | grep -o '"delivered":[0-9]*' | cut -d: -f2 >"$work/delivered-at-end"; first=done; mark=never-again
+            fi;;
+        esac
       done
 # Idle: under 0.05 s of CPU in 3 s, so the QUITs have all been handled.
 cpu() { awk '{print $14+$15}' "/proc/$pid/stat"; }
@@ -73,6 +100,11 @@ for file in "$OUT"/callgrind.out.*.*; do
     part=$(grep -o "^desc: Trigger: dump [a-z]*" "$file" | awk '{print $4}')
     count=$(awk '/^summary:/ {print $2}' "$file")
     total=$((total + count))
-    printf "%-6s %'16d instructions  %s\n" "$part" "$count" "$file"
+    printf "%-7s %'16d instructions  %s\n" "$part" "$count" "$file"
 done
-printf "%-6s %'16d instructions\n" total "$total"
+printf "%-7s %'16d instructions\n" total "$total"
+if [ "$WORKLOAD" = direct ] && [ -s "$work/delivered-at-end" ]; then
+    start=$(cat "$work/delivered-at-start"); end=$(cat "$work/delivered-at-end")
+    traffic=$(awk '/^summary:/ {print $2}' $(grep -l "^desc: Trigger: dump traffic" "$OUT"/callgrind.out.*.*))
+    printf "traffic: %'d instructions for %'d messages delivered: %'d per message\n" "$traffic" $((end - start)) $((traffic / (end - start)))
+fi

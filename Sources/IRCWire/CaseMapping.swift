@@ -10,7 +10,8 @@ public enum IRCCaseMapping: String, Sendable, Hashable, CaseIterable {
     /// The folded form used as a dictionary key; returns the input unchanged (no allocation)
     /// when nothing needs folding.
     public func fold(_ text: String) -> String {
-        guard text.utf8.contains(where: needsFolding) else { return text }
+        // A closure, not the method itself: a partially applied method was a heap object per call.
+        guard text.utf8Contains(where: { needsFolding($0) }) else { return text }
         return String(decoding: text.utf8.map(foldByte), as: UTF8.self)
     }
 

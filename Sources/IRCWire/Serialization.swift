@@ -44,17 +44,46 @@ extension IRCMessage {
 
     /// Appends `:source COMMAND target :text` and CR LF, the relay of a message without tags,
     /// without building a message first (the relay path of receivers that take no tags).
+    /// The line goes into the buffer in one write: part by part, ByteBuffer's checks on each
+    /// write (capacity, uniqueness, exclusivity) cost more than copying the bytes (callgrind:
+    /// 2,770 instructions per relayed guest message that way, about 900 this way).
     public static func writeUntagged(source: String, command: String, target: String, text: String, to buffer: inout ByteBuffer) {
-        let lineStart = buffer.writerIndex
-        buffer.writeInteger(UInt8(ascii: ":"))
-        buffer.writeString(source)
-        buffer.writeInteger(UInt8(ascii: " "))
-        buffer.writeString(command)
-        buffer.writeInteger(UInt8(ascii: " "))
-        buffer.writeString(target)
-        buffer.writeInteger(UInt16(0x203A))  // " :"
-        buffer.writeString(text)
-        endLine(startingAt: lineStart, in: &buffer)
+        let length = 1 + source.utf8.count + 1 + command.utf8.count + 1 + target.utf8.count + 2 + text.utf8.count + 2
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { destination in
+            let line = destination.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            var offset = 0
+            line[offset] = UInt8(ascii: ":")
+            offset += 1
+            offset += copyUTF8(of: source, to: line + offset)
+            line[offset] = UInt8(ascii: " ")
+            offset += 1
+            offset += copyUTF8(of: command, to: line + offset)
+            line[offset] = UInt8(ascii: " ")
+            offset += 1
+            offset += copyUTF8(of: target, to: line + offset)
+            line[offset] = UInt8(ascii: " ")
+            line[offset + 1] = UInt8(ascii: ":")
+            offset += 2
+            offset += copyUTF8(of: text, to: line + offset)
+            // As `endLine`: no CR, LF or NUL inside the line.
+            for index in 0..<offset where line[index] <= 0x0D {
+                let byte = line[index]
+                if byte == 0x0D || byte == 0x0A || byte == 0x00 { line[index] = UInt8(ascii: " ") }
+            }
+            line[offset] = 0x0D
+            line[offset + 1] = 0x0A
+            return offset + 2
+        }
+    }
+
+    /// Copies a string's UTF-8 to `destination` (which has room for it); returns its length.
+    @inline(__always)
+    private static func copyUTF8(of text: String, to destination: UnsafeMutablePointer<UInt8>) -> Int {
+        var text = text
+        return text.withUTF8 { bytes in
+            if let start = bytes.baseAddress { destination.update(from: start, count: bytes.count) }
+            return bytes.count
+        }
     }
 
     /// Makes the bytes written since `lineStart` one safe line and ends it with CR LF: one pass

@@ -210,7 +210,7 @@ public struct ChatServer: Sendable {
 
         var context = CommandContext(connection: connection, now: now, label: label)
         // Commands nearly always arrive in upper case already; only fold the others.
-        let verb = message.command.utf8.allSatisfy({ $0 < UInt8(ascii: "a") || $0 > UInt8(ascii: "z") }) ? message.command : message.command.uppercased()
+        let verb = message.command.utf8Contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) ? message.command.uppercased() : message.command
         context.verb = verb
         do throws(CommandError) {
             guard let command = Self.commandTable[verb] else {
@@ -424,6 +424,8 @@ public struct ChatServer: Sendable {
     /// Sends the collected replies of one command, applying labeled-response: no reply becomes
     /// `ACK`, one reply carries the label, several are wrapped in a `labeled-response` batch.
     mutating func finish(_ context: inout CommandContext, into outbox: inout Outbox) {
+        // Most messages have nothing to reply: no session lookup for them.
+        if context.replies.isEmpty && context.label == nil { return }
         guard !context.connectionClosed, !context.repliesDeferred, let session = sessions[context.connection] else { return }
         guard let label = context.label else {
             for reply in context.replies { send(reply, to: context.connection, session: session, into: &outbox) }

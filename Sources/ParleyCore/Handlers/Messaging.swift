@@ -33,7 +33,7 @@ extension ChatServer {
             return
         }
 
-        if !targetList.utf8.contains(UInt8(ascii: ",")) {
+        if !targetList.utf8Contains(where: { $0 == UInt8(ascii: ",") }) {
             try deliver(verb, to: targetList, text: text, clientTags: clientTags, &context, &outbox)
             return
         }
