@@ -33,7 +33,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
     public var metrics = Metrics()
     /// swift-log level: trace (logs every protocol line), debug, info, notice, warning, error.
     public var logLevel = "info"
-    /// Event loop threads; 0 means one per CPU the process may use.
+    /// Event loop threads; 0 means one per CPU the process may use but one (at least one).
     public var threads = 0
 
     public init() {}

@@ -157,9 +157,11 @@ struct Serve: AsyncParsableCommand {
                 throw error
             }
         }
-        // One event loop per CPU this process may run on (taskset included): more loops than
-        // CPUs only adds thread hops between connections.
-        let threads = configuration.threads > 0 ? configuration.threads : availableCPUCount()
+        // One event loop per CPU this process may run on (taskset included) but the first, which
+        // is left to the storage thread and the kernel's socket work; at least one. The domain
+        // runs under one lock, so a loop without a core of its own only adds contention: on two
+        // CPUs one loop carried 5-16 % more than two (bench/loops.sh, README).
+        let threads = configuration.threads > 0 ? configuration.threads : max(1, availableCPUCount() - 1)
         let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         logger.info("event loops", metadata: ["threads": "\(threads)"])
         do {
