@@ -55,19 +55,28 @@ start_node() { # name port [database]
 }
 stop_nodes() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 
+# parley-bench with its standard error kept in the work directory, stopped if it runs for more
+# than five minutes past its duration (a stalled window never ends by itself): the setup is then
+# reported with the end of its log, and the next one runs.
+bench_with_timeout() { # label parley-bench-arguments...
+    local label=$1; shift
+    local log="$work/bench-$(echo "$label" | tr -c 'a-zA-Z0-9' '-').err"
+    if ! timeout $((DURATION + 300)) "$bin/parley-bench" "$@" 2>"$log" | grep '^RESULT' | sed "s/^RESULT //" >>"$work/results.jsonl"; then
+        echo "$label: parley-bench failed or timed out; the end of its log:" >&2
+        tail -5 "$log" >&2
+    fi
+}
 run() { # label ports...
     local label=$1; shift
     local args=()
     for port in "$@"; do args+=(--port "$port"); done
-    "$bin/parley-bench" direct --accounts --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}" \
-        2>/dev/null | grep '^RESULT' | sed "s/^RESULT //" >>"$work/results.jsonl"
+    bench_with_timeout "$label" direct --accounts --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}"
 }
 run_fanout() { # label ports...
     local label=$1; shift
     local args=()
     for port in "$@"; do args+=(--port "$port"); done
-    "$bin/parley-bench" fanout --members "$MEMBERS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}" \
-        2>/dev/null | grep '^RESULT' | sed "s/^RESULT //" >>"$work/results.jsonl"
+    bench_with_timeout "$label" fanout --members "$MEMBERS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}"
 }
 databases=0
 fresh_database() { # sets db to a new, empty database's URL
