@@ -441,6 +441,16 @@ public final class SQLiteChatStore: ChatStore {
         let time = cutoff.millisecondsSince1970
         let firstKept = try Int64.fetchOne(db, sql: "SELECT rowid FROM messages WHERE time >= ? ORDER BY rowid LIMIT 1", arguments: [time])
         try db.execute(sql: "DELETE FROM messages WHERE rowid < ? AND time < ?", arguments: [firstKept ?? Int64.max, time])
+        try keepMembersBeforeTheNextMessage(in: db)
+    }
+
+    /// After messages are deleted: SQLite gives the next message the highest rowid left plus one,
+    /// so when the newest message is gone its rowid comes back. A member who joined after it
+    /// (`since` = that rowid) would not count as a recipient of the message that takes it; such
+    /// members joined after every message left, which is what the highest rowid left says.
+    /// Deletions are rare (REDACT, retention, a deleted group): the scan of memberships is fine.
+    static func keepMembersBeforeTheNextMessage(in db: Database) throws {
+        try db.execute(sql: "UPDATE group_members SET since = \(newestPositionSQL) WHERE since > \(newestPositionSQL)")
     }
 
     /// One message and its recipients' rows, deleted explicitly (as the PostgreSQL store does,
@@ -448,6 +458,7 @@ public final class SQLiteChatStore: ChatStore {
     static func deleteMessage(id: String, in db: Database) throws {
         try db.execute(sql: "DELETE FROM message_recipients WHERE message_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM messages WHERE id = ?", arguments: [id])
+        try keepMembersBeforeTheNextMessage(in: db)
     }
 
     static func updateRecipients(_ updates: [RecipientUpdate], ids: StoredIdentities, in db: Database) throws {
@@ -756,6 +767,7 @@ public final class SQLiteChatStore: ChatStore {
         try db.execute(sql: "DELETE FROM read_markers WHERE target_kind = 'group' AND target_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM group_read_positions WHERE group_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM groups WHERE id = ?", arguments: [id])
+        try keepMembersBeforeTheNextMessage(in: db)
         ids.removeGroup(id: id)
         changes.append(.groupRemoved(id: id))
     }

@@ -380,6 +380,32 @@ struct StorageBehaviourTests {
 
     /// An author without a receipts client: the receipts of group members who have no row wait
     /// from when the author's first receipt did, until they are sent.
+    /// A member who joined after the newest message is a recipient of the next one, even when that
+    /// newest message was deleted in between (SQLite would give its rowid to the next message).
+    @Test(arguments: StorageBackend.all) func aMemberWhoJoinedAfterARedactedMessageGetsTheNextOne(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let later = now.adding(milliseconds: 10)
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member])
+        func message(_ id: String, at time: Timestamp, online: [String]) -> StoredMessage {
+            StoredMessage(id: id, time: time, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .group,
+                          target: "#team", command: "PRIVMSG", text: id, recipients: online.map { StoredRecipient(account: $0, deliveredAt: time) })
+        }
+        try store.transaction {
+            try $0.saveGroup(team, previousKey: nil)
+            try $0.storeMessages([message("g1", at: now, online: ["bob"])])
+            try $0.setGroupMember(group: "#team", account: "dave", role: .member, voiced: false)
+        }
+        try store.transaction { try $0.deleteMessage(id: "g1") }
+        try store.transaction { try $0.storeMessages([message("g2", at: later, online: ["bob", "dave"])]) }
+        guard case .messages(let found) = try store.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: ["#team"]), kind: .receipts(["g2"]), limit: 10)) else {
+            Issue.record("no receipts"); try await done(); return
+        }
+        #expect(found.first?.recipients.map(\.account) == ["bob", "dave"], "dave joined before g2 was sent")
+        try await done()
+    }
+
     @Test(arguments: StorageBackend.all) func groupReceiptsWaitWhileTheAuthorsReceiptsDo(backend: StorageBackend) async throws {
         let (store, done) = try await backend.open()
         let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
