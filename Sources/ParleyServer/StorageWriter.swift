@@ -354,7 +354,11 @@ final class StorageWriter: Sendable {
 /// So when writes have been arriving fast enough that a short pause gathers `worthWaitingFor`
 /// more of them, a batch smaller than `enough` waits for more, in slices of
 /// `pauseSliceNanoseconds`, at most `maxPauseNanoseconds` in all, before its commit starts. A
-/// lone client (or any rate below about 8,000 writes/s) never waits.
+/// lone client (or any rate below about 8,000 writes/s) never waits, and a pause that gathered
+/// nothing ends the wait: then the writers are waiting for this very batch (a client whose whole
+/// window of unacknowledged messages is in it), and each further slice only delays them. Without
+/// that rule a sender with 64 messages in flight waited the whole 2 ms per window and stored
+/// 20,000 msgs/s instead of 60,000.
 struct CommitGathering {
     /// A batch this large commits at once.
     static let enough = 128
@@ -371,9 +375,19 @@ struct CommitGathering {
     private var lastTaken: UInt64 = 0
     /// Writes per second over the last window of at least `rateWindowNanoseconds`.
     private(set) var rate = 0.0
+    /// The batch's size when its latest pause started (nil before its first pause).
+    private var takeableBeforePause: Int?
 
     /// Whether a batch of `takeable` writes, which has waited `paused` already, should wait more.
-    func shouldWait(takeable: Int, paused: UInt64, now: UInt64) -> Bool {
+    mutating func shouldWait(takeable: Int, paused: UInt64, now: UInt64) -> Bool {
+        if paused == 0 { takeableBeforePause = nil }
+        if let before = takeableBeforePause, takeable <= before { return false }
+        guard wouldGatherMore(takeable: takeable, paused: paused, now: now) else { return false }
+        takeableBeforePause = takeable
+        return true
+    }
+
+    private func wouldGatherMore(takeable: Int, paused: UInt64, now: UInt64) -> Bool {
         guard takeable > 0, takeable < Self.enough, paused < Self.maxPauseNanoseconds, rate > 0 else { return false }
         // A rate measured before a quiet spell says nothing about now (a long commit, a WAL
         // checkpoint, is not a quiet spell: this is measured from when the batch was taken).

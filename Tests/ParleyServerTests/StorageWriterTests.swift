@@ -173,35 +173,60 @@ struct CommitGatheringTests {
     @Test func aQuietServerCommitsAtOnce() {
         var gathering = CommitGathering()
         let start = 5_000 * Self.millisecond
-        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: start))
+        let decision1 = gathering.shouldWait(takeable: 1, paused: 0, now: start)
+        #expect(!decision1)
         gathering.noteTaken(1, now: start)
-        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: start + Self.millisecond))
+        let decision2 = gathering.shouldWait(takeable: 1, paused: 0, now: start + Self.millisecond)
+        #expect(!decision2)
     }
 
     @Test func underLoadASmallBatchWaitsABoundedTime() {
         // 400 writes in 20 ms: 20,000 writes/s.
-        let (gathering, now) = Self.busy(400, from: 5_000 * Self.millisecond)
+        var (gathering, now) = Self.busy(400, from: 5_000 * Self.millisecond)
         #expect(gathering.rate > 15_000)
-        #expect(gathering.shouldWait(takeable: 3, paused: 0, now: now))
-        #expect(gathering.shouldWait(takeable: 3, paused: CommitGathering.maxPauseNanoseconds - 1, now: now))
-        #expect(!gathering.shouldWait(takeable: 3, paused: CommitGathering.maxPauseNanoseconds, now: now), "the wait is bounded")
-        #expect(!gathering.shouldWait(takeable: CommitGathering.enough, paused: 0, now: now), "a large batch commits at once")
-        #expect(!gathering.shouldWait(takeable: 0, paused: 0, now: now))
+        let decision3 = gathering.shouldWait(takeable: 3, paused: 0, now: now)
+        #expect(decision3)
+        let decision4 = gathering.shouldWait(takeable: 6, paused: CommitGathering.pauseSliceNanoseconds, now: now)
+        #expect(decision4)
+        let decision5 = gathering.shouldWait(takeable: 9, paused: CommitGathering.maxPauseNanoseconds - 1, now: now)
+        #expect(decision5)
+        let decision6 = gathering.shouldWait(takeable: 12, paused: CommitGathering.maxPauseNanoseconds, now: now)
+        #expect(!decision6, "the wait is bounded")
+        let decision7 = gathering.shouldWait(takeable: CommitGathering.enough, paused: 0, now: now)
+        #expect(!decision7, "a large batch commits at once")
+        let decision8 = gathering.shouldWait(takeable: 0, paused: 0, now: now)
+        #expect(!decision8)
+    }
+
+    @Test func aBatchItsWritersWaitForCommitsAfterOneFruitlessPause() {
+        // One sender whose window of 64 is the batch: a pause gathers nothing more, since the
+        // sender waits for these messages' echoes.
+        var (gathering, now) = Self.busy(400, from: 5_000 * Self.millisecond)
+        let decision9 = gathering.shouldWait(takeable: 64, paused: 0, now: now)
+        #expect(decision9)
+        let decision10 = gathering.shouldWait(takeable: 64, paused: CommitGathering.pauseSliceNanoseconds, now: now)
+        #expect(!decision10)
+        // The next batch may wait again.
+        let decision11 = gathering.shouldWait(takeable: 64, paused: 0, now: now)
+        #expect(decision11)
     }
 
     @Test func aSlowStreamIsNotHeldBack() {
         // 60 writes in 20 ms: 3,000 writes/s, a pause would gather one or two more.
-        let (gathering, now) = Self.busy(60, from: 5_000 * Self.millisecond)
-        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: now))
+        var (gathering, now) = Self.busy(60, from: 5_000 * Self.millisecond)
+        let decision12 = gathering.shouldWait(takeable: 1, paused: 0, now: now)
+        #expect(!decision12)
     }
 
     @Test func aRateMeasuredBeforeAQuietSpellIsNotTrusted() {
         let (busy, now) = Self.busy(400, from: 5_000 * Self.millisecond)
         var gathering = busy
         let later = now + 3 * CommitGathering.rateWindowNanoseconds
-        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: later))
+        let decision13 = gathering.shouldWait(takeable: 1, paused: 0, now: later)
+        #expect(!decision13)
         // The first batch after the quiet spell starts a new measurement, which knows of no load yet.
         gathering.noteTaken(1, now: later)
-        #expect(!gathering.shouldWait(takeable: 1, paused: 0, now: later + Self.millisecond))
+        let decision14 = gathering.shouldWait(takeable: 1, paused: 0, now: later + Self.millisecond)
+        #expect(!decision14)
     }
 }
