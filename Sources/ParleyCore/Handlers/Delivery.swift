@@ -36,13 +36,6 @@ struct RecipientStates: Sendable {
         return recipients.first { $0.account == account }
     }
 
-    /// One recipient's state, building the index of a large message first (for many lookups).
-    mutating func lookUp(_ account: String) -> StoredRecipient? {
-        var found: StoredRecipient?
-        update(account) { found = $0 }
-        return found
-    }
-
     /// Every recipient's state by account, for looking up many of them at once.
     var byAccount: [String: StoredRecipient] {
         Dictionary(recipients.map { ($0.account, $0) }, uniquingKeysWith: { _, last in last })
@@ -785,8 +778,13 @@ extension ChatServer {
         for messageID in followed {
             guard let message = tracked[messageID], message.time <= time else { continue }
             if let seen, message.time <= seen { continue }
-            guard let state = self.tracked[messageID]?.recipients.lookUp(account), state.deliveredAt != nil, state.readAt == nil else { continue }
-            self.tracked[messageID]?.recipients.update(account) { $0.readAt = time }
+            var wasUnread = false
+            self.tracked[messageID]?.recipients.update(account) { state in
+                guard state.deliveredAt != nil, state.readAt == nil else { return }
+                state.readAt = time
+                wasUnread = true
+            }
+            guard wasUnread else { continue }
             let sent = sendReceipt(author: message.author, messageID: messageID, target: receiptTarget(for: message, reader: account),
                                    reader: account, state: .read, time: time, inGroup: true, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
