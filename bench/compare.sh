@@ -2,6 +2,9 @@
 # Side-by-side benchmark: Parley, InspIRCd and ngircd on this machine, each workload RUNS times
 # against a freshly started server pinned to CPU 0, with parley-bench pinned to CPU 1.
 # Prints medians and Parley-to-peer ratios; writes bench/results.md and bench/results.svg.
+# Only a run of the table's own standard (RUNS >= 3, DURATION >= 8) updates bench/results.*; a
+# quicker one only prints its table, so a look does not replace measured rows
+# (SAVE=yes or SAVE=no overrides).
 #
 #   bench/compare.sh                      # everything, 3 runs each
 #   RUNS=1 DURATION=5 bench/compare.sh    # a quick look
@@ -27,6 +30,7 @@ CLIENTS=${CLIENTS:-19000}
 SERVERS=${SERVERS:-"parley inspircd ngircd"}
 WORKLOADS=${WORKLOADS:-"direct fanout fanout10 rate connect direct-accounts rate-accounts fanout-accounts offline offline-one"}
 PORT=${PORT:-16900}
+SAVE=${SAVE:-auto}
 . bench/lib.sh
 
 bench_workdir parley-compare
@@ -97,7 +101,18 @@ for workload in $WORKLOADS; do
 done
 
 touch "$results"
-python3 - "$results" bench/results.md bench/results.svg bench/results.jsonl <<'PY'
+if [ "$SAVE" = auto ]; then
+    SAVE=no
+    [ "$RUNS" -ge 3 ] && [ "$DURATION" -ge 8 ] && SAVE=yes
+fi
+saved=bench
+if [ "$SAVE" != yes ]; then
+    saved=$work/table
+    mkdir -p "$saved"
+    [ -f bench/results.jsonl ] && cp bench/results.jsonl "$saved/"
+    echo "RUNS=$RUNS DURATION=$DURATION is below the table's standard: bench/results.* left as they are (SAVE=yes to write them)" >&2
+fi
+python3 - "$results" "$saved/results.md" "$saved/results.svg" "$saved/results.jsonl" <<'PY'
 import json, os, statistics, sys, platform, subprocess, datetime
 # This run's results replace the earlier ones of the same workload and server; the others are
 # kept (bench/results.jsonl), so a partial run (SERVERS=..., WORKLOADS=...) updates its rows only.
