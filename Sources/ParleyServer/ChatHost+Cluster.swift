@@ -95,8 +95,20 @@ extension ChatHost {
     /// node takes over the undelivered messages they held.
     func peersGone(_ nodes: [UInt16]) async {
         for node in nodes {
-            Self.write(perform { core, outbox in core.remoteNodeGone(node, now: Self.now(), into: &outbox) })
+            let noticed = Self.now()
+            Self.write(perform { core, outbox in core.remoteNodeGone(node, now: noticed, into: &outbox) })
             guard let cluster, let shared = store as? any ClusterDeliveryStore else { continue }
+            // Its users' messages are followed here for receipts from now on; first, so that
+            // the messages taken over below and delivered at once send their receipts.
+            do {
+                let chat = withCore { $0.configuration }
+                let followed = try await shared.followedMessages(
+                    ofNode: node, follower: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
+                    maxTrackedRecipients: chat.maxTrackedRecipients)
+                Self.write(perform { core, outbox in core.adoptFollowed(followed, from: node, noticed: noticed, now: Self.now(), into: &outbox) })
+            } catch {
+                logger.error("could not follow the receipts of a node that went away", metadata: ["node": "\(node)", "error": "\(error)"])
+            }
             do {
                 let adopted = try await shared.adoptUndelivered(ofNode: node, holder: cluster.nodeName)
                 if !adopted.isEmpty {

@@ -727,7 +727,14 @@ public final class PostgresChatStore: ChatStore {
     // MARK: Delivery state and history
 
     public func loadDeliveryState(since cutoff: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState {
+        try await loadDeliveryState(since: cutoff, maxTrackedRecipients: maxTrackedRecipients, sentThrough: nil)
+    }
+
+    /// `loadDeliveryState`, or with `node` the messages sent through that node only (their ids
+    /// start with its name), with every recipient row whoever holds it.
+    private func loadDeliveryState(since cutoff: Timestamp, maxTrackedRecipients: Int, sentThrough node: String?) async throws -> DeliveryState {
         let ids = identities.withLock { $0 }
+        let sentThrough = node.map { " AND m.id LIKE '\($0).%'" } ?? ""
         do {
             let connection = try shared()
             // What the server follows in memory, loaded in bounded windows so that start-up time
@@ -756,6 +763,7 @@ public final class PostgresChatStore: ChatStore {
                         AS recipients
                     FROM messages m
                     WHERE m.time >= ? AND (m.target_kind = 'group' OR EXISTS (SELECT 1 FROM message_recipients r WHERE r.message_id = m.id))
+                        \(sentThrough)
                     ORDER BY m.position DESC LIMIT ?
                 )
                 SELECT MIN(position) FROM (
@@ -775,7 +783,7 @@ public final class PostgresChatStore: ChatStore {
                        r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
                 FROM messages m LEFT JOIN message_recipients r ON r.message_id = m.id LEFT JOIN waiting w ON w.id = m.id
                 WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL) AND (r.recipient_id IS NOT NULL OR m.target_kind = 'group')
-                    \(Self.heldOnly(holdingNode.withLock { $0 }))
+                    \(node == nil ? Self.heldOnly(holdingNode.withLock { $0 }) : sentThrough)
                 ORDER BY m.position, r.recipient_id
                 """, [.int(cutoff.millisecondsSince1970), .int(recentFrom)], logger: logger)
             var state = DeliveryStateBuilder()
@@ -911,6 +919,21 @@ extension PostgresChatStore: ClusterDeliveryStore {
                 """, [.text(holder)] + values, logger: logger)
             return try Self.waitingMessages(rows, ids: ids)
         } catch { throw explained(error) }
+    }
+
+    public func followedMessages(ofNode node: UInt16, follower: String, since cutoff: Timestamp,
+                                 maxTrackedRecipients: Int) async throws -> [StoredMessage] {
+        let name: String?
+        do {
+            let connection = try shared()
+            try refreshIdentities(on: connection)
+            // Every node declares a dead node dead in turn: the first follows its messages.
+            name = try await connection.runAsync(
+                "UPDATE cluster_nodes SET followed_by = ? WHERE number = ? AND followed_by IS NULL RETURNING name",
+                [.text(follower), .int(Int64(node))], logger: logger).first.map { try $0.decode(String.self) }
+        } catch { throw explained(error) }
+        guard let name, PostgresClusterLink.isValidNodeName(name) else { return [] }
+        return try await loadDeliveryState(since: cutoff, maxTrackedRecipients: maxTrackedRecipients, sentThrough: name).tracked
     }
 
     public func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage] {

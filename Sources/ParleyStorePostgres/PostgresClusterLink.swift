@@ -133,7 +133,8 @@ public final class PostgresClusterLink: ClusterTransport {
         // lock still held for a moment, until the database notices that connection is gone (or
         // while a peer declares that run dead).
         guard try await lock(UInt16(number), on: control, attempts: 10, logger: logger) else { throw PostgresStoreError.nodeNameInUse(name) }
-        try await control.runAsync("UPDATE cluster_nodes SET started_at = ? WHERE number = ?",
+        // A new run: once it dies, its messages' receipts are to be followed by a survivor again.
+        try await control.runAsync("UPDATE cluster_nodes SET started_at = ?, followed_by = NULL WHERE number = ?",
                                    [.int(Int64(Date().timeIntervalSince1970 * 1000)), .int(number)], logger: logger)
         // What was sent to this node's previous run is for connections that no longer exist:
         // back to the senders, who hold again what did not reach its recipients.
@@ -496,6 +497,11 @@ public final class PostgresClusterLink: ClusterTransport {
             let locked = try await Self.lock(nodeNumber, on: fresh, attempts: 20, logger: logger)
             if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }
             let declaredDead = try await Self.declaredDeadCount(of: nodeNumber, on: fresh, logger: logger)
+            if declaredDead != state.withLock({ $0.declaredDead }) {
+                // It starts over, as a new run (see `takeNumber`); the node that took over the
+                // receipts of its messages gives them back when it says hello.
+                try await fresh.runAsync("UPDATE cluster_nodes SET followed_by = NULL WHERE number = ?", [.int(Int64(nodeNumber))], logger: logger)
+            }
             let (kept, rejoined, takenForDead) = state.withLock { state -> (Bool, (@Sendable (Bool) -> Void)?, Bool) in
                 guard !state.leaving else { return (false, nil, false) }
                 state.control = fresh

@@ -108,6 +108,67 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// Read receipts due to an author whose node died: the node that notices the death follows
+    /// the messages sent through it, and the author gets each read receipt once at their next
+    /// login on another node, for a read made before the death was noticed (a direct message)
+    /// and one made after (a group message).
+    @Test func readReceiptsDueToAnAuthorWhoseNodeDiedReachThemAtTheirNextLogin() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" }, "bob online", timeout: .seconds(20))
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        alice.send("PRIVMSG bob :read me")
+        alice.send("PRIVMSG #team :read me too")
+        let direct = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me" }
+        let inGroup = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me too" }
+        let directID = try #require(direct.tagValue("msgid"))
+        let groupID = try #require(inGroup.tagValue("msgid"))
+        for id in [directID, groupID] {
+            try await alice.expect(timeout: .seconds(10), "delivered receipt") { $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id }
+        }
+        bob.send("MONITOR + alice")
+        try await bob.skip(through: { $0.command == "730" }, "alice online", timeout: .seconds(20))
+
+        n1.signal(SIGKILL)
+        _ = try await alice.expectClosed(timeout: .seconds(10))
+        // Before n2 notices (it checks its peers every few seconds), bob reads alice's message...
+        bob.send("MARKREAD alice timestamp=\(try #require(direct.tagValue("time")))")
+        try await bob.expect(command: "MARKREAD")
+        try await bob.expect(timeout: .seconds(60), "alice offline") { $0.command == "731" }
+        // ... and after, the group's.
+        bob.send("MARKREAD #team timestamp=\(try #require(inGroup.tagValue("time")))")
+        try await bob.expect(command: "MARKREAD")
+
+        let aliceBack = try await Self.login("alice", port: n2.ports[0])
+        var awaited: Set<String> = [directID, groupID]
+        while !awaited.isEmpty {
+            let waiting = awaited
+            let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipts of \(waiting)") {
+                $0.command == "RECEIPT" && waiting.contains($0.parameters.dropFirst().first ?? "") && $0.parameters.dropFirst(2).first == "read"
+            }
+            #expect(receipt.parameters.dropFirst(3).first == "bob", "\(receipt)")
+            awaited.remove(receipt.parameters[1])
+        }
+        aliceBack.send("PING :once")
+        let rest = try await aliceBack.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
+        #expect(!rest.contains { $0.command == "RECEIPT" && $0.parameters.dropFirst(2).first == "read" }, "each read receipt once: \(rest)")
+
+        for client in [bob, aliceBack] { await client.close() }
+        n2.signal(SIGTERM)
+        #expect(try await n2.waitForExit(timeout: .seconds(15)) == 0, "\(n2.logText)")
+        try await drop()
+    }
+
     @Test func aNodeTakenForDeadWhileCutOffStartsOverWithoutDuplicates() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
         var cluster = cluster0
