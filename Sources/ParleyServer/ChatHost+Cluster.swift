@@ -152,21 +152,25 @@ extension ChatHost {
     func startOverAfterBeingTakenForDead() async {
         guard let cluster else { return }
         logger.warning("the other nodes took this node for dead: disconnecting its users and starting over")
+        // Accounts and groups as the others left them are read first and replace this node's
+        // copy as its users are disconnected, in one step: a user who reconnects at once must
+        // find the groups made meanwhile (read after, they were missing for that login).
+        while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
+        var shared: (accounts: [AccountRecord], groups: [GroupRecord])?
+        do {
+            shared = (try await store.loadAccounts(), try await store.loadGroups())
+        } catch {
+            logger.error("could not reload accounts and groups after being taken for dead", metadata: ["error": "\(error)"])
+        }
         Self.write(perform { core, outbox in
             core.shutdown(reason: "This server lost contact with the rest of the network; please reconnect", now: Self.now(), into: &outbox)
             core.forgetRemoteSessions(now: Self.now(), into: &outbox)
             // Others hold some of it now: nothing is handed over until it is reloaded.
             core.forgetUndelivered()
+            if let shared { core.reloadSharedState(accounts: shared.accounts, groups: shared.groups) }
         })
         // What its users sent before is committed first: it may be among what is taken back.
         while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
-        do {
-            let accounts = try await store.loadAccounts()
-            let groups = try await store.loadGroups()
-            Self.write(perform { core, _ in core.reloadSharedState(accounts: accounts, groups: groups) })
-        } catch {
-            logger.error("could not reload accounts and groups after being taken for dead", metadata: ["error": "\(error)"])
-        }
         if let shared = store as? any ClusterDeliveryStore {
             do {
                 let held = try await shared.adoptUndelivered(ofNode: cluster.nodeNumber, holder: cluster.nodeName)

@@ -11,7 +11,8 @@ public protocol ClusterTransport: Sendable {
     /// Starts delivering. `receive` gets every payload a peer sent to this node, each peer's in
     /// the order it sent them; `returned` a payload this node sent to a node that went away
     /// before taking it; `peersGone` the nodes that stopped (crashed, lost the database, or
-    /// left), at most `checkInterval` after it happened, while no other node declares them
+    /// left), at most two `checkInterval`s after it happened (not one: a node that lost the
+    /// database for a moment takes its liveness back), while no other node declares them
     /// dead and they cannot come back (so what it does, such as taking over their undelivered
     /// messages, is done by one node at a time).
     /// `rejoined` when this node is back after losing the database, saying whether the others

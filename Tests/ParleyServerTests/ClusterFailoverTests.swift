@@ -169,6 +169,61 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// Waits until `node`'s log has a line containing one of `texts`; returns the first found.
+    static func waitForLog(_ texts: String..., in node: ServerProcess, timeout: Duration = .seconds(30)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let log = node.logText
+            if let found = texts.first(where: { log.contains($0) }) { return found }
+            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "no \(texts) in the log:\n\(log)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// A node whose database connection drops for a moment (its backend is terminated; the
+    /// database itself is fine, and with the connection go its liveness lock and notifications)
+    /// takes its lock back before the others take it for dead: it keeps its users, who get
+    /// what was sent to them meanwhile, once. Before, a peer checking in that moment took it
+    /// for dead, and the node disconnected all its users when it was back.
+    @Test func aNodeCutOffForAMomentKeepsItsUsers() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
+
+        // n2 pauses (so that it cannot take its lock back at once) and loses its connection.
+        n2.signal(SIGSTOP)
+        try await TestPostgres.execute("""
+            SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
+              AND objid::text = (SELECT number::text FROM cluster_nodes WHERE name = 'n2')
+            """, on: cluster.database)
+        // n1's next check finds n2's lock missing.
+        let seen = try await Self.waitForLog("lock is missing", "cluster node gone", in: n1)
+        alice.send("PRIVMSG bob :while you were away a moment")
+        n2.signal(SIGCONT)
+        _ = try await Self.waitForLog("reconnected to the database", in: n2)
+
+        try await Self.expectOnce("while you were away a moment", at: bob)
+        #expect(!bob.isClosed)
+        #expect(seen == "lock is missing", "n1 took n2 for dead at once")
+        alice.send("PING :still here")
+        let atAlice = try await alice.lines(through: { $0.command == "PONG" && $0.parameters.last == "still here" }, "PONG")
+        #expect(!atAlice.contains { $0.command == "731" }, "bob never went offline: \(atAlice)")
+
+        for client in [alice, bob] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        #expect(!n1.logText.contains("cluster node gone"), "\(n1.logText)")
+        try await drop()
+    }
+
     @Test func aNodeTakenForDeadWhileCutOffStartsOverWithoutDuplicates() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
         var cluster = cluster0
