@@ -82,7 +82,7 @@ extension ChatHost {
                 if let delivery = resolve(connection, line: lines, closeAfter: false) { writes.append(delivery) }
             case .close(let connection):
                 if let delivery = resolve(connection, line: nil, closeAfter: true) { writes.append(delivery) }
-            case .handedOver:
+            case .handedOver, .handedOverToSeveral:
                 break  // for the sender, should this payload come back
             }
         }
@@ -125,12 +125,25 @@ extension ChatHost {
     }
 
     /// A payload for a node that died before taking it: the stored messages it handed to that
-    /// node's connections wait for their recipients again.
+    /// node's connections wait for their recipients again. One handed to an account's
+    /// connections on several nodes waits again once every one of those copies is back.
     func payloadReturned(from node: UInt16, _ payload: ByteBuffer) {
         guard let cluster, let shared = store as? any ClusterDeliveryStore,
               let records = try? ClusterCodec.decode(payload) else { return }
         var handOvers: [(messageID: String, account: String)] = []
-        for case .handedOver(let messageID, let account) in records { handOvers.append((messageID, account)) }
+        for record in records {
+            switch record {
+            case .handedOver(let messageID, let account):
+                handOvers.append((messageID, account))
+            case .handedOverToSeveral(let messageID, let account, let alsoVia):
+                let allBack = returnedCopies.withLockedValue {
+                    $0.copyBack(messageID: messageID, account: account, from: node, alsoVia: alsoVia, now: .now)
+                }
+                if allBack { handOvers.append((messageID, account)) }
+            default:
+                break
+            }
+        }
         guard !handOvers.isEmpty else { return }
         let returned = handOvers
         Task {
@@ -182,5 +195,35 @@ extension ChatHost {
             }
         }
         announce(rejoin: false)
+    }
+}
+
+/// Copies of a stored message handed to an account's connections on several nodes, of which
+/// some came back (their node died before taking them). The message reached the account
+/// through a node that took its copy, unless every copy comes back. Copies whose others never
+/// come back (a live node took them) are forgotten after `kept`.
+struct ReturnedCopies: Sendable {
+    private struct Key: Hashable {
+        var messageID: String
+        var account: String
+    }
+    private var back: [Key: (nodes: Set<UInt16>, since: ContinuousClock.Instant)] = [:]
+    /// Far longer than nodes take to notice deaths one after another.
+    static let kept: Duration = .seconds(600)
+
+    /// Notes the copy that came back from `node`; true once the copies sent to `alsoVia` are
+    /// back too (then the entry goes).
+    mutating func copyBack(messageID: String, account: String, from node: UInt16, alsoVia: [UInt16],
+                           now: ContinuousClock.Instant) -> Bool {
+        back = back.filter { now - $0.value.since < Self.kept }
+        let key = Key(messageID: messageID, account: account)
+        var entry = back[key] ?? (nodes: [], since: now)
+        entry.nodes.insert(node)
+        guard alsoVia.allSatisfy(entry.nodes.contains) else {
+            back[key] = entry
+            return false
+        }
+        back[key] = nil
+        return true
     }
 }

@@ -224,6 +224,51 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// A user connected to two nodes that both die at once: a message sent to them in that
+    /// moment went to both nodes' connections and reached neither. Once both deaths are
+    /// noticed, it waits for the user's next login, on any node, and is delivered then, once.
+    @Test func aMessageToAUserWhoseNodesAllDieAtOnceIsDeliveredAtTheNextLogin() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let n3 = try await cluster.start("n3")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bobs = [try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password"),
+                    try await TestClient.registered("bob", port: n3.ports[0], caps: Self.caps, password: "bob-password")]
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" }, "bob online", timeout: .seconds(20))
+        // n1 knows both of bob's connections once it has their lines (each node sends a
+        // connection's snapshot before anything it does).
+        for (index, bob) in bobs.enumerated() {
+            bob.send("PRIVMSG alice :hello from \(index)")
+            try await alice.expect(timeout: .seconds(10), "bob's line from node \(index)") { $0.command == "PRIVMSG" && $0.parameters.last == "hello from \(index)" }
+        }
+
+        n2.signal(SIGKILL)
+        n3.signal(SIGKILL)
+        for bob in bobs { _ = try await bob.expectClosed(timeout: .seconds(10)) }
+        // n1 has not noticed yet (it checks every few seconds): the message goes to both nodes.
+        alice.send("PRIVMSG bob :into both gaps")
+        try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "into both gaps" }
+        try await alice.expect(timeout: .seconds(60), "bob offline") { $0.command == "731" }
+        let deferred = try await alice.expect(timeout: .seconds(20), "delivery deferred") { $0.command == "NOTE" && $0.parameters.contains("DELIVERY_DEFERRED") }
+        #expect(deferred.parameters.prefix(3) == ["PRIVMSG", "DELIVERY_DEFERRED", "bob"], "\(deferred)")
+        alice.send("PING :one note")
+        let notes = try await alice.lines(through: { $0.command == "PONG" && $0.parameters.last == "one note" }, "PONG")
+        #expect(!notes.contains { $0.command == "NOTE" && $0.parameters.contains("DELIVERY_DEFERRED") }, "told once: \(notes)")
+
+        let back = try await Self.login("bob", port: n1.ports[0])
+        try await Self.expectOnce("into both gaps", at: back)
+
+        for client in [alice, back] { await client.close() }
+        n1.signal(SIGTERM)
+        #expect(try await n1.waitForExit(timeout: .seconds(15)) == 0, "\(n1.logText)")
+        try await drop()
+    }
+
     @Test func aNodeTakenForDeadWhileCutOffStartsOverWithoutDuplicates() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
         var cluster = cluster0

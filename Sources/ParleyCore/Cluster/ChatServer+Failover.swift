@@ -4,17 +4,30 @@ import IRCWire
 /// which hands it over at its recipient's next login (`ClusterDeliveryStore` says which node).
 extension ChatServer {
     /// A stored message goes to `account` in this call's lines: if they reach the account only
-    /// through one other node's connections, the shell marks them so that they come back should
-    /// that node die before taking them (`Outbox.handOvers`).
+    /// through other nodes' connections, the shell marks them so that they come back should
+    /// those nodes die before taking them (`Outbox.handOvers`); with several nodes, each copy
+    /// names the others (the message was delivered unless all of them come back).
     mutating func noteHandOver(_ messageID: String, account: String, into outbox: inout Outbox) {
         guard isClustered, let holder = nickIndex[account], holder.accountKey == account else { return }
         var node: UInt16?
+        var others: [UInt16] = []  // no allocation in the usual case: one node
         for connection in holder.connections {
             if isLocal(connection) { return }
-            if let other = node, other != connection.node { return }
-            node = connection.node
+            if node == nil {
+                node = connection.node
+            } else if connection.node != node, !others.contains(connection.node) {
+                others.append(connection.node)
+            }
         }
-        if let node { outbox.handOvers.append(Outbox.HandOver(node: node, messageID: messageID, account: account)) }
+        guard let node else { return }
+        guard !others.isEmpty else {
+            outbox.handOvers.append(Outbox.HandOver(node: node, messageID: messageID, account: account))
+            return
+        }
+        let nodes = [node] + others
+        for target in nodes {
+            outbox.handOvers.append(Outbox.HandOver(node: target, messageID: messageID, account: account, alsoVia: nodes.filter { $0 != target }))
+        }
     }
 
     /// Messages this node handed to `deadNode`'s connections that never reached them: their
