@@ -154,7 +154,11 @@ let package = Package(
             ],
             path: "Tests/PostgresTestSupport"
         ),
-        .testTarget(name: "ParleyStorageTests", dependencies: ["ParleyStorage", "ParleyStoreSQLite", "ParleyStorePostgres", "PostgresTestSupport", "ParleyCore"]),
+        .testTarget(name: "ParleyStorageTests", dependencies: [
+            "ParleyStorage", "ParleyStoreSQLite", "ParleyStorePostgres", "PostgresTestSupport", "ParleyCore",
+            .product(name: "PostgresNIO", package: "postgres-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "ParleyStoreSQLiteTests", dependencies: ["ParleyStoreSQLite", "ParleyStorage", "ParleyCore", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "ParleyClientTests", dependencies: ["ParleyClient", "IRCWire"]),
         .testTarget(

@@ -58,6 +58,19 @@ public struct ChatServer: Sendable {
     var groupReadsSeen: [String: [String: Timestamp]] = [:]
     /// Receipts for authors who had no receipts-capable connection when they happened.
     var pendingReceipts: [String: [PendingReceipt]] = [:]
+    /// In a cluster: how far each account's reads were disclosed to authors, per conversation
+    /// (reader -> conversation key), whichever node they were made on, and when this node heard
+    /// of it. A node that takes over a dead node's messages sends the read receipts that node
+    /// could no longer send.
+    var disclosedReads: [String: [String: DisclosedRead]] = [:]
+
+    struct DisclosedRead: Sendable {
+        var until: Timestamp
+        var notedAt: Timestamp
+    }
+    /// Messages of dead nodes this node follows for receipts, by node: forgotten when the node
+    /// starts again (it follows them itself from the store).
+    var followedForDeadNodes: [UInt16: [String]] = [:]
     /// Read markers: account -> conversation key -> time of the last read message.
     var readMarkers: [String: [String: Timestamp]] = [:]
     /// Holders (account keys, guest identities) of a marker for each transient channel name.

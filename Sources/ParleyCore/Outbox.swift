@@ -27,14 +27,16 @@ public struct Outbox: Sendable {
     public var actions: [CoreAction] = []
     /// What the other nodes of a cluster must learn (always empty when the server runs alone).
     public var clusterEvents: [ClusterEvent] = []
-    /// Stored messages whose lines in `deliveries` reach an account only through one other
-    /// node's connections (`ClusterRecord.handedOver`).
+    /// Stored messages whose lines in `deliveries` reach an account only through other nodes'
+    /// connections (`ClusterRecord.handedOver`, `.handedOverToSeveral`).
     public var handOvers: [HandOver] = []
 
     public struct HandOver: Sendable, Equatable {
         public var node: UInt16
         public var messageID: String
         public var account: String
+        /// The other nodes the lines went to, for an account connected to several.
+        public var alsoVia: [UInt16] = []
     }
     /// Whether the last delivery's buffer belongs to it alone, so more lines for the same
     /// connection can be appended to it (a reply burst becomes one buffer, not one per line).

@@ -82,7 +82,7 @@ extension ChatHost {
                 if let delivery = resolve(connection, line: lines, closeAfter: false) { writes.append(delivery) }
             case .close(let connection):
                 if let delivery = resolve(connection, line: nil, closeAfter: true) { writes.append(delivery) }
-            case .handedOver:
+            case .handedOver, .handedOverToSeveral:
                 break  // for the sender, should this payload come back
             }
         }
@@ -95,8 +95,20 @@ extension ChatHost {
     /// node takes over the undelivered messages they held.
     func peersGone(_ nodes: [UInt16]) async {
         for node in nodes {
-            Self.write(perform { core, outbox in core.remoteNodeGone(node, now: Self.now(), into: &outbox) })
+            let noticed = Self.now()
+            Self.write(perform { core, outbox in core.remoteNodeGone(node, now: noticed, into: &outbox) })
             guard let cluster, let shared = store as? any ClusterDeliveryStore else { continue }
+            // Its users' messages are followed here for receipts from now on; first, so that
+            // the messages taken over below and delivered at once send their receipts.
+            do {
+                let chat = withCore { $0.configuration }
+                let followed = try await shared.followedMessages(
+                    ofNode: node, follower: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
+                    maxTrackedRecipients: chat.maxTrackedRecipients)
+                Self.write(perform { core, outbox in core.adoptFollowed(followed, from: node, noticed: noticed, now: Self.now(), into: &outbox) })
+            } catch {
+                logger.error("could not follow the receipts of a node that went away", metadata: ["node": "\(node)", "error": "\(error)"])
+            }
             do {
                 let adopted = try await shared.adoptUndelivered(ofNode: node, holder: cluster.nodeName)
                 if !adopted.isEmpty {
@@ -113,12 +125,25 @@ extension ChatHost {
     }
 
     /// A payload for a node that died before taking it: the stored messages it handed to that
-    /// node's connections wait for their recipients again.
+    /// node's connections wait for their recipients again. One handed to an account's
+    /// connections on several nodes waits again once every one of those copies is back.
     func payloadReturned(from node: UInt16, _ payload: ByteBuffer) {
         guard let cluster, let shared = store as? any ClusterDeliveryStore,
               let records = try? ClusterCodec.decode(payload) else { return }
         var handOvers: [(messageID: String, account: String)] = []
-        for case .handedOver(let messageID, let account) in records { handOvers.append((messageID, account)) }
+        for record in records {
+            switch record {
+            case .handedOver(let messageID, let account):
+                handOvers.append((messageID, account))
+            case .handedOverToSeveral(let messageID, let account, let alsoVia):
+                let allBack = returnedCopies.withLockedValue {
+                    $0.copyBack(messageID: messageID, account: account, from: node, alsoVia: alsoVia, now: .now)
+                }
+                if allBack { handOvers.append((messageID, account)) }
+            default:
+                break
+            }
+        }
         guard !handOvers.isEmpty else { return }
         let returned = handOvers
         Task {
@@ -140,21 +165,25 @@ extension ChatHost {
     func startOverAfterBeingTakenForDead() async {
         guard let cluster else { return }
         logger.warning("the other nodes took this node for dead: disconnecting its users and starting over")
+        // Accounts and groups as the others left them are read first and replace this node's
+        // copy as its users are disconnected, in one step: a user who reconnects at once must
+        // find the groups made meanwhile (read after, they were missing for that login).
+        while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
+        var shared: (accounts: [AccountRecord], groups: [GroupRecord])?
+        do {
+            shared = (try await store.loadAccounts(), try await store.loadGroups())
+        } catch {
+            logger.error("could not reload accounts and groups after being taken for dead", metadata: ["error": "\(error)"])
+        }
         Self.write(perform { core, outbox in
             core.shutdown(reason: "This server lost contact with the rest of the network; please reconnect", now: Self.now(), into: &outbox)
             core.forgetRemoteSessions(now: Self.now(), into: &outbox)
             // Others hold some of it now: nothing is handed over until it is reloaded.
             core.forgetUndelivered()
+            if let shared { core.reloadSharedState(accounts: shared.accounts, groups: shared.groups) }
         })
         // What its users sent before is committed first: it may be among what is taken back.
         while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
-        do {
-            let accounts = try await store.loadAccounts()
-            let groups = try await store.loadGroups()
-            Self.write(perform { core, _ in core.reloadSharedState(accounts: accounts, groups: groups) })
-        } catch {
-            logger.error("could not reload accounts and groups after being taken for dead", metadata: ["error": "\(error)"])
-        }
         if let shared = store as? any ClusterDeliveryStore {
             do {
                 let held = try await shared.adoptUndelivered(ofNode: cluster.nodeNumber, holder: cluster.nodeName)
@@ -166,5 +195,35 @@ extension ChatHost {
             }
         }
         announce(rejoin: false)
+    }
+}
+
+/// Copies of a stored message handed to an account's connections on several nodes, of which
+/// some came back (their node died before taking them). The message reached the account
+/// through a node that took its copy, unless every copy comes back. Copies whose others never
+/// come back (a live node took them) are forgotten after `kept`.
+struct ReturnedCopies: Sendable {
+    private struct Key: Hashable {
+        var messageID: String
+        var account: String
+    }
+    private var back: [Key: (nodes: Set<UInt16>, since: ContinuousClock.Instant)] = [:]
+    /// Far longer than nodes take to notice deaths one after another.
+    static let kept: Duration = .seconds(600)
+
+    /// Notes the copy that came back from `node`; true once the copies sent to `alsoVia` are
+    /// back too (then the entry goes).
+    mutating func copyBack(messageID: String, account: String, from node: UInt16, alsoVia: [UInt16],
+                           now: ContinuousClock.Instant) -> Bool {
+        back = back.filter { now - $0.value.since < Self.kept }
+        let key = Key(messageID: messageID, account: account)
+        var entry = back[key] ?? (nodes: [], since: now)
+        entry.nodes.insert(node)
+        guard alsoVia.allSatisfy(entry.nodes.contains) else {
+            back[key] = entry
+            return false
+        }
+        back[key] = nil
+        return true
     }
 }

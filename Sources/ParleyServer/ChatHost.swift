@@ -51,6 +51,8 @@ final class ChatHost: Sendable {
     let cluster: (any ClusterTransport)?
     let metrics: ServerMetrics
     private let backgroundWork = NIOLockedValueBox<Int>(0)
+    /// Copies of stored messages handed to several nodes that came back (see `ReturnedCopies`).
+    let returnedCopies = NIOLockedValueBox(ReturnedCopies())
 
     init(core: ChatServer, configuration: ServerConfiguration, store: any ChatStore, cluster: (any ClusterTransport)? = nil,
          threadPool: NIOThreadPool, metrics: ServerMetrics, logger: Logger) {
@@ -204,8 +206,10 @@ final class ChatHost: Sendable {
                 }
                 // In the same payload as the lines they mark, so that both come back together.
                 for handOver in state.outbox.handOvers {
-                    ClusterCodec.append(.handedOver(messageID: handOver.messageID, account: handOver.account),
-                                        to: &remote[handOver.node, default: ByteBuffer()])
+                    let record: ClusterRecord = handOver.alsoVia.isEmpty
+                        ? .handedOver(messageID: handOver.messageID, account: handOver.account)
+                        : .handedOverToSeveral(messageID: handOver.messageID, account: handOver.account, alsoVia: handOver.alsoVia)
+                    ClusterCodec.append(record, to: &remote[handOver.node, default: ByteBuffer()])
                 }
                 for action in state.outbox.actions {
                     if case .close(let id) = action, !state.core.isLocal(id) {

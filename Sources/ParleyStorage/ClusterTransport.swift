@@ -11,7 +11,8 @@ public protocol ClusterTransport: Sendable {
     /// Starts delivering. `receive` gets every payload a peer sent to this node, each peer's in
     /// the order it sent them; `returned` a payload this node sent to a node that went away
     /// before taking it; `peersGone` the nodes that stopped (crashed, lost the database, or
-    /// left), at most `checkInterval` after it happened, while no other node declares them
+    /// left), at most two `checkInterval`s after it happened (not one: a node that lost the
+    /// database for a moment takes its liveness back), while no other node declares them
     /// dead and they cannot come back (so what it does, such as taking over their undelivered
     /// messages, is done by one node at a time).
     /// `rejoined` when this node is back after losing the database, saying whether the others
@@ -43,6 +44,12 @@ public protocol ClusterDeliveryStore: Sendable {
     /// messages, each with the recipients concerned (rows already read stay delivered and are
     /// left out, as are messages deleted meanwhile).
     func returnHandOvers(_ handOvers: [(messageID: String, account: String)], holder: String) async throws -> [StoredMessage]
+    /// The recent messages sent through the dead node `node` whose receipts are not all sent
+    /// (the window `ChatStore.loadDeliveryState` loads, for that node's messages only, with all
+    /// their recipients), for `follower` to follow their receipts from now on, as the dead node
+    /// did. Every node that sees the death asks; only the first gets them (none for the others),
+    /// until the dead node starts a new run.
+    func followedMessages(ofNode node: UInt16, follower: String, since: Timestamp, maxTrackedRecipients: Int) async throws -> [StoredMessage]
     /// Takes over the undelivered rows the dead node `node` held, for `holder`, and returns
     /// those messages with their undelivered recipients. Run by one node at a time.
     func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage]

@@ -286,18 +286,37 @@ public final class PostgresChatStore: ChatStore {
     /// How long a transaction naming a group or account this store cannot find waits for it.
     static let unknownIdentityWait: Duration = .seconds(5)
 
+    /// Orders group messages and new group members by commit, across nodes (any 64-bit constant
+    /// no other application on the database uses). A message's position is taken when it is
+    /// inserted, a new member's `since` reads the newest committed position: without this, a
+    /// message inserted on one node before a member joined on another but committed after
+    /// would count that member as a recipient, though it was stored first (and one inserted
+    /// later with a lower position, committed earlier, could miss a member). Transactions that
+    /// store group messages hold the lock shared (they do not wait for each other); one that
+    /// adds a member holds it exclusively, so it reads `since` once every group message with a
+    /// position taken before has committed, and every later one takes a higher position.
+    static let groupOrderLockKey: Int64 = 0x7061_726C_6579_0002 // "parley" 2
+    /// Retries of a transaction PostgreSQL broke off as a deadlock: two nodes each storing group
+    /// messages (the lock shared) and adding a member (exclusively) in one transaction.
+    static let deadlockRetries = 5
+
     public func transaction(_ body: (any StorageTransaction) throws -> Void) throws {
         // Another node tells this one of a group it made (the JOIN, the INVITE) as soon as it
         // decides it, and commits the group's row a moment later: under load a member's message
         // here could name the group before its row exists, and failed with its whole batch. A
         // name not found is looked up again until it appears, for a few seconds, not refused.
         let deadline = ContinuousClock.now + Self.unknownIdentityWait
+        var deadlocks = 0
         while true {
             do {
                 return try transactionOnce(body)
             } catch StoreError.unknownIdentity(let key) where ContinuousClock.now < deadline {
                 logger.debug("waiting for another node's commit", metadata: ["identity": "\(key)"])
                 Thread.sleep(forTimeInterval: 0.02)
+            } catch let error as PostgresStoreError where error.isDeadlock && deadlocks < Self.deadlockRetries {
+                // Rolled back whole: running the writes again is safe.
+                deadlocks += 1
+                logger.debug("transaction retried after a deadlock with another node", metadata: ["attempt": "\(deadlocks)"])
             }
         }
     }
@@ -351,6 +370,14 @@ public final class PostgresChatStore: ChatStore {
         private var readMarkers: [ReadMarkerKey: Int64] = [:]
         private var groupReadPositions: [GroupPositionKey: Int64] = [:]
         private var lastSeen: [String: Int64] = [:]
+        /// Whether `messageRows` holds a group message, and how this transaction holds the
+        /// group order lock (`groupOrderLockKey`).
+        private var storesGroupMessages = false
+        private var groupOrderLock: GroupOrderLock = .none
+
+        private enum GroupOrderLock {
+            case none, shared, exclusive
+        }
 
         private struct RecipientRowKey: Hashable {
             var recipient: Int64
@@ -386,6 +413,7 @@ public final class PostgresChatStore: ChatStore {
                 case .group:
                     guard let group = ids.groupIDs[stored.target] else { throw StoreError.unknownIdentity(stored.target) }
                     targetID = group
+                    storesGroupMessages = true
                 case .direct:
                     targetID = ids.accountIDs[stored.target]
                     if targetID == nil { targetGuest = stored.target }
@@ -459,6 +487,11 @@ public final class PostgresChatStore: ChatStore {
         /// and those before updates of them, as the domain decided them.
         func flush() throws {
             if messageRows.count > 0 {
+                if storesGroupMessages && groupOrderLock == .none {
+                    _ = try run("SELECT pg_advisory_xact_lock_shared(?)", [.int(PostgresChatStore.groupOrderLockKey)])
+                    groupOrderLock = .shared
+                }
+                storesGroupMessages = false
                 try copy(&messageRows, into: "messages", columns: [
                     "id", "time", "sender_id", "sender_guest", "sender_nick", "sender_prefix", "target_kind", "target_id",
                     "target_guest", "target_name", "command", "text", "client_tags",
@@ -499,6 +532,13 @@ public final class PostgresChatStore: ChatStore {
                 }
                 lastSeen.removeAll(keepingCapacity: true)
             }
+        }
+
+        /// Before reading the position a new member starts after: see `groupOrderLockKey`.
+        private func lockGroupOrderExclusively() throws {
+            guard groupOrderLock != .exclusive else { return }
+            _ = try run("SELECT pg_advisory_xact_lock(?)", [.int(PostgresChatStore.groupOrderLockKey)])
+            groupOrderLock = .exclusive
         }
 
         /// Sends `rows` with `COPY table (columns) FROM STDIN` and empties it. PostgresNIO's COPY is
@@ -611,6 +651,9 @@ public final class PostgresChatStore: ChatStore {
                     let (account, position) = try row.decode((Int64, Int64).self)
                     since[account] = position
                 }
+                if group.members.keys.contains(where: { ids.accountIDs[$0].map { since[$0] == nil } ?? false }) {
+                    try lockGroupOrderExclusively()
+                }
                 let newest = try run("SELECT " + PostgresChatStore.newestPositionSQL).first.map { try $0.decode(Int64.self) } ?? 0
                 _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
                 let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
@@ -630,6 +673,7 @@ public final class PostgresChatStore: ChatStore {
             try flush()
             if let role {
                 // A new member starts after the newest message; one already there keeps its position.
+                try lockGroupOrderExclusively()
                 _ = try run("""
                     INSERT INTO group_members (group_id, account_id, role, voiced, since) VALUES (?, ?, ?, ?, \(PostgresChatStore.newestPositionSQL))
                     ON CONFLICT (group_id, account_id) DO UPDATE SET role = excluded.role, voiced = excluded.voiced
@@ -683,7 +727,14 @@ public final class PostgresChatStore: ChatStore {
     // MARK: Delivery state and history
 
     public func loadDeliveryState(since cutoff: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState {
+        try await loadDeliveryState(since: cutoff, maxTrackedRecipients: maxTrackedRecipients, sentThrough: nil)
+    }
+
+    /// `loadDeliveryState`, or with `node` the messages sent through that node only (their ids
+    /// start with its name), with every recipient row whoever holds it.
+    private func loadDeliveryState(since cutoff: Timestamp, maxTrackedRecipients: Int, sentThrough node: String?) async throws -> DeliveryState {
         let ids = identities.withLock { $0 }
+        let sentThrough = node.map { " AND m.id LIKE '\($0).%'" } ?? ""
         do {
             let connection = try shared()
             // What the server follows in memory, loaded in bounded windows so that start-up time
@@ -712,6 +763,7 @@ public final class PostgresChatStore: ChatStore {
                         AS recipients
                     FROM messages m
                     WHERE m.time >= ? AND (m.target_kind = 'group' OR EXISTS (SELECT 1 FROM message_recipients r WHERE r.message_id = m.id))
+                        \(sentThrough)
                     ORDER BY m.position DESC LIMIT ?
                 )
                 SELECT MIN(position) FROM (
@@ -731,7 +783,7 @@ public final class PostgresChatStore: ChatStore {
                        r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
                 FROM messages m LEFT JOIN message_recipients r ON r.message_id = m.id LEFT JOIN waiting w ON w.id = m.id
                 WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL) AND (r.recipient_id IS NOT NULL OR m.target_kind = 'group')
-                    \(Self.heldOnly(holdingNode.withLock { $0 }))
+                    \(node == nil ? Self.heldOnly(holdingNode.withLock { $0 }) : sentThrough)
                 ORDER BY m.position, r.recipient_id
                 """, [.int(cutoff.millisecondsSince1970), .int(recentFrom)], logger: logger)
             var state = DeliveryStateBuilder()
@@ -867,6 +919,21 @@ extension PostgresChatStore: ClusterDeliveryStore {
                 """, [.text(holder)] + values, logger: logger)
             return try Self.waitingMessages(rows, ids: ids)
         } catch { throw explained(error) }
+    }
+
+    public func followedMessages(ofNode node: UInt16, follower: String, since cutoff: Timestamp,
+                                 maxTrackedRecipients: Int) async throws -> [StoredMessage] {
+        let name: String?
+        do {
+            let connection = try shared()
+            try refreshIdentities(on: connection)
+            // Every node declares a dead node dead in turn: the first follows its messages.
+            name = try await connection.runAsync(
+                "UPDATE cluster_nodes SET followed_by = ? WHERE number = ? AND followed_by IS NULL RETURNING name",
+                [.text(follower), .int(Int64(node))], logger: logger).first.map { try $0.decode(String.self) }
+        } catch { throw explained(error) }
+        guard let name, PostgresClusterLink.isValidNodeName(name) else { return [] }
+        return try await loadDeliveryState(since: cutoff, maxTrackedRecipients: maxTrackedRecipients, sentThrough: name).tracked
     }
 
     public func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage] {

@@ -10,7 +10,8 @@ import Synchronization
 ///
 /// - A node is alive while it holds a session-level advisory lock on its number (on `control`,
 ///   a connection with TCP keepalives, so that even a node that lost power lets go within
-///   about half a minute). Each node checks the others' locks every `checkInterval`.
+///   about half a minute). Each node checks the others' locks every `checkInterval`, and takes
+///   a node for dead when `missedChecksBeforeDead` checks in a row find its lock missing.
 /// - A payload for a node is a row in `cluster_events` (its target's), followed by
 ///   `pg_notify('parley_node_<number>')` in the same statement. The receiver takes its rows with
 ///   `DELETE ... RETURNING` when notified, and every second in case a notification was missed
@@ -34,6 +35,12 @@ public final class PostgresClusterLink: ClusterTransport {
     private let maxQueuedPayloads = 100_000
     /// The first int of the advisory lock pair: "parl". The second is the node number.
     public static let lockClass: Int64 = 0x7061_726C
+    /// How many checks in a row must find a peer's lock missing before it is taken for dead. A
+    /// node whose connection to the database dropped for a moment (a backend terminated, a
+    /// network blip; its notifications go with it) takes its lock back within a couple of
+    /// seconds: taken for dead at the first check, it disconnected all its users when back (it
+    /// starts over); with a second check, it carries on and takes what was sent to it meanwhile.
+    static let missedChecksBeforeDead = 2
 
     private struct State {
         var control: PostgresConnection
@@ -52,6 +59,8 @@ public final class PostgresClusterLink: ClusterTransport {
         /// When `control` was last opened again: for a while after, a peer whose lock is
         /// missing may just not have reconnected yet, so it is not taken for dead.
         var reconnectedAt: ContinuousClock.Instant?
+        /// Peers whose lock the last checks found missing, and how many checks in a row.
+        var missedChecks: [UInt16: Int] = [:]
     }
     private let state: Mutex<State>
     private let writerWake: AsyncStream<Void>.Continuation
@@ -133,7 +142,8 @@ public final class PostgresClusterLink: ClusterTransport {
         // lock still held for a moment, until the database notices that connection is gone (or
         // while a peer declares that run dead).
         guard try await lock(UInt16(number), on: control, attempts: 10, logger: logger) else { throw PostgresStoreError.nodeNameInUse(name) }
-        try await control.runAsync("UPDATE cluster_nodes SET started_at = ? WHERE number = ?",
+        // A new run: once it dies, its messages' receipts are to be followed by a survivor again.
+        try await control.runAsync("UPDATE cluster_nodes SET started_at = ?, followed_by = NULL WHERE number = ?",
                                    [.int(Int64(Date().timeIntervalSince1970 * 1000)), .int(number)], logger: logger)
         // What was sent to this node's previous run is for connections that no longer exist:
         // back to the senders, who hold again what did not reach its recipients.
@@ -434,8 +444,22 @@ public final class PostgresClusterLink: ClusterTransport {
                 state.peers.formUnion(live)
                 return []
             }
-            let gone = state.peers.subtracting(live).sorted()
-            state.peers = live
+            var gone: [UInt16] = []
+            var waitedFor: Set<UInt16> = []
+            for node in state.peers.subtracting(live).sorted() {
+                let missed = (state.missedChecks[node] ?? 0) + 1
+                if missed >= Self.missedChecksBeforeDead {
+                    gone.append(node)
+                    state.missedChecks[node] = nil
+                } else {
+                    logger.info("cluster node's lock is missing; taken for dead if still missing at the next check", metadata: ["node": "\(node)"])
+                    state.missedChecks[node] = missed
+                    waitedFor.insert(node)
+                }
+            }
+            for node in live { state.missedChecks[node] = nil }
+            // A node waited for is still sent to: it takes what arrived meanwhile when it is back.
+            state.peers = live.union(waitedFor)
             state.departed.subtract(live)
             return gone
         }
@@ -496,6 +520,11 @@ public final class PostgresClusterLink: ClusterTransport {
             let locked = try await Self.lock(nodeNumber, on: fresh, attempts: 20, logger: logger)
             if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }
             let declaredDead = try await Self.declaredDeadCount(of: nodeNumber, on: fresh, logger: logger)
+            if declaredDead != state.withLock({ $0.declaredDead }) {
+                // It starts over, as a new run (see `takeNumber`); the node that took over the
+                // receipts of its messages gives them back when it says hello.
+                try await fresh.runAsync("UPDATE cluster_nodes SET followed_by = NULL WHERE number = ?", [.int(Int64(nodeNumber))], logger: logger)
+            }
             let (kept, rejoined, takenForDead) = state.withLock { state -> (Bool, (@Sendable (Bool) -> Void)?, Bool) in
                 guard !state.leaving else { return (false, nil, false) }
                 state.control = fresh

@@ -183,6 +183,11 @@ enum PostgresMigrations {
             )
             """,
         ]),
+        Migration(version: 7, name: "followed-receipts", statements: [
+            // The node that follows the receipts of a dead node's messages (one of the nodes that
+            // declare it dead: the first); NULL again when that node starts a new run.
+            "ALTER TABLE cluster_nodes ADD COLUMN followed_by TEXT",
+        ]),
     ]
 
     static var latestVersion: Int { all.last?.version ?? 0 }

@@ -39,6 +39,13 @@ public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertib
         }
     }
 
+    /// PostgreSQL broke a deadlock by failing this transaction (SQLSTATE 40P01): running it
+    /// again succeeds.
+    var isDeadlock: Bool {
+        if case .server(let message) = self { return message.hasSuffix("(SQLSTATE 40P01)") }
+        return false
+    }
+
     /// Explains an error from connecting or querying.
     init(_ error: any Error, url: PostgresDatabaseURL) {
         if let known = error as? PostgresStoreError {

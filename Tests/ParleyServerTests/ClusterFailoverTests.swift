@@ -108,6 +108,167 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// Read receipts due to an author whose node died: the node that notices the death follows
+    /// the messages sent through it, and the author gets each read receipt once at their next
+    /// login on another node, for a read made before the death was noticed (a direct message)
+    /// and one made after (a group message).
+    @Test func readReceiptsDueToAnAuthorWhoseNodeDiedReachThemAtTheirNextLogin() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" }, "bob online", timeout: .seconds(20))
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        alice.send("PRIVMSG bob :read me")
+        alice.send("PRIVMSG #team :read me too")
+        let direct = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me" }
+        let inGroup = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me too" }
+        let directID = try #require(direct.tagValue("msgid"))
+        let groupID = try #require(inGroup.tagValue("msgid"))
+        for id in [directID, groupID] {
+            try await alice.expect(timeout: .seconds(10), "delivered receipt") { $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id }
+        }
+        bob.send("MONITOR + alice")
+        try await bob.skip(through: { $0.command == "730" }, "alice online", timeout: .seconds(20))
+
+        n1.signal(SIGKILL)
+        _ = try await alice.expectClosed(timeout: .seconds(10))
+        // Before n2 notices (it checks its peers every few seconds), bob reads alice's message...
+        bob.send("MARKREAD alice timestamp=\(try #require(direct.tagValue("time")))")
+        try await bob.expect(command: "MARKREAD")
+        try await bob.expect(timeout: .seconds(60), "alice offline") { $0.command == "731" }
+        // ... and after, the group's.
+        bob.send("MARKREAD #team timestamp=\(try #require(inGroup.tagValue("time")))")
+        try await bob.expect(command: "MARKREAD")
+
+        let aliceBack = try await Self.login("alice", port: n2.ports[0])
+        var awaited: Set<String> = [directID, groupID]
+        while !awaited.isEmpty {
+            let waiting = awaited
+            let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipts of \(waiting)") {
+                $0.command == "RECEIPT" && waiting.contains($0.parameters.dropFirst().first ?? "") && $0.parameters.dropFirst(2).first == "read"
+            }
+            #expect(receipt.parameters.dropFirst(3).first == "bob", "\(receipt)")
+            awaited.remove(receipt.parameters[1])
+        }
+        aliceBack.send("PING :once")
+        let rest = try await aliceBack.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
+        #expect(!rest.contains { $0.command == "RECEIPT" && $0.parameters.dropFirst(2).first == "read" }, "each read receipt once: \(rest)")
+
+        for client in [bob, aliceBack] { await client.close() }
+        n2.signal(SIGTERM)
+        #expect(try await n2.waitForExit(timeout: .seconds(15)) == 0, "\(n2.logText)")
+        try await drop()
+    }
+
+    /// Waits until `node`'s log has a line containing one of `texts`; returns the first found.
+    static func waitForLog(_ texts: String..., in node: ServerProcess, timeout: Duration = .seconds(30)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let log = node.logText
+            if let found = texts.first(where: { log.contains($0) }) { return found }
+            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "no \(texts) in the log:\n\(log)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// A node whose database connection drops for a moment (its backend is terminated; the
+    /// database itself is fine, and with the connection go its liveness lock and notifications)
+    /// takes its lock back before the others take it for dead: it keeps its users, who get
+    /// what was sent to them meanwhile, once. Before, a peer checking in that moment took it
+    /// for dead, and the node disconnected all its users when it was back.
+    @Test func aNodeCutOffForAMomentKeepsItsUsers() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
+
+        // n2 pauses (so that it cannot take its lock back at once) and loses its connection.
+        n2.signal(SIGSTOP)
+        try await TestPostgres.execute("""
+            SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
+              AND objid::text = (SELECT number::text FROM cluster_nodes WHERE name = 'n2')
+            """, on: cluster.database)
+        // n1's next check finds n2's lock missing.
+        let seen = try await Self.waitForLog("lock is missing", "cluster node gone", in: n1)
+        alice.send("PRIVMSG bob :while you were away a moment")
+        n2.signal(SIGCONT)
+        _ = try await Self.waitForLog("reconnected to the database", in: n2)
+
+        try await Self.expectOnce("while you were away a moment", at: bob)
+        #expect(!bob.isClosed)
+        #expect(seen == "lock is missing", "n1 took n2 for dead at once")
+        alice.send("PING :still here")
+        let atAlice = try await alice.lines(through: { $0.command == "PONG" && $0.parameters.last == "still here" }, "PONG")
+        #expect(!atAlice.contains { $0.command == "731" }, "bob never went offline: \(atAlice)")
+
+        for client in [alice, bob] { await client.close() }
+        for node in [n1, n2] { node.signal(SIGTERM) }
+        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        #expect(!n1.logText.contains("cluster node gone"), "\(n1.logText)")
+        try await drop()
+    }
+
+    /// A user connected to two nodes that both die at once: a message sent to them in that
+    /// moment went to both nodes' connections and reached neither. Once both deaths are
+    /// noticed, it waits for the user's next login, on any node, and is delivered then, once.
+    @Test func aMessageToAUserWhoseNodesAllDieAtOnceIsDeliveredAtTheNextLogin() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let n3 = try await cluster.start("n3")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bobs = [try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password"),
+                    try await TestClient.registered("bob", port: n3.ports[0], caps: Self.caps, password: "bob-password")]
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" }, "bob online", timeout: .seconds(20))
+        // n1 knows both of bob's connections once it has their lines (each node sends a
+        // connection's snapshot before anything it does).
+        for (index, bob) in bobs.enumerated() {
+            bob.send("PRIVMSG alice :hello from \(index)")
+            try await alice.expect(timeout: .seconds(10), "bob's line from node \(index)") { $0.command == "PRIVMSG" && $0.parameters.last == "hello from \(index)" }
+        }
+
+        n2.signal(SIGKILL)
+        n3.signal(SIGKILL)
+        for bob in bobs { _ = try await bob.expectClosed(timeout: .seconds(10)) }
+        // n1 has not noticed yet (it checks every few seconds): the message goes to both nodes.
+        alice.send("PRIVMSG bob :into both gaps")
+        try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "into both gaps" }
+        try await alice.expect(timeout: .seconds(60), "bob offline") { $0.command == "731" }
+        let deferred = try await alice.expect(timeout: .seconds(20), "delivery deferred") { $0.command == "NOTE" && $0.parameters.contains("DELIVERY_DEFERRED") }
+        #expect(deferred.parameters.prefix(3) == ["PRIVMSG", "DELIVERY_DEFERRED", "bob"], "\(deferred)")
+        alice.send("PING :one note")
+        let notes = try await alice.lines(through: { $0.command == "PONG" && $0.parameters.last == "one note" }, "PONG")
+        #expect(!notes.contains { $0.command == "NOTE" && $0.parameters.contains("DELIVERY_DEFERRED") }, "told once: \(notes)")
+
+        let back = try await Self.login("bob", port: n1.ports[0])
+        try await Self.expectOnce("into both gaps", at: back)
+
+        for client in [alice, back] { await client.close() }
+        n1.signal(SIGTERM)
+        #expect(try await n1.waitForExit(timeout: .seconds(15)) == 0, "\(n1.logText)")
+        try await drop()
+    }
+
     @Test func aNodeTakenForDeadWhileCutOffStartsOverWithoutDuplicates() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
         var cluster = cluster0

@@ -2,7 +2,10 @@ import Dispatch
 import Foundation
 import ParleyCore
 import ParleyStorage
-import ParleyStorePostgres
+@testable import ParleyStorePostgres
+import Logging
+import NIOPosix
+import PostgresNIO
 import PostgresTestSupport
 import Synchronization
 import Testing
@@ -42,6 +45,66 @@ struct PostgresNodesTests {
             Issue.record("expected messages"); return
         }
         #expect(found.map(\.text) == ["hello"])
+        try await second.close()
+        try await done()
+    }
+
+    /// Positions follow commits: a group message one node has stored but not yet committed, and
+    /// a member another node adds meanwhile. The member's join commits after the message (it
+    /// waits for it), so the member is not one of its recipients; before, the member's `since`
+    /// was read before the message's position was visible, and the member counted as having had it.
+    @Test func aMemberAddedWhileAnotherNodeCommitsAGroupMessageIsNotItsRecipient() async throws {
+        let (first, done) = try await StorageBackend.postgres.open()
+        let url = try #require((first as? PostgresChatStore)?.url)
+        let second = try await PostgresChatStore.open(url: url)
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let team = GroupRecord(name: "#team", key: "#team", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member])
+        try first.transaction { try $0.saveGroup(team, previousKey: nil) }
+        let message = StoredMessage(id: "n1.g1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                                    targetKind: .group, target: "#team", command: "PRIVMSG", text: "before carol",
+                                    recipients: [StoredRecipient(account: "bob", deliveredAt: now)])
+        // A third connection, to see whether the join waits for a lock.
+        let watcher = try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(),
+                                                           configuration: PostgresChatStore.configuration(for: url), id: 9, logger: Logger(label: "test"))
+        let joined = DispatchSemaphore(value: 0)
+        let joinOutcome = Mutex<Result<Void, any Error>?>(nil)
+        try first.transaction { transaction in
+            try transaction.storeMessages([message])
+            // Written now (it takes its position), committed when this closure returns.
+            try transaction.setReceiptsPendingSince(account: "alice", time: nil)
+            DispatchQueue.global().async {
+                let result = Result { try second.transaction { try $0.setGroupMember(group: "#team", account: "carol", role: .member, voiced: false) } }
+                joinOutcome.withLock { $0 = result }
+                joined.signal()
+            }
+            // The join either commits at once (positions taken at insert) or waits for this
+            // commit: whichever happens first ends the wait.
+            let waitingForALock = """
+                DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)
+                THEN RAISE EXCEPTION 'not waiting'; END IF; END $$
+                """
+            while joinOutcome.withLock({ $0 == nil ? true : false }) {
+                if (try? watcher.run(waitingForALock, logger: Logger(label: "test"))) != nil { break }
+            }
+        }
+        #expect(joined.wait(timeout: .now() + 20) == .success)
+        #expect(throws: Never.self) { try joinOutcome.withLock { $0 }?.get() }
+        guard case .messages(let found) = try first.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: ["#team"]), kind: .receipts(["n1.g1"]), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(found.first?.recipients.map(\.account) == ["bob"], "carol joined after n1.g1 was stored")
+        // Her next message is hers.
+        let next = StoredMessage(id: "n1.g2", time: now.adding(milliseconds: 1), senderNick: "alice", senderAccount: "alice",
+                                 senderPrefix: "alice!~a@h", targetKind: .group, target: "#team", command: "PRIVMSG", text: "after carol",
+                                 recipients: ["bob", "carol"].map { StoredRecipient(account: $0, deliveredAt: now.adding(milliseconds: 1)) })
+        try first.transaction { try $0.storeMessages([next]) }
+        guard case .messages(let foundNext) = try first.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: ["#team"]), kind: .receipts(["n1.g2"]), limit: 10)) else {
+            Issue.record("expected messages"); return
+        }
+        #expect(foundNext.first?.recipients.map(\.account) == ["bob", "carol"])
+        try await watcher.close()
         try await second.close()
         try await done()
     }

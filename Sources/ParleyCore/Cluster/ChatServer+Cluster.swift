@@ -156,6 +156,7 @@ extension ChatServer {
             if readMarkers[account]?[conversation].map({ $0 < time }) ?? true {
                 readMarkers[account, default: [:]][conversation] = time
             }
+            if disclose { noteDisclosedRead(account: account, conversation: conversation, time: time, now: now) }
             var context = CommandContext(connection: Self.nobody, now: now, label: nil)
             sendReadReceipts(account: account, conversation: conversation, time: time, disclose: disclose, &context, &outbox)
         case .redacted(let id):
@@ -318,6 +319,8 @@ extension ChatServer {
     /// went away cannot tell anyone; each node does the same for its own.
     public mutating func remoteNodeGone(_ node: UInt16, now: Timestamp, into outbox: inout Outbox) {
         guard node != configuration.clusterNode else { return }
+        // It starts again (or died again): it follows its messages itself from the store.
+        forgetFollowed(ofDeadNode: node)
         var scratch = Outbox()
         for id in sessions.keys.filter({ $0.node == node }).sorted() {
             removeSession(id, quitMessage: "Server went away", now: now, into: &scratch)

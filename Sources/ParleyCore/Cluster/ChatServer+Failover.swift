@@ -4,17 +4,30 @@ import IRCWire
 /// which hands it over at its recipient's next login (`ClusterDeliveryStore` says which node).
 extension ChatServer {
     /// A stored message goes to `account` in this call's lines: if they reach the account only
-    /// through one other node's connections, the shell marks them so that they come back should
-    /// that node die before taking them (`Outbox.handOvers`).
+    /// through other nodes' connections, the shell marks them so that they come back should
+    /// those nodes die before taking them (`Outbox.handOvers`); with several nodes, each copy
+    /// names the others (the message was delivered unless all of them come back).
     mutating func noteHandOver(_ messageID: String, account: String, into outbox: inout Outbox) {
         guard isClustered, let holder = nickIndex[account], holder.accountKey == account else { return }
         var node: UInt16?
+        var others: [UInt16] = []  // no allocation in the usual case: one node
         for connection in holder.connections {
             if isLocal(connection) { return }
-            if let other = node, other != connection.node { return }
-            node = connection.node
+            if node == nil {
+                node = connection.node
+            } else if connection.node != node, !others.contains(connection.node) {
+                others.append(connection.node)
+            }
         }
-        if let node { outbox.handOvers.append(Outbox.HandOver(node: node, messageID: messageID, account: account)) }
+        guard let node else { return }
+        guard !others.isEmpty else {
+            outbox.handOvers.append(Outbox.HandOver(node: node, messageID: messageID, account: account))
+            return
+        }
+        let nodes = [node] + others
+        for target in nodes {
+            outbox.handOvers.append(Outbox.HandOver(node: target, messageID: messageID, account: account, alsoVia: nodes.filter { $0 != target }))
+        }
     }
 
     /// Messages this node handed to `deadNode`'s connections that never reached them: their
@@ -28,6 +41,69 @@ extension ChatServer {
     /// What a dead node held, now this node's to hand over.
     public mutating func adoptUndelivered(_ messages: [StoredMessage], from deadNode: UInt16, now: Timestamp, into outbox: inout Outbox) {
         holdUndelivered(messages, except: deadNode, tellingAuthors: false, now: now, into: &outbox)
+    }
+
+    /// The recent messages sent through a dead node whose receipts are not all sent
+    /// (`ClusterDeliveryStore.followedMessages`): this node follows them from now on, as it
+    /// follows its own, so that their authors get their receipts wherever they log in. Reads
+    /// disclosed while no node followed them are applied from what this node heard of them: a
+    /// read the store does not have (the dead node writes read times of the rows it follows), or
+    /// a group read (the store has the position, not whether the author was told) that this
+    /// node heard of once the death was `noticed`. Receipts due are sent to the author if
+    /// online, else kept for their login.
+    public mutating func adoptFollowed(_ messages: [StoredMessage], from deadNode: UInt16, noticed: Timestamp, now: Timestamp,
+                                       into outbox: inout Outbox) {
+        var updates: [RecipientUpdate] = []
+        var authors: Set<String> = []
+        for var message in messages where tracked[message.id] == nil {
+            guard let author = message.senderAccount else { continue }
+            let conversation = message.targetKind == .group ? message.target : author
+            for index in message.recipients.indices {
+                let recipient = message.recipients[index]
+                guard recipient.deliveredAt != nil, let read = disclosedReads[recipient.account]?[conversation], read.until >= message.time else { continue }
+                if recipient.readAt == nil {
+                    message.recipients[index].readAt = read.until
+                    message.recipients[index].readNotified = false
+                    updates.append(RecipientUpdate(messageID: message.id, recipient: recipient.account, readAt: read.until, readNotified: false))
+                } else if message.targetKind == .group, recipient.readNotified, read.notedAt >= noticed {
+                    message.recipients[index].readNotified = false
+                }
+            }
+            remember(message)
+            followedForDeadNodes[deadNode, default: []].append(message.id)
+            for recipient in message.recipients {
+                if let delivered = recipient.deliveredAt, !recipient.deliveredNotified {
+                    keepPendingReceipt(PendingReceipt(messageID: message.id, reader: recipient.account, state: .delivered, time: delivered), for: author)
+                }
+                if let read = recipient.readAt, !recipient.readNotified {
+                    keepPendingReceipt(PendingReceipt(messageID: message.id, reader: recipient.account, state: .read, time: read), for: author)
+                }
+            }
+            authors.insert(author)
+        }
+        if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
+        for author in authors.sorted() {
+            var context = CommandContext(connection: Self.nobody, now: now, label: nil)
+            flushPendingReceipts(of: author, &context, &outbox)
+        }
+    }
+
+    /// A dead node whose messages this node followed starts again: it follows them itself.
+    mutating func forgetFollowed(ofDeadNode node: UInt16) {
+        guard let ids = followedForDeadNodes.removeValue(forKey: node) else { return }
+        let forgotten = Set(ids)
+        for id in ids { forgetTracked(id) }
+        for (author, receipts) in pendingReceipts where receipts.contains(where: { forgotten.contains($0.messageID) }) {
+            let kept = receipts.filter { !forgotten.contains($0.messageID) }
+            pendingReceipts[author] = kept.isEmpty ? nil : kept
+        }
+    }
+
+    /// A read disclosed to authors (`disclosedReads`); it never moves back.
+    mutating func noteDisclosedRead(account: String, conversation: String, time: Timestamp, now: Timestamp) {
+        if disclosedReads[account]?[conversation].map({ $0.until < time }) ?? true {
+            disclosedReads[account, default: [:]][conversation] = DisclosedRead(until: time, notedAt: now)
+        }
     }
 
     /// After the other nodes took this node for dead (they took over what it held): forgets

@@ -18,6 +18,10 @@ public enum ClusterRecord: Sendable, Equatable {
     /// taking the payload, it comes back to the sender, which then knows the message is still
     /// to be delivered to that account.
     case handedOver(messageID: String, account: String)
+    /// As `handedOver`, for an account whose connections are on several nodes (none on the
+    /// sender), the others named in `alsoVia`: the message is still to be delivered only once
+    /// every one of those payloads has come back.
+    case handedOverToSeveral(messageID: String, account: String, alsoVia: [UInt16])
 }
 
 /// The bytes of a batch of records between nodes: each record is a kind byte, a 32-bit length
@@ -26,6 +30,7 @@ public enum ClusterRecord: Sendable, Equatable {
 public enum ClusterCodec {
     enum Kind: UInt8 {
         case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7, recentMessage = 8, recentRedacted = 9, channelState = 10
+        case handedOverToSeveral = 11
     }
 
     public struct DecodingError: Error, CustomStringConvertible {
@@ -96,6 +101,15 @@ public enum ClusterCodec {
             buffer.writeString(messageID)
             buffer.writeInteger(UInt16(account.utf8.count))
             buffer.writeString(account)
+        case .handedOverToSeveral(let messageID, let account, let alsoVia):
+            buffer.writeInteger(Kind.handedOverToSeveral.rawValue)
+            buffer.writeInteger(UInt32(6 + messageID.utf8.count + account.utf8.count + 2 * alsoVia.count))
+            buffer.writeInteger(UInt16(messageID.utf8.count))
+            buffer.writeString(messageID)
+            buffer.writeInteger(UInt16(account.utf8.count))
+            buffer.writeString(account)
+            buffer.writeInteger(UInt16(alsoVia.count))
+            for node in alsoVia { buffer.writeInteger(node) }
         }
     }
 
@@ -179,6 +193,18 @@ public enum ClusterCodec {
                     throw DecodingError(description: "truncated hand-over record")
                 }
                 records.append(.handedOver(messageID: messageID, account: account))
+            case .handedOverToSeveral:
+                guard let idLength = body.readInteger(as: UInt16.self), let messageID = body.readString(length: Int(idLength)),
+                      let accountLength = body.readInteger(as: UInt16.self), let account = body.readString(length: Int(accountLength)),
+                      let count = body.readInteger(as: UInt16.self) else {
+                    throw DecodingError(description: "truncated hand-over record")
+                }
+                var alsoVia: [UInt16] = []
+                for _ in 0..<count {
+                    guard let node = body.readInteger(as: UInt16.self) else { throw DecodingError(description: "truncated hand-over record") }
+                    alsoVia.append(node)
+                }
+                records.append(.handedOverToSeveral(messageID: messageID, account: account, alsoVia: alsoVia))
             case nil:
                 // A newer node's record kind: skipped, so that nodes of two versions can run
                 // side by side during an upgrade.

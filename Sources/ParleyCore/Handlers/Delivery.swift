@@ -739,6 +739,7 @@ extension ChatServer {
         }
         if isClustered, !isGuest {
             outbox.clusterEvents.append(.read(account: account, conversation: conversation, time: time, disclose: disclose))
+            if disclose { noteDisclosedRead(account: account, conversation: conversation, time: time, now: context.now) }
         }
         sendReadReceipts(account: account, conversation: conversation, time: time, disclose: disclose, &context, &outbox)
     }
@@ -829,6 +830,12 @@ extension ChatServer {
                 readMarkers[account]?[newKey] = time
             }
         }
+        for (account, reads) in disclosedReads {
+            if let read = reads[oldKey] {
+                disclosedReads[account]?[oldKey] = nil
+                disclosedReads[account]?[newKey] = read
+            }
+        }
         if let holders = transientMarkerHolders.removeValue(forKey: oldKey) {
             transientMarkerHolders[newKey] = holders
             for holder in holders {
@@ -890,6 +897,9 @@ extension ChatServer {
         }
         for (account, markers) in readMarkers where markers[key] != nil {
             readMarkers[account]?[key] = nil
+        }
+        for (account, reads) in disclosedReads where reads[key] != nil {
+            disclosedReads[account]?[key] = nil
         }
         if !forgotten.isEmpty {
             for (author, receipts) in pendingReceipts where receipts.contains(where: { forgotten.contains($0.messageID) }) {
