@@ -149,9 +149,12 @@ extension ChatServer {
            holder.connections.allSatisfy({ sessions[$0]?.takesTags == false }) {
             // Between guests whose connections take no tags, nothing keeps or shows the
             // message's id or time: relay the plain line, without building the tagged message.
-            var line = allocator.buffer(capacity: 32 + sender.prefix.utf8.count + target.utf8.count + text.utf8.count)
-            IRCMessage.writeUntagged(source: sender.prefix, command: verb, target: target, text: text, to: &line)
-            for recipient in holder.connections { outbox.send(line, to: recipient) }
+            let length = 32 + sender.prefix.utf8.count + target.utf8.count + text.utf8.count
+            for recipient in holder.connections {
+                outbox.write(to: recipient, allocator: allocator, capacity: length) { line in
+                    IRCMessage.writeUntagged(source: sender.prefix, command: verb, target: target, text: text, to: &line)
+                }
+            }
             counters.deliveries &+= UInt64(holder.connections.count)
             if verb == "PRIVMSG" { replyIfAway(holder.connections, target: target, &context) }
             return
