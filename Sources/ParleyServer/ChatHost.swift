@@ -185,8 +185,9 @@ final class ChatHost: Sendable {
             }
             body(&state.core, &state.outbox)
             state.outbox.sink = nil
-            defer { state.outbox.removeAll() }
+            // Nothing to clear when the domain's lines all went into the batch (a direct message).
             guard !state.outbox.isEmpty else { return }
+            defer { state.outbox.removeAll() }
             // Lines for other nodes' connections, by node, in order.
             var remote: [UInt16: ByteBuffer] = [:]
             for delivery in state.outbox.deliveries {

@@ -138,7 +138,8 @@ extension ChatServer {
             }
         }
         // The relayed line must fit the 512-byte limit with the sender's full prefix.
-        let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + target.utf8.count + 2 + 2
+        let prefix = sender.prefix
+        let overhead = 1 + prefix.utf8.count + 1 + verb.utf8.count + 1 + target.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
             throw messageTooLong(verb, target: target, excess: overhead + text.utf8.count - 512, sender: sender)
         }
@@ -152,7 +153,6 @@ extension ChatServer {
            holder.connections.count == 1, let receiver = sessions[holder.connections[0]], !receiver.takesTags {
             // Between guests whose connections take no tags, nothing keeps or shows the
             // message's id or time: relay the plain line, without building the tagged message.
-            let prefix = sender.prefix
             let length = 32 + prefix.utf8.count + target.utf8.count + text.utf8.count
             outbox.write(to: receiver.id, allocator: allocator, capacity: length) { line in
                 IRCMessage.writeUntagged(source: prefix, command: verb, target: target, text: text, to: &line)
@@ -170,7 +170,7 @@ extension ChatServer {
         if sender.isBot { tags.append(IRCTag("bot")) }
         tags.append(contentsOf: clientTags)
         let relayed = IRCMessage(
-            tags: tags, source: sender.prefix, command: verb,
+            tags: tags, source: prefix, command: verb,
             parameters: verb == "TAGMSG" ? [target] : [target, text])
 
         var encodings = EncodingCache()
