@@ -41,10 +41,10 @@ public struct IRCLineDecoder: ByteToMessageDecoder {
     public mutating func nextFrame(_ buffer: inout ByteBuffer) -> IRCLineFrame? {
         while true {
             // Searched in the raw bytes: through `readableBytesView` and its slices, framing a
-            // line cost about 570 instructions, this way about 380 (callgrind).
+            // line cost about 570 instructions, byte by byte in the raw bytes about 380.
             let alreadyScanned = scannedBytes
             let found: (lineLength: Int, endsWithCR: Bool)? = buffer.withUnsafeReadableBytes { bytes in
-                guard let newline = UnsafeRawBufferPointer(rebasing: bytes[alreadyScanned...]).firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+                guard let newline = UnsafeRawBufferPointer(rebasing: bytes[alreadyScanned...]).offset(of: UInt8(ascii: "\n")) else { return nil }
                 let lineLength = alreadyScanned + newline
                 return (lineLength, lineLength > 0 && bytes[lineLength - 1] == UInt8(ascii: "\r"))
             }

@@ -66,10 +66,7 @@ extension IRCMessage {
             offset += 2
             offset += copyUTF8(of: text, to: line + offset)
             // As `endLine`: no CR, LF or NUL inside the line.
-            for index in 0..<offset where line[index] <= 0x0D {
-                let byte = line[index]
-                if byte == 0x0D || byte == 0x0A || byte == 0x00 { line[index] = UInt8(ascii: " ") }
-            }
+            blankLineBreaks(in: UnsafeMutableRawBufferPointer(start: line, count: offset))
             line[offset] = 0x0D
             line[offset + 1] = 0x0A
             return offset + 2
@@ -93,13 +90,19 @@ extension IRCMessage {
         let lineLength = buffer.writerIndex - lineStart
         let lineOffset = lineStart - buffer.readerIndex
         buffer.withUnsafeMutableReadableBytes { bytes in
-            let base = bytes.baseAddress!.advanced(by: lineOffset).assumingMemoryBound(to: UInt8.self)
-            for offset in 0..<lineLength where base[offset] <= 0x0D {
-                let byte = base[offset]
-                if byte == 0x0D || byte == 0x0A || byte == 0x00 { base[offset] = UInt8(ascii: " ") }
-            }
+            blankLineBreaks(in: UnsafeMutableRawBufferPointer(rebasing: bytes[lineOffset..<(lineOffset + lineLength)]))
         }
         buffer.writeInteger(UInt16(0x0D0A))
+    }
+
+    /// CR, LF and NUL inside a line become spaces. Looked for with `memchr` first (a line nearly
+    /// never has any): a check of every byte cost about 400 instructions per relayed message.
+    private static func blankLineBreaks(in line: UnsafeMutableRawBufferPointer) {
+        let bytes = UnsafeRawBufferPointer(line)
+        guard bytes.offset(of: 0x0D) != nil || bytes.offset(of: 0x0A) != nil || bytes.offset(of: 0x00) != nil else { return }
+        for index in line.indices where line[index] == 0x0D || line[index] == 0x0A || line[index] == 0x00 {
+            line[index] = UInt8(ascii: " ")
+        }
     }
 
     /// The line as text, without CR LF.

@@ -221,7 +221,7 @@ public struct ChatServer: Sendable {
         let connection = session.id
         let label = session.has(.labeledResponse) ? validLabel(message.tagValue("label")) : nil
 
-        var context = CommandContext(connection: connection, now: now, label: label)
+        var context = CommandContext(connection: connection, now: now, label: label, session: session)
         // Commands nearly always arrive in upper case already; only fold the others.
         let verb = message.command.utf8Contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) ? message.command.uppercased() : message.command
         context.verb = verb

@@ -28,6 +28,9 @@ public struct CommandError: Error, Sendable, Equatable {
 /// connection, collected so that labeled-response can tag or batch them as one unit.
 struct CommandContext {
     let connection: ConnectionID
+    /// The sender's session, for a command a connection sent (`ChatServer.process`): handlers
+    /// on the message path read it instead of looking it up again. Nil for other work.
+    let session: Session?
     let now: Timestamp
     let label: String?
     /// The command being handled, upper-cased (set by `ChatServer.receive`).
@@ -46,8 +49,9 @@ struct CommandContext {
         repliesDeferred = true
     }
 
-    init(connection: ConnectionID, now: Timestamp, label: String?) {
+    init(connection: ConnectionID, now: Timestamp, label: String?, session: Session? = nil) {
         self.connection = connection
+        self.session = session
         self.now = now
         self.label = label
     }

@@ -38,6 +38,9 @@ public struct Outbox: Sendable {
         /// The other nodes the lines went to, for an account connected to several.
         public var alsoVia: [UInt16] = []
     }
+    /// Where lines for one connection are encoded in place while the shell lends it (the
+    /// server's write batch, for the call that reads a client's line); nil otherwise.
+    public var sink: (any OutboxSink)?
     /// Whether the last delivery's buffer belongs to it alone, so more lines for the same
     /// connection can be appended to it (a reply burst becomes one buffer, not one per line).
     private var lastLineIsPrivate = false
@@ -66,8 +69,12 @@ public struct Outbox: Sendable {
 
     /// Encodes a line for one connection, after the previous line when that was its own too.
     /// `capacity`: the bytes expected, when more than a line (a new buffer's first size).
+    /// With a sink, and nothing queued yet (so no earlier line can be waiting for `connection`),
+    /// the line goes straight to the connection's pending output instead: no buffer of its own
+    /// to allocate, copy and free.
     mutating func write(to connection: ConnectionID, allocator: ByteBufferAllocator, capacity: Int = 512, _ encode: (inout ByteBuffer) -> Void) {
         linesQueued &+= 1
+        if deliveries.isEmpty, let sink, sink.write(to: connection, capacity: capacity, encode) { return }
         if lastLineIsPrivate, let last = deliveries.indices.last, deliveries[last].connection == connection {
             encode(&deliveries[last].line)
             return
@@ -77,6 +84,15 @@ public struct Outbox: Sendable {
         deliveries.append(Delivery(connection: connection, line: buffer))
         lastLineIsPrivate = true
     }
+}
+
+/// The shell's pending output per connection, which the domain may encode lines into directly
+/// (see `Outbox.sink`). Used only during the call it was lent for, by the thread making it.
+public protocol OutboxSink: AnyObject, Sendable {
+    /// Appends the line `encode` writes to what is pending for `connection`; false, with nothing
+    /// written, when the sink does not write to that connection (it is not one of this node's).
+    /// `capacity`: the bytes expected, at least.
+    func write(to connection: ConnectionID, capacity: Int, _ encode: (inout ByteBuffer) -> Void) -> Bool
 }
 
 /// Work the shell performs for the domain.

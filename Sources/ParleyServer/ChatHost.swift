@@ -18,7 +18,7 @@ import ParleyStorage
 final class ChatHost: Sendable {
     struct State: Sendable {
         var core: ChatServer
-        var connections: ConnectionTable
+        let connections: ConnectionTable
         var connectionsPerAddress: [String: Int] = [:]
         var isShuttingDown = false
         /// Emptied after each call; kept so its arrays keep their capacity.
@@ -168,7 +168,8 @@ final class ChatHost: Sendable {
     /// together.
     /// The lines go straight into the batch (`loop` is the calling thread's event loop): no
     /// resolved copy per line, and a receiver's channel is looked up only for its first line of
-    /// the round.
+    /// the round. A line for one receiver alone is encoded in place in the receiver's output
+    /// (`Outbox.sink`).
     func perform(into batch: WriteBatch, onLoop loop: ObjectIdentifier, _ body: (inout ChatServer, inout Outbox) -> Void) {
         var unused: [ResolvedDelivery] = []
         batch.begin(onLoop: loop)
@@ -179,9 +180,16 @@ final class ChatHost: Sendable {
                          _ body: (inout ChatServer, inout Outbox) -> Void) {
         var actions: [(CoreAction, requester: Channel?)] = []
         state.withLockedValue { state in
+            if let batch {
+                // Lines for one receiver are encoded straight into its output in the batch.
+                batch.lend(state.connections)
+                state.outbox.sink = batch
+            }
             body(&state.core, &state.outbox)
-            defer { state.outbox.removeAll() }
+            state.outbox.sink = nil
+            // Nothing to clear when the domain's lines all went into the batch (a direct message).
             guard !state.outbox.isEmpty else { return }
+            defer { state.outbox.removeAll() }
             // Lines for other nodes' connections, by node, in order.
             var remote: [UInt16: ByteBuffer] = [:]
             for delivery in state.outbox.deliveries {

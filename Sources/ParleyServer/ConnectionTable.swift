@@ -9,7 +9,11 @@ import ParleyCore
 ///
 /// Columns rather than an array of entries: checking a slot's id is then a plain integer compare
 /// that copies (and retains) nothing.
-struct ConnectionTable: Sendable {
+///
+/// A class touched only under `ChatHost`'s lock: the write batch holds on to it while the domain
+/// encodes lines straight into receivers' outputs (`WriteBatch.write(to:capacity:_:)`), during
+/// the same locked call. Hence `@unchecked Sendable`.
+final class ConnectionTable: @unchecked Sendable {
     static let slotBits: UInt64 = 24
     static let slotMask: UInt64 = (1 << slotBits) - 1
 
@@ -38,7 +42,7 @@ struct ConnectionTable: Sendable {
 
     static func slot(of id: ConnectionID) -> Int { Int(id.rawValue & slotMask) }
 
-    mutating func insert(_ channel: Channel, address: String) -> ConnectionID {
+    func insert(_ channel: Channel, address: String) -> ConnectionID {
         let slot: Int
         if let reused = freeSlots.popLast() {
             slot = reused
@@ -82,7 +86,7 @@ struct ConnectionTable: Sendable {
     }
 
     /// Forgets the connection; returns the address it came from.
-    mutating func remove(_ id: ConnectionID) -> String? {
+    func remove(_ id: ConnectionID) -> String? {
         let slot = Self.slot(of: id)
         guard contains(id, slot: slot) else { return nil }
         let address = addresses[slot]

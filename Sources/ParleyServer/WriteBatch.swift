@@ -9,10 +9,12 @@ import ParleyCore
 /// one pipeline write and one system call, not N (a pipeline write cost more than the rest of
 /// the member's share of a JOIN). Receivers on other loops are handed over at the end of each
 /// read batch, to one task per loop (not one per receiver: a group message to a thousand members
-/// on two loops made five hundred tasks). Every write on this thread goes through here, so no
-/// line overtakes one gathered earlier. One per thread, reused: never touched by any other
-/// thread, hence `@unchecked Sendable`.
-final class WriteBatch: @unchecked Sendable {
+/// on two loops made five hundred tasks). A line for one receiver alone (a direct message, a
+/// reply) is encoded by the domain straight into that receiver's output (`Outbox.sink`): no
+/// buffer of its own to allocate, gather and free. Every write on this thread goes through
+/// here, so no line overtakes one gathered earlier. One per thread, reused: never touched by
+/// any other thread, hence `@unchecked Sendable`.
+final class WriteBatch: OutboxSink, @unchecked Sendable {
     private static let perThread = ThreadSpecificVariable<WriteBatch>()
 
     static var current: WriteBatch {
@@ -32,6 +34,9 @@ final class WriteBatch: @unchecked Sendable {
     private var others = GatheredOutputs()
     /// This thread's event loop (set by `collectResolved` and `queue`).
     private var ownLoop = ObjectIdentifier(WriteBatch.self)
+    /// The connections of the domain call under way (`lend(_:)`), for lines the
+    /// domain encodes straight into receivers' outputs.
+    private var table: ConnectionTable?
     /// Receivers on other loops, by loop, while flushing.
     private var foreign: [ObjectIdentifier: [PendingOutput]] = [:]
     /// The other loops' inboxes, found once per thread instead of under a lock at every flush.
@@ -75,6 +80,17 @@ final class WriteBatch: @unchecked Sendable {
             // (a member's NAMES) must not be gathered anew at every line.
             isGathered = true
         }
+
+        /// Appends a line encoded in place (a line for this receiver alone).
+        mutating func append(capacity: Int, _ encode: (inout ByteBuffer) -> Void) {
+            if !isGathered {
+                var gathered = channel.allocator.buffer(capacity: max(512, 2 * (bytes.readableBytes + capacity)))
+                gathered.writeImmutableBuffer(bytes)
+                bytes = gathered
+                isGathered = true
+            }
+            encode(&bytes)
+        }
     }
 
     /// The latest gathering of a receiver's pending lines with one more line. It keeps its
@@ -101,15 +117,7 @@ final class WriteBatch: @unchecked Sendable {
         /// receiver has no output yet.
         mutating func add(_ line: ByteBuffer?, closeAfter: Bool, to connection: ConnectionID, table: UInt64, slot: Int, loop: ObjectIdentifier,
                           channel: () -> Channel) {
-            if slot >= stampBySlot.count {
-                let size = max(slot + 1, 2 * stampBySlot.count, 64)
-                stampBySlot += repeatElement(0, count: size - stampBySlot.count)
-                indexBySlot += repeatElement(0, count: size - indexBySlot.count)
-            }
-            // The slot alone is not enough: servers in one process (tests) have a connection
-            // table each, and their connections share event loop threads.
-            if stampBySlot[slot] == stamp, outputs[Int(indexBySlot[slot])].connection == connection, outputs[Int(indexBySlot[slot])].table == table {
-                let index = Int(indexBySlot[slot])
+            if let index = index(of: connection, table: table, slot: slot) {
                 if let line { outputs[index].append(line, lastGathering: &lastGathering) }
                 if closeAfter { outputs[index].closeAfter = true }
             } else {
@@ -118,6 +126,35 @@ final class WriteBatch: @unchecked Sendable {
                 outputs.append(PendingOutput(channel: channel(), connection: connection, table: table, loop: loop, slot: slot,
                                              bytes: line ?? ByteBuffer(), closeAfter: closeAfter))
             }
+        }
+
+        /// Appends a line that `encode` writes in place to a receiver's output.
+        mutating func write(to connection: ConnectionID, table: UInt64, slot: Int, loop: ObjectIdentifier, channel: () -> Channel,
+                            capacity: Int, _ encode: (inout ByteBuffer) -> Void) {
+            if let index = index(of: connection, table: table, slot: slot) {
+                outputs[index].append(capacity: capacity, encode)
+                return
+            }
+            let channel = channel()
+            var bytes = channel.allocator.buffer(capacity: max(512, capacity))
+            encode(&bytes)
+            stampBySlot[slot] = stamp
+            indexBySlot[slot] = Int32(outputs.count)
+            outputs.append(PendingOutput(channel: channel, connection: connection, table: table, loop: loop, slot: slot, bytes: bytes, isGathered: true))
+        }
+
+        /// The receiver's output, if it has one; makes room for `slot` in the index.
+        private mutating func index(of connection: ConnectionID, table: UInt64, slot: Int) -> Int? {
+            if slot >= stampBySlot.count {
+                let size = max(slot + 1, 2 * stampBySlot.count, 64)
+                stampBySlot += repeatElement(0, count: size - stampBySlot.count)
+                indexBySlot += repeatElement(0, count: size - indexBySlot.count)
+            }
+            // The slot alone is not enough: servers in one process (tests) have a connection
+            // table each, and their connections share event loop threads.
+            guard stampBySlot[slot] == stamp else { return nil }
+            let index = Int(indexBySlot[slot])
+            return outputs[index].connection == connection && outputs[index].table == table ? index : nil
         }
 
         mutating func add(_ output: PendingOutput) {
@@ -140,6 +177,24 @@ final class WriteBatch: @unchecked Sendable {
     /// Lines added from now on are decided on `loop`, this thread's.
     func begin(onLoop loop: ObjectIdentifier) {
         ownLoop = loop
+    }
+
+    /// The domain call under way (under `ChatHost`'s lock) writes to connections of `table`.
+    func lend(_ table: ConnectionTable) {
+        if self.table !== table { self.table = table }
+    }
+
+    /// A line the domain encodes for one receiver, written in place into its output (`Outbox.sink`).
+    /// Called under `ChatHost`'s lock, during the call `lend(_:)` began.
+    func write(to connection: ConnectionID, capacity: Int, _ encode: (inout ByteBuffer) -> Void) -> Bool {
+        guard let table, let loop = table.loop(of: connection) else { return false }
+        let slot = ConnectionTable.slot(of: connection)
+        if loop == ownLoop {
+            own.write(to: connection, table: table.token, slot: slot, loop: loop, channel: { table.channel(of: connection) }, capacity: capacity, encode)
+        } else {
+            others.write(to: connection, table: table.token, slot: slot, loop: loop, channel: { table.channel(of: connection) }, capacity: capacity, encode)
+        }
+        return true
     }
 
     /// Adds a line (or a close) for a connection of `table`, on this thread's loop or another;

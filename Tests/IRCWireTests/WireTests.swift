@@ -28,6 +28,12 @@ struct WireTests {
         buffer.moveReaderIndex(forwardBy: 3)
         IRCMessage(tags: [IRCTag("+t", "x\0y")], source: "a\nb", command: "NOTICE", parameters: ["c", "d\re"]).write(to: &buffer)
         #expect(String(buffer: buffer) == "lier\r\n@+t=xy :a b NOTICE c :d e\r\n")
+        // The untagged relay, with each of the three bytes alone (each is looked for on its own).
+        for (text, safe) in [("hi\r\nQUIT :x", "hi  QUIT :x"), ("a\rb", "a b"), ("a\nb", "a b"), ("a\0b", "a b"), ("fine", "fine")] {
+            var relayed = ByteBuffer(string: "earlier\r\n")
+            IRCMessage.writeUntagged(source: "a!b@c", command: "PRIVMSG", target: "bob", text: text, to: &relayed)
+            #expect(String(buffer: relayed) == "earlier\r\n:a!b@c PRIVMSG bob :\(safe)\r\n")
+        }
     }
 
     @Test func limitsAreEnforced() {

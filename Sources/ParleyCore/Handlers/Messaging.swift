@@ -26,10 +26,10 @@ extension ChatServer {
         }
         if isTagMessage && clientTags.isEmpty { return }
         let clientMessageID = clientTags.first { $0.key == Self.clientMessageIDTag }?.value
-        if let clientMessageID, let account = sessions[context.connection]?.accountKey,
+        if let clientMessageID, let account = context.session?.accountKey,
            let earlier = recentSends[account]?.relayed[clientMessageID] {
             // A resend of something already accepted: answer as the first time, deliver nothing.
-            if sessions[context.connection]?.has(.echoMessage) == true { context.replies.append(contentsOf: earlier) }
+            if context.session?.has(.echoMessage) == true { context.replies.append(contentsOf: earlier) }
             return
         }
 
@@ -101,13 +101,15 @@ extension ChatServer {
     }
 
     private mutating func deliver(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
-        guard let sender = sessions[context.connection] else { return }
+        guard let sender = context.session else { return }
         if target.hasPrefix("#") {
             try deliverToChannel(verb, to: target, text: text, clientTags: clientTags, &context, &outbox)
             return
         }
         // STATUSMSG: `@#chan` reaches the channel's operators (and owner), `+#chan` also the voiced.
-        if let status = target.first, status == "@" || status == "+", target.dropFirst().hasPrefix("#") {
+        // The first byte is tested before a Character is made of it: most targets are nicks.
+        if let byte = target.utf8.first, byte == UInt8(ascii: "@") || byte == UInt8(ascii: "+"),
+           let status = target.first, status == "@" || status == "+", target.dropFirst().hasPrefix("#") {
             try deliverToChannel(verb, to: String(target.dropFirst()), statusPrefix: status, text: text, clientTags: clientTags, &context, &outbox)
             return
         }
@@ -136,7 +138,8 @@ extension ChatServer {
             }
         }
         // The relayed line must fit the 512-byte limit with the sender's full prefix.
-        let overhead = 1 + sender.prefix.utf8.count + 1 + verb.utf8.count + 1 + target.utf8.count + 2 + 2
+        let prefix = sender.prefix
+        let overhead = 1 + prefix.utf8.count + 1 + verb.utf8.count + 1 + target.utf8.count + 2 + 2
         if overhead + text.utf8.count > 512 {
             throw messageTooLong(verb, target: target, excess: overhead + text.utf8.count - 512, sender: sender)
         }
@@ -145,15 +148,19 @@ extension ChatServer {
             try chargeStorageQuota(of: sender, text: text, clientTags: clientTags, verb: verb, target: target, now: context.now)
         }
 
+        // A guest's nick has one connection (only an account's nick is shared by several).
         if verb != "TAGMSG", sender.accountKey == nil, recipientAccount == nil, !sender.has(.echoMessage), let holder,
-           holder.connections.allSatisfy({ sessions[$0]?.takesTags == false }) {
+           holder.connections.count == 1, let receiver = sessions[holder.connections[0]], !receiver.takesTags {
             // Between guests whose connections take no tags, nothing keeps or shows the
             // message's id or time: relay the plain line, without building the tagged message.
-            var line = allocator.buffer(capacity: 32 + sender.prefix.utf8.count + target.utf8.count + text.utf8.count)
-            IRCMessage.writeUntagged(source: sender.prefix, command: verb, target: target, text: text, to: &line)
-            for recipient in holder.connections { outbox.send(line, to: recipient) }
-            counters.deliveries &+= UInt64(holder.connections.count)
-            if verb == "PRIVMSG" { replyIfAway(holder.connections, target: target, &context) }
+            let length = 32 + prefix.utf8.count + target.utf8.count + text.utf8.count
+            outbox.write(to: receiver.id, allocator: allocator, capacity: length) { line in
+                IRCMessage.writeUntagged(source: prefix, command: verb, target: target, text: text, to: &line)
+            }
+            counters.deliveries &+= 1
+            if verb == "PRIVMSG", let away = receiver.awayMessage {
+                numericReply(.rplAway, [receiver.nick?.name ?? target, away], in: &context)
+            }
             return
         }
 
@@ -163,7 +170,7 @@ extension ChatServer {
         if sender.isBot { tags.append(IRCTag("bot")) }
         tags.append(contentsOf: clientTags)
         let relayed = IRCMessage(
-            tags: tags, source: sender.prefix, command: verb,
+            tags: tags, source: prefix, command: verb,
             parameters: verb == "TAGMSG" ? [target] : [target, text])
 
         var encodings = EncodingCache()
