@@ -332,10 +332,11 @@ extension ChatServer {
         }
     }
 
-    /// Keeps `tracked` within `maxTrackedRecipients` (recipients, not messages: one message to a
-    /// group of 1,000 follows 1,000 states), forgetting the oldest messages first. A message that
-    /// still waits for a recipient is passed over a few times (its delivered receipt is due when
-    /// that recipient returns; inbox limits bound those), then forgotten too if need be.
+    /// Keeps `tracked` and `deliveredDirect` within `maxTrackedRecipients` (recipients, not
+    /// messages: one message to a group of 1,000 follows 1,000 states), forgetting the oldest
+    /// messages first. A message that still waits for a recipient is passed over a few times (its
+    /// delivered receipt is due when that recipient returns; inbox limits bound those), then
+    /// forgotten too if need be.
     mutating func forgetOldTrackedMessages() {
         var passedOver = 0
         while trackedRecipientCount > configuration.maxTrackedRecipients {
