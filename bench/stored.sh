@@ -4,6 +4,8 @@
 #   direct  500 pairs of accounts, window 16: delivered msgs/s
 #   rate    the same pairs at a fixed rate (RATE msgs/s in all): p50 / p99 latency
 #   fanout  a group of MEMBERS accounts, one sender, window 16: deliveries/s
+# direct and rate also give the server's CPU time and disk bytes written (/proc/PID/io, the
+# traffic only) per delivered message, which depend less on how busy the machine is.
 # Medians of RUNS runs. With BEFORE=path/to/an/older/parley-server, that binary runs too,
 # alternating with this build's run by run, so both sets of figures come from the same minutes
 # of this shared machine.
@@ -53,8 +55,14 @@ done
 python3 - "$work/results.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-metrics = {"direct": [("delivered_per_s", "direct, window: msgs/s")],
-           "rate": [("p50_us", "fixed rate: p50 latency (ms)"), ("p99_us", "fixed rate: p99 latency (ms)")],
+# Per delivered message: steadier than the rates on a shared machine (bench/PROFILE.md).
+for r in rows:
+    if r.get("server_cpu_s") is not None and r.get("delivered"):
+        r["cpu_us_per_msg"] = r["server_cpu_s"] * 1e6 / r["delivered"]
+metrics = {"direct": [("delivered_per_s", "direct, window: msgs/s"), ("cpu_us_per_msg", "  server CPU per msg (us)"),
+                      ("server_disk_bytes_per_msg", "  disk bytes written per msg")],
+           "rate": [("p50_us", "fixed rate: p50 latency (ms)"), ("p99_us", "fixed rate: p99 latency (ms)"),
+                    ("cpu_us_per_msg", "  server CPU per msg (us)"), ("server_disk_bytes_per_msg", "  disk bytes written per msg")],
            "fanout": [("delivered_per_s", "group: deliveries/s")]}
 labels = list(dict.fromkeys(r["server"] for r in rows))
 print(f"{'workload':<32}" + "".join(f"{l:>28}" for l in labels) + f"{'lost/reordered':>16}")
@@ -62,12 +70,12 @@ for mode, fields in metrics.items():
     for key, title in fields:
         cells, bad = [], 0
         for label in labels:
-            values = [r[key] for r in rows if r["mode"] == mode and r["server"] == label]
+            values = [r[key] for r in rows if r["mode"] == mode and r["server"] == label and key in r]
             bad += sum(int(r.get("lost", 0)) + int(r.get("reordered", 0)) for r in rows if r["mode"] == mode and r["server"] == label)
             if not values:
                 cells.append("-"); continue
             scale = 1000 if key.endswith("_us") else 1
-            fmt = (lambda v: f"{v / scale:,.1f}") if scale > 1 else (lambda v: f"{v:,.0f}")
+            fmt = (lambda v: f"{v / scale:,.1f}") if scale > 1 or key == "cpu_us_per_msg" else (lambda v: f"{v:,.0f}")
             cells.append(f"{fmt(statistics.median(values))} ({'/'.join(fmt(v) for v in values)})")
         if any(c != "-" for c in cells):
             print(f"{title:<32}" + "".join(f"{c:>28}" for c in cells) + f"{bad:>16}")

@@ -46,10 +46,14 @@ public struct ChatServer: Sendable {
     var tracked: [String: TrackedMessage] = [:]
     /// `tracked`'s ids, oldest first (ids forgotten since are skipped when met).
     var trackedOrder = CircularBuffer<String>()
-    /// Recipients followed across `tracked` (the bound `maxTrackedRecipients` counts these).
+    /// Direct messages from accounts that their recipient had as they were sent, followed for
+    /// receipts outside `tracked` (one node only: in a cluster they stay in `tracked`).
+    var deliveredDirect = DeliveredDirectMessages()
+    /// Recipients followed across `tracked` and `deliveredDirect` (the bound
+    /// `maxTrackedRecipients` counts these).
     var trackedRecipientCount = 0
-    /// Delivered but not yet read: reader -> conversation key -> msgids, oldest first.
-    var unread: [String: [String: [String]]] = [:]
+    /// Delivered but not yet read: reader -> conversation key -> messages, oldest first.
+    var unread: [String: [String: [UnreadMessage]]] = [:]
     /// For groups, instead of `unread`: each group's followed messages, oldest first, and how far
     /// each member's reads of the group have been looked at (reader -> group key -> time). A list
     /// per member and message was a share of the stored fan-out; a member's read receipts are

@@ -375,10 +375,15 @@ func parseNumbers(_ payload: UnsafeRawBufferPointer) -> (UInt64, UInt64, UInt64)
     return nil
 }
 
-/// Resident memory and CPU time of a process, from /proc.
+/// Resident memory, CPU time and storage writes of a process, from /proc.
 struct ProcessSample {
     let residentBytes: Int
     let cpuSeconds: Double
+    /// Bytes the process caused to be written to storage (`write_bytes` of /proc/PID/io: the
+    /// database and its WAL; socket writes are not counted); nil where unreadable (another
+    /// user's process). Write calls are not given: SQLite's may run on the storage thread or on
+    /// a libdispatch worker (GRDB's queue), and the process's count is mostly socket writes.
+    var storageBytes: Int?
 
     static func read(pid: Int32) -> ProcessSample? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
@@ -390,6 +395,11 @@ struct ProcessSample {
         // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
         guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-        return ProcessSample(residentBytes: kilobytes * 1024, cpuSeconds: (user + system) / ticks)
+        var sample = ProcessSample(residentBytes: kilobytes * 1024, cpuSeconds: (user + system) / ticks)
+        if let io = try? String(contentsOfFile: "/proc/\(pid)/io", encoding: .utf8),
+           let line = io.split(separator: "\n").first(where: { $0.hasPrefix("write_bytes:") }) {
+            sample.storageBytes = Int(line.dropFirst("write_bytes:".count).trimmingCharacters(in: .whitespaces))
+        }
+        return sample
     }
 }

@@ -105,6 +105,8 @@ struct CPUUsage {
     var benchSeconds: Double
     var serverSeconds: Double?
     var wallSeconds: Double
+    /// The server's storage writes over the interval (`ProcessSample`), logins excluded.
+    var serverStorageBytes: Int?
 
     struct Start {
         let bench = ownCPUSeconds()
@@ -117,7 +119,8 @@ struct CPUUsage {
             return CPUUsage(
                 benchSeconds: ownCPUSeconds() - bench,
                 serverSeconds: server.flatMap { before in after.map { $0.cpuSeconds - before.cpuSeconds } },
-                wallSeconds: max(1e-6, Double(monotonicNanoseconds() - wall) / 1e9))
+                wallSeconds: max(1e-6, Double(monotonicNanoseconds() - wall) / 1e9),
+                serverStorageBytes: server?.storageBytes.flatMap { before in after?.storageBytes.map { $0 - before } })
         }
     }
 }
@@ -448,6 +451,8 @@ func runTraffic(
     report.add("reordered", Int(reordered))
     report.add("disconnected", disconnected.withLockedValue { $0 })
     if let server = usage.serverSeconds { report.add("server_cpu_s", server, digits: 2) }
+    // Per delivered message: what the store costs, steadier than rates on a shared machine.
+    if let bytes = usage.serverStorageBytes, receivedAtEnd > 0 { report.add("server_disk_bytes_per_msg", Double(bytes) / Double(receivedAtEnd), digits: 0) }
     report.addCPU(usage, threads: traffic.count)
     report.print()
 }

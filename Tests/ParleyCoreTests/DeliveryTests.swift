@@ -154,7 +154,9 @@ struct DeliveryTests {
             ids.append(try #require(harness.storedMessages.last?.id))
         }
         _ = harness.inbox(alice)
-        #expect(harness.server.tracked.count == 3, "memory stays within the bound")
+        // bob had his as they were sent: those are followed by position, beside `tracked`.
+        #expect(harness.server.tracked.count + harness.server.deliveredDirect.count == 3, "memory stays within the bound")
+        #expect(harness.server.deliveredDirect.count == 2)
         #expect(harness.server.trackedRecipientCount == 3)
         #expect(harness.server.tracked[forCarol] != nil, "a message still waiting for its recipient is kept")
 
@@ -172,6 +174,35 @@ struct DeliveryTests {
         #expect(delivered.first?.parameters[2] == "delivered")
     }
 
+    @Test func directMessagesHadAsTheyWereSentAreFollowedInSendOrder() throws {
+        var harness = CoreHarness(accounts: Self.people)
+        let caps = ["parley.chat/receipts", "draft/message-redaction"]
+        let alice = harness.register("alice", password: "password-a", caps: caps)
+        let bob = harness.register("bob", password: "password-b", caps: caps)
+        harness.send(alice, "PRIVMSG bob :first")
+        let first = try #require(harness.storedMessages.last?.id)
+        harness.send(alice, "PRIVMSG bob :second")
+        let second = try #require(harness.storedMessages.last?.id)
+        #expect(harness.server.tracked.isEmpty, "no entry by msgid")
+        #expect(harness.server.deliveredDirect.count == 2)
+        #expect(harness.server.trackedRecipientCount == 2)
+        _ = harness.inbox(alice)
+        _ = harness.inbox(bob)
+
+        // A message taken back gets no read receipt.
+        #expect(harness.send(alice, "REDACT bob \(first)").contains { $0.hasSuffix("REDACT bob \(first)") })
+        #expect(harness.server.deliveredDirect.count == 1)
+        harness.advance(milliseconds: 1000)
+        harness.send(bob, "MARKREAD alice timestamp=\(harness.now.iso8601)")
+        #expect(harness.inbox(alice).filter { $0.contains(" RECEIPT ") } == [":parley.local RECEIPT bob \(second) read bob \(harness.now.iso8601)"])
+
+        // Read, it is still followed: its author can take it back, once.
+        #expect(harness.send(alice, "REDACT bob \(second)").contains { $0.hasSuffix("REDACT bob \(second)") })
+        #expect(harness.server.deliveredDirect.count == 0)
+        #expect(harness.server.trackedRecipientCount == 0)
+        #expect(harness.send(alice, "REDACT bob \(second)").first?.contains("UNKNOWN_MSGID") == true)
+    }
+
     @Test func unreadMessagesFollowedPerConversationAreBounded() {
         var harness = CoreHarness(accounts: Self.people)
         let alice = harness.register("alice", password: "password-a")
@@ -180,7 +211,7 @@ struct DeliveryTests {
         for number in 1...(limit + 101) { harness.send(alice, "PRIVMSG bob :\(number)") }
         let followed = harness.server.unread["bob"]?["alice"] ?? []
         #expect(followed.count == limit, "a reader who never marks anything read does not grow memory without end")
-        #expect(followed.last == harness.storedMessages.last?.id, "the newest are the ones followed")
+        #expect(followed.last?.id == harness.storedMessages.last?.id, "the newest are the ones followed")
     }
 
     @Test func receiptsWaitForAnOfflineAuthor() throws {

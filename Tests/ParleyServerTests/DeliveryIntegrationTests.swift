@@ -121,6 +121,33 @@ struct DeliveryIntegrationTests {
         try await server.shutdownAndRemove()
     }
 
+    /// A message bob had as it was sent, still unread at a restart, is followed again from the
+    /// store: his read after the restart reaches alice as a receipt, once.
+    @Test func aMessageHadAtOnceAndReadAfterARestartGetsItsReadReceipt() async throws {
+        let server = try await GroupIntegrationTests.makeServerWithAccounts()
+        let alice = try await Self.login("alice", server, false, Self.modern)
+        let bob = try await Self.login("bob", server, true, Self.modern)
+        alice.send("PRIVMSG bob :read me later")
+        let id = try #require(try await alice.expect(command: "PRIVMSG").tagValue("msgid"))
+        #expect(try await alice.expect(command: "RECEIPT").parameters.prefix(4) == ["bob", id, "delivered", "bob"])
+        let message = try await bob.expect(command: "PRIVMSG")
+        for client in [alice, bob] { await client.close() }
+
+        try await server.restart()
+        let aliceAgain = try await Self.login("alice", server, false, Self.modern)
+        let bobAgain = try await Self.login("bob", server, true, Self.modern)
+        bobAgain.send("MARKREAD alice timestamp=\(message.tagValue("time")!)")
+        try await bobAgain.expect(command: "MARKREAD")
+        let read = try await aliceAgain.expect(command: "RECEIPT")
+        #expect(read.parameters.prefix(5) == ["bob", id, "read", "bob", message.tagValue("time")!])
+        let quiet = try await aliceAgain.settle()
+        #expect(!quiet.contains { $0.contains("RECEIPT") }, "once: \(quiet)")
+        aliceAgain.send("RECEIPTS STATUS \(id)")
+        #expect(try await aliceAgain.expect(command: "RECEIPT").parameters[2] == "read")
+        for client in [aliceAgain, bobAgain] { await client.close() }
+        try await server.shutdownAndRemove()
+    }
+
     @Test func readReceiptOptOutSurvivesARestart() async throws {
         let server = try await GroupIntegrationTests.makeServerWithAccounts()
         let bob = try await Self.login("bob", server, false, Self.modern)

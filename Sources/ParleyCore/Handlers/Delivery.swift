@@ -62,6 +62,13 @@ struct PendingReceipt: Sendable {
     let time: Timestamp
 }
 
+/// A message delivered to a reader who has not read it yet: followed in `tracked`, or in
+/// `deliveredDirect` at `position`.
+struct UnreadMessage: Sendable {
+    let id: String
+    let position: Int?
+}
+
 enum ReceiptState: String, Sendable {
     case pending, delivered, read
 }
@@ -283,6 +290,16 @@ extension ChatServer {
     /// recipients it reached and who have not read it yet wait for a read marker.
     mutating func remember(_ stored: StoredMessage) {
         guard let author = stored.senderAccount, !stored.recipients.isEmpty else { return }
+        // In a cluster a message handed to another node's connection can come back undelivered
+        // (that node died first), which `tracked`'s state per recipient follows.
+        if stored.targetKind == .direct, !isClustered, stored.recipients.count == 1, let recipient = stored.recipients.first,
+           recipient.deliveredAt != nil, recipient.readAt == nil {
+            let position = deliveredDirect.append(id: stored.id, time: stored.time, author: author, reader: recipient.account)
+            trackedRecipientCount += 1
+            Self.append(UnreadMessage(id: stored.id, position: position), toUnread: &unread[recipient.account, default: [:]][author, default: []])
+            forgetOldTrackedMessages()
+            return
+        }
         if let earlier = tracked[stored.id] { trackedRecipientCount -= earlier.recipients.count }
         tracked[stored.id] = TrackedMessage(
             id: stored.id, author: author, time: stored.time,
@@ -304,24 +321,39 @@ extension ChatServer {
     static let unreadFollowedPerConversation = 1000
 
     mutating func noteUnread(_ id: String, reader: String, conversation: String) {
-        Self.append(id, toUnread: &unread[reader, default: [:]][conversation, default: []])
+        Self.append(UnreadMessage(id: id, position: nil), toUnread: &unread[reader, default: [:]][conversation, default: []])
     }
 
-    private static func append(_ id: String, toUnread list: inout [String]) {
-        list.append(id)
+    private static func append<Element>(_ element: Element, toUnread list: inout [Element]) {
+        list.append(element)
         // Trimmed in steps, not by one per message (removing from the front moves the rest).
         if list.count > unreadFollowedPerConversation + 100 {
             list.removeFirst(list.count - unreadFollowedPerConversation)
         }
     }
 
-    /// Keeps `tracked` within `maxTrackedRecipients` (recipients, not messages: one message to a
-    /// group of 1,000 follows 1,000 states), forgetting the oldest messages first. A message that
-    /// still waits for a recipient is passed over a few times (its delivered receipt is due when
-    /// that recipient returns; inbox limits bound those), then forgotten too if need be.
+    /// Keeps `tracked` and `deliveredDirect` within `maxTrackedRecipients` (recipients, not
+    /// messages: one message to a group of 1,000 follows 1,000 states), forgetting the oldest
+    /// messages first. A message that still waits for a recipient is passed over a few times (its
+    /// delivered receipt is due when that recipient returns; inbox limits bound those), then
+    /// forgotten too if need be.
     mutating func forgetOldTrackedMessages() {
         var passedOver = 0
-        while trackedRecipientCount > configuration.maxTrackedRecipients, let oldest = trackedOrder.popFirst() {
+        while trackedRecipientCount > configuration.maxTrackedRecipients {
+            if let front = trackedOrder.first, tracked[front] == nil {
+                trackedOrder.removeFirst()  // forgotten since
+                continue
+            }
+            // The older of the two oldest, `deliveredDirect`'s or `tracked`'s, unless `tracked`'s
+            // still waits for a recipient (passed over).
+            let oldestTracked = trackedOrder.first.flatMap { tracked[$0] }
+            if let direct = deliveredDirect.oldest,
+               oldestTracked.map({ direct.time < $0.time || $0.recipients.waitsForDelivery }) ?? true {
+                deliveredDirect.forgetOldest()
+                trackedRecipientCount -= 1
+                continue
+            }
+            guard let oldest = trackedOrder.popFirst() else { break }
             guard let message = tracked[oldest] else { continue }
             if message.recipients.waitsForDelivery && passedOver < 8 {
                 trackedOrder.append(oldest)
@@ -333,8 +365,12 @@ extension ChatServer {
     }
 
     mutating func forgetTracked(_ id: String) {
-        guard let message = tracked.removeValue(forKey: id) else { return }
-        trackedRecipientCount -= message.recipients.count
+        if let message = tracked.removeValue(forKey: id) {
+            trackedRecipientCount -= message.recipients.count
+        } else if deliveredDirect.forget(id) != nil {
+            // Its entry in `unread` finds it forgotten.
+            trackedRecipientCount -= 1
+        }
     }
 
     /// Called after a command's handler: if it stored messages, its replies wait for the commit.
@@ -753,14 +789,24 @@ extension ChatServer {
         }
         guard let waiting = unread[account]?[conversation], !waiting.isEmpty else { return }
         var updates: [RecipientUpdate] = []
-        var remaining: [String] = []
-        for messageID in waiting {
-            guard let tracked = tracked[messageID] else { continue }
-            guard tracked.time <= time else { remaining.append(messageID); continue }
+        var remaining: [UnreadMessage] = []
+        for entry in waiting {
+            let messageID = entry.id
+            let author: String
+            let sentAt: Timestamp
+            if let position = entry.position {
+                guard let message = deliveredDirect.message(at: position) else { continue }
+                (author, sentAt) = (message.author, message.time)
+            } else {
+                guard let tracked = tracked[messageID] else { continue }
+                (author, sentAt) = (tracked.author, tracked.time)
+            }
+            guard sentAt <= time else { remaining.append(entry); continue }
             guard disclose else { continue }
-            self.tracked[messageID]?.recipients.update(account) { $0.readAt = time }
-            let sent = sendReceipt(author: tracked.author, messageID: messageID, target: receiptTarget(for: tracked, reader: account),
-                                   reader: account, state: .read, time: time, inGroup: tracked.groupKey != nil, &context, &outbox)
+            if entry.position == nil { tracked[messageID]?.recipients.update(account) { $0.readAt = time } }
+            // Only direct messages are in `unread` (a group's are in `groupFollowed`).
+            let sent = sendReceipt(author: author, messageID: messageID, target: accounts[account]?.name ?? account,
+                                   reader: account, state: .read, time: time, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
         }
         unread[account]?[conversation] = remaining.isEmpty ? nil : remaining
@@ -923,10 +969,12 @@ extension ChatServer {
         tracked = tracked.filter { $0.value.time >= cutoff }
         trackedRecipientCount = tracked.values.reduce(0) { $0 + $1.recipients.count }
         trackedOrder = CircularBuffer(trackedOrder.filter { tracked[$0] != nil })
+        deliveredDirect.forget(before: cutoff)
+        trackedRecipientCount += deliveredDirect.count
         for (reader, conversations) in unread {
-            var kept: [String: [String]] = [:]
-            for (conversation, ids) in conversations {
-                let live = ids.filter { tracked[$0] != nil }
+            var kept: [String: [UnreadMessage]] = [:]
+            for (conversation, entries) in conversations {
+                let live = entries.filter { entry in entry.position.map { deliveredDirect.message(at: $0) != nil } ?? (tracked[entry.id] != nil) }
                 if !live.isEmpty { kept[conversation] = live }
             }
             unread[reader] = kept.isEmpty ? nil : kept

@@ -4,7 +4,7 @@ import IRCWire
 ///
 /// What can be redacted is what Parley still knows the author of: a transient channel's recent
 /// history (in memory), and messages between accounts and in groups that are still followed for
-/// receipts (`tracked`). A message's author may redact it; in a channel, so may its operators.
+/// receipts (`tracked`, `deliveredDirect`). A message's author may redact it; in a channel, so may its operators.
 /// A redacted message leaves history: from memory at once, from storage through an ordered
 /// delete (so a later CHATHISTORY never sees it), and from the inbox of an offline recipient.
 /// Clients with the capability see `REDACT` from the redactor; others see nothing.
@@ -59,14 +59,18 @@ extension ChatServer {
         guard let recipient = identity(named: rawTarget) else {
             throw .fail("REDACT", "INVALID_TARGET", rawTarget, description: "No such nick")
         }
-        guard let tracked = tracked[id] else {
+        if let tracked = tracked[id] {
+            guard tracked.groupKey == nil, tracked.recipients[recipient] != nil || tracked.author == recipient else {
+                throw unknownMessage(rawTarget, id)
+            }
+            return try redactDirect(request, author: tracked.author, session: session, &context, &outbox)
+        }
+        guard let delivered = deliveredDirect.find(id) else {
             guard isClustered, let me = session.accountKey else { throw unknownMessage(rawTarget, id) }
             return lookUpForRedaction(request, in: .direct(me, recipient), &context, &outbox)
         }
-        guard tracked.groupKey == nil, tracked.recipients[recipient] != nil || tracked.author == recipient else {
-            throw unknownMessage(rawTarget, id)
-        }
-        try redactDirect(request, author: tracked.author, session: session, &context, &outbox)
+        guard delivered.reader == recipient || delivered.author == recipient else { throw unknownMessage(rawTarget, id) }
+        try redactDirect(request, author: delivered.author, session: session, &context, &outbox)
     }
 
     /// Asks the store for the message in that conversation; `completeRedaction` goes on.
