@@ -14,17 +14,22 @@ import Synchronization
 /// The writer's connection reports each commit's WAL size (`sqlite3_wal_hook`); past
 /// `pages` not yet checkpointed, a PASSIVE checkpoint runs on this checkpointer's own
 /// connection. It copies what was committed when it started, without blocking the writer, and
-/// goes again while the writer added more meanwhile, so that it catches up between two commits:
-/// SQLite starts the WAL from its beginning again only at a write that finds all of it copied.
-/// Should the WAL still reach `writerCheckpointPages` (writes that never pause), the writer
-/// checkpoints itself, as SQLite's automatic checkpoints did; by then little is left to copy.
+/// goes again (up to `maxRounds`) while the writer added more meanwhile: SQLite starts the WAL
+/// from its beginning again only at a write transaction that began with all of it copied.
+/// Under steady writes the storage thread is nearly always inside a transaction, so the WAL
+/// keeps growing until `writerCheckpointPages` (160 MB with 4 KiB pages; 40 MB before), where
+/// the writer checkpoints itself, as SQLite's automatic checkpoints did: by then the background
+/// has copied all but the last few hundred pages (it goes every tenth of `pages` over the last
+/// `pages` before the limit), and the WAL starts again. (A writer that copied the rest as soon
+/// as the background had caught up, a few hundred pages, did not get the WAL restarted in a
+/// trial, and only added syncs to the commits.)
 ///
 /// Durability is unchanged: a commit is in the WAL when it returns either way, and the
 /// checkpoint syncs the WAL before it copies and the database after (`synchronous=NORMAL`).
 final class WALCheckpointer: Sendable {
     /// WAL pages not yet checkpointed at which a background checkpoint starts.
     let pages: Int
-    /// WAL pages at which the writer checkpoints itself.
+    /// WAL pages at which the writer checkpoints itself whatever is left to copy.
     var writerCheckpointPages: Int { 4 * pages }
     /// Rounds of one background checkpoint chasing the writer's newer commits.
     static let maxRounds = 8
@@ -84,15 +89,20 @@ final class WALCheckpointer: Sendable {
     /// After each commit, on the writer's thread, inside SQLite.
     private func committed(walPages: Int, writer: OpaquePointer) {
         if walPages >= writerCheckpointPages {
-            // Called from the WAL hook, as SQLite's own automatic checkpoint is.
-            sqlite3_wal_checkpoint_v2(writer, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
-            state.withLock { $0.checkpointedFrames = 0 }
+            // Called from the WAL hook, as SQLite's own automatic checkpoint is. BUSY while the
+            // background's runs: then it is left to that one.
+            if sqlite3_wal_checkpoint_v2(writer, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil) == SQLITE_OK {
+                state.withLock { $0.checkpointedFrames = 0 }
+            }
             return
         }
         let start = state.withLock { state -> Bool in
             // A WAL smaller than what was copied of it has started again from its beginning.
             if walPages < state.checkpointedFrames { state.checkpointedFrames = 0 }
-            guard !state.running, !state.closed, walPages - state.checkpointedFrames >= pages else { return false }
+            // Close to the writer's limit the background goes more often, so that the writer
+            // finds little left to copy there.
+            let due = walPages >= writerCheckpointPages - pages ? max(1, pages / 10) : pages
+            guard !state.running, !state.closed, walPages - state.checkpointedFrames >= due else { return false }
             state.running = true
             return true
         }
@@ -102,6 +112,7 @@ final class WALCheckpointer: Sendable {
     private func checkpoint() {
         guard let connection else { return }
         var copied = 0
+        var previousLogFrames: Int32 = -1
         for _ in 0..<Self.maxRounds {
             var logFrames: Int32 = 0
             var checkpointedFrames: Int32 = 0
@@ -109,7 +120,10 @@ final class WALCheckpointer: Sendable {
             // BUSY: another checkpoint (the writer's own) is running; it does the work.
             guard result == SQLITE_OK, logFrames >= 0 else { break }
             copied = Int(checkpointedFrames)
-            if checkpointedFrames >= logFrames { break }
+            // A round copies what was in the WAL when it began; done once a round finds no
+            // commit added since the one before (or cannot copy all, held back by a reader).
+            if checkpointedFrames < logFrames || logFrames == previousLogFrames { break }
+            previousLogFrames = logFrames
         }
         state.withLock {
             $0.running = false
