@@ -19,10 +19,10 @@ import Synchronization
 /// Under steady writes the storage thread is nearly always inside a transaction, so the WAL
 /// keeps growing until `writerCheckpointPages` (160 MB with 4 KiB pages; 40 MB before), where
 /// the writer checkpoints itself, as SQLite's automatic checkpoints did: by then the background
-/// has copied all but the last few hundred pages (it goes every tenth of `pages` over the last
+/// has copied all but the last few thousand pages (it goes every tenth of `pages` over the last
 /// `pages` before the limit), and the WAL starts again. (A writer that copied the rest as soon
-/// as the background had caught up, a few hundred pages, did not get the WAL restarted in a
-/// trial, and only added syncs to the commits.)
+/// as the background had caught up, at most a tenth of `pages`, found that moment in one WAL
+/// of six in a full-speed trial: the background takes long enough for the writer to add more.)
 ///
 /// Durability is unchanged: a commit is in the WAL when it returns either way, and the
 /// checkpoint syncs the WAL before it copies and the database after (`synchronous=NORMAL`).
