@@ -4,6 +4,8 @@
 #   direct  500 pairs of accounts, window 16: delivered msgs/s
 #   rate    the same pairs at a fixed rate (RATE msgs/s in all): p50 / p99 latency
 #   fanout  a group of MEMBERS accounts, one sender, window 16: deliveries/s
+#   offline, offline-one  50,000 messages to 20 logged-out accounts from ten senders (one), window 64:
+#           stored msgs/s and the store latency (echo after commit) p50 / p99; not in the default set
 # direct and rate also give the server's CPU time and disk bytes written (/proc/PID/io, the
 # traffic only) per delivered message, which depend less on how busy the machine is.
 # Medians of RUNS runs. With BEFORE=path/to/an/older/parley-server, that binary runs too,
@@ -38,6 +40,10 @@ bench() { # label workload
     direct) taskset -c "$BENCH_CPU" "$bin/parley-bench" direct "${common[@]}" --pairs "$PAIRS" --window "$WINDOW" ;;
     rate) taskset -c "$BENCH_CPU" "$bin/parley-bench" direct "${common[@]}" --pairs "$PAIRS" --rate "$RATE" ;;
     fanout) taskset -c "$BENCH_CPU" "$bin/parley-bench" fanout "${common[@]}" --members "$MEMBERS" --senders 1 --window "$WINDOW" ;;
+    offline) taskset -c "$BENCH_CPU" "$bin/parley-bench" offline --port "$PORT" --server-pid "$server_pid" --server "$1" \
+        --recipients 20 --messages 50000 --senders 10 --window 64 ;;
+    offline-one) taskset -c "$BENCH_CPU" "$bin/parley-bench" offline --port "$PORT" --server-pid "$server_pid" --server "$1" \
+        --recipients 20 --messages 50000 --senders 1 --window 64 ;;
     esac 2>>"$work/bench.err" | grep '^RESULT' | sed "s/^RESULT //; s/\"mode\":\"[a-z]*\"/\"mode\":\"$2\"/" >>"$work/results.jsonl" || true
 }
 
@@ -63,7 +69,11 @@ metrics = {"direct": [("delivered_per_s", "direct, window: msgs/s"), ("cpu_us_pe
                       ("server_disk_bytes_per_msg", "  disk bytes written per msg")],
            "rate": [("p50_us", "fixed rate: p50 latency (ms)"), ("p99_us", "fixed rate: p99 latency (ms)"),
                     ("cpu_us_per_msg", "  server CPU per msg (us)"), ("server_disk_bytes_per_msg", "  disk bytes written per msg")],
-           "fanout": [("delivered_per_s", "group: deliveries/s")]}
+           "fanout": [("delivered_per_s", "group: deliveries/s")],
+           "offline": [("stored_per_s", "offline, 10 senders: stored/s"), ("store_p50_us", "offline: store p50 (ms)"),
+                       ("store_p99_us", "offline: store p99 (ms)"), ("server_cpu_pct", "offline: server CPU %")],
+           "offline-one": [("stored_per_s", "offline, 1 sender: stored/s"), ("store_p50_us", "offline-one: store p50 (ms)"),
+                           ("store_p99_us", "offline-one: store p99 (ms)"), ("server_cpu_pct", "offline-one: server CPU %")]}
 labels = list(dict.fromkeys(r["server"] for r in rows))
 print(f"{'workload':<32}" + "".join(f"{l:>28}" for l in labels) + f"{'lost/reordered':>16}")
 for mode, fields in metrics.items():

@@ -16,7 +16,12 @@ public final class SQLiteChatStore: ChatStore {
     /// run on the storage thread; account inserts on their own; both go through this lock.
     private let identities = Mutex(StoredIdentities())
 
-    public init(path: String, synchronousFull: Bool = false) throws {
+    /// Copies the WAL into the database beside the writer (see `WALCheckpointer`).
+    private let checkpointer: WALCheckpointer
+
+    /// - Parameter walCheckpointPages: WAL pages not yet copied into the database at which a
+    ///   checkpoint starts beside the writer (about 40 MB with 4 KiB pages by default).
+    public init(path: String, synchronousFull: Bool = false, walCheckpointPages: Int = SQLiteChatStore.walCheckpointPages) throws {
         Self.configureSQLiteOnce
         var configuration = Configuration()
         configuration.busyMode = .timeout(5)
@@ -30,9 +35,11 @@ public final class SQLiteChatStore: ChatStore {
             // then stay in memory instead of being read back from the WAL (SQLite's default
             // cache is 2 MB). Negative sizes are in KiB. Readers keep the default.
             try db.execute(sql: "PRAGMA cache_size = -\(Self.writerCacheKiB)")
-            // Fewer, larger checkpoints: the default (1,000 pages) checkpoints every few
-            // hundred stored messages, copying the same hot pages into the database each time.
-            try db.execute(sql: "PRAGMA wal_autocheckpoint = \(Self.walAutocheckpointPages)")
+        }
+        let checkpointer = try WALCheckpointer(path: path, pages: walCheckpointPages)
+        self.checkpointer = checkpointer
+        pool.writeWithoutTransaction { db in
+            if let writer = db.sqliteConnection { checkpointer.install(onWriter: writer) }
         }
         let loaded = try pool.read { db in
             var map = StoredIdentities()
@@ -45,8 +52,10 @@ public final class SQLiteChatStore: ChatStore {
 
     /// The writer connection's page cache: 64 MiB.
     static let writerCacheKiB = 64 * 1024
-    /// Pages in the WAL before a commit checkpoints it (about 40 MB with 4 KiB pages).
-    static let walAutocheckpointPages = 10_000
+    /// WAL pages between checkpoints. Fewer, larger checkpoints than SQLite's default (1,000
+    /// pages, every few hundred stored messages), which copied the same hot pages into the
+    /// database each time.
+    public static let walCheckpointPages = 10_000
 
     /// Before the first connection opens: GRDB never uses one connection from two threads at
     /// once, so SQLite's per-call mutexes were pure cost (a tenth of the storage thread's time
@@ -873,7 +882,11 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
+    /// Checkpoints finished beside the writer so far.
+    var backgroundCheckpoints: Int { checkpointer.completedCheckpoints }
+
     public func close() async throws {
+        checkpointer.close()
         try pool.close()
     }
 

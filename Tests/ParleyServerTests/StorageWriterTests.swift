@@ -159,24 +159,30 @@ struct StorageWriterTests {
 @Suite("When the storage thread commits (CommitGathering)")
 struct CommitGatheringTests {
     static let millisecond: UInt64 = 1_000_000
+    static let noWriters: [ConnectionID] = []
 
-    /// `count` writes taken evenly over one rate window starting at `start`.
-    static func busy(_ count: Int, from start: UInt64) -> (CommitGathering, UInt64) {
+    /// `count` writes taken evenly over one rate window starting at `start`, the n-th from
+    /// `writers[n % writers.count]` (none: writes that store no message).
+    static func busy(_ count: Int, from start: UInt64, writers: [ConnectionID] = []) -> (CommitGathering, UInt64) {
         var gathering = CommitGathering()
-        gathering.noteTaken(0, now: start)
+        gathering.noteTaken(0, writers: noWriters, now: start)
         let window = CommitGathering.rateWindowNanoseconds
-        for step in 0..<count { gathering.noteTaken(1, now: start + window * UInt64(step) / UInt64(count)) }
-        gathering.noteTaken(0, now: start + window)  // closes the window: the rate is known from here
+        for step in 0..<count {
+            gathering.noteTaken(1, writers: writers.isEmpty ? [] : [writers[step % writers.count]], now: start + window * UInt64(step) / UInt64(count))
+        }
+        gathering.noteTaken(0, writers: noWriters, now: start + window)  // closes the window: the rate is known from here
         return (gathering, start + window)
     }
+
+    static func connections(_ range: Range<UInt64>) -> [ConnectionID] { range.map(ConnectionID.init) }
 
     @Test func aQuietServerCommitsAtOnce() {
         var gathering = CommitGathering()
         let start = 5_000 * Self.millisecond
-        let decision1 = gathering.shouldWait(takeable: 1, paused: 0, now: start)
+        let decision1 = gathering.shouldWait(takeable: 1, writers: Self.noWriters, paused: 0, now: start)
         #expect(!decision1)
-        gathering.noteTaken(1, now: start)
-        let decision2 = gathering.shouldWait(takeable: 1, paused: 0, now: start + Self.millisecond)
+        gathering.noteTaken(1, writers: Self.noWriters, now: start)
+        let decision2 = gathering.shouldWait(takeable: 1, writers: Self.noWriters, paused: 0, now: start + Self.millisecond)
         #expect(!decision2)
     }
 
@@ -184,37 +190,88 @@ struct CommitGatheringTests {
         // 400 writes in 20 ms: 20,000 writes/s.
         var (gathering, now) = Self.busy(400, from: 5_000 * Self.millisecond)
         #expect(gathering.rate > 15_000)
-        let decision3 = gathering.shouldWait(takeable: 3, paused: 0, now: now)
+        let decision3 = gathering.shouldWait(takeable: 3, writers: Self.noWriters, paused: 0, now: now)
         #expect(decision3)
-        let decision4 = gathering.shouldWait(takeable: 6, paused: CommitGathering.pauseSliceNanoseconds, now: now)
+        let decision4 = gathering.shouldWait(takeable: 6, writers: Self.noWriters, paused: CommitGathering.pauseSliceNanoseconds, now: now)
         #expect(decision4)
-        let decision5 = gathering.shouldWait(takeable: 9, paused: CommitGathering.maxPauseNanoseconds - 1, now: now)
+        let decision5 = gathering.shouldWait(takeable: 9, writers: Self.noWriters, paused: CommitGathering.maxPauseNanoseconds - 1, now: now)
         #expect(decision5)
-        let decision6 = gathering.shouldWait(takeable: 12, paused: CommitGathering.maxPauseNanoseconds, now: now)
+        let decision6 = gathering.shouldWait(takeable: 12, writers: Self.noWriters, paused: CommitGathering.maxPauseNanoseconds, now: now)
         #expect(!decision6, "the wait is bounded")
-        let decision7 = gathering.shouldWait(takeable: CommitGathering.enough, paused: 0, now: now)
+        let decision7 = gathering.shouldWait(takeable: CommitGathering.enough, writers: Self.noWriters, paused: 0, now: now)
         #expect(!decision7, "a large batch commits at once")
-        let decision8 = gathering.shouldWait(takeable: 0, paused: 0, now: now)
+        let decision8 = gathering.shouldWait(takeable: 0, writers: Self.noWriters, paused: 0, now: now)
         #expect(!decision8)
     }
 
+    @Test func atAFixedRateOverManyConnectionsASmallBatchStillWaits() {
+        // 20,000 msgs/s from 500 senders (bench: direct --rate 20000 --pairs 500): a batch holds
+        // a few of them, the others may send any moment.
+        var (gathering, now) = Self.busy(400, from: 5_000 * Self.millisecond, writers: Self.connections(0..<500))
+        #expect(gathering.recentWriters == 400)
+        let decision = gathering.shouldWait(takeable: 3, writers: Self.connections(7..<10), paused: 0, now: now)
+        #expect(decision)
+    }
+
+    @Test func aLoneClosedLoopSenderDoesNotWait() {
+        // One sender with a window of 64, at 40,000 msgs/s: its whole window is the batch, and
+        // it sends no more before their echoes. Not even the first slice is taken.
+        let sender = ConnectionID(7)
+        var (gathering, now) = Self.busy(800, from: 5_000 * Self.millisecond, writers: [sender])
+        #expect(gathering.rate > 30_000)
+        #expect(gathering.recentWriters == 1)
+        let decision = gathering.shouldWait(takeable: 64, writers: Array(repeating: sender, count: 64), paused: 0, now: now)
+        #expect(!decision)
+    }
+
+    @Test func aBatchWaitsUntilEveryRecentWriterIsInIt() {
+        // Ten closed-loop senders: while some have nothing in the batch they may still add to it.
+        let senders = Self.connections(0..<10)
+        var (gathering, now) = Self.busy(800, from: 5_000 * Self.millisecond, writers: senders)
+        let someWaiting = Array(senders[..<7]) + Array(senders[..<7])
+        let decision1 = gathering.shouldWait(takeable: someWaiting.count, writers: someWaiting, paused: 0, now: now)
+        #expect(decision1)
+        // During the pause the last three sent too: every sender now waits for this batch.
+        let allWaiting = someWaiting + Array(senders[7...])
+        let decision2 = gathering.shouldWait(takeable: allWaiting.count, writers: allWaiting, paused: CommitGathering.pauseSliceNanoseconds, now: now)
+        #expect(!decision2)
+        // A connection that never sent before does not stand in for one that did.
+        let decision3 = gathering.shouldWait(takeable: 10, writers: Array(senders[..<9]) + [ConnectionID(99)], paused: 0, now: now)
+        #expect(decision3)
+    }
+
+    @Test func aWriterQuietForTwoWindowsNoLongerCounts() {
+        let (active, gone) = (ConnectionID(1), ConnectionID(2))
+        var (gathering, now) = Self.busy(800, from: 5_000 * Self.millisecond, writers: [active, gone])
+        #expect(gathering.recentWriters == 2)
+        let decision1 = gathering.shouldWait(takeable: 64, writers: Array(repeating: active, count: 64), paused: 0, now: now)
+        #expect(decision1, "the other sender may still add to the batch")
+        // Two more windows at the same rate from the active sender alone.
+        let window = CommitGathering.rateWindowNanoseconds
+        for step in 1...800 { gathering.noteTaken(1, writers: [active], now: now + 2 * window * UInt64(step) / 800) }
+        now += 2 * window
+        #expect(gathering.recentWriters == 1)
+        let decision2 = gathering.shouldWait(takeable: 64, writers: Array(repeating: active, count: 64), paused: 0, now: now)
+        #expect(!decision2)
+    }
+
     @Test func aBatchItsWritersWaitForCommitsAfterOneFruitlessPause() {
-        // One sender whose window of 64 is the batch: a pause gathers nothing more, since the
-        // sender waits for these messages' echoes.
+        // Writers the batch does not name (writes that store no message): a pause that gathers
+        // nothing more ends the wait.
         var (gathering, now) = Self.busy(400, from: 5_000 * Self.millisecond)
-        let decision9 = gathering.shouldWait(takeable: 64, paused: 0, now: now)
+        let decision9 = gathering.shouldWait(takeable: 64, writers: Self.noWriters, paused: 0, now: now)
         #expect(decision9)
-        let decision10 = gathering.shouldWait(takeable: 64, paused: CommitGathering.pauseSliceNanoseconds, now: now)
+        let decision10 = gathering.shouldWait(takeable: 64, writers: Self.noWriters, paused: CommitGathering.pauseSliceNanoseconds, now: now)
         #expect(!decision10)
         // The next batch may wait again.
-        let decision11 = gathering.shouldWait(takeable: 64, paused: 0, now: now)
+        let decision11 = gathering.shouldWait(takeable: 64, writers: Self.noWriters, paused: 0, now: now)
         #expect(decision11)
     }
 
     @Test func aSlowStreamIsNotHeldBack() {
         // 60 writes in 20 ms: 3,000 writes/s, a pause would gather one or two more.
-        var (gathering, now) = Self.busy(60, from: 5_000 * Self.millisecond)
-        let decision12 = gathering.shouldWait(takeable: 1, paused: 0, now: now)
+        var (gathering, now) = Self.busy(60, from: 5_000 * Self.millisecond, writers: Self.connections(0..<60))
+        let decision12 = gathering.shouldWait(takeable: 1, writers: [ConnectionID(3)], paused: 0, now: now)
         #expect(!decision12)
     }
 
@@ -222,11 +279,11 @@ struct CommitGatheringTests {
         let (busy, now) = Self.busy(400, from: 5_000 * Self.millisecond)
         var gathering = busy
         let later = now + 3 * CommitGathering.rateWindowNanoseconds
-        let decision13 = gathering.shouldWait(takeable: 1, paused: 0, now: later)
+        let decision13 = gathering.shouldWait(takeable: 1, writers: Self.noWriters, paused: 0, now: later)
         #expect(!decision13)
         // The first batch after the quiet spell starts a new measurement, which knows of no load yet.
-        gathering.noteTaken(1, now: later)
-        let decision14 = gathering.shouldWait(takeable: 1, paused: 0, now: later + Self.millisecond)
+        gathering.noteTaken(1, writers: Self.noWriters, now: later)
+        let decision14 = gathering.shouldWait(takeable: 1, writers: Self.noWriters, paused: 0, now: later + Self.millisecond)
         #expect(!decision14)
     }
 }
