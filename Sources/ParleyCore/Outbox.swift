@@ -237,6 +237,9 @@ public struct StoredRecipient: Sendable, Hashable {
         self.deliveredNotified = deliveredNotified
         self.readNotified = readNotified
     }
+
+    /// Delivered and read, and the author sent both receipts: nothing left to follow.
+    public var isSettled: Bool { deliveredAt != nil && readAt != nil && deliveredNotified && readNotified }
 }
 
 /// A change to one recipient's row; nil fields stay as they are.

@@ -44,10 +44,12 @@ public protocol ClusterDeliveryStore: Sendable {
     /// messages, each with the recipients concerned (rows already read stay delivered and are
     /// left out, as are messages deleted meanwhile).
     func returnHandOvers(_ handOvers: [(messageID: String, account: String)], holder: String) async throws -> [StoredMessage]
-    /// The recent messages sent through the dead node `node` whose receipts are not all sent
-    /// (the window `ChatStore.loadDeliveryState` loads, for that node's messages only, with all
-    /// their recipients), for `follower` to follow their receipts from now on, as the dead node
-    /// did. Every node that sees the death asks; only the first gets them (none for the others),
+    /// The recent messages sent through the dead node `node` (the window
+    /// `ChatStore.loadDeliveryState` loads, for that node's messages only, with all their
+    /// recipients), for `follower` to follow their receipts from now on, as the dead node did.
+    /// Those whose receipts all count as sent are included: a group read position stored since
+    /// the death was noticed counts as sent but is not (`ChatServer.adoptFollowed` decides).
+    /// Every node that sees the death asks; only the first gets them (none for the others),
     /// until the dead node starts a new run.
     func followedMessages(ofNode node: UInt16, follower: String, since: Timestamp, maxTrackedRecipients: Int) async throws -> [StoredMessage]
     /// Takes over the undelivered rows the dead node `node` held, for `holder`, and returns

@@ -2,7 +2,7 @@ import ParleyCore
 
 /// Assembles the start-up `DeliveryState` from a backend's rows, the same way for every backend:
 /// rows come one per message and recipient, in message order; messages whose every receipt is
-/// done are not followed.
+/// done are not followed (unless kept for a node following a dead node's messages).
 public struct DeliveryStateBuilder {
     private var messages: [StoredMessage] = []
     private var index: [String: Int] = [:]
@@ -41,9 +41,12 @@ public struct DeliveryStateBuilder {
         markers[account, default: [:]][conversation] = time
     }
 
-    public func build() -> DeliveryState {
+    /// With `keepingSettled`, messages whose every receipt counts as sent are kept too: a node
+    /// following a dead node's messages decides itself which of their receipts are still due
+    /// (`ChatServer.adoptFollowed`), as a group read position stored a moment ago counts as sent.
+    public func build(keepingSettled: Bool = false) -> DeliveryState {
         let followed = messages.filter { message in
-            !message.recipients.isEmpty && !message.recipients.allSatisfy { $0.deliveredAt != nil && $0.readAt != nil && $0.deliveredNotified && $0.readNotified }
+            !message.recipients.isEmpty && (keepingSettled || !message.recipients.allSatisfy(\.isSettled))
         }
         var undelivered: [String: [StoredMessage]] = [:]
         for message in followed {

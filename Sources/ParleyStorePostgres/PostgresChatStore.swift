@@ -802,7 +802,7 @@ public final class PostgresChatStore: ChatStore {
                 state.addReadMarker(account: ids.accountKeys[accountID], conversation: ids.conversationKey(kind: kind, id: targetID),
                                     time: Timestamp(millisecondsSince1970: time))
             }
-            return state.build()
+            return state.build(keepingSettled: node != nil)
         } catch { throw explained(error) }
     }
 

@@ -147,6 +147,76 @@ struct ClusterTests {
         #expect(cluster.nodes[0].inbox(alice).commands.contains("731"), "bob is offline for alice")
         #expect(cluster.send(0, alice, "PRIVMSG bob :are you there").contains { $0.contains("RECIPIENT_OFFLINE") })
     }
+
+    /// When bob (on n2) reads a group message of alice's after n2 noticed that alice's node n1
+    /// died, relative to n2 loading n1's messages to follow them (`adoptFollowed`).
+    enum GroupReadMoment: CaseIterable, Sendable {
+        /// Before the load, which finds bob's read position stored: the store counts the read
+        /// receipt as sent (the author's receipts were not waiting then).
+        case beforeTheLoadWhichSeesItsPosition
+        /// Before the load, which does not see its position yet.
+        case beforeTheLoadWhichMissesItsPosition
+        case afterTheLoad
+    }
+
+    /// A group read made on n2 once n1's death was noticed reaches alice, the message's author,
+    /// once at her next login on n2, whichever the order of the read, its stored position and
+    /// n2's load of n1's messages. Before, a load that saw the position dropped the message (all
+    /// its receipts counted as sent), and the receipt was never sent.
+    @Test(arguments: GroupReadMoment.allCases)
+    func aGroupReadMadeOnceAnAuthorsNodeDeathWasNoticedReachesTheAuthorOnce(_ moment: GroupReadMoment) throws {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: Self.caps)
+        let bob = cluster.register(1, "bob", password: "bob-password", caps: Self.caps)
+        cluster.send(0, alice, "JOIN #team")
+        cluster.send(0, alice, "INVITE bob #team")
+        cluster.send(0, alice, "PRIVMSG #team :read me too")
+        let line = try #require(cluster.nodes[1].inbox(bob).first { $0.contains("read me too") })
+        let message = try IRCMessage(parsing: line)
+        let id = try #require(message.tagValue("msgid"))
+        let sent = try #require(message.tagValue("time").flatMap { Timestamp(iso8601: $0) })
+
+        // n1 dies; n2 alone from now on.
+        var n2 = cluster.nodes[1]
+        n2.advance(milliseconds: 3_000)
+        let noticed = n2.now
+        var outbox = Outbox()
+        n2.server.remoteNodeGone(1, now: noticed, into: &outbox)
+        n2.apply(outbox)
+        n2.advance(milliseconds: 10)
+        // What the store gives n2 for n1's message: bob is a member without a row of his own,
+        // his state derived from his read position if stored (alice's receipts not waiting).
+        func stored(positionStored: Bool) -> StoredMessage {
+            StoredMessage(
+                id: id, time: sent, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~alice@127.0.0.1",
+                targetKind: .group, target: "#team", command: "PRIVMSG", text: "",
+                recipients: [StoredRecipient(account: "bob", deliveredAt: sent, readAt: positionStored ? sent : nil,
+                                             deliveredNotified: true, readNotified: positionStored)])
+        }
+        func adopt(_ message: StoredMessage) {
+            var outbox = Outbox()
+            n2.server.adoptFollowed([message], from: 1, noticed: noticed, now: n2.now, into: &outbox)
+            n2.apply(outbox)
+        }
+        switch moment {
+        case .beforeTheLoadWhichSeesItsPosition:
+            n2.send(bob, "MARKREAD #team timestamp=\(sent.iso8601)")
+            adopt(stored(positionStored: true))
+        case .beforeTheLoadWhichMissesItsPosition:
+            n2.send(bob, "MARKREAD #team timestamp=\(sent.iso8601)")
+            adopt(stored(positionStored: false))
+        case .afterTheLoad:
+            adopt(stored(positionStored: false))
+            n2.send(bob, "MARKREAD #team timestamp=\(sent.iso8601)")
+        }
+
+        let aliceBack = n2.connect()
+        n2.send(aliceBack, "CAP LS 302", "CAP REQ :\(Self.caps.joined(separator: " "))", "PASS :alice:alice-password", "NICK alice", "USER a 0 * :a")
+        var lines = n2.send(aliceBack, "CAP END")
+        lines += n2.send(aliceBack, "MARKREAD #team", "PING :once")
+        let receipts = lines.filter { $0.contains(" RECEIPT #team \(id) read bob ") }
+        #expect(receipts.count == 1, "\(moment): \(lines)")
+    }
 }
 
 @Suite("Cluster records between nodes")

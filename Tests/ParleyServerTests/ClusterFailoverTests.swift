@@ -153,7 +153,7 @@ extension ClusterProcessTests {
         var awaited: Set<String> = [directID, groupID]
         while !awaited.isEmpty {
             let waiting = awaited
-            let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipts of \(waiting)") {
+            let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipts of \(waiting) (direct \(directID), group \(groupID)); n2: \(n2.logText)") {
                 $0.command == "RECEIPT" && waiting.contains($0.parameters.dropFirst().first ?? "") && $0.parameters.dropFirst(2).first == "read"
             }
             #expect(receipt.parameters.dropFirst(3).first == "bob", "\(receipt)")

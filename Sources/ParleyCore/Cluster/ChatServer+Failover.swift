@@ -43,8 +43,8 @@ extension ChatServer {
         holdUndelivered(messages, except: deadNode, tellingAuthors: false, now: now, into: &outbox)
     }
 
-    /// The recent messages sent through a dead node whose receipts are not all sent
-    /// (`ClusterDeliveryStore.followedMessages`): this node follows them from now on, as it
+    /// The recent messages sent through a dead node (`ClusterDeliveryStore.followedMessages`):
+    /// this node follows those whose receipts are not all sent from now on, as it
     /// follows its own, so that their authors get their receipts wherever they log in. Reads
     /// disclosed while no node followed them are applied from what this node heard of them: a
     /// read the store does not have (the dead node writes read times of the rows it follows), or
@@ -69,6 +69,9 @@ extension ChatServer {
                     message.recipients[index].readNotified = false
                 }
             }
+            // The store gives those whose receipts all count as sent too: a group read made
+            // here after the death was noticed may be stored already, and counts as sent there.
+            if message.recipients.allSatisfy(\.isSettled) { continue }
             remember(message)
             followedForDeadNodes[deadNode, default: []].append(message.id)
             for recipient in message.recipients {
