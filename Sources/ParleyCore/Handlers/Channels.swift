@@ -1118,9 +1118,10 @@ extension ChatServer {
         let relayed = IRCMessage(tags: tags, source: sender.prefix, command: verb,
                                  parameters: verb == "TAGMSG" ? [channel.name] : [channel.name, text])
         var encodings = EncodingCache()
+        let isTagMessage = verb == "TAGMSG"
         // Each member's session from the channel's own list: no lookup by id per member.
         for (member, session) in zip(channel.joined, channel.joinedSessions) where member != id {
-            if verb == "TAGMSG" && !session.has(.messageTags) { continue }
+            if isTagMessage && !session.has(.messageTags) { continue }
             outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member)
             counters.deliveries &+= 1
         }
