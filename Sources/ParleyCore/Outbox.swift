@@ -65,7 +65,7 @@ public struct Outbox: Sendable {
     /// message is then one step per member, not an entry to queue, resolve and free later.
     mutating func send(_ line: ByteBuffer, to connection: ConnectionID) {
         linesQueued &+= 1
-        if deliveries.isEmpty, let sink, sink.add(line, to: connection) { return }
+        if deliveries.isEmpty, sink?.add(line, to: connection) == true { return }
         deliveries.append(Delivery(connection: connection, line: line))
         lastLineIsPrivate = false
     }
@@ -77,7 +77,7 @@ public struct Outbox: Sendable {
     /// to allocate, copy and free.
     mutating func write(to connection: ConnectionID, allocator: ByteBufferAllocator, capacity: Int = 512, _ encode: (inout ByteBuffer) -> Void) {
         linesQueued &+= 1
-        if deliveries.isEmpty, let sink, sink.write(to: connection, capacity: capacity, encode) { return }
+        if deliveries.isEmpty, sink?.write(to: connection, capacity: capacity, encode) == true { return }
         if lastLineIsPrivate, let last = deliveries.indices.last, deliveries[last].connection == connection {
             encode(&deliveries[last].line)
             return
