@@ -10,11 +10,15 @@
 # (guests, no capabilities, 32-byte texts): the first dump ("start") at the bench's first
 # progress line, the second ("traffic") at its RESULT line, once every message sent has arrived;
 # the traffic's instructions are divided by the messages delivered between the two.
+# With WORKLOAD=fanout, `parley-bench fanout --members MEMBERS --senders 1 --window 16 --duration
+# DURATION` (guests, 1,000 members unless MEMBERS is set): the same two dumps, and the traffic's
+# instructions per delivery (a line written to one member).
 #
 #   bench/callgrind-join.sh                 # 2,000 members, this build
 #   MEMBERS=1000 SERVER=/tmp/parley-server-before bench/callgrind-join.sh
 #   WORKLOAD=connect MEMBERS=5000 bench/callgrind-join.sh
 #   WORKLOAD=direct PAIRS=100 DURATION=10 bench/callgrind-join.sh
+#   WORKLOAD=fanout DURATION=10 bench/callgrind-join.sh
 #   SERVER=/tmp/old/parley-server BENCH=/tmp/old/parley-bench bench/callgrind-join.sh   # no build
 #   callgrind_annotate --inclusive=yes OUT/callgrind.out.PID.1 | swift demangle --simplified | less
 #
@@ -24,8 +28,8 @@
 # passes one in read-only memory, which crashes valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MEMBERS=${MEMBERS:-2000}
 WORKLOAD=${WORKLOAD:-join}
+if [ "$WORKLOAD" = fanout ]; then MEMBERS=${MEMBERS:-1000}; else MEMBERS=${MEMBERS:-2000}; fi
 PAIRS=${PAIRS:-100}
 DURATION=${DURATION:-10}
 PORT=${PORT:-16970}
@@ -72,6 +76,11 @@ elif [ "$WORKLOAD" = direct ]; then
     workload=(direct --pairs "$PAIRS" --window 16 --payload 32 --duration "$DURATION")
     mark="direct:"
     first=start
+elif [ "$WORKLOAD" = fanout ]; then
+    workload=(fanout --members "$MEMBERS" --senders 1 --window 16 --duration "$DURATION")
+    # The progress lines ("fanout:   1s   N delivered ..."), not the "members joined" line.
+    mark="delivered "
+    first=start
 else
     workload=(fanout --members "$MEMBERS" --senders 1 --window 1 --duration 0)
     mark=joined
@@ -86,7 +95,7 @@ fi
                 mark=RESULT
             fi
             callgrind_control -d "$first" "$pid" >/dev/null 2>&1; echo "$line" >&2
-            if [ "$first" = start ]; then first=traffic; elif [ "$WORKLOAD" = direct ]; then
+            if [ "$first" = start ]; then first=traffic; elif [ "$WORKLOAD" = direct ] || [ "$WORKLOAD" = fanout ]; then
                 echo "$line" | grep -o '"delivered":[0-9]*' | cut -d: -f2 >"$work/delivered-at-end"; first=done; mark=never-again
             fi;;
         esac
@@ -103,8 +112,9 @@ for file in "$OUT"/callgrind.out.*.*; do
     printf "%-7s %'16d instructions  %s\n" "$part" "$count" "$file"
 done
 printf "%-7s %'16d instructions\n" total "$total"
-if [ "$WORKLOAD" = direct ] && [ -s "$work/delivered-at-end" ]; then
+if { [ "$WORKLOAD" = direct ] || [ "$WORKLOAD" = fanout ]; } && [ -s "$work/delivered-at-end" ]; then
     start=$(cat "$work/delivered-at-start"); end=$(cat "$work/delivered-at-end")
     traffic=$(awk '/^summary:/ {print $2}' $(grep -l "^desc: Trigger: dump traffic" "$OUT"/callgrind.out.*.*))
-    printf "traffic: %'d instructions for %'d messages delivered: %'d per message\n" "$traffic" $((end - start)) $((traffic / (end - start)))
+    unit=message; [ "$WORKLOAD" = fanout ] && unit=delivery
+    printf "traffic: %'d instructions for %'d deliveries: %'d per %s\n" "$traffic" $((end - start)) $((traffic / (end - start))) "$unit"
 fi

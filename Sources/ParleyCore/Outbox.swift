@@ -60,11 +60,14 @@ public struct Outbox: Sendable {
         lastLineIsPrivate = false
     }
 
-    /// Queues a line that may be shared with other receivers.
+    /// Queues a line that may be shared with other receivers. With a sink, and nothing queued
+    /// yet, the line goes straight to the connection's pending output (as in `write`): a group
+    /// message is then one step per member, not an entry to queue, resolve and free later.
     mutating func send(_ line: ByteBuffer, to connection: ConnectionID) {
+        linesQueued &+= 1
+        if deliveries.isEmpty, sink?.add(line, to: connection) == true { return }
         deliveries.append(Delivery(connection: connection, line: line))
         lastLineIsPrivate = false
-        linesQueued &+= 1
     }
 
     /// Encodes a line for one connection, after the previous line when that was its own too.
@@ -74,7 +77,7 @@ public struct Outbox: Sendable {
     /// to allocate, copy and free.
     mutating func write(to connection: ConnectionID, allocator: ByteBufferAllocator, capacity: Int = 512, _ encode: (inout ByteBuffer) -> Void) {
         linesQueued &+= 1
-        if deliveries.isEmpty, let sink, sink.write(to: connection, capacity: capacity, encode) { return }
+        if deliveries.isEmpty, sink?.write(to: connection, capacity: capacity, encode) == true { return }
         if lastLineIsPrivate, let last = deliveries.indices.last, deliveries[last].connection == connection {
             encode(&deliveries[last].line)
             return
@@ -93,6 +96,9 @@ public protocol OutboxSink: AnyObject, Sendable {
     /// written, when the sink does not write to that connection (it is not one of this node's).
     /// `capacity`: the bytes expected, at least.
     func write(to connection: ConnectionID, capacity: Int, _ encode: (inout ByteBuffer) -> Void) -> Bool
+    /// Appends a line (possibly shared with other receivers) to what is pending for
+    /// `connection`; false, with nothing added, as for `write`.
+    func add(_ line: ByteBuffer, to connection: ConnectionID) -> Bool
 }
 
 /// Work the shell performs for the domain.

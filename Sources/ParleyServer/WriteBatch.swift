@@ -197,6 +197,13 @@ final class WriteBatch: OutboxSink, @unchecked Sendable {
         return true
     }
 
+    /// A line the domain queues for a receiver (`Outbox.send`), added to its output; the same
+    /// call and lock as `write(to:capacity:_:)`.
+    func add(_ line: ByteBuffer, to connection: ConnectionID) -> Bool {
+        guard let table else { return false }
+        return add(line, to: connection, in: table)
+    }
+
     /// Adds a line (or a close) for a connection of `table`, on this thread's loop or another;
     /// false when the connection is not in the table.
     func add(_ line: ByteBuffer?, closeAfter: Bool = false, to connection: ConnectionID, in table: ConnectionTable) -> Bool {

@@ -15,6 +15,12 @@ struct OutboxTests {
             encode(&written[connection, default: ByteBuffer()])
             return true
         }
+
+        func add(_ line: ByteBuffer, to connection: ConnectionID) -> Bool {
+            guard !foreign.contains(connection) else { return false }
+            written[connection, default: ByteBuffer()].writeImmutableBuffer(line)
+            return true
+        }
     }
 
     private func line(_ text: String) -> (inout ByteBuffer) -> Void {
@@ -33,13 +39,33 @@ struct OutboxTests {
         #expect(sink.written[alice].map { String(buffer: $0) } == "a1\r\na2\r\n")
         #expect(sink.written[bob].map { String(buffer: $0) } == "b1\r\n")
 
-        // Once a shared line is queued, later lines queue behind it: one queued earlier may be
-        // for the same connection, and the sink's output would overtake it.
-        outbox.send(ByteBuffer(string: "shared\r\n"), to: bob)
-        outbox.write(to: alice, allocator: ByteBufferAllocator(), line("a3\r\n"))
-        #expect(outbox.deliveries.map { String(buffer: $0.line) } == ["shared\r\n", "a3\r\n"])
-        #expect(sink.written[alice].map { String(buffer: $0) } == "a1\r\na2\r\n")
+        // Shared lines go to the sink too.
+        let shared = ByteBuffer(string: "shared\r\n")
+        outbox.send(shared, to: alice)
+        outbox.send(shared, to: bob)
+        #expect(outbox.deliveries.isEmpty)
+        #expect(sink.written[alice].map { String(buffer: $0) } == "a1\r\na2\r\nshared\r\n")
+        #expect(sink.written[bob].map { String(buffer: $0) } == "b1\r\nshared\r\n")
         #expect(outbox.linesQueued == 5)
+    }
+
+    @Test func onceALineIsQueuedLaterLinesQueueBehindIt() {
+        let sink = RecordingSink()
+        let alice = ConnectionID(1), remote = ConnectionID(7)
+        sink.foreign = [remote]
+        var outbox = Outbox()
+        outbox.sink = sink
+        // A line for another node's connection is queued; the lines after it queue behind it,
+        // shared or not: one queued earlier may be for the same connection, and the sink's
+        // output would overtake it.
+        let shared = ByteBuffer(string: "shared\r\n")
+        outbox.send(shared, to: remote)
+        outbox.send(shared, to: alice)
+        outbox.write(to: alice, allocator: ByteBufferAllocator(), line("a1\r\n"))
+        #expect(outbox.deliveries.map { String(buffer: $0.line) } == ["shared\r\n", "shared\r\n", "a1\r\n"])
+        #expect(outbox.deliveries.map(\.connection) == [remote, alice, alice])
+        #expect(sink.written.isEmpty)
+        #expect(outbox.linesQueued == 3)
     }
 
     @Test func aConnectionTheSinkDoesNotWriteToIsQueued() {

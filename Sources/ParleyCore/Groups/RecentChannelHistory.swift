@@ -3,10 +3,18 @@
 /// Nothing of it is written to disk; at most `capacity` messages and `maxBytes` bytes of them
 /// (a guest may make many channels), the oldest go first.
 struct RecentChannelHistory: Sendable {
-    private(set) var messages: [StoredMessage] = []
+    /// The kept messages: `storage` from `head` on, indexed as in `storage`.
+    var messages: ArraySlice<StoredMessage> { storage[head...] }
+    /// Dropped messages before `head` leave the array in bulk, once they are as many as
+    /// `capacity`: removing each as it was dropped moved the whole history every time. Their
+    /// slots are emptied at once (`dropped`), so they hold no memory meanwhile.
+    private var storage: [StoredMessage] = []
+    private var head = 0
+    private static let dropped = StoredMessage(id: "", time: Timestamp(millisecondsSince1970: 0), senderNick: "", senderAccount: nil,
+                                               senderPrefix: "", targetKind: .group, target: "", command: "", text: "")
     /// What `messages` hold, as counted by `size(of:)`.
     private(set) var bytes = 0
-    /// The order number of `messages[0]`: orders keep counting up as old messages are dropped,
+    /// The order number of `storage[0]`: orders keep counting up as old messages are dropped,
     /// so a point taken from a message stays valid.
     private var firstOrder: Int64 = 0
     /// Ids of redacted messages still in `messages`: they keep their place, so the order numbers
@@ -39,28 +47,29 @@ struct RecentChannelHistory: Sendable {
         guard capacity > 0, Self.size(of: message) <= maxBytes else { return }
         // In time order. A message decided by another node may arrive after a later one of this
         // node's (each node keeps every node's messages); on one node it is simply appended.
-        var index = messages.endIndex
-        while index > messages.startIndex && messages[index - 1].time > message.time { index -= 1 }
+        var index = storage.endIndex
+        while index > head && storage[index - 1].time > message.time { index -= 1 }
         // Kept once: a node that (re)joins the cluster gets the history from every node with
         // members in the channel.
         var sameTime = index
-        while sameTime > messages.startIndex && messages[sameTime - 1].time == message.time {
-            if messages[sameTime - 1].id == message.id { return }
+        while sameTime > head && storage[sameTime - 1].time == message.time {
+            if storage[sameTime - 1].id == message.id { return }
             sameTime -= 1
         }
-        messages.insert(message, at: index)
+        storage.insert(message, at: index)
         bytes += Self.size(of: message)
         if Self.isEvent(message) { eventCount += 1 }
-        var excess = 0
-        while messages.count - excess - eventCount > capacity || eventCount > capacity || bytes > maxBytes {
-            bytes -= Self.size(of: messages[excess])
-            if Self.isEvent(messages[excess]) { eventCount -= 1 }
-            excess += 1
+        while storage.count - head - eventCount > capacity || eventCount > capacity || bytes > maxBytes {
+            bytes -= Self.size(of: storage[head])
+            if Self.isEvent(storage[head]) { eventCount -= 1 }
+            if !redacted.isEmpty { redacted.remove(storage[head].id) }
+            storage[head] = Self.dropped
+            head += 1
         }
-        if excess > 0 {
-            if !redacted.isEmpty { for message in messages[..<excess] { redacted.remove(message.id) } }
-            messages.removeFirst(excess)
-            firstOrder += Int64(excess)
+        if head >= max(capacity, 1) {
+            storage.removeFirst(head)
+            firstOrder += Int64(head)
+            head = 0
         }
     }
 }

@@ -227,7 +227,10 @@ struct EncodingCache {
     mutating func line(_ message: IRCMessage, for session: Session, allocator: ByteBufferAllocator) -> ByteBuffer {
         // A relayed message has time, account and client tags; which of them a receiver gets
         // depends on these three capabilities (`ChatServer.tagAllowed`), so they key the cache.
-        let profile = (session.has(.serverTime) ? 1 : 0) | (session.has(.accountTag) ? 2 : 0) | (session.has(.messageTags) ? 4 : 0)
+        // The set read once: each read of a session's property is an exclusivity check.
+        let capabilities = session.capabilities
+        let profile = (capabilities.contains(.serverTime) ? 1 : 0) | (capabilities.contains(.accountTag) ? 2 : 0)
+            | (capabilities.contains(.messageTags) ? 4 : 0)
         if let first, first.profile == profile { return first.buffer }
         if let buffer = others[profile] { return buffer }
         var buffer = allocator.buffer(capacity: 96 + (message.parameters.last?.utf8.count ?? 0))
