@@ -1027,9 +1027,8 @@ extension ChatServer {
     /// A message to a channel, or (`statusPrefix` `@` or `+`, STATUSMSG) to its members of that
     /// status or higher only. Status messages are not kept: a group's history is every member's.
     mutating func deliverToChannel(_ verb: String, to target: String, statusPrefix: Character? = nil, text: String, clientTags: [IRCTag],
-                                   _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
-        guard let sender = sessions[context.connection],
-              let relay = try relayToChannel(verb, to: target, statusPrefix: statusPrefix, text: text, clientTags: clientTags, sender: sender,
+                                   sender: Session, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+        guard let relay = try relayToChannel(verb, to: target, statusPrefix: statusPrefix, text: text, clientTags: clientTags, sender: sender,
                                              &context, &outbox) else { return }
         let (relayed, messageID, key, isGroup) = (relay.message, relay.messageID, relay.channelKey, relay.isGroup)
         rememberSend(relayed, clientTags: clientTags, sender: sender)

@@ -103,14 +103,15 @@ extension ChatServer {
     private mutating func deliver(_ verb: String, to target: String, text: String, clientTags: [IRCTag], _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
         guard let sender = context.session else { return }
         if target.hasPrefix("#") {
-            try deliverToChannel(verb, to: target, text: text, clientTags: clientTags, &context, &outbox)
+            try deliverToChannel(verb, to: target, text: text, clientTags: clientTags, sender: sender, &context, &outbox)
             return
         }
         // STATUSMSG: `@#chan` reaches the channel's operators (and owner), `+#chan` also the voiced.
         // The first byte is tested before a Character is made of it: most targets are nicks.
         if let byte = target.utf8.first, byte == UInt8(ascii: "@") || byte == UInt8(ascii: "+"),
            let status = target.first, status == "@" || status == "+", target.dropFirst().hasPrefix("#") {
-            try deliverToChannel(verb, to: String(target.dropFirst()), statusPrefix: status, text: text, clientTags: clientTags, &context, &outbox)
+            try deliverToChannel(verb, to: String(target.dropFirst()), statusPrefix: status, text: text, clientTags: clientTags, sender: sender,
+                                 &context, &outbox)
             return
         }
         let folded = fold(target)
@@ -158,9 +159,7 @@ extension ChatServer {
                 IRCMessage.writeUntagged(source: prefix, command: verb, target: target, text: text, to: &line)
             }
             counters.deliveries &+= 1
-            if verb == "PRIVMSG", let away = receiver.awayMessage {
-                numericReply(.rplAway, [receiver.nick?.name ?? target, away], in: &context)
-            }
+            if verb == "PRIVMSG" { replyIfAway(receiver, target: target, &context) }
             return
         }
 
@@ -210,9 +209,15 @@ extension ChatServer {
 
     /// RPL_AWAY when every connection of the recipient is away.
     private func replyIfAway(_ connections: some Collection<ConnectionID>, target: String, _ context: inout CommandContext) {
-        guard let first = connections.first, let away = sessions[first]?.awayMessage,
+        guard let first = connections.first, let receiver = sessions[first],
               connections.allSatisfy({ sessions[$0]?.awayMessage != nil }) else { return }
-        numericReply(.rplAway, [sessions[first]?.nick?.name ?? target, away], in: &context)
+        replyIfAway(receiver, target: target, &context)
+    }
+
+    /// RPL_AWAY for a receiver with one connection (its session at hand: no lookup).
+    private func replyIfAway(_ receiver: Session, target: String, _ context: inout CommandContext) {
+        guard let away = receiver.awayMessage else { return }
+        numericReply(.rplAway, [receiver.nick?.name ?? target, away], in: &context)
     }
 }
 
