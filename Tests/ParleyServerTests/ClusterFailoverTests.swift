@@ -67,8 +67,7 @@ extension ClusterProcessTests {
         try await Self.expectOnce("into the gap", "also into the gap", at: back)
 
         for client in [alice, back] { await client.close() }
-        n1.signal(SIGTERM)
-        #expect(try await n1.waitForExit(timeout: .seconds(15)) == 0, "\(n1.logText)")
+        try await ServerProcess.stopCleanly([n1])
         try await drop()
     }
 
@@ -103,8 +102,7 @@ extension ClusterProcessTests {
         #expect(!afterRestart.contains { $0.parameters.last == "held by n2" }, "not delivered again: \(afterRestart)")
 
         for client in [alice, carol, bobAgain] { await client.close() }
-        for node in [n1, restarted] { node.signal(SIGTERM) }
-        for node in [n1, restarted] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, restarted])
         try await drop()
     }
 
@@ -164,8 +162,7 @@ extension ClusterProcessTests {
         #expect(!rest.contains { $0.command == "RECEIPT" && $0.parameters.dropFirst(2).first == "read" }, "each read receipt once: \(rest)")
 
         for client in [bob, aliceBack] { await client.close() }
-        n2.signal(SIGTERM)
-        #expect(try await n2.waitForExit(timeout: .seconds(15)) == 0, "\(n2.logText)")
+        try await ServerProcess.stopCleanly([n2])
         try await drop()
     }
 
@@ -218,8 +215,7 @@ extension ClusterProcessTests {
         #expect(!atAlice.contains { $0.command == "731" }, "bob never went offline: \(atAlice)")
 
         for client in [alice, bob] { await client.close() }
-        for node in [n1, n2] { node.signal(SIGTERM) }
-        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2])
         #expect(!n1.logText.contains("cluster node gone"), "\(n1.logText)")
         try await drop()
     }
@@ -264,8 +260,7 @@ extension ClusterProcessTests {
         try await Self.expectOnce("into both gaps", at: back)
 
         for client in [alice, back] { await client.close() }
-        n1.signal(SIGTERM)
-        #expect(try await n1.waitForExit(timeout: .seconds(15)) == 0, "\(n1.logText)")
+        try await ServerProcess.stopCleanly([n1])
         try await drop()
     }
 
@@ -321,8 +316,7 @@ extension ClusterProcessTests {
         #expect(!newZed.isClosed)
 
         for client in [alice, bobBack, newZed, impostor] { await client.close() }
-        for node in [n1, n2] { node.signal(SIGTERM) }
-        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2])
         try await drop()
     }
 }
@@ -344,8 +338,7 @@ extension ClusterProcessTests {
             #expect(series.map { String($0[0]) } == ["parley_node_info{node=\"n\(index + 1)\",number=\"\(index + 1)\"}"], "\(answer.text)")
             #expect(series.first.flatMap { Double($0[1]) } == 1, "\(info)")
         }
-        for node in nodes { node.signal(SIGTERM) }
-        for node in nodes { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly(nodes)
         try await drop()
     }
 }
@@ -397,8 +390,7 @@ extension ClusterProcessTests {
         #expect(!inbox.contains { $0.parameters.last == "secret" }, "\(inbox)")
 
         for client in [alice, bob, alicesPhone, carol] { await client.close() }
-        for node in [n1, n2] { node.signal(SIGTERM) }
-        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2])
         try await drop()
     }
 
@@ -435,8 +427,7 @@ extension ClusterProcessTests {
         #expect(try await carol.expect(numeric: "761", timeout: .seconds(10)).parameters == ["carol", "alice", "display-name", "*", "Alice A."])
 
         for client in [alice, bob, carol] { await client.close() }
-        for node in [n1, n2, n3] { node.signal(SIGTERM) }
-        for node in [n1, n2, n3] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2, n3])
         try await drop()
     }
 }
@@ -490,8 +481,7 @@ extension ClusterProcessTests {
         }
 
         for client in [gus, bob, carol] { await client.close() }
-        for node in [n1, n2] { node.signal(SIGTERM) }
-        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2])
         try await drop()
     }
 }

@@ -57,8 +57,7 @@ extension ClusterProcessTests {
         }
 
         for client in [alice, alicesPhone, gus] { await client.close() }
-        for node in [n1, n2] { node.signal(SIGTERM) }
-        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2])
         try await drop()
     }
 }
@@ -150,8 +149,7 @@ extension ClusterProcessTests {
         #expect(evesRead == afterRedaction, "\(evesRead)")
 
         for client in [gus, bea, cleo, dan, eve] { await client.close() }
-        for node in [n1, n2, n3, n4] { node.signal(SIGTERM) }
-        for node in [n1, n2, n3, n4] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2, n3, n4])
         try await drop()
     }
 }

@@ -125,8 +125,7 @@ struct ClusterProcessTests {
         try await impostor.expect(numeric: "433")
 
         for client in [alice, bob, carol, zed, impostor] { await client.close() }
-        for node in [n1, n2, n3] { node.signal(SIGTERM) }
-        for node in [n1, n2, n3] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2, n3])
         try await drop()
     }
 
@@ -174,8 +173,7 @@ struct ClusterProcessTests {
         #expect(!afterRestart.contains { $0.parameters.last == "are you there?" }, "not delivered again after the restart")
 
         for client in [alice, back, bob2] { await client.close() }
-        for node in [n1, n3, restarted] { node.signal(SIGTERM) }
-        for node in [n1, n3, restarted] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n3, restarted])
         try await drop()
     }
 
@@ -233,8 +231,7 @@ struct ClusterProcessTests {
         let fresh = try await TestClient.registered("erin", port: n1.ports[0], password: "erin-new-password")
 
         for client in [dave, alice, daveOnN2, erin, old, fresh] { await client.close() }
-        for node in [n1, n2] { node.signal(SIGTERM) }
-        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2])
         try await drop()
     }
 
@@ -281,8 +278,7 @@ struct ClusterProcessTests {
         #expect(delivered, "storage recovered by itself: \(n1.logText.suffix(2000))")
 
         for client in [alice, bob] { await client.close() }
-        for node in [n1, n2] { node.signal(SIGTERM) }
-        for node in [n1, n2] { #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)") }
+        try await ServerProcess.stopCleanly([n1, n2])
     }
 
     @Test func aNodeNameHeldByARunningNodeIsRefused() async throws {

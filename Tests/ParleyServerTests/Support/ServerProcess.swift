@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import Testing
 
 /// The real `parley-server` executable, run as a child process on a temporary data directory:
 /// for what only a process shows (signals, exit codes, the admin subcommands).
@@ -110,6 +111,14 @@ final class ServerProcess: Sendable {
             try await Task.sleep(for: .milliseconds(20))
         }
         return process.terminationStatus
+    }
+
+    /// Sends SIGTERM to every node, then expects each to exit with status 0 (its log shown if not).
+    static func stopCleanly(_ nodes: [ServerProcess], sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        for node in nodes { node.signal(SIGTERM) }
+        for node in nodes {
+            #expect(try await node.waitForExit(timeout: .seconds(15)) == 0, "\(node.logText)", sourceLocation: sourceLocation)
+        }
     }
 
     deinit {
