@@ -296,6 +296,17 @@ extension ClusterProcessTests {
         try await alice.expect { $0.command == "JOIN" && $0.parameters.first == "#gap" }
         alice.send("INVITE bob #gap")
         try await alice.expect { $0.command == "NOTE" && $0.parameters.contains("MEMBER_OFFLINE") }
+        // n1 answers before it commits: the group and bob's place in it are in the database
+        // before n2 goes on (what n1 commits in the moment n2 reloads is docs/cluster.md's
+        // known window, not this test's case).
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try await TestPostgres.firstValue("""
+            SELECT a.name FROM group_members m JOIN groups g ON g.id = m.group_id JOIN accounts a ON a.id = m.account_id
+            WHERE g.key = '#gap' AND a.name = 'bob'
+            """, on: cluster.database) == nil {
+            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "bob's membership of #gap never committed") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
 
         // n2 goes on: it finds it was taken for dead, and disconnects its users saying why.
         n2.signal(SIGCONT)

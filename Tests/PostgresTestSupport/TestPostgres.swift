@@ -38,6 +38,26 @@ public enum TestPostgres {
         }
         try await connection.close()
     }
+
+    /// Runs one query on a short-lived connection and returns its first row's first column as
+    /// text (nil without rows), for tests that wait on what is committed.
+    public static func firstValue(_ sql: String, on url: PostgresDatabaseURL) async throws -> String? {
+        let configuration = PostgresConnection.Configuration(
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: .disable)
+        let connection = try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration,
+                                                              id: 0, logger: Logger(label: "parley.test.postgres"))
+        do {
+            var value: String?
+            for try await row in try await connection.query(PostgresQuery(unsafeSQL: sql), logger: Logger(label: "parley.test.postgres")) {
+                if value == nil { value = try row.decode(String?.self) }
+            }
+            try await connection.close()
+            return value
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
 }
 
 /// A PostgreSQL server of one test's own, which the test may stop (as a crash: immediate mode)
