@@ -198,7 +198,8 @@ extension ClusterProcessTests {
         n2.signal(SIGSTOP)
         try await TestPostgres.execute("""
             SELECT pg_terminate_backend(pid) FROM pg_locks
-            WHERE locktype = 'advisory' AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
+            WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
               AND objid::text = (SELECT number::text FROM cluster_nodes WHERE name = 'n2')
             """, on: cluster.database)
         // n1's next check finds n2's lock missing.
@@ -283,7 +284,8 @@ extension ClusterProcessTests {
         n2.signal(SIGSTOP)
         try await TestPostgres.execute("""
             SELECT pg_terminate_backend(pid) FROM pg_locks
-            WHERE locktype = 'advisory' AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
+            WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
               AND objid::text = (SELECT number::text FROM cluster_nodes WHERE name = 'n2')
             """, on: cluster.database)
         try await alice.skip(through: { $0.command == "731" && $0.parameters.last?.contains("bob") == true }, "bob offline", timeout: .seconds(60))

@@ -102,6 +102,10 @@ extension ClusterProcessTests {
             late.send("JOIN #chat")
             try await late.expect { $0.command == "JOIN" }
         }
+        // bea's node decides who gets her REDACT below: it must have heard of both joins.
+        for late in ["cleo", "dan"] {
+            try await bea.expect(timeout: .seconds(10), "\(late) joined, seen on n2") { $0.command == "JOIN" && $0.source?.description.hasPrefix(late + "!") == true }
+        }
         func read(_ reader: TestClient) async throws -> [String] {
             try await Self.history("CHATHISTORY LATEST #chat * 10", from: reader)
                 .filter { $0.command == "PRIVMSG" || $0.command == "TOPIC" }
