@@ -87,9 +87,7 @@ public struct DerivedRecipients: Sendable {
     }
 
     /// The direct messages, over `messages m`, that have a recipient with or without a row: those
-    /// to an account (not a guest), but TAGMSG. Row or not, each has exactly that one recipient.
-    /// A change to a recipient without a row (a read) writes the row first, as `completeDirect`
-    /// gives its state (the delivered receipt as sent unless the author's receipts wait since
-    /// `receipts_pending_since` or before); nothing for a message deleted meanwhile.
+    /// to an account (not a guest), but TAGMSG. Row or not, each has exactly that one recipient;
+    /// a backend writes a missing row, as `completeDirect` gives it, before applying a read.
     public static let directWithRecipientSQL = "(m.target_kind = 'direct' AND m.target_id IS NOT NULL AND m.command <> 'TAGMSG')"
 }
