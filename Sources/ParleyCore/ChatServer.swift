@@ -62,6 +62,9 @@ public struct ChatServer: Sendable {
     var groupReadsSeen: [String: [String: Timestamp]] = [:]
     /// Receipts for authors who had no receipts-capable connection when they happened.
     var pendingReceipts: [String: [PendingReceipt]] = [:]
+    /// Since when each author's receipts have waited, as the store keeps it: the recipients who
+    /// have no row of their own count their receipts from then on as not sent yet.
+    var receiptsWaitingSince: [String: Timestamp] = [:]
     /// In a cluster: how far each account's reads were disclosed to authors, per conversation
     /// (reader -> conversation key), whichever node they were made on, and when this node heard
     /// of it. A node that takes over a dead node's messages sends the read receipts that node

@@ -334,15 +334,19 @@ public struct HistoryTarget: Sendable, Hashable {
 }
 
 /// What the store keeps about delivery, loaded at startup: undelivered messages per account
-/// (oldest first), recent messages whose receipts are still tracked, and read markers.
+/// (oldest first), recent messages whose receipts are still tracked, read markers, and since
+/// when authors' receipts wait (`StorageTransaction.setReceiptsPendingSince`).
 public struct DeliveryState: Sendable {
     public var undelivered: [String: [StoredMessage]]
     public var tracked: [StoredMessage]
     public var readMarkers: [String: [String: Timestamp]]
+    public var receiptsPendingSince: [String: Timestamp]
 
-    public init(undelivered: [String: [StoredMessage]] = [:], tracked: [StoredMessage] = [], readMarkers: [String: [String: Timestamp]] = [:]) {
+    public init(undelivered: [String: [StoredMessage]] = [:], tracked: [StoredMessage] = [], readMarkers: [String: [String: Timestamp]] = [:],
+                receiptsPendingSince: [String: Timestamp] = [:]) {
         self.undelivered = undelivered
         self.tracked = tracked
         self.readMarkers = readMarkers
+        self.receiptsPendingSince = receiptsPendingSince
     }
 }

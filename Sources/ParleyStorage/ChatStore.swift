@@ -44,8 +44,15 @@ public protocol StorageTransaction {
     /// covers it, each receipt counted as sent unless the author's receipts have been waiting
     /// since before (`setReceiptsPendingSince`). Members who were offline keep a row
     /// each, since they still wait for it.
+    ///
+    /// A direct message to an account (not a TAGMSG) that its recipient got as it was sent has
+    /// no recipient row either: reads give it back delivered at its time, not read, its receipt
+    /// counted as sent unless the author's receipts have been waiting since before. Its read
+    /// writes the row (`updateRecipients`).
     func storeMessages(_ messages: [StoredMessage]) throws
-    /// Records deliveries, reads and receipts sent; updates for unknown rows change nothing.
+    /// Records deliveries, reads and receipts sent; updates for unknown rows change nothing, but
+    /// a read of a direct message stored without its recipient's row (`storeMessages`), which
+    /// writes the row, from the message, then applies the read.
     func updateRecipients(_ updates: [RecipientUpdate]) throws
     /// Moves an account's read marker in a conversation (a group's key or another account's
     /// key) forward; it never moves back. Markers for unknown conversations are not kept.
@@ -58,7 +65,8 @@ public protocol StorageTransaction {
     /// Records since when an author's receipts wait for a receipts-capable connection of theirs
     /// (nil: none wait). Group members without a row of their own count their delivered receipt
     /// for the author's messages from then on, and their read receipt for reads from then on, as
-    /// not sent yet. Unknown accounts change nothing.
+    /// not sent yet; so do recipients of direct messages without a row. Unknown accounts change
+    /// nothing.
     func setReceiptsPendingSince(account: String, time: Timestamp?) throws
     func recordLastSeen(account: String, at time: Timestamp) throws
     func setAccountSettings(account: String, _ settings: [String: String]) throws

@@ -8,14 +8,18 @@ public struct DeliveryStateBuilder {
     private var index: [String: Int] = [:]
     /// Where each group message was stored: its group's id and its position.
     private var groupPositions: [Int: (group: Int64, position: Int64)] = [:]
+    /// Direct messages that came without a recipient row.
+    private var directWithoutRows: [Int] = []
+    private var receiptsPendingSince: [String: Timestamp] = [:]
     private var markers: [String: [String: Timestamp]] = [:]
 
     public init() {}
 
     /// One row: a recipient of message `id`. `message` reads the message's own columns, only for
     /// its first row; nil (or a nil recipient) skips what the store no longer knows. A group
-    /// message comes with its group's id and position (`groupPosition`), and may come without a
-    /// recipient row (`hasRecipientRow` false): its members are added by `complete(with:ids:)`.
+    /// message comes with its group's id and position (`groupPosition`). A group message, or a
+    /// direct message had at once, may come without a recipient row (`hasRecipientRow` false):
+    /// its recipients are added by `complete(with:ids:)`.
     public mutating func add(messageID id: String, recipient: StoredRecipient?, hasRecipientRow: Bool = true,
                              groupPosition: (group: Int64, position: Int64)? = nil, message: () throws -> StoredMessage?) rethrows {
         if hasRecipientRow && recipient == nil { return }
@@ -23,17 +27,24 @@ public struct DeliveryStateBuilder {
             if let recipient { messages[position].recipients.append(recipient) }
         } else if var first = try message() {
             first.recipients = recipient.map { [$0] } ?? []
-            if let groupPosition { groupPositions[messages.count] = groupPosition }
+            if let groupPosition {
+                groupPositions[messages.count] = groupPosition
+            } else if !hasRecipientRow {
+                directWithoutRows.append(messages.count)
+            }
             index[id] = messages.count
             messages.append(first)
         }
     }
 
-    /// Adds the group members who have no row for the group messages read (`GroupRecipients`).
-    public mutating func complete(with groups: GroupRecipients, ids: StoredIdentities) {
+    /// Adds the recipients who have no row (`DerivedRecipients`): group members, and the
+    /// recipients of direct messages had at once.
+    public mutating func complete(with derived: DerivedRecipients, ids: StoredIdentities) {
         for (offset, stored) in groupPositions {
-            groups.complete(&messages[offset], group: stored.group, position: stored.position, ids: ids)
+            derived.complete(&messages[offset], group: stored.group, position: stored.position, ids: ids)
         }
+        for offset in directWithoutRows { derived.completeDirect(&messages[offset]) }
+        receiptsPendingSince = derived.receiptsPendingSince
     }
 
     public mutating func addReadMarker(account: String?, conversation: String?, time: Timestamp) {
@@ -54,6 +65,6 @@ public struct DeliveryStateBuilder {
                 undelivered[recipient.account, default: []].append(message)
             }
         }
-        return DeliveryState(undelivered: undelivered, tracked: followed, readMarkers: markers)
+        return DeliveryState(undelivered: undelivered, tracked: followed, readMarkers: markers, receiptsPendingSince: receiptsPendingSince)
     }
 }

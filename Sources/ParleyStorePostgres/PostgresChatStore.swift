@@ -422,7 +422,7 @@ public final class PostgresChatStore: ChatStore {
                 if stored.senderAccount != nil && senderID == nil { throw StoreError.unknownIdentity(stored.senderAccount ?? "") }
                 // Members without a row of their own are written nowhere, so nothing needs their id.
                 var recipients: [(entry: StoredRecipient, id: Int64)] = []
-                for entry in stored.recipients where !GroupRecipients.needsNoRow(entry, of: stored) {
+                for entry in stored.recipients where !DerivedRecipients.needsNoRow(entry, of: stored) {
                     guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
                     recipients.append((entry, recipient))
                 }
@@ -562,6 +562,7 @@ public final class PostgresChatStore: ChatStore {
         }
 
         private func writeUpdates() throws {
+            try writeDirectRecipientRows(for: updates.filter { $0.readAt != nil })
             var values: [SQLValue] = []
             values.reserveCapacity(updates.count * 6)
             for update in updates {
@@ -577,6 +578,25 @@ public final class PostgresChatStore: ChatStore {
                     FROM (VALUES \(Self.placeholders(rows: rows, types: ["text", "bigint", "bigint", "bigint", "boolean", "boolean"])))
                         AS v(message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
                     WHERE r.message_id = v.message_id AND r.recipient_id = v.recipient_id
+                    """, chunk)
+            }
+        }
+
+        /// A read of a direct message had at once finds no row: it is written first, as
+        /// `DerivedRecipients.completeDirect` gives its state (a row already there, or a message
+        /// deleted meanwhile, is left alone).
+        private func writeDirectRecipientRows(for reads: [RecipientUpdate]) throws {
+            var values: [SQLValue] = []
+            for read in reads { values += [.text(read.messageID), .int(ids.accountIDs[read.recipient])] }
+            try forEachChunk(of: values, width: 2) { chunk, rows in
+                _ = try run("""
+                    INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
+                    SELECT m.id, m.target_id, m.time, NULL,
+                           NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = m.sender_id AND a.receipts_pending_since <= m.time), FALSE
+                    FROM (VALUES \(Self.placeholders(rows: rows, types: ["text", "bigint"]))) AS v(message_id, recipient_id)
+                    JOIN messages m ON m.id = v.message_id AND m.target_id = v.recipient_id
+                    WHERE \(DerivedRecipients.directWithRecipientSQL)
+                    ON CONFLICT (message_id, recipient_id) DO NOTHING
                     """, chunk)
             }
         }
@@ -741,28 +761,32 @@ public final class PostgresChatStore: ChatStore {
             // and memory do not grow with the history: every message someone still waits for,
             // and the newest messages up to `maxTrackedRecipients` recipient states. Each message
             // counted has a recipient, so the window is at most that many messages. A group
-            // message counts its members too (at most: some may have joined later).
-            var groups = GroupRecipients()
+            // message counts its members too (at most: some may have joined later), a direct
+            // message its one recipient, row or not.
+            var derived = DerivedRecipients()
             for row in try await connection.runAsync("SELECT group_id, account_id, since FROM group_members", logger: logger) {
                 let (group, account, since) = try row.decode((Int64, Int64, Int64).self)
-                groups.addMember(group: group, account: ids.accountKeys[account], since: since)
+                derived.addMember(group: group, account: ids.accountKeys[account], since: since)
             }
             for row in try await connection.runAsync("SELECT group_id, account_id, read_until FROM group_read_positions", logger: logger) {
                 let (group, account, time) = try row.decode((Int64, Int64, Int64).self)
-                groups.addReadPosition(group: group, account: ids.accountKeys[account], time: Timestamp(millisecondsSince1970: time))
+                derived.addReadPosition(group: group, account: ids.accountKeys[account], time: Timestamp(millisecondsSince1970: time))
             }
             for row in try await connection.runAsync(
                 "SELECT id, receipts_pending_since FROM accounts WHERE receipts_pending_since IS NOT NULL", logger: logger) {
                 let (account, time) = try row.decode((Int64, Int64).self)
-                groups.addReceiptsPendingSince(account: ids.accountKeys[account], time: Timestamp(millisecondsSince1970: time))
+                derived.addReceiptsPendingSince(account: ids.accountKeys[account], time: Timestamp(millisecondsSince1970: time))
             }
             let window = try await connection.runAsync("""
                 WITH newest AS (
-                    SELECT m.position, (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id)
-                        + CASE WHEN m.target_kind = 'group' THEN (SELECT COUNT(*) FROM group_members g WHERE g.group_id = m.target_id) ELSE 0 END
-                        AS recipients
+                    SELECT m.position, CASE
+                            WHEN \(DerivedRecipients.directWithRecipientSQL) THEN 1
+                            ELSE (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id)
+                                + CASE WHEN m.target_kind = 'group' THEN (SELECT COUNT(*) FROM group_members g WHERE g.group_id = m.target_id) ELSE 0 END
+                        END AS recipients
                     FROM messages m
-                    WHERE m.time >= ? AND (m.target_kind = 'group' OR EXISTS (SELECT 1 FROM message_recipients r WHERE r.message_id = m.id))
+                    WHERE m.time >= ? AND (m.target_kind = 'group' OR \(DerivedRecipients.directWithRecipientSQL)
+                        OR EXISTS (SELECT 1 FROM message_recipients r WHERE r.message_id = m.id))
                         \(sentThrough)
                     ORDER BY m.position DESC LIMIT ?
                 )
@@ -782,7 +806,8 @@ public final class PostgresChatStore: ChatStore {
                        CASE WHEN w.id IS NOT NULL THEN m.client_tags ELSE '' END AS client_tags,
                        r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
                 FROM messages m LEFT JOIN message_recipients r ON r.message_id = m.id LEFT JOIN waiting w ON w.id = m.id
-                WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL) AND (r.recipient_id IS NOT NULL OR m.target_kind = 'group')
+                WHERE m.time >= ? AND (m.position >= ? OR w.id IS NOT NULL)
+                    AND (r.recipient_id IS NOT NULL OR m.target_kind = 'group' OR \(DerivedRecipients.directWithRecipientSQL))
                     \(node == nil ? Self.heldOnly(holdingNode.withLock { $0 }) : sentThrough)
                 ORDER BY m.position, r.recipient_id
                 """, [.int(cutoff.millisecondsSince1970), .int(recentFrom)], logger: logger)
@@ -796,7 +821,7 @@ public final class PostgresChatStore: ChatStore {
                 try state.add(messageID: try row["id"], recipient: recipientID == nil ? nil : try Self.recipient(from: row, ids: ids),
                               hasRecipientRow: recipientID != nil, groupPosition: group) { try Self.message(from: row, ids: ids) }
             }
-            state.complete(with: groups, ids: ids)
+            state.complete(with: derived, ids: ids)
             for row in try await connection.runAsync("SELECT account_id, target_kind, target_id, time FROM read_markers", logger: logger) {
                 let (accountID, kind, targetID, time) = try row.decode((Int64, String, Int64, Int64).self)
                 state.addReadMarker(account: ids.accountKeys[accountID], conversation: ids.conversationKey(kind: kind, id: targetID),

@@ -56,20 +56,20 @@ struct PostgresHistory {
             let found = try rows(
                 "SELECT * FROM messages WHERE sender_id = ? AND id IN (\(placeholders)) LIMIT ?",
                 [.int(myID)] + messageIDs.map { .text($0) } + [.int(query.limit)])
-            var groups = GroupRecipients()
+            var derived = DerivedRecipients()
             let groupIDs = Set(try found.compactMap { row -> Int64? in try (row["target_kind"] as String) == "group" ? row["target_id"] : nil })
             for group in groupIDs {
                 for row in try rows("SELECT account_id, since FROM group_members WHERE group_id = ?", [.int(group)]) {
-                    groups.addMember(group: group, account: ids.accountKeys[try row["account_id"]], since: try row["since"])
+                    derived.addMember(group: group, account: ids.accountKeys[try row["account_id"]], since: try row["since"])
                 }
                 for row in try rows("SELECT account_id, read_until FROM group_read_positions WHERE group_id = ?", [.int(group)]) {
-                    groups.addReadPosition(group: group, account: ids.accountKeys[try row["account_id"]],
+                    derived.addReadPosition(group: group, account: ids.accountKeys[try row["account_id"]],
                                            time: Timestamp(millisecondsSince1970: try row["read_until"]))
                 }
             }
-            if !groupIDs.isEmpty {
+            if !found.isEmpty {
                 for row in try rows("SELECT receipts_pending_since FROM accounts WHERE id = ? AND receipts_pending_since IS NOT NULL", [.int(myID)]) {
-                    groups.addReceiptsPendingSince(account: account, time: Timestamp(millisecondsSince1970: try row["receipts_pending_since"]))
+                    derived.addReceiptsPendingSince(account: account, time: Timestamp(millisecondsSince1970: try row["receipts_pending_since"]))
                 }
             }
             var messages: [StoredMessage] = []
@@ -79,8 +79,9 @@ struct PostgresHistory {
                     "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient_id", [.text(message.id)]
                 ).compactMap { try PostgresChatStore.recipient(from: $0, ids: ids) }
                 if message.targetKind == .group, let group: Int64 = try row["target_id"] {
-                    groups.complete(&message, group: group, position: try row["position"], ids: ids)
+                    derived.complete(&message, group: group, position: try row["position"], ids: ids)
                 }
+                derived.completeDirect(&message)
                 messages.append(message)
             }
             return .messages(messages)

@@ -428,7 +428,7 @@ public final class SQLiteChatStore: ChatStore {
                 try row.run()
                 for entry in stored.recipients {
                     // Nothing is written for them, so nothing needs their id.
-                    if GroupRecipients.needsNoRow(entry, of: stored) { continue }
+                    if DerivedRecipients.needsNoRow(entry, of: stored) { continue }
                     guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
                     recipientRow.bind(1, stored.id)
                     recipientRow.bind(2, recipient)
@@ -471,6 +471,15 @@ public final class SQLiteChatStore: ChatStore {
     }
 
     static func updateRecipients(_ updates: [RecipientUpdate], ids: StoredIdentities, in db: Database) throws {
+        // A read of a direct message had at once finds no row: it is written first (a row already
+        // there, or a message deleted meanwhile, is left alone).
+        let writeRow = try db.cachedStatement(sql: """
+            INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
+            SELECT m.id, m.target_id, m.time, NULL,
+                   NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = m.sender_id AND a.receipts_pending_since <= m.time), FALSE
+            FROM messages m WHERE m.id = ? AND m.target_id = ? AND \(DerivedRecipients.directWithRecipientSQL)
+            ON CONFLICT (message_id, recipient_id) DO NOTHING
+            """)
         let statement = try db.cachedStatement(sql: """
             UPDATE message_recipients SET
                 delivered_at = COALESCE(delivered_at, ?), read_at = COALESCE(?, read_at),
@@ -479,6 +488,7 @@ public final class SQLiteChatStore: ChatStore {
             """)
         for update in updates {
             guard let recipient = ids.accountIDs[update.recipient] else { continue }
+            if update.readAt != nil { try writeRow.execute(arguments: [update.messageID, recipient]) }
             try statement.execute(arguments: [
                 update.deliveredAt?.millisecondsSince1970, update.readAt?.millisecondsSince1970,
                 update.deliveredNotified, update.readNotified, update.messageID, recipient,
@@ -493,18 +503,19 @@ public final class SQLiteChatStore: ChatStore {
             // and memory do not grow with the history: every message someone still waits for
             // (inbox limits bound those), and the newest messages up to `maxTrackedRecipients`
             // recipient states (for live read receipts). Older state stays on disk.
-            let groups = try Self.groupRecipients(ids: ids, in: db)
+            let derived = try Self.derivedRecipients(ids: ids, in: db)
             var recentFrom = Int64.max
             var recipientsSeen = 0
-            // A group message counts its members too (at most: some may have joined later).
+            // A group message counts its members too (at most: some may have joined later), a
+            // direct message its one recipient, row or not.
             let newest = try Row.fetchCursor(db, sql: """
                 SELECT m.rowid AS position, m.target_kind, m.target_id,
-                       (SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id) AS recipients
+                       MAX((SELECT COUNT(*) FROM message_recipients r WHERE r.message_id = m.id), \(DerivedRecipients.directWithRecipientSQL)) AS recipients
                 FROM messages m WHERE m.time >= ? ORDER BY m.rowid DESC
                 """, arguments: [cutoff.millisecondsSince1970])
             while recipientsSeen < maxTrackedRecipients, let row = try newest.next() {
                 recipientsSeen += row["recipients"] as Int
-                if (row["target_kind"] as String) == "group", let group = row["target_id"] as Int64? { recipientsSeen += groups.memberCount(group: group) }
+                if (row["target_kind"] as String) == "group", let group = row["target_id"] as Int64? { recipientsSeen += derived.memberCount(group: group) }
                 recentFrom = row["position"]
             }
             // Only messages still to be delivered are replayed, so only they need their text;
@@ -520,7 +531,8 @@ public final class SQLiteChatStore: ChatStore {
                        CASE WHEN m.id IN waiting THEN m.client_tags ELSE '' END AS client_tags,
                        r.recipient_id, r.delivered_at, r.read_at, r.delivered_notified, r.read_notified
                 FROM messages m LEFT JOIN message_recipients r ON r.message_id = m.id
-                WHERE m.time >= ? AND (m.rowid >= ? OR m.id IN waiting) AND (r.recipient_id IS NOT NULL OR m.target_kind = 'group')
+                WHERE m.time >= ? AND (m.rowid >= ? OR m.id IN waiting)
+                    AND (r.recipient_id IS NOT NULL OR m.target_kind = 'group' OR \(DerivedRecipients.directWithRecipientSQL))
                 ORDER BY m.rowid
                 """, arguments: [cutoff.millisecondsSince1970, recentFrom])
             var state = DeliveryStateBuilder()
@@ -531,7 +543,7 @@ public final class SQLiteChatStore: ChatStore {
                 state.add(messageID: row["id"], recipient: hasRow ? Self.recipient(from: row, ids: ids) : nil, hasRecipientRow: hasRow,
                           groupPosition: group) { Self.message(from: row, ids: ids) }
             }
-            state.complete(with: groups, ids: ids)
+            state.complete(with: derived, ids: ids)
             for row in try Row.fetchAll(db, sql: "SELECT account_id, target_kind, target_id, time FROM read_markers") {
                 state.addReadMarker(account: ids.accountKeys[row["account_id"]], conversation: ids.conversationKey(kind: row["target_kind"], id: row["target_id"]),
                                     time: Timestamp(millisecondsSince1970: row["time"]))
@@ -583,7 +595,12 @@ public final class SQLiteChatStore: ChatStore {
             let rows = try Row.fetchAll(
                 db, sql: "SELECT rowid AS position, * FROM messages WHERE sender_id = ? AND id IN (\(placeholders)) LIMIT ?",
                 arguments: StatementArguments([myID] + messageIDs + [query.limit]))
-            let groups = rows.contains { ($0["target_kind"] as String) == "group" } ? try groupRecipients(ids: ids, in: db) : GroupRecipients()
+            var derived = DerivedRecipients()
+            if rows.contains(where: { ($0["target_kind"] as String) == "group" }) {
+                derived = try derivedRecipients(ids: ids, in: db)
+            } else if let since = try Int64.fetchOne(db, sql: "SELECT receipts_pending_since FROM accounts WHERE id = ?", arguments: [myID]) {
+                derived.addReceiptsPendingSince(account: account, time: Timestamp(millisecondsSince1970: since))
+            }
             var messages: [StoredMessage] = []
             for row in rows {
                 guard var message = Self.message(from: row, ids: ids) else { continue }
@@ -591,9 +608,10 @@ public final class SQLiteChatStore: ChatStore {
                     db, sql: "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient_id",
                     arguments: [message.id]
                 ).compactMap { Self.recipient(from: $0, ids: ids) }
-                if let group = row["target_id"] as Int64? {
-                    groups.complete(&message, group: group, position: row["position"], ids: ids)
+                if message.targetKind == .group, let group = row["target_id"] as Int64? {
+                    derived.complete(&message, group: group, position: row["position"], ids: ids)
                 }
+                derived.completeDirect(&message)
                 messages.append(message)
             }
             return .messages(messages)
@@ -700,9 +718,10 @@ public final class SQLiteChatStore: ChatStore {
         }
     }
 
-    /// Every group's members (with the position they joined after) and read positions.
-    static func groupRecipients(ids: StoredIdentities, in db: Database) throws -> GroupRecipients {
-        var groups = GroupRecipients()
+    /// Every group's members (with the position they joined after) and read positions, and the
+    /// authors whose receipts wait.
+    static func derivedRecipients(ids: StoredIdentities, in db: Database) throws -> DerivedRecipients {
+        var groups = DerivedRecipients()
         for row in try Row.fetchAll(db, sql: "SELECT group_id, account_id, since FROM group_members") {
             groups.addMember(group: row["group_id"], account: ids.accountKeys[row["account_id"]], since: row["since"])
         }

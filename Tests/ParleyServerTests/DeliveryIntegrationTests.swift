@@ -121,6 +121,33 @@ struct DeliveryIntegrationTests {
         try await server.shutdownAndRemove()
     }
 
+    /// An author without a receipts client: delivered receipts wait across a restart until the
+    /// author comes back with one, that of a message replayed to an offline recipient (its row
+    /// says so) and that of one had at once, which has no recipient row (the store keeps since
+    /// when the author's receipts wait).
+    @Test func deliveredReceiptsWaitAcrossARestartForAnAuthorWithoutReceipts() async throws {
+        let server = try await GroupIntegrationTests.makeServerWithAccounts()
+        let plain = ["echo-message", "server-time", "message-tags"]
+        let alice = try await Self.login("alice", server, false, plain)
+        alice.send("PRIVMSG carol :first")
+        let first = try #require(try await alice.expect(command: "PRIVMSG").tagValue("msgid"))
+        // carol gets it as she logs in: its delivered receipt is the first of alice's to wait.
+        let carol = try await Self.login("carol", server, false, [])
+        try await carol.expect { $0.command == "PRIVMSG" && $0.parameters.last?.hasSuffix("first") == true }
+        let bob = try await Self.login("bob", server, false, Self.modern)
+        alice.send("PRIVMSG bob :second")
+        let second = try #require(try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "second" }.tagValue("msgid"))
+        try await bob.expect(command: "PRIVMSG")
+        for client in [alice, bob, carol] { await client.close() }
+
+        try await server.restart()
+        let aliceAgain = try await Self.login("alice", server, false, Self.modern)
+        let receipts = [try await aliceAgain.expect(command: "RECEIPT"), try await aliceAgain.expect(command: "RECEIPT")]
+        #expect(Set(receipts.map { Array($0.parameters.prefix(4)) }) == [["carol", first, "delivered", "carol"], ["bob", second, "delivered", "bob"]])
+        await aliceAgain.close()
+        try await server.shutdownAndRemove()
+    }
+
     /// A message bob had as it was sent, still unread at a restart, is followed again from the
     /// store: his read after the restart reaches alice as a receipt, once.
     @Test func aMessageHadAtOnceAndReadAfterARestartGetsItsReadReceipt() async throws {

@@ -15,7 +15,7 @@ struct DeliveryStateBuilderTests {
         ids.addAccount(key: "alice", id: 1)
         ids.addAccount(key: "bob", id: 2)
         ids.setGroup(key: "#team", id: 10)
-        var groups = GroupRecipients()
+        var groups = DerivedRecipients()
         groups.addMember(group: 10, account: "alice", since: 0)
         groups.addMember(group: 10, account: "bob", since: 0)
         groups.addReadPosition(group: 10, account: "bob", time: now)

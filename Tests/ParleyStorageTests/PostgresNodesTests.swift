@@ -108,4 +108,26 @@ struct PostgresNodesTests {
         try await second.close()
         try await done()
     }
+
+    /// A dead node's direct messages that their recipients had at once have no recipient row: the
+    /// node that follows them gets them with their recipient all the same, delivered, unread.
+    @Test func aDeadNodesDirectMessagesHadAtOnceAreFollowedWithTheirRecipient() async throws {
+        let (opened, done) = try await StorageBackend.postgres.open()
+        let store = try #require(opened as? PostgresChatStore)
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let connection = try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(),
+                                                              configuration: PostgresChatStore.configuration(for: store.url), id: 9, logger: Logger(label: "test"))
+        let number = try #require(try await connection.query("INSERT INTO cluster_nodes (name, started_at) VALUES ('n9', 0) RETURNING number",
+                                                             logger: Logger(label: "test")).collect().first?.decode(Int.self))
+        let message = StoredMessage(id: "n9.d1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                                    targetKind: .direct, target: "bob", command: "PRIVMSG", text: "hi",
+                                    recipients: [StoredRecipient(account: "bob", deliveredAt: now, deliveredNotified: true)])
+        try store.transaction { try $0.storeMessages([message]) }
+        let followed = try await store.followedMessages(ofNode: UInt16(number), follower: "n1", since: now.adding(milliseconds: -1),
+                                                        maxTrackedRecipients: 1000)
+        #expect(followed.map(\.id) == ["n9.d1"])
+        #expect(followed.first?.recipients == message.recipients)
+        try await connection.close()
+        try await done()
+    }
 }

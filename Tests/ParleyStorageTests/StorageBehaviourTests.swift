@@ -1,6 +1,7 @@
 import Foundation
 @testable import ParleyCore
 import ParleyStorage
+@testable import ParleyStoreSQLite
 import Testing
 
 /// What every storage backend must do, run against each of them (StorageBackend.all).
@@ -433,6 +434,83 @@ struct StorageBehaviourTests {
         // The author's receipts are sent: nothing waits any more.
         try store.transaction { try $0.setReceiptsPendingSince(account: "alice", time: nil) }
         #expect(try await bob().isEmpty)
+        try await done()
+    }
+
+    /// A direct message its recipient had as it was sent has no recipient row: its state comes
+    /// back from the message (delivered at its time, unread, its delivered receipt waiting only if
+    /// the author's receipts did since before), at start-up and in RECEIPTS STATUS; a read writes
+    /// the row, and the state then comes back from it.
+    @Test(arguments: StorageBackend.all) func aDirectMessageHadAtOnceKeepsItsStateWithoutARow(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let waitFrom = now.adding(milliseconds: 5)
+        let later = now.adding(milliseconds: 10)
+        func direct(_ id: String, at time: Timestamp, to recipient: String = "bob", command: String = "PRIVMSG", online: Bool = true,
+                    notified: Bool = true) -> StoredMessage {
+            StoredMessage(id: id, time: time, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .direct,
+                          target: recipient, command: command, text: id,
+                          recipients: command == "TAGMSG" ? [] : [StoredRecipient(account: recipient, deliveredAt: online ? time : nil,
+                                                                                  deliveredNotified: online && notified)])
+        }
+        try store.transaction {
+            try $0.storeMessages([direct("d1", at: now), direct("gone", at: now), direct("t1", at: now, command: "TAGMSG"),
+                                  direct("off", at: now, to: "carol", online: false)])
+            // alice's receipts wait from here on (she has no receipts client): d2's delivered
+            // receipt is not sent yet.
+            try $0.setReceiptsPendingSince(account: "alice", time: waitFrom)
+            try $0.storeMessages([direct("d2", at: later, notified: false)])
+            try $0.deleteMessage(id: "gone")
+        }
+        if let sqlite = store as? SQLiteChatStore {
+            #expect(try await sqlite.rowCount(of: "message_recipients") == 1, "only carol's, who was offline")
+        }
+        let delivered = StoredRecipient(account: "bob", deliveredAt: now, deliveredNotified: true)
+        let waiting = StoredRecipient(account: "bob", deliveredAt: later, deliveredNotified: false)
+        func receipts(_ ids: [String]) throws -> [String: [StoredRecipient]] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(
+                conversation: .everything(account: "alice", groups: []), kind: .receipts(ids), limit: 10)) else { return [:] }
+            return Dictionary(uniqueKeysWithValues: found.map { ($0.id, $0.recipients) })
+        }
+        func loaded() async throws -> DeliveryState {
+            try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        }
+        func followed(_ state: DeliveryState) -> [String: [StoredRecipient]] {
+            Dictionary(uniqueKeysWithValues: state.tracked.map { ($0.id, $0.recipients) })
+        }
+        #expect(try receipts(["d1", "d2", "t1"]) == ["d1": [delivered], "d2": [waiting], "t1": []])
+        var state = try await loaded()
+        #expect(followed(state) == ["d1": [delivered], "d2": [waiting], "off": [StoredRecipient(account: "carol")]],
+                "what a restart follows; a TAGMSG has no recipient")
+        #expect(state.undelivered.mapValues { $0.map(\.id) } == ["carol": ["off"]])
+        #expect(state.receiptsPendingSince == ["alice": waitFrom])
+
+        // bob reads both (after a restart, as before one); d1's read receipt is sent, d2's waits
+        // with its delivered one. A read of a message deleted meanwhile writes nothing.
+        try store.transaction {
+            try $0.updateRecipients([RecipientUpdate(messageID: "d1", recipient: "bob", readAt: later, readNotified: true),
+                                     RecipientUpdate(messageID: "d2", recipient: "bob", readAt: later, readNotified: false),
+                                     RecipientUpdate(messageID: "gone", recipient: "bob", readAt: later, readNotified: true)])
+        }
+        if let sqlite = store as? SQLiteChatStore {
+            #expect(try await sqlite.rowCount(of: "message_recipients") == 3)
+        }
+        let d2Read = StoredRecipient(account: "bob", deliveredAt: later, readAt: later, deliveredNotified: false, readNotified: false)
+        #expect(try receipts(["d1", "d2"]) == [
+            "d1": [StoredRecipient(account: "bob", deliveredAt: now, readAt: later, deliveredNotified: true, readNotified: true)], "d2": [d2Read],
+        ])
+        state = try await loaded()
+        #expect(followed(state)["d1"] == nil, "read and told: settled")
+        #expect(followed(state)["d2"] == [d2Read])
+
+        // alice comes back with a receipts client: both of d2's receipts are sent.
+        try store.transaction {
+            try $0.updateRecipients([RecipientUpdate(messageID: "d2", recipient: "bob", deliveredNotified: true),
+                                     RecipientUpdate(messageID: "d2", recipient: "bob", readNotified: true)])
+            try $0.setReceiptsPendingSince(account: "alice", time: nil)
+        }
+        state = try await loaded()
+        #expect(followed(state).keys.sorted() == ["off"])
         try await done()
     }
 

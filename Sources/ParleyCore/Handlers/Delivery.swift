@@ -85,6 +85,7 @@ extension ChatServer {
     mutating func restoreDeliveryState(_ state: DeliveryState) {
         undelivered = state.undelivered
         readMarkers = state.readMarkers
+        receiptsWaitingSince = state.receiptsPendingSince
         var tracked = state.tracked
         if let node = configuration.clusterNodeName, isClustered {
             // In a cluster each node follows receipts for the messages its own users sent
@@ -221,7 +222,7 @@ extension ChatServer {
                         waitingReceipts.append(PendingReceipt(messageID: id, reader: member, state: .delivered, time: context.now))
                     } else {
                         recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
-                                                                  state: .delivered, time: context.now, inGroup: true,
+                                                                  state: .delivered, time: context.now,
                                                                   to: authorsReceiptConnections, &context, &outbox)
                     }
                 }
@@ -233,7 +234,7 @@ extension ChatServer {
             }
         }
         if let author = sender.accountKey, !waitingReceipts.isEmpty {
-            keepPendingGroupReceipts(waitingReceipts, for: author, since: context.now, &outbox)
+            keepWaitingReceipts(waitingReceipts, for: author, since: context.now, &outbox)
         }
         let stored = storedMessage(relayed, id: id, sender: sender, kind: .group, target: channel.key,
                                    text: text, clientTags: clientTags, recipients: recipients, now: context.now)
@@ -523,7 +524,7 @@ extension ChatServer {
                 // A group's messages are followed in the group's list already.
                 if message.groupKey == nil { noteUnread(stored.id, reader: account, conversation: message.author) }
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
-                                                       reader: account, state: .delivered, time: context.now, inGroup: message.groupKey != nil, &context, &outbox)
+                                                       reader: account, state: .delivered, time: context.now, &context, &outbox)
             }
             updates.append(update)
             counters.offlineReplayed &+= 1
@@ -569,19 +570,13 @@ extension ChatServer {
 
     /// Sends a receipt to the author's receipts-capable connections (`connections`, when the
     /// caller has looked them up); if there are none, keeps it. Returns whether it was sent.
-    /// `inGroup`: the receipt is for a group message.
     @discardableResult
     mutating func sendReceipt(author: String, messageID: String, target: String, reader: String, state: ReceiptState,
-                              time: Timestamp, inGroup: Bool = false, to connections: [ConnectionID]? = nil,
+                              time: Timestamp, to connections: [ConnectionID]? = nil,
                               _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
         let connections = connections ?? receiptConnections(of: author)
         guard !connections.isEmpty else {
-            let receipt = PendingReceipt(messageID: messageID, reader: reader, state: state, time: time)
-            if inGroup {
-                keepPendingGroupReceipts([receipt], for: author, since: time, &outbox)
-            } else {
-                keepPendingReceipt(receipt, for: author)
-            }
+            keepWaitingReceipts([PendingReceipt(messageID: messageID, reader: reader, state: state, time: time)], for: author, since: time, &outbox)
             return false
         }
         let line = receiptLine(target: target, messageID: messageID, state: state, reader: accounts[reader]?.name ?? reader, time: time)
@@ -603,13 +598,15 @@ extension ChatServer {
         }
     }
 
-    /// Keeps receipts of a group message that wait for the author, as `keepPendingReceipt` does.
-    mutating func keepPendingGroupReceipts(_ receipts: [PendingReceipt], for author: String, since time: Timestamp, _ outbox: inout Outbox) {
+    /// Keeps receipts that wait for the author, as `keepPendingReceipt` does, and has the store
+    /// note since when they wait, if it has not yet: from then until they are sent, the receipts
+    /// of recipients who have no row of their own (group members, and the recipients of direct
+    /// messages who had them as they were sent) are due too.
+    mutating func keepWaitingReceipts(_ receipts: [PendingReceipt], for author: String, since time: Timestamp, _ outbox: inout Outbox) {
         let limit = configuration.maxPendingReceiptsPerAuthor
         guard limit > 0 else { return }
-        if pendingReceipts[author]?.isEmpty ?? true {
-            // From now until they are sent, the receipts of group members who have no row of
-            // their own are due too (the store keeps this beside the author).
+        if receiptsWaitingSince[author] == nil {
+            receiptsWaitingSince[author] = time
             outbox.actions.append(.saveReceiptsPendingSince(account: author, time: time))
         }
         pendingReceipts[author, default: []].append(contentsOf: receipts)
@@ -629,9 +626,10 @@ extension ChatServer {
     }
 
     mutating func flushPendingReceipts(of author: String, _ context: inout CommandContext, _ outbox: inout Outbox) {
-        guard let waiting = pendingReceipts[author], !waiting.isEmpty,
+        guard pendingReceipts[author]?.isEmpty == false || receiptsWaitingSince[author] != nil,
               nickIndex[author]?.connections.contains(where: { sessions[$0]?.has(.receipts) == true }) == true else { return }
-        pendingReceipts[author] = nil
+        let waiting = pendingReceipts.removeValue(forKey: author) ?? []
+        receiptsWaitingSince[author] = nil
         var updates: [RecipientUpdate] = []
         for receipt in waiting {
             let target = tracked[receipt.messageID].map { receiptTarget(for: $0, reader: receipt.reader) } ?? (accounts[receipt.reader]?.name ?? receipt.reader)
@@ -640,7 +638,7 @@ extension ChatServer {
                 ? RecipientUpdate(messageID: receipt.messageID, recipient: receipt.reader, readNotified: true)
                 : RecipientUpdate(messageID: receipt.messageID, recipient: receipt.reader, deliveredNotified: true))
         }
-        outbox.actions.append(.updateRecipients(updates))
+        if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }
         outbox.actions.append(.saveReceiptsPendingSince(account: author, time: nil))
     }
 
@@ -833,7 +831,7 @@ extension ChatServer {
             }
             guard wasUnread else { continue }
             let sent = sendReceipt(author: message.author, messageID: messageID, target: receiptTarget(for: message, reader: account),
-                                   reader: account, state: .read, time: time, inGroup: true, &context, &outbox)
+                                   reader: account, state: .read, time: time, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
         }
         if !updates.isEmpty { outbox.actions.append(.updateRecipients(updates)) }

@@ -1,9 +1,11 @@
 import ParleyCore
 
-/// The members of groups and their read positions, as a backend reads them, to give back the
-/// recipients of group messages that have no row of their own (`StorageTransaction.storeMessages`):
-/// one stored row per group message instead of one per member, the same way for every backend.
-public struct GroupRecipients: Sendable {
+/// What a backend reads to give back the recipients who have no row of their own
+/// (`StorageTransaction.storeMessages`), the same way for every backend: the members of groups
+/// and their read positions (one stored row per group message instead of one per member), and
+/// the authors whose receipts wait (for group members and for the recipient of a direct message
+/// who had it as it was sent).
+public struct DerivedRecipients: Sendable {
     struct Member: Sendable {
         var account: String
         /// The message position (SQLite's rowid, PostgreSQL's `position`) the member joined
@@ -15,7 +17,7 @@ public struct GroupRecipients: Sendable {
     /// Read positions by group id, then account key.
     private var readUntil: [Int64: [String: Timestamp]] = [:]
     /// Authors whose receipts wait, by account key: since when.
-    private var receiptsPendingSince: [String: Timestamp] = [:]
+    public private(set) var receiptsPendingSince: [String: Timestamp] = [:]
 
     public init() {}
 
@@ -62,9 +64,30 @@ public struct GroupRecipients: Sendable {
         message.recipients.sort { (ids.accountIDs[$0.account] ?? .max) < (ids.accountIDs[$1.account] ?? .max) }
     }
 
-    /// Whether a recipient's whole state follows from membership and read positions, so that it
-    /// needs no row: a member of the group who had the message as it was sent, and has not read it.
-    public static func needsNoRow(_ recipient: StoredRecipient, of message: StoredMessage) -> Bool {
-        message.targetKind == .group && recipient.deliveredAt == message.time && recipient.readAt == nil
+    /// Adds to a direct message stored without a recipient row its recipient, the account it
+    /// was sent to (`needsNoRow`): delivered at its time, not read (a read writes the row), its
+    /// delivered receipt counted as sent unless the author's receipts have waited since before.
+    public func completeDirect(_ message: inout StoredMessage) {
+        // A guest's identity starts with "!", never an account key: a guest has no receipts.
+        guard message.targetKind == .direct, message.recipients.isEmpty, message.command != "TAGMSG", !message.target.hasPrefix("!") else { return }
+        let waitingSince = message.senderAccount.flatMap { receiptsPendingSince[$0] }
+        message.recipients = [StoredRecipient(
+            account: message.target, deliveredAt: message.time, deliveredNotified: waitingSince.map { message.time < $0 } ?? true)]
     }
+
+    /// Whether a recipient's whole state follows from the message, membership and read
+    /// positions, so that it needs no row: it had the message as it was sent and has not read it,
+    /// as a member of the group or as the account a direct message (not a TAGMSG) was sent to.
+    public static func needsNoRow(_ recipient: StoredRecipient, of message: StoredMessage) -> Bool {
+        guard recipient.deliveredAt == message.time, recipient.readAt == nil else { return false }
+        switch message.targetKind {
+        case .group: return true
+        case .direct: return message.command != "TAGMSG" && recipient.account == message.target
+        }
+    }
+
+    /// The direct messages, over `messages m`, that have a recipient with or without a row: those
+    /// to an account (not a guest), but TAGMSG. Row or not, each has exactly that one recipient;
+    /// a backend writes a missing row, as `completeDirect` gives it, before applying a read.
+    public static let directWithRecipientSQL = "(m.target_kind = 'direct' AND m.target_id IS NOT NULL AND m.command <> 'TAGMSG')"
 }
