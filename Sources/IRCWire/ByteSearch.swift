@@ -14,4 +14,10 @@ extension UnsafeRawBufferPointer {
         guard let base = baseAddress, count > 0, let found = memchr(base, Int32(byte), count) else { return nil }
         return UnsafeRawPointer(found) - base
     }
+
+    /// Whether the bytes at `offset` are `other`'s (`memcmp`); `offset + other.count` must be in bounds.
+    func sameBytes(at offset: Int, as other: UnsafeRawBufferPointer) -> Bool {
+        guard let base = baseAddress, let otherBase = other.baseAddress else { return other.isEmpty }
+        return memcmp(base + offset, otherBase, other.count) == 0
+    }
 }

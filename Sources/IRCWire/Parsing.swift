@@ -88,7 +88,7 @@ extension IRCMessage {
         let commandStart = index
         while index < end && bytes[index] != space { index += 1 }
         guard index > commandStart else { throw .missingCommand }
-        let command = string(commandStart, index)
+        let command = knownVerb(bytes, from: commandStart, to: index) ?? string(commandStart, index)
 
         var parameters: [String] = []
         parameters.reserveCapacity(4)  // one allocation for the usual few, not one per doubling
@@ -104,6 +104,21 @@ extension IRCMessage {
             parameters.append(string(start, index))
         }
         return IRCMessage(tags: tags, source: source, command: command, parameters: parameters)
+    }
+
+    /// The verbs of the message path, as the same literal strings every time: no String to
+    /// build per line, and comparing one with a literal (`verb == "PRIVMSG"`) is a compare of
+    /// two words instead of a call.
+    private static let messagePathVerbs: [(name: String, bytes: [UInt8])] =
+        ["PRIVMSG", "NOTICE", "TAGMSG", "PING", "PONG"].map { ($0, Array($0.utf8)) }
+
+    private static func knownVerb(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> String? {
+        let length = end - start
+        guard length >= 4 && length <= 7 else { return nil }
+        for verb in messagePathVerbs where verb.bytes.count == length {
+            if verb.bytes.withUnsafeBytes({ bytes.sameBytes(at: start, as: $0) }) { return verb.name }
+        }
+        return nil
     }
 
     private static func parseTags(_ bytes: UnsafeRawBufferPointer, from start: Int, to end: Int) -> [IRCTag] {

@@ -233,7 +233,8 @@ public struct ChatServer: Sendable {
         let verb = message.command.utf8Contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) ? message.command.uppercased() : message.command
         context.verb = verb
         do throws(CommandError) {
-            guard let command = Self.commandTable[verb] else {
+            // The message path's own verb skips hashing it (the parser gives it as a literal).
+            guard let command = verb == "PRIVMSG" ? Self.privmsgCommand : Self.commandTable[verb] else {
                 throw .numeric(.errUnknownCommand, message.command, "Unknown command")
             }
             if !command.allowedBeforeRegistration && !session.isRegistered {

@@ -17,6 +17,7 @@ struct CommandSpec: Sendable {
 }
 
 extension ChatServer {
+    static let privmsgCommand = commandTable["PRIVMSG"]
     static let commandTable: [String: CommandSpec] = [
         // Connection registration.
         "CAP": CommandSpec(minimumParameters: 1, beforeRegistration: true) { server, message, context, outbox throws(CommandError) in try server.handleCap(message, &context, &outbox) },
