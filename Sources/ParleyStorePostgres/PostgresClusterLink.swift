@@ -13,10 +13,14 @@ import Synchronization
 ///   about half a minute). Each node checks the others' locks every `checkInterval`, and takes
 ///   a node for dead when `missedChecksBeforeDead` checks in a row find its lock missing.
 /// - A payload for a node is a row in `cluster_events` (its target's), followed by
-///   `pg_notify('parley_node_<number>')` in the same statement. The receiver takes its rows with
-///   `DELETE ... RETURNING` when notified, and every second in case a notification was missed
-///   (a notification nobody listens to is lost; the row is not). Rows are written by one
-///   connection per node in order, so each sender's rows arrive in the order it sent them.
+///   `pg_notify('parley_node_<number>')` in the same statement. The receiver reads its rows
+///   when notified, and every second in case a notification was missed (a notification nobody
+///   listens to is lost; the row is not), applies them in order of id, then deletes them by id.
+///   Rows are written by one connection per node in order, so each sender's rows arrive in the
+///   order it sent them. A read that fails loses nothing (a plain SELECT changes nothing, and
+///   is not held up by rows another transaction locked); rows applied whose DELETE failed or
+///   timed out (it may still complete on the server) are remembered by id: skipped by the next
+///   reads, and deleted again until a DELETE succeeds. So each payload is applied once.
 /// - What is queued while writes fail (the database is down) is kept and sent when it is back,
 ///   up to `maxQueuedPayloads`; past that the oldest are dropped (and logged), since a node that
 ///   long apart from the others will be taken for dead by them anyway.
@@ -61,6 +65,8 @@ public final class PostgresClusterLink: ClusterTransport {
         var reconnectedAt: ContinuousClock.Instant?
         /// Peers whose lock the last checks found missing, and how many checks in a row.
         var missedChecks: [UInt16: Int] = [:]
+        /// Ids of `cluster_events` rows applied whose DELETE has not succeeded yet.
+        var appliedNotDeleted: Set<Int64> = []
     }
     private let state: Mutex<State>
     private let writerWake: AsyncStream<Void>.Continuation
@@ -99,10 +105,10 @@ public final class PostgresClusterLink: ClusterTransport {
         guard isValidNodeName(nodeName) else { throw PostgresStoreError.invalidNodeName(nodeName) }
         var opened: [PostgresConnection] = []
         do {
-            let control = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: true)
+            let control = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: true)
             opened.append(control)
             let (number, declaredDead) = try await takeNumber(nodeName, on: control, logger: logger)
-            let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false)
+            let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: false)
             opened.append(writer)
             let peers = try await liveNodes(on: control, except: number, logger: logger)
             logger.info("joined the cluster", metadata: ["node": "\(nodeName)", "number": "\(number)", "peers": "\(peers.sorted())"])
@@ -114,15 +120,19 @@ public final class PostgresClusterLink: ClusterTransport {
         }
     }
 
-    private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop, keepalive: Bool) async throws -> PostgresConnection {
+    private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop, asControl: Bool) async throws -> PostgresConnection {
         let connection = try await PostgresConnection.connect(
             on: eventLoop, configuration: PostgresChatStore.configuration(for: url), id: 3, logger: logger).get()
-        if keepalive {
+        if asControl {
             // A node that vanishes without closing its socket (power loss, a cut network) lets
             // go of its lock once the server's keepalives give up: about 10 + 5 * 3 seconds.
             try await connection.runAsync("SET tcp_keepalives_idle = 10", logger: logger)
             try await connection.runAsync("SET tcp_keepalives_interval = 5", logger: logger)
             try await connection.runAsync("SET tcp_keepalives_count = 3", logger: logger)
+            // A statement waiting on rows another transaction locked fails on the server well
+            // before the client's timeout gives up on it (which closes the connection, and with
+            // it the liveness lock and notifications): the connection stays usable.
+            try await connection.runAsync("SET lock_timeout = '2s'", logger: logger)
         }
         return connection
     }
@@ -204,7 +214,7 @@ public final class PostgresClusterLink: ClusterTransport {
     public static func sendToLiveNodes(_ payload: ByteBuffer, url: PostgresDatabaseURL, logger: Logger,
                                        timeout: Duration = .seconds(5)) async throws -> Int {
         do {
-            let connection = try await connect(url: url, logger: logger, on: MultiThreadedEventLoopGroup.singleton.next(), keepalive: false)
+            let connection = try await connect(url: url, logger: logger, on: MultiThreadedEventLoopGroup.singleton.next(), asControl: false)
             do {
                 let nodes = try await liveNodes(on: connection, except: 0, logger: logger)
                 for node in nodes {
@@ -303,6 +313,8 @@ public final class PostgresClusterLink: ClusterTransport {
         for task in tasks { task.cancel() }
         writerWake.finish()
         readerWake.finish()
+        // Rows applied but not yet deleted would go back to their senders at the next start.
+        await deleteApplied(on: control)
         _ = try? await control.runAsync("SELECT pg_advisory_unlock(CAST(? AS INT), CAST(? AS INT))",
                                         [.int(Self.lockClass), .int(Int64(nodeNumber))], logger: logger)
         try? await control.close()
@@ -340,24 +352,52 @@ public final class PostgresClusterLink: ClusterTransport {
     }
 
     private func takeArrived(_ receive: @Sendable (UInt16, ByteBuffer) -> Void, returned: @Sendable (UInt16, ByteBuffer) -> Void) async {
-        let control = state.withLock { $0.control }
+        let (control, applied) = state.withLock { ($0.control, Array($0.appliedNotDeleted)) }
         do {
-            var arrived = try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
-                let rows = try await control.runAsync(
-                    "DELETE FROM cluster_events WHERE target = ? RETURNING id, source, payload, returned_from", [.int(Int64(nodeNumber))], logger: logger)
+            let arrived = try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
+                let rows = try await control.query("""
+                    SELECT id, source, payload, returned_from FROM cluster_events
+                    WHERE target = \(Int32(nodeNumber)) AND id <> ALL(\(applied)) ORDER BY id
+                    """, logger: logger)
                 var arrived: [(id: Int64, source: UInt16, payload: ByteBuffer, returnedFrom: UInt16?)] = []
-                for row in rows {
+                for try await row in rows {
                     let (id, source, payload, returnedFrom) = try row.decode((Int64, Int32, ByteBuffer, Int32?).self)
                     arrived.append((id, UInt16(truncatingIfNeeded: source), payload, returnedFrom.map { UInt16(truncatingIfNeeded: $0) }))
                 }
                 return arrived
             }
-            arrived.sort { $0.id < $1.id }
+            // Remembered before they are applied: whatever happens to the DELETE, never twice.
+            state.withLock { $0.appliedNotDeleted.formUnion(arrived.map(\.id)) }
             for item in arrived {
                 if let node = item.returnedFrom { returned(node, item.payload) } else { receive(item.source, item.payload) }
             }
         } catch {
-            logger.debug("cluster read failed", metadata: ["error": "\(String(describing: error))"])
+            // Nothing taken: the rows are read again next time. A read that timed out is worth
+            // a warning (the server stalls); one that failed, with the database down, is not.
+            if error is TimedOut {
+                logger.warning("cluster read timed out; read again at the next wake-up")
+                try? await control.close()
+            } else {
+                logger.debug("cluster read failed", metadata: ["error": "\(String(describing: error))"])
+            }
+            return
+        }
+        await deleteApplied(on: control)
+    }
+
+    /// Deletes the rows applied, by id. One that fails or times out is tried again at the next
+    /// read; its ids stay remembered (a DELETE given up on may still complete: deleting again is harmless).
+    private func deleteApplied(on control: PostgresConnection) async {
+        let applied = state.withLock { Array($0.appliedNotDeleted) }
+        guard !applied.isEmpty else { return }
+        do {
+            try await Self.withTimeout(.seconds(5)) { [logger] in
+                for try await _ in try await control.query("DELETE FROM cluster_events WHERE id = ANY(\(applied))", logger: logger) {}
+            }
+            state.withLock { $0.appliedNotDeleted.subtract(applied) }
+        } catch {
+            logger.warning("cluster: deleting the rows read failed; deleted at the next read", metadata: [
+                "rows": "\(applied.count)", "error": "\(String(describing: error))"])
             if error is TimedOut { try? await control.close() }
         }
     }
@@ -502,7 +542,7 @@ public final class PostgresClusterLink: ClusterTransport {
         let writer = state.withLock { $0.writer }
         guard writer.isClosed else { return }
         guard !state.withLock({ $0.leaving }),
-              let fresh = try? await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false) else { return }
+              let fresh = try? await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: false) else { return }
         let kept = state.withLock { state -> Bool in
             guard !state.leaving else { return false }
             state.writer = fresh
@@ -515,7 +555,7 @@ public final class PostgresClusterLink: ClusterTransport {
         let control = state.withLock { $0.control }
         guard control.isClosed, !state.withLock({ $0.leaving }) else { return }
         do {
-            let fresh = try await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: true)
+            let fresh = try await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: true)
             // A peer declaring this node dead holds its lock for a moment.
             let locked = try await Self.lock(nodeNumber, on: fresh, attempts: 20, logger: logger)
             if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }
