@@ -21,6 +21,9 @@ import Synchronization
 ///   is not held up by rows another transaction locked); rows applied whose DELETE failed or
 ///   timed out (it may still complete on the server) are remembered by id: skipped by the next
 ///   reads, and deleted again until a DELETE succeeds. So each payload is applied once.
+/// - A row whose INSERT failed or timed out (it may still commit on the server) is written
+///   again as it was, before anything newer, with the same sequence number of its sender's run:
+///   its receiver skips a row whose sequence it has applied already from that run.
 /// - What is queued while writes fail (the database is down) is kept and sent when it is back,
 ///   up to `maxQueuedPayloads`; past that the oldest are dropped (and logged), since a node that
 ///   long apart from the others will be taken for dead by them anyway.
@@ -67,7 +70,20 @@ public final class PostgresClusterLink: ClusterTransport {
         var missedChecks: [UInt16: Int] = [:]
         /// Ids of `cluster_events` rows applied whose DELETE has not succeeded yet.
         var appliedNotDeleted: Set<Int64> = []
+        /// The next row's sequence number in this run.
+        var nextSequence: Int64 = 1
+        /// Rows whose INSERT failed, in order: written again, as they are, before anything newer.
+        var unsent: [Row] = []
+        /// Per sender, its run and the highest sequence applied from it.
+        var lastApplied: [UInt16: (run: Int64, sequence: Int64)] = [:]
     }
+    private struct Row {
+        var target: UInt16
+        var payload: ByteBuffer
+        var sequence: Int64
+    }
+    /// This run's number, random: a row's sender run and sequence tell a row written again.
+    private let run = Int64.random(in: 1...Int64.max)
     private let state: Mutex<State>
     private let writerWake: AsyncStream<Void>.Continuation
     private let writerWakes: AsyncStream<Void>
@@ -240,9 +256,13 @@ public final class PostgresClusterLink: ClusterTransport {
         }
     }
 
-    private static func write(_ payload: ByteBuffer, from source: UInt16, to node: UInt16, on connection: PostgresConnection, logger: Logger) async throws {
+    private static func write(_ payload: ByteBuffer, from source: UInt16, to node: UInt16, run: Int64? = nil, sequence: Int64? = nil,
+                              on connection: PostgresConnection, logger: Logger) async throws {
         try await connection.query("""
-            WITH sent AS (INSERT INTO cluster_events (source, target, payload) VALUES (\(Int32(source)), \(Int32(node)), \(payload)) RETURNING target)
+            WITH sent AS (
+                INSERT INTO cluster_events (source, target, payload, sender_run, sequence)
+                VALUES (\(Int32(source)), \(Int32(node)), \(payload), \(run), \(sequence)) RETURNING target
+            )
             SELECT pg_notify('parley_node_' || (SELECT target FROM sent LIMIT 1), '')
             """, logger: logger)
     }
@@ -301,7 +321,7 @@ public final class PostgresClusterLink: ClusterTransport {
     public func leave() async {
         // Let the writer finish what is queued (the close events of this node's connections).
         for _ in 0..<100 {
-            let pending = state.withLock { $0.queue.count }
+            let pending = state.withLock { $0.queue.count + $0.unsent.count }
             if pending == 0 { break }
             writerWake.yield()
             try? await Task.sleep(for: .milliseconds(20))
@@ -356,19 +376,30 @@ public final class PostgresClusterLink: ClusterTransport {
         do {
             let arrived = try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
                 let rows = try await control.query("""
-                    SELECT id, source, payload, returned_from FROM cluster_events
+                    SELECT id, source, payload, returned_from, sender_run, sequence FROM cluster_events
                     WHERE target = \(Int32(nodeNumber)) AND id <> ALL(\(applied)) ORDER BY id
                     """, logger: logger)
-                var arrived: [(id: Int64, source: UInt16, payload: ByteBuffer, returnedFrom: UInt16?)] = []
+                var arrived: [Arrived] = []
                 for try await row in rows {
-                    let (id, source, payload, returnedFrom) = try row.decode((Int64, Int32, ByteBuffer, Int32?).self)
-                    arrived.append((id, UInt16(truncatingIfNeeded: source), payload, returnedFrom.map { UInt16(truncatingIfNeeded: $0) }))
+                    let (id, source, payload, returnedFrom, run, sequence) = try row.decode((Int64, Int32, ByteBuffer, Int32?, Int64?, Int64?).self)
+                    arrived.append(Arrived(id: id, source: UInt16(truncatingIfNeeded: source), payload: payload,
+                                           returnedFrom: returnedFrom.map { UInt16(truncatingIfNeeded: $0) }, run: run, sequence: sequence))
                 }
                 return arrived
             }
             // Remembered before they are applied: whatever happens to the DELETE, never twice.
-            state.withLock { $0.appliedNotDeleted.formUnion(arrived.map(\.id)) }
-            for item in arrived {
+            let fresh = state.withLock { state -> [Arrived] in
+                state.appliedNotDeleted.formUnion(arrived.map(\.id))
+                return arrived.filter { item in
+                    // A row returned by a peer is the peer's, once; admin commands have no run.
+                    guard item.returnedFrom == nil, let run = item.run, let sequence = item.sequence else { return true }
+                    if let last = state.lastApplied[item.source], last.run == run, sequence <= last.sequence { return false }
+                    state.lastApplied[item.source] = (run, sequence)
+                    return true
+                }
+            }
+            if fresh.count < arrived.count { logger.info("cluster: skipped rows written twice", metadata: ["rows": "\(arrived.count - fresh.count)"]) }
+            for item in fresh {
                 if let node = item.returnedFrom { returned(node, item.payload) } else { receive(item.source, item.payload) }
             }
         } catch {
@@ -383,6 +414,15 @@ public final class PostgresClusterLink: ClusterTransport {
             return
         }
         await deleteApplied(on: control)
+    }
+
+    private struct Arrived: Sendable {
+        var id: Int64
+        var source: UInt16
+        var payload: ByteBuffer
+        var returnedFrom: UInt16?
+        var run: Int64?
+        var sequence: Int64?
     }
 
     /// Deletes the rows applied, by id. One that fails or times out is tried again at the next
@@ -429,45 +469,59 @@ public final class PostgresClusterLink: ClusterTransport {
 
     private func writeQueued() async {
         logger.trace("cluster writer woken")
-        let (batch, peers, writer, departed, returned) = state.withLock { state in
-            defer { state.queue.removeAll() }
-            return (state.queue, state.peers, state.writer, state.departed, state.returned)
+        // What failed before goes first, as it was; what is queued only once that is written.
+        let (unsent, writer) = state.withLock { state in
+            defer { state.unsent.removeAll() }
+            return (state.unsent, state.writer)
         }
-        guard !batch.isEmpty else { return }
-        // One row per target: its payloads in order (a payload is a run of whole records).
-        var perTarget: [UInt16: ByteBuffer] = [:]
-        var order: [UInt16] = []
-        for (target, payload) in batch {
-            for node in target.map({ [$0] }) ?? peers.sorted() {
-                if perTarget[node] == nil { order.append(node); perTarget[node] = ByteBuffer() }
-                perTarget[node]!.writeImmutableBuffer(payload)
+        guard await write(unsent, on: writer) else { return }
+        let rows = state.withLock { state -> [Row] in
+            defer { state.queue.removeAll() }
+            // One row per target: its payloads in order (a payload is a run of whole records).
+            var perTarget: [UInt16: ByteBuffer] = [:]
+            var order: [UInt16] = []
+            for (target, payload) in state.queue {
+                for node in target.map({ [$0] }) ?? state.peers.sorted() {
+                    if perTarget[node] == nil { order.append(node); perTarget[node] = ByteBuffer() }
+                    perTarget[node]!.writeImmutableBuffer(payload)
+                }
+            }
+            return order.map { node in
+                defer { state.nextSequence += 1 }
+                return Row(target: node, payload: perTarget[node]!, sequence: state.nextSequence)
             }
         }
-        var failed: [(target: UInt16?, payload: ByteBuffer)] = []
-        for node in order {
-            guard let payload = perTarget[node] else { continue }
-            if departed.contains(node) {
-                returned?(node, payload)
+        _ = await write(rows, on: writer)
+    }
+
+    /// Writes `rows` in order. At the first failure, that row and the rest are kept (in
+    /// `unsent`), the writer connection is opened again and a retry is scheduled: false then.
+    private func write(_ rows: [Row], on writer: PostgresConnection) async -> Bool {
+        let (departed, returned) = state.withLock { ($0.departed, $0.returned) }
+        for (index, row) in rows.enumerated() {
+            if departed.contains(row.target) {
+                returned?(row.target, row.payload)
                 continue
             }
             do {
-                try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
-                    try await Self.write(payload, from: nodeNumber, to: node, on: writer, logger: logger)
+                try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber, run] in
+                    try await Self.write(row.payload, from: nodeNumber, to: row.target, run: run, sequence: row.sequence, on: writer, logger: logger)
                 }
             } catch {
                 logger.debug("cluster write failed", metadata: ["error": "\(String(reflecting: error))"])
                 // A query sent just as the server went away was seen never to complete: the
                 // connection is dropped and a new one opened.
                 try? await writer.close()
-                failed.append((node, payload))
+                let failed = Array(rows[index...])
+                logger.warning("cluster write failed; will retry", metadata: ["rows": "\(failed.count)"])
+                state.withLock { $0.unsent.insert(contentsOf: failed, at: 0) }
+                try? await Task.sleep(for: .seconds(1))
+                await reconnectWriterIfClosed()
+                writerWake.yield()
+                return false
             }
         }
-        guard !failed.isEmpty else { return }
-        logger.warning("cluster write failed; will retry", metadata: ["payloads": "\(failed.count)"])
-        state.withLock { $0.queue.insert(contentsOf: failed, at: 0) }
-        try? await Task.sleep(for: .seconds(1))
-        await reconnectWriterIfClosed()
-        writerWake.yield()
+        return true
     }
 
     private func checkPeers(_ peersGone: @Sendable ([UInt16]) async -> Void) async {

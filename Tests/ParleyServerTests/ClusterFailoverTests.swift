@@ -271,6 +271,37 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// A row whose INSERT timed out (held up here by a lock on the table) may commit after all:
+    /// the sender writes it again, and the receiver, seeing it twice, applies it once.
+    @Test func aRowWrittenAgainAfterItsInsertTimedOutIsAppliedOnce() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
+
+        try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {
+            alice.send("PRIVMSG bob :written twice")
+            _ = try await Self.waitForLog("cluster write failed; will retry", in: n1)
+        }
+
+        try await bob.expect(timeout: .seconds(20), "the message") { $0.command == "PRIVMSG" && $0.parameters.last == "written twice" }
+        // Both rows were read (the one given up on committed too) before bob's PING.
+        _ = try await Self.waitForLog("skipped rows written twice", in: n2)
+        bob.send("PING :once")
+        let rest = try await bob.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
+        #expect(!rest.contains { $0.command == "PRIVMSG" && $0.parameters.last == "written twice" }, "applied once: \(rest)")
+
+        for client in [alice, bob] { await client.close() }
+        try await ServerProcess.stopCleanly([n1, n2])
+        try await drop()
+    }
+
     /// A user connected to two nodes that both die at once: a message sent to them in that
     /// moment went to both nodes' connections and reached neither. Once both deaths are
     /// noticed, it waits for the user's next login, on any node, and is delivered then, once.
