@@ -13,10 +13,17 @@ import Synchronization
 ///   about half a minute). Each node checks the others' locks every `checkInterval`, and takes
 ///   a node for dead when `missedChecksBeforeDead` checks in a row find its lock missing.
 /// - A payload for a node is a row in `cluster_events` (its target's), followed by
-///   `pg_notify('parley_node_<number>')` in the same statement. The receiver takes its rows with
-///   `DELETE ... RETURNING` when notified, and every second in case a notification was missed
-///   (a notification nobody listens to is lost; the row is not). Rows are written by one
-///   connection per node in order, so each sender's rows arrive in the order it sent them.
+///   `pg_notify('parley_node_<number>')` in the same statement. The receiver reads its rows
+///   when notified, and every second in case a notification was missed (a notification nobody
+///   listens to is lost; the row is not), applies them in order of id, then deletes them by id.
+///   Rows are written by one connection per node in order, so each sender's rows arrive in the
+///   order it sent them. A read that fails loses nothing (a plain SELECT changes nothing, and
+///   is not held up by rows another transaction locked); rows applied whose DELETE failed or
+///   timed out (it may still complete on the server) are remembered by id: skipped by the next
+///   reads, and deleted again until a DELETE succeeds. So each payload is applied once.
+/// - A row whose INSERT failed or timed out (it may still commit on the server) is written
+///   again as it was, before anything newer, with the same sequence number of its sender's run:
+///   its receiver skips a row whose sequence it has applied already from that run.
 /// - What is queued while writes fail (the database is down) is kept and sent when it is back,
 ///   up to `maxQueuedPayloads`; past that the oldest are dropped (and logged), since a node that
 ///   long apart from the others will be taken for dead by them anyway.
@@ -61,7 +68,22 @@ public final class PostgresClusterLink: ClusterTransport {
         var reconnectedAt: ContinuousClock.Instant?
         /// Peers whose lock the last checks found missing, and how many checks in a row.
         var missedChecks: [UInt16: Int] = [:]
+        /// Ids of `cluster_events` rows applied whose DELETE has not succeeded yet.
+        var appliedNotDeleted: Set<Int64> = []
+        /// The next row's sequence number in this run.
+        var nextSequence: Int64 = 1
+        /// Rows whose INSERT failed, in order: written again, as they are, before anything newer.
+        var unsent: [Row] = []
+        /// Per sender, its run and the highest sequence applied from it.
+        var lastApplied: [UInt16: (run: Int64, sequence: Int64)] = [:]
     }
+    private struct Row {
+        var target: UInt16
+        var payload: ByteBuffer
+        var sequence: Int64
+    }
+    /// This run's number, random: a row's sender run and sequence tell a row written again.
+    private let run = Int64.random(in: 1...Int64.max)
     private let state: Mutex<State>
     private let writerWake: AsyncStream<Void>.Continuation
     private let writerWakes: AsyncStream<Void>
@@ -99,10 +121,10 @@ public final class PostgresClusterLink: ClusterTransport {
         guard isValidNodeName(nodeName) else { throw PostgresStoreError.invalidNodeName(nodeName) }
         var opened: [PostgresConnection] = []
         do {
-            let control = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: true)
+            let control = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: true)
             opened.append(control)
             let (number, declaredDead) = try await takeNumber(nodeName, on: control, logger: logger)
-            let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false)
+            let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: false)
             opened.append(writer)
             let peers = try await liveNodes(on: control, except: number, logger: logger)
             logger.info("joined the cluster", metadata: ["node": "\(nodeName)", "number": "\(number)", "peers": "\(peers.sorted())"])
@@ -114,15 +136,19 @@ public final class PostgresClusterLink: ClusterTransport {
         }
     }
 
-    private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop, keepalive: Bool) async throws -> PostgresConnection {
+    private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop, asControl: Bool) async throws -> PostgresConnection {
         let connection = try await PostgresConnection.connect(
             on: eventLoop, configuration: PostgresChatStore.configuration(for: url), id: 3, logger: logger).get()
-        if keepalive {
+        if asControl {
             // A node that vanishes without closing its socket (power loss, a cut network) lets
             // go of its lock once the server's keepalives give up: about 10 + 5 * 3 seconds.
             try await connection.runAsync("SET tcp_keepalives_idle = 10", logger: logger)
             try await connection.runAsync("SET tcp_keepalives_interval = 5", logger: logger)
             try await connection.runAsync("SET tcp_keepalives_count = 3", logger: logger)
+            // A statement waiting on rows another transaction locked fails on the server well
+            // before the client's timeout gives up on it (which closes the connection, and with
+            // it the liveness lock and notifications): the connection stays usable.
+            try await connection.runAsync("SET lock_timeout = '2s'", logger: logger)
         }
         return connection
     }
@@ -204,7 +230,7 @@ public final class PostgresClusterLink: ClusterTransport {
     public static func sendToLiveNodes(_ payload: ByteBuffer, url: PostgresDatabaseURL, logger: Logger,
                                        timeout: Duration = .seconds(5)) async throws -> Int {
         do {
-            let connection = try await connect(url: url, logger: logger, on: MultiThreadedEventLoopGroup.singleton.next(), keepalive: false)
+            let connection = try await connect(url: url, logger: logger, on: MultiThreadedEventLoopGroup.singleton.next(), asControl: false)
             do {
                 let nodes = try await liveNodes(on: connection, except: 0, logger: logger)
                 for node in nodes {
@@ -230,9 +256,13 @@ public final class PostgresClusterLink: ClusterTransport {
         }
     }
 
-    private static func write(_ payload: ByteBuffer, from source: UInt16, to node: UInt16, on connection: PostgresConnection, logger: Logger) async throws {
+    private static func write(_ payload: ByteBuffer, from source: UInt16, to node: UInt16, run: Int64? = nil, sequence: Int64? = nil,
+                              on connection: PostgresConnection, logger: Logger) async throws {
         try await connection.query("""
-            WITH sent AS (INSERT INTO cluster_events (source, target, payload) VALUES (\(Int32(source)), \(Int32(node)), \(payload)) RETURNING target)
+            WITH sent AS (
+                INSERT INTO cluster_events (source, target, payload, sender_run, sequence)
+                VALUES (\(Int32(source)), \(Int32(node)), \(payload), \(run), \(sequence)) RETURNING target
+            )
             SELECT pg_notify('parley_node_' || (SELECT target FROM sent LIMIT 1), '')
             """, logger: logger)
     }
@@ -291,7 +321,7 @@ public final class PostgresClusterLink: ClusterTransport {
     public func leave() async {
         // Let the writer finish what is queued (the close events of this node's connections).
         for _ in 0..<100 {
-            let pending = state.withLock { $0.queue.count }
+            let pending = state.withLock { $0.queue.count + $0.unsent.count }
             if pending == 0 { break }
             writerWake.yield()
             try? await Task.sleep(for: .milliseconds(20))
@@ -303,6 +333,8 @@ public final class PostgresClusterLink: ClusterTransport {
         for task in tasks { task.cancel() }
         writerWake.finish()
         readerWake.finish()
+        // Rows applied but not yet deleted would go back to their senders at the next start.
+        await deleteApplied(on: control)
         _ = try? await control.runAsync("SELECT pg_advisory_unlock(CAST(? AS INT), CAST(? AS INT))",
                                         [.int(Self.lockClass), .int(Int64(nodeNumber))], logger: logger)
         try? await control.close()
@@ -340,24 +372,72 @@ public final class PostgresClusterLink: ClusterTransport {
     }
 
     private func takeArrived(_ receive: @Sendable (UInt16, ByteBuffer) -> Void, returned: @Sendable (UInt16, ByteBuffer) -> Void) async {
-        let control = state.withLock { $0.control }
+        let (control, applied) = state.withLock { ($0.control, Array($0.appliedNotDeleted)) }
         do {
-            var arrived = try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
-                let rows = try await control.runAsync(
-                    "DELETE FROM cluster_events WHERE target = ? RETURNING id, source, payload, returned_from", [.int(Int64(nodeNumber))], logger: logger)
-                var arrived: [(id: Int64, source: UInt16, payload: ByteBuffer, returnedFrom: UInt16?)] = []
-                for row in rows {
-                    let (id, source, payload, returnedFrom) = try row.decode((Int64, Int32, ByteBuffer, Int32?).self)
-                    arrived.append((id, UInt16(truncatingIfNeeded: source), payload, returnedFrom.map { UInt16(truncatingIfNeeded: $0) }))
+            let arrived = try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
+                let rows = try await control.query("""
+                    SELECT id, source, payload, returned_from, sender_run, sequence FROM cluster_events
+                    WHERE target = \(Int32(nodeNumber)) AND id <> ALL(\(applied)) ORDER BY id
+                    """, logger: logger)
+                var arrived: [Arrived] = []
+                for try await row in rows {
+                    let (id, source, payload, returnedFrom, run, sequence) = try row.decode((Int64, Int32, ByteBuffer, Int32?, Int64?, Int64?).self)
+                    arrived.append(Arrived(id: id, source: UInt16(truncatingIfNeeded: source), payload: payload,
+                                           returnedFrom: returnedFrom.map { UInt16(truncatingIfNeeded: $0) }, run: run, sequence: sequence))
                 }
                 return arrived
             }
-            arrived.sort { $0.id < $1.id }
-            for item in arrived {
+            // Remembered before they are applied: whatever happens to the DELETE, never twice.
+            let fresh = state.withLock { state -> [Arrived] in
+                state.appliedNotDeleted.formUnion(arrived.map(\.id))
+                return arrived.filter { item in
+                    // A row returned by a peer is the peer's, once; admin commands have no run.
+                    guard item.returnedFrom == nil, let run = item.run, let sequence = item.sequence else { return true }
+                    if let last = state.lastApplied[item.source], last.run == run, sequence <= last.sequence { return false }
+                    state.lastApplied[item.source] = (run, sequence)
+                    return true
+                }
+            }
+            if fresh.count < arrived.count { logger.info("cluster: skipped rows written twice", metadata: ["rows": "\(arrived.count - fresh.count)"]) }
+            for item in fresh {
                 if let node = item.returnedFrom { returned(node, item.payload) } else { receive(item.source, item.payload) }
             }
         } catch {
-            logger.debug("cluster read failed", metadata: ["error": "\(String(describing: error))"])
+            // Nothing taken: the rows are read again next time. A read that timed out is worth
+            // a warning (the server stalls); one that failed, with the database down, is not.
+            if error is TimedOut {
+                logger.warning("cluster read timed out; read again at the next wake-up")
+                try? await control.close()
+            } else {
+                logger.debug("cluster read failed", metadata: ["error": "\(String(describing: error))"])
+            }
+            return
+        }
+        await deleteApplied(on: control)
+    }
+
+    private struct Arrived: Sendable {
+        var id: Int64
+        var source: UInt16
+        var payload: ByteBuffer
+        var returnedFrom: UInt16?
+        var run: Int64?
+        var sequence: Int64?
+    }
+
+    /// Deletes the rows applied, by id. One that fails or times out is tried again at the next
+    /// read; its ids stay remembered (a DELETE given up on may still complete: deleting again is harmless).
+    private func deleteApplied(on control: PostgresConnection) async {
+        let applied = state.withLock { Array($0.appliedNotDeleted) }
+        guard !applied.isEmpty else { return }
+        do {
+            try await Self.withTimeout(.seconds(5)) { [logger] in
+                for try await _ in try await control.query("DELETE FROM cluster_events WHERE id = ANY(\(applied))", logger: logger) {}
+            }
+            state.withLock { $0.appliedNotDeleted.subtract(applied) }
+        } catch {
+            logger.warning("cluster: deleting the rows read failed; deleted at the next read", metadata: [
+                "rows": "\(applied.count)", "error": "\(String(describing: error))"])
             if error is TimedOut { try? await control.close() }
         }
     }
@@ -389,45 +469,59 @@ public final class PostgresClusterLink: ClusterTransport {
 
     private func writeQueued() async {
         logger.trace("cluster writer woken")
-        let (batch, peers, writer, departed, returned) = state.withLock { state in
-            defer { state.queue.removeAll() }
-            return (state.queue, state.peers, state.writer, state.departed, state.returned)
+        // What failed before goes first, as it was; what is queued only once that is written.
+        let (unsent, writer) = state.withLock { state in
+            defer { state.unsent.removeAll() }
+            return (state.unsent, state.writer)
         }
-        guard !batch.isEmpty else { return }
-        // One row per target: its payloads in order (a payload is a run of whole records).
-        var perTarget: [UInt16: ByteBuffer] = [:]
-        var order: [UInt16] = []
-        for (target, payload) in batch {
-            for node in target.map({ [$0] }) ?? peers.sorted() {
-                if perTarget[node] == nil { order.append(node); perTarget[node] = ByteBuffer() }
-                perTarget[node]!.writeImmutableBuffer(payload)
+        guard await write(unsent, on: writer) else { return }
+        let rows = state.withLock { state -> [Row] in
+            defer { state.queue.removeAll() }
+            // One row per target: its payloads in order (a payload is a run of whole records).
+            var perTarget: [UInt16: ByteBuffer] = [:]
+            var order: [UInt16] = []
+            for (target, payload) in state.queue {
+                for node in target.map({ [$0] }) ?? state.peers.sorted() {
+                    if perTarget[node] == nil { order.append(node); perTarget[node] = ByteBuffer() }
+                    perTarget[node]!.writeImmutableBuffer(payload)
+                }
+            }
+            return order.map { node in
+                defer { state.nextSequence += 1 }
+                return Row(target: node, payload: perTarget[node]!, sequence: state.nextSequence)
             }
         }
-        var failed: [(target: UInt16?, payload: ByteBuffer)] = []
-        for node in order {
-            guard let payload = perTarget[node] else { continue }
-            if departed.contains(node) {
-                returned?(node, payload)
+        _ = await write(rows, on: writer)
+    }
+
+    /// Writes `rows` in order. At the first failure, that row and the rest are kept (in
+    /// `unsent`), the writer connection is opened again and a retry is scheduled: false then.
+    private func write(_ rows: [Row], on writer: PostgresConnection) async -> Bool {
+        let (departed, returned) = state.withLock { ($0.departed, $0.returned) }
+        for (index, row) in rows.enumerated() {
+            if departed.contains(row.target) {
+                returned?(row.target, row.payload)
                 continue
             }
             do {
-                try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber] in
-                    try await Self.write(payload, from: nodeNumber, to: node, on: writer, logger: logger)
+                try await Self.withTimeout(.seconds(5)) { [logger, nodeNumber, run] in
+                    try await Self.write(row.payload, from: nodeNumber, to: row.target, run: run, sequence: row.sequence, on: writer, logger: logger)
                 }
             } catch {
                 logger.debug("cluster write failed", metadata: ["error": "\(String(reflecting: error))"])
                 // A query sent just as the server went away was seen never to complete: the
                 // connection is dropped and a new one opened.
                 try? await writer.close()
-                failed.append((node, payload))
+                let failed = Array(rows[index...])
+                logger.warning("cluster write failed; will retry", metadata: ["rows": "\(failed.count)"])
+                state.withLock { $0.unsent.insert(contentsOf: failed, at: 0) }
+                try? await Task.sleep(for: .seconds(1))
+                await reconnectWriterIfClosed()
+                writerWake.yield()
+                return false
             }
         }
-        guard !failed.isEmpty else { return }
-        logger.warning("cluster write failed; will retry", metadata: ["payloads": "\(failed.count)"])
-        state.withLock { $0.queue.insert(contentsOf: failed, at: 0) }
-        try? await Task.sleep(for: .seconds(1))
-        await reconnectWriterIfClosed()
-        writerWake.yield()
+        return true
     }
 
     private func checkPeers(_ peersGone: @Sendable ([UInt16]) async -> Void) async {
@@ -502,7 +596,7 @@ public final class PostgresClusterLink: ClusterTransport {
         let writer = state.withLock { $0.writer }
         guard writer.isClosed else { return }
         guard !state.withLock({ $0.leaving }),
-              let fresh = try? await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: false) else { return }
+              let fresh = try? await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: false) else { return }
         let kept = state.withLock { state -> Bool in
             guard !state.leaving else { return false }
             state.writer = fresh
@@ -515,7 +609,7 @@ public final class PostgresClusterLink: ClusterTransport {
         let control = state.withLock { $0.control }
         guard control.isClosed, !state.withLock({ $0.leaving }) else { return }
         do {
-            let fresh = try await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), keepalive: true)
+            let fresh = try await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: true)
             // A peer declaring this node dead holds its lock for a moment.
             let locked = try await Self.lock(nodeNumber, on: fresh, attempts: 20, logger: logger)
             if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }

@@ -188,6 +188,12 @@ enum PostgresMigrations {
             // declare it dead: the first); NULL again when that node starts a new run.
             "ALTER TABLE cluster_nodes ADD COLUMN followed_by TEXT",
         ]),
+        Migration(version: 8, name: "cluster-row-sequences", statements: [
+            // A row written again after its INSERT timed out (which may have committed after
+            // all) carries the same sender run and sequence: its receiver applies it once.
+            "ALTER TABLE cluster_events ADD COLUMN sender_run BIGINT",
+            "ALTER TABLE cluster_events ADD COLUMN sequence BIGINT",
+        ]),
     ]
 
     static var latestVersion: Int { all.last?.version ?? 0 }

@@ -221,6 +221,89 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// What a node reads of its rows while another transaction holds them locked (a peer
+    /// returning them, say): it is applied at once, and deleted when the lock is let go. Before,
+    /// the read was a `DELETE ... RETURNING`: it waited on the lock, timed out (the result
+    /// discarded), and deleted the rows on the server later: the message was lost.
+    @Test func aReadHeldUpByLockedRowsLosesNothingAndAppliesItOnce() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
+
+        // n2 pauses, so that the message for bob waits in its row.
+        n2.signal(SIGSTOP)
+        let n2Number = try #require(try await TestPostgres.firstValue("SELECT number::text FROM cluster_nodes WHERE name = 'n2'", on: cluster.database))
+        alice.send("PRIVMSG bob :behind a lock")
+        let deadline = ContinuousClock.now + .seconds(20)
+        var waiting: String?
+        while waiting == nil {
+            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "no row for n2 in cluster_events") }
+            try await Task.sleep(for: .milliseconds(20))
+            waiting = try await TestPostgres.firstValue("SELECT max(id)::text FROM cluster_events WHERE target = \(n2Number)", on: cluster.database)
+        }
+        let row = try #require(waiting)
+        try await HeldTransaction.holding("SELECT id FROM cluster_events WHERE target = \(n2Number) FOR UPDATE", on: cluster.database) {
+            n2.signal(SIGCONT)
+            // n2's attempt to delete the row gives up on the lock, on the server: its connection
+            // (with its liveness lock) is kept, not closed by a client-side timeout.
+            _ = try await Self.waitForLog("deleting the rows read failed", in: n2)
+            #expect(!n2.logText.contains("cluster read timed out"), "\(n2.logText)")
+            try await bob.expect(timeout: .seconds(10), "the message, with its row still locked") { $0.command == "PRIVMSG" && $0.parameters.last == "behind a lock" }
+        }
+
+        // Once the lock is gone the row is deleted, and the message was applied once.
+        while try await TestPostgres.firstValue("SELECT id::text FROM cluster_events WHERE id = \(row)", on: cluster.database) != nil {
+            guard ContinuousClock.now < deadline + .seconds(20) else { throw ServerProcess.Failure(description: "row \(row) never deleted") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        bob.send("PING :once")
+        let rest = try await bob.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
+        #expect(!rest.contains { $0.command == "PRIVMSG" && $0.parameters.last == "behind a lock" }, "applied once: \(rest)")
+        #expect(!n2.logText.contains("reconnected to the database"), "n2 kept its connection: \(n2.logText)")
+
+        for client in [alice, bob] { await client.close() }
+        try await ServerProcess.stopCleanly([n1, n2])
+        try await drop()
+    }
+
+    /// A row whose INSERT timed out (held up here by a lock on the table) may commit after all:
+    /// the sender writes it again, and the receiver, seeing it twice, applies it once.
+    @Test func aRowWrittenAgainAfterItsInsertTimedOutIsAppliedOnce() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
+
+        try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {
+            alice.send("PRIVMSG bob :written twice")
+            _ = try await Self.waitForLog("cluster write failed; will retry", in: n1)
+        }
+
+        try await bob.expect(timeout: .seconds(20), "the message") { $0.command == "PRIVMSG" && $0.parameters.last == "written twice" }
+        // Both rows were read (the one given up on committed too) before bob's PING.
+        _ = try await Self.waitForLog("skipped rows written twice", in: n2)
+        bob.send("PING :once")
+        let rest = try await bob.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
+        #expect(!rest.contains { $0.command == "PRIVMSG" && $0.parameters.last == "written twice" }, "applied once: \(rest)")
+
+        for client in [alice, bob] { await client.close() }
+        try await ServerProcess.stopCleanly([n1, n2])
+        try await drop()
+    }
+
     /// A user connected to two nodes that both die at once: a message sent to them in that
     /// moment went to both nodes' connections and reached neither. Once both deaths are
     /// noticed, it waits for the user's next login, on any node, and is delivered then, once.

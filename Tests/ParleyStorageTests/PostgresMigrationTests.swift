@@ -29,7 +29,7 @@ struct PostgresMigrationTests {
         let (url, drop) = try await TestPostgres.freshDatabase()
         try await PostgresChatStore.open(url: url).close()
         try await TestPostgres.execute("INSERT INTO parley_schema_migrations (version, name) VALUES (999, 'from-the-future')", on: url)
-        await #expect(throws: PostgresStoreError.schemaTooNew(found: 999, supported: 7)) {
+        await #expect(throws: PostgresStoreError.schemaTooNew(found: 999, supported: 8)) {
             try await PostgresChatStore.open(url: url)
         }
         try await drop()

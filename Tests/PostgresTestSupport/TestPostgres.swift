@@ -60,6 +60,34 @@ public enum TestPostgres {
     }
 }
 
+/// A transaction kept open on a connection of its own, for a test that holds row or table
+/// locks (say, `SELECT ... FOR UPDATE`) while the code under test runs.
+public enum HeldTransaction {
+    /// Begins a transaction, runs `sql` in it, runs `body`, then commits (letting go of the
+    /// locks) and closes the connection, also when `body` throws.
+    public static func holding<Value>(_ sql: String, on url: PostgresDatabaseURL,
+                                      while body: () async throws -> Value) async throws -> Value {
+        let logger = Logger(label: "parley.test.postgres")
+        let configuration = PostgresConnection.Configuration(
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: .disable)
+        let connection = try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration,
+                                                              id: 0, logger: logger)
+        let value: Value
+        do {
+            for statement in ["BEGIN", sql] {
+                for try await _ in try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger) {}
+            }
+            value = try await body()
+            for try await _ in try await connection.query("COMMIT", logger: logger) {}
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+        try await connection.close()
+        return value
+    }
+}
+
 /// A PostgreSQL server of one test's own, which the test may stop (as a crash: immediate mode)
 /// and start again, to see what the server does while its database is gone.
 public struct DedicatedPostgres: Sendable {
