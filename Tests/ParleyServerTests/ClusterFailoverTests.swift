@@ -21,6 +21,17 @@ extension ClusterProcessTests {
         return client
     }
 
+    /// Terminates the database connection that holds `node`'s liveness lock (in this test's
+    /// database only: `pg_locks` lists every database's), as a network cut would.
+    static func dropLivenessConnection(of node: String, in cluster: Cluster) async throws {
+        try await TestPostgres.execute("""
+            SELECT pg_terminate_backend(pid) FROM pg_locks
+            WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
+              AND objid::text = (SELECT number::text FROM cluster_nodes WHERE name = '\(node)')
+            """, on: cluster.database)
+    }
+
     /// Expects each of `texts` once among what `client` received and receives up to a PING's answer.
     static func expectOnce(_ texts: String..., at client: TestClient, timeout: Duration = .seconds(20)) async throws {
         for text in texts {
@@ -196,12 +207,7 @@ extension ClusterProcessTests {
 
         // n2 pauses (so that it cannot take its lock back at once) and loses its connection.
         n2.signal(SIGSTOP)
-        try await TestPostgres.execute("""
-            SELECT pg_terminate_backend(pid) FROM pg_locks
-            WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
-              AND objid::text = (SELECT number::text FROM cluster_nodes WHERE name = 'n2')
-            """, on: cluster.database)
+        try await Self.dropLivenessConnection(of: "n2", in: cluster)
         // n1's next check finds n2's lock missing.
         let seen = try await Self.waitForLog("lock is missing", "cluster node gone", in: n1)
         alice.send("PRIVMSG bob :while you were away a moment")
@@ -365,12 +371,7 @@ extension ClusterProcessTests {
         // n2 stops (SIGSTOP) and loses its database connection, hence its liveness lock: n1
         // takes it for dead, although n2 still has its users.
         n2.signal(SIGSTOP)
-        try await TestPostgres.execute("""
-            SELECT pg_terminate_backend(pid) FROM pg_locks
-            WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              AND objsubid = 2 AND classid::text = '\(PostgresClusterLink.lockClass)'
-              AND objid::text = (SELECT number::text FROM cluster_nodes WHERE name = 'n2')
-            """, on: cluster.database)
+        try await Self.dropLivenessConnection(of: "n2", in: cluster)
         try await alice.skip(through: { $0.command == "731" && $0.parameters.last?.contains("bob") == true }, "bob offline", timeout: .seconds(60))
         // Meanwhile: a message for bob, and zed's nick taken by someone on n1.
         alice.send("PRIVMSG bob :while you were cut off")
