@@ -21,6 +21,20 @@ extension ClusterProcessTests {
         return client
     }
 
+    /// Two nodes on a fresh database, alice logged in on n1 and bob on n2, and n1 knowing that
+    /// bob is online (alice MONITORs him).
+    static func aliceOnN1BobOnN2() async throws
+        -> (cluster: Cluster, drop: @Sendable () async throws -> Void, n1: ServerProcess, n2: ServerProcess, alice: TestClient, bob: TestClient) {
+        var (cluster, drop) = try await makeCluster(accounts: ["alice", "bob"])
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: caps, password: "bob-password")
+        alice.send("MONITOR + bob")
+        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
+        return (cluster, drop, n1, n2, alice, bob)
+    }
+
     /// Terminates the database connection that holds `node`'s liveness lock (in this test's
     /// database only: `pg_locks` lists every database's), as a network cut would.
     static func dropLivenessConnection(of node: String, in cluster: Cluster) async throws {
@@ -44,16 +58,8 @@ extension ClusterProcessTests {
     }
 
     @Test func aMessageSentToADeadNodeBeforeItIsNoticedWaitsForItsRecipient() async throws {
-        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
-        var cluster = cluster0
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
-        alice.send("MONITOR + bob")
-        try await alice.skip(through: { $0.command == "730" }, "bob online", timeout: .seconds(20))
         alice.send("JOIN #team")
         try await alice.expect { $0.command == "JOIN" }
         alice.send("INVITE bob #team")
@@ -122,16 +128,8 @@ extension ClusterProcessTests {
     /// login on another node, for a read made before the death was noticed (a direct message)
     /// and one made after (a group message).
     @Test func readReceiptsDueToAnAuthorWhoseNodeDiedReachThemAtTheirNextLogin() async throws {
-        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
-        var cluster = cluster0
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
-        alice.send("MONITOR + bob")
-        try await alice.skip(through: { $0.command == "730" }, "bob online", timeout: .seconds(20))
         alice.send("JOIN #team")
         try await alice.expect { $0.command == "JOIN" }
         alice.send("INVITE bob #team")
@@ -194,16 +192,8 @@ extension ClusterProcessTests {
     /// what was sent to them meanwhile, once. Before, a peer checking in that moment took it
     /// for dead, and the node disconnected all its users when it was back.
     @Test func aNodeCutOffForAMomentKeepsItsUsers() async throws {
-        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
-        var cluster = cluster0
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
-        alice.send("MONITOR + bob")
-        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
 
         // n2 pauses (so that it cannot take its lock back at once) and loses its connection.
         n2.signal(SIGSTOP)
@@ -232,16 +222,8 @@ extension ClusterProcessTests {
     /// the read was a `DELETE ... RETURNING`: it waited on the lock, timed out (the result
     /// discarded), and deleted the rows on the server later: the message was lost.
     @Test func aReadHeldUpByLockedRowsLosesNothingAndAppliesItOnce() async throws {
-        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
-        var cluster = cluster0
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
-        alice.send("MONITOR + bob")
-        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
 
         // n2 pauses, so that the message for bob waits in its row.
         n2.signal(SIGSTOP)
@@ -282,16 +264,8 @@ extension ClusterProcessTests {
     /// A row whose INSERT timed out (held up here by a lock on the table) may commit after all:
     /// the sender writes it again, and the receiver, seeing it twice, applies it once.
     @Test func aRowWrittenAgainAfterItsInsertTimedOutIsAppliedOnce() async throws {
-        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
-        var cluster = cluster0
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
-        alice.send("MONITOR + bob")
-        try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
 
         try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {
             alice.send("PRIVMSG bob :written twice")
