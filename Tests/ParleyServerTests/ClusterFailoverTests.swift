@@ -175,6 +175,20 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// Asks the database `sql` (one value) until `holds` is true of its answer, within `timeout`:
+    /// for what only the database shows (a commit, a row taken).
+    @discardableResult
+    static func waitForValue(_ sql: String, on database: PostgresDatabaseURL, _ what: String, timeout: Duration = .seconds(20),
+                             until holds: (String?) -> Bool) async throws -> String? {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let value = try await TestPostgres.firstValue(sql, on: database)
+            if holds(value) { return value }
+            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "\(what): not within \(timeout)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
     /// Waits until `node`'s log has a line containing one of `texts`; returns the first found.
     static func waitForLog(_ texts: String..., in node: ServerProcess, timeout: Duration = .seconds(30)) async throws -> String {
         let deadline = ContinuousClock.now + timeout
@@ -229,13 +243,8 @@ extension ClusterProcessTests {
         n2.signal(SIGSTOP)
         let n2Number = try #require(try await TestPostgres.firstValue("SELECT number::text FROM cluster_nodes WHERE name = 'n2'", on: cluster.database))
         alice.send("PRIVMSG bob :behind a lock")
-        let deadline = ContinuousClock.now + .seconds(20)
-        var waiting: String?
-        while waiting == nil {
-            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "no row for n2 in cluster_events") }
-            try await Task.sleep(for: .milliseconds(20))
-            waiting = try await TestPostgres.firstValue("SELECT max(id)::text FROM cluster_events WHERE target = \(n2Number)", on: cluster.database)
-        }
+        let waiting = try await Self.waitForValue("SELECT max(id)::text FROM cluster_events WHERE target = \(n2Number)", on: cluster.database,
+                                                  "a row for n2 in cluster_events") { $0 != nil }
         let row = try #require(waiting)
         try await HeldTransaction.holding("SELECT id FROM cluster_events WHERE target = \(n2Number) FOR UPDATE", on: cluster.database) {
             n2.signal(SIGCONT)
@@ -247,10 +256,7 @@ extension ClusterProcessTests {
         }
 
         // Once the lock is gone the row is deleted, and the message was applied once.
-        while try await TestPostgres.firstValue("SELECT id::text FROM cluster_events WHERE id = \(row)", on: cluster.database) != nil {
-            guard ContinuousClock.now < deadline + .seconds(20) else { throw ServerProcess.Failure(description: "row \(row) never deleted") }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        try await Self.waitForValue("SELECT id::text FROM cluster_events WHERE id = \(row)", on: cluster.database, "row \(row) deleted") { $0 == nil }
         bob.send("PING :once")
         let rest = try await bob.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
         #expect(!rest.contains { $0.command == "PRIVMSG" && $0.parameters.last == "behind a lock" }, "applied once: \(rest)")
@@ -359,14 +365,10 @@ extension ClusterProcessTests {
         // n1 answers before it commits: the group and bob's place in it are in the database
         // before n2 goes on (what n1 commits in the moment n2 reloads is docs/cluster.md's
         // known window, not this test's case).
-        let deadline = ContinuousClock.now + .seconds(20)
-        while try await TestPostgres.firstValue("""
+        try await Self.waitForValue("""
             SELECT a.name FROM group_members m JOIN groups g ON g.id = m.group_id JOIN accounts a ON a.id = m.account_id
             WHERE g.key = '#gap' AND a.name = 'bob'
-            """, on: cluster.database) == nil {
-            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "bob's membership of #gap never committed") }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+            """, on: cluster.database, "bob's membership of #gap committed") { $0 != nil }
 
         // n2 goes on: it finds it was taken for dead, and disconnects its users saying why.
         n2.signal(SIGCONT)
