@@ -10,6 +10,9 @@
 # (guests, no capabilities, 32-byte texts): the first dump ("start") at the bench's first
 # progress line, the second ("traffic") at its RESULT line, once every message sent has arrived;
 # the traffic's instructions are divided by the messages delivered between the two.
+# With WORKLOAD=stored, the same between accounts (`--accounts`: created with REGISTER at 1,024
+# PBKDF2 iterations, then logged in with PASS), so every message is committed to SQLite before
+# its echo; the traffic's instructions are those of the whole server (event loop and storage).
 # With WORKLOAD=fanout, `parley-bench fanout --members MEMBERS --senders 1 --window 16 --duration
 # DURATION` (guests, 1,000 members unless MEMBERS is set): the same two dumps, and the traffic's
 # instructions per delivery (a line written to one member).
@@ -18,6 +21,7 @@
 #   MEMBERS=1000 SERVER=/tmp/parley-server-before bench/callgrind-join.sh
 #   WORKLOAD=connect MEMBERS=5000 bench/callgrind-join.sh
 #   WORKLOAD=direct PAIRS=100 DURATION=10 bench/callgrind-join.sh
+#   WORKLOAD=stored PAIRS=100 DURATION=10 bench/callgrind-join.sh
 #   WORKLOAD=fanout DURATION=10 bench/callgrind-join.sh
 #   SERVER=/tmp/old/parley-server BENCH=/tmp/old/parley-bench bench/callgrind-join.sh   # no build
 #   callgrind_annotate --inclusive=yes OUT/callgrind.out.PID.1 | swift demangle --simplified | less
@@ -58,7 +62,8 @@ cc -shared -fPIC -O2 -o "$work/sigsuspend.so" "$work/sigsuspend.c"
 objcopy --strip-debug "$server" "$work/parley-server"
 cat >"$work/parley.json" <<JSON
 { "limits": { "maxConnectionsPerAddress": 0, "floodCommandsPerSecond": 0, "maxUnregisteredConnections": 0,
-              "pingIntervalSeconds": 600 } }
+              "pingIntervalSeconds": 600 },
+  "accounts": { "passwordIterations": 1024 } }
 JSON
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then echo "port $PORT is in use (PORT=...)" >&2; exit 1; fi
 LD_PRELOAD=$work/sigsuspend.so valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.%p" \
@@ -74,6 +79,10 @@ if [ "$WORKLOAD" = connect ]; then
     mark=RESULT
 elif [ "$WORKLOAD" = direct ]; then
     workload=(direct --pairs "$PAIRS" --window 16 --payload 32 --duration "$DURATION")
+    mark="direct:"
+    first=start
+elif [ "$WORKLOAD" = stored ]; then
+    workload=(direct --accounts --pairs "$PAIRS" --window 16 --payload 32 --duration "$DURATION")
     mark="direct:"
     first=start
 elif [ "$WORKLOAD" = fanout ]; then
@@ -95,7 +104,7 @@ fi
                 mark=RESULT
             fi
             callgrind_control -d "$first" "$pid" >/dev/null 2>&1; echo "$line" >&2
-            if [ "$first" = start ]; then first=traffic; elif [ "$WORKLOAD" = direct ] || [ "$WORKLOAD" = fanout ]; then
+            if [ "$first" = start ]; then first=traffic; elif [ "$WORKLOAD" != join ] && [ "$WORKLOAD" != connect ]; then
                 echo "$line" | grep -o '"delivered":[0-9]*' | cut -d: -f2 >"$work/delivered-at-end"; first=done; mark=never-again
             fi;;
         esac
@@ -112,7 +121,7 @@ for file in "$OUT"/callgrind.out.*.*; do
     printf "%-7s %'16d instructions  %s\n" "$part" "$count" "$file"
 done
 printf "%-7s %'16d instructions\n" total "$total"
-if { [ "$WORKLOAD" = direct ] || [ "$WORKLOAD" = fanout ]; } && [ -s "$work/delivered-at-end" ]; then
+if [ "$WORKLOAD" != join ] && [ "$WORKLOAD" != connect ] && [ -s "$work/delivered-at-end" ]; then
     start=$(cat "$work/delivered-at-start"); end=$(cat "$work/delivered-at-end")
     traffic=$(awk '/^summary:/ {print $2}' $(grep -l "^desc: Trigger: dump traffic" "$OUT"/callgrind.out.*.*))
     unit=message; [ "$WORKLOAD" = fanout ] && unit=delivery

@@ -18,6 +18,22 @@ struct WireTests {
         #expect(parsed == original)
     }
 
+    @Test func aReceiverGetsOnlyTheTagsItTakesHoweverManyThereAre() {
+        // More tags than the serializer's bit per tag: the rest are asked for while writing.
+        let tags = (0..<70).map { IRCTag("+k\($0)", $0 % 3 == 0 ? "" : "v \($0);") }
+        let message = IRCMessage(tags: tags, source: "a!b@c", command: "TAGMSG", parameters: ["#room"])
+        var buffer = ByteBuffer()
+        message.write(to: &buffer, includingTag: { tag in Int(tag.key.dropFirst(2))! % 2 == 0 })
+        let kept = (0..<70).filter { $0 % 2 == 0 }.map { $0 % 3 == 0 ? "+k\($0)" : "+k\($0)=v\\s\($0)\\:" }
+        #expect(String(buffer: buffer) == "@" + kept.joined(separator: ";") + " :a!b@c TAGMSG #room\r\n")
+        var none = ByteBuffer()
+        message.write(to: &none, includingTag: { _ in false })
+        #expect(String(buffer: none) == ":a!b@c TAGMSG #room\r\n")
+        #expect(IRCMessage(command: "PING").wireString == "PING")
+        #expect(IRCMessage(command: "NOTICE", parameters: ["*", ""]).wireString == "NOTICE * :")
+        #expect(IRCMessage(command: "MODE", parameters: ["#a", "+k", ":key"]).wireString == "MODE #a +k ::key")
+    }
+
     @Test func serializerNeverInjectsASecondLine() {
         let hostile = IRCMessage(command: "PRIVMSG", parameters: ["bob", "hi\r\nQUIT :gotcha\0"])
         #expect(hostile.wireString == "PRIVMSG bob :hi  QUIT :gotcha ")
