@@ -13,6 +13,32 @@ public struct MessageIDGenerator: Sendable {
 
     public mutating func next() -> String {
         counter += 1
-        return prefix + "-" + String(counter, radix: 36)
+        // Written into the string's own storage: two concatenations and a radix conversion
+        // cost about 1,000 instructions per stored message (callgrind).
+        var digits: (UInt64, UInt64) = (0, 0)  // 16 bytes: a UInt64 takes at most 13 in base 36
+        let digitCount = withUnsafeMutableBytes(of: &digits) { buffer in
+            var value = counter
+            var position = buffer.count
+            repeat {
+                position -= 1
+                let digit = UInt8(value % 36)
+                buffer[position] = digit < 10 ? UInt8(ascii: "0") + digit : UInt8(ascii: "a") + digit - 10
+                value /= 36
+            } while value > 0
+            return buffer.count - position
+        }
+        var prefix = self.prefix
+        return prefix.withUTF8 { prefixBytes in
+            String(unsafeUninitializedCapacity: prefixBytes.count + 1 + digitCount) { line in
+                var offset = 0
+                for byte in prefixBytes { line[offset] = byte; offset += 1 }
+                line[offset] = UInt8(ascii: "-")
+                offset += 1
+                withUnsafeBytes(of: digits) { buffer in
+                    for byte in buffer.suffix(digitCount) { line[offset] = byte; offset += 1 }
+                }
+                return offset
+            }
+        }
     }
 }
