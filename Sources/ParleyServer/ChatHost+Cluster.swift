@@ -7,8 +7,13 @@ import ParleyStorage
 extension ChatHost {
     /// Starts taking payloads from the other nodes and tells them this node has (re)started:
     /// they forget what they knew of its previous run and send what this node needs to know.
-    func joinCluster() {
+    /// Returns once it has caught up with them (`catchUpWithPeers`): called before the
+    /// listeners are bound, so that no user sees the state read at start, which may lack what
+    /// the others changed just before they heard of this node.
+    func joinCluster() async {
         guard let cluster else { return }
+        let peers = cluster.peerNodes
+        beginCatchUp(waitingFor: peers, reloading: !peers.isEmpty)
         cluster.start(
             receive: { [weak self] source, payload in self?.receiveFromPeer(source, payload) },
             returned: { [weak self] node, payload in self?.payloadReturned(from: node, payload) },
@@ -22,6 +27,7 @@ extension ChatHost {
                 }
             })
         announce(rejoin: false)
+        await catchUpWithPeers()
     }
 
     /// Tells every peer this node is here, with its users (none at start; all of them after
@@ -45,6 +51,13 @@ extension ChatHost {
         }
         cluster.notePeer(source)
         logger.trace("from another node", metadata: ["node": "\(source)", "records": "\(records.count)"])
+        if queueWhileCatchingUp(records, from: source) { return }
+        apply(records, from: source)
+    }
+
+    /// Applies what a peer sent, in order.
+    private func apply(_ records: [ClusterRecord], from source: UInt16) {
+        guard let cluster else { return }
         var writes: [ResolvedDelivery] = []
         // Consecutive events are applied under one lock: a user's snapshot and the settings of
         // the channels it makes here show together, never one without the other.
@@ -76,6 +89,16 @@ extension ChatHost {
                     ClusterCodec.append(.event(event), to: &reply)
                 }
                 if reply.readableBytes > 0 { cluster.send(reply, to: source) }
+                if !rejoin {
+                    // It read the shared state as it started: what this node decided before
+                    // it heard of it (and so did not send it) must be in the store before it
+                    // reads again. What this node decides from now on reaches it as records.
+                    storageWriter.whenDone {
+                        var answer = ByteBuffer()
+                        ClusterCodec.append(.caughtUp, to: &answer)
+                        cluster.send(answer, to: source)
+                    }
+                }
             case .event:
                 break  // gathered above
             case .lines(let connection, let lines):
@@ -84,6 +107,8 @@ extension ChatHost {
                 if let delivery = resolve(connection, line: nil, closeAfter: true) { writes.append(delivery) }
             case .handedOver, .handedOverToSeveral:
                 break  // for the sender, should this payload come back
+            case .caughtUp:
+                break  // after this node stopped waiting for it (`queueWhileCatchingUp`)
             }
         }
         applyEvents()
@@ -161,29 +186,22 @@ extension ChatHost {
     /// The other nodes took this node for dead while it was cut off from the database: they
     /// dropped its users and took over what it held. It starts over as a node that has just
     /// started: its users are disconnected (with a reason), the others' forgotten, and it holds
-    /// only what the store says it holds; then it says hello as a new node.
+    /// only what the store says it holds; then it says hello as a new node, and reads the
+    /// accounts and groups again once the others have caught up (new connections are refused
+    /// until then: they would see this node's stale copy).
     func startOverAfterBeingTakenForDead() async {
         guard let cluster else { return }
         logger.warning("the other nodes took this node for dead: disconnecting its users and starting over")
-        // Accounts and groups as the others left them are read first and replace this node's
-        // copy as its users are disconnected, in one step: a user who reconnects at once must
-        // find the groups made meanwhile (read after, they were missing for that login).
-        while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
-        var shared: (accounts: [AccountRecord], groups: [GroupRecord])?
-        do {
-            shared = (try await store.loadAccounts(), try await store.loadGroups())
-        } catch {
-            logger.error("could not reload accounts and groups after being taken for dead", metadata: ["error": "\(error)"])
-        }
+        setRejoining(true)
+        beginCatchUp(waitingFor: cluster.peerNodes, reloading: true)
         Self.write(perform { core, outbox in
             core.shutdown(reason: "This server lost contact with the rest of the network; please reconnect", now: Self.now(), into: &outbox)
             core.forgetRemoteSessions(now: Self.now(), into: &outbox)
             // Others hold some of it now: nothing is handed over until it is reloaded.
             core.forgetUndelivered()
-            if let shared { core.reloadSharedState(accounts: shared.accounts, groups: shared.groups) }
         })
         // What its users sent before is committed first: it may be among what is taken back.
-        while !storageWriter.isIdle { try? await Task.sleep(for: .milliseconds(20)) }
+        await storageWriterIdle()
         if let shared = store as? any ClusterDeliveryStore {
             do {
                 let held = try await shared.adoptUndelivered(ofNode: cluster.nodeNumber, holder: cluster.nodeName)
@@ -195,7 +213,108 @@ extension ChatHost {
             }
         }
         announce(rejoin: false)
+        await catchUpWithPeers()
+        setRejoining(false)
     }
+
+    private func storageWriterIdle() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            storageWriter.whenDone { continuation.resume() }
+        }
+    }
+
+    /// From now on, what peers send waits (`queueWhileCatchingUp`) until `catchUpWithPeers`.
+    private func beginCatchUp(waitingFor peers: Set<UInt16>, reloading: Bool) {
+        catchUp.withLockedValue { $0 = CatchUp(waitingFor: peers, reloads: reloading) }
+    }
+
+    /// Keeps what a peer sent while this node catches up, noting its `caughtUp`; false when
+    /// this node is not catching up (the records are to be applied now).
+    private func queueWhileCatchingUp(_ records: [ClusterRecord], from source: UInt16) -> Bool {
+        let (queued, finished) = catchUp.withLockedValue { catchUp -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard catchUp != nil else { return (false, nil) }
+            if records.contains(.caughtUp) { catchUp!.waitingFor.remove(source) }
+            catchUp!.queued.append((source, records.filter { $0 != .caughtUp }))
+            guard catchUp!.waitingFor.isEmpty, let finished = catchUp!.finished else { return (true, nil) }
+            catchUp!.finished = nil
+            return (true, finished)
+        }
+        finished?.resume()
+        return queued
+    }
+
+    /// Waits until every peer known at the hello has answered `caughtUp` (or `catchUpTimeout`
+    /// passed: a peer that died meanwhile never answers), reads the accounts and groups from
+    /// the store, which now hold all the peers decided before hearing of this node, and then
+    /// applies what they sent since, in order. Records already in the store are applied twice:
+    /// the domain takes a change it already has as nothing new.
+    private func catchUpWithPeers() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let answered = catchUp.withLockedValue { catchUp -> Bool in
+                guard catchUp != nil, !catchUp!.waitingFor.isEmpty else { return true }
+                catchUp!.finished = continuation
+                return false
+            }
+            if answered {
+                continuation.resume()
+                return
+            }
+            Task { [weak self, logger] in
+                try? await Task.sleep(for: Self.catchUpTimeout)
+                let late = self?.catchUp.withLockedValue { catchUp -> (CheckedContinuation<Void, Never>, Set<UInt16>)? in
+                    guard let finished = catchUp?.finished else { return nil }
+                    catchUp!.finished = nil
+                    return (finished, catchUp!.waitingFor)
+                }
+                guard let (finished, silent) = late else { return }
+                logger.warning("cluster: some nodes did not answer this node's hello in time; reading the shared state without them",
+                               metadata: ["nodes": "\(silent.sorted())"])
+                finished.resume()
+            }
+        }
+        let reloads = catchUp.withLockedValue { $0?.reloads ?? false }
+        if reloads { await reloadSharedState() }
+        while true {
+            let next = catchUp.withLockedValue { catchUp -> [(source: UInt16, records: [ClusterRecord])] in
+                guard let queued = catchUp?.queued, !queued.isEmpty else {
+                    catchUp = nil
+                    return []
+                }
+                catchUp!.queued.removeAll()
+                return queued
+            }
+            if next.isEmpty { break }
+            for (source, records) in next { apply(records, from: source) }
+        }
+        logger.info("caught up with the other nodes", metadata: ["reloaded": "\(reloads)"])
+    }
+
+    /// Reads accounts and groups from the store and replaces this node's copy (its own users'
+    /// changes, when it starts over, are committed first).
+    private func reloadSharedState() async {
+        await storageWriterIdle()
+        do {
+            let (accounts, groups) = (try await store.loadAccounts(), try await store.loadGroups())
+            Self.write(perform { core, _ in core.reloadSharedState(accounts: accounts, groups: groups) })
+        } catch {
+            logger.error("could not read accounts and groups again after joining the other nodes", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// How long a node that has just started waits for the others' `caughtUp`.
+    static let catchUpTimeout: Duration = .seconds(5)
+}
+
+/// What peers sent while this node catches up with them after its hello (`ChatHost.catchUp`).
+struct CatchUp: Sendable {
+    /// The peers whose `caughtUp` has not come yet.
+    var waitingFor: Set<UInt16>
+    /// Whether the shared state is read again once they answered (alone at start, this node
+    /// missed nothing).
+    let reloads: Bool
+    var queued: [(source: UInt16, records: [ClusterRecord])] = []
+    /// `catchUpWithPeers`, waiting for the last answer.
+    var finished: CheckedContinuation<Void, Never>?
 }
 
 /// Copies of a stored message handed to an account's connections on several nodes, of which

@@ -21,6 +21,9 @@ final class ChatHost: Sendable {
         let connections: ConnectionTable
         var connectionsPerAddress: [String: Int] = [:]
         var isShuttingDown = false
+        /// Starting over after the other nodes took this node for dead: its users are gone and
+        /// its copy of the shared state is being read again (`ChatHost.catchUpWithPeers`).
+        var isRejoining = false
         /// Emptied after each call; kept so its arrays keep their capacity.
         var outbox = Outbox()
     }
@@ -53,6 +56,8 @@ final class ChatHost: Sendable {
     private let backgroundWork = NIOLockedValueBox<Int>(0)
     /// Copies of stored messages handed to several nodes that came back (see `ReturnedCopies`).
     let returnedCopies = NIOLockedValueBox(ReturnedCopies())
+    /// While this node catches up with the others after its hello: what they send meanwhile.
+    let catchUp = NIOLockedValueBox<CatchUp?>(nil)
 
     init(core: ChatServer, configuration: ServerConfiguration, store: any ChatStore, cluster: (any ClusterTransport)? = nil,
          threadPool: NIOThreadPool, metrics: ServerMetrics, logger: Logger) {
@@ -143,6 +148,7 @@ final class ChatHost: Sendable {
         let limits = configuration.limits
         return state.withLockedValue { state in
             if state.isShuttingDown { return .refused("Server is shutting down") }
+            if state.isRejoining { return .refused("Server is rejoining its network; try again in a moment") }
             if limits.maxConnectionsPerAddress > 0, state.connectionsPerAddress[address, default: 0] >= limits.maxConnectionsPerAddress {
                 return .refused("Too many connections from your address")
             }
@@ -255,6 +261,11 @@ final class ChatHost: Sendable {
             if !writes.isEmpty { storageWriter.enqueue(writes, hold: &storageHold, holding: holding) }
         }
         for (action, requester) in actions { start(action, requester: requester) }
+    }
+
+    /// While true, new connections are refused (`State.isRejoining`).
+    func setRejoining(_ rejoining: Bool) {
+        state.withLockedValue { $0.isRejoining = rejoining }
     }
 
     /// Reads the domain under the lock.

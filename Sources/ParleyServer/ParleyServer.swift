@@ -113,6 +113,8 @@ public final class ParleyServer: Service, Sendable {
     }
 
     public func run() async throws {
+        // Caught up with the other nodes before any user comes in (`ChatHost.joinCluster`).
+        await host.joinCluster()
         var listeners: [Channel] = []
         do {
             for listener in configuration.listeners {
@@ -134,7 +136,6 @@ public final class ParleyServer: Service, Sendable {
             signalReadiness(.failure(error))
             throw error
         }
-        host.joinCluster()
         signalReadiness(.success(()))
 
         let host = self.host

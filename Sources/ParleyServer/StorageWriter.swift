@@ -51,6 +51,16 @@ final class StorageWriter: Sendable {
         var inProgress = 0
         /// Connections paused until the backlog is down to the low-water mark.
         var waitingForRoom: [@Sendable () -> Void] = []
+        /// Called once the work up to `sequence` (counted as `taken`) is carried out.
+        var waitingForWork: [(sequence: Int, done: @Sendable () -> Void)] = []
+
+        /// After a commit, under the lock: the waiters whose work is all carried out.
+        func takeWaitersForDoneWork() -> [@Sendable () -> Void] {
+            guard !waitingForWork.isEmpty else { return [] }
+            let done = waitingForWork.filter { $0.sequence <= taken }.map(\.done)
+            waitingForWork.removeAll { $0.sequence <= taken }
+            return done
+        }
 
         /// Writes handed over and not yet committed.
         var backlog: Int { pending.count + inProgress }
@@ -198,6 +208,20 @@ final class StorageWriter: Sendable {
         return shared.pending.count
     }
 
+    /// Calls `done` once everything handed over before this call is carried out (committed,
+    /// or refused and reported): at once on this thread when nothing is, else on the storage
+    /// thread. Work handed over later does not delay it.
+    func whenDone(_ done: @escaping @Sendable () -> Void) {
+        shared.condition.lock()
+        guard !shared.pending.isEmpty || shared.working else {
+            shared.condition.unlock()
+            done()
+            return
+        }
+        shared.waitingForWork.append((shared.taken + shared.pending.count, done))
+        shared.condition.unlock()
+    }
+
     /// True when everything handed over so far has been carried out.
     var isIdle: Bool {
         shared.condition.lock()
@@ -274,7 +298,9 @@ final class StorageWriter: Sendable {
                 shared.hasStopped = true
                 let waiting = shared.stopped
                 shared.stopped = []
+                let doneWork = shared.takeWaitersForDoneWork()
                 shared.condition.unlock()
+                for done in doneWork { done() }
                 for continuation in waiting { continuation.resume() }
                 return
             }
@@ -286,8 +312,10 @@ final class StorageWriter: Sendable {
             shared.working = false
             shared.inProgress = 0
             let resumptions = shared.takeResumptionsIfCaughtUp()
+            let doneWork = shared.takeWaitersForDoneWork()
             shared.condition.unlock()
             for resume in resumptions { resume() }
+            for done in doneWork { done() }
         }
     }
 

@@ -27,6 +27,8 @@ public protocol ClusterTransport: Sendable {
     /// A node that sent something is alive, even before the next liveness check says so (it has
     /// just started): later payloads for every peer include it.
     func notePeer(_ node: UInt16)
+    /// The nodes this node currently takes for alive (those a payload for every peer goes to).
+    var peerNodes: Set<UInt16> { get }
     /// Sends what is queued, then leaves the cluster (the others see this node gone at once).
     func leave() async
 }

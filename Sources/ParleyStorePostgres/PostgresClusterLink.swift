@@ -583,6 +583,8 @@ public final class PostgresClusterLink: ClusterTransport {
         }
     }
 
+    public var peerNodes: Set<UInt16> { state.withLock { $0.peers } }
+
     /// Peers learnt of from a payload before the next liveness check (a node that has just started).
     public func notePeer(_ node: UInt16) {
         guard node != 0, node != nodeNumber else { return }  // 0: an admin command, not a node

@@ -239,6 +239,7 @@ struct ClusterCodecTests {
             .close(snapshot.connection),
             .handedOver(messageID: "n3.abc-1", account: "zoë"),
             .handedOverToSeveral(messageID: "n3.abc-2", account: "zoë", alsoVia: [2, 4095]),
+            .caughtUp,
             .event(.redacted(messageID: "n3.abc-2")),
             .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-3", reason: "spam")),
             .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-4", reason: nil)),

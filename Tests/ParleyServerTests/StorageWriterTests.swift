@@ -95,6 +95,33 @@ struct StorageWriterTests {
         try await harness.finish()
     }
 
+    /// What a node's hello answer waits for (`ChatHost`'s `caughtUp`): the work handed over
+    /// before, committed; not the work handed over after.
+    @Test func whenDoneWaitsForTheWorkBeforeItOnly() async throws {
+        let harness = try await Harness()
+        let atOnce = NIOLockedValueBox(false)
+        harness.writer.whenDone { atOnce.withLockedValue { $0 = true } }
+        #expect(atOnce.withLockedValue { $0 }, "nothing to wait for: called at once")
+
+        var first: StorageWriter.Hold?
+        var second: StorageWriter.Hold?
+        harness.writer.enqueue([harness.store("before")], hold: &first, holding: true)
+        let seenWhenDone = NIOLockedValueBox<[String]?>(nil)
+        let released = harness.released
+        harness.writer.whenDone { seenWhenDone.withLockedValue { $0 = released.withLockedValue { $0 } } }
+        harness.writer.enqueue([harness.store("after")], hold: &second, holding: true)
+        try #require(first).release()
+        let deadline = ContinuousClock.now + .seconds(5)
+        while seenWhenDone.withLockedValue({ $0 }) == nil && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        // Called once "before" was committed, while "after" still waited for its hold.
+        #expect(seenWhenDone.withLockedValue { $0 } == ["before"])
+        try #require(second).release()
+        #expect(try await harness.waitUntilReleased(2) == ["before", "after"])
+        try await harness.finish()
+    }
+
     @Test func stoppingFinishesWhatWasHandedOver() async throws {
         let harness = try await Harness()
         var noHold: StorageWriter.Hold?

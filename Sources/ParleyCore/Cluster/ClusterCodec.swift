@@ -22,6 +22,10 @@ public enum ClusterRecord: Sendable, Equatable {
     /// sender), the others named in `alsoVia`: the message is still to be delivered only once
     /// every one of those payloads has come back.
     case handedOverToSeveral(messageID: String, account: String, alsoVia: [UInt16])
+    /// The answer to a `hello` from a node that has just started (or started over): everything
+    /// the sender decided before it read that hello is committed to the shared store, so the
+    /// receiver reads it there; what the sender decides later reaches it as records after this.
+    case caughtUp
 }
 
 /// The bytes of a batch of records between nodes: each record is a kind byte, a 32-bit length
@@ -30,7 +34,7 @@ public enum ClusterRecord: Sendable, Equatable {
 public enum ClusterCodec {
     enum Kind: UInt8 {
         case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7, recentMessage = 8, recentRedacted = 9, channelState = 10
-        case handedOverToSeveral = 11
+        case handedOverToSeveral = 11, caughtUp = 12
     }
 
     public struct DecodingError: Error, CustomStringConvertible {
@@ -110,6 +114,9 @@ public enum ClusterCodec {
             buffer.writeString(account)
             buffer.writeInteger(UInt16(alsoVia.count))
             for node in alsoVia { buffer.writeInteger(node) }
+        case .caughtUp:
+            buffer.writeInteger(Kind.caughtUp.rawValue)
+            buffer.writeInteger(UInt32(0))
         }
     }
 
@@ -205,6 +212,8 @@ public enum ClusterCodec {
                     alsoVia.append(node)
                 }
                 records.append(.handedOverToSeveral(messageID: messageID, account: account, alsoVia: alsoVia))
+            case .caughtUp:
+                records.append(.caughtUp)
             case nil:
                 // A newer node's record kind: skipped, so that nodes of two versions can run
                 // side by side during an upgrade.

@@ -51,8 +51,10 @@ final class ServerProcess: Sendable {
     let ports: [Int]
 
     /// Starts `parley-server serve` on 127.0.0.1 and ::1 with kernel-chosen ports and waits
-    /// until both listen (read from its log).
-    init(dataDirectory: URL, configFile: URL, arguments extra: [String] = []) async throws {
+    /// until both listen (read from its log). `whileStarting`, if given, runs first, with the
+    /// log so far (to act at a given moment of the start).
+    init(dataDirectory: URL, configFile: URL, arguments extra: [String] = [],
+         whileStarting: (@Sendable (_ log: @Sendable () -> String) async throws -> Void)? = nil) async throws {
         process = Process()
         process.executableURL = try Self.executable()
         process.arguments = [
@@ -68,6 +70,14 @@ final class ServerProcess: Sendable {
             if !data.isEmpty { log.withLockedValue { $0 += String(decoding: data, as: UTF8.self) } }
         }
         try process.run()
+        if let whileStarting {
+            do {
+                try await whileStarting { log.withLockedValue { $0 } }
+            } catch {
+                process.terminate()
+                throw error
+            }
+        }
         let deadline = ContinuousClock.now + .seconds(20)
         var found: [Int] = []
         while found.count < 2 {
