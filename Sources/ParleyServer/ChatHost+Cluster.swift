@@ -99,13 +99,23 @@ extension ChatHost {
             Self.write(perform { core, outbox in core.remoteNodeGone(node, now: noticed, into: &outbox) })
             guard let cluster, let shared = store as? any ClusterDeliveryStore else { continue }
             // Its users' messages are followed here for receipts from now on; first, so that
-            // the messages taken over below and delivered at once send their receipts.
+            // the messages taken over below and delivered at once send their receipts. So are
+            // those of the nodes it followed, each under its own node's number: this node
+            // forgets them when that node, not the one that followed them, starts again.
             do {
                 let chat = withCore { $0.configuration }
                 let followed = try await shared.followedMessages(
                     ofNode: node, follower: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
                     maxTrackedRecipients: chat.maxTrackedRecipients)
-                Self.write(perform { core, outbox in core.adoptFollowed(followed, from: node, noticed: noticed, now: Self.now(), into: &outbox) })
+                for (sentThrough, messages) in followed {
+                    if sentThrough != node {
+                        logger.info("took over following the receipts of a node that went away before the one that followed them",
+                                    metadata: ["node": "\(sentThrough)", "followedBy": "\(node)", "messages": "\(messages.count)"])
+                    }
+                    Self.write(perform { core, outbox in
+                        core.adoptFollowed(messages, from: sentThrough, noticed: noticed, now: Self.now(), into: &outbox)
+                    })
+                }
             } catch {
                 logger.error("could not follow the receipts of a node that went away", metadata: ["node": "\(node)", "error": "\(error)"])
             }

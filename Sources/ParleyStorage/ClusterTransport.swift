@@ -51,7 +51,12 @@ public protocol ClusterDeliveryStore: Sendable {
     /// the death was noticed counts as sent but is not (`ChatServer.adoptFollowed` decides).
     /// Every node that sees the death asks; only the first gets them (none for the others),
     /// until the dead node starts a new run.
-    func followedMessages(ofNode node: UInt16, follower: String, since: Timestamp, maxTrackedRecipients: Int) async throws -> [StoredMessage]
+    ///
+    /// The first also takes over what the dead node followed for nodes that died before it
+    /// (and, in turn, what those followed), each until that node starts a new run: the
+    /// messages come grouped by the node they were sent through, the dead node's first.
+    func followedMessages(ofNode node: UInt16, follower: String, since: Timestamp,
+                          maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])]
     /// Takes over the undelivered rows the dead node `node` held, for `holder`, and returns
     /// those messages with their undelivered recipients. Run by one node at a time.
     func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage]

@@ -45,7 +45,9 @@ extension ChatServer {
 
     /// The recent messages sent through a dead node (`ClusterDeliveryStore.followedMessages`):
     /// this node follows those whose receipts are not all sent from now on, as it
-    /// follows its own, so that their authors get their receipts wherever they log in. Reads
+    /// follows its own, so that their authors get their receipts wherever they log in.
+    /// `deadNode` is the node they were sent through, also when they come from the node that
+    /// followed them before dying in turn: they are forgotten when `deadNode` starts again. Reads
     /// disclosed while no node followed them are applied from what this node heard of them: a
     /// read the store does not have (the dead node writes read times of the rows it follows), or
     /// a group read (the store has the position, not whether the author was told) that this
