@@ -116,6 +116,18 @@ extension ChatHost {
                         core.adoptFollowed(messages, from: sentThrough, noticed: noticed, now: Self.now(), into: &outbox)
                     })
                 }
+                // Unlike the dead node (its lock is held meanwhile), a node it followed may start
+                // again while this node takes its messages over, and say hello before they are
+                // adopted here, so that they would never be forgotten: asked once they are.
+                let handedOn = followed.map(\.sentThrough).filter { $0 != node }
+                if !handedOn.isEmpty {
+                    let restarted = Set(handedOn).subtracting(try await shared.stillFollowed(handedOn, by: cluster.nodeName))
+                    if !restarted.isEmpty {
+                        Self.write(perform { core, _ in
+                            for started in restarted.sorted() { core.forgetFollowed(ofDeadNode: started) }
+                        })
+                    }
+                }
             } catch {
                 logger.error("could not follow the receipts of a node that went away", metadata: ["node": "\(node)", "error": "\(error)"])
             }

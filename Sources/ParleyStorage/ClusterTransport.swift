@@ -57,6 +57,10 @@ public protocol ClusterDeliveryStore: Sendable {
     /// messages come grouped by the node they were sent through, the dead node's first.
     func followedMessages(ofNode node: UInt16, follower: String, since: Timestamp,
                           maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])]
+    /// Which of `nodes` (handed to `follower` by `followedMessages` along with a dead node's
+    /// messages) `follower` still follows: one that started a new run since follows its own
+    /// messages again.
+    func stillFollowed(_ nodes: [UInt16], by follower: String) async throws -> Set<UInt16>
     /// Takes over the undelivered rows the dead node `node` held, for `holder`, and returns
     /// those messages with their undelivered recipients. Run by one node at a time.
     func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage]

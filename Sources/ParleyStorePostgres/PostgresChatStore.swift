@@ -989,6 +989,17 @@ extension PostgresChatStore: ClusterDeliveryStore {
         return followed
     }
 
+    public func stillFollowed(_ nodes: [UInt16], by follower: String) async throws -> Set<UInt16> {
+        guard !nodes.isEmpty else { return [] }
+        var followed: Set<UInt16> = []
+        do {
+            for row in try await shared().runAsync("SELECT number FROM cluster_nodes WHERE followed_by = ?", [.text(follower)], logger: logger) {
+                followed.insert(UInt16(try row.decode(Int32.self)))
+            }
+        } catch { throw explained(error) }
+        return followed.intersection(nodes)
+    }
+
     public func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage] {
         do {
             let connection = try shared()

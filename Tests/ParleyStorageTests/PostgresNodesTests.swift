@@ -184,6 +184,7 @@ struct PostgresNodesTests {
         let byN4 = try await follow("n3", by: "n4")
         #expect(byN4 == [numbers["n3"]!: ["n3.d1"], numbers["n2"]!: ["n2.d1"], numbers["n0"]!: ["n0.d1"]])
         #expect(try await followers() == ["n0": "n4", "n2": "n4", "n3": "n4"])
+        #expect(try await store.stillFollowed([numbers["n0"]!, numbers["n1"]!, numbers["n2"]!], by: "n4") == [numbers["n0"]!, numbers["n2"]!])
         #expect(try await follow("n3", by: "n5").isEmpty)
         try await connection.close()
         try await done()

@@ -94,7 +94,7 @@ extension ChatServer {
     }
 
     /// A dead node whose messages this node followed starts again: it follows them itself.
-    mutating func forgetFollowed(ofDeadNode node: UInt16) {
+    public mutating func forgetFollowed(ofDeadNode node: UInt16) {
         guard let ids = followedForDeadNodes.removeValue(forKey: node) else { return }
         let forgotten = Set(ids)
         for id in ids { forgetTracked(id) }
