@@ -202,6 +202,7 @@ extension ChatHost {
             core.forgetRemoteSessions(now: Self.now(), into: &outbox)
             // Others hold some of it now: nothing is handed over until it is reloaded.
             core.forgetUndelivered()
+            core.forgetFollowedForDeadNodes()
             if let shared { core.reloadSharedState(accounts: shared.accounts, groups: shared.groups) }
         })
         // What its users sent before is committed first: it may be among what is taken back.

@@ -104,6 +104,12 @@ extension ChatServer {
         }
     }
 
+    /// After the other nodes took this node for dead: the node that noticed took over what
+    /// this one followed for dead nodes, along with its own messages.
+    public mutating func forgetFollowedForDeadNodes() {
+        for node in followedForDeadNodes.keys.sorted() { forgetFollowed(ofDeadNode: node) }
+    }
+
     /// A read disclosed to authors (`disclosedReads`); it never moves back.
     mutating func noteDisclosedRead(account: String, conversation: String, time: Timestamp, now: Timestamp) {
         if disclosedReads[account]?[conversation].map({ $0.until < time }) ?? true {
