@@ -150,7 +150,7 @@ struct PostgresNodesTests {
             let inserted = try await connection.query(
                 "INSERT INTO cluster_nodes (name, started_at, followed_by) VALUES (\(name), 0, \(follower)) RETURNING number",
                 logger: logger).collect()
-            numbers[name] = UInt16(try #require(inserted.first?.decode(Int.self)))
+            numbers[name] = UInt16(try #require(try inserted.first?.decode(Int.self)))
         }
         let messages = ["n0", "n1", "n2", "n3"].map { node in
             StoredMessage(id: "\(node).d1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
