@@ -107,27 +107,11 @@ extension ChatHost {
                 let followed = try await shared.followedMessages(
                     ofNode: node, follower: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
                     maxTrackedRecipients: chat.maxTrackedRecipients)
-                for (sentThrough, messages) in followed {
-                    if sentThrough != node {
-                        logger.info("took over following the receipts of a node that went away before the one that followed them",
-                                    metadata: ["node": "\(sentThrough)", "followedBy": "\(node)", "messages": "\(messages.count)"])
-                    }
-                    Self.write(perform { core, outbox in
-                        core.adoptFollowed(messages, from: sentThrough, noticed: noticed, now: Self.now(), into: &outbox)
-                    })
+                for (sentThrough, messages) in followed where sentThrough != node {
+                    logger.info("took over following the receipts of a node that went away before the one that followed them",
+                                metadata: ["node": "\(sentThrough)", "followedBy": "\(node)", "messages": "\(messages.count)"])
                 }
-                // Unlike the dead node (its lock is held meanwhile), a node it followed may start
-                // again while this node takes its messages over, and say hello before they are
-                // adopted here, so that they would never be forgotten: asked once they are.
-                let handedOn = followed.map(\.sentThrough).filter { $0 != node }
-                if !handedOn.isEmpty {
-                    let restarted = Set(handedOn).subtracting(try await shared.stillFollowed(handedOn, by: cluster.nodeName))
-                    if !restarted.isEmpty {
-                        Self.write(perform { core, _ in
-                            for started in restarted.sorted() { core.forgetFollowed(ofDeadNode: started) }
-                        })
-                    }
-                }
+                try await follow(followed, lockedNode: node, noticed: noticed, cluster: cluster, store: shared)
             } catch {
                 logger.error("could not follow the receipts of a node that went away", metadata: ["node": "\(node)", "error": "\(error)"])
             }
@@ -144,6 +128,46 @@ extension ChatHost {
                              metadata: ["node": "\(node)", "error": "\(error)"])
             }
         }
+    }
+
+    /// At start: the dead nodes' messages this node's previous run followed, if it died before
+    /// any other node noticed (none took them over from it). Before the listeners are bound and
+    /// the cluster is joined, so that no read nor hello comes first; this run holds its lock,
+    /// so no other node takes them over meanwhile.
+    func resumeFollowing() async {
+        guard let cluster, let shared = store as? any ClusterDeliveryStore else { return }
+        do {
+            let chat = withCore { $0.configuration }
+            let followed = try await shared.messagesFollowed(
+                by: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
+                maxTrackedRecipients: chat.maxTrackedRecipients)
+            for (node, messages) in followed {
+                logger.info("follows the receipts of a node that went away again, as this node's previous run did",
+                            metadata: ["node": "\(node)", "messages": "\(messages.count)"])
+            }
+            try await follow(followed, lockedNode: nil, noticed: Self.now(), cluster: cluster, store: shared)
+        } catch {
+            logger.error("could not follow again the receipts this node followed for nodes that went away", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Follows the messages of dead nodes (`ClusterDeliveryStore.followedMessages`,
+    /// `messagesFollowed`), each under the node they were sent through: this node forgets them
+    /// when that node starts again. Unlike `lockedNode` (the transport holds its lock meanwhile),
+    /// such a node may start again while they are loaded, and say hello before they are adopted
+    /// here, so that they would never be forgotten: the store is asked once they are.
+    private func follow(_ followed: [(sentThrough: UInt16, messages: [StoredMessage])], lockedNode: UInt16?, noticed: Timestamp,
+                        cluster: any ClusterTransport, store shared: any ClusterDeliveryStore) async throws {
+        for (node, messages) in followed {
+            Self.write(perform { core, outbox in core.adoptFollowed(messages, from: node, noticed: noticed, now: Self.now(), into: &outbox) })
+        }
+        let unlocked = followed.map(\.sentThrough).filter { $0 != lockedNode }
+        guard !unlocked.isEmpty else { return }
+        let restarted = Set(unlocked).subtracting(try await shared.stillFollowed(unlocked, by: cluster.nodeName))
+        guard !restarted.isEmpty else { return }
+        Self.write(perform { core, _ in
+            for node in restarted.sorted() { core.forgetFollowed(ofDeadNode: node) }
+        })
     }
 
     /// A payload for a node that died before taking it: the stored messages it handed to that

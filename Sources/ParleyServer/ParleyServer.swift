@@ -113,6 +113,7 @@ public final class ParleyServer: Service, Sendable {
     }
 
     public func run() async throws {
+        await host.resumeFollowing()
         var listeners: [Channel] = []
         do {
             for listener in configuration.listeners {

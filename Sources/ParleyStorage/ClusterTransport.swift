@@ -57,6 +57,12 @@ public protocol ClusterDeliveryStore: Sendable {
     /// messages come grouped by the node they were sent through, the dead node's first.
     func followedMessages(ofNode node: UInt16, follower: String, since: Timestamp,
                           maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])]
+    /// The recent messages of the dead nodes that `follower` follows (as `followedMessages` and
+    /// its chains left them), grouped by the node they were sent through: a node that starts
+    /// again, before any other noticed that its previous run died, follows what that run
+    /// followed. None when another node took them over.
+    func messagesFollowed(by follower: String, since: Timestamp,
+                          maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])]
     /// Which of `nodes` (handed to `follower` by `followedMessages` along with a dead node's
     /// messages) `follower` still follows: one that started a new run since follows its own
     /// messages again.

@@ -981,8 +981,30 @@ extension PostgresChatStore: ClusterDeliveryStore {
                 taken.append((UInt16(number), name))
             }
         } catch { throw explained(error) }
+        return try await messages(sentThrough: taken, since: cutoff, maxTrackedRecipients: maxTrackedRecipients)
+    }
+
+    public func messagesFollowed(by follower: String, since cutoff: Timestamp,
+                                 maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])] {
+        var nodes: [(number: UInt16, name: String)] = []
+        do {
+            let connection = try shared()
+            try refreshIdentities(on: connection)
+            for row in try await connection.runAsync("SELECT number, name FROM cluster_nodes WHERE followed_by = ? AND name <> ? ORDER BY number",
+                                                     [.text(follower), .text(follower)], logger: logger) {
+                let (number, name) = try row.decode((Int32, String).self)
+                guard PostgresClusterLink.isValidNodeName(name) else { continue }
+                nodes.append((UInt16(number), name))
+            }
+        } catch { throw explained(error) }
+        return try await messages(sentThrough: nodes, since: cutoff, maxTrackedRecipients: maxTrackedRecipients)
+    }
+
+    /// The window `loadDeliveryState` loads, for each node's messages in turn.
+    private func messages(sentThrough nodes: [(number: UInt16, name: String)], since cutoff: Timestamp,
+                          maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])] {
         var followed: [(sentThrough: UInt16, messages: [StoredMessage])] = []
-        for (number, name) in taken {
+        for (number, name) in nodes {
             let messages = try await loadDeliveryState(since: cutoff, maxTrackedRecipients: maxTrackedRecipients, sentThrough: name).tracked
             followed.append((number, messages))
         }

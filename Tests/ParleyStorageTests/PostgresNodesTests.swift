@@ -186,6 +186,11 @@ struct PostgresNodesTests {
         #expect(try await followers() == ["n0": "n4", "n2": "n4", "n3": "n4"])
         #expect(try await store.stillFollowed([numbers["n0"]!, numbers["n1"]!, numbers["n2"]!], by: "n4") == [numbers["n0"]!, numbers["n2"]!])
         #expect(try await follow("n3", by: "n5").isEmpty)
+        // What a node follows, as it finds it when it starts again.
+        let byN4Again = try await store.messagesFollowed(by: "n4", since: now.adding(milliseconds: -1), maxTrackedRecipients: 1000)
+        #expect(byN4Again.map(\.sentThrough) == [numbers["n0"]!, numbers["n2"]!, numbers["n3"]!])
+        #expect(byN4Again.map { $0.messages.map(\.id) } == [["n0.d1"], ["n2.d1"], ["n3.d1"]])
+        #expect(try await store.messagesFollowed(by: "n3", since: now.adding(milliseconds: -1), maxTrackedRecipients: 1000).isEmpty)
         try await connection.close()
         try await done()
     }
