@@ -124,13 +124,19 @@ extension ChatHost {
             Self.write(perform { core, outbox in core.remoteNodeGone(node, now: noticed, into: &outbox) })
             guard let cluster, let shared = store as? any ClusterDeliveryStore else { continue }
             // Its users' messages are followed here for receipts from now on; first, so that
-            // the messages taken over below and delivered at once send their receipts.
+            // the messages taken over below and delivered at once send their receipts. So are
+            // those of the nodes it followed, each under its own node's number: this node
+            // forgets them when that node, not the one that followed them, starts again.
             do {
                 let chat = withCore { $0.configuration }
                 let followed = try await shared.followedMessages(
                     ofNode: node, follower: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
                     maxTrackedRecipients: chat.maxTrackedRecipients)
-                Self.write(perform { core, outbox in core.adoptFollowed(followed, from: node, noticed: noticed, now: Self.now(), into: &outbox) })
+                for (sentThrough, messages) in followed where sentThrough != node {
+                    logger.info("took over following the receipts of a node that went away before the one that followed them",
+                                metadata: ["node": "\(sentThrough)", "followedBy": "\(node)", "messages": "\(messages.count)"])
+                }
+                try await follow(followed, lockedNode: node, noticed: noticed, cluster: cluster, store: shared)
             } catch {
                 logger.error("could not follow the receipts of a node that went away", metadata: ["node": "\(node)", "error": "\(error)"])
             }
@@ -147,6 +153,46 @@ extension ChatHost {
                              metadata: ["node": "\(node)", "error": "\(error)"])
             }
         }
+    }
+
+    /// At start: the dead nodes' messages this node's previous run followed, if it died before
+    /// any other node noticed (none took them over from it). Before the listeners are bound and
+    /// the cluster is joined, so that no read nor hello comes first; this run holds its lock,
+    /// so no other node takes them over meanwhile.
+    func resumeFollowing() async {
+        guard let cluster, let shared = store as? any ClusterDeliveryStore else { return }
+        do {
+            let chat = withCore { $0.configuration }
+            let followed = try await shared.messagesFollowed(
+                by: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
+                maxTrackedRecipients: chat.maxTrackedRecipients)
+            for (node, messages) in followed {
+                logger.info("follows the receipts of a node that went away again, as this node's previous run did",
+                            metadata: ["node": "\(node)", "messages": "\(messages.count)"])
+            }
+            try await follow(followed, lockedNode: nil, noticed: Self.now(), cluster: cluster, store: shared)
+        } catch {
+            logger.error("could not follow again the receipts this node followed for nodes that went away", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Follows the messages of dead nodes (`ClusterDeliveryStore.followedMessages`,
+    /// `messagesFollowed`), each under the node they were sent through: this node forgets them
+    /// when that node starts again. Unlike `lockedNode` (the transport holds its lock meanwhile),
+    /// such a node may start again while they are loaded, and say hello before they are adopted
+    /// here, so that they would never be forgotten: the store is asked once they are.
+    private func follow(_ followed: [(sentThrough: UInt16, messages: [StoredMessage])], lockedNode: UInt16?, noticed: Timestamp,
+                        cluster: any ClusterTransport, store shared: any ClusterDeliveryStore) async throws {
+        for (node, messages) in followed {
+            Self.write(perform { core, outbox in core.adoptFollowed(messages, from: node, noticed: noticed, now: Self.now(), into: &outbox) })
+        }
+        let unlocked = followed.map(\.sentThrough).filter { $0 != lockedNode }
+        guard !unlocked.isEmpty else { return }
+        let restarted = Set(unlocked).subtracting(try await shared.stillFollowed(unlocked, by: cluster.nodeName))
+        guard !restarted.isEmpty else { return }
+        Self.write(perform { core, _ in
+            for node in restarted.sorted() { core.forgetFollowed(ofDeadNode: node) }
+        })
     }
 
     /// A payload for a node that died before taking it: the stored messages it handed to that
@@ -199,6 +245,7 @@ extension ChatHost {
             core.forgetRemoteSessions(now: Self.now(), into: &outbox)
             // Others hold some of it now: nothing is handed over until it is reloaded.
             core.forgetUndelivered()
+            core.forgetFollowedForDeadNodes()
         })
         // What its users sent before is committed first: it may be among what is taken back.
         await storageWriterIdle()

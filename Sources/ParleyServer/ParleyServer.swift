@@ -113,6 +113,7 @@ public final class ParleyServer: Service, Sendable {
     }
 
     public func run() async throws {
+        await host.resumeFollowing()
         // Caught up with the other nodes before any user comes in (`ChatHost.joinCluster`).
         await host.joinCluster()
         var listeners: [Channel] = []

@@ -53,7 +53,22 @@ public protocol ClusterDeliveryStore: Sendable {
     /// the death was noticed counts as sent but is not (`ChatServer.adoptFollowed` decides).
     /// Every node that sees the death asks; only the first gets them (none for the others),
     /// until the dead node starts a new run.
-    func followedMessages(ofNode node: UInt16, follower: String, since: Timestamp, maxTrackedRecipients: Int) async throws -> [StoredMessage]
+    ///
+    /// The first also takes over what the dead node followed for nodes that died before it
+    /// (and, in turn, what those followed), each until that node starts a new run: the
+    /// messages come grouped by the node they were sent through, the dead node's first.
+    func followedMessages(ofNode node: UInt16, follower: String, since: Timestamp,
+                          maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])]
+    /// The recent messages of the dead nodes that `follower` follows (as `followedMessages` and
+    /// its chains left them), grouped by the node they were sent through: a node that starts
+    /// again, before any other noticed that its previous run died, follows what that run
+    /// followed. None when another node took them over.
+    func messagesFollowed(by follower: String, since: Timestamp,
+                          maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])]
+    /// Which of `nodes` (handed to `follower` by `followedMessages` along with a dead node's
+    /// messages) `follower` still follows: one that started a new run since follows its own
+    /// messages again.
+    func stillFollowed(_ nodes: [UInt16], by follower: String) async throws -> Set<UInt16>
     /// Takes over the undelivered rows the dead node `node` held, for `holder`, and returns
     /// those messages with their undelivered recipients. Run by one node at a time.
     func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage]

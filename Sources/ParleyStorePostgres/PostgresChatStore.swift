@@ -947,18 +947,79 @@ extension PostgresChatStore: ClusterDeliveryStore {
     }
 
     public func followedMessages(ofNode node: UInt16, follower: String, since cutoff: Timestamp,
-                                 maxTrackedRecipients: Int) async throws -> [StoredMessage] {
-        let name: String?
+                                 maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])] {
+        var taken: [(number: UInt16, name: String)] = []
         do {
             let connection = try shared()
             try refreshIdentities(on: connection)
-            // Every node declares a dead node dead in turn: the first follows its messages.
-            name = try await connection.runAsync(
-                "UPDATE cluster_nodes SET followed_by = ? WHERE number = ? AND followed_by IS NULL RETURNING name",
-                [.text(follower), .int(Int64(node))], logger: logger).first.map { try $0.decode(String.self) }
+            // Every node declares a dead node dead in turn: the first follows its messages, and
+            // with them those of the nodes it followed (and those they followed, had one of
+            // them taken over a node before it was declared dead). One statement, so that they
+            // change follower together or not at all: a follower that dies in between leaves
+            // none behind. A node that starts a new run meanwhile has cleared its `followed_by`
+            // and is left alone (checked again on the row as it is updated).
+            let rows = try await connection.runAsync("""
+                WITH RECURSIVE dead AS (
+                    UPDATE cluster_nodes SET followed_by = ? WHERE number = ? AND followed_by IS NULL RETURNING number, name
+                ), chain (number, name, followed_by) AS (
+                    SELECT number, name, CAST(NULL AS TEXT) FROM dead
+                    UNION
+                    SELECT n.number, n.name, n.followed_by FROM cluster_nodes n JOIN chain c ON n.followed_by = c.name
+                    WHERE n.name <> ?
+                ), handed AS (
+                    UPDATE cluster_nodes n SET followed_by = ? FROM chain c
+                    WHERE n.number = c.number AND n.followed_by = c.followed_by
+                    RETURNING n.number, n.name
+                )
+                SELECT number, name, 0 AS handed FROM dead
+                UNION ALL SELECT number, name, 1 FROM handed
+                ORDER BY handed, number
+                """, [.text(follower), .int(Int64(node)), .text(follower), .text(follower)], logger: logger)
+            for row in rows {
+                let (number, name, _) = try row.decode((Int32, String, Int32).self)
+                guard PostgresClusterLink.isValidNodeName(name) else { continue }
+                taken.append((UInt16(number), name))
+            }
         } catch { throw explained(error) }
-        guard let name, PostgresClusterLink.isValidNodeName(name) else { return [] }
-        return try await loadDeliveryState(since: cutoff, maxTrackedRecipients: maxTrackedRecipients, sentThrough: name).tracked
+        return try await messages(sentThrough: taken, since: cutoff, maxTrackedRecipients: maxTrackedRecipients)
+    }
+
+    public func messagesFollowed(by follower: String, since cutoff: Timestamp,
+                                 maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])] {
+        var nodes: [(number: UInt16, name: String)] = []
+        do {
+            let connection = try shared()
+            try refreshIdentities(on: connection)
+            for row in try await connection.runAsync("SELECT number, name FROM cluster_nodes WHERE followed_by = ? AND name <> ? ORDER BY number",
+                                                     [.text(follower), .text(follower)], logger: logger) {
+                let (number, name) = try row.decode((Int32, String).self)
+                guard PostgresClusterLink.isValidNodeName(name) else { continue }
+                nodes.append((UInt16(number), name))
+            }
+        } catch { throw explained(error) }
+        return try await messages(sentThrough: nodes, since: cutoff, maxTrackedRecipients: maxTrackedRecipients)
+    }
+
+    /// The window `loadDeliveryState` loads, for each node's messages in turn.
+    private func messages(sentThrough nodes: [(number: UInt16, name: String)], since cutoff: Timestamp,
+                          maxTrackedRecipients: Int) async throws -> [(sentThrough: UInt16, messages: [StoredMessage])] {
+        var followed: [(sentThrough: UInt16, messages: [StoredMessage])] = []
+        for (number, name) in nodes {
+            let messages = try await loadDeliveryState(since: cutoff, maxTrackedRecipients: maxTrackedRecipients, sentThrough: name).tracked
+            followed.append((number, messages))
+        }
+        return followed
+    }
+
+    public func stillFollowed(_ nodes: [UInt16], by follower: String) async throws -> Set<UInt16> {
+        guard !nodes.isEmpty else { return [] }
+        var followed: Set<UInt16> = []
+        do {
+            for row in try await shared().runAsync("SELECT number FROM cluster_nodes WHERE followed_by = ?", [.text(follower)], logger: logger) {
+                followed.insert(UInt16(try row.decode(Int32.self)))
+            }
+        } catch { throw explained(error) }
+        return followed.intersection(nodes)
     }
 
     public func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage] {

@@ -125,8 +125,72 @@ struct PostgresNodesTests {
         try store.transaction { try $0.storeMessages([message]) }
         let followed = try await store.followedMessages(ofNode: UInt16(number), follower: "n1", since: now.adding(milliseconds: -1),
                                                         maxTrackedRecipients: 1000)
-        #expect(followed.map(\.id) == ["n9.d1"])
-        #expect(followed.first?.recipients == message.recipients)
+        #expect(followed.map(\.sentThrough) == [UInt16(number)])
+        #expect(followed.first?.messages.map(\.id) == ["n9.d1"])
+        #expect(followed.first?.messages.first?.recipients == message.recipients)
+        try await connection.close()
+        try await done()
+    }
+
+    /// n1 died and n2 followed its messages; then n2 died. The node that declares n2 dead
+    /// first follows n2's messages and those n2 followed, each under the node they were sent
+    /// through: the next node to ask gets none, and a node that declares that follower dead in
+    /// turn takes them all over again. n0's are still followed by n1 (a chain two deep, which
+    /// a node taken for dead while cut off can leave): they go along.
+    @Test func theNodeThatFollowsADeadNodeTakesOverWhatThatNodeFollowed() async throws {
+        let (opened, done) = try await StorageBackend.postgres.open()
+        let store = try #require(opened as? PostgresChatStore)
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let logger = Logger(label: "test")
+        let connection = try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(),
+                                                              configuration: PostgresChatStore.configuration(for: store.url), id: 9, logger: logger)
+        var numbers: [String: UInt16] = [:]
+        // n0 was followed by n1 (before n1 died), n1 by n2; n2 is the node declared dead now.
+        for (name, follower) in [("n0", "n1"), ("n1", "n2"), ("n2", nil), ("n3", nil), ("n4", nil), ("n5", nil)] {
+            let inserted = try await connection.query(
+                "INSERT INTO cluster_nodes (name, started_at, followed_by) VALUES (\(name), 0, \(follower)) RETURNING number",
+                logger: logger).collect()
+            numbers[name] = UInt16(try #require(try inserted.first?.decode(Int.self)))
+        }
+        let messages = ["n0", "n1", "n2", "n3"].map { node in
+            StoredMessage(id: "\(node).d1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
+                          targetKind: .direct, target: "bob", command: "PRIVMSG", text: "through \(node)",
+                          recipients: [StoredRecipient(account: "bob", deliveredAt: now, deliveredNotified: true)])
+        }
+        try store.transaction { try $0.storeMessages(messages) }
+        func follow(_ dead: String, by follower: String) async throws -> [UInt16: [String]] {
+            let followed = try await store.followedMessages(ofNode: try #require(numbers[dead]), follower: follower,
+                                                            since: now.adding(milliseconds: -1), maxTrackedRecipients: 1000)
+            return Dictionary(followed.map { ($0.sentThrough, $0.messages.map(\.id)) }, uniquingKeysWith: +)
+        }
+        func followers() async throws -> [String: String] {
+            var found: [String: String] = [:]
+            for try await (name, follower) in try await connection.query(
+                "SELECT name, followed_by FROM cluster_nodes WHERE followed_by IS NOT NULL", logger: logger).decode((String, String).self) {
+                found[name] = follower
+            }
+            return found
+        }
+
+        let byN3 = try await follow("n2", by: "n3")
+        #expect(byN3 == [numbers["n2"]!: ["n2.d1"], numbers["n1"]!: ["n1.d1"], numbers["n0"]!: ["n0.d1"]])
+        #expect(try await followers() == ["n0": "n3", "n1": "n3", "n2": "n3"])
+        // Another node declaring n2 dead a moment later gets nothing: n3 has them.
+        #expect(try await follow("n2", by: "n4").isEmpty)
+
+        // n1 starts a new run (it clears its own row: it follows its messages itself), then
+        // n3 dies: n4 takes over n3's and what n3 still follows for n2 and n0.
+        _ = try await connection.query("UPDATE cluster_nodes SET followed_by = NULL WHERE name = 'n1'", logger: logger).collect()
+        let byN4 = try await follow("n3", by: "n4")
+        #expect(byN4 == [numbers["n3"]!: ["n3.d1"], numbers["n2"]!: ["n2.d1"], numbers["n0"]!: ["n0.d1"]])
+        #expect(try await followers() == ["n0": "n4", "n2": "n4", "n3": "n4"])
+        #expect(try await store.stillFollowed([numbers["n0"]!, numbers["n1"]!, numbers["n2"]!], by: "n4") == [numbers["n0"]!, numbers["n2"]!])
+        #expect(try await follow("n3", by: "n5").isEmpty)
+        // What a node follows, as it finds it when it starts again.
+        let byN4Again = try await store.messagesFollowed(by: "n4", since: now.adding(milliseconds: -1), maxTrackedRecipients: 1000)
+        #expect(byN4Again.map(\.sentThrough) == [numbers["n0"]!, numbers["n2"]!, numbers["n3"]!])
+        #expect(byN4Again.map { $0.messages.map(\.id) } == [["n0.d1"], ["n2.d1"], ["n3.d1"]])
+        #expect(try await store.messagesFollowed(by: "n3", since: now.adding(milliseconds: -1), maxTrackedRecipients: 1000).isEmpty)
         try await connection.close()
         try await done()
     }

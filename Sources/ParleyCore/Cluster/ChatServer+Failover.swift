@@ -45,7 +45,9 @@ extension ChatServer {
 
     /// The recent messages sent through a dead node (`ClusterDeliveryStore.followedMessages`):
     /// this node follows those whose receipts are not all sent from now on, as it
-    /// follows its own, so that their authors get their receipts wherever they log in. Reads
+    /// follows its own, so that their authors get their receipts wherever they log in.
+    /// `deadNode` is the node they were sent through, also when they come from the node that
+    /// followed them before dying in turn: they are forgotten when `deadNode` starts again. Reads
     /// disclosed while no node followed them are applied from what this node heard of them: a
     /// read the store does not have (the dead node writes read times of the rows it follows), or
     /// a group read (the store has the position, not whether the author was told) that this
@@ -92,7 +94,7 @@ extension ChatServer {
     }
 
     /// A dead node whose messages this node followed starts again: it follows them itself.
-    mutating func forgetFollowed(ofDeadNode node: UInt16) {
+    public mutating func forgetFollowed(ofDeadNode node: UInt16) {
         guard let ids = followedForDeadNodes.removeValue(forKey: node) else { return }
         let forgotten = Set(ids)
         for id in ids { forgetTracked(id) }
@@ -100,6 +102,12 @@ extension ChatServer {
             let kept = receipts.filter { !forgotten.contains($0.messageID) }
             pendingReceipts[author] = kept.isEmpty ? nil : kept
         }
+    }
+
+    /// After the other nodes took this node for dead: the node that noticed took over what
+    /// this one followed for dead nodes, along with its own messages.
+    public mutating func forgetFollowedForDeadNodes() {
+        for node in followedForDeadNodes.keys.sorted() { forgetFollowed(ofDeadNode: node) }
     }
 
     /// A read disclosed to authors (`disclosedReads`); it never moves back.
