@@ -89,16 +89,7 @@ extension ChatHost {
                     ClusterCodec.append(.event(event), to: &reply)
                 }
                 if reply.readableBytes > 0 { cluster.send(reply, to: source) }
-                if !rejoin {
-                    // It read the shared state as it started: what this node decided before
-                    // it heard of it (and so did not send it) must be in the store before it
-                    // reads again. What this node decides from now on reaches it as records.
-                    storageWriter.whenDone {
-                        var answer = ByteBuffer()
-                        ClusterCodec.append(.caughtUp, to: &answer)
-                        cluster.send(answer, to: source)
-                    }
-                }
+                if !rejoin { answerHello(from: source) }
             case .event:
                 break  // gathered above
             case .lines(let connection, let lines):
@@ -275,8 +266,22 @@ extension ChatHost {
         catchUp.withLockedValue { $0 = CatchUp(waitingFor: peers, reloads: reloading) }
     }
 
+    /// A node that has just started read the shared state: what this node decided before it
+    /// heard of that node (and so did not send it) must be in the store before it reads again;
+    /// what this node decides from now on reaches it as records. `caughtUp` says so.
+    private func answerHello(from source: UInt16) {
+        guard let cluster else { return }
+        storageWriter.whenDone {
+            var answer = ByteBuffer()
+            ClusterCodec.append(.caughtUp, to: &answer)
+            cluster.send(answer, to: source)
+        }
+    }
+
     /// Keeps what a peer sent while this node catches up, noting its `caughtUp`; false when
-    /// this node is not catching up (the records are to be applied now).
+    /// this node is not catching up (the records are to be applied now). A hello is answered
+    /// at once (and again when it is applied; a second `caughtUp` changes nothing): two nodes
+    /// that start together each wait for the other's answer.
     private func queueWhileCatchingUp(_ records: [ClusterRecord], from source: UInt16) -> Bool {
         let (queued, finished) = catchUp.withLockedValue { catchUp -> (Bool, CheckedContinuation<Void, Never>?) in
             guard catchUp != nil else { return (false, nil) }
@@ -286,6 +291,7 @@ extension ChatHost {
             catchUp!.finished = nil
             return (true, finished)
         }
+        if queued, records.contains(.hello(rejoin: false)) { answerHello(from: source) }
         finished?.resume()
         return queued
     }
