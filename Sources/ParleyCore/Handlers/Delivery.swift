@@ -170,7 +170,7 @@ extension ChatServer {
         if let recipientKey {
             var recipient = StoredRecipient(account: recipientKey, deliveredAt: online ? context.now : nil)
             if online, let author = sender.accountKey {
-                recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: accounts[recipientKey]?.name ?? recipientKey,
+                recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: .account(recipientKey),
                                                           reader: recipientKey, state: .delivered, time: context.now, &context, &outbox)
             }
             if online { noteHandOver(id, account: recipientKey, into: &outbox) }
@@ -221,7 +221,7 @@ extension ChatServer {
                     if authorsReceiptConnections.isEmpty {
                         waitingReceipts.append(PendingReceipt(messageID: id, reader: member, state: .delivered, time: context.now))
                     } else {
-                        recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: channel.name, reader: member,
+                        recipient.deliveredNotified = sendReceipt(author: author, messageID: id, target: .name(channel.name), reader: member,
                                                                   state: .delivered, time: context.now,
                                                                   to: authorsReceiptConnections, &context, &outbox)
                     }
@@ -523,7 +523,7 @@ extension ChatServer {
                 tracked[stored.id]?.recipients.update(account) { $0.deliveredAt = context.now }
                 // A group's messages are followed in the group's list already.
                 if message.groupKey == nil { noteUnread(stored.id, reader: account, conversation: message.author) }
-                update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: receiptTarget(for: message, reader: account),
+                update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: .name(receiptTarget(for: message, reader: account)),
                                                        reader: account, state: .delivered, time: context.now, &context, &outbox)
             }
             updates.append(update)
@@ -568,10 +568,17 @@ extension ChatServer {
         (nickIndex[author]?.connections ?? []).filter { sessions[$0]?.has(.receipts) == true }
     }
 
+    /// What a receipt names as its conversation: a name, or an account whose display name is
+    /// looked up only when the receipt is sent (most authors' clients take no receipts).
+    enum ReceiptTarget {
+        case name(String)
+        case account(String)
+    }
+
     /// Sends a receipt to the author's receipts-capable connections (`connections`, when the
     /// caller has looked them up); if there are none, keeps it. Returns whether it was sent.
     @discardableResult
-    mutating func sendReceipt(author: String, messageID: String, target: String, reader: String, state: ReceiptState,
+    mutating func sendReceipt(author: String, messageID: String, target: ReceiptTarget, reader: String, state: ReceiptState,
                               time: Timestamp, to connections: [ConnectionID]? = nil,
                               _ context: inout CommandContext, _ outbox: inout Outbox) -> Bool {
         let connections = connections ?? receiptConnections(of: author)
@@ -579,7 +586,11 @@ extension ChatServer {
             keepWaitingReceipts([PendingReceipt(messageID: messageID, reader: reader, state: state, time: time)], for: author, since: time, &outbox)
             return false
         }
-        let line = receiptLine(target: target, messageID: messageID, state: state, reader: accounts[reader]?.name ?? reader, time: time)
+        let targetName = switch target {
+        case .name(let name): name
+        case .account(let key): accounts[key]?.name ?? key
+        }
+        let line = receiptLine(target: targetName, messageID: messageID, state: state, reader: accounts[reader]?.name ?? reader, time: time)
         for connection in connections { emit(line, to: connection, &context, &outbox) }
         return true
     }
@@ -609,10 +620,13 @@ extension ChatServer {
             receiptsWaitingSince[author] = time
             outbox.actions.append(.saveReceiptsPendingSince(account: author, time: time))
         }
-        pendingReceipts[author, default: []].append(contentsOf: receipts)
-        if let count = pendingReceipts[author]?.count, count > limit + limit / 10 {
-            pendingReceipts[author]?.removeFirst(count - limit)
-        }
+        // One access to the author's list for both (each lookup hashes the name again).
+        Self.append(receipts, trimmingTo: limit, &pendingReceipts[author, default: []])
+    }
+
+    private static func append(_ receipts: [PendingReceipt], trimmingTo limit: Int, _ list: inout [PendingReceipt]) {
+        list.append(contentsOf: receipts)
+        if list.count > limit + limit / 10 { list.removeFirst(list.count - limit) }
     }
 
     func receiptLine(target: String, messageID: String, state: ReceiptState, reader: String, time: Timestamp?) -> IRCMessage {
@@ -633,7 +647,7 @@ extension ChatServer {
         var updates: [RecipientUpdate] = []
         for receipt in waiting {
             let target = tracked[receipt.messageID].map { receiptTarget(for: $0, reader: receipt.reader) } ?? (accounts[receipt.reader]?.name ?? receipt.reader)
-            sendReceipt(author: author, messageID: receipt.messageID, target: target, reader: receipt.reader, state: receipt.state, time: receipt.time, &context, &outbox)
+            sendReceipt(author: author, messageID: receipt.messageID, target: .name(target), reader: receipt.reader, state: receipt.state, time: receipt.time, &context, &outbox)
             updates.append(receipt.state == .read
                 ? RecipientUpdate(messageID: receipt.messageID, recipient: receipt.reader, readNotified: true)
                 : RecipientUpdate(messageID: receipt.messageID, recipient: receipt.reader, deliveredNotified: true))
@@ -803,7 +817,7 @@ extension ChatServer {
             guard disclose else { continue }
             if entry.position == nil { tracked[messageID]?.recipients.update(account) { $0.readAt = time } }
             // Only direct messages are in `unread` (a group's are in `groupFollowed`).
-            let sent = sendReceipt(author: author, messageID: messageID, target: accounts[account]?.name ?? account,
+            let sent = sendReceipt(author: author, messageID: messageID, target: .account(account),
                                    reader: account, state: .read, time: time, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
         }
@@ -830,7 +844,7 @@ extension ChatServer {
                 wasUnread = true
             }
             guard wasUnread else { continue }
-            let sent = sendReceipt(author: message.author, messageID: messageID, target: receiptTarget(for: message, reader: account),
+            let sent = sendReceipt(author: message.author, messageID: messageID, target: .name(receiptTarget(for: message, reader: account)),
                                    reader: account, state: .read, time: time, &context, &outbox)
             updates.append(RecipientUpdate(messageID: messageID, recipient: account, readAt: time, readNotified: sent))
         }
