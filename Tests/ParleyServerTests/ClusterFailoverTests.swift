@@ -184,16 +184,8 @@ extension ClusterProcessTests {
         let (cluster0, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         var cluster = cluster0
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        alice.send("PRIVMSG bob :read me later")
-        let direct = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me later" }
-        let id = try #require(direct.tagValue("msgid"))
-        try await alice.expect(timeout: .seconds(10), "delivered receipt") { $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id }
-
         // n1 dies: n2, the only other node, follows alice's message for its receipts.
-        n1.signal(SIGKILL)
-        _ = try await alice.expectClosed(timeout: .seconds(10))
-        try await Self.waitForValue("SELECT followed_by FROM cluster_nodes WHERE name = 'n1'", on: cluster.database,
-                                    "n2 follows n1's messages", timeout: .seconds(60)) { $0 == "n2" }
+        let direct = try await Self.sendThenKillTheSendersNode("read me later", from: alice, to: bob, n1: n1, in: cluster)
         // n3 starts (knowing n2 alive), then n2 dies too, before bob has read the message.
         let n3 = try await cluster.start("n3")
         n2.signal(SIGKILL)
@@ -201,18 +193,7 @@ extension ClusterProcessTests {
         try await Self.waitForValue("SELECT followed_by FROM cluster_nodes WHERE name = 'n2'", on: cluster.database,
                                     "n3 follows n2's messages", timeout: .seconds(60)) { $0 == "n3" }
 
-        let bobBack = try await Self.login("bob", port: n3.ports[0])
-        bobBack.send("MARKREAD alice timestamp=\(try #require(direct.tagValue("time")))")
-        try await bobBack.expect(command: "MARKREAD")
-        let aliceBack = try await Self.login("alice", port: n3.ports[0])
-        let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipt of \(id); n3: \(n3.logText)") {
-            $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id && $0.parameters.dropFirst(2).first == "read"
-        }
-        #expect(receipt.parameters.dropFirst(3).first == "bob", "\(receipt)")
-        aliceBack.send("PING :once")
-        let rest = try await aliceBack.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
-        #expect(!rest.contains { $0.command == "RECEIPT" && $0.parameters.dropFirst(2).first == "read" }, "the read receipt once: \(rest)")
-
+        let (bobBack, aliceBack) = try await Self.bobReadsThenAliceGetsTheReceiptOnce(direct, on: n3)
         for client in [bobBack, aliceBack] { await client.close() }
         try await ServerProcess.stopCleanly([n3])
         try await drop()
@@ -226,34 +207,48 @@ extension ClusterProcessTests {
         let (cluster0, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         var cluster = cluster0
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        alice.send("PRIVMSG bob :read me after the restart")
-        let direct = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me after the restart" }
-        let id = try #require(direct.tagValue("msgid"))
-        try await alice.expect(timeout: .seconds(10), "delivered receipt") { $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id }
-
-        n1.signal(SIGKILL)
-        _ = try await alice.expectClosed(timeout: .seconds(10))
-        try await Self.waitForValue("SELECT followed_by FROM cluster_nodes WHERE name = 'n1'", on: cluster.database,
-                                    "n2 follows n1's messages", timeout: .seconds(60)) { $0 == "n2" }
+        let direct = try await Self.sendThenKillTheSendersNode("read me after the restart", from: alice, to: bob, n1: n1, in: cluster)
         n2.signal(SIGKILL)
         _ = try await bob.expectClosed(timeout: .seconds(10))
         let restarted = try await cluster.start("n2")
 
-        let bobBack = try await Self.login("bob", port: restarted.ports[0])
+        let (bobBack, aliceBack) = try await Self.bobReadsThenAliceGetsTheReceiptOnce(direct, on: restarted)
+        for client in [bobBack, aliceBack] { await client.close() }
+        try await ServerProcess.stopCleanly([restarted])
+        try await drop()
+    }
+
+    /// alice (on n1) sends bob a message and gets its delivered receipt; then n1 dies and the
+    /// test waits until n2 follows its messages. Returns the message as bob got it.
+    static func sendThenKillTheSendersNode(_ text: String, from alice: TestClient, to bob: TestClient, n1: ServerProcess,
+                                           in cluster: Cluster) async throws -> IRCMessage {
+        alice.send("PRIVMSG bob :\(text)")
+        let direct = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == text }
+        let id = try #require(direct.tagValue("msgid"))
+        try await alice.expect(timeout: .seconds(10), "delivered receipt") { $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id }
+        n1.signal(SIGKILL)
+        _ = try await alice.expectClosed(timeout: .seconds(10))
+        try await Self.waitForValue("SELECT followed_by FROM cluster_nodes WHERE name = 'n1'", on: cluster.database,
+                                    "n2 follows n1's messages", timeout: .seconds(60)) { $0 == "n2" }
+        return direct
+    }
+
+    /// bob logs in on `node` and reads `direct` (alice's message); alice logs in there and
+    /// gets its read receipt, once. Returns both clients.
+    static func bobReadsThenAliceGetsTheReceiptOnce(_ direct: IRCMessage, on node: ServerProcess) async throws -> (TestClient, TestClient) {
+        let id = try #require(direct.tagValue("msgid"))
+        let bobBack = try await Self.login("bob", port: node.ports[0])
         bobBack.send("MARKREAD alice timestamp=\(try #require(direct.tagValue("time")))")
         try await bobBack.expect(command: "MARKREAD")
-        let aliceBack = try await Self.login("alice", port: restarted.ports[0])
-        let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipt of \(id); n2: \(restarted.logText)") {
+        let aliceBack = try await Self.login("alice", port: node.ports[0])
+        let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipt of \(id); node: \(node.logText)") {
             $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id && $0.parameters.dropFirst(2).first == "read"
         }
         #expect(receipt.parameters.dropFirst(3).first == "bob", "\(receipt)")
         aliceBack.send("PING :once")
         let rest = try await aliceBack.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
         #expect(!rest.contains { $0.command == "RECEIPT" && $0.parameters.dropFirst(2).first == "read" }, "the read receipt once: \(rest)")
-
-        for client in [bobBack, aliceBack] { await client.close() }
-        try await ServerProcess.stopCleanly([restarted])
-        try await drop()
+        return (bobBack, aliceBack)
     }
 
     /// Asks the database `sql` (one value) until `holds` is true of its answer, within `timeout`:
