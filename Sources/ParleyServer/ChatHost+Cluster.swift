@@ -262,8 +262,17 @@ extension ChatHost {
     }
 
     /// From now on, what peers send waits (`queueWhileCatchingUp`) until `catchUpWithPeers`.
+    /// A catch-up already under way (a start over while starting) is extended, not replaced:
+    /// what it queued and whoever waits for it are kept.
     private func beginCatchUp(waitingFor peers: Set<UInt16>, reloading: Bool) {
-        catchUp.withLockedValue { $0 = CatchUp(waitingFor: peers, reloads: reloading) }
+        catchUp.withLockedValue { catchUp in
+            guard catchUp != nil else {
+                catchUp = CatchUp(waitingFor: peers, reloads: reloading)
+                return
+            }
+            catchUp!.waitingFor.formUnion(peers)
+            catchUp!.reloads = catchUp!.reloads || reloading
+        }
     }
 
     /// A node that has just started read the shared state: what this node decided before it
@@ -283,16 +292,16 @@ extension ChatHost {
     /// at once (and again when it is applied; a second `caughtUp` changes nothing): two nodes
     /// that start together each wait for the other's answer.
     private func queueWhileCatchingUp(_ records: [ClusterRecord], from source: UInt16) -> Bool {
-        let (queued, finished) = catchUp.withLockedValue { catchUp -> (Bool, CheckedContinuation<Void, Never>?) in
-            guard catchUp != nil else { return (false, nil) }
+        let (queued, finished) = catchUp.withLockedValue { catchUp -> (Bool, [CheckedContinuation<Void, Never>]) in
+            guard catchUp != nil else { return (false, []) }
             if records.contains(.caughtUp) { catchUp!.waitingFor.remove(source) }
             catchUp!.queued.append((source, records.filter { $0 != .caughtUp }))
-            guard catchUp!.waitingFor.isEmpty, let finished = catchUp!.finished else { return (true, nil) }
-            catchUp!.finished = nil
-            return (true, finished)
+            guard catchUp!.waitingFor.isEmpty else { return (true, []) }
+            defer { catchUp!.finished = [] }
+            return (true, catchUp!.finished)
         }
         if queued, records.contains(.hello(rejoin: false)) { answerHello(from: source) }
-        finished?.resume()
+        for waiter in finished { waiter.resume() }
         return queued
     }
 
@@ -305,7 +314,7 @@ extension ChatHost {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let answered = catchUp.withLockedValue { catchUp -> Bool in
                 guard catchUp != nil, !catchUp!.waitingFor.isEmpty else { return true }
-                catchUp!.finished = continuation
+                catchUp!.finished.append(continuation)
                 return false
             }
             if answered {
@@ -314,20 +323,27 @@ extension ChatHost {
             }
             Task { [weak self, logger] in
                 try? await Task.sleep(for: Self.catchUpTimeout)
-                let late = self?.catchUp.withLockedValue { catchUp -> (CheckedContinuation<Void, Never>, Set<UInt16>)? in
-                    guard let finished = catchUp?.finished else { return nil }
-                    catchUp!.finished = nil
+                let late = self?.catchUp.withLockedValue { catchUp -> ([CheckedContinuation<Void, Never>], Set<UInt16>)? in
+                    guard let finished = catchUp?.finished, !finished.isEmpty else { return nil }
+                    catchUp!.finished = []
                     return (finished, catchUp!.waitingFor)
                 }
                 guard let (finished, silent) = late else { return }
                 logger.warning("cluster: some nodes did not answer this node's hello in time; reading the shared state without them",
                                metadata: ["nodes": "\(silent.sorted())"])
-                finished.resume()
+                for waiter in finished { waiter.resume() }
             }
         }
         let reloads = catchUp.withLockedValue { $0?.reloads ?? false }
         if reloads { await reloadSharedState() }
-        while true {
+        // One caller applies the queue (a second, a start over during a start, leaves it to the
+        // first): two would apply its records out of order.
+        let drains = catchUp.withLockedValue { catchUp -> Bool in
+            guard catchUp != nil, !catchUp!.draining else { return false }
+            catchUp!.draining = true
+            return true
+        }
+        while drains {
             let next = catchUp.withLockedValue { catchUp -> [(source: UInt16, records: [ClusterRecord])] in
                 guard let queued = catchUp?.queued, !queued.isEmpty else {
                     catchUp = nil
@@ -364,10 +380,12 @@ struct CatchUp: Sendable {
     var waitingFor: Set<UInt16>
     /// Whether the shared state is read again once they answered (alone at start, this node
     /// missed nothing).
-    let reloads: Bool
+    var reloads: Bool
     var queued: [(source: UInt16, records: [ClusterRecord])] = []
     /// `catchUpWithPeers`, waiting for the last answer.
-    var finished: CheckedContinuation<Void, Never>?
+    var finished: [CheckedContinuation<Void, Never>] = []
+    /// Whether a `catchUpWithPeers` is applying the queue.
+    var draining = false
 }
 
 /// Copies of a stored message handed to an account's connections on several nodes, of which
