@@ -1,6 +1,5 @@
 import Foundation
 import IRCWire
-import NIOConcurrencyHelpers
 import ParleyStorePostgres
 import PostgresTestSupport
 import Testing
@@ -268,11 +267,7 @@ extension ClusterProcessTests {
     /// Waits until `node`'s log has a line containing one of `texts`; returns the first found.
     /// Waits until `text` is in the node's log `times` times.
     static func waitForLog(_ text: String, times: Int, in node: ServerProcess, timeout: Duration = .seconds(30)) async throws {
-        let deadline = ContinuousClock.now + timeout
-        while node.logText.components(separatedBy: text).count - 1 < times {
-            guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "not \(times) times \(text) in the log:\n\(node.logText)") }
-            try await Task.sleep(for: .milliseconds(20))
-        }
+        try await ServerProcess.waitForLog(text, times: times, in: { node.logText }, timeout: timeout)
     }
 
     static func waitForLog(_ texts: String..., in node: ServerProcess, timeout: Duration = .seconds(30)) async throws -> String {
@@ -493,26 +488,21 @@ extension ClusterProcessTests {
         try await alice.expect { $0.command == "JOIN" && $0.parameters.first == "#late" }
         try await Self.waitForValue("SELECT key FROM groups WHERE key = '#late'", on: cluster.database, "#late committed") { $0 != nil }
 
-        let loaded = NIOLockedValueBox(false)
+        let (loads, loaded) = AsyncStream.makeStream(of: Void.self)
         let starting: Task<ServerProcess, any Error> = try await HeldTransaction.holding("LOCK TABLE group_members IN SHARE MODE", on: cluster.database) {
             alice.send("INVITE bob #late")
             try await alice.expect { $0.command == "NOTE" && $0.parameters.contains("MEMBER_OFFLINE") }
             let (directory, config) = (cluster.directory, cluster.config)
             let starting = Task { () async throws -> ServerProcess in
-                try await ServerProcess(dataDirectory: directory, configFile: config, arguments: ["--node-name", "n2"], whileStarting: { log in
-                    let deadline = ContinuousClock.now + .seconds(20)
-                    while !log().contains("loaded accounts and groups") {
-                        guard ContinuousClock.now < deadline else { throw ServerProcess.Failure(description: "n2 did not load:\n\(log())") }
-                        try await Task.sleep(for: .milliseconds(20))
-                    }
-                    loaded.withLockedValue { $0 = true }
+                defer { loaded.finish() }
+                return try await ServerProcess(dataDirectory: directory, configFile: config, arguments: ["--node-name", "n2"], whileStarting: { log in
+                    try await ServerProcess.waitForLog("loaded accounts and groups", in: log)
+                    loaded.yield()
                 })
             }
-            // n2 has read the groups, without bob in #late: n1 cannot commit him yet.
-            while !loaded.withLockedValue({ $0 }) {
-                try await Task.sleep(for: .milliseconds(20))
-                if Task.isCancelled { break }
-            }
+            // n2 has read the groups, without bob in #late: n1 cannot commit him yet (or n2
+            // failed to start: `starting.value` says why).
+            for await _ in loads { break }
             return starting
         }
         let n2 = try await starting.value

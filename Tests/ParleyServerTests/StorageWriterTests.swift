@@ -97,7 +97,7 @@ struct StorageWriterTests {
 
     /// What a node's hello answer waits for (`ChatHost`'s `caughtUp`): the work handed over
     /// before, committed; not the work handed over after.
-    @Test func whenDoneWaitsForTheWorkBeforeItOnly() async throws {
+    @Test(.timeLimit(.minutes(1))) func whenDoneWaitsForTheWorkBeforeItOnly() async throws {
         let harness = try await Harness()
         let atOnce = NIOLockedValueBox(false)
         harness.writer.whenDone { atOnce.withLockedValue { $0 = true } }
@@ -106,17 +106,15 @@ struct StorageWriterTests {
         var first: StorageWriter.Hold?
         var second: StorageWriter.Hold?
         harness.writer.enqueue([harness.store("before")], hold: &first, holding: true)
-        let seenWhenDone = NIOLockedValueBox<[String]?>(nil)
+        // What was committed when it was called.
+        let (calls, call) = AsyncStream.makeStream(of: [String].self)
         let released = harness.released
-        harness.writer.whenDone { seenWhenDone.withLockedValue { $0 = released.withLockedValue { $0 } } }
+        harness.writer.whenDone { call.yield(released.withLockedValue { $0 }) }
         harness.writer.enqueue([harness.store("after")], hold: &second, holding: true)
         try #require(first).release()
-        let deadline = ContinuousClock.now + .seconds(5)
-        while seenWhenDone.withLockedValue({ $0 }) == nil && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(2))
-        }
+        var seen = calls.makeAsyncIterator()
         // Called once "before" was committed, while "after" still waited for its hold.
-        #expect(seenWhenDone.withLockedValue { $0 } == ["before"])
+        #expect(await seen.next() == ["before"])
         try #require(second).release()
         #expect(try await harness.waitUntilReleased(2) == ["before", "after"])
         try await harness.finish()

@@ -13,6 +13,12 @@ import Testing
 /// Two stores on one PostgreSQL database, as two nodes of a cluster have.
 @Suite("PostgreSQL store shared by two nodes")
 struct PostgresNodesTests {
+    /// A connection of the test's own to the store's database, beside the store's.
+    static func ownConnection(to url: PostgresDatabaseURL) async throws -> PostgresConnection {
+        try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(),
+                                             configuration: PostgresChatStore.configuration(for: url), id: 9, logger: Logger(label: "test"))
+    }
+
     /// A node learns of a group another node made before that node has committed it: a message
     /// to it waits for the commit instead of failing (ClusterProcessTests' group message used
     /// to fail now and then with STORAGE_FAILED under load).
@@ -64,8 +70,7 @@ struct PostgresNodesTests {
                                     targetKind: .group, target: "#team", command: "PRIVMSG", text: "before carol",
                                     recipients: [StoredRecipient(account: "bob", deliveredAt: now)])
         // A third connection, to see whether the join waits for a lock.
-        let watcher = try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(),
-                                                           configuration: PostgresChatStore.configuration(for: url), id: 9, logger: Logger(label: "test"))
+        let watcher = try await Self.ownConnection(to: url)
         let joined = DispatchSemaphore(value: 0)
         let joinOutcome = Mutex<Result<Void, any Error>?>(nil)
         try first.transaction { transaction in
@@ -115,8 +120,7 @@ struct PostgresNodesTests {
         let (opened, done) = try await StorageBackend.postgres.open()
         let store = try #require(opened as? PostgresChatStore)
         let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
-        let connection = try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(),
-                                                              configuration: PostgresChatStore.configuration(for: store.url), id: 9, logger: Logger(label: "test"))
+        let connection = try await Self.ownConnection(to: store.url)
         let number = try #require(try await connection.query("INSERT INTO cluster_nodes (name, started_at) VALUES ('n9', 0) RETURNING number",
                                                              logger: Logger(label: "test")).collect().first?.decode(Int.self))
         let message = StoredMessage(id: "n9.d1", time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h",
@@ -142,8 +146,7 @@ struct PostgresNodesTests {
         let store = try #require(opened as? PostgresChatStore)
         let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
         let logger = Logger(label: "test")
-        let connection = try await PostgresConnection.connect(on: MultiThreadedEventLoopGroup.singleton.next(),
-                                                              configuration: PostgresChatStore.configuration(for: store.url), id: 9, logger: logger)
+        let connection = try await Self.ownConnection(to: store.url)
         var numbers: [String: UInt16] = [:]
         // n0 was followed by n1 (before n1 died), n1 by n2; n2 is the node declared dead now.
         for (name, follower) in [("n0", "n1"), ("n1", "n2"), ("n2", nil), ("n3", nil), ("n4", nil), ("n5", nil)] {

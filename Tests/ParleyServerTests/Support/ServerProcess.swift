@@ -108,6 +108,16 @@ final class ServerProcess: Sendable {
     }
 
     var logText: String { log.withLockedValue { $0 } }
+
+    /// Waits until `text` is in `log` (a process's log so far) `times` times: a child process's
+    /// progress shows only there, so it is read again every 20 ms until `timeout`.
+    static func waitForLog(_ text: String, times: Int = 1, in log: () -> String, timeout: Duration = .seconds(20)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while log().components(separatedBy: text).count - 1 < times {
+            guard ContinuousClock.now < deadline else { throw Failure(description: "not \(times) times \(text) in the log:\n\(log())") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
     var isRunning: Bool { process.isRunning }
     var processIdentifier: Int32 { process.processIdentifier }
 
