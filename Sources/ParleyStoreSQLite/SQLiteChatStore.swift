@@ -16,6 +16,12 @@ public final class SQLiteChatStore: ChatStore {
     /// run on the storage thread; account inserts on their own; both go through this lock.
     private let identities = Mutex(StoredIdentities())
 
+    /// Conversation ids by key (`ConversationKey`) for the writer, so that a message's
+    /// conversation costs no lookup in the database. Conversations are never deleted, so an id
+    /// stays true; the cache is emptied when it would exceed `cachedConversations`.
+    private let conversationIDs = Mutex([String: Int64]())
+    static let cachedConversations = 100_000
+
     /// Copies the WAL into the database beside the writer (see `WALCheckpointer`).
     private let checkpointer: WALCheckpointer
 
@@ -193,6 +199,33 @@ public final class SQLiteChatStore: ChatStore {
                     read_until INTEGER NOT NULL,
                     PRIMARY KEY (group_id, account_id)
                 ) WITHOUT ROWID;
+                """)
+        }
+        migrator.registerMigration("v8-conversations") { db in
+            // Each stored message went into two indexes with scattered keys (by target and by
+            // sender), so each commit wrote two scattered index pages per message. One index by
+            // conversation serves both sides of a direct conversation and a group; an account's
+            // direct conversations are listed in `conversation_parties` (for CHATHISTORY TARGETS).
+            try db.execute(sql: """
+                CREATE TABLE conversations (
+                    id INTEGER PRIMARY KEY,
+                    key TEXT NOT NULL UNIQUE
+                );
+                CREATE TABLE conversation_parties (
+                    account_id INTEGER NOT NULL REFERENCES accounts(id),
+                    conversation_id INTEGER NOT NULL REFERENCES conversations(id),
+                    PRIMARY KEY (account_id, conversation_id)
+                ) WITHOUT ROWID;
+                ALTER TABLE messages ADD COLUMN conversation_id INTEGER;
+                INSERT OR IGNORE INTO conversations (key) SELECT \(ConversationKey.sql) FROM messages ORDER BY rowid;
+                UPDATE messages SET conversation_id = (SELECT c.id FROM conversations c WHERE c.key = \(ConversationKey.sql));
+                INSERT OR IGNORE INTO conversation_parties (account_id, conversation_id)
+                    SELECT sender_id, conversation_id FROM messages WHERE target_kind = 'direct' AND sender_id IS NOT NULL;
+                INSERT OR IGNORE INTO conversation_parties (account_id, conversation_id)
+                    SELECT target_id, conversation_id FROM messages WHERE target_kind = 'direct' AND target_id IS NOT NULL;
+                DROP INDEX messages_by_target;
+                DROP INDEX messages_by_sender;
+                CREATE INDEX messages_by_conversation ON messages(conversation_id, time);
                 """)
         }
         return migrator
@@ -389,8 +422,8 @@ public final class SQLiteChatStore: ChatStore {
 
         init(_ db: Database) throws {
             row = SQLiteBinding(try db.cachedStatement(sql: """
-                INSERT INTO messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text, client_tags)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text, client_tags, conversation_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """), in: db)
             recipientRow = SQLiteBinding(try db.cachedStatement(sql: """
                 INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
@@ -398,7 +431,7 @@ public final class SQLiteChatStore: ChatStore {
                 """), in: db)
         }
 
-        func insert(_ messages: [StoredMessage], ids: StoredIdentities) throws {
+        func insert(_ messages: [StoredMessage], ids: StoredIdentities, conversations: inout ConversationIDs, in db: Database) throws {
             for stored in messages {
                 let targetID: Int64?
                 var targetGuest: String?
@@ -412,10 +445,23 @@ public final class SQLiteChatStore: ChatStore {
                 }
                 let senderID = stored.senderAccount.flatMap { ids.accountIDs[$0] }
                 if stored.senderAccount != nil && senderID == nil { throw StoreError.unknownIdentity(stored.senderAccount ?? "") }
+                let senderGuest = stored.senderAccount == nil ? stored.senderGuest : nil
+                let conversation: Int64
+                switch stored.targetKind {
+                case .group:
+                    conversation = try conversations.id(for: ConversationKey.group(targetID ?? 0), accounts: (nil, nil), in: db)
+                case .direct:
+                    // A guest is named by its connection's identity (a message without one, which
+                    // the server does not make, is kept under its nick rather than refused).
+                    let senderParty = senderID.map(ConversationKey.account) ?? senderGuest ?? "!" + stored.senderNick
+                    let targetParty = targetID.map(ConversationKey.account) ?? targetGuest ?? stored.target
+                    conversation = try conversations.id(
+                        for: ConversationKey.direct(senderParty, targetParty), accounts: (senderID, targetID), in: db)
+                }
                 row.bind(1, stored.id)
                 row.bind(2, stored.time.millisecondsSince1970)
                 row.bind(3, senderID)
-                row.bind(4, stored.senderAccount == nil ? stored.senderGuest : nil)
+                row.bind(4, senderGuest)
                 row.bind(5, stored.senderNick)
                 row.bind(6, stored.senderPrefix)
                 row.bind(7, stored.targetKind.rawValue)
@@ -425,6 +471,7 @@ public final class SQLiteChatStore: ChatStore {
                 row.bind(11, stored.command)
                 row.bind(12, stored.text)
                 row.bind(13, stored.clientTags)
+                row.bind(14, conversation)
                 try row.run()
                 for entry in stored.recipients {
                     // Nothing is written for them, so nothing needs their id.
@@ -558,30 +605,28 @@ public final class SQLiteChatStore: ChatStore {
     }
 
     static func history(_ query: HistoryQuery, ids: StoredIdentities, in db: Database) throws -> HistoryResult {
-        // The conversation as a WHERE clause over messages.
+        // The conversation as a WHERE clause over messages (through messages_by_conversation).
         var scope: String
         var scopeArguments: [any DatabaseValueConvertible] = []
+        let byKey = "conversation_id = (SELECT id FROM conversations WHERE key = ?)"
         switch query.conversation {
         case .group(let key):
             guard let group = ids.groupIDs[key] else { return .messages([]) }
-            scope = "target_kind = 'group' AND target_id = ?"
-            scopeArguments = [group]
+            scope = byKey
+            scopeArguments = [ConversationKey.group(group)]
         case .direct(let me, let other):
             guard let myID = ids.accountIDs[me] else { return .messages([]) }
-            if let otherID = ids.accountIDs[other] {
-                scope = "target_kind = 'direct' AND ((sender_id = ? AND target_id = ?) OR (sender_id = ? AND target_id = ?))"
-                scopeArguments = [myID, otherID, otherID, myID]
-            } else {
-                // A guest: by the identity of that guest's connection, never by its nick.
-                scope = "target_kind = 'direct' AND ((sender_id = ? AND target_guest = ?) OR (sender_guest = ? AND target_id = ?))"
-                scopeArguments = [myID, other, other, myID]
-            }
+            // A guest by the identity of that guest's connection, never by its nick.
+            let otherParty = ids.accountIDs[other].map(ConversationKey.account) ?? other
+            scope = byKey
+            scopeArguments = [ConversationKey.direct(ConversationKey.account(myID), otherParty)]
         case .everything(let account, let groups):
             guard let myID = ids.accountIDs[account] else { return query.kind.isTargets ? .targets([]) : .messages([]) }
-            let groupIDs = groups.compactMap { ids.groupIDs[$0] }
-            let placeholders = groupIDs.map { _ in "?" }.joined(separator: ",")
-            scope = "((target_kind = 'direct' AND (sender_id = ? OR target_id = ?))" + (groupIDs.isEmpty ? ")" : " OR (target_kind = 'group' AND target_id IN (\(placeholders))))")
-            scopeArguments = [myID, myID] + groupIDs
+            let groupKeys = groups.compactMap { ids.groupIDs[$0] }.map(ConversationKey.group)
+            let placeholders = groupKeys.map { _ in "?" }.joined(separator: ",")
+            scope = "conversation_id IN (SELECT conversation_id FROM conversation_parties WHERE account_id = ?"
+                + (groupKeys.isEmpty ? ")" : " UNION ALL SELECT id FROM conversations WHERE key IN (\(placeholders)))")
+            scopeArguments = [myID] + groupKeys
         }
         if !query.includesEvents { scope = "(\(scope)) AND command <> 'TAGMSG'" }
         let conversation = Conversation(db: db, scope: scope, scopeArguments: scopeArguments, ids: ids)
@@ -791,7 +836,8 @@ public final class SQLiteChatStore: ChatStore {
     /// recipients' rows cascade), read markers.
     static func deleteGroup(key: String, ids: inout StoredIdentities, changes: inout [StoredIdentities.Change], in db: Database) throws {
         guard let id = ids.groupIDs[key] else { return }
-        try db.execute(sql: "DELETE FROM messages WHERE target_kind = 'group' AND target_id = ?", arguments: [id])
+        try db.execute(sql: "DELETE FROM messages WHERE conversation_id = (SELECT id FROM conversations WHERE key = ?)",
+                       arguments: [ConversationKey.group(id)])
         try db.execute(sql: "DELETE FROM read_markers WHERE target_kind = 'group' AND target_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM group_read_positions WHERE group_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM groups WHERE id = ?", arguments: [id])
@@ -804,13 +850,20 @@ public final class SQLiteChatStore: ChatStore {
         // Group changes are made on a copy and shared once the transaction commits; a rolled
         // back transaction leaves the map as the database is.
         let start = identities.withLock { $0 }
-        let changes = try pool.write { db in
-            let transaction = Transaction(db: db, ids: start)
+        let knownConversations = conversationIDs.withLock { $0 }
+        let (changes, newConversations) = try pool.write { db in
+            let transaction = Transaction(db: db, ids: start, conversations: ConversationIDs(known: knownConversations))
             try body(transaction)
-            return transaction.changes
+            return (transaction.changes, transaction.conversations.found)
         }
         if !changes.isEmpty {
             identities.withLock { shared in for change in changes { shared.apply(change) } }
+        }
+        if !newConversations.isEmpty {
+            conversationIDs.withLock { cache in
+                if cache.count + newConversations.count > Self.cachedConversations { cache.removeAll() }
+                cache.merge(newConversations) { _, new in new }
+            }
         }
     }
 
@@ -819,16 +872,18 @@ public final class SQLiteChatStore: ChatStore {
         let db: Database
         var ids: StoredIdentities
         var changes: [StoredIdentities.Change] = []
+        var conversations: ConversationIDs
         private var inserter: MessageInserter?
 
-        init(db: Database, ids: StoredIdentities) {
+        init(db: Database, ids: StoredIdentities, conversations: ConversationIDs) {
             self.db = db
             self.ids = ids
+            self.conversations = conversations
         }
 
         func storeMessages(_ messages: [StoredMessage]) throws {
             if inserter == nil { inserter = try MessageInserter(db) }
-            try inserter?.insert(messages, ids: ids)
+            try inserter?.insert(messages, ids: ids, conversations: &conversations, in: db)
         }
 
         func updateRecipients(_ updates: [RecipientUpdate]) throws {

@@ -196,4 +196,67 @@ struct MigrationTests {
         try queue.close()
     }
 
+    @Test func theV8MigrationFindsEveryConversationThroughOneIndex() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // Account ids 9 and 10 sort differently as text ("a10" < "a9") than as numbers, and a
+        // guest's identity ("!...") before any account: the key written by the migration's SQL
+        // must be the one the store computes for a new message of the same conversation.
+        try await writeOldDatabase(at: path, upTo: "v7-group-positions", [
+            """
+            INSERT INTO accounts (id, key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES (9, 'alice', 'alice', x'00', 4096, x'01', x'02', 1000), (10, 'bob', 'bob', x'00', 4096, x'01', x'02', 1000),
+                   (11, 'carol', 'carol', x'00', 4096, x'01', x'02', 1000)
+            """,
+            "INSERT INTO groups (key, name, created_at, owner_id, modes) VALUES ('#team', '#team', 1000, 9, 'int')",
+            "INSERT INTO group_members (group_id, account_id, role) VALUES (1, 9, 3), (1, 10, 0)",
+            """
+            INSERT INTO messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text)
+            VALUES ('d1', 2000, 9, NULL, 'alice', 'alice!~a@h', 'direct', 10, NULL, NULL, 'PRIVMSG', 'alice to bob'),
+                   ('d2', 2001, 10, NULL, 'bob', 'bob!~b@h', 'direct', 9, NULL, NULL, 'PRIVMSG', 'bob to alice'),
+                   ('d3', 2002, 9, NULL, 'alice', 'alice!~a@h', 'direct', 11, NULL, NULL, 'PRIVMSG', 'alice to carol'),
+                   ('g1', 2003, NULL, '!abc.7', 'visitor', 'visitor!~v@h', 'direct', 10, NULL, NULL, 'PRIVMSG', 'guest to bob'),
+                   ('g2', 2004, 10, NULL, 'bob', 'bob!~b@h', 'direct', NULL, '!abc.7', 'visitor', 'PRIVMSG', 'bob to guest'),
+                   ('t1', 2005, 9, NULL, 'alice', 'alice!~a@h', 'group', 1, NULL, NULL, 'PRIVMSG', 'to the team')
+            """,
+        ])
+        let store = try SQLiteChatStore(path: path)
+        let now = Timestamp(millisecondsSince1970: 3000)
+        try store.transaction {
+            try $0.storeMessages([
+                StoredMessage(id: "d4", time: now, senderNick: "bob", senderAccount: "bob", senderPrefix: "bob!~b@h", targetKind: .direct,
+                              target: "alice", command: "PRIVMSG", text: "bob to alice after"),
+                StoredMessage(id: "g3", time: now.adding(milliseconds: 1), senderNick: "visitor", senderAccount: nil, senderGuest: "!abc.7", senderPrefix: "visitor!~v@h",
+                              targetKind: .direct, target: "bob", command: "PRIVMSG", text: "guest to bob after"),
+                StoredMessage(id: "t2", time: now.adding(milliseconds: 2), senderNick: "bob", senderAccount: "bob", senderPrefix: "bob!~b@h", targetKind: .group,
+                              target: "#team", command: "PRIVMSG", text: "to the team after"),
+            ])
+        }
+        func texts(_ conversation: HistoryQuery.Conversation) throws -> [String] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: conversation, kind: .latest(after: nil), limit: 10)) else { return ["not messages"] }
+            return found.map(\.text)
+        }
+        #expect(try texts(.direct("alice", "bob")) == ["alice to bob", "bob to alice", "bob to alice after"])
+        #expect(try texts(.direct("bob", "alice")) == ["alice to bob", "bob to alice", "bob to alice after"])
+        #expect(try texts(.direct("carol", "alice")) == ["alice to carol"])
+        #expect(try texts(.direct("bob", "!abc.7")) == ["guest to bob", "bob to guest", "guest to bob after"])
+        #expect(try texts(.direct("alice", "!abc.7")).isEmpty)
+        #expect(try texts(.group("#team")) == ["to the team", "to the team after"])
+        guard case .targets(let targets) = try store.loadHistory(HistoryQuery(
+            conversation: .everything(account: "bob", groups: ["#team"]),
+            kind: .targets(Timestamp(millisecondsSince1970: 0), Timestamp(millisecondsSince1970: 10_000)), limit: 10)) else {
+            Issue.record("expected targets"); return
+        }
+        #expect(targets.map(\.key) == ["alice", "!abc.7", "#team"])
+        try await store.close()
+
+        // Messages are found through one index of their conversation, not by target and sender.
+        let queue = try DatabaseQueue(path: path)
+        let indexes = try await queue.read { db in
+            try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL")
+        }
+        #expect(indexes == ["messages_by_conversation"])
+        try queue.close()
+    }
+
 }

@@ -1,0 +1,53 @@
+import GRDB
+
+/// The text that names a conversation in `conversations.key`: `g<group id>` for a group; for a
+/// direct conversation its two parties (`a<account id>`, or a guest's identity) in byte order,
+/// separated by a space, so that both directions of a conversation name the same one.
+enum ConversationKey {
+    static func group(_ id: Int64) -> String { "g\(id)" }
+
+    static func account(_ id: Int64) -> String { "a\(id)" }
+
+    static func direct(_ first: String, _ second: String) -> String {
+        // Byte order, as SQLite's min() and max() compare text in `sql`.
+        first.utf8.lexicographicallyPrecedes(second.utf8) ? first + " " + second : second + " " + first
+    }
+
+    /// The same key computed from a `messages` row (for the migration that added the column).
+    static let sql = """
+        (CASE WHEN target_kind = 'group' THEN 'g' || target_id
+              ELSE min(COALESCE('a' || sender_id, sender_guest), COALESCE('a' || target_id, target_guest)) || ' ' ||
+                   max(COALESCE('a' || sender_id, sender_guest), COALESCE('a' || target_id, target_guest)) END)
+        """
+}
+
+/// Conversation ids by key as one write transaction sees them: those known when it began (the
+/// store's cache), and those it looked up or created, which join the cache once it commits
+/// (a rolled-back transaction's new conversations do not exist).
+struct ConversationIDs {
+    private let known: [String: Int64]
+    private(set) var found: [String: Int64] = [:]
+
+    init(known: [String: Int64]) {
+        self.known = known
+    }
+
+    /// The conversation's id, creating it (and its accounts' rows in `conversation_parties`)
+    /// the first time.
+    mutating func id(for key: String, accounts: (Int64?, Int64?), in db: Database) throws -> Int64 {
+        if let id = known[key] ?? found[key] { return id }
+        let id: Int64
+        if let existing = try Int64.fetchOne(db.cachedStatement(sql: "SELECT id FROM conversations WHERE key = ?"), arguments: [key]) {
+            id = existing
+        } else {
+            try db.cachedStatement(sql: "INSERT INTO conversations (key) VALUES (?)").execute(arguments: [key])
+            id = db.lastInsertedRowID
+            let party = try db.cachedStatement(sql: "INSERT OR IGNORE INTO conversation_parties (account_id, conversation_id) VALUES (?, ?)")
+            for account in [accounts.0, accounts.1].compactMap({ $0 }) {
+                try party.execute(arguments: [account, id])
+            }
+        }
+        found[key] = id
+        return id
+    }
+}
