@@ -29,6 +29,11 @@ public final class PostgresChatStore: ChatStore {
     private let identities = Mutex(StoredIdentities())
     /// The node whose undelivered rows `loadDeliveryState` loads (all of them when nil).
     private let holdingNode = Mutex<String?>(nil)
+    /// Direct conversations whose accounts' `conversation_parties` rows this node has seen
+    /// committed, so that a message of one costs no write there. Rows are never deleted; the
+    /// set is emptied when it would exceed `cachedConversations`.
+    private let conversationsWithParties = Mutex(Set<String>())
+    static let cachedConversations = 100_000
 
     private init(url: PostgresDatabaseURL, logger: Logger, eventLoopGroup: any EventLoopGroup,
                  transactionConnection: PostgresConnection, sharedConnection: PostgresConnection, identities: StoredIdentities) {
@@ -329,7 +334,8 @@ public final class PostgresChatStore: ChatStore {
             do { connection = try live(&slot) } catch { throw explained(error) }
             do { try refreshIdentities(on: connection) } catch { throw explained(error) }
             let start = identities.withLock { $0 }
-            let transaction = Transaction(connection: connection, ids: start, logger: logger)
+            let transaction = Transaction(connection: connection, ids: start, conversationsWithParties: conversationsWithParties.withLock { $0 },
+                                          logger: logger)
             do {
                 try connection.run("BEGIN", logger: logger)
                 try body(transaction)
@@ -339,6 +345,12 @@ public final class PostgresChatStore: ChatStore {
                 // A broken connection cannot roll back; it is closed, and the next transaction opens a new one.
                 _ = try? connection.run("ROLLBACK", logger: logger)
                 throw explained(error)
+            }
+            if !transaction.newConversations.isEmpty {
+                conversationsWithParties.withLock { known in
+                    if known.count + transaction.newConversations.count > Self.cachedConversations { known.removeAll() }
+                    known.formUnion(transaction.newConversations)
+                }
             }
             return transaction.changes
         }
@@ -359,6 +371,11 @@ public final class PostgresChatStore: ChatStore {
         let logger: Logger
         var ids: StoredIdentities
         var changes: [StoredIdentities.Change] = []
+        /// Direct conversations known to have their `conversation_parties` rows, and those this
+        /// transaction writes them for.
+        private let conversationsWithParties: Set<String>
+        private(set) var newConversations: Set<String> = []
+        private var partyRows: [SQLValue] = []
 
         /// Rows for `COPY ... FROM STDIN`: PostgreSQL's bulk path, with no statement to parse or
         /// parameters to bind (with multi-row INSERTs those cost a third of a batch).
@@ -393,9 +410,10 @@ public final class PostgresChatStore: ChatStore {
             var target: Int64
         }
 
-        init(connection: PostgresConnection, ids: StoredIdentities, logger: Logger) {
+        init(connection: PostgresConnection, ids: StoredIdentities, conversationsWithParties: Set<String>, logger: Logger) {
             self.connection = connection
             self.ids = ids
+            self.conversationsWithParties = conversationsWithParties
             self.logger = logger
         }
 
@@ -420,6 +438,18 @@ public final class PostgresChatStore: ChatStore {
                 }
                 let senderID = stored.senderAccount.flatMap { ids.accountIDs[$0] }
                 if stored.senderAccount != nil && senderID == nil { throw StoreError.unknownIdentity(stored.senderAccount ?? "") }
+                if stored.targetKind == .direct {
+                    // The database computes the message's `conversation` itself; its accounts
+                    // are listed under it for CHATHISTORY TARGETS.
+                    let senderGuest = stored.senderAccount == nil ? stored.senderGuest : nil
+                    if let senderParty = senderID.map(ConversationKey.account) ?? senderGuest,
+                       let targetParty = targetID.map(ConversationKey.account) ?? targetGuest {
+                        let key = ConversationKey.direct(senderParty, targetParty)
+                        if !conversationsWithParties.contains(key), newConversations.insert(key).inserted {
+                            for account in [senderID, targetID].compactMap({ $0 }) { partyRows += [.int(account), .text(key)] }
+                        }
+                    }
+                }
                 // Members without a row of their own are written nowhere, so nothing needs their id.
                 var recipients: [(entry: StoredRecipient, id: Int64)] = []
                 for entry in stored.recipients where !DerivedRecipients.needsNoRow(entry, of: stored) {
@@ -496,6 +526,10 @@ public final class PostgresChatStore: ChatStore {
                     "id", "time", "sender_id", "sender_guest", "sender_nick", "sender_prefix", "target_kind", "target_id",
                     "target_guest", "target_name", "command", "text", "client_tags",
                 ])
+            }
+            if !partyRows.isEmpty {
+                try insert(into: "conversation_parties (account_id, conversation)", width: 2, partyRows, suffix: " ON CONFLICT DO NOTHING")
+                partyRows.removeAll(keepingCapacity: true)
             }
             if recipientRows.count > 0 {
                 try copy(&recipientRows, into: "message_recipients",
@@ -710,10 +744,9 @@ public final class PostgresChatStore: ChatStore {
             try flush()
             // Recipients' rows have no foreign key to cascade from (checking one per row cost a
             // quarter of the database's time on the message path): deleted with their messages.
-            _ = try run("""
-                DELETE FROM message_recipients WHERE message_id IN (SELECT id FROM messages WHERE target_kind = 'group' AND target_id = ?)
-                """, [.int(id)])
-            _ = try run("DELETE FROM messages WHERE target_kind = 'group' AND target_id = ?", [.int(id)])
+            let conversation = SQLValue.text(ConversationKey.group(id))
+            _ = try run("DELETE FROM message_recipients WHERE message_id IN (SELECT id FROM messages WHERE conversation = ?)", [conversation])
+            _ = try run("DELETE FROM messages WHERE conversation = ?", [conversation])
             _ = try run("DELETE FROM read_markers WHERE target_kind = 'group' AND target_id = ?", [.int(id)])
             _ = try run("DELETE FROM group_read_positions WHERE group_id = ?", [.int(id)])
             _ = try run("DELETE FROM groups WHERE id = ?", [.int(id)])

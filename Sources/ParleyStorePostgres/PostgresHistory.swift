@@ -17,28 +17,24 @@ struct PostgresHistory {
         switch query.conversation {
         case .group(let key):
             guard let group = ids.groupIDs[key] else { return .messages([]) }
-            scope = "target_kind = 'group' AND target_id = ?"
-            scopeValues = [.int(group)]
+            scope = "conversation = ?"
+            scopeValues = [.text(ConversationKey.group(group))]
         case .direct(let me, let other):
             guard let myID = ids.accountIDs[me] else { return .messages([]) }
-            if let otherID = ids.accountIDs[other] {
-                scope = "target_kind = 'direct' AND ((sender_id = ? AND target_id = ?) OR (sender_id = ? AND target_id = ?))"
-                scopeValues = [.int(myID), .int(otherID), .int(otherID), .int(myID)]
-            } else {
-                // A guest: by the identity of that guest's connection, never by its nick.
-                scope = "target_kind = 'direct' AND ((sender_id = ? AND target_guest = ?) OR (sender_guest = ? AND target_id = ?))"
-                scopeValues = [.int(myID), .text(other), .text(other), .int(myID)]
-            }
+            // A guest by the identity of that guest's connection, never by its nick.
+            let otherParty = ids.accountIDs[other].map(ConversationKey.account) ?? other
+            scope = "conversation = ?"
+            scopeValues = [.text(ConversationKey.direct(ConversationKey.account(myID), otherParty))]
         case .everything(let account, let groups):
             guard let myID = ids.accountIDs[account] else {
                 if case .targets = query.kind { return .targets([]) }
                 return .messages([])
             }
-            let groupIDs = groups.compactMap { ids.groupIDs[$0] }
-            let placeholders = groupIDs.map { _ in "?" }.joined(separator: ",")
-            scope = "((target_kind = 'direct' AND (sender_id = ? OR target_id = ?))"
-                + (groupIDs.isEmpty ? ")" : " OR (target_kind = 'group' AND target_id IN (\(placeholders))))")
-            scopeValues = [.int(myID), .int(myID)] + groupIDs.map { .int($0) }
+            let groupKeys = groups.compactMap { ids.groupIDs[$0] }.map(ConversationKey.group)
+            let placeholders = groupKeys.map { _ in "?" }.joined(separator: ",")
+            scope = "(conversation IN (SELECT conversation FROM conversation_parties WHERE account_id = ?)"
+                + (groupKeys.isEmpty ? ")" : " OR conversation IN (\(placeholders)))")
+            scopeValues = [.int(myID)] + groupKeys.map { .text($0) }
         }
         if !query.includesEvents { scope = "(\(scope)) AND command <> 'TAGMSG'" }
 

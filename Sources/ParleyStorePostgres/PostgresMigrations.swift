@@ -194,6 +194,36 @@ enum PostgresMigrations {
             "ALTER TABLE cluster_events ADD COLUMN sender_run BIGINT",
             "ALTER TABLE cluster_events ADD COLUMN sequence BIGINT",
         ]),
+        Migration(version: 9, name: "conversations", statements: [
+            // One index by conversation instead of two (by target and by sender, whose keys began
+            // with a text compared under the database's collation at every step of every
+            // insert). The key (`ConversationKey`) is computed by the database from the row, so
+            // rows written by a node of an earlier version during an upgrade get it too.
+            """
+            ALTER TABLE messages ADD COLUMN conversation TEXT COLLATE "C" GENERATED ALWAYS AS (
+                CASE WHEN target_kind = 'group' THEN 'g' || target_id::text
+                     ELSE LEAST(COALESCE('a' || sender_id::text, sender_guest) COLLATE "C", COALESCE('a' || target_id::text, target_guest) COLLATE "C")
+                          || ' ' ||
+                          GREATEST(COALESCE('a' || sender_id::text, sender_guest) COLLATE "C", COALESCE('a' || target_id::text, target_guest) COLLATE "C")
+                END) STORED
+            """,
+            // An account's direct conversations, for CHATHISTORY TARGETS.
+            """
+            CREATE TABLE conversation_parties (
+                account_id BIGINT NOT NULL,
+                conversation TEXT COLLATE "C" NOT NULL,
+                PRIMARY KEY (account_id, conversation)
+            )
+            """,
+            """
+            INSERT INTO conversation_parties (account_id, conversation)
+                SELECT sender_id, conversation FROM messages WHERE target_kind = 'direct' AND sender_id IS NOT NULL
+                UNION SELECT target_id, conversation FROM messages WHERE target_kind = 'direct' AND target_id IS NOT NULL
+            """,
+            "DROP INDEX messages_by_target",
+            "DROP INDEX messages_by_sender",
+            "CREATE INDEX messages_by_conversation ON messages(conversation, time)",
+        ]),
     ]
 
     static var latestVersion: Int { all.last?.version ?? 0 }

@@ -29,9 +29,39 @@ struct PostgresMigrationTests {
         let (url, drop) = try await TestPostgres.freshDatabase()
         try await PostgresChatStore.open(url: url).close()
         try await TestPostgres.execute("INSERT INTO parley_schema_migrations (version, name) VALUES (999, 'from-the-future')", on: url)
-        await #expect(throws: PostgresStoreError.schemaTooNew(found: 999, supported: 8)) {
+        await #expect(throws: PostgresStoreError.schemaTooNew(found: 999, supported: 9)) {
             try await PostgresChatStore.open(url: url)
         }
+        try await drop()
+    }
+
+    @Test func aMessageWrittenByAnEarlierVersionIsInItsConversation() async throws {
+        let (url, drop) = try await TestPostgres.freshDatabase()
+        let store = try await PostgresChatStore.open(url: url)
+        for name in ["alice", "bob"] {
+            try await store.insertAccount(AccountRecord(
+                name: name, key: name, credential: PasswordCredential(salt: [0], iterations: 1, storedKey: [1], serverKey: [2]),
+                createdAt: Date(timeIntervalSince1970: 0)))
+        }
+        // A node of the version before the conversation index writes the columns it knows,
+        // during a rolling upgrade: the database gives the row its conversation.
+        try await TestPostgres.execute("""
+            INSERT INTO messages (id, time, sender_id, sender_nick, sender_prefix, target_kind, target_id, command, text)
+            SELECT 'old-1', 1000, a.id, 'bob', 'bob!~b@h', 'direct', b.id, 'PRIVMSG', 'from an older node'
+            FROM accounts a, accounts b WHERE a.key = 'bob' AND b.key = 'alice'
+            """, on: url)
+        try store.transaction {
+            try $0.storeMessages([StoredMessage(
+                id: "new-1", time: Timestamp(millisecondsSince1970: 2000), senderNick: "alice", senderAccount: "alice",
+                senderPrefix: "alice!~a@h", targetKind: .direct, target: "bob", command: "PRIVMSG", text: "from this version")])
+        }
+        for (me, other) in [("alice", "bob"), ("bob", "alice")] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(conversation: .direct(me, other), kind: .latest(after: nil), limit: 10)) else {
+                Issue.record("expected messages"); continue
+            }
+            #expect(found.map(\.text) == ["from an older node", "from this version"], "\(me)'s history with \(other)")
+        }
+        try await store.close()
         try await drop()
     }
 

@@ -1,18 +1,7 @@
 import GRDB
+import ParleyStorage
 
-/// The text that names a conversation in `conversations.key`: `g<group id>` for a group; for a
-/// direct conversation its two parties (`a<account id>`, or a guest's identity) in byte order,
-/// separated by a space, so that both directions of a conversation name the same one.
-enum ConversationKey {
-    static func group(_ id: Int64) -> String { "g\(id)" }
-
-    static func account(_ id: Int64) -> String { "a\(id)" }
-
-    static func direct(_ first: String, _ second: String) -> String {
-        // Byte order, as SQLite's min() and max() compare text in `sql`.
-        first.utf8.lexicographicallyPrecedes(second.utf8) ? first + " " + second : second + " " + first
-    }
-
+extension ConversationKey {
     /// The same key computed from a `messages` row (for the migration that added the column).
     static let sql = """
         (CASE WHEN target_kind = 'group' THEN 'g' || target_id
