@@ -10,6 +10,7 @@
 #
 #   bench/cluster.sh                 # builds parley-server and parley-bench in release mode first
 #   PAIRS=100 WINDOW=16 DURATION=10 MEMBERS=200 WORKLOADS="direct fanout" bench/cluster.sh
+#   BIN=/tmp/old (that directory's parley-server and parley-bench, no build),
 #   KEEP=1 (keep the work directory: node and database logs), SKIP_SQLITE=1,
 #   PGOPTS='-c log_min_duration_statement=100', EXTRA_LIMITS=', "storageQueueLimit": 0'
 set -euo pipefail

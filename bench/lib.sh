@@ -8,6 +8,8 @@ BENCH_CPU=${BENCH_CPU:-1}
 
 # Builds parley-server and parley-bench in release mode; sets `bin` to where they are.
 bench_build() {
+    # BIN=dir runs the parley-server and parley-bench found there (an older build) instead.
+    if [ -n "${BIN:-}" ]; then bin=$BIN; return; fi
     # One --product per call: with two, swift build builds only the last.
     for product in parley-server parley-bench; do
         swift build -c release --product "$product" >/dev/null
