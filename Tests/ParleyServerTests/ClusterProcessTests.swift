@@ -162,9 +162,11 @@ struct ClusterProcessTests {
             return try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "before n1 heard of you" }
         }
 
-        // Once n1 has heard of bob's JOIN (its line to alice), a second message: bob must have
-        // had the first before it, once.
-        try await alice.expect(timeout: .seconds(20), "bob's JOIN") { $0.command == "JOIN" && $0.source?.description.hasPrefix("bob!") == true }
+        // Once n1 has heard of the JOINs (their lines to alice), a second message: each must
+        // have had the first before it, once.
+        for nick in ["bob", "gus"] {
+            try await alice.expect(timeout: .seconds(20), "\(nick)'s JOIN") { $0.command == "JOIN" && $0.source?.description.hasPrefix(nick + "!") == true }
+        }
         alice.send("PRIVMSG #open :after")
         let bobSaw = try await bob.lines(through: { $0.command == "PRIVMSG" && $0.parameters.last == "after" }, "the second message",
                                          timeout: .seconds(20))
