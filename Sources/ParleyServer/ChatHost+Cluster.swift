@@ -63,7 +63,7 @@ extension ChatHost {
         // Consecutive events and channel lines are applied under one lock: a user's snapshot and
         // the settings of the channels it makes here show together, never one without the other.
         var pending: [ClusterRecord] = []
-        func applyEvents() {
+        func applyPending() {
             guard !pending.isEmpty else { return }
             let batch = pending
             pending.removeAll()
@@ -94,7 +94,7 @@ extension ChatHost {
             default:
                 break
             }
-            applyEvents()
+            applyPending()
             switch record {
             case .hello(let rejoin):
                 // After a restart, whatever this node knew of the sender's previous run is
@@ -121,7 +121,7 @@ extension ChatHost {
                 break  // after this node stopped waiting for it (`queueWhileCatchingUp`)
             }
         }
-        applyEvents()
+        applyPending()
         Self.write(writes)
     }
 
