@@ -13,6 +13,9 @@
 #   BIN=/tmp/old (that directory's parley-server and parley-bench, no build),
 #   KEEP=1 (keep the work directory: node and database logs), SKIP_SQLITE=1,
 #   PGOPTS='-c log_min_duration_statement=100', EXTRA_LIMITS=', "storageQueueLimit": 0'
+# With BEFORE=path/to/an/older/parley-server, each setup also runs on that binary (rows labelled
+# "before: ..."), just before this build's, so both sets of figures come from the same minutes of
+# this shared machine; RUNS=N repeats the whole set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-100}
@@ -20,6 +23,7 @@ WINDOW=${WINDOW:-16}
 DURATION=${DURATION:-10}
 MEMBERS=${MEMBERS:-200}
 WORKLOADS=${WORKLOADS:-direct fanout}
+RUNS=${RUNS:-1}
 . bench/lib.sh
 bench_build
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -49,7 +53,7 @@ write_parley_config "${EXTRA_LIMITS:-}"
 start_node() { # name port [database]
     local extra=()
     [ -n "${3:-}" ] && extra=(--database "$3" --node-name "$1")
-    "$bin/parley-server" --config "$work/parley.json" --data-dir "$work/data-$1" --listen "127.0.0.1:$2" \
+    "${server:-$bin/parley-server}" --config "$work/parley.json" --data-dir "$work/data-$1" --listen "127.0.0.1:$2" \
         --log-level warning "${extra[@]}" >"$work/$1.log" 2>&1 &
     pids+=($!)
     wait_for_port "$2" "node $1" "$work/$1.log"
@@ -71,13 +75,13 @@ run() { # label ports...
     local label=$1; shift
     local args=()
     for port in "$@"; do args+=(--port "$port"); done
-    bench_with_timeout "$label" direct --accounts --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}"
+    bench_with_timeout "$label" direct --accounts --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --server "$prefix$label" "${args[@]}"
 }
 run_fanout() { # label ports...
     local label=$1; shift
     local args=()
     for port in "$@"; do args+=(--port "$port"); done
-    bench_with_timeout "$label" fanout --members "$MEMBERS" --window "$WINDOW" --duration "$DURATION" --server "$label" "${args[@]}"
+    bench_with_timeout "$label" fanout --members "$MEMBERS" --window "$WINDOW" --duration "$DURATION" --server "$prefix$label" "${args[@]}"
 }
 databases=0
 fresh_database() { # sets db to a new, empty database's URL
@@ -86,6 +90,7 @@ fresh_database() { # sets db to a new, empty database's URL
     db="postgresql://postgres@127.0.0.1:$pgport/parley$databases"
 }
 
+setups() {
 if [[ " $WORKLOADS " == *" direct "* ]]; then
     [ -n "${SKIP_SQLITE:-}" ] || { p1=$(free_port); start_node sqlite "$p1"; run "1 node, SQLite" "$p1"; stop_nodes; }
     fresh_database; p1=$(free_port); start_node n1 "$p1" "$db"; run "1 node, PostgreSQL" "$p1"; stop_nodes
@@ -102,12 +107,17 @@ if [[ " $WORKLOADS " == *" fanout "* ]]; then
     start_node n1 "$p1" "$db"; start_node n2 "$p2" "$db"
     run_fanout "fanout: members on 2 nodes" "$p1" "$p2"; stop_nodes
 fi
+}
+for ((round = 1; round <= RUNS; round++)); do
+    if [ -n "${BEFORE:-}" ]; then server=$BEFORE prefix="before: " setups; fi
+    server="" prefix="" setups
+done
 
 python3 - "$work/results.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print(f"{'setup':<42} {'msgs/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'reordered':>9} {'bench cpu %':>11}")
+print(f"{'setup':<50} {'msgs/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'lost':>5} {'reordered':>9} {'bench cpu %':>11}")
 print("(fanout rows: deliveries/s)")
 for r in rows:
-    print(f"{r['server']:<42} {r['delivered_per_s']:>9.0f} {r['p50_us']/1000:>7.1f} {r['p99_us']/1000:>7.1f} {int(r['lost']):>5} {int(r['reordered']):>9} {r['bench_cpu_pct']:>11.0f}")
+    print(f"{r['server']:<50} {r['delivered_per_s']:>9.0f} {r['p50_us']/1000:>7.1f} {r['p99_us']/1000:>7.1f} {int(r['lost']):>5} {int(r['reordered']):>9} {r['bench_cpu_pct']:>11.0f}")
 PY

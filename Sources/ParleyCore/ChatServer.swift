@@ -135,6 +135,10 @@ public struct ChatServer: Sendable {
     /// The other nodes' prefixes of guest identities (`guestIdentityPrefix(ofNode:)`), by node
     /// number, from their users' snapshots.
     var remoteGuestIdentityPrefixes: [UInt16: String] = [:]
+    /// The other nodes that write a channel's lines to their own members themselves
+    /// (`Outbox.channelLines`): those that said so since they last started. A node of an
+    /// earlier version never says so, and is sent a line per member, as it expects.
+    public internal(set) var channelLineNodes: Set<UInt16> = []
 
     struct NickHolder: Sendable {
         var connections: NickConnections

@@ -38,6 +38,31 @@ public struct Outbox: Sendable {
         /// The other nodes the lines went to, for an account connected to several.
         public var alsoVia: [UInt16] = []
     }
+    /// Lines for a channel's members on the other nodes (`ClusterRecord.channelLine`): each of
+    /// those nodes writes them to its own members, from its own member list, so that a member
+    /// who has just joined there gets them even before this node heard of the JOIN. Empty when
+    /// no other node takes them (`ChatServer.channelLineNodes`).
+    public var channelLines: [ChannelLine] = []
+
+    /// A line for the members of a channel that are on other nodes.
+    public struct ChannelLine: Sendable, Equatable {
+        /// The channel's key.
+        public var channel: String
+        /// `@` or `+` for a STATUSMSG (members of that status or higher only), else nil.
+        public var statusPrefix: UInt8?
+        /// The line with every tag; each receiver gets the tags its capabilities allow.
+        public var line: ByteBuffer
+        /// How many of `deliveries` were queued before it: the lines for other nodes'
+        /// connections keep their order around it.
+        public var afterDeliveries: Int
+
+        public init(channel: String, statusPrefix: UInt8?, line: ByteBuffer, afterDeliveries: Int) {
+            self.channel = channel
+            self.statusPrefix = statusPrefix
+            self.line = line
+            self.afterDeliveries = afterDeliveries
+        }
+    }
     /// Where lines for one connection are encoded in place while the shell lends it (the
     /// server's write batch, for the call that reads a client's line); nil otherwise.
     public var sink: (any OutboxSink)?
@@ -50,13 +75,14 @@ public struct Outbox: Sendable {
 
     public init() {}
 
-    public var isEmpty: Bool { deliveries.isEmpty && actions.isEmpty && clusterEvents.isEmpty && handOvers.isEmpty }
+    public var isEmpty: Bool { deliveries.isEmpty && actions.isEmpty && clusterEvents.isEmpty && handOvers.isEmpty && channelLines.isEmpty }
 
     public mutating func removeAll() {
         deliveries.removeAll(keepingCapacity: true)
         actions.removeAll(keepingCapacity: true)
         clusterEvents.removeAll()
         handOvers.removeAll()
+        channelLines.removeAll()
         lastLineIsPrivate = false
     }
 

@@ -36,6 +36,7 @@ extension ChatHost {
         guard let cluster else { return }
         var payload = ByteBuffer()
         ClusterCodec.append(.hello(rejoin: rejoin), to: &payload)
+        ClusterCodec.append(.writesChannelLines, to: &payload)
         for event in withCore({ $0.localSessionAnnouncements() }) { ClusterCodec.append(.event(event), to: &payload) }
         cluster.send(payload, to: nil)
     }
@@ -59,24 +60,41 @@ extension ChatHost {
     private func apply(_ records: [ClusterRecord], from source: UInt16) {
         guard let cluster else { return }
         var writes: [ResolvedDelivery] = []
-        // Consecutive events are applied under one lock: a user's snapshot and the settings of
-        // the channels it makes here show together, never one without the other.
-        var events: [ClusterEvent] = []
-        func applyEvents() {
-            guard !events.isEmpty else { return }
-            let batch = events
-            events.removeAll()
+        // Consecutive events and channel lines are applied under one lock: a user's snapshot and
+        // the settings of the channels it makes here show together, never one without the other.
+        var pending: [ClusterRecord] = []
+        func applyPending() {
+            guard !pending.isEmpty else { return }
+            let batch = pending
+            pending.removeAll()
             writes += perform { core, outbox in
-                for event in batch { core.applyClusterEvent(event, now: Self.now(), into: &outbox) }
+                for record in batch {
+                    switch record {
+                    case .event(let event):
+                        core.applyClusterEvent(event, now: Self.now(), into: &outbox)
+                    case .channelLine(let channel, let statusPrefix, let line):
+                        core.deliverChannelLine(line, channel: channel, statusPrefix: statusPrefix, into: &outbox)
+                    case .writesChannelLines:
+                        core.peerWritesChannelLines(source)
+                    default:
+                        break
+                    }
+                }
             }
         }
         for record in records {
-            if case .event(let event) = record {
+            switch record {
+            case .event(let event):
                 logger.debug("cluster event", metadata: ["node": "\(source)", "event": "\(event)"])
-                events.append(event)
+                pending.append(record)
                 continue
+            case .channelLine, .writesChannelLines:
+                pending.append(record)
+                continue
+            default:
+                break
             }
-            applyEvents()
+            applyPending()
             switch record {
             case .hello(let rejoin):
                 // After a restart, whatever this node knew of the sender's previous run is
@@ -85,12 +103,13 @@ extension ChatHost {
                     writes += perform { core, outbox in core.remoteNodeGone(source, now: Self.now(), into: &outbox) }
                 }
                 var reply = ByteBuffer()
+                ClusterCodec.append(.writesChannelLines, to: &reply)
                 for event in withCore({ $0.localSessionAnnouncements() + $0.transientChannelAnnouncements() }) {
                     ClusterCodec.append(.event(event), to: &reply)
                 }
-                if reply.readableBytes > 0 { cluster.send(reply, to: source) }
+                cluster.send(reply, to: source)
                 if !rejoin { answerHello(from: source) }
-            case .event:
+            case .event, .channelLine, .writesChannelLines:
                 break  // gathered above
             case .lines(let connection, let lines):
                 if let delivery = resolve(connection, line: lines, closeAfter: false) { writes.append(delivery) }
@@ -102,7 +121,7 @@ extension ChatHost {
                 break  // after this node stopped waiting for it (`queueWhileCatchingUp`)
             }
         }
-        applyEvents()
+        applyPending()
         Self.write(writes)
     }
 

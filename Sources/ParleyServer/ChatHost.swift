@@ -206,7 +206,22 @@ final class ChatHost: Sendable {
             defer { state.outbox.removeAll() }
             // Lines for other nodes' connections, by node, in order.
             var remote: [UInt16: ByteBuffer] = [:]
-            for delivery in state.outbox.deliveries {
+            // Channel lines go to every node that writes them to its own members, in their
+            // place among the lines for single connections.
+            let channelLines = state.outbox.channelLines
+            var nextChannelLine = 0
+            func appendChannelLines(queuedBefore position: Int) {
+                while nextChannelLine < channelLines.count, channelLines[nextChannelLine].afterDeliveries <= position {
+                    let channelLine = channelLines[nextChannelLine]
+                    nextChannelLine += 1
+                    var record = ByteBuffer()
+                    ClusterCodec.append(.channelLine(channel: channelLine.channel, statusPrefix: channelLine.statusPrefix, line: channelLine.line),
+                                        to: &record)
+                    for node in state.core.channelLineNodes { remote[node, default: ByteBuffer()].writeImmutableBuffer(record) }
+                }
+            }
+            for (position, delivery) in state.outbox.deliveries.enumerated() {
+                if !channelLines.isEmpty { appendChannelLines(queuedBefore: position) }
                 if let batch {
                     if batch.add(delivery.line, to: delivery.connection, in: state.connections) { continue }
                 } else if let resolvedDelivery = state.connections.delivery(to: delivery.connection, line: delivery.line) {
@@ -218,6 +233,7 @@ final class ChatHost: Sendable {
                     ClusterCodec.append(.lines(delivery.connection, delivery.line), to: &remote[delivery.connection.node, default: ByteBuffer()])
                 }
             }
+            if !channelLines.isEmpty { appendChannelLines(queuedBefore: .max) }
             if let cluster {
                 // Sent while the lock is held: the order of the domain's decisions is the order
                 // in which the other nodes see them.

@@ -9,12 +9,23 @@ import Testing
 struct ClusterHarness {
     var nodes: [CoreHarness]
 
-    init(nodes count: Int = 2, accounts: [(String, String)] = []) {
+    /// Nodes (indices) of an earlier version, which neither write channel lines to their own
+    /// members (they skip those records) nor say they do.
+    let earlierVersion: Set<Int>
+
+    init(nodes count: Int = 2, accounts: [(String, String)] = [], earlierVersion: Set<Int> = []) {
+        self.earlierVersion = earlierVersion
         nodes = (1...count).map { number in
             CoreHarness(configure: {
                 $0.clusterNode = UInt16(number)
                 $0.clusterNodeName = "n\(number)"
             }, accounts: accounts)
+        }
+        // What the hellos and their answers say (`ClusterRecord.writesChannelLines`).
+        for node in nodes.indices where !earlierVersion.contains(node) {
+            for peer in nodes.indices where peer != node && !earlierVersion.contains(peer) {
+                nodes[node].server.peerWritesChannelLines(UInt16(peer + 1))
+            }
         }
     }
 
@@ -27,10 +38,12 @@ struct ClusterHarness {
                 let events = nodes[source].published
                 let lines = nodes[source].forwarded
                 let closes = nodes[source].closedRemotely
+                let channelLines = nodes[source].channelLines
                 nodes[source].published = []
                 nodes[source].forwarded = []
                 nodes[source].closedRemotely = []
-                if !events.isEmpty || !lines.isEmpty || !closes.isEmpty { moved = true }
+                nodes[source].channelLines = []
+                if !events.isEmpty || !lines.isEmpty || !closes.isEmpty || !channelLines.isEmpty { moved = true }
                 for target in nodes.indices where target != source {
                     for event in events {
                         var outbox = Outbox()
@@ -43,6 +56,16 @@ struct ClusterHarness {
                     var outbox = Outbox()
                     outbox.deliveries = [delivery]
                     nodes[target].apply(outbox)
+                }
+                // As the shell sends them: to the nodes the sender knows to write them.
+                for target in nodes.indices where target != source && !earlierVersion.contains(target)
+                    && nodes[source].server.channelLineNodes.contains(UInt16(target + 1)) {
+                    for channelLine in channelLines {
+                        var outbox = Outbox()
+                        nodes[target].server.deliverChannelLine(channelLine.line, channel: channelLine.channel, statusPrefix: channelLine.statusPrefix,
+                                                                into: &outbox)
+                        nodes[target].apply(outbox)
+                    }
                 }
                 for id in closes { nodes[Int(id.node) - 1].close(id) }
             }
@@ -240,6 +263,9 @@ struct ClusterCodecTests {
             .handedOver(messageID: "n3.abc-1", account: "zoë"),
             .handedOverToSeveral(messageID: "n3.abc-2", account: "zoë", alsoVia: [2, 4095]),
             .caughtUp,
+            .channelLine(channel: "#team", statusPrefix: nil, line: ByteBuffer(string: "@time=2026-12-07T05:00:00.000Z :a!~a@h PRIVMSG #team :hé\r\n")),
+            .channelLine(channel: "#team", statusPrefix: UInt8(ascii: "@"), line: ByteBuffer(string: ":a!~a@h NOTICE @#team :ops\r\n")),
+            .writesChannelLines,
             .event(.redacted(messageID: "n3.abc-2")),
             .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-3", reason: "spam")),
             .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-4", reason: nil)),
@@ -411,3 +437,97 @@ extension ClusterTests {
     }
 }
 
+
+extension ClusterTests {
+    /// Members who join a channel on one node get a message sent through another node in the
+    /// moment before that node heard of their JOIN: their own node writes the channel's lines
+    /// to its members from its own member list. Each gets the tags of their own capabilities,
+    /// once, and the sender's node sends that node one line for the channel, not one per member.
+    @Test func membersWhoHaveJustJoinedOnAnotherNodeGetTheChannelMessage() throws {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: Self.caps)
+        let bob = cluster.register(1, "bob", password: "bob-password", caps: ["server-time"])
+        let gus = cluster.register(1, "gus", caps: ["message-tags", "account-tag"])
+        cluster.send(0, alice, "JOIN #open")
+        cluster.send(0, alice, "MODE #open -i")
+        // They join on node 2; node 1 has not heard of it when alice speaks.
+        cluster.nodes[1].send(bob, "JOIN #open")
+        cluster.nodes[1].send(gus, "JOIN #open")
+        _ = cluster.nodes[1].inbox(bob)
+        _ = cluster.nodes[1].inbox(gus)
+        let echo = try #require(cluster.nodes[0].send(alice, "PRIVMSG #open :just in time").first { $0.contains("just in time") })
+        #expect(cluster.nodes[0].forwarded.isEmpty, "no line per member: \(cluster.nodes[0].forwarded)")
+        #expect(cluster.nodes[0].channelLines.count == 1)
+        cluster.settle()
+
+        let msgid = try IRCMessage(parsing: echo).tagValue("msgid")
+        let toBob = cluster.nodes[1].inbox(bob).filter { $0.contains("just in time") }
+        #expect(toBob.count == 1, "\(toBob)")
+        let bobLine = try IRCMessage(parsing: try #require(toBob.first))
+        #expect(bobLine.tags.map(\.key) == ["time"], "server-time only: \(bobLine)")
+        #expect(bobLine.source?.description.hasPrefix("alice!") == true && bobLine.parameters == ["#open", "just in time"])
+        let toGus = cluster.nodes[1].inbox(gus).filter { $0.contains("just in time") }
+        #expect(toGus.count == 1, "\(toGus)")
+        let gusLine = try IRCMessage(parsing: try #require(toGus.first))
+        #expect(Set(gusLine.tags.map(\.key)) == ["msgid", "account"], "no time without server-time: \(gusLine)")
+        #expect(gusLine.tagValue("msgid") == msgid && gusLine.tagValue("account") == "alice")
+
+        // A TAGMSG reaches only those with message-tags; a STATUSMSG only the operators.
+        cluster.send(0, alice, "@+draft/react=👍 TAGMSG #open")
+        #expect(cluster.nodes[1].inbox(gus).filter { $0.contains("TAGMSG #open") }.count == 1)
+        #expect(!cluster.nodes[1].inbox(bob).contains { $0.contains("TAGMSG") })
+        cluster.send(0, alice, "MODE #open +o bob")
+        _ = cluster.nodes[1].inbox(gus)
+        cluster.send(0, alice, "NOTICE @#open :ops only")
+        #expect(cluster.nodes[1].inbox(bob).filter { $0.hasSuffix("NOTICE @#open :ops only") }.count == 1)
+        #expect(!cluster.nodes[1].inbox(gus).contains { $0.contains("ops only") })
+    }
+
+    /// A REDACT of a group message reaches the members on the other nodes through their own
+    /// node too, to those with the capability, once.
+    @Test func aRedactionReachesMembersOnOtherNodesOnce() throws {
+        let caps = Self.caps + ["draft/message-redaction"]
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: caps)
+        let bob = cluster.register(1, "bob", password: "bob-password", caps: caps)
+        let gus = cluster.register(1, "gus")
+        cluster.send(0, alice, "JOIN #team")
+        cluster.send(0, alice, "MODE #team -i")
+        cluster.send(0, alice, "INVITE bob #team")
+        cluster.send(1, gus, "JOIN #team")
+        let echo = try #require(cluster.send(0, alice, "PRIVMSG #team :oops").first { $0.contains("oops") })
+        let msgid = try #require(try IRCMessage(parsing: echo).tagValue("msgid"))
+        _ = cluster.nodes[1].inbox(bob)
+        _ = cluster.nodes[1].inbox(gus)
+        let answer = cluster.send(0, alice, "REDACT #team \(msgid) :a typo")
+        #expect(answer.contains { $0.hasSuffix("REDACT #team \(msgid) :a typo") }, "\(answer)")
+        let toBob = cluster.nodes[1].inbox(bob).filter { $0.contains(" REDACT ") }
+        #expect(toBob == answer.filter { $0.contains(" REDACT ") }, "the same line, once: \(toBob)")
+        #expect(cluster.nodes[1].inbox(gus).isEmpty, "no capability, no line")
+    }
+
+    /// A node of an earlier version skips channel lines and never says it writes them: it is
+    /// sent a line per member, as before, while the others get one line for the channel.
+    @Test func aNodeOfAnEarlierVersionIsSentALinePerMember() throws {
+        var cluster = ClusterHarness(nodes: 3, accounts: [("alice", "alice-password"), ("bob", "bob-password"), ("carol", "carol-password")],
+                                     earlierVersion: [2])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: Self.caps)
+        let bob = cluster.register(1, "bob", password: "bob-password", caps: Self.caps)
+        let carol = cluster.register(2, "carol", password: "carol-password", caps: Self.caps)
+        cluster.send(0, alice, "JOIN #team")
+        cluster.send(0, alice, "INVITE bob #team")
+        cluster.send(0, alice, "INVITE carol #team")
+        _ = cluster.nodes[1].inbox(bob)
+        _ = cluster.nodes[2].inbox(carol)
+        cluster.nodes[0].send(alice, "PRIVMSG #team :to everyone")
+        #expect(cluster.nodes[0].forwarded.map(\.connection) == [carol], "a line for carol's node only")
+        #expect(cluster.nodes[0].channelLines.count == 1)
+        cluster.settle()
+        #expect(cluster.nodes[1].inbox(bob).filter { $0.hasSuffix("PRIVMSG #team :to everyone") }.count == 1)
+        #expect(cluster.nodes[2].inbox(carol).filter { $0.hasSuffix("PRIVMSG #team :to everyone") }.count == 1)
+        // And the other way: the node of the earlier version writes a line per member.
+        cluster.send(2, carol, "PRIVMSG #team :from the old node")
+        #expect(cluster.nodes[0].inbox(alice).filter { $0.hasSuffix("PRIVMSG #team :from the old node") }.count == 1)
+        #expect(cluster.nodes[1].inbox(bob).filter { $0.hasSuffix("PRIVMSG #team :from the old node") }.count == 1)
+    }
+}

@@ -35,6 +35,8 @@ struct CoreHarness {
     var published: [ClusterEvent] = []
     var forwarded: [Outbox.Delivery] = []
     var closedRemotely: [ConnectionID] = []
+    /// Lines for channel members on the nodes that write them to their own members.
+    var channelLines: [Outbox.ChannelLine] = []
 
     init(configure: (inout ChatConfiguration) -> Void = { _ in }, accounts: [(String, String)] = []) {
         var configuration = ChatConfiguration()
@@ -130,6 +132,7 @@ struct CoreHarness {
 
     mutating func apply(_ outbox: Outbox) {
         published.append(contentsOf: outbox.clusterEvents)
+        channelLines.append(contentsOf: outbox.channelLines)
         for delivery in outbox.deliveries {
             guard server.isLocal(delivery.connection) else {
                 forwarded.append(delivery)

@@ -129,6 +129,63 @@ struct ClusterProcessTests {
         try await drop()
     }
 
+    /// Members who join a group on n2 get a message alice sends through n1 before n1 heard of
+    /// their JOIN, live: n2 writes the group's lines to its own members from its own member
+    /// list. A lock on `cluster_events` holds every payload back (n2's news of the JOINs
+    /// included) until alice's message is decided and stored; it was then found only in the
+    /// group's history.
+    @Test func aGroupMessageSentBeforeItsNodeHeardOfAJoinReachesTheNewMemberLive() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        let gus = try await TestClient.registered("gus", port: n2.ports[0], caps: ["server-time"])
+        try await Self.waitUntilOnline("bob", seenBy: alice)
+        alice.send("JOIN #open")
+        alice.send("MODE #open -i")
+        try await alice.expect { $0.command == "MODE" && $0.parameters.first == "#open" }
+        // n2 has the group open once it has alice's next line (n1 sends in order).
+        alice.send("PRIVMSG bob :ready")
+        try await bob.expect(timeout: .seconds(10), "alice's line") { $0.command == "PRIVMSG" && $0.parameters.last == "ready" }
+
+        let sent = try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {
+            for member in [bob, gus] {
+                member.send("JOIN #open")
+                try await member.expect { $0.command == "JOIN" && $0.parameters.first == "#open" }
+            }
+            alice.send("PRIVMSG #open :before n1 heard of you")
+            // The echo: decided and stored on n1, while n2's news of the JOINs waits.
+            return try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "before n1 heard of you" }
+        }
+
+        // Once n1 has heard of the JOINs (their lines to alice), a second message: each must
+        // have had the first before it, once.
+        for nick in ["bob", "gus"] {
+            try await alice.expect(timeout: .seconds(20), "\(nick)'s JOIN") { $0.command == "JOIN" && $0.source?.description.hasPrefix(nick + "!") == true }
+        }
+        alice.send("PRIVMSG #open :after")
+        let bobSaw = try await bob.lines(through: { $0.command == "PRIVMSG" && $0.parameters.last == "after" }, "the second message",
+                                         timeout: .seconds(20))
+        let first = bobSaw.filter { $0.command == "PRIVMSG" && $0.parameters.last == "before n1 heard of you" }
+        #expect(first.count == 1, "live, once: \(bobSaw)")
+        #expect(first.first?.tagValue("msgid") == sent.tagValue("msgid") && first.first?.parameters.first == "#open"
+                && first.first?.source?.description.hasPrefix("alice!") == true, "the same line: \(first)")
+        // gus, a guest with server-time only, gets the tags of his capabilities: the time alone.
+        let gusSaw = try await gus.lines(through: { $0.command == "PRIVMSG" && $0.parameters.last == "after" }, "the second message",
+                                         timeout: .seconds(20))
+        let gusFirst = gusSaw.filter { $0.command == "PRIVMSG" && $0.parameters.last == "before n1 heard of you" }
+        #expect(gusFirst.count == 1, "live, once: \(gusSaw)")
+        #expect(gusFirst.first?.tags.map(\.key) == ["time"] && gusFirst.first?.tagValue("time") == sent.tagValue("time"), "\(gusFirst)")
+
+        for client in [alice, bob, gus] { await client.close() }
+        try await ServerProcess.stopCleanly([n1, n2])
+        try await drop()
+    }
+
     @Test func aKilledNodeIsNoticedAndItsUsersMessagesWaitForThem() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
         var cluster = cluster0

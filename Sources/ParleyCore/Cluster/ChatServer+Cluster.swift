@@ -12,6 +12,67 @@ extension ChatServer {
     /// A connection id that names no session, for contexts that answer nobody directly.
     static let nobody = ConnectionID(0)
 
+    // MARK: Channel lines, per node
+
+    /// Whether this node writes a channel's line to `member` itself: its own connections, and
+    /// those of a node that does not write channel lines to its members (an earlier version).
+    /// The other nodes' members get the line from their own node (`fanOut`).
+    @inline(__always)
+    func addressesDirectly(_ member: ConnectionID) -> Bool {
+        isLocal(member) || !channelLineNodes.contains(member.node)
+    }
+
+    /// Hands a channel's line to the nodes in `channelLineNodes`, each of which writes it to its
+    /// own members of the channel (`deliverChannelLine`). Their member lists, not this node's
+    /// copy of them, say who gets it: someone who has just joined there, before this node heard
+    /// of it, gets it too, and each gets the tags of their capabilities as that node knows them.
+    func fanOut(_ line: IRCMessage, channel key: String, statusPrefix: Character?, into outbox: inout Outbox) {
+        guard !channelLineNodes.isEmpty else { return }
+        var encoded = allocator.buffer(capacity: 128 + (line.parameters.last?.utf8.count ?? 0))
+        line.write(to: &encoded)
+        outbox.channelLines.append(Outbox.ChannelLine(channel: key, statusPrefix: statusPrefix?.asciiValue, line: encoded,
+                                                      afterDeliveries: outbox.deliveries.count))
+    }
+
+    /// Another node's line for a channel's members (its `Outbox.channelLines`): written to this
+    /// node's members of the channel, as that node wrote it to its own (the sender's node left out
+    /// its sender). A channel this node does not know has no members here.
+    public mutating func deliverChannelLine(_ encoded: ByteBuffer, channel key: String, statusPrefix: UInt8?, into outbox: inout Outbox) {
+        guard let channel = channels[key], channel.joined.contains(where: isLocal),
+              let body = encoded.getSlice(at: encoded.readerIndex, length: max(0, encoded.readableBytes - 2)),
+              let line = try? IRCMessage(parsing: body, maxTagsBytes: .max, maxBodyBytes: .max) else { return }
+        // What the sender's node asks of a receiver for these lines (`relayToChannel`, `redactInChannel`).
+        let required: Capability? = switch line.command {
+        case "TAGMSG": .messageTags
+        case "REDACT": .messageRedaction
+        default: nil
+        }
+        let status = statusPrefix.map { Character(Unicode.Scalar($0)) }
+        var encodings = EncodingCache()
+        for (member, session) in zip(channel.joined, channel.joinedSessions) where isLocal(member) {
+            if let required, !session.has(required) { continue }
+            guard Self.hasStatus(status, member, session, in: channel) else { continue }
+            outbox.send(encodings.line(line, for: session, allocator: allocator), to: member)
+            if line.command != "REDACT" { counters.deliveries &+= 1 }
+        }
+    }
+
+    /// Whether a member is reached by a STATUSMSG with this prefix (`@`: operators and up; `+`:
+    /// voiced and up); every member when there is none.
+    static func hasStatus(_ statusPrefix: Character?, _ member: ConnectionID, _ session: Session, in channel: ChatChannel) -> Bool {
+        guard let statusPrefix else { return true }
+        if statusPrefix == "@" { return channel.role(of: member, account: session.accountKey) >= .op }
+        return channel.maySpeakAsPrivileged(member, account: session.accountKey)
+    }
+
+    /// Another node writes channel lines to its own members (it said so after its hello, or in
+    /// answer to this node's): from now on it is sent one line per channel message, not one per
+    /// member. Forgotten when it goes away or starts again (`remoteNodeGone`).
+    public mutating func peerWritesChannelLines(_ node: UInt16) {
+        guard isClustered, node != configuration.clusterNode else { return }
+        channelLineNodes.insert(node)
+    }
+
     // MARK: Publishing
 
     /// After a local command: the others run it too when it changes shared state.
@@ -321,6 +382,8 @@ extension ChatServer {
         guard node != configuration.clusterNode else { return }
         // It starts again (or died again): it follows its messages itself from the store.
         forgetFollowed(ofDeadNode: node)
+        // Its next run says again whether it writes channel lines (it may be another version).
+        channelLineNodes.remove(node)
         var scratch = Outbox()
         for id in sessions.keys.filter({ $0.node == node }).sorted() {
             removeSession(id, quitMessage: "Server went away", now: now, into: &scratch)

@@ -26,6 +26,13 @@ public enum ClusterRecord: Sendable, Equatable {
     /// the sender decided before it read that hello is committed to the shared store, so the
     /// receiver reads it there; what the sender decides later reaches it as records after this.
     case caughtUp
+    /// A line for the receiver's members of a channel (`Outbox.ChannelLine`), which the
+    /// receiver writes to them from its own member list, each with the tags it may see.
+    case channelLine(channel: String, statusPrefix: UInt8?, line: ByteBuffer)
+    /// The sender takes `channelLine` records (sent after its `hello` and in answer to one):
+    /// the receiver sends it those instead of a line per member. A node of an earlier version
+    /// skips both kinds, and so is sent lines per member, as it expects.
+    case writesChannelLines
 }
 
 /// The bytes of a batch of records between nodes: each record is a kind byte, a 32-bit length
@@ -34,7 +41,7 @@ public enum ClusterRecord: Sendable, Equatable {
 public enum ClusterCodec {
     enum Kind: UInt8 {
         case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7, recentMessage = 8, recentRedacted = 9, channelState = 10
-        case handedOverToSeveral = 11, caughtUp = 12
+        case handedOverToSeveral = 11, caughtUp = 12, channelLine = 13, writesChannelLines = 14
     }
 
     public struct DecodingError: Error, CustomStringConvertible {
@@ -116,6 +123,15 @@ public enum ClusterCodec {
             for node in alsoVia { buffer.writeInteger(node) }
         case .caughtUp:
             buffer.writeInteger(Kind.caughtUp.rawValue)
+            buffer.writeInteger(UInt32(0))
+        case .channelLine(let channel, let statusPrefix, let line):
+            buffer.writeInteger(Kind.channelLine.rawValue)
+            buffer.writeInteger(UInt32(3 + channel.utf8.count + line.readableBytes))
+            writeShortString(channel, to: &buffer)
+            buffer.writeInteger(statusPrefix ?? 0)
+            buffer.writeImmutableBuffer(line)
+        case .writesChannelLines:
+            buffer.writeInteger(Kind.writesChannelLines.rawValue)
             buffer.writeInteger(UInt32(0))
         }
     }
@@ -214,6 +230,14 @@ public enum ClusterCodec {
                 records.append(.handedOverToSeveral(messageID: messageID, account: account, alsoVia: alsoVia))
             case .caughtUp:
                 records.append(.caughtUp)
+            case .channelLine:
+                guard let length = body.readInteger(as: UInt16.self), let channel = body.readString(length: Int(length)),
+                      let status = body.readInteger(as: UInt8.self) else {
+                    throw DecodingError(description: "truncated channel line")
+                }
+                records.append(.channelLine(channel: channel, statusPrefix: status == 0 ? nil : status, line: body))
+            case .writesChannelLines:
+                records.append(.writesChannelLines)
             case nil:
                 // A newer node's record kind: skipped, so that nodes of two versions can run
                 // side by side during an upgrade.

@@ -1097,12 +1097,13 @@ extension ChatServer {
             let relayed = IRCMessage(tags: tags, source: sender.prefix, command: verb,
                                      parameters: verb == "TAGMSG" ? [shownTarget] : [shownTarget, text])
             var encodings = EncodingCache()
-            for member in channel.joined where member != id {
+            for member in channel.joined where member != id && addressesDirectly(member) {
                 guard let session = sessions[member], verb != "TAGMSG" || session.has(.messageTags) else { continue }
-                let memberRole = channel.role(of: member, account: session.accountKey)
-                let reached = statusPrefix == "@" ? memberRole >= .op : channel.maySpeakAsPrivileged(member, account: session.accountKey)
-                if reached { outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member) }
+                if Self.hasStatus(statusPrefix, member, session, in: channel) {
+                    outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member)
+                }
             }
+            fanOut(relayed, channel: channel.key, statusPrefix: statusPrefix, into: &outbox)
             if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) { context.replies.append(relayed) }
             return nil
         }
@@ -1119,11 +1120,12 @@ extension ChatServer {
         var encodings = EncodingCache()
         let isTagMessage = verb == "TAGMSG"
         // Each member's session from the channel's own list: no lookup by id per member.
-        for (member, session) in zip(channel.joined, channel.joinedSessions) where member != id {
+        for (member, session) in zip(channel.joined, channel.joinedSessions) where member != id && addressesDirectly(member) {
             if isTagMessage && !session.has(.messageTags) { continue }
             outbox.send(encodings.line(relayed, for: session, allocator: allocator), to: member)
             counters.deliveries &+= 1
         }
+        fanOut(relayed, channel: channel.key, statusPrefix: nil, into: &outbox)
         if sender.has(.echoMessage) && (verb != "TAGMSG" || sender.has(.messageTags)) {
             context.replies.append(relayed)
         }

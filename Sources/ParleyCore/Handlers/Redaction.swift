@@ -124,10 +124,11 @@ extension ChatServer {
             if isClustered { outbox.clusterEvents.append(.recentRedacted(channel: channel.key, messageID: request.messageID)) }
         }
         let line = redactLine(request, target: channel.name, session: session)
-        for member in channel.joined {
+        for member in channel.joined where addressesDirectly(member) {
             guard let receiver = sessions[member], receiver.has(.messageRedaction) else { continue }
             emit(line, to: member, &context, &outbox)
         }
+        fanOut(line, channel: channel.key, statusPrefix: nil, into: &outbox)
     }
 
     private mutating func redactDirect(_ request: RedactRequest, author: String?, session: Session,
