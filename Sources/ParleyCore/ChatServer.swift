@@ -135,9 +135,10 @@ public struct ChatServer: Sendable {
     /// The other nodes' prefixes of guest identities (`guestIdentityPrefix(ofNode:)`), by node
     /// number, from their users' snapshots.
     var remoteGuestIdentityPrefixes: [UInt16: String] = [:]
-    /// The other nodes that write a channel's lines to their own members themselves
-    /// (`Outbox.channelLines`): those that said so since they last started. A node of an
-    /// earlier version never says so, and is sent a line per member, as it expects.
+    /// The other nodes that write lines to their own users themselves: a channel's messages
+    /// (`Outbox.channelLines`), and what a command they run after this node (JOIN, NICK, QUIT
+    /// ...) shows their users. Those that said so since they last started; a node of an earlier
+    /// version never says so, and is sent a line per receiver, as it expects.
     public internal(set) var channelLineNodes: Set<UInt16> = []
 
     struct NickHolder: Sendable {
@@ -236,6 +237,7 @@ public struct ChatServer: Sendable {
         // Commands nearly always arrive in upper case already; only fold the others.
         let verb = message.command.utf8Contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) ? message.command.uppercased() : message.command
         context.verb = verb
+        let deliveriesBefore = outbox.deliveries.count
         do throws(CommandError) {
             // The message path's own verb skips hashing it (the parser gives it as a literal).
             guard let command = verb == "PRIVMSG" ? Self.privmsgCommand : Self.commandTable[verb] else {
@@ -251,7 +253,9 @@ public struct ChatServer: Sendable {
         } catch {
             render(error, in: &context)
         }
-        if isClustered { publishCommand(message, verb: verb, session: session, now: now, into: &outbox) }
+        if isClustered, publishCommand(message, verb: verb, session: session, eventMessageID: context.eventMessageID, now: now, into: &outbox) {
+            leaveLinesToTheirNodes(queuedSince: deliveriesBefore, in: &outbox)
+        }
         if !context.pendingStores.isEmpty {
             finishDurably(&context, into: &outbox)
         } else if session.storesInFlight > 0 {
@@ -363,10 +367,13 @@ public struct ChatServer: Sendable {
 
     mutating func removeSession(_ connection: ConnectionID, quitMessage: String, now: Timestamp, into outbox: inout Outbox) {
         guard let session = sessions[connection] else { return }
-        if isClustered, isLocal(connection), session.isRegistered {
+        let publishesClose = isClustered && isLocal(connection) && session.isRegistered
+        if publishesClose {
             outbox.clusterEvents.append(.closed(connection, reason: quitMessage, at: now))
         }
+        let deliveriesBefore = outbox.deliveries.count
         leaveChannelsOnQuit(session, reason: quitMessage, into: &outbox)
+        if publishesClose { leaveLinesToTheirNodes(queuedSince: deliveriesBefore, in: &outbox) }
         sessions[connection] = nil
         if session.accountKey == nil {
             forgetTransientMarkers(of: guestIdentity(of: connection))

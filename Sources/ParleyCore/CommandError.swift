@@ -43,6 +43,9 @@ struct CommandContext {
     var repliesDeferred = false
     /// Messages this command stored: its replies (the echo) wait until they are committed.
     var pendingStores: [StoredMessage] = []
+    /// The msgid of the line a replicated command sent its channel (TOPIC): the other nodes
+    /// give their own members' copies of that line the same one (`ChatServer.eventMessageIDTag`).
+    var eventMessageID: String?
 
     mutating func deferReplies() {
         replies.removeAll()

@@ -530,4 +530,66 @@ extension ClusterTests {
         #expect(cluster.nodes[0].inbox(alice).filter { $0.hasSuffix("PRIVMSG #team :from the old node") }.count == 1)
         #expect(cluster.nodes[1].inbox(bob).filter { $0.hasSuffix("PRIVMSG #team :from the old node") }.count == 1)
     }
+
+    /// Two users who join one channel on two nodes at the same moment (each node made the
+    /// channel before it heard of the other's JOIN) see each other's JOIN, as on one server:
+    /// each node writes the lines of the other's commands to its own users when it runs them.
+    @Test func usersWhoJoinOnTwoNodesAtOnceSeeEachOthersJoin() {
+        var cluster = ClusterHarness()
+        let alice = cluster.register(0, "alice")
+        let bob = cluster.register(1, "bob")
+        cluster.nodes[0].send(alice, "JOIN #room")
+        cluster.nodes[1].send(bob, "JOIN #room")
+        _ = cluster.nodes[0].inbox(alice)
+        _ = cluster.nodes[1].inbox(bob)
+        cluster.settle()
+        #expect(cluster.nodes[0].inbox(alice).filter { $0.hasPrefix(":bob!") && $0.hasSuffix("JOIN #room") }.count == 1)
+        #expect(cluster.nodes[1].inbox(bob).filter { $0.hasPrefix(":alice!") && $0.hasSuffix("JOIN #room") }.count == 1)
+    }
+
+    /// The lines a command shows the users of another node come from that node, once: a NICK
+    /// change to a channel neighbour and a MONITOR watcher there, a TOPIC with the msgid its
+    /// author saw, a QUIT.
+    @Test func anotherNodesCommandsShowTheirLinesOnceWithTheSameMsgid() throws {
+        var cluster = ClusterHarness()
+        let alice = cluster.register(0, "alice", caps: ["message-tags", "server-time", "echo-message"])
+        let bob = cluster.register(1, "bob", caps: ["message-tags", "server-time"])
+        let carol = cluster.register(1, "carol")
+        cluster.send(0, alice, "JOIN #room")
+        cluster.send(1, bob, "JOIN #room")
+        cluster.send(1, carol, "MONITOR + alicia")
+        _ = cluster.nodes[1].inbox(bob)
+        _ = cluster.nodes[1].inbox(carol)
+
+        cluster.send(0, alice, "NICK alicia")
+        #expect(cluster.nodes[1].inbox(bob).filter { $0.hasSuffix("NICK alicia") }.count == 1)
+        #expect(cluster.nodes[1].inbox(carol).filter { $0.contains(" 730 ") && $0.contains("alicia") }.count == 1)
+
+        let echo = try #require(cluster.send(0, alice, "TOPIC #room :plans").first { $0.contains("TOPIC #room") })
+        let toBob = cluster.nodes[1].inbox(bob).filter { $0.contains("TOPIC #room") }
+        #expect(toBob.count == 1, "\(toBob)")
+        let bobLine = try IRCMessage(parsing: try #require(toBob.first))
+        #expect(bobLine.tagValue("msgid") == (try IRCMessage(parsing: echo)).tagValue("msgid"), "\(bobLine) against \(echo)")
+
+        cluster.nodes[0].close(alice)
+        cluster.settle()
+        #expect(cluster.nodes[1].inbox(bob).filter { $0.hasPrefix(":alicia!") && $0.contains("QUIT") }.count == 1)
+        #expect(cluster.nodes[1].inbox(carol).filter { $0.contains(" 731 ") && $0.contains("alicia") }.count == 1)
+    }
+
+    /// A client cannot choose the msgid other nodes give its TOPIC line: the tag that carries it
+    /// between nodes is the node's own.
+    @Test func aClientsOwnEventMsgidTagIsNotTaken() throws {
+        var cluster = ClusterHarness()
+        let alice = cluster.register(0, "alice", caps: ["message-tags", "echo-message"])
+        let bob = cluster.register(1, "bob", caps: ["message-tags"])
+        cluster.send(0, alice, "JOIN #room")
+        cluster.send(1, bob, "JOIN #room")
+        _ = cluster.nodes[1].inbox(bob)
+        let echo = try #require(cluster.send(0, alice, "@parley/event-msgid=forged TOPIC #room :plans").first { $0.contains("TOPIC #room") })
+        let toBob = try IRCMessage(parsing: try #require(cluster.nodes[1].inbox(bob).first { $0.contains("TOPIC #room") }))
+        #expect(toBob.tagValue("msgid") != "forged")
+        #expect(toBob.tagValue("msgid") == (try IRCMessage(parsing: echo)).tagValue("msgid"))
+    }
+
 }

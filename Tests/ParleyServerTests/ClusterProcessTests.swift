@@ -186,6 +186,45 @@ struct ClusterProcessTests {
         try await drop()
     }
 
+    /// Two guests who join one channel on two nodes while the nodes cannot hear each other
+    /// (each node makes the channel for its own user) see each other's JOIN once the nodes
+    /// catch up, once each: each node writes the lines of the other's JOIN to its own users
+    /// when it runs it. Before, each node had written the JOIN line to the members it knew,
+    /// none on the other node, so neither saw the other arrive.
+    @Test func guestsJoiningOneChannelOnTwoNodesAtOnceSeeEachOther() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: [])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let gus = try await TestClient.registered("gus", port: n1.ports[0], caps: [])
+        let ida = try await TestClient.registered("ida", port: n2.ports[0], caps: [])
+        try await Self.waitUntilOnline("ida", seenBy: gus)
+
+        try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {
+            gus.send("JOIN #both")
+            try await gus.expect { $0.command == "JOIN" && $0.parameters.first == "#both" }
+            ida.send("JOIN #both")
+            try await ida.expect { $0.command == "JOIN" && $0.parameters.first == "#both" }
+        }
+
+        try await gus.expect(timeout: .seconds(20), "ida's JOIN") { $0.command == "JOIN" && $0.source?.description.hasPrefix("ida!") == true }
+        try await ida.expect(timeout: .seconds(20), "gus's JOIN") { $0.command == "JOIN" && $0.source?.description.hasPrefix("gus!") == true }
+        // Once each: a message from each after the JOINs comes after no second JOIN line.
+        gus.send("PRIVMSG #both :hello ida")
+        let idaSaw = try await ida.lines(through: { $0.command == "PRIVMSG" && $0.parameters.last == "hello ida" }, "gus's message",
+                                         timeout: .seconds(20))
+        #expect(!idaSaw.contains { $0.command == "JOIN" }, "\(idaSaw)")
+        ida.send("PRIVMSG #both :hello gus")
+        let gusSaw = try await gus.lines(through: { $0.command == "PRIVMSG" && $0.parameters.last == "hello gus" }, "ida's message",
+                                         timeout: .seconds(20))
+        #expect(!gusSaw.contains { $0.command == "JOIN" }, "\(gusSaw)")
+
+        for client in [gus, ida] { await client.close() }
+        try await ServerProcess.stopCleanly([n1, n2])
+        try await drop()
+    }
+
     @Test func aKilledNodeIsNoticedAndItsUsersMessagesWaitForThem() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
         var cluster = cluster0

@@ -73,15 +73,54 @@ extension ChatServer {
         channelLineNodes.insert(node)
     }
 
+    /// Of another node's command run here, only the lines for this node's users count: its
+    /// actions, events and replies are that node's.
+    func keepLinesForLocalUsers(of effects: Outbox, into outbox: inout Outbox) {
+        for delivery in effects.deliveries where isLocal(delivery.connection) { outbox.deliveries.append(delivery) }
+    }
+
     // MARK: Publishing
 
-    /// After a local command: the others run it too when it changes shared state.
-    mutating func publishCommand(_ message: IRCMessage, verb: String, session: Session, now: Timestamp, into outbox: inout Outbox) {
-        guard isClustered, session.isRegistered, isLocal(session.id), sessions[session.id] != nil else { return }
+    /// After a local command: the others run it too when it changes shared state. True when
+    /// it was published.
+    mutating func publishCommand(_ message: IRCMessage, verb: String, session: Session, eventMessageID: String?, now: Timestamp,
+                                 into outbox: inout Outbox) -> Bool {
+        guard isClustered, session.isRegistered, isLocal(session.id), sessions[session.id] != nil else { return false }
         let changesSharedState = Self.replicatedCommands.contains(verb)
             || ((verb == "PRIVMSG" || verb == "NOTICE") && message.parameters.first.map(fold) == "chanserv")
             || (verb == "METADATA" && message.parameters.count > 1 && Self.replicatedMetadataSubcommands.contains(message.parameters[1].uppercased()))
-        if changesSharedState { outbox.clusterEvents.append(.command(session.id, message, at: now)) }
+        guard changesSharedState else { return false }
+        // The line's msgid travels with the command (never a client's own tag of that name).
+        var replicated = message
+        replicated.tags.removeAll { $0.key == Self.eventMessageIDTag }
+        if let eventMessageID { replicated.tags.append(IRCTag(Self.eventMessageIDTag, eventMessageID)) }
+        outbox.clusterEvents.append(.command(session.id, replicated, at: now))
+        return true
+    }
+
+    /// The tag of a replicated command that carries the msgid its node gave the line it sent
+    /// (TOPIC), so that every node's copy of that line has it.
+    static let eventMessageIDTag = "parley/event-msgid"
+
+    /// After a local command or close the other nodes run too: what it queued for the users of
+    /// nodes that write their own users' lines is dropped, since those nodes write it when they
+    /// run the command, from what they know (a member who joined there a moment before this
+    /// node heard of it included).
+    func leaveLinesToTheirNodes(queuedSince start: Int, in outbox: inout Outbox) {
+        guard !channelLineNodes.isEmpty, outbox.deliveries.count > start else { return }
+        var kept = start
+        for position in start..<outbox.deliveries.count {
+            let delivery = outbox.deliveries[position]
+            if !isLocal(delivery.connection) && channelLineNodes.contains(delivery.connection.node) { continue }
+            outbox.deliveries[kept] = delivery
+            kept += 1
+        }
+        let removed = outbox.deliveries.count - kept
+        outbox.deliveries.removeLast(removed)
+        // Channel lines queued after those keep their place among what is left.
+        for index in outbox.channelLines.indices where outbox.channelLines[index].afterDeliveries > start {
+            outbox.channelLines[index].afterDeliveries = max(start, outbox.channelLines[index].afterDeliveries - removed)
+        }
     }
 
     /// A local connection registered, or its account changed after registration.
@@ -199,18 +238,24 @@ extension ChatServer {
         case .command(let connection, let message, let time):
             guard !isLocal(connection), let session = sessions[connection] else { return }
             let before = Session(snapshotOf: session)
-            var silent = Outbox()
-            process(message, session: session, now: time, into: &silent)
+            var effects = Outbox()
+            process(message, session: session, now: time, into: &effects)
             forgetPendingWork(of: connection)
-            if let oldNick = before.nick, let newNick = sessions[connection]?.nick, oldNick.folded != newNick.folded {
+            if channelLineNodes.contains(connection.node) {
+                // That node left this node's users' lines to it (`leaveLinesToTheirNodes`).
+                keepLinesForLocalUsers(of: effects, into: &outbox)
+            } else if let oldNick = before.nick, let newNick = sessions[connection]?.nick, oldNick.folded != newNick.folded {
+                // A node of an earlier version wrote every line but MONITOR's, which is local.
                 if nickIndex[oldNick.folded] == nil { notifyMonitors(nick: oldNick, online: false, session: before, into: &outbox) }
                 notifyMonitors(nick: newNick, online: true, session: session, into: &outbox)
             }
         case .closed(let connection, let reason, let time):
             guard !isLocal(connection), let session = sessions[connection] else { return }
-            var silent = Outbox()
-            removeSession(connection, quitMessage: reason, now: time, into: &silent)
-            if let nick = session.nick, nickIndex[nick.folded] == nil {
+            var effects = Outbox()
+            removeSession(connection, quitMessage: reason, now: time, into: &effects)
+            if channelLineNodes.contains(connection.node) {
+                keepLinesForLocalUsers(of: effects, into: &outbox)
+            } else if let nick = session.nick, nickIndex[nick.folded] == nil {
                 notifyMonitors(nick: nick, online: false, session: session, into: &outbox)
             }
         case .read(let account, let conversation, let time, let disclose):

@@ -29,9 +29,11 @@ public enum ClusterRecord: Sendable, Equatable {
     /// A line for the receiver's members of a channel (`Outbox.ChannelLine`), which the
     /// receiver writes to them from its own member list, each with the tags it may see.
     case channelLine(channel: String, statusPrefix: UInt8?, line: ByteBuffer)
-    /// The sender takes `channelLine` records (sent after its `hello` and in answer to one):
-    /// the receiver sends it those instead of a line per member. A node of an earlier version
-    /// skips both kinds, and so is sent lines per member, as it expects.
+    /// The sender writes its own users' lines (sent after its `hello` and in answer to one): the
+    /// receiver sends it `channelLine` records instead of a line per member, and leaves the
+    /// lines of its replicated commands and closes for the sender's users to the sender, which
+    /// writes them as it runs them. A node of an earlier version skips both kinds, and so is
+    /// sent lines per user, as it expects.
     case writesChannelLines
 }
 

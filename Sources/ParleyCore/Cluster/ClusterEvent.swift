@@ -63,12 +63,14 @@ public struct SessionSnapshot: Sendable, Equatable {
 ///
 /// The node where a user is connected decides everything that user does, and writes the lines
 /// for every receiver itself, remote ones included (the shell carries those lines to the
-/// receiver's node), with one exception: a message or REDACT to a channel goes to each other
-/// node once (`Outbox.channelLines`), and that node writes it to its own members, from its own
-/// member list (it knows its users' JOINs at once, before the sender's node hears of them).
-/// The other nodes only update their copy: they apply these events without sending anything,
-/// except for what only they hold (messages waiting for an account that comes online elsewhere,
-/// receipts for messages their own users sent) and those channel lines.
+/// receiver's node), with two exceptions for nodes that say they write their own users' lines
+/// (`ChatServer.channelLineNodes`): a message or REDACT to a channel goes to each such node once
+/// (`Outbox.channelLines`), and the lines a replicated command or a close makes for their users
+/// are left to them (`leaveLinesToTheirNodes`); each writes those to its own users from its own
+/// state (it knows its users' JOINs at once, before the other node hears of them). Apart from
+/// those lines, the other nodes only update their copy: they send nothing, except for what only
+/// they hold (messages waiting for an account that comes online elsewhere, receipts for
+/// messages their own users sent).
 public enum ClusterEvent: Sendable, Equatable {
     /// A connection completed registration, or its account changed (a later login).
     case session(SessionSnapshot)

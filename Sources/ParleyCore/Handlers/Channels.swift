@@ -557,7 +557,9 @@ extension ChatServer {
         persistSettings(of: channel, into: &outbox)
         // A msgid and time, as on messages: with draft/event-playback, CHATHISTORY replays the
         // change, and a client matches the replayed line with the one it saw live.
-        let messageID = messageIDs.next()
+        // The node that decided it gives the id; the others take it from the replicated command.
+        let messageID = isLocal(session.id) ? messageIDs.next() : message.tagValue(Self.eventMessageIDTag) ?? messageIDs.next()
+        context.eventMessageID = messageID
         let change = IRCMessage(tags: [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)],
                                 source: session.prefix, command: "TOPIC", parameters: [channel.name, channel.topic])
         for member in channel.joined { emit(change, to: member, &context, &outbox) }
