@@ -43,9 +43,9 @@ struct CommandContext {
     var repliesDeferred = false
     /// Messages this command stored: its replies (the echo) wait until they are committed.
     var pendingStores: [StoredMessage] = []
-    /// The msgid of the line a replicated command sent its channel (TOPIC): the other nodes
-    /// give their own members' copies of that line the same one (`ChatServer.eventMessageIDTag`).
-    var eventMessageID: String?
+    /// What the other nodes need, beside the command itself, to decide a replicated command as
+    /// this node did (`ChatServer.publishCommand`): tags under `parley/` on the command they run.
+    var replicationTags: [IRCTag] = []
 
     mutating func deferReplies() {
         replies.removeAll()

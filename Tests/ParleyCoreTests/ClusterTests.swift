@@ -545,6 +545,11 @@ extension ClusterTests {
         cluster.settle()
         #expect(cluster.nodes[0].inbox(alice).filter { $0.hasPrefix(":bob!") && $0.hasSuffix("JOIN #room") }.count == 1)
         #expect(cluster.nodes[1].inbox(bob).filter { $0.hasPrefix(":alice!") && $0.hasSuffix("JOIN #room") }.count == 1)
+        // Each node made the channel for its own user, its operator: both nodes say both lead it.
+        for (node, id) in [(0, alice), (1, bob)] {
+            let names = cluster.send(node, id, "NAMES #room").first { $0.contains(" 353 ") } ?? ""
+            #expect(names.hasSuffix(":@alice @bob") || names.hasSuffix(":@bob @alice"), "node \(node + 1): \(names)")
+        }
     }
 
     /// The lines a command shows the users of another node come from that node, once: a NICK

@@ -83,24 +83,31 @@ extension ChatServer {
 
     /// After a local command: the others run it too when it changes shared state. True when
     /// it was published.
-    mutating func publishCommand(_ message: IRCMessage, verb: String, session: Session, eventMessageID: String?, now: Timestamp,
+    mutating func publishCommand(_ message: IRCMessage, verb: String, session: Session, replicationTags: [IRCTag], now: Timestamp,
                                  into outbox: inout Outbox) -> Bool {
         guard isClustered, session.isRegistered, isLocal(session.id), sessions[session.id] != nil else { return false }
         let changesSharedState = Self.replicatedCommands.contains(verb)
             || ((verb == "PRIVMSG" || verb == "NOTICE") && message.parameters.first.map(fold) == "chanserv")
             || (verb == "METADATA" && message.parameters.count > 1 && Self.replicatedMetadataSubcommands.contains(message.parameters[1].uppercased()))
         guard changesSharedState else { return false }
-        // The line's msgid travels with the command (never a client's own tag of that name).
+        // What this node decided travels with the command; a client's own tags under the
+        // nodes' prefix are never passed on as if a node had set them.
         var replicated = message
-        replicated.tags.removeAll { $0.key == Self.eventMessageIDTag }
-        if let eventMessageID { replicated.tags.append(IRCTag(Self.eventMessageIDTag, eventMessageID)) }
+        replicated.tags.removeAll { $0.key.hasPrefix(Self.replicationTagPrefix) }
+        replicated.tags += replicationTags
         outbox.clusterEvents.append(.command(session.id, replicated, at: now))
         return true
     }
 
-    /// The tag of a replicated command that carries the msgid its node gave the line it sent
-    /// (TOPIC), so that every node's copy of that line has it.
+    /// Tags that nodes add to a replicated command, which a client's command never carries on.
+    static let replicationTagPrefix = "parley/"
+    /// The msgid the deciding node gave the line a command sent (TOPIC), so that every node's
+    /// copy of that line has it.
     static let eventMessageIDTag = "parley/event-msgid"
+    /// The channels (keys, comma-separated) a JOIN made on its node: a node that already has
+    /// one of them (made for its own user in the same instant) makes this joiner an operator
+    /// too, as that node did, so that both nodes agree on who leads the channel.
+    static let createdChannelsTag = "parley/created"
 
     /// After a local command or close the other nodes run too: what it queued for the users of
     /// nodes that write their own users' lines is dropped, since those nodes write it when they

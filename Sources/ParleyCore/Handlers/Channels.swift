@@ -216,18 +216,28 @@ extension ChatServer {
         }
         let names = message.parameters[0].split(separator: ",").map(String.init)
         let keys = message.parameters.count > 1 ? message.parameters[1].split(separator: ",", omittingEmptySubsequences: false).map(String.init) : []
+        // Another node's JOIN: the channels it made there (`createdChannelsTag`).
+        let madeByItsNode = isLocal(id) ? [] : Set(message.tagValue(Self.createdChannelsTag)?.split(separator: ",").map(String.init) ?? [])
+        var made: [String] = []
         for (index, raw) in names.enumerated() {
             do {
-                try join(raw, key: index < keys.count ? keys[index] : nil, &context, &outbox)
+                if let key = try join(raw, key: index < keys.count ? keys[index] : nil, madeByItsNode: madeByItsNode, &context, &outbox) {
+                    made.append(key)
+                }
             } catch {
                 render(error, in: &context)
             }
         }
+        if isClustered, isLocal(id), !made.isEmpty {
+            context.replicationTags.append(IRCTag(Self.createdChannelsTag, made.joined(separator: ",")))
+        }
     }
 
-    private mutating func join(_ raw: String, key password: String?, _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) {
+    /// Joins one channel; returns its key when the JOIN made it.
+    private mutating func join(_ raw: String, key password: String?, madeByItsNode: Set<String>,
+                               _ context: inout CommandContext, _ outbox: inout Outbox) throws(CommandError) -> String? {
         let id = context.connection
-        guard let session = sessions[id] else { return }
+        guard let session = sessions[id] else { return nil }
         let name = try validChannelName(raw)
         if channels[name.folded] == nil {
             if let renamed = renamedChannels[name.folded] {
@@ -250,15 +260,20 @@ extension ChatServer {
             channels[created.key] = created
             persist(created, into: &outbox)
             addConnections(sameNickOnline(id), to: created.key, &context, &outbox)
-            return
+            return created.key
         }
-        guard let (isListedMember, isGroup) = try admit(session, to: name.folded, key: password, raw: raw) else { return }
+        guard let (isListedMember, isGroup) = try admit(session, to: name.folded, key: password, raw: raw) else { return nil }
         let account = session.accountKey
         if !isListedMember {
             // The channel is changed in place, taken out of the dictionary meanwhile: a copy
             // would copy its member list (and sets) at every JOIN.
-            guard var channel = channels.removeValue(forKey: name.folded) else { return }
+            guard var channel = channels.removeValue(forKey: name.folded) else { return nil }
             if !channel.invitedNicks.isEmpty { channel.invitedNicks.remove(session.nick?.folded ?? "") }
+            if madeByItsNode.contains(channel.key), !channel.isGroup, account == nil {
+                // Its node made the channel for this guest as this node made it for its own:
+                // both lead it, on both nodes.
+                channel.guestRoles[id] = .op
+            }
             session.groupInvitations.remove(channel.key)
             if channel.isGroup, let account {
                 // Joining an open group makes a logged-in user one of its members.
@@ -269,6 +284,7 @@ extension ChatServer {
         }
         // An account joins with all of its connections, so its devices stay in step.
         addConnections(isListedMember || isGroup && account != nil ? sameNickOnline(id) : [id], to: name.folded, &context, &outbox)
+        return nil
     }
 
     /// Whether a user may join an existing channel (nil if already in it), and whether the user
@@ -559,7 +575,7 @@ extension ChatServer {
         // change, and a client matches the replayed line with the one it saw live.
         // The node that decided it gives the id; the others take it from the replicated command.
         let messageID = isLocal(session.id) ? messageIDs.next() : message.tagValue(Self.eventMessageIDTag) ?? messageIDs.next()
-        context.eventMessageID = messageID
+        if isLocal(session.id) { context.replicationTags.append(IRCTag(Self.eventMessageIDTag, messageID)) }
         let change = IRCMessage(tags: [IRCTag("time", timeTag(context.now)), IRCTag("msgid", messageID)],
                                 source: session.prefix, command: "TOPIC", parameters: [channel.name, channel.topic])
         for member in channel.joined { emit(change, to: member, &context, &outbox) }
