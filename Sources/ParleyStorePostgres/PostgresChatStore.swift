@@ -681,20 +681,32 @@ public final class PostgresChatStore: ChatStore {
                 .text(group.key), .text(group.name), .int(owner), .text(group.topic), .text(group.topicSetBy),
                 .int(group.topicSetAt?.millisecondsSince1970), .text(group.modes), .text(group.password), .int(group.userLimit.map { Int64($0) }),
             ]
-            let id: Int64
-            if let existing = previousKey.flatMap({ ids.groupIDs[$0] }) ?? ids.groupIDs[group.key] {
-                id = existing
-                _ = try run("""
-                    UPDATE groups SET key = ?, name = ?, owner_id = ?, topic = ?, topic_set_by = ?, topic_set_at = ?, modes = ?,
-                        password = ?, user_limit = ? WHERE id = ?
-                    """, values + [.int(id)])
-            } else {
+            var id = previousKey.flatMap({ ids.groupIDs[$0] }) ?? ids.groupIDs[group.key]
+            // Another node may have stored a group of this name a moment ago (two users made it
+            // on two nodes in the same instant, `ChatServer.settleChannelsMadeTwice`): then this
+            // write updates that row and adds its members beside the other node's, whichever
+            // commits first; the node whose claim lost rewrites the group after this.
+            var inserted = false
+            var madeByAnotherNode = false
+            if id == nil {
                 let rows = try run("""
                     INSERT INTO groups (key, name, owner_id, topic, topic_set_by, topic_set_at, modes, password, user_limit, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id
                     """, values + [.int(group.createdAt.millisecondsSince1970)])
-                guard let row = rows.first else { throw PostgresStoreError.server("the new group's id was not returned") }
-                id = try row.decode(Int64.self)
+                if let row = rows.first {
+                    id = try row.decode(Int64.self)
+                    inserted = true
+                } else {
+                    madeByAnotherNode = true
+                    id = try run("SELECT id FROM groups WHERE key = ?", [.text(group.key)]).first.map { try $0.decode(Int64.self) }
+                }
+            }
+            guard let id else { throw PostgresStoreError.server("the group's id was not found") }
+            if !inserted {
+                _ = try run("""
+                    UPDATE groups SET key = ?, name = ?, owner_id = ?, topic = ?, topic_set_by = ?, topic_set_at = ?, modes = ?,
+                        password = ?, user_limit = ?, created_at = LEAST(created_at, ?) WHERE id = ?
+                    """, values + [.int(group.createdAt.millisecondsSince1970), .int(id)])
             }
             ids.setGroup(key: group.key, id: id)
             changes.append(.group(key: group.key, id: id))
@@ -709,13 +721,25 @@ public final class PostgresChatStore: ChatStore {
                     try lockGroupOrderExclusively()
                 }
                 let newest = try run("SELECT " + PostgresChatStore.newestPositionSQL).first.map { try $0.decode(Int64.self) } ?? 0
-                _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
-                let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
-                    ids.accountIDs[account].map {
-                        [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account)), .int(since[$0] ?? newest)]
-                    } ?? []
+                if madeByAnotherNode {
+                    // The other node's members stay (its creator); this group's are added beside them.
+                    for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
+                        guard let accountID = ids.accountIDs[account] else { continue }
+                        _ = try run("""
+                            INSERT INTO group_members (group_id, account_id, role, voiced, since) VALUES (?, ?, ?, ?, ?)
+                            ON CONFLICT (group_id, account_id) DO UPDATE SET role = excluded.role, voiced = excluded.voiced
+                            """, [.int(id), .int(accountID), .int(Int64(role.rawValue)), .bool(group.voiced.contains(account)),
+                                  .int(since[accountID] ?? newest)])
+                    }
+                } else {
+                    _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
+                    let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
+                        ids.accountIDs[account].map {
+                            [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account)), .int(since[$0] ?? newest)]
+                        } ?? []
+                    }
+                    try insert(into: "group_members (group_id, account_id, role, voiced, since)", width: 5, members)
                 }
-                try insert(into: "group_members (group_id, account_id, role, voiced, since)", width: 5, members)
             }
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])
             try insert(into: "group_bans (group_id, mask, set_by, set_at)", width: 4,

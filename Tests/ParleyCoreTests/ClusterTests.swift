@@ -552,6 +552,54 @@ extension ClusterTests {
         }
     }
 
+    /// Two accounts make one group on two nodes in the same instant: every node ends with the
+    /// same group, the first creator's (on a tie of times, the account that sorts first), the
+    /// other creator a plain member, told why. The third node hears the losing claim first.
+    @Test func accountsWhoMakeOneGroupOnTwoNodesAtOnceEndWithTheSameOwnerEverywhere() {
+        var cluster = ClusterHarness(nodes: 3, accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let bob = cluster.register(0, "bob", password: "bob-password")
+        let alice = cluster.register(1, "alice", password: "alice-password")
+        cluster.nodes[0].send(bob, "JOIN #both")
+        cluster.nodes[1].send(alice, "JOIN #both")
+        _ = cluster.nodes[0].inbox(bob)
+        _ = cluster.nodes[1].inbox(alice)
+        cluster.settle()
+        for node in 0..<3 {
+            let channel = cluster.nodes[node].server.channels["#both"]
+            #expect(channel?.owner == "alice" && channel?.accountRoles == ["alice": .owner, "bob": .member], "node \(node + 1): \(String(describing: channel))")
+        }
+        let bobSaw = cluster.nodes[0].inbox(bob)
+        #expect(bobSaw.contains { $0.hasPrefix(":ChanServ!") && $0.hasSuffix("MODE #both +q-q alice bob") }, "\(bobSaw)")
+        #expect(bobSaw.contains { $0.contains("NOTICE bob :") && $0.contains("alice made it first") }, "\(bobSaw)")
+        // The losing node rewrites the group as alice's; the winning one keeps what it stored.
+        let rewritten = cluster.nodes[0].savedGroups["#both"]
+        #expect(rewritten?.owner == "alice" && rewritten?.members == ["alice": .owner, "bob": .member], "\(String(describing: rewritten))")
+        #expect(cluster.nodes[1].savedGroups["#both"]?.members == ["alice": .owner])
+        #expect(cluster.nodes[1].inbox(alice).filter { $0.contains("MODE #both") }.isEmpty)
+    }
+
+    /// A guest's channel and an account's group of one name made on two nodes at once: the group
+    /// stands on both, the guest a plain member of it.
+    @Test func aGroupAndAGuestsChannelMadeAtOnceEndAsTheGroup() {
+        var cluster = ClusterHarness(accounts: [("bob", "bob-password")])
+        let gus = cluster.register(0, "gus")
+        let bob = cluster.register(1, "bob", password: "bob-password")
+        cluster.nodes[0].send(gus, "JOIN #mixed")
+        cluster.nodes[1].send(bob, "JOIN #mixed")
+        _ = cluster.nodes[0].inbox(gus)
+        cluster.settle()
+        for node in 0..<2 {
+            let channel = cluster.nodes[node].server.channels["#mixed"]
+            #expect(channel?.owner == "bob" && channel?.inviteOnly == true && channel?.guestRoles.isEmpty == true, "node \(node + 1): \(String(describing: channel))")
+        }
+        let gusSaw = cluster.nodes[0].inbox(gus)
+        #expect(gusSaw.contains { $0.hasSuffix("MODE #mixed +qi-o bob gus") }, "\(gusSaw)")
+        for (node, id) in [(0, gus), (1, bob)] {
+            let names = cluster.send(node, id, "NAMES #mixed").first { $0.contains(" 353 ") } ?? ""
+            #expect(names.hasSuffix(":~bob gus") || names.hasSuffix(":gus ~bob"), "node \(node + 1): \(names)")
+        }
+    }
+
     /// The lines a command shows the users of another node come from that node, once: a NICK
     /// change to a channel neighbour and a MONITOR watcher there, a TOPIC with the msgid its
     /// author saw, a QUIT.

@@ -225,6 +225,62 @@ struct ClusterProcessTests {
         try await drop()
     }
 
+    /// Two accounts who make one group on two nodes while the nodes cannot hear each other
+    /// (each node makes it for its own user, owned by that user) end with one group on every
+    /// node and in the database: owned by the one who made it first, the other a plain member
+    /// who is told why. Before, each node kept its own owner, and the database the last
+    /// writer's, with the other creator's membership row lost or both rows owners.
+    @Test func accountsMakingOneGroupOnTwoNodesAtOnceEndWithOneOwner() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
+        try await Self.waitUntilOnline("bob", seenBy: alice)
+
+        try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {
+            alice.send("JOIN #both")
+            try await alice.expect { $0.command == "JOIN" && $0.parameters.first == "#both" }
+            bob.send("JOIN #both")
+            try await bob.expect { $0.command == "JOIN" && $0.parameters.first == "#both" }
+        }
+
+        // alice's group was made first: bob learns he is a member of it, and why.
+        let mode = try await bob.expect(timeout: .seconds(20), "the owner's MODE") { $0.command == "MODE" && $0.parameters.first == "#both" }
+        #expect(mode.parameters.dropFirst().map { $0 } == ["+q-q", "alice", "bob"], "\(mode)")
+        let notice = try await bob.expect { $0.command == "NOTICE" }
+        #expect(notice.parameters.last?.contains("alice made it first") == true, "\(notice)")
+        try await alice.expect(timeout: .seconds(20), "bob's JOIN") { $0.command == "JOIN" && $0.source?.description.hasPrefix("bob!") == true }
+
+        for (client, node) in [(alice, "n1"), (bob, "n2")] {
+            // The NAMES of the JOIN first (each was the owner then).
+            let before = try await client.expect(numeric: "353")
+            #expect(before.parameters.last?.hasPrefix("~") == true, "\(node): \(before)")
+            try await client.expect(numeric: "366")
+            client.send("NAMES #both")
+            let names = try await client.expect(numeric: "353")
+            #expect(Set(names.parameters.last?.split(separator: " ").map(String.init) ?? []) == ["~alice", "bob"], "\(node): \(names)")
+        }
+        // Only the owner manages the member list, on either node.
+        bob.send("KICK #both alice")
+        let refused = try await bob.expect { $0.command == "482" }
+        #expect(refused.parameters.contains("#both"), "\(refused)")
+
+        // The database keeps the same group: alice owns it, both are members, one owner (bob's
+        // node rewrites it after its own first write, which may have committed after alice's).
+        try await Self.waitForValue("""
+            SELECT (SELECT a.name FROM groups g JOIN accounts a ON a.id = g.owner_id WHERE g.key = '#both') || ' ' ||
+                   (SELECT string_agg(a.name || ':' || m.role, ',' ORDER BY a.name) FROM group_members m
+                    JOIN accounts a ON a.id = m.account_id JOIN groups g ON g.id = m.group_id WHERE g.key = '#both')
+            """, on: cluster.database, "the group as alice's") { $0 == "alice alice:3,bob:0" }  // roles: 3 owner, 0 member
+
+        for client in [alice, bob] { await client.close() }
+        try await ServerProcess.stopCleanly([n1, n2])
+        try await drop()
+    }
+
     @Test func aKilledNodeIsNoticedAndItsUsersMessagesWaitForThem() async throws {
         let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
         var cluster = cluster0

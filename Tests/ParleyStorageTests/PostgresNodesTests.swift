@@ -114,6 +114,52 @@ struct PostgresNodesTests {
         try await done()
     }
 
+    /// Two nodes store a group of one name that each made for its own user in the same instant,
+    /// neither knowing the other's row: the second write neither fails (before, a unique
+    /// violation failed its whole batch, messages included) nor drops the first creator's
+    /// membership; the node whose claim lost then rewrites the group as the winner's.
+    @Test func twoNodesStoringOneNewGroupAtOnceKeepOneGroupWithBothCreators() async throws {
+        let (first, done) = try await StorageBackend.postgres.open()
+        let url = try #require((first as? PostgresChatStore)?.url)
+        let second = try await PostgresChatStore.open(url: url)
+        let watcher = try await Self.ownConnection(to: url)
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let alices = GroupRecord(name: "#both", key: "#both", createdAt: now, owner: "alice", members: ["alice": .owner])
+        let bobs = GroupRecord(name: "#both", key: "#both", createdAt: now.adding(milliseconds: 5), owner: "bob", members: ["bob": .owner])
+        let outcome = Mutex<Result<Void, any Error>?>(nil)
+        let finished = DispatchSemaphore(value: 0)
+        try first.transaction { transaction in
+            try transaction.saveGroup(alices, previousKey: nil)
+            DispatchQueue.global().async {
+                let result = Result { try second.transaction { try $0.saveGroup(bobs, previousKey: nil) } }
+                outcome.withLock { $0 = result }
+                finished.signal()
+            }
+            // Committed once the second node's insert waits for this row (or has failed).
+            let waitingForARow = """
+                DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted)
+                THEN RAISE EXCEPTION 'not waiting'; END IF; END $$
+                """
+            while outcome.withLock({ $0 == nil }) {
+                if (try? watcher.run(waitingForARow, logger: Logger(label: "test"))) != nil { break }
+            }
+        }
+        #expect(finished.wait(timeout: .now() + 20) == .success)
+        #expect(throws: Never.self) { try outcome.withLock { $0 }?.get() }
+        var groups = try await first.loadGroups().filter { $0.key == "#both" }
+        #expect(groups.count == 1 && groups.first?.members == ["alice": .owner, "bob": .owner], "\(groups)")
+        #expect(groups.first?.createdAt == now, "the earlier creation time stays")
+
+        // bob's node heard of alice's claim (made first) and rewrites the group as hers.
+        let settled = GroupRecord(name: "#both", key: "#both", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member])
+        try second.transaction { try $0.saveGroup(settled, previousKey: nil) }
+        groups = try await first.loadGroups().filter { $0.key == "#both" }
+        #expect(groups.count == 1 && groups.first?.owner == "alice" && groups.first?.members == ["alice": .owner, "bob": .member], "\(groups)")
+        try await watcher.close()
+        try await second.close()
+        try await done()
+    }
+
     /// A dead node's direct messages that their recipients had at once have no recipient row: the
     /// node that follows them gets them with their recipient all the same, delivered, unread.
     @Test func aDeadNodesDirectMessagesHadAtOnceAreFollowedWithTheirRecipient() async throws {

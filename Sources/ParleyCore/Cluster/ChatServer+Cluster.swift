@@ -109,6 +109,86 @@ extension ChatServer {
     /// too, as that node did, so that both nodes agree on who leads the channel.
     static let createdChannelsTag = "parley/created"
 
+    /// A channel this node had when another node's JOIN said that node made it (`createdChannelsTag`):
+    /// both made it in the same instant, each for its own user, and this was this node's claim.
+    struct ChannelClaim {
+        let key: String
+        /// The owning account when this node's channel is a group.
+        let owner: String?
+        let createdAt: Timestamp
+    }
+
+    /// Of the channels another node's JOIN made there, those this node already has.
+    func channelsMadeHereToo(by message: IRCMessage) -> [ChannelClaim] {
+        guard message.command == "JOIN", let made = message.tagValue(Self.createdChannelsTag) else { return [] }
+        return made.split(separator: ",").compactMap { key in
+            channels[String(key)].map { ChannelClaim(key: $0.key, owner: $0.owner, createdAt: $0.createdAt) }
+        }
+    }
+
+    /// Two nodes made one channel in the same instant, each for its own user, before either
+    /// heard of the other's: every node must end with the same channel, whichever claim it heard
+    /// first. A group beats a guests' channel; of two groups the one made first wins (the
+    /// account key that sorts first on a tie), as IRC servers settle a channel made on both
+    /// sides of a split by its creation time; two guests' channels are one led by both guests
+    /// (`join`). The losing creator stays as a plain member, with a MODE line and a NOTICE that
+    /// say why. Called after the joiner's JOIN ran here, when this node's claim was the other.
+    mutating func settleChannelsMadeTwice(_ claims: [ChannelClaim], joiner: ConnectionID, at time: Timestamp, into outbox: inout Outbox) {
+        guard let joinerSession = sessions[joiner], let winner = joinerSession.accountKey else { return }
+        var context = CommandContext(connection: Self.nobody, now: time, label: nil)
+        for claim in claims {
+            if let owner = claim.owner {
+                // This node's group stands when it was made first.
+                guard owner != winner, (time, winner) < (claim.createdAt, owner) else { continue }
+            }
+            guard var channel = channels.removeValue(forKey: claim.key) else { continue }
+            var changes: [(sign: Character, mode: Character, nick: String)] = []
+            func nick(ofAccount account: String) -> String? {
+                channel.joinedSessions.first { $0.accountKey == account }?.nick?.name
+            }
+            if let loser = claim.owner {
+                setMembership(loser, .member, in: &channel)
+                if let loserNick = nick(ofAccount: loser) { changes.append(("-", "q", loserNick)) }
+            } else {
+                // A guests' channel becomes the group: its guests keep their seats, not their ranks.
+                for (connection, role) in channel.guestRoles where role >= .op {
+                    if let guestNick = sessions[connection]?.nick?.name { changes.append(("-", "o", guestNick)) }
+                }
+                channel.guestRoles = [:]
+                channel.voicedGuests = []
+                if !channel.inviteOnly { changes.insert(("+", "i", ""), at: 0) }
+                channel.inviteOnly = true
+                forgetReadMarkers(ofTransientChannel: channel.key)
+            }
+            channel.owner = winner
+            channel.createdAt = min(channel.createdAt, time)
+            setMembership(winner, .owner, in: &channel)
+            if let winnerNick = joinerSession.nick?.name { changes.insert(("+", "q", winnerNick), at: 0) }
+            channels[channel.key] = channel
+            // The losing group's rows are rewritten; the winning node stored its own group.
+            if claim.owner != nil { persist(channel, into: &outbox) }
+
+            var modeText = ""
+            var arguments: [String] = []
+            var lastSign: Character?
+            for change in changes {
+                if change.sign != lastSign { modeText.append(change.sign); lastSign = change.sign }
+                modeText.append(change.mode)
+                if !change.nick.isEmpty { arguments.append(change.nick) }
+            }
+            let winnerName = accounts[winner]?.name ?? joinerSession.nick?.name ?? winner
+            let mode = IRCMessage(source: Self.chanServPrefix, command: "MODE", parameters: [channel.name, modeText] + arguments)
+            let why = "\(channel.name) was also made by \(winnerName) on another server at the same moment; \(winnerName) made it first and owns it"
+            for member in channel.joined where isLocal(member) {
+                emit(mode, to: member, &context, &outbox)
+                guard let memberSession = sessions[member], memberSession.id != joiner,
+                      claim.owner.map({ memberSession.accountKey == $0 }) ?? (memberSession.accountKey == nil) else { continue }
+                emit(IRCMessage(source: Self.chanServPrefix, command: "NOTICE", parameters: [memberSession.nick?.name ?? "*", why]),
+                     to: member, &context, &outbox)
+            }
+        }
+    }
+
     /// After a local command or close the other nodes run too: what it queued for the users of
     /// nodes that write their own users' lines is dropped, since those nodes write it when they
     /// run the command, from what they know (a member who joined there a moment before this
@@ -245,9 +325,11 @@ extension ChatServer {
         case .command(let connection, let message, let time):
             guard !isLocal(connection), let session = sessions[connection] else { return }
             let before = Session(snapshotOf: session)
+            let madeHereToo = channelsMadeHereToo(by: message)
             var effects = Outbox()
             process(message, session: session, now: time, into: &effects)
             forgetPendingWork(of: connection)
+            if !madeHereToo.isEmpty { settleChannelsMadeTwice(madeHereToo, joiner: connection, at: time, into: &outbox) }
             if channelLineNodes.contains(connection.node) {
                 // That node left this node's users' lines to it (`leaveLinesToTheirNodes`).
                 keepLinesForLocalUsers(of: effects, into: &outbox)
