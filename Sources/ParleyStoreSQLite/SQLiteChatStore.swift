@@ -16,10 +16,10 @@ public final class SQLiteChatStore: ChatStore {
     /// run on the storage thread; account inserts on their own; both go through this lock.
     private let identities = Mutex(StoredIdentities())
 
-    /// Conversation ids by key (`ConversationKey`) for the writer, so that a message's
+    /// Conversation ids by their parties (`ConversationParties`) for the writer, so that a message's
     /// conversation costs no lookup in the database. Conversations are never deleted, so an id
     /// stays true; the cache is emptied when it would exceed `cachedConversations`.
-    private let conversationIDs = Mutex([String: Int64]())
+    private let conversationIDs = Mutex([ConversationParties: Int64]())
     static let cachedConversations = 100_000
 
     /// Copies the WAL into the database beside the writer (see `WALCheckpointer`).
@@ -449,14 +449,19 @@ public final class SQLiteChatStore: ChatStore {
                 let conversation: Int64
                 switch stored.targetKind {
                 case .group:
-                    conversation = try conversations.id(for: ConversationKey.group(targetID ?? 0), accounts: (nil, nil), in: db)
+                    conversation = try conversations.id(for: .group(targetID ?? 0), accounts: (nil, nil), in: db)
                 case .direct:
-                    // A guest is named by its connection's identity (a message without one, which
-                    // the server does not make, is kept under its nick rather than refused).
-                    let senderParty = senderID.map(ConversationKey.account) ?? senderGuest ?? "!" + stored.senderNick
-                    let targetParty = targetID.map(ConversationKey.account) ?? targetGuest ?? stored.target
-                    conversation = try conversations.id(
-                        for: ConversationKey.direct(senderParty, targetParty), accounts: (senderID, targetID), in: db)
+                    let parties: ConversationParties
+                    if let senderID, let targetID {
+                        parties = .direct(senderID, targetID)
+                    } else {
+                        // A guest is named by its connection's identity (a message without one,
+                        // which the server does not make, is kept under its nick rather than refused).
+                        let senderParty = senderID.map(ConversationKey.account) ?? senderGuest ?? "!" + stored.senderNick
+                        let targetParty = targetID.map(ConversationKey.account) ?? targetGuest ?? stored.target
+                        parties = .other(ConversationKey.direct(senderParty, targetParty))
+                    }
+                    conversation = try conversations.id(for: parties, accounts: (senderID, targetID), in: db)
                 }
                 row.bind(1, stored.id)
                 row.bind(2, stored.time.millisecondsSince1970)
