@@ -27,8 +27,10 @@ ACCOUNT_PAIRS=${ACCOUNT_PAIRS:-500}
 ACCOUNT_MEMBERS=${ACCOUNT_MEMBERS:-1000}
 THREADS=${THREADS:-1}
 CLIENTS=${CLIENTS:-19000}
+CONNECT_RATE=${CONNECT_RATE:-5000}
+FANOUT_RATE=${FANOUT_RATE:-50}
 SERVERS=${SERVERS:-"parley inspircd ngircd"}
-WORKLOADS=${WORKLOADS:-"direct fanout fanout10 rate connect direct-accounts rate-accounts fanout-accounts offline offline-one"}
+WORKLOADS=${WORKLOADS:-"direct fanout fanout10 fanout-rate rate connect direct-accounts rate-accounts fanout-accounts offline offline-one"}
 PORT=${PORT:-16900}
 SAVE=${SAVE:-auto}
 . bench/lib.sh
@@ -62,6 +64,13 @@ run_workload() {
     fanout10) bench fanout --server "$server" --members "$MEMBERS" --senders 10 --window "$WINDOW" --duration "$DURATION" \
         | sed 's/"mode":"fanout"/"mode":"fanout10"/' ;;
     rate) bench direct --server "$server" --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" | sed 's/"mode":"direct"/"mode":"rate"/' ;;
+    # The fan-outs at a fixed rate (FANOUT_RATE messages/s in all): as fast as they go, the
+    # generator reads as many lines as the server writes and is the bottleneck on this machine;
+    # at a fixed rate each server's CPU per delivery is what compares (its capacity on one core).
+    fanout-rate) bench fanout --server "$server" --members "$MEMBERS" --senders 1 --rate "$FANOUT_RATE" --duration "$DURATION" \
+        | sed 's/"mode":"fanout"/"mode":"fanout-rate"/' ;;
+    fanout10-rate) bench fanout --server "$server" --members "$MEMBERS" --senders 10 --rate "$FANOUT_RATE" --duration "$DURATION" \
+        | sed 's/"mode":"fanout"/"mode":"fanout10-rate"/' ;;
     # Between accounts (Parley only): every message is stored before its echo.
     direct-accounts) [ "$server" = parley ] && bench direct --accounts --server "$server" --pairs "$ACCOUNT_PAIRS" --window "$WINDOW" \
         --duration "$DURATION" | sed 's/"mode":"direct"/"mode":"direct-accounts"/' ;;
@@ -72,9 +81,11 @@ run_workload() {
     connect)
         # ngircd's listen backlog is small: a thousand simultaneous connects overflow it and the
         # kernel resets some (seen near 4,000 clients); a hundred at a time it takes them all.
-        local parallel=1000
-        [ "$server" = ngircd ] && parallel=100
-        bench connect --server "$server" --clients "$CLIENTS" --parallel "$parallel" --hold 2 ;;
+        # At a fixed rate (CONNECT_RATE per second, in batches of 100): as fast as it can, the
+        # generator spends more CPU per connection than the server (the kernel's work for both
+        # ends of a loopback connection is mostly charged to it) and measures itself.
+        local parallel=100
+        bench connect --server "$server" --clients "$CLIENTS" --parallel "$parallel" --rate "$CONNECT_RATE" --hold 2 ;;
     # Storage throughput: ten senders, 64 unacknowledged messages each (640 in flight; the
     # direct workload keeps 8,000 in flight). With one sender the rate is bounded by the round
     # trip of each window (read, commit, echo), not by the server's capacity: offline-one.
@@ -128,6 +139,8 @@ metrics = {  # workload: (metric, label, higher is better)
     "fanout": [("delivered_per_s", "fanout, 1 sender: deliveries/s", True)],
     "fanout10": [("delivered_per_s", "fanout, 10 senders: deliveries/s", True)],
     "rate": [("p99_us", "direct at fixed rate: p99 latency (us)", False), ("p50_us", "direct at fixed rate: p50 latency (us)", False)],
+    "fanout-rate": [("server_cpu_ns_per_delivery", "fanout at fixed rate, 1 sender: server CPU ns/delivery", False)],
+    "fanout10-rate": [("server_cpu_ns_per_delivery", "fanout at fixed rate, 10 senders: server CPU ns/delivery", False)],
     "connect": [("server_bytes_per_conn", "idle connections: server bytes/connection", False),
                 ("server_cpu_us_per_conn", "connect + register: server CPU us/connection", False)],
     "direct-accounts": [("delivered_per_s", "accounts, direct, window: msgs/s", True)],

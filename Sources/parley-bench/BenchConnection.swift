@@ -97,7 +97,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         self.loopIndex = loopIndex
     }
 
-    static func connect(_ connection: BenchConnection, host: String, port: Int, source: SocketAddress?) -> EventLoopFuture<Void> {
+    static func connect(_ connection: BenchConnection, to target: SocketAddress, source: SocketAddress?) -> EventLoopFuture<Void> {
         connection.connectStartedAt = monotonicNanoseconds()
         var bootstrap = ClientBootstrap(group: connection.eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -108,7 +108,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
                 }
             }
         if let source { bootstrap = bootstrap.bind(to: source) }
-        return bootstrap.connect(host: host, port: port).map { channel in
+        return bootstrap.connect(to: target).map { channel in
             connection.channel = channel
             connection.outgoing = channel.allocator.buffer(capacity: 512)
             connection.sendRegistration()

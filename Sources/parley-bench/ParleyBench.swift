@@ -49,6 +49,16 @@ struct Common: ParsableArguments {
         return try SocketAddress(ipAddress: address, port: 0)
     }
 
+    /// The address of the server (its `index`th port, for client `index`): resolved once per
+    /// call here rather than by the bootstrap per connection, whose resolver (getaddrinfo on a
+    /// thread pool) and connection racing cost the generator about a third of its CPU when
+    /// 10,000 clients connect (`perf`), more than the server spent accepting them.
+    func target(for index: Int) throws -> SocketAddress {
+        let port = ports[index % ports.count]
+        if let literal = try? SocketAddress(ipAddress: host, port: port) { return literal }
+        return try SocketAddress.makeAddressResolvingHost(host, port: port)
+    }
+
     func makeLoops() -> (MultiThreadedEventLoopGroup, [EventLoop]) {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         return (group, Array(group.makeIterator()))
@@ -139,7 +149,7 @@ let runTag = String(UInt32.random(in: 0..<(36 * 36 * 36)), radix: 36)
 /// Connects `count` clients (at most `parallel` connecting at once) and waits until all are
 /// registered. Throws with a clear reason if the server refuses or drops any.
 func connectAll(
-    count: Int, parallel: Int, common: Common, loops: [EventLoop], loopIndex: (Int) -> Int = { $0 },
+    count: Int, parallel: Int, rate: Double = 0, common: Common, loops: [EventLoop], loopIndex: (Int) -> Int = { $0 },
     login: (Int) -> Login = { _ in .none },
     nick: (Int) -> String, capabilities: [String] = [], configure: (BenchConnection) -> Void = { _ in }
 ) async throws -> (connections: [BenchConnection], latencies: Histogram<UInt64>, seconds: Double) {
@@ -156,17 +166,24 @@ func connectAll(
     var next = 0
     var lastProgress = start
     while next < count {
+        if rate > 0 {
+            // Open loop: the next batch starts when its first client is due, not sooner.
+            let due = start + UInt64(Double(next) / rate * 1e9)
+            let now = monotonicNanoseconds()
+            if due > now { try await Task.sleep(nanoseconds: due - now) }
+        }
         let batch = connections[next..<min(count, next + parallel)]
         let sources = try batch.map { try common.source(for: $0.index) }
+        let targets = try batch.map { try common.target(for: $0.index) }
         var futures: [EventLoopFuture<Void>] = []
-        for (connection, source) in zip(batch, sources) {
+        for ((connection, source), target) in zip(zip(batch, sources), targets) {
             let loop = connection.eventLoop
             let registered = loop.makePromise(of: Void.self)
             loop.execute {
                 connection.onRegistered = { _ in registered.succeed(()) }
                 connection.onClosed = { connection, reason in registered.fail(BenchFailure(description: "client \(connection.nick) was disconnected while registering: \(reason)")) }
             }
-            BenchConnection.connect(connection, host: common.host, port: common.ports[connection.index % common.ports.count], source: source).cascadeFailure(to: registered)
+            BenchConnection.connect(connection, to: target, source: source).cascadeFailure(to: registered)
             futures.append(registered.futureResult)
         }
         do {
@@ -231,13 +248,16 @@ struct Connect: AsyncParsableCommand {
     @OptionGroup var common: Common
     @Option(help: "Clients.") var clients = 1000
     @Option(help: "Clients connecting at once.") var parallel = 200
+    @Option(help: "Connections started per second, in batches of --parallel (0: each batch as soon as the last one registered). A fixed rate keeps the generator, which spends more CPU per connection than a server (the kernel's work for both ends of a loopback connection is mostly its), from being what is measured.")
+    var rate = 0.0
     @Option(help: "Seconds to stay connected and idle afterwards.") var hold = 5.0
 
     func run() async throws {
         let (group, loops) = common.makeLoops()
         let before = common.serverPid.flatMap(ProcessSample.read)
         let cpu = CPUUsage.Start(serverPid: common.serverPid)
-        let result = try await connectAll(count: clients, parallel: parallel, common: common, loops: loops, login: { _ in common.login }) { "c\(runTag)\(String($0, radix: 36))" }
+        let result = try await connectAll(count: clients, parallel: parallel, rate: rate, common: common, loops: loops,
+                                          login: { _ in common.login }) { "c\(runTag)\(String($0, radix: 36))" }
         let usage = cpu.end(serverPid: common.serverPid)
         let after = common.serverPid.flatMap(ProcessSample.read)
         try await Task.sleep(for: .milliseconds(Int(hold * 1000)))
@@ -451,6 +471,11 @@ func runTraffic(
     report.add("reordered", Int(reordered))
     report.add("disconnected", disconnected.withLockedValue { $0 })
     if let server = usage.serverSeconds { report.add("server_cpu_s", server, digits: 2) }
+    // The server's CPU per delivery over the same interval: what a server's capacity on one core
+    // follows, measurable at a fixed rate that leaves the generator room (`--rate`).
+    if let server = usage.serverSeconds, min(deliveredInWindow, receivedAtEnd) > 0 {
+        report.add("server_cpu_ns_per_delivery", server * 1e9 / Double(min(deliveredInWindow, receivedAtEnd)), digits: 0)
+    }
     // Per delivered message: what the store costs, steadier than rates on a shared machine.
     if let bytes = usage.serverStorageBytes, receivedAtEnd > 0 { report.add("server_disk_bytes_per_msg", Double(bytes) / Double(receivedAtEnd), digits: 0) }
     report.addCPU(usage, threads: traffic.count)
