@@ -415,14 +415,8 @@ extension ClusterProcessTests {
     }
 
     @Test func aNodeTakenForDeadWhileCutOffStartsOverWithoutDuplicates() async throws {
-        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
-        var cluster = cluster0
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceAndBobOnTwoNodes()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
         let zed = try await TestClient.registered("zed", port: n2.ports[0])
         try await Self.waitUntilOnline("zed", seenBy: alice)
         alice.send("MONITOR + bob")

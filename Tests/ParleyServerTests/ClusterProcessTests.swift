@@ -38,6 +38,18 @@ struct ClusterProcessTests {
     }
 
     /// Waits until `watcher`'s node knows `nick` is online somewhere in the cluster.
+    /// Two nodes on a fresh database with the accounts alice and bob, alice logged in through n1
+    /// and bob through n2 (the caller removes `cluster.directory` and calls `drop` at the end).
+    static func aliceAndBobOnTwoNodes() async throws
+        -> (cluster: Cluster, drop: @Sendable () async throws -> Void, n1: ServerProcess, n2: ServerProcess, alice: TestClient, bob: TestClient) {
+        var (cluster, drop) = try await makeCluster(accounts: ["alice", "bob"])
+        let n1 = try await cluster.start("n1")
+        let n2 = try await cluster.start("n2")
+        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: caps, password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: caps, password: "bob-password")
+        return (cluster, drop, n1, n2, alice, bob)
+    }
+
     static func waitUntilOnline(_ nick: String, seenBy watcher: TestClient) async throws {
         watcher.send("MONITOR + \(nick)")
         try await watcher.expect(timeout: .seconds(20), "\(nick) online") { $0.command == "730" && $0.parameters.last?.hasPrefix(nick + "!") == true }
@@ -135,14 +147,8 @@ struct ClusterProcessTests {
     /// included) until alice's message is decided and stored; it was then found only in the
     /// group's history.
     @Test func aGroupMessageSentBeforeItsNodeHeardOfAJoinReachesTheNewMemberLive() async throws {
-        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
-        var cluster = cluster0
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceAndBobOnTwoNodes()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
         let gus = try await TestClient.registered("gus", port: n2.ports[0], caps: ["server-time"])
         try await Self.waitUntilOnline("bob", seenBy: alice)
         alice.send("JOIN #open")
@@ -231,13 +237,8 @@ struct ClusterProcessTests {
     /// who is told why. Before, each node kept its own owner, and the database the last
     /// writer's, with the other creator's membership row lost or both rows owners.
     @Test func accountsMakingOneGroupOnTwoNodesAtOnceEndWithOneOwner() async throws {
-        let (cluster0, drop) = try await Self.makeCluster(accounts: ["alice", "bob"])
-        var cluster = cluster0
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceAndBobOnTwoNodes()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.caps, password: "bob-password")
         try await Self.waitUntilOnline("bob", seenBy: alice)
 
         try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {

@@ -142,7 +142,7 @@ extension ChatServer {
                 guard owner != winner, (time, winner) < (claim.createdAt, owner) else { continue }
             }
             guard var channel = channels.removeValue(forKey: claim.key) else { continue }
-            var changes: [(sign: Character, mode: Character, nick: String)] = []
+            var changes: [(sign: Character, mode: Character, argument: String?)] = []
             func nick(ofAccount account: String) -> String? {
                 channel.joinedSessions.first { $0.accountKey == account }?.nick?.name
             }
@@ -156,7 +156,7 @@ extension ChatServer {
                 }
                 channel.guestRoles = [:]
                 channel.voicedGuests = []
-                if !channel.inviteOnly { changes.insert(("+", "i", ""), at: 0) }
+                if !channel.inviteOnly { changes.insert(("+", "i", nil), at: 0) }
                 channel.inviteOnly = true
                 forgetReadMarkers(ofTransientChannel: channel.key)
             }
@@ -168,16 +168,8 @@ extension ChatServer {
             // The losing group's rows are rewritten; the winning node stored its own group.
             if claim.owner != nil { persist(channel, into: &outbox) }
 
-            var modeText = ""
-            var arguments: [String] = []
-            var lastSign: Character?
-            for change in changes {
-                if change.sign != lastSign { modeText.append(change.sign); lastSign = change.sign }
-                modeText.append(change.mode)
-                if !change.nick.isEmpty { arguments.append(change.nick) }
-            }
             let winnerName = accounts[winner]?.name ?? joinerSession.nick?.name ?? winner
-            let mode = IRCMessage(source: Self.chanServPrefix, command: "MODE", parameters: [channel.name, modeText] + arguments)
+            let mode = IRCMessage(source: Self.chanServPrefix, command: "MODE", parameters: [channel.name] + Self.modeParameters(changes))
             let why = "\(channel.name) was also made by \(winnerName) on another server at the same moment; \(winnerName) made it first and owns it"
             for member in channel.joined where isLocal(member) {
                 emit(mode, to: member, &context, &outbox)

@@ -965,16 +965,22 @@ extension ChatServer {
         channels[channel.key] = channel
         persistSettings(of: channel, into: &outbox)
         for account in changedMembers { persistMembership(of: account, in: channel, into: &outbox) }
+        let announcement = IRCMessage(source: session.prefix, command: "MODE", parameters: [channel.name] + Self.modeParameters(applied))
+        for member in channel.joined { emit(announcement, to: member, &context, &outbox) }
+    }
+
+    /// A MODE line's changes and their arguments (`+qi-o bob gus`): a sign written where it
+    /// changes.
+    static func modeParameters(_ changes: [(sign: Character, mode: Character, argument: String?)]) -> [String] {
         var modeText = ""
-        var modeArguments: [String] = []
+        var arguments: [String] = []
         var lastSign: Character?
-        for change in applied {
+        for change in changes {
             if change.sign != lastSign { modeText.append(change.sign); lastSign = change.sign }
             modeText.append(change.mode)
-            if let argument = change.argument { modeArguments.append(argument) }
+            if let argument = change.argument { arguments.append(argument) }
         }
-        let announcement = IRCMessage(source: session.prefix, command: "MODE", parameters: [channel.name, modeText] + modeArguments)
-        for member in channel.joined { emit(announcement, to: member, &context, &outbox) }
+        return [modeText] + arguments
     }
 
     // MARK: ChanServ: group administration for clients without special commands
