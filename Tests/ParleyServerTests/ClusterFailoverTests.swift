@@ -21,15 +21,23 @@ extension ClusterProcessTests {
         return client
     }
 
-    /// Two nodes on a fresh database, alice logged in on n1 and bob on n2, and n1 knowing that
-    /// bob is online (alice MONITORs him).
-    static func aliceOnN1BobOnN2() async throws
+    /// Two nodes on a fresh database with the accounts alice and bob, alice logged in through n1
+    /// and bob through n2 (the caller removes `cluster.directory` and calls `drop` at the end).
+    static func aliceAndBobOnTwoNodes() async throws
         -> (cluster: Cluster, drop: @Sendable () async throws -> Void, n1: ServerProcess, n2: ServerProcess, alice: TestClient, bob: TestClient) {
         var (cluster, drop) = try await makeCluster(accounts: ["alice", "bob"])
         let n1 = try await cluster.start("n1")
         let n2 = try await cluster.start("n2")
         let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: caps, password: "alice-password")
         let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: caps, password: "bob-password")
+        return (cluster, drop, n1, n2, alice, bob)
+    }
+
+    /// Two nodes on a fresh database, alice logged in on n1 and bob on n2, and n1 knowing that
+    /// bob is online (alice MONITORs him).
+    static func aliceOnN1BobOnN2() async throws
+        -> (cluster: Cluster, drop: @Sendable () async throws -> Void, n1: ServerProcess, n2: ServerProcess, alice: TestClient, bob: TestClient) {
+        let (cluster, drop, n1, n2, alice, bob) = try await aliceAndBobOnTwoNodes()
         alice.send("MONITOR + bob")
         try await alice.skip(through: { $0.command == "730" && $0.parameters.last?.hasPrefix("bob!") == true }, "bob online", timeout: .seconds(20))
         return (cluster, drop, n1, n2, alice, bob)

@@ -37,19 +37,18 @@ struct ClusterProcessTests {
         return (Cluster(directory: directory, config: config, database: url), drop)
     }
 
-    /// Waits until `watcher`'s node knows `nick` is online somewhere in the cluster.
-    /// Two nodes on a fresh database with the accounts alice and bob, alice logged in through n1
-    /// and bob through n2 (the caller removes `cluster.directory` and calls `drop` at the end).
-    static func aliceAndBobOnTwoNodes() async throws
-        -> (cluster: Cluster, drop: @Sendable () async throws -> Void, n1: ServerProcess, n2: ServerProcess, alice: TestClient, bob: TestClient) {
-        var (cluster, drop) = try await makeCluster(accounts: ["alice", "bob"])
-        let n1 = try await cluster.start("n1")
-        let n2 = try await cluster.start("n2")
-        let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: caps, password: "alice-password")
-        let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: caps, password: "bob-password")
-        return (cluster, drop, n1, n2, alice, bob)
+    /// Each client joins `channel` in turn (seeing its own JOIN) while the nodes cannot hear each
+    /// other: a lock on `cluster_events` holds every payload back until all have joined.
+    static func join(_ channel: String, _ clients: [TestClient], whileNodesCannotHearEachOtherIn database: PostgresDatabaseURL) async throws {
+        try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: database) {
+            for client in clients {
+                client.send("JOIN \(channel)")
+                try await client.expect { $0.command == "JOIN" && $0.parameters.first == channel }
+            }
+        }
     }
 
+    /// Waits until `watcher`'s node knows `nick` is online somewhere in the cluster.
     static func waitUntilOnline(_ nick: String, seenBy watcher: TestClient) async throws {
         watcher.send("MONITOR + \(nick)")
         try await watcher.expect(timeout: .seconds(20), "\(nick) online") { $0.command == "730" && $0.parameters.last?.hasPrefix(nick + "!") == true }
@@ -207,12 +206,7 @@ struct ClusterProcessTests {
         let ida = try await TestClient.registered("ida", port: n2.ports[0], caps: [])
         try await Self.waitUntilOnline("ida", seenBy: gus)
 
-        try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {
-            gus.send("JOIN #both")
-            try await gus.expect { $0.command == "JOIN" && $0.parameters.first == "#both" }
-            ida.send("JOIN #both")
-            try await ida.expect { $0.command == "JOIN" && $0.parameters.first == "#both" }
-        }
+        try await Self.join("#both", [gus, ida], whileNodesCannotHearEachOtherIn: cluster.database)
 
         try await gus.expect(timeout: .seconds(20), "ida's JOIN") { $0.command == "JOIN" && $0.source?.description.hasPrefix("ida!") == true }
         try await ida.expect(timeout: .seconds(20), "gus's JOIN") { $0.command == "JOIN" && $0.source?.description.hasPrefix("gus!") == true }
@@ -241,12 +235,7 @@ struct ClusterProcessTests {
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
         try await Self.waitUntilOnline("bob", seenBy: alice)
 
-        try await HeldTransaction.holding("LOCK TABLE cluster_events IN SHARE MODE", on: cluster.database) {
-            alice.send("JOIN #both")
-            try await alice.expect { $0.command == "JOIN" && $0.parameters.first == "#both" }
-            bob.send("JOIN #both")
-            try await bob.expect { $0.command == "JOIN" && $0.parameters.first == "#both" }
-        }
+        try await Self.join("#both", [alice, bob], whileNodesCannotHearEachOtherIn: cluster.database)
 
         // alice's group was made first: bob learns he is a member of it, and why.
         let mode = try await bob.expect(timeout: .seconds(20), "the owner's MODE") { $0.command == "MODE" && $0.parameters.first == "#both" }
