@@ -13,6 +13,10 @@
 #   BIN=/tmp/old (that directory's parley-server and parley-bench, no build),
 #   KEEP=1 (keep the work directory: node and database logs), SKIP_SQLITE=1,
 #   PGOPTS='-c log_min_duration_statement=100', EXTRA_LIMITS=', "storageQueueLimit": 0'
+# With WORKLOADS including reference: the same direct pairs between guests (nothing stored) on
+# one SQLite node and on InspIRCd (when installed), in the same run, unpinned like the rest: a
+# yardstick for the single node's rate on this noisy machine (issue 14: the single node must not
+# fall below what it did before the scale-out; compare ratios to InspIRCd across runs).
 # With BEFORE=path/to/an/older/parley-server, each setup also runs on that binary (rows labelled
 # "before: ..."), just before this build's, so both sets of figures come from the same minutes of
 # this shared machine; RUNS=N repeats the whole set.
@@ -90,7 +94,21 @@ fresh_database() { # sets db to a new, empty database's URL
     db="postgresql://postgres@127.0.0.1:$pgport/parley$databases"
 }
 
+run_guests() { # label port
+    bench_with_timeout "$1" direct --pairs "$PAIRS" --window "$WINDOW" --duration "$DURATION" --server "$prefix$1" --port "$2"
+}
+
 setups() {
+if [[ " $WORKLOADS " == *" reference "* ]]; then
+    p1=$(free_port); start_node guests "$p1"; run_guests "reference: 1 node, SQLite, guests" "$p1"; stop_nodes
+    if [ -z "$prefix" ] && command -v inspircd >/dev/null; then
+        PORT=$(free_port); write_inspircd_config
+        inspircd --runasroot --nofork --config "$work/inspircd.conf" >"$work/inspircd.out" 2>&1 &
+        pids+=($!)
+        wait_for_port "$PORT" inspircd "$work/inspircd.out"
+        run_guests "reference: InspIRCd, guests" "$PORT"; stop_nodes
+    fi
+fi
 if [[ " $WORKLOADS " == *" direct "* ]]; then
     [ -n "${SKIP_SQLITE:-}" ] || { p1=$(free_port); start_node sqlite "$p1"; run "1 node, SQLite" "$p1"; stop_nodes; }
     fresh_database; p1=$(free_port); start_node n1 "$p1" "$db"; run "1 node, PostgreSQL" "$p1"; stop_nodes
