@@ -139,6 +139,10 @@ public enum CoreAction: Sendable, Equatable {
     case createAccount(ticket: UInt64, name: String, key: String, password: String, email: String?, iterations: Int)
     /// Persist when an account was last online.
     case recordLastSeen(accountKey: String, at: Timestamp)
+    /// Persist a group just made here. Another node may have made one of that name in the
+    /// same instant (`ChatServer.settleChannelsMadeTwice`): then the stored group stays as it
+    /// is and only gains this one's members (`StorageTransaction.createGroup`).
+    case createGroup(GroupRecord)
     /// Persist a group's whole state (after a rename, `previousKey` is its former key).
     case saveGroup(GroupRecord, previousKey: String?)
     /// Persist a group's state but its member list (the record's members are left empty).
@@ -175,7 +179,7 @@ public enum CoreAction: Sendable, Equatable {
 extension CoreAction {
     public var isOrderedStorageWrite: Bool {
         switch self {
-        case .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
+        case .createGroup, .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .recordLastSeen, .updateRecipients, .saveReadMarker,
              .saveGroupReadPosition, .saveReceiptsPendingSince, .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory: true
         default: false
         }

@@ -404,7 +404,7 @@ final class ChatHost: Sendable {
                     core.completeAccountCreation(ticket: ticket, result: result, now: Self.now(), into: &outbox)
                 }
             }
-        case .recordLastSeen, .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
+        case .recordLastSeen, .createGroup, .saveGroup, .saveGroupSettings, .saveGroupMember, .deleteGroup, .storeMessages, .updateRecipients, .saveReadMarker,
              .saveGroupReadPosition, .saveReceiptsPendingSince, .saveAccountSettings, .pruneHistory, .deleteMessage, .loadHistory:
             break  // ordered storage work goes through `storageWriter`
         }

@@ -501,6 +501,7 @@ extension StorageWriter {
         case .saveReceiptsPendingSince(let account, let time): try transaction.setReceiptsPendingSince(account: account, time: time)
         case .recordLastSeen(let account, let time): try transaction.recordLastSeen(account: account, at: time)
         case .saveAccountSettings(let account, let settings): try transaction.setAccountSettings(account: account, settings)
+        case .createGroup(let group): try transaction.createGroup(group)
         case .saveGroup(let group, let previousKey): try transaction.saveGroup(group, previousKey: previousKey)
         case .saveGroupSettings(let group, let previousKey): try transaction.saveGroupSettings(group, previousKey: previousKey)
         case .saveGroupMember(let group, let account, let role, let voiced):

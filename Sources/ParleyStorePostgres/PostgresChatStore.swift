@@ -666,6 +666,10 @@ public final class PostgresChatStore: ChatStore {
         }
 
         /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
+        func createGroup(_ group: GroupRecord) throws {
+            try saveGroup(group, previousKey: nil, includingMembers: true, creating: true)
+        }
+
         func saveGroup(_ group: GroupRecord, previousKey: String?) throws {
             try saveGroup(group, previousKey: previousKey, includingMembers: true)
         }
@@ -674,20 +678,19 @@ public final class PostgresChatStore: ChatStore {
             try saveGroup(group, previousKey: previousKey, includingMembers: false)
         }
 
-        private func saveGroup(_ group: GroupRecord, previousKey: String?, includingMembers: Bool) throws {
+        private func saveGroup(_ group: GroupRecord, previousKey: String?, includingMembers: Bool, creating: Bool = false) throws {
             guard let owner = ids.accountIDs[group.owner] else { throw StoreError.unknownIdentity(group.owner) }
             try flush()
             let values: [SQLValue] = [
                 .text(group.key), .text(group.name), .int(owner), .text(group.topic), .text(group.topicSetBy),
                 .int(group.topicSetAt?.millisecondsSince1970), .text(group.modes), .text(group.password), .int(group.userLimit.map { Int64($0) }),
             ]
-            var id = previousKey.flatMap({ ids.groupIDs[$0] }) ?? ids.groupIDs[group.key]
-            // Another node may have stored a group of this name a moment ago (two users made it
-            // on two nodes in the same instant, `ChatServer.settleChannelsMadeTwice`): then this
-            // write updates that row and adds its members beside the other node's, whichever
-            // commits first; the node whose claim lost rewrites the group after this.
+            // A group of this key may already be stored though this node does not know its id
+            // yet: another node made it in the same instant (`ChatServer.settleChannelsMadeTwice`),
+            // or is renaming to it. A creation then leaves that row as it is and only adds the
+            // members it lacks (`createGroup`); any other save updates it.
+            var id = creating ? nil : previousKey.flatMap({ ids.groupIDs[$0] }) ?? ids.groupIDs[group.key]
             var inserted = false
-            var madeByAnotherNode = false
             if id == nil {
                 let rows = try run("""
                     INSERT INTO groups (key, name, owner_id, topic, topic_set_by, topic_set_at, modes, password, user_limit, created_at)
@@ -697,12 +700,12 @@ public final class PostgresChatStore: ChatStore {
                     id = try row.decode(Int64.self)
                     inserted = true
                 } else {
-                    madeByAnotherNode = true
                     id = try run("SELECT id FROM groups WHERE key = ?", [.text(group.key)]).first.map { try $0.decode(Int64.self) }
                 }
             }
             guard let id else { throw PostgresStoreError.server("the group's id was not found") }
-            if !inserted {
+            let joiningAnother = creating && !inserted
+            if !inserted && !joiningAnother {
                 _ = try run("""
                     UPDATE groups SET key = ?, name = ?, owner_id = ?, topic = ?, topic_set_by = ?, topic_set_at = ?, modes = ?,
                         password = ?, user_limit = ?, created_at = LEAST(created_at, ?) WHERE id = ?
@@ -721,13 +724,13 @@ public final class PostgresChatStore: ChatStore {
                     try lockGroupOrderExclusively()
                 }
                 let newest = try run("SELECT " + PostgresChatStore.newestPositionSQL).first.map { try $0.decode(Int64.self) } ?? 0
-                if madeByAnotherNode {
-                    // The other node's members stay (its creator); this group's are added beside them.
+                if joiningAnother {
+                    // The other node's rows stay; this group's members are added where missing.
                     for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
                         guard let accountID = ids.accountIDs[account] else { continue }
                         _ = try run("""
                             INSERT INTO group_members (group_id, account_id, role, voiced, since) VALUES (?, ?, ?, ?, ?)
-                            ON CONFLICT (group_id, account_id) DO UPDATE SET role = excluded.role, voiced = excluded.voiced
+                            ON CONFLICT (group_id, account_id) DO NOTHING
                             """, [.int(id), .int(accountID), .int(Int64(role.rawValue)), .bool(group.voiced.contains(account)),
                                   .int(since[accountID] ?? newest)])
                     }
@@ -741,6 +744,7 @@ public final class PostgresChatStore: ChatStore {
                     try insert(into: "group_members (group_id, account_id, role, voiced, since)", width: 5, members)
                 }
             }
+            guard !joiningAnother else { return }
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])
             try insert(into: "group_bans (group_id, mask, set_by, set_at)", width: 4,
                        group.bans.flatMap { [SQLValue.int(id), .text($0.mask), .text($0.setBy), .int($0.setAt.millisecondsSince1970)] })

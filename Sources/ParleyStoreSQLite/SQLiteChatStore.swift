@@ -926,6 +926,11 @@ public final class SQLiteChatStore: ChatStore {
             try db.execute(sql: "UPDATE accounts SET settings = ? WHERE key = ?", arguments: [try SQLiteChatStore.encodeSettings(settings), account])
         }
 
+        func createGroup(_ group: GroupRecord) throws {
+            // One writer: a group is made only where it is unknown, so this is a whole save.
+            try SQLiteChatStore.saveGroup(group, previousKey: nil, ids: &ids, changes: &changes, in: db)
+        }
+
         func saveGroup(_ group: GroupRecord, previousKey: String?) throws {
             try SQLiteChatStore.saveGroup(group, previousKey: previousKey, ids: &ids, changes: &changes, in: db)
         }

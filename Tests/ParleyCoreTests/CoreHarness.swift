@@ -163,6 +163,15 @@ struct CoreHarness {
                 server.completeAccountCreation(ticket: ticket, result: .created(record), now: now, into: &next)
             case .recordLastSeen(let key, let time):
                 lastSeenRecorded[key] = time
+            case .createGroup(let group):
+                // As the stores do: a group already saved keeps its rows, and gains new members.
+                if var saved = savedGroups[group.key] {
+                    saved.members.merge(group.members) { kept, _ in kept }
+                    savedGroups[group.key] = saved
+                } else {
+                    savedGroups[group.key] = group
+                }
+                wholeGroupSaves += 1
             case .saveGroup(let group, let previousKey):
                 if let previousKey { savedGroups[previousKey] = nil }
                 savedGroups[group.key] = group

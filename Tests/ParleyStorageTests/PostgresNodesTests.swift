@@ -115,9 +115,10 @@ struct PostgresNodesTests {
     }
 
     /// Two nodes store a group of one name that each made for its own user in the same instant,
-    /// neither knowing the other's row: the second write neither fails (before, a unique
-    /// violation failed its whole batch, messages included) nor drops the first creator's
-    /// membership; the node whose claim lost then rewrites the group as the winner's.
+    /// neither knowing the other's row: the second creation neither fails (before, a unique
+    /// violation failed its whole batch, messages included) nor changes the first one's row; it
+    /// adds its creator. The nodes that settle the claims then rewrite the group as the
+    /// winner's, and a creation that commits after that leaves it so.
     @Test func twoNodesStoringOneNewGroupAtOnceKeepOneGroupWithBothCreators() async throws {
         let (first, done) = try await StorageBackend.postgres.open()
         let url = try #require((first as? PostgresChatStore)?.url)
@@ -129,9 +130,9 @@ struct PostgresNodesTests {
         let outcome = Mutex<Result<Void, any Error>?>(nil)
         let finished = DispatchSemaphore(value: 0)
         try first.transaction { transaction in
-            try transaction.saveGroup(alices, previousKey: nil)
+            try transaction.createGroup(alices)
             DispatchQueue.global().async {
-                let result = Result { try second.transaction { try $0.saveGroup(bobs, previousKey: nil) } }
+                let result = Result { try second.transaction { try $0.createGroup(bobs) } }
                 outcome.withLock { $0 = result }
                 finished.signal()
             }
@@ -148,13 +149,21 @@ struct PostgresNodesTests {
         #expect(throws: Never.self) { try outcome.withLock { $0 }?.get() }
         var groups = try await first.loadGroups().filter { $0.key == "#both" }
         #expect(groups.count == 1 && groups.first?.members == ["alice": .owner, "bob": .owner], "\(groups)")
-        #expect(groups.first?.createdAt == now, "the earlier creation time stays")
+        #expect(groups.first?.owner == "alice" && groups.first?.createdAt == now, "the first row stays as it was: \(groups)")
 
         // bob's node heard of alice's claim (made first) and rewrites the group as hers.
         let settled = GroupRecord(name: "#both", key: "#both", createdAt: now, owner: "alice", members: ["alice": .owner, "bob": .member])
         try second.transaction { try $0.saveGroup(settled, previousKey: nil) }
         groups = try await first.loadGroups().filter { $0.key == "#both" }
         #expect(groups.count == 1 && groups.first?.owner == "alice" && groups.first?.members == ["alice": .owner, "bob": .member], "\(groups)")
+
+        // bob's creation committing only now (after the rewrite, its node knowing the group's
+        // id by then) changes nothing that is already there.
+        let third = try await PostgresChatStore.open(url: url)
+        try third.transaction { try $0.createGroup(bobs) }
+        groups = try await first.loadGroups().filter { $0.key == "#both" }
+        #expect(groups.count == 1 && groups.first?.owner == "alice" && groups.first?.members == ["alice": .owner, "bob": .member], "\(groups)")
+        try await third.close()
         try await watcher.close()
         try await second.close()
         try await done()

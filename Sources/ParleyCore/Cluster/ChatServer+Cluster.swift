@@ -132,14 +132,21 @@ extension ChatServer {
     /// account key that sorts first on a tie), as IRC servers settle a channel made on both
     /// sides of a split by its creation time; two guests' channels are one led by both guests
     /// (`join`). The losing creator stays as a plain member, with a MODE line and a NOTICE that
-    /// say why. Called after the joiner's JOIN ran here, when this node's claim was the other.
+    /// say why. Called after the joiner's JOIN ran here, when this node's claim was the other;
+    /// a node that settles two groups stores the result, whichever won.
     mutating func settleChannelsMadeTwice(_ claims: [ChannelClaim], joiner: ConnectionID, at time: Timestamp, into outbox: inout Outbox) {
         guard let joinerSession = sessions[joiner], let winner = joinerSession.accountKey else { return }
         var context = CommandContext(connection: Self.nobody, now: time, label: nil)
         for claim in claims {
             if let owner = claim.owner {
-                // This node's group stands when it was made first.
-                guard owner != winner, (time, winner) < (claim.createdAt, owner) else { continue }
+                guard owner != winner else { continue }
+                if (claim.createdAt, owner) < (time, winner) {
+                    // This node's group stands (made first); the JOIN made the other creator a
+                    // member. Stored as settled here too: the other node may die before it
+                    // rewrites the group.
+                    if let channel = channels[claim.key] { persist(channel, into: &outbox) }
+                    continue
+                }
             }
             guard var channel = channels.removeValue(forKey: claim.key) else { continue }
             var changes: [(sign: Character, mode: Character, argument: String?)] = []
@@ -165,7 +172,7 @@ extension ChatServer {
             setMembership(winner, .owner, in: &channel)
             if let winnerNick = joinerSession.nick?.name { changes.insert(("+", "q", winnerNick), at: 0) }
             channels[channel.key] = channel
-            // The losing group's rows are rewritten; the winning node stored its own group.
+            // The losing group's rows are rewritten as the winner's.
             if claim.owner != nil { persist(channel, into: &outbox) }
 
             let winnerName = accounts[winner]?.name ?? joinerSession.nick?.name ?? winner

@@ -258,7 +258,7 @@ extension ChatServer {
                 created.guestRoles[id] = .op
             }
             channels[created.key] = created
-            persist(created, into: &outbox)
+            if let record = created.record { outbox.actions.append(.createGroup(record)) }
             addConnections(sameNickOnline(id), to: created.key, &context, &outbox)
             return created.key
         }
