@@ -102,10 +102,8 @@ setups() {
 if [[ " $WORKLOADS " == *" reference "* ]]; then
     p1=$(free_port); start_node guests "$p1"; run_guests "reference: 1 node, SQLite, guests" "$p1"; stop_nodes
     if [ -z "$prefix" ] && command -v inspircd >/dev/null; then
-        PORT=$(free_port); write_inspircd_config
-        inspircd --runasroot --nofork --config "$work/inspircd.conf" >"$work/inspircd.out" 2>&1 &
-        pids+=($!)
-        wait_for_port "$PORT" inspircd "$work/inspircd.out"
+        # Unpinned, like the nodes: free to use every core.
+        PORT=$(free_port); SERVER_CPU=0-$(($(nproc) - 1)) start_server inspircd; pids+=("$server_pid")
         run_guests "reference: InspIRCd, guests" "$PORT"; stop_nodes
     fi
 fi

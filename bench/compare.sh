@@ -84,8 +84,7 @@ run_workload() {
         # At a fixed rate (CONNECT_RATE per second, in batches of 100): as fast as it can, the
         # generator spends more CPU per connection than the server (the kernel's work for both
         # ends of a loopback connection is mostly charged to it) and measures itself.
-        local parallel=100
-        bench connect --server "$server" --clients "$CLIENTS" --parallel "$parallel" --rate "$CONNECT_RATE" --hold 2 ;;
+        bench connect --server "$server" --clients "$CLIENTS" --parallel 100 --rate "$CONNECT_RATE" --hold 2 ;;
     # Storage throughput: ten senders, 64 unacknowledged messages each (640 in flight; the
     # direct workload keeps 8,000 in flight). With one sender the rate is bounded by the round
     # trip of each window (read, commit, echo), not by the server's capacity: offline-one.

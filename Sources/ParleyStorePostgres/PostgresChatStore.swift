@@ -665,11 +665,11 @@ public final class PostgresChatStore: ChatStore {
             _ = try run("UPDATE accounts SET settings = ? WHERE key = ?", [.text(try PostgresChatStore.encodeSettings(settings)), .text(account)])
         }
 
-        /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
         func createGroup(_ group: GroupRecord) throws {
             try saveGroup(group, previousKey: nil, includingMembers: true, creating: true)
         }
 
+        /// Saves a group's state under its stable id: a rename changes its key and name, nothing else.
         func saveGroup(_ group: GroupRecord, previousKey: String?) throws {
             try saveGroup(group, previousKey: previousKey, includingMembers: true)
         }
@@ -724,25 +724,16 @@ public final class PostgresChatStore: ChatStore {
                     try lockGroupOrderExclusively()
                 }
                 let newest = try run("SELECT " + PostgresChatStore.newestPositionSQL).first.map { try $0.decode(Int64.self) } ?? 0
-                if joiningAnother {
-                    // The other node's rows stay; this group's members are added where missing.
-                    for (account, role) in group.members.sorted(by: { $0.key < $1.key }) {
-                        guard let accountID = ids.accountIDs[account] else { continue }
-                        _ = try run("""
-                            INSERT INTO group_members (group_id, account_id, role, voiced, since) VALUES (?, ?, ?, ?, ?)
-                            ON CONFLICT (group_id, account_id) DO NOTHING
-                            """, [.int(id), .int(accountID), .int(Int64(role.rawValue)), .bool(group.voiced.contains(account)),
-                                  .int(since[accountID] ?? newest)])
-                    }
-                } else {
-                    _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)])
-                    let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
-                        ids.accountIDs[account].map {
-                            [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account)), .int(since[$0] ?? newest)]
-                        } ?? []
-                    }
-                    try insert(into: "group_members (group_id, account_id, role, voiced, since)", width: 5, members)
+                let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
+                    ids.accountIDs[account].map {
+                        [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account)), .int(since[$0] ?? newest)]
+                    } ?? []
                 }
+                // Joining another node's row, its members stay and this group's are added where
+                // missing; otherwise the list is replaced.
+                if !joiningAnother { _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)]) }
+                try insert(into: "group_members (group_id, account_id, role, voiced, since)", width: 5, members,
+                           suffix: joiningAnother ? " ON CONFLICT (group_id, account_id) DO NOTHING" : "")
             }
             guard !joiningAnother else { return }
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])

@@ -49,14 +49,15 @@ struct Common: ParsableArguments {
         return try SocketAddress(ipAddress: address, port: 0)
     }
 
-    /// The address of the server (its `index`th port, for client `index`): resolved once per
-    /// call here rather than by the bootstrap per connection, whose resolver (getaddrinfo on a
-    /// thread pool) and connection racing cost the generator about a third of its CPU when
-    /// 10,000 clients connect (`perf`), more than the server spent accepting them.
-    func target(for index: Int) throws -> SocketAddress {
-        let port = ports[index % ports.count]
-        if let literal = try? SocketAddress(ipAddress: host, port: port) { return literal }
-        return try SocketAddress.makeAddressResolvingHost(host, port: port)
+    /// The server's addresses, one per port (client i connects to the (i mod N)th), resolved
+    /// once rather than by the bootstrap per connection, whose resolver (getaddrinfo on a thread
+    /// pool) and connection racing cost the generator about a third of its CPU when 10,000
+    /// clients connect (`perf`), more than the server spent accepting them.
+    func targets() throws -> [SocketAddress] {
+        try ports.map { port in
+            if let literal = try? SocketAddress(ipAddress: host, port: port) { return literal }
+            return try SocketAddress.makeAddressResolvingHost(host, port: port)
+        }
     }
 
     func makeLoops() -> (MultiThreadedEventLoopGroup, [EventLoop]) {
@@ -163,6 +164,7 @@ func connectAll(
     }
     let start = monotonicNanoseconds()
     var latencies = Histogram<UInt64>(highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: .three)
+    let targets = try common.targets()
     var next = 0
     var lastProgress = start
     while next < count {
@@ -174,16 +176,15 @@ func connectAll(
         }
         let batch = connections[next..<min(count, next + parallel)]
         let sources = try batch.map { try common.source(for: $0.index) }
-        let targets = try batch.map { try common.target(for: $0.index) }
         var futures: [EventLoopFuture<Void>] = []
-        for ((connection, source), target) in zip(zip(batch, sources), targets) {
+        for (connection, source) in zip(batch, sources) {
             let loop = connection.eventLoop
             let registered = loop.makePromise(of: Void.self)
             loop.execute {
                 connection.onRegistered = { _ in registered.succeed(()) }
                 connection.onClosed = { connection, reason in registered.fail(BenchFailure(description: "client \(connection.nick) was disconnected while registering: \(reason)")) }
             }
-            BenchConnection.connect(connection, to: target, source: source).cascadeFailure(to: registered)
+            BenchConnection.connect(connection, to: targets[connection.index % targets.count], source: source).cascadeFailure(to: registered)
             futures.append(registered.futureResult)
         }
         do {
@@ -465,7 +466,9 @@ func runTraffic(
     report.add("seconds", seconds)
     report.add("sent", Int(sentTotal))
     report.add("delivered", Int(receivedAtEnd))
-    report.add("delivered_per_s", Double(min(deliveredInWindow, receivedAtEnd)) / seconds, digits: 0)
+    // Deliveries counted within the measured interval (the rate's and the CPU's).
+    let deliveredInInterval = min(deliveredInWindow, receivedAtEnd)
+    report.add("delivered_per_s", Double(deliveredInInterval) / seconds, digits: 0)
     report.addLatency(histogram)
     report.add("lost", Int(expectedDeliveries > receivedAtEnd ? expectedDeliveries - receivedAtEnd : 0))
     report.add("reordered", Int(reordered))
@@ -473,8 +476,8 @@ func runTraffic(
     if let server = usage.serverSeconds { report.add("server_cpu_s", server, digits: 2) }
     // The server's CPU per delivery over the same interval: what a server's capacity on one core
     // follows, measurable at a fixed rate that leaves the generator room (`--rate`).
-    if let server = usage.serverSeconds, min(deliveredInWindow, receivedAtEnd) > 0 {
-        report.add("server_cpu_ns_per_delivery", server * 1e9 / Double(min(deliveredInWindow, receivedAtEnd)), digits: 0)
+    if let server = usage.serverSeconds, deliveredInInterval > 0 {
+        report.add("server_cpu_ns_per_delivery", server * 1e9 / Double(deliveredInInterval), digits: 0)
     }
     // Per delivered message: what the store costs, steadier than rates on a shared machine.
     if let bytes = usage.serverStorageBytes, receivedAtEnd > 0 { report.add("server_disk_bytes_per_msg", Double(bytes) / Double(receivedAtEnd), digits: 0) }

@@ -258,8 +258,8 @@ struct ClusterProcessTests {
         let refused = try await bob.expect { $0.command == "482" }
         #expect(refused.parameters.contains("#both"), "\(refused)")
 
-        // The database keeps the same group: alice owns it, both are members, one owner (bob's
-        // node rewrites it after its own first write, which may have committed after alice's).
+        // The database keeps the same group: alice owns it, both are members, one owner (both
+        // nodes store the settled group once they have heard of both claims).
         try await Self.waitForValue("""
             SELECT (SELECT a.name FROM groups g JOIN accounts a ON a.id = g.owner_id WHERE g.key = '#both') || ' ' ||
                    (SELECT string_agg(a.name || ':' || m.role, ',' ORDER BY a.name) FROM group_members m

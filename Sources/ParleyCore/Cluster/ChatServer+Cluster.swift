@@ -180,8 +180,8 @@ extension ChatServer {
             let why = "\(channel.name) was also made by \(winnerName) on another server at the same moment; \(winnerName) made it first and owns it"
             for member in channel.joined where isLocal(member) {
                 emit(mode, to: member, &context, &outbox)
-                guard let memberSession = sessions[member], memberSession.id != joiner,
-                      claim.owner.map({ memberSession.accountKey == $0 }) ?? (memberSession.accountKey == nil) else { continue }
+                // The losing side: the losing group's owner, or the guests of a guests' channel.
+                guard let memberSession = sessions[member], memberSession.id != joiner, memberSession.accountKey == claim.owner else { continue }
                 emit(IRCMessage(source: Self.chanServPrefix, command: "NOTICE", parameters: [memberSession.nick?.name ?? "*", why]),
                      to: member, &context, &outbox)
             }
