@@ -74,6 +74,10 @@ public struct ChatServer: Sendable {
     struct DisclosedRead: Sendable {
         var until: Timestamp
         var notedAt: Timestamp
+        /// The reads disclosed before this one, oldest first (at most `earlierKept`): how far a
+        /// node that died before taking this read knew the reader had read (`adoptFollowed`).
+        var earlier: [Timestamp] = []
+        static let earlierKept = 8
     }
     /// Messages of dead nodes this node follows for receipts, by node: forgotten when the node
     /// starts again (it follows them itself from the store).

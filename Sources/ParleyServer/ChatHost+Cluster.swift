@@ -17,7 +17,7 @@ extension ChatHost {
         cluster.start(
             receive: { [weak self] source, payload in self?.receiveFromPeer(source, payload) },
             returned: { [weak self] node, payload in self?.payloadReturned(from: node, payload) },
-            peersGone: { [weak self] nodes in await self?.peersGone(nodes) },
+            peerGone: { [weak self] node, untaken in await self?.peerGone(node, untaken: untaken) },
             rejoined: { [weak self] takenForDead in
                 guard let self else { return }
                 if takenForDead {
@@ -125,43 +125,43 @@ extension ChatHost {
         Self.write(writes)
     }
 
-    /// Nodes that went away (the transport holds their locks meanwhile, so that no other node
-    /// does this at the same time and they cannot come back): their users are gone, and this
-    /// node takes over the undelivered messages they held.
-    func peersGone(_ nodes: [UInt16]) async {
-        for node in nodes {
-            let noticed = Self.now()
-            Self.write(perform { core, outbox in core.remoteNodeGone(node, now: noticed, into: &outbox) })
-            guard let cluster, let shared = store as? any ClusterDeliveryStore else { continue }
-            // Its users' messages are followed here for receipts from now on; first, so that
-            // the messages taken over below and delivered at once send their receipts. So are
-            // those of the nodes it followed, each under its own node's number: this node
-            // forgets them when that node, not the one that followed them, starts again.
-            do {
-                let chat = withCore { $0.configuration }
-                let followed = try await shared.followedMessages(
-                    ofNode: node, follower: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
-                    maxTrackedRecipients: chat.maxTrackedRecipients)
-                for (sentThrough, messages) in followed where sentThrough != node {
-                    logger.info("took over following the receipts of a node that went away before the one that followed them",
-                                metadata: ["node": "\(sentThrough)", "followedBy": "\(node)", "messages": "\(messages.count)"])
-                }
-                try await follow(followed, lockedNode: node, noticed: noticed, cluster: cluster, store: shared)
-            } catch {
-                logger.error("could not follow the receipts of a node that went away", metadata: ["node": "\(node)", "error": "\(error)"])
+    /// A node that went away (the transport holds its lock meanwhile, so that no other node
+    /// does this at the same time and it cannot come back): its users are gone, and this node
+    /// takes over the undelivered messages it held and follows its messages' receipts.
+    /// `untaken`: what was sent to it that it never took; the reads among them it never told
+    /// their messages' authors of.
+    func peerGone(_ node: UInt16, untaken: [ByteBuffer]) async {
+        let noticed = Self.now()
+        Self.write(perform { core, outbox in core.remoteNodeGone(node, now: noticed, into: &outbox) })
+        guard let cluster, let shared = store as? any ClusterDeliveryStore else { return }
+        // Its users' messages are followed here for receipts from now on; first, so that
+        // the messages taken over below and delivered at once send their receipts. So are
+        // those of the nodes it followed, each under its own node's number: this node
+        // forgets them when that node, not the one that followed them, starts again.
+        do {
+            let chat = withCore { $0.configuration }
+            let followed = try await shared.followedMessages(
+                ofNode: node, follower: cluster.nodeName, since: Self.now().adding(milliseconds: -chat.historyRetentionMilliseconds),
+                maxTrackedRecipients: chat.maxTrackedRecipients)
+            for (sentThrough, messages) in followed where sentThrough != node {
+                logger.info("took over following the receipts of a node that went away before the one that followed them",
+                            metadata: ["node": "\(sentThrough)", "followedBy": "\(node)", "messages": "\(messages.count)"])
             }
-            do {
-                let adopted = try await shared.adoptUndelivered(ofNode: node, holder: cluster.nodeName)
-                if !adopted.isEmpty {
-                    logger.info("took over undelivered messages of a node that went away", metadata: ["node": "\(node)", "messages": "\(adopted.count)"])
-                }
-                Self.write(perform { core, outbox in core.adoptUndelivered(adopted, from: node, now: Self.now(), into: &outbox) })
-            } catch {
-                // They stay with the dead node's name: a node of that name that starts again
-                // hands them over.
-                logger.error("could not take over the undelivered messages of a node that went away",
-                             metadata: ["node": "\(node)", "error": "\(error)"])
+            try await follow(followed, lockedNode: node, untakenReads: Self.reads(in: untaken), noticed: noticed, cluster: cluster, store: shared)
+        } catch {
+            logger.error("could not follow the receipts of a node that went away", metadata: ["node": "\(node)", "error": "\(error)"])
+        }
+        do {
+            let adopted = try await shared.adoptUndelivered(ofNode: node, holder: cluster.nodeName)
+            if !adopted.isEmpty {
+                logger.info("took over undelivered messages of a node that went away", metadata: ["node": "\(node)", "messages": "\(adopted.count)"])
             }
+            Self.write(perform { core, outbox in core.adoptUndelivered(adopted, from: node, now: Self.now(), into: &outbox) })
+        } catch {
+            // They stay with the dead node's name: a node of that name that starts again
+            // hands them over.
+            logger.error("could not take over the undelivered messages of a node that went away",
+                         metadata: ["node": "\(node)", "error": "\(error)"])
         }
     }
 
@@ -180,7 +180,7 @@ extension ChatHost {
                 logger.info("follows the receipts of a node that went away again, as this node's previous run did",
                             metadata: ["node": "\(node)", "messages": "\(messages.count)"])
             }
-            try await follow(followed, lockedNode: nil, noticed: Self.now(), cluster: cluster, store: shared)
+            try await follow(followed, lockedNode: nil, untakenReads: [], noticed: Self.now(), cluster: cluster, store: shared)
         } catch {
             logger.error("could not follow again the receipts this node followed for nodes that went away", metadata: ["error": "\(error)"])
         }
@@ -191,10 +191,12 @@ extension ChatHost {
     /// when that node starts again. Unlike `lockedNode` (the transport holds its lock meanwhile),
     /// such a node may start again while they are loaded, and say hello before they are adopted
     /// here, so that they would never be forgotten: the store is asked once they are.
-    private func follow(_ followed: [(sentThrough: UInt16, messages: [StoredMessage])], lockedNode: UInt16?, noticed: Timestamp,
-                        cluster: any ClusterTransport, store shared: any ClusterDeliveryStore) async throws {
+    private func follow(_ followed: [(sentThrough: UInt16, messages: [StoredMessage])], lockedNode: UInt16?, untakenReads: [UntakenRead],
+                        noticed: Timestamp, cluster: any ClusterTransport, store shared: any ClusterDeliveryStore) async throws {
         for (node, messages) in followed {
-            Self.write(perform { core, outbox in core.adoptFollowed(messages, from: node, noticed: noticed, now: Self.now(), into: &outbox) })
+            Self.write(perform { core, outbox in
+                core.adoptFollowed(messages, from: node, untakenReads: untakenReads, noticed: noticed, now: Self.now(), into: &outbox)
+            })
         }
         let unlocked = followed.map(\.sentThrough).filter { $0 != lockedNode }
         guard !unlocked.isEmpty else { return }
@@ -203,6 +205,19 @@ extension ChatHost {
         Self.write(perform { core, _ in
             for node in restarted.sorted() { core.forgetFollowed(ofDeadNode: node) }
         })
+    }
+
+    /// The disclosed reads in payloads a dead node never took.
+    static func reads(in payloads: [ByteBuffer]) -> [UntakenRead] {
+        var reads: [UntakenRead] = []
+        for payload in payloads {
+            for record in (try? ClusterCodec.decode(payload)) ?? [] {
+                if case .event(.read(let account, let conversation, let time, disclose: true)) = record {
+                    reads.append(UntakenRead(account: account, conversation: conversation, time: time))
+                }
+            }
+        }
+        return reads
     }
 
     /// A payload for a node that died before taking it: the stored messages it handed to that

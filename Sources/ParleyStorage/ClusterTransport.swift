@@ -10,16 +10,17 @@ public protocol ClusterTransport: Sendable {
     var nodeName: String { get }
     /// Starts delivering. `receive` gets every payload a peer sent to this node, each peer's in
     /// the order it sent them; `returned` a payload this node sent to a node that went away
-    /// before taking it; `peersGone` the nodes that stopped (crashed, lost the database, or
+    /// before taking it; `peerGone` a node that stopped (crashed, lost the database, or
     /// left), at most two `checkInterval`s after it happened (not one: a node that lost the
-    /// database for a moment takes its liveness back), while no other node declares them
-    /// dead and they cannot come back (so what it does, such as taking over their undelivered
-    /// messages, is done by one node at a time).
+    /// database for a moment takes its liveness back), while no other node declares it
+    /// dead and it cannot come back (so what is done then, such as taking over its undelivered
+    /// messages, is done by one node at a time), with every payload sent to it that it never
+    /// took, whichever node sent them (their senders get theirs back through `returned` too).
     /// `rejoined` when this node is back after losing the database, saying whether the others
     /// took it for dead meanwhile.
     func start(receive: @escaping @Sendable (_ source: UInt16, _ payload: ByteBuffer) -> Void,
                returned: @escaping @Sendable (_ undeliveredTo: UInt16, _ payload: ByteBuffer) -> Void,
-               peersGone: @escaping @Sendable (_ nodes: [UInt16]) async -> Void,
+               peerGone: @escaping @Sendable (_ node: UInt16, _ untakenPayloads: [ByteBuffer]) async -> Void,
                rejoined: @escaping @Sendable (_ wasTakenForDead: Bool) -> Void)
     /// Queues a payload for one node, or for every live peer when `node` is nil, and returns at
     /// once; payloads queued one after another arrive in that order.

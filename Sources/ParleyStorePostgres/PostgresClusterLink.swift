@@ -198,16 +198,25 @@ public final class PostgresClusterLink: ClusterTransport {
 
     /// The rows a node did not take go back to their senders (marked `returned_from`), who are
     /// woken; what an admin command sent, or what was itself coming back to that node, is dropped.
-    private static func returnUntaken(to node: UInt16, on connection: PostgresConnection, logger: Logger) async throws {
-        try await connection.runAsync("""
+    /// Returns the payloads sent back, whoever sent them: what the node never learnt.
+    @discardableResult
+    private static func returnUntaken(to node: UInt16, on connection: PostgresConnection, logger: Logger) async throws -> [ByteBuffer] {
+        var payloads: [ByteBuffer] = []
+        // The notifications are made once per sender, and only when some row went back.
+        for row in try await connection.runAsync("""
             WITH returned AS (
                 UPDATE cluster_events SET target = source, returned_from = target
                 WHERE target = ? AND returned_from IS NULL AND source <> 0 AND source <> target
-                RETURNING target
+                RETURNING id, target, payload
+            ), notified AS (
+                SELECT count(pg_notify('parley_node_' || target, '')) FROM (SELECT DISTINCT target FROM returned) senders
             )
-            SELECT pg_notify('parley_node_' || target, '') FROM (SELECT DISTINCT target FROM returned) senders
-            """, [.int(Int64(node))], logger: logger)
+            SELECT payload FROM returned, notified ORDER BY id
+            """, [.int(Int64(node))], logger: logger) {
+            payloads.append(try row.decode(ByteBuffer.self))
+        }
         try await connection.runAsync("DELETE FROM cluster_events WHERE target = ?", [.int(Int64(node))], logger: logger)
+        return payloads
     }
 
     /// The nodes holding their liveness lock now.
@@ -271,7 +280,7 @@ public final class PostgresClusterLink: ClusterTransport {
 
     public func start(receive: @escaping @Sendable (UInt16, ByteBuffer) -> Void,
                       returned: @escaping @Sendable (UInt16, ByteBuffer) -> Void,
-                      peersGone: @escaping @Sendable ([UInt16]) async -> Void,
+                      peerGone: @escaping @Sendable (UInt16, [ByteBuffer]) async -> Void,
                       rejoined: @escaping @Sendable (_ wasTakenForDead: Bool) -> Void) {
         state.withLock {
             $0.rejoined = rejoined
@@ -298,7 +307,7 @@ public final class PostgresClusterLink: ClusterTransport {
         let liveness = Task { [self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: checkInterval)
-                await checkPeers(peersGone)
+                await checkPeers(peerGone)
             }
         }
         state.withLock { $0.tasks = [listener, ticker, reader, writer, liveness] }
@@ -524,7 +533,7 @@ public final class PostgresClusterLink: ClusterTransport {
         return true
     }
 
-    private func checkPeers(_ peersGone: @Sendable ([UInt16]) async -> Void) async {
+    private func checkPeers(_ peerGone: @Sendable (UInt16, [ByteBuffer]) async -> Void) async {
         let control = state.withLock { $0.control }
         let logger = self.logger
         let me = nodeNumber
@@ -566,10 +575,10 @@ public final class PostgresClusterLink: ClusterTransport {
                     continue
                 }
                 logger.warning("cluster node gone", metadata: ["node": "\(node)"])
-                try await Self.returnUntaken(to: node, on: control, logger: logger)
+                let untaken = try await Self.returnUntaken(to: node, on: control, logger: logger)
                 try await control.runAsync("UPDATE cluster_nodes SET declared_dead = declared_dead + 1 WHERE number = ?", [.int(Int64(node))], logger: logger)
                 _ = state.withLock { $0.departed.insert(node) }
-                await peersGone([node])
+                await peerGone(node, untaken)
                 try await control.runAsync("SELECT pg_advisory_unlock(CAST(? AS INT), CAST(? AS INT))",
                                            [.int(Self.lockClass), .int(Int64(node))], logger: logger)
             } catch {

@@ -240,6 +240,60 @@ struct ClusterTests {
         let receipts = lines.filter { $0.contains(" RECEIPT #team \(id) read bob ") }
         #expect(receipts.count == 1, "\(moment): \(lines)")
     }
+
+    /// A group read made on n2 after alice's node n1 died but before n2 noticed, which n1 never
+    /// took (it came back to n2 with the rest of what was sent to n1), reaches alice once at her
+    /// next login, though the store has bob's position past the message; a read n1 took before
+    /// dying was told by n1 and is not sent again. Before, no receipt for the untaken read was
+    /// ever sent.
+    @Test func aGroupReadTheDeadAuthorsNodeNeverTookReachesTheAuthorOnce() throws {
+        var cluster = ClusterHarness(accounts: [("alice", "alice-password"), ("bob", "bob-password")])
+        let alice = cluster.register(0, "alice", password: "alice-password", caps: Self.caps)
+        let bob = cluster.register(1, "bob", password: "bob-password", caps: Self.caps)
+        cluster.send(0, alice, "JOIN #team")
+        cluster.send(0, alice, "INVITE bob #team")
+        func post(_ text: String) throws -> (id: String, time: Timestamp) {
+            cluster.nodes[0].advance(milliseconds: 1_000)
+            cluster.send(0, alice, "PRIVMSG #team :\(text)")
+            let message = try IRCMessage(parsing: try #require(cluster.nodes[1].inbox(bob).last { $0.contains(text) }))
+            return (try #require(message.tagValue("msgid")), try #require(message.tagValue("time").flatMap { Timestamp(iso8601: $0) }))
+        }
+        let first = try post("first")
+        let second = try post("second")
+        // n1 takes bob's read of the first and tells alice.
+        cluster.nodes[1].advance(milliseconds: 2_000)
+        cluster.send(1, bob, "MARKREAD #team timestamp=\(first.time.iso8601)")
+        #expect(cluster.nodes[0].inbox(alice).contains { $0.contains(" RECEIPT #team \(first.id) read bob ") })
+
+        // n1 dies; bob reads the second on n2 before n2 notices, and n1 never takes it.
+        var n2 = cluster.nodes[1]
+        n2.advance(milliseconds: 1_000)
+        n2.send(bob, "MARKREAD #team timestamp=\(second.time.iso8601)")
+        n2.advance(milliseconds: 5_000)
+        let noticed = n2.now
+        var outbox = Outbox()
+        n2.server.remoteNodeGone(1, now: noticed, into: &outbox)
+        n2.apply(outbox)
+        // The store has bob's position at the second: both count as read and told.
+        let stored = [first, second].map { message in
+            StoredMessage(
+                id: message.id, time: message.time, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~alice@127.0.0.1",
+                targetKind: .group, target: "#team", command: "PRIVMSG", text: "",
+                recipients: [StoredRecipient(account: "bob", deliveredAt: message.time, readAt: second.time,
+                                             deliveredNotified: true, readNotified: true)])
+        }
+        outbox = Outbox()
+        n2.server.adoptFollowed(stored, from: 1, untakenReads: [UntakenRead(account: "bob", conversation: "#team", time: second.time)],
+                                noticed: noticed, now: n2.now, into: &outbox)
+        n2.apply(outbox)
+
+        let aliceBack = n2.connect()
+        n2.send(aliceBack, "CAP LS 302", "CAP REQ :\(Self.caps.joined(separator: " "))", "PASS :alice:alice-password", "NICK alice", "USER a 0 * :a")
+        var lines = n2.send(aliceBack, "CAP END")
+        lines += n2.send(aliceBack, "MARKREAD #team", "PING :once")
+        #expect(lines.filter { $0.contains(" RECEIPT #team \(second.id) read bob ") }.count == 1, "\(lines)")
+        #expect(!lines.contains { $0.contains(" RECEIPT #team \(first.id) ") }, "\(lines)")
+    }
 }
 
 @Suite("Cluster records between nodes")

@@ -183,6 +183,47 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// bob reads a group message of alice's after her node n1 died but before n2 noticed: n1
+    /// never took the read (it comes back with the rest of what was sent to n1), so n2, which
+    /// follows n1's messages from then on, sends alice the read receipt once at her next login,
+    /// though bob's stored position says the message was read before. Before, it was never sent.
+    @Test func aGroupReadADeadNodeNeverTookReachesTheAuthorAtTheirNextLogin() async throws {
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        alice.send("PRIVMSG #team :read me before they notice")
+        let inGroup = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me before they notice" }
+        let id = try #require(inGroup.tagValue("msgid"))
+        try await alice.expect(timeout: .seconds(10), "delivered receipt") { $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id }
+        bob.send("MONITOR + alice")
+        try await bob.skip(through: { $0.command == "730" }, "alice online", timeout: .seconds(20))
+
+        n1.signal(SIGKILL)
+        _ = try await alice.expectClosed(timeout: .seconds(10))
+        bob.send("MARKREAD #team timestamp=\(try #require(inGroup.tagValue("time")))")
+        let beforeTheNotice = try await bob.lines(through: { $0.command == "MARKREAD" && $0.parameters.first == "#team" }, "MARKREAD #team")
+        #expect(!beforeTheNotice.contains { $0.command == "731" }, "bob read before n2 noticed: \(beforeTheNotice)")
+        try await bob.expect(timeout: .seconds(60), "alice offline") { $0.command == "731" }
+        try await Self.waitForValue("SELECT followed_by FROM cluster_nodes WHERE name = 'n1'", on: cluster.database,
+                                    "n2 follows n1's messages", timeout: .seconds(30)) { $0 == "n2" }
+
+        let aliceBack = try await Self.login("alice", port: n2.ports[0])
+        let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipt of \(id); n2: \(n2.logText)") {
+            $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id && $0.parameters.dropFirst(2).first == "read"
+        }
+        #expect(receipt.parameters.dropFirst(3).first == "bob", "\(receipt)")
+        aliceBack.send("PING :once")
+        let rest = try await aliceBack.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
+        #expect(!rest.contains { $0.command == "RECEIPT" && $0.parameters.dropFirst(2).first == "read" }, "the read receipt once: \(rest)")
+
+        for client in [bob, aliceBack] { await client.close() }
+        try await ServerProcess.stopCleanly([n2])
+        try await drop()
+    }
+
     /// The node that followed a dead node's messages dies in turn: the node that notices that
     /// takes over what it followed too, and the author gets the read receipt of a message sent
     /// through the first dead node once, at their next login. Before, nobody followed it any more

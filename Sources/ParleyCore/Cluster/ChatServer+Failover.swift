@@ -51,12 +51,14 @@ extension ChatServer {
     /// disclosed while no node followed them are applied from what this node heard of them: a
     /// read the store does not have (the dead node writes read times of the rows it follows), or
     /// a group read (the store has the position, not whether the author was told) that this
-    /// node heard of once the death was `noticed`. Receipts due are sent to the author if
-    /// online, else kept for their login.
-    public mutating func adoptFollowed(_ messages: [StoredMessage], from deadNode: UInt16, noticed: Timestamp, now: Timestamp,
-                                       into outbox: inout Outbox) {
+    /// node heard of once the death was `noticed`, or that the dead node never took
+    /// (`untakenReads`: the reads among what was sent to it and not taken when it was declared
+    /// dead). Receipts due are sent to the author if online, else kept for their login.
+    public mutating func adoptFollowed(_ messages: [StoredMessage], from deadNode: UInt16, untakenReads: [UntakenRead] = [],
+                                       noticed: Timestamp, now: Timestamp, into outbox: inout Outbox) {
         var updates: [RecipientUpdate] = []
         var authors: Set<String> = []
+        let unheardAfter = readsUnheard(untakenReads)
         for var message in messages where tracked[message.id] == nil {
             guard let author = message.senderAccount else { continue }
             let conversation = message.targetKind == .group ? message.target : author
@@ -67,7 +69,8 @@ extension ChatServer {
                     message.recipients[index].readAt = read.until
                     message.recipients[index].readNotified = false
                     updates.append(RecipientUpdate(messageID: message.id, recipient: recipient.account, readAt: read.until, readNotified: false))
-                } else if message.targetKind == .group, recipient.readNotified, read.notedAt >= noticed {
+                } else if message.targetKind == .group, recipient.readNotified,
+                          read.notedAt >= noticed || unheardAfter[recipient.account]?[conversation].map({ message.time > $0 }) == true {
                     message.recipients[index].readNotified = false
                 }
             }
@@ -93,6 +96,28 @@ extension ChatServer {
         }
     }
 
+    /// For each reader and conversation with a read the dead node never took: the position it
+    /// knew, the last read disclosed before the first it missed (reads are disclosed in order,
+    /// and each sender's rows are taken in order). The dead node sent no read receipt for a
+    /// message after that position. With no earlier read in what this node kept, it may have
+    /// known an older position from the store: its receipts up to there may then come twice.
+    private func readsUnheard(_ untakenReads: [UntakenRead]) -> [String: [String: Timestamp]] {
+        var firstUntaken: [String: [String: Timestamp]] = [:]
+        for read in untakenReads {
+            if firstUntaken[read.account]?[read.conversation].map({ $0 <= read.time }) != true {
+                firstUntaken[read.account, default: [:]][read.conversation] = read.time
+            }
+        }
+        var knownUntil: [String: [String: Timestamp]] = [:]
+        for (account, conversations) in firstUntaken {
+            for (conversation, first) in conversations {
+                let disclosed = disclosedReads[account]?[conversation].map { $0.earlier + [$0.until] } ?? []
+                knownUntil[account, default: [:]][conversation] = disclosed.last { $0 < first } ?? Timestamp(millisecondsSince1970: 0)
+            }
+        }
+        return knownUntil
+    }
+
     /// A dead node whose messages this node followed starts again: it follows them itself.
     public mutating func forgetFollowed(ofDeadNode node: UInt16) {
         guard let ids = followedForDeadNodes.removeValue(forKey: node) else { return }
@@ -112,9 +137,13 @@ extension ChatServer {
 
     /// A read disclosed to authors (`disclosedReads`); it never moves back.
     mutating func noteDisclosedRead(account: String, conversation: String, time: Timestamp, now: Timestamp) {
-        if disclosedReads[account]?[conversation].map({ $0.until < time }) ?? true {
+        guard let previous = disclosedReads[account]?[conversation] else {
             disclosedReads[account, default: [:]][conversation] = DisclosedRead(until: time, notedAt: now)
+            return
         }
+        guard previous.until < time else { return }
+        let earlier = (previous.earlier + [previous.until]).suffix(DisclosedRead.earlierKept)
+        disclosedReads[account]?[conversation] = DisclosedRead(until: time, notedAt: now, earlier: Array(earlier))
     }
 
     /// After the other nodes took this node for dead (they took over what it held): forgets

@@ -138,3 +138,17 @@ extension ChatServer {
     /// the others only read.
     static let replicatedMetadataSubcommands: Set<String> = ["SET", "CLEAR", "SUB", "UNSUB"]
 }
+
+/// A read (`ClusterEvent.read`, disclosed) sent to a node that died before taking it: that node
+/// sent no read receipt for it (`ChatServer.adoptFollowed`).
+public struct UntakenRead: Sendable, Equatable {
+    public var account: String
+    public var conversation: String
+    public var time: Timestamp
+
+    public init(account: String, conversation: String, time: Timestamp) {
+        self.account = account
+        self.conversation = conversation
+        self.time = time
+    }
+}
