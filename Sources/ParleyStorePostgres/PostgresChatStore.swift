@@ -705,6 +705,26 @@ public final class PostgresChatStore: ChatStore {
             }
             guard let id else { throw PostgresStoreError.server("the group's id was not found") }
             let joiningAnother = creating && !inserted
+            // Two claims of one group are settled here as every node settles them
+            // (`ChatServer.settleChannelsMadeTwice`): the one made first owns it, a tie going to
+            // the owner whose key sorts first. So the stored group has one owner, the right one,
+            // even if both claimants' nodes die before they rewrite it as settled.
+            var claimWins = false
+            if joiningAnother {
+                let stored = try run("""
+                    SELECT g.created_at, a.key FROM groups g JOIN accounts a ON a.id = g.owner_id WHERE g.id = ? FOR UPDATE OF g
+                    """, [.int(id)])
+                if let row = stored.first {
+                    let (createdAt, storedOwner) = try row.decode((Int64, String).self)
+                    claimWins = (group.createdAt.millisecondsSince1970, group.owner) < (createdAt, storedOwner)
+                }
+                if claimWins {
+                    _ = try run("UPDATE groups SET owner_id = ?, created_at = ? WHERE id = ?",
+                                [.int(owner), .int(group.createdAt.millisecondsSince1970), .int(id)])
+                    _ = try run("UPDATE group_members SET role = ? WHERE group_id = ? AND role = ?",
+                                [.int(Int64(ChannelRole.member.rawValue)), .int(id), .int(Int64(ChannelRole.owner.rawValue))])
+                }
+            }
             if !inserted && !joiningAnother {
                 _ = try run("""
                     UPDATE groups SET key = ?, name = ?, owner_id = ?, topic = ?, topic_set_by = ?, topic_set_at = ?, modes = ?,
@@ -725,15 +745,19 @@ public final class PostgresChatStore: ChatStore {
                 }
                 let newest = try run("SELECT " + PostgresChatStore.newestPositionSQL).first.map { try $0.decode(Int64.self) } ?? 0
                 let members = group.members.sorted { $0.key < $1.key }.flatMap { account, role -> [SQLValue] in
-                    ids.accountIDs[account].map {
-                        [SQLValue.int(id), .int($0), .int(role.rawValue), .bool(group.voiced.contains(account)), .int(since[$0] ?? newest)]
+                    // A losing claim's creator joins the other's group as a plain member.
+                    let stored = joiningAnother && !claimWins && role == .owner ? .member : role
+                    return ids.accountIDs[account].map {
+                        [SQLValue.int(id), .int($0), .int(stored.rawValue), .bool(group.voiced.contains(account)), .int(since[$0] ?? newest)]
                     } ?? []
                 }
                 // Joining another node's row, its members stay and this group's are added where
-                // missing; otherwise the list is replaced.
+                // missing (a winning claim's owner made owner); otherwise the list is replaced.
                 if !joiningAnother { _ = try run("DELETE FROM group_members WHERE group_id = ?", [.int(id)]) }
                 try insert(into: "group_members (group_id, account_id, role, voiced, since)", width: 5, members,
-                           suffix: joiningAnother ? " ON CONFLICT (group_id, account_id) DO NOTHING" : "")
+                           suffix: !joiningAnother ? ""
+                               : claimWins ? " ON CONFLICT (group_id, account_id) DO UPDATE SET role = GREATEST(group_members.role, excluded.role)"
+                               : " ON CONFLICT (group_id, account_id) DO NOTHING")
             }
             guard !joiningAnother else { return }
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])

@@ -116,8 +116,9 @@ struct PostgresNodesTests {
 
     /// Two nodes store a group of one name that each made for its own user in the same instant,
     /// neither knowing the other's row: the second creation neither fails (before, a unique
-    /// violation failed its whole batch, messages included) nor changes the first one's row; it
-    /// adds its creator. The nodes that settle the claims then rewrite the group as the
+    /// violation failed its whole batch, messages included) nor changes the first one's row,
+    /// made first; it adds its creator as a plain member (before, as a second owner, until a
+    /// node rewrote the group). The nodes that settle the claims then rewrite the group as the
     /// winner's, and a creation that commits after that leaves it so.
     @Test func twoNodesStoringOneNewGroupAtOnceKeepOneGroupWithBothCreators() async throws {
         let (first, done) = try await StorageBackend.postgres.open()
@@ -148,7 +149,7 @@ struct PostgresNodesTests {
         #expect(finished.wait(timeout: .now() + 20) == .success)
         #expect(throws: Never.self) { try outcome.withLock { $0 }?.get() }
         var groups = try await first.loadGroups().filter { $0.key == "#both" }
-        #expect(groups.count == 1 && groups.first?.members == ["alice": .owner, "bob": .owner], "\(groups)")
+        #expect(groups.count == 1 && groups.first?.members == ["alice": .owner, "bob": .member], "\(groups)")
         #expect(groups.first?.owner == "alice" && groups.first?.createdAt == now, "the first row stays as it was: \(groups)")
 
         // bob's node heard of alice's claim (made first) and rewrites the group as hers.
@@ -165,6 +166,28 @@ struct PostgresNodesTests {
         #expect(groups.count == 1 && groups.first?.owner == "alice" && groups.first?.members == ["alice": .owner, "bob": .member], "\(groups)")
         try await third.close()
         try await watcher.close()
+        try await second.close()
+        try await done()
+    }
+
+    /// The group made later is stored first, and the one made earlier (by another node, which
+    /// does not know that row) second: the stored group becomes the earlier one's, with one
+    /// owner, as every node settles it, though neither node rewrites it afterwards (both may
+    /// die first). Before, it kept the later one's owner and made the earlier one's creator a
+    /// second owner.
+    @Test func aGroupMadeEarlierButStoredSecondTakesTheStoredOneOver() async throws {
+        let (first, done) = try await StorageBackend.postgres.open()
+        let url = try #require((first as? PostgresChatStore)?.url)
+        let second = try await PostgresChatStore.open(url: url)
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let bobs = GroupRecord(name: "#both", key: "#both", createdAt: now.adding(milliseconds: 5), owner: "bob", members: ["bob": .owner])
+        let alices = GroupRecord(name: "#both", key: "#both", createdAt: now, owner: "alice", members: ["alice": .owner])
+        try first.transaction { try $0.createGroup(bobs) }
+        try second.transaction { try $0.createGroup(alices) }
+        let groups = try await first.loadGroups().filter { $0.key == "#both" }
+        #expect(groups.count == 1, "\(groups)")
+        #expect(groups.first?.owner == "alice" && groups.first?.createdAt == now, "\(groups)")
+        #expect(groups.first?.members == ["alice": .owner, "bob": .member], "\(groups)")
         try await second.close()
         try await done()
     }
