@@ -163,6 +163,12 @@ extension ChatHost {
             logger.error("could not take over the undelivered messages of a node that went away",
                          metadata: ["node": "\(node)", "error": "\(error)"])
         }
+        do {
+            try await shared.recordConversationParties()
+        } catch {
+            // Done again when a node starts or another goes away.
+            logger.warning("could not record the conversations a node that went away began", metadata: ["node": "\(node)", "error": "\(error)"])
+        }
     }
 
     /// At start: the dead nodes' messages this node's previous run followed, if it died before

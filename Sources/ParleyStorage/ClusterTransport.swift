@@ -70,6 +70,9 @@ public protocol ClusterDeliveryStore: Sendable {
     /// messages) `follower` still follows: one that started a new run since follows its own
     /// messages again.
     func stillFollowed(_ nodes: [UInt16], by follower: String) async throws -> Set<UInt16>
+    /// Another node left or died: the direct conversations it began are recorded for
+    /// `CHATHISTORY TARGETS`, should it be of an earlier version that did not record them.
+    func recordConversationParties() async throws
     /// Takes over the undelivered rows the dead node `node` held, for `holder`, and returns
     /// those messages with their undelivered recipients. Run by one node at a time.
     func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage]

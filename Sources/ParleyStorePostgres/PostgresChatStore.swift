@@ -143,12 +143,46 @@ public final class PostgresChatStore: ChatStore {
                 }
                 logger.info("database migrated", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
             }
+            try await recordConversationParties(on: connection, logger: logger)
         } catch {
             _ = try? await connection.runAsync("SELECT pg_advisory_unlock(?)", [.int(PostgresMigrations.advisoryLockKey)], logger: logger)
             throw error
         }
         try await connection.runAsync("SELECT pg_advisory_unlock(?)", [.int(PostgresMigrations.advisoryLockKey)], logger: logger)
     }
+
+    /// Records the parties of the direct conversations stored since the last time this ran,
+    /// where missing: a node of a version before migration 9 writes messages but no
+    /// `conversation_parties` rows, so during a rolling upgrade a conversation begun through it
+    /// would be missing from `CHATHISTORY TARGETS`. Run as a node starts (after migrating) and
+    /// when another node leaves or dies, so that the last node of the earlier version to go is
+    /// caught up after. The last `recheckedPositions` are read again each time: a row whose
+    /// position was given before the last run may have committed after it.
+    static func recordConversationParties(on connection: PostgresConnection, logger: Logger) async throws {
+        try await connection.runAsync("BEGIN", logger: logger)
+        do {
+            var through: Int64 = 0
+            // Locked: nodes doing this at the same moment take turns.
+            for row in try await connection.runAsync("SELECT position FROM conversation_parties_through FOR UPDATE", logger: logger) {
+                through = try row.decode(Int64.self)
+            }
+            let from = SQLValue.int(through - recheckedPositions)
+            try await connection.runAsync("""
+                INSERT INTO conversation_parties (account_id, conversation)
+                    SELECT sender_id, conversation FROM messages WHERE position > ? AND target_kind = 'direct' AND sender_id IS NOT NULL
+                    UNION SELECT target_id, conversation FROM messages WHERE position > ? AND target_kind = 'direct' AND target_id IS NOT NULL
+                ON CONFLICT DO NOTHING
+                """, [from, from], logger: logger)
+            try await connection.runAsync("UPDATE conversation_parties_through SET position = (SELECT COALESCE(MAX(position), 0) FROM messages)",
+                                          logger: logger)
+            try await connection.runAsync("COMMIT", logger: logger)
+        } catch {
+            _ = try? await connection.runAsync("ROLLBACK", logger: logger)
+            throw error
+        }
+    }
+
+    static let recheckedPositions: Int64 = 10_000
 
     /// The connection in `slot`, opened again if the server closed it.
     private func live(_ slot: inout PostgresConnection) throws -> PostgresConnection {
@@ -1096,6 +1130,10 @@ extension PostgresChatStore: ClusterDeliveryStore {
             }
         } catch { throw explained(error) }
         return followed.intersection(nodes)
+    }
+
+    public func recordConversationParties() async throws {
+        do { try await Self.recordConversationParties(on: try shared(), logger: logger) } catch { throw explained(error) }
     }
 
     public func adoptUndelivered(ofNode node: UInt16, holder: String) async throws -> [StoredMessage] {

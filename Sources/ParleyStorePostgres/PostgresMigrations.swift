@@ -224,6 +224,13 @@ enum PostgresMigrations {
             "DROP INDEX messages_by_sender",
             "CREATE INDEX messages_by_conversation ON messages(conversation, time)",
         ]),
+        Migration(version: 10, name: "conversation-parties-through", statements: [
+            // How far `conversation_parties` is known complete (a message position): a node of a
+            // version before 9 writes none, so what such nodes stored during a rolling upgrade
+            // is recorded afterwards (`PostgresChatStore.recordConversationParties`), from here.
+            "CREATE TABLE conversation_parties_through (position BIGINT NOT NULL)",
+            "INSERT INTO conversation_parties_through VALUES (0)",
+        ]),
     ]
 
     static var latestVersion: Int { all.last?.version ?? 0 }

@@ -29,7 +29,7 @@ struct PostgresMigrationTests {
         let (url, drop) = try await TestPostgres.freshDatabase()
         try await PostgresChatStore.open(url: url).close()
         try await TestPostgres.execute("INSERT INTO parley_schema_migrations (version, name) VALUES (999, 'from-the-future')", on: url)
-        await #expect(throws: PostgresStoreError.schemaTooNew(found: 999, supported: 9)) {
+        await #expect(throws: PostgresStoreError.schemaTooNew(found: 999, supported: 10)) {
             try await PostgresChatStore.open(url: url)
         }
         try await drop()
@@ -61,6 +61,44 @@ struct PostgresMigrationTests {
             }
             #expect(found.map(\.text) == ["from an older node", "from this version"], "\(me)'s history with \(other)")
         }
+        try await store.close()
+        try await drop()
+    }
+
+    /// During a rolling upgrade, a node of a version before migration 9 stores direct messages
+    /// without recording their conversation's parties: a conversation begun through it is
+    /// missing from `CHATHISTORY TARGETS` until a newer node records them, when another node
+    /// goes away (the store call the node that notices makes) or when a node starts.
+    @Test func aConversationBegunThroughANodeOfAnEarlierVersionIsListedOnceItGoesAway() async throws {
+        let (url, drop) = try await TestPostgres.freshDatabase()
+        let store = try await PostgresChatStore.open(url: url)
+        for name in ["alice", "bob", "carol"] {
+            try await store.insertAccount(AccountRecord(
+                name: name, key: name, credential: PasswordCredential(salt: [0], iterations: 1, storedKey: [1], serverKey: [2]),
+                createdAt: Date(timeIntervalSince1970: 0)))
+        }
+        func storedByAnEarlierVersion(from sender: String, at time: Int) async throws {
+            try await TestPostgres.execute("""
+                INSERT INTO messages (id, time, sender_id, sender_nick, sender_prefix, target_kind, target_id, command, text)
+                SELECT 'old-\(time)', \(time), a.id, '\(sender)', 'x!~x@h', 'direct', b.id, 'PRIVMSG', 'from an older node'
+                FROM accounts a, accounts b WHERE a.key = '\(sender)' AND b.key = 'alice'
+                """, on: url)
+        }
+        func alicesTargets(in store: PostgresChatStore) throws -> [String] {
+            guard case .targets(let targets) = try store.loadHistory(HistoryQuery(
+                conversation: .everything(account: "alice", groups: []),
+                kind: .targets(Timestamp(millisecondsSince1970: 0), Timestamp(millisecondsSince1970: 10_000)), limit: 10)) else { return [] }
+            return targets.map(\.key)
+        }
+        try await storedByAnEarlierVersion(from: "bob", at: 1_000)
+        #expect(try alicesTargets(in: store) == [], "not recorded yet")
+        try await store.recordConversationParties()
+        #expect(try alicesTargets(in: store) == ["bob"])
+
+        try await storedByAnEarlierVersion(from: "carol", at: 2_000)
+        let started = try await PostgresChatStore.open(url: url)
+        #expect(try alicesTargets(in: started) == ["bob", "carol"])
+        try await started.close()
         try await store.close()
         try await drop()
     }
