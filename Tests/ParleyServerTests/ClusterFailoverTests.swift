@@ -43,6 +43,14 @@ extension ClusterProcessTests {
         return (cluster, drop, n1, n2, alice, bob)
     }
 
+    /// alice makes the group #team and adds bob, who is on another node; returns once bob is in.
+    static func aliceMakesTeam(_ alice: TestClient, adding bob: TestClient) async throws {
+        alice.send("JOIN #team")
+        try await alice.expect { $0.command == "JOIN" }
+        alice.send("INVITE bob #team")
+        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+    }
+
     /// Terminates the database connection that holds `node`'s liveness lock (in this test's
     /// database only: `pg_locks` lists every database's), as a network cut would.
     static func dropLivenessConnection(of node: String, in cluster: Cluster) async throws {
@@ -68,10 +76,7 @@ extension ClusterProcessTests {
     @Test func aMessageSentToADeadNodeBeforeItIsNoticedWaitsForItsRecipient() async throws {
         let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        alice.send("JOIN #team")
-        try await alice.expect { $0.command == "JOIN" }
-        alice.send("INVITE bob #team")
-        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        try await Self.aliceMakesTeam(alice, adding: bob)
 
         n2.signal(SIGKILL)
         _ = try await bob.expectClosed(timeout: .seconds(10))
@@ -138,10 +143,7 @@ extension ClusterProcessTests {
     @Test func readReceiptsDueToAnAuthorWhoseNodeDiedReachThemAtTheirNextLogin() async throws {
         let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        alice.send("JOIN #team")
-        try await alice.expect { $0.command == "JOIN" }
-        alice.send("INVITE bob #team")
-        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        try await Self.aliceMakesTeam(alice, adding: bob)
         alice.send("PRIVMSG bob :read me")
         alice.send("PRIVMSG #team :read me too")
         let direct = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me" }
@@ -190,10 +192,7 @@ extension ClusterProcessTests {
     @Test func aGroupReadADeadNodeNeverTookReachesTheAuthorAtTheirNextLogin() async throws {
         let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
-        alice.send("JOIN #team")
-        try await alice.expect { $0.command == "JOIN" }
-        alice.send("INVITE bob #team")
-        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        try await Self.aliceMakesTeam(alice, adding: bob)
         alice.send("PRIVMSG #team :read me before they notice")
         let inGroup = try await bob.expect { $0.command == "PRIVMSG" && $0.parameters.last == "read me before they notice" }
         let id = try #require(inGroup.tagValue("msgid"))
@@ -635,10 +634,7 @@ extension ClusterProcessTests {
         let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.redactionCaps, password: "alice-password")
         let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.redactionCaps, password: "bob-password")
         try await Self.waitUntilOnline("bob", seenBy: alice)
-        alice.send("JOIN #team")
-        try await alice.expect { $0.command == "JOIN" }
-        alice.send("INVITE bob #team")
-        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        try await Self.aliceMakesTeam(alice, adding: bob)
         alice.send("PRIVMSG #team :oops")
         let groupID = try #require(try await alice.expect { $0.command == "PRIVMSG" && $0.parameters.last == "oops" }.tagValue("msgid"))
         try await bob.expect(timeout: .seconds(10), "the group message") { $0.command == "PRIVMSG" && $0.parameters.last == "oops" }
@@ -681,10 +677,7 @@ extension ClusterProcessTests {
         let alice = try await TestClient.registered("alice", port: n1.ports[0], caps: Self.metadataCaps, password: "alice-password")
         let bob = try await TestClient.registered("bob", port: n2.ports[0], caps: Self.metadataCaps, password: "bob-password")
         try await Self.waitUntilOnline("bob", seenBy: alice)
-        alice.send("JOIN #team")
-        try await alice.expect { $0.command == "JOIN" }
-        alice.send("INVITE bob #team")
-        try await bob.expect(timeout: .seconds(10), "bob joined") { $0.command == "JOIN" && $0.parameters.first == "#team" }
+        try await Self.aliceMakesTeam(alice, adding: bob)
         // bob's subscription, then a message from him: n1 has the first when alice has the second.
         bob.send("METADATA * SUB display-name")
         try await bob.expect(numeric: "770")
