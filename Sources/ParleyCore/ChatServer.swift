@@ -257,7 +257,8 @@ public struct ChatServer: Sendable {
         } catch {
             render(error, in: &context)
         }
-        if isClustered, publishCommand(message, verb: verb, session: session, replicationTags: context.replicationTags, now: now, into: &outbox) {
+        if isClustered, publishCommand(message, verb: verb, session: session, replicationTags: context.replicationTags,
+                                       replicatedParameters: context.replicatedParameters, now: now, into: &outbox) {
             leaveLinesToTheirNodes(queuedSince: deliveriesBefore, in: &outbox)
         }
         if !context.pendingStores.isEmpty {

@@ -46,6 +46,10 @@ struct CommandContext {
     /// What the other nodes need, beside the command itself, to decide a replicated command as
     /// this node did (`ChatServer.publishCommand`): tags under `parley/` on the command they run.
     var replicationTags: [IRCTag] = []
+    /// The part of the command that took effect, when not all of it did: the other nodes run
+    /// this instead (an empty JOIN: nothing). They let another node's user into a channel on
+    /// that node's word, so a JOIN it refused must not reach them.
+    var replicatedParameters: [String]?
 
     mutating func deferReplies() {
         replies.removeAll()

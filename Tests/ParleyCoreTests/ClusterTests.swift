@@ -104,6 +104,24 @@ struct ClusterTests {
         #expect(cluster.nodes[0].inbox(alice).contains { $0.hasSuffix(" PRIVMSG alice :hi back") })
     }
 
+    /// Other nodes let a node's user into a channel on that node's word (they may not know the
+    /// channel's modes yet), so a JOIN its node refused must not reach them: bob, banned, stays
+    /// out on both nodes, and of "JOIN #chan,#open" only #open is run there. Before, the refused
+    /// JOIN was passed on and alice's node let him in.
+    @Test func aJoinItsNodeRefusedIsNotRunByTheOthers() {
+        var cluster = ClusterHarness()
+        let alice = cluster.register(0, "alice")
+        let bob = cluster.register(1, "bob")
+        cluster.send(0, alice, "JOIN #chan", "MODE #chan +b bob!*@*")
+        #expect(cluster.send(1, bob, "JOIN #chan").commands == ["474"])
+        cluster.send(1, bob, "JOIN #chan,#open")
+        for node in cluster.nodes.indices {
+            #expect(cluster.nodes[node].server.channels["#chan"]?.contains(bob) == false, "node \(node + 1)")
+            #expect(cluster.nodes[node].server.channels["#open"]?.contains(bob) == true, "node \(node + 1)")
+        }
+        #expect(!cluster.nodes[0].inbox(alice).contains { $0.contains("JOIN #chan") && $0.hasPrefix(":bob!") })
+    }
+
     @Test func nicksAreUniqueAcrossNodes() {
         var cluster = ClusterHarness()
         cluster.register(0, "carol")

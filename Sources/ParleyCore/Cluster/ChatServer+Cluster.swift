@@ -83,8 +83,8 @@ extension ChatServer {
 
     /// After a local command: the others run it too when it changes shared state. True when
     /// it was published.
-    mutating func publishCommand(_ message: IRCMessage, verb: String, session: Session, replicationTags: [IRCTag], now: Timestamp,
-                                 into outbox: inout Outbox) -> Bool {
+    mutating func publishCommand(_ message: IRCMessage, verb: String, session: Session, replicationTags: [IRCTag],
+                                 replicatedParameters: [String]?, now: Timestamp, into outbox: inout Outbox) -> Bool {
         guard isClustered, session.isRegistered, isLocal(session.id), sessions[session.id] != nil else { return false }
         let changesSharedState = Self.replicatedCommands.contains(verb)
             || ((verb == "PRIVMSG" || verb == "NOTICE") && message.parameters.first.map(fold) == "chanserv")
@@ -92,7 +92,9 @@ extension ChatServer {
         guard changesSharedState else { return false }
         // What this node decided travels with the command; a client's own tags under the
         // nodes' prefix are never passed on as if a node had set them.
+        if replicatedParameters?.isEmpty == true { return false }
         var replicated = message
+        if let replicatedParameters { replicated.parameters = replicatedParameters }
         replicated.tags.removeAll { $0.key.hasPrefix(Self.replicationTagPrefix) }
         replicated.tags += replicationTags
         outbox.clusterEvents.append(.command(session.id, replicated, at: now))

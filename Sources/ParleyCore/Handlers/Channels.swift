@@ -219,18 +219,24 @@ extension ChatServer {
         // Another node's JOIN: the channels it made there (`createdChannelsTag`).
         let madeByItsNode = isLocal(id) ? [] : Set(message.tagValue(Self.createdChannelsTag)?.split(separator: ",").map(String.init) ?? [])
         var made: [String] = []
+        var admitted: [String] = []
         for (index, raw) in names.enumerated() {
             do {
                 if let key = try join(raw, key: index < keys.count ? keys[index] : nil, madeByItsNode: madeByItsNode, &context, &outbox) {
                     made.append(key)
                 }
+                admitted.append(raw)
             } catch {
                 render(error, in: &context)
             }
         }
-        if isClustered, isLocal(id), !made.isEmpty {
+        guard isClustered, isLocal(id) else { return }
+        if !made.isEmpty {
             context.replicationTags.append(IRCTag(Self.createdChannelsTag, made.joined(separator: ",")))
         }
+        // The others let this user in without checking (keys, bans, invitations): only where
+        // this node did.
+        if admitted.count < names.count { context.replicatedParameters = admitted.isEmpty ? [] : [admitted.joined(separator: ",")] }
     }
 
     /// Joins one channel; returns its key when the JOIN made it.
