@@ -578,6 +578,25 @@ extension ClusterTests {
         #expect(cluster.nodes[1].inbox(gus).isEmpty, "no capability, no line")
     }
 
+    /// A REDACT in a guests' channel of a message this node does not have goes to the node
+    /// its id names, which answers; an id that names no node is unknown at once. Before, neither
+    /// got an answer: the first went to every node and none had it, the second was dropped by
+    /// the named node.
+    @Test func aRedactOfAMessageNoNodeHasIsAnswered() {
+        let caps = Self.caps + ["draft/message-redaction"]
+        var cluster = ClusterHarness()
+        let alice = cluster.register(0, "alice", caps: caps)
+        let bob = cluster.register(1, "bob", caps: caps)
+        cluster.send(0, alice, "JOIN #chan")
+        cluster.send(1, bob, "JOIN #chan")
+        for id in ["nonexistent123", "n1.mxdf36x7-99"] {
+            let answer = cluster.send(1, bob, "REDACT #chan \(id)")
+            #expect(answer.filter { $0.contains("FAIL REDACT UNKNOWN_MSGID #chan \(id) ") }.count == 1, "\(id): \(answer)")
+        }
+        #expect(ChatServer.isClusterMessageID("n1.mxdf36x7-99") && ChatServer.isClusterMessageID("my.node.a-1"))
+        #expect(!ChatServer.isClusterMessageID("nonexistent123") && !ChatServer.isClusterMessageID("n1.abc") && !ChatServer.isClusterMessageID(".a-1"))
+    }
+
     /// A node of an earlier version skips channel lines and never says it writes them: it is
     /// sent a line per member, as before, while the others get one line for the channel.
     @Test func aNodeOfAnEarlierVersionIsSentALinePerMember() throws {

@@ -42,8 +42,10 @@ extension ChatServer {
                     // Every node keeps a transient channel's history, and a node that starts gets
                     // it from the others; should this one still lack the message, the node its
                     // author used decides, and answers (the ids of this node's messages start
-                    // with its name, and this node would know them).
-                    guard isClustered, let node = configuration.clusterNodeName, !id.hasPrefix(node + ".") else {
+                    // with its name, and this node would know them). An id that names no node
+                    // is nobody's.
+                    guard isClustered, let node = configuration.clusterNodeName, !id.hasPrefix(node + "."),
+                          Self.isClusterMessageID(id) else {
                         throw unknownMessage(rawTarget, id)
                     }
                     outbox.clusterEvents.append(.redactRequest(session.id, channel: channel.key, messageID: id, reason: reason))
@@ -152,8 +154,7 @@ extension ChatServer {
     mutating func redactForAnotherNode(_ connection: ConnectionID, channelKey: String, messageID: String, reason: String?,
                                        now: Timestamp, into outbox: inout Outbox) {
         guard let node = configuration.clusterNodeName, messageID.hasPrefix(node + "."),
-              let session = sessions[connection], let channel = channels[channelKey], !channel.isGroup,
-              channel.recentHistory.messages.contains(where: { $0.id == messageID }) else { return }
+              let session = sessions[connection], let channel = channels[channelKey], !channel.isGroup else { return }
         var context = CommandContext(connection: Self.nobody, now: now, label: nil)
         let request = RedactRequest(target: channel.name, messageID: messageID, reason: reason, label: nil)
         do throws(CommandError) {
@@ -172,6 +173,14 @@ extension ChatServer {
 
     private func redactLine(_ request: RedactRequest, target: String, session: Session) -> IRCMessage {
         IRCMessage(source: session.prefix, command: "REDACT", parameters: [target, request.messageID] + (request.reason.map { [$0] } ?? []))
+    }
+
+    /// Whether `id` has the shape of a message id a node gave (`MessageIDGenerator`:
+    /// `node.start-counter`, the last two in base 36).
+    static func isClusterMessageID(_ id: String) -> Bool {
+        guard let dot = id.lastIndex(of: "."), dot != id.startIndex else { return false }
+        let parts = id[id.index(after: dot)...].split(separator: "-", omittingEmptySubsequences: false)
+        return parts.count == 2 && parts.allSatisfy { !$0.isEmpty && $0.allSatisfy { $0.isASCII && ($0.isNumber || $0.isLowercase) } }
     }
 
     func unknownMessage(_ target: String, _ id: String) -> CommandError {
