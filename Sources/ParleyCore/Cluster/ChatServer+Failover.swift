@@ -104,9 +104,8 @@ extension ChatServer {
     private func readsUnheard(_ untakenReads: [UntakenRead]) -> [String: [String: Timestamp]] {
         var firstUntaken: [String: [String: Timestamp]] = [:]
         for read in untakenReads {
-            if firstUntaken[read.account]?[read.conversation].map({ $0 <= read.time }) != true {
-                firstUntaken[read.account, default: [:]][read.conversation] = read.time
-            }
+            let earliest = min(read.time, firstUntaken[read.account]?[read.conversation] ?? read.time)
+            firstUntaken[read.account, default: [:]][read.conversation] = earliest
         }
         var knownUntil: [String: [String: Timestamp]] = [:]
         for (account, conversations) in firstUntaken {
