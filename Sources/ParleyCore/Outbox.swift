@@ -140,8 +140,8 @@ public enum CoreAction: Sendable, Equatable {
     /// Persist when an account was last online.
     case recordLastSeen(accountKey: String, at: Timestamp)
     /// Persist a group just made here. Another node may have made one of that name in the
-    /// same instant (`ChatServer.settleChannelsMadeTwice`): then the stored group stays as it
-    /// is and only gains this one's members (`StorageTransaction.createGroup`).
+    /// same instant (`ChatServer.settleChannelsMadeTwice`): then the store settles the two
+    /// creations as the nodes do (`StorageTransaction.createGroup`).
     case createGroup(GroupRecord)
     /// Persist a group's whole state (after a rename, `previousKey` is its former key).
     case saveGroup(GroupRecord, previousKey: String?)

@@ -71,9 +71,10 @@ public protocol StorageTransaction {
     func recordLastSeen(account: String, at time: Timestamp) throws
     func setAccountSettings(account: String, _ settings: [String: String]) throws
     /// Stores a group just made. If a group of that key is already stored (another node made
-    /// one in the same instant), it stays as it is and only gains the members it lacks: the
-    /// nodes that settle the two claims rewrite it with `saveGroup`, and a creation that commits
-    /// after that rewrite must not undo it.
+    /// one in the same instant), the two claims are settled as the nodes settle them: the one
+    /// made first keeps or takes the row as owner, the other creator is added as a member, and
+    /// nothing else of the stored group changes, so a creation that commits after the nodes
+    /// rewrote the group as settled (`saveGroup`) does not undo it.
     func createGroup(_ group: GroupRecord) throws
     /// Saves a group's whole state; after a rename `previousKey` is its former key (the group
     /// keeps its id, its history and its read markers).

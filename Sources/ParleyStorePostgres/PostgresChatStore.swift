@@ -721,8 +721,8 @@ public final class PostgresChatStore: ChatStore {
             ]
             // A group of this key may already be stored though this node does not know its id
             // yet: another node made it in the same instant (`ChatServer.settleChannelsMadeTwice`),
-            // or is renaming to it. A creation then leaves that row as it is and only adds the
-            // members it lacks (`createGroup`); any other save updates it.
+            // or is renaming to it. A creation then joins that row as the nodes settle two claims
+            // (`settleSecondCreation`); any other save updates it.
             var id = creating ? nil : previousKey.flatMap({ ids.groupIDs[$0] }) ?? ids.groupIDs[group.key]
             var inserted = false
             if id == nil {
@@ -739,26 +739,7 @@ public final class PostgresChatStore: ChatStore {
             }
             guard let id else { throw PostgresStoreError.server("the group's id was not found") }
             let joiningAnother = creating && !inserted
-            // Two claims of one group are settled here as every node settles them
-            // (`ChatServer.settleChannelsMadeTwice`): the one made first owns it, a tie going to
-            // the owner whose key sorts first. So the stored group has one owner, the right one,
-            // even if both claimants' nodes die before they rewrite it as settled.
-            var claimWins = false
-            if joiningAnother {
-                let stored = try run("""
-                    SELECT g.created_at, a.key FROM groups g JOIN accounts a ON a.id = g.owner_id WHERE g.id = ? FOR UPDATE OF g
-                    """, [.int(id)])
-                if let row = stored.first {
-                    let (createdAt, storedOwner) = try row.decode((Int64, String).self)
-                    claimWins = (group.createdAt.millisecondsSince1970, group.owner) < (createdAt, storedOwner)
-                }
-                if claimWins {
-                    _ = try run("UPDATE groups SET owner_id = ?, created_at = ? WHERE id = ?",
-                                [.int(owner), .int(group.createdAt.millisecondsSince1970), .int(id)])
-                    _ = try run("UPDATE group_members SET role = ? WHERE group_id = ? AND role = ?",
-                                [.int(Int64(ChannelRole.member.rawValue)), .int(id), .int(Int64(ChannelRole.owner.rawValue))])
-                }
-            }
+            let claimWins = joiningAnother ? try settleSecondCreation(of: group, ownerID: owner, storedAs: id) : false
             if !inserted && !joiningAnother {
                 _ = try run("""
                     UPDATE groups SET key = ?, name = ?, owner_id = ?, topic = ?, topic_set_by = ?, topic_set_at = ?, modes = ?,
@@ -797,6 +778,26 @@ public final class PostgresChatStore: ChatStore {
             _ = try run("DELETE FROM group_bans WHERE group_id = ?", [.int(id)])
             try insert(into: "group_bans (group_id, mask, set_by, set_at)", width: 4,
                        group.bans.flatMap { [SQLValue.int(id), .text($0.mask), .text($0.setBy), .int($0.setAt.millisecondsSince1970)] })
+        }
+
+        /// A creation of a group whose key is already stored, settled as every node settles
+        /// two claims (`ChatServer.settleChannelsMadeTwice`): the one made first owns the group,
+        /// a tie going to the owner whose key sorts first. Returns whether this claim won; then
+        /// the row is now its (owner, creation time) and the stored owner a member. So the stored
+        /// group has one owner, the right one, even if both claimants' nodes die before they
+        /// rewrite it as settled.
+        private func settleSecondCreation(of group: GroupRecord, ownerID: Int64, storedAs id: Int64) throws -> Bool {
+            let stored = try run("""
+                SELECT g.created_at, a.key FROM groups g JOIN accounts a ON a.id = g.owner_id WHERE g.id = ? FOR UPDATE OF g
+                """, [.int(id)])
+            guard let row = stored.first else { return false }
+            let (createdAt, storedOwner) = try row.decode((Int64, String).self)
+            guard (group.createdAt.millisecondsSince1970, group.owner) < (createdAt, storedOwner) else { return false }
+            _ = try run("UPDATE groups SET owner_id = ?, created_at = ? WHERE id = ?",
+                        [.int(ownerID), .int(group.createdAt.millisecondsSince1970), .int(id)])
+            _ = try run("UPDATE group_members SET role = ? WHERE group_id = ? AND role = ?",
+                        [.int(Int64(ChannelRole.member.rawValue)), .int(id), .int(Int64(ChannelRole.owner.rawValue))])
+            return true
         }
 
         func setGroupMember(group: String, account: String, role: ChannelRole?, voiced: Bool) throws {

@@ -209,15 +209,7 @@ extension ClusterProcessTests {
         try await Self.waitForValue("SELECT followed_by FROM cluster_nodes WHERE name = 'n1'", on: cluster.database,
                                     "n2 follows n1's messages", timeout: .seconds(30)) { $0 == "n2" }
 
-        let aliceBack = try await Self.login("alice", port: n2.ports[0])
-        let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipt of \(id); n2: \(n2.logText)") {
-            $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id && $0.parameters.dropFirst(2).first == "read"
-        }
-        #expect(receipt.parameters.dropFirst(3).first == "bob", "\(receipt)")
-        aliceBack.send("PING :once")
-        let rest = try await aliceBack.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
-        #expect(!rest.contains { $0.command == "RECEIPT" && $0.parameters.dropFirst(2).first == "read" }, "the read receipt once: \(rest)")
-
+        let aliceBack = try await Self.aliceGetsBobsReadReceiptOnce(of: id, on: n2)
         for client in [bob, aliceBack] { await client.close() }
         try await ServerProcess.stopCleanly([n2])
         try await drop()
@@ -287,6 +279,11 @@ extension ClusterProcessTests {
         let bobBack = try await Self.login("bob", port: node.ports[0])
         bobBack.send("MARKREAD alice timestamp=\(try #require(direct.tagValue("time")))")
         try await bobBack.expect(command: "MARKREAD")
+        return (bobBack, try await aliceGetsBobsReadReceiptOnce(of: id, on: node))
+    }
+
+    /// alice logs in on `node` and gets bob's read receipt of message `id`, once. Returns her client.
+    static func aliceGetsBobsReadReceiptOnce(of id: String, on node: ServerProcess) async throws -> TestClient {
         let aliceBack = try await Self.login("alice", port: node.ports[0])
         let receipt = try await aliceBack.expect(timeout: .seconds(20), "read receipt of \(id); node: \(node.logText)") {
             $0.command == "RECEIPT" && $0.parameters.dropFirst().first == id && $0.parameters.dropFirst(2).first == "read"
@@ -295,7 +292,7 @@ extension ClusterProcessTests {
         aliceBack.send("PING :once")
         let rest = try await aliceBack.lines(through: { $0.command == "PONG" && $0.parameters.last == "once" }, "PONG")
         #expect(!rest.contains { $0.command == "RECEIPT" && $0.parameters.dropFirst(2).first == "read" }, "the read receipt once: \(rest)")
-        return (bobBack, aliceBack)
+        return aliceBack
     }
 
     /// Asks the database `sql` (one value) until `holds` is true of its answer, within `timeout`:

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import uuid
 from typing import Any, List, Optional, Tuple, Type
 
@@ -144,7 +145,7 @@ class ParleyClusterController(ParleyController):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return
             except OSError:
-                threading.Event().wait(0.01)
+                time.sleep(0.01)
         raise RuntimeError("a parley node did not listen")
 
     def kill_proc(self) -> None:

@@ -89,10 +89,9 @@ extension ChatServer {
         let changesSharedState = Self.replicatedCommands.contains(verb)
             || ((verb == "PRIVMSG" || verb == "NOTICE") && message.parameters.first.map(fold) == "chanserv")
             || (verb == "METADATA" && message.parameters.count > 1 && Self.replicatedMetadataSubcommands.contains(message.parameters[1].uppercased()))
-        guard changesSharedState else { return false }
+        guard changesSharedState, replicatedParameters?.isEmpty != true else { return false }
         // What this node decided travels with the command; a client's own tags under the
         // nodes' prefix are never passed on as if a node had set them.
-        if replicatedParameters?.isEmpty == true { return false }
         var replicated = message
         if let replicatedParameters { replicated.parameters = replicatedParameters }
         replicated.tags.removeAll { $0.key.hasPrefix(Self.replicationTagPrefix) }
