@@ -329,12 +329,11 @@ final class LoopTraffic: @unchecked Sendable {
 
     /// A message arrived at `receiver`; returns its sender and sequence number.
     @inline(__always)
-    func arrived(at receiver: Int, _ payload: UnsafeRawBufferPointer) -> (sender: Int, sequence: UInt64)? {
+    func arrived(at receiver: Int, _ payload: UnsafeRawBufferPointer, readAt now: UInt64) -> (sender: Int, sequence: UInt64)? {
         guard let (senderValue, sequence, time) = parseNumbers(payload), senderValue < UInt64(slotOfSender.count) else { return nil }
         let sender = Int(senderValue)
         let slot = slotOfSender[sender]
         guard slot >= 0 else { return nil }
-        let now = monotonicMicroseconds()
         _ = histogram.record(now > time ? now - time : 0)
         received += 1
         let key = receiver * senderSlots + slot
@@ -513,12 +512,12 @@ struct Direct: AsyncParsableCommand {
             let loopTraffic = traffic[connection.loopIndex]
             try await connection.eventLoop.submit {
                 connection.prepareMessages(to: nicks[connection.index ^ 1], payloadBytes: options.payload, window: options.window, deliveriesPerMessage: 1)
-                connection.onMessage = { receiver, payload in
-                    guard let (sender, _) = loopTraffic.arrived(at: receiver.index, payload), windowed, sender == receiver.index ^ 1 else { return }
+                connection.onMessage = { receiver, payload, readAt in
+                    guard let (sender, _) = loopTraffic.arrived(at: receiver.index, payload, readAt: readAt), windowed, sender == receiver.index ^ 1 else { return }
                     let peer = connections[sender]
                     peer.inFlight -= 1
                     if loopTraffic.running {
-                        peer.appendMessage()
+                        peer.appendMessage(sentAt: readAt)
                         peer.inFlight += 1
                         loopTraffic.needsFlush(peer)
                     }
@@ -596,13 +595,13 @@ struct Fanout: AsyncParsableCommand {
             let needed = membersOnLoop[connection.loopIndex] - 1
             try await connection.eventLoop.submit {
                 connection.prepareMessages(to: channelName, payloadBytes: options.payload, window: options.window, deliveriesPerMessage: needed)
-                connection.onMessage = { receiver, payload in
-                    guard let (sender, sequence) = loopTraffic.arrived(at: receiver.index, payload), windowed else { return }
+                connection.onMessage = { receiver, payload, readAt in
+                    guard let (sender, sequence) = loopTraffic.arrived(at: receiver.index, payload, readAt: readAt), windowed else { return }
                     let source = connections[sender]
                     guard source.loopIndex == receiver.loopIndex, source.delivered(sequence) else { return }
                     source.inFlight -= 1
                     if loopTraffic.running {
-                        source.appendMessage()
+                        source.appendMessage(sentAt: readAt)
                         source.inFlight += 1
                         loopTraffic.needsFlush(source)
                     }
@@ -674,9 +673,9 @@ struct Offline: AsyncParsableCommand {
                         done.fail(BenchFailure(description: "the server refused a message: \(message.parameters.joined(separator: " "))"))
                     }
                 }
-                sender.onMessage = { _, payload in
+                sender.onMessage = { _, payload, readAt in
                     // Our echo: the message is stored.
-                    if let (_, _, time) = parseNumbers(payload) { _ = latencies.value.record(monotonicMicroseconds() - time) }
+                    if let (_, _, time) = parseNumbers(payload) { _ = latencies.value.record(readAt > time ? readAt - time : 0) }
                     state.value.echoed += 1
                     if state.value.echoed == messages { done.succeed(()); return }
                     guard state.value.sent[index] < share[index] else { return }
@@ -721,7 +720,7 @@ struct Offline: AsyncParsableCommand {
             let replayed = loop.makePromise(of: UInt64.self)
             let returning = try await connectAll(count: 1, parallel: 1, common: common, loops: loops, login: { _ in .pass(password) },
                                                  nick: { _ in recipientNicks[recipient] }, capabilities: ["batch", "server-time", "message-tags"]) { connection in
-                connection.onMessage = { connection, payload in
+                connection.onMessage = { connection, payload, _ in
                     guard let (sender, number, _) = parseNumbers(payload), Int(sender) < senders else { return }
                     if Int(number) <= replayState.value.last[Int(sender)] { replayState.value.reordered += 1 }
                     replayState.value.last[Int(sender)] = Int(number)
