@@ -13,7 +13,7 @@ public struct ChatServer: Sendable {
     public let configuration: ChatConfiguration
     public let startedAt: Timestamp
 
-    var sessions: [ConnectionID: Session] = [:]
+    var sessions: SessionTable
     /// Registered users by case-folded nick. Several connections share one entry when they are
     /// logged in to the same account (the account's name is their nick).
     var nickIndex: [String: NickHolder] = [:]
@@ -173,6 +173,7 @@ public struct ChatServer: Sendable {
     public init(configuration: ChatConfiguration, accounts: [AccountRecord], groups: [GroupRecord] = [], delivery: DeliveryState = DeliveryState(), startedAt: Timestamp) {
         self.configuration = configuration
         self.startedAt = startedAt
+        self.sessions = SessionTable(localNode: configuration.clusterNode)
         self.messageIDs = MessageIDGenerator(startedAt: startedAt, node: configuration.clusterNodeName)
         self.loginAttemptsPerAccount = AttemptCounter(limit: configuration.loginFailuresAllowed, windowMilliseconds: configuration.loginFailureWindowMilliseconds)
         self.loginAttemptsPerNetwork = AttemptCounter(limit: configuration.loginFailuresPerNetworkAllowed, windowMilliseconds: configuration.loginFailureWindowMilliseconds)
@@ -344,7 +345,8 @@ public struct ChatServer: Sendable {
     /// Periodic housekeeping: PINGs to quiet clients, and timeouts.
     public mutating func tick(now: Timestamp, into outbox: inout Outbox) {
         var timedOut: [(ConnectionID, String)] = []
-        for (id, session) in sessions where isLocal(id) {
+        for session in sessions.values where isLocal(session.id) {
+            let id = session.id
             if !session.isRegistered, now.milliseconds(since: session.connectedAt) > configuration.registrationTimeoutMilliseconds {
                 timedOut.append((id, "Registration timed out"))
             } else if let pingSent = session.pingSentAt {

@@ -14,8 +14,7 @@ import ParleyCore
 /// encodes lines straight into receivers' outputs (`WriteBatch.write(to:capacity:_:)`), during
 /// the same locked call. Hence `@unchecked Sendable`.
 final class ConnectionTable: @unchecked Sendable {
-    static let slotBits: UInt64 = 24
-    static let slotMask: UInt64 = (1 << slotBits) - 1
+    static let slotBits = ConnectionID.slotBits
 
     /// The id in each slot; 0 for a free slot (serial numbers start at 1).
     private var ids: [UInt64] = []
@@ -40,7 +39,7 @@ final class ConnectionTable: @unchecked Sendable {
         token = Self.tokens.withLockedValue { $0 += 1; return $0 }
     }
 
-    static func slot(of id: ConnectionID) -> Int { Int(id.rawValue & slotMask) }
+    static func slot(of id: ConnectionID) -> Int { id.slot }
 
     func insert(_ channel: Channel, address: String) -> ConnectionID {
         let slot: Int

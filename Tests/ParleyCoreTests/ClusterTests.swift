@@ -130,7 +130,7 @@ struct ClusterTests {
         cluster.send(1, other, "NICK dave", "USER d 0 * :d")
         let dave = other
         // A nick given up on one node is free on the other.
-        let carolNow = cluster.nodes[0].server.sessions.first { $0.value.nick?.name == "carol" }!.key
+        let carolNow = cluster.nodes[0].server.sessions.values.first { $0.nick?.name == "carol" }!.id
         cluster.send(0, carolNow, "NICK erin")
         #expect(cluster.send(1, dave, "NICK carol").commands == ["NICK"])
     }

@@ -58,6 +58,14 @@ struct CoreHarness {
         return id
     }
 
+    /// Opens a connection with the id given, as the shell's connection table would give it
+    /// (`serial` above the slot bits).
+    mutating func connect(slot: Int, serial: UInt64) -> ConnectionID {
+        let id = ConnectionID(UInt64(server.configuration.clusterNode) << ConnectionID.nodeShift | serial << ConnectionID.slotBits | UInt64(slot))
+        server.connectionOpened(id, host: "127.0.0.1", isSecure: false, now: now)
+        return id
+    }
+
     /// Sends raw lines from a client and returns (and takes out of its inbox) what that client
     /// received in response.
     @discardableResult
