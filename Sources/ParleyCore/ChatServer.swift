@@ -144,6 +144,8 @@ public struct ChatServer: Sendable {
     /// ...) shows their users. Those that said so since they last started; a node of an earlier
     /// version never says so, and is sent a line per receiver, as it expects.
     public internal(set) var channelLineNodes: Set<UInt16> = []
+    /// The names of the other live nodes that said theirs (`ClusterRecord.nodeName`).
+    var peerNames: [UInt16: String] = [:]
 
     struct NickHolder: Sendable {
         var connections: NickConnections

@@ -37,6 +37,7 @@ extension ChatHost {
         var payload = ByteBuffer()
         ClusterCodec.append(.hello(rejoin: rejoin), to: &payload)
         ClusterCodec.append(.writesChannelLines, to: &payload)
+        ClusterCodec.append(.nodeName(cluster.nodeName), to: &payload)
         for event in withCore({ $0.localSessionAnnouncements() }) { ClusterCodec.append(.event(event), to: &payload) }
         cluster.send(payload, to: nil)
     }
@@ -76,6 +77,8 @@ extension ChatHost {
                         core.deliverChannelLine(line, channel: channel, statusPrefix: statusPrefix, into: &outbox)
                     case .writesChannelLines:
                         core.peerWritesChannelLines(source)
+                    case .nodeName(let name):
+                        core.peerNamed(source, name)
                     default:
                         break
                     }
@@ -88,7 +91,7 @@ extension ChatHost {
                 logger.debug("cluster event", metadata: ["node": "\(source)", "event": "\(event)"])
                 pending.append(record)
                 continue
-            case .channelLine, .writesChannelLines:
+            case .channelLine, .writesChannelLines, .nodeName:
                 pending.append(record)
                 continue
             default:
@@ -104,12 +107,13 @@ extension ChatHost {
                 }
                 var reply = ByteBuffer()
                 ClusterCodec.append(.writesChannelLines, to: &reply)
+                ClusterCodec.append(.nodeName(cluster.nodeName), to: &reply)
                 for event in withCore({ $0.localSessionAnnouncements() + $0.transientChannelAnnouncements() }) {
                     ClusterCodec.append(.event(event), to: &reply)
                 }
                 cluster.send(reply, to: source)
                 if !rejoin { answerHello(from: source) }
-            case .event, .channelLine, .writesChannelLines:
+            case .event, .channelLine, .writesChannelLines, .nodeName:
                 break  // gathered above
             case .lines(let connection, let lines):
                 if let delivery = resolve(connection, line: lines, closeAfter: false) { writes.append(delivery) }

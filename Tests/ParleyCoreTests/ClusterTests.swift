@@ -21,10 +21,11 @@ struct ClusterHarness {
                 $0.clusterNodeName = "n\(number)"
             }, accounts: accounts)
         }
-        // What the hellos and their answers say (`ClusterRecord.writesChannelLines`).
+        // What the hellos and their answers say (`ClusterRecord.writesChannelLines`, `nodeName`).
         for node in nodes.indices where !earlierVersion.contains(node) {
             for peer in nodes.indices where peer != node && !earlierVersion.contains(peer) {
                 nodes[node].server.peerWritesChannelLines(UInt16(peer + 1))
+                nodes[node].server.peerNamed(UInt16(peer + 1), "n\(peer + 1)")
             }
         }
     }
@@ -338,6 +339,7 @@ struct ClusterCodecTests {
             .channelLine(channel: "#team", statusPrefix: nil, line: ByteBuffer(string: "@time=2026-12-07T05:00:00.000Z :a!~a@h PRIVMSG #team :hé\r\n")),
             .channelLine(channel: "#team", statusPrefix: UInt8(ascii: "@"), line: ByteBuffer(string: ":a!~a@h NOTICE @#team :ops\r\n")),
             .writesChannelLines,
+            .nodeName("node-7"),
             .event(.redacted(messageID: "n3.abc-2")),
             .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-3", reason: "spam")),
             .event(.redactRequest(snapshot.connection, channel: "#chat", messageID: "n1.abc-4", reason: nil)),
@@ -595,6 +597,51 @@ extension ClusterTests {
         }
         #expect(ChatServer.isClusterMessageID("n1.mxdf36x7-99") && ChatServer.isClusterMessageID("my.node.a-1"))
         #expect(!ChatServer.isClusterMessageID("nonexistent123") && !ChatServer.isClusterMessageID("n1.abc") && !ChatServer.isClusterMessageID(".a-1"))
+    }
+
+    /// An id naming a node that is not up (there is none of that name, or it went away) is
+    /// answered at once by the node asked: no node would answer for it.
+    @Test func aRedactOfAMessageOfNoLiveNodeIsAnsweredAtOnce() {
+        let caps = Self.caps + ["draft/message-redaction"]
+        var cluster = ClusterHarness()
+        let alice = cluster.register(0, "alice", caps: caps)
+        let bob = cluster.register(1, "bob", caps: caps)
+        cluster.send(0, alice, "JOIN #chan")
+        cluster.send(1, bob, "JOIN #chan")
+        func redactsAsked(_ node: Int) -> Int {
+            cluster.nodes[node].published.filter { if case .redactRequest = $0 { true } else { false } }.count
+        }
+
+        let unknownNode = cluster.nodes[1].send(bob, "REDACT #chan n3.mxdf36x7-99")
+        #expect(unknownNode.filter { $0.contains("FAIL REDACT UNKNOWN_MSGID #chan n3.mxdf36x7-99 ") }.count == 1, "\(unknownNode)")
+        #expect(redactsAsked(1) == 0, "no node is asked")
+
+        // n1 is up: it is asked, and answers.
+        #expect(cluster.nodes[1].send(bob, "REDACT #chan n1.mxdf36x7-99").isEmpty)
+        #expect(redactsAsked(1) == 1)
+        cluster.settle()
+        #expect(cluster.nodes[1].inbox(bob).filter { $0.contains("FAIL REDACT UNKNOWN_MSGID #chan n1.mxdf36x7-99 ") }.count == 1)
+
+        // Once n1 is gone, its ids name no live node.
+        var outbox = Outbox()
+        cluster.nodes[1].server.remoteNodeGone(1, now: cluster.nodes[1].now, into: &outbox)
+        cluster.nodes[1].apply(outbox)
+        _ = cluster.nodes[1].inbox(bob)
+        let goneNode = cluster.nodes[1].send(bob, "REDACT #chan n1.mxdf36x7-99")
+        #expect(goneNode.filter { $0.contains("FAIL REDACT UNKNOWN_MSGID #chan n1.mxdf36x7-99 ") }.count == 1, "\(goneNode)")
+        #expect(redactsAsked(1) == 0)
+    }
+
+    /// A node of an earlier version does not say its name: while one is up, an id naming no
+    /// node known by name may be its, and that node is asked as before.
+    @Test func whileANodeOfAnEarlierVersionIsUpAnIdOfAnUnknownNodeIsAskedAbout() {
+        let caps = Self.caps + ["draft/message-redaction"]
+        var cluster = ClusterHarness(nodes: 3, earlierVersion: [2])
+        let alice = cluster.register(0, "alice", caps: caps)
+        cluster.register(2, "carol", caps: caps)
+        cluster.send(0, alice, "JOIN #chan")
+        #expect(cluster.nodes[0].send(alice, "REDACT #chan old.mxdf36x7-99").isEmpty, "not answered at once")
+        #expect(cluster.nodes[0].published.contains { if case .redactRequest = $0 { true } else { false } })
     }
 
     /// A node of an earlier version skips channel lines and never says it writes them: it is

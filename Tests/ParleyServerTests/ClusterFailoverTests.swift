@@ -746,6 +746,12 @@ extension ClusterProcessTests {
             let redact = try await client.expect(timeout: .seconds(10), "the REDACT") { $0.command == "REDACT" }
             #expect(redact.parameters == ["#chat", id, "spam"] && redact.source?.description.hasPrefix("gus!") == true, "\(redact)")
         }
+        // An id of a node that is not up (there is no n9) is answered by the node asked, which
+        // knows the names of the nodes that are (n2 said its own).
+        let unknownID = "n9" + id.drop { $0 != "." }
+        gus.send("REDACT #chat \(unknownID)")
+        let unknown = try await gus.expect(timeout: .seconds(10), "the answer") { $0.command == "FAIL" }
+        #expect(unknown.parameters.prefix(4) == ["REDACT", "UNKNOWN_MSGID", "#chat", unknownID], "\(unknown)")
 
         for client in [gus, bob, carol] { await client.close() }
         try await ServerProcess.stopCleanly([n1, n2])

@@ -73,6 +73,23 @@ extension ChatServer {
         channelLineNodes.insert(node)
     }
 
+    /// Another node said its name (`ClusterRecord.nodeName`).
+    public mutating func peerNamed(_ node: UInt16, _ name: String) {
+        guard isClustered, node != configuration.clusterNode else { return }
+        peerNames[node] = name
+    }
+
+    /// Whether a message id names no node that is up: neither this one nor another live node,
+    /// when every other node this one knows of has said its name (one of an earlier version
+    /// does not, and may be the one the id names).
+    func namesNoLiveNode(_ messageID: String) -> Bool {
+        guard let dot = messageID.firstIndex(of: ".") else { return true }
+        let node = messageID[..<dot]
+        if node == configuration.clusterNodeName?[...] || peerNames.values.contains(where: { $0[...] == node }) { return false }
+        let knownNodes = channelLineNodes.union(sessions.keys.lazy.map(\.node).filter { $0 != configuration.clusterNode })
+        return knownNodes.allSatisfy { peerNames[$0] != nil }
+    }
+
     /// Of another node's command run here, only the lines for this node's users count: its
     /// actions, events and replies are that node's.
     func keepLinesForLocalUsers(of effects: Outbox, into outbox: inout Outbox) {
@@ -516,8 +533,10 @@ extension ChatServer {
         guard node != configuration.clusterNode else { return }
         // It starts again (or died again): it follows its messages itself from the store.
         forgetFollowed(ofDeadNode: node)
-        // Its next run says again whether it writes channel lines (it may be another version).
+        // Its next run says again whether it writes channel lines (it may be another version),
+        // and its name.
         channelLineNodes.remove(node)
+        peerNames[node] = nil
         var scratch = Outbox()
         for id in sessions.keys.filter({ $0.node == node }).sorted() {
             removeSession(id, quitMessage: "Server went away", now: now, into: &scratch)

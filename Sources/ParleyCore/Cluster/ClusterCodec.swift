@@ -35,6 +35,10 @@ public enum ClusterRecord: Sendable, Equatable {
     /// writes them as it runs them. A node of an earlier version skips both kinds, and so is
     /// sent lines per user, as it expects.
     case writesChannelLines
+    /// The sender's node name, the first part of its message ids (sent beside
+    /// `writesChannelLines`): a node that knows every live node's name can tell an id that
+    /// names none of them. A node of an earlier version skips it.
+    case nodeName(String)
 }
 
 /// The bytes of a batch of records between nodes: each record is a kind byte, a 32-bit length
@@ -43,7 +47,7 @@ public enum ClusterRecord: Sendable, Equatable {
 public enum ClusterCodec {
     enum Kind: UInt8 {
         case hello = 1, event = 2, lines = 3, close = 4, handedOver = 5, redacted = 6, redactRequest = 7, recentMessage = 8, recentRedacted = 9, channelState = 10
-        case handedOverToSeveral = 11, caughtUp = 12, channelLine = 13, writesChannelLines = 14
+        case handedOverToSeveral = 11, caughtUp = 12, channelLine = 13, writesChannelLines = 14, nodeName = 15
     }
 
     public struct DecodingError: Error, CustomStringConvertible {
@@ -135,6 +139,10 @@ public enum ClusterCodec {
         case .writesChannelLines:
             buffer.writeInteger(Kind.writesChannelLines.rawValue)
             buffer.writeInteger(UInt32(0))
+        case .nodeName(let name):
+            buffer.writeInteger(Kind.nodeName.rawValue)
+            buffer.writeInteger(UInt32(name.utf8.count))
+            buffer.writeString(name)
         }
     }
 
@@ -240,6 +248,9 @@ public enum ClusterCodec {
                 records.append(.channelLine(channel: channel, statusPrefix: status == 0 ? nil : status, line: body))
             case .writesChannelLines:
                 records.append(.writesChannelLines)
+            case .nodeName:
+                guard let name = body.readString(length: body.readableBytes) else { throw DecodingError(description: "unreadable node name") }
+                records.append(.nodeName(name))
             case nil:
                 // A newer node's record kind: skipped, so that nodes of two versions can run
                 // side by side during an upgrade.

@@ -42,10 +42,10 @@ extension ChatServer {
                     // Every node keeps a transient channel's history, and a node that starts gets
                     // it from the others; should this one still lack the message, the node its
                     // author used decides, and answers (the ids of this node's messages start
-                    // with its name, and this node would know them). An id that names no node
-                    // is nobody's.
+                    // with its name, and this node would know them). An id that names no node,
+                    // or none that is up, is nobody's.
                     guard isClustered, let node = configuration.clusterNodeName, !id.hasPrefix(node + "."),
-                          Self.isClusterMessageID(id) else {
+                          Self.isClusterMessageID(id), !namesNoLiveNode(id) else {
                         throw unknownMessage(rawTarget, id)
                     }
                     outbox.clusterEvents.append(.redactRequest(session.id, channel: channel.key, messageID: id, reason: reason))
