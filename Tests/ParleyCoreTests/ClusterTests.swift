@@ -580,17 +580,24 @@ extension ClusterTests {
         #expect(cluster.nodes[1].inbox(gus).isEmpty, "no capability, no line")
     }
 
-    /// A REDACT in a guests' channel of a message this node does not have goes to the node
-    /// its id names, which answers; an id that names no node is unknown at once. Before, neither
-    /// got an answer: the first went to every node and none had it, the second was dropped by
-    /// the named node.
-    @Test func aRedactOfAMessageNoNodeHasIsAnswered() {
+    /// alice on the first node and bob on the second, guests who take redactions, in #chan.
+    static func aliceAndBobInAGuestsChannel() -> (ClusterHarness, alice: ConnectionID, bob: ConnectionID) {
         let caps = Self.caps + ["draft/message-redaction"]
         var cluster = ClusterHarness()
         let alice = cluster.register(0, "alice", caps: caps)
         let bob = cluster.register(1, "bob", caps: caps)
         cluster.send(0, alice, "JOIN #chan")
         cluster.send(1, bob, "JOIN #chan")
+        return (cluster, alice, bob)
+    }
+
+    /// A REDACT in a guests' channel of a message this node does not have goes to the node
+    /// its id names, which answers; an id that names no node is unknown at once. Before, neither
+    /// got an answer: the first went to every node and none had it, the second was dropped by
+    /// the named node.
+    @Test func aRedactOfAMessageNoNodeHasIsAnswered() {
+        let (joined, _, bob) = Self.aliceAndBobInAGuestsChannel()
+        var cluster = joined
         for id in ["nonexistent123", "n1.mxdf36x7-99"] {
             let answer = cluster.send(1, bob, "REDACT #chan \(id)")
             #expect(answer.filter { $0.contains("FAIL REDACT UNKNOWN_MSGID #chan \(id) ") }.count == 1, "\(id): \(answer)")
@@ -602,12 +609,8 @@ extension ClusterTests {
     /// An id naming a node that is not up (there is none of that name, or it went away) is
     /// answered at once by the node asked: no node would answer for it.
     @Test func aRedactOfAMessageOfNoLiveNodeIsAnsweredAtOnce() {
-        let caps = Self.caps + ["draft/message-redaction"]
-        var cluster = ClusterHarness()
-        let alice = cluster.register(0, "alice", caps: caps)
-        let bob = cluster.register(1, "bob", caps: caps)
-        cluster.send(0, alice, "JOIN #chan")
-        cluster.send(1, bob, "JOIN #chan")
+        let (joined, _, bob) = Self.aliceAndBobInAGuestsChannel()
+        var cluster = joined
         func redactsAsked(_ node: Int) -> Int {
             cluster.nodes[node].published.filter { if case .redactRequest = $0 { true } else { false } }.count
         }
