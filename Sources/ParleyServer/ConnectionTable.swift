@@ -39,8 +39,6 @@ final class ConnectionTable: @unchecked Sendable {
         token = Self.tokens.withLockedValue { $0 += 1; return $0 }
     }
 
-    static func slot(of id: ConnectionID) -> Int { id.slot }
-
     func insert(_ channel: Channel, address: String) -> ConnectionID {
         let slot: Int
         if let reused = freeSlots.popLast() {
@@ -68,25 +66,25 @@ final class ConnectionTable: @unchecked Sendable {
 
     /// A write to `id`, resolved to its channel, or nil when the connection is gone.
     func delivery(to id: ConnectionID, line: ByteBuffer?, closeAfter: Bool = false) -> ChatHost.ResolvedDelivery? {
-        let slot = Self.slot(of: id)
+        let slot = id.slot
         guard contains(id, slot: slot), let channel = channels[slot] else { return nil }
         return ChatHost.ResolvedDelivery(channel: channel, connection: id, table: token, slot: slot, loop: loops[slot], line: line, closeAfter: closeAfter)
     }
 
     /// The event loop of `id`'s channel, or nil when the connection is gone (nothing retained).
     func loop(of id: ConnectionID) -> ObjectIdentifier? {
-        let slot = Self.slot(of: id)
+        let slot = id.slot
         return contains(id, slot: slot) ? loops[slot] : nil
     }
 
     /// The channel of a connection that `loop(of:)` found.
     func channel(of id: ConnectionID) -> Channel {
-        channels[Self.slot(of: id)]!
+        channels[id.slot]!
     }
 
     /// Forgets the connection; returns the address it came from.
     func remove(_ id: ConnectionID) -> String? {
-        let slot = Self.slot(of: id)
+        let slot = id.slot
         guard contains(id, slot: slot) else { return nil }
         let address = addresses[slot]
         ids[slot] = 0

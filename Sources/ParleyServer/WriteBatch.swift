@@ -188,7 +188,7 @@ final class WriteBatch: OutboxSink, @unchecked Sendable {
     /// Called under `ChatHost`'s lock, during the call `lend(_:)` began.
     func write(to connection: ConnectionID, capacity: Int, _ encode: (inout ByteBuffer) -> Void) -> Bool {
         guard let table, let loop = table.loop(of: connection) else { return false }
-        let slot = ConnectionTable.slot(of: connection)
+        let slot = connection.slot
         if loop == ownLoop {
             own.write(to: connection, table: table.token, slot: slot, loop: loop, channel: { table.channel(of: connection) }, capacity: capacity, encode)
         } else {
@@ -208,7 +208,7 @@ final class WriteBatch: OutboxSink, @unchecked Sendable {
     /// false when the connection is not in the table.
     func add(_ line: ByteBuffer?, closeAfter: Bool = false, to connection: ConnectionID, in table: ConnectionTable) -> Bool {
         guard let loop = table.loop(of: connection) else { return false }
-        let slot = ConnectionTable.slot(of: connection)
+        let slot = connection.slot
         if loop == ownLoop {
             own.add(line, closeAfter: closeAfter, to: connection, table: table.token, slot: slot, loop: loop) { table.channel(of: connection) }
         } else {
