@@ -10,8 +10,9 @@ extension UnsafeRawBufferPointer {
     /// The offset of the first `byte`, found by the C library's `memchr`, which compares many
     /// bytes per instruction: a Swift loop takes about five instructions a byte, several hundred
     /// for every line on the message path (callgrind).
-    func offset(of byte: UInt8) -> Int? {
-        guard let base = baseAddress, count > 0, let found = memchr(base, Int32(byte), count) else { return nil }
+    /// `start`: where the search begins.
+    public func offset(of byte: UInt8, from start: Int = 0) -> Int? {
+        guard let base = baseAddress, start < count, let found = memchr(base + start, Int32(byte), count - start) else { return nil }
         return UnsafeRawPointer(found) - base
     }
 

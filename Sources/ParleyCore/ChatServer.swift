@@ -356,7 +356,7 @@ public struct ChatServer: Sendable {
                     timedOut.append((id, "Ping timeout: \(now.milliseconds(since: session.lastActivity) / 1000) seconds"))
                 }
             } else if now.milliseconds(since: session.lastActivity) > configuration.pingIntervalMilliseconds {
-                sessions[id]?.pingSentAt = now
+                session.pingSentAt = now
                 send(IRCMessage(command: "PING", parameters: [configuration.serverName]), to: id, into: &outbox)
             }
         }

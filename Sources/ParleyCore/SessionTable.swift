@@ -54,7 +54,7 @@ struct SessionTable: Sendable {
 
     /// Every session's connection id, in no particular order.
     var keys: [ConnectionID] {
-        values.map(\.id)
+        bySlot.compactMap { $0?.id } + others.keys
     }
 }
 

@@ -36,10 +36,17 @@ extension ChatHost {
         guard let cluster else { return }
         var payload = ByteBuffer()
         ClusterCodec.append(.hello(rejoin: rejoin), to: &payload)
-        ClusterCodec.append(.writesChannelLines, to: &payload)
-        ClusterCodec.append(.nodeName(cluster.nodeName), to: &payload)
+        appendWhatThisNodeIs(to: &payload)
         for event in withCore({ $0.localSessionAnnouncements() }) { ClusterCodec.append(.event(event), to: &payload) }
         cluster.send(payload, to: nil)
+    }
+
+    /// What a node says of itself after its hello and in answer to another's: that it writes
+    /// its own users' channel lines, and its name.
+    private func appendWhatThisNodeIs(to payload: inout ByteBuffer) {
+        guard let cluster else { return }
+        ClusterCodec.append(.writesChannelLines, to: &payload)
+        ClusterCodec.append(.nodeName(cluster.nodeName), to: &payload)
     }
 
     func receiveFromPeer(_ source: UInt16, _ payload: ByteBuffer) {
@@ -106,8 +113,7 @@ extension ChatHost {
                     writes += perform { core, outbox in core.remoteNodeGone(source, now: Self.now(), into: &outbox) }
                 }
                 var reply = ByteBuffer()
-                ClusterCodec.append(.writesChannelLines, to: &reply)
-                ClusterCodec.append(.nodeName(cluster.nodeName), to: &reply)
+                appendWhatThisNodeIs(to: &reply)
                 for event in withCore({ $0.localSessionAnnouncements() + $0.transientChannelAnnouncements() }) {
                     ClusterCodec.append(.event(event), to: &reply)
                 }

@@ -236,10 +236,7 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     /// Handles every complete line; returns the bytes consumed.
     private func handleLines(in bytes: UnsafeRawBufferPointer, readAt: UInt64) -> Int {
         var start = 0
-        while start < bytes.count {
-            guard let base = bytes.baseAddress,
-                  let found = memchr(base + start, Int32(UInt8(ascii: "\n")), bytes.count - start) else { break }
-            let newline = base.distance(to: UnsafeRawPointer(found))
+        while let newline = bytes.offset(of: UInt8(ascii: "\n"), from: start) {
             var end = newline
             if end > start && bytes[end - 1] == UInt8(ascii: "\r") { end -= 1 }
             handleLine(UnsafeRawBufferPointer(rebasing: bytes[start..<end]), readAt: readAt)
@@ -287,8 +284,8 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     static func commandStart(of line: UnsafeRawBufferPointer) -> Int {
         var index = 0
         let count = line.count
-        if index < count && line[index] == UInt8(ascii: "@") { index = line.index(of: UInt8(ascii: " "), from: index) + 1 }
-        if index < count && line[index] == UInt8(ascii: ":") { index = line.index(of: UInt8(ascii: " "), from: index) + 1 }
+        if index < count && line[index] == UInt8(ascii: "@") { index = (line.offset(of: UInt8(ascii: " "), from: index) ?? count) + 1 }
+        if index < count && line[index] == UInt8(ascii: ":") { index = (line.offset(of: UInt8(ascii: " "), from: index) ?? count) + 1 }
         return index
     }
 
@@ -310,19 +307,9 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
               line[index] == UInt8(ascii: "P"), line[index + 1] == UInt8(ascii: "R"), line[index + 2] == UInt8(ascii: "I"),
               line[index + 3] == UInt8(ascii: "V"), line[index + 4] == UInt8(ascii: "M"), line[index + 5] == UInt8(ascii: "S"),
               line[index + 6] == UInt8(ascii: "G"), line[index + 7] == UInt8(ascii: " ") else { return nil }
-        index = line.index(of: UInt8(ascii: ":"), from: index + 8)
+        index = line.offset(of: UInt8(ascii: ":"), from: index + 8) ?? count
         guard index < count else { return nil }
         return UnsafeRawBufferPointer(rebasing: line[(index + 1)...])
-    }
-}
-
-extension UnsafeRawBufferPointer {
-    /// The index of the first `byte` at or after `start`, or `count` (`memchr`: the source of a
-    /// relayed line, scanned byte by byte, was a share of the generator's CPU).
-    @inline(__always)
-    func index(of byte: UInt8, from start: Int) -> Int {
-        guard start < count, let base = baseAddress, let found = memchr(base + start, Int32(byte), count - start) else { return count }
-        return base.distance(to: UnsafeRawPointer(found))
     }
 }
 

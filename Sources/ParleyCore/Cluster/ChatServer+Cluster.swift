@@ -84,8 +84,8 @@ extension ChatServer {
     /// does not, and may be the one the id names).
     func namesNoLiveNode(_ messageID: String) -> Bool {
         guard let dot = messageID.firstIndex(of: ".") else { return true }
-        let node = messageID[..<dot]
-        if node == configuration.clusterNodeName?[...] || peerNames.values.contains(where: { $0[...] == node }) { return false }
+        let node = String(messageID[..<dot])
+        if node == configuration.clusterNodeName || peerNames.values.contains(node) { return false }
         let knownNodes = channelLineNodes.union(sessions.keys.lazy.map(\.node).filter { $0 != configuration.clusterNode })
         return knownNodes.allSatisfy { peerNames[$0] != nil }
     }
