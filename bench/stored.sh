@@ -6,6 +6,8 @@
 #   fanout  a group of MEMBERS accounts, one sender, window 16: deliveries/s
 #   offline, offline-one  50,000 messages to 20 logged-out accounts from ten senders (one), window 64:
 #           stored msgs/s and the store latency (echo after commit) p50 / p99; not in the default set
+#   peer-fanout  InspIRCd (installed from Debian if missing), the same group of MEMBERS as guests,
+#           one sender, window 16: the guest fan-out the issue's target for Parley's group compares to
 # direct and rate also give the server's CPU time and disk bytes written (/proc/PID/io, the
 # traffic only) per delivered message, which depend less on how busy the machine is.
 # Medians of RUNS runs. With BEFORE=path/to/an/older/parley-server, that binary runs too,
@@ -24,7 +26,7 @@ PAIRS=${PAIRS:-500}
 WINDOW=${WINDOW:-16}
 RATE=${RATE:-20000}
 MEMBERS=${MEMBERS:-1000}
-WORKLOADS=${WORKLOADS:-"direct rate fanout"}
+WORKLOADS=${WORKLOADS:-"direct rate fanout peer-fanout"}
 PORT=${PORT:-16950}
 
 . bench/lib.sh
@@ -42,14 +44,22 @@ bench() { # label workload
     fanout) taskset -c "$BENCH_CPU" "$bin/parley-bench" fanout "${common[@]}" --members "$MEMBERS" --senders 1 --window "$WINDOW" ;;
     offline) taskset -c "$BENCH_CPU" "$bin/parley-bench" offline --port "$PORT" --server-pid "$server_pid" --server "$1" \
         --recipients 20 --messages 50000 --senders 10 --window 64 ;;
+    peer-fanout) taskset -c "$BENCH_CPU" "$bin/parley-bench" fanout --port "$PORT" --server-pid "$server_pid" --server "$1" \
+        --duration "$DURATION" --members "$MEMBERS" --senders 1 --window "$WINDOW" ;;
     offline-one) taskset -c "$BENCH_CPU" "$bin/parley-bench" offline --port "$PORT" --server-pid "$server_pid" --server "$1" \
         --recipients 20 --messages 50000 --senders 1 --window 64 ;;
     esac 2>>"$work/bench.err" | grep '^RESULT' | sed "s/^RESULT //; s/\"mode\":\"[a-z]*\"/\"mode\":\"$2\"/" >>"$work/results.jsonl" || true
 }
 
+case " $WORKLOADS " in
+*" peer-fanout "*) command -v inspircd >/dev/null || { apt-get install -y inspircd >/dev/null 2>&1 || sudo apt-get install -y inspircd >/dev/null; } ;;
+esac
+
 for run in $(seq "$RUNS"); do
     for workload in $WORKLOADS; do
-        for entry in "${servers[@]}"; do
+        entries=("${servers[@]}")
+        [ "$workload" = peer-fanout ] && entries=("inspircd=")
+        for entry in "${entries[@]}"; do
             start_server "${entry%%=*}" "${entry#*=}"
             echo "run $run: $workload, ${entry%%=*}" >&2
             bench "${entry%%=*}" "$workload"
@@ -69,7 +79,9 @@ metrics = {"direct": [("delivered_per_s", "direct, window: msgs/s"), ("cpu_us_pe
                       ("server_disk_bytes_per_msg", "  disk bytes written per msg")],
            "rate": [("p50_us", "fixed rate: p50 latency (ms)"), ("p99_us", "fixed rate: p99 latency (ms)"),
                     ("cpu_us_per_msg", "  server CPU per msg (us)"), ("server_disk_bytes_per_msg", "  disk bytes written per msg")],
-           "fanout": [("delivered_per_s", "group: deliveries/s")],
+           "fanout": [("delivered_per_s", "group: deliveries/s"), ("server_cpu_pct", "  server CPU %"), ("bench_cpu_pct", "  parley-bench CPU %")],
+           "peer-fanout": [("delivered_per_s", "guest fan-out: deliveries/s"), ("server_cpu_pct", "  server CPU %"),
+                           ("bench_cpu_pct", "  parley-bench CPU %")],
            "offline": [("stored_per_s", "offline, 10 senders: stored/s"), ("store_p50_us", "offline: store p50 (ms)"),
                        ("store_p99_us", "offline: store p99 (ms)"), ("server_cpu_pct", "offline: server CPU %")],
            "offline-one": [("stored_per_s", "offline, 1 sender: stored/s"), ("store_p50_us", "offline-one: store p50 (ms)"),
@@ -89,4 +101,9 @@ for mode, fields in metrics.items():
             cells.append(f"{fmt(statistics.median(values))} ({'/'.join(fmt(v) for v in values)})")
         if any(c != "-" for c in cells):
             print(f"{title:<32}" + "".join(f"{c:>28}" for c in cells) + f"{bad:>16}")
+peer = [r["delivered_per_s"] for r in rows if r["mode"] == "peer-fanout"]
+for label in labels:
+    group = [r["delivered_per_s"] for r in rows if r["mode"] == "fanout" and r["server"] == label]
+    if peer and group:
+        print(f"{label}: group of accounts / InspIRCd's guest fan-out (medians): {statistics.median(group) / statistics.median(peer):.2f}x")
 PY
