@@ -157,8 +157,11 @@ lines = []
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 times = sorted({r.get("measured_at", now) for r in rows})
 when = times[0] if len(times) == 1 else f"between {times[0]} and {times[-1]}"
+# Runs per workload and server: one number when they all had as many, else the range.
+run_counts = sorted({n for n in (sum(1 for r in rows if r['mode'] == w and r['server'] == s) for w in metrics for s in servers) if n})
+runs = (str(run_counts[0]) if len(run_counts) == 1 else f"{run_counts[0]}-{run_counts[-1]}") if run_counts else "0"
 lines.append(f"Measured {when} UTC on {cpu or platform.processor()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; "
-             f"server on one core, parley-bench on the other; medians of {max((sum(1 for r in rows if r['mode']==w and r['server']==s) for w in metrics for s in servers), default=0)} runs.")
+             f"server on one core, parley-bench on the other; medians of {runs} runs.")
 lines.append("")
 header = "| workload | " + " | ".join(servers) + " | " + " | ".join(f"Parley/{s}" for s in servers if s != "parley") + " |"
 lines.append(header)
