@@ -63,6 +63,14 @@ public final class PostgresClusterLink: ClusterTransport {
         var departed: Set<UInt16> = []
         /// `cluster_nodes.declared_dead` of this node when it last held its lock.
         var declaredDead: Int64 = 0
+        /// Whether `control` holds this node's lock. After the database was lost, a connection of
+        /// this node that the database has not yet seen close may still hold it: `control` is
+        /// opened again without it, and each liveness check tries to take it back.
+        var holdsOwnLock = true
+        /// While `control` is being opened again: the listener, the reader and the liveness check
+        /// each notice a closed connection, and a second fresh one would find the lock taken by
+        /// the first and replace it (leaving the lock on a connection nobody uses).
+        var reconnectingControl = false
         /// When `control` was last opened again: for a while after, a peer whose lock is
         /// missing may just not have reconnected yet, so it is not taken for dead.
         var reconnectedAt: ContinuousClock.Instant?
@@ -534,7 +542,8 @@ public final class PostgresClusterLink: ClusterTransport {
     }
 
     private func checkPeers(_ peerGone: @Sendable (UInt16, [ByteBuffer]) async -> Void) async {
-        let control = state.withLock { $0.control }
+        let (control, holdsOwnLock) = state.withLock { ($0.control, $0.holdsOwnLock) }
+        if !holdsOwnLock, !control.isClosed { await takeOwnLockBack(on: control) }
         let logger = self.logger
         let me = nodeNumber
         guard let live = try? await Self.withTimeout(.seconds(5), { try await Self.liveNodes(on: control, except: me, logger: logger) }) else {
@@ -617,13 +626,21 @@ public final class PostgresClusterLink: ClusterTransport {
     }
 
     private func reconnectControlIfClosed() async {
-        let control = state.withLock { $0.control }
-        guard control.isClosed, !state.withLock({ $0.leaving }) else { return }
+        let starting = state.withLock { state -> Bool in
+            guard state.control.isClosed, !state.leaving, !state.reconnectingControl else { return false }
+            state.reconnectingControl = true
+            return true
+        }
+        guard starting else { return }
+        defer { state.withLock { $0.reconnectingControl = false } }
         do {
             let fresh = try await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: true)
-            // A peer declaring this node dead holds its lock for a moment.
+            // A peer declaring this node dead holds its lock for a moment, and the backend of the
+            // connection just lost may not have ended yet.
             let locked = try await Self.lock(nodeNumber, on: fresh, attempts: 20, logger: logger)
-            if !locked { logger.error("cluster: another process took this node's name while the database was unreachable") }
+            if !locked {
+                logger.warning("cluster: this node's lock is still held elsewhere (a connection the database has not yet seen close, or another process with this node's name); taken back at a later check")
+            }
             let declaredDead = try await Self.declaredDeadCount(of: nodeNumber, on: fresh, logger: logger)
             if declaredDead != state.withLock({ $0.declaredDead }) {
                 // It starts over, as a new run (see `takeNumber`); the node that took over the
@@ -633,6 +650,7 @@ public final class PostgresClusterLink: ClusterTransport {
             let (kept, rejoined, takenForDead) = state.withLock { state -> (Bool, (@Sendable (Bool) -> Void)?, Bool) in
                 guard !state.leaving else { return (false, nil, false) }
                 state.control = fresh
+                state.holdsOwnLock = locked
                 state.reconnectedAt = .now
                 let takenForDead = declaredDead != state.declaredDead
                 state.declaredDead = declaredDead
@@ -650,6 +668,41 @@ public final class PostgresClusterLink: ClusterTransport {
             rejoined?(takenForDead)
         } catch {
             logger.debug("cluster: database still unreachable", metadata: ["error": "\(String(describing: error))"])
+        }
+    }
+
+    /// After `control` was opened again without this node's lock: takes it once it is free. If
+    /// the others took this node for dead meanwhile (a peer held the lock to say so), it starts
+    /// over as after a reconnection that finds it so.
+    private func takeOwnLockBack(on control: PostgresConnection) async {
+        let (logger, node) = (self.logger, nodeNumber)
+        do {
+            let declaredDead = try await Self.withTimeout(.seconds(5)) { () -> Int64? in
+                guard try await Self.lock(node, on: control, attempts: 1, logger: logger) else { return nil }
+                return try await Self.declaredDeadCount(of: node, on: control, logger: logger)
+            }
+            guard let declaredDead else { return }
+            let takenForDead = declaredDead != state.withLock { $0.declaredDead }
+            if takenForDead {
+                // As after a reconnection that finds it so (`reconnectControlIfClosed`).
+                try await control.runAsync("UPDATE cluster_nodes SET followed_by = NULL WHERE number = ?", [.int(Int64(node))], logger: logger)
+            }
+            // Unless `control` was replaced meanwhile (its lock then goes with it).
+            let (current, rejoined) = state.withLock { state -> (Bool, (@Sendable (Bool) -> Void)?) in
+                guard state.control === control else { return (false, nil) }
+                state.holdsOwnLock = true
+                state.declaredDead = declaredDead
+                return (true, state.rejoined)
+            }
+            guard current else { return }
+            guard takenForDead else {
+                logger.info("cluster: took this node's lock back")
+                return
+            }
+            logger.warning("cluster: took this node's lock back; the other nodes took this node for dead meanwhile")
+            rejoined?(true)
+        } catch {
+            logger.debug("cluster: taking this node's lock back failed", metadata: ["error": "\(String(describing: error))"])
         }
     }
 }

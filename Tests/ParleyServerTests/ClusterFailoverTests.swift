@@ -356,6 +356,46 @@ extension ClusterProcessTests {
         try await drop()
     }
 
+    /// A node that gets its database back while its liveness lock is still held elsewhere (the
+    /// backend of the connection it lost, which the database has not ended yet) carries on
+    /// without it and takes it back as soon as it is free: the others never take it for dead,
+    /// and it keeps its users. Before, it went on without its lock for good (and said that
+    /// another process had taken its name), so the others would take it for dead once that
+    /// backend let go, while its users were still connected.
+    @Test func aNodeWhoseLockIsHeldWhenItReconnectsTakesItBackOnceFree() async throws {
+        let (cluster, drop, n1, n2, alice, bob) = try await Self.aliceOnN1BobOnN2()
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+
+        // n2 pauses and loses its connection; a connection of the test's own takes n2's lock
+        // (waiting until the ended backend has let it go) and holds it while n2 goes on.
+        n2.signal(SIGSTOP)
+        try await Self.dropLivenessConnection(of: "n2", in: cluster)
+        let lockN2 = """
+            SELECT pg_advisory_xact_lock(CAST(\(PostgresClusterLink.lockClass) AS INT),
+                                         (SELECT number FROM cluster_nodes WHERE name = 'n2'))
+            """
+        try await HeldTransaction.holding(lockN2, on: cluster.database) {
+            n2.signal(SIGCONT)
+            // (What the node said of it before this change, too, so that the test shows the
+            // difference where it is.)
+            _ = try await Self.waitForLog("lock is still held elsewhere", "another process took this node's name", in: n2)
+        }
+        // Let go: n2 takes it back at its next check.
+        _ = try await Self.waitForLog("took this node's lock back", in: n2)
+
+        alice.send("PRIVMSG bob :after the lock came back")
+        try await Self.expectOnce("after the lock came back", at: bob)
+        #expect(!bob.isClosed)
+        let declaredDead = try await TestPostgres.firstValue("SELECT declared_dead::text FROM cluster_nodes WHERE name = 'n2'", on: cluster.database)
+        #expect(declaredDead == "0", "n1 took n2 for dead")
+        #expect(!n2.logText.contains("another process took this node's name"), "\(n2.logText)")
+
+        for client in [alice, bob] { await client.close() }
+        try await ServerProcess.stopCleanly([n1, n2])
+        #expect(!n1.logText.contains("cluster node gone"), "\(n1.logText)")
+        try await drop()
+    }
+
     /// What a node reads of its rows while another transaction holds them locked (a peer
     /// returning them, say): it is applied at once, and deleted when the lock is let go. Before,
     /// the read was a `DELETE ... RETURNING`: it waited on the lock, timed out (the result
