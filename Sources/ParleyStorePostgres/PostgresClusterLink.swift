@@ -374,14 +374,17 @@ public final class PostgresClusterLink: ClusterTransport {
     private func listen() async {
         while !Task.isCancelled {
             let control = state.withLock { $0.control }
-            do {
-                try await control.listen(on: channelName) { notifications in
-                    readerWake.yield()
-                    for try await _ in notifications { readerWake.yield() }
+            // A closed connection is being opened again (or will be, below): nothing to listen on.
+            if !control.isClosed {
+                do {
+                    try await control.listen(on: channelName) { notifications in
+                        readerWake.yield()
+                        for try await _ in notifications { readerWake.yield() }
+                    }
+                } catch {
+                    if Task.isCancelled { return }
+                    logger.warning("cluster notifications stopped", metadata: ["error": "\(explained(error))"])
                 }
-            } catch {
-                if Task.isCancelled { return }
-                logger.warning("cluster notifications stopped", metadata: ["error": "\(String(describing: error))"])
             }
             try? await Task.sleep(for: .seconds(1))
             await reconnectControlIfClosed()
@@ -426,7 +429,7 @@ public final class PostgresClusterLink: ClusterTransport {
                 logger.warning("cluster read timed out; read again at the next wake-up")
                 try? await control.close()
             } else {
-                logger.debug("cluster read failed", metadata: ["error": "\(String(describing: error))"])
+                logger.debug("cluster read failed", metadata: ["error": "\(explained(error))"])
             }
             return
         }
@@ -454,7 +457,7 @@ public final class PostgresClusterLink: ClusterTransport {
             state.withLock { $0.appliedNotDeleted.subtract(applied) }
         } catch {
             logger.warning("cluster: deleting the rows read failed; deleted at the next read", metadata: [
-                "rows": "\(applied.count)", "error": "\(String(describing: error))"])
+                "rows": "\(applied.count)", "error": "\(explained(error))"])
             if error is TimedOut { try? await control.close() }
         }
     }
@@ -525,7 +528,7 @@ public final class PostgresClusterLink: ClusterTransport {
                     try await Self.write(row.payload, from: nodeNumber, to: row.target, run: run, sequence: row.sequence, on: writer, logger: logger)
                 }
             } catch {
-                logger.debug("cluster write failed", metadata: ["error": "\(String(reflecting: error))"])
+                logger.debug("cluster write failed", metadata: ["error": "\(explained(error))"])
                 // A query sent just as the server went away was seen never to complete: the
                 // connection is dropped and a new one opened.
                 try? await writer.close()
@@ -593,12 +596,18 @@ public final class PostgresClusterLink: ClusterTransport {
             } catch {
                 // Tried again at the next check. Its lock is let go (it went with the
                 // connection, if that failed): held twice, one unlock would not free it.
-                logger.warning("cluster: declaring a node dead failed", metadata: ["node": "\(node)", "error": "\(String(describing: error))"])
+                logger.warning("cluster: declaring a node dead failed", metadata: ["node": "\(node)", "error": "\(explained(error))"])
                 _ = try? await control.runAsync("SELECT pg_advisory_unlock(CAST(? AS INT), CAST(? AS INT))",
                                                 [.int(Self.lockClass), .int(Int64(node))], logger: logger)
                 _ = state.withLock { $0.peers.insert(node) }
             }
         }
+    }
+
+    /// An error in words an operator can act on (PostgresNIO's own text is a generic one, to
+    /// keep queries out of logs; this reads the server's message and the connection's state).
+    private func explained(_ error: any Error) -> String {
+        error is TimedOut ? "no answer within the time allowed" : PostgresStoreError(error, url: url).description
     }
 
     public var peerNodes: Set<UInt16> { state.withLock { $0.peers } }
@@ -667,7 +676,7 @@ public final class PostgresClusterLink: ClusterTransport {
             }
             rejoined?(takenForDead)
         } catch {
-            logger.debug("cluster: database still unreachable", metadata: ["error": "\(String(describing: error))"])
+            logger.debug("cluster: database still unreachable", metadata: ["error": "\(explained(error))"])
         }
     }
 
@@ -702,7 +711,7 @@ public final class PostgresClusterLink: ClusterTransport {
             logger.warning("cluster: took this node's lock back; the other nodes took this node for dead meanwhile")
             rejoined?(true)
         } catch {
-            logger.debug("cluster: taking this node's lock back failed", metadata: ["error": "\(String(describing: error))"])
+            logger.debug("cluster: taking this node's lock back failed", metadata: ["error": "\(explained(error))"])
         }
     }
 }
