@@ -432,8 +432,8 @@ extension ChatServer {
             let description: String
             switch (seenLive[target] == true, target.hasPrefix("#")) {
             case (false, _): description = "The message could not be saved, so it was not accepted; please send it again"
-            case (true, false): description = "The message could not be saved, so it was not accepted: \(target) already saw it, but it is not in your history"
-            case (true, true): description = "The message could not be saved, so it was not accepted: the members online already saw it, but it is not in the history and members offline will not get it"
+            case (true, false): description = "The message could not be saved, so it was not accepted: it was sent to \(target) as it happened, but it is not in your history"
+            case (true, true): description = "The message could not be saved, so it was not accepted: it was sent to the members online as it happened, but it is not in the history and members offline will not get it"
             }
             render(.fail(request.verb, "STORAGE_FAILED", target, description: description), in: &context)
         }
