@@ -252,11 +252,21 @@ final class StorageWriter: Sendable {
 
     // MARK: The storage thread
 
+    /// How long writes the database could not take wait before they are tried again, when no
+    /// newer work comes first.
+    static let retrySeconds = 1.0
+
     private static func serve(_ shared: Shared, store: any ChatStore, reads: DispatchQueue, commitDuration: CoreMetrics.Timer?, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
         var batch: [CoreAction] = []
         var gathering = CommitGathering()
+        // Writes the database could not take (`ChatStore.isUnavailable`): first in the next batch.
+        var carried: [CoreAction] = []
         while true {
-            shared.condition.lock(whenValue: true)
+            if carried.isEmpty {
+                shared.condition.lock(whenValue: true)
+            } else if !shared.condition.lock(whenValue: true, timeoutSeconds: retrySeconds) {
+                shared.condition.lock()
+            }
             var paused: UInt64 = 0
             while !shared.stopping {
                 // Under load a small batch waits a moment for more (see `CommitGathering`); the
@@ -284,6 +294,10 @@ final class StorageWriter: Sendable {
                 shared.pending.removeFirst(count)
             }
             shared.taken += count
+            if !carried.isEmpty {
+                batch.insert(contentsOf: carried, at: 0)
+                carried.removeAll()
+            }
             shared.inProgress = batch.count
             if batch.isEmpty && shared.stopping && shared.pending.isEmpty {
                 // Reads started before the stop finish before the store may close (outside the
@@ -305,8 +319,17 @@ final class StorageWriter: Sendable {
                 return
             }
             shared.working = !batch.isEmpty
+            let lastTry = shared.stopping
             shared.unlockWakingIfNeeded()
-            Self.run(batch, store: store, reads: reads, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
+            carried = Self.run(batch, store: store, reads: reads, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
+            if !carried.isEmpty {
+                if lastTry {
+                    logger.error("storage unavailable while stopping: changes not stored", metadata: ["writes": "\(carried.count)"])
+                    carried.removeAll()
+                } else {
+                    logger.warning("storage unavailable: changes kept to be stored again", metadata: ["writes": "\(carried.count)"])
+                }
+            }
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()
             shared.working = false
@@ -319,11 +342,13 @@ final class StorageWriter: Sendable {
         }
     }
 
-    private static func run(_ batch: [CoreAction], store: any ChatStore, reads: DispatchQueue, commitDuration: CoreMetrics.Timer?, logger: Logger, callbacks: @escaping @Sendable () -> Callbacks?) {
+    /// Returns the writes to try again (see `commit`).
+    private static func run(_ batch: [CoreAction], store: any ChatStore, reads: DispatchQueue, commitDuration: CoreMetrics.Timer?, logger: Logger,
+                            callbacks: @escaping @Sendable () -> Callbacks?) -> [CoreAction] {
         guard batch.contains(where: \.isHistoryRead) else {
-            commit(batch, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
-            return
+            return commit(batch, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
         }
+        var carried: [CoreAction] = []
         // Writes decided before a history read are committed before it starts.
         var writes: [CoreAction] = []
         for action in batch {
@@ -331,7 +356,7 @@ final class StorageWriter: Sendable {
                 writes.append(action)
                 continue
             }
-            commit(writes, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
+            carried += commit(writes, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
             writes.removeAll()
             reads.async {
                 let result: HistoryResult
@@ -344,12 +369,19 @@ final class StorageWriter: Sendable {
                 callbacks()?.historyLoaded(ticket, result)
             }
         }
-        commit(writes, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
+        return carried + commit(writes, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
     }
 
-    private static func commit(_ writes: [CoreAction], store: any ChatStore, commitDuration: CoreMetrics.Timer?, logger: Logger, callbacks: () -> Callbacks?) {
-        guard !writes.isEmpty else { return }
+    /// Commits `writes`; a message that could not be stored is refused (its sender is told).
+    /// Returns the other writes when the database could not take them just then: groups,
+    /// members, receipts and read positions the domain has decided, and users were told of,
+    /// are tried again before anything newer, so that they hold after a restart too.
+    @discardableResult
+    private static func commit(_ writes: [CoreAction], store: any ChatStore, commitDuration: CoreMetrics.Timer?, logger: Logger,
+                               callbacks: () -> Callbacks?) -> [CoreAction] {
+        guard !writes.isEmpty else { return [] }
         var succeeded = true
+        var unavailable = false
         let started = NIODeadline.now()
         do {
             try store.transaction { transaction in
@@ -358,6 +390,7 @@ final class StorageWriter: Sendable {
             commitDuration?.recordNanoseconds((NIODeadline.now() - started).nanoseconds)
         } catch {
             succeeded = false
+            unavailable = store.isUnavailable(error)
             logger.error("storage write failed", metadata: ["writes": "\(writes.count)", "error": "\(error)"])
         }
         var lines: [Outbox.Delivery] = []
@@ -375,6 +408,8 @@ final class StorageWriter: Sendable {
         }
         if !refused.isEmpty { callbacks()?.notStored(refused) }
         if !committed.isEmpty { callbacks()?.deliver(lines, committed) }
+        guard unavailable else { return [] }
+        return writes.filter { if case .storeMessages = $0 { false } else { true } }
     }
 }
 

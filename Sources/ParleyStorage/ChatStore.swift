@@ -25,6 +25,11 @@ public protocol ChatStore: Sendable {
     /// Runs `body`'s writes in one transaction: all of them land, or none (the error is
     /// rethrown). Blocks until committed.
     func transaction(_ body: (any StorageTransaction) throws -> Void) throws
+    /// Whether an error `transaction` threw says the database could not take the writes just
+    /// then (unreachable, restarting, out of disk, busy) rather than that it refused them: the
+    /// same writes may be tried again later. Every write but a message's is such that applying
+    /// it twice is harmless, should a commit whose answer was lost be tried again.
+    func isUnavailable(_ error: any Error) -> Bool
     /// Runs a CHATHISTORY query the domain has already allowed. Sees every committed write.
     func loadHistory(_ query: HistoryQuery) throws -> HistoryResult
     func close() async throws

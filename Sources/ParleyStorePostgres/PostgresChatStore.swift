@@ -339,6 +339,10 @@ public final class PostgresChatStore: ChatStore {
     /// messages (the lock shared) and adding a member (exclusively) in one transaction.
     static let deadlockRetries = 5
 
+    public func isUnavailable(_ error: any Error) -> Bool {
+        (error as? PostgresStoreError)?.isUnavailable ?? false
+    }
+
     public func transaction(_ body: (any StorageTransaction) throws -> Void) throws {
         // Another node tells this one of a group it made (the JOIN, the INVITE) as soon as it
         // decides it, and commits the group's row a moment later: under load a member's message

@@ -39,6 +39,19 @@ public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertib
         }
     }
 
+    /// The database could not take a statement just then: unreachable, or SQLSTATE class 08
+    /// (connection), 53 (resources: disk, memory, connections) or 57P (shut down, restarting).
+    var isUnavailable: Bool {
+        switch self {
+        case .unreachable: return true
+        case .server(let message):
+            guard let open = message.range(of: "(SQLSTATE ", options: .backwards) else { return false }
+            let state = message[open.upperBound...].prefix(3)
+            return state.hasPrefix("08") || state.hasPrefix("53") || state == "57P"
+        default: return false
+        }
+    }
+
     /// PostgreSQL broke a deadlock by failing this transaction (SQLSTATE 40P01): running it
     /// again succeeds.
     var isDeadlock: Bool {

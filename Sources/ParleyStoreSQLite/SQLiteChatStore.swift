@@ -851,6 +851,16 @@ public final class SQLiteChatStore: ChatStore {
         changes.append(.groupRemoved(id: id))
     }
 
+    /// Busy or locked by another process, out of memory or disk, an I/O error, the file not
+    /// openable or read-only: what an operator can mend while the server runs.
+    public func isUnavailable(_ error: any Error) -> Bool {
+        guard let error = error as? DatabaseError else { return false }
+        switch error.resultCode {
+        case .SQLITE_BUSY, .SQLITE_LOCKED, .SQLITE_NOMEM, .SQLITE_IOERR, .SQLITE_FULL, .SQLITE_CANTOPEN, .SQLITE_READONLY: return true
+        default: return false
+        }
+    }
+
     public func transaction(_ body: (any StorageTransaction) throws -> Void) throws {
         // Group changes are made on a copy and shared once the transaction commits; a rolled
         // back transaction leaves the map as the database is.

@@ -401,6 +401,9 @@ struct ClusterProcessTests {
         alice.send("PING :still-here")
         try await alice.expect { $0.command == "PONG" }
         #expect(!alice.isClosed && !bob.isClosed, "connections are kept")
+        // A group made meanwhile: it exists at once, and is stored once the database is back.
+        alice.send("JOIN #madewhiledown")
+        try await alice.expect { $0.command == "JOIN" && $0.parameters.first == "#madewhiledown" }
 
         try postgres.restart()
         // Recovery is the nodes' own: the first message that is stored again goes through,
@@ -418,6 +421,10 @@ struct ClusterProcessTests {
             }
         }
         #expect(delivered, "storage recovered by itself: \(n1.logText.suffix(2000))")
+        // Before, the group's row was dropped with the failed commit: it lived in memory only
+        // and was gone at the next restart.
+        let members = "SELECT count(*)::text FROM group_members m JOIN groups g ON g.id = m.group_id WHERE g.key = '#madewhiledown'"
+        try await Self.waitForValue(members, on: url, "the group made while the database was down, stored with its member") { $0 == "1" }
 
         for client in [alice, bob] { await client.close() }
         try await ServerProcess.stopCleanly([n1, n2])

@@ -149,6 +149,7 @@ struct StorageWriterTests {
         func updateCredential(accountKey: String, _ credential: PasswordCredential) async throws -> Bool { try await inner.updateCredential(accountKey: accountKey, credential) }
         func loadGroups() async throws -> [GroupRecord] { try await inner.loadGroups() }
         func transaction(_ body: (any StorageTransaction) throws -> Void) throws { try inner.transaction(body) }
+        func isUnavailable(_ error: any Error) -> Bool { inner.isUnavailable(error) }
         func loadDeliveryState(since: Timestamp, maxTrackedRecipients: Int) async throws -> DeliveryState {
             try await inner.loadDeliveryState(since: since, maxTrackedRecipients: maxTrackedRecipients)
         }
