@@ -261,6 +261,9 @@ final class StorageWriter: Sendable {
         var gathering = CommitGathering()
         // Writes the database could not take (`ChatStore.isUnavailable`): first in the next batch.
         var carried: [CoreAction] = []
+        // Whether the database has been unavailable since the last commit (logged once, not at
+        // every second's try).
+        var unavailable = false
         while true {
             if carried.isEmpty {
                 shared.condition.lock(whenValue: true)
@@ -294,6 +297,7 @@ final class StorageWriter: Sendable {
                 shared.pending.removeFirst(count)
             }
             shared.taken += count
+            let retryOnly = count == 0 && !carried.isEmpty
             if !carried.isEmpty {
                 batch.insert(contentsOf: carried, at: 0)
                 carried.removeAll()
@@ -321,14 +325,16 @@ final class StorageWriter: Sendable {
             shared.working = !batch.isEmpty
             let lastTry = shared.stopping
             shared.unlockWakingIfNeeded()
-            carried = Self.run(batch, store: store, reads: reads, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
-            if !carried.isEmpty {
-                if lastTry {
-                    logger.error("storage unavailable while stopping: changes not stored", metadata: ["writes": "\(carried.count)"])
-                    carried.removeAll()
-                } else {
-                    logger.warning("storage unavailable: changes kept to be stored again", metadata: ["writes": "\(carried.count)"])
-                }
+            carried = Self.run(batch, store: store, reads: reads, commitDuration: commitDuration, logger: logger, quiet: retryOnly, callbacks: callbacks)
+            if !carried.isEmpty && lastTry {
+                logger.error("storage unavailable while stopping: changes not stored", metadata: ["writes": "\(carried.count)"])
+                carried.removeAll()
+            } else if !carried.isEmpty && !unavailable {
+                unavailable = true
+                logger.warning("storage unavailable: changes kept to be stored again, every second until it is back", metadata: ["writes": "\(carried.count)"])
+            } else if carried.isEmpty && unavailable {
+                unavailable = false
+                logger.info("storage available again: the changes kept are stored")
             }
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()
@@ -343,10 +349,12 @@ final class StorageWriter: Sendable {
     }
 
     /// Returns the writes to try again (see `commit`).
+    /// `quiet`: the batch only tries again what the database could not take, whose failure
+    /// again is not worth an error line each time.
     private static func run(_ batch: [CoreAction], store: any ChatStore, reads: DispatchQueue, commitDuration: CoreMetrics.Timer?, logger: Logger,
-                            callbacks: @escaping @Sendable () -> Callbacks?) -> [CoreAction] {
+                            quiet: Bool = false, callbacks: @escaping @Sendable () -> Callbacks?) -> [CoreAction] {
         guard batch.contains(where: \.isHistoryRead) else {
-            return commit(batch, store: store, commitDuration: commitDuration, logger: logger, callbacks: callbacks)
+            return commit(batch, store: store, commitDuration: commitDuration, logger: logger, quiet: quiet, callbacks: callbacks)
         }
         var carried: [CoreAction] = []
         // Writes decided before a history read are committed before it starts.
@@ -378,7 +386,7 @@ final class StorageWriter: Sendable {
     /// are tried again before anything newer, so that they hold after a restart too.
     @discardableResult
     private static func commit(_ writes: [CoreAction], store: any ChatStore, commitDuration: CoreMetrics.Timer?, logger: Logger,
-                               callbacks: () -> Callbacks?) -> [CoreAction] {
+                               quiet: Bool = false, callbacks: () -> Callbacks?) -> [CoreAction] {
         guard !writes.isEmpty else { return [] }
         var succeeded = true
         var unavailable = false
@@ -391,7 +399,11 @@ final class StorageWriter: Sendable {
         } catch {
             succeeded = false
             unavailable = store.isUnavailable(error)
-            logger.error("storage write failed", metadata: ["writes": "\(writes.count)", "error": "\(error)"])
+            if quiet && unavailable {
+                logger.debug("storage still unavailable", metadata: ["writes": "\(writes.count)", "error": "\(error)"])
+            } else {
+                logger.error("storage write failed", metadata: ["writes": "\(writes.count)", "error": "\(error)"])
+            }
         }
         var lines: [Outbox.Delivery] = []
         var committed: [StoreRequest] = []

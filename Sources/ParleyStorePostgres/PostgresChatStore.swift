@@ -20,6 +20,8 @@ import Synchronization
 /// default `synchronous_commit = on`, that is on disk).
 public final class PostgresChatStore: ChatStore {
     public let url: PostgresDatabaseURL
+    /// What `pg_stat_activity` shows for this store's connections.
+    private let applicationName: String
     private let logger: Logger
     private let eventLoopGroup: any EventLoopGroup
     private let transactionConnection: Mutex<PostgresConnection>
@@ -35,9 +37,10 @@ public final class PostgresChatStore: ChatStore {
     private let conversationsWithParties = Mutex(Set<String>())
     static let cachedConversations = 100_000
 
-    private init(url: PostgresDatabaseURL, logger: Logger, eventLoopGroup: any EventLoopGroup,
+    private init(url: PostgresDatabaseURL, applicationName: String, logger: Logger, eventLoopGroup: any EventLoopGroup,
                  transactionConnection: PostgresConnection, sharedConnection: PostgresConnection, identities: StoredIdentities) {
         self.url = url
+        self.applicationName = applicationName
         self.logger = logger
         self.eventLoopGroup = eventLoopGroup
         self.transactionConnection = Mutex(transactionConnection)
@@ -48,16 +51,17 @@ public final class PostgresChatStore: ChatStore {
     /// Connects, brings the schema up to date (under an advisory lock, so nodes that start at
     /// the same moment migrate once) and loads the ids. Throws `PostgresStoreError`, whose
     /// description is one line an operator can act on.
+    /// `applicationName`: what `pg_stat_activity` shows for the store's connections.
     public static func open(
-        url: PostgresDatabaseURL, logger: Logger = Logger(label: "parley.postgres"),
+        url: PostgresDatabaseURL, applicationName: String = "parley-server", logger: Logger = Logger(label: "parley.postgres"),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws -> PostgresChatStore {
         var opened: [PostgresConnection] = []
         do {
-            let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next())
+            let writer = try await connect(url: url, applicationName: applicationName, logger: logger, on: eventLoopGroup.next())
             opened.append(writer)
             try await migrate(writer, logger: logger)
-            let shared = try await connect(url: url, logger: logger, on: eventLoopGroup.next())
+            let shared = try await connect(url: url, applicationName: applicationName, logger: logger, on: eventLoopGroup.next())
             opened.append(shared)
             var map = StoredIdentities()
             for row in try await writer.runAsync("SELECT id, key FROM accounts", logger: logger) {
@@ -68,7 +72,7 @@ public final class PostgresChatStore: ChatStore {
                 let (id, key) = try row.decode((Int64, String).self)
                 map.setGroup(key: key, id: id)
             }
-            return PostgresChatStore(url: url, logger: logger, eventLoopGroup: eventLoopGroup,
+            return PostgresChatStore(url: url, applicationName: applicationName, logger: logger, eventLoopGroup: eventLoopGroup,
                                      transactionConnection: writer, sharedConnection: shared, identities: map)
         } catch {
             for connection in opened { try? await connection.close() }
@@ -76,10 +80,14 @@ public final class PostgresChatStore: ChatStore {
         }
     }
 
-    static func configuration(for url: PostgresDatabaseURL) throws(PostgresStoreError) -> PostgresConnection.Configuration {
+    /// - Parameter applicationName: what `pg_stat_activity` shows for the connection, so that an
+    ///   operator can tell which node, and which of its connections, a backend serves.
+    static func configuration(for url: PostgresDatabaseURL, applicationName: String = "parley-server") throws(PostgresStoreError)
+        -> PostgresConnection.Configuration {
         var configuration = PostgresConnection.Configuration(
             host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try tls(for: url))
         configuration.options.connectTimeout = .seconds(10)
+        configuration.options.additionalStartupParameters = [("application_name", applicationName)]
         return configuration
     }
 
@@ -106,8 +114,8 @@ public final class PostgresChatStore: ChatStore {
         return url.tlsMode == .prefer ? .prefer(context) : .require(context)
     }
 
-    private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop) async throws -> PostgresConnection {
-        try await PostgresConnection.connect(on: eventLoop, configuration: configuration(for: url), id: 1, logger: logger).get()
+    private static func connect(url: PostgresDatabaseURL, applicationName: String, logger: Logger, on eventLoop: any EventLoop) async throws -> PostgresConnection {
+        try await PostgresConnection.connect(on: eventLoop, configuration: configuration(for: url, applicationName: applicationName), id: 1, logger: logger).get()
     }
 
     /// Applies the migrations this database lacks, in order, each in its own transaction;
@@ -187,7 +195,8 @@ public final class PostgresChatStore: ChatStore {
     /// The connection in `slot`, opened again if the server closed it.
     private func live(_ slot: inout PostgresConnection) throws -> PostgresConnection {
         if slot.isClosed {
-            slot = try PostgresConnection.connect(on: eventLoopGroup.next(), configuration: Self.configuration(for: url), id: 2, logger: logger).wait()
+            slot = try PostgresConnection.connect(on: eventLoopGroup.next(), configuration: Self.configuration(for: url, applicationName: applicationName),
+                                                  id: 2, logger: logger).wait()
         }
         return slot
     }

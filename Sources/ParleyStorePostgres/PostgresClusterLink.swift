@@ -129,10 +129,10 @@ public final class PostgresClusterLink: ClusterTransport {
         guard isValidNodeName(nodeName) else { throw PostgresStoreError.invalidNodeName(nodeName) }
         var opened: [PostgresConnection] = []
         do {
-            let control = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: true)
+            let control = try await connect(url: url, node: nodeName, logger: logger, on: eventLoopGroup.next(), asControl: true)
             opened.append(control)
             let (number, declaredDead) = try await takeNumber(nodeName, on: control, logger: logger)
-            let writer = try await connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: false)
+            let writer = try await connect(url: url, node: nodeName, logger: logger, on: eventLoopGroup.next(), asControl: false)
             opened.append(writer)
             let peers = try await liveNodes(on: control, except: number, logger: logger)
             logger.info("joined the cluster", metadata: ["node": "\(nodeName)", "number": "\(number)", "peers": "\(peers.sorted())"])
@@ -144,9 +144,11 @@ public final class PostgresClusterLink: ClusterTransport {
         }
     }
 
-    private static func connect(url: PostgresDatabaseURL, logger: Logger, on eventLoop: any EventLoop, asControl: Bool) async throws -> PostgresConnection {
+    /// - Parameter node: the node's name, or what else connects (shown in `pg_stat_activity`).
+    private static func connect(url: PostgresDatabaseURL, node: String, logger: Logger, on eventLoop: any EventLoop, asControl: Bool) async throws -> PostgresConnection {
+        let name = "parley-server \(node) cluster \(asControl ? "control" : "writer")"
         let connection = try await PostgresConnection.connect(
-            on: eventLoop, configuration: PostgresChatStore.configuration(for: url), id: 3, logger: logger).get()
+            on: eventLoop, configuration: PostgresChatStore.configuration(for: url, applicationName: name), id: 3, logger: logger).get()
         if asControl {
             // A node that vanishes without closing its socket (power loss, a cut network) lets
             // go of its lock once the server's keepalives give up: about 10 + 5 * 3 seconds.
@@ -247,7 +249,7 @@ public final class PostgresClusterLink: ClusterTransport {
     public static func sendToLiveNodes(_ payload: ByteBuffer, url: PostgresDatabaseURL, logger: Logger,
                                        timeout: Duration = .seconds(5)) async throws -> Int {
         do {
-            let connection = try await connect(url: url, logger: logger, on: MultiThreadedEventLoopGroup.singleton.next(), asControl: false)
+            let connection = try await connect(url: url, node: "admin", logger: logger, on: MultiThreadedEventLoopGroup.singleton.next(), asControl: false)
             do {
                 let nodes = try await liveNodes(on: connection, except: 0, logger: logger)
                 for node in nodes {
@@ -625,7 +627,7 @@ public final class PostgresClusterLink: ClusterTransport {
         let writer = state.withLock { $0.writer }
         guard writer.isClosed else { return }
         guard !state.withLock({ $0.leaving }),
-              let fresh = try? await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: false) else { return }
+              let fresh = try? await Self.connect(url: url, node: nodeName, logger: logger, on: eventLoopGroup.next(), asControl: false) else { return }
         let kept = state.withLock { state -> Bool in
             guard !state.leaving else { return false }
             state.writer = fresh
@@ -643,7 +645,7 @@ public final class PostgresClusterLink: ClusterTransport {
         guard starting else { return }
         defer { state.withLock { $0.reconnectingControl = false } }
         do {
-            let fresh = try await Self.connect(url: url, logger: logger, on: eventLoopGroup.next(), asControl: true)
+            let fresh = try await Self.connect(url: url, node: nodeName, logger: logger, on: eventLoopGroup.next(), asControl: true)
             // A peer declaring this node dead holds its lock for a moment, and the backend of the
             // connection just lost may not have ended yet.
             let locked = try await Self.lock(nodeNumber, on: fresh, attempts: 20, logger: logger)

@@ -49,7 +49,8 @@ struct DataOptions: ParsableArguments {
     /// one line printed before the non-zero exit.
     func openStore(_ configuration: ServerConfiguration, logger: Logger = DataOptions.quietLogger) async throws -> any ChatStore {
         if let database = configuration.database {
-            return try await PostgresChatStore.open(url: try PostgresDatabaseURL(parsing: database), logger: logger)
+            let name = configuration.nodeName.map { "parley-server \($0) store" } ?? "parley-server"
+            return try await PostgresChatStore.open(url: try PostgresDatabaseURL(parsing: database), applicationName: name, logger: logger)
         }
         try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         let path = URL(fileURLWithPath: configuration.dataDirectory).appendingPathComponent("parley.sqlite").path

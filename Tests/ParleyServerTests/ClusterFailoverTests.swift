@@ -635,6 +635,22 @@ extension ClusterProcessTests {
         }
     }
 
+    /// An operator looking at the database's connections (`pg_stat_activity`) sees which node
+    /// each serves, and what for.
+    @Test func eachNodesDatabaseConnectionsSayWhichNodeTheyServe() async throws {
+        let (cluster0, drop) = try await Self.makeCluster(accounts: [])
+        var cluster = cluster0
+        defer { try? FileManager.default.removeItem(at: cluster.directory) }
+        let n1 = try await cluster.start("n1")
+        let names = try await TestPostgres.firstValue("""
+            SELECT string_agg(DISTINCT application_name, ',' ORDER BY application_name) FROM pg_stat_activity
+            WHERE datname = current_database() AND application_name LIKE 'parley-server%'
+            """, on: cluster.database)
+        #expect(names == "parley-server n1 cluster control,parley-server n1 cluster writer,parley-server n1 store")
+        try await ServerProcess.stopCleanly([n1])
+        try await drop()
+    }
+
     @Test func eachNodesMetricsSayWhichNodeItIs() async throws {
         let (cluster, drop) = try await Self.makeCluster(accounts: [])
         defer { try? FileManager.default.removeItem(at: cluster.directory) }
