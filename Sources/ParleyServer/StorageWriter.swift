@@ -49,6 +49,9 @@ final class StorageWriter: Sendable {
         var hasStopped = false
         /// Writes taken by the thread and not yet committed.
         var inProgress = 0
+        /// Whether writes the database could not take wait to be tried again: until they are
+        /// stored, the work before them is not carried out (`whenDone`, `isIdle`).
+        var carrying = false
         /// Connections paused until the backlog is down to the low-water mark.
         var waitingForRoom: [@Sendable () -> Void] = []
         /// Called once the work up to `sequence` (counted as `taken`) is carried out.
@@ -56,7 +59,7 @@ final class StorageWriter: Sendable {
 
         /// After a commit, under the lock: the waiters whose work is all carried out.
         func takeWaitersForDoneWork() -> [@Sendable () -> Void] {
-            guard !waitingForWork.isEmpty else { return [] }
+            guard !waitingForWork.isEmpty, !carrying else { return [] }
             let done = waitingForWork.filter { $0.sequence <= taken }.map(\.done)
             waitingForWork.removeAll { $0.sequence <= taken }
             return done
@@ -210,10 +213,11 @@ final class StorageWriter: Sendable {
 
     /// Calls `done` once everything handed over before this call is carried out (committed,
     /// or refused and reported): at once on this thread when nothing is, else on the storage
-    /// thread. Work handed over later does not delay it.
+    /// thread. Work handed over later does not delay it; writes kept while the database is
+    /// unavailable do, until they are stored.
     func whenDone(_ done: @escaping @Sendable () -> Void) {
         shared.condition.lock()
-        guard !shared.pending.isEmpty || shared.working else {
+        guard !shared.pending.isEmpty || shared.working || shared.carrying else {
             shared.condition.unlock()
             done()
             return
@@ -226,7 +230,7 @@ final class StorageWriter: Sendable {
     var isIdle: Bool {
         shared.condition.lock()
         defer { shared.condition.unlock() }
-        return shared.pending.isEmpty && !shared.working
+        return shared.pending.isEmpty && !shared.working && !shared.carrying
     }
 
     private func requestStop() {
@@ -340,6 +344,7 @@ final class StorageWriter: Sendable {
             shared.condition.lock()
             shared.working = false
             shared.inProgress = 0
+            shared.carrying = !carried.isEmpty
             let resumptions = shared.takeResumptionsIfCaughtUp()
             let doneWork = shared.takeWaitersForDoneWork()
             shared.condition.unlock()
@@ -384,7 +389,6 @@ final class StorageWriter: Sendable {
     /// Returns the other writes when the database could not take them just then: groups,
     /// members, receipts and read positions the domain has decided, and users were told of,
     /// are tried again before anything newer, so that they hold after a restart too.
-    @discardableResult
     private static func commit(_ writes: [CoreAction], store: any ChatStore, commitDuration: CoreMetrics.Timer?, logger: Logger,
                                quiet: Bool = false, callbacks: () -> Callbacks?) -> [CoreAction] {
         guard !writes.isEmpty else { return [] }
