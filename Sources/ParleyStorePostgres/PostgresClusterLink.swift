@@ -315,8 +315,19 @@ public final class PostgresClusterLink: ClusterTransport {
             }
         }
         let liveness = Task { [self] in
+            var lastCheck = ContinuousClock.now
             while !Task.isCancelled {
-                try? await Task.sleep(for: checkInterval)
+                // Without its lock the node tries to take it back every half second, not at each
+                // check: the others take it for dead after two checks in a row that miss it.
+                if state.withLock({ $0.holdsOwnLock }) {
+                    try? await Task.sleep(until: lastCheck + checkInterval, clock: .continuous)
+                } else {
+                    try? await Task.sleep(for: .milliseconds(500))
+                    let control = state.withLock { $0.control }
+                    if !control.isClosed { await takeOwnLockBack(on: control) }
+                    if ContinuousClock.now < lastCheck + checkInterval { continue }
+                }
+                lastCheck = .now
                 await checkPeers(peerGone)
             }
         }
@@ -547,8 +558,7 @@ public final class PostgresClusterLink: ClusterTransport {
     }
 
     private func checkPeers(_ peerGone: @Sendable (UInt16, [ByteBuffer]) async -> Void) async {
-        let (control, holdsOwnLock) = state.withLock { ($0.control, $0.holdsOwnLock) }
-        if !holdsOwnLock, !control.isClosed { await takeOwnLockBack(on: control) }
+        let control = state.withLock { $0.control }
         let logger = self.logger
         let me = nodeNumber
         guard let live = try? await Self.withTimeout(.seconds(5), { try await Self.liveNodes(on: control, except: me, logger: logger) }) else {
@@ -650,13 +660,11 @@ public final class PostgresClusterLink: ClusterTransport {
             // connection just lost may not have ended yet.
             let locked = try await Self.lock(nodeNumber, on: fresh, attempts: 20, logger: logger)
             if !locked {
-                logger.warning("cluster: this node's lock is still held elsewhere (a connection the database has not yet seen close, or another process with this node's name); taken back at a later check")
+                logger.warning("cluster: this node's lock is still held elsewhere (a connection the database has not yet seen close, or another process with this node's name); taken back once it is free")
             }
             let declaredDead = try await Self.declaredDeadCount(of: nodeNumber, on: fresh, logger: logger)
             if declaredDead != state.withLock({ $0.declaredDead }) {
-                // It starts over, as a new run (see `takeNumber`); the node that took over the
-                // receipts of its messages gives them back when it says hello.
-                try await fresh.runAsync("UPDATE cluster_nodes SET followed_by = NULL WHERE number = ?", [.int(Int64(nodeNumber))], logger: logger)
+                try await Self.startOverAsNewRun(nodeNumber, on: fresh, logger: logger)
             }
             let (kept, rejoined, takenForDead) = state.withLock { state -> (Bool, (@Sendable (Bool) -> Void)?, Bool) in
                 guard !state.leaving else { return (false, nil, false) }
@@ -682,7 +690,14 @@ public final class PostgresClusterLink: ClusterTransport {
         }
     }
 
-    /// After `control` was opened again without this node's lock: takes it once it is free. If
+    /// A node that finds it was taken for dead starts over as a new run (see `takeNumber`): the
+    /// node that took over the receipts of its messages gives them back when it says hello.
+    private static func startOverAsNewRun(_ node: UInt16, on control: PostgresConnection, logger: Logger) async throws {
+        try await control.runAsync("UPDATE cluster_nodes SET followed_by = NULL WHERE number = ?", [.int(Int64(node))], logger: logger)
+    }
+
+    /// After `control` was opened again without this node's lock: takes it once it is free
+    /// (tried every half second by the liveness task). If
     /// the others took this node for dead meanwhile (a peer held the lock to say so), it starts
     /// over as after a reconnection that finds it so.
     private func takeOwnLockBack(on control: PostgresConnection) async {
@@ -695,8 +710,7 @@ public final class PostgresClusterLink: ClusterTransport {
             guard let declaredDead else { return }
             let takenForDead = declaredDead != state.withLock { $0.declaredDead }
             if takenForDead {
-                // As after a reconnection that finds it so (`reconnectControlIfClosed`).
-                try await control.runAsync("UPDATE cluster_nodes SET followed_by = NULL WHERE number = ?", [.int(Int64(node))], logger: logger)
+                try await Self.startOverAsNewRun(node, on: control, logger: logger)
             }
             // Unless `control` was replaced meanwhile (its lock then goes with it).
             let (current, rejoined) = state.withLock { state -> (Bool, (@Sendable (Bool) -> Void)?) in

@@ -42,21 +42,20 @@ public enum PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertib
     /// The database could not take a statement just then: unreachable, or SQLSTATE class 08
     /// (connection), 53 (resources: disk, memory, connections) or 57P (shut down, restarting).
     var isUnavailable: Bool {
-        switch self {
-        case .unreachable: return true
-        case .server(let message):
-            guard let open = message.range(of: "(SQLSTATE ", options: .backwards) else { return false }
-            let state = message[open.upperBound...].prefix(3)
-            return state.hasPrefix("08") || state.hasPrefix("53") || state == "57P"
-        default: return false
-        }
+        if case .unreachable = self { return true }
+        guard let state = sqlState else { return false }
+        return state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57P")
     }
 
     /// PostgreSQL broke a deadlock by failing this transaction (SQLSTATE 40P01): running it
     /// again succeeds.
-    var isDeadlock: Bool {
-        if case .server(let message) = self { return message.hasSuffix("(SQLSTATE 40P01)") }
-        return false
+    var isDeadlock: Bool { sqlState == "40P01" }
+
+    /// The server's SQLSTATE, as `init(_:url:)` ends a `.server` message with it.
+    private var sqlState: Substring? {
+        guard case .server(let message) = self, message.hasSuffix(")"),
+              let open = message.range(of: "(SQLSTATE ", options: .backwards) else { return nil }
+        return message[open.upperBound...].dropLast()
     }
 
     /// Explains an error from connecting or querying.
