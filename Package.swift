@@ -123,10 +123,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .target(name: "CBenchPoll"),
         .executableTarget(
             name: "parley-bench",
             dependencies: [
-                "IRCWire",
+                "IRCWire", "CBenchPoll",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

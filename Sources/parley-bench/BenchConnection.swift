@@ -87,6 +87,12 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     private var outgoing = ByteBuffer()
     /// Whether this connection waits in its loop's flush list.
     var awaitsFlush = false
+    /// The socket, when this client made it itself (`connect(ownSocket: true)`): the traffic
+    /// phase reads and writes it directly (`RawTrafficLoop`), NIO no longer reading it.
+    private(set) var descriptor: CInt = -1
+    /// Set when `RawTrafficLoop` took the socket over: lines to send go to `outgoing` and out
+    /// with its next round's writes, never through NIO (the two would interleave).
+    var rawTraffic: LoopTraffic?
 
     /// The start of a line whose end has not arrived yet.
     private var unfinishedLine: ByteBuffer?
@@ -99,7 +105,10 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         self.loopIndex = loopIndex
     }
 
-    static func connect(_ connection: BenchConnection, to target: SocketAddress, source: SocketAddress?) -> EventLoopFuture<Void> {
+    /// Connects and registers. With `ownSocket`, the socket is made and connected here (a
+    /// blocking connect, instant on loopback) and handed to NIO, so that the traffic phase can
+    /// take it over (`descriptor`).
+    static func connect(_ connection: BenchConnection, to target: SocketAddress, source: SocketAddress?, ownSocket: Bool = false) -> EventLoopFuture<Void> {
         connection.connectStartedAt = monotonicNanoseconds()
         var bootstrap = ClientBootstrap(group: connection.eventLoop)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -109,12 +118,48 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(connection)
                 }
             }
-        if let source { bootstrap = bootstrap.bind(to: source) }
-        return bootstrap.connect(to: target).map { channel in
+        let connected: EventLoopFuture<Channel>
+        if ownSocket {
+            do {
+                let descriptor = try connectedSocket(to: target, from: source)
+                connection.descriptor = descriptor
+                connected = bootstrap.withConnectedSocket(descriptor)
+            } catch {
+                return connection.eventLoop.makeFailedFuture(error)
+            }
+        } else {
+            if let source { bootstrap = bootstrap.bind(to: source) }
+            connected = bootstrap.connect(to: target)
+        }
+        return connected.map { channel in
             connection.channel = channel
             connection.outgoing = channel.allocator.buffer(capacity: 512)
             connection.sendRegistration()
         }
+    }
+
+    private static func connectedSocket(to target: SocketAddress, from source: SocketAddress?) throws -> CInt {
+        let family = target.protocol.rawValue
+        let descriptor = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else { throw BenchFailure(description: "socket: \(String(cString: strerror(errno)))") }
+        if let source {
+            let bound = source.withSockAddr { bind(descriptor, $0, socklen_t($1)) }
+            guard bound == 0 else {
+                let reason = String(cString: strerror(errno))
+                Glibc.close(descriptor)
+                throw BenchFailure(description: "bind to \(source): \(reason)")
+            }
+        }
+        var result: Int32
+        repeat {
+            result = target.withSockAddr { Glibc.connect(descriptor, $0, socklen_t($1)) }
+        } while result != 0 && errno == EINTR
+        guard result == 0 else {
+            let reason = String(cString: strerror(errno))
+            Glibc.close(descriptor)
+            throw BenchFailure(description: "connect to \(target): \(reason)")
+        }
+        return descriptor
     }
 
     private func sendRegistration() {
@@ -134,6 +179,14 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func send(_ lines: [String]) {
+        if let rawTraffic {
+            for line in lines {
+                outgoing.writeString(line)
+                outgoing.writeString("\r\n")
+            }
+            rawTraffic.needsFlush(self)
+            return
+        }
         guard let channel, !closed else { return }
         var buffer = channel.allocator.buffer(capacity: lines.reduce(0) { $0 + $1.utf8.count + 2 })
         for line in lines {
@@ -209,28 +262,49 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
     // MARK: Receiving
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        let readAt = monotonicMicroseconds()
+        let bytes = unwrapInboundIn(data)
+        bytes.withUnsafeReadableBytes { consume($0, readAt: monotonicMicroseconds()) }
+    }
+
+    /// Handles the bytes of one read: whole lines in place, the start of an unfinished line
+    /// kept until the read that ends it.
+    func consume(_ bytes: UnsafeRawBufferPointer, readAt: UInt64) {
+        var rest = bytes
         if var unfinished = unfinishedLine {
             // Complete the line begun in an earlier read, then go on in place.
-            let newline = bytes.withUnsafeReadableBytes { $0.firstIndex(of: UInt8(ascii: "\n")) }
-            guard let newline else {
-                unfinished.writeBuffer(&bytes)
+            guard let newline = bytes.firstIndex(of: UInt8(ascii: "\n")) else {
+                unfinished.writeBytes(bytes)
                 unfinishedLine = unfinished
                 return
             }
             unfinishedLine = nil
-            unfinished.writeBytes(bytes.readableBytesView.prefix(newline + 1))
-            bytes.moveReaderIndex(forwardBy: newline + 1)
+            unfinished.writeBytes(UnsafeRawBufferPointer(rebasing: bytes[..<(newline + 1)]))
+            rest = UnsafeRawBufferPointer(rebasing: bytes[(newline + 1)...])
             _ = unfinished.withUnsafeReadableBytes { handleLines(in: $0, readAt: readAt) }
         }
-        let consumed = bytes.withUnsafeReadableBytes { handleLines(in: $0, readAt: readAt) }
-        bytes.moveReaderIndex(forwardBy: consumed)
-        if bytes.readableBytes > 0 {
-            var unfinished = context.channel.allocator.buffer(capacity: max(512, bytes.readableBytes))
-            unfinished.writeBuffer(&bytes)
+        let consumed = handleLines(in: rest, readAt: readAt)
+        if consumed < rest.count {
+            var unfinished = ByteBufferAllocator().buffer(capacity: max(512, rest.count - consumed))
+            unfinished.writeBytes(UnsafeRawBufferPointer(rebasing: rest[consumed...]))
             unfinishedLine = unfinished
         }
+    }
+
+    /// Writes what `outgoing` holds straight to the socket (`RawTrafficLoop`); returns whether
+    /// all of it went (if not, the rest waits for the next round).
+    func writeOutgoingToSocket() -> Bool {
+        while outgoing.readableBytes > 0 {
+            let written = outgoing.withUnsafeReadableBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
+            if written > 0 {
+                outgoing.moveReaderIndex(forwardBy: written)
+            } else if written < 0 && errno == EINTR {
+                continue
+            } else {
+                return false  // EAGAIN: the socket's buffer is full; a closed socket is counted by its read
+            }
+        }
+        outgoing.clear()
+        return true
     }
 
     /// Handles every complete line; returns the bytes consumed.

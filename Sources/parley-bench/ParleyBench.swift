@@ -150,7 +150,7 @@ let runTag = String(UInt32.random(in: 0..<(36 * 36 * 36)), radix: 36)
 /// Connects `count` clients (at most `parallel` connecting at once) and waits until all are
 /// registered. Throws with a clear reason if the server refuses or drops any.
 func connectAll(
-    count: Int, parallel: Int, rate: Double = 0, common: Common, loops: [EventLoop], loopIndex: (Int) -> Int = { $0 },
+    count: Int, parallel: Int, rate: Double = 0, ownSockets: Bool = false, common: Common, loops: [EventLoop], loopIndex: (Int) -> Int = { $0 },
     login: (Int) -> Login = { _ in .none },
     nick: (Int) -> String, capabilities: [String] = [], configure: (BenchConnection) -> Void = { _ in }
 ) async throws -> (connections: [BenchConnection], latencies: Histogram<UInt64>, seconds: Double) {
@@ -184,7 +184,8 @@ func connectAll(
                 connection.onRegistered = { _ in registered.succeed(()) }
                 connection.onClosed = { connection, reason in registered.fail(BenchFailure(description: "client \(connection.nick) was disconnected while registering: \(reason)")) }
             }
-            BenchConnection.connect(connection, to: targets[connection.index % targets.count], source: source).cascadeFailure(to: registered)
+            BenchConnection.connect(connection, to: targets[connection.index % targets.count], source: source, ownSocket: ownSockets)
+                .cascadeFailure(to: registered)
             futures.append(registered.futureResult)
         }
         do {
@@ -297,7 +298,6 @@ final class LoopTraffic: @unchecked Sendable {
     private let slotOfSender: [Int]
     private let senderSlots: Int
     private var unflushed: [BenchConnection] = []
-    private var flushScheduled = false
 
     init(loop: EventLoop, clients: Int, senderSlots: Int, slotOfSender: [Int]) {
         self.loop = loop
@@ -306,25 +306,29 @@ final class LoopTraffic: @unchecked Sendable {
         expected = Array(repeating: 0, count: clients * senderSlots)
     }
 
-    /// Flushes the connection at the end of this loop's current round (one task per round,
-    /// one system call per connection, not one per message).
+    /// Writes the connection's gathered bytes at the end of this round of `RawTrafficLoop`
+    /// (one system call per connection per round, not one per message).
     func needsFlush(_ connection: BenchConnection) {
         if !connection.awaitsFlush {
             connection.awaitsFlush = true
             unflushed.append(connection)
         }
-        guard !flushScheduled else { return }
-        flushScheduled = true
-        loop.execute { self.flushAll() }
     }
 
+    /// Writes what every connection gathered; one whose socket buffer is full keeps the rest
+    /// for the next round.
     func flushAll() {
-        flushScheduled = false
-        for connection in unflushed {
-            connection.awaitsFlush = false
-            connection.flushOutgoing()
+        var waiting = 0
+        for index in unflushed.indices {
+            let connection = unflushed[index]
+            if connection.writeOutgoingToSocket() {
+                connection.awaitsFlush = false
+            } else {
+                unflushed[waiting] = connection
+                waiting += 1
+            }
         }
-        unflushed.removeAll(keepingCapacity: true)
+        unflushed.removeLast(unflushed.count - waiting)
     }
 
     /// A message arrived at `receiver`; returns its sender and sequence number.
@@ -354,105 +358,85 @@ struct TrafficOptions: ParsableArguments {
 }
 
 /// Runs traffic from `senders` and prints the report. Each sender's messages have been
-/// prepared (`prepareMessages`); `onMessage` handlers are set by the caller.
+/// prepared (`prepareMessages`); `onMessage` handlers are set by the caller. The connections
+/// must have their own sockets (`connectAll(ownSockets: true)`): NIO stops reading them, and a
+/// `RawTrafficLoop` per generator loop carries the traffic.
 func runTraffic(
     mode: String, common: Common, options: TrafficOptions, traffic: [LoopTraffic], connections: [BenchConnection],
     senders: [Int], deliveriesPerMessage: Int, extraFields: [(String, String)] = []
 ) async throws {
-    let disconnected = NIOLockedValueBox(0)
-    for connection in connections {
-        try await connection.eventLoop.submit { connection.onClosed = { _, _ in disconnected.withLockedValue { $0 += 1 } } }.get()
+    var rawLoops: [RawTrafficLoop] = []
+    for (loopIndex, loopTraffic) in traffic.enumerated() {
+        let mine = connections.filter { $0.loopIndex == loopIndex }
+        let mySenders = senders.map { connections[$0] }.filter { $0.loopIndex == loopIndex }
+        try await loopTraffic.loop.submit {
+            for connection in mine {
+                // Read by the raw loop from now on; a close is counted there.
+                try connection.channel?.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+                connection.onClosed = nil
+                connection.rawTraffic = loopTraffic
+            }
+        }.get()
+        let rate = options.rate.map { Double($0) * Double(mySenders.count) / Double(max(1, senders.count)) / 1e9 }
+        rawLoops.append(RawTrafficLoop(traffic: loopTraffic, clients: mine, senders: mySenders,
+                                       window: options.rate == nil ? options.window : nil, ratePerNanosecond: rate))
     }
     let cpu = CPUUsage.Start(serverPid: common.serverPid)
     let start = monotonicNanoseconds()
-    if options.rate == nil {
-        for loopTraffic in traffic {
-            try await loopTraffic.loop.submit {
-                for sender in senders where connections[sender].eventLoop === loopTraffic.loop {
-                    let connection = connections[sender]
-                    for _ in 0..<options.window {
-                        connection.appendMessage()
-                        connection.inFlight += 1
-                    }
-                    connection.flushOutgoing()
-                }
-            }.get()
+    for rawLoop in rawLoops { rawLoop.start() }
+    func receivedSoFar() -> (received: UInt64, p99: UInt64) {
+        rawLoops.reduce((0, 0)) { sum, rawLoop in
+            rawLoop.shared.withLockedValue { (sum.0 + $0.received, max(sum.1, $0.p99)) }
         }
-    }
-    var tickers: [RepeatedTask] = []
-    if let rate = options.rate {
-        // About every 200 us, each loop sends what is due by the clock for its senders,
-        // round-robin: small bursts, as from many independent clients. Due by the clock, not a
-        // fixed count per tick: timers fire later than asked.
-        for loopTraffic in traffic {
-            let mine = senders.filter { connections[$0].eventLoop === loopTraffic.loop }
-            guard !mine.isEmpty else { continue }
-            let ratePerNanosecond = Double(rate) * Double(mine.count) / Double(senders.count) / 1e9
-            let sendingSince = monotonicNanoseconds()
-            let due = NIOLoopBoundBox.makeBoxSendingValue((sent: 0, next: 0), eventLoop: loopTraffic.loop)
-            tickers.append(loopTraffic.loop.scheduleRepeatedTask(initialDelay: .zero, delay: .microseconds(200)) { _ in
-                guard loopTraffic.running else { return }
-                let dueByNow = Int(Double(monotonicNanoseconds() - sendingSince) * ratePerNanosecond)
-                while due.value.sent < dueByNow {
-                    due.value.sent += 1
-                    let connection = connections[mine[due.value.next % mine.count]]
-                    due.value.next += 1
-                    connection.appendMessage()
-                    loopTraffic.needsFlush(connection)
-                }
-            })
-        }
-    }
-    func receivedSoFar() async throws -> (UInt64, UInt64) {
-        var received: UInt64 = 0
-        var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
-        for loopTraffic in traffic {
-            let (count, loopHistogram) = try await loopTraffic.loop.submit { (loopTraffic.received, loopTraffic.histogram) }.get()
-            received += count
-            histogram.add(loopHistogram)
-        }
-        return (received, histogram.valueAtPercentile(99))
     }
     let end = start + UInt64(options.duration * 1e9)
     var lastReceived: UInt64 = 0
     var lastTime = start
     while monotonicNanoseconds() < end {
         try await Task.sleep(for: .seconds(1))
-        let (received, p99) = try await receivedSoFar()
+        let (received, p99) = receivedSoFar()
         let now = monotonicNanoseconds()
         let rate = Double(received - lastReceived) / (Double(now - lastTime) / 1e9)
         progress(String(format: "%@: %4.0fs  %10llu delivered  %10.0f/s  p99 %llu us", mode, Double(now - start) / 1e9, received, rate, p99))
         lastReceived = received
         lastTime = now
     }
-    var sentTotal: UInt64 = 0
-    for loopTraffic in traffic {
-        try await loopTraffic.loop.submit { loopTraffic.running = false }.get()
-    }
-    for ticker in tickers { ticker.cancel() }
+    for rawLoop in rawLoops { rawLoop.shared.withLockedValue { $0.sending = false } }
     let usage = cpu.end(serverPid: common.serverPid)
-    var deliveredInWindow: UInt64 = 0
-    for loopTraffic in traffic {
-        sentTotal += try await loopTraffic.loop.submit {
-            senders.filter { connections[$0].eventLoop === loopTraffic.loop }.reduce(0) { $0 + connections[$1].sequence }
-        }.get()
-        deliveredInWindow += try await loopTraffic.loop.submit { loopTraffic.received }.get()
-    }
+    let deliveredInWindow = receivedSoFar().received
     let trafficEnd = monotonicNanoseconds()
+    var sentTotal: UInt64 = 0
+    for rawLoop in rawLoops {
+        while true {
+            if let sent = rawLoop.shared.withLockedValue({ $0.sent }) {
+                sentTotal += sent
+                break
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
     // Let what is in flight arrive.
     let expectedDeliveries = sentTotal * UInt64(deliveriesPerMessage)
     let drainDeadline = monotonicNanoseconds() + 10_000_000_000
-    var receivedAtEnd = try await receivedSoFar().0
+    var receivedAtEnd = receivedSoFar().received
     while receivedAtEnd < expectedDeliveries && monotonicNanoseconds() < drainDeadline {
         try await Task.sleep(for: .milliseconds(20))
-        receivedAtEnd = try await receivedSoFar().0
+        receivedAtEnd = receivedSoFar().received
     }
     var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
     var reordered: UInt64 = 0
-    for loopTraffic in traffic {
-        let (loopHistogram, loopReordered) = try await loopTraffic.loop.submit { (loopTraffic.histogram, loopTraffic.reordered) }.get()
-        histogram.add(loopHistogram)
-        reordered += loopReordered
+    var disconnected = 0
+    for rawLoop in rawLoops {
+        rawLoop.shared.withLockedValue { $0.stop = true }
+        while true {
+            if let results = rawLoop.results() {
+                histogram.add(results.histogram)
+                reordered += results.reordered
+                break
+            }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        disconnected += rawLoop.shared.withLockedValue { $0.disconnected }
     }
     let seconds = Double(trafficEnd - start) / 1e9
     var report = Report(mode: mode, server: common.server)
@@ -471,7 +455,7 @@ func runTraffic(
     report.addLatency(histogram)
     report.add("lost", Int(expectedDeliveries > receivedAtEnd ? expectedDeliveries - receivedAtEnd : 0))
     report.add("reordered", Int(reordered))
-    report.add("disconnected", disconnected.withLockedValue { $0 })
+    report.add("disconnected", disconnected)
     if let server = usage.serverSeconds { report.add("server_cpu_s", server, digits: 2) }
     // The server's CPU per delivery over the same interval: what a server's capacity on one core
     // follows, measurable at a fixed rate that leaves the generator room (`--rate`).
@@ -498,7 +482,7 @@ struct Direct: AsyncParsableCommand {
         let nicks = (0..<count).map { "d\(runTag)\(String($0, radix: 36))" }
         if common.accounts { try await createAccounts(nicks, password: common.accountPassword, common: common, loops: loops) }
         // Both clients of a pair on the same loop: a delivery refills its peer's window there.
-        let result = try await connectAll(count: count, parallel: 200, common: common, loops: loops, loopIndex: { $0 / 2 },
+        let result = try await connectAll(count: count, parallel: 200, ownSockets: true, common: common, loops: loops, loopIndex: { $0 / 2 },
                                           login: { _ in common.login }, nick: { nicks[$0] })
         let connections = result.connections
         if common.ports.count > 1 {
@@ -544,7 +528,8 @@ struct Fanout: AsyncParsableCommand {
         let channelName = "#f\(runTag)"
         let nicks = (0..<members).map { "f\(runTag)\(String($0, radix: 36))" }
         if common.accounts { try await createAccounts(nicks, password: common.accountPassword, common: common, loops: loops) }
-        let result = try await connectAll(count: members, parallel: 200, common: common, loops: loops, login: { _ in common.login }, nick: { nicks[$0] })
+        let result = try await connectAll(count: members, parallel: 200, ownSockets: true, common: common, loops: loops,
+                                            login: { _ in common.login }, nick: { nicks[$0] })
         let connections = result.connections
         // Everyone joins; wait until the last member's join is seen by the first. Between
         // accounts the first makes a group, closed until it opens it (MODE -i).
