@@ -54,6 +54,9 @@ public struct ChatConfiguration: Sendable {
     public var pingIntervalMilliseconds: Int64 = 90_000
     /// A PING unanswered for this long closes the connection ("Ping timeout").
     public var pingTimeoutMilliseconds: Int64 = 60_000
+    /// A sender whose messages have waited this long for the store (a database that stopped
+    /// answering) is told so with `NOTE * STORAGE_SLOW`, once until they are stored.
+    public var storageSlowNoticeMilliseconds: Int64 = 5_000
     /// Connections that have not completed registration within this time are closed.
     public var registrationTimeoutMilliseconds: Int64 = 30_000
     /// PBKDF2 iterations for new password credentials (SCRAM-SHA-256 verifiers).

@@ -96,6 +96,8 @@ public struct ChatServer: Sendable {
     var lastPrune: Timestamp?
     /// The `time` tag of the current millisecond: hundreds of messages share it under load.
     var cachedTimeTag: (time: Timestamp, text: String) = (Timestamp(millisecondsSince1970: -1), "")
+    /// Connections told their messages wait for a slow store (`storageIsWorking`).
+    var toldStorageIsSlow: Set<ConnectionID> = []
     /// RECIPIENT_OFFLINE notes of the current second, by account and verb: their text says
     /// when the account was last seen, to the minute, and a sender writing to someone offline
     /// usually sends more than one message.

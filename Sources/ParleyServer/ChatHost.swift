@@ -418,7 +418,12 @@ final class ChatHost: Sendable {
     // MARK: Timers and shutdown
 
     func tick() {
-        Self.write(perform { core, outbox in core.tick(now: Self.now(), into: &outbox) })
+        let workingSince = storageWriter.workingSince
+        Self.write(perform { core, outbox in
+            let now = Self.now()
+            core.tick(now: now, into: &outbox)
+            if let workingSince { core.storageIsWorking(since: workingSince, now: now, into: &outbox) }
+        })
     }
 
     /// Refuses new connections, tells every client why, and closes them.

@@ -185,6 +185,9 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         /// Storage writes (one per message) waiting to be committed at which connections that add
         /// more stop being read, until half of them are written; 0 means no limit.
         public var storageQueueLimit = 10_000
+        /// Seconds a sender's messages wait for the database (one that stopped answering)
+        /// before the sender is told so (`NOTE * STORAGE_SLOW`).
+        public var storageSlowNoticeSeconds = 5.0
         /// Entries per MONITOR list.
         public var monitorLimit = 100
         /// Channels one connection may be in (groups it is a member of included); 0 means no limit.
@@ -204,7 +207,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         enum CodingKeys: String, CodingKey, CaseIterable {
             case maxLineBytes, floodCommandsPerSecond, floodBurst, floodQueueLimit, maxConnectionsPerAddress
             case maxUnregisteredConnections, registrationTimeoutSeconds, pingIntervalSeconds, pingTimeoutSeconds
-            case sendQueueBytes, storageQueueLimit, monitorLimit, maxMessageTargets, maxChannelsPerUser
+            case sendQueueBytes, storageQueueLimit, storageSlowNoticeSeconds, monitorLimit, maxMessageTargets, maxChannelsPerUser
             case maxBansPerChannel, maxWhoReplies, maxWhoScanned
         }
 
@@ -222,6 +225,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
             pingTimeoutSeconds = try container.decode(.pingTimeoutSeconds, default: defaults.pingTimeoutSeconds)
             sendQueueBytes = try container.decode(.sendQueueBytes, default: defaults.sendQueueBytes)
             storageQueueLimit = try container.decode(.storageQueueLimit, default: defaults.storageQueueLimit)
+            storageSlowNoticeSeconds = try container.decode(.storageSlowNoticeSeconds, default: defaults.storageSlowNoticeSeconds)
             monitorLimit = try container.decode(.monitorLimit, default: defaults.monitorLimit)
             maxChannelsPerUser = try container.decode(.maxChannelsPerUser, default: defaults.maxChannelsPerUser)
             maxMessageTargets = try container.decode(.maxMessageTargets, default: defaults.maxMessageTargets)
@@ -444,6 +448,7 @@ public struct ServerConfiguration: Sendable, Codable, Equatable {
         chat.maxWhoScanned = max(1, limits.maxWhoScanned)
         chat.pingIntervalMilliseconds = Int64(limits.pingIntervalSeconds * 1000)
         chat.pingTimeoutMilliseconds = Int64(limits.pingTimeoutSeconds * 1000)
+        chat.storageSlowNoticeMilliseconds = Int64(limits.storageSlowNoticeSeconds * 1000)
         chat.registrationTimeoutMilliseconds = Int64(limits.registrationTimeoutSeconds * 1000)
         chat.passwordIterations = accounts.passwordIterations
         chat.minimumPasswordLength = accounts.minimumPasswordLength

@@ -44,6 +44,8 @@ final class StorageWriter: Sendable {
         var holds: [(id: UInt64, start: Int)] = []
         var nextHoldID: UInt64 = 0
         var working = false
+        /// When the batch being carried out was taken (wall clock), while `working`.
+        var workingSince: Timestamp?
         var stopping = false
         var stopped: [CheckedContinuation<Void, Never>] = []
         var hasStopped = false
@@ -226,6 +228,14 @@ final class StorageWriter: Sendable {
         shared.condition.unlock()
     }
 
+    /// Since when the storage thread has been carrying out its current batch; nil when idle.
+    /// A time long past means a database that stopped answering (`ChatServer.storageIsWorking`).
+    var workingSince: Timestamp? {
+        shared.condition.lock()
+        defer { shared.condition.unlock() }
+        return shared.workingSince
+    }
+
     /// True when everything handed over so far has been carried out.
     var isIdle: Bool {
         shared.condition.lock()
@@ -327,6 +337,7 @@ final class StorageWriter: Sendable {
                 return
             }
             shared.working = !batch.isEmpty
+            shared.workingSince = batch.isEmpty ? nil : ChatHost.now()
             let lastTry = shared.stopping
             shared.unlockWakingIfNeeded()
             carried = Self.run(batch, store: store, reads: reads, commitDuration: commitDuration, logger: logger, quiet: retryOnly, callbacks: callbacks)
@@ -343,6 +354,7 @@ final class StorageWriter: Sendable {
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()
             shared.working = false
+            shared.workingSince = nil
             shared.inProgress = 0
             shared.carrying = !carried.isEmpty
             let resumptions = shared.takeResumptionsIfCaughtUp()

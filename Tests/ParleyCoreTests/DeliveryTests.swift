@@ -342,5 +342,37 @@ struct DeliveryTests {
         let burst = harness.send(bob, "PASS :bob:password-b", "NICK bob", "USER bob 0 * :Bob")
         #expect(burst.contains { $0.hasSuffix("PRIVMSG #crew :[sent \(harness.now.minuteText)] before the rename") }, "\(burst)")
     }
-}
 
+    @Test func aSenderWhoseMessagesWaitForASlowStoreIsToldOnceUntilTheyAreStored() throws {
+        var harness = CoreHarness(configure: { $0.storageSlowNoticeMilliseconds = 5_000 }, accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["echo-message"])
+        let bob = harness.register("bob", password: "password-b")
+        let carol = harness.register("carol", password: "password-c")
+        harness.defersSlowWork = true
+        #expect(harness.send(alice, "PRIVMSG bob :hello").isEmpty, "the echo waits for the commit")
+        #expect(harness.inbox(bob).commands == ["PRIVMSG"], "bob had it as it was sent")
+        let commitStarted = harness.now
+
+        func storeWorked(for milliseconds: Int64) -> Outbox {
+            var outbox = Outbox()
+            harness.server.storageIsWorking(since: commitStarted, now: commitStarted.adding(milliseconds: milliseconds), into: &outbox)
+            harness.apply(outbox)
+            return outbox
+        }
+        _ = storeWorked(for: 4_999)
+        #expect(harness.inbox(alice).isEmpty, "not yet: commits can take a moment")
+        _ = storeWorked(for: 5_000)
+        let notes = harness.inbox(alice)
+        #expect(notes == [":parley.local NOTE * STORAGE_SLOW :Your messages are waiting for the database (for 5 seconds now); each is echoed once it is stored, or refused if it cannot be"])
+        #expect(harness.inbox(carol).isEmpty, "carol has nothing waiting")
+        _ = storeWorked(for: 30_000)
+        #expect(harness.inbox(alice).isEmpty, "told once per wait, not every second")
+
+        harness.completeDeferredWork()
+        #expect(harness.inbox(alice).commands == ["PRIVMSG"], "the echo once stored")
+        harness.defersSlowWork = true
+        harness.send(alice, "PRIVMSG bob :again")
+        _ = storeWorked(for: 6_000)
+        #expect(harness.inbox(alice).commands == ["NOTE"], "a new wait is told again")
+    }
+}

@@ -60,6 +60,37 @@ struct StorageBackpressureTests {
         #expect(try await IdentityTests.history(alice, "CHATHISTORY LATEST bob * 500") == texts)
         try await server.shutdownAndRemove()
     }
+
+    @Test func aSenderWhoseMessageWaitsForTheDatabaseIsToldSoAndStillGetsItsEcho() async throws {
+        let server = try await TestServer { configuration in
+            configuration.limits.storageSlowNoticeSeconds = 0.5
+        }
+        for name in ["alice", "bob"] {
+            try await AccountTests.createAccount(name, password: "\(name)-password", port: server.ipv4Port)
+        }
+        let alice = try await TestClient.registered("alice", port: server.ipv4Port, caps: ["echo-message", "batch", "draft/chathistory"],
+                                                    password: "alice-password")
+        let bob = try await TestClient.registered("bob", port: server.ipv4Port, password: "bob-password")
+        let deadline = ContinuousClock.now + .seconds(5)
+        while server.storageBacklog > 0 && ContinuousClock.now < deadline { await Task.yield() }
+        try #require(server.storageBacklog == 0)
+        // The database stops answering: the commit of alice's message waits (up to the store's
+        // 5 s busy timeout).
+        let blocker = try SQLiteWriteLock(path: server.directory.appendingPathComponent("parley.sqlite").path)
+        alice.send("PRIVMSG bob :held up")
+        _ = try await bob.lines(through: { $0.parameters.last == "held up" }, "bob's copy, sent before the commit")
+
+        let note = try await alice.lines(through: { $0.command == "NOTE" }, "alice's STORAGE_SLOW note")
+        #expect(note.last?.parameters.prefix(2) == ["*", "STORAGE_SLOW"], "\(note)")
+        #expect(!note.contains { $0.command == "PRIVMSG" }, "no echo before the commit")
+
+        try blocker.release()
+        alice.send("PING :after")
+        let rest = try await alice.lines(through: { $0.command == "PONG" }, "alice's PONG")
+        #expect(rest.map(\.command) == ["PRIVMSG", "PONG"], "the echo once stored, no FAIL: \(rest)")
+        #expect(try await IdentityTests.history(alice, "CHATHISTORY LATEST bob * 10") == ["held up"])
+        try await server.shutdownAndRemove()
+    }
 }
 
 /// Another connection to a SQLite file holding its write lock (`BEGIN IMMEDIATE`) until

@@ -403,6 +403,33 @@ extension ChatServer {
     /// The shell committed these requests' messages and wrote their replies.
     public mutating func storesCommitted(_ requests: [StoreRequest]) {
         for request in requests { sessions[request.connection]?.storesInFlight -= 1 }
+        if !toldStorageIsSlow.isEmpty { forgetStorageSlowNotices(for: requests) }
+    }
+
+    /// The store has been carrying out one batch since `workingSince` (the shell's word, once a
+    /// second while it works). Past `storageSlowNoticeMilliseconds`, every connection whose
+    /// messages (or replies queued behind them) wait hears so once with
+    /// `NOTE * STORAGE_SLOW`: a database that stops answering holds echoes for as long as it
+    /// does, and the sender should not take the silence for a lost message. Nothing is refused
+    /// for it: the commit may still land, and each message is then echoed or refused as usual.
+    public mutating func storageIsWorking(since workingSince: Timestamp, now: Timestamp, into outbox: inout Outbox) {
+        let waited = now.milliseconds(since: workingSince)
+        guard waited >= configuration.storageSlowNoticeMilliseconds else { return }
+        let seconds = max(1, (waited + 500) / 1000)
+        for session in sessions.values where isLocal(session.id) && session.storesInFlight > 0 && !toldStorageIsSlow.contains(session.id) {
+            toldStorageIsSlow.insert(session.id)
+            var context = CommandContext(connection: session.id, now: now, label: nil)
+            context.replies.append(standardLine("NOTE", "*", "STORAGE_SLOW", [],
+                "Your messages are waiting for the database (for \(seconds) second\(seconds == 1 ? "" : "s") now); each is echoed once it is stored, or refused if it cannot be"))
+            finish(&context, into: &outbox)
+        }
+    }
+
+    /// Connections told their messages wait hear so again only after these were carried out.
+    private mutating func forgetStorageSlowNotices(for requests: [StoreRequest]) {
+        for request in requests where (sessions[request.connection]?.storesInFlight ?? 0) <= 0 {
+            toldStorageIsSlow.remove(request.connection)
+        }
     }
 
     /// The shell could not commit these messages: they were not accepted. Nobody gets them
@@ -426,6 +453,7 @@ extension ChatServer {
         }
         guard let session = sessions[request.connection] else { return }
         session.storesInFlight -= 1
+        if !toldStorageIsSlow.isEmpty { forgetStorageSlowNotices(for: [request]) }
         var context = CommandContext(connection: request.connection, now: now, label: request.label)
         context.verb = request.verb
         for target in order {
