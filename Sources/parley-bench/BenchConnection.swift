@@ -240,15 +240,6 @@ final class BenchConnection: ChannelInboundHandler, @unchecked Sendable {
         outgoing.writeInteger(UInt16(0x0D0A))  // "\r\n"
     }
 
-    var hasOutgoing: Bool { outgoing.readableBytes > 0 }
-
-    /// Sends what `appendMessage` gathered: one write and one system call for all of it.
-    func flushOutgoing() {
-        guard let channel, outgoing.readableBytes > 0 else { return }
-        if !closed { channel.writeAndFlush(outgoing, promise: nil) }
-        outgoing = channel.allocator.buffer(capacity: max(512, outgoing.readableBytes))
-    }
-
     /// A delivery of this connection's message `sequence` was seen; true when that frees its
     /// window slot (messages complete in order: every receiver gets them in order).
     func delivered(_ sequence: UInt64) -> Bool {

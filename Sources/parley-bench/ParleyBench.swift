@@ -283,8 +283,9 @@ struct Connect: AsyncParsableCommand {
 
 // MARK: - message traffic (direct and fanout share it)
 
-/// What one of the generator's event loops sees: its receivers' counts, order checks and
-/// latencies, and the list of its connections with bytes to flush. Touched only on its loop.
+/// What one of the generator's loops sees: its receivers' counts, order checks and latencies,
+/// and the list of its connections with bytes to write. Set up on its NIO event loop, then
+/// touched only by its `RawTrafficLoop` thread.
 final class LoopTraffic: @unchecked Sendable {
     let loop: EventLoop
     var running = true
@@ -374,6 +375,7 @@ func runTraffic(
                 // Read by the raw loop from now on; a close is counted there.
                 try connection.channel?.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
                 connection.onClosed = nil
+                connection.onOtherLine = nil  // set up for the joins; nothing else runs on the raw loop's thread
                 connection.rawTraffic = loopTraffic
             }
         }.get()
