@@ -13,6 +13,7 @@ which takes a few milliseconds, where one server needs none.
 
 import json
 import os
+import random
 import socket
 import subprocess
 import threading
@@ -26,16 +27,26 @@ from parley import ParleyController, _running
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port for a node to listen on, below the kernel's ephemeral range (32768 and up): a
+    port picked from that range could be taken, before the node binds it, by the local end of
+    an outgoing connection (the nodes' own PostgreSQL connections), which made a run fail with
+    EADDRINUSE."""
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 class AlternatingProxy:
     """Listens on one port; each accepted connection is relayed to the next backend in turn."""
 
-    def __init__(self, hostname: str, port: int, backends: List[Tuple[str, int]]) -> None:
-        self.backends = backends
+    def __init__(self, hostname: str, port: int) -> None:
+        self.backends: List[Tuple[str, int]] = []
         self.next = 0
         self.sockets: List[socket.socket] = []
         self.lock = threading.Lock()
@@ -43,6 +54,10 @@ class AlternatingProxy:
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((hostname if hostname != "localhost" else "127.0.0.1", port))
         self.listener.listen(128)
+
+    def start(self, backends: List[Tuple[str, int]]) -> None:
+        """Relays connections from now on (irctest connects only once the nodes are up)."""
+        self.backends = backends
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -118,6 +133,9 @@ class ParleyClusterController(ParleyController):
         config["database"] = self.database_url
         with open(self._config_path, "w") as file:
             json.dump(config, file, indent=2)
+        # The port irctest chose is taken first: the nodes about to start open connections whose
+        # local ports come from the same range.
+        self.proxy = AlternatingProxy(self.hostname, self.port)
         backends = []
         for node in ("n1", "n2"):
             node_port = _free_port()
@@ -134,7 +152,7 @@ class ParleyClusterController(ParleyController):
                 self.proc = proc
             else:
                 self.second = proc
-        self.proxy = AlternatingProxy(self.hostname, self.port, backends)
+        self.proxy.start(backends)
 
     @staticmethod
     def _wait_for(port: int, proc: subprocess.Popen) -> None:
