@@ -43,9 +43,9 @@ final class StorageWriter: Sendable {
         /// Open holds: the sequence number each began at. Work from there on waits.
         var holds: [(id: UInt64, start: Int)] = []
         var nextHoldID: UInt64 = 0
-        var working = false
-        /// When the batch being carried out was taken (wall clock), while `working`.
+        /// When the batch being carried out was taken (wall clock); nil while none is.
         var workingSince: Timestamp?
+        var working: Bool { workingSince != nil }
         var stopping = false
         var stopped: [CheckedContinuation<Void, Never>] = []
         var hasStopped = false
@@ -336,7 +336,6 @@ final class StorageWriter: Sendable {
                 for continuation in waiting { continuation.resume() }
                 return
             }
-            shared.working = !batch.isEmpty
             shared.workingSince = batch.isEmpty ? nil : ChatHost.now()
             let lastTry = shared.stopping
             shared.unlockWakingIfNeeded()
@@ -353,7 +352,6 @@ final class StorageWriter: Sendable {
             }
             batch.removeAll(keepingCapacity: true)
             shared.condition.lock()
-            shared.working = false
             shared.workingSince = nil
             shared.inProgress = 0
             shared.carrying = !carried.isEmpty

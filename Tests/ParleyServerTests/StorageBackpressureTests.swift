@@ -27,10 +27,7 @@ struct StorageBackpressureTests {
 
         // Logins and account creation leave no storage work behind: alice's messages are then the
         // only writes waiting.
-        let deadline = ContinuousClock.now + .seconds(5)
-        while server.storageBacklog > 0 && ContinuousClock.now < deadline { await Task.yield() }
-        try #require(server.storageBacklog == 0)
-        let blocker = try SQLiteWriteLock(path: server.directory.appendingPathComponent("parley.sqlite").path)
+        let blocker = try await Self.lockDatabaseOnceIdle(server)
 
         let count = 300
         let texts = (0..<count).map { "message \($0)" }
@@ -71,12 +68,9 @@ struct StorageBackpressureTests {
         let alice = try await TestClient.registered("alice", port: server.ipv4Port, caps: ["echo-message", "batch", "draft/chathistory"],
                                                     password: "alice-password")
         let bob = try await TestClient.registered("bob", port: server.ipv4Port, password: "bob-password")
-        let deadline = ContinuousClock.now + .seconds(5)
-        while server.storageBacklog > 0 && ContinuousClock.now < deadline { await Task.yield() }
-        try #require(server.storageBacklog == 0)
         // The database stops answering: the commit of alice's message waits (up to the store's
         // 5 s busy timeout).
-        let blocker = try SQLiteWriteLock(path: server.directory.appendingPathComponent("parley.sqlite").path)
+        let blocker = try await Self.lockDatabaseOnceIdle(server)
         alice.send("PRIVMSG bob :held up")
         _ = try await bob.lines(through: { $0.parameters.last == "held up" }, "bob's copy, sent before the commit")
 
@@ -90,6 +84,17 @@ struct StorageBackpressureTests {
         #expect(rest.map(\.command) == ["PRIVMSG", "PONG"], "the echo once stored, no FAIL: \(rest)")
         #expect(try await IdentityTests.history(alice, "CHATHISTORY LATEST bob * 10") == ["held up"])
         try await server.shutdownAndRemove()
+    }
+}
+
+extension StorageBackpressureTests {
+    /// Waits until the server's storage thread has nothing left to write, then takes the
+    /// database's write lock: the next commit waits behind it.
+    static func lockDatabaseOnceIdle(_ server: TestServer) async throws -> SQLiteWriteLock {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while server.storageBacklog > 0 && ContinuousClock.now < deadline { await Task.yield() }
+        try #require(server.storageBacklog == 0)
+        return try SQLiteWriteLock(path: server.directory.appendingPathComponent("parley.sqlite").path)
     }
 }
 
