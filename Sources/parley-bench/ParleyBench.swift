@@ -407,15 +407,16 @@ func runTraffic(
     let usage = cpu.end(serverPid: common.serverPid)
     let deliveredInWindow = receivedSoFar().received
     let trafficEnd = monotonicNanoseconds()
-    var sentTotal: UInt64 = 0
-    for rawLoop in rawLoops {
+    /// Polls the raw loops' threads until `body` has an answer.
+    func whenAvailable<Value>(_ body: () -> Value?) async throws -> Value {
         while true {
-            if let sent = rawLoop.shared.withLockedValue({ $0.sent }) {
-                sentTotal += sent
-                break
-            }
+            if let value = body() { return value }
             try await Task.sleep(for: .milliseconds(5))
         }
+    }
+    var sentTotal: UInt64 = 0
+    for rawLoop in rawLoops {
+        sentTotal += try await whenAvailable { rawLoop.shared.withLockedValue { $0.sent } }
     }
     // Let what is in flight arrive.
     let expectedDeliveries = sentTotal * UInt64(deliveriesPerMessage)
@@ -430,15 +431,10 @@ func runTraffic(
     var disconnected = 0
     for rawLoop in rawLoops {
         rawLoop.shared.withLockedValue { $0.stop = true }
-        while true {
-            if let results = rawLoop.results() {
-                histogram.add(results.histogram)
-                reordered += results.reordered
-                break
-            }
-            try await Task.sleep(for: .milliseconds(5))
-        }
-        disconnected += rawLoop.shared.withLockedValue { $0.disconnected }
+        let results = try await whenAvailable { rawLoop.results() }
+        histogram.add(results.histogram)
+        reordered += results.reordered
+        disconnected += results.disconnected
     }
     let seconds = Double(trafficEnd - start) / 1e9
     var report = Report(mode: mode, server: common.server)

@@ -52,9 +52,10 @@ final class RawTrafficLoop: @unchecked Sendable {
         thread.start()
     }
 
-    /// The thread's histogram and order counts, once it has exited.
-    func results() -> (histogram: Histogram<UInt64>, reordered: UInt64, received: UInt64)? {
-        shared.withLockedValue { $0.exited } ? (traffic.histogram, traffic.reordered, traffic.received) : nil
+    /// The thread's latencies, order count and disconnections, once it has exited.
+    func results() -> (histogram: Histogram<UInt64>, reordered: UInt64, disconnected: Int)? {
+        guard let disconnected = shared.withLockedValue({ $0.exited ? $0.disconnected : nil }) else { return nil }
+        return (traffic.histogram, traffic.reordered, disconnected)
     }
 
     private func run() {
