@@ -463,7 +463,7 @@ struct StorageBehaviourTests {
             try $0.deleteMessage(id: "gone")
         }
         if let sqlite = store as? SQLiteChatStore {
-            #expect(try await sqlite.rowCount(of: "message_recipients") == 1, "only carol's, who was offline")
+            #expect(try await sqlite.rowCount(of: "message_recipients") == 0, "carol, who was offline, has the message's mark instead")
         }
         let delivered = StoredRecipient(account: "bob", deliveredAt: now, deliveredNotified: true)
         let waiting = StoredRecipient(account: "bob", deliveredAt: later, deliveredNotified: false)
@@ -493,7 +493,7 @@ struct StorageBehaviourTests {
                                      RecipientUpdate(messageID: "gone", recipient: "bob", readAt: later, readNotified: true)])
         }
         if let sqlite = store as? SQLiteChatStore {
-            #expect(try await sqlite.rowCount(of: "message_recipients") == 3)
+            #expect(try await sqlite.rowCount(of: "message_recipients") == 2)
         }
         let d2Read = StoredRecipient(account: "bob", deliveredAt: later, readAt: later, deliveredNotified: false, readNotified: false)
         #expect(try receipts(["d1", "d2"]) == [
@@ -511,6 +511,52 @@ struct StorageBehaviourTests {
         }
         state = try await loaded()
         #expect(followed(state).keys.sorted() == ["off"])
+        try await done()
+    }
+
+    /// A direct message stored while its recipient was logged out waits for them, with or
+    /// without a row of its own (SQLite keeps a mark on the message): after a restart it is in
+    /// their inbox and RECEIPTS STATUS says undelivered; once delivered it leaves the inbox and
+    /// keeps when it was delivered, read and told.
+    @Test(arguments: StorageBackend.all) func aDirectMessageWaitingForItsRecipientKeepsItsStateUntilDelivered(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let deliveredAt = now.adding(milliseconds: 50)
+        let readAt = now.adding(milliseconds: 90)
+        func offline(_ id: String, to recipient: String) -> StoredMessage {
+            StoredMessage(id: id, time: now, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .direct,
+                          target: recipient, command: "PRIVMSG", text: id, recipients: [StoredRecipient(account: recipient)])
+        }
+        try store.transaction { try $0.storeMessages([offline("c1", to: "carol"), offline("c2", to: "carol"), offline("d1", to: "dave")]) }
+        if let sqlite = store as? SQLiteChatStore {
+            #expect(try await sqlite.rowCount(of: "message_recipients") == 0, "the messages carry the mark")
+        }
+        func receipts(_ ids: [String]) throws -> [String: [StoredRecipient]] {
+            guard case .messages(let found) = try store.loadHistory(HistoryQuery(
+                conversation: .everything(account: "alice", groups: []), kind: .receipts(ids), limit: 10)) else { return [:] }
+            return Dictionary(uniqueKeysWithValues: found.map { ($0.id, $0.recipients) })
+        }
+        func loaded() async throws -> DeliveryState {
+            try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        }
+        #expect(try receipts(["c1", "d1"]) == ["c1": [StoredRecipient(account: "carol")], "d1": [StoredRecipient(account: "dave")]])
+        var state = try await loaded()
+        #expect(state.undelivered.mapValues { $0.map(\.id) } == ["carol": ["c1", "c2"], "dave": ["d1"]])
+        #expect(state.undelivered["carol"]?.map(\.text) == ["c1", "c2"], "replayed with their text")
+
+        // carol logs in: both are delivered and alice told; carol reads c1 later.
+        try store.transaction {
+            try $0.updateRecipients([RecipientUpdate(messageID: "c1", recipient: "carol", deliveredAt: deliveredAt, deliveredNotified: true),
+                                     RecipientUpdate(messageID: "c2", recipient: "carol", deliveredAt: deliveredAt, deliveredNotified: false)])
+        }
+        try store.transaction { try $0.updateRecipients([RecipientUpdate(messageID: "c1", recipient: "carol", readAt: readAt, readNotified: true)]) }
+        let c1 = StoredRecipient(account: "carol", deliveredAt: deliveredAt, readAt: readAt, deliveredNotified: true, readNotified: true)
+        let c2 = StoredRecipient(account: "carol", deliveredAt: deliveredAt, deliveredNotified: false)
+        #expect(try receipts(["c1", "c2", "d1"]) == ["c1": [c1], "c2": [c2], "d1": [StoredRecipient(account: "dave")]])
+        state = try await loaded()
+        #expect(state.undelivered.mapValues { $0.map(\.id) } == ["dave": ["d1"]], "carol's inbox is empty after a restart")
+        #expect(Dictionary(uniqueKeysWithValues: state.tracked.map { ($0.id, $0.recipients) }) == ["c2": [c2], "d1": [StoredRecipient(account: "dave")]],
+                "c1 is settled")
         try await done()
     }
 
