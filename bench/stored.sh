@@ -5,7 +5,8 @@
 #   rate    the same pairs at a fixed rate (RATE msgs/s in all): p50 / p99 latency
 #   fanout  a group of MEMBERS accounts, one sender, window 16: deliveries/s
 #   offline, offline-one  50,000 messages to 20 logged-out accounts from ten senders (one), window 64:
-#           stored msgs/s and the store latency (echo after commit) p50 / p99; not in the default set
+#           stored msgs/s, the store latency (echo after commit) p50 / p99, and the rate of the
+#           replay as the recipients log in one by one; not in the default set
 #   peer-fanout  InspIRCd (installed from Debian if missing), the same group of MEMBERS as guests,
 #           one sender, window 16: the guest fan-out the issue's target for Parley's group compares to
 # direct and rate also give the server's CPU time and disk bytes written (/proc/PID/io, the
@@ -83,7 +84,8 @@ metrics = {"direct": [("delivered_per_s", "direct, window: msgs/s"), ("cpu_us_pe
            "peer-fanout": [("delivered_per_s", "guest fan-out: deliveries/s"), ("server_cpu_pct", "  server CPU %"),
                            ("bench_cpu_pct", "  parley-bench CPU %")],
            "offline": [("stored_per_s", "offline, 10 senders: stored/s"), ("store_p50_us", "offline: store p50 (ms)"),
-                       ("store_p99_us", "offline: store p99 (ms)"), ("server_cpu_pct", "offline: server CPU %")],
+                       ("store_p99_us", "offline: store p99 (ms)"), ("server_cpu_pct", "offline: server CPU %"),
+                       ("replayed_per_s", "offline: replayed at login/s")],
            "offline-one": [("stored_per_s", "offline, 1 sender: stored/s"), ("store_p50_us", "offline-one: store p50 (ms)"),
                            ("store_p99_us", "offline-one: store p99 (ms)"), ("server_cpu_pct", "offline-one: server CPU %")]}
 labels = list(dict.fromkeys(r["server"] for r in rows))

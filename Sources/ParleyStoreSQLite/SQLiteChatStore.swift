@@ -536,32 +536,35 @@ public final class SQLiteChatStore: ChatStore {
     }
 
     static func updateRecipients(_ updates: [RecipientUpdate], ids: StoredIdentities, in db: Database) throws {
-        // A direct message's recipient may have no row: one had at once (delivered at the
-        // message's time) or one it waits for (the message's `waiting` mark). Its delivery or
-        // read writes the row first, with the state it had (a row already there, or a message
-        // deleted meanwhile, is left alone), and a delivery takes the mark away.
-        let writeRow = try db.cachedStatement(sql: """
-            INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
-            SELECT m.id, m.target_id, CASE WHEN m.waiting IS NULL THEN m.time END, NULL,
-                   m.waiting IS NULL AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = m.sender_id AND a.receipts_pending_since <= m.time),
-                   FALSE
-            FROM messages m WHERE m.id = ? AND m.target_id = ? AND \(DerivedRecipients.directWithRecipientSQL)
-            ON CONFLICT (message_id, recipient_id) DO NOTHING
-            """)
-        let delivered = try db.cachedStatement(sql: "UPDATE messages SET waiting = NULL WHERE id = ? AND waiting IS NOT NULL")
         let statement = try db.cachedStatement(sql: """
             UPDATE message_recipients SET
-                delivered_at = COALESCE(delivered_at, ?), read_at = COALESCE(?, read_at),
-                delivered_notified = COALESCE(?, delivered_notified), read_notified = COALESCE(?, read_notified)
-            WHERE message_id = ? AND recipient_id = ?
+                delivered_at = COALESCE(delivered_at, ?1), read_at = COALESCE(?2, read_at),
+                delivered_notified = COALESCE(?3, delivered_notified), read_notified = COALESCE(?4, read_notified)
+            WHERE message_id = ?5 AND recipient_id = ?6
             """)
+        // A direct message's recipient may have no row: one had at once (delivered at the
+        // message's time) or one it waits for (the message's `waiting` mark). Its delivery or
+        // read writes the row, with the state it had changed as the update says (a message deleted
+        // meanwhile is left alone), and a delivery takes the mark away.
+        let writeRow = try db.cachedStatement(sql: """
+            INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
+            SELECT m.id, m.target_id, COALESCE(CASE WHEN m.waiting IS NULL THEN m.time END, ?1), ?2,
+                   COALESCE(?3, m.waiting IS NULL AND NOT EXISTS (
+                       SELECT 1 FROM accounts a WHERE a.id = m.sender_id AND a.receipts_pending_since <= m.time)),
+                   COALESCE(?4, FALSE)
+            FROM messages m WHERE m.id = ?5 AND m.target_id = ?6 AND \(DerivedRecipients.directWithRecipientSQL)
+            """)
+        let delivered = try db.cachedStatement(sql: "UPDATE messages SET waiting = NULL WHERE id = ? AND waiting IS NOT NULL")
         for update in updates {
             guard let recipient = ids.accountIDs[update.recipient] else { continue }
-            if update.readAt != nil || update.deliveredAt != nil { try writeRow.execute(arguments: [update.messageID, recipient]) }
-            try statement.execute(arguments: [
+            let arguments: StatementArguments = [
                 update.deliveredAt?.millisecondsSince1970, update.readAt?.millisecondsSince1970,
                 update.deliveredNotified, update.readNotified, update.messageID, recipient,
-            ])
+            ]
+            try statement.execute(arguments: arguments)
+            // Only a message without a row can carry the mark.
+            guard db.changesCount == 0, update.readAt != nil || update.deliveredAt != nil else { continue }
+            try writeRow.execute(arguments: arguments)
             if update.deliveredAt != nil { try delivered.execute(arguments: [update.messageID]) }
         }
     }
