@@ -46,6 +46,9 @@ public struct ChatServer: Sendable {
     var tracked: [String: TrackedMessage] = [:]
     /// `tracked`'s ids, oldest first (ids forgotten since are skipped when met).
     var trackedOrder = CircularBuffer<String>()
+    /// Tracked messages set aside by the memory bound while they wait for a recipient, oldest
+    /// first (ids forgotten or delivered since are skipped when met).
+    var parkedTrackedOrder = CircularBuffer<String>()
     /// Direct messages from accounts that their recipient had as they were sent, followed for
     /// receipts outside `tracked` (one node only: in a cluster they stay in `tracked`).
     var deliveredDirect = DeliveredDirectMessages()

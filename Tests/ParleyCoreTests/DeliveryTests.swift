@@ -174,6 +174,43 @@ struct DeliveryTests {
         #expect(delivered.first?.parameters[2] == "delivered")
     }
 
+    /// Messages waiting for their recipients fill the memory bound: they are set aside once
+    /// (not passed over again at every new message), the oldest go when nothing else is left,
+    /// and those that are delivered become forgettable again, before a message still waiting.
+    @Test func messagesWaitingForTheirRecipientsAreSetAsideAndTheOldestForgotten() throws {
+        var harness = CoreHarness(configure: { $0.maxTrackedRecipients = 3 }, accounts: Self.people)
+        let alice = harness.register("alice", password: "password-a", caps: ["parley.chat/receipts"])
+        var forBob: [String] = []
+        var forCarol: [String] = []
+        for number in 1...3 {
+            harness.send(alice, "PRIVMSG bob :for bob \(number)")
+            forBob.append(try #require(harness.storedMessages.last?.id))
+        }
+        for number in 1...2 {
+            harness.send(alice, "PRIVMSG carol :for carol \(number)")
+            forCarol.append(try #require(harness.storedMessages.last?.id))
+        }
+        _ = harness.inbox(alice)
+        #expect(Set(harness.server.tracked.keys) == Set([forBob[2]] + forCarol), "the oldest waiting ones went, within the bound")
+        #expect(harness.server.tracked.values.allSatisfy { $0.parked })
+        #expect(harness.server.trackedOrder.isEmpty, "nothing left to pass over")
+
+        // bob comes back: his one message still followed is delivered, and alice learns it.
+        _ = harness.register("bob", password: "password-b")
+        let delivered = harness.inbox(alice).compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "RECEIPT" }
+        #expect(delivered.map { $0.parameters[1] } == [forBob[2]])
+        #expect(harness.server.tracked[forBob[2]]?.parked == false)
+
+        // A new message to carol, still away: bob's delivered one goes before carol's waiting ones.
+        harness.send(alice, "PRIVMSG carol :for carol 3")
+        forCarol.append(try #require(harness.storedMessages.last?.id))
+        #expect(Set(harness.server.tracked.keys) == Set(forCarol))
+        _ = harness.inbox(alice)
+        _ = harness.register("carol", password: "password-c")
+        let toldOfCarol = harness.inbox(alice).compactMap { try? IRCMessage(parsing: $0) }.filter { $0.command == "RECEIPT" }
+        #expect(toldOfCarol.map { $0.parameters[1] } == forCarol, "every message still followed gets its delivered receipt")
+    }
+
     @Test func directMessagesHadAsTheyWereSentAreFollowedInSendOrder() throws {
         var harness = CoreHarness(accounts: Self.people)
         let caps = ["parley.chat/receipts", "draft/message-redaction"]

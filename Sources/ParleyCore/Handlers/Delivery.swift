@@ -9,6 +9,8 @@ struct TrackedMessage: Sendable {
     /// The group's key, or nil for a direct message.
     var groupKey: String?
     var recipients: RecipientStates
+    /// Set aside by the memory bound while it waits for a recipient (`parkedTrackedOrder`).
+    var parked = false
 }
 
 /// The delivery state of a tracked message's recipients, by account: the stored message's own
@@ -335,18 +337,19 @@ extension ChatServer {
 
     /// Keeps `tracked` and `deliveredDirect` within `maxTrackedRecipients` (recipients, not
     /// messages: one message to a group of 1,000 follows 1,000 states), forgetting the oldest
-    /// messages first. A message that still waits for a recipient is passed over a few times (its
-    /// delivered receipt is due when that recipient returns; inbox limits bound those), then
-    /// forgotten too if need be.
+    /// messages first. A message that still waits for a recipient (its delivered receipt is due
+    /// when that recipient returns) is set aside in `parkedTrackedOrder`, and forgotten only when
+    /// nothing else is left to forget (inbox limits bound those). Set aside once, not passed
+    /// over at every new message: with hundreds of thousands waiting, passing over them was a
+    /// tenth of the event loop's time.
     mutating func forgetOldTrackedMessages() {
-        var passedOver = 0
         while trackedRecipientCount > configuration.maxTrackedRecipients {
             if let front = trackedOrder.first, tracked[front] == nil {
                 trackedOrder.removeFirst()  // forgotten since
                 continue
             }
             // The older of the two oldest, `deliveredDirect`'s or `tracked`'s, unless `tracked`'s
-            // still waits for a recipient (passed over).
+            // still waits for a recipient (then it is set aside below).
             let oldestTracked = trackedOrder.first.flatMap { tracked[$0] }
             if let direct = deliveredDirect.oldest,
                oldestTracked.map({ direct.time < $0.time || $0.recipients.waitsForDelivery }) ?? true {
@@ -354,15 +357,26 @@ extension ChatServer {
                 trackedRecipientCount -= 1
                 continue
             }
-            guard let oldest = trackedOrder.popFirst() else { break }
-            guard let message = tracked[oldest] else { continue }
-            if message.recipients.waitsForDelivery && passedOver < 8 {
-                trackedOrder.append(oldest)
-                passedOver += 1
+            if let oldest = trackedOrder.popFirst() {
+                if tracked[oldest]?.recipients.waitsForDelivery == true {
+                    tracked[oldest]?.parked = true
+                    parkedTrackedOrder.append(oldest)
+                } else {
+                    forgetTracked(oldest)
+                }
                 continue
             }
-            forgetTracked(oldest)
+            guard let parked = parkedTrackedOrder.popFirst() else { break }
+            if tracked[parked]?.parked == true { forgetTracked(parked) }
         }
+    }
+
+    /// A message set aside while it waited, now delivered to everyone, goes back to the front of
+    /// the order it is forgotten in (it is older than the rest).
+    mutating func unparkIfDelivered(_ id: String) {
+        guard tracked[id]?.parked == true, tracked[id]?.recipients.waitsForDelivery == false else { return }
+        tracked[id]?.parked = false
+        trackedOrder.prepend(id)
     }
 
     mutating func forgetTracked(_ id: String) {
@@ -549,6 +563,7 @@ extension ChatServer {
             if let message = tracked[stored.id] {
                 // In place: a copy taken out and put back would copy its recipients too.
                 tracked[stored.id]?.recipients.update(account) { $0.deliveredAt = context.now }
+                unparkIfDelivered(stored.id)
                 // A group's messages are followed in the group's list already.
                 if message.groupKey == nil { noteUnread(stored.id, reader: account, conversation: message.author) }
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: .name(receiptTarget(for: message, reader: account)),
@@ -1008,7 +1023,8 @@ extension ChatServer {
         }
         tracked = tracked.filter { $0.value.time >= cutoff }
         trackedRecipientCount = tracked.values.reduce(0) { $0 + $1.recipients.count }
-        trackedOrder = CircularBuffer(trackedOrder.filter { tracked[$0] != nil })
+        trackedOrder = CircularBuffer(trackedOrder.filter { tracked[$0]?.parked == false })
+        parkedTrackedOrder = CircularBuffer(parkedTrackedOrder.filter { tracked[$0]?.parked == true })
         deliveredDirect.forget(before: cutoff)
         trackedRecipientCount += deliveredDirect.count
         for (reader, conversations) in unread {
