@@ -344,30 +344,40 @@ extension ChatServer {
     /// tenth of the event loop's time.
     mutating func forgetOldTrackedMessages() {
         while trackedRecipientCount > configuration.maxTrackedRecipients {
-            if let front = trackedOrder.first, tracked[front] == nil {
+            // Positions in `tracked`, not lookups by id: each lookup hashed the id and copied the
+            // entry out, several times per message once the bound is reached.
+            var oldest: Dictionary<String, TrackedMessage>.Index?
+            while let front = trackedOrder.first {
+                if let index = tracked.index(forKey: front), !tracked.values[index].parked {
+                    oldest = index
+                    break
+                }
                 trackedOrder.removeFirst()  // forgotten since
-                continue
             }
             // The older of the two oldest, `deliveredDirect`'s or `tracked`'s, unless `tracked`'s
             // still waits for a recipient (then it is set aside below).
-            let oldestTracked = trackedOrder.first.flatMap { tracked[$0] }
             if let direct = deliveredDirect.oldest,
-               oldestTracked.map({ direct.time < $0.time || $0.recipients.waitsForDelivery }) ?? true {
+               oldest.map({ direct.time < tracked.values[$0].time || tracked.values[$0].recipients.waitsForDelivery }) ?? true {
                 deliveredDirect.forgetOldest()
                 trackedRecipientCount -= 1
                 continue
             }
-            if let oldest = trackedOrder.popFirst() {
-                if tracked[oldest]?.recipients.waitsForDelivery == true {
-                    tracked[oldest]?.parked = true
-                    parkedTrackedOrder.append(oldest)
+            if let index = oldest {
+                let id = trackedOrder.removeFirst()
+                if tracked.values[index].recipients.waitsForDelivery {
+                    tracked.values[index].parked = true
+                    parkedTrackedOrder.append(id)
                 } else {
-                    forgetTracked(oldest)
+                    trackedRecipientCount -= tracked.values[index].recipients.count
+                    tracked.remove(at: index)
                 }
                 continue
             }
             guard let parked = parkedTrackedOrder.popFirst() else { break }
-            if tracked[parked]?.parked == true { forgetTracked(parked) }
+            if let index = tracked.index(forKey: parked), tracked.values[index].parked {
+                trackedRecipientCount -= tracked.values[index].recipients.count
+                tracked.remove(at: index)
+            }
         }
     }
 
