@@ -16,6 +16,10 @@
 # With WORKLOAD=fanout, `parley-bench fanout --members MEMBERS --senders 1 --window 16 --duration
 # DURATION` (guests, 1,000 members unless MEMBERS is set): the same two dumps, and the traffic's
 # instructions per delivery (a line written to one member).
+# With WORKLOAD=offline, `parley-bench offline --recipients 20 --messages MESSAGES --senders 10
+# --window 64` (accounts; every message waits for a logged-out account, committed before its
+# echo): the first dump ("store") when every message is stored, the rest (the replay at login)
+# after. Run it for two MESSAGES counts and subtract: account creation and logins cancel out.
 #
 #   bench/callgrind-join.sh                 # 2,000 members, this build
 #   MEMBERS=1000 SERVER=/tmp/parley-server-before bench/callgrind-join.sh
@@ -23,6 +27,7 @@
 #   WORKLOAD=direct PAIRS=100 DURATION=10 bench/callgrind-join.sh
 #   WORKLOAD=stored PAIRS=100 DURATION=10 bench/callgrind-join.sh
 #   WORKLOAD=fanout DURATION=10 bench/callgrind-join.sh
+#   WORKLOAD=offline MESSAGES=8000 bench/callgrind-join.sh   # and MESSAGES=2000: the difference / 6,000
 #   SERVER=/tmp/old/parley-server BENCH=/tmp/old/parley-bench bench/callgrind-join.sh   # no build
 #   callgrind_annotate --inclusive=yes OUT/callgrind.out.PID.1 | swift demangle --simplified | less
 #
@@ -35,6 +40,7 @@ cd "$(dirname "$0")/.."
 WORKLOAD=${WORKLOAD:-join}
 if [ "$WORKLOAD" = fanout ]; then MEMBERS=${MEMBERS:-1000}; else MEMBERS=${MEMBERS:-2000}; fi
 PAIRS=${PAIRS:-100}
+MESSAGES=${MESSAGES:-8000}
 DURATION=${DURATION:-10}
 PORT=${PORT:-16970}
 OUT=${OUT:-$(mktemp -d /tmp/parley-callgrind.XXXXXX)}
@@ -85,6 +91,10 @@ elif [ "$WORKLOAD" = stored ]; then
     workload=(direct --accounts --pairs "$PAIRS" --window 16 --payload 32 --duration "$DURATION")
     mark="direct:"
     first=start
+elif [ "$WORKLOAD" = offline ]; then
+    workload=(offline --recipients 20 --messages "$MESSAGES" --senders 10 --window 64)
+    mark="stored in"
+    first=store
 elif [ "$WORKLOAD" = fanout ]; then
     workload=(fanout --members "$MEMBERS" --senders 1 --window 16 --duration "$DURATION")
     # The progress lines ("fanout:   1s   N delivered ..."), not the "members joined" line.
@@ -104,7 +114,8 @@ fi
                 mark=RESULT
             fi
             callgrind_control -d "$first" "$pid" >/dev/null 2>&1; echo "$line" >&2
-            if [ "$first" = start ]; then first=traffic; elif [ "$WORKLOAD" != join ] && [ "$WORKLOAD" != connect ]; then
+            if [ "$first" = start ]; then first=traffic; elif [ "$WORKLOAD" = offline ]; then mark=never-again
+            elif [ "$WORKLOAD" != join ] && [ "$WORKLOAD" != connect ]; then
                 echo "$line" | grep -o '"delivered":[0-9]*' | cut -d: -f2 >"$work/delivered-at-end"; first=done; mark=never-again
             fi;;
         esac
