@@ -86,14 +86,6 @@ public struct DerivedRecipients: Sendable {
         }
     }
 
-    /// Whether a recipient only waits for a direct message (not a TAGMSG) sent to its account:
-    /// not delivered, so not read, and no receipt sent. A backend may keep that as a mark on the
-    /// message instead of a row, and write the row when the message is delivered.
-    public static func waitsWithoutRow(_ recipient: StoredRecipient, of message: StoredMessage) -> Bool {
-        message.targetKind == .direct && message.command != "TAGMSG" && recipient.account == message.target
-            && recipient.deliveredAt == nil && recipient.readAt == nil && !recipient.deliveredNotified && !recipient.readNotified
-    }
-
     /// The direct messages, over `messages m`, that have a recipient with or without a row: those
     /// to an account (not a guest), but TAGMSG. Row or not, each has exactly that one recipient;
     /// a backend writes a missing row, as `completeDirect` gives it, before applying a read.

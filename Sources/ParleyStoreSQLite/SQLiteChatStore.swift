@@ -228,17 +228,6 @@ public final class SQLiteChatStore: ChatStore {
                 CREATE INDEX messages_by_conversation ON messages(conversation_id, time);
                 """)
         }
-        migrator.registerMigration("v9-waiting-mark") { db in
-            // A direct message to a logged-out account wrote a recipient row only to say that it
-            // waits (the biggest single cost of storing it, with the row's key and foreign keys).
-            // The message now carries that mark, and the row is written once it is delivered.
-            // The partial index holds only what waits, in the order it was stored.
-            // Rows already written keep saying what they said.
-            try db.execute(sql: """
-                ALTER TABLE messages ADD COLUMN waiting INTEGER;
-                CREATE INDEX messages_waiting ON messages(waiting) WHERE waiting IS NOT NULL;
-                """)
-        }
         return migrator
     }
 
@@ -433,8 +422,8 @@ public final class SQLiteChatStore: ChatStore {
 
         init(_ db: Database) throws {
             row = SQLiteBinding(try db.cachedStatement(sql: """
-                INSERT INTO messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text, client_tags, conversation_id, waiting)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO messages (id, time, sender_id, sender_guest, sender_nick, sender_prefix, target_kind, target_id, target_guest, target_name, command, text, client_tags, conversation_id)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """), in: db)
             recipientRow = SQLiteBinding(try db.cachedStatement(sql: """
                 INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
@@ -488,12 +477,10 @@ public final class SQLiteChatStore: ChatStore {
                 row.bind(12, stored.text)
                 row.bind(13, stored.clientTags)
                 row.bind(14, conversation)
-                let waits = targetID != nil && stored.recipients.contains { DerivedRecipients.waitsWithoutRow($0, of: stored) }
-                row.bind(15, waits ? Int64(1) : nil)
                 try row.run()
                 for entry in stored.recipients {
                     // Nothing is written for them, so nothing needs their id.
-                    if DerivedRecipients.needsNoRow(entry, of: stored) || (waits && entry.account == stored.target) { continue }
+                    if DerivedRecipients.needsNoRow(entry, of: stored) { continue }
                     guard let recipient = ids.accountIDs[entry.account] else { throw StoreError.unknownIdentity(entry.account) }
                     recipientRow.bind(1, stored.id)
                     recipientRow.bind(2, recipient)
@@ -536,36 +523,28 @@ public final class SQLiteChatStore: ChatStore {
     }
 
     static func updateRecipients(_ updates: [RecipientUpdate], ids: StoredIdentities, in db: Database) throws {
-        let statement = try db.cachedStatement(sql: """
-            UPDATE message_recipients SET
-                delivered_at = COALESCE(delivered_at, ?1), read_at = COALESCE(?2, read_at),
-                delivered_notified = COALESCE(?3, delivered_notified), read_notified = COALESCE(?4, read_notified)
-            WHERE message_id = ?5 AND recipient_id = ?6
-            """)
-        // A direct message's recipient may have no row: one had at once (delivered at the
-        // message's time) or one it waits for (the message's `waiting` mark). Its delivery or
-        // read writes the row, with the state it had changed as the update says (a message deleted
-        // meanwhile is left alone), and a delivery takes the mark away.
+        // A read of a direct message had at once finds no row: it is written first (a row already
+        // there, or a message deleted meanwhile, is left alone).
         let writeRow = try db.cachedStatement(sql: """
             INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
-            SELECT m.id, m.target_id, COALESCE(CASE WHEN m.waiting IS NULL THEN m.time END, ?1), ?2,
-                   COALESCE(?3, m.waiting IS NULL AND NOT EXISTS (
-                       SELECT 1 FROM accounts a WHERE a.id = m.sender_id AND a.receipts_pending_since <= m.time)),
-                   COALESCE(?4, FALSE)
-            FROM messages m WHERE m.id = ?5 AND m.target_id = ?6 AND \(DerivedRecipients.directWithRecipientSQL)
+            SELECT m.id, m.target_id, m.time, NULL,
+                   NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = m.sender_id AND a.receipts_pending_since <= m.time), FALSE
+            FROM messages m WHERE m.id = ? AND m.target_id = ? AND \(DerivedRecipients.directWithRecipientSQL)
+            ON CONFLICT (message_id, recipient_id) DO NOTHING
             """)
-        let delivered = try db.cachedStatement(sql: "UPDATE messages SET waiting = NULL WHERE id = ? AND waiting IS NOT NULL")
+        let statement = try db.cachedStatement(sql: """
+            UPDATE message_recipients SET
+                delivered_at = COALESCE(delivered_at, ?), read_at = COALESCE(?, read_at),
+                delivered_notified = COALESCE(?, delivered_notified), read_notified = COALESCE(?, read_notified)
+            WHERE message_id = ? AND recipient_id = ?
+            """)
         for update in updates {
             guard let recipient = ids.accountIDs[update.recipient] else { continue }
-            let arguments: StatementArguments = [
+            if update.readAt != nil { try writeRow.execute(arguments: [update.messageID, recipient]) }
+            try statement.execute(arguments: [
                 update.deliveredAt?.millisecondsSince1970, update.readAt?.millisecondsSince1970,
                 update.deliveredNotified, update.readNotified, update.messageID, recipient,
-            ]
-            try statement.execute(arguments: arguments)
-            // Only a message without a row can carry the mark.
-            guard db.changesCount == 0, update.readAt != nil || update.deliveredAt != nil else { continue }
-            try writeRow.execute(arguments: arguments)
-            if update.deliveredAt != nil { try delivered.execute(arguments: [update.messageID]) }
+            ])
         }
     }
 
@@ -596,10 +575,8 @@ public final class SQLiteChatStore: ChatStore {
             // A cursor, not an array of rows: the rows of the whole window at once were the peak of
             // the server's memory at start-up.
             let rows = try Row.fetchCursor(db, sql: """
-                WITH waiting(id) AS MATERIALIZED (
-                    SELECT message_id FROM message_recipients WHERE delivered_at IS NULL
-                    UNION ALL SELECT id FROM messages WHERE waiting IS NOT NULL)
-                SELECT m.rowid AS position, m.id, m.time, m.waiting, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
+                WITH waiting(id) AS MATERIALIZED (SELECT message_id FROM message_recipients WHERE delivered_at IS NULL)
+                SELECT m.rowid AS position, m.id, m.time, m.sender_id, m.sender_guest, m.target_kind, m.target_id, m.target_guest, m.target_name, m.command,
                        CASE WHEN m.id IN waiting THEN m.sender_nick ELSE '' END AS sender_nick,
                        CASE WHEN m.id IN waiting THEN m.sender_prefix ELSE '' END AS sender_prefix,
                        CASE WHEN m.id IN waiting THEN m.text ELSE '' END AS text,
@@ -615,10 +592,8 @@ public final class SQLiteChatStore: ChatStore {
                 let hasRow = (row["recipient_id"] as Int64?) != nil
                 let group: (group: Int64, position: Int64)? = (row["target_kind"] as String) == "group"
                     ? (row["target_id"] as Int64? ?? 0, row["position"] as Int64) : nil
-                // Without a row, a direct message's mark says its recipient waits for it.
-                let waitingRecipient = hasRow ? nil : Self.waitingRecipient(of: row, ids: ids)
-                state.add(messageID: row["id"], recipient: hasRow ? Self.recipient(from: row, ids: ids) : waitingRecipient,
-                          hasRecipientRow: hasRow || waitingRecipient != nil, groupPosition: group) { Self.message(from: row, ids: ids) }
+                state.add(messageID: row["id"], recipient: hasRow ? Self.recipient(from: row, ids: ids) : nil, hasRecipientRow: hasRow,
+                          groupPosition: group) { Self.message(from: row, ids: ids) }
             }
             state.complete(with: derived, ids: ids)
             for row in try Row.fetchAll(db, sql: "SELECT account_id, target_kind, target_id, time FROM read_markers") {
@@ -686,7 +661,6 @@ public final class SQLiteChatStore: ChatStore {
                 if message.targetKind == .group, let group = row["target_id"] as Int64? {
                     derived.complete(&message, group: group, position: row["position"], ids: ids)
                 }
-                if message.recipients.isEmpty, let waiting = Self.waitingRecipient(of: row, ids: ids) { message.recipients = [waiting] }
                 derived.completeDirect(&message)
                 messages.append(message)
             }
@@ -1031,13 +1005,6 @@ public final class SQLiteChatStore: ChatStore {
             name: row["name"], key: row["key"],
             credential: PasswordCredential(salt: [UInt8](salt), iterations: row["iterations"], storedKey: [UInt8](storedKey), serverKey: [UInt8](serverKey)),
             createdAt: date(row["created_at"]), lastSeen: lastSeen.map(date), email: row["email"], settings: settings)
-    }
-
-    /// The recipient a direct message's `waiting` mark stands for: its target account, which
-    /// has not had it yet (nil for a message without the mark).
-    static func waitingRecipient(of row: Row, ids: StoredIdentities) -> StoredRecipient? {
-        guard (row["waiting"] as Int64?) != nil, let target = row["target_id"] as Int64?, let account = ids.accountKeys[target] else { return nil }
-        return StoredRecipient(account: account)
     }
 
     static func recipient(from row: Row, ids: StoredIdentities) -> StoredRecipient? {

@@ -250,44 +250,13 @@ struct MigrationTests {
         #expect(targets.map(\.key) == ["alice", "!abc.7", "#team"])
         try await store.close()
 
-        // Messages are found through one index of their conversation, not by target and sender
-        // (the other index holds only messages that wait for their recipient, since v9).
+        // Messages are found through one index of their conversation, not by target and sender.
         let queue = try DatabaseQueue(path: path)
         let indexes = try await queue.read { db in
-            try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL ORDER BY name")
+            try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages' AND sql IS NOT NULL")
         }
-        #expect(indexes == ["messages_by_conversation", "messages_waiting"])
+        #expect(indexes == ["messages_by_conversation"])
         try queue.close()
     }
 
-
-    /// A message that waited for its recipient before v9 has a row saying so; it keeps waiting
-    /// through the upgrade, and its delivery is written into that row.
-    @Test func aMessageWaitingBeforeTheV9MarkStillWaitsAndIsDelivered() async throws {
-        let path = temporaryPath()
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        try await writeOldDatabase(at: path, upTo: "v8-conversations", [
-            """
-            INSERT INTO accounts (id, key, name, salt, iterations, stored_key, server_key, created_at)
-            VALUES (1, 'alice', 'alice', x'00', 4096, x'01', x'02', 1000), (2, 'bob', 'bob', x'00', 4096, x'01', x'02', 1000)
-            """,
-            "INSERT INTO conversations (id, key) VALUES (1, 'a1 a2')",
-            """
-            INSERT INTO messages (id, time, sender_id, sender_nick, sender_prefix, target_kind, target_id, command, text, conversation_id)
-            VALUES ('old', 2000, 1, 'alice', 'alice!~a@h', 'direct', 2, 'PRIVMSG', 'while bob was away', 1)
-            """,
-            "INSERT INTO message_recipients (message_id, recipient_id) VALUES ('old', 2)",
-        ])
-        let store = try SQLiteChatStore(path: path)
-        let since = Timestamp(millisecondsSince1970: 0)
-        var state = try await store.loadDeliveryState(since: since, maxTrackedRecipients: 1000)
-        #expect(state.undelivered["bob"]?.map(\.text) == ["while bob was away"])
-        let deliveredAt = Timestamp(millisecondsSince1970: 5000)
-        try store.transaction { try $0.updateRecipients([RecipientUpdate(messageID: "old", recipient: "bob", deliveredAt: deliveredAt)]) }
-        state = try await store.loadDeliveryState(since: since, maxTrackedRecipients: 1000)
-        #expect(state.undelivered.isEmpty)
-        #expect(state.tracked.first?.recipients == [StoredRecipient(account: "bob", deliveredAt: deliveredAt)])
-        #expect(try await store.rowCount(of: "message_recipients") == 1)
-        try await store.close()
-    }
 }
