@@ -46,6 +46,10 @@ struct SQLiteBinding {
         sqlite3_bind_int64(statement, index, flag ? 1 : 0)
     }
 
+    func bind(_ index: Int32, _ flag: Bool?) {
+        if let flag { bind(index, flag) } else { sqlite3_bind_null(statement, index) }
+    }
+
     /// Runs the statement to completion and readies it for the next row.
     func run() throws {
         let code = sqlite3_step(statement)

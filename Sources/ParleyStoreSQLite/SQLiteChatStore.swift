@@ -532,19 +532,24 @@ public final class SQLiteChatStore: ChatStore {
             FROM messages m WHERE m.id = ? AND m.target_id = ? AND \(DerivedRecipients.directWithRecipientSQL)
             ON CONFLICT (message_id, recipient_id) DO NOTHING
             """)
-        let statement = try db.cachedStatement(sql: """
+        // Bound directly (`SQLiteBinding`): every delivery at login and every read runs it, and
+        // GRDB's arguments cost about 6,000 instructions per execution (callgrind).
+        let statement = SQLiteBinding(try db.cachedStatement(sql: """
             UPDATE message_recipients SET
                 delivered_at = COALESCE(delivered_at, ?), read_at = COALESCE(?, read_at),
                 delivered_notified = COALESCE(?, delivered_notified), read_notified = COALESCE(?, read_notified)
             WHERE message_id = ? AND recipient_id = ?
-            """)
+            """), in: db)
         for update in updates {
             guard let recipient = ids.accountIDs[update.recipient] else { continue }
             if update.readAt != nil { try writeRow.execute(arguments: [update.messageID, recipient]) }
-            try statement.execute(arguments: [
-                update.deliveredAt?.millisecondsSince1970, update.readAt?.millisecondsSince1970,
-                update.deliveredNotified, update.readNotified, update.messageID, recipient,
-            ])
+            statement.bind(1, update.deliveredAt?.millisecondsSince1970)
+            statement.bind(2, update.readAt?.millisecondsSince1970)
+            statement.bind(3, update.deliveredNotified)
+            statement.bind(4, update.readNotified)
+            statement.bind(5, update.messageID)
+            statement.bind(6, recipient)
+            try statement.run()
         }
     }
 
