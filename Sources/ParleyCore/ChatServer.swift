@@ -44,7 +44,7 @@ public struct ChatServer: Sendable {
     var undelivered: [String: [StoredMessage]] = [:]
     /// Recent messages from accounts to accounts, by msgid, for receipts.
     var tracked: [String: TrackedMessage] = [:]
-    /// `tracked`'s ids, oldest first (ids forgotten since are skipped when met).
+    /// `tracked`'s ids, oldest first (ids forgotten or set aside since are skipped when met).
     var trackedOrder = CircularBuffer<String>()
     /// Tracked messages set aside by the memory bound while they wait for a recipient, oldest
     /// first (ids forgotten or delivered since are skipped when met).
