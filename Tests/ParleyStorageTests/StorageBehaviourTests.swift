@@ -463,7 +463,8 @@ struct StorageBehaviourTests {
             try $0.deleteMessage(id: "gone")
         }
         if let sqlite = store as? SQLiteChatStore {
-            #expect(try await sqlite.rowCount(of: "message_recipients") == 1, "only carol's, who was offline")
+            #expect(try await sqlite.rowCount(of: "direct_recipients") == 1, "only carol's, who was offline")
+            #expect(try await sqlite.rowCount(of: "message_recipients") == 0, "a direct message's recipient has a row of its own kind")
         }
         let delivered = StoredRecipient(account: "bob", deliveredAt: now, deliveredNotified: true)
         let waiting = StoredRecipient(account: "bob", deliveredAt: later, deliveredNotified: false)
@@ -493,7 +494,7 @@ struct StorageBehaviourTests {
                                      RecipientUpdate(messageID: "gone", recipient: "bob", readAt: later, readNotified: true)])
         }
         if let sqlite = store as? SQLiteChatStore {
-            #expect(try await sqlite.rowCount(of: "message_recipients") == 3)
+            #expect(try await sqlite.rowCount(of: "direct_recipients") == 3)
         }
         let d2Read = StoredRecipient(account: "bob", deliveredAt: later, readAt: later, deliveredNotified: false, readNotified: false)
         #expect(try receipts(["d1", "d2"]) == [
@@ -553,6 +554,30 @@ struct StorageBehaviourTests {
         #expect(state.undelivered.mapValues { $0.map(\.id) } == ["dave": ["d1"]], "carol's inbox is empty after a restart")
         #expect(Dictionary(uniqueKeysWithValues: state.tracked.map { ($0.id, $0.recipients) }) == ["c2": [c2], "d1": [StoredRecipient(account: "dave")]],
                 "c1 is settled")
+        try await done()
+    }
+
+    /// A message taken back takes its recipient's state with it: the next message, which SQLite
+    /// stores at the same position when the deleted one was the newest, starts with its own.
+    @Test(arguments: StorageBackend.all) func aDeletedMessagesRecipientStateDoesNotPassToTheNext(backend: StorageBackend) async throws {
+        let (store, done) = try await backend.open()
+        let now = Timestamp(millisecondsSince1970: 1_764_000_000_000)
+        let later = now.adding(milliseconds: 10)
+        func direct(_ id: String, at time: Timestamp, delivered: Bool) -> StoredMessage {
+            StoredMessage(id: id, time: time, senderNick: "alice", senderAccount: "alice", senderPrefix: "alice!~a@h", targetKind: .direct,
+                          target: "carol", command: "PRIVMSG", text: id,
+                          recipients: [StoredRecipient(account: "carol", deliveredAt: delivered ? time : nil, deliveredNotified: delivered)])
+        }
+        try store.transaction { try $0.storeMessages([direct("away", at: now, delivered: false)]) }
+        try store.transaction { try $0.deleteMessage(id: "away") }
+        try store.transaction { try $0.storeMessages([direct("here", at: later, delivered: true)]) }
+        guard case .messages(let found) = try store.loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: []), kind: .receipts(["here"]), limit: 10)) else {
+            Issue.record("no receipts"); try await done(); return
+        }
+        #expect(found.first?.recipients == [StoredRecipient(account: "carol", deliveredAt: later, deliveredNotified: true)])
+        let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
+        #expect(state.undelivered.isEmpty, "nothing waits for carol")
         try await done()
     }
 

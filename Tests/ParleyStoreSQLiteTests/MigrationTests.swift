@@ -259,4 +259,47 @@ struct MigrationTests {
         try queue.close()
     }
 
+
+    /// v9 moves direct messages' recipient rows into `direct_recipients` with what they said (a
+    /// message still waiting keeps waiting, a read stays read); group members' rows stay.
+    @Test func theV9MigrationMovesDirectRecipientsAndKeepsTheirState() async throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try await writeOldDatabase(at: path, upTo: "v8-conversations", [
+            """
+            INSERT INTO accounts (id, key, name, salt, iterations, stored_key, server_key, created_at)
+            VALUES (1, 'alice', 'alice', x'00', 4096, x'01', x'02', 1000), (2, 'bob', 'bob', x'00', 4096, x'01', x'02', 1000)
+            """,
+            "INSERT INTO groups (id, key, name, created_at, owner_id, modes) VALUES (1, '#team', '#team', 1000, 1, 'int')",
+            "INSERT INTO group_members (group_id, account_id, role, since) VALUES (1, 1, 3, 0), (1, 2, 0, 0)",
+            "INSERT INTO conversations (id, key) VALUES (1, 'a1 a2'), (2, 'g1')",
+            """
+            INSERT INTO messages (id, time, sender_id, sender_nick, sender_prefix, target_kind, target_id, command, text, conversation_id)
+            VALUES ('waits', 2000, 1, 'alice', 'alice!~a@h', 'direct', 2, 'PRIVMSG', 'while bob was away', 1),
+                   ('read', 2001, 1, 'alice', 'alice!~a@h', 'direct', 2, 'PRIVMSG', 'read by bob', 1),
+                   ('team', 2002, 1, 'alice', 'alice!~a@h', 'group', 1, 'PRIVMSG', 'to the team', 2)
+            """,
+            """
+            INSERT INTO message_recipients (message_id, recipient_id, delivered_at, read_at, delivered_notified, read_notified)
+            VALUES ('waits', 2, NULL, NULL, 0, 0), ('read', 2, 2001, 3000, 1, 0), ('team', 2, NULL, NULL, 0, 0)
+            """,
+        ])
+        let store = try SQLiteChatStore(path: path)
+        #expect(try await store.rowCount(of: "direct_recipients") == 2)
+        #expect(try await store.rowCount(of: "message_recipients") == 1, "the group member's row stays")
+        let state = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 0), maxTrackedRecipients: 1000)
+        #expect(state.undelivered["bob"]?.map(\.id) == ["waits", "team"])
+        let recipients = Dictionary(uniqueKeysWithValues: state.tracked.map { ($0.id, $0.recipients) })
+        #expect(recipients["read"] == [StoredRecipient(account: "bob", deliveredAt: Timestamp(millisecondsSince1970: 2001),
+                                                       readAt: Timestamp(millisecondsSince1970: 3000), deliveredNotified: true)])
+        // Delivered now: both rows say so.
+        let now = Timestamp(millisecondsSince1970: 5000)
+        try store.transaction {
+            try $0.updateRecipients([RecipientUpdate(messageID: "waits", recipient: "bob", deliveredAt: now),
+                                     RecipientUpdate(messageID: "team", recipient: "bob", deliveredAt: now)])
+        }
+        let after = try await store.loadDeliveryState(since: Timestamp(millisecondsSince1970: 0), maxTrackedRecipients: 1000)
+        #expect(after.undelivered.isEmpty)
+        try await store.close()
+    }
 }
