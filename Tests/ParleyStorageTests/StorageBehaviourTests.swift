@@ -468,19 +468,11 @@ struct StorageBehaviourTests {
         }
         let delivered = StoredRecipient(account: "bob", deliveredAt: now, deliveredNotified: true)
         let waiting = StoredRecipient(account: "bob", deliveredAt: later, deliveredNotified: false)
-        func receipts(_ ids: [String]) throws -> [String: [StoredRecipient]] {
-            guard case .messages(let found) = try store.loadHistory(HistoryQuery(
-                conversation: .everything(account: "alice", groups: []), kind: .receipts(ids), limit: 10)) else { return [:] }
-            return Dictionary(uniqueKeysWithValues: found.map { ($0.id, $0.recipients) })
-        }
-        func loaded() async throws -> DeliveryState {
-            try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
-        }
         func followed(_ state: DeliveryState) -> [String: [StoredRecipient]] {
             Dictionary(uniqueKeysWithValues: state.tracked.map { ($0.id, $0.recipients) })
         }
-        #expect(try receipts(["d1", "d2", "t1"]) == ["d1": [delivered], "d2": [waiting], "t1": []])
-        var state = try await loaded()
+        #expect(try store.alicesDirectReceipts(["d1", "d2", "t1"]) == ["d1": [delivered], "d2": [waiting], "t1": []])
+        var state = try await store.deliveryState(since: now.adding(milliseconds: -1))
         #expect(followed(state) == ["d1": [delivered], "d2": [waiting], "off": [StoredRecipient(account: "carol")]],
                 "what a restart follows; a TAGMSG has no recipient")
         #expect(state.undelivered.mapValues { $0.map(\.id) } == ["carol": ["off"]])
@@ -497,10 +489,10 @@ struct StorageBehaviourTests {
             #expect(try await sqlite.rowCount(of: "direct_recipients") == 3)
         }
         let d2Read = StoredRecipient(account: "bob", deliveredAt: later, readAt: later, deliveredNotified: false, readNotified: false)
-        #expect(try receipts(["d1", "d2"]) == [
+        #expect(try store.alicesDirectReceipts(["d1", "d2"]) == [
             "d1": [StoredRecipient(account: "bob", deliveredAt: now, readAt: later, deliveredNotified: true, readNotified: true)], "d2": [d2Read],
         ])
-        state = try await loaded()
+        state = try await store.deliveryState(since: now.adding(milliseconds: -1))
         #expect(followed(state)["d1"] == nil, "read and told: settled")
         #expect(followed(state)["d2"] == [d2Read])
 
@@ -510,7 +502,7 @@ struct StorageBehaviourTests {
                                      RecipientUpdate(messageID: "d2", recipient: "bob", readNotified: true)])
             try $0.setReceiptsPendingSince(account: "alice", time: nil)
         }
-        state = try await loaded()
+        state = try await store.deliveryState(since: now.adding(milliseconds: -1))
         #expect(followed(state).keys.sorted() == ["off"])
         try await done()
     }
@@ -528,16 +520,8 @@ struct StorageBehaviourTests {
                           target: recipient, command: "PRIVMSG", text: id, recipients: [StoredRecipient(account: recipient)])
         }
         try store.transaction { try $0.storeMessages([offline("c1", to: "carol"), offline("c2", to: "carol"), offline("d1", to: "dave")]) }
-        func receipts(_ ids: [String]) throws -> [String: [StoredRecipient]] {
-            guard case .messages(let found) = try store.loadHistory(HistoryQuery(
-                conversation: .everything(account: "alice", groups: []), kind: .receipts(ids), limit: 10)) else { return [:] }
-            return Dictionary(uniqueKeysWithValues: found.map { ($0.id, $0.recipients) })
-        }
-        func loaded() async throws -> DeliveryState {
-            try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
-        }
-        #expect(try receipts(["c1", "d1"]) == ["c1": [StoredRecipient(account: "carol")], "d1": [StoredRecipient(account: "dave")]])
-        var state = try await loaded()
+        #expect(try store.alicesDirectReceipts(["c1", "d1"]) == ["c1": [StoredRecipient(account: "carol")], "d1": [StoredRecipient(account: "dave")]])
+        var state = try await store.deliveryState(since: now.adding(milliseconds: -1))
         #expect(state.undelivered.mapValues { $0.map(\.id) } == ["carol": ["c1", "c2"], "dave": ["d1"]])
         #expect(state.undelivered["carol"]?.map(\.text) == ["c1", "c2"], "replayed with their text")
 
@@ -549,8 +533,8 @@ struct StorageBehaviourTests {
         try store.transaction { try $0.updateRecipients([RecipientUpdate(messageID: "c1", recipient: "carol", readAt: readAt, readNotified: true)]) }
         let c1 = StoredRecipient(account: "carol", deliveredAt: deliveredAt, readAt: readAt, deliveredNotified: true, readNotified: true)
         let c2 = StoredRecipient(account: "carol", deliveredAt: deliveredAt, deliveredNotified: false)
-        #expect(try receipts(["c1", "c2", "d1"]) == ["c1": [c1], "c2": [c2], "d1": [StoredRecipient(account: "dave")]])
-        state = try await loaded()
+        #expect(try store.alicesDirectReceipts(["c1", "c2", "d1"]) == ["c1": [c1], "c2": [c2], "d1": [StoredRecipient(account: "dave")]])
+        state = try await store.deliveryState(since: now.adding(milliseconds: -1))
         #expect(state.undelivered.mapValues { $0.map(\.id) } == ["dave": ["d1"]], "carol's inbox is empty after a restart")
         #expect(Dictionary(uniqueKeysWithValues: state.tracked.map { ($0.id, $0.recipients) }) == ["c2": [c2], "d1": [StoredRecipient(account: "dave")]],
                 "c1 is settled")
@@ -571,13 +555,8 @@ struct StorageBehaviourTests {
         try store.transaction { try $0.storeMessages([direct("away", at: now, delivered: false)]) }
         try store.transaction { try $0.deleteMessage(id: "away") }
         try store.transaction { try $0.storeMessages([direct("here", at: later, delivered: true)]) }
-        guard case .messages(let found) = try store.loadHistory(HistoryQuery(
-            conversation: .everything(account: "alice", groups: []), kind: .receipts(["here"]), limit: 10)) else {
-            Issue.record("no receipts"); try await done(); return
-        }
-        #expect(found.first?.recipients == [StoredRecipient(account: "carol", deliveredAt: later, deliveredNotified: true)])
-        let state = try await store.loadDeliveryState(since: now.adding(milliseconds: -1), maxTrackedRecipients: 200_000)
-        #expect(state.undelivered.isEmpty, "nothing waits for carol")
+        #expect(try store.alicesDirectReceipts(["here"]) == ["here": [StoredRecipient(account: "carol", deliveredAt: later, deliveredNotified: true)]])
+        #expect(try await store.deliveryState(since: now.adding(milliseconds: -1)).undelivered.isEmpty, "nothing waits for carol")
         try await done()
     }
 
@@ -596,5 +575,19 @@ struct StorageBehaviourTests {
         #expect(found.map(\.clientTags) == [message.clientTags])
         #expect(found.map(\.senderPrefix) == [message.senderPrefix])
         try await done()
+    }
+}
+
+extension ChatStore {
+    /// What RECEIPTS STATUS tells alice of her direct messages `ids`: each one's recipients.
+    func alicesDirectReceipts(_ ids: [String]) throws -> [String: [StoredRecipient]] {
+        guard case .messages(let found) = try loadHistory(HistoryQuery(
+            conversation: .everything(account: "alice", groups: []), kind: .receipts(ids), limit: 10)) else { return [:] }
+        return Dictionary(uniqueKeysWithValues: found.map { ($0.id, $0.recipients) })
+    }
+
+    /// What a restart loads: messages from `time` on, within the default bound.
+    func deliveryState(since time: Timestamp) async throws -> DeliveryState {
+        try await loadDeliveryState(since: time, maxTrackedRecipients: 200_000)
     }
 }
