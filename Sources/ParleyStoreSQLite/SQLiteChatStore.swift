@@ -573,30 +573,33 @@ public final class SQLiteChatStore: ChatStore {
         // Bound directly (`SQLiteBinding`): every delivery at login and every read runs one of
         // them, and GRDB's arguments cost about 6,000 instructions per execution (callgrind).
         // A direct message's row is tried first; a group message's member rows if it was none.
-        let changes = "delivered_at = COALESCE(delivered_at, ?), read_at = COALESCE(?, read_at), "
-            + "delivered_notified = COALESCE(?, delivered_notified), read_notified = COALESCE(?, read_notified)"
+        // The direct row is found from the id alone (the id's index holds the rowid): its one
+        // recipient is the message's target, the account every update of it names.
+        let changes = "delivered_at = COALESCE(delivered_at, ?1), read_at = COALESCE(?2, read_at), "
+            + "delivered_notified = COALESCE(?3, delivered_notified), read_notified = COALESCE(?4, read_notified)"
         let direct = SQLiteBinding(try db.cachedStatement(sql: """
             UPDATE direct_recipients SET \(changes)
-            WHERE message_rowid = (SELECT rowid FROM messages WHERE id = ? AND target_id = ? AND target_kind = 'direct')
+            WHERE message_rowid = (SELECT rowid FROM messages WHERE id = ?5)
             """), in: db)
         let member = SQLiteBinding(try db.cachedStatement(sql: """
-            UPDATE message_recipients SET \(changes) WHERE message_id = ? AND recipient_id = ?
+            UPDATE message_recipients SET \(changes) WHERE message_id = ?5 AND recipient_id = ?6
             """), in: db)
         for update in updates {
             guard let recipient = ids.accountIDs[update.recipient] else { continue }
             if update.readAt != nil { try writeRow.execute(arguments: [update.messageID, recipient]) }
-            try apply(update, recipient: recipient, with: direct)
+            try apply(update, with: direct)
             if db.changesCount == 0 { try apply(update, recipient: recipient, with: member) }
         }
     }
 
-    private static func apply(_ update: RecipientUpdate, recipient: Int64, with statement: SQLiteBinding) throws {
+    /// Binds an update's changes and message id (and the recipient, for a member's row).
+    private static func apply(_ update: RecipientUpdate, recipient: Int64? = nil, with statement: SQLiteBinding) throws {
         statement.bind(1, update.deliveredAt?.millisecondsSince1970)
         statement.bind(2, update.readAt?.millisecondsSince1970)
         statement.bind(3, update.deliveredNotified)
         statement.bind(4, update.readNotified)
         statement.bind(5, update.messageID)
-        statement.bind(6, recipient)
+        if let recipient { statement.bind(6, recipient) }
         try statement.run()
     }
 
