@@ -716,12 +716,12 @@ public final class SQLiteChatStore: ChatStore {
             var messages: [StoredMessage] = []
             for row in rows {
                 guard var message = Self.message(from: row, ids: ids) else { continue }
-                message.recipients = try Row.fetchAll(
-                    db, sql: message.targetKind == .direct
-                        ? "SELECT ? AS recipient_id, * FROM direct_recipients WHERE message_rowid = ?"
-                        : "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient_id",
-                    arguments: message.targetKind == .direct ? [row["target_id"] as Int64?, row["position"] as Int64] : [message.id]
-                ).compactMap { Self.recipient(from: $0, ids: ids) }
+                let recipientRows = message.targetKind == .direct
+                    ? try Row.fetchAll(db, sql: "SELECT ? AS recipient_id, * FROM direct_recipients WHERE message_rowid = ?",
+                                       arguments: [row["target_id"] as Int64?, row["position"] as Int64])
+                    : try Row.fetchAll(db, sql: "SELECT * FROM message_recipients WHERE message_id = ? ORDER BY recipient_id",
+                                       arguments: [message.id])
+                message.recipients = recipientRows.compactMap { Self.recipient(from: $0, ids: ids) }
                 if message.targetKind == .group, let group = row["target_id"] as Int64? {
                     derived.complete(&message, group: group, position: row["position"], ids: ids)
                 }

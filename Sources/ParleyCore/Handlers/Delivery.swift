@@ -368,34 +368,36 @@ extension ChatServer {
                     tracked.values[index].parked = true
                     parkedTrackedOrder.append(id)
                 } else {
-                    trackedRecipientCount -= tracked.values[index].recipients.count
-                    tracked.remove(at: index)
+                    forgetTracked(at: index)
                 }
                 continue
             }
             guard let parked = parkedTrackedOrder.popFirst() else { break }
-            if let index = tracked.index(forKey: parked), tracked.values[index].parked {
-                trackedRecipientCount -= tracked.values[index].recipients.count
-                tracked.remove(at: index)
-            }
+            if let index = tracked.index(forKey: parked), tracked.values[index].parked { forgetTracked(at: index) }
         }
     }
 
     /// A message set aside while it waited, now delivered to everyone, goes back to the front of
     /// the order it is forgotten in (it is older than the rest).
     mutating func unparkIfDelivered(_ id: String) {
-        guard tracked[id]?.parked == true, tracked[id]?.recipients.waitsForDelivery == false else { return }
-        tracked[id]?.parked = false
+        guard let index = tracked.index(forKey: id), tracked.values[index].parked,
+              !tracked.values[index].recipients.waitsForDelivery else { return }
+        tracked.values[index].parked = false
         trackedOrder.prepend(id)
     }
 
     mutating func forgetTracked(_ id: String) {
-        if let message = tracked.removeValue(forKey: id) {
-            trackedRecipientCount -= message.recipients.count
+        if let index = tracked.index(forKey: id) {
+            forgetTracked(at: index)
         } else if deliveredDirect.forget(id) != nil {
             // Its entry in `unread` finds it forgotten.
             trackedRecipientCount -= 1
         }
+    }
+
+    private mutating func forgetTracked(at index: Dictionary<String, TrackedMessage>.Index) {
+        trackedRecipientCount -= tracked.values[index].recipients.count
+        tracked.remove(at: index)
     }
 
     /// Called after a command's handler: if it stored messages, its replies wait for the commit.
@@ -573,7 +575,7 @@ extension ChatServer {
             if let message = tracked[stored.id] {
                 // In place: a copy taken out and put back would copy its recipients too.
                 tracked[stored.id]?.recipients.update(account) { $0.deliveredAt = context.now }
-                unparkIfDelivered(stored.id)
+                if message.parked { unparkIfDelivered(stored.id) }
                 // A group's messages are followed in the group's list already.
                 if message.groupKey == nil { noteUnread(stored.id, reader: account, conversation: message.author) }
                 update.deliveredNotified = sendReceipt(author: message.author, messageID: stored.id, target: .name(receiptTarget(for: message, reader: account)),
